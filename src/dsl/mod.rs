@@ -1,0 +1,1 @@
+//! The `.snn` text format and the Rust builder (to be written).

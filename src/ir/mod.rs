@@ -1,0 +1,194 @@
+//! The graph IR: a petgraph `StableDiGraph` of primitive ops.
+//!
+//! Every node carries its op, shape, dtype and provenance (layer, timestep,
+//! role). Edges point from operand to user; the edge weight is the operand
+//! position, so `operands(n)` returns them in order. Passes remove nodes, and
+//! `StableDiGraph` keeps the other indices valid while they do.
+
+mod op;
+mod print;
+mod verify;
+
+pub use op::Op;
+pub use print::{to_dot, to_text};
+pub use verify::{verify, VerifyError};
+
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::{EdgeRef, NodeIndexable};
+use petgraph::Direction;
+use serde::Serialize;
+use std::collections::BinaryHeap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum DType {
+    F32,
+}
+
+/// What a node is for. Printed, checked by the verifier, and used by later
+/// passes to find the forward, the kept state and the gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Role {
+    /// A graph input.
+    Input,
+    /// A parameter (or running statistic), shared by every timestep.
+    Param,
+    /// Forward computation.
+    Forward,
+    /// Membrane potential carried from step t to step t+1.
+    State,
+    /// A graph output.
+    Output,
+}
+
+impl Role {
+    pub fn short(self) -> &'static str {
+        match self {
+            Role::Input => "in",
+            Role::Param => "param",
+            Role::Forward => "fwd",
+            Role::State => "state",
+            Role::Output => "out",
+        }
+    }
+}
+
+/// Index into `Graph::layers`.
+pub type LayerId = usize;
+
+/// A layer of the model, flattened in source order. `path` is the layer's
+/// position (`"3"`, `"5.main.1"`), which also prefixes its parameter names.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerInfo {
+    pub path: String,
+    pub keyword: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Node {
+    pub op: Op,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub layer: Option<LayerId>,
+    /// Timestep (0-based) for per-step nodes; `None` for nodes shared by all
+    /// steps (parameters, inputs under direct encoding, time reductions).
+    pub t: Option<usize>,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug)]
+pub struct Graph {
+    pub name: String,
+    /// Number of timesteps the graph was unrolled for.
+    pub steps: usize,
+    pub batch: usize,
+    pub layers: Vec<LayerInfo>,
+    pub g: StableDiGraph<Node, usize>,
+    /// Named outputs, in order (the readout is `"logits"`).
+    pub outputs: Vec<(String, NodeIndex)>,
+}
+
+impl Graph {
+    pub fn new(name: &str, steps: usize, batch: usize) -> Graph {
+        Graph {
+            name: name.to_string(),
+            steps,
+            batch,
+            layers: Vec::new(),
+            g: StableDiGraph::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Adds a node reading `operands` in order.
+    pub fn add(&mut self, node: Node, operands: &[NodeIndex]) -> NodeIndex {
+        let n = self.g.add_node(node);
+        for (i, &a) in operands.iter().enumerate() {
+            self.g.add_edge(a, n, i);
+        }
+        n
+    }
+
+    pub fn node(&self, n: NodeIndex) -> &Node {
+        &self.g[n]
+    }
+
+    /// Operands of `n`, in position order.
+    pub fn operands(&self, n: NodeIndex) -> Vec<NodeIndex> {
+        let mut es: Vec<(usize, NodeIndex)> = self
+            .g
+            .edges_directed(n, Direction::Incoming)
+            .map(|e| (*e.weight(), e.source()))
+            .collect();
+        es.sort_unstable();
+        es.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// Distinct nodes that read `n`.
+    pub fn users(&self, n: NodeIndex) -> Vec<NodeIndex> {
+        let mut us: Vec<NodeIndex> = self.g.neighbors_directed(n, Direction::Outgoing).collect();
+        us.sort_unstable();
+        us.dedup();
+        us
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.g.node_count()
+    }
+
+    pub fn edge_count(&self) -> usize {
+        self.g.edge_count()
+    }
+
+    /// A deterministic topological order: Kahn's algorithm that always takes
+    /// the ready node created first. Independent of hash order, so printing
+    /// and numbering are canonical. `None` if the graph has a cycle.
+    pub fn topo_order(&self) -> Option<Vec<NodeIndex>> {
+        let mut indeg: Vec<usize> = vec![0; self.g.node_bound()];
+        for n in self.g.node_indices() {
+            indeg[n.index()] = self.g.edges_directed(n, Direction::Incoming).count();
+        }
+        let mut ready: BinaryHeap<std::cmp::Reverse<usize>> = self
+            .g
+            .node_indices()
+            .filter(|n| indeg[n.index()] == 0)
+            .map(|n| std::cmp::Reverse(n.index()))
+            .collect();
+        let mut order = Vec::with_capacity(self.g.node_count());
+        while let Some(std::cmp::Reverse(i)) = ready.pop() {
+            let n = NodeIndex::new(i);
+            order.push(n);
+            for e in self.g.edges_directed(n, Direction::Outgoing) {
+                let m = e.target().index();
+                indeg[m] -= 1;
+                if indeg[m] == 0 {
+                    ready.push(std::cmp::Reverse(m));
+                }
+            }
+        }
+        (order.len() == self.g.node_count()).then_some(order)
+    }
+
+    /// The output node called `name`.
+    pub fn output(&self, name: &str) -> Option<NodeIndex> {
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, i)| i)
+    }
+
+    /// Removes every node no output depends on; returns how many.
+    pub fn remove_dead(&mut self) -> usize {
+        let mut live = vec![false; self.g.node_bound()];
+        let mut stack: Vec<NodeIndex> = self.outputs.iter().map(|&(_, n)| n).collect();
+        while let Some(n) = stack.pop() {
+            if !std::mem::replace(&mut live[n.index()], true) {
+                stack.extend(self.g.neighbors_directed(n, Direction::Incoming));
+            }
+        }
+        let dead: Vec<NodeIndex> = self.g.node_indices().filter(|n| !live[n.index()]).collect();
+        for &n in &dead {
+            self.g.remove_node(n);
+        }
+        dead.len()
+    }
+}

@@ -1,0 +1,311 @@
+//! The primitive op set.
+//!
+//! Small on purpose (the luminal idea): elementwise ops, matmul, conv and
+//! pooling, reductions for batch norm, reshape, the spike, and time means.
+//! A LIF neuron is not an op: unrolling writes it as charge (`scale`, `add`),
+//! fire (`spike`) and reset (`detach`, `scale`/`mul`, `sub`), so autodiff
+//! and the rate pass see every term of the recurrence.
+
+use crate::model::Surrogate;
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Op {
+    // ---- leaves: shape is given by the node ----
+    /// A graph input (the batch of encoded samples, or event frames).
+    Input {
+        name: String,
+    },
+    /// A trained parameter or a batch-norm running statistic.
+    Param {
+        name: String,
+    },
+    /// Dropout mask shared by all timesteps: `1/(1-p)` with probability
+    /// `1-p`, else 0; bits from `rng::uniform(run_seed, stream, i)`.
+    DropoutMask {
+        p: f64,
+        stream: u64,
+    },
+
+    // ---- encoders ----
+    /// Bernoulli spikes: 1 where `rng::uniform(run_seed, stream, i) <
+    /// clamp(x, 0, 1)`.
+    Poisson {
+        stream: u64,
+    },
+    /// `[B, T, ...] -> [B, ...]`: frame `t` of an event input.
+    TimeSlice {
+        t: usize,
+    },
+
+    // ---- elementwise, same shapes ----
+    Add,
+    Sub,
+    Mul,
+    /// `c · x`
+    Scale(f64),
+    /// `x + c`
+    AddScalar(f64),
+    /// Identity forward; autodiff sends no gradient through it.
+    Detach,
+    /// `H(x − θ)` forward (1 where x ≥ θ); autodiff uses the surrogate's
+    /// derivative at `x − θ`.
+    Spike {
+        theta: f64,
+        surrogate: Surrogate,
+    },
+
+    // ---- linear algebra ----
+    /// 2-D product `op(A)·op(B)` where `op` transposes when its flag is set.
+    MatMul {
+        ta: bool,
+        tb: bool,
+    },
+    /// `x[B, C, ...] + b[C]`, broadcast over every axis but 1.
+    BiasAdd,
+    /// `x[B, Ci, H, W] ⋆ w[Co, Ci, k, k]` (cross-correlation), zero padding.
+    Conv2d {
+        stride: usize,
+        padding: usize,
+    },
+    AvgPool {
+        kernel: usize,
+        stride: usize,
+    },
+    MaxPool {
+        kernel: usize,
+        stride: usize,
+    },
+    Reshape {
+        shape: Vec<usize>,
+    },
+
+    // ---- batch norm (temporal: statistics over every operand) ----
+    /// Per-channel mean over all operands and all axes but 1 → `[C]`.
+    ChannelMean,
+    /// Operands `(mean, x_1, …, x_n)`: per-channel biased variance → `[C]`.
+    ChannelVar,
+    /// Operands `(x, mean, var, gamma, beta)`:
+    /// `gamma·(x − mean)/sqrt(var + eps) + beta`, per channel.
+    BatchNormApply {
+        eps: f64,
+    },
+
+    // ---- time ----
+    /// Mean of the operands (one per timestep).
+    TimeMean,
+}
+
+impl Op {
+    /// The name printed in the text form.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Param { .. } => "param",
+            Op::DropoutMask { .. } => "dropout_mask",
+            Op::Poisson { .. } => "poisson",
+            Op::TimeSlice { .. } => "time_slice",
+            Op::Add => "add",
+            Op::Sub => "sub",
+            Op::Mul => "mul",
+            Op::Scale(_) => "scale",
+            Op::AddScalar(_) => "add_scalar",
+            Op::Detach => "detach",
+            Op::Spike { .. } => "spike",
+            Op::MatMul { .. } => "matmul",
+            Op::BiasAdd => "bias_add",
+            Op::Conv2d { .. } => "conv2d",
+            Op::AvgPool { .. } => "avgpool",
+            Op::MaxPool { .. } => "maxpool",
+            Op::Reshape { .. } => "reshape",
+            Op::ChannelMean => "channel_mean",
+            Op::ChannelVar => "channel_var",
+            Op::BatchNormApply { .. } => "batchnorm",
+            Op::TimeMean => "time_mean",
+        }
+    }
+
+    /// Attributes shown after the name in the text form, e.g. `stride=2`.
+    pub fn attrs(&self) -> String {
+        match self {
+            Op::Input { name } | Op::Param { name } => format!("{name:?}"),
+            Op::DropoutMask { p, stream } => format!("p={p} stream={stream:#x}"),
+            Op::Poisson { stream } => format!("stream={stream:#x}"),
+            Op::TimeSlice { t } => format!("t={t}"),
+            Op::Scale(c) | Op::AddScalar(c) => format!("{c}"),
+            Op::Spike { theta, surrogate } => format!(
+                "theta={theta} surrogate={:?}({})",
+                surrogate.kind, surrogate.alpha
+            )
+            .to_lowercase(),
+            Op::MatMul { ta, tb } => match (ta, tb) {
+                (false, false) => String::new(),
+                (true, false) => "ta".into(),
+                (false, true) => "tb".into(),
+                (true, true) => "ta tb".into(),
+            },
+            Op::Conv2d { stride, padding } => format!("stride={stride} padding={padding}"),
+            Op::AvgPool { kernel, stride } | Op::MaxPool { kernel, stride } => {
+                format!("kernel={kernel} stride={stride}")
+            }
+            Op::Reshape { shape } => format!("{shape:?}"),
+            Op::BatchNormApply { eps } => format!("eps={eps}"),
+            _ => String::new(),
+        }
+    }
+
+    pub fn is_leaf(&self) -> bool {
+        matches!(
+            self,
+            Op::Input { .. } | Op::Param { .. } | Op::DropoutMask { .. }
+        )
+    }
+
+    /// The output shape for the given operand shapes, or why they are wrong.
+    /// Leaves have no rule (their node carries the shape): `Ok(None)`.
+    pub fn infer_shape(&self, ins: &[&[usize]]) -> Result<Option<Vec<usize>>, String> {
+        let arity = |n: usize| -> Result<(), String> {
+            if ins.len() == n {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} takes {n} operands, got {}",
+                    self.name(),
+                    ins.len()
+                ))
+            }
+        };
+        let same = |a: &[usize], b: &[usize]| -> Result<(), String> {
+            if a == b {
+                Ok(())
+            } else {
+                Err(format!("operand shapes differ: {a:?} vs {b:?}"))
+            }
+        };
+        let out = match self {
+            Op::Input { .. } | Op::Param { .. } | Op::DropoutMask { .. } => {
+                arity(0)?;
+                return Ok(None);
+            }
+            Op::Poisson { .. }
+            | Op::Scale(_)
+            | Op::AddScalar(_)
+            | Op::Detach
+            | Op::Spike { .. } => {
+                arity(1)?;
+                ins[0].to_vec()
+            }
+            Op::TimeSlice { t } => {
+                arity(1)?;
+                let s = ins[0];
+                if s.len() < 2 || *t >= s[1] {
+                    return Err(format!("time_slice t={t} of shape {s:?}"));
+                }
+                let mut o = vec![s[0]];
+                o.extend_from_slice(&s[2..]);
+                o
+            }
+            Op::Add | Op::Sub | Op::Mul => {
+                arity(2)?;
+                same(ins[0], ins[1])?;
+                ins[0].to_vec()
+            }
+            Op::MatMul { ta, tb } => {
+                arity(2)?;
+                let (a, b) = (ins[0], ins[1]);
+                if a.len() != 2 || b.len() != 2 {
+                    return Err(format!("matmul needs 2-D operands, got {a:?} and {b:?}"));
+                }
+                let (m, ka) = if *ta { (a[1], a[0]) } else { (a[0], a[1]) };
+                let (kb, n) = if *tb { (b[1], b[0]) } else { (b[0], b[1]) };
+                if ka != kb {
+                    return Err(format!("matmul inner dimensions differ: {a:?} · {b:?}"));
+                }
+                vec![m, n]
+            }
+            Op::BiasAdd => {
+                arity(2)?;
+                if ins[0].len() < 2 || ins[1] != [ins[0][1]] {
+                    return Err(format!("bias {:?} does not fit {:?}", ins[1], ins[0]));
+                }
+                ins[0].to_vec()
+            }
+            Op::Conv2d { stride, padding } => {
+                arity(2)?;
+                let (x, w) = (ins[0], ins[1]);
+                if x.len() != 4 || w.len() != 4 || x[1] != w[1] || w[2] != w[3] {
+                    return Err(format!("conv2d of {x:?} with weight {w:?}"));
+                }
+                let k = w[2];
+                let o = |n: usize| (n + 2 * padding).checked_sub(k).map(|d| d / stride + 1);
+                match (o(x[2]), o(x[3])) {
+                    (Some(h), Some(wd)) if *stride > 0 => vec![x[0], w[0], h, wd],
+                    _ => return Err(format!("conv2d kernel {k} does not fit {x:?}")),
+                }
+            }
+            Op::AvgPool { kernel, stride } | Op::MaxPool { kernel, stride } => {
+                arity(1)?;
+                let x = ins[0];
+                if x.len() != 4 || *kernel == 0 || *stride == 0 || x[2] < *kernel || x[3] < *kernel
+                {
+                    return Err(format!("pool kernel {kernel} does not fit {x:?}"));
+                }
+                vec![
+                    x[0],
+                    x[1],
+                    (x[2] - kernel) / stride + 1,
+                    (x[3] - kernel) / stride + 1,
+                ]
+            }
+            Op::Reshape { shape } => {
+                arity(1)?;
+                if shape.iter().product::<usize>() != ins[0].iter().product::<usize>() {
+                    return Err(format!("reshape {:?} to {shape:?}", ins[0]));
+                }
+                shape.clone()
+            }
+            Op::ChannelMean => {
+                if ins.is_empty() {
+                    return Err("channel_mean needs operands".into());
+                }
+                for s in ins {
+                    same(ins[0], s)?;
+                }
+                if ins[0].len() < 2 {
+                    return Err(format!("channel_mean of {:?}", ins[0]));
+                }
+                vec![ins[0][1]]
+            }
+            Op::ChannelVar => {
+                if ins.len() < 2 {
+                    return Err("channel_var needs (mean, x...)".into());
+                }
+                for s in &ins[2..] {
+                    same(ins[1], s)?;
+                }
+                if ins[1].len() < 2 || ins[0] != [ins[1][1]] {
+                    return Err(format!("channel_var mean {:?} for {:?}", ins[0], ins[1]));
+                }
+                ins[0].to_vec()
+            }
+            Op::BatchNormApply { .. } => {
+                arity(5)?;
+                let x = ins[0];
+                if x.len() < 2 || ins[1..].iter().any(|s| *s != [x[1]]) {
+                    return Err(format!("batchnorm statistics do not fit {x:?}"));
+                }
+                x.to_vec()
+            }
+            Op::TimeMean => {
+                if ins.is_empty() {
+                    return Err("time_mean needs operands".into());
+                }
+                for s in ins {
+                    same(ins[0], s)?;
+                }
+                ins[0].to_vec()
+            }
+        };
+        Ok(Some(out))
+    }
+}

@@ -1,0 +1,13 @@
+//! snnc: a compiler that trains deep spiking neural networks.
+//!
+//! Front-end and runtime live in `src/`, the middle-end in `passes/`, the
+//! back-end in `codegen/` (see README, "Architecture").
+
+pub mod dsl;
+pub mod interp;
+pub mod ir;
+pub mod model;
+pub mod rng;
+pub mod shape;
+pub mod tensor;
+pub mod unroll;

@@ -1,0 +1,1 @@
+//! unroll(model, T) (to be written).
