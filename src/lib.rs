@@ -3,7 +3,9 @@
 //! Front-end and runtime live in `src/`, the middle-end in `passes/`, the
 //! back-end in `codegen/` (see README, "Architecture").
 
+pub mod cli;
 pub mod dsl;
+pub mod init;
 pub mod interp;
 pub mod ir;
 pub mod model;
@@ -11,3 +13,6 @@ pub mod rng;
 pub mod shape;
 pub mod tensor;
 pub mod unroll;
+
+#[path = "../passes/mod.rs"]
+pub mod passes;

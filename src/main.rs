@@ -1,1 +1,136 @@
-fn main() {}
+//! The `snnc` command line.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use snnc::cli;
+
+#[derive(Parser)]
+#[command(
+    name = "snnc",
+    version,
+    about = "Compile and train deep spiking neural networks",
+    long_about = "snnc compiles a spiking network written in the .snn DSL: it unrolls the model \
+over T timesteps, differentiates it, and (in rate mode) collapses the temporal backward \
+into rate-based derivatives.\n\nRun `snnc check FILE` to see a model's layers and sizes."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Parse a model, infer its shapes and print a layer table.
+    Check {
+        file: PathBuf,
+        /// One JSON object per layer instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the graph after a compiler stage, as text or Graphviz DOT.
+    Graph {
+        file: PathBuf,
+        /// Timesteps to unroll.
+        #[arg(short = 'T', long = "steps", default_value_t = 4)]
+        steps: usize,
+        #[arg(long, value_enum, default_value_t = Stage::Unrolled)]
+        stage: Stage,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Batch size the shapes are given for.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Unroll for evaluation (running BN statistics, no dropout).
+        #[arg(long)]
+        eval: bool,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Run the forward pass on a random input with the reference interpreter
+    /// and print the outputs and per-layer firing rates.
+    Run {
+        file: PathBuf,
+        #[arg(short = 'T', long = "steps", default_value_t = 4)]
+        steps: usize,
+        /// Seed for the parameters and the input.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Evaluate in f64 instead of f32.
+        #[arg(long)]
+        f64: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Stage {
+    /// The time-unrolled forward graph.
+    Unrolled,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Dot,
+    /// Node/edge counts and build and verify times.
+    Stats,
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let result = match args.cmd {
+        Cmd::Check { file, json } => cli::check(&file, json),
+        Cmd::Graph {
+            file,
+            steps,
+            stage: Stage::Unrolled,
+            format,
+            batch,
+            eval,
+            output,
+        } => cli::graph(
+            &file,
+            steps,
+            batch,
+            eval,
+            match format {
+                Format::Text => cli::GraphFormat::Text,
+                Format::Dot => cli::GraphFormat::Dot,
+                Format::Stats => cli::GraphFormat::Stats,
+            },
+        )
+        .and_then(|text| write_out(output.as_deref(), &text)),
+        Cmd::Run {
+            file,
+            steps,
+            seed,
+            batch,
+            f64,
+            json,
+        } => cli::run(&file, steps, batch, seed, f64, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("{}", msg.trim_end());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_out(path: Option<&Path>, text: &str) -> Result<(), String> {
+    match path {
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+        Some(p) => std::fs::write(p, text)
+            .map_err(|e| format!("error: cannot write `{}`: {e}", p.display())),
+    }
+}

@@ -134,10 +134,10 @@ impl Op {
             Op::TimeSlice { t } => format!("t={t}"),
             Op::Scale(c) | Op::AddScalar(c) => format!("{c}"),
             Op::Spike { theta, surrogate } => format!(
-                "theta={theta} surrogate={:?}({})",
-                surrogate.kind, surrogate.alpha
-            )
-            .to_lowercase(),
+                "theta={theta} {}({})",
+                format!("{:?}", surrogate.kind).to_lowercase(),
+                surrogate.alpha
+            ),
             Op::MatMul { ta, tb } => match (ta, tb) {
                 (false, false) => String::new(),
                 (true, false) => "ta".into(),

@@ -68,13 +68,11 @@ pub fn to_text(g: &Graph) -> String {
             .map(|o| format!("%{}", num[o]))
             .collect();
         let attrs = node.op.attrs();
-        let head = format!(
-            "%{} = {}{}{}",
-            num[&n],
-            node.op.name(),
-            if attrs.is_empty() { "" } else { " " },
-            attrs
-        );
+        let head = if attrs.is_empty() {
+            format!("%{} = {}", num[&n], node.op.name())
+        } else {
+            format!("%{} = {}[{}]", num[&n], node.op.name(), attrs)
+        };
         let call = if args.is_empty() {
             head
         } else {
@@ -82,7 +80,7 @@ pub fn to_text(g: &Graph) -> String {
         };
         let _ = writeln!(
             out,
-            "  {:<44} : {:<16} # {}",
+            "  {:<48} : {:<16} # {}",
             call,
             shape_str(&node.shape),
             provenance(g, node)

@@ -1,0 +1,133 @@
+//! Random small valid models for property tests.
+//!
+//! A model is drawn as a list of layer "tokens" and assembled while tracking
+//! the shape, so that every token becomes a layer that fits (a token that
+//! cannot fit the current shape becomes a neuron layer instead).
+
+use proptest::prelude::*;
+use snnc::model::*;
+
+#[derive(Clone, Debug)]
+pub struct Recipe {
+    pub image: bool,
+    pub dims: (usize, usize, usize),
+    pub tokens: Vec<(u8, u8, u8)>,
+    pub neuron: (u8, u8),
+    pub classes: usize,
+    pub enc: u8,
+}
+
+pub fn recipe() -> impl Strategy<Value = Recipe> {
+    (
+        any::<bool>(),
+        (1usize..=3, 3usize..=6, 3usize..=6),
+        prop::collection::vec(any::<(u8, u8, u8)>(), 1..7),
+        any::<(u8, u8)>(),
+        2usize..=4,
+        any::<u8>(),
+    )
+        .prop_map(|(image, dims, tokens, neuron, classes, enc)| Recipe {
+            image,
+            dims,
+            tokens,
+            neuron,
+            classes,
+            enc,
+        })
+}
+
+/// The four reset variants and a few leaks/thresholds, from two bytes.
+pub fn neuron_opts(a: u8, b: u8) -> NeuronOpts {
+    NeuronOpts {
+        lambda: Some([0.2, 0.5, 0.9, 0.0][(a % 4) as usize]),
+        theta: Some([1.0, 0.5, 0.3][(b % 3) as usize]),
+        reset: Some(if a & 4 == 0 { Reset::Soft } else { Reset::Hard }),
+        v_reset: Some(if a & 32 == 0 { 0.0 } else { -0.1 }),
+        detach_reset: Some(a & 8 == 0),
+        surrogate: Some([SurrogateKind::Sigmoid, SurrogateKind::Atan, SurrogateKind::Triangle][((b / 3) % 3) as usize]),
+        alpha: Some(if a & 16 == 0 { 4.0 } else { 2.0 }),
+    }
+}
+
+pub fn build(r: &Recipe) -> Model {
+    let (c, h, w) = r.dims;
+    let mut shape: Vec<usize> = if r.image { vec![c, h, w] } else { vec![c * h] };
+    let mut layers = Vec::new();
+    let neuron = |x: u8, y: u8| {
+        let kind = if y & 64 == 0 { NeuronKind::Lif } else { NeuronKind::If };
+        // Half the layers override the model defaults.
+        let opts = if x & 128 == 0 { neuron_opts(x, y) } else { NeuronOpts::default() };
+        LayerKind::Neuron { kind, opts }
+    };
+    for &(k, x, y) in &r.tokens {
+        let image = shape.len() == 3;
+        let kind = match k % 8 {
+            0 if image => {
+                let (kernel, stride, padding) = (1 + (x % 3) as usize, 1 + ((x / 3) % 2) as usize, ((y / 3) % 2) as usize);
+                if shape[1] + 2 * padding < kernel || shape[2] + 2 * padding < kernel {
+                    neuron(x, y)
+                } else {
+                    let out = 1 + (y % 3) as usize;
+                    shape = vec![out, (shape[1] + 2 * padding - kernel) / stride + 1, (shape[2] + 2 * padding - kernel) / stride + 1];
+                    LayerKind::Conv2d { out, kernel, stride, padding, bias: x & 64 != 0 }
+                }
+            }
+            1 => LayerKind::BatchNorm { eps: 1e-5, momentum: 0.1 },
+            2 | 3 if image && shape[1] >= 2 && shape[2] >= 2 => {
+                shape = vec![shape[0], (shape[1] - 2) / 2 + 1, (shape[2] - 2) / 2 + 1];
+                if k % 8 == 2 {
+                    LayerKind::AvgPool { kernel: 2, stride: 2 }
+                } else {
+                    LayerKind::MaxPool { kernel: 2, stride: 2 }
+                }
+            }
+            5 if image => LayerKind::Residual {
+                main: vec![
+                    Layer::new(LayerKind::Conv2d { out: shape[0], kernel: 3, stride: 1, padding: 1, bias: false }),
+                    Layer::new(LayerKind::BatchNorm { eps: 1e-5, momentum: 0.1 }),
+                    Layer::new(neuron(x, y)),
+                ],
+                shortcut: vec![],
+            },
+            5 => LayerKind::Residual {
+                main: vec![
+                    Layer::new(LayerKind::Linear { out: shape[0], bias: true }),
+                    Layer::new(neuron(x, y)),
+                ],
+                shortcut: if x & 1 == 0 {
+                    vec![]
+                } else {
+                    vec![Layer::new(LayerKind::Linear { out: shape[0], bias: false })]
+                },
+            },
+            6 if image => {
+                shape = vec![shape.iter().product()];
+                LayerKind::Flatten
+            }
+            6 => {
+                let out = 2 + (x % 5) as usize;
+                shape = vec![out];
+                LayerKind::Linear { out, bias: y & 1 == 0 }
+            }
+            _ => neuron(x, y),
+        };
+        layers.push(Layer::new(kind));
+    }
+    if shape.len() == 3 {
+        layers.push(Layer::new(LayerKind::Flatten));
+    }
+    layers.push(Layer::new(LayerKind::Linear { out: r.classes, bias: true }));
+    Model {
+        name: "random".into(),
+        input: Input {
+            shape: if r.image { vec![c, h, w] } else { vec![c * h] },
+            encoding: match r.enc % 4 {
+                1 => Encoding::Poisson { seed: u64::from(r.enc) },
+                2 if r.image => Encoding::Events,
+                _ => Encoding::Direct,
+            },
+        },
+        neuron: neuron_opts(r.neuron.0, r.neuron.1),
+        layers,
+    }
+}
