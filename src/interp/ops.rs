@@ -1,0 +1,367 @@
+//! One plain kernel per op. Tensors are dense row-major, so every kernel is
+//! explicit index arithmetic over `data`; sums run in a fixed order and
+//! accumulate in the element type `F`, like a straightforward backend would.
+
+use super::RunOptions;
+use crate::ir::Op;
+use crate::rng;
+use crate::tensor::Tensor;
+use num_traits::Float;
+
+/// Evaluates a non-leaf op (or the generated `DropoutMask` leaf) on its
+/// operands. `shape` is the node's annotated output shape; a mismatch with
+/// what the op infers from the operands is an error, not a panic, so a bad
+/// graph is reported with the offending node.
+pub fn eval_op<F: Float>(
+    op: &Op,
+    shape: &[usize],
+    operands: &[&Tensor<F>],
+    opts: &RunOptions,
+) -> Result<Tensor<F>, String> {
+    for (k, x) in operands.iter().enumerate() {
+        let need: usize = x.shape.iter().product();
+        if x.data.len() != need {
+            return Err(format!(
+                "operand {k} holds {} elements but its shape {:?} needs {need}",
+                x.data.len(),
+                x.shape
+            ));
+        }
+    }
+    // `Op::infer_shape` divides by the conv stride before it checks it, so a
+    // zero stride must be caught here first.
+    if let Op::Conv2d { stride: 0, .. } = op {
+        return Err("conv2d stride must be positive".into());
+    }
+    let shapes: Vec<&[usize]> = operands.iter().map(|x| x.shape.as_slice()).collect();
+    match op.infer_shape(&shapes)? {
+        Some(s) if s != shape => {
+            return Err(format!(
+                "operands give shape {s:?}, but the node is annotated {shape:?}"
+            ))
+        }
+        Some(_) => {}
+        None if matches!(op, Op::DropoutMask { .. }) => {}
+        None => {
+            return Err(format!(
+                "{} is a leaf whose value is supplied to run(), not computed",
+                op.name()
+            ))
+        }
+    }
+
+    let x = |k: usize| operands[k];
+    let out = match op {
+        Op::Input { .. } | Op::Param { .. } => unreachable!("rejected above"),
+        Op::DropoutMask { p, stream } => dropout_mask(shape, *p, *stream, opts.seed)?,
+        Op::Poisson { stream } => poisson(x(0), *stream, opts.seed),
+        Op::TimeSlice { t } => time_slice(x(0), *t),
+        Op::Add => zip(x(0), x(1), |a, b| a + b),
+        Op::Sub => zip(x(0), x(1), |a, b| a - b),
+        Op::Mul => zip(x(0), x(1), |a, b| a * b),
+        Op::Scale(c) => {
+            let c: F = constant(*c)?;
+            map(x(0), |v| c * v)
+        }
+        Op::AddScalar(c) => {
+            let c: F = constant(*c)?;
+            map(x(0), |v| v + c)
+        }
+        Op::Detach => x(0).clone(),
+        Op::Spike { theta, .. } => {
+            let theta: F = constant(*theta)?;
+            // Heaviside with H(0) = 1: fires exactly at threshold.
+            map(x(0), |v| if v >= theta { F::one() } else { F::zero() })
+        }
+        Op::MatMul { ta, tb } => matmul(x(0), x(1), *ta, *tb),
+        Op::BiasAdd => bias_add(x(0), x(1)),
+        Op::Conv2d { stride, padding } => conv2d(x(0), x(1), *stride, *padding),
+        Op::AvgPool { kernel, stride } => pool(x(0), *kernel, *stride, Pool::Avg),
+        Op::MaxPool { kernel, stride } => pool(x(0), *kernel, *stride, Pool::Max),
+        Op::Reshape { shape } => Tensor::from_vec(shape, x(0).data.clone()),
+        Op::ChannelMean => channel_mean(operands),
+        Op::ChannelVar => channel_var(operands[0], &operands[1..]),
+        Op::BatchNormApply { eps } => batchnorm(x(0), x(1), x(2), x(3), x(4), constant(*eps)?),
+        Op::TimeMean => time_mean(operands),
+    };
+    debug_assert_eq!(
+        out.shape,
+        shape,
+        "{} kernel disagrees with infer_shape",
+        op.name()
+    );
+    Ok(out)
+}
+
+/// Converts an op's f64 attribute to the element type.
+fn constant<F: Float>(c: f64) -> Result<F, String> {
+    F::from(c).ok_or_else(|| format!("constant {c} is not representable in the element type"))
+}
+
+/// An element count as `F` (exact up to 2^24 in f32, which covers any
+/// count the interpreter is realistically run on).
+fn count<F: Float>(n: usize) -> F {
+    F::from(n).expect("usize converts to a float")
+}
+
+fn map<F: Float>(x: &Tensor<F>, f: impl Fn(F) -> F) -> Tensor<F> {
+    Tensor::from_vec(&x.shape, x.data.iter().map(|&v| f(v)).collect())
+}
+
+fn zip<F: Float>(a: &Tensor<F>, b: &Tensor<F>, f: impl Fn(F, F) -> F) -> Tensor<F> {
+    let data = a.data.iter().zip(&b.data).map(|(&u, &v)| f(u, v)).collect();
+    Tensor::from_vec(&a.shape, data)
+}
+
+/// Product of the axes after the first two: the extent of one (batch,
+/// channel) or (batch, time) slab in row-major order.
+fn inner(shape: &[usize]) -> usize {
+    shape[2..].iter().product()
+}
+
+fn dropout_mask<F: Float>(
+    shape: &[usize],
+    p: f64,
+    stream: u64,
+    seed: u64,
+) -> Result<Tensor<F>, String> {
+    // p = 1 would make the keep scale infinite; outside [0, 1) is meaningless.
+    if !(0.0..1.0).contains(&p) {
+        return Err(format!("dropout p={p} is not in [0, 1)"));
+    }
+    let keep: F = constant(1.0 / (1.0 - p))?;
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|i| {
+            if rng::uniform(seed, stream, i as u64) >= p {
+                keep
+            } else {
+                F::zero()
+            }
+        })
+        .collect();
+    Ok(Tensor::from_vec(shape, data))
+}
+
+fn poisson<F: Float>(x: &Tensor<F>, stream: u64, seed: u64) -> Tensor<F> {
+    let data = x
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            // Compared in f64 so f32 and f64 runs draw identical spikes: the
+            // f32 → f64 widening is exact and `uniform` has only 24 bits. A
+            // NaN intensity never fires (the comparison is false).
+            let prob = v.to_f64().expect("float widens to f64").clamp(0.0, 1.0);
+            if rng::uniform(seed, stream, i as u64) < prob {
+                F::one()
+            } else {
+                F::zero()
+            }
+        })
+        .collect();
+    Tensor::from_vec(&x.shape, data)
+}
+
+fn time_slice<F: Float>(x: &Tensor<F>, t: usize) -> Tensor<F> {
+    let (b, steps, r) = (x.shape[0], x.shape[1], inner(&x.shape));
+    let mut data = Vec::with_capacity(b * r);
+    for bi in 0..b {
+        let start = (bi * steps + t) * r;
+        data.extend_from_slice(&x.data[start..start + r]);
+    }
+    let mut shape = vec![b];
+    shape.extend_from_slice(&x.shape[2..]);
+    Tensor::from_vec(&shape, data)
+}
+
+fn matmul<F: Float>(a: &Tensor<F>, b: &Tensor<F>, ta: bool, tb: bool) -> Tensor<F> {
+    let (ar, ac) = (a.shape[0], a.shape[1]);
+    let (br, bc) = (b.shape[0], b.shape[1]);
+    let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
+    let n = if tb { br } else { bc };
+    // op(A)[i][p] and op(B)[p][j], reading the stored layout directly.
+    let at = |i: usize, p: usize| {
+        if ta {
+            a.data[p * ac + i]
+        } else {
+            a.data[i * ac + p]
+        }
+    };
+    let bt = |p: usize, j: usize| {
+        if tb {
+            b.data[j * bc + p]
+        } else {
+            b.data[p * bc + j]
+        }
+    };
+    let mut out = Tensor::zeros(&[m, n]);
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = F::zero();
+            for p in 0..k {
+                acc = acc + at(i, p) * bt(p, j);
+            }
+            out.data[i * n + j] = acc;
+        }
+    }
+    out
+}
+
+fn bias_add<F: Float>(x: &Tensor<F>, bias: &Tensor<F>) -> Tensor<F> {
+    let (c, r) = (x.shape[1], inner(&x.shape));
+    let data = x
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v + bias.data[(i / r) % c])
+        .collect();
+    Tensor::from_vec(&x.shape, data)
+}
+
+fn conv2d<F: Float>(x: &Tensor<F>, w: &Tensor<F>, stride: usize, padding: usize) -> Tensor<F> {
+    let (b, ci, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (co, k) = (w.shape[0], w.shape[2]);
+    let ho = (h + 2 * padding - k) / stride + 1;
+    let wo = (wd + 2 * padding - k) / stride + 1;
+    let mut out = Tensor::zeros(&[b, co, ho, wo]);
+    for bi in 0..b {
+        for o in 0..co {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = F::zero();
+                    for c in 0..ci {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                // Position in the unpadded input; taps that
+                                // land in the zero padding contribute nothing.
+                                let iy = (oy * stride + ky).checked_sub(padding);
+                                let ix = (ox * stride + kx).checked_sub(padding);
+                                let (Some(iy), Some(ix)) = (iy, ix) else {
+                                    continue;
+                                };
+                                if iy >= h || ix >= wd {
+                                    continue;
+                                }
+                                let xv = x.data[((bi * ci + c) * h + iy) * wd + ix];
+                                let wv = w.data[((o * ci + c) * k + ky) * k + kx];
+                                acc = acc + xv * wv;
+                            }
+                        }
+                    }
+                    out.data[((bi * co + o) * ho + oy) * wo + ox] = acc;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Pool {
+    Avg,
+    Max,
+}
+
+fn pool<F: Float>(x: &Tensor<F>, kernel: usize, stride: usize, kind: Pool) -> Tensor<F> {
+    let (b, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let ho = (h - kernel) / stride + 1;
+    let wo = (w - kernel) / stride + 1;
+    let area: F = count(kernel * kernel);
+    let mut out = Tensor::zeros(&[b, c, ho, wo]);
+    for plane in 0..b * c {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut acc = match kind {
+                    Pool::Avg => F::zero(),
+                    Pool::Max => F::neg_infinity(),
+                };
+                for ky in 0..kernel {
+                    for kx in 0..kernel {
+                        let v = x.data[(plane * h + oy * stride + ky) * w + ox * stride + kx];
+                        acc = match kind {
+                            Pool::Avg => acc + v,
+                            Pool::Max => acc.max(v),
+                        };
+                    }
+                }
+                out.data[(plane * ho + oy) * wo + ox] = match kind {
+                    Pool::Avg => acc / area,
+                    Pool::Max => acc,
+                };
+            }
+        }
+    }
+    out
+}
+
+/// Per-channel sums of `f(x, channel)` over every operand and every
+/// non-channel axis, plus the number of terms per channel.
+fn channel_sums<F: Float>(xs: &[&Tensor<F>], f: impl Fn(F, usize) -> F) -> (Vec<F>, usize) {
+    let shape = &xs[0].shape;
+    let (c, r) = (shape[1], inner(shape));
+    let mut sums = vec![F::zero(); c];
+    for x in xs {
+        for (i, &v) in x.data.iter().enumerate() {
+            let ch = (i / r) % c;
+            sums[ch] = sums[ch] + f(v, ch);
+        }
+    }
+    (sums, xs.len() * shape[0] * r)
+}
+
+fn channel_mean<F: Float>(xs: &[&Tensor<F>]) -> Tensor<F> {
+    let (sums, n) = channel_sums(xs, |v, _| v);
+    let n: F = count(n);
+    let c = sums.len();
+    Tensor::from_vec(&[c], sums.into_iter().map(|s| s / n).collect())
+}
+
+/// Two-pass biased variance around the supplied mean (not one recomputed
+/// here), so the graph's own mean node is what gets tested.
+fn channel_var<F: Float>(mean: &Tensor<F>, xs: &[&Tensor<F>]) -> Tensor<F> {
+    let (sums, n) = channel_sums(xs, |v, ch| {
+        let d = v - mean.data[ch];
+        d * d
+    });
+    let n: F = count(n);
+    let c = sums.len();
+    Tensor::from_vec(&[c], sums.into_iter().map(|s| s / n).collect())
+}
+
+fn batchnorm<F: Float>(
+    x: &Tensor<F>,
+    mean: &Tensor<F>,
+    var: &Tensor<F>,
+    gamma: &Tensor<F>,
+    beta: &Tensor<F>,
+    eps: F,
+) -> Tensor<F> {
+    let (c, r) = (x.shape[1], inner(&x.shape));
+    let data = x
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let ch = (i / r) % c;
+            // Evaluated literally as written in `Op::BatchNormApply`,
+            // left to right, with no precomputed reciprocal.
+            gamma.data[ch] * (v - mean.data[ch]) / (var.data[ch] + eps).sqrt() + beta.data[ch]
+        })
+        .collect();
+    Tensor::from_vec(&x.shape, data)
+}
+
+fn time_mean<F: Float>(xs: &[&Tensor<F>]) -> Tensor<F> {
+    let mut out = Tensor::zeros(&xs[0].shape);
+    for x in xs {
+        for (o, &v) in out.data.iter_mut().zip(&x.data) {
+            *o = *o + v;
+        }
+    }
+    let n: F = count(xs.len());
+    for o in &mut out.data {
+        *o = *o / n;
+    }
+    out
+}
