@@ -11,7 +11,10 @@ use crate::ir::{self, Graph};
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
     #[error("pass `{pass}` produced an invalid graph: {err}")]
-    Invalid { pass: &'static str, err: ir::VerifyError },
+    Invalid {
+        pass: &'static str,
+        err: ir::VerifyError,
+    },
     #[error("pass `{pass}`: {msg}")]
     Failed { pass: &'static str, msg: String },
 }
@@ -25,7 +28,11 @@ pub struct Pass {
 
 /// Runs `passes` in order, verifying after each; stops after the pass named
 /// `after` when given.
-pub fn run_pipeline(mut g: Graph, passes: &[Pass], after: Option<&str>) -> Result<Graph, PassError> {
+pub fn run_pipeline(
+    mut g: Graph,
+    passes: &[Pass],
+    after: Option<&str>,
+) -> Result<Graph, PassError> {
     for p in passes {
         g = (p.run)(g)?;
         ir::verify(&g).map_err(|err| PassError::Invalid { pass: p.name, err })?;

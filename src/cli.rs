@@ -181,7 +181,13 @@ pub enum GraphFormat {
     Stats,
 }
 
-pub fn graph(path: &Path, steps: usize, batch: usize, eval: bool, format: GraphFormat) -> Result<String, String> {
+pub fn graph(
+    path: &Path,
+    steps: usize,
+    batch: usize,
+    eval: bool,
+    format: GraphFormat,
+) -> Result<String, String> {
     let started = std::time::Instant::now();
     let g = unroll_file(path, steps, batch, eval)?;
     let build = started.elapsed();
@@ -207,13 +213,12 @@ pub fn graph(path: &Path, steps: usize, batch: usize, eval: bool, format: GraphF
 /// A random input batch for the graph's `x`: uniform [0, 1) intensities,
 /// or 0/1 event frames with 20 % density.
 pub fn random_input(g: &ir::Graph, events: bool, seed: u64) -> Tensor<f64> {
-    let shape = g
-        .g
-        .node_weights()
-        .find(|n| matches!(&n.op, Op::Input { name } if name == "x"))
-        .expect("every unrolled graph has input x")
-        .shape
-        .clone();
+    let shape =
+        g.g.node_weights()
+            .find(|n| matches!(&n.op, Op::Input { name } if name == "x"))
+            .expect("every unrolled graph has input x")
+            .shape
+            .clone();
     let mut r = rng::Rng::new(seed ^ 0x1_0000_0001);
     let n: usize = shape.iter().product();
     let data = (0..n)
@@ -231,14 +236,21 @@ pub fn random_input(g: &ir::Graph, events: bool, seed: u64) -> Tensor<f64> {
 
 /// Mean spike count per neuron and step, per layer (layers without spikes
 /// are left out), in layer order.
-pub fn firing_rates<F: num_traits::Float>(g: &ir::Graph, v: &interp::Values<F>) -> Vec<(String, f64)> {
+pub fn firing_rates<F: num_traits::Float>(
+    g: &ir::Graph,
+    v: &interp::Values<F>,
+) -> Vec<(String, f64)> {
     let mut acc: HashMap<usize, (f64, usize)> = HashMap::new();
     for n in g.g.node_indices() {
         let node = &g.g[n];
         if let (Op::Spike { .. }, Some(l)) = (&node.op, node.layer) {
             let t = v.get(n).expect("every node is evaluated");
             let e = acc.entry(l).or_default();
-            e.0 += t.data.iter().map(|x| x.to_f64().unwrap_or(0.0)).sum::<f64>();
+            e.0 += t
+                .data
+                .iter()
+                .map(|x| x.to_f64().unwrap_or(0.0))
+                .sum::<f64>();
             e.1 += t.len();
         }
     }
@@ -255,7 +267,14 @@ pub fn firing_rates<F: num_traits::Float>(g: &ir::Graph, v: &interp::Values<F>) 
         .collect()
 }
 
-pub fn run(path: &Path, steps: usize, batch: usize, seed: u64, f64: bool, json: bool) -> Result<(), String> {
+pub fn run(
+    path: &Path,
+    steps: usize,
+    batch: usize,
+    seed: u64,
+    f64: bool,
+    json: bool,
+) -> Result<(), String> {
     let (model, a) = load(path)?;
     let cfg = UnrollConfig {
         steps,
@@ -277,7 +296,10 @@ pub fn run(path: &Path, steps: usize, batch: usize, seed: u64, f64: bool, json: 
         let p32 = init::cast_params::<f32>(&params);
         let v = interp::run(&g, &inputs, &p32, &opts).map_err(|e| format!("error: {e}"))?;
         let out = g.output("logits").expect("logits");
-        (v.get(out).expect("evaluated").cast::<f64>(), firing_rates(&g, &v))
+        (
+            v.get(out).expect("evaluated").cast::<f64>(),
+            firing_rates(&g, &v),
+        )
     };
     let secs = started.elapsed().as_secs_f64();
     let classes = logits.shape[1];

@@ -3,6 +3,7 @@
 //! Front-end and runtime live in `src/`, the middle-end in `passes/`, the
 //! back-end in `codegen/` (see README, "Architecture").
 
+pub mod autodiff;
 pub mod cli;
 pub mod dsl;
 pub mod init;

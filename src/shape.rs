@@ -9,9 +9,13 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub enum Init {
     /// He/Kaiming uniform: U(−√(6/fan_in), √(6/fan_in)).
-    KaimingUniform { fan_in: usize },
+    KaimingUniform {
+        fan_in: usize,
+    },
     /// U(−1/√fan_in, 1/√fan_in), as PyTorch initialises biases.
-    BiasUniform { fan_in: usize },
+    BiasUniform {
+        fan_in: usize,
+    },
     Ones,
     Zeros,
 }
@@ -194,7 +198,9 @@ fn walk(
                             "kernel {kernel} with padding {padding} does not fit the {} input",
                             dims(&shape)
                         ),
-                        Some("use a smaller kernel, more padding, or fewer pooling layers before it"),
+                        Some(
+                            "use a smaller kernel, more padding, or fewer pooling layers before it",
+                        ),
                     ));
                 }
                 let fan_in = c * kernel * kernel;
@@ -254,10 +260,7 @@ fn walk(
                 }
                 if h < *kernel || w < *kernel {
                     return Err(fail(
-                        format!(
-                            "kernel {kernel} is larger than the {} input",
-                            dims(&shape)
-                        ),
+                        format!("kernel {kernel} is larger than the {} input", dims(&shape)),
                         Some("remove a pooling layer or use a smaller kernel"),
                     ));
                 }
@@ -286,7 +289,13 @@ fn walk(
                     neurons: 0,
                     pos: layer.pos,
                 });
-                let a = walk(main, &format!("{path}.main."), depth + 1, shape.clone(), out)?;
+                let a = walk(
+                    main,
+                    &format!("{path}.main."),
+                    depth + 1,
+                    shape.clone(),
+                    out,
+                )?;
                 let b = walk(
                     shortcut,
                     &format!("{path}.shortcut."),

@@ -12,7 +12,9 @@
 //! v_t = u_t − s'_t·(u_t − v_r)                hard reset: add_scalar, mul, sub
 //! s'_t = detach(s_t) when the reset is detached, else s_t
 //! ```
-//! `v` of the last step feeds nothing and is not built.
+//! `v` of the last step feeds nothing and is not built. Batch norm is
+//! `bias_add(channel_scale(normalize(x, mean, var), γ), β)` with the mean and
+//! variance taken over every step (temporal BN).
 
 use crate::ir::{self, DType, Graph, LayerInfo, Node, Op, Role};
 use crate::model::{Encoding, Layer, LayerKind, Model, Neuron, Reset};
@@ -122,7 +124,15 @@ impl Unroller<'_> {
         v
     }
 
-    fn node(&mut self, op: Op, shape: Vec<usize>, layer: usize, t: Option<usize>, role: Role, args: &[NodeIndex]) -> NodeIndex {
+    fn node(
+        &mut self,
+        op: Op,
+        shape: Vec<usize>,
+        layer: usize,
+        t: Option<usize>,
+        role: Role,
+        args: &[NodeIndex],
+    ) -> NodeIndex {
         self.g.add(
             Node {
                 op,
@@ -139,11 +149,19 @@ impl Unroller<'_> {
     /// A per-step op applied to every step's value; steps whose operand is
     /// shared (time-constant) still get their own node: the unrolled graph
     /// is BPTT's graph, and merging equal steps is a later pass's business.
-    fn per_step(&mut self, xs: &[NodeIndex], layer: usize, f: impl Fn(NodeIndex) -> (Op, Vec<NodeIndex>)) -> Result<Vec<NodeIndex>, UnrollError> {
+    fn per_step(
+        &mut self,
+        xs: &[NodeIndex],
+        layer: usize,
+        f: impl Fn(NodeIndex) -> (Op, Vec<NodeIndex>),
+    ) -> Result<Vec<NodeIndex>, UnrollError> {
         let mut out = Vec::with_capacity(xs.len());
         for (t, &x) in xs.iter().enumerate() {
             let (op, args) = f(x);
-            let shapes: Vec<&[usize]> = args.iter().map(|&a| self.g.node(a).shape.as_slice()).collect();
+            let shapes: Vec<&[usize]> = args
+                .iter()
+                .map(|&a| self.g.node(a).shape.as_slice())
+                .collect();
             let shape = op
                 .infer_shape(&shapes)
                 .map_err(|msg| ir::VerifyError {
@@ -164,16 +182,37 @@ impl Unroller<'_> {
         let per_sample = self.analysis.input.clone();
         match self.model.input.encoding {
             Encoding::Direct => {
-                let x = self.node(Op::Input { name: "x".into() }, self.batched(&per_sample), 0, None, Role::Input, &[]);
+                let x = self.node(
+                    Op::Input { name: "x".into() },
+                    self.batched(&per_sample),
+                    0,
+                    None,
+                    Role::Input,
+                    &[],
+                );
                 vec![x; steps]
             }
             Encoding::Poisson { seed } => {
-                let x = self.node(Op::Input { name: "x".into() }, self.batched(&per_sample), 0, None, Role::Input, &[]);
+                let x = self.node(
+                    Op::Input { name: "x".into() },
+                    self.batched(&per_sample),
+                    0,
+                    None,
+                    Role::Input,
+                    &[],
+                );
                 let shape = self.batched(&per_sample);
                 (0..steps)
                     .map(|t| {
                         let stream = mix64(seed).wrapping_add(t as u64);
-                        self.node(Op::Poisson { stream }, shape.clone(), 0, Some(t), Role::Forward, &[x])
+                        self.node(
+                            Op::Poisson { stream },
+                            shape.clone(),
+                            0,
+                            Some(t),
+                            Role::Forward,
+                            &[x],
+                        )
                     })
                     .collect()
             }
@@ -183,15 +222,36 @@ impl Unroller<'_> {
                 let x = self.node(Op::Input { name: "x".into() }, s, 0, None, Role::Input, &[]);
                 let shape = self.batched(&per_sample);
                 (0..steps)
-                    .map(|t| self.node(Op::TimeSlice { t }, shape.clone(), 0, Some(t), Role::Forward, &[x]))
+                    .map(|t| {
+                        self.node(
+                            Op::TimeSlice { t },
+                            shape.clone(),
+                            0,
+                            Some(t),
+                            Role::Forward,
+                            &[x],
+                        )
+                    })
                     .collect()
             }
         }
     }
 
     fn param(&mut self, name: &str, layer: usize) -> NodeIndex {
-        let spec = self.analysis.params().find(|p| p.name == name).expect("analysis lists every parameter").clone();
-        self.node(Op::Param { name: spec.name }, spec.shape, layer, None, Role::Param, &[])
+        let spec = self
+            .analysis
+            .params()
+            .find(|p| p.name == name)
+            .expect("analysis lists every parameter")
+            .clone();
+        self.node(
+            Op::Param { name: spec.name },
+            spec.shape,
+            layer,
+            None,
+            Role::Param,
+            &[],
+        )
     }
 
     fn layers(&mut self, list: &[Layer], xs: &[NodeIndex]) -> Result<Vec<NodeIndex>, UnrollError> {
@@ -210,7 +270,12 @@ impl Unroller<'_> {
         let id = self.layer_info(&path, layer.kind.keyword());
         let p = |s: &str| format!("{path}.{s}");
         Ok(match &layer.kind {
-            LayerKind::Conv2d { stride, padding, bias, .. } => {
+            LayerKind::Conv2d {
+                stride,
+                padding,
+                bias,
+                ..
+            } => {
                 let w = self.param(&p("weight"), id);
                 let (stride, padding) = (*stride, *padding);
                 let ys = self.per_step(xs, id, |x| (Op::Conv2d { stride, padding }, vec![x, w]))?;
@@ -218,7 +283,15 @@ impl Unroller<'_> {
             }
             LayerKind::Linear { bias, .. } => {
                 let w = self.param(&p("weight"), id);
-                let ys = self.per_step(xs, id, |x| (Op::MatMul { ta: false, tb: true }, vec![x, w]))?;
+                let ys = self.per_step(xs, id, |x| {
+                    (
+                        Op::MatMul {
+                            ta: false,
+                            tb: true,
+                        },
+                        vec![x, w],
+                    )
+                })?;
                 self.bias(ys, *bias, &p("bias"), id)?
             }
             LayerKind::BatchNorm { eps, .. } => {
@@ -227,16 +300,23 @@ impl Unroller<'_> {
                 let c = vec![out_shape[1]];
                 let (mean, var) = match self.cfg.phase {
                     Phase::Train => {
-                        let mean = self.node(Op::ChannelMean, c.clone(), id, None, Role::Forward, xs);
+                        let mean =
+                            self.node(Op::ChannelMean, c.clone(), id, None, Role::Forward, xs);
                         let mut args = vec![mean];
                         args.extend_from_slice(xs);
                         let var = self.node(Op::ChannelVar, c, id, None, Role::Forward, &args);
                         (mean, var)
                     }
-                    Phase::Eval => (self.param(&p("running_mean"), id), self.param(&p("running_var"), id)),
+                    Phase::Eval => (
+                        self.param(&p("running_mean"), id),
+                        self.param(&p("running_var"), id),
+                    ),
                 };
                 let eps = *eps;
-                self.per_step(xs, id, |x| (Op::BatchNormApply { eps }, vec![x, mean, var, gamma, beta]))?
+                let xhat =
+                    self.per_step(xs, id, |x| (Op::Normalize { eps }, vec![x, mean, var]))?;
+                let scaled = self.per_step(&xhat, id, |x| (Op::ChannelScale, vec![x, gamma]))?;
+                self.per_step(&scaled, id, |x| (Op::BiasAdd, vec![x, beta]))?
             }
             LayerKind::AvgPool { kernel, stride } => {
                 let (kernel, stride) = (*kernel, *stride);
@@ -248,14 +328,28 @@ impl Unroller<'_> {
             }
             LayerKind::Flatten => {
                 let shape = out_shape.clone();
-                self.per_step(xs, id, |x| (Op::Reshape { shape: shape.clone() }, vec![x]))?
+                self.per_step(xs, id, |x| {
+                    (
+                        Op::Reshape {
+                            shape: shape.clone(),
+                        },
+                        vec![x],
+                    )
+                })?
             }
             LayerKind::Dropout { p } => {
                 if self.cfg.phase == Phase::Eval || *p == 0.0 {
                     xs.to_vec()
                 } else {
                     let stream = mix64(0xD50F_0000 ^ id as u64);
-                    let mask = self.node(Op::DropoutMask { p: *p, stream }, out_shape, id, None, Role::Forward, &[]);
+                    let mask = self.node(
+                        Op::DropoutMask { p: *p, stream },
+                        out_shape,
+                        id,
+                        None,
+                        Role::Forward,
+                        &[],
+                    );
                     self.per_step(xs, id, |x| (Op::Mul, vec![x, mask]))?
                 }
             }
@@ -269,14 +363,27 @@ impl Unroller<'_> {
                 let pairs: Vec<(NodeIndex, NodeIndex)> = a.into_iter().zip(b).collect();
                 let mut out = Vec::with_capacity(pairs.len());
                 for (t, (x, y)) in pairs.into_iter().enumerate() {
-                    out.push(self.node(Op::Add, out_shape.clone(), id, Some(t), Role::Forward, &[x, y]));
+                    out.push(self.node(
+                        Op::Add,
+                        out_shape.clone(),
+                        id,
+                        Some(t),
+                        Role::Forward,
+                        &[x, y],
+                    ));
                 }
                 out
             }
         })
     }
 
-    fn bias(&mut self, ys: Vec<NodeIndex>, bias: bool, name: &str, id: usize) -> Result<Vec<NodeIndex>, UnrollError> {
+    fn bias(
+        &mut self,
+        ys: Vec<NodeIndex>,
+        bias: bool,
+        name: &str,
+        id: usize,
+    ) -> Result<Vec<NodeIndex>, UnrollError> {
         if !bias {
             return Ok(ys);
         }
@@ -284,16 +391,28 @@ impl Unroller<'_> {
         self.per_step(&ys, id, |y| (Op::BiasAdd, vec![y, b]))
     }
 
-    fn neuron(&mut self, n: &Neuron, xs: &[NodeIndex], id: usize, shape: &[usize]) -> Vec<NodeIndex> {
+    fn neuron(
+        &mut self,
+        n: &Neuron,
+        xs: &[NodeIndex],
+        id: usize,
+        shape: &[usize],
+    ) -> Vec<NodeIndex> {
         let last = xs.len() - 1;
         let mut v_prev: Option<NodeIndex> = None;
         let mut spikes = Vec::with_capacity(xs.len());
         for (t, &i_t) in xs.iter().enumerate() {
-            let fwd = |this: &mut Self, op: Op, role: Role, args: &[NodeIndex]| this.node(op, shape.to_vec(), id, Some(t), role, args);
+            let fwd = |this: &mut Self, op: Op, role: Role, args: &[NodeIndex]| {
+                this.node(op, shape.to_vec(), id, Some(t), role, args)
+            };
             let u = match v_prev {
                 None => i_t,
                 Some(v) => {
-                    let lv = if n.lambda == 1.0 { v } else { fwd(self, Op::Scale(n.lambda), Role::Forward, &[v]) };
+                    let lv = if n.lambda == 1.0 {
+                        v
+                    } else {
+                        fwd(self, Op::Scale(n.lambda), Role::Forward, &[v])
+                    };
                     fwd(self, Op::Add, Role::Forward, &[lv, i_t])
                 }
             };
@@ -311,11 +430,19 @@ impl Unroller<'_> {
             if t == last || n.lambda == 0.0 {
                 continue;
             }
-            let sr = if n.detach_reset { fwd(self, Op::Detach, Role::Forward, &[s]) } else { s };
+            let sr = if n.detach_reset {
+                fwd(self, Op::Detach, Role::Forward, &[s])
+            } else {
+                s
+            };
             let drop = match n.reset {
                 Reset::Soft => fwd(self, Op::Scale(n.theta), Role::Forward, &[sr]),
                 Reset::Hard => {
-                    let gap = if n.v_reset == 0.0 { u } else { fwd(self, Op::AddScalar(-n.v_reset), Role::Forward, &[u]) };
+                    let gap = if n.v_reset == 0.0 {
+                        u
+                    } else {
+                        fwd(self, Op::AddScalar(-n.v_reset), Role::Forward, &[u])
+                    };
                     fwd(self, Op::Mul, Role::Forward, &[sr, gap])
                 }
             };

@@ -277,30 +277,22 @@ fn batchnorm_normalises_each_channel() {
     let var = eval(Op::ChannelVar, &[&mean, &x]);
     assert_close(&mean, &[2], &[4.0, 20.0]);
     assert_close(&var, &[2], &[5.0, 150.0]);
-    let ones = t64(&[2], &[1.0, 1.0]);
-    let zeros = t64(&[2], &[0.0, 0.0]);
-    let y = eval(
-        Op::BatchNormApply { eps: 0.0 },
-        &[&x, &mean, &var, &ones, &zeros],
-    );
+    let y = eval(Op::Normalize { eps: 0.0 }, &[&x, &mean, &var]);
     let m2 = eval(Op::ChannelMean, &[&y]);
     let v2 = eval(Op::ChannelVar, &[&m2, &y]);
     assert_close(&m2, &[2], &[0.0, 0.0]);
     assert_close(&v2, &[2], &[1.0, 1.0]);
 
-    // gamma·(x − mean)/sqrt(var + eps) + beta with round numbers:
+    // (x − mean)/sqrt(var + eps), then ·gamma, then +beta, with round numbers:
     // channel 0: 2·(x − 1)/sqrt(3 + 1) + 1; channel 1: −1·(x − 0)/sqrt(0 + 1).
     let x = t64(&[1, 2, 2], &[3.0, 5.0, 2.0, -4.0]);
-    let y = eval(
-        Op::BatchNormApply { eps: 1.0 },
-        &[
-            &x,
-            &t64(&[2], &[1.0, 0.0]),
-            &t64(&[2], &[3.0, 0.0]),
-            &t64(&[2], &[2.0, -1.0]),
-            &t64(&[2], &[1.0, 0.0]),
-        ],
+    let xhat = eval(
+        Op::Normalize { eps: 1.0 },
+        &[&x, &t64(&[2], &[1.0, 0.0]), &t64(&[2], &[3.0, 0.0])],
     );
+    assert_close(&xhat, &[1, 2, 2], &[1.0, 2.0, 2.0, -4.0]);
+    let scaled = eval(Op::ChannelScale, &[&xhat, &t64(&[2], &[2.0, -1.0])]);
+    let y = eval(Op::BiasAdd, &[&scaled, &t64(&[2], &[1.0, 0.0])]);
     assert_close(&y, &[1, 2, 2], &[3.0, 5.0, -2.0, 4.0]);
 }
 

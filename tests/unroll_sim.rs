@@ -15,7 +15,11 @@ use std::collections::HashMap;
 fn check(r: &gen::Recipe, steps: usize, batch: usize, seed: u64) -> Result<(), TestCaseError> {
     let model = gen::build(r);
     let analysis = shape::analyze(&model).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let cfg = UnrollConfig { steps, batch, phase: Phase::Train };
+    let cfg = UnrollConfig {
+        steps,
+        batch,
+        phase: Phase::Train,
+    };
     let g = unroll_with(&model, &cfg).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let params = init::init_params(&analysis, seed);
     let mut xshape = vec![batch];
@@ -34,7 +38,10 @@ fn check(r: &gen::Recipe, steps: usize, batch: usize, seed: u64) -> Result<(), T
     let got = vals.get(g.output("logits").unwrap()).unwrap();
     prop_assert_eq!(&got.shape, &want.shape);
     for (a, b) in got.data.iter().zip(&want.data) {
-        prop_assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "interp {a} vs sim {b}\nmodel:\n{model:#?}");
+        prop_assert!(
+            (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+            "interp {a} vs sim {b}\nmodel:\n{model:#?}"
+        );
     }
     Ok(())
 }

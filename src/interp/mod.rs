@@ -5,6 +5,7 @@
 //! `ir::Op`, never as a clever one. Every node's value is kept (not just the
 //! outputs) because passes are checked by comparing intermediate values.
 
+mod grad_ops;
 mod ops;
 
 pub use ops::eval_op;

@@ -2,6 +2,7 @@
 //! explicit index arithmetic over `data`; sums run in a fixed order and
 //! accumulate in the element type `F`, like a straightforward backend would.
 
+use super::grad_ops as g;
 use super::RunOptions;
 use crate::ir::Op;
 use crate::rng;
@@ -81,8 +82,34 @@ pub fn eval_op<F: Float>(
         Op::Reshape { shape } => Tensor::from_vec(shape, x(0).data.clone()),
         Op::ChannelMean => channel_mean(operands),
         Op::ChannelVar => channel_var(operands[0], &operands[1..]),
-        Op::BatchNormApply { eps } => batchnorm(x(0), x(1), x(2), x(3), x(4), constant(*eps)?),
+        Op::Normalize { eps } => normalize(x(0), x(1), x(2), constant(*eps)?),
+        Op::ChannelScale => per_channel(x(0), x(1), |v, c| v * c),
         Op::TimeMean => time_mean(operands),
+        Op::Sum => g::sum(operands),
+        Op::SurrogateGrad { theta, surrogate } => g::surrogate(x(0), *theta, surrogate),
+        Op::Rsqrt { eps } => g::rsqrt(x(0), *eps)?,
+        Op::ChannelSum => g::channel_sum(x(0)),
+        Op::ChannelBroadcast { shape } => g::channel_broadcast(x(0), shape),
+        Op::Conv2dGradInput {
+            stride,
+            padding,
+            in_h,
+            in_w,
+        } => g::conv2d_grad_input(x(0), x(1), *stride, *padding, *in_h, *in_w),
+        Op::Conv2dGradWeight {
+            stride,
+            padding,
+            kernel,
+        } => g::conv2d_grad_weight(x(0), x(1), *stride, *padding, *kernel),
+        Op::AvgPoolGrad {
+            kernel,
+            stride,
+            in_h,
+            in_w,
+        } => g::avgpool_grad(x(0), *kernel, *stride, *in_h, *in_w),
+        Op::MaxPoolGrad { kernel, stride } => g::maxpool_grad(x(0), x(1), *kernel, *stride),
+        Op::SoftmaxCrossEntropy => g::softmax_xent(x(0), x(1)),
+        Op::SoftmaxCrossEntropyGrad => g::softmax_xent_grad(x(0), x(1)),
     };
     debug_assert_eq!(
         out.shape,
@@ -94,13 +121,13 @@ pub fn eval_op<F: Float>(
 }
 
 /// Converts an op's f64 attribute to the element type.
-fn constant<F: Float>(c: f64) -> Result<F, String> {
+pub(super) fn constant<F: Float>(c: f64) -> Result<F, String> {
     F::from(c).ok_or_else(|| format!("constant {c} is not representable in the element type"))
 }
 
 /// An element count as `F` (exact up to 2^24 in f32, which covers any
 /// count the interpreter is realistically run on).
-fn count<F: Float>(n: usize) -> F {
+pub(super) fn count<F: Float>(n: usize) -> F {
     F::from(n).expect("usize converts to a float")
 }
 
@@ -115,7 +142,7 @@ fn zip<F: Float>(a: &Tensor<F>, b: &Tensor<F>, f: impl Fn(F, F) -> F) -> Tensor<
 
 /// Product of the axes after the first two: the extent of one (batch,
 /// channel) or (batch, time) slab in row-major order.
-fn inner(shape: &[usize]) -> usize {
+pub(super) fn inner(shape: &[usize]) -> usize {
     shape[2..].iter().product()
 }
 
@@ -209,14 +236,7 @@ fn matmul<F: Float>(a: &Tensor<F>, b: &Tensor<F>, ta: bool, tb: bool) -> Tensor<
 }
 
 fn bias_add<F: Float>(x: &Tensor<F>, bias: &Tensor<F>) -> Tensor<F> {
-    let (c, r) = (x.shape[1], inner(&x.shape));
-    let data = x
-        .data
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| v + bias.data[(i / r) % c])
-        .collect();
-    Tensor::from_vec(&x.shape, data)
+    per_channel(x, bias, |v, b| v + b)
 }
 
 fn conv2d<F: Float>(x: &Tensor<F>, w: &Tensor<F>, stride: usize, padding: usize) -> Tensor<F> {
@@ -329,14 +349,7 @@ fn channel_var<F: Float>(mean: &Tensor<F>, xs: &[&Tensor<F>]) -> Tensor<F> {
     Tensor::from_vec(&[c], sums.into_iter().map(|s| s / n).collect())
 }
 
-fn batchnorm<F: Float>(
-    x: &Tensor<F>,
-    mean: &Tensor<F>,
-    var: &Tensor<F>,
-    gamma: &Tensor<F>,
-    beta: &Tensor<F>,
-    eps: F,
-) -> Tensor<F> {
+fn normalize<F: Float>(x: &Tensor<F>, mean: &Tensor<F>, var: &Tensor<F>, eps: F) -> Tensor<F> {
     let (c, r) = (x.shape[1], inner(&x.shape));
     let data = x
         .data
@@ -344,10 +357,20 @@ fn batchnorm<F: Float>(
         .enumerate()
         .map(|(i, &v)| {
             let ch = (i / r) % c;
-            // Evaluated literally as written in `Op::BatchNormApply`,
-            // left to right, with no precomputed reciprocal.
-            gamma.data[ch] * (v - mean.data[ch]) / (var.data[ch] + eps).sqrt() + beta.data[ch]
+            (v - mean.data[ch]) / (var.data[ch] + eps).sqrt()
         })
+        .collect();
+    Tensor::from_vec(&x.shape, data)
+}
+
+/// `f(x[.., c, ..], v[c])` for every element, `v` indexed by axis 1.
+fn per_channel<F: Float>(x: &Tensor<F>, v: &Tensor<F>, f: impl Fn(F, F) -> F) -> Tensor<F> {
+    let (c, r) = (x.shape[1], inner(&x.shape));
+    let data = x
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| f(a, v.data[(i / r) % c]))
         .collect();
     Tensor::from_vec(&x.shape, data)
 }

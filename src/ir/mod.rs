@@ -10,10 +10,11 @@ mod print;
 mod verify;
 
 pub use op::Op;
+pub use petgraph::stable_graph::NodeIndex;
 pub use print::{to_dot, to_text};
 pub use verify::{verify, VerifyError};
 
-use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::stable_graph::StableDiGraph;
 use petgraph::visit::{EdgeRef, NodeIndexable};
 use petgraph::Direction;
 use serde::Serialize;
@@ -38,6 +39,10 @@ pub enum Role {
     State,
     /// A graph output.
     Output,
+    /// Backward computation (built by autodiff).
+    Backward,
+    /// A parameter's gradient: the backward's result, also an output.
+    Gradient,
 }
 
 impl Role {
@@ -48,6 +53,8 @@ impl Role {
             Role::Forward => "fwd",
             Role::State => "state",
             Role::Output => "out",
+            Role::Backward => "bwd",
+            Role::Gradient => "grad",
         }
     }
 }

@@ -85,15 +85,67 @@ pub enum Op {
     ChannelMean,
     /// Operands `(mean, x_1, …, x_n)`: per-channel biased variance → `[C]`.
     ChannelVar,
-    /// Operands `(x, mean, var, gamma, beta)`:
-    /// `gamma·(x − mean)/sqrt(var + eps) + beta`, per channel.
-    BatchNormApply {
-        eps: f64,
-    },
+    /// Operands `(x, mean, var)`: `(x − mean)/sqrt(var + eps)` per channel.
+    /// Batch norm is `bias_add(channel_scale(normalize(x), gamma), beta)`:
+    /// three ops whose derivatives are simple.
+    Normalize { eps: f64 },
+    /// `x[B, C, ...] · c[C]`, broadcast over every axis but 1.
+    ChannelScale,
 
     // ---- time ----
     /// Mean of the operands (one per timestep).
     TimeMean,
+
+    // ---- gradients (built by autodiff) ----
+    /// Elementwise sum of any number of operands (gradient accumulation;
+    /// over timesteps it is the n-ary time sum).
+    Sum,
+    /// `σ'(x − θ)`: the surrogate's derivative at the spike's input.
+    SurrogateGrad {
+        theta: f64,
+        surrogate: Surrogate,
+    },
+    /// `1/sqrt(x + eps)`, elementwise.
+    Rsqrt {
+        eps: f64,
+    },
+    /// `x[B, C, ...] -> [C]`: per-channel sum over every axis but 1.
+    ChannelSum,
+    /// `c[C] -> shape`: `c` broadcast along axis 1.
+    ChannelBroadcast {
+        shape: Vec<usize>,
+    },
+    /// `(δy[B,Co,Ho,Wo], w[Co,Ci,k,k]) -> δx[B,Ci,H,W]` of `Conv2d`.
+    Conv2dGradInput {
+        stride: usize,
+        padding: usize,
+        in_h: usize,
+        in_w: usize,
+    },
+    /// `(x[B,Ci,H,W], δy[B,Co,Ho,Wo]) -> δw[Co,Ci,k,k]` of `Conv2d`.
+    Conv2dGradWeight {
+        stride: usize,
+        padding: usize,
+        kernel: usize,
+    },
+    /// `δy -> δx[B,C,H,W]` of `AvgPool`.
+    AvgPoolGrad {
+        kernel: usize,
+        stride: usize,
+        in_h: usize,
+        in_w: usize,
+    },
+    /// `(x, δy) -> δx` of `MaxPool`: each window's δ goes to its first
+    /// maximum.
+    MaxPoolGrad {
+        kernel: usize,
+        stride: usize,
+    },
+    /// `(z[B,K], y[B,K]) -> [1]`: mean over the batch of
+    /// `−Σ_k y_k·log softmax(z)_k` (y one-hot or any distribution).
+    SoftmaxCrossEntropy,
+    /// `(z, y) -> (softmax(z) − y)/B`, the gradient of the above.
+    SoftmaxCrossEntropyGrad,
 }
 
 impl Op {
@@ -120,8 +172,20 @@ impl Op {
             Op::Reshape { .. } => "reshape",
             Op::ChannelMean => "channel_mean",
             Op::ChannelVar => "channel_var",
-            Op::BatchNormApply { .. } => "batchnorm",
+            Op::Normalize { .. } => "normalize",
+            Op::ChannelScale => "channel_scale",
             Op::TimeMean => "time_mean",
+            Op::Sum => "sum",
+            Op::SurrogateGrad { .. } => "surrogate_grad",
+            Op::Rsqrt { .. } => "rsqrt",
+            Op::ChannelSum => "channel_sum",
+            Op::ChannelBroadcast { .. } => "channel_broadcast",
+            Op::Conv2dGradInput { .. } => "conv2d_grad_input",
+            Op::Conv2dGradWeight { .. } => "conv2d_grad_weight",
+            Op::AvgPoolGrad { .. } => "avgpool_grad",
+            Op::MaxPoolGrad { .. } => "maxpool_grad",
+            Op::SoftmaxCrossEntropy => "softmax_xent",
+            Op::SoftmaxCrossEntropyGrad => "softmax_xent_grad",
         }
     }
 
@@ -133,7 +197,7 @@ impl Op {
             Op::Poisson { stream } => format!("stream={stream:#x}"),
             Op::TimeSlice { t } => format!("t={t}"),
             Op::Scale(c) | Op::AddScalar(c) => format!("{c}"),
-            Op::Spike { theta, surrogate } => format!(
+            Op::Spike { theta, surrogate } | Op::SurrogateGrad { theta, surrogate } => format!(
                 "theta={theta} {}({})",
                 format!("{:?}", surrogate.kind).to_lowercase(),
                 surrogate.alpha
@@ -149,7 +213,26 @@ impl Op {
                 format!("kernel={kernel} stride={stride}")
             }
             Op::Reshape { shape } => format!("{shape:?}"),
-            Op::BatchNormApply { eps } => format!("eps={eps}"),
+            Op::Normalize { eps } | Op::Rsqrt { eps } => format!("eps={eps}"),
+            Op::ChannelBroadcast { shape } => format!("{shape:?}"),
+            Op::Conv2dGradInput {
+                stride,
+                padding,
+                in_h,
+                in_w,
+            } => format!("stride={stride} padding={padding} in={in_h}x{in_w}"),
+            Op::Conv2dGradWeight {
+                stride,
+                padding,
+                kernel,
+            } => format!("stride={stride} padding={padding} kernel={kernel}"),
+            Op::AvgPoolGrad {
+                kernel,
+                stride,
+                in_h,
+                in_w,
+            } => format!("kernel={kernel} stride={stride} in={in_h}x{in_w}"),
+            Op::MaxPoolGrad { kernel, stride } => format!("kernel={kernel} stride={stride}"),
             _ => String::new(),
         }
     }
@@ -191,7 +274,9 @@ impl Op {
             | Op::Scale(_)
             | Op::AddScalar(_)
             | Op::Detach
-            | Op::Spike { .. } => {
+            | Op::Spike { .. }
+            | Op::SurrogateGrad { .. }
+            | Op::Rsqrt { .. } => {
                 arity(1)?;
                 ins[0].to_vec()
             }
@@ -223,7 +308,7 @@ impl Op {
                 }
                 vec![m, n]
             }
-            Op::BiasAdd => {
+            Op::BiasAdd | Op::ChannelScale => {
                 arity(2)?;
                 if ins[0].len() < 2 || ins[1] != [ins[0][1]] {
                     return Err(format!("bias {:?} does not fit {:?}", ins[1], ins[0]));
@@ -237,9 +322,12 @@ impl Op {
                     return Err(format!("conv2d of {x:?} with weight {w:?}"));
                 }
                 let k = w[2];
+                if *stride == 0 {
+                    return Err("conv2d stride must be > 0".into());
+                }
                 let o = |n: usize| (n + 2 * padding).checked_sub(k).map(|d| d / stride + 1);
                 match (o(x[2]), o(x[3])) {
-                    (Some(h), Some(wd)) if *stride > 0 => vec![x[0], w[0], h, wd],
+                    (Some(h), Some(wd)) => vec![x[0], w[0], h, wd],
                     _ => return Err(format!("conv2d kernel {k} does not fit {x:?}")),
                 }
             }
@@ -288,22 +376,130 @@ impl Op {
                 }
                 ins[0].to_vec()
             }
-            Op::BatchNormApply { .. } => {
-                arity(5)?;
+            Op::Normalize { .. } => {
+                arity(3)?;
                 let x = ins[0];
                 if x.len() < 2 || ins[1..].iter().any(|s| *s != [x[1]]) {
                     return Err(format!("batchnorm statistics do not fit {x:?}"));
                 }
                 x.to_vec()
             }
-            Op::TimeMean => {
+            Op::TimeMean | Op::Sum => {
                 if ins.is_empty() {
-                    return Err("time_mean needs operands".into());
+                    return Err(format!("{} needs operands", self.name()));
                 }
                 for s in ins {
                     same(ins[0], s)?;
                 }
                 ins[0].to_vec()
+            }
+            Op::ChannelSum => {
+                arity(1)?;
+                if ins[0].len() < 2 {
+                    return Err(format!("channel_sum of {:?}", ins[0]));
+                }
+                vec![ins[0][1]]
+            }
+            Op::ChannelBroadcast { shape } => {
+                arity(1)?;
+                if shape.len() < 2 || ins[0] != [shape[1]] {
+                    return Err(format!("channel_broadcast of {:?} to {shape:?}", ins[0]));
+                }
+                shape.clone()
+            }
+            Op::Conv2dGradInput {
+                stride,
+                padding,
+                in_h,
+                in_w,
+            } => {
+                arity(2)?;
+                let (d, w) = (ins[0], ins[1]);
+                let fwd = Op::Conv2d {
+                    stride: *stride,
+                    padding: *padding,
+                };
+                let x = [
+                    d.first().copied().unwrap_or(0),
+                    w.get(1).copied().unwrap_or(0),
+                    *in_h,
+                    *in_w,
+                ];
+                match fwd.infer_shape(&[&x, w]) {
+                    Ok(Some(y)) if y == d => x.to_vec(),
+                    _ => {
+                        return Err(format!(
+                            "conv2d_grad_input of {d:?} with weight {w:?} for {in_h}x{in_w}"
+                        ))
+                    }
+                }
+            }
+            Op::Conv2dGradWeight {
+                stride,
+                padding,
+                kernel,
+            } => {
+                arity(2)?;
+                let (x, d) = (ins[0], ins[1]);
+                if x.len() != 4 || d.len() != 4 {
+                    return Err(format!("conv2d_grad_weight of {x:?} and {d:?}"));
+                }
+                let w = [d[1], x[1], *kernel, *kernel];
+                let fwd = Op::Conv2d {
+                    stride: *stride,
+                    padding: *padding,
+                };
+                match fwd.infer_shape(&[x, &w]) {
+                    Ok(Some(y)) if y == d => w.to_vec(),
+                    _ => return Err(format!("conv2d_grad_weight of {x:?} and {d:?}")),
+                }
+            }
+            Op::AvgPoolGrad {
+                kernel,
+                stride,
+                in_h,
+                in_w,
+            } => {
+                arity(1)?;
+                let d = ins[0];
+                if d.len() != 4 {
+                    return Err(format!("avgpool_grad of {d:?}"));
+                }
+                let x = [d[0], d[1], *in_h, *in_w];
+                let fwd = Op::AvgPool {
+                    kernel: *kernel,
+                    stride: *stride,
+                };
+                match fwd.infer_shape(&[&x]) {
+                    Ok(Some(y)) if y == d => x.to_vec(),
+                    _ => return Err(format!("avgpool_grad of {d:?} for {in_h}x{in_w}")),
+                }
+            }
+            Op::MaxPoolGrad { kernel, stride } => {
+                arity(2)?;
+                let fwd = Op::MaxPool {
+                    kernel: *kernel,
+                    stride: *stride,
+                };
+                match fwd.infer_shape(&[ins[0]]) {
+                    Ok(Some(y)) if y == ins[1] => ins[0].to_vec(),
+                    _ => return Err(format!("maxpool_grad of {:?} and {:?}", ins[0], ins[1])),
+                }
+            }
+            Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => {
+                arity(2)?;
+                same(ins[0], ins[1])?;
+                if ins[0].len() != 2 {
+                    return Err(format!(
+                        "cross-entropy needs [B, K] logits, got {:?}",
+                        ins[0]
+                    ));
+                }
+                if *self == Op::SoftmaxCrossEntropy {
+                    vec![1]
+                } else {
+                    ins[0].to_vec()
+                }
             }
         };
         Ok(Some(out))

@@ -99,6 +99,8 @@ fn color(role: Role) -> &'static str {
         Role::Forward => "white",
         Role::State => "palegreen",
         Role::Output => "lightsalmon",
+        Role::Backward => "lavender",
+        Role::Gradient => "plum",
     }
 }
 

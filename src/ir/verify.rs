@@ -76,46 +76,78 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
             Role::Input if !matches!(node.op, Op::Input { .. }) => {
                 return Err(err(n, "an input node must be an `input` op".into()))
             }
-            Role::Forward | Role::State | Role::Output
+            Role::Forward | Role::State | Role::Output | Role::Backward | Role::Gradient
                 if node.op.is_leaf() && !matches!(node.op, Op::DropoutMask { .. }) =>
             {
                 return Err(err(n, "a leaf op in a computed role".into()))
             }
             _ => {}
         }
-        if matches!(node.role, Role::Forward | Role::State | Role::Output) && node.layer.is_none() {
+        let computed = !matches!(node.role, Role::Input | Role::Param);
+        if computed && node.layer.is_none() {
             return Err(err(n, "computed node without a layer".into()));
         }
-        if matches!(node.role, Role::State) && node.t.is_none() {
+        if node.role == Role::State && node.t.is_none() {
             return Err(err(n, "state node without a timestep".into()));
         }
-        let per_step = !matches!(node.op, Op::TimeMean | Op::ChannelMean | Op::ChannelVar)
-            && !node.op.is_leaf();
-        if per_step && node.t.is_none() && ops.iter().any(|&o| g.g[o].t.is_some()) {
+        if node.role == Role::Gradient && node.t.is_some() {
             return Err(err(
                 n,
-                "per-step op reading per-step values has no timestep".into(),
+                "a parameter gradient must be shared by all steps".into(),
             ));
         }
-        if let Some(t) = node.t {
-            for &o in &ops {
-                let on = &g.g[o];
-                let ok = match on.t {
-                    None => true,
-                    Some(ot) if ot == t => true,
-                    Some(ot) => ot + 1 == t && on.role == Role::State,
-                };
-                if !ok {
-                    return Err(err(
-                        n,
-                        format!(
-                            "step {t} reads {} at step {:?} (only step-{t} values, shared values and step-{} state may be read)",
-                            on.op.name(),
-                            on.t,
-                            t.wrapping_sub(1) as isize
-                        ),
-                    ));
-                }
+        let reduces_time = matches!(
+            node.op,
+            Op::TimeMean | Op::ChannelMean | Op::ChannelVar | Op::Sum
+        );
+        if !reduces_time && !node.op.is_leaf() && node.t.is_none() {
+            if let Some(&o) = ops.iter().find(|&&o| g.g[o].t.is_some()) {
+                return Err(err(
+                    n,
+                    format!("per-step op without a timestep reads step {:?}", g.g[o].t),
+                ));
+            }
+        }
+        let backward = matches!(node.role, Role::Backward | Role::Gradient);
+        for &o in &ops {
+            let on = &g.g[o];
+            let reads_backward = matches!(on.role, Role::Backward | Role::Gradient);
+            if !backward && reads_backward {
+                return Err(err(
+                    n,
+                    format!(
+                        "a {} node reads backward node {}",
+                        node.role.short(),
+                        on.op.name()
+                    ),
+                ));
+            }
+            let (Some(t), Some(ot)) = (node.t, on.t) else {
+                continue;
+            };
+            // Forward: step t reads step t, or the state of step t−1.
+            // Backward: the gradient of step t may read steps t−1..=t+1
+            // (δ flows from t+1 to t; a rule at step t reads its forward
+            // operands, which include step-(t−1) state).
+            let ok = if backward {
+                ot + 1 >= t && ot <= t + 1
+            } else {
+                ot == t || (ot + 1 == t && on.role == Role::State)
+            };
+            if !ok {
+                return Err(err(
+                    n,
+                    format!(
+                        "step {t} reads {} at step {ot} (a {} node may read {})",
+                        on.op.name(),
+                        node.role.short(),
+                        if backward {
+                            "steps t−1, t and t+1"
+                        } else {
+                            "step-t values, shared values and step-(t−1) state"
+                        }
+                    ),
+                ));
             }
         }
     }

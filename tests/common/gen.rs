@@ -44,7 +44,13 @@ pub fn neuron_opts(a: u8, b: u8) -> NeuronOpts {
         reset: Some(if a & 4 == 0 { Reset::Soft } else { Reset::Hard }),
         v_reset: Some(if a & 32 == 0 { 0.0 } else { -0.1 }),
         detach_reset: Some(a & 8 == 0),
-        surrogate: Some([SurrogateKind::Sigmoid, SurrogateKind::Atan, SurrogateKind::Triangle][((b / 3) % 3) as usize]),
+        surrogate: Some(
+            [
+                SurrogateKind::Sigmoid,
+                SurrogateKind::Atan,
+                SurrogateKind::Triangle,
+            ][((b / 3) % 3) as usize],
+        ),
         alpha: Some(if a & 16 == 0 { 4.0 } else { 2.0 }),
     }
 }
@@ -54,50 +60,96 @@ pub fn build(r: &Recipe) -> Model {
     let mut shape: Vec<usize> = if r.image { vec![c, h, w] } else { vec![c * h] };
     let mut layers = Vec::new();
     let neuron = |x: u8, y: u8| {
-        let kind = if y & 64 == 0 { NeuronKind::Lif } else { NeuronKind::If };
+        let kind = if y & 64 == 0 {
+            NeuronKind::Lif
+        } else {
+            NeuronKind::If
+        };
         // Half the layers override the model defaults.
-        let opts = if x & 128 == 0 { neuron_opts(x, y) } else { NeuronOpts::default() };
+        let opts = if x & 128 == 0 {
+            neuron_opts(x, y)
+        } else {
+            NeuronOpts::default()
+        };
         LayerKind::Neuron { kind, opts }
     };
     for &(k, x, y) in &r.tokens {
         let image = shape.len() == 3;
         let kind = match k % 8 {
             0 if image => {
-                let (kernel, stride, padding) = (1 + (x % 3) as usize, 1 + ((x / 3) % 2) as usize, ((y / 3) % 2) as usize);
+                let (kernel, stride, padding) = (
+                    1 + (x % 3) as usize,
+                    1 + ((x / 3) % 2) as usize,
+                    ((y / 3) % 2) as usize,
+                );
                 if shape[1] + 2 * padding < kernel || shape[2] + 2 * padding < kernel {
                     neuron(x, y)
                 } else {
                     let out = 1 + (y % 3) as usize;
-                    shape = vec![out, (shape[1] + 2 * padding - kernel) / stride + 1, (shape[2] + 2 * padding - kernel) / stride + 1];
-                    LayerKind::Conv2d { out, kernel, stride, padding, bias: x & 64 != 0 }
+                    shape = vec![
+                        out,
+                        (shape[1] + 2 * padding - kernel) / stride + 1,
+                        (shape[2] + 2 * padding - kernel) / stride + 1,
+                    ];
+                    LayerKind::Conv2d {
+                        out,
+                        kernel,
+                        stride,
+                        padding,
+                        bias: x & 64 != 0,
+                    }
                 }
             }
-            1 => LayerKind::BatchNorm { eps: 1e-5, momentum: 0.1 },
+            1 => LayerKind::BatchNorm {
+                eps: 1e-5,
+                momentum: 0.1,
+            },
             2 | 3 if image && shape[1] >= 2 && shape[2] >= 2 => {
                 shape = vec![shape[0], (shape[1] - 2) / 2 + 1, (shape[2] - 2) / 2 + 1];
                 if k % 8 == 2 {
-                    LayerKind::AvgPool { kernel: 2, stride: 2 }
+                    LayerKind::AvgPool {
+                        kernel: 2,
+                        stride: 2,
+                    }
                 } else {
-                    LayerKind::MaxPool { kernel: 2, stride: 2 }
+                    LayerKind::MaxPool {
+                        kernel: 2,
+                        stride: 2,
+                    }
                 }
             }
             5 if image => LayerKind::Residual {
                 main: vec![
-                    Layer::new(LayerKind::Conv2d { out: shape[0], kernel: 3, stride: 1, padding: 1, bias: false }),
-                    Layer::new(LayerKind::BatchNorm { eps: 1e-5, momentum: 0.1 }),
+                    Layer::new(LayerKind::Conv2d {
+                        out: shape[0],
+                        kernel: 3,
+                        stride: 1,
+                        padding: 1,
+                        bias: false,
+                    }),
+                    Layer::new(LayerKind::BatchNorm {
+                        eps: 1e-5,
+                        momentum: 0.1,
+                    }),
                     Layer::new(neuron(x, y)),
                 ],
                 shortcut: vec![],
             },
             5 => LayerKind::Residual {
                 main: vec![
-                    Layer::new(LayerKind::Linear { out: shape[0], bias: true }),
+                    Layer::new(LayerKind::Linear {
+                        out: shape[0],
+                        bias: true,
+                    }),
                     Layer::new(neuron(x, y)),
                 ],
                 shortcut: if x & 1 == 0 {
                     vec![]
                 } else {
-                    vec![Layer::new(LayerKind::Linear { out: shape[0], bias: false })]
+                    vec![Layer::new(LayerKind::Linear {
+                        out: shape[0],
+                        bias: false,
+                    })]
                 },
             },
             6 if image => {
@@ -107,7 +159,10 @@ pub fn build(r: &Recipe) -> Model {
             6 => {
                 let out = 2 + (x % 5) as usize;
                 shape = vec![out];
-                LayerKind::Linear { out, bias: y & 1 == 0 }
+                LayerKind::Linear {
+                    out,
+                    bias: y & 1 == 0,
+                }
             }
             _ => neuron(x, y),
         };
@@ -116,13 +171,18 @@ pub fn build(r: &Recipe) -> Model {
     if shape.len() == 3 {
         layers.push(Layer::new(LayerKind::Flatten));
     }
-    layers.push(Layer::new(LayerKind::Linear { out: r.classes, bias: true }));
+    layers.push(Layer::new(LayerKind::Linear {
+        out: r.classes,
+        bias: true,
+    }));
     Model {
         name: "random".into(),
         input: Input {
             shape: if r.image { vec![c, h, w] } else { vec![c * h] },
             encoding: match r.enc % 4 {
-                1 => Encoding::Poisson { seed: u64::from(r.enc) },
+                1 => Encoding::Poisson {
+                    seed: u64::from(r.enc),
+                },
                 2 if r.image => Encoding::Events,
                 _ => Encoding::Direct,
             },

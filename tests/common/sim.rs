@@ -101,12 +101,23 @@ fn run_layers(
                 bias,
             } => xs
                 .iter()
-                .map(|x| conv(x, p("weight"), bias.then(|| p("bias")), *out, *kernel, *stride, *padding))
+                .map(|x| {
+                    conv(
+                        x,
+                        p("weight"),
+                        bias.then(|| p("bias")),
+                        *out,
+                        *kernel,
+                        *stride,
+                        *padding,
+                    )
+                })
                 .collect(),
             LayerKind::BatchNorm { eps, .. } => batchnorm(&xs, p("gamma"), p("beta"), *eps),
-            LayerKind::AvgPool { kernel, stride } => {
-                xs.iter().map(|x| pool(x, *kernel, *stride, false)).collect()
-            }
+            LayerKind::AvgPool { kernel, stride } => xs
+                .iter()
+                .map(|x| pool(x, *kernel, *stride, false))
+                .collect(),
             LayerKind::MaxPool { kernel, stride } => {
                 xs.iter().map(|x| pool(x, *kernel, *stride, true)).collect()
             }
@@ -162,7 +173,15 @@ fn lif(n: &Neuron, currents: &[Act]) -> Vec<Act> {
 }
 
 /// Direct convolution: each output pixel gathers its receptive field.
-fn conv(x: &Act, w: &Tensor<f64>, bias: Option<&Tensor<f64>>, co: usize, k: usize, s: usize, p: usize) -> Act {
+fn conv(
+    x: &Act,
+    w: &Tensor<f64>,
+    bias: Option<&Tensor<f64>>,
+    co: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Act {
     let (b, ci, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let ho = (h + 2 * p - k) / s + 1;
     let wo = (wd + 2 * p - k) / s + 1;
@@ -180,7 +199,8 @@ fn conv(x: &Act, w: &Tensor<f64>, bias: Option<&Tensor<f64>>, co: usize, k: usiz
                                 if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
                                     continue;
                                 }
-                                let xv = x.data[((bi * ci + c) * h + iy as usize) * wd + ix as usize];
+                                let xv =
+                                    x.data[((bi * ci + c) * h + iy as usize) * wd + ix as usize];
                                 acc += xv * w.data[((o * ci + c) * k + ky) * k + kx];
                             }
                         }
@@ -200,7 +220,8 @@ fn pool(x: &Act, k: usize, s: usize, max: bool) -> Act {
     for bc in 0..b * c {
         for oy in 0..ho {
             for ox in 0..wo {
-                let window = (0..k * k).map(|i| x.data[(bc * h + oy * s + i / k) * w + ox * s + i % k]);
+                let window =
+                    (0..k * k).map(|i| x.data[(bc * h + oy * s + i / k) * w + ox * s + i % k]);
                 y.data[(bc * ho + oy) * wo + ox] = if max {
                     window.fold(f64::NEG_INFINITY, f64::max)
                 } else {

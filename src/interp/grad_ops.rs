@@ -1,0 +1,244 @@
+//! Kernels of the gradient ops autodiff emits. Each is the adjoint of a
+//! forward kernel in `ops.rs`, written as the same loops with the
+//! accumulation turned around (scatter instead of gather).
+
+use super::ops::{constant, count, inner};
+use super::surrogate_grad;
+use crate::model::Surrogate;
+use crate::tensor::Tensor;
+use num_traits::Float;
+
+pub fn sum<F: Float>(xs: &[&Tensor<F>]) -> Tensor<F> {
+    let mut out = Tensor::zeros(&xs[0].shape);
+    for x in xs {
+        for (o, &v) in out.data.iter_mut().zip(&x.data) {
+            *o = *o + v;
+        }
+    }
+    out
+}
+
+pub fn surrogate<F: Float>(x: &Tensor<F>, theta: f64, s: &Surrogate) -> Tensor<F> {
+    let data = x
+        .data
+        .iter()
+        .map(|&v| {
+            let d = v.to_f64().expect("float widens") - theta;
+            F::from(surrogate_grad(s, d)).expect("finite")
+        })
+        .collect();
+    Tensor::from_vec(&x.shape, data)
+}
+
+pub fn rsqrt<F: Float>(x: &Tensor<F>, eps: f64) -> Result<Tensor<F>, String> {
+    let eps: F = constant(eps)?;
+    Ok(Tensor::from_vec(
+        &x.shape,
+        x.data
+            .iter()
+            .map(|&v| F::one() / (v + eps).sqrt())
+            .collect(),
+    ))
+}
+
+pub fn channel_sum<F: Float>(x: &Tensor<F>) -> Tensor<F> {
+    let (c, r) = (x.shape[1], inner(&x.shape));
+    let mut out = vec![F::zero(); c];
+    for (i, &v) in x.data.iter().enumerate() {
+        let ch = (i / r) % c;
+        out[ch] = out[ch] + v;
+    }
+    Tensor::from_vec(&[c], out)
+}
+
+pub fn channel_broadcast<F: Float>(v: &Tensor<F>, shape: &[usize]) -> Tensor<F> {
+    let (c, r) = (shape[1], inner(shape));
+    let n: usize = shape.iter().product();
+    Tensor::from_vec(shape, (0..n).map(|i| v.data[(i / r) % c]).collect())
+}
+
+/// Scatters each output-gradient tap back through the weight.
+pub fn conv2d_grad_input<F: Float>(
+    d: &Tensor<F>,
+    w: &Tensor<F>,
+    stride: usize,
+    padding: usize,
+    h: usize,
+    wd: usize,
+) -> Tensor<F> {
+    let (b, co, ho, wo) = (d.shape[0], d.shape[1], d.shape[2], d.shape[3]);
+    let (ci, k) = (w.shape[1], w.shape[2]);
+    let mut out = Tensor::zeros(&[b, ci, h, wd]);
+    for bi in 0..b {
+        for o in 0..co {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let g = d.data[((bi * co + o) * ho + oy) * wo + ox];
+                    for c in 0..ci {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (Some(iy), Some(ix)) = (
+                                    (oy * stride + ky).checked_sub(padding),
+                                    (ox * stride + kx).checked_sub(padding),
+                                ) else {
+                                    continue;
+                                };
+                                if iy >= h || ix >= wd {
+                                    continue;
+                                }
+                                let at = ((bi * ci + c) * h + iy) * wd + ix;
+                                out.data[at] =
+                                    out.data[at] + g * w.data[((o * ci + c) * k + ky) * k + kx];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn conv2d_grad_weight<F: Float>(
+    x: &Tensor<F>,
+    d: &Tensor<F>,
+    stride: usize,
+    padding: usize,
+    k: usize,
+) -> Tensor<F> {
+    let (b, ci, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (co, ho, wo) = (d.shape[1], d.shape[2], d.shape[3]);
+    let mut out = Tensor::zeros(&[co, ci, k, k]);
+    for bi in 0..b {
+        for o in 0..co {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let g = d.data[((bi * co + o) * ho + oy) * wo + ox];
+                    for c in 0..ci {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (Some(iy), Some(ix)) = (
+                                    (oy * stride + ky).checked_sub(padding),
+                                    (ox * stride + kx).checked_sub(padding),
+                                ) else {
+                                    continue;
+                                };
+                                if iy >= h || ix >= wd {
+                                    continue;
+                                }
+                                let at = ((o * ci + c) * k + ky) * k + kx;
+                                out.data[at] =
+                                    out.data[at] + g * x.data[((bi * ci + c) * h + iy) * wd + ix];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn avgpool_grad<F: Float>(
+    d: &Tensor<F>,
+    kernel: usize,
+    stride: usize,
+    h: usize,
+    w: usize,
+) -> Tensor<F> {
+    let (b, c, ho, wo) = (d.shape[0], d.shape[1], d.shape[2], d.shape[3]);
+    let area: F = count(kernel * kernel);
+    let mut out = Tensor::zeros(&[b, c, h, w]);
+    for plane in 0..b * c {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let g = d.data[(plane * ho + oy) * wo + ox] / area;
+                for ky in 0..kernel {
+                    for kx in 0..kernel {
+                        let at = (plane * h + oy * stride + ky) * w + ox * stride + kx;
+                        out.data[at] = out.data[at] + g;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Routes each window's gradient to the window's first maximum (row-major),
+/// the same element a max with strict `>` keeps.
+pub fn maxpool_grad<F: Float>(
+    x: &Tensor<F>,
+    d: &Tensor<F>,
+    kernel: usize,
+    stride: usize,
+) -> Tensor<F> {
+    let (b, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (ho, wo) = (d.shape[2], d.shape[3]);
+    let mut out = Tensor::zeros(&x.shape);
+    for plane in 0..b * c {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut best = (plane * h + oy * stride) * w + ox * stride;
+                for ky in 0..kernel {
+                    for kx in 0..kernel {
+                        let at = (plane * h + oy * stride + ky) * w + ox * stride + kx;
+                        if x.data[at] > x.data[best] {
+                            best = at;
+                        }
+                    }
+                }
+                out.data[best] = out.data[best] + d.data[(plane * ho + oy) * wo + ox];
+            }
+        }
+    }
+    out
+}
+
+fn softmax_rows<F: Float>(z: &Tensor<F>) -> Vec<F> {
+    let k = z.shape[1];
+    let mut p = z.data.clone();
+    for row in p.chunks_mut(k) {
+        let m = row.iter().copied().fold(F::neg_infinity(), F::max);
+        let mut s = F::zero();
+        for v in row.iter_mut() {
+            *v = (*v - m).exp();
+            s = s + *v;
+        }
+        for v in row.iter_mut() {
+            *v = *v / s;
+        }
+    }
+    p
+}
+
+pub fn softmax_xent<F: Float>(z: &Tensor<F>, y: &Tensor<F>) -> Tensor<F> {
+    let (b, k) = (z.shape[0], z.shape[1]);
+    let mut loss = F::zero();
+    for (zr, yr) in z.data.chunks(k).zip(y.data.chunks(k)) {
+        // log softmax with the max subtracted, for range.
+        let m = zr.iter().copied().fold(F::neg_infinity(), F::max);
+        let lse = zr
+            .iter()
+            .map(|&v| (v - m).exp())
+            .fold(F::zero(), |a, e| a + e)
+            .ln()
+            + m;
+        for (&zv, &yv) in zr.iter().zip(yr) {
+            loss = loss - yv * (zv - lse);
+        }
+    }
+    Tensor::from_vec(&[1], vec![loss / count(b)])
+}
+
+pub fn softmax_xent_grad<F: Float>(z: &Tensor<F>, y: &Tensor<F>) -> Tensor<F> {
+    let b: F = count(z.shape[0]);
+    let p = softmax_rows(z);
+    Tensor::from_vec(
+        &z.shape,
+        p.iter()
+            .zip(&y.data)
+            .map(|(&pv, &yv)| (pv - yv) / b)
+            .collect(),
+    )
+}
