@@ -1,1 +1,78 @@
-//! The `.snn` text format and the Rust builder (to be written).
+//! The `.snn` text format and the Rust builder.
+//!
+//! A `.snn` file is line oriented: `#` starts a comment, and each remaining
+//! line is a header (`model`, `input`, `neuron`), a layer, or the braces of a
+//! `residual` block:
+//!
+//! ```text
+//! model tiny_resnet
+//! input 1x28x28 encoding=poisson seed=7
+//! neuron lambda=0.5 reset=hard
+//! conv2d 16 kernel=3
+//! batchnorm
+//! lif
+//! residual {
+//!     conv2d 16
+//!     lif
+//! } shortcut {
+//!     conv2d 16 kernel=1
+//! }
+//! avgpool 2
+//! flatten
+//! dropout 0.2
+//! linear 10
+//! ```
+//!
+//! `parse` turns text into a [`Model`], `to_snn` prints one back, and
+//! [`ModelBuilder`] builds the same models in Rust.
+
+mod builder;
+mod diag;
+mod lexer;
+mod parser;
+mod printer;
+
+use std::path::Path;
+
+use crate::model::Model;
+
+pub use builder::{BlockBuilder, ModelBuilder};
+pub use diag::{closest, Diagnostic};
+pub use printer::to_snn;
+
+/// Every keyword that starts a layer.
+pub const LAYER_KEYWORDS: &[&str] = &[
+    "conv2d",
+    "linear",
+    "batchnorm",
+    "avgpool",
+    "maxpool",
+    "flatten",
+    "dropout",
+    "lif",
+    "if",
+    "residual",
+];
+
+/// `batchnorm`'s defaults; the printer omits them and the builder uses them.
+pub(crate) const BATCHNORM_EPS: f64 = 1e-5;
+pub(crate) const BATCHNORM_MOMENTUM: f64 = 0.1;
+
+/// Parses `.snn` text. `file_name` only supplies the model's name when the
+/// text has no `model` line (its stem, made into a valid name).
+pub fn parse(source: &str, file_name: &str) -> Result<Model, Diagnostic> {
+    parser::parse(source, file_name)
+}
+
+/// Reads and parses a `.snn` file, returning the source too so that later
+/// errors (shape inference) can be rendered against it. The error is
+/// already rendered for printing.
+pub fn parse_file(path: &Path) -> Result<(Model, String), String> {
+    let name = path.display().to_string();
+    let source =
+        std::fs::read_to_string(path).map_err(|e| format!("error: cannot read `{name}`: {e}"))?;
+    match parse(&source, &name) {
+        Ok(model) => Ok((model, source)),
+        Err(d) => Err(d.render(&name, &source)),
+    }
+}
