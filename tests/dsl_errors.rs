@@ -55,6 +55,18 @@ fn unknown_option_for_layer_without_options() {
 }
 
 #[test]
+fn named_positional_argument() {
+    assert_snapshot!(err("input 64\ndropout p=0.5\n"));
+}
+
+#[test]
+fn misspelled_shortcut() {
+    assert_snapshot!(err(
+        "input 64\nresidual {\n    linear 64\n}\nshortcat {\n    linear 64\n}\n"
+    ));
+}
+
+#[test]
 fn bad_integer() {
     assert_snapshot!(err("input 1x28x28\nconv2d 32 kernel=abc\n"));
 }

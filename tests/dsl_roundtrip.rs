@@ -187,3 +187,81 @@ proptest! {
         prop_assert_eq!(to_snn(&back), text);
     }
 }
+
+/// Fragments of `.snn` text, glued together at random: mostly invalid
+/// files, which must give an error rather than a panic.
+fn token_soup() -> impl Strategy<Value = String> {
+    let piece = select(
+        &[
+            "model",
+            "input",
+            "neuron",
+            "conv2d",
+            "linear",
+            "batchnorm",
+            "avgpool",
+            "maxpool",
+            "flatten",
+            "dropout",
+            "lif",
+            "if",
+            "residual",
+            "shortcut",
+            "{",
+            "}",
+            "=",
+            "#",
+            "x",
+            "kernel",
+            "stride",
+            "padding",
+            "bias",
+            "lambda",
+            "seed",
+            "encoding",
+            "poisson",
+            "true",
+            "0",
+            "1",
+            "3",
+            "0.5",
+            "-1",
+            "1e-5",
+            "1x28x28",
+            "64",
+            "@",
+            "é",
+            "\t",
+        ][..],
+    );
+    let sep = select(&[" ", " ", "\n", "\n", "", "\r\n"][..]);
+    prop::collection::vec((piece, sep), 0..40)
+        .prop_map(|parts| parts.into_iter().map(|(p, s)| format!("{p}{s}")).collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/dsl_roundtrip.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn arbitrary_text_never_panics(src in token_soup()) {
+        match parse(&src, "soup.snn") {
+            Ok(m) => {
+                let back = parse(&to_snn(&m), "x.snn")
+                    .map_err(|d| TestCaseError::fail(d.render("x.snn", &to_snn(&m))))?;
+                prop_assert_eq!(back, m);
+            }
+            Err(d) => {
+                prop_assert!(d.line >= 1 && d.col >= 1 && d.len >= 1, "{:?}", d);
+                prop_assert!(d.line as usize <= src.lines().count() + 1, "{:?}", d);
+                let text = d.render("soup.snn", &src);
+                prop_assert!(text.starts_with("error: "));
+            }
+        }
+    }
+}

@@ -4,10 +4,11 @@
 //! line is a header (`model`, `input`, `neuron`), a layer, or the braces of a
 //! `residual` block:
 //!
-//! ```text
+//! ```
+//! let source = "
 //! model tiny_resnet
 //! input 1x28x28 encoding=poisson seed=7
-//! neuron lambda=0.5 reset=hard
+//! neuron lambda=0.5 reset=hard   # defaults for every lif/if layer
 //! conv2d 16 kernel=3
 //! batchnorm
 //! lif
@@ -21,6 +22,10 @@
 //! flatten
 //! dropout 0.2
 //! linear 10
+//! ";
+//! let model = snnc::dsl::parse(source, "tiny.snn").unwrap();
+//! assert_eq!(model.layers.len(), 8);
+//! assert_eq!(snnc::dsl::parse(&snnc::dsl::to_snn(&model), "x.snn").unwrap(), model);
 //! ```
 //!
 //! `parse` turns text into a [`Model`], `to_snn` prints one back, and

@@ -19,9 +19,10 @@ const HEADER_KEYWORDS: &[&str] = &["model", "input", "neuron"];
 /// What a value must look like, and the range it must lie in.
 #[derive(Clone, Copy)]
 enum Kind {
-    /// A size: a non-negative integer, at least `min`.
+    /// A non-negative integer that fits a `usize`; `nonzero` for counts
+    /// and strides, not for padding.
     Size {
-        min: usize,
+        nonzero: bool,
     },
     /// Any non-negative 64-bit integer.
     Seed,
@@ -64,7 +65,7 @@ struct Spec {
     example: &'static str,
 }
 
-const SIZE: Kind = Kind::Size { min: 1 };
+const SIZE: Kind = Kind::Size { nonzero: true };
 
 const NEURON_OPTIONS: &[Param] = &[
     param("lambda", Kind::Float(Range::Unit)),
@@ -110,7 +111,7 @@ const SPECS: &[Spec] = &[
         options: &[
             param("kernel", SIZE),
             param("stride", SIZE),
-            param("padding", Kind::Size { min: 0 }),
+            param("padding", Kind::Size { nonzero: false }),
             param("bias", Kind::Bool),
         ],
         example: "conv2d 32 kernel=3",
@@ -351,7 +352,13 @@ fn lookup(spec: &Spec, key: &str, tok: Tok) -> Result<&'static Param, Diagnostic
     }
     let names: Vec<&str> = spec.options.iter().map(|p| p.name).collect();
     let hint = if names.is_empty() {
-        format!("`{}` takes no options", spec.keyword)
+        match spec.positional {
+            Some(_) => format!(
+                "`{}` takes no options; write e.g. `{}`",
+                spec.keyword, spec.example
+            ),
+            None => format!("`{}` takes no options", spec.keyword),
+        }
     } else if let Some(near) = closest(key, &names) {
         format!("did you mean `{near}`?")
     } else {
@@ -441,9 +448,9 @@ fn numeric(text: &str) -> bool {
 fn convert<'a>(kind: Kind, at: ValueAt<'a>, label: &str) -> Result<Value<'a>, Diagnostic> {
     let text = at.text;
     match kind {
-        Kind::Size { min } => {
+        Kind::Size { nonzero } => {
             let v: usize = integer(at, label)?;
-            if v < min {
+            if nonzero && v == 0 {
                 return Err(at.error(format!("{label} must be greater than 0, found `{text}`")));
             }
             Ok(Value::Size(v))
@@ -623,7 +630,7 @@ impl Parser {
                 )),
             "model" | "input" | "neuron" => self.header(toks),
             "residual" => {
-                self.note_layer(first);
+                self.note_layer(first, "residual");
                 expect_open(first, &toks[1..])?;
                 self.stack.push(Frame {
                     pos: pos(first),
@@ -634,7 +641,7 @@ impl Parser {
             }
             kw => match spec(kw) {
                 Some(spec) => {
-                    self.note_layer(first);
+                    self.note_layer(first, spec.keyword);
                     let args = scan(spec, toks)?;
                     let layer = Layer {
                         kind: layer_kind(spec.keyword, &args),
@@ -643,20 +650,15 @@ impl Parser {
                     self.current().push(layer);
                     Ok(())
                 }
-                None => Err(self.unknown_keyword(first)),
+                None => Err(self.unknown_keyword(first, after_main)),
             },
         }
     }
 
-    fn note_layer(&mut self, kw: Tok) {
-        if self.first_layer.is_none() {
-            let keyword = LAYER_KEYWORDS
-                .iter()
-                .find(|&&k| k == kw.text)
-                .copied()
-                .unwrap_or("residual");
-            self.first_layer = Some((pos(kw), keyword));
-        }
+    /// Remembers the first layer: headers must come before it, and a
+    /// missing `input` is reported there.
+    fn note_layer(&mut self, kw: Tok, keyword: &'static str) {
+        self.first_layer.get_or_insert((pos(kw), keyword));
     }
 
     fn current(&mut self) -> &mut Vec<Layer> {
@@ -669,8 +671,11 @@ impl Parser {
         }
     }
 
-    fn unknown_keyword(&self, tok: Tok) -> Diagnostic {
+    fn unknown_keyword(&self, tok: Tok, after_main: bool) -> Diagnostic {
         let mut candidates: Vec<&str> = LAYER_KEYWORDS.to_vec();
+        if after_main {
+            candidates.push("shortcut");
+        }
         if self.first_layer.is_none() {
             candidates.extend_from_slice(HEADER_KEYWORDS);
         }
