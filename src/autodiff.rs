@@ -36,7 +36,9 @@ pub fn grad_name(name: &str) -> String {
 /// Needs one-hot labels as input `labels` of the logits' shape.
 pub fn autodiff(fwd: &Graph) -> Result<Graph, AutodiffError> {
     let mut g = fwd.clone();
-    let logits = g.output("logits").ok_or(AutodiffError::NoOutput("logits"))?;
+    let logits = g
+        .output("logits")
+        .ok_or(AutodiffError::NoOutput("logits"))?;
     let readout = g.g[logits].layer;
     let shape = g.g[logits].shape.clone();
     let node = |op, shape: Vec<usize>, role| Node {
@@ -115,7 +117,11 @@ pub fn backward(
             cs[0]
         } else {
             let node = b.g.g[n].clone();
-            let role = if is_param { Role::Gradient } else { Role::Backward };
+            let role = if is_param {
+                Role::Gradient
+            } else {
+                Role::Backward
+            };
             b.add(Op::Sum, node.layer, node.t, role, &cs)
         };
         grads.insert(n, d);
@@ -133,13 +139,21 @@ pub fn backward(
 
 /// Nodes that lie on a path from some `wrt` node to `of` along which a
 /// gradient can flow (not through `detach`).
-fn active_nodes(g: &Graph, of: NodeIndex, wrt: &[NodeIndex], order: &[NodeIndex]) -> HashSet<NodeIndex> {
+fn active_nodes(
+    g: &Graph,
+    of: NodeIndex,
+    wrt: &[NodeIndex],
+    order: &[NodeIndex],
+) -> HashSet<NodeIndex> {
     let mut from_wrt: HashSet<NodeIndex> = wrt.iter().copied().collect();
     for &n in order {
         if from_wrt.contains(&n) || matches!(g.g[n].op, Op::Detach) {
             continue;
         }
-        if g.g.neighbors_directed(n, Direction::Incoming).any(|o| from_wrt.contains(&o)) {
+        if g.g
+            .neighbors_directed(n, Direction::Incoming)
+            .any(|o| from_wrt.contains(&o))
+        {
             from_wrt.insert(n);
         }
     }
@@ -165,7 +179,14 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn add(&mut self, op: Op, layer: Option<LayerId>, t: Option<usize>, role: Role, args: &[NodeIndex]) -> NodeIndex {
+    fn add(
+        &mut self,
+        op: Op,
+        layer: Option<LayerId>,
+        t: Option<usize>,
+        role: Role,
+        args: &[NodeIndex],
+    ) -> NodeIndex {
         let shapes: Vec<&[usize]> = args.iter().map(|&a| self.g.g[a].shape.as_slice()).collect();
         let shape = op
             .infer_shape(&shapes)
@@ -186,7 +207,11 @@ impl Builder<'_> {
 
     /// The contributions of node `n`'s rule, given its gradient `d`:
     /// `(operand, gradient contribution)` pairs.
-    fn rule(&mut self, n: NodeIndex, d: NodeIndex) -> Result<Vec<(NodeIndex, NodeIndex)>, AutodiffError> {
+    fn rule(
+        &mut self,
+        n: NodeIndex,
+        d: NodeIndex,
+    ) -> Result<Vec<(NodeIndex, NodeIndex)>, AutodiffError> {
         let node = self.g.g[n].clone();
         let args = self.g.operands(n);
         let (layer, t) = (node.layer, node.t);
@@ -224,12 +249,26 @@ impl Builder<'_> {
                 let da = if *ta {
                     at(self, Op::MatMul { ta: *tb, tb: true }, &[a(1), d])
                 } else {
-                    at(self, Op::MatMul { ta: false, tb: !*tb }, &[d, a(1)])
+                    at(
+                        self,
+                        Op::MatMul {
+                            ta: false,
+                            tb: !*tb,
+                        },
+                        &[d, a(1)],
+                    )
                 };
                 let db = if *tb {
                     at(self, Op::MatMul { ta: true, tb: *ta }, &[d, a(0)])
                 } else {
-                    at(self, Op::MatMul { ta: !*ta, tb: false }, &[a(0), d])
+                    at(
+                        self,
+                        Op::MatMul {
+                            ta: !*ta,
+                            tb: false,
+                        },
+                        &[a(0), d],
+                    )
                 };
                 vec![(a(0), da), (a(1), db)]
             }
@@ -297,7 +336,8 @@ impl Builder<'_> {
                     Some(&r) => r,
                     None => {
                         let vt = self.g.g[a(2)].t;
-                        let r = self.add(Op::Rsqrt { eps: *eps }, layer, vt, Role::Backward, &[a(2)]);
+                        let r =
+                            self.add(Op::Rsqrt { eps: *eps }, layer, vt, Role::Backward, &[a(2)]);
                         self.rsqrt.insert(a(2), r);
                         r
                     }
@@ -320,7 +360,16 @@ impl Builder<'_> {
                     .map(|&x| {
                         let shape = self.g.g[x].shape.clone();
                         let xt = self.g.g[x].t;
-                        (x, self.add(Op::ChannelBroadcast { shape }, layer, xt, Role::Backward, &[scaled]))
+                        (
+                            x,
+                            self.add(
+                                Op::ChannelBroadcast { shape },
+                                layer,
+                                xt,
+                                Role::Backward,
+                                &[scaled],
+                            ),
+                        )
                     })
                     .collect()
             }
@@ -336,7 +385,13 @@ impl Builder<'_> {
                 for &x in xs {
                     let shape = self.g.g[x].shape.clone();
                     let xt = self.g.g[x].t;
-                    let mb = self.add(Op::ChannelBroadcast { shape }, layer, None, Role::Backward, &[m]);
+                    let mb = self.add(
+                        Op::ChannelBroadcast { shape },
+                        layer,
+                        None,
+                        Role::Backward,
+                        &[m],
+                    );
                     let c = self.add(Op::Sub, layer, xt, Role::Backward, &[x, mb]);
                     let dx = self.add(Op::ChannelScale, layer, xt, Role::Backward, &[c, scaled]);
                     centred_sums.push(self.add(Op::ChannelSum, layer, xt, Role::Backward, &[c]));

@@ -436,6 +436,7 @@ impl Unroller<'_> {
                 s
             };
             let drop = match n.reset {
+                Reset::Soft if n.theta == 1.0 => sr,
                 Reset::Soft => fwd(self, Op::Scale(n.theta), Role::Forward, &[sr]),
                 Reset::Hard => {
                     let gap = if n.v_reset == 0.0 {

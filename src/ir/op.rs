@@ -88,7 +88,9 @@ pub enum Op {
     /// Operands `(x, mean, var)`: `(x − mean)/sqrt(var + eps)` per channel.
     /// Batch norm is `bias_add(channel_scale(normalize(x), gamma), beta)`:
     /// three ops whose derivatives are simple.
-    Normalize { eps: f64 },
+    Normalize {
+        eps: f64,
+    },
     /// `x[B, C, ...] · c[C]`, broadcast over every axis but 1.
     ChannelScale,
 

@@ -1,0 +1,130 @@
+//! The `snnc` binary: exit codes, error rendering and the check table.
+
+use std::process::Command;
+
+fn snnc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_snnc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_table_for_fmnist_csnn() {
+    let (code, out, err) = snnc(&["check", "examples/models/fmnist_csnn.snn"]);
+    assert_eq!(code, 0, "{err}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_works_on_every_example() {
+    for name in [
+        "digits_mlp",
+        "fmnist_csnn",
+        "resnet19",
+        "vgg11",
+        "vggsnn_dvs",
+    ] {
+        let (code, out, err) = snnc(&["check", &format!("examples/models/{name}.snn")]);
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(out.contains("total"), "{name}: {out}");
+    }
+}
+
+#[test]
+fn shape_error_names_layer_line_and_fix() {
+    let dir = std::env::temp_dir().join(format!("snnc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.snn");
+    std::fs::write(&f, "input 1x8x8\nconv2d 4\nlinear 10\n").unwrap();
+    let (code, out, err) = snnc(&["check", f.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("bad.snn:3:1"), "{err}");
+    assert!(
+        err.contains("linear needs a flat input, got 4×8×8"),
+        "{err}"
+    );
+    assert!(err.contains("add `flatten` before it"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn missing_file_is_an_error_not_a_panic() {
+    let (code, _, err) = snnc(&["graph", "no/such/model.snn", "-T", "2"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("error: cannot read `no/such/model.snn`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn zero_steps_is_an_error() {
+    let (code, _, err) = snnc(&["graph", "examples/models/digits_mlp.snn", "-T", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("T must be at least 1"), "{err}");
+}
+
+#[test]
+fn graph_formats() {
+    let (code, text, _) = snnc(&["graph", "examples/models/digits_mlp.snn", "-T", "2"]);
+    assert_eq!(code, 0);
+    assert!(text.starts_with("graph digits_mlp steps=2"));
+    let (code, dot, _) = snnc(&[
+        "graph",
+        "examples/models/digits_mlp.snn",
+        "-T",
+        "2",
+        "--format",
+        "dot",
+    ]);
+    assert_eq!(code, 0);
+    assert!(dot.starts_with("digraph") && dot.contains("cluster_t1"));
+    let (code, stats, _) = snnc(&[
+        "graph",
+        "examples/models/resnet19.snn",
+        "-T",
+        "4",
+        "--format",
+        "stats",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        stats.contains("nodes") && stats.contains("edges"),
+        "{stats}"
+    );
+}
+
+#[test]
+fn run_prints_readout_and_rates() {
+    let (code, out, err) = snnc(&[
+        "run",
+        "examples/models/digits_mlp.snn",
+        "-T",
+        "3",
+        "--seed",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sample 1:") && out.contains("1:lif"), "{out}");
+    let (code, json, _) = snnc(&[
+        "run",
+        "examples/models/fmnist_csnn.snn",
+        "-T",
+        "2",
+        "--batch",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["logits"][0].as_array().unwrap().len(), 10);
+    assert_eq!(v["firing_rates"].as_array().unwrap().len(), 3);
+}
