@@ -104,6 +104,7 @@ pub fn backward(
     let active = active_nodes(g, of, wrt, &order);
     let mut contribs: HashMap<NodeIndex, Vec<NodeIndex>> = HashMap::from([(of, vec![seed])]);
     let mut grads: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+    let mut info = g.ad.take().unwrap_or_default();
     let mut b = Builder {
         g,
         rsqrt: HashMap::new(),
@@ -113,7 +114,10 @@ pub fn backward(
             continue;
         };
         let is_param = matches!(b.g.g[n].op, Op::Param { .. });
-        let d = if cs.len() == 1 && !is_param {
+        // A lone contribution is the gradient itself, unless it was made at
+        // another step than n's (a time reduction with T = 1): then a
+        // one-operand sum gives the gradient n's own step.
+        let d = if cs.len() == 1 && !is_param && b.g.g[cs[0]].t == b.g.g[n].t {
             cs[0]
         } else {
             let node = b.g.g[n].clone();
@@ -125,15 +129,19 @@ pub fn backward(
             b.add(Op::Sum, node.layer, node.t, role, &cs)
         };
         grads.insert(n, d);
+        info.grad_of.insert(n, d);
         if b.g.g[n].op.is_leaf() {
             continue;
         }
+        let layer = b.g.g[n].layer;
         for (m, c) in b.rule(n, d)? {
             if active.contains(&m) {
                 contribs.entry(m).or_default().push(c);
+                info.contributions.push((layer, m, c));
             }
         }
     }
+    b.g.ad = Some(info);
     Ok(wrt.iter().map(|w| grads.get(w).copied()).collect())
 }
 

@@ -92,6 +92,19 @@ pub struct Graph {
     pub g: StableDiGraph<Node, usize>,
     /// Named outputs, in order (the readout is `"logits"`).
     pub outputs: Vec<(String, NodeIndex)>,
+    /// What autodiff built, for the passes that rewrite the backward; a
+    /// pass that restructures the backward drops it.
+    pub ad: Option<AdInfo>,
+}
+
+/// The bookkeeping autodiff leaves behind.
+#[derive(Clone, Debug, Default)]
+pub struct AdInfo {
+    /// Forward node → the node holding its accumulated gradient.
+    pub grad_of: std::collections::HashMap<NodeIndex, NodeIndex>,
+    /// `(layer of the rule, forward operand, contribution)`: every
+    /// gradient contribution a backward rule made to an operand.
+    pub contributions: Vec<(Option<LayerId>, NodeIndex, NodeIndex)>,
 }
 
 impl Graph {
@@ -103,6 +116,7 @@ impl Graph {
             layers: Vec::new(),
             g: StableDiGraph::new(),
             outputs: Vec::new(),
+            ad: None,
         }
     }
 
