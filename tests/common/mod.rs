@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 // Reference code indexes several arrays in lockstep on purpose.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+pub mod bptt;
 pub mod gen;
 pub mod sim;
