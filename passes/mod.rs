@@ -4,7 +4,9 @@
 //! driver runs a list of them, verifying the graph after each, and can stop
 //! after any one so that `snnc graph --after NAME` shows its result.
 
+pub mod cost;
 pub mod dce;
+pub mod rate;
 
 use crate::ir::{self, Graph};
 

@@ -175,6 +175,9 @@ pub struct Data {
 pub struct RegionAnalysis {
     /// Per graph node: (shape, per-step?, is parameter?).
     pub leaves: std::collections::HashMap<u32, (Vec<usize>, bool, bool)>,
+    /// The e-nodes the region was built from, by their first id: an
+    /// acyclic view that `unroll-recurrence` reads its chains from.
+    pub originals: std::collections::HashMap<Id, RNode>,
 }
 
 impl Analysis<RNode> for RegionAnalysis {
@@ -204,11 +207,12 @@ impl Analysis<RNode> for RegionAnalysis {
                     .iter()
                     .map(|&c| egraph[c].data.shape.as_slice())
                     .collect();
-                let shape = k
-                    .op
-                    .infer_shape(&shapes)
-                    .unwrap_or_else(|e| panic!("rate pass built an ill-shaped {}: {e}", k.op.name()))
-                    .expect("ops in regions are not leaves");
+                let shape =
+                    k.op.infer_shape(&shapes)
+                        .unwrap_or_else(|e| {
+                            panic!("rate pass built an ill-shaped {}: {e}", k.op.name())
+                        })
+                        .expect("ops in regions are not leaves");
                 Data {
                     shape,
                     fwd_only: enode.children.iter().all(|&c| egraph[c].data.fwd_only),

@@ -49,6 +49,11 @@ pub const RULES: &[RuleInfo] = &[
         identity: "k·(a·b) = (k·a)·b",
     },
     RuleInfo {
+        name: "scale-fold",
+        tag: Tag::Exact,
+        identity: "a·(b·x) = (a·b)·x; 1·x = x",
+    },
+    RuleInfo {
         name: "decorrelate",
         tag: Tag::Approximate,
         identity: "Σ_t p_t·q_t ≈ (1/T)·(Σ_t p_t)·(Σ_t q_t) = mean_t(p_t)·Σ_t q_t for p forward-only and q carrying the gradient; also for the bilinear weight-gradient products (matmul, conv weight gradient)",
@@ -64,12 +69,21 @@ struct NodeRule {
 }
 
 impl Searcher<RNode, super::lang::RegionAnalysis> for NodeRule {
-    fn search_eclass_with_limit(&self, egraph: &RGraph, eclass: Id, _limit: usize) -> Option<SearchMatches<'_, RNode>> {
-        egraph[eclass].nodes.iter().any(|n| (self.want)(n)).then(|| SearchMatches {
-            eclass,
-            substs: vec![Subst::default()],
-            ast: None,
-        })
+    fn search_eclass_with_limit(
+        &self,
+        egraph: &RGraph,
+        eclass: Id,
+        _limit: usize,
+    ) -> Option<SearchMatches<'_, RNode>> {
+        egraph[eclass]
+            .nodes
+            .iter()
+            .any(|n| (self.want)(n))
+            .then(|| SearchMatches {
+                eclass,
+                substs: vec![Subst::default()],
+                ast: None,
+            })
     }
 
     fn vars(&self) -> Vec<Var> {
@@ -78,9 +92,21 @@ impl Searcher<RNode, super::lang::RegionAnalysis> for NodeRule {
 }
 
 impl Applier<RNode, super::lang::RegionAnalysis> for NodeRule {
-    fn apply_one(&self, egraph: &mut RGraph, eclass: Id, _subst: &Subst, _ast: Option<&PatternAst<RNode>>, _rule: Symbol) -> Vec<Id> {
+    fn apply_one(
+        &self,
+        egraph: &mut RGraph,
+        eclass: Id,
+        _subst: &Subst,
+        _ast: Option<&PatternAst<RNode>>,
+        _rule: Symbol,
+    ) -> Vec<Id> {
         let eclass = egraph.find(eclass);
-        let nodes: Vec<RNode> = egraph[eclass].nodes.iter().filter(|n| (self.want)(n)).cloned().collect();
+        let nodes: Vec<RNode> = egraph[eclass]
+            .nodes
+            .iter()
+            .filter(|n| (self.want)(n))
+            .cloned()
+            .collect();
         let mut changed = Vec::new();
         for n in nodes {
             for id in (self.apply)(egraph, &n) {
@@ -104,14 +130,57 @@ pub fn rewrites(approximate: bool) -> Vec<Rewrite<RNode, super::lang::RegionAnal
     let is_mul = |n: &RNode| matches!(n.as_op(), Some(Op::Mul));
     let is_scale_or_mul = |n: &RNode| matches!(n.as_op(), Some(Op::Mul | Op::Scale(_)));
     let mut rs = vec![
-        rewrite("unroll-recurrence", NodeRule { want: |n| n.head == Head::TSum, apply: unroll_recurrence }),
-        rewrite("linear-hoist", NodeRule { want: is_time, apply: linear_hoist }),
-        rewrite("mul-comm", NodeRule { want: is_mul, apply: mul_comm }),
-        rewrite("mul-assoc", NodeRule { want: is_mul, apply: mul_assoc }),
-        rewrite("scale-mul", NodeRule { want: is_scale_or_mul, apply: scale_mul }),
+        rewrite(
+            "unroll-recurrence",
+            NodeRule {
+                want: |n| n.head == Head::TSum,
+                apply: unroll_recurrence,
+            },
+        ),
+        rewrite(
+            "linear-hoist",
+            NodeRule {
+                want: is_time,
+                apply: linear_hoist,
+            },
+        ),
+        rewrite(
+            "mul-comm",
+            NodeRule {
+                want: is_mul,
+                apply: mul_comm,
+            },
+        ),
+        rewrite(
+            "mul-assoc",
+            NodeRule {
+                want: is_mul,
+                apply: mul_assoc,
+            },
+        ),
+        rewrite(
+            "scale-mul",
+            NodeRule {
+                want: is_scale_or_mul,
+                apply: scale_mul,
+            },
+        ),
+        rewrite(
+            "scale-fold",
+            NodeRule {
+                want: |n| matches!(n.as_op(), Some(Op::Scale(_))),
+                apply: scale_fold,
+            },
+        ),
     ];
     if approximate {
-        rs.push(rewrite("decorrelate", NodeRule { want: |n| n.head == Head::TSum, apply: decorrelate }));
+        rs.push(rewrite(
+            "decorrelate",
+            NodeRule {
+                want: |n| n.head == Head::TSum,
+                apply: decorrelate,
+            },
+        ));
     }
     rs
 }
@@ -134,7 +203,12 @@ fn mul_comm(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
 fn mul_assoc(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
     let k = canon(eg, n);
     let muls = |eg: &RGraph, c: Id| -> Vec<Vec<Id>> {
-        eg[c].nodes.iter().filter(|m| matches!(m.as_op(), Some(Op::Mul))).map(|m| m.children.clone()).collect()
+        eg[c]
+            .nodes
+            .iter()
+            .filter(|m| matches!(m.as_op(), Some(Op::Mul)))
+            .map(|m| m.children.clone())
+            .collect()
     };
     let mut out = Vec::new();
     // a·(b·c) → (a·b)·c
@@ -156,7 +230,12 @@ fn scale_mul(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
     match n.as_op() {
         // k·(a·b) → (k·a)·b
         Some(Op::Scale(c)) => {
-            let muls: Vec<Vec<Id>> = eg[k[0]].nodes.iter().filter(|m| matches!(m.as_op(), Some(Op::Mul))).map(|m| m.children.clone()).collect();
+            let muls: Vec<Vec<Id>> = eg[k[0]]
+                .nodes
+                .iter()
+                .filter(|m| matches!(m.as_op(), Some(Op::Mul)))
+                .map(|m| m.children.clone())
+                .collect();
             for ab in muls {
                 let ka = add_op(eg, Op::Scale(*c), vec![ab[0]]);
                 out.push(add_op(eg, Op::Mul, vec![ka, ab[1]]));
@@ -182,15 +261,52 @@ fn scale_mul(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
     out
 }
 
+fn scale_fold(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
+    let Some(Op::Scale(a)) = n.as_op() else {
+        return vec![];
+    };
+    let a = *a;
+    let x = eg.find(n.children[0]);
+    if a == 1.0 {
+        return vec![x];
+    }
+    let inner: Vec<(f64, Id)> = eg[x]
+        .nodes
+        .iter()
+        .filter_map(|m| match m.as_op() {
+            Some(Op::Scale(b)) => Some((*b, m.children[0])),
+            _ => None,
+        })
+        .collect();
+    inner
+        .into_iter()
+        .map(|(b, y)| {
+            if a * b == 1.0 {
+                eg.find(y)
+            } else {
+                add_op(eg, Op::Scale(a * b), vec![y])
+            }
+        })
+        .collect()
+}
+
 // ----------------------------------------------------------- linear-hoist
 
 /// For an op whose result is linear in some operands when the others are
 /// fixed: the sets of operand positions that may vary over time.
 fn linear_positions(op: &Op, arity: usize) -> Vec<Vec<usize>> {
     match op {
-        Op::Scale(_) | Op::Reshape { .. } | Op::ChannelSum | Op::ChannelBroadcast { .. } | Op::AvgPoolGrad { .. } => vec![vec![0]],
+        Op::Scale(_)
+        | Op::Reshape { .. }
+        | Op::ChannelSum
+        | Op::ChannelBroadcast { .. }
+        | Op::AvgPoolGrad { .. } => vec![vec![0]],
         Op::Add | Op::Sub | Op::Sum | Op::BiasAdd => vec![(0..arity).collect()],
-        Op::Mul | Op::MatMul { .. } | Op::ChannelScale | Op::Conv2dGradInput { .. } | Op::Conv2dGradWeight { .. } => {
+        Op::Mul
+        | Op::MatMul { .. }
+        | Op::ChannelScale
+        | Op::Conv2dGradInput { .. }
+        | Op::Conv2dGradWeight { .. } => {
             vec![vec![0], vec![1]]
         }
         Op::MaxPoolGrad { .. } => vec![vec![1]],
@@ -209,7 +325,12 @@ fn linear_hoist(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
         });
         return out;
     }
-    let firsts: Vec<RNode> = eg[kids[0]].nodes.iter().filter(|m| m.as_op().is_some()).cloned().collect();
+    let firsts: Vec<RNode> = eg[kids[0]]
+        .nodes
+        .iter()
+        .filter(|m| m.as_op().is_some())
+        .cloned()
+        .collect();
     for m0 in firsts {
         let op = m0.as_op().expect("filtered").clone();
         let m0k = canon(eg, &m0);
@@ -221,7 +342,8 @@ fn linear_hoist(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
                 let found = eg[k].nodes.iter().find(|m| {
                     m.head == m0.head
                         && m.children.len() == m0k.len()
-                        && (0..m0k.len()).all(|p| vary.contains(&p) || eg.find(m.children[p]) == m0k[p])
+                        && (0..m0k.len())
+                            .all(|p| vary.contains(&p) || eg.find(m.children[p]) == m0k[p])
                 });
                 match found {
                     Some(m) => rows.push(canon(eg, m)),
@@ -234,7 +356,10 @@ fn linear_hoist(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
             let mut args = m0k.clone();
             for &p in &vary {
                 let col: Vec<Id> = rows.iter().map(|r| r[p]).collect();
-                args[p] = eg.add(RNode { head: n.head.clone(), children: col });
+                args[p] = eg.add(RNode {
+                    head: n.head.clone(),
+                    children: col,
+                });
             }
             out.push(add_op(eg, op.clone(), args));
         }
@@ -246,7 +371,10 @@ fn linear_hoist(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
 
 /// Ops that are products of their two operands (bilinear).
 fn bilinear(op: &Op) -> bool {
-    matches!(op, Op::Mul | Op::MatMul { .. } | Op::ChannelScale | Op::Conv2dGradWeight { .. })
+    matches!(
+        op,
+        Op::Mul | Op::MatMul { .. } | Op::ChannelScale | Op::Conv2dGradWeight { .. }
+    )
 }
 
 /// `q` is a pure gradient factor: no forward per-step factor left in it
@@ -255,7 +383,10 @@ fn bilinear(op: &Op) -> bool {
 fn pure_gradient(eg: &RGraph, q: Id) -> bool {
     !eg[q].nodes.iter().any(|m| match m.as_op() {
         Some(Op::Scale(_)) => true,
-        Some(Op::Mul) => m.children.iter().any(|&c| eg[c].data.fwd_only && eg[c].data.per_step),
+        Some(Op::Mul) => m
+            .children
+            .iter()
+            .any(|&c| eg[c].data.fwd_only && eg[c].data.per_step),
         _ => false,
     })
 }
@@ -264,7 +395,12 @@ fn decorrelate(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
     let kids = canon(eg, n);
     let mut out = Vec::new();
     let heads: Vec<Head> = {
-        let mut hs: Vec<Head> = eg[kids[0]].nodes.iter().filter(|m| m.as_op().is_some_and(bilinear)).map(|m| m.head.clone()).collect();
+        let mut hs: Vec<Head> = eg[kids[0]]
+            .nodes
+            .iter()
+            .filter(|m| m.as_op().is_some_and(bilinear))
+            .map(|m| m.head.clone())
+            .collect();
         hs.sort();
         hs.dedup();
         hs
@@ -328,7 +464,9 @@ fn coef_add(eg: &mut RGraph, a: Coef, b: Coef) -> Coef {
     match (a, b) {
         (Coef::Zero, x) | (x, Coef::Zero) => x,
         (Coef::Scalar(x), Coef::Scalar(y)) => Coef::Scalar(x + y),
-        (Coef::Tensor(t), Coef::Scalar(s)) | (Coef::Scalar(s), Coef::Tensor(t)) => Coef::Tensor(add_op(eg, Op::AddScalar(s), vec![t])),
+        (Coef::Tensor(t), Coef::Scalar(s)) | (Coef::Scalar(s), Coef::Tensor(t)) => {
+            Coef::Tensor(add_op(eg, Op::AddScalar(s), vec![t]))
+        }
         (Coef::Tensor(a), Coef::Tensor(b)) => Coef::Tensor(add_op(eg, Op::Add, vec![a, b])),
     }
 }
@@ -346,7 +484,7 @@ fn coef_scale(eg: &mut RGraph, k: f64, a: Coef) -> Coef {
 fn coef_mul(eg: &mut RGraph, side: Id, a: Coef) -> Coef {
     match a {
         Coef::Zero => Coef::Zero,
-        Coef::Scalar(x) if x == 1.0 => Coef::Tensor(side),
+        Coef::Scalar(1.0) => Coef::Tensor(side),
         Coef::Scalar(x) => Coef::Tensor(add_op(eg, Op::Scale(x), vec![side])),
         Coef::Tensor(t) => Coef::Tensor(add_op(eg, Op::Mul, vec![side, t])),
     }
@@ -362,23 +500,47 @@ fn rest_add(eg: &mut RGraph, a: Option<Id>, b: Option<Id>) -> Option<Id> {
 /// Decomposes class `c` as `coef·var + rest`, reading the region's original
 /// e-nodes (an acyclic DAG); None if `c` is not affine in `var` with a
 /// forward-computable coefficient.
-fn lin(eg: &mut RGraph, orig: &HashMap<Id, RNode>, c: Id, var: Id, memo: &mut HashMap<Id, Option<Lin>>) -> Option<Lin> {
+fn lin(
+    eg: &mut RGraph,
+    orig: &HashMap<Id, RNode>,
+    c: Id,
+    var: Id,
+    memo: &mut HashMap<Id, Option<Lin>>,
+) -> Option<Lin> {
     let c = eg.find(c);
     if c == eg.find(var) {
-        return Some(Lin { coef: Coef::Scalar(1.0), rest: None });
+        return Some(Lin {
+            coef: Coef::Scalar(1.0),
+            rest: None,
+        });
     }
     if let Some(l) = memo.get(&c) {
         return l.clone();
     }
-    let constant = Some(Lin { coef: Coef::Zero, rest: Some(c) });
-    let result = match orig.iter().find(|(id, _)| eg.find(**id) == c).map(|(_, n)| n.clone()) {
+    let constant = Some(Lin {
+        coef: Coef::Zero,
+        rest: Some(c),
+    });
+    let result = match orig
+        .iter()
+        .find(|(id, _)| eg.find(**id) == c)
+        .map(|(_, n)| n.clone())
+    {
         None => constant,
         Some(node) => {
             let mut parts = Vec::new();
             for &k in &node.children {
                 parts.push(lin(eg, orig, k, var, memo));
             }
-            let depends = |l: &Option<Lin>| !matches!(l, Some(Lin { coef: Coef::Zero, .. }));
+            let depends = |l: &Option<Lin>| {
+                !matches!(
+                    l,
+                    Some(Lin {
+                        coef: Coef::Zero,
+                        ..
+                    })
+                )
+            };
             if !parts.iter().any(depends) {
                 constant
             } else if parts.iter().any(|p| p.is_none()) {
@@ -387,7 +549,10 @@ fn lin(eg: &mut RGraph, orig: &HashMap<Id, RNode>, c: Id, var: Id, memo: &mut Ha
                 let parts: Vec<Lin> = parts.into_iter().map(|p| p.expect("checked")).collect();
                 match node.as_op() {
                     Some(Op::Add | Op::Sum) => {
-                        let mut acc = Lin { coef: Coef::Zero, rest: None };
+                        let mut acc = Lin {
+                            coef: Coef::Zero,
+                            rest: None,
+                        };
                         for p in parts {
                             acc.coef = coef_add(eg, acc.coef, p.coef);
                             acc.rest = rest_add(eg, acc.rest, p.rest);
@@ -413,13 +578,19 @@ fn lin(eg: &mut RGraph, orig: &HashMap<Id, RNode>, c: Id, var: Id, memo: &mut Ha
                     Some(Op::Mul) => {
                         // Exactly one side depends on var; the other must be
                         // forward-computable to be a recurrence coefficient.
-                        let (side, other) = if depends(&Some(parts[0].clone())) { (1, 0) } else { (0, 1) };
+                        let (side, other) = if depends(&Some(parts[0].clone())) {
+                            (1, 0)
+                        } else {
+                            (0, 1)
+                        };
                         let side_id = eg.find(node.children[side]);
                         if depends(&Some(parts[side].clone())) || !eg[side_id].data.fwd_only {
                             None
                         } else {
                             let coef = coef_mul(eg, side_id, parts[other].coef.clone());
-                            let rest = parts[other].rest.map(|r| add_op(eg, Op::Mul, vec![side_id, r]));
+                            let rest = parts[other]
+                                .rest
+                                .map(|r| add_op(eg, Op::Mul, vec![side_id, r]));
                             Some(Lin { coef, rest })
                         }
                     }
@@ -444,7 +615,10 @@ fn unroll_recurrence(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
     for t in 0..steps - 1 {
         let mut memo = HashMap::new();
         match lin(eg, &orig, kids[t], kids[t + 1], &mut memo) {
-            Some(Lin { coef, rest: Some(a) }) if !matches!(coef, Coef::Zero) => {
+            Some(Lin {
+                coef,
+                rest: Some(a),
+            }) if !matches!(coef, Coef::Zero) => {
                 terms.push(a);
                 ks.push(coef);
             }

@@ -1,0 +1,70 @@
+//! The extraction cost of the rate pass: bytes the backward must keep,
+//! then FLOPs.
+//!
+//! A forward-only e-node is computed during the forward; if a backward node
+//! reads it, its output is what must be kept — once, whatever it was
+//! computed from (a time mean over T steps keeps one tensor, not T). A
+//! backward e-node pays what its operands make it keep, plus its FLOPs. A
+//! per-step gradient from the region above costs its bytes too: using it
+//! means the region above must run per step.
+
+use super::lang::{Head, Leaf, RGraph, RNode};
+use crate::passes::cost::{bytes, flops};
+use egg::{CostFunction, Id};
+
+pub struct KeptThenFlops<'a> {
+    pub egraph: &'a RGraph,
+}
+
+impl CostFunction<RNode> for KeptThenFlops<'_> {
+    type Cost = (f64, f64);
+
+    fn cost<C>(&mut self, enode: &RNode, mut costs: C) -> (f64, f64)
+    where
+        C: FnMut(Id) -> (f64, f64),
+    {
+        let eg = self.egraph;
+        let data = |c: Id| &eg[c].data;
+        match &enode.head {
+            Head::Leaf(kind, n) => {
+                let (shape, per_step, param) = &eg.analysis.leaves[n];
+                match kind {
+                    Leaf::Fwd if *param => (0.0, 0.0),
+                    Leaf::Fwd => (bytes(shape), 0.0),
+                    Leaf::Bnd if *per_step => (bytes(shape), 0.0),
+                    Leaf::Bnd | Leaf::Summed => (0.0, 0.0),
+                }
+            }
+            head => {
+                let kids = &enode.children;
+                let shapes: Vec<&[usize]> =
+                    kids.iter().map(|&c| data(c).shape.as_slice()).collect();
+                let out: Vec<usize> = match head {
+                    Head::Op(k) => k.op.infer_shape(&shapes).ok().flatten().unwrap_or_default(),
+                    _ => shapes[0].to_vec(),
+                };
+                let own = match head {
+                    Head::Op(k) => flops(&k.op, &shapes, &out),
+                    _ => shapes
+                        .iter()
+                        .map(|s| s.iter().product::<usize>() as f64)
+                        .sum(),
+                };
+                let child: Vec<(f64, f64)> = kids.iter().map(|&c| costs(c)).collect();
+                let below: f64 = child.iter().map(|c| c.1).sum::<f64>() + own;
+                if kids.iter().all(|&c| data(c).fwd_only) {
+                    // Computed in the forward: keeping it costs its size,
+                    // except when it only depends on parameters.
+                    let kept = if kids.iter().all(|&c| data(c).param) {
+                        0.0
+                    } else {
+                        bytes(&out)
+                    };
+                    (kept, below)
+                } else {
+                    (child.iter().map(|c| c.0).sum(), below)
+                }
+            }
+        }
+    }
+}

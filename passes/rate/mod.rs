@@ -1,0 +1,536 @@
+//! The rate pass: collapses the temporal backward of BPTT with egg.
+//!
+//! The backward built by autodiff is cut into one region per model layer:
+//! the backward nodes that carry the gradient from the layer's outputs
+//! (a family of per-step gradients, one per step) to its parameters and to
+//! the layers below. Each region becomes an e-graph whose roots are
+//!
+//! - the layer's parameter gradients (already time sums), and
+//! - in `rate` mode, the time sum of what the layer sends to each layer
+//!   below (`tsum` over steps of its contributions).
+//!
+//! Regions are processed from the loss down. In `rate` mode the region of
+//! a layer also learns that the time sum of its incoming gradients is a
+//! node the regions above have already built (a `summed` leaf), so once
+//! `decorrelate` has factored `Σ_t p_t·δ_t` into `mean(p)·Σ_t δ_t`, nothing
+//! per-step is left to read. Extraction minimises the bytes the backward
+//! keeps, then FLOPs; forward-only parts of the result (r, g, x̄, ρ_t)
+//! become forward nodes, so the forward computes the accumulators.
+
+pub mod cost;
+pub mod lang;
+pub mod rules;
+
+use super::PassError;
+use crate::ir::{self, AdInfo, DType, Graph, LayerId, Node, NodeIndex, Op, Role};
+use egg::{Extractor, Id, Runner, SimpleScheduler, StopReason};
+use lang::{Head, Leaf, RGraph, RNode, RegionAnalysis};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Mode {
+    /// Exact rules only: the result computes BPTT's gradients.
+    Bptt,
+    /// Exact rules and `decorrelate`: rate-based backpropagation.
+    Rate,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Bptt => "bptt",
+            Mode::Rate => "rate",
+        })
+    }
+}
+
+/// Per-region limits; exceeding one is an error naming the region.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub nodes: usize,
+    pub iterations: usize,
+    pub time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            nodes: 200_000,
+            iterations: 100,
+            time: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one region's e-graph did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RegionStats {
+    pub layer: String,
+    pub roots: usize,
+    pub enodes_before: usize,
+    pub enodes_after: usize,
+    pub eclasses: usize,
+    pub iterations: usize,
+    pub seconds: f64,
+}
+
+/// Runs the rate pass on an autodiff graph.
+pub fn rate_pass(
+    mut g: Graph,
+    mode: Mode,
+    limits: &Limits,
+) -> Result<(Graph, Vec<RegionStats>), PassError> {
+    let ad = g
+        .ad
+        .take()
+        .ok_or_else(|| fail("the rate pass needs the graph autodiff built (run autodiff first)"))?;
+    let steps = g.steps;
+    let fam = Families::new(&g, &ad);
+    let order = region_order(&g);
+    let mut stats = Vec::new();
+    let mut summed: HashMap<LayerId, Vec<NodeIndex>> = HashMap::new();
+    let mut new_nodes: Vec<NodeIndex> = Vec::new();
+    for layer in order {
+        // The time sum of this layer's incoming gradients, if the regions
+        // above built it.
+        let s_node = match summed.remove(&layer) {
+            Some(parts) if mode == Mode::Rate => Some(if parts.len() == 1 {
+                parts[0]
+            } else {
+                let n = add_node(&mut g, Op::Sum, Some(layer), None, Role::Backward, &parts);
+                new_nodes.push(n);
+                n
+            }),
+            _ => None,
+        };
+        let mut region = Region::new(&g, &ad, &fam, layer, steps);
+        let mut roots: Vec<(Root, Id)> = Vec::new();
+        for (name, p) in params_of(&g, layer) {
+            let gnode = ad.grad_of[&p];
+            let id = region.expr(gnode);
+            roots.push((Root::Param(name), id));
+        }
+        if mode == Mode::Rate {
+            for (target, per_t) in fam
+                .cross
+                .range((layer, 0)..(layer + 1, 0))
+                .map(|((_, m), v)| (*m, v))
+            {
+                if per_t.len() != steps || per_t.keys().copied().ne(0..steps) {
+                    continue;
+                }
+                let kids: Vec<Id> = per_t
+                    .values()
+                    .map(|cs| {
+                        let ids: Vec<Id> = cs.iter().map(|&c| region.expr(c)).collect();
+                        if ids.len() == 1 {
+                            ids[0]
+                        } else {
+                            region.add(RNode::op(Op::Sum, ids))
+                        }
+                    })
+                    .collect();
+                let id = region.add(RNode::tsum(kids));
+                roots.push((Root::Sent(target), id));
+            }
+            if let (Some(s), Some(bnds)) = (s_node, fam.incoming(layer, &ad, steps)) {
+                let leaf = region.leaf(Leaf::Summed, s);
+                let kids: Vec<Id> = bnds.iter().map(|&b| region.expr(b)).collect();
+                let t = region.add(RNode::tsum(kids));
+                region.eg.union(leaf, t);
+                region.eg.rebuild();
+            }
+        }
+        if roots.is_empty() {
+            continue;
+        }
+        let name = {
+            let l = &g.layers[layer];
+            format!("{}:{}", l.path, l.keyword)
+        };
+        let before = region.eg.total_number_of_nodes();
+        let started = Instant::now();
+        let runner = Runner::default()
+            .with_egraph(std::mem::take(&mut region.eg))
+            .with_scheduler(SimpleScheduler)
+            .with_node_limit(limits.nodes)
+            .with_iter_limit(limits.iterations)
+            .with_time_limit(limits.time)
+            .run(&rules::rewrites(mode == Mode::Rate));
+        match &runner.stop_reason {
+            Some(StopReason::Saturated) => {}
+            other => {
+                return Err(fail(&format!(
+                    "region {name}: rewriting did not saturate within the limits ({other:?}; {} e-nodes, {} iterations); raise --egraph-node-limit or report the model",
+                    runner.egraph.total_number_of_nodes(),
+                    runner.iterations.len()
+                )))
+            }
+        }
+        let eg = runner.egraph;
+        stats.push(RegionStats {
+            layer: name.clone(),
+            roots: roots.len(),
+            enodes_before: before,
+            enodes_after: eg.total_number_of_nodes(),
+            eclasses: eg.number_of_classes(),
+            iterations: runner.iterations.len(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        let extractor = Extractor::new(&eg, cost::KeptThenFlops { egraph: &eg });
+        let mut rebuild = Rebuild {
+            g: &mut g,
+            eg: &eg,
+            ex: &extractor,
+            layer,
+            memo: HashMap::new(),
+            visiting: HashSet::new(),
+            new_nodes: &mut new_nodes,
+            region: &name,
+        };
+        for (root, id) in roots {
+            let mut n = rebuild.build(id)?;
+            // A root must be a fresh node shared by all steps.
+            let role = match root {
+                Root::Param(_) => Role::Gradient,
+                Root::Sent(_) => Role::Backward,
+            };
+            if rebuild.g.g[n].t.is_some() || !rebuild.new_nodes.contains(&n) {
+                n = add_node(rebuild.g, Op::Sum, Some(layer), None, role, &[n]);
+                rebuild.new_nodes.push(n);
+            } else if role == Role::Gradient {
+                rebuild.g.g[n].role = role;
+            }
+            match root {
+                Root::Param(name) => {
+                    let out = ad::grad_name(&name);
+                    for o in rebuild.g.outputs.iter_mut().filter(|o| o.0 == out) {
+                        o.1 = n;
+                    }
+                }
+                Root::Sent(target) => summed.entry(target).or_default().push(n),
+            }
+        }
+    }
+    mark_state(&mut g, &new_nodes);
+    g.remove_dead();
+    ir::verify(&g).map_err(|err| PassError::Invalid { pass: "rate", err })?;
+    if mode == Mode::Rate {
+        check_collapsed(&g)?;
+    }
+    Ok((g, stats))
+}
+
+use crate::autodiff as ad;
+
+fn fail(msg: &str) -> PassError {
+    PassError::Failed {
+        pass: "rate",
+        msg: msg.to_string(),
+    }
+}
+
+enum Root {
+    Param(String),
+    /// The time sum of what the region sends to this layer's outputs.
+    Sent(LayerId),
+}
+
+fn add_node(
+    g: &mut Graph,
+    op: Op,
+    layer: Option<LayerId>,
+    t: Option<usize>,
+    role: Role,
+    args: &[NodeIndex],
+) -> NodeIndex {
+    let shapes: Vec<&[usize]> = args.iter().map(|&a| g.g[a].shape.as_slice()).collect();
+    let shape = op
+        .infer_shape(&shapes)
+        .unwrap_or_else(|e| panic!("rate pass built an ill-shaped {}: {e}", op.name()))
+        .expect("not a leaf");
+    g.add(
+        Node {
+            op,
+            shape,
+            dtype: DType::F32,
+            layer,
+            t,
+            role,
+        },
+        args,
+    )
+}
+
+fn params_of(g: &Graph, layer: LayerId) -> Vec<(String, NodeIndex)> {
+    let mut ps: Vec<(String, NodeIndex)> =
+        g.g.node_indices()
+            .filter_map(|n| match &g.g[n].op {
+                Op::Param { name } if g.g[n].layer == Some(layer) => Some((name.clone(), n)),
+                _ => None,
+            })
+            .collect();
+    ps.sort();
+    ps
+}
+
+/// Layers that receive gradients, from the loss down: a reverse
+/// topological order of the layer graph induced by forward edges.
+fn region_order(g: &Graph) -> Vec<LayerId> {
+    let mut deps: petgraph::graph::DiGraph<LayerId, ()> = petgraph::graph::DiGraph::new();
+    let ids: Vec<petgraph::graph::NodeIndex> =
+        (0..g.layers.len()).map(|l| deps.add_node(l)).collect();
+    let mut seen = HashSet::new();
+    for e in g.g.edge_indices() {
+        let (a, b) = g.g.edge_endpoints(e).expect("edge");
+        let (na, nb) = (&g.g[a], &g.g[b]);
+        let fwd = |r: Role| !matches!(r, Role::Backward | Role::Gradient);
+        if let (Some(la), Some(lb)) = (na.layer, nb.layer) {
+            if la != lb && fwd(na.role) && fwd(nb.role) && seen.insert((la, lb)) {
+                deps.add_edge(ids[la], ids[lb], ());
+            }
+        }
+    }
+    let order = petgraph::algo::toposort(&deps, None).expect("layers form a DAG");
+    order.into_iter().rev().map(|n| deps[n]).collect()
+}
+
+/// Which per-step gradients cross from one layer to another.
+struct Families {
+    /// (rule layer, target layer) → step → contributions.
+    cross: BTreeMap<(LayerId, LayerId), BTreeMap<usize, Vec<NodeIndex>>>,
+    /// target layer → step → the forward node receiving them.
+    outputs: HashMap<LayerId, BTreeMap<usize, NodeIndex>>,
+}
+
+impl Families {
+    fn new(g: &Graph, ad: &AdInfo) -> Families {
+        let mut cross: BTreeMap<(LayerId, LayerId), BTreeMap<usize, Vec<NodeIndex>>> =
+            BTreeMap::new();
+        let mut outputs: HashMap<LayerId, BTreeMap<usize, NodeIndex>> = HashMap::new();
+        for &(rule_layer, target, c) in &ad.contributions {
+            let (Some(rl), Some(tl), Some(t)) = (rule_layer, g.g[target].layer, g.g[target].t)
+            else {
+                continue;
+            };
+            if rl == tl || matches!(g.g[target].op, Op::Param { .. }) {
+                continue;
+            }
+            cross
+                .entry((rl, tl))
+                .or_default()
+                .entry(t)
+                .or_default()
+                .push(c);
+            outputs.entry(tl).or_default().insert(t, target);
+        }
+        Families { cross, outputs }
+    }
+
+    /// The gradients of a layer's per-step outputs, one per step.
+    fn incoming(&self, layer: LayerId, ad: &AdInfo, steps: usize) -> Option<Vec<NodeIndex>> {
+        let outs = self.outputs.get(&layer)?;
+        if outs.len() != steps || outs.keys().copied().ne(0..steps) {
+            return None;
+        }
+        outs.values().map(|o| ad.grad_of.get(o).copied()).collect()
+    }
+
+    fn is_incoming(&self, layer: LayerId, ad: &AdInfo, n: NodeIndex) -> bool {
+        self.outputs
+            .get(&layer)
+            .is_some_and(|outs| outs.values().any(|o| ad.grad_of.get(o) == Some(&n)))
+    }
+}
+
+/// Builds one region's e-graph from graph nodes.
+struct Region<'a> {
+    g: &'a Graph,
+    ad: &'a AdInfo,
+    fam: &'a Families,
+    layer: LayerId,
+    steps: usize,
+    eg: RGraph,
+    memo: HashMap<NodeIndex, Id>,
+}
+
+impl<'a> Region<'a> {
+    fn new(
+        g: &'a Graph,
+        ad: &'a AdInfo,
+        fam: &'a Families,
+        layer: LayerId,
+        steps: usize,
+    ) -> Region<'a> {
+        Region {
+            g,
+            ad,
+            fam,
+            layer,
+            steps,
+            eg: RGraph::new(RegionAnalysis::default()),
+            memo: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, n: RNode) -> Id {
+        let id = self.eg.add(n.clone());
+        self.eg.analysis.originals.entry(id).or_insert(n);
+        id
+    }
+
+    fn leaf(&mut self, kind: Leaf, n: NodeIndex) -> Id {
+        let node = &self.g.g[n];
+        let param = matches!(node.op, Op::Param { .. });
+        self.eg.analysis.leaves.insert(
+            n.index() as u32,
+            (node.shape.clone(), node.t.is_some(), param),
+        );
+        self.add(RNode::leaf(kind, n.index() as u32))
+    }
+
+    /// The e-class of a graph node's value.
+    fn expr(&mut self, n: NodeIndex) -> Id {
+        if let Some(&id) = self.memo.get(&n) {
+            return id;
+        }
+        let node = &self.g.g[n];
+        let id = if !matches!(node.role, Role::Backward | Role::Gradient) {
+            self.leaf(Leaf::Fwd, n)
+        } else if self.fam.is_incoming(self.layer, self.ad, n)
+            || node.op == Op::SoftmaxCrossEntropyGrad
+        {
+            // The loss gradient is where the backward starts: a gradient,
+            // although only forward values go into it.
+            self.leaf(Leaf::Bnd, n)
+        } else {
+            let args = self.g.operands(n);
+            let kids: Vec<Id> = args.iter().map(|&a| self.expr(a)).collect();
+            match &node.op {
+                Op::Sum if node.t.is_none() => self.sum_over_time(&args, kids),
+                op => self.add(RNode::op(op.clone(), kids)),
+            }
+        };
+        self.memo.insert(n, id);
+        id
+    }
+
+    /// A shared `sum` whose operands include one per step is a time sum
+    /// (plus whatever else it adds).
+    fn sum_over_time(&mut self, args: &[NodeIndex], kids: Vec<Id>) -> Id {
+        let mut per: BTreeMap<usize, Id> = BTreeMap::new();
+        let mut others = Vec::new();
+        for (&a, &k) in args.iter().zip(&kids) {
+            match self.g.g[a].t {
+                Some(t) if !per.contains_key(&t) => {
+                    per.insert(t, k);
+                }
+                _ => others.push(k),
+            }
+        }
+        if per.len() != self.steps {
+            return self.add(RNode::op(Op::Sum, kids));
+        }
+        let ts = self.add(RNode::tsum(per.into_values().collect()));
+        if others.is_empty() {
+            ts
+        } else {
+            others.insert(0, ts);
+            self.add(RNode::op(Op::Sum, others))
+        }
+    }
+}
+
+/// Turns extracted e-classes back into graph nodes.
+struct Rebuild<'a, 'e, 'x> {
+    g: &'a mut Graph,
+    eg: &'e RGraph,
+    ex: &'x Extractor<'e, cost::KeptThenFlops<'e>, RNode, RegionAnalysis>,
+    layer: LayerId,
+    memo: HashMap<Id, NodeIndex>,
+    visiting: HashSet<Id>,
+    new_nodes: &'a mut Vec<NodeIndex>,
+    region: &'a str,
+}
+
+impl Rebuild<'_, '_, '_> {
+    fn build(&mut self, id: Id) -> Result<NodeIndex, PassError> {
+        let id = self.eg.find(id);
+        if let Some(&n) = self.memo.get(&id) {
+            return Ok(n);
+        }
+        if !self.visiting.insert(id) {
+            return Err(fail(&format!(
+                "region {}: extraction produced a cycle",
+                self.region
+            )));
+        }
+        let best = self.ex.find_best_node(id).clone();
+        let n = match &best.head {
+            Head::Leaf(_, ix) => NodeIndex::new(*ix as usize),
+            head => {
+                let mut args = Vec::with_capacity(best.children.len());
+                for &c in &best.children {
+                    args.push(self.build(c)?);
+                }
+                let fwd = self.eg[id].data.fwd_only;
+                let role = if fwd { Role::Forward } else { Role::Backward };
+                let (op, t) = match head {
+                    Head::TSum => (Op::Sum, None),
+                    Head::TMean => (Op::TimeMean, None),
+                    Head::Op(k) => (
+                        k.op.clone(),
+                        args.iter().filter_map(|&a| self.g.g[a].t).max(),
+                    ),
+                    Head::Leaf(..) => unreachable!(),
+                };
+                let n = add_node(self.g, op, Some(self.layer), t, role, &args);
+                self.new_nodes.push(n);
+                n
+            }
+        };
+        self.visiting.remove(&id);
+        self.memo.insert(id, n);
+        Ok(n)
+    }
+}
+
+/// New forward nodes whose value a later step reads carry state.
+fn mark_state(g: &mut Graph, new_nodes: &[NodeIndex]) {
+    for &n in new_nodes {
+        if !g.g.contains_node(n) || g.g[n].role != Role::Forward {
+            continue;
+        }
+        let Some(t) = g.g[n].t else { continue };
+        if g.users(n)
+            .iter()
+            .any(|&u| g.g[u].t.is_some_and(|ut| ut > t))
+        {
+            g.g[n].role = Role::State;
+        }
+    }
+}
+
+/// In rate mode no backward node may read a per-step value.
+fn check_collapsed(g: &Graph) -> Result<(), PassError> {
+    for n in g.g.node_indices() {
+        let node = &g.g[n];
+        if !matches!(node.role, Role::Backward | Role::Gradient) {
+            continue;
+        }
+        if let Some(&o) = g.operands(n).iter().find(|&&o| g.g[o].t.is_some()) {
+            let l = node
+                .layer
+                .map(|l| format!("{}:{}", g.layers[l].path, g.layers[l].keyword))
+                .unwrap_or_default();
+            return Err(fail(&format!(
+                "region {l}: the rate backward still reads a per-step value ({} at step {:?} read by {}); this layer cannot be collapsed to rates",
+                g.g[o].op.name(),
+                g.g[o].t,
+                node.op.name()
+            )));
+        }
+    }
+    Ok(())
+}
