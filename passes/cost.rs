@@ -37,6 +37,7 @@ pub fn flops(op: &Op, ins: &[&[usize]], out: &[usize]) -> f64 {
         Op::AvgPool { kernel, .. } | Op::MaxPool { kernel, .. } => o * (kernel * kernel) as f64,
         Op::AvgPoolGrad { kernel, .. } => numel(ins[0]) * (kernel * kernel) as f64,
         Op::MaxPoolGrad { kernel, .. } => numel(ins[1]) * (kernel * kernel) as f64,
+        Op::MaxPoolMask { .. } => o,
         Op::ChannelMean | Op::ChannelSum | Op::Sum | Op::TimeMean => {
             ins.iter().map(|s| numel(s)).sum()
         }

@@ -382,10 +382,13 @@ impl Builder<'_> {
                     .collect()
             }
             Op::ChannelVar => {
-                // var = (1/N)·Σ (x − m)²: dx = (2/N)·δ·(x − m),
-                // dm = −(2/N)·δ·Σ(x − m) (zero in exact arithmetic when m
-                // is the mean, but m is an operand like any other).
+                // var = (1/N)·Σ (x − m)²: dx = (2/N)·δ·(x − m) and
+                // dm = −(2/N)·δ·Σ(x − m). When m is the channel mean of the
+                // same operands (batch norm), Σ(x − m) = 0 exactly and dm is
+                // left out: a term that is zero but would make the backward
+                // read every step's centred input.
                 let (m, xs) = (args[0], &args[1..]);
+                let m_is_mean = self.g.g[m].op == Op::ChannelMean && self.g.operands(m) == xs;
                 let per = self.channel_count(xs);
                 let scaled = at(self, Op::Scale(2.0 / per), &[d]);
                 let mut out = Vec::new();
@@ -402,12 +405,22 @@ impl Builder<'_> {
                     );
                     let c = self.add(Op::Sub, layer, xt, Role::Backward, &[x, mb]);
                     let dx = self.add(Op::ChannelScale, layer, xt, Role::Backward, &[c, scaled]);
-                    centred_sums.push(self.add(Op::ChannelSum, layer, xt, Role::Backward, &[c]));
+                    if !m_is_mean {
+                        centred_sums.push(self.add(
+                            Op::ChannelSum,
+                            layer,
+                            xt,
+                            Role::Backward,
+                            &[c],
+                        ));
+                    }
                     out.push((x, dx));
                 }
-                let total = at(self, Op::Sum, &centred_sums);
-                let prod = at(self, Op::Mul, &[scaled, total]);
-                out.push((m, at(self, Op::Scale(-1.0), &[prod])));
+                if !m_is_mean {
+                    let total = at(self, Op::Sum, &centred_sums);
+                    let prod = at(self, Op::Mul, &[scaled, total]);
+                    out.push((m, at(self, Op::Scale(-1.0), &[prod])));
+                }
                 out
             }
             op @ (Op::Input { .. }

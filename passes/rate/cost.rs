@@ -30,6 +30,10 @@ impl CostFunction<RNode> for KeptThenFlops<'_> {
                 let (shape, per_step, param) = &eg.analysis.leaves[n];
                 match kind {
                     Leaf::Fwd if *param => (0.0, 0.0),
+                    // One byte more than its size: with T = 1 a step's value
+                    // and its time mean are the same size, and the mean
+                    // (an accumulator) is the form the backward should read.
+                    Leaf::Fwd if *per_step => (bytes(shape) + 1.0, 0.0),
                     Leaf::Fwd => (bytes(shape), 0.0),
                     Leaf::Bnd if *per_step => (bytes(shape), 0.0),
                     Leaf::Bnd | Leaf::Summed => (0.0, 0.0),
@@ -55,10 +59,13 @@ impl CostFunction<RNode> for KeptThenFlops<'_> {
                 if kids.iter().all(|&c| data(c).fwd_only) {
                     // Computed in the forward: keeping it costs its size,
                     // except when it only depends on parameters.
+                    let per_step = !matches!(head, Head::TSum | Head::TMean)
+                        && kids.iter().any(|&c| data(c).per_step);
                     let kept = if kids.iter().all(|&c| data(c).param) {
                         0.0
                     } else {
-                        bytes(&out)
+                        // The extra byte, as for leaves, prefers time means.
+                        bytes(&out) + if per_step { 1.0 } else { 0.0 }
                     };
                     (kept, below)
                 } else {

@@ -23,7 +23,7 @@ pub mod rules;
 
 use super::PassError;
 use crate::ir::{self, AdInfo, DType, Graph, LayerId, Node, NodeIndex, Op, Role};
-use egg::{Extractor, Id, Runner, SimpleScheduler, StopReason};
+use egg::{Extractor, Id, Language, Runner, SimpleScheduler, StopReason};
 use lang::{Head, Leaf, RGraph, RNode, RegionAnalysis};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -216,7 +216,8 @@ pub fn rate_pass(
     mark_state(&mut g, &new_nodes);
     g.remove_dead();
     ir::verify(&g).map_err(|err| PassError::Invalid { pass: "rate", err })?;
-    if mode == Mode::Rate {
+    // With one step every value is its own time mean.
+    if mode == Mode::Rate && steps > 1 {
         check_collapsed(&g)?;
     }
     Ok((g, stats))
@@ -533,4 +534,41 @@ fn check_collapsed(g: &Graph) -> Result<(), PassError> {
         }
     }
     Ok(())
+}
+
+/// Rewrites one expression with the named rules to saturation and extracts
+/// the cheapest form: how each rule is shown on a hand-built region (tests,
+/// docs). `leaves` gives each leaf's (shape, per-step?, parameter?).
+pub fn simplify(
+    expr: &egg::RecExpr<RNode>,
+    leaves: HashMap<u32, (Vec<usize>, bool, bool)>,
+    rule_names: &[&str],
+) -> Result<egg::RecExpr<RNode>, String> {
+    let mut eg = RGraph::new(RegionAnalysis {
+        leaves,
+        ..RegionAnalysis::default()
+    });
+    let mut ids = Vec::with_capacity(expr.len());
+    for node in expr.as_ref() {
+        let n = node.clone().map_children(|c| ids[usize::from(c)]);
+        let id = eg.add(n.clone());
+        eg.analysis.originals.entry(id).or_insert(n);
+        ids.push(id);
+    }
+    let root = *ids.last().ok_or("empty expression")?;
+    let rules: Vec<_> = rules::rewrites(true)
+        .into_iter()
+        .filter(|r| rule_names.contains(&r.name.as_str()))
+        .collect();
+    let runner = Runner::default()
+        .with_egraph(eg)
+        .with_scheduler(SimpleScheduler)
+        .with_iter_limit(50)
+        .run(&rules);
+    if !matches!(runner.stop_reason, Some(StopReason::Saturated)) {
+        return Err(format!("did not saturate: {:?}", runner.stop_reason));
+    }
+    let eg = runner.egraph;
+    let ex = Extractor::new(&eg, cost::KeptThenFlops { egraph: &eg });
+    Ok(ex.find_best(root).1)
 }

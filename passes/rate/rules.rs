@@ -20,6 +20,29 @@ pub struct RuleInfo {
     pub name: &'static str,
     pub tag: Tag,
     pub identity: &'static str,
+    /// Which e-nodes the rule looks at.
+    want: fn(&RNode) -> bool,
+    /// New e-classes equal to the given e-node's class.
+    apply: fn(&mut RGraph, &RNode) -> Vec<Id>,
+}
+
+fn is_tsum(n: &RNode) -> bool {
+    n.head == Head::TSum
+}
+fn is_time(n: &RNode) -> bool {
+    matches!(n.head, Head::TSum | Head::TMean)
+}
+fn is_mul(n: &RNode) -> bool {
+    matches!(n.as_op(), Some(Op::Mul))
+}
+fn is_scale(n: &RNode) -> bool {
+    matches!(n.as_op(), Some(Op::Scale(_)))
+}
+fn is_scale_or_mul(n: &RNode) -> bool {
+    is_mul(n) || is_scale(n)
+}
+fn is_maxpool_grad(n: &RNode) -> bool {
+    matches!(n.as_op(), Some(Op::MaxPoolGrad { .. }))
 }
 
 pub const RULES: &[RuleInfo] = &[
@@ -27,41 +50,61 @@ pub const RULES: &[RuleInfo] = &[
         name: "unroll-recurrence",
         tag: Tag::Exact,
         identity: "Σ_t x_t = Σ_t ρ_t·a_t when x_t = a_t + K_t·x_{t+1} (x_T = a_T), ρ_1 = 1, ρ_{t+1} = 1 + K_t·ρ_t; for LIF, K_t = λ·k_t by reset variant",
+        want: is_tsum,
+        apply: unroll_recurrence,
     },
     RuleInfo {
         name: "linear-hoist",
         tag: Tag::Exact,
         identity: "Σ_t L(d_t) = L(Σ_t d_t) for L linear in d_t with its other operands the same at every step (matmul, conv and pool gradients, channel sums and scales, reshape, sums); Σ_t c = T·c",
+        want: is_time,
+        apply: linear_hoist,
+    },
+    RuleInfo {
+        name: "maxpool-mask",
+        tag: Tag::Exact,
+        identity: "maxpool_grad(x, δ) = k²·(mask(x) · avgpool_grad(δ)) for non-overlapping windows (stride = kernel)",
+        want: is_maxpool_grad,
+        apply: maxpool_mask,
     },
     RuleInfo {
         name: "mul-comm",
         tag: Tag::Exact,
         identity: "a·b = b·a",
+        want: is_mul,
+        apply: mul_comm,
     },
     RuleInfo {
         name: "mul-assoc",
         tag: Tag::Exact,
         identity: "a·(b·c) = (a·b)·c",
+        want: is_mul,
+        apply: mul_assoc,
     },
     RuleInfo {
         name: "scale-mul",
         tag: Tag::Exact,
         identity: "k·(a·b) = (k·a)·b",
+        want: is_scale_or_mul,
+        apply: scale_mul,
     },
     RuleInfo {
         name: "scale-fold",
         tag: Tag::Exact,
         identity: "a·(b·x) = (a·b)·x; 1·x = x",
+        want: is_scale,
+        apply: scale_fold,
     },
     RuleInfo {
         name: "decorrelate",
         tag: Tag::Approximate,
         identity: "Σ_t p_t·q_t ≈ (1/T)·(Σ_t p_t)·(Σ_t q_t) = mean_t(p_t)·Σ_t q_t for p forward-only and q carrying the gradient; also for the bilinear weight-gradient products (matmul, conv weight gradient)",
+        want: is_tsum,
+        apply: decorrelate,
     },
 ];
 
-/// A rule as a pair of functions: which e-nodes it looks at, and what it
-/// makes of one (new e-class ids equal to the node's class).
+/// A rule as egg sees it: searcher and applier over one `RuleInfo`.
 #[derive(Clone, Copy)]
 struct NodeRule {
     want: fn(&RNode) -> bool,
@@ -119,70 +162,20 @@ impl Applier<RNode, super::lang::RegionAnalysis> for NodeRule {
     }
 }
 
-fn rewrite(name: &str, rule: NodeRule) -> Rewrite<RNode, super::lang::RegionAnalysis> {
-    Rewrite::new(name, rule, rule).expect("rules bind no variables")
-}
-
-/// The rules for a mode: exact ones, plus `decorrelate` when approximate
-/// rules are allowed.
+/// The rules for a mode: the exact ones, plus `decorrelate` when
+/// approximate rules are allowed.
 pub fn rewrites(approximate: bool) -> Vec<Rewrite<RNode, super::lang::RegionAnalysis>> {
-    let is_time = |n: &RNode| matches!(n.head, Head::TSum | Head::TMean);
-    let is_mul = |n: &RNode| matches!(n.as_op(), Some(Op::Mul));
-    let is_scale_or_mul = |n: &RNode| matches!(n.as_op(), Some(Op::Mul | Op::Scale(_)));
-    let mut rs = vec![
-        rewrite(
-            "unroll-recurrence",
-            NodeRule {
-                want: |n| n.head == Head::TSum,
-                apply: unroll_recurrence,
-            },
-        ),
-        rewrite(
-            "linear-hoist",
-            NodeRule {
-                want: is_time,
-                apply: linear_hoist,
-            },
-        ),
-        rewrite(
-            "mul-comm",
-            NodeRule {
-                want: is_mul,
-                apply: mul_comm,
-            },
-        ),
-        rewrite(
-            "mul-assoc",
-            NodeRule {
-                want: is_mul,
-                apply: mul_assoc,
-            },
-        ),
-        rewrite(
-            "scale-mul",
-            NodeRule {
-                want: is_scale_or_mul,
-                apply: scale_mul,
-            },
-        ),
-        rewrite(
-            "scale-fold",
-            NodeRule {
-                want: |n| matches!(n.as_op(), Some(Op::Scale(_))),
-                apply: scale_fold,
-            },
-        ),
-    ];
-    if approximate {
-        rs.push(rewrite(
-            "decorrelate",
-            NodeRule {
-                want: |n| n.head == Head::TSum,
-                apply: decorrelate,
-            },
-        ));
-    }
-    rs
+    RULES
+        .iter()
+        .filter(|r| approximate || r.tag == Tag::Exact)
+        .map(|r| {
+            let rule = NodeRule {
+                want: r.want,
+                apply: r.apply,
+            };
+            Rewrite::new(r.name, rule, rule).expect("rules bind no variables")
+        })
+        .collect()
 }
 
 fn add_op(eg: &mut RGraph, op: Op, kids: Vec<Id>) -> Id {
@@ -290,6 +283,31 @@ fn scale_fold(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
         .collect()
 }
 
+fn maxpool_mask(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
+    let Some(&Op::MaxPoolGrad { kernel, stride }) = n.as_op() else {
+        return vec![];
+    };
+    if kernel != stride {
+        return vec![];
+    }
+    let k = canon(eg, n);
+    let x = &eg[k[0]].data.shape;
+    let (in_h, in_w) = (x[2], x[3]);
+    let mask = add_op(eg, Op::MaxPoolMask { kernel, stride }, vec![k[0]]);
+    let up = add_op(
+        eg,
+        Op::AvgPoolGrad {
+            kernel,
+            stride,
+            in_h,
+            in_w,
+        },
+        vec![k[1]],
+    );
+    let prod = add_op(eg, Op::Mul, vec![mask, up]);
+    vec![add_op(eg, Op::Scale((kernel * kernel) as f64), vec![prod])]
+}
+
 // ----------------------------------------------------------- linear-hoist
 
 /// For an op whose result is linear in some operands when the others are
@@ -318,13 +336,17 @@ fn linear_hoist(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
     let kids = canon(eg, n);
     let steps = kids.len();
     let mut out = Vec::new();
-    if kids.iter().all(|&k| k == kids[0]) {
+    // Σ_t c = T·c, mean_t c = c. Not with one step: there the time
+    // reduction is kept apart from its child, because the reduction is the
+    // accumulator the backward should read.
+    if steps > 1 && kids.iter().all(|&k| k == kids[0]) {
         out.push(match n.head {
-            Head::TSum if steps > 1 => add_op(eg, Op::Scale(steps as f64), vec![kids[0]]),
+            Head::TSum => add_op(eg, Op::Scale(steps as f64), vec![kids[0]]),
             _ => kids[0],
         });
         return out;
     }
+
     let firsts: Vec<RNode> = eg[kids[0]]
         .nodes
         .iter()
@@ -351,6 +373,12 @@ fn linear_hoist(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
                 }
             }
             if rows.len() < steps {
+                continue;
+            }
+            // With one step every operand is "the same at every step"; only
+            // gradient operands are worth moving into the sum (forward ones
+            // become accumulators through decorrelate, as for T > 1).
+            if steps == 1 && vary.iter().any(|&p| eg[rows[0][p]].data.fwd_only) {
                 continue;
             }
             let mut args = m0k.clone();
@@ -413,7 +441,10 @@ fn decorrelate(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
                 let found = eg[k].nodes.iter().find(|m| {
                     m.head == head && {
                         let (p, q) = (m.children[p_pos], m.children[1 - p_pos]);
-                        eg[p].data.fwd_only && !eg[q].data.fwd_only && pure_gradient(eg, q)
+                        eg[p].data.fwd_only
+                            && eg[p].data.per_step
+                            && !eg[q].data.fwd_only
+                            && pure_gradient(eg, q)
                     }
                 });
                 match found {
@@ -424,9 +455,11 @@ fn decorrelate(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
                     None => break,
                 }
             }
-            // All steps must split; a factor that is the same at every
-            // step is linear-hoist's (exact) business, not this rule's.
-            if qs.len() < kids.len() || ps.iter().all(|&p| p == ps[0]) {
+            // All steps must split, with a forward factor that varies over
+            // time: one that does not is linear-hoist's (exact) business.
+            // (With one step the rule is exact, and still moves the forward
+            // factor into an accumulator.)
+            if qs.len() < kids.len() {
                 continue;
             }
             let mean_p = eg.add(RNode::tmean(ps));

@@ -195,6 +195,19 @@ pub fn maxpool_grad<F: Float>(
     out
 }
 
+/// 1 at every window's first maximum (the element `maxpool_grad` routes to).
+pub fn maxpool_mask<F: Float>(x: &Tensor<F>, kernel: usize, stride: usize) -> Tensor<F> {
+    let (h, w) = (x.shape[2], x.shape[3]);
+    let (ho, wo) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
+    let ones = Tensor::full(&[x.shape[0], x.shape[1], ho, wo], F::one());
+    let mut m = maxpool_grad(x, &ones, kernel, stride);
+    // Overlapping windows may share a maximum; the mask is still 0/1.
+    for v in &mut m.data {
+        *v = v.min(F::one());
+    }
+    m
+}
+
 fn softmax_rows<F: Float>(z: &Tensor<F>) -> Vec<F> {
     let k = z.shape[1];
     let mut p = z.data.clone();

@@ -108,6 +108,7 @@ pub fn eval_op<F: Float>(
             in_w,
         } => g::avgpool_grad(x(0), *kernel, *stride, *in_h, *in_w),
         Op::MaxPoolGrad { kernel, stride } => g::maxpool_grad(x(0), x(1), *kernel, *stride),
+        Op::MaxPoolMask { kernel, stride } => g::maxpool_mask(x(0), *kernel, *stride),
         Op::SoftmaxCrossEntropy => g::softmax_xent(x(0), x(1)),
         Op::SoftmaxCrossEntropyGrad => g::softmax_xent_grad(x(0), x(1)),
     };

@@ -143,6 +143,13 @@ pub enum Op {
         kernel: usize,
         stride: usize,
     },
+    /// `x -> mask` of x's shape: 1 at each pooling window's first maximum.
+    /// With non-overlapping windows, `maxpool_grad(x, δ) =
+    /// mask(x) · k²·avgpool_grad(δ)`, a product the rate pass can average.
+    MaxPoolMask {
+        kernel: usize,
+        stride: usize,
+    },
     /// `(z[B,K], y[B,K]) -> [1]`: mean over the batch of
     /// `−Σ_k y_k·log softmax(z)_k` (y one-hot or any distribution).
     SoftmaxCrossEntropy,
@@ -186,6 +193,7 @@ impl Op {
             Op::Conv2dGradWeight { .. } => "conv2d_grad_weight",
             Op::AvgPoolGrad { .. } => "avgpool_grad",
             Op::MaxPoolGrad { .. } => "maxpool_grad",
+            Op::MaxPoolMask { .. } => "maxpool_mask",
             Op::SoftmaxCrossEntropy => "softmax_xent",
             Op::SoftmaxCrossEntropyGrad => "softmax_xent_grad",
         }
@@ -234,7 +242,9 @@ impl Op {
                 in_h,
                 in_w,
             } => format!("kernel={kernel} stride={stride} in={in_h}x{in_w}"),
-            Op::MaxPoolGrad { kernel, stride } => format!("kernel={kernel} stride={stride}"),
+            Op::MaxPoolGrad { kernel, stride } | Op::MaxPoolMask { kernel, stride } => {
+                format!("kernel={kernel} stride={stride}")
+            }
             _ => String::new(),
         }
     }
@@ -487,6 +497,15 @@ impl Op {
                     Ok(Some(y)) if y == ins[1] => ins[0].to_vec(),
                     _ => return Err(format!("maxpool_grad of {:?} and {:?}", ins[0], ins[1])),
                 }
+            }
+            Op::MaxPoolMask { kernel, stride } => {
+                arity(1)?;
+                let fwd = Op::MaxPool {
+                    kernel: *kernel,
+                    stride: *stride,
+                };
+                fwd.infer_shape(ins)?;
+                ins[0].to_vec()
             }
             Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => {
                 arity(2)?;
