@@ -80,6 +80,6 @@ pub fn graph_cost(g: &Graph) -> GraphCost {
             c.forward_flops += f;
         }
     }
-    c.kept_bytes = kept.iter().map(|&n| bytes(&g.g[n].shape)).sum();
+    c.kept_bytes = kept.iter().map(|&n| bytes(&g.g[n].shape)).sum::<f64>() + 0.0;
     c
 }

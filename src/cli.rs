@@ -1,10 +1,13 @@
 //! What the `snnc` subcommands do, as library functions (the binary only
 //! parses arguments). Errors come back as rendered text for stderr.
 
+use crate::compile;
 use crate::dsl::{self, Diagnostic};
 use crate::interp::{self, RunOptions};
 use crate::ir::{self, Op};
 use crate::model::{Encoding, LayerKind, Model};
+use crate::passes::cost::graph_cost;
+use crate::passes::rate::{rules::Tag, Mode, RegionStats};
 use crate::shape::{self, dims, Analysis, ShapeError};
 use crate::tensor::Tensor;
 use crate::unroll::{self, Phase, UnrollConfig};
@@ -163,51 +166,272 @@ pub fn check(path: &Path, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn unroll_file(path: &Path, steps: usize, batch: usize, eval: bool) -> Result<ir::Graph, String> {
-    let (model, _) = load(path)?;
-    let cfg = UnrollConfig {
-        steps,
-        batch,
-        phase: if eval { Phase::Eval } else { Phase::Train },
-    };
-    unroll::unroll_with(&model, &cfg).map_err(|e| format!("error: {e}"))
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GraphFormat {
     Text,
     Dot,
-    /// Node and edge counts and build/verify times.
+    /// Node and edge counts, stage times, e-graph sizes.
     Stats,
 }
 
-pub fn graph(
+pub fn graph(path: &Path, opts: &compile::Options, format: GraphFormat) -> Result<String, String> {
+    let (model, _) = load(path)?;
+    let c = compile::compile(&model, opts)?;
+    let g = &c.graph;
+    Ok(match format {
+        GraphFormat::Text => ir::to_text(g),
+        GraphFormat::Dot => ir::to_dot(g),
+        GraphFormat::Stats => {
+            let started = std::time::Instant::now();
+            ir::verify(g).map_err(|e| format!("error: {e}"))?;
+            let verify = started.elapsed().as_secs_f64();
+            let mut out = format!(
+                "graph {} steps={} batch={} after {:?}: {} nodes, {} edges\n",
+                g.name,
+                opts.steps,
+                opts.batch,
+                opts.after,
+                g.node_count(),
+                g.edge_count()
+            );
+            for (stage, secs) in &c.timings {
+                let _ = writeln!(
+                    out,
+                    "  {:<10} {:>9.2} ms",
+                    format!("{stage:?}").to_lowercase(),
+                    secs * 1e3
+                );
+            }
+            let _ = writeln!(out, "  {:<10} {:>9.2} ms", "verify", verify * 1e3);
+            if !c.regions.is_empty() {
+                let sum = |f: fn(&RegionStats) -> f64| c.regions.iter().map(f).sum::<f64>();
+                let max = c.regions.iter().map(|r| r.enodes_after).max().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "  rate pass ({}): {} regions, e-nodes {} before / {} after rewriting (largest region {}), {} e-classes, {:.1} ms in egg",
+                    opts.mode,
+                    c.regions.len(),
+                    sum(|r| r.enodes_before as f64),
+                    sum(|r| r.enodes_after as f64),
+                    max,
+                    sum(|r| r.eclasses as f64),
+                    sum(|r| r.seconds) * 1e3
+                );
+            }
+            let cost = graph_cost(g);
+            let _ = writeln!(
+                out,
+                "  kept for the backward {:.2} MiB; forward {:.3} GFLOP, backward {:.3} GFLOP",
+                cost.kept_bytes / MIB,
+                cost.forward_flops / 1e9,
+                cost.backward_flops / 1e9
+            );
+            out
+        }
+    })
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// `snnc rules`: every rewrite rule with its tag and identity.
+pub fn rules(json: bool) -> String {
+    let mut out = String::new();
+    for r in crate::passes::rate::rules::RULES {
+        if json {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::json!({"name": r.name, "tag": r.tag, "identity": r.identity})
+            );
+        } else {
+            let tag = match r.tag {
+                Tag::Exact => "exact",
+                Tag::Approximate => "approximate",
+            };
+            let _ = writeln!(out, "{:<18} {:<12} {}", r.name, tag, r.identity);
+        }
+    }
+    out
+}
+
+/// One-hot labels, seeded.
+pub fn random_labels(batch: usize, classes: usize, seed: u64) -> Tensor<f64> {
+    let mut r = rng::Rng::new(seed ^ 0x1abe1);
+    let mut t = Tensor::zeros(&[batch, classes]);
+    for b in 0..batch {
+        t.data[b * classes + r.below(classes)] = 1.0;
+    }
+    t
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GradCheckRow {
+    pub param: String,
+    pub shape: Vec<usize>,
+    /// Cosine similarity of the rate and BPTT gradients.
+    pub cosine: f64,
+    /// |rate| / |BPTT|.
+    pub norm_ratio: f64,
+}
+
+/// Rate vs BPTT gradients on one random batch, per parameter.
+pub fn grad_check_rows(
+    model: &Model,
+    a: &Analysis,
+    steps: usize,
+    batch: usize,
+    seed: u64,
+) -> Result<Vec<GradCheckRow>, String> {
+    let opts = compile::Options {
+        after: compile::Stage::Autodiff,
+        ..compile::Options::new(steps, batch, Mode::Bptt)
+    };
+    let bptt = compile::compile(model, &opts)?.graph;
+    let (rate, _) = crate::passes::rate::rate_pass(bptt.clone(), Mode::Rate, &opts.limits)
+        .map_err(|e| format!("error: {e}"))?;
+    let params = init::init_params(a, seed);
+    let x = random_input(
+        &bptt,
+        matches!(model.input.encoding, Encoding::Events),
+        seed,
+    );
+    let classes = a.output[0];
+    let inputs = HashMap::from([
+        ("x".to_string(), x),
+        ("labels".to_string(), random_labels(batch, classes, seed)),
+    ]);
+    let run = |g: &ir::Graph| {
+        interp::run(g, &inputs, &params, &RunOptions { seed }).map_err(|e| format!("error: {e}"))
+    };
+    let (vb, vr) = (run(&bptt)?, run(&rate)?);
+    let mut rows = Vec::new();
+    for p in a.params().filter(|p| p.trainable) {
+        let name = crate::autodiff::grad_name(&p.name);
+        let (Some(b), Some(r)) = (bptt.output(&name), rate.output(&name)) else {
+            continue;
+        };
+        let (b, r) = (vb.get(b).expect("evaluated"), vr.get(r).expect("evaluated"));
+        let dot: f64 = b.data.iter().zip(&r.data).map(|(x, y)| x * y).sum();
+        let nb = b.data.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let nr = r.data.iter().map(|x| x * x).sum::<f64>().sqrt();
+        rows.push(GradCheckRow {
+            param: p.name.clone(),
+            shape: p.shape.clone(),
+            cosine: if nb > 0.0 && nr > 0.0 {
+                dot / (nb * nr)
+            } else {
+                f64::NAN
+            },
+            norm_ratio: if nb > 0.0 { nr / nb } else { f64::NAN },
+        });
+    }
+    Ok(rows)
+}
+
+pub fn grad_check(
     path: &Path,
     steps: usize,
     batch: usize,
-    eval: bool,
-    format: GraphFormat,
-) -> Result<String, String> {
-    let started = std::time::Instant::now();
-    let g = unroll_file(path, steps, batch, eval)?;
-    let build = started.elapsed();
-    Ok(match format {
-        GraphFormat::Text => ir::to_text(&g),
-        GraphFormat::Dot => ir::to_dot(&g),
-        GraphFormat::Stats => {
-            let started = std::time::Instant::now();
-            ir::verify(&g).map_err(|e| format!("error: {e}"))?;
-            let verify = started.elapsed();
-            format!(
-                "graph {} steps={steps} batch={batch}: {} nodes, {} edges; parse + unroll + verify {:.1} ms (verify alone {:.1} ms)\n",
-                g.name,
-                g.node_count(),
-                g.edge_count(),
-                build.as_secs_f64() * 1e3,
-                verify.as_secs_f64() * 1e3
-            )
+    seed: u64,
+    json: bool,
+) -> Result<(), String> {
+    let (model, a) = load(path)?;
+    let rows = grad_check_rows(&model, &a, steps, batch, seed)?;
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).expect("serialisable"));
         }
-    })
+        return Ok(());
+    }
+    println!("{}: rate vs BPTT gradients, T={steps}, batch {batch}, seed {seed} (random init, random batch)", model.name);
+    println!(
+        "{:<24} {:>18} {:>10} {:>12}",
+        "parameter", "shape", "cosine", "|rate|/|bptt|"
+    );
+    for r in &rows {
+        println!(
+            "{:<24} {:>18} {:>10.4} {:>12.4}",
+            r.param,
+            dims(&r.shape),
+            r.cosine,
+            r.norm_ratio
+        );
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReportRow {
+    pub mode: Mode,
+    pub steps: usize,
+    pub batch: usize,
+    pub kept_bytes: f64,
+    pub forward_flops: f64,
+    pub backward_flops: f64,
+    pub nodes: usize,
+    pub compile_seconds: f64,
+}
+
+pub fn report_rows(
+    model: &Model,
+    steps: &[usize],
+    modes: &[Mode],
+    batch: usize,
+) -> Result<Vec<ReportRow>, String> {
+    let mut rows = Vec::new();
+    for &mode in modes {
+        for &t in steps {
+            let started = std::time::Instant::now();
+            let c = compile::compile(model, &compile::Options::new(t, batch, mode))?;
+            let cost = graph_cost(&c.graph);
+            rows.push(ReportRow {
+                mode,
+                steps: t,
+                batch,
+                kept_bytes: cost.kept_bytes,
+                forward_flops: cost.forward_flops,
+                backward_flops: cost.backward_flops,
+                nodes: c.graph.node_count(),
+                compile_seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+pub fn report(
+    path: &Path,
+    steps: &[usize],
+    modes: &[Mode],
+    batch: usize,
+    json: bool,
+) -> Result<(), String> {
+    let (model, _) = load(path)?;
+    let rows = report_rows(&model, steps, modes, batch)?;
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).expect("serialisable"));
+        }
+        return Ok(());
+    }
+    println!("{}: batch {batch}; kept = forward values the backward reads (f32); FLOPs per step of training", model.name);
+    println!(
+        "{:<6} {:>4} {:>14} {:>14} {:>14} {:>8} {:>10}",
+        "mode", "T", "kept (MiB)", "fwd GFLOP", "bwd GFLOP", "nodes", "compile s"
+    );
+    for r in &rows {
+        println!(
+            "{:<6} {:>4} {:>14.2} {:>14.3} {:>14.3} {:>8} {:>10.3}",
+            r.mode.to_string(),
+            r.steps,
+            r.kept_bytes / MIB,
+            r.forward_flops / 1e9,
+            r.backward_flops / 1e9,
+            r.nodes,
+            r.compile_seconds
+        );
+    }
+    Ok(())
 }
 
 /// A random input batch for the graph's `x`: uniform [0, 1) intensities,

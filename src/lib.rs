@@ -5,6 +5,7 @@
 
 pub mod autodiff;
 pub mod cli;
+pub mod compile;
 pub mod dsl;
 pub mod init;
 pub mod interp;

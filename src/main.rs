@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use snnc::cli;
+use snnc::compile::{Options, Stage};
+use snnc::passes::rate::Mode;
 
 #[derive(Parser)]
 #[command(
@@ -29,14 +31,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Print the graph after a compiler stage, as text or Graphviz DOT.
+    /// Print the graph after a compiler stage, as text, Graphviz DOT or stats.
     Graph {
         file: PathBuf,
         /// Timesteps to unroll.
         #[arg(short = 'T', long = "steps", default_value_t = 4)]
         steps: usize,
-        #[arg(long, value_enum, default_value_t = Stage::Unrolled)]
-        stage: Stage,
+        /// The stage whose result is printed.
+        #[arg(long, alias = "stage", value_enum, default_value_t = Stage::Unrolled)]
+        after: Stage,
+        /// bptt: exact rewrites only; rate: rate-based backpropagation.
+        #[arg(long, value_enum, default_value_t = ModeArg::Rate)]
+        mode: ModeArg,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
         /// Batch size the shapes are given for.
@@ -66,12 +72,57 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the rate pass's rewrite rules: name, exact or approximate, identity.
+    Rules {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per parameter, cosine similarity and norm ratio of rate vs BPTT
+    /// gradients on a random batch (random initialisation).
+    GradCheck {
+        file: PathBuf,
+        #[arg(short = 'T', long = "steps", default_value_t = 4)]
+        steps: usize,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bytes kept for the backward and FLOPs, per mode and T.
+    Report {
+        file: PathBuf,
+        /// Comma-separated list of T.
+        #[arg(
+            short = 'T',
+            long = "steps",
+            value_delimiter = ',',
+            default_value = "1,2,4,8"
+        )]
+        steps: Vec<usize>,
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "bptt,rate")]
+        mode: Vec<ModeArg>,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Stage {
-    /// The time-unrolled forward graph.
-    Unrolled,
+enum ModeArg {
+    Bptt,
+    Rate,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Bptt => Mode::Bptt,
+            ModeArg::Rate => Mode::Rate,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -89,16 +140,19 @@ fn main() -> ExitCode {
         Cmd::Graph {
             file,
             steps,
-            stage: Stage::Unrolled,
+            after,
+            mode,
             format,
             batch,
             eval,
             output,
         } => cli::graph(
             &file,
-            steps,
-            batch,
-            eval,
+            &Options {
+                eval,
+                after,
+                ..Options::new(steps, batch, mode.into())
+            },
             match format {
                 Format::Text => cli::GraphFormat::Text,
                 Format::Dot => cli::GraphFormat::Dot,
@@ -114,6 +168,27 @@ fn main() -> ExitCode {
             f64,
             json,
         } => cli::run(&file, steps, batch, seed, f64, json),
+        Cmd::Rules { json } => {
+            print!("{}", cli::rules(json));
+            Ok(())
+        }
+        Cmd::GradCheck {
+            file,
+            steps,
+            batch,
+            seed,
+            json,
+        } => cli::grad_check(&file, steps, batch, seed, json),
+        Cmd::Report {
+            file,
+            steps,
+            mode,
+            batch,
+            json,
+        } => {
+            let modes: Vec<Mode> = mode.into_iter().map(Mode::from).collect();
+            cli::report(&file, &steps, &modes, batch, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -536,14 +536,16 @@ fn check_collapsed(g: &Graph) -> Result<(), PassError> {
     Ok(())
 }
 
-/// Rewrites one expression with the named rules to saturation and extracts
-/// the cheapest form: how each rule is shown on a hand-built region (tests,
-/// docs). `leaves` gives each leaf's (shape, per-step?, parameter?).
-pub fn simplify(
+/// Rewrites one expression with the named rules to saturation; returns
+/// every form of the root (one per e-node of its e-class, operands in
+/// their cheapest form, sorted) and the form extraction picks. This is how
+/// each rule is shown on a hand-built region (tests, docs). `leaves` gives
+/// each leaf's (shape, per-step?, parameter?).
+pub fn rewrite_forms(
     expr: &egg::RecExpr<RNode>,
     leaves: HashMap<u32, (Vec<usize>, bool, bool)>,
     rule_names: &[&str],
-) -> Result<egg::RecExpr<RNode>, String> {
+) -> Result<(Vec<String>, String), String> {
     let mut eg = RGraph::new(RegionAnalysis {
         leaves,
         ..RegionAnalysis::default()
@@ -570,5 +572,23 @@ pub fn simplify(
     }
     let eg = runner.egraph;
     let ex = Extractor::new(&eg, cost::KeptThenFlops { egraph: &eg });
-    Ok(ex.find_best(root).1)
+    let root = eg.find(root);
+    let mut forms: Vec<String> = eg[root]
+        .nodes
+        .iter()
+        .map(|n| {
+            let kids: Vec<String> = n
+                .children
+                .iter()
+                .map(|&c| ex.find_best(c).1.to_string())
+                .collect();
+            if kids.is_empty() {
+                n.to_string()
+            } else {
+                format!("({} {})", n, kids.join(" "))
+            }
+        })
+        .collect();
+    forms.sort();
+    Ok((forms, ex.find_best(root).1.to_string()))
 }

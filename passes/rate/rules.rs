@@ -38,9 +38,6 @@ fn is_mul(n: &RNode) -> bool {
 fn is_scale(n: &RNode) -> bool {
     matches!(n.as_op(), Some(Op::Scale(_)))
 }
-fn is_scale_or_mul(n: &RNode) -> bool {
-    is_mul(n) || is_scale(n)
-}
 fn is_maxpool_grad(n: &RNode) -> bool {
     matches!(n.as_op(), Some(Op::MaxPoolGrad { .. }))
 }
@@ -84,8 +81,8 @@ pub const RULES: &[RuleInfo] = &[
     RuleInfo {
         name: "scale-mul",
         tag: Tag::Exact,
-        identity: "k·(a·b) = (k·a)·b",
-        want: is_scale_or_mul,
+        identity: "k·(a·b) = (k·a)·b, moving the constant onto the forward factor a (one direction, so rewriting terminates)",
+        want: is_scale,
         apply: scale_mul,
     },
     RuleInfo {
@@ -218,38 +215,27 @@ fn mul_assoc(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
 }
 
 fn scale_mul(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
-    let k = canon(eg, n);
+    let Some(Op::Scale(c)) = n.as_op() else {
+        return vec![];
+    };
+    let c = *c;
+    let x = eg.find(n.children[0]);
+    let muls: Vec<Vec<Id>> = eg[x]
+        .nodes
+        .iter()
+        .filter(|m| matches!(m.as_op(), Some(Op::Mul)))
+        .map(|m| m.children.clone())
+        .collect();
     let mut out = Vec::new();
-    match n.as_op() {
-        // k·(a·b) → (k·a)·b
-        Some(Op::Scale(c)) => {
-            let muls: Vec<Vec<Id>> = eg[k[0]]
-                .nodes
-                .iter()
-                .filter(|m| matches!(m.as_op(), Some(Op::Mul)))
-                .map(|m| m.children.clone())
-                .collect();
-            for ab in muls {
-                let ka = add_op(eg, Op::Scale(*c), vec![ab[0]]);
-                out.push(add_op(eg, Op::Mul, vec![ka, ab[1]]));
+    for ab in muls {
+        for (f, g) in [(ab[0], ab[1]), (ab[1], ab[0])] {
+            // Only a per-step forward factor (a σ'_t meeting its ρ_t) is
+            // worth it; a narrower rule keeps rewriting finite.
+            if eg[f].data.fwd_only && eg[f].data.per_step && !eg[g].data.fwd_only {
+                let kf = add_op(eg, Op::Scale(c), vec![f]);
+                out.push(add_op(eg, Op::Mul, vec![kf, g]));
             }
         }
-        // (k·a)·b → k·(a·b)
-        Some(Op::Mul) => {
-            let scales: Vec<(f64, Id)> = eg[k[0]]
-                .nodes
-                .iter()
-                .filter_map(|m| match m.as_op() {
-                    Some(Op::Scale(c)) => Some((*c, m.children[0])),
-                    _ => None,
-                })
-                .collect();
-            for (c, a) in scales {
-                let ab = add_op(eg, Op::Mul, vec![a, k[1]]);
-                out.push(add_op(eg, Op::Scale(c), vec![ab]));
-            }
-        }
-        _ => {}
     }
     out
 }

@@ -1,0 +1,94 @@
+//! The pipeline: unroll → autodiff → rate pass → dce, stoppable after any
+//! stage so that each intermediate graph can be printed and tested.
+
+use crate::autodiff;
+use crate::ir::{self, Graph};
+use crate::model::Model;
+use crate::passes::rate::{self, Limits, Mode, RegionStats};
+use crate::passes::{self, dce};
+use crate::unroll::{self, Phase, UnrollConfig};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+pub enum Stage {
+    /// The time-unrolled forward graph.
+    Unrolled,
+    /// Forward + loss + BPTT backward.
+    Autodiff,
+    /// After the rate pass (exact rules in bptt mode, + decorrelate in rate mode).
+    Rate,
+    /// After dead-code elimination: the graph later stages consume.
+    Dce,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub steps: usize,
+    pub batch: usize,
+    /// Evaluation graphs stop after unrolling (no loss, no backward).
+    pub eval: bool,
+    pub mode: Mode,
+    pub after: Stage,
+    pub limits: Limits,
+}
+
+impl Options {
+    pub fn new(steps: usize, batch: usize, mode: Mode) -> Options {
+        Options {
+            steps,
+            batch,
+            eval: false,
+            mode,
+            after: Stage::Dce,
+            limits: Limits::default(),
+        }
+    }
+}
+
+pub struct Compiled {
+    pub graph: Graph,
+    pub regions: Vec<RegionStats>,
+    /// Seconds spent in each stage that ran.
+    pub timings: Vec<(Stage, f64)>,
+}
+
+pub fn compile(model: &Model, opts: &Options) -> Result<Compiled, String> {
+    let mut timings = Vec::new();
+    let mut clock = Instant::now();
+    let mut lap = |stage, timings: &mut Vec<(Stage, f64)>| {
+        timings.push((stage, clock.elapsed().as_secs_f64()));
+        clock = Instant::now();
+    };
+    let cfg = UnrollConfig {
+        steps: opts.steps,
+        batch: opts.batch,
+        phase: if opts.eval { Phase::Eval } else { Phase::Train },
+    };
+    let mut g = unroll::unroll_with(model, &cfg).map_err(|e| format!("error: {e}"))?;
+    lap(Stage::Unrolled, &mut timings);
+    let mut regions = Vec::new();
+    if opts.after > Stage::Unrolled {
+        if opts.eval {
+            return Err("error: an evaluation graph has no backward; use --after unrolled".into());
+        }
+        g = autodiff::autodiff(&g).map_err(|e| format!("error: {e}"))?;
+        lap(Stage::Autodiff, &mut timings);
+    }
+    if opts.after > Stage::Autodiff {
+        let (r, stats) =
+            rate::rate_pass(g, opts.mode, &opts.limits).map_err(|e| format!("error: {e}"))?;
+        g = r;
+        regions = stats;
+        lap(Stage::Rate, &mut timings);
+    }
+    if opts.after > Stage::Rate {
+        g = passes::run_pipeline(g, &[dce::PASS], None).map_err(|e| format!("error: {e}"))?;
+        lap(Stage::Dce, &mut timings);
+    }
+    ir::verify(&g).map_err(|e| format!("error: internal: {e}"))?;
+    Ok(Compiled {
+        graph: g,
+        regions,
+        timings,
+    })
+}
