@@ -128,3 +128,98 @@ fn run_prints_readout_and_rates() {
     assert_eq!(v["logits"][0].as_array().unwrap().len(), 10);
     assert_eq!(v["firing_rates"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn rules_lists_exact_and_approximate() {
+    let (code, out, _) = snnc(&["rules"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("decorrelate") && out.contains("approximate"),
+        "{out}"
+    );
+    assert!(
+        out.lines().filter(|l| l.contains(" exact ")).count() >= 3,
+        "{out}"
+    );
+}
+
+#[test]
+fn graph_after_each_stage() {
+    for after in ["unrolled", "autodiff", "rate", "dce"] {
+        let (code, out, err) = snnc(&[
+            "graph",
+            "examples/models/digits_mlp.snn",
+            "-T",
+            "2",
+            "--after",
+            after,
+            "--mode",
+            "bptt",
+        ]);
+        assert_eq!(code, 0, "{after}: {err}");
+        assert!(out.starts_with("graph digits_mlp"), "{out}");
+    }
+    let (_, text, _) = snnc(&[
+        "graph",
+        "examples/models/digits_mlp.snn",
+        "-T",
+        "2",
+        "--after",
+        "rate",
+        "--mode",
+        "rate",
+    ]);
+    assert!(text.contains("time_mean"), "{text}");
+}
+
+#[test]
+fn report_rate_memory_is_flat_in_t() {
+    let (code, out, err) = snnc(&[
+        "report",
+        "examples/models/fmnist_csnn.snn",
+        "-T",
+        "1,2,4",
+        "--batch",
+        "4",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 6);
+    let kept = |mode: &str| -> Vec<f64> {
+        rows.iter()
+            .filter(|r| r["mode"] == mode)
+            .map(|r| r["kept_bytes"].as_f64().unwrap())
+            .collect()
+    };
+    let rate = kept("Rate");
+    assert!(rate.iter().all(|&k| k == rate[0]), "{rate:?}");
+    let bptt = kept("Bptt");
+    assert!(bptt[2] > bptt[1] && bptt[1] > bptt[0], "{bptt:?}");
+}
+
+#[test]
+fn grad_check_prints_cosines() {
+    let (code, out, err) = snnc(&[
+        "grad-check",
+        "examples/models/digits_mlp.snn",
+        "-T",
+        "3",
+        "--batch",
+        "4",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4);
+    // digits_mlp's rate gradients are exact (output layer, constant input).
+    for r in &rows {
+        assert!((r["cosine"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{r}");
+    }
+}

@@ -536,6 +536,9 @@ fn lin(
     if let Some(l) = memo.get(&c) {
         return l.clone();
     }
+    // After unions an original node can reach its own class again: such a
+    // cycle is not a recurrence this rule can read.
+    memo.insert(c, None);
     let constant = Some(Lin {
         coef: Coef::Zero,
         rest: Some(c),
