@@ -305,6 +305,10 @@ impl Unroller<'_> {
                         let mut args = vec![mean];
                         args.extend_from_slice(xs);
                         let var = self.node(Op::ChannelVar, c, id, None, Role::Forward, &args);
+                        // The runtime updates the running statistics from
+                        // these (the forward's, in every mode).
+                        self.g.outputs.push((format!("bn_mean:{path}"), mean));
+                        self.g.outputs.push((format!("bn_var:{path}"), var));
                         (mean, var)
                     }
                     Phase::Eval => (
