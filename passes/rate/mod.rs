@@ -28,7 +28,7 @@ use lang::{Head, Leaf, RGraph, RNode, RegionAnalysis};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mode {
     /// Exact rules only: the result computes BPTT's gradients.
     Bptt,

@@ -1,0 +1,5 @@
+//! The training runtime: optimizers, the training loop, checkpoints.
+
+pub mod checkpoint;
+pub mod optim;
+pub mod train;

@@ -1,0 +1,394 @@
+//! The training loop: batches, the compiled training graph, the optimizer,
+//! per-epoch evaluation, metrics and checkpoints.
+//!
+//! The executor is, for now, the reference interpreter (f32) running the
+//! compiled graph (BPTT or rate mode). The generated C/CUDA kernels of the
+//! later milestones replace it behind the same loop.
+
+use super::checkpoint::{self, Checkpoint};
+use super::optim::{OptimConfig, OptimState, Schedule};
+use crate::compile::{self, Options, Stage};
+use crate::data::{Dataset, Split};
+use crate::interp::{self, RunOptions};
+use crate::ir::Graph;
+use crate::model::{LayerKind, Model};
+use crate::passes::rate::Mode;
+use crate::rng::{mix64, Rng};
+use crate::shape::{self, dims, Analysis};
+use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything that defines a run; saved in every checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The model's `.snn` text (the run does not depend on the file).
+    pub model_source: String,
+    pub model_file: String,
+    /// `digits`, `fashion-mnist`, `mnist` or `cifar10`.
+    pub data: String,
+    pub data_dir: Option<PathBuf>,
+    pub mode: Mode,
+    pub steps: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub optim: OptimConfig,
+    pub schedule: Schedule,
+    pub seed: u64,
+    /// Divide rate-mode gradients by T, as the paper's official code does.
+    pub paper_grad_scale: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_acc: f64,
+    pub seconds: f64,
+    pub images_per_sec: f64,
+    /// Mean spikes per neuron and step, per spiking layer (last batch).
+    pub firing_rates: BTreeMap<String, f64>,
+}
+
+pub struct Summary {
+    pub epochs: Vec<EpochMetrics>,
+    pub interrupted: bool,
+}
+
+pub fn load_data(cfg: &TrainConfig) -> Result<Split, String> {
+    use crate::data;
+    let dir = cfg.data_dir.clone();
+    let r = match cfg.data.as_str() {
+        "digits" => data::digits(cfg.seed),
+        "fashion-mnist" => data::idx_split(
+            &dir.unwrap_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist")),
+            data::IdxKind::FashionMnist,
+        ),
+        "mnist" => data::idx_split(&dir.unwrap_or_else(|| PathBuf::from("data/mnist")), data::IdxKind::Mnist),
+        "cifar10" => data::cifar10_split(&dir.unwrap_or_else(|| PathBuf::from("data/cifar-10-batches-bin"))),
+        other => {
+            return Err(format!(
+                "error: unknown dataset `{other}`; use digits, fashion-mnist, mnist or cifar10"
+            ))
+        }
+    };
+    r.map_err(|e| format!("error: {e}"))
+}
+
+/// Batch-norm momentum per layer path.
+fn bn_momenta(layers: &[crate::model::Layer], prefix: &str, out: &mut HashMap<String, f64>) {
+    for (i, l) in layers.iter().enumerate() {
+        let path = format!("{prefix}{i}");
+        match &l.kind {
+            LayerKind::BatchNorm { momentum, .. } => {
+                out.insert(path, *momentum);
+            }
+            LayerKind::Residual { main, shortcut } => {
+                bn_momenta(main, &format!("{path}.main."), out);
+                bn_momenta(shortcut, &format!("{path}.shortcut."), out);
+            }
+            _ => {}
+        }
+    }
+}
+
+struct Batch {
+    x: Tensor<f32>,
+    labels: Tensor<f32>,
+    targets: Vec<u8>,
+}
+
+fn make_batch(d: &Dataset, idx: &[usize]) -> Batch {
+    let per: usize = d.shape.iter().product();
+    let mut shape = vec![idx.len()];
+    shape.extend_from_slice(&d.shape);
+    let mut x = Vec::with_capacity(idx.len() * per);
+    let mut labels = vec![0.0; idx.len() * d.classes];
+    let mut targets = Vec::with_capacity(idx.len());
+    for (b, &i) in idx.iter().enumerate() {
+        let (img, y) = d.sample(i);
+        x.extend_from_slice(img);
+        labels[b * d.classes + y as usize] = 1.0;
+        targets.push(y);
+    }
+    Batch {
+        x: Tensor::from_vec(&shape, x),
+        labels: Tensor::from_vec(&[idx.len(), d.classes], labels),
+        targets,
+    }
+}
+
+fn correct(logits: &Tensor<f32>, targets: &[u8]) -> usize {
+    let k = logits.shape[1];
+    logits
+        .data
+        .chunks(k)
+        .zip(targets)
+        .filter(|(row, &y)| {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+            best.0 == y as usize
+        })
+        .count()
+}
+
+/// Trainable and running-statistic tensors, initialised from the seed.
+pub fn initial_params(a: &Analysis, seed: u64) -> BTreeMap<String, Tensor<f32>> {
+    crate::init::init_params(a, seed)
+        .into_iter()
+        .map(|(k, v)| (k, v.cast::<f32>()))
+        .collect()
+}
+
+pub struct Evaluator {
+    model: Model,
+    steps: usize,
+    graphs: HashMap<usize, Graph>,
+}
+
+impl Evaluator {
+    pub fn new(model: &Model, steps: usize) -> Evaluator {
+        Evaluator {
+            model: model.clone(),
+            steps,
+            graphs: HashMap::new(),
+        }
+    }
+
+    /// Test accuracy with the running batch-norm statistics.
+    pub fn accuracy(&mut self, d: &Dataset, params: &HashMap<String, Tensor<f32>>, batch: usize) -> Result<f64, String> {
+        let mut right = 0;
+        let idx: Vec<usize> = (0..d.len()).collect();
+        for chunk in idx.chunks(batch) {
+            let b = chunk.len();
+            if !self.graphs.contains_key(&b) {
+                let opts = Options {
+                    eval: true,
+                    after: Stage::Unrolled,
+                    ..Options::new(self.steps, b, Mode::Bptt)
+                };
+                self.graphs.insert(b, compile::compile(&self.model, &opts)?.graph);
+            }
+            let g = &self.graphs[&b];
+            let batch = make_batch(d, chunk);
+            let inputs = HashMap::from([("x".to_string(), batch.x)]);
+            let v = interp::run(g, &inputs, params, &RunOptions { seed: 0 }).map_err(|e| format!("error: {e}"))?;
+            right += correct(v.get(g.output("logits").expect("logits")).expect("evaluated"), &batch.targets);
+        }
+        Ok(right as f64 / d.len().max(1) as f64)
+    }
+}
+
+/// Trains; writes `metrics.jsonl` and `checkpoint.safetensors` to `out`.
+pub fn train(cfg: &TrainConfig, out: &Path, resume: Option<Checkpoint>, quiet: bool) -> Result<Summary, String> {
+    let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file).map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
+    let a = shape::analyze(&model).map_err(|e| crate::cli::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
+    let split = load_data(cfg)?;
+    if split.train.shape != a.input {
+        return Err(format!(
+            "error: dataset `{}` has samples of shape {}, but model `{}` expects input {}",
+            cfg.data,
+            dims(&split.train.shape),
+            model.name,
+            dims(&a.input)
+        ));
+    }
+    if split.train.classes != a.output[0] {
+        return Err(format!(
+            "error: dataset `{}` has {} classes, but model `{}` ends with {} outputs",
+            cfg.data, split.train.classes, model.name, a.output[0]
+        ));
+    }
+    if cfg.batch == 0 || cfg.batch > split.train.len() {
+        return Err(format!("error: batch size {} does not fit {} training samples", cfg.batch, split.train.len()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("error: cannot create `{}`: {e}", out.display()))?;
+    let (mut params, mut optim, start_epoch, skip) = match resume {
+        Some(ck) => (ck.params, ck.optim, ck.epoch, ck.batch_in_epoch),
+        None => (initial_params(&a, cfg.seed), OptimState::default(), 0, 0),
+    };
+    let graph = compile::compile(&model, &Options::new(cfg.steps, cfg.batch, cfg.mode))?.graph;
+    let mut eval = Evaluator::new(&model, cfg.steps);
+    let mut momenta = HashMap::new();
+    bn_momenta(&model.layers, "", &mut momenta);
+    let bn_count: HashMap<String, f64> = a
+        .layers
+        .iter()
+        .filter(|l| l.keyword == "batchnorm")
+        .map(|l| (l.path.clone(), (cfg.steps * cfg.batch * l.input[1..].iter().product::<usize>()) as f64))
+        .collect();
+    let trainable: Vec<String> = a.params().filter(|p| p.trainable).map(|p| p.name.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A second registration (tests run several trainings) is harmless.
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    let batches_per_epoch = split.train.len() / cfg.batch;
+    let total = (cfg.epochs * batches_per_epoch).max(1) as f64;
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("metrics.jsonl"))
+        .map_err(|e| format!("error: cannot open `{}`: {e}", out.join("metrics.jsonl").display()))?;
+    let config_json = serde_json::to_string(cfg).expect("config serialises");
+    let mut summary = Summary {
+        epochs: Vec::new(),
+        interrupted: false,
+    };
+    let grad_scale = if cfg.paper_grad_scale && cfg.mode == Mode::Rate { 1.0 / cfg.steps as f32 } else { 1.0 };
+    for epoch in start_epoch..cfg.epochs {
+        let started = Instant::now();
+        let mut order: Vec<usize> = (0..split.train.len()).collect();
+        let mut r = Rng::new(mix64(cfg.seed ^ mix64(epoch as u64 + 1)));
+        for i in (1..order.len()).rev() {
+            order.swap(i, r.below(i + 1));
+        }
+        let bar = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let b = indicatif::ProgressBar::new(batches_per_epoch as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+                    .expect("template")
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+            b
+        };
+        let (mut loss_sum, mut right, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut lr = cfg.lr;
+        let mut rates = BTreeMap::new();
+        let first = if epoch == start_epoch { skip } else { 0 };
+        for bi in first..batches_per_epoch {
+            let idx = &order[bi * cfg.batch..(bi + 1) * cfg.batch];
+            let batch = make_batch(&split.train, idx);
+            let inputs = HashMap::from([("x".to_string(), batch.x), ("labels".to_string(), batch.labels)]);
+            let step = (epoch * batches_per_epoch + bi) as u64;
+            let pmap: HashMap<String, Tensor<f32>> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let v = interp::run(&graph, &inputs, &pmap, &RunOptions { seed: mix64(cfg.seed ^ step) })
+                .map_err(|e| format!("error: {e}"))?;
+            let out_of = |name: &str| v.get(graph.output(name).expect("output exists")).expect("evaluated");
+            let loss = f64::from(out_of("loss").data[0]);
+            if !loss.is_finite() {
+                return Err(format!("error: the loss became {loss} at epoch {}, batch {bi}; lower --lr", epoch + 1));
+            }
+            loss_sum += loss * idx.len() as f64;
+            right += correct(out_of("logits"), &batch.targets);
+            seen += idx.len();
+            lr = cfg.schedule.lr(cfg.lr, step as f64 / total);
+            for name in &trainable {
+                let mut g = out_of(&crate::autodiff::grad_name(name)).data.clone();
+                if grad_scale != 1.0 {
+                    g.iter_mut().for_each(|x| *x *= grad_scale);
+                }
+                let p = params.get_mut(name).expect("parameter exists");
+                cfg.optim.update(&mut optim, name, &mut p.data, &g, lr);
+            }
+            optim.steps += 1;
+            // Running statistics: PyTorch's convention (unbiased variance).
+            for (path, m) in &momenta {
+                let m = *m as f32;
+                let n = bn_count[path];
+                let bm = &out_of(&format!("bn_mean:{path}")).data;
+                let bv = &out_of(&format!("bn_var:{path}")).data;
+                let unbias = (n / (n - 1.0).max(1.0)) as f32;
+                let rm = params.get_mut(&format!("{path}.running_mean")).expect("running mean");
+                for (r, b) in rm.data.iter_mut().zip(bm) {
+                    *r = (1.0 - m) * *r + m * b;
+                }
+                let rv = params.get_mut(&format!("{path}.running_var")).expect("running var");
+                for (r, b) in rv.data.iter_mut().zip(bv) {
+                    *r = (1.0 - m) * *r + m * b * unbias;
+                }
+            }
+            if bi + 1 == batches_per_epoch {
+                rates = crate::cli::firing_rates(&graph, &v).into_iter().collect();
+            }
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_position((bi + 1) as u64);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.2}% {:.0} img/s",
+                loss_sum / seen as f64,
+                100.0 * right as f64 / seen as f64,
+                seen as f64 / secs
+            ));
+            if stop.load(Ordering::SeqCst) && bi + 1 < batches_per_epoch {
+                bar.finish_and_clear();
+                checkpoint::save(
+                    out,
+                    &Checkpoint {
+                        params: params.clone(),
+                        optim: optim.clone(),
+                        epoch,
+                        batch_in_epoch: bi + 1,
+                        config: config_json.clone(),
+                    },
+                )?;
+                eprintln!(
+                    "interrupted: saved epoch {} batch {} to {}; continue with `snnc train --resume {}`",
+                    epoch + 1,
+                    bi + 1,
+                    out.display(),
+                    out.display()
+                );
+                summary.interrupted = true;
+                return Ok(summary);
+            }
+        }
+        bar.finish_and_clear();
+        let train_secs = started.elapsed().as_secs_f64();
+        let pmap: HashMap<String, Tensor<f32>> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let test_acc = eval.accuracy(&split.test, &pmap, cfg.batch)?;
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: right as f64 / seen.max(1) as f64,
+            test_acc,
+            seconds: train_secs,
+            images_per_sec: seen as f64 / train_secs.max(1e-9),
+            firing_rates: rates,
+        };
+        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialise"))
+            .map_err(|e| format!("error: cannot write metrics: {e}"))?;
+        checkpoint::save(
+            out,
+            &Checkpoint {
+                params: params.clone(),
+                optim: optim.clone(),
+                epoch: epoch + 1,
+                batch_in_epoch: 0,
+                config: config_json.clone(),
+            },
+        )?;
+        if !quiet {
+            println!(
+                "epoch {:>3}/{}: loss {:.4}, train {:.2}%, test {:.2}%, {:.1} s ({:.0} img/s)",
+                epoch + 1,
+                cfg.epochs,
+                m.train_loss,
+                100.0 * m.train_acc,
+                100.0 * m.test_acc,
+                m.seconds,
+                m.images_per_sec
+            );
+        }
+        summary.epochs.push(m);
+        if stop.load(Ordering::SeqCst) {
+            summary.interrupted = true;
+            break;
+        }
+    }
+    Ok(summary)
+}
