@@ -2,6 +2,7 @@
 //! parses arguments). Errors come back as rendered text for stderr.
 
 use crate::compile;
+use crate::runtime::train::TrainConfig;
 use crate::dsl::{self, Diagnostic};
 use crate::interp::{self, RunOptions};
 use crate::ir::{self, Op};
@@ -556,5 +557,70 @@ pub fn run(
     for (l, r) in &rates {
         println!("  {l:<24} {r:.4}");
     }
+    Ok(())
+}
+
+/// The model `snnc train` uses when no file is given.
+pub const DEFAULT_MODEL: (&str, &str) = (
+    "examples/models/digits_mlp.snn",
+    include_str!("../examples/models/digits_mlp.snn"),
+);
+
+/// `snnc train`: from a config, or resuming the run in `resume`.
+pub fn train(cfg: Option<TrainConfig>, out: &Path, resume: Option<&Path>, epochs: Option<usize>, json: bool) -> Result<(), String> {
+    let (cfg, ck) = match resume {
+        Some(dir) => {
+            let ck = crate::runtime::checkpoint::load(dir)?;
+            let mut cfg: TrainConfig =
+                serde_json::from_str(&ck.config).map_err(|e| format!("error: the checkpoint in `{}` has a bad config: {e}", dir.display()))?;
+            if let Some(e) = epochs {
+                cfg.epochs = e;
+            }
+            if !json {
+                println!(
+                    "resuming {} ({} mode, T={}) from epoch {}{}",
+                    cfg.model_file,
+                    cfg.mode,
+                    cfg.steps,
+                    ck.epoch + 1,
+                    if ck.batch_in_epoch > 0 { format!(", batch {}", ck.batch_in_epoch + 1) } else { String::new() }
+                );
+            }
+            (cfg, Some(ck))
+        }
+        None => (cfg.expect("a config when not resuming"), None),
+    };
+    if !json && ck.is_none() {
+        println!(
+            "training {} on {} in {} mode, T={}, {} epochs, batch {}, {:?} lr {} ({:?}), seed {} → {}",
+            cfg.model_file, cfg.data, cfg.mode, cfg.steps, cfg.epochs, cfg.batch, cfg.optim.kind, cfg.lr, cfg.schedule, cfg.seed, out.display()
+        );
+    }
+    let s = crate::runtime::train::train(&cfg, out, ck, json)?;
+    if json {
+        for e in &s.epochs {
+            println!("{}", serde_json::to_string(e).expect("serialisable"));
+        }
+    } else if let Some(last) = s.epochs.last() {
+        println!("test accuracy {:.2}% after {} epochs (checkpoint and metrics.jsonl in {})", 100.0 * last.test_acc, last.epoch, out.display());
+    }
+    Ok(())
+}
+
+/// `snnc eval CHECKPOINT`: test accuracy with the checkpoint's weights.
+pub fn eval(checkpoint: &Path, data: Option<String>, data_dir: Option<std::path::PathBuf>, batch: usize) -> Result<(), String> {
+    let ck = crate::runtime::checkpoint::load(checkpoint)?;
+    let mut cfg: TrainConfig = serde_json::from_str(&ck.config).map_err(|e| format!("error: bad config in checkpoint: {e}"))?;
+    if let Some(d) = data {
+        cfg.data = d;
+    }
+    if data_dir.is_some() {
+        cfg.data_dir = data_dir;
+    }
+    let model = dsl::parse(&cfg.model_source, &cfg.model_file).map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
+    let split = crate::runtime::train::load_data(&cfg)?;
+    let params: HashMap<String, Tensor<f32>> = ck.params.into_iter().collect();
+    let acc = crate::runtime::train::Evaluator::new(&model, cfg.steps).accuracy(&split.test, &params, batch)?;
+    println!("{}: test accuracy {:.2}% on {} ({} samples), T={}", model.name, 100.0 * acc, cfg.data, split.test.len(), cfg.steps);
     Ok(())
 }

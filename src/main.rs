@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use snnc::cli;
 use snnc::compile::{Options, Stage};
 use snnc::passes::rate::Mode;
+use snnc::runtime::optim::{OptimConfig, OptimizerKind, Schedule};
+use snnc::runtime::train::TrainConfig;
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +74,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Train a model (default: the 8×8-digits MLP on the embedded digits set).
+    Train(Box<TrainArgs>),
+    /// Test accuracy of a checkpoint (a run folder or its .safetensors file).
+    Eval {
+        checkpoint: PathBuf,
+        /// Override the checkpoint's dataset.
+        #[arg(long)]
+        data: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+    },
     /// List the rate pass's rewrite rules: name, exact or approximate, identity.
     Rules {
         #[arg(long)]
@@ -108,6 +123,50 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// The model (default: the embedded examples/models/digits_mlp.snn).
+    file: Option<PathBuf>,
+    /// digits (embedded), fashion-mnist, mnist or cifar10.
+    #[arg(long, default_value = "digits")]
+    data: String,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ModeArg::Rate)]
+    mode: ModeArg,
+    #[arg(short = 'T', long = "steps", default_value_t = 4)]
+    steps: usize,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
+    optimizer: OptimizerKind,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Applied to conv/linear weights only.
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    schedule: Schedule,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run folder (checkpoint.safetensors, metrics.jsonl).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run saved in this folder.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Divide rate-mode gradients by T, like the paper's official code.
+    #[arg(long)]
+    paper_grad_scale: bool,
+    /// One JSON object per epoch, no progress bar.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -168,6 +227,13 @@ fn main() -> ExitCode {
             f64,
             json,
         } => cli::run(&file, steps, batch, seed, f64, json),
+        Cmd::Train(a) => train(*a),
+        Cmd::Eval {
+            checkpoint,
+            data,
+            data_dir,
+            batch,
+        } => cli::eval(&checkpoint, data, data_dir, batch),
         Cmd::Rules { json } => {
             print!("{}", cli::rules(json));
             Ok(())
@@ -197,6 +263,56 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn train(a: TrainArgs) -> Result<(), String> {
+    let out = match (&a.out, &a.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) => r.clone(),
+        (None, None) => PathBuf::from("runs").join(format!(
+            "{}-{}-T{}",
+            a.file
+                .as_ref()
+                .and_then(|f| f.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "digits_mlp".into()),
+            Mode::from(a.mode),
+            a.steps
+        )),
+    };
+    if a.resume.is_some() {
+        let epochs = std::env::args().any(|x| x == "--epochs").then_some(a.epochs);
+        return cli::train(None, &out, a.resume.as_deref(), epochs, a.json);
+    }
+    let (model_file, model_source) = match &a.file {
+        Some(f) => (
+            f.display().to_string(),
+            std::fs::read_to_string(f).map_err(|e| format!("error: cannot read `{}`: {e}", f.display()))?,
+        ),
+        None => (cli::DEFAULT_MODEL.0.to_string(), cli::DEFAULT_MODEL.1.to_string()),
+    };
+    let cfg = TrainConfig {
+        model_source,
+        model_file,
+        data: a.data,
+        data_dir: a.data_dir,
+        mode: a.mode.into(),
+        steps: a.steps,
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        optim: OptimConfig {
+            kind: a.optimizer,
+            momentum: a.momentum,
+            weight_decay: a.weight_decay,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+        },
+        schedule: a.schedule,
+        seed: a.seed,
+        paper_grad_scale: a.paper_grad_scale,
+    };
+    cli::train(Some(cfg), &out, None, None, a.json)
 }
 
 fn write_out(path: Option<&Path>, text: &str) -> Result<(), String> {
