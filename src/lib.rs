@@ -6,6 +6,7 @@
 pub mod autodiff;
 pub mod cli;
 pub mod compile;
+pub mod data;
 pub mod dsl;
 pub mod init;
 pub mod interp;
