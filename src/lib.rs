@@ -6,12 +6,14 @@
 pub mod autodiff;
 pub mod cli;
 pub mod compile;
+pub mod data;
 pub mod dsl;
 pub mod init;
 pub mod interp;
 pub mod ir;
 pub mod model;
 pub mod rng;
+pub mod runtime;
 pub mod shape;
 pub mod tensor;
 pub mod unroll;

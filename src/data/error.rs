@@ -1,0 +1,115 @@
+//! Errors of the data module. Each message names the file, says what is
+//! wrong with it, and (in `hint`) how to get a good copy of the data.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// No file under any of the accepted names.
+    #[error("{}: file not found{tried}; {hint}", path.display())]
+    Missing {
+        path: PathBuf,
+        /// `""` or `" (also tried: a, b)"`.
+        tried: String,
+        hint: String,
+    },
+
+    /// The file exists but could not be read.
+    #[error("{}: cannot read: {source}; {hint}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+        hint: String,
+    },
+
+    /// The file starts like gzip but does not decompress.
+    #[error(
+        "{}: corrupt or truncated gzip stream (failed after {at} decompressed bytes: {msg}); {hint}",
+        path.display()
+    )]
+    Gzip {
+        path: PathBuf,
+        at: u64,
+        msg: String,
+        hint: String,
+    },
+
+    /// Fewer bytes than the header (or the record size) requires.
+    #[error("{}: truncated at byte {len}, expected {expected} bytes ({what}); {hint}", path.display())]
+    Truncated {
+        path: PathBuf,
+        len: u64,
+        expected: u64,
+        /// What the expected size is made of, e.g. `16-byte header + 60000 × 28 × 28 pixels`.
+        what: String,
+        hint: String,
+    },
+
+    /// More bytes than the header says.
+    #[error("{}: {len} bytes, expected {expected} ({what}): trailing data; {hint}", path.display())]
+    TrailingData {
+        path: PathBuf,
+        len: u64,
+        expected: u64,
+        what: String,
+        hint: String,
+    },
+
+    #[error("{}: bad magic 0x{found:08x}, expected 0x{expected:08x} ({what}); {hint}", path.display())]
+    BadMagic {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+        what: String,
+        hint: String,
+    },
+
+    /// A header field with an impossible value (dimensions, zero samples).
+    #[error("{}: bad header: {msg}; {hint}", path.display())]
+    BadHeader {
+        path: PathBuf,
+        msg: String,
+        hint: String,
+    },
+
+    /// The image and label files of one split disagree on the sample count.
+    #[error(
+        "count mismatch: {} holds {n_images} images but {} holds {n_labels} labels; {hint}",
+        images.display(),
+        labels.display()
+    )]
+    CountMismatch {
+        images: PathBuf,
+        labels: PathBuf,
+        n_images: u64,
+        n_labels: u64,
+        hint: String,
+    },
+
+    #[error(
+        "{}: label {label} of sample {index} is out of range (expected 0..{classes}); {hint}",
+        path.display()
+    )]
+    LabelOutOfRange {
+        path: PathBuf,
+        index: usize,
+        label: u64,
+        classes: usize,
+        hint: String,
+    },
+
+    /// A malformed line in a CSV file.
+    #[error("{}: line {line}: {msg}; {hint}", path.display())]
+    Csv {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+        hint: String,
+    },
+
+    /// A request the data cannot satisfy (e.g. augmenting a flat feature
+    /// vector), or a dataset whose fields disagree.
+    #[error("{what}")]
+    Invalid { what: String },
+}

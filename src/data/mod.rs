@@ -1,0 +1,137 @@
+//! Datasets: loading, splitting, batching, augmentation.
+//!
+//! Every parser here is written for snnc (no dataset crates) and returns a
+//! [`DataError`] — naming the file, what is wrong with it and how to get
+//! the data — instead of panicking on a missing, short or corrupt file.
+//!
+//! | source | function | per-sample shape | values |
+//! | --- | --- | --- | --- |
+//! | UCI 8×8 digits, embedded | [`digits`] | `[64]` | `x / 16` in [0, 1] |
+//! | MNIST / Fashion-MNIST IDX (raw or `.gz`) | [`idx_split`] | `[1, 28, 28]` | `x / 255` in [0, 1] |
+//! | CIFAR-10 binary batches | [`cifar10_split`] | `[3, 32, 32]` | `(x / 255 − mean_c) / std_c` |
+//!
+//! Batches come from a [`Loader`] (seeded shuffle per epoch, optional
+//! [`Augment`]ation for training).
+
+mod cifar;
+mod digits;
+mod error;
+mod idx;
+mod io;
+mod loader;
+
+pub use cifar::{channel_stats, cifar10_split, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD};
+pub use digits::{
+    digits, parse_digits_csv, DIGITS_CSV_GZ, DIGITS_TEST, DIGITS_TOTAL, DIGITS_TRAIN,
+};
+pub use error::DataError;
+pub use idx::{idx_split, IdxKind, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR};
+pub use loader::{shuffle, stratified_split, Augment, Loader};
+
+/// A labelled dataset held in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// Where it came from, e.g. `"digits/train"`, `"fashion-mnist/test"`.
+    pub name: String,
+    /// `len() × shape.product()` values, row-major, already normalised.
+    pub images: Vec<f32>,
+    /// One class index per sample, each `< classes`.
+    pub labels: Vec<u8>,
+    /// Per-sample shape: `[64]`, `[1, 28, 28]` or `[3, 32, 32]`.
+    pub shape: Vec<usize>,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl Dataset {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Values per sample (the product of `shape`).
+    pub fn sample_len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Sample `i`: its values and its label. Panics if `i >= len()`.
+    pub fn sample(&self, i: usize) -> (&[f32], u8) {
+        let n = self.sample_len();
+        (&self.images[i * n..(i + 1) * n], self.labels[i])
+    }
+
+    /// How many samples each class has.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes];
+        for &l in &self.labels {
+            if let Some(c) = counts.get_mut(l as usize) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
+    /// A new dataset holding the samples at `indices`, in that order (for
+    /// quick runs on a slice of a large set). Panics on an index out of range.
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let n = self.sample_len();
+        let mut images = Vec::with_capacity(indices.len() * n);
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let (x, y) = self.sample(i);
+            images.extend_from_slice(x);
+            labels.push(y);
+        }
+        Dataset {
+            name: self.name.clone(),
+            images,
+            labels,
+            shape: self.shape.clone(),
+            classes: self.classes,
+        }
+    }
+
+    /// Checks the invariants the fields promise: sizes agree, labels are in
+    /// range, values are finite.
+    pub fn check(&self) -> Result<(), DataError> {
+        let bad = |msg: String| {
+            Err(DataError::Invalid {
+                what: format!("dataset {}: {msg}", self.name),
+            })
+        };
+        if self.images.len() != self.len() * self.sample_len() {
+            return bad(format!(
+                "{} values for {} samples of shape {:?}",
+                self.images.len(),
+                self.len(),
+                self.shape
+            ));
+        }
+        if let Some((i, &l)) = self
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= self.classes)
+        {
+            return bad(format!(
+                "label {l} of sample {i} is out of range 0..{}",
+                self.classes
+            ));
+        }
+        if let Some(i) = self.images.iter().position(|v| !v.is_finite()) {
+            return bad(format!("value {i} is not finite"));
+        }
+        Ok(())
+    }
+}
+
+/// A train/test pair.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Split {
+    pub train: Dataset,
+    pub test: Dataset,
+}
