@@ -2,13 +2,13 @@
 //! parses arguments). Errors come back as rendered text for stderr.
 
 use crate::compile;
-use crate::runtime::train::TrainConfig;
 use crate::dsl::{self, Diagnostic};
 use crate::interp::{self, RunOptions};
 use crate::ir::{self, Op};
 use crate::model::{Encoding, LayerKind, Model};
 use crate::passes::cost::graph_cost;
 use crate::passes::rate::{rules::Tag, Mode, RegionStats};
+use crate::runtime::train::TrainConfig;
 use crate::shape::{self, dims, Analysis, ShapeError};
 use crate::tensor::Tensor;
 use crate::unroll::{self, Phase, UnrollConfig};
@@ -567,12 +567,22 @@ pub const DEFAULT_MODEL: (&str, &str) = (
 );
 
 /// `snnc train`: from a config, or resuming the run in `resume`.
-pub fn train(cfg: Option<TrainConfig>, out: &Path, resume: Option<&Path>, epochs: Option<usize>, json: bool) -> Result<(), String> {
+pub fn train(
+    cfg: Option<TrainConfig>,
+    out: &Path,
+    resume: Option<&Path>,
+    epochs: Option<usize>,
+    json: bool,
+) -> Result<(), String> {
     let (cfg, ck) = match resume {
         Some(dir) => {
             let ck = crate::runtime::checkpoint::load(dir)?;
-            let mut cfg: TrainConfig =
-                serde_json::from_str(&ck.config).map_err(|e| format!("error: the checkpoint in `{}` has a bad config: {e}", dir.display()))?;
+            let mut cfg: TrainConfig = serde_json::from_str(&ck.config).map_err(|e| {
+                format!(
+                    "error: the checkpoint in `{}` has a bad config: {e}",
+                    dir.display()
+                )
+            })?;
             if let Some(e) = epochs {
                 cfg.epochs = e;
             }
@@ -583,7 +593,11 @@ pub fn train(cfg: Option<TrainConfig>, out: &Path, resume: Option<&Path>, epochs
                     cfg.mode,
                     cfg.steps,
                     ck.epoch + 1,
-                    if ck.batch_in_epoch > 0 { format!(", batch {}", ck.batch_in_epoch + 1) } else { String::new() }
+                    if ck.batch_in_epoch > 0 {
+                        format!(", batch {}", ck.batch_in_epoch + 1)
+                    } else {
+                        String::new()
+                    }
                 );
             }
             (cfg, Some(ck))
@@ -602,25 +616,48 @@ pub fn train(cfg: Option<TrainConfig>, out: &Path, resume: Option<&Path>, epochs
             println!("{}", serde_json::to_string(e).expect("serialisable"));
         }
     } else if let Some(last) = s.epochs.last() {
-        println!("test accuracy {:.2}% after {} epochs (checkpoint and metrics.jsonl in {})", 100.0 * last.test_acc, last.epoch, out.display());
+        println!(
+            "test accuracy {:.2}% after {} epochs (checkpoint and metrics.jsonl in {})",
+            100.0 * last.test_acc,
+            last.epoch,
+            out.display()
+        );
     }
     Ok(())
 }
 
 /// `snnc eval CHECKPOINT`: test accuracy with the checkpoint's weights.
-pub fn eval(checkpoint: &Path, data: Option<String>, data_dir: Option<std::path::PathBuf>, batch: usize) -> Result<(), String> {
+pub fn eval(
+    checkpoint: &Path,
+    data: Option<String>,
+    data_dir: Option<std::path::PathBuf>,
+    batch: usize,
+) -> Result<(), String> {
     let ck = crate::runtime::checkpoint::load(checkpoint)?;
-    let mut cfg: TrainConfig = serde_json::from_str(&ck.config).map_err(|e| format!("error: bad config in checkpoint: {e}"))?;
+    let mut cfg: TrainConfig = serde_json::from_str(&ck.config)
+        .map_err(|e| format!("error: bad config in checkpoint: {e}"))?;
     if let Some(d) = data {
         cfg.data = d;
     }
     if data_dir.is_some() {
         cfg.data_dir = data_dir;
     }
-    let model = dsl::parse(&cfg.model_source, &cfg.model_file).map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
+    let model = dsl::parse(&cfg.model_source, &cfg.model_file)
+        .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
     let split = crate::runtime::train::load_data(&cfg)?;
     let params: HashMap<String, Tensor<f32>> = ck.params.into_iter().collect();
-    let acc = crate::runtime::train::Evaluator::new(&model, cfg.steps).accuracy(&split.test, &params, batch)?;
-    println!("{}: test accuracy {:.2}% on {} ({} samples), T={}", model.name, 100.0 * acc, cfg.data, split.test.len(), cfg.steps);
+    let acc = crate::runtime::train::Evaluator::new(&model, cfg.steps).accuracy(
+        &split.test,
+        &params,
+        batch,
+    )?;
+    println!(
+        "{}: test accuracy {:.2}% on {} ({} samples), T={}",
+        model.name,
+        100.0 * acc,
+        cfg.data,
+        split.test.len(),
+        cfg.steps
+    );
     Ok(())
 }

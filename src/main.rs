@@ -281,15 +281,21 @@ fn train(a: TrainArgs) -> Result<(), String> {
         )),
     };
     if a.resume.is_some() {
-        let epochs = std::env::args().any(|x| x == "--epochs").then_some(a.epochs);
+        let epochs = std::env::args()
+            .any(|x| x == "--epochs")
+            .then_some(a.epochs);
         return cli::train(None, &out, a.resume.as_deref(), epochs, a.json);
     }
     let (model_file, model_source) = match &a.file {
         Some(f) => (
             f.display().to_string(),
-            std::fs::read_to_string(f).map_err(|e| format!("error: cannot read `{}`: {e}", f.display()))?,
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("error: cannot read `{}`: {e}", f.display()))?,
         ),
-        None => (cli::DEFAULT_MODEL.0.to_string(), cli::DEFAULT_MODEL.1.to_string()),
+        None => (
+            cli::DEFAULT_MODEL.0.to_string(),
+            cli::DEFAULT_MODEL.1.to_string(),
+        ),
     };
     let cfg = TrainConfig {
         model_source,

@@ -52,7 +52,11 @@ fn run(s: &Setup, g: &Graph) -> Values<f64> {
 /// |b| of any gradient (a gradient that is zero in exact arithmetic is
 /// rounding of the others, so it is judged on their scale).
 fn grad_errors(a: &Graph, va: &Values<f64>, b: &Graph, vb: &Values<f64>) -> Vec<(String, f64)> {
-    let grads: Vec<&(String, snnc::ir::NodeIndex)> = b.outputs.iter().filter(|(n, _)| n.starts_with("grad:")).collect();
+    let grads: Vec<&(String, snnc::ir::NodeIndex)> = b
+        .outputs
+        .iter()
+        .filter(|(n, _)| n.starts_with("grad:"))
+        .collect();
     let scale = grads
         .iter()
         .flat_map(|(_, nb)| vb.get(*nb).unwrap().data.iter())

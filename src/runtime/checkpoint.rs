@@ -39,7 +39,12 @@ pub fn save(dir: &Path, ck: &Checkpoint) -> Result<(), String> {
     }
     let views: Vec<(String, TensorView)> = owned
         .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match")))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match"),
+            )
+        })
         .collect();
     let meta = HashMap::from([
         ("epoch".to_string(), ck.epoch.to_string()),
@@ -48,21 +53,49 @@ pub fn save(dir: &Path, ck: &Checkpoint) -> Result<(), String> {
         ("config".to_string(), ck.config.clone()),
         ("format".to_string(), "snnc-checkpoint-1".to_string()),
     ]);
-    let data = safetensors::serialize(views, Some(meta)).map_err(|e| format!("error: cannot encode checkpoint: {e}"))?;
+    let data = safetensors::serialize(views, Some(meta))
+        .map_err(|e| format!("error: cannot encode checkpoint: {e}"))?;
     let tmp = dir.join(format!("{FILE}.tmp"));
     let dst = dir.join(FILE);
-    std::fs::write(&tmp, data).map_err(|e| format!("error: cannot write `{}`: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &dst).map_err(|e| format!("error: cannot move checkpoint into `{}`: {e}", dst.display()))
+    std::fs::write(&tmp, data)
+        .map_err(|e| format!("error: cannot write `{}`: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &dst).map_err(|e| {
+        format!(
+            "error: cannot move checkpoint into `{}`: {e}",
+            dst.display()
+        )
+    })
 }
 
 pub fn load(path: &Path) -> Result<Checkpoint, String> {
-    let file = if path.is_dir() { path.join(FILE) } else { path.to_path_buf() };
-    let bytes = std::fs::read(&file).map_err(|e| format!("error: cannot read checkpoint `{}`: {e}", file.display()))?;
-    let bad = |what: String| format!("error: `{}` is not a valid snnc checkpoint: {what}", file.display());
+    let file = if path.is_dir() {
+        path.join(FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let bytes = std::fs::read(&file)
+        .map_err(|e| format!("error: cannot read checkpoint `{}`: {e}", file.display()))?;
+    let bad = |what: String| {
+        format!(
+            "error: `{}` is not a valid snnc checkpoint: {what}",
+            file.display()
+        )
+    };
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let meta = meta.metadata().clone().ok_or_else(|| bad("no metadata".into()))?;
-    let get = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("no `{k}` in metadata")));
-    let num = |k: &str| -> Result<u64, String> { get(k)?.parse().map_err(|_| bad(format!("`{k}` is not a number"))) };
+    let meta = meta
+        .metadata()
+        .clone()
+        .ok_or_else(|| bad("no metadata".into()))?;
+    let get = |k: &str| {
+        meta.get(k)
+            .cloned()
+            .ok_or_else(|| bad(format!("no `{k}` in metadata")))
+    };
+    let num = |k: &str| -> Result<u64, String> {
+        get(k)?
+            .parse()
+            .map_err(|_| bad(format!("`{k}` is not a number")))
+    };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let mut params = BTreeMap::new();
     let mut optim = OptimState {
@@ -76,12 +109,20 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
         if t.dtype() != Dtype::F32 {
             return Err(bad(format!("tensor `{name}` is not f32")));
         }
-        let data: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         if let Some(p) = name.strip_prefix("param/") {
             params.insert(p.to_string(), Tensor::from_vec(t.shape(), data));
         } else if let Some(rest) = name.strip_prefix("optim/") {
-            let (p, i) = rest.rsplit_once('/').ok_or_else(|| bad(format!("bad tensor name `{name}`")))?;
-            let i: usize = i.parse().map_err(|_| bad(format!("bad tensor name `{name}`")))?;
+            let (p, i) = rest
+                .rsplit_once('/')
+                .ok_or_else(|| bad(format!("bad tensor name `{name}`")))?;
+            let i: usize = i
+                .parse()
+                .map_err(|_| bad(format!("bad tensor name `{name}`")))?;
             let bufs = optim.buffers.entry(p.to_string()).or_default();
             if bufs.len() <= i {
                 bufs.resize(i + 1, Vec::new());

@@ -72,8 +72,13 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Split, String> {
             &dir.unwrap_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist")),
             data::IdxKind::FashionMnist,
         ),
-        "mnist" => data::idx_split(&dir.unwrap_or_else(|| PathBuf::from("data/mnist")), data::IdxKind::Mnist),
-        "cifar10" => data::cifar10_split(&dir.unwrap_or_else(|| PathBuf::from("data/cifar-10-batches-bin"))),
+        "mnist" => data::idx_split(
+            &dir.unwrap_or_else(|| PathBuf::from("data/mnist")),
+            data::IdxKind::Mnist,
+        ),
+        "cifar10" => {
+            data::cifar10_split(&dir.unwrap_or_else(|| PathBuf::from("data/cifar-10-batches-bin")))
+        }
         other => {
             return Err(format!(
                 "error: unknown dataset `{other}`; use digits, fashion-mnist, mnist or cifar10"
@@ -136,7 +141,10 @@ fn correct(logits: &Tensor<f32>, targets: &[u8]) -> usize {
             let best = row
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                );
             best.0 == y as usize
         })
         .count()
@@ -166,7 +174,12 @@ impl Evaluator {
     }
 
     /// Test accuracy with the running batch-norm statistics.
-    pub fn accuracy(&mut self, d: &Dataset, params: &HashMap<String, Tensor<f32>>, batch: usize) -> Result<f64, String> {
+    pub fn accuracy(
+        &mut self,
+        d: &Dataset,
+        params: &HashMap<String, Tensor<f32>>,
+        batch: usize,
+    ) -> Result<f64, String> {
         let mut right = 0;
         let idx: Vec<usize> = (0..d.len()).collect();
         for chunk in idx.chunks(batch) {
@@ -177,22 +190,35 @@ impl Evaluator {
                     after: Stage::Unrolled,
                     ..Options::new(self.steps, b, Mode::Bptt)
                 };
-                self.graphs.insert(b, compile::compile(&self.model, &opts)?.graph);
+                self.graphs
+                    .insert(b, compile::compile(&self.model, &opts)?.graph);
             }
             let g = &self.graphs[&b];
             let batch = make_batch(d, chunk);
             let inputs = HashMap::from([("x".to_string(), batch.x)]);
-            let v = interp::run(g, &inputs, params, &RunOptions { seed: 0 }).map_err(|e| format!("error: {e}"))?;
-            right += correct(v.get(g.output("logits").expect("logits")).expect("evaluated"), &batch.targets);
+            let v = interp::run(g, &inputs, params, &RunOptions { seed: 0 })
+                .map_err(|e| format!("error: {e}"))?;
+            right += correct(
+                v.get(g.output("logits").expect("logits"))
+                    .expect("evaluated"),
+                &batch.targets,
+            );
         }
         Ok(right as f64 / d.len().max(1) as f64)
     }
 }
 
 /// Trains; writes `metrics.jsonl` and `checkpoint.safetensors` to `out`.
-pub fn train(cfg: &TrainConfig, out: &Path, resume: Option<Checkpoint>, quiet: bool) -> Result<Summary, String> {
-    let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file).map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
-    let a = shape::analyze(&model).map_err(|e| crate::cli::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
+pub fn train(
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: Option<Checkpoint>,
+    quiet: bool,
+) -> Result<Summary, String> {
+    let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
+        .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
+    let a = shape::analyze(&model)
+        .map_err(|e| crate::cli::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
     let split = load_data(cfg)?;
     if split.train.shape != a.input {
         return Err(format!(
@@ -210,9 +236,14 @@ pub fn train(cfg: &TrainConfig, out: &Path, resume: Option<Checkpoint>, quiet: b
         ));
     }
     if cfg.batch == 0 || cfg.batch > split.train.len() {
-        return Err(format!("error: batch size {} does not fit {} training samples", cfg.batch, split.train.len()));
+        return Err(format!(
+            "error: batch size {} does not fit {} training samples",
+            cfg.batch,
+            split.train.len()
+        ));
     }
-    std::fs::create_dir_all(out).map_err(|e| format!("error: cannot create `{}`: {e}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| format!("error: cannot create `{}`: {e}", out.display()))?;
     let (mut params, mut optim, start_epoch, skip) = match resume {
         Some(ck) => (ck.params, ck.optim, ck.epoch, ck.batch_in_epoch),
         None => (initial_params(&a, cfg.seed), OptimState::default(), 0, 0),
@@ -225,9 +256,18 @@ pub fn train(cfg: &TrainConfig, out: &Path, resume: Option<Checkpoint>, quiet: b
         .layers
         .iter()
         .filter(|l| l.keyword == "batchnorm")
-        .map(|l| (l.path.clone(), (cfg.steps * cfg.batch * l.input[1..].iter().product::<usize>()) as f64))
+        .map(|l| {
+            (
+                l.path.clone(),
+                (cfg.steps * cfg.batch * l.input[1..].iter().product::<usize>()) as f64,
+            )
+        })
         .collect();
-    let trainable: Vec<String> = a.params().filter(|p| p.trainable).map(|p| p.name.clone()).collect();
+    let trainable: Vec<String> = a
+        .params()
+        .filter(|p| p.trainable)
+        .map(|p| p.name.clone())
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -240,13 +280,22 @@ pub fn train(cfg: &TrainConfig, out: &Path, resume: Option<Checkpoint>, quiet: b
         .create(true)
         .append(true)
         .open(out.join("metrics.jsonl"))
-        .map_err(|e| format!("error: cannot open `{}`: {e}", out.join("metrics.jsonl").display()))?;
+        .map_err(|e| {
+            format!(
+                "error: cannot open `{}`: {e}",
+                out.join("metrics.jsonl").display()
+            )
+        })?;
     let config_json = serde_json::to_string(cfg).expect("config serialises");
     let mut summary = Summary {
         epochs: Vec::new(),
         interrupted: false,
     };
-    let grad_scale = if cfg.paper_grad_scale && cfg.mode == Mode::Rate { 1.0 / cfg.steps as f32 } else { 1.0 };
+    let grad_scale = if cfg.paper_grad_scale && cfg.mode == Mode::Rate {
+        1.0 / cfg.steps as f32
+    } else {
+        1.0
+    };
     for epoch in start_epoch..cfg.epochs {
         let started = Instant::now();
         let mut order: Vec<usize> = (0..split.train.len()).collect();
@@ -259,9 +308,11 @@ pub fn train(cfg: &TrainConfig, out: &Path, resume: Option<Checkpoint>, quiet: b
         } else {
             let b = indicatif::ProgressBar::new(batches_per_epoch as u64);
             b.set_style(
-                indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
-                    .expect("template")
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg}",
+                )
+                .expect("template")
+                .progress_chars("=> "),
             );
             b.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
             b
@@ -273,15 +324,32 @@ pub fn train(cfg: &TrainConfig, out: &Path, resume: Option<Checkpoint>, quiet: b
         for bi in first..batches_per_epoch {
             let idx = &order[bi * cfg.batch..(bi + 1) * cfg.batch];
             let batch = make_batch(&split.train, idx);
-            let inputs = HashMap::from([("x".to_string(), batch.x), ("labels".to_string(), batch.labels)]);
+            let inputs = HashMap::from([
+                ("x".to_string(), batch.x),
+                ("labels".to_string(), batch.labels),
+            ]);
             let step = (epoch * batches_per_epoch + bi) as u64;
-            let pmap: HashMap<String, Tensor<f32>> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            let v = interp::run(&graph, &inputs, &pmap, &RunOptions { seed: mix64(cfg.seed ^ step) })
-                .map_err(|e| format!("error: {e}"))?;
-            let out_of = |name: &str| v.get(graph.output(name).expect("output exists")).expect("evaluated");
+            let pmap: HashMap<String, Tensor<f32>> =
+                params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let v = interp::run(
+                &graph,
+                &inputs,
+                &pmap,
+                &RunOptions {
+                    seed: mix64(cfg.seed ^ step),
+                },
+            )
+            .map_err(|e| format!("error: {e}"))?;
+            let out_of = |name: &str| {
+                v.get(graph.output(name).expect("output exists"))
+                    .expect("evaluated")
+            };
             let loss = f64::from(out_of("loss").data[0]);
             if !loss.is_finite() {
-                return Err(format!("error: the loss became {loss} at epoch {}, batch {bi}; lower --lr", epoch + 1));
+                return Err(format!(
+                    "error: the loss became {loss} at epoch {}, batch {bi}; lower --lr",
+                    epoch + 1
+                ));
             }
             loss_sum += loss * idx.len() as f64;
             right += correct(out_of("logits"), &batch.targets);
@@ -303,11 +371,15 @@ pub fn train(cfg: &TrainConfig, out: &Path, resume: Option<Checkpoint>, quiet: b
                 let bm = &out_of(&format!("bn_mean:{path}")).data;
                 let bv = &out_of(&format!("bn_var:{path}")).data;
                 let unbias = (n / (n - 1.0).max(1.0)) as f32;
-                let rm = params.get_mut(&format!("{path}.running_mean")).expect("running mean");
+                let rm = params
+                    .get_mut(&format!("{path}.running_mean"))
+                    .expect("running mean");
                 for (r, b) in rm.data.iter_mut().zip(bm) {
                     *r = (1.0 - m) * *r + m * b;
                 }
-                let rv = params.get_mut(&format!("{path}.running_var")).expect("running var");
+                let rv = params
+                    .get_mut(&format!("{path}.running_var"))
+                    .expect("running var");
                 for (r, b) in rv.data.iter_mut().zip(bv) {
                     *r = (1.0 - m) * *r + m * b * unbias;
                 }
@@ -348,7 +420,8 @@ pub fn train(cfg: &TrainConfig, out: &Path, resume: Option<Checkpoint>, quiet: b
         }
         bar.finish_and_clear();
         let train_secs = started.elapsed().as_secs_f64();
-        let pmap: HashMap<String, Tensor<f32>> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let pmap: HashMap<String, Tensor<f32>> =
+            params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let test_acc = eval.accuracy(&split.test, &pmap, cfg.batch)?;
         let m = EpochMetrics {
             epoch: epoch + 1,
@@ -360,8 +433,12 @@ pub fn train(cfg: &TrainConfig, out: &Path, resume: Option<Checkpoint>, quiet: b
             images_per_sec: seen as f64 / train_secs.max(1e-9),
             firing_rates: rates,
         };
-        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialise"))
-            .map_err(|e| format!("error: cannot write metrics: {e}"))?;
+        writeln!(
+            metrics_file,
+            "{}",
+            serde_json::to_string(&m).expect("metrics serialise")
+        )
+        .map_err(|e| format!("error: cannot write metrics: {e}"))?;
         checkpoint::save(
             out,
             &Checkpoint {
