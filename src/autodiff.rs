@@ -195,22 +195,7 @@ impl Builder<'_> {
         role: Role,
         args: &[NodeIndex],
     ) -> NodeIndex {
-        let shapes: Vec<&[usize]> = args.iter().map(|&a| self.g.g[a].shape.as_slice()).collect();
-        let shape = op
-            .infer_shape(&shapes)
-            .unwrap_or_else(|e| panic!("autodiff built an ill-shaped {}: {e}", op.name()))
-            .expect("autodiff builds no leaves");
-        self.g.add(
-            Node {
-                op,
-                shape,
-                dtype: DType::F32,
-                layer,
-                t,
-                role,
-            },
-            args,
-        )
+        self.g.add_op("autodiff", op, layer, t, role, args)
     }
 
     /// The contributions of node `n`'s rule, given its gradient `d`:

@@ -22,7 +22,7 @@ pub mod lang;
 pub mod rules;
 
 use super::PassError;
-use crate::ir::{self, AdInfo, DType, Graph, LayerId, Node, NodeIndex, Op, Role};
+use crate::ir::{self, AdInfo, Graph, LayerId, NodeIndex, Op, Role};
 use egg::{Extractor, Id, Language, Runner, SimpleScheduler, StopReason};
 use lang::{Head, Leaf, RGraph, RNode, RegionAnalysis};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -246,22 +246,7 @@ fn add_node(
     role: Role,
     args: &[NodeIndex],
 ) -> NodeIndex {
-    let shapes: Vec<&[usize]> = args.iter().map(|&a| g.g[a].shape.as_slice()).collect();
-    let shape = op
-        .infer_shape(&shapes)
-        .unwrap_or_else(|e| panic!("rate pass built an ill-shaped {}: {e}", op.name()))
-        .expect("not a leaf");
-    g.add(
-        Node {
-            op,
-            shape,
-            dtype: DType::F32,
-            layer,
-            t,
-            role,
-        },
-        args,
-    )
+    g.add_op("the rate pass", op, layer, t, role, args)
 }
 
 fn params_of(g: &Graph, layer: LayerId) -> Vec<(String, NodeIndex)> {

@@ -57,23 +57,24 @@ pub fn channel_broadcast<F: Float>(v: &Tensor<F>, shape: &[usize]) -> Tensor<F> 
     Tensor::from_vec(shape, (0..n).map(|i| v.data[(i / r) % c]).collect())
 }
 
-/// Scatters each output-gradient tap back through the weight.
-pub fn conv2d_grad_input<F: Float>(
-    d: &Tensor<F>,
-    w: &Tensor<F>,
+/// Calls `f(x_index, dy_index, w_index)` for every (output element, tap)
+/// pair of a convolution that does not land in the padding: the adjoint
+/// loops of both convolution gradients.
+fn for_each_tap(
+    x: [usize; 4],
+    d: [usize; 4],
+    k: usize,
     stride: usize,
     padding: usize,
-    h: usize,
-    wd: usize,
-) -> Tensor<F> {
-    let (b, co, ho, wo) = (d.shape[0], d.shape[1], d.shape[2], d.shape[3]);
-    let (ci, k) = (w.shape[1], w.shape[2]);
-    let mut out = Tensor::zeros(&[b, ci, h, wd]);
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let [b, ci, h, wd] = x;
+    let [_, co, ho, wo] = d;
     for bi in 0..b {
         for o in 0..co {
             for oy in 0..ho {
                 for ox in 0..wo {
-                    let g = d.data[((bi * co + o) * ho + oy) * wo + ox];
+                    let di = ((bi * co + o) * ho + oy) * wo + ox;
                     for c in 0..ci {
                         for ky in 0..k {
                             for kx in 0..k {
@@ -86,9 +87,11 @@ pub fn conv2d_grad_input<F: Float>(
                                 if iy >= h || ix >= wd {
                                     continue;
                                 }
-                                let at = ((bi * ci + c) * h + iy) * wd + ix;
-                                out.data[at] =
-                                    out.data[at] + g * w.data[((o * ci + c) * k + ky) * k + kx];
+                                f(
+                                    ((bi * ci + c) * h + iy) * wd + ix,
+                                    di,
+                                    ((o * ci + c) * k + ky) * k + kx,
+                                );
                             }
                         }
                     }
@@ -96,6 +99,33 @@ pub fn conv2d_grad_input<F: Float>(
             }
         }
     }
+}
+
+fn dims4(s: &[usize]) -> [usize; 4] {
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// Scatters each output-gradient tap back through the weight.
+pub fn conv2d_grad_input<F: Float>(
+    d: &Tensor<F>,
+    w: &Tensor<F>,
+    stride: usize,
+    padding: usize,
+    h: usize,
+    wd: usize,
+) -> Tensor<F> {
+    let x = [d.shape[0], w.shape[1], h, wd];
+    let mut out = Tensor::zeros(&x);
+    for_each_tap(
+        x,
+        dims4(&d.shape),
+        w.shape[2],
+        stride,
+        padding,
+        |xi, di, wi| {
+            out.data[xi] = out.data[xi] + d.data[di] * w.data[wi];
+        },
+    );
     out
 }
 
@@ -106,36 +136,17 @@ pub fn conv2d_grad_weight<F: Float>(
     padding: usize,
     k: usize,
 ) -> Tensor<F> {
-    let (b, ci, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (co, ho, wo) = (d.shape[1], d.shape[2], d.shape[3]);
-    let mut out = Tensor::zeros(&[co, ci, k, k]);
-    for bi in 0..b {
-        for o in 0..co {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let g = d.data[((bi * co + o) * ho + oy) * wo + ox];
-                    for c in 0..ci {
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let (Some(iy), Some(ix)) = (
-                                    (oy * stride + ky).checked_sub(padding),
-                                    (ox * stride + kx).checked_sub(padding),
-                                ) else {
-                                    continue;
-                                };
-                                if iy >= h || ix >= wd {
-                                    continue;
-                                }
-                                let at = ((o * ci + c) * k + ky) * k + kx;
-                                out.data[at] =
-                                    out.data[at] + g * x.data[((bi * ci + c) * h + iy) * wd + ix];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let mut out = Tensor::zeros(&[d.shape[1], x.shape[1], k, k]);
+    for_each_tap(
+        dims4(&x.shape),
+        dims4(&d.shape),
+        k,
+        stride,
+        padding,
+        |xi, di, wi| {
+            out.data[wi] = out.data[wi] + d.data[di] * x.data[xi];
+        },
+    );
     out
 }
 

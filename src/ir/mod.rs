@@ -129,6 +129,36 @@ impl Graph {
         n
     }
 
+    /// Adds a computed f32 node whose shape its op infers from the operands.
+    /// Passes build only well-shaped nodes, so a shape error is a bug in the
+    /// pass named by `who`, and panics with the op and the reason.
+    pub fn add_op(
+        &mut self,
+        who: &str,
+        op: Op,
+        layer: Option<LayerId>,
+        t: Option<usize>,
+        role: Role,
+        args: &[NodeIndex],
+    ) -> NodeIndex {
+        let shapes: Vec<&[usize]> = args.iter().map(|&a| self.g[a].shape.as_slice()).collect();
+        let shape = op
+            .infer_shape(&shapes)
+            .unwrap_or_else(|e| panic!("{who} built an ill-shaped {}: {e}", op.name()))
+            .unwrap_or_else(|| panic!("{who} built a leaf {} as a computed node", op.name()));
+        self.add(
+            Node {
+                op,
+                shape,
+                dtype: DType::F32,
+                layer,
+                t,
+                role,
+            },
+            args,
+        )
+    }
+
     pub fn node(&self, n: NodeIndex) -> &Node {
         &self.g[n]
     }
