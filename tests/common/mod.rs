@@ -3,4 +3,5 @@
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 pub mod bptt;
 pub mod gen;
+pub mod rate_closed;
 pub mod sim;

@@ -1,0 +1,705 @@
+//! Rate-based gradients in closed form, computed by hand from time-averaged
+//! forward quantities (DESIGN.md §1, "Rate-based backpropagation").
+//!
+//! Independent of the unroller, autodiff, the rate pass and the
+//! interpreter. The forward runs every step (the same spikes as BPTT) but
+//! keeps, per layer, only what the rate backward reads:
+//!
+//! ```text
+//! weight layer:  x̄ = (1/T)·Σ_t x_t                 (its input's time mean)
+//! LIF / IF:      g = (1/T)·Σ_t σ'(u_t − θ)·ρ_t,  ρ_1 = 1,  ρ_{t+1} = 1 + λ·ρ_t·k_t
+//!                k_t = 1                          soft, detached
+//!                      1 − θ·σ'_t                 soft, not detached
+//!                      1 − s_t                    hard, detached
+//!                      (1 − s_t) − (u_t − v_r)·σ'_t   hard, not detached
+//! batch norm:    μ, r = 1/sqrt(σ² + ε) over T·B·H·W,  X̄ = mean_t x̂_t,  z̄ = mean_t z_t
+//! ```
+//!
+//! The backward then runs once, on batch-sized tensors, carrying *summed*
+//! gradients: for a per-step family y_t the tensor Δy = Σ_t ∂L/∂y_t.
+//!
+//! ```text
+//! readout:  Δout = δlogits = (softmax(logits) − y)/B      (δout_t = δlogits/T)
+//! linear:   ∂W = Δyᵀ·x̄,  ∂b = Σ_b Δy,  Δx = Δy·W
+//! conv:     ∂W = conv weight gradient of (x̄, Δy),  Δx = conv input gradient of (Δy, W)
+//! LIF/IF:   Δu = g ⊙ Δs
+//! pool, flatten, residual: their linear backward on Δ (residual: both branches)
+//! BN:       D = γ·Δy;  ∂β = Σ Δy;  ∂γ = Σ Δy·X̄;  δv = −½·r²·Σ D·X̄;
+//!           δμ = −r·Σ D − (2/N)·δv·Σ T·(z̄ − μ);
+//!           Δz = r·D + T·δμ/N + (2/N)·δv·T·(z̄ − μ)        (Σ over B·H·W, N = T·B·H·W)
+//! ```
+//!
+//! Derivation of the batch-norm line: the temporal BN backward is
+//! δx̂_t = γ·δy_t, δσ² = −½·r³·Σ_t Σ δx̂_t·(z_t − μ), δμ = −r·Σ_t Σ δx̂_t +
+//! δσ²·(−2/N)·Σ_t Σ (z_t − μ), δz_t = r·δx̂_t + δμ/N + δσ²·2·(z_t − μ)/N,
+//! ∂γ = Σ_t Σ δy_t·x̂_t. Summing δz_t over t is exact (linear in the
+//! gradients); the two sums of a forward factor times a gradient factor
+//! (in ∂γ and δσ²) become mean_t(forward)·Σ_t(gradient): the rate
+//! approximation. The result is the usual BN backward applied to the rate
+//! batch (z̄, Δy) with the forward's statistics, as DESIGN.md says.
+
+use snnc::model::{Encoding, Layer, LayerKind, Model, Neuron, Reset, Surrogate, SurrogateKind};
+use snnc::tensor::Tensor;
+use std::collections::HashMap;
+
+pub type Params = HashMap<String, Tensor<f64>>;
+type T64 = Tensor<f64>;
+
+/// Deliberate mistakes, to show that a comparison against the closed form
+/// can fail. `None` is the closed form itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Perturb {
+    None,
+    /// ρ_t = 1: the leak and reset recurrence forgotten.
+    NoRho,
+    /// k_t = 1 for every reset variant: the reset path always detached.
+    DetachedK,
+    /// x̄ replaced by the last step's input.
+    LastInput,
+    /// The variance term of the batch-norm backward dropped (δσ² = 0).
+    BnNoVariance,
+}
+
+/// What the closed form computes.
+pub struct Closed {
+    pub loss: f64,
+    /// `[B, K]`: the time mean of the last layer's output.
+    pub logits: T64,
+    /// The rate-based `∂loss/∂p` of every trainable parameter.
+    pub grads: Params,
+    /// Per spiking layer: (path, spikes fired, neuron-steps).
+    pub firing: Vec<(String, usize, usize)>,
+}
+
+/// Rate-based loss and gradients of `model` (Direct encoding; no dropout,
+/// no max pool).
+pub fn closed_form(model: &Model, params: &Params, x: &T64, labels: &T64, steps: usize) -> Closed {
+    closed_form_with(model, params, x, labels, steps, Perturb::None)
+}
+
+pub fn closed_form_with(
+    model: &Model,
+    params: &Params,
+    x: &T64,
+    labels: &T64,
+    steps: usize,
+    perturb: Perturb,
+) -> Closed {
+    assert_eq!(
+        model.input.encoding,
+        Encoding::Direct,
+        "the closed form models direct encoding only"
+    );
+    assert!(steps >= 1);
+    let mut cx = Ctx {
+        model,
+        params,
+        perturb,
+        firing: Vec::new(),
+    };
+    let (outs, tapes) = cx.forward(&model.layers, "", vec![x.clone(); steps]);
+
+    let (b, k) = (outs[0].shape[0], outs[0].shape[1]);
+    assert_eq!(labels.shape, vec![b, k], "labels must be [B, K]");
+    let logits = time_mean(&outs);
+
+    // Cross-entropy on the mean logits, averaged over the batch.
+    let mut loss = 0.0;
+    let mut dlogits = T64::zeros(&[b, k]);
+    for bi in 0..b {
+        let z = &logits.data[bi * k..(bi + 1) * k];
+        let y = &labels.data[bi * k..(bi + 1) * k];
+        let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + z.iter().map(|&v| (v - m).exp()).sum::<f64>().ln();
+        let ysum: f64 = y.iter().sum();
+        for j in 0..k {
+            loss -= y[j] * (z[j] - lse);
+            dlogits.data[bi * k + j] = ((z[j] - lse).exp() * ysum - y[j]) / b as f64;
+        }
+    }
+    loss /= b as f64;
+
+    // δout_t = δlogits/T at every step: the summed gradient is δlogits.
+    let mut grads = Params::new();
+    cx.backward(&tapes, dlogits, &mut grads, steps);
+    Closed {
+        loss,
+        logits,
+        grads,
+        firing: cx.firing,
+    }
+}
+
+/// The rate quantities one layer keeps for the backward.
+enum Tape {
+    Linear {
+        path: String,
+        bias: bool,
+        xbar: T64,
+    },
+    Conv {
+        path: String,
+        bias: bool,
+        stride: usize,
+        padding: usize,
+        xbar: T64,
+    },
+    BatchNorm {
+        path: String,
+        /// X̄ = mean_t x̂_t.
+        xhat_bar: T64,
+        /// z̄ − μ (per element, μ broadcast per channel).
+        zbar_centered: T64,
+        /// 1/sqrt(σ² + ε) per channel.
+        rstd: Vec<f64>,
+    },
+    AvgPool {
+        kernel: usize,
+        stride: usize,
+        in_shape: Vec<usize>,
+    },
+    Flatten {
+        in_shape: Vec<usize>,
+    },
+    Neuron {
+        /// The rate gain g.
+        gain: T64,
+    },
+    Residual {
+        main: Vec<Tape>,
+        shortcut: Vec<Tape>,
+    },
+}
+
+struct Ctx<'a> {
+    model: &'a Model,
+    params: &'a Params,
+    perturb: Perturb,
+    firing: Vec<(String, usize, usize)>,
+}
+
+impl Ctx<'_> {
+    fn param(&self, name: &str) -> &T64 {
+        self.params
+            .get(name)
+            .unwrap_or_else(|| panic!("missing parameter {name}"))
+    }
+
+    /// The input's time mean (or, perturbed, its last step).
+    fn xbar(&self, xs: &[T64]) -> T64 {
+        match self.perturb {
+            Perturb::LastInput => xs.last().expect("steps ≥ 1").clone(),
+            _ => time_mean(xs),
+        }
+    }
+
+    /// Per-step forward through a layer list; returns the per-step outputs
+    /// and one tape per layer.
+    fn forward(&mut self, layers: &[Layer], prefix: &str, xs: Vec<T64>) -> (Vec<T64>, Vec<Tape>) {
+        let mut xs = xs;
+        let mut tapes = Vec::with_capacity(layers.len());
+        for (i, layer) in layers.iter().enumerate() {
+            let path = format!("{prefix}{i}");
+            let (ys, tape) = match &layer.kind {
+                LayerKind::Linear { bias, .. } => {
+                    let w = self.param(&format!("{path}.weight"));
+                    let b = bias.then(|| self.param(&format!("{path}.bias")));
+                    let ys = xs.iter().map(|x| linear(x, w, b)).collect();
+                    let xbar = self.xbar(&xs);
+                    let bias = *bias;
+                    (ys, Tape::Linear { path, bias, xbar })
+                }
+                LayerKind::Conv2d {
+                    stride,
+                    padding,
+                    bias,
+                    ..
+                } => {
+                    let w = self.param(&format!("{path}.weight"));
+                    let b = bias.then(|| self.param(&format!("{path}.bias")));
+                    let ys = xs
+                        .iter()
+                        .map(|x| conv(x, w, b, *stride, *padding))
+                        .collect();
+                    let tape = Tape::Conv {
+                        bias: *bias,
+                        stride: *stride,
+                        padding: *padding,
+                        xbar: self.xbar(&xs),
+                        path,
+                    };
+                    (ys, tape)
+                }
+                LayerKind::BatchNorm { eps, .. } => self.batch_norm(path, &xs, *eps),
+                LayerKind::AvgPool { kernel, stride } => {
+                    let ys = xs.iter().map(|x| avg_pool(x, *kernel, *stride)).collect();
+                    let tape = Tape::AvgPool {
+                        kernel: *kernel,
+                        stride: *stride,
+                        in_shape: xs[0].shape.clone(),
+                    };
+                    (ys, tape)
+                }
+                LayerKind::Flatten => {
+                    let in_shape = xs[0].shape.clone();
+                    let b = in_shape[0];
+                    let ys = xs
+                        .into_iter()
+                        .map(|x| {
+                            let n = x.data.len() / b;
+                            T64::from_vec(&[b, n], x.data)
+                        })
+                        .collect();
+                    (ys, Tape::Flatten { in_shape })
+                }
+                LayerKind::Neuron { kind, opts } => {
+                    let n = Neuron::resolve(*kind, opts, &self.model.neuron);
+                    let (spikes, gain) = self.neuron(&n, &xs);
+                    let fired = spikes
+                        .iter()
+                        .flat_map(|s| &s.data)
+                        .filter(|&&v| v == 1.0)
+                        .count();
+                    let total = spikes.iter().map(|s| s.data.len()).sum();
+                    self.firing.push((path, fired, total));
+                    (spikes, Tape::Neuron { gain })
+                }
+                LayerKind::Residual { main, shortcut } => {
+                    let (a, main) = self.forward(main, &format!("{path}.main."), xs.clone());
+                    let (c, shortcut) = self.forward(shortcut, &format!("{path}.shortcut."), xs);
+                    let ys = a.iter().zip(&c).map(|(a, c)| add(a, c)).collect();
+                    (ys, Tape::Residual { main, shortcut })
+                }
+                LayerKind::MaxPool { .. } => panic!("the closed form does not model max pool"),
+                LayerKind::Dropout { .. } => panic!("the closed form does not model dropout"),
+            };
+            tapes.push(tape);
+            xs = ys;
+        }
+        (xs, tapes)
+    }
+
+    /// LIF/IF over all steps: the spikes and the rate gain g.
+    fn neuron(&self, n: &Neuron, currents: &[T64]) -> (Vec<T64>, T64) {
+        let steps = currents.len();
+        let shape = currents[0].shape.clone();
+        let size = currents[0].data.len();
+        let mut spikes: Vec<T64> = (0..steps).map(|_| T64::zeros(&shape)).collect();
+        let mut gain = T64::zeros(&shape);
+        for j in 0..size {
+            let (mut v, mut rho, mut acc) = (0.0, 1.0, 0.0);
+            for t in 0..steps {
+                let u = n.lambda * v + currents[t].data[j];
+                let s = if u >= n.theta { 1.0 } else { 0.0 };
+                let sg = surrogate(&n.surrogate, u - n.theta);
+                v = match n.reset {
+                    Reset::Soft => u - n.theta * s,
+                    Reset::Hard => (1.0 - s) * u + s * n.v_reset,
+                };
+                spikes[t].data[j] = s;
+                // ρ_t is the sum over t' ≤ t of Π_{t' ≤ i < t} λ·k_i.
+                let rho_t = if self.perturb == Perturb::NoRho {
+                    1.0
+                } else {
+                    rho
+                };
+                acc += sg * rho_t;
+                let k = match (
+                    n.reset,
+                    n.detach_reset || self.perturb == Perturb::DetachedK,
+                ) {
+                    (Reset::Soft, true) => 1.0,
+                    (Reset::Soft, false) => 1.0 - n.theta * sg,
+                    (Reset::Hard, true) => 1.0 - s,
+                    (Reset::Hard, false) => (1.0 - s) - (u - n.v_reset) * sg,
+                };
+                rho = 1.0 + n.lambda * rho * k;
+            }
+            gain.data[j] = acc / steps as f64;
+        }
+        (spikes, gain)
+    }
+
+    /// Temporal batch norm (train mode): statistics per channel over all
+    /// steps, samples and pixels, biased variance.
+    fn batch_norm(&self, path: String, zs: &[T64], eps: f64) -> (Vec<T64>, Tape) {
+        let gamma = self.param(&format!("{path}.gamma"));
+        let beta = self.param(&format!("{path}.beta"));
+        let shape = zs[0].shape.clone();
+        let c = shape[1];
+        let n = (zs.len() * zs[0].data.len() / c) as f64;
+        let mut mean = vec![0.0; c];
+        for z in zs {
+            for (i, &v) in z.data.iter().enumerate() {
+                mean[channel(&shape, i)] += v / n;
+            }
+        }
+        let mut var = vec![0.0; c];
+        for z in zs {
+            for (i, &v) in z.data.iter().enumerate() {
+                let ch = channel(&shape, i);
+                var[ch] += (v - mean[ch]) * (v - mean[ch]) / n;
+            }
+        }
+        let rstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        let xhats: Vec<T64> = zs
+            .iter()
+            .map(|z| map_ch(z, |ch, v| (v - mean[ch]) * rstd[ch]))
+            .collect();
+        let ys = xhats
+            .iter()
+            .map(|xh| map_ch(xh, |ch, v| gamma.data[ch] * v + beta.data[ch]))
+            .collect();
+        let zbar = time_mean(zs);
+        let tape = Tape::BatchNorm {
+            path,
+            xhat_bar: time_mean(&xhats),
+            zbar_centered: map_ch(&zbar, |ch, v| v - mean[ch]),
+            rstd,
+        };
+        (ys, tape)
+    }
+
+    /// The rate backward through a layer list, last layer first: takes the
+    /// summed gradient of the list's outputs, returns that of its inputs.
+    fn backward(&self, tapes: &[Tape], mut dy: T64, grads: &mut Params, steps: usize) -> T64 {
+        for tape in tapes.iter().rev() {
+            dy = match tape {
+                Tape::Linear { path, bias, xbar } => {
+                    let w = self.param(&format!("{path}.weight"));
+                    let (dx, dw, db) = linear_bwd(xbar, w, &dy);
+                    grads.insert(format!("{path}.weight"), dw);
+                    if *bias {
+                        grads.insert(format!("{path}.bias"), db);
+                    }
+                    dx
+                }
+                Tape::Conv {
+                    path,
+                    bias,
+                    stride,
+                    padding,
+                    xbar,
+                } => {
+                    let w = self.param(&format!("{path}.weight"));
+                    let (dx, dw, db) = conv_bwd(xbar, w, &dy, *stride, *padding);
+                    grads.insert(format!("{path}.weight"), dw);
+                    if *bias {
+                        grads.insert(format!("{path}.bias"), db);
+                    }
+                    dx
+                }
+                Tape::BatchNorm {
+                    path,
+                    xhat_bar,
+                    zbar_centered,
+                    rstd,
+                } => {
+                    let gamma = self.param(&format!("{path}.gamma"));
+                    let (dz, dgamma, dbeta) =
+                        self.bn_bwd(xhat_bar, zbar_centered, rstd, gamma, &dy, steps);
+                    grads.insert(format!("{path}.gamma"), dgamma);
+                    grads.insert(format!("{path}.beta"), dbeta);
+                    dz
+                }
+                Tape::AvgPool {
+                    kernel,
+                    stride,
+                    in_shape,
+                } => avg_pool_bwd(&dy, in_shape, *kernel, *stride),
+                Tape::Flatten { in_shape } => T64::from_vec(in_shape, dy.data),
+                Tape::Neuron { gain } => mul(gain, &dy),
+                Tape::Residual { main, shortcut } => {
+                    let da = self.backward(main, dy.clone(), grads, steps);
+                    let dc = self.backward(shortcut, dy, grads, steps);
+                    add(&da, &dc)
+                }
+            };
+        }
+        dy
+    }
+
+    /// The rate batch-norm backward (module docs). Returns (Δz, ∂γ, ∂β).
+    fn bn_bwd(
+        &self,
+        xhat_bar: &T64,
+        zbar_centered: &T64,
+        rstd: &[f64],
+        gamma: &T64,
+        dy: &T64,
+        steps: usize,
+    ) -> (T64, T64, T64) {
+        let shape = dy.shape.clone();
+        let c = shape[1];
+        let tf = steps as f64;
+        let n = tf * (dy.data.len() / c) as f64;
+        let d = map_ch(dy, |ch, v| gamma.data[ch] * v);
+        let (mut dbeta, mut dgamma) = (vec![0.0; c], vec![0.0; c]);
+        let (mut sum_d, mut sum_d_xbar, mut sum_zc) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+        for i in 0..dy.data.len() {
+            let ch = channel(&shape, i);
+            dbeta[ch] += dy.data[i];
+            dgamma[ch] += dy.data[i] * xhat_bar.data[i];
+            sum_d[ch] += d.data[i];
+            sum_d_xbar[ch] += d.data[i] * xhat_bar.data[i];
+            sum_zc[ch] += tf * zbar_centered.data[i];
+        }
+        let mut dvar: Vec<f64> = (0..c)
+            .map(|ch| -0.5 * rstd[ch] * rstd[ch] * sum_d_xbar[ch])
+            .collect();
+        if self.perturb == Perturb::BnNoVariance {
+            dvar.iter_mut().for_each(|v| *v = 0.0);
+        }
+        let dmean: Vec<f64> = (0..c)
+            .map(|ch| -rstd[ch] * sum_d[ch] - 2.0 / n * dvar[ch] * sum_zc[ch])
+            .collect();
+        let dz = T64::from_vec(
+            &shape,
+            (0..d.data.len())
+                .map(|i| {
+                    let ch = channel(&shape, i);
+                    rstd[ch] * d.data[i]
+                        + tf * dmean[ch] / n
+                        + 2.0 / n * dvar[ch] * tf * zbar_centered.data[i]
+                })
+                .collect(),
+        );
+        (dz, T64::from_vec(&[c], dgamma), T64::from_vec(&[c], dbeta))
+    }
+}
+
+/// σ'(x), x = u − θ (model.rs, SurrogateKind).
+pub fn surrogate(s: &Surrogate, x: f64) -> f64 {
+    let a = s.alpha;
+    match s.kind {
+        SurrogateKind::Sigmoid => {
+            let sig = 1.0 / (1.0 + (-a * x).exp());
+            a * sig * (1.0 - sig)
+        }
+        SurrogateKind::Atan => {
+            let z = std::f64::consts::FRAC_PI_2 * a * x;
+            a / (2.0 * (1.0 + z * z))
+        }
+        SurrogateKind::Triangle => (a - a * a * x.abs()).max(0.0),
+    }
+}
+
+// ------------------------------------------------------------ elementwise
+
+fn time_mean(xs: &[T64]) -> T64 {
+    let mut m = T64::zeros(&xs[0].shape);
+    for x in xs {
+        for (a, v) in m.data.iter_mut().zip(&x.data) {
+            *a += v;
+        }
+    }
+    let steps = xs.len() as f64;
+    m.data.iter_mut().for_each(|v| *v /= steps);
+    m
+}
+
+fn add(a: &T64, b: &T64) -> T64 {
+    assert_eq!(a.shape, b.shape);
+    T64::from_vec(
+        &a.shape,
+        a.data.iter().zip(&b.data).map(|(p, q)| p + q).collect(),
+    )
+}
+
+fn mul(a: &T64, b: &T64) -> T64 {
+    assert_eq!(a.shape, b.shape);
+    T64::from_vec(
+        &a.shape,
+        a.data.iter().zip(&b.data).map(|(p, q)| p * q).collect(),
+    )
+}
+
+/// Channel of flat element `i` of a `[B, C, ...]` tensor.
+fn channel(shape: &[usize], i: usize) -> usize {
+    let inner: usize = shape[2..].iter().product();
+    (i / inner) % shape[1]
+}
+
+fn map_ch(x: &T64, f: impl Fn(usize, f64) -> f64) -> T64 {
+    T64::from_vec(
+        &x.shape,
+        x.data
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| f(channel(&x.shape, i), v))
+            .collect(),
+    )
+}
+
+// ------------------------------------------------------------ linear
+
+/// y = x·Wᵀ + b, x `[B, N]`, W `[O, N]`.
+fn linear(x: &T64, w: &T64, bias: Option<&T64>) -> T64 {
+    let (b, n, o) = (x.shape[0], x.shape[1], w.shape[0]);
+    assert_eq!(w.shape[1], n);
+    let mut y = T64::zeros(&[b, o]);
+    for bi in 0..b {
+        for oi in 0..o {
+            let dot: f64 = (0..n)
+                .map(|k| x.data[bi * n + k] * w.data[oi * n + k])
+                .sum();
+            y.data[bi * o + oi] = dot + bias.map_or(0.0, |bb| bb.data[oi]);
+        }
+    }
+    y
+}
+
+/// (Δx = Δy·W, ∂W = Δyᵀ·x̄, ∂b = Σ_b Δy).
+fn linear_bwd(xbar: &T64, w: &T64, dy: &T64) -> (T64, T64, T64) {
+    let (b, n, o) = (xbar.shape[0], xbar.shape[1], w.shape[0]);
+    let mut dx = T64::zeros(&xbar.shape);
+    let mut dw = T64::zeros(&w.shape);
+    let mut db = T64::zeros(&[o]);
+    for bi in 0..b {
+        for oi in 0..o {
+            let g = dy.data[bi * o + oi];
+            db.data[oi] += g;
+            for k in 0..n {
+                dx.data[bi * n + k] += g * w.data[oi * n + k];
+                dw.data[oi * n + k] += g * xbar.data[bi * n + k];
+            }
+        }
+    }
+    (dx, dw, db)
+}
+
+// ------------------------------------------------------------ conv
+
+/// The input row/column read by output `o`, tap `k`; `None` in the padding.
+fn src(o: usize, k: usize, stride: usize, padding: usize, len: usize) -> Option<usize> {
+    (o * stride + k).checked_sub(padding).filter(|&i| i < len)
+}
+
+/// `[B, C_out, H_out, W_out]` of a convolution.
+fn conv_out(x_shape: &[usize], w_shape: &[usize], stride: usize, padding: usize) -> Vec<usize> {
+    let k = w_shape[2];
+    vec![
+        x_shape[0],
+        w_shape[0],
+        (x_shape[2] + 2 * padding - k) / stride + 1,
+        (x_shape[3] + 2 * padding - k) / stride + 1,
+    ]
+}
+
+/// Visits every (input index, weight index, output index) triple of a
+/// zero-padded cross-correlation.
+fn conv_taps(
+    x_shape: &[usize],
+    w_shape: &[usize],
+    stride: usize,
+    padding: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let (b, ci, h, wd) = (x_shape[0], x_shape[1], x_shape[2], x_shape[3]);
+    let (co, k) = (w_shape[0], w_shape[2]);
+    assert_eq!(w_shape[1], ci);
+    let out = conv_out(x_shape, w_shape, stride, padding);
+    let (ho, wo) = (out[2], out[3]);
+    for bi in 0..b {
+        for o in 0..co {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let yi = ((bi * co + o) * ho + oy) * wo + ox;
+                    for c in 0..ci {
+                        for ky in 0..k {
+                            let Some(iy) = src(oy, ky, stride, padding, h) else {
+                                continue;
+                            };
+                            for kx in 0..k {
+                                let Some(ix) = src(ox, kx, stride, padding, wd) else {
+                                    continue;
+                                };
+                                let xi = ((bi * ci + c) * h + iy) * wd + ix;
+                                let wi = ((o * ci + c) * k + ky) * k + kx;
+                                f(xi, wi, yi);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn conv(x: &T64, w: &T64, bias: Option<&T64>, stride: usize, padding: usize) -> T64 {
+    let mut y = T64::zeros(&conv_out(&x.shape, &w.shape, stride, padding));
+    conv_taps(&x.shape, &w.shape, stride, padding, |xi, wi, yi| {
+        y.data[yi] += x.data[xi] * w.data[wi];
+    });
+    match bias {
+        Some(b) => map_ch(&y, |ch, v| v + b.data[ch]),
+        None => y,
+    }
+}
+
+/// (Δx, ∂W, ∂b) of a convolution: weight gradient of (x̄, Δy), input
+/// gradient of (Δy, W), bias summed over samples and pixels.
+fn conv_bwd(xbar: &T64, w: &T64, dy: &T64, stride: usize, padding: usize) -> (T64, T64, T64) {
+    let mut dx = T64::zeros(&xbar.shape);
+    let mut dw = T64::zeros(&w.shape);
+    let shape = conv_out(&xbar.shape, &w.shape, stride, padding);
+    assert_eq!(shape, dy.shape);
+    conv_taps(&xbar.shape, &w.shape, stride, padding, |xi, wi, yi| {
+        dx.data[xi] += dy.data[yi] * w.data[wi];
+        dw.data[wi] += dy.data[yi] * xbar.data[xi];
+    });
+    let mut db = T64::zeros(&[shape[1]]);
+    for (i, v) in dy.data.iter().enumerate() {
+        db.data[channel(&shape, i)] += v;
+    }
+    (dx, dw, db)
+}
+
+// ------------------------------------------------------------ avg pool
+
+fn pool_out(shape: &[usize], kernel: usize, stride: usize) -> Vec<usize> {
+    vec![
+        shape[0],
+        shape[1],
+        (shape[2] - kernel) / stride + 1,
+        (shape[3] - kernel) / stride + 1,
+    ]
+}
+
+/// Visits every (input index, output index) pair of a pooling window.
+fn pool_taps(shape: &[usize], kernel: usize, stride: usize, mut f: impl FnMut(usize, usize)) {
+    let out = pool_out(shape, kernel, stride);
+    let (h, w, ho, wo) = (shape[2], shape[3], out[2], out[3]);
+    for plane in 0..shape[0] * shape[1] {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                for ky in 0..kernel {
+                    for kx in 0..kernel {
+                        f(
+                            (plane * h + oy * stride + ky) * w + ox * stride + kx,
+                            (plane * ho + oy) * wo + ox,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn avg_pool(x: &T64, kernel: usize, stride: usize) -> T64 {
+    let mut y = T64::zeros(&pool_out(&x.shape, kernel, stride));
+    let share = 1.0 / (kernel * kernel) as f64;
+    pool_taps(&x.shape, kernel, stride, |xi, yi| {
+        y.data[yi] += share * x.data[xi]
+    });
+    y
+}
+
+fn avg_pool_bwd(dy: &T64, in_shape: &[usize], kernel: usize, stride: usize) -> T64 {
+    let mut dx = T64::zeros(in_shape);
+    let share = 1.0 / (kernel * kernel) as f64;
+    pool_taps(in_shape, kernel, stride, |xi, yi| {
+        dx.data[xi] += share * dy.data[yi]
+    });
+    dx
+}
