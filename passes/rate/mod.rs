@@ -104,7 +104,7 @@ pub fn rate_pass(
             }),
             _ => None,
         };
-        let mut region = Region::new(&g, &ad, &fam, layer, steps);
+        let mut region = Region::new(&g, &fam, layer, steps);
         let mut roots: Vec<(Root, Id)> = Vec::new();
         for (name, p) in params_of(&g, layer) {
             let gnode = ad.grad_of[&p];
@@ -134,9 +134,22 @@ pub fn rate_pass(
                 let id = region.add(RNode::tsum(kids));
                 roots.push((Root::Sent(target), id));
             }
-            if let (Some(s), Some(bnds)) = (s_node, fam.incoming(layer, &ad, steps)) {
+            if let (Some(s), Some(per_t)) = (s_node, fam.incoming(layer, steps)) {
+                // Σ_t of what the layers above send equals the node they
+                // built; what the layer sends itself (a reset that is not
+                // detached feeds its own spikes) stays outside this sum.
                 let leaf = region.leaf(Leaf::Summed, s);
-                let kids: Vec<Id> = bnds.iter().map(|&b| region.expr(b)).collect();
+                let kids: Vec<Id> = per_t
+                    .iter()
+                    .map(|cs| {
+                        let ids: Vec<Id> = cs.iter().map(|&c| region.expr(c)).collect();
+                        if ids.len() == 1 {
+                            ids[0]
+                        } else {
+                            region.add(RNode::op(Op::Sum, ids))
+                        }
+                    })
+                    .collect();
                 let t = region.add(RNode::tsum(kids));
                 region.eg.union(leaf, t);
                 region.eg.rebuild();
@@ -218,6 +231,9 @@ pub fn rate_pass(
     ir::verify(&g).map_err(|err| PassError::Invalid { pass: "rate", err })?;
     // With one step every value is its own time mean.
     if mode == Mode::Rate && steps > 1 {
+        if let Some(path) = std::env::var_os("SNNC_DUMP_RATE") {
+            let _ = std::fs::write(path, ir::to_text(&g));
+        }
         check_collapsed(&g)?;
     }
     Ok((g, stats))
@@ -286,15 +302,18 @@ fn region_order(g: &Graph) -> Vec<LayerId> {
 struct Families {
     /// (rule layer, target layer) → step → contributions.
     cross: BTreeMap<(LayerId, LayerId), BTreeMap<usize, Vec<NodeIndex>>>,
-    /// target layer → step → the forward node receiving them.
-    outputs: HashMap<LayerId, BTreeMap<usize, NodeIndex>>,
+    /// target layer → step → contributions from every other layer.
+    into: HashMap<LayerId, BTreeMap<usize, Vec<NodeIndex>>>,
+    /// Every contribution into some layer: the regions' gradient leaves.
+    received: HashMap<NodeIndex, HashSet<LayerId>>,
 }
 
 impl Families {
     fn new(g: &Graph, ad: &AdInfo) -> Families {
         let mut cross: BTreeMap<(LayerId, LayerId), BTreeMap<usize, Vec<NodeIndex>>> =
             BTreeMap::new();
-        let mut outputs: HashMap<LayerId, BTreeMap<usize, NodeIndex>> = HashMap::new();
+        let mut into: HashMap<LayerId, BTreeMap<usize, Vec<NodeIndex>>> = HashMap::new();
+        let mut received: HashMap<NodeIndex, HashSet<LayerId>> = HashMap::new();
         for &(rule_layer, target, c) in &ad.contributions {
             let (Some(rl), Some(tl), Some(t)) = (rule_layer, g.g[target].layer, g.g[target].t)
             else {
@@ -309,31 +328,35 @@ impl Families {
                 .entry(t)
                 .or_default()
                 .push(c);
-            outputs.entry(tl).or_default().insert(t, target);
+            into.entry(tl).or_default().entry(t).or_default().push(c);
+            received.entry(c).or_default().insert(tl);
         }
-        Families { cross, outputs }
+        Families {
+            cross,
+            into,
+            received,
+        }
     }
 
-    /// The gradients of a layer's per-step outputs, one per step.
-    fn incoming(&self, layer: LayerId, ad: &AdInfo, steps: usize) -> Option<Vec<NodeIndex>> {
-        let outs = self.outputs.get(&layer)?;
-        if outs.len() != steps || outs.keys().copied().ne(0..steps) {
+    /// What other layers send this layer, per step, when every step gets
+    /// something.
+    fn incoming(&self, layer: LayerId, steps: usize) -> Option<Vec<Vec<NodeIndex>>> {
+        let per_t = self.into.get(&layer)?;
+        if per_t.len() != steps || per_t.keys().copied().ne(0..steps) {
             return None;
         }
-        outs.values().map(|o| ad.grad_of.get(o).copied()).collect()
+        Some(per_t.values().cloned().collect())
     }
 
-    fn is_incoming(&self, layer: LayerId, ad: &AdInfo, n: NodeIndex) -> bool {
-        self.outputs
-            .get(&layer)
-            .is_some_and(|outs| outs.values().any(|o| ad.grad_of.get(o) == Some(&n)))
+    /// `n` is a gradient another layer sends to `layer`.
+    fn is_incoming(&self, layer: LayerId, n: NodeIndex) -> bool {
+        self.received.get(&n).is_some_and(|ls| ls.contains(&layer))
     }
 }
 
 /// Builds one region's e-graph from graph nodes.
 struct Region<'a> {
     g: &'a Graph,
-    ad: &'a AdInfo,
     fam: &'a Families,
     layer: LayerId,
     steps: usize,
@@ -342,16 +365,9 @@ struct Region<'a> {
 }
 
 impl<'a> Region<'a> {
-    fn new(
-        g: &'a Graph,
-        ad: &'a AdInfo,
-        fam: &'a Families,
-        layer: LayerId,
-        steps: usize,
-    ) -> Region<'a> {
+    fn new(g: &'a Graph, fam: &'a Families, layer: LayerId, steps: usize) -> Region<'a> {
         Region {
             g,
-            ad,
             fam,
             layer,
             steps,
@@ -384,9 +400,7 @@ impl<'a> Region<'a> {
         let node = &self.g.g[n];
         let id = if !matches!(node.role, Role::Backward | Role::Gradient) {
             self.leaf(Leaf::Fwd, n)
-        } else if self.fam.is_incoming(self.layer, self.ad, n)
-            || node.op == Op::SoftmaxCrossEntropyGrad
-        {
+        } else if self.fam.is_incoming(self.layer, n) || node.op == Op::SoftmaxCrossEntropyGrad {
             // The loss gradient is where the backward starts: a gradient,
             // although only forward values go into it.
             self.leaf(Leaf::Bnd, n)
@@ -394,6 +408,9 @@ impl<'a> Region<'a> {
             let args = self.g.operands(n);
             let kids: Vec<Id> = args.iter().map(|&a| self.expr(a)).collect();
             match &node.op {
+                // A one-operand sum (autodiff's relabelling of a gradient
+                // to its node's step) is its operand.
+                Op::Sum if kids.len() == 1 => kids[0],
                 Op::Sum if node.t.is_none() => self.sum_over_time(&args, kids),
                 op => self.add(RNode::op(op.clone(), kids)),
             }

@@ -509,13 +509,6 @@ fn coef_mul(eg: &mut RGraph, side: Id, a: Coef) -> Coef {
     }
 }
 
-fn rest_add(eg: &mut RGraph, a: Option<Id>, b: Option<Id>) -> Option<Id> {
-    match (a, b) {
-        (None, x) | (x, None) => x,
-        (Some(a), Some(b)) => Some(add_op(eg, Op::Add, vec![a, b])),
-    }
-}
-
 /// Decomposes class `c` as `coef·var + rest`, reading the region's original
 /// e-nodes (an acyclic DAG); None if `c` is not affine in `var` with a
 /// forward-computable coefficient.
@@ -571,15 +564,20 @@ fn lin(
                 let parts: Vec<Lin> = parts.into_iter().map(|p| p.expect("checked")).collect();
                 match node.as_op() {
                     Some(Op::Add | Op::Sum) => {
-                        let mut acc = Lin {
-                            coef: Coef::Zero,
-                            rest: None,
-                        };
+                        // The rest stays one n-ary sum, the form in which
+                        // the region's incoming gradients are summed.
+                        let mut coef = Coef::Zero;
+                        let mut rests = Vec::new();
                         for p in parts {
-                            acc.coef = coef_add(eg, acc.coef, p.coef);
-                            acc.rest = rest_add(eg, acc.rest, p.rest);
+                            coef = coef_add(eg, coef, p.coef);
+                            rests.extend(p.rest);
                         }
-                        Some(acc)
+                        let rest = match rests.len() {
+                            0 => None,
+                            1 => Some(rests[0]),
+                            _ => Some(add_op(eg, Op::Sum, rests)),
+                        };
+                        Some(Lin { coef, rest })
                     }
                     Some(Op::Sub) => {
                         let neg = coef_scale(eg, -1.0, parts[1].coef.clone());
