@@ -378,19 +378,58 @@ impl Builder<'_> {
                 let scaled = at(self, Op::Scale(2.0 / per), &[d]);
                 let mut out = Vec::new();
                 let mut centred_sums = Vec::new();
+                let mut sqrt_var = None;
                 for &x in xs {
                     let shape = self.g.g[x].shape.clone();
                     let xt = self.g.g[x].t;
-                    let mb = self.add(
-                        Op::ChannelBroadcast { shape },
-                        layer,
-                        None,
-                        Role::Backward,
-                        &[m],
-                    );
-                    let c = self.add(Op::Sub, layer, xt, Role::Backward, &[x, mb]);
-                    let dx = self.add(Op::ChannelScale, layer, xt, Role::Backward, &[c, scaled]);
-                    if !m_is_mean {
+                    // Batch norm: x − m = x̂·sqrt(var + ε), written with the
+                    // normalised value the backward reads anyway, so that one
+                    // forward tensor per step (or one mean, in rate mode)
+                    // serves both terms of the batch-norm gradient.
+                    let xhat = self.g.users(x).into_iter().find(|&u| {
+                        matches!(self.g.g[u].op, Op::Normalize { .. })
+                            && self.g.operands(u) == [x, m, n]
+                    });
+                    let (c, dx) = match (m_is_mean, xhat) {
+                        (true, Some(xh)) => {
+                            // dx = x̂ · (sqrt(var + ε)·(2/N)·δ): one
+                            // per-channel factor, so the only forward value
+                            // read is x̂ itself.
+                            let f = match sqrt_var {
+                                Some(f) => f,
+                                None => {
+                                    let Op::Normalize { eps } = self.g.g[xh].op else {
+                                        unreachable!()
+                                    };
+                                    let shifted = at(self, Op::AddScalar(eps), &[n]);
+                                    let r = at(self, Op::Rsqrt { eps }, &[n]);
+                                    let s = at(self, Op::Mul, &[shifted, r]);
+                                    let f = at(self, Op::Mul, &[s, scaled]);
+                                    sqrt_var = Some(f);
+                                    f
+                                }
+                            };
+                            (
+                                None,
+                                self.add(Op::ChannelScale, layer, xt, Role::Backward, &[xh, f]),
+                            )
+                        }
+                        _ => {
+                            let mb = self.add(
+                                Op::ChannelBroadcast { shape },
+                                layer,
+                                None,
+                                Role::Backward,
+                                &[m],
+                            );
+                            let c = self.add(Op::Sub, layer, xt, Role::Backward, &[x, mb]);
+                            (
+                                Some(c),
+                                self.add(Op::ChannelScale, layer, xt, Role::Backward, &[c, scaled]),
+                            )
+                        }
+                    };
+                    if let (false, Some(c)) = (m_is_mean, c) {
                         centred_sums.push(self.add(
                             Op::ChannelSum,
                             layer,

@@ -91,6 +91,9 @@ pub fn rate_pass(
     let mut stats = Vec::new();
     let mut summed: HashMap<LayerId, Vec<NodeIndex>> = HashMap::new();
     let mut new_nodes: Vec<NodeIndex> = Vec::new();
+    // Forward accumulators by operands, shared by every region (the two
+    // branches of a residual block both average the block's input).
+    let mut reductions = HashMap::new();
     for layer in order {
         // The time sum of this layer's incoming gradients, if the regions
         // above built it.
@@ -201,6 +204,7 @@ pub fn rate_pass(
             visiting: HashSet::new(),
             new_nodes: &mut new_nodes,
             region: &name,
+            reductions: &mut reductions,
         };
         for (root, id) in roots {
             let mut n = rebuild.build(id)?;
@@ -455,6 +459,10 @@ struct Rebuild<'a, 'e, 'x> {
     visiting: HashSet<Id>,
     new_nodes: &'a mut Vec<NodeIndex>,
     region: &'a str,
+    /// Forward time reductions built so far, by operands: a sum and a mean
+    /// of the same values share one accumulator (extraction costs trees,
+    /// so it cannot see that sharing itself).
+    reductions: &'a mut HashMap<Vec<NodeIndex>, (bool, NodeIndex)>,
 }
 
 impl Rebuild<'_, '_, '_> {
@@ -478,7 +486,42 @@ impl Rebuild<'_, '_, '_> {
                     args.push(self.build(c)?);
                 }
                 let fwd = self.eg[id].data.fwd_only;
-                let role = if fwd { Role::Forward } else { Role::Backward };
+                let is_sum = matches!(head, Head::TSum);
+                let per_step = args.iter().any(|&a| self.g.g[a].t.is_some())
+                    && !matches!(head, Head::TSum | Head::TMean);
+                // The forward computes what needs its steps: per-step values
+                // and the time reductions (accumulators). Whatever follows
+                // from accumulators alone is the backward's to compute, so
+                // the backward keeps only the accumulators.
+                let role = if fwd && (per_step || matches!(head, Head::TSum | Head::TMean)) {
+                    Role::Forward
+                } else {
+                    Role::Backward
+                };
+                if fwd && matches!(head, Head::TSum | Head::TMean) {
+                    if let Some(&(other_is_sum, acc)) = self.reductions.get(&args) {
+                        if other_is_sum == is_sum {
+                            self.visiting.remove(&id);
+                            self.memo.insert(id, acc);
+                            return Ok(acc);
+                        } else {
+                            let steps = args.len() as f64;
+                            let k = if is_sum { steps } else { 1.0 / steps };
+                            let n = add_node(
+                                self.g,
+                                Op::Scale(k),
+                                Some(self.layer),
+                                None,
+                                Role::Backward,
+                                &[acc],
+                            );
+                            self.new_nodes.push(n);
+                            self.visiting.remove(&id);
+                            self.memo.insert(id, n);
+                            return Ok(n);
+                        }
+                    }
+                }
                 let (op, t) = match head {
                     Head::TSum => (Op::Sum, None),
                     Head::TMean => (Op::TimeMean, None),
@@ -488,8 +531,12 @@ impl Rebuild<'_, '_, '_> {
                     ),
                     Head::Leaf(..) => unreachable!(),
                 };
+                let reduction = fwd && matches!(head, Head::TSum | Head::TMean);
                 let n = add_node(self.g, op, Some(self.layer), t, role, &args);
                 self.new_nodes.push(n);
+                if reduction {
+                    self.reductions.entry(args).or_insert((is_sum, n));
+                }
                 n
             }
         };
