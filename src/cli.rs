@@ -661,3 +661,88 @@ pub fn eval(
     );
     Ok(())
 }
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchRow {
+    pub mode: Mode,
+    pub steps: usize,
+    pub batch: usize,
+    /// Median wall time of one training step (forward + backward), seconds.
+    pub step_seconds: f64,
+    pub images_per_sec: f64,
+    /// Bytes of forward values the backward reads (the plan's, not measured).
+    pub kept_bytes: f64,
+    pub gflop_per_step: f64,
+    pub gflops: f64,
+}
+
+/// `snnc bench`: median step time of the CPU executor on random data.
+pub fn bench(
+    path: &Path,
+    steps: &[usize],
+    modes: &[Mode],
+    batch: usize,
+    repeats: usize,
+    json: bool,
+) -> Result<(), String> {
+    let (model, a) = load(path)?;
+    let params: HashMap<String, Tensor<f32>> = init::cast_params(&init::init_params(&a, 0));
+    let mut rows = Vec::new();
+    for &mode in modes {
+        for &t in steps {
+            let g = compile::compile(&model, &compile::Options::new(t, batch, mode))?.graph;
+            let cost = graph_cost(&g);
+            let x =
+                random_input(&g, matches!(model.input.encoding, Encoding::Events), 1).cast::<f32>();
+            let labels = random_labels(batch, a.output[0], 1).cast::<f32>();
+            let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+            let mut times = Vec::new();
+            // One warm-up step, then the timed ones.
+            for i in 0..=repeats {
+                let started = std::time::Instant::now();
+                crate::codegen::cpu::run(&g, &inputs, &params, &RunOptions { seed: i as u64 })
+                    .map_err(|e| format!("error: {e}"))?;
+                if i > 0 {
+                    times.push(started.elapsed().as_secs_f64());
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            let med = times[times.len() / 2];
+            let flop = cost.forward_flops + cost.backward_flops;
+            rows.push(BenchRow {
+                mode,
+                steps: t,
+                batch,
+                step_seconds: med,
+                images_per_sec: batch as f64 / med,
+                kept_bytes: cost.kept_bytes,
+                gflop_per_step: flop / 1e9,
+                gflops: flop / 1e9 / med,
+            });
+        }
+    }
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).expect("serialisable"));
+        }
+        return Ok(());
+    }
+    println!("{}: CPU executor, batch {batch}, median of {repeats} steps after one warm-up (forward + backward, no update)", model.name);
+    println!(
+        "{:<6} {:>4} {:>10} {:>10} {:>12} {:>10} {:>9}",
+        "mode", "T", "step s", "img/s", "kept MiB", "GFLOP", "GFLOP/s"
+    );
+    for r in &rows {
+        println!(
+            "{:<6} {:>4} {:>10.3} {:>10.1} {:>12.2} {:>10.2} {:>9.2}",
+            r.mode.to_string(),
+            r.steps,
+            r.step_seconds,
+            r.images_per_sec,
+            r.kept_bytes / MIB,
+            r.gflop_per_step,
+            r.gflops
+        );
+    }
+    Ok(())
+}

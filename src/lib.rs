@@ -20,3 +20,6 @@ pub mod unroll;
 
 #[path = "../passes/mod.rs"]
 pub mod passes;
+
+#[path = "../codegen/mod.rs"]
+pub mod codegen;

@@ -105,6 +105,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Median training-step time of the CPU executor, per mode and T.
+    Bench {
+        file: PathBuf,
+        #[arg(
+            short = 'T',
+            long = "steps",
+            value_delimiter = ',',
+            default_value = "1,2,4,8"
+        )]
+        steps: Vec<usize>,
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "bptt,rate")]
+        mode: Vec<ModeArg>,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Timed steps per row (after one warm-up step).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Bytes kept for the backward and FLOPs, per mode and T.
     Report {
         file: PathBuf,
@@ -245,6 +265,17 @@ fn main() -> ExitCode {
             seed,
             json,
         } => cli::grad_check(&file, steps, batch, seed, json),
+        Cmd::Bench {
+            file,
+            steps,
+            mode,
+            batch,
+            repeats,
+            json,
+        } => {
+            let modes: Vec<Mode> = mode.into_iter().map(Mode::from).collect();
+            cli::bench(&file, &steps, &modes, batch, repeats.max(1), json)
+        }
         Cmd::Report {
             file,
             steps,

@@ -1,16 +1,18 @@
 //! The training loop: batches, the compiled training graph, the optimizer,
 //! per-epoch evaluation, metrics and checkpoints.
 //!
-//! The executor is, for now, the reference interpreter (f32) running the
-//! compiled graph (BPTT or rate mode). The generated C/CUDA kernels of the
+//! The executor is the CPU executor (`codegen::cpu`: SGEMM matmuls and
+//! im2col convolutions, reference kernels for the rest) running the
+//! compiled graph in BPTT or rate mode. The generated C/CUDA kernels of the
 //! later milestones replace it behind the same loop.
 
 use super::checkpoint::{self, Checkpoint};
 use super::optim::{OptimConfig, OptimState, Schedule};
+use crate::codegen::cpu;
 use crate::compile::{self, Options, Stage};
 use crate::data::{Dataset, Split};
-use crate::interp::{self, RunOptions};
-use crate::ir::Graph;
+use crate::interp::RunOptions;
+use crate::ir::{Graph, NodeIndex, Op};
 use crate::model::{LayerKind, Model};
 use crate::passes::rate::Mode;
 use crate::rng::{mix64, Rng};
@@ -150,6 +152,20 @@ fn correct(logits: &Tensor<f32>, targets: &[u8]) -> usize {
         .count()
 }
 
+/// Mean spikes per neuron and step, per spiking layer.
+fn firing_rates(g: &Graph, spikes: &HashMap<NodeIndex, Tensor<f32>>) -> BTreeMap<String, f64> {
+    let mut acc: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for (n, t) in spikes {
+        let l = &g.layers[g.g[*n].layer.expect("spikes belong to a layer")];
+        let e = acc.entry(format!("{}:{}", l.path, l.keyword)).or_default();
+        e.0 += t.data.iter().map(|&x| f64::from(x)).sum::<f64>();
+        e.1 += t.len();
+    }
+    acc.into_iter()
+        .map(|(k, (s, n))| (k, s / n.max(1) as f64))
+        .collect()
+}
+
 /// Trainable and running-statistic tensors, initialised from the seed.
 pub fn initial_params(a: &Analysis, seed: u64) -> BTreeMap<String, Tensor<f32>> {
     crate::init::init_params(a, seed)
@@ -196,13 +212,9 @@ impl Evaluator {
             let g = &self.graphs[&b];
             let batch = make_batch(d, chunk);
             let inputs = HashMap::from([("x".to_string(), batch.x)]);
-            let v = interp::run(g, &inputs, params, &RunOptions { seed: 0 })
+            let v = cpu::run(g, &inputs, params, &RunOptions { seed: 0 })
                 .map_err(|e| format!("error: {e}"))?;
-            right += correct(
-                v.get(g.output("logits").expect("logits"))
-                    .expect("evaluated"),
-                &batch.targets,
-            );
+            right += correct(&v["logits"], &batch.targets);
         }
         Ok(right as f64 / d.len().max(1) as f64)
     }
@@ -249,6 +261,11 @@ pub fn train(
         None => (initial_params(&a, cfg.seed), OptimState::default(), 0, 0),
     };
     let graph = compile::compile(&model, &Options::new(cfg.steps, cfg.batch, cfg.mode))?.graph;
+    let spike_nodes: Vec<NodeIndex> = graph
+        .g
+        .node_indices()
+        .filter(|&n| matches!(graph.g[n].op, Op::Spike { .. }))
+        .collect();
     let mut eval = Evaluator::new(&model, cfg.steps);
     let mut momenta = HashMap::new();
     bn_momenta(&model.layers, "", &mut momenta);
@@ -331,19 +348,19 @@ pub fn train(
             let step = (epoch * batches_per_epoch + bi) as u64;
             let pmap: HashMap<String, Tensor<f32>> =
                 params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            let v = interp::run(
+            let last = bi + 1 == batches_per_epoch;
+            let keep: &[NodeIndex] = if last { &spike_nodes } else { &[] };
+            let (v, spikes) = cpu::run_keeping(
                 &graph,
                 &inputs,
                 &pmap,
                 &RunOptions {
                     seed: mix64(cfg.seed ^ step),
                 },
+                keep,
             )
             .map_err(|e| format!("error: {e}"))?;
-            let out_of = |name: &str| {
-                v.get(graph.output(name).expect("output exists"))
-                    .expect("evaluated")
-            };
+            let out_of = |name: &str| &v[name];
             let loss = f64::from(out_of("loss").data[0]);
             if !loss.is_finite() {
                 return Err(format!(
@@ -384,8 +401,8 @@ pub fn train(
                     *r = (1.0 - m) * *r + m * b * unbias;
                 }
             }
-            if bi + 1 == batches_per_epoch {
-                rates = crate::cli::firing_rates(&graph, &v).into_iter().collect();
+            if last {
+                rates = firing_rates(&graph, &spikes);
             }
             let secs = started.elapsed().as_secs_f64().max(1e-9);
             bar.set_position((bi + 1) as u64);

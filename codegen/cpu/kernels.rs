@@ -1,0 +1,219 @@
+//! SGEMM-backed kernels: matmul with either operand transposed (strides,
+//! no copies) and convolutions as im2col + SGEMM, per sample.
+
+use crate::tensor::Tensor;
+
+/// `C[m×n] = α·op(A)·op(B) + β·C`, with op(A) given by row/column strides.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+) {
+    debug_assert!(c.len() >= m * n);
+    // SAFETY: the strides describe m×k, k×n and m×n matrices that lie
+    // inside `a`, `b` and `c` (callers pass the tensors' own shapes).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        )
+    }
+}
+
+pub fn matmul(a: &Tensor<f32>, b: &Tensor<f32>, ta: bool, tb: bool) -> Tensor<f32> {
+    let (ar, ac) = (a.shape[0], a.shape[1]);
+    let (br, bc) = (b.shape[0], b.shape[1]);
+    let (m, k, sa) = if ta {
+        (ac, ar, (1, ac))
+    } else {
+        (ar, ac, (ac, 1))
+    };
+    let (n, sb) = if tb { (br, (1, bc)) } else { (bc, (bc, 1)) };
+    let mut out = Tensor::zeros(&[m, n]);
+    sgemm(m, k, n, &a.data, sa, &b.data, sb, 0.0, &mut out.data);
+    out
+}
+
+struct Geometry {
+    ci: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    /// For each (c, ky, kx, oy, ox) in column order, the input offset within
+    /// one sample, or None in the padding.
+    fn for_each(&self, mut f: impl FnMut(usize, Option<usize>)) {
+        let mut col = 0;
+        for c in 0..self.ci {
+            for ky in 0..self.k {
+                for kx in 0..self.k {
+                    for oy in 0..self.ho {
+                        let iy = (oy * self.stride + ky)
+                            .checked_sub(self.padding)
+                            .filter(|&y| y < self.h);
+                        for ox in 0..self.wo {
+                            let ix = (ox * self.stride + kx)
+                                .checked_sub(self.padding)
+                                .filter(|&x| x < self.w);
+                            let at = match (iy, ix) {
+                                (Some(y), Some(x)) => Some((c * self.h + y) * self.w + x),
+                                _ => None,
+                            };
+                            f(col, at);
+                            col += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.ci * self.k * self.k
+    }
+
+    fn cols(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    fn im2col(&self, x: &[f32], out: &mut [f32]) {
+        self.for_each(|i, at| out[i] = at.map_or(0.0, |a| x[a]));
+    }
+
+    fn col2im(&self, cols: &[f32], dx: &mut [f32]) {
+        self.for_each(|i, at| {
+            if let Some(a) = at {
+                dx[a] += cols[i];
+            }
+        });
+    }
+}
+
+fn geometry(x: &[usize], k: usize, stride: usize, padding: usize) -> Geometry {
+    let (ci, h, w) = (x[1], x[2], x[3]);
+    Geometry {
+        ci,
+        h,
+        w,
+        k,
+        stride,
+        padding,
+        ho: (h + 2 * padding - k) / stride + 1,
+        wo: (w + 2 * padding - k) / stride + 1,
+    }
+}
+
+pub fn conv2d(x: &Tensor<f32>, w: &Tensor<f32>, stride: usize, padding: usize) -> Tensor<f32> {
+    let (b, co, k) = (x.shape[0], w.shape[0], w.shape[2]);
+    let geo = geometry(&x.shape, k, stride, padding);
+    let (rows, cols) = (geo.rows(), geo.cols());
+    let per_in = geo.ci * geo.h * geo.w;
+    let mut out = Tensor::zeros(&[b, co, geo.ho, geo.wo]);
+    let mut buf = vec![0.0; rows * cols];
+    for bi in 0..b {
+        geo.im2col(&x.data[bi * per_in..(bi + 1) * per_in], &mut buf);
+        let dst = &mut out.data[bi * co * cols..(bi + 1) * co * cols];
+        sgemm(
+            co,
+            rows,
+            cols,
+            &w.data,
+            (rows, 1),
+            &buf,
+            (cols, 1),
+            0.0,
+            dst,
+        );
+    }
+    out
+}
+
+pub fn conv2d_grad_input(
+    d: &Tensor<f32>,
+    w: &Tensor<f32>,
+    stride: usize,
+    padding: usize,
+    h: usize,
+    wd: usize,
+) -> Tensor<f32> {
+    let (b, co, ci, k) = (d.shape[0], d.shape[1], w.shape[1], w.shape[2]);
+    let geo = geometry(&[b, ci, h, wd], k, stride, padding);
+    let (rows, cols) = (geo.rows(), geo.cols());
+    let per_in = ci * h * wd;
+    let mut out = Tensor::zeros(&[b, ci, h, wd]);
+    let mut buf = vec![0.0; rows * cols];
+    for bi in 0..b {
+        // dcols = Wᵀ · dy_b
+        let dy = &d.data[bi * co * cols..(bi + 1) * co * cols];
+        sgemm(
+            rows,
+            co,
+            cols,
+            &w.data,
+            (1, rows),
+            dy,
+            (cols, 1),
+            0.0,
+            &mut buf,
+        );
+        geo.col2im(&buf, &mut out.data[bi * per_in..(bi + 1) * per_in]);
+    }
+    out
+}
+
+pub fn conv2d_grad_weight(
+    x: &Tensor<f32>,
+    d: &Tensor<f32>,
+    stride: usize,
+    padding: usize,
+    k: usize,
+) -> Tensor<f32> {
+    let (b, co) = (x.shape[0], d.shape[1]);
+    let geo = geometry(&x.shape, k, stride, padding);
+    let (rows, cols) = (geo.rows(), geo.cols());
+    let per_in = geo.ci * geo.h * geo.w;
+    let mut out = Tensor::zeros(&[co, geo.ci, k, k]);
+    let mut buf = vec![0.0; rows * cols];
+    for bi in 0..b {
+        geo.im2col(&x.data[bi * per_in..(bi + 1) * per_in], &mut buf);
+        // dW += dy_b · colsᵀ
+        let dy = &d.data[bi * co * cols..(bi + 1) * co * cols];
+        sgemm(
+            co,
+            cols,
+            rows,
+            dy,
+            (cols, 1),
+            &buf,
+            (1, cols),
+            1.0,
+            &mut out.data,
+        );
+    }
+    out
+}
