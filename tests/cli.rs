@@ -226,9 +226,24 @@ fn grad_check_prints_cosines() {
 
 #[test]
 fn bench_reports_rows() {
-    let (code, out, err) = snnc(&["bench", "examples/models/digits_mlp.snn", "-T", "1,2", "--batch", "8", "--repeats", "1", "--json"]);
+    let (code, out, err) = snnc(&[
+        "bench",
+        "examples/models/digits_mlp.snn",
+        "-T",
+        "1,2",
+        "--batch",
+        "8",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
-    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 4);
-    assert!(rows.iter().all(|r| r["step_seconds"].as_f64().unwrap() > 0.0));
+    assert!(rows
+        .iter()
+        .all(|r| r["step_seconds"].as_f64().unwrap() > 0.0));
 }

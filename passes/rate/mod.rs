@@ -123,18 +123,8 @@ pub fn rate_pass(
                 if per_t.len() != steps || per_t.keys().copied().ne(0..steps) {
                     continue;
                 }
-                let kids: Vec<Id> = per_t
-                    .values()
-                    .map(|cs| {
-                        let ids: Vec<Id> = cs.iter().map(|&c| region.expr(c)).collect();
-                        if ids.len() == 1 {
-                            ids[0]
-                        } else {
-                            region.add(RNode::op(Op::Sum, ids))
-                        }
-                    })
-                    .collect();
-                let id = region.add(RNode::tsum(kids));
+                let per_t: Vec<Vec<NodeIndex>> = per_t.values().cloned().collect();
+                let id = region.time_sum(&per_t);
                 roots.push((Root::Sent(target), id));
             }
             if let (Some(s), Some(per_t)) = (s_node, fam.incoming(layer, steps)) {
@@ -142,18 +132,7 @@ pub fn rate_pass(
                 // built; what the layer sends itself (a reset that is not
                 // detached feeds its own spikes) stays outside this sum.
                 let leaf = region.leaf(Leaf::Summed, s);
-                let kids: Vec<Id> = per_t
-                    .iter()
-                    .map(|cs| {
-                        let ids: Vec<Id> = cs.iter().map(|&c| region.expr(c)).collect();
-                        if ids.len() == 1 {
-                            ids[0]
-                        } else {
-                            region.add(RNode::op(Op::Sum, ids))
-                        }
-                    })
-                    .collect();
-                let t = region.add(RNode::tsum(kids));
+                let t = region.time_sum(&per_t);
                 region.eg.union(leaf, t);
                 region.eg.rebuild();
             }
@@ -394,6 +373,22 @@ impl<'a> Region<'a> {
             (node.shape.clone(), node.t.is_some(), param),
         );
         self.add(RNode::leaf(kind, n.index() as u32))
+    }
+
+    /// `tsum` over steps of the sum of each step's gradients.
+    fn time_sum(&mut self, per_t: &[Vec<NodeIndex>]) -> Id {
+        let kids: Vec<Id> = per_t
+            .iter()
+            .map(|cs| {
+                let ids: Vec<Id> = cs.iter().map(|&c| self.expr(c)).collect();
+                if ids.len() == 1 {
+                    ids[0]
+                } else {
+                    self.add(RNode::op(Op::Sum, ids))
+                }
+            })
+            .collect();
+        self.add(RNode::tsum(kids))
     }
 
     /// The e-class of a graph node's value.
