@@ -41,7 +41,23 @@ fn tmp(name: &str) -> PathBuf {
 #[test]
 fn learns_digits_in_both_modes() {
     for mode in [Mode::Rate, Mode::Bptt] {
-        let s = train(&config(mode, 3), &tmp(&format!("learn-{mode}")), None, true).unwrap();
+        let dir = tmp(&format!("learn-{mode}"));
+        let s = train(&config(mode, 3), &dir, None, true).unwrap();
+        for (file, title) in [
+            ("loss.svg", "training loss"),
+            ("accuracy.svg", "accuracy"),
+            ("firing_rates.svg", "firing rates"),
+        ] {
+            let svg = std::fs::read_to_string(dir.join(file)).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains(title), "{file}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .count(),
+            3
+        );
         let acc = s.epochs.last().unwrap().test_acc;
         assert!(acc > 0.85, "{mode}: test accuracy {acc}");
         assert!(s.epochs[0].firing_rates.contains_key("1:lif"));

@@ -47,7 +47,7 @@ pub struct TrainConfig {
     pub paper_grad_scale: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochMetrics {
     pub epoch: usize,
     pub lr: f64,
@@ -479,6 +479,15 @@ pub fn train(
             );
         }
         summary.epochs.push(m);
+        // Curves over the whole run (earlier sessions included, on resume).
+        let history: Vec<EpochMetrics> = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if let Err(e) = super::plots::write(out, &history) {
+            eprintln!("warning: {e}");
+        }
         if stop.load(Ordering::SeqCst) {
             summary.interrupted = true;
             break;
