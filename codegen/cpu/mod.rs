@@ -5,6 +5,7 @@
 //! Values are freed as soon as their last user has run (outputs are kept),
 //! so the live set follows the schedule rather than the whole graph.
 
+mod elementwise;
 mod kernels;
 
 use crate::interp::{eval_op, InterpError, RunOptions};
@@ -75,7 +76,7 @@ pub fn run_keeping(
                     } => Some(kernels::conv2d_grad_weight(
                         xs[0], xs[1], *stride, *padding, *kernel,
                     )),
-                    _ => None,
+                    _ => elementwise::eval(op, &xs),
                 };
                 match fast {
                     Some(t) => t,
