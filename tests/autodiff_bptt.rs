@@ -4,53 +4,22 @@
 
 mod common;
 
-use common::bptt::{self, Bptt, Params};
+use common::bptt::{self, Bptt};
 use common::gen;
 use proptest::prelude::*;
 use snnc::autodiff::autodiff;
 use snnc::interp::{self, RunOptions};
 use snnc::model::*;
-use snnc::rng::Rng;
 use snnc::tensor::Tensor;
 use snnc::unroll::{unroll_with, Phase, UnrollConfig};
-use snnc::{init, shape};
 use std::collections::{BTreeSet, HashMap};
 
 const TOL: f64 = 1e-9;
 
-struct Case {
-    params: Params,
-    x: Tensor<f64>,
-    labels: Tensor<f64>,
-}
+use common::case::Case;
 
-/// Initialised parameters (BN γ, β jittered off 1 and 0), inputs uniform in
-/// [0, `scale`) and random one-hot labels.
 fn case(model: &Model, batch: usize, seed: u64, scale: f64) -> Case {
-    let analysis = shape::analyze(model).expect("valid model");
-    let mut params = init::init_params(&analysis, seed);
-    let mut rng = Rng::new(seed ^ 0x5EED_BA77);
-    let mut names: Vec<&String> = params.keys().collect();
-    names.sort();
-    let names: Vec<String> = names.into_iter().cloned().collect();
-    for name in names {
-        let p = params.get_mut(&name).unwrap();
-        if name.ends_with(".gamma") {
-            p.data.iter_mut().for_each(|v| *v = rng.range(0.5, 1.5));
-        } else if name.ends_with(".beta") {
-            p.data.iter_mut().for_each(|v| *v = rng.range(-0.3, 0.3));
-        }
-    }
-    let mut xshape = vec![batch];
-    xshape.extend_from_slice(&model.input.shape);
-    let n: usize = xshape.iter().product();
-    let x = Tensor::from_vec(&xshape, (0..n).map(|_| scale * rng.uniform()).collect());
-    let k = analysis.output[0];
-    let mut labels = Tensor::zeros(&[batch, k]);
-    for b in 0..batch {
-        labels.data[b * k + rng.below(k)] = 1.0;
-    }
-    Case { params, x, labels }
+    common::case::case(model, batch, seed, scale, 0x5EED_BA77)
 }
 
 /// `max |a − b| ≤ TOL·(1 + max |b|)` over the tensor, `b` the oracle.

@@ -2,6 +2,7 @@
 // Reference code indexes several arrays in lockstep on purpose.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 pub mod bptt;
+pub mod case;
 pub mod gen;
 pub mod rate_closed;
 pub mod sim;
