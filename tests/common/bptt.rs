@@ -510,7 +510,7 @@ fn lif_bwd(n: &Neuron, us: &[Act], ss: &[Act], ds_above: &[Act]) -> Vec<Act> {
 // ---------------------------------------------------------------- linear
 
 /// y[b, o] = Σ_k x[b, k]·W[o, k] + bias[o].
-fn linear_fwd(x: &Act, w: &Tensor<f64>, bias: Option<&Tensor<f64>>) -> Act {
+pub fn linear_fwd(x: &Act, w: &Tensor<f64>, bias: Option<&Tensor<f64>>) -> Act {
     let (b, n) = (x.shape[0], x.shape[1]);
     let o = w.shape[0];
     assert_eq!(w.shape[1], n);
@@ -531,7 +531,7 @@ fn linear_fwd(x: &Act, w: &Tensor<f64>, bias: Option<&Tensor<f64>>) -> Act {
 }
 
 /// (δx = δy·W, δW = δyᵀ·x, δb = Σ_b δy).
-fn linear_bwd(x: &Act, w: &Tensor<f64>, dy: &Act) -> (Act, Tensor<f64>, Tensor<f64>) {
+pub fn linear_bwd(x: &Act, w: &Tensor<f64>, dy: &Act) -> (Act, Tensor<f64>, Tensor<f64>) {
     let (b, n) = (x.shape[0], x.shape[1]);
     let o = w.shape[0];
     let mut dx = Tensor::zeros(&x.shape);
@@ -559,7 +559,7 @@ fn tap(o: usize, k: usize, stride: usize, padding: usize, len: usize) -> Option<
 }
 
 /// Cross-correlation: y[b,o,oy,ox] = Σ_{c,ky,kx} x[b,c,oy·s+ky−p,ox·s+kx−p]·W[o,c,ky,kx] + bias[o].
-fn conv_fwd(
+pub fn conv_fwd(
     x: &Act,
     w: &Tensor<f64>,
     bias: Option<&Tensor<f64>>,
@@ -603,7 +603,7 @@ fn conv_fwd(
 }
 
 /// The same loops as the forward, each tap sending δy back to x and W.
-fn conv_bwd(
+pub fn conv_bwd(
     x: &Act,
     w: &Tensor<f64>,
     dy: &Act,
@@ -748,7 +748,7 @@ fn pool_dims(shape: &[usize], kernel: usize, stride: usize) -> (usize, usize, us
     (h, w, (h - kernel) / stride + 1, (w - kernel) / stride + 1)
 }
 
-fn avgpool_fwd(x: &Act, kernel: usize, stride: usize) -> Act {
+pub fn avgpool_fwd(x: &Act, kernel: usize, stride: usize) -> Act {
     let (b, c) = (x.shape[0], x.shape[1]);
     let (h, w, ho, wo) = pool_dims(&x.shape, kernel, stride);
     let mut y = Tensor::zeros(&[b, c, ho, wo]);
@@ -768,7 +768,7 @@ fn avgpool_fwd(x: &Act, kernel: usize, stride: usize) -> Act {
     y
 }
 
-fn avgpool_bwd(dy: &Act, in_shape: &[usize], kernel: usize, stride: usize) -> Act {
+pub fn avgpool_bwd(dy: &Act, in_shape: &[usize], kernel: usize, stride: usize) -> Act {
     let (b, c) = (in_shape[0], in_shape[1]);
     let (h, w, ho, wo) = pool_dims(in_shape, kernel, stride);
     let mut dx = Tensor::zeros(in_shape);

@@ -38,9 +38,16 @@
 //! approximation. The result is the usual BN backward applied to the rate
 //! batch (z̄, Δy) with the forward's statistics, as DESIGN.md says.
 
-use snnc::model::{Encoding, Layer, LayerKind, Model, Neuron, Reset, Surrogate, SurrogateKind};
+use snnc::model::{Encoding, Layer, LayerKind, Model, Neuron, Reset};
 use snnc::tensor::Tensor;
 use std::collections::HashMap;
+
+// The layer kernels (linear, conv, average pooling and their adjoints) and
+// the surrogates are the BPTT oracle's: what differs here is only what is
+// fed to them — time means and summed gradients.
+use super::bptt::{
+    avgpool_bwd, avgpool_fwd, conv_bwd, conv_fwd, linear_bwd, linear_fwd, surrogate_deriv,
+};
 
 pub type Params = HashMap<String, Tensor<f64>>;
 type T64 = Tensor<f64>;
@@ -204,7 +211,7 @@ impl Ctx<'_> {
                 LayerKind::Linear { bias, .. } => {
                     let w = self.param(&format!("{path}.weight"));
                     let b = bias.then(|| self.param(&format!("{path}.bias")));
-                    let ys = xs.iter().map(|x| linear(x, w, b)).collect();
+                    let ys = xs.iter().map(|x| linear_fwd(x, w, b)).collect();
                     let xbar = self.xbar(&xs);
                     let bias = *bias;
                     (ys, Tape::Linear { path, bias, xbar })
@@ -219,7 +226,7 @@ impl Ctx<'_> {
                     let b = bias.then(|| self.param(&format!("{path}.bias")));
                     let ys = xs
                         .iter()
-                        .map(|x| conv(x, w, b, *stride, *padding))
+                        .map(|x| conv_fwd(x, w, b, *stride, *padding))
                         .collect();
                     let tape = Tape::Conv {
                         bias: *bias,
@@ -232,7 +239,10 @@ impl Ctx<'_> {
                 }
                 LayerKind::BatchNorm { eps, .. } => self.batch_norm(path, &xs, *eps),
                 LayerKind::AvgPool { kernel, stride } => {
-                    let ys = xs.iter().map(|x| avg_pool(x, *kernel, *stride)).collect();
+                    let ys = xs
+                        .iter()
+                        .map(|x| avgpool_fwd(x, *kernel, *stride))
+                        .collect();
                     let tape = Tape::AvgPool {
                         kernel: *kernel,
                         stride: *stride,
@@ -291,7 +301,7 @@ impl Ctx<'_> {
             for t in 0..steps {
                 let u = n.lambda * v + currents[t].data[j];
                 let s = if u >= n.theta { 1.0 } else { 0.0 };
-                let sg = surrogate(&n.surrogate, u - n.theta);
+                let sg = surrogate_deriv(&n.surrogate, u - n.theta);
                 v = match n.reset {
                     Reset::Soft => u - n.theta * s,
                     Reset::Hard => (1.0 - s) * u + s * n.v_reset,
@@ -406,7 +416,7 @@ impl Ctx<'_> {
                     kernel,
                     stride,
                     in_shape,
-                } => avg_pool_bwd(&dy, in_shape, *kernel, *stride),
+                } => avgpool_bwd(&dy, in_shape, *kernel, *stride),
                 Tape::Flatten { in_shape } => T64::from_vec(in_shape, dy.data),
                 Tape::Neuron { gain } => mul(gain, &dy),
                 Tape::Residual { main, shortcut } => {
@@ -468,22 +478,6 @@ impl Ctx<'_> {
     }
 }
 
-/// σ'(x), x = u − θ (model.rs, SurrogateKind).
-pub fn surrogate(s: &Surrogate, x: f64) -> f64 {
-    let a = s.alpha;
-    match s.kind {
-        SurrogateKind::Sigmoid => {
-            let sig = 1.0 / (1.0 + (-a * x).exp());
-            a * sig * (1.0 - sig)
-        }
-        SurrogateKind::Atan => {
-            let z = std::f64::consts::FRAC_PI_2 * a * x;
-            a / (2.0 * (1.0 + z * z))
-        }
-        SurrogateKind::Triangle => (a - a * a * x.abs()).max(0.0),
-    }
-}
-
 // ------------------------------------------------------------ elementwise
 
 fn time_mean(xs: &[T64]) -> T64 {
@@ -533,173 +527,6 @@ fn map_ch(x: &T64, f: impl Fn(usize, f64) -> f64) -> T64 {
 
 // ------------------------------------------------------------ linear
 
-/// y = x·Wᵀ + b, x `[B, N]`, W `[O, N]`.
-fn linear(x: &T64, w: &T64, bias: Option<&T64>) -> T64 {
-    let (b, n, o) = (x.shape[0], x.shape[1], w.shape[0]);
-    assert_eq!(w.shape[1], n);
-    let mut y = T64::zeros(&[b, o]);
-    for bi in 0..b {
-        for oi in 0..o {
-            let dot: f64 = (0..n)
-                .map(|k| x.data[bi * n + k] * w.data[oi * n + k])
-                .sum();
-            y.data[bi * o + oi] = dot + bias.map_or(0.0, |bb| bb.data[oi]);
-        }
-    }
-    y
-}
-
-/// (Δx = Δy·W, ∂W = Δyᵀ·x̄, ∂b = Σ_b Δy).
-fn linear_bwd(xbar: &T64, w: &T64, dy: &T64) -> (T64, T64, T64) {
-    let (b, n, o) = (xbar.shape[0], xbar.shape[1], w.shape[0]);
-    let mut dx = T64::zeros(&xbar.shape);
-    let mut dw = T64::zeros(&w.shape);
-    let mut db = T64::zeros(&[o]);
-    for bi in 0..b {
-        for oi in 0..o {
-            let g = dy.data[bi * o + oi];
-            db.data[oi] += g;
-            for k in 0..n {
-                dx.data[bi * n + k] += g * w.data[oi * n + k];
-                dw.data[oi * n + k] += g * xbar.data[bi * n + k];
-            }
-        }
-    }
-    (dx, dw, db)
-}
-
 // ------------------------------------------------------------ conv
 
-/// The input row/column read by output `o`, tap `k`; `None` in the padding.
-fn src(o: usize, k: usize, stride: usize, padding: usize, len: usize) -> Option<usize> {
-    (o * stride + k).checked_sub(padding).filter(|&i| i < len)
-}
-
-/// `[B, C_out, H_out, W_out]` of a convolution.
-fn conv_out(x_shape: &[usize], w_shape: &[usize], stride: usize, padding: usize) -> Vec<usize> {
-    let k = w_shape[2];
-    vec![
-        x_shape[0],
-        w_shape[0],
-        (x_shape[2] + 2 * padding - k) / stride + 1,
-        (x_shape[3] + 2 * padding - k) / stride + 1,
-    ]
-}
-
-/// Visits every (input index, weight index, output index) triple of a
-/// zero-padded cross-correlation.
-fn conv_taps(
-    x_shape: &[usize],
-    w_shape: &[usize],
-    stride: usize,
-    padding: usize,
-    mut f: impl FnMut(usize, usize, usize),
-) {
-    let (b, ci, h, wd) = (x_shape[0], x_shape[1], x_shape[2], x_shape[3]);
-    let (co, k) = (w_shape[0], w_shape[2]);
-    assert_eq!(w_shape[1], ci);
-    let out = conv_out(x_shape, w_shape, stride, padding);
-    let (ho, wo) = (out[2], out[3]);
-    for bi in 0..b {
-        for o in 0..co {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let yi = ((bi * co + o) * ho + oy) * wo + ox;
-                    for c in 0..ci {
-                        for ky in 0..k {
-                            let Some(iy) = src(oy, ky, stride, padding, h) else {
-                                continue;
-                            };
-                            for kx in 0..k {
-                                let Some(ix) = src(ox, kx, stride, padding, wd) else {
-                                    continue;
-                                };
-                                let xi = ((bi * ci + c) * h + iy) * wd + ix;
-                                let wi = ((o * ci + c) * k + ky) * k + kx;
-                                f(xi, wi, yi);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn conv(x: &T64, w: &T64, bias: Option<&T64>, stride: usize, padding: usize) -> T64 {
-    let mut y = T64::zeros(&conv_out(&x.shape, &w.shape, stride, padding));
-    conv_taps(&x.shape, &w.shape, stride, padding, |xi, wi, yi| {
-        y.data[yi] += x.data[xi] * w.data[wi];
-    });
-    match bias {
-        Some(b) => map_ch(&y, |ch, v| v + b.data[ch]),
-        None => y,
-    }
-}
-
-/// (Δx, ∂W, ∂b) of a convolution: weight gradient of (x̄, Δy), input
-/// gradient of (Δy, W), bias summed over samples and pixels.
-fn conv_bwd(xbar: &T64, w: &T64, dy: &T64, stride: usize, padding: usize) -> (T64, T64, T64) {
-    let mut dx = T64::zeros(&xbar.shape);
-    let mut dw = T64::zeros(&w.shape);
-    let shape = conv_out(&xbar.shape, &w.shape, stride, padding);
-    assert_eq!(shape, dy.shape);
-    conv_taps(&xbar.shape, &w.shape, stride, padding, |xi, wi, yi| {
-        dx.data[xi] += dy.data[yi] * w.data[wi];
-        dw.data[wi] += dy.data[yi] * xbar.data[xi];
-    });
-    let mut db = T64::zeros(&[shape[1]]);
-    for (i, v) in dy.data.iter().enumerate() {
-        db.data[channel(&shape, i)] += v;
-    }
-    (dx, dw, db)
-}
-
 // ------------------------------------------------------------ avg pool
-
-fn pool_out(shape: &[usize], kernel: usize, stride: usize) -> Vec<usize> {
-    vec![
-        shape[0],
-        shape[1],
-        (shape[2] - kernel) / stride + 1,
-        (shape[3] - kernel) / stride + 1,
-    ]
-}
-
-/// Visits every (input index, output index) pair of a pooling window.
-fn pool_taps(shape: &[usize], kernel: usize, stride: usize, mut f: impl FnMut(usize, usize)) {
-    let out = pool_out(shape, kernel, stride);
-    let (h, w, ho, wo) = (shape[2], shape[3], out[2], out[3]);
-    for plane in 0..shape[0] * shape[1] {
-        for oy in 0..ho {
-            for ox in 0..wo {
-                for ky in 0..kernel {
-                    for kx in 0..kernel {
-                        f(
-                            (plane * h + oy * stride + ky) * w + ox * stride + kx,
-                            (plane * ho + oy) * wo + ox,
-                        );
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn avg_pool(x: &T64, kernel: usize, stride: usize) -> T64 {
-    let mut y = T64::zeros(&pool_out(&x.shape, kernel, stride));
-    let share = 1.0 / (kernel * kernel) as f64;
-    pool_taps(&x.shape, kernel, stride, |xi, yi| {
-        y.data[yi] += share * x.data[xi]
-    });
-    y
-}
-
-fn avg_pool_bwd(dy: &T64, in_shape: &[usize], kernel: usize, stride: usize) -> T64 {
-    let mut dx = T64::zeros(in_shape);
-    let share = 1.0 / (kernel * kernel) as f64;
-    pool_taps(in_shape, kernel, stride, |xi, yi| {
-        dx.data[xi] += share * dy.data[yi]
-    });
-    dx
-}
