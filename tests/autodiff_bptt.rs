@@ -128,18 +128,7 @@ proptest! {
 
 // ------------------------------------------------------------ fixed models
 
-const RESETS: [(Reset, bool); 4] = [
-    (Reset::Soft, true),
-    (Reset::Soft, false),
-    (Reset::Hard, true),
-    (Reset::Hard, false),
-];
-
-const SURROGATES: [(SurrogateKind, f64); 3] = [
-    (SurrogateKind::Sigmoid, 4.0),
-    (SurrogateKind::Atan, 2.0),
-    (SurrogateKind::Triangle, 2.0),
-];
+use common::case::{RESETS, SURROGATES};
 
 fn lif(reset: Reset, detach: bool, surrogate: (SurrogateKind, f64), theta: f64) -> Layer {
     Layer::new(LayerKind::Neuron {

@@ -1,7 +1,7 @@
 //! A random test case for a model: parameters, inputs, labels.
 
 use snnc::init::{self, Params};
-use snnc::model::Model;
+use snnc::model::{Model, Reset, SurrogateKind};
 use snnc::rng::Rng;
 use snnc::shape;
 use snnc::tensor::Tensor;
@@ -40,3 +40,18 @@ pub fn case(model: &Model, batch: usize, seed: u64, scale: f64, salt: u64) -> Ca
     }
     Case { params, x, labels }
 }
+
+/// The four reset variants: (reset, detached).
+pub const RESETS: [(Reset, bool); 4] = [
+    (Reset::Soft, true),
+    (Reset::Soft, false),
+    (Reset::Hard, true),
+    (Reset::Hard, false),
+];
+
+/// Each surrogate with an α.
+pub const SURROGATES: [(SurrogateKind, f64); 3] = [
+    (SurrogateKind::Sigmoid, 4.0),
+    (SurrogateKind::Atan, 2.0),
+    (SurrogateKind::Triangle, 2.0),
+];
