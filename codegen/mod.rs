@@ -5,3 +5,4 @@
 //! elementwise work.
 
 pub mod cpu;
+pub mod cuda;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use snnc::cli;
+use snnc::codegen::cuda;
 use snnc::compile::{Options, Stage};
 use snnc::passes::rate::Mode;
 use snnc::runtime::optim::{OptimConfig, OptimizerKind, Schedule};
@@ -122,6 +123,41 @@ enum Cmd {
         /// Timed steps per row (after one warm-up step).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// cpu: the CPU executor; cuda: the CUDA executor (GPU 0).
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the example models on the GPU and on the CPU executor and compare
+    /// every output and every node (exits non-zero on a mismatch; without a
+    /// GPU it says why and skips, unless --require-gpu).
+    CudaCheck {
+        /// Model names in examples/models or .snn paths (default: all examples).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        #[arg(short = 'T', long = "steps", value_delimiter = ',', default_value = "1,3")]
+        steps: Vec<usize>,
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "bptt,rate")]
+        mode: Vec<ModeArg>,
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Run on the CPU emulator of the CUDA backend instead of a GPU
+        /// (the same kernels compiled as C++ by the host compiler).
+        #[arg(long)]
+        emulate: bool,
+        /// A missing GPU or CUDA library is an error, not a skip.
+        #[arg(long)]
+        require_gpu: bool,
+        /// Only compare outputs, not every node in isolation (faster).
+        #[arg(long)]
+        outputs_only: bool,
+        /// Instead of the models: time device-to-device copies of this many
+        /// MiB (copy engine and copy kernel).
+        #[arg(long, num_args = 0..=1, default_missing_value = "2048")]
+        bandwidth: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -204,6 +240,12 @@ impl From<ModeArg> for Mode {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Device {
+    Cpu,
+    Cuda,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Text,
@@ -271,11 +313,30 @@ fn main() -> ExitCode {
             mode,
             batch,
             repeats,
+            device,
             json,
         } => {
             let modes: Vec<Mode> = mode.into_iter().map(Mode::from).collect();
-            cli::bench(&file, &steps, &modes, batch, repeats.max(1), json)
+            match device {
+                Device::Cpu => cli::bench(&file, &steps, &modes, batch, repeats.max(1), json),
+                Device::Cuda => cuda::tools::bench_cuda(&file, &steps, &modes, batch, repeats.max(1), json),
+            }
         }
+        Cmd::CudaCheck {
+            models,
+            steps,
+            mode,
+            batch,
+            seed,
+            emulate,
+            require_gpu,
+            outputs_only,
+            bandwidth,
+            json,
+        } => match bandwidth {
+            Some(mib) => cuda::tools::bandwidth_check(mib << 20, 20),
+            None => cuda_check(models, steps, mode, batch, seed, emulate, require_gpu, !outputs_only, json),
+        },
         Cmd::Report {
             file,
             steps,
@@ -350,6 +411,39 @@ fn train(a: TrainArgs) -> Result<(), String> {
         paper_grad_scale: a.paper_grad_scale,
     };
     cli::train(Some(cfg), &out, None, None, a.json)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cuda_check(
+    models: Vec<String>,
+    steps: Vec<usize>,
+    mode: Vec<ModeArg>,
+    batch: usize,
+    seed: u64,
+    emulate: bool,
+    require: bool,
+    per_node: bool,
+    json: bool,
+) -> Result<(), String> {
+    let models = if models.is_empty() {
+        cuda::tools::example_models()?
+    } else {
+        models.iter().map(|m| cuda::tools::model_path(m)).collect()
+    };
+    let opts = cuda::tools::CheckOptions {
+        models,
+        steps,
+        modes: mode.into_iter().map(Mode::from).collect(),
+        batch,
+        seed,
+        per_node,
+        tol: 1e-4,
+    };
+    if cuda::tools::cuda_check(&opts, emulate, require, json)? {
+        Ok(())
+    } else {
+        Err("error: cuda-check: some cases failed (table above)".into())
+    }
 }
 
 fn write_out(path: Option<&Path>, text: &str) -> Result<(), String> {

@@ -1,0 +1,410 @@
+//! The GPU backend: cudarc's driver API, NVRTC and cuBLAS.
+//!
+//! Every cudarc library is loaded at run time (`dynamic-loading`), and cudarc
+//! panics when a library or symbol is missing, so [`probe`] checks each
+//! library with `is_culib_present()` first and wraps the rest in
+//! `catch_unwind`: without a GPU or CUDA libraries it returns an error that
+//! says what was looked for, never a panic.
+//!
+//! One context (device 0), its default stream, event tracking off (one
+//! stream: stream order is the only synchronisation needed), one cuBLAS
+//! handle on that stream in its default (full FP32) math mode.
+
+use super::backend::{Arg, Backend, KERNELS, KERNELS_CU};
+use super::gemm::Cublas;
+use super::nvrtc;
+use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
+use cudarc::driver::{
+    result as drv_result, sys as drv_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// What [`probe`] found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub total_mem: usize,
+    pub free_mem: usize,
+    /// cuDriverGetVersion, e.g. 13000.
+    pub driver_version: i32,
+    pub nvrtc_version: (i32, i32),
+    /// The CUDA libraries mapped into this process (from /proc/self/maps).
+    pub libraries: Vec<String>,
+}
+
+impl DeviceInfo {
+    /// The NVRTC target for this device, e.g. `sm_90`.
+    pub fn arch(&self) -> String {
+        format!("sm_{}{}", self.compute_capability.0, self.compute_capability.1)
+    }
+}
+
+impl std::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "device {}: {} ({}), {:.1} GiB ({:.1} GiB free), driver CUDA {}.{}, NVRTC {}.{}",
+            self.ordinal,
+            self.name,
+            self.arch(),
+            self.total_mem as f64 / (1u64 << 30) as f64,
+            self.free_mem as f64 / (1u64 << 30) as f64,
+            self.driver_version / 1000,
+            (self.driver_version % 1000) / 10,
+            self.nvrtc_version.0,
+            self.nvrtc_version.1
+        )?;
+        for l in &self.libraries {
+            write!(f, "\n  loaded {l}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The message for a CUDA library cudarc cannot load: the names it tried.
+pub fn missing_library(lib: &str) -> String {
+    let names = cudarc::get_lib_name_candidates(lib);
+    let ld = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    format!(
+        "lib{lib} could not be loaded: cudarc looks for {} (this build expects CUDA 12 names; \
+         for CUDA 13, whose files are lib{lib}.so.13, put a symlink named lib{lib}.so to it in a \
+         folder on LD_LIBRARY_PATH, as scripts/gpu-check.sh does); LD_LIBRARY_PATH={}",
+        names.join(", "),
+        if ld.is_empty() { "(unset)" } else { &ld }
+    )
+}
+
+fn lib_present(lib: &str) -> Result<(), String> {
+    // SAFETY: these only try to dlopen the candidate names.
+    let ok = unsafe {
+        match lib {
+            "cuda" => drv_sys::is_culib_present(),
+            "cublas" => blas_sys::is_culib_present(),
+            _ => cudarc::nvrtc::sys::is_culib_present(),
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(missing_library(lib))
+    }
+}
+
+/// Runs `f`, turning a panic inside cudarc into an error.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(format!("{what}: cudarc panicked: {msg}"))
+        }
+    }
+}
+
+/// The CUDA libraries mapped into this process.
+fn loaded_libraries() -> Vec<String> {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
+    let mut libs: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| ["libcuda.so", "libnvrtc", "libcublas"].iter().any(|k| p.contains(k)))
+        .map(str::to_string)
+        .collect();
+    libs.sort();
+    libs.dedup();
+    libs
+}
+
+/// Is a usable GPU here, with the driver, NVRTC and cuBLAS? Never panics.
+pub fn probe() -> Result<DeviceInfo, String> {
+    guarded("probe", || {
+        lib_present("cuda")?;
+        drv_result::init().map_err(|e| format!("cuInit failed: {e} (no usable GPU or driver)"))?;
+        let count = drv_result::device::get_count().map_err(|e| format!("cuDeviceGetCount failed: {e}"))?;
+        if count < 1 {
+            return Err("the CUDA driver reports no device".into());
+        }
+        let mut driver_version = 0;
+        // SAFETY: libcuda is loaded and initialised; valid out pointer.
+        unsafe { drv_sys::cuDriverGetVersion(&mut driver_version) }
+            .result()
+            .map_err(|e| format!("cuDriverGetVersion failed: {e}"))?;
+        let ctx = CudaContext::new(0).map_err(|e| format!("cannot create a context on device 0: {e}"))?;
+        let name = ctx.name().map_err(|e| e.to_string())?;
+        let compute_capability = ctx.compute_capability().map_err(|e| e.to_string())?;
+        let (free_mem, total_mem) = ctx.mem_get_info().map_err(|e| e.to_string())?;
+        lib_present("nvrtc")?;
+        let nvrtc_version = nvrtc::version()?;
+        lib_present("cublas")?;
+        Ok(DeviceInfo {
+            ordinal: 0,
+            name,
+            compute_capability,
+            total_mem,
+            free_mem,
+            driver_version,
+            nvrtc_version,
+            libraries: loaded_libraries(),
+        })
+    })
+}
+
+/// A buffer on the GPU.
+#[derive(Debug)]
+pub struct CudaBuf {
+    slice: CudaSlice<f32>,
+    ptr: u64,
+}
+
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    funcs: HashMap<&'static str, CudaFunction>,
+    _module: Arc<CudaModule>,
+    pub info: DeviceInfo,
+    /// How the kernels were obtained (compiled or cached, CUBIN or PTX).
+    pub kernels_note: String,
+}
+
+impl Cuda {
+    /// Probes the device, compiles (or loads from the cache) the kernels for
+    /// its architecture and creates the cuBLAS handle.
+    pub fn new() -> Result<Cuda, String> {
+        let info = probe()?;
+        guarded("CUDA set-up", || {
+            let ctx = CudaContext::new(0).map_err(|e| format!("cannot create a context: {e}"))?;
+            // One stream, so stream order is all the synchronisation needed;
+            // without this cudarc records two events per buffer use.
+            // SAFETY: set before any buffer is allocated.
+            unsafe { ctx.disable_event_tracking() };
+            let stream = ctx.default_stream();
+            let arch = info.arch();
+            let started = std::time::Instant::now();
+            let compiled = nvrtc::compile_cached(KERNELS_CU, "snnc_kernels", &nvrtc::options(&arch))?;
+            let secs = started.elapsed().as_secs_f64();
+            // Prefer the CUBIN (no driver JIT, works when NVRTC is newer than
+            // the driver); fall back to the PTX.
+            let (module, form) = match &compiled.cubin {
+                Some(cubin) => match ctx.load_module(Ptx::from_binary(cubin.clone())) {
+                    Ok(m) => (m, "CUBIN"),
+                    Err(e1) => {
+                        let m = ctx.load_module(Ptx::from_src(compiled.ptx.clone())).map_err(|e2| {
+                            format!("loading the kernels failed: CUBIN {e1}, PTX {e2}")
+                        })?;
+                        (m, "PTX (CUBIN refused)")
+                    }
+                },
+                None => (
+                    ctx.load_module(Ptx::from_src(compiled.ptx.clone()))
+                        .map_err(|e| format!("loading the kernels' PTX failed: {e}"))?,
+                    "PTX",
+                ),
+            };
+            let mut funcs = HashMap::new();
+            for (k, _) in KERNELS {
+                let f = module
+                    .load_function(k)
+                    .map_err(|e| format!("kernel `{k}` not found in the module: {e}"))?;
+                funcs.insert(*k, f);
+            }
+            let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS: {e}"))?;
+            // SAFETY: valid handle; full FP32 (no TF32) is the default, set
+            // explicitly so that no environment changes it.
+            unsafe {
+                blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH)
+            }
+            .result()
+            .map_err(|e| format!("cublasSetMathMode: {e}"))?;
+            let kernels_note = format!(
+                "{} kernels for {arch}, {form}, {}",
+                KERNELS.len(),
+                if compiled.cached {
+                    format!("from the cache in {}", nvrtc::cache_dir().display())
+                } else {
+                    format!("compiled by NVRTC in {secs:.2} s")
+                }
+            );
+            let mut info = info.clone();
+            info.libraries = loaded_libraries();
+            Ok(Cuda {
+                ctx,
+                stream,
+                blas,
+                funcs,
+                _module: module,
+                info,
+                kernels_note,
+            })
+        })
+    }
+
+    /// Any error recorded by cudarc where it could not return one (drops).
+    pub fn check_err(&self) -> Result<(), String> {
+        self.ctx.check_err().map_err(|e| format!("CUDA error: {e}"))
+    }
+}
+
+impl Backend for Cuda {
+    type Buf = CudaBuf;
+
+    fn describe(&self) -> String {
+        self.info.to_string()
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<CudaBuf, String> {
+        // SAFETY: contents are undefined until written (the executor writes
+        // every element before reading it, or fills it when poisoning).
+        let slice = unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(|e| e.to_string())?;
+        let ptr = {
+            let (p, _sync) = slice.device_ptr(&self.stream);
+            p
+        };
+        Ok(CudaBuf { slice, ptr })
+    }
+
+    fn free(&mut self, buf: CudaBuf) {
+        drop(buf);
+    }
+
+    fn ptr(&self, buf: &CudaBuf) -> u64 {
+        buf.ptr
+    }
+
+    fn upload(&mut self, buf: &mut CudaBuf, data: &[f32]) -> Result<(), String> {
+        if data.len() > buf.slice.len() {
+            return Err(format!("upload of {} elements into {}", data.len(), buf.slice.len()));
+        }
+        self.stream
+            .memcpy_htod(data, &mut buf.slice)
+            .map_err(|e| format!("host-to-device copy: {e}"))
+    }
+
+    fn download(&mut self, buf: &CudaBuf, len: usize) -> Result<Vec<f32>, String> {
+        if len > buf.slice.len() {
+            return Err(format!("download of {len} elements from {}", buf.slice.len()));
+        }
+        let mut out = vec![0f32; len];
+        if len > 0 {
+            self.stream
+                .memcpy_dtoh(&buf.slice.slice(0..len), &mut out)
+                .map_err(|e| format!("device-to-host copy: {e}"))?;
+        }
+        self.sync()?;
+        Ok(out)
+    }
+
+    fn copy(&mut self, src: &CudaBuf, dst: &mut CudaBuf, len: usize) -> Result<(), String> {
+        if len > src.slice.len() || len > dst.slice.len() {
+            return Err("copy past a buffer's end".into());
+        }
+        self.stream
+            .memcpy_dtod(&src.slice.slice(0..len), &mut dst.slice.slice_mut(0..len))
+            .map_err(|e| format!("device-to-device copy: {e}"))
+    }
+
+    fn launch(&mut self, kernel: &'static str, grid: u32, block: u32, args: &[Arg]) -> Result<(), String> {
+        let f = self.funcs.get(kernel).ok_or_else(|| format!("unknown kernel `{kernel}`"))?;
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                Arg::P(v) | Arg::U(v) => b.arg(v),
+                Arg::I(v) => b.arg(v),
+                Arg::F(v) => b.arg(v),
+                Arg::D(v) => b.arg(v),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the executor checked the arguments against the kernel's
+        // signature; pointers are live device buffers.
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| format!("launching {kernel} (grid {grid}, block {block}): {e}"))
+    }
+
+    fn gemm(&mut self, c: &Cublas) -> Result<(), String> {
+        c.validate()?;
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let h = *self.blas.handle();
+        // SAFETY: validated arguments; addresses of live device buffers
+        // whose extents the executor computed; alpha/beta on the host
+        // (the handle's default pointer mode).
+        let r = unsafe {
+            if c.batch == 1 {
+                blas_result::sgemm(
+                    h,
+                    op(c.transa),
+                    op(c.transb),
+                    c.m,
+                    c.n,
+                    c.k,
+                    &c.alpha,
+                    c.a as *const f32,
+                    c.lda,
+                    c.b as *const f32,
+                    c.ldb,
+                    &c.beta,
+                    c.c as *mut f32,
+                    c.ldc,
+                )
+            } else {
+                blas_result::sgemm_strided_batched(
+                    h,
+                    op(c.transa),
+                    op(c.transb),
+                    c.m,
+                    c.n,
+                    c.k,
+                    &c.alpha,
+                    c.a as *const f32,
+                    c.lda,
+                    c.stride_a,
+                    c.b as *const f32,
+                    c.ldb,
+                    c.stride_b,
+                    &c.beta,
+                    c.c as *mut f32,
+                    c.ldc,
+                    c.stride_c,
+                    c.batch,
+                )
+            }
+        };
+        r.map_err(|e| format!("cuBLAS sgemm {c:?}: {e}"))
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        self.stream.synchronize().map_err(|e| format!("stream synchronize: {e}"))?;
+        self.check_err()
+    }
+
+    fn max_grid(&self) -> u32 {
+        65535
+    }
+
+    fn mem_info(&self) -> Option<(usize, usize)> {
+        self.ctx.mem_get_info().ok()
+    }
+}

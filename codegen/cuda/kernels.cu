@@ -1,0 +1,425 @@
+// snnc's CUDA kernels: one per primitive op of src/ir/op.rs (matmuls and
+// the GEMM part of convolutions go to cuBLAS instead).
+//
+// The same text is compiled twice:
+//  - by NVRTC for the GPU (codegen/cuda/nvrtc.rs), and
+//  - as plain C++ after emu_shim.h by the host compiler, for the emulator
+//    (codegen/cuda/emu.rs), which runs every grid sequentially on the CPU so
+//    that the kernels can be checked against the reference interpreter on a
+//    machine without a GPU.
+// Hence: no shared memory, no __syncthreads, no atomics, no headers. Every
+// kernel is a grid-stride loop over its outputs, so any grid size is correct.
+//
+// Each kernel computes an element with the same f32 expression, in the same
+// order, as src/interp (ops.rs, grad_ops.rs), so most results are
+// bit-identical; sums over many terms (channel statistics) accumulate in
+// double. Arguments: pointers, `int` sizes (the host checks they fit),
+// `float`/`double` constants, `unsigned long long` seeds.
+
+#define SNNC_LOOP(i, n)                                                        \
+    for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < (n);        \
+         i += (int)(blockDim.x * gridDim.x))
+
+typedef unsigned long long snnc_u64;
+
+__device__ __forceinline__ float snnc_neg_inf() { return __int_as_float(0xff800000); }
+
+// ---- fill / copy ----------------------------------------------------------
+
+extern "C" __global__ void snnc_fill(float* out, int n, float v) {
+    SNNC_LOOP(i, n) { out[i] = v; }
+}
+
+extern "C" __global__ void snnc_copy(const float* x, float* out, int n) {
+    SNNC_LOOP(i, n) { out[i] = x[i]; }
+}
+
+// ---- elementwise ----------------------------------------------------------
+
+extern "C" __global__ void snnc_add(const float* a, const float* b, float* out, int n) {
+    SNNC_LOOP(i, n) { out[i] = a[i] + b[i]; }
+}
+
+extern "C" __global__ void snnc_sub(const float* a, const float* b, float* out, int n) {
+    SNNC_LOOP(i, n) { out[i] = a[i] - b[i]; }
+}
+
+extern "C" __global__ void snnc_mul(const float* a, const float* b, float* out, int n) {
+    SNNC_LOOP(i, n) { out[i] = a[i] * b[i]; }
+}
+
+// Scale(c): c·x
+extern "C" __global__ void snnc_scale(const float* x, float* out, int n, float c) {
+    SNNC_LOOP(i, n) { out[i] = c * x[i]; }
+}
+
+// AddScalar(c): x + c
+extern "C" __global__ void snnc_add_scalar(const float* x, float* out, int n, float c) {
+    SNNC_LOOP(i, n) { out[i] = x[i] + c; }
+}
+
+// Spike: H(x − θ) with H(0) = 1.
+extern "C" __global__ void snnc_spike(const float* x, float* out, int n, float theta) {
+    SNNC_LOOP(i, n) { out[i] = x[i] >= theta ? 1.0f : 0.0f; }
+}
+
+// interp::surrogate_grad, in double like the interpreter.
+// kind: 0 sigmoid, 1 atan, 2 triangle.
+__device__ __forceinline__ double snnc_surrogate(int kind, double a, double x) {
+    if (kind == 0) {
+        double sig = 1.0 / (1.0 + exp(-a * x));
+        return a * sig * (1.0 - sig);
+    }
+    if (kind == 1) {
+        double u = 1.5707963267948966 * a * x;
+        return a / (2.0 * (1.0 + u * u));
+    }
+    double v = a - a * a * fabs(x);
+    return v > 0.0 ? v : 0.0;
+}
+
+extern "C" __global__ void snnc_surrogate_grad(const float* x, float* out, int n, double theta,
+                                               double alpha, int kind) {
+    SNNC_LOOP(i, n) { out[i] = (float)snnc_surrogate(kind, alpha, (double)x[i] - theta); }
+}
+
+// Rsqrt: 1/sqrt(x + eps), correctly rounded (not the rsqrtf approximation).
+extern "C" __global__ void snnc_rsqrt(const float* x, float* out, int n, float eps) {
+    SNNC_LOOP(i, n) { out[i] = 1.0f / sqrtf(x[i] + eps); }
+}
+
+// ---- per-channel (axis 1 of [B, C, ...]; r = product of the axes after 1) --
+
+extern "C" __global__ void snnc_bias_add(const float* x, const float* v, float* out, int n, int c,
+                                         int r) {
+    SNNC_LOOP(i, n) { out[i] = x[i] + v[(i / r) % c]; }
+}
+
+extern "C" __global__ void snnc_channel_scale(const float* x, const float* v, float* out, int n,
+                                              int c, int r) {
+    SNNC_LOOP(i, n) { out[i] = x[i] * v[(i / r) % c]; }
+}
+
+extern "C" __global__ void snnc_channel_broadcast(const float* v, float* out, int n, int c, int r) {
+    SNNC_LOOP(i, n) { out[i] = v[(i / r) % c]; }
+}
+
+extern "C" __global__ void snnc_normalize(const float* x, const float* mean, const float* var,
+                                          float* out, int n, int c, int r, float eps) {
+    SNNC_LOOP(i, n) {
+        int ch = (i / r) % c;
+        out[i] = (x[i] - mean[ch]) / sqrtf(var[ch] + eps);
+    }
+}
+
+// ---- n-ary sums: Sum and TimeMean -----------------------------------------
+// out = (out if accumulate, else 0) + p0 + … + p_{count−1}, then / div.
+// The host chains calls of up to 8 operands (accumulate = 1 after the first)
+// and passes div = number of operands on the last call of a TimeMean, 1
+// otherwise: the interpreter's order and rounding exactly.
+extern "C" __global__ void snnc_sum8(float* out, int n, int count, int accumulate, float div,
+                                     const float* p0, const float* p1, const float* p2,
+                                     const float* p3, const float* p4, const float* p5,
+                                     const float* p6, const float* p7) {
+    SNNC_LOOP(i, n) {
+        float acc = accumulate ? out[i] : 0.0f;
+        if (count > 0) acc += p0[i];
+        if (count > 1) acc += p1[i];
+        if (count > 2) acc += p2[i];
+        if (count > 3) acc += p3[i];
+        if (count > 4) acc += p4[i];
+        if (count > 5) acc += p5[i];
+        if (count > 6) acc += p6[i];
+        if (count > 7) acc += p7[i];
+        out[i] = acc / div;
+    }
+}
+
+// ---- counter-based random numbers (src/rng.rs, bit for bit) ----------------
+
+__device__ __forceinline__ snnc_u64 snnc_mix64(snnc_u64 z) {
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ double snnc_uniform(snnc_u64 seed, snnc_u64 stream, snnc_u64 i) {
+    snnc_u64 h = snnc_mix64(snnc_mix64(snnc_mix64(seed) ^ stream) ^ i);
+    return (double)(h >> 40) / 16777216.0;
+}
+
+// Poisson: 1 where uniform < clamp(x, 0, 1), compared in double; NaN never fires.
+extern "C" __global__ void snnc_poisson(const float* x, float* out, int n, snnc_u64 seed,
+                                        snnc_u64 stream) {
+    SNNC_LOOP(i, n) {
+        double p = (double)x[i];
+        p = p < 0.0 ? 0.0 : (p > 1.0 ? 1.0 : p);
+        out[i] = snnc_uniform(seed, stream, (snnc_u64)i) < p ? 1.0f : 0.0f;
+    }
+}
+
+// DropoutMask: keep (= (float)(1/(1−p))) where uniform ≥ p, else 0.
+extern "C" __global__ void snnc_dropout_mask(float* out, int n, double p, float keep,
+                                             snnc_u64 seed, snnc_u64 stream) {
+    SNNC_LOOP(i, n) { out[i] = snnc_uniform(seed, stream, (snnc_u64)i) >= p ? keep : 0.0f; }
+}
+
+// TimeSlice: x[B, steps, r] -> out[B, r] at step t. n = B·r.
+extern "C" __global__ void snnc_time_slice(const float* x, float* out, int n, int steps, int t,
+                                           int r) {
+    SNNC_LOOP(i, n) {
+        int b = i / r;
+        int j = i - b * r;
+        out[i] = x[(b * steps + t) * r + j];
+    }
+}
+
+// ---- pooling (planes of h×w in, ho×wo out; kernel k, stride s) -----------
+
+extern "C" __global__ void snnc_pool(const float* x, float* out, int n, int h, int w, int ho,
+                                     int wo, int k, int s, int is_max) {
+    SNNC_LOOP(i, n) {
+        int ox = i % wo;
+        int oy = (i / wo) % ho;
+        int plane = i / (wo * ho);
+        float acc = is_max ? snnc_neg_inf() : 0.0f;
+        for (int ky = 0; ky < k; ++ky) {
+            for (int kx = 0; kx < k; ++kx) {
+                float v = x[(plane * h + oy * s + ky) * w + ox * s + kx];
+                acc = is_max ? fmaxf(acc, v) : acc + v;
+            }
+        }
+        out[i] = is_max ? acc : acc / (float)(k * k);
+    }
+}
+
+// The first output row/column whose window contains input row/column `y`.
+__device__ __forceinline__ int snnc_first_window(int y, int k, int s) {
+    return y >= k ? (y - k) / s + 1 : 0;
+}
+
+// The last one (clipped to the output).
+__device__ __forceinline__ int snnc_last_window(int y, int s, int o) {
+    int l = y / s;
+    return l < o - 1 ? l : o - 1;
+}
+
+// Flat index of the first maximum of window (oy, ox) of `plane`.
+__device__ __forceinline__ int snnc_argmax(const float* x, int plane, int oy, int ox, int h,
+                                           int w, int k, int s) {
+    int best = (plane * h + oy * s) * w + ox * s;
+    for (int ky = 0; ky < k; ++ky) {
+        for (int kx = 0; kx < k; ++kx) {
+            int at = (plane * h + oy * s + ky) * w + ox * s + kx;
+            if (x[at] > x[best]) best = at;
+        }
+    }
+    return best;
+}
+
+// AvgPoolGrad, gathered per input element (windows in (oy, ox) order, as the
+// interpreter scatters them). n = number of input elements.
+extern "C" __global__ void snnc_avgpool_grad(const float* d, float* out, int n, int h, int w,
+                                             int ho, int wo, int k, int s) {
+    SNNC_LOOP(i, n) {
+        int ix = i % w;
+        int iy = (i / w) % h;
+        int plane = i / (w * h);
+        float area = (float)(k * k);
+        float acc = 0.0f;
+        int y1 = snnc_last_window(iy, s, ho), x1 = snnc_last_window(ix, s, wo);
+        for (int oy = snnc_first_window(iy, k, s); oy <= y1; ++oy) {
+            for (int ox = snnc_first_window(ix, k, s); ox <= x1; ++ox) {
+                acc += d[(plane * ho + oy) * wo + ox] / area;
+            }
+        }
+        out[i] = acc;
+    }
+}
+
+// MaxPoolGrad: each window's δ goes to its first maximum; gathered per input.
+extern "C" __global__ void snnc_maxpool_grad(const float* x, const float* d, float* out, int n,
+                                             int h, int w, int ho, int wo, int k, int s) {
+    SNNC_LOOP(i, n) {
+        int ix = i % w;
+        int iy = (i / w) % h;
+        int plane = i / (w * h);
+        float acc = 0.0f;
+        int y1 = snnc_last_window(iy, s, ho), x1 = snnc_last_window(ix, s, wo);
+        for (int oy = snnc_first_window(iy, k, s); oy <= y1; ++oy) {
+            for (int ox = snnc_first_window(ix, k, s); ox <= x1; ++ox) {
+                if (snnc_argmax(x, plane, oy, ox, h, w, k, s) == i) {
+                    acc += d[(plane * ho + oy) * wo + ox];
+                }
+            }
+        }
+        out[i] = acc;
+    }
+}
+
+// MaxPoolMask: 1 where the element is the first maximum of some window.
+extern "C" __global__ void snnc_maxpool_mask(const float* x, float* out, int n, int h, int w,
+                                             int ho, int wo, int k, int s) {
+    SNNC_LOOP(i, n) {
+        int ix = i % w;
+        int iy = (i / w) % h;
+        int plane = i / (w * h);
+        float m = 0.0f;
+        int y1 = snnc_last_window(iy, s, ho), x1 = snnc_last_window(ix, s, wo);
+        for (int oy = snnc_first_window(iy, k, s); oy <= y1; ++oy) {
+            for (int ox = snnc_first_window(ix, k, s); ox <= x1; ++ox) {
+                if (snnc_argmax(x, plane, oy, ox, h, w, k, s) == i) m = 1.0f;
+            }
+        }
+        out[i] = m;
+    }
+}
+
+// ---- per-channel reductions (ChannelMean, ChannelVar, ChannelSum) ----------
+// Two passes, no shared memory: pass 1 has `parts` threads per channel, thread
+// p summing (in double) the channel's elements e ≡ p (mod parts) of one
+// operand x[B, C, r] (adjacent threads read adjacent addresses); pass 2 adds
+// the partial sums of every operand in a fixed order and divides by `count`.
+// With `mean` non-null pass 1 sums (x − mean)² instead (ChannelVar, around
+// the graph's own mean node, each square rounded to f32 as in the
+// interpreter).
+extern "C" __global__ void snnc_chan_partial(const float* x, const float* mean, double* part,
+                                             int c, int b, int r, int parts) {
+    SNNC_LOOP(t, c * parts) {
+        int ch = t / parts;
+        int p = t - ch * parts;
+        int total = b * r;
+        float m = mean ? mean[ch] : 0.0f;
+        double acc = 0.0;
+        for (int e = p; e < total; e += parts) {
+            int bi = e / r;
+            int j = e - bi * r;
+            float v = x[(bi * c + ch) * r + j];
+            if (mean) {
+                float dv = v - m;
+                acc += (double)(dv * dv);
+            } else {
+                acc += (double)v;
+            }
+        }
+        part[t] = acc;
+    }
+}
+
+// part[(op·c + ch)·parts + p] for nops operands -> out[ch] = Σ / count.
+extern "C" __global__ void snnc_chan_finish(const double* part, float* out, int c, int parts,
+                                            int nops, double count) {
+    SNNC_LOOP(ch, c) {
+        double acc = 0.0;
+        for (int op = 0; op < nops; ++op) {
+            for (int p = 0; p < parts; ++p) acc += part[(op * c + ch) * parts + p];
+        }
+        out[ch] = (float)(acc / count);
+    }
+}
+
+// ---- softmax cross-entropy (z, y: [b, k]) ----------------------------------
+
+// The batch-mean loss, by one thread in the interpreter's order (b·k is small).
+extern "C" __global__ void snnc_softmax_xent(const float* z, const float* y, float* out, int b,
+                                             int k) {
+    SNNC_LOOP(t, 1) {
+        float loss = 0.0f;
+        for (int row = 0; row < b; ++row) {
+            const float* zr = z + row * k;
+            const float* yr = y + row * k;
+            float m = snnc_neg_inf();
+            for (int j = 0; j < k; ++j) m = fmaxf(m, zr[j]);
+            float s = 0.0f;
+            for (int j = 0; j < k; ++j) s += expf(zr[j] - m);
+            float lse = logf(s) + m;
+            for (int j = 0; j < k; ++j) loss = loss - yr[j] * (zr[j] - lse);
+        }
+        out[0] = loss / (float)b;
+    }
+}
+
+// (softmax(z) − y)/b, one thread per row.
+extern "C" __global__ void snnc_softmax_xent_grad(const float* z, const float* y, float* out,
+                                                  int b, int k) {
+    SNNC_LOOP(row, b) {
+        const float* zr = z + row * k;
+        const float* yr = y + row * k;
+        float* o = out + row * k;
+        float m = snnc_neg_inf();
+        for (int j = 0; j < k; ++j) m = fmaxf(m, zr[j]);
+        float s = 0.0f;
+        for (int j = 0; j < k; ++j) {
+            o[j] = expf(zr[j] - m);
+            s += o[j];
+        }
+        for (int j = 0; j < k; ++j) o[j] = (o[j] / s - yr[j]) / (float)b;
+    }
+}
+
+// ---- convolution layout kernels (the GEMMs are cuBLAS calls) ---------------
+// For a chunk of nb samples of x[nb, ci, h, w], the column matrix is
+// col[rows, nb·cols] with rows = ci·k·k (c, ky, kx) and cols = ho·wo: sample
+// b's columns are b·cols … b·cols + cols − 1.
+
+extern "C" __global__ void snnc_im2col(const float* x, float* col, int ci, int h, int w, int k,
+                                       int s, int pad, int ho, int wo, int nb, int n) {
+    int cols = ho * wo;
+    int ncol = nb * cols;
+    SNNC_LOOP(i, n) {
+        int row = i / ncol;
+        int q = i - row * ncol;
+        int bi = q / cols;
+        int p = q - bi * cols;
+        int oy = p / wo;
+        int ox = p - oy * wo;
+        int c = row / (k * k);
+        int kk = row - c * k * k;
+        int ky = kk / k;
+        int kx = kk - ky * k;
+        int iy = oy * s + ky - pad;
+        int ix = ox * s + kx - pad;
+        col[i] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[((bi * ci + c) * h + iy) * w + ix]
+                                                          : 0.0f;
+    }
+}
+
+// The adjoint: dx[nb, ci, h, w] = Σ of the column entries that read each
+// input element, gathered (no atomics). n = nb·ci·h·w.
+extern "C" __global__ void snnc_col2im(const float* col, float* dx, int ci, int h, int w, int k,
+                                       int s, int pad, int ho, int wo, int nb, int n) {
+    int cols = ho * wo;
+    int ncol = nb * cols;
+    SNNC_LOOP(i, n) {
+        int ix = i % w;
+        int iy = (i / w) % h;
+        int c = (i / (w * h)) % ci;
+        int bi = i / (w * h * ci);
+        float acc = 0.0f;
+        for (int ky = 0; ky < k; ++ky) {
+            int ty = iy + pad - ky;
+            if (ty < 0 || ty % s != 0) continue;
+            int oy = ty / s;
+            if (oy >= ho) continue;
+            for (int kx = 0; kx < k; ++kx) {
+                int tx = ix + pad - kx;
+                if (tx < 0 || tx % s != 0) continue;
+                int ox = tx / s;
+                if (ox >= wo) continue;
+                acc += col[((c * k + ky) * k + kx) * ncol + bi * cols + oy * wo + ox];
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
+// [nb, c, r] -> [c, nb, r] (n = nb·c·r), for the weight gradient's GEMM.
+extern "C" __global__ void snnc_bc_swap(const float* x, float* out, int nb, int c, int r, int n) {
+    SNNC_LOOP(i, n) {
+        int j = i % r;
+        int bi = (i / r) % nb;
+        int ch = i / (r * nb);
+        out[i] = x[(bi * c + ch) * r + j];
+    }
+}

@@ -1,0 +1,577 @@
+//! `snnc cuda-check`, the device-copy bandwidth test and
+//! `snnc bench --device cuda`.
+//!
+//! cuda-check runs each example model (small batch, a few T, both modes) on
+//! a [`Backend`] and on the CPU executor with the same inputs and
+//! parameters, and compares
+//! - every output (loss, logits, grad:*) end to end, and
+//! - every node in isolation: the node's device result against the CPU
+//!   executor run on the device's own operand values, so one wrong kernel
+//!   is named even when differences elsewhere have propagated.
+//!
+//! A spike is a threshold, so two correct implementations that round
+//! differently can disagree on a membrane potential that lands within
+//! rounding of θ, and everything downstream then differs. The check counts
+//! such flips: a case whose outputs differ only after spikes flipped, while
+//! every node matches in isolation, is reported as such and passes; any
+//! node that differs in isolation, or a non-finite value, fails.
+
+use super::backend::{check_args, Arg, Backend};
+use super::device::Cuda;
+use super::emu::Emu;
+use super::exec::Executor;
+use crate::cli::{random_input, random_labels};
+use crate::compile::{compile, Options};
+use crate::interp::RunOptions;
+use crate::ir::{DType, Graph, Node, NodeIndex, Op, Role};
+use crate::model::Encoding;
+use crate::passes::cost::graph_cost;
+use crate::passes::rate::Mode;
+use crate::tensor::Tensor;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Floor of the per-node comparison, as a fraction of the tensor's scale.
+pub const NODE_FLOOR: f32 = 1e-2;
+/// Floor of the end-to-end comparison of outputs. Coarser than per node:
+/// the CPU reference is itself only this accurate at finer floors (its
+/// weight gradients differ from the f64 interpreter by up to ~7e-4 at a
+/// 1e-3 floor on fmnist_csnn; the CUDA executor's by less, see
+/// tests/cuda_emulated.rs).
+pub const OUTPUT_FLOOR: f32 = 1e-1;
+
+/// Relative error of `got` against `want`: the largest
+/// `|g − w| / max(|g|, |w|, floor · max|w|)` (elements far below the
+/// tensor's scale are compared at that scale), or infinity when either
+/// holds a NaN or infinity, or the shapes differ.
+pub fn rel_err(got: &Tensor<f32>, want: &Tensor<f32>, floor: f32) -> f32 {
+    if got.shape != want.shape || got.data.len() != want.data.len() {
+        return f32::INFINITY;
+    }
+    if got.data.iter().chain(&want.data).any(|v| !v.is_finite()) {
+        return f32::INFINITY;
+    }
+    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    crate::tensor::max_rel_err(got, want, (floor * scale).max(f32::MIN_POSITIVE))
+}
+
+/// Where the example models are, from the working directory.
+pub fn model_path(name: &str) -> PathBuf {
+    if name.ends_with(".snn") || name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new("examples/models").join(format!("{name}.snn"))
+    }
+}
+
+/// Every `examples/models/*.snn`, sorted.
+pub fn example_models() -> Result<Vec<PathBuf>, String> {
+    let dir = Path::new("examples/models");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("error: cannot list {} (run from the repository root): {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "snn"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    pub models: Vec<PathBuf>,
+    pub steps: Vec<usize>,
+    pub modes: Vec<Mode>,
+    pub batch: usize,
+    pub seed: u64,
+    /// Also check every node in isolation (downloads every value).
+    pub per_node: bool,
+    pub tol: f32,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CaseResult {
+    pub model: String,
+    pub mode: Mode,
+    pub steps: usize,
+    pub nodes: usize,
+    /// Worst end-to-end relative error over the outputs, and which output.
+    pub output_err: f32,
+    pub worst_output: String,
+    /// Worst per-node relative error, and which node.
+    pub node_err: f32,
+    pub worst_node: String,
+    pub spike_flips: usize,
+    pub spikes: usize,
+    pub seconds: f64,
+    pub passed: bool,
+    pub verdict: String,
+}
+
+/// A graph of one node reading inputs `a0, a1, …` (for the CPU reference of
+/// a node in isolation).
+fn single_node_graph(g: &Graph, n: NodeIndex) -> Graph {
+    let mut s = Graph::new("node", g.steps, g.batch);
+    let ops: Vec<NodeIndex> = g
+        .operands(n)
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            s.add(
+                Node {
+                    op: Op::Input { name: format!("a{i}") },
+                    shape: g.node(*o).shape.clone(),
+                    dtype: DType::F32,
+                    layer: None,
+                    t: None,
+                    role: Role::Input,
+                },
+                &[],
+            )
+        })
+        .collect();
+    let mut node = g.node(n).clone();
+    node.role = Role::Output;
+    let out = s.add(node, &ops);
+    s.outputs.push(("y".into(), out));
+    s
+}
+
+fn cpu_node(g: &Graph, n: NodeIndex, ops: &[Tensor<f32>], opts: &RunOptions) -> Result<Tensor<f32>, String> {
+    let s = single_node_graph(g, n);
+    let ins: HashMap<String, Tensor<f32>> = ops.iter().enumerate().map(|(i, t)| (format!("a{i}"), t.clone())).collect();
+    let mut r = crate::codegen::cpu::run(&s, &ins, &HashMap::new(), opts).map_err(|e| e.to_string())?;
+    r.remove("y").ok_or_else(|| "no output".to_string())
+}
+
+/// The error of one node's device result `got`, given the device's operand
+/// values `ops`, against a CPU reference:
+/// - products and convolutions (sums of many products, which the CPU's and
+///   the device's GEMMs add in different orders): `|got − ref|` relative to
+///   the same op on `|operands|`, the sum of the magnitudes of the terms,
+///   which bounds rounding error whatever the order;
+/// - channel reductions: [`rel_err`] against the f64 interpreter (the CPU
+///   kernels' f32 serial sums are less accurate than the device's double
+///   accumulation);
+/// - everything else: [`rel_err`] against the CPU executor.
+pub fn node_error(g: &Graph, n: NodeIndex, ops: &[Tensor<f32>], got: &Tensor<f32>, opts: &RunOptions) -> Result<f32, String> {
+    let node = g.node(n);
+    match node.op {
+        Op::ChannelMean | Op::ChannelVar | Op::ChannelSum => {
+            let ops64: Vec<Tensor<f64>> = ops.iter().map(|t| t.cast::<f64>()).collect();
+            let refs: Vec<&Tensor<f64>> = ops64.iter().collect();
+            let want = crate::interp::eval_op(&node.op, &node.shape, &refs, opts)?.cast::<f32>();
+            Ok(rel_err(got, &want, NODE_FLOOR))
+        }
+        Op::MatMul { .. } | Op::Conv2d { .. } | Op::Conv2dGradInput { .. } | Op::Conv2dGradWeight { .. } => {
+            let want = cpu_node(g, n, ops, opts)?;
+            let abs: Vec<Tensor<f32>> = ops
+                .iter()
+                .map(|t| Tensor::from_vec(&t.shape, t.data.iter().map(|v| v.abs()).collect()))
+                .collect();
+            let mag = cpu_node(g, n, &abs, opts)?;
+            if got.shape != want.shape || got.data.iter().any(|v| !v.is_finite()) {
+                return Ok(f32::INFINITY);
+            }
+            Ok(got
+                .data
+                .iter()
+                .zip(&want.data)
+                .zip(&mag.data)
+                .map(|((&a, &b), &m)| {
+                    let d = (a - b).abs();
+                    if d == 0.0 {
+                        0.0
+                    } else {
+                        d / m.max(f32::MIN_POSITIVE)
+                    }
+                })
+                .fold(0f32, |e, v| if v > e || v.is_nan() { v } else { e }))
+        }
+        _ => Ok(rel_err(got, &cpu_node(g, n, ops, opts)?, NODE_FLOOR)),
+    }
+}
+
+/// Runs one case on `backend` and on the CPU executor.
+pub fn check_case<B: Backend>(
+    backend: &mut B,
+    path: &Path,
+    steps: usize,
+    mode: Mode,
+    opts: &CheckOptions,
+    poison: bool,
+) -> Result<CaseResult, String> {
+    let started = Instant::now();
+    let (model, a) = crate::cli::load(path)?;
+    let g = compile(&model, &Options::new(steps, opts.batch, mode))?.graph;
+    let params: HashMap<String, Tensor<f32>> = crate::init::cast_params(&crate::init::init_params(&a, opts.seed));
+    let x = random_input(&g, matches!(model.input.encoding, Encoding::Events), opts.seed).cast::<f32>();
+    let labels = random_labels(opts.batch, a.output[0], opts.seed).cast::<f32>();
+    let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+    let mut r = check_graph(backend, &g, &inputs, &params, opts, poison, |_| {})?;
+    r.model = model.name.clone();
+    r.mode = mode;
+    r.seconds = started.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+/// Runs `g` on `backend` and on the CPU executor with the same inputs and
+/// parameters and compares outputs and (with `opts.per_node`) every node.
+/// `setup` can adjust the executor (workspace size, resident parameters).
+pub fn check_graph<B: Backend>(
+    backend: &mut B,
+    g: &Graph,
+    inputs: &HashMap<String, Tensor<f32>>,
+    params: &HashMap<String, Tensor<f32>>,
+    opts: &CheckOptions,
+    poison: bool,
+    setup: impl FnOnce(&mut Executor<'_, B>),
+) -> Result<CaseResult, String> {
+    let started = Instant::now();
+    let ropts = RunOptions { seed: opts.seed };
+    let spikes: Vec<NodeIndex> = g
+        .g
+        .node_indices()
+        .filter(|&n| matches!(g.node(n).op, Op::Spike { .. }))
+        .collect();
+    let (want, cpu_spikes) = crate::codegen::cpu::run_keeping(g, inputs, params, &ropts, &spikes)
+        .map_err(|e| format!("error: CPU executor: {e}"))?;
+
+    let mut exec = Executor::new(backend, g)?;
+    exec.poison = poison;
+    setup(&mut exec);
+    let mut node_err = 0f32;
+    let mut worst_node = String::from("-");
+    let mut flips = 0usize;
+    let mut spike_count = 0usize;
+    let mut node_failure: Option<String> = None;
+    let per_node = opts.per_node;
+    let mut observe = |n: NodeIndex, ops: &[Tensor<f32>], out: &Tensor<f32>| {
+        let node = g.node(n);
+        if let Some(c) = cpu_spikes.get(&n) {
+            flips += c.data.iter().zip(&out.data).filter(|(a, b)| a != b).count();
+            spike_count += c.len();
+        }
+        if !per_node || matches!(node.op, Op::Input { .. } | Op::Param { .. }) {
+            return;
+        }
+        match node_error(g, n, ops, out, &ropts) {
+            Ok(e) => {
+                if !(e <= node_err) {
+                    node_err = e;
+                    worst_node = format!("{} {} #{}", node.op.name(), node.op.attrs(), n.index());
+                }
+            }
+            Err(e) => {
+                node_failure.get_or_insert(format!("CPU reference of node {}: {e}", n.index()));
+            }
+        }
+    };
+    let got = exec.run_observed(inputs, params, &ropts, Some(&mut observe as &mut super::exec::Observer<'_>))?;
+    drop(exec);
+    if let Some(f) = node_failure {
+        return Err(f);
+    }
+    let mut output_err = 0f32;
+    let mut worst_output = String::from("-");
+    for (name, _) in &g.outputs {
+        let e = rel_err(&got[name], &want[name], OUTPUT_FLOOR);
+        if !(e <= output_err) {
+            output_err = e;
+            worst_output = name.clone();
+        }
+    }
+    let nonfinite = got.values().any(|t| t.data.iter().any(|v| !v.is_finite()));
+    let (passed, verdict) = if nonfinite {
+        (false, "FAIL: non-finite device output".to_string())
+    } else if !(node_err <= opts.tol) {
+        (false, format!("FAIL: {worst_node} differs in isolation"))
+    } else if output_err <= opts.tol {
+        (true, "ok".to_string())
+    } else if flips > 0 && per_node {
+        (true, format!("ok: outputs diverge after {flips} threshold ties; every node matches"))
+    } else {
+        (false, format!("FAIL: {worst_output} differs"))
+    };
+    Ok(CaseResult {
+        model: g.name.clone(),
+        mode: Mode::Bptt,
+        steps: g.steps,
+        nodes: g.node_count(),
+        output_err,
+        worst_output,
+        node_err,
+        worst_node,
+        spike_flips: flips,
+        spikes: spike_count,
+        seconds: started.elapsed().as_secs_f64(),
+        passed,
+        verdict,
+    })
+}
+
+fn print_header() {
+    println!(
+        "{:<12} {:<5} {:>2} {:>6} {:>9} {:<16} {:>9} {:<30} {:>11} {:>7}  verdict",
+        "model", "mode", "T", "nodes", "out err", "worst output", "node err", "worst node", "spike flips", "secs"
+    );
+}
+
+fn print_row(r: &CaseResult) {
+    println!(
+        "{:<12} {:<5} {:>2} {:>6} {:>9.2e} {:<16} {:>9.2e} {:<30} {:>11} {:>7.2}  {}",
+        r.model,
+        r.mode.to_string(),
+        r.steps,
+        r.nodes,
+        r.output_err,
+        r.worst_output,
+        r.node_err,
+        r.worst_node,
+        format!("{}/{}", r.spike_flips, r.spikes),
+        r.seconds,
+        r.verdict
+    );
+}
+
+/// Runs every case on `backend`; prints a table; true when all passed.
+pub fn run_cases<B: Backend>(backend: &mut B, opts: &CheckOptions, poison: bool, json: bool) -> bool {
+    if !json {
+        print_header();
+    }
+    let mut all = true;
+    let mut count = (0, 0);
+    for path in &opts.models {
+        for &mode in &opts.modes {
+            for &t in &opts.steps {
+                match check_case(backend, path, t, mode, opts, poison) {
+                    Ok(r) => {
+                        all &= r.passed;
+                        if r.passed {
+                            count.0 += 1;
+                        } else {
+                            count.1 += 1;
+                        }
+                        if json {
+                            println!("{}", serde_json::to_string(&r).expect("serialisable"));
+                        } else {
+                            print_row(&r);
+                        }
+                    }
+                    Err(e) => {
+                        all = false;
+                        count.1 += 1;
+                        println!(
+                            "{:<12} {:<5} {:>2}  FAIL: {}",
+                            path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default(),
+                            mode.to_string(),
+                            t,
+                            e.lines().next().unwrap_or("")
+                        );
+                        for l in e.lines().skip(1).take(20) {
+                            println!("    {l}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !json {
+        println!(
+            "cuda-check: {} passed, {} failed (relative error < {:.0e}; elements below {NODE_FLOOR:.0e} (per node) / \
+             {OUTPUT_FLOOR:.0e} (outputs) of a tensor's largest are compared at that scale)",
+            count.0, count.1, opts.tol
+        );
+    }
+    all
+}
+
+/// `snnc cuda-check`: on the GPU (or the CPU emulator). Ok(false) when a
+/// case failed; a missing GPU is a skip (Ok(true)) unless `require`.
+pub fn cuda_check(opts: &CheckOptions, emulate: bool, require: bool, json: bool) -> Result<bool, String> {
+    if emulate {
+        let mut emu = Emu::new()?;
+        emu.set_max_grid(64);
+        println!("cuda-check on the {}", emu.describe());
+        return Ok(run_cases(&mut emu, opts, true, json));
+    }
+    let mut cuda = match Cuda::new() {
+        Ok(c) => c,
+        Err(e) if !require => {
+            println!("cuda-check: skipped: {e}");
+            return Ok(true);
+        }
+        Err(e) => return Err(format!("error: cuda-check: {e}")),
+    };
+    println!("cuda-check on {}", cuda.describe());
+    println!("  {}", cuda.kernels_note);
+    Ok(run_cases(&mut cuda, opts, true, json))
+}
+
+/// Device-to-device copy bandwidth: `bytes` copied `reps` times by the copy
+/// engine (cuMemcpyDtoD) and by the `snnc_copy` kernel. Prints GB/s counting
+/// bytes read plus bytes written.
+pub fn bandwidth<B: Backend>(b: &mut B, bytes: usize, reps: usize) -> Result<Vec<(String, f64)>, String> {
+    let len = bytes / 4;
+    let src = b.alloc(len)?;
+    let mut dst = b.alloc(len)?;
+    let (sp, dp) = (b.ptr(&src), b.ptr(&dst));
+    let n = i32::try_from(len).map_err(|_| "bandwidth buffer too large for the copy kernel".to_string())?;
+    let fill = [Arg::P(sp), Arg::I(n), Arg::F(1.5)];
+    check_args("snnc_fill", &fill)?;
+    let grid = len.div_ceil(256).min(b.max_grid() as usize) as u32;
+    b.launch("snnc_fill", grid, 256, &fill)?;
+    let copy = [Arg::P(sp), Arg::P(dp), Arg::I(n)];
+    check_args("snnc_copy", &copy)?;
+    let mut results = Vec::new();
+    for engine in ["memcpy (copy engine)", "snnc_copy kernel"] {
+        let once = |b: &mut B, src: &B::Buf, dst: &mut B::Buf| -> Result<(), String> {
+            if engine.starts_with("memcpy") {
+                b.copy(src, dst, len)
+            } else {
+                b.launch("snnc_copy", grid, 256, &copy)
+            }
+        };
+        for _ in 0..2 {
+            once(b, &src, &mut dst)?;
+        }
+        b.sync()?;
+        let started = Instant::now();
+        for _ in 0..reps {
+            once(b, &src, &mut dst)?;
+        }
+        b.sync()?;
+        let secs = started.elapsed().as_secs_f64();
+        let gbs = 2.0 * bytes as f64 * reps as f64 / secs / 1e9;
+        println!(
+            "device copy, {engine}: {:.2} GB x {reps} in {:.2} ms: {:.0} GB/s (read + write)",
+            bytes as f64 / 1e9,
+            secs * 1e3,
+            gbs
+        );
+        results.push((engine.to_string(), gbs));
+    }
+    let check = b.download(&dst, 1)?;
+    if check[0] != 1.5 {
+        return Err(format!("bandwidth copy produced {} instead of 1.5", check[0]));
+    }
+    b.free(src);
+    b.free(dst);
+    Ok(results)
+}
+
+/// `snnc cuda-check --bandwidth`.
+pub fn bandwidth_check(bytes: usize, reps: usize) -> Result<(), String> {
+    let mut cuda = Cuda::new().map_err(|e| format!("error: bandwidth: {e}"))?;
+    println!("{}", cuda.describe());
+    bandwidth(&mut cuda, bytes, reps)?;
+    Ok(())
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CudaBenchRow {
+    pub device: String,
+    pub mode: Mode,
+    pub steps: usize,
+    pub batch: usize,
+    /// Median wall time of one step (upload x and labels, forward +
+    /// backward, download loss, logits and gradients; stream synchronised).
+    pub step_seconds: f64,
+    pub images_per_sec: f64,
+    pub gflop_per_step: f64,
+    pub gflops: f64,
+    /// Bytes the backward keeps (the plan's).
+    pub kept_bytes: f64,
+    /// The executor's allocator: peak bytes handed out during a step.
+    pub peak_live_bytes: usize,
+    /// Bytes the executor's pool holds from the device.
+    pub reserved_bytes: usize,
+    /// Device memory in use (cuMemGetInfo) after the steps, minus before.
+    pub device_used_bytes: Option<usize>,
+}
+
+/// `snnc bench --device cuda`.
+pub fn bench_cuda(path: &Path, steps: &[usize], modes: &[Mode], batch: usize, repeats: usize, json: bool) -> Result<(), String> {
+    let (model, a) = crate::cli::load(path)?;
+    let mut cuda = Cuda::new().map_err(|e| format!("error: bench --device cuda: {e}"))?;
+    let params: HashMap<String, Tensor<f32>> = crate::init::cast_params(&crate::init::init_params(&a, 0));
+    if !json {
+        println!("{}: {}", model.name, cuda.describe());
+        println!("  {}", cuda.kernels_note);
+        println!(
+            "batch {batch}, median of {repeats} steps after one warm-up (a step: upload x, labels; forward + backward; download loss, logits, gradients)"
+        );
+        println!(
+            "{:<6} {:>4} {:>10} {:>10} {:>10} {:>9} {:>10} {:>12} {:>12} {:>12}",
+            "mode", "T", "step ms", "img/s", "GFLOP", "GFLOP/s", "kept MiB", "peak MiB", "pool MiB", "device MiB"
+        );
+    }
+    for &mode in modes {
+        for &t in steps {
+            let g = compile(&model, &Options::new(t, batch, mode))?.graph;
+            let cost = graph_cost(&g);
+            let x = random_input(&g, matches!(model.input.encoding, Encoding::Events), 1).cast::<f32>();
+            let labels = random_labels(batch, a.output[0], 1).cast::<f32>();
+            let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+            cuda.sync()?;
+            let before = cuda.mem_info();
+            let mut exec = Executor::new(&mut cuda, &g)?;
+            exec.set_resident_params(&params)?;
+            let mut times = Vec::new();
+            let empty = HashMap::new();
+            for i in 0..=repeats {
+                exec.backend().sync()?;
+                let started = Instant::now();
+                exec.run(&inputs, &empty, &RunOptions { seed: i as u64 })?;
+                exec.backend().sync()?;
+                if i > 0 {
+                    times.push(started.elapsed().as_secs_f64());
+                }
+            }
+            let after = exec.backend().mem_info();
+            let stats = exec.stats();
+            drop(exec);
+            times.sort_by(f64::total_cmp);
+            let med = times[times.len() / 2];
+            let flop = cost.forward_flops + cost.backward_flops;
+            let row = CudaBenchRow {
+                device: cuda.info.name.clone(),
+                mode,
+                steps: t,
+                batch,
+                step_seconds: med,
+                images_per_sec: batch as f64 / med,
+                gflop_per_step: flop / 1e9,
+                gflops: flop / 1e9 / med,
+                kept_bytes: cost.kept_bytes,
+                peak_live_bytes: stats.peak_live_bytes,
+                reserved_bytes: stats.peak_reserved_bytes,
+                device_used_bytes: match (before, after) {
+                    (Some((f0, _)), Some((f1, _))) => Some(f0.saturating_sub(f1)),
+                    _ => None,
+                },
+            };
+            if json {
+                println!("{}", serde_json::to_string(&row).expect("serialisable"));
+            } else {
+                println!(
+                    "{:<6} {:>4} {:>10.2} {:>10.1} {:>10.2} {:>9.0} {:>10.1} {:>12.1} {:>12.1} {:>12}",
+                    row.mode.to_string(),
+                    row.steps,
+                    row.step_seconds * 1e3,
+                    row.images_per_sec,
+                    row.gflop_per_step,
+                    row.gflops,
+                    row.kept_bytes / MIB,
+                    row.peak_live_bytes as f64 / MIB,
+                    row.reserved_bytes as f64 / MIB,
+                    row.device_used_bytes
+                        .map_or("-".to_string(), |b| format!("{:.1}", b as f64 / MIB))
+                );
+            }
+        }
+    }
+    Ok(())
+}
