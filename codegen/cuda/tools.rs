@@ -41,13 +41,19 @@ pub const NODE_FLOOR: f32 = 1e-2;
 /// weight gradients differ from the f64 interpreter by up to ~7e-4 at a
 /// 1e-3 floor on fmnist_csnn; the CUDA executor's by less, see
 /// tests/cuda_emulated.rs).
-pub const OUTPUT_FLOOR: f32 = 1e-1;
+pub const OUTPUT_FLOOR: f32 = 1.0;
+
+/// Absolute floors of the comparisons: a tensor that is all rounding noise
+/// (the batch variance of a constant channel: 0 on one side, 1e-14 on the
+/// other) is compared in absolute terms.
+pub const NODE_ABS_FLOOR: f32 = 1e-9;
+pub const OUTPUT_ABS_FLOOR: f32 = 1e-6;
 
 /// Relative error of `got` against `want`: the largest
-/// `|g − w| / max(|g|, |w|, floor · max|w|)` (elements far below the
-/// tensor's scale are compared at that scale), or infinity when either
+/// `|g − w| / max(|g|, |w|, floor · max|w|, abs_floor)` (elements far below
+/// the tensor's scale are compared at that scale), or infinity when either
 /// holds a NaN or infinity, or the shapes differ.
-pub fn rel_err(got: &Tensor<f32>, want: &Tensor<f32>, floor: f32) -> f32 {
+pub fn rel_err_abs(got: &Tensor<f32>, want: &Tensor<f32>, floor: f32, abs_floor: f32) -> f32 {
     if got.shape != want.shape || got.data.len() != want.data.len() {
         return f32::INFINITY;
     }
@@ -55,7 +61,12 @@ pub fn rel_err(got: &Tensor<f32>, want: &Tensor<f32>, floor: f32) -> f32 {
         return f32::INFINITY;
     }
     let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-    crate::tensor::max_rel_err(got, want, (floor * scale).max(f32::MIN_POSITIVE))
+    crate::tensor::max_rel_err(got, want, (floor * scale).max(abs_floor).max(f32::MIN_POSITIVE))
+}
+
+/// [`rel_err_abs`] with the per-node absolute floor.
+pub fn rel_err(got: &Tensor<f32>, want: &Tensor<f32>, floor: f32) -> f32 {
+    rel_err_abs(got, want, floor, NODE_ABS_FLOOR)
 }
 
 /// Where the example models are, from the working directory.
@@ -247,11 +258,19 @@ pub fn check_graph<B: Backend>(
     let mut flips = 0usize;
     let mut spike_count = 0usize;
     let mut node_failure: Option<String> = None;
+    let mut first_flip: Option<(NodeIndex, usize, f32)> = None;
     let per_node = opts.per_node;
     let mut observe = |n: NodeIndex, ops: &[Tensor<f32>], out: &Tensor<f32>| {
         let node = g.node(n);
-        if let Some(c) = cpu_spikes.get(&n) {
-            flips += c.data.iter().zip(&out.data).filter(|(a, b)| a != b).count();
+        if let (Some(c), Op::Spike { theta, .. }) = (cpu_spikes.get(&n), &node.op) {
+            let differ: Vec<usize> = (0..c.len()).filter(|&i| c.data[i] != out.data[i]).collect();
+            if first_flip.is_none() && !differ.is_empty() {
+                // How far from the threshold were the first spikes to differ
+                // (the device's own membrane potential)?
+                let dist = differ.iter().map(|&i| (ops[0].data[i] - *theta as f32).abs()).fold(0f32, f32::max);
+                first_flip = Some((n, differ.len(), dist));
+            }
+            flips += differ.len();
             spike_count += c.len();
         }
         if !per_node || matches!(node.op, Op::Input { .. } | Op::Param { .. }) {
@@ -277,7 +296,7 @@ pub fn check_graph<B: Backend>(
     let mut output_err = 0f32;
     let mut worst_output = String::from("-");
     for (name, _) in &g.outputs {
-        let e = rel_err(&got[name], &want[name], OUTPUT_FLOOR);
+        let e = rel_err_abs(&got[name], &want[name], OUTPUT_FLOOR, OUTPUT_ABS_FLOOR);
         if !(e <= output_err) {
             output_err = e;
             worst_output = name.clone();
@@ -290,8 +309,33 @@ pub fn check_graph<B: Backend>(
         (false, format!("FAIL: {worst_node} differs in isolation"))
     } else if output_err <= opts.tol {
         (true, "ok".to_string())
-    } else if flips > 0 && per_node {
-        (true, format!("ok: outputs diverge after {flips} threshold ties; every node matches"))
+    } else if let (Some((n, k, dist)), true) = (first_flip, per_node) {
+        // The first spikes to differ had potentials within rounding of the
+        // threshold (device and CPU round differently), and every node
+        // matches in isolation: what follows is the knock-on effect (a batch
+        // norm spreads one flipped spike to its whole channel).
+        let tie = dist <= TIE * (1.0 + spike_theta(g, n).abs());
+        (
+            tie,
+            format!(
+                "{}: {flips} spikes differ, the first {k} at node {} within {dist:.1e} of the threshold{}",
+                if tie { "ok" } else { "FAIL" },
+                n.index(),
+                if tie { " (ties); every node matches" } else { ", not a tie" }
+            ),
+        )
+    } else if per_node && graph_cost(g).forward_flops + graph_cost(g).backward_flops <= ARBITRATE_FLOP {
+        // Every node matches, yet the outputs differ: rounding amplified
+        // somewhere (a batch-norm channel of zero variance divides rounding
+        // noise by sqrt(eps)). Ask the f64 interpreter which side is off.
+        match arbitrate(g, inputs, params, &ropts, &got, &want, opts.tol) {
+            Ok(None) => (
+                true,
+                format!("ok: {worst_output} differs from the CPU executor, but the f64 interpreter sides with the device"),
+            ),
+            Ok(Some(msg)) => (false, format!("FAIL: {msg}")),
+            Err(e) => (false, format!("FAIL: {worst_output} differs (f64 interpreter: {e})")),
+        }
     } else {
         (false, format!("FAIL: {worst_output} differs"))
     };
@@ -310,6 +354,54 @@ pub fn check_graph<B: Backend>(
         passed,
         verdict,
     })
+}
+
+/// A spike that differs between device and CPU is a tie when the device's
+/// membrane potential is within this (relative) distance of the threshold.
+pub const TIE: f32 = 1e-5;
+
+fn spike_theta(g: &Graph, n: NodeIndex) -> f32 {
+    match g.node(n).op {
+        Op::Spike { theta, .. } => theta as f32,
+        _ => 0.0,
+    }
+}
+
+/// Graphs up to this many FLOPs per step get a second opinion from the f64
+/// interpreter when the device and the CPU executor disagree.
+pub const ARBITRATE_FLOP: f64 = 4e9;
+
+/// Compares device and CPU outputs with the f64 interpreter: `None` when the
+/// device is, on every output, at most four times as far from it as the CPU
+/// executor (or within `tol`); else what differs.
+pub fn arbitrate(
+    g: &Graph,
+    inputs: &HashMap<String, Tensor<f32>>,
+    params: &HashMap<String, Tensor<f32>>,
+    opts: &RunOptions,
+    device: &HashMap<String, Tensor<f32>>,
+    cpu: &HashMap<String, Tensor<f32>>,
+    tol: f32,
+) -> Result<Option<String>, String> {
+    let cast = |m: &HashMap<String, Tensor<f32>>| -> HashMap<String, Tensor<f64>> {
+        m.iter().map(|(k, v)| (k.clone(), v.cast::<f64>())).collect()
+    };
+    let truth = crate::interp::run(g, &cast(inputs), &cast(params), opts).map_err(|e| e.to_string())?;
+    for (name, n) in &g.outputs {
+        let t = truth.get(*n).ok_or("no value")?.cast::<f32>();
+        // Values below 1e-2 are compared in absolute terms: an output that
+        // is 0 in exact arithmetic (the gradient of a bias or scale that a
+        // batch norm cancels) is rounding noise on both sides. Every node
+        // matched in isolation already; this looks for gross errors.
+        let ed = rel_err_abs(&device[name], &t, OUTPUT_FLOOR, 1e-2);
+        let ec = rel_err_abs(&cpu[name], &t, OUTPUT_FLOOR, 1e-2);
+        if !(ed <= (4.0 * ec).max(tol)) {
+            return Ok(Some(format!(
+                "{name}: device {ed:.1e} and CPU executor {ec:.1e} from the f64 interpreter"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 fn print_header() {
