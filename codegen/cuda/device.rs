@@ -71,10 +71,16 @@ impl std::fmt::Display for DeviceInfo {
 pub fn missing_library(lib: &str) -> String {
     let names = cudarc::get_lib_name_candidates(lib);
     let ld = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    let hint = if lib == "cuda" {
+        "libcuda.so.1 comes with the NVIDIA driver: no driver (or no GPU) here".to_string()
+    } else {
+        format!(
+            "this build looks for CUDA 12 names; CUDA 13 ships lib{lib}.so.13: put a symlink \
+             named lib{lib}.so to it in a folder on LD_LIBRARY_PATH, as scripts/gpu-check.sh does"
+        )
+    };
     format!(
-        "lib{lib} could not be loaded: cudarc looks for {} (this build expects CUDA 12 names; \
-         for CUDA 13, whose files are lib{lib}.so.13, put a symlink named lib{lib}.so to it in a \
-         folder on LD_LIBRARY_PATH, as scripts/gpu-check.sh does); LD_LIBRARY_PATH={}",
+        "lib{lib} could not be loaded ({hint}). cudarc tried: {}. LD_LIBRARY_PATH={}",
         names.join(", "),
         if ld.is_empty() { "(unset)" } else { &ld }
     )
