@@ -136,7 +136,12 @@ enum Cmd {
         /// Model names in examples/models or .snn paths (default: all examples).
         #[arg(long, value_delimiter = ',')]
         models: Vec<String>,
-        #[arg(short = 'T', long = "steps", value_delimiter = ',', default_value = "1,3")]
+        #[arg(
+            short = 'T',
+            long = "steps",
+            value_delimiter = ',',
+            default_value = "1,3"
+        )]
         steps: Vec<usize>,
         #[arg(long, value_enum, value_delimiter = ',', default_value = "bptt,rate")]
         mode: Vec<ModeArg>,
@@ -319,7 +324,9 @@ fn main() -> ExitCode {
             let modes: Vec<Mode> = mode.into_iter().map(Mode::from).collect();
             match device {
                 Device::Cpu => cli::bench(&file, &steps, &modes, batch, repeats.max(1), json),
-                Device::Cuda => cuda::tools::bench_cuda(&file, &steps, &modes, batch, repeats.max(1), json),
+                Device::Cuda => {
+                    cuda::tools::bench_cuda(&file, &steps, &modes, batch, repeats.max(1), json)
+                }
             }
         }
         Cmd::CudaCheck {
@@ -335,7 +342,17 @@ fn main() -> ExitCode {
             json,
         } => match bandwidth {
             Some(mib) => cuda::tools::bandwidth_check(mib << 20, 20),
-            None => cuda_check(models, steps, mode, batch, seed, emulate, require_gpu, !outputs_only, json),
+            None => cuda_check(
+                models,
+                steps,
+                mode,
+                batch,
+                seed,
+                emulate,
+                require_gpu,
+                !outputs_only,
+                json,
+            ),
         },
         Cmd::Report {
             file,

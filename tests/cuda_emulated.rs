@@ -63,7 +63,9 @@ fn op_graph(op: Op, shapes: &[Vec<usize>]) -> Graph {
         .map(|(i, s)| {
             g.add(
                 Node {
-                    op: Op::Input { name: format!("a{i}") },
+                    op: Op::Input {
+                        name: format!("a{i}"),
+                    },
                     shape: s.clone(),
                     dtype: DType::F32,
                     layer: None,
@@ -89,17 +91,31 @@ fn random(shape: &[usize], seed: u64, lo: f64, hi: f64) -> Tensor<f32> {
 fn binary(shape: &[usize], seed: u64) -> Tensor<f32> {
     let mut r = Rng::new(seed);
     let n: usize = shape.iter().product();
-    Tensor::from_vec(shape, (0..n).map(|_| f32::from(u8::from(r.uniform() < 0.4))).collect())
+    Tensor::from_vec(
+        shape,
+        (0..n)
+            .map(|_| f32::from(u8::from(r.uniform() < 0.4)))
+            .collect(),
+    )
 }
 
 /// Runs a one-op graph on the emulator (poisoned buffers, a convolution
 /// workspace of `workspace` elements) and the interpreter; returns the
 /// relative error, and whether the results are bit-identical.
-fn run_op(emu: &mut Emu, op: Op, args: Vec<Tensor<f32>>, workspace: usize, seed: u64) -> (f32, bool) {
+fn run_op(
+    emu: &mut Emu,
+    op: Op,
+    args: Vec<Tensor<f32>>,
+    workspace: usize,
+    seed: u64,
+) -> (f32, bool) {
     let shapes: Vec<Vec<usize>> = args.iter().map(|t| t.shape.clone()).collect();
     let g = op_graph(op.clone(), &shapes);
-    let inputs: HashMap<String, Tensor<f32>> =
-        args.into_iter().enumerate().map(|(i, t)| (format!("a{i}"), t)).collect();
+    let inputs: HashMap<String, Tensor<f32>> = args
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (format!("a{i}"), t))
+        .collect();
     let opts = RunOptions { seed };
     let want = interp::run(&g, &inputs, &HashMap::new(), &opts).unwrap();
     let want = want.output(&g, "y").unwrap().clone();
@@ -111,7 +127,11 @@ fn run_op(emu: &mut Emu, op: Op, args: Vec<Tensor<f32>>, workspace: usize, seed:
         .unwrap_or_else(|e| panic!("{}: {e}", op.name()))
         .remove("y")
         .unwrap();
-    let exact = got.data.iter().zip(&want.data).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+    let exact = got
+        .data
+        .iter()
+        .zip(&want.data)
+        .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
     (rel_err(&got, &want, 1e-2), exact)
 }
 
@@ -120,11 +140,19 @@ fn expect(emu: &mut Emu, op: Op, args: Vec<Tensor<f32>>, exact: bool) {
 }
 
 fn expect_ws(emu: &mut Emu, op: Op, args: Vec<Tensor<f32>>, exact: bool, workspace: usize) {
-    let desc = format!("{} {} on {:?}", op.name(), op.attrs(), args.iter().map(|t| t.shape.clone()).collect::<Vec<_>>());
+    let desc = format!(
+        "{} {} on {:?}",
+        op.name(),
+        op.attrs(),
+        args.iter().map(|t| t.shape.clone()).collect::<Vec<_>>()
+    );
     let (err, bits) = run_op(emu, op, args, workspace, 7);
     assert!(err < 1e-4, "{desc}: relative error {err:e}");
     if exact {
-        assert!(bits, "{desc}: not bit-identical to the interpreter (error {err:e})");
+        assert!(
+            bits,
+            "{desc}: not bit-identical to the interpreter (error {err:e})"
+        );
     }
 }
 
@@ -139,20 +167,44 @@ fn elementwise_kernels_match_the_interpreter() {
     expect(&mut emu, Op::Scale(0.37), vec![a.clone()], true);
     expect(&mut emu, Op::AddScalar(-0.2), vec![a.clone()], true);
     expect(&mut emu, Op::Detach, vec![a.clone()], true);
-    expect(&mut emu, Op::Reshape { shape: vec![15, 7] }, vec![a.clone()], true);
+    expect(
+        &mut emu,
+        Op::Reshape { shape: vec![15, 7] },
+        vec![a.clone()],
+        true,
+    );
     // Values exactly at the threshold fire.
     let mut at = a.clone();
     for v in at.data.iter_mut().step_by(3) {
         *v = 0.3;
     }
-    for kind in [SurrogateKind::Sigmoid, SurrogateKind::Atan, SurrogateKind::Triangle] {
+    for kind in [
+        SurrogateKind::Sigmoid,
+        SurrogateKind::Atan,
+        SurrogateKind::Triangle,
+    ] {
         for (theta, alpha) in [(1.0, 4.0), (0.3, 2.0)] {
             let surrogate = Surrogate { kind, alpha };
-            expect(&mut emu, Op::Spike { theta, surrogate }, vec![at.clone()], true);
-            expect(&mut emu, Op::SurrogateGrad { theta, surrogate }, vec![at.clone()], false);
+            expect(
+                &mut emu,
+                Op::Spike { theta, surrogate },
+                vec![at.clone()],
+                true,
+            );
+            expect(
+                &mut emu,
+                Op::SurrogateGrad { theta, surrogate },
+                vec![at.clone()],
+                false,
+            );
         }
     }
-    expect(&mut emu, Op::Rsqrt { eps: 1e-5 }, vec![random(&s, 3, 0.0, 3.0)], true);
+    expect(
+        &mut emu,
+        Op::Rsqrt { eps: 1e-5 },
+        vec![random(&s, 3, 0.0, 3.0)],
+        true,
+    );
 }
 
 #[test]
@@ -163,14 +215,29 @@ fn channel_kernels_match_the_interpreter() {
         let (t, v) = (random(&x, 4, -1.0, 1.0), random(&[c], 5, -1.0, 1.0));
         expect(&mut emu, Op::BiasAdd, vec![t.clone(), v.clone()], true);
         expect(&mut emu, Op::ChannelScale, vec![t.clone(), v.clone()], true);
-        expect(&mut emu, Op::ChannelBroadcast { shape: x.clone() }, vec![v.clone()], true);
+        expect(
+            &mut emu,
+            Op::ChannelBroadcast { shape: x.clone() },
+            vec![v.clone()],
+            true,
+        );
         let var = random(&[c], 6, 0.1, 2.0);
-        expect(&mut emu, Op::Normalize { eps: 1e-5 }, vec![t.clone(), v.clone(), var], true);
+        expect(
+            &mut emu,
+            Op::Normalize { eps: 1e-5 },
+            vec![t.clone(), v.clone(), var],
+            true,
+        );
         expect(&mut emu, Op::ChannelSum, vec![t.clone()], false);
     }
     // Reductions: one and several operands; few and many elements per
     // channel (one to 256 partial sums per channel); an offset mean.
-    for x in [vec![1, 3, 1, 1], vec![2, 3, 4, 4], vec![4, 3, 40, 40], vec![16, 2, 64, 64]] {
+    for x in [
+        vec![1, 3, 1, 1],
+        vec![2, 3, 4, 4],
+        vec![4, 3, 40, 40],
+        vec![16, 2, 64, 64],
+    ] {
         for ops in [1, 3] {
             let xs: Vec<Tensor<f32>> = (0..ops).map(|k| random(&x, 10 + k, 0.5, 2.0)).collect();
             expect(&mut emu, Op::ChannelMean, xs.clone(), false);
@@ -179,7 +246,12 @@ fn channel_kernels_match_the_interpreter() {
             args.extend(xs);
             expect(&mut emu, Op::ChannelVar, args, false);
         }
-        expect(&mut emu, Op::ChannelSum, vec![random(&x, 30, -1.0, 1.0)], false);
+        expect(
+            &mut emu,
+            Op::ChannelSum,
+            vec![random(&x, 30, -1.0, 1.0)],
+            false,
+        );
     }
 }
 
@@ -213,9 +285,17 @@ fn time_and_random_kernels_match_the_interpreter() {
     g.outputs.push(("y".into(), n));
     let opts = RunOptions { seed: 9 };
     let want = interp::run::<f32>(&g, &HashMap::new(), &HashMap::new(), &opts).unwrap();
-    let got = Executor::new(&mut emu, &g).unwrap().run(&HashMap::new(), &HashMap::new(), &opts).unwrap();
+    let got = Executor::new(&mut emu, &g)
+        .unwrap()
+        .run(&HashMap::new(), &HashMap::new(), &opts)
+        .unwrap();
     assert_eq!(&got["y"], want.output(&g, "y").unwrap(), "dropout mask");
-    expect(&mut emu, Op::TimeSlice { t: 2 }, vec![random(&[2, 4, 3, 5], 60, 0.0, 1.0)], true);
+    expect(
+        &mut emu,
+        Op::TimeSlice { t: 2 },
+        vec![random(&[2, 4, 3, 5], 60, 0.0, 1.0)],
+        true,
+    );
 }
 
 #[test]
@@ -232,10 +312,42 @@ fn pooling_kernels_match_the_interpreter() {
         let (ho, wo) = ((x[2] - k) / st + 1, (x[3] - k) / st + 1);
         let d = random(&[x[0], x[1], ho, wo], 70, -1.0, 1.0);
         for input in [random(&x, 71, -1.0, 1.0), binary(&x, 72)] {
-            expect(&mut emu, Op::AvgPool { kernel: k, stride: st }, vec![input.clone()], true);
-            expect(&mut emu, Op::MaxPool { kernel: k, stride: st }, vec![input.clone()], true);
-            expect(&mut emu, Op::MaxPoolGrad { kernel: k, stride: st }, vec![input.clone(), d.clone()], true);
-            expect(&mut emu, Op::MaxPoolMask { kernel: k, stride: st }, vec![input], true);
+            expect(
+                &mut emu,
+                Op::AvgPool {
+                    kernel: k,
+                    stride: st,
+                },
+                vec![input.clone()],
+                true,
+            );
+            expect(
+                &mut emu,
+                Op::MaxPool {
+                    kernel: k,
+                    stride: st,
+                },
+                vec![input.clone()],
+                true,
+            );
+            expect(
+                &mut emu,
+                Op::MaxPoolGrad {
+                    kernel: k,
+                    stride: st,
+                },
+                vec![input.clone(), d.clone()],
+                true,
+            );
+            expect(
+                &mut emu,
+                Op::MaxPoolMask {
+                    kernel: k,
+                    stride: st,
+                },
+                vec![input],
+                true,
+            );
         }
         let op = Op::AvgPoolGrad {
             kernel: k,
@@ -255,11 +367,26 @@ fn loss_kernels_match_the_interpreter() {
     for b in 0..4 {
         y.data[b * 10 + (3 * b + 1) % 10] = 1.0;
     }
-    expect(&mut emu, Op::SoftmaxCrossEntropy, vec![z.clone(), y.clone()], false);
-    expect(&mut emu, Op::SoftmaxCrossEntropyGrad, vec![z.clone(), y], false);
+    expect(
+        &mut emu,
+        Op::SoftmaxCrossEntropy,
+        vec![z.clone(), y.clone()],
+        false,
+    );
+    expect(
+        &mut emu,
+        Op::SoftmaxCrossEntropyGrad,
+        vec![z.clone(), y],
+        false,
+    );
     // A soft target distribution.
     let soft = Tensor::full(&[4, 10], 0.1f32);
-    expect(&mut emu, Op::SoftmaxCrossEntropy, vec![z.clone(), soft.clone()], false);
+    expect(
+        &mut emu,
+        Op::SoftmaxCrossEntropy,
+        vec![z.clone(), soft.clone()],
+        false,
+    );
     expect(&mut emu, Op::SoftmaxCrossEntropyGrad, vec![z, soft], false);
 }
 
@@ -273,8 +400,30 @@ fn matmul_in_every_transposition() {
         expect(&mut emu, Op::MatMul { ta, tb }, vec![a, b], false);
     }
     // Degenerate sizes: a single row, a single inner element.
-    expect(&mut emu, Op::MatMul { ta: false, tb: true }, vec![random(&[1, 4], 92, -1.0, 1.0), random(&[6, 4], 93, -1.0, 1.0)], false);
-    expect(&mut emu, Op::MatMul { ta: true, tb: false }, vec![random(&[1, 4], 94, -1.0, 1.0), random(&[1, 6], 95, -1.0, 1.0)], false);
+    expect(
+        &mut emu,
+        Op::MatMul {
+            ta: false,
+            tb: true,
+        },
+        vec![
+            random(&[1, 4], 92, -1.0, 1.0),
+            random(&[6, 4], 93, -1.0, 1.0),
+        ],
+        false,
+    );
+    expect(
+        &mut emu,
+        Op::MatMul {
+            ta: true,
+            tb: false,
+        },
+        vec![
+            random(&[1, 4], 94, -1.0, 1.0),
+            random(&[1, 6], 95, -1.0, 1.0),
+        ],
+        false,
+    );
 }
 
 #[test]
@@ -296,7 +445,16 @@ fn convolutions_and_their_gradients_in_chunks() {
         // Workspaces of one sample, two samples (a ragged last chunk) and
         // the whole batch.
         for ws in [1, 2 * per_sample, 1 << 20] {
-            expect_ws(&mut emu, Op::Conv2d { stride: st, padding: pad }, vec![xt.clone(), w.clone()], false, ws);
+            expect_ws(
+                &mut emu,
+                Op::Conv2d {
+                    stride: st,
+                    padding: pad,
+                },
+                vec![xt.clone(), w.clone()],
+                false,
+                ws,
+            );
             let gi = Op::Conv2dGradInput {
                 stride: st,
                 padding: pad,
@@ -326,15 +484,27 @@ fn case_opts(seed: u64) -> CheckOptions {
     }
 }
 
-fn check_model(emu: &mut Emu, model: &snnc::model::Model, steps: usize, batch: usize, mode: Mode, seed: u64, workspace: usize) -> Result<(), String> {
+fn check_model(
+    emu: &mut Emu,
+    model: &snnc::model::Model,
+    steps: usize,
+    batch: usize,
+    mode: Mode,
+    seed: u64,
+    workspace: usize,
+) -> Result<(), String> {
     let g = compile(model, &Options::new(steps, batch, mode))?.graph;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
-    let params: HashMap<String, Tensor<f32>> = snnc::init::cast_params(&snnc::init::init_params(&a, seed));
-    let mut x = snnc::cli::random_input(&g, model.input.encoding == Encoding::Events, seed).cast::<f32>();
+    let params: HashMap<String, Tensor<f32>> =
+        snnc::init::cast_params(&snnc::init::init_params(&a, seed));
+    let mut x =
+        snnc::cli::random_input(&g, model.input.encoding == Encoding::Events, seed).cast::<f32>();
     x.data.iter_mut().for_each(|v| *v *= 2.0);
     let labels = snnc::cli::random_labels(batch, a.output[0], seed).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-    let r = check_graph(emu, &g, &inputs, &params, &case_opts(seed), true, |ex| ex.conv_workspace = workspace)?;
+    let r = check_graph(emu, &g, &inputs, &params, &case_opts(seed), true, |ex| {
+        ex.conv_workspace = workspace
+    })?;
     if r.passed {
         Ok(())
     } else {
@@ -387,7 +557,8 @@ fn example_models_match_the_cpu_executor() {
     let Some(mut emu) = emu() else { return };
     emu.set_max_grid(64);
     for name in ["digits_mlp", "fmnist_csnn"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{name}.snn"));
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{name}.snn"));
         for mode in [Mode::Bptt, Mode::Rate] {
             for steps in [1, 2] {
                 let opts = CheckOptions {
@@ -410,19 +581,31 @@ fn as_accurate_as_the_cpu_executor() {
     let Some(mut emu) = emu() else { return };
     emu.set_max_grid(64);
     for (name, steps) in [("digits_mlp", 3), ("fmnist_csnn", 2)] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{name}.snn"));
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{name}.snn"));
         let (model, a) = snnc::cli::load(&path).unwrap();
-        let g = compile(&model, &Options::new(steps, 2, Mode::Bptt)).unwrap().graph;
+        let g = compile(&model, &Options::new(steps, 2, Mode::Bptt))
+            .unwrap()
+            .graph;
         let p64 = snnc::init::init_params(&a, 0);
         let p32 = snnc::init::cast_params::<f32>(&p64);
         let x = snnc::cli::random_input(&g, false, 0);
         let labels = snnc::cli::random_labels(2, a.output[0], 0);
-        let in64 = HashMap::from([("x".to_string(), x.clone()), ("labels".to_string(), labels.clone())]);
-        let in32 = HashMap::from([("x".to_string(), x.cast::<f32>()), ("labels".to_string(), labels.cast::<f32>())]);
+        let in64 = HashMap::from([
+            ("x".to_string(), x.clone()),
+            ("labels".to_string(), labels.clone()),
+        ]);
+        let in32 = HashMap::from([
+            ("x".to_string(), x.cast::<f32>()),
+            ("labels".to_string(), labels.cast::<f32>()),
+        ]);
         let opts = RunOptions { seed: 0 };
         let truth = interp::run(&g, &in64, &p64, &opts).unwrap();
         let cpu = snnc::codegen::cpu::run(&g, &in32, &p32, &opts).unwrap();
-        let got = Executor::new(&mut emu, &g).unwrap().run(&in32, &p32, &opts).unwrap();
+        let got = Executor::new(&mut emu, &g)
+            .unwrap()
+            .run(&in32, &p32, &opts)
+            .unwrap();
         let mut worst = (0f32, 0f32);
         for (out, n) in &g.outputs {
             let t = truth.get(*n).unwrap().cast::<f32>();
@@ -430,7 +613,12 @@ fn as_accurate_as_the_cpu_executor() {
             assert!(ee <= (2.0 * ec).max(1e-4), "{name} {out}: CUDA executor {ee:e} vs CPU executor {ec:e} from the f64 interpreter");
             worst = (worst.0.max(ec), worst.1.max(ee));
         }
-        assert!(worst.1 <= worst.0.max(1e-5), "{name}: worst output error: CUDA executor {:e}, CPU executor {:e}", worst.1, worst.0);
+        assert!(
+            worst.1 <= worst.0.max(1e-5),
+            "{name}: worst output error: CUDA executor {:e}, CPU executor {:e}",
+            worst.1,
+            worst.0
+        );
     }
 }
 
@@ -439,7 +627,9 @@ fn buffers_are_reused_and_released() {
     let Some(mut emu) = emu() else { return };
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
     let (model, a) = snnc::cli::load(&path).unwrap();
-    let g = compile(&model, &Options::new(2, 2, Mode::Rate)).unwrap().graph;
+    let g = compile(&model, &Options::new(2, 2, Mode::Rate))
+        .unwrap()
+        .graph;
     let params = snnc::init::cast_params::<f32>(&snnc::init::init_params(&a, 0));
     let x = snnc::cli::random_input(&g, false, 0).cast::<f32>();
     let labels = snnc::cli::random_labels(2, 10, 0).cast::<f32>();
@@ -457,13 +647,15 @@ fn buffers_are_reused_and_released() {
         }
         let s = ex.stats();
         assert_eq!(s.device_allocs, allocs, "repeated runs allocate: {s:?}");
-        assert!(s.peak_live_bytes > 0 && s.peak_live_bytes <= s.peak_reserved_bytes, "{s:?}");
-        let param_bytes: usize = g
-            .g
-            .node_weights()
-            .filter(|n| matches!(n.op, Op::Param { .. }))
-            .map(|n| 4 * n.shape.iter().product::<usize>())
-            .sum();
+        assert!(
+            s.peak_live_bytes > 0 && s.peak_live_bytes <= s.peak_reserved_bytes,
+            "{s:?}"
+        );
+        let param_bytes: usize =
+            g.g.node_weights()
+                .filter(|n| matches!(n.op, Op::Param { .. }))
+                .map(|n| 4 * n.shape.iter().product::<usize>())
+                .sum();
         // Between runs only the resident parameters are live.
         assert_eq!(s.live_bytes, param_bytes, "{s:?}");
         for (k, v) in &want {
@@ -486,10 +678,14 @@ fn the_emulator_catches_what_it_checks() {
     let buf = emu.alloc(10).unwrap();
     let p = emu.ptr(&buf);
     // A write past the end of a buffer.
-    let e = emu.launch("snnc_fill", 1, 32, &[Arg::P(p), Arg::I(12), Arg::F(0.0)]).unwrap_err();
+    let e = emu
+        .launch("snnc_fill", 1, 32, &[Arg::P(p), Arg::I(12), Arg::F(0.0)])
+        .unwrap_err();
     assert!(e.contains("wrote outside"), "{e}");
     // A pointer that is in no buffer.
-    let e = emu.launch("snnc_fill", 1, 32, &[Arg::P(8), Arg::I(1), Arg::F(0.0)]).unwrap_err();
+    let e = emu
+        .launch("snnc_fill", 1, 32, &[Arg::P(8), Arg::I(1), Arg::F(0.0)])
+        .unwrap_err();
     assert!(e.contains("not in a live buffer"), "{e}");
     // A GEMM reading past its operand.
     let other = emu.alloc(10).unwrap();
@@ -518,5 +714,9 @@ fn the_emulator_catches_what_it_checks() {
     emu.free(other);
     assert!(emu.damage.is_empty());
     emu.free(buf);
-    assert_eq!(emu.damage.len(), 1, "the overwritten guard is reported when freed");
+    assert_eq!(
+        emu.damage.len(),
+        1,
+        "the overwritten guard is reported when freed"
+    );
 }

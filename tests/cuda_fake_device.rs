@@ -43,14 +43,25 @@ fn fake() -> Option<Fake> {
     let dir = std::env::temp_dir().join(format!("snnc-fake-cuda-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_cuda/fake_cuda.cpp");
-    for (lib, define) in [("libcuda.so", None), ("libcublas.so", Some("-DFAKE_CUBLAS"))] {
+    // The real libraries' file names: the driver's libcuda.so.1, a CUDA 12
+    // libcublas.so.12.
+    for (lib, define) in [
+        ("libcuda.so.1", None),
+        ("libcublas.so.12", Some("-DFAKE_CUBLAS")),
+    ] {
         let mut c = Command::new(&cxx);
-        c.args(["-std=c++17", "-O1", "-fPIC", "-shared", "-o"]).arg(dir.join(lib)).arg(&src);
+        c.args(["-std=c++17", "-O1", "-fPIC", "-shared", "-o"])
+            .arg(dir.join(lib))
+            .arg(&src);
         if let Some(d) = define {
             c.arg(d);
         }
         let out = c.arg("-ldl").output().unwrap();
-        assert!(out.status.success(), "building the fake {lib}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "building the fake {lib}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Some(Fake { dir, emu_lib })
 }
@@ -69,7 +80,11 @@ impl Fake {
             c.env(k, v);
         }
         let out = c.output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.success(), text)
     }
 }
@@ -84,16 +99,38 @@ impl Drop for Fake {
 fn cuda_check_runs_on_the_fake_device() {
     let Some(f) = fake() else { return };
     let (ok, out) = f.snnc(
-        &["cuda-check", "--require-gpu", "--models", "digits_mlp,fmnist_csnn", "-T", "1,2"],
+        &[
+            "cuda-check",
+            "--require-gpu",
+            "--models",
+            "digits_mlp,fmnist_csnn",
+            "-T",
+            "1,2",
+        ],
         &[],
     );
     println!("{out}");
     assert!(ok, "{out}");
     assert!(out.contains("FAKE H200") && out.contains("sm_90"), "{out}");
     assert!(out.contains("8 passed, 0 failed"), "{out}");
-    assert!(out.contains("CUBIN"), "the module should load from the CUBIN: {out}");
+    assert!(
+        out.contains("CUBIN"),
+        "the module should load from the CUBIN: {out}"
+    );
     // Second run: the kernels come from the on-disk cache.
-    let (ok, out) = f.snnc(&["cuda-check", "--require-gpu", "--models", "digits_mlp", "-T", "1", "--mode", "rate"], &[]);
+    let (ok, out) = f.snnc(
+        &[
+            "cuda-check",
+            "--require-gpu",
+            "--models",
+            "digits_mlp",
+            "-T",
+            "1",
+            "--mode",
+            "rate",
+        ],
+        &[],
+    );
     assert!(ok && out.contains("from the cache"), "{out}");
 }
 
@@ -101,15 +138,39 @@ fn cuda_check_runs_on_the_fake_device() {
 fn bench_and_bandwidth_run_on_the_fake_device() {
     let Some(f) = fake() else { return };
     let (ok, out) = f.snnc(
-        &["bench", "examples/models/fmnist_csnn.snn", "--device", "cuda", "-T", "1,2", "--mode", "bptt,rate", "--batch", "4", "--repeats", "1"],
+        &[
+            "bench",
+            "examples/models/fmnist_csnn.snn",
+            "--device",
+            "cuda",
+            "-T",
+            "1,2",
+            "--mode",
+            "bptt,rate",
+            "--batch",
+            "4",
+            "--repeats",
+            "1",
+        ],
         &[],
     );
     println!("{out}");
     assert!(ok, "{out}");
-    assert!(out.contains("device MiB") && out.lines().filter(|l| l.starts_with("rate") || l.starts_with("bptt")).count() == 4, "{out}");
+    assert!(
+        out.contains("device MiB")
+            && out
+                .lines()
+                .filter(|l| l.starts_with("rate") || l.starts_with("bptt"))
+                .count()
+                == 4,
+        "{out}"
+    );
     let (ok, out) = f.snnc(&["cuda-check", "--bandwidth", "8"], &[]);
     println!("{out}");
-    assert!(ok && out.contains("GB/s") && out.contains("snnc_copy kernel"), "{out}");
+    assert!(
+        ok && out.contains("GB/s") && out.contains("snnc_copy kernel"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -118,14 +179,27 @@ fn missing_pieces_are_reported_not_panicked() {
     // A driver without a device: a skip, or an error with --require-gpu.
     let env = [("SNNC_FAKE_CUINIT_FAIL", "1")];
     let (ok, out) = f.snnc(&["cuda-check"], &env);
-    assert!(ok && out.contains("skipped") && out.contains("cuInit failed"), "{out}");
+    assert!(
+        ok && out.contains("skipped") && out.contains("cuInit failed"),
+        "{out}"
+    );
     let (ok, out) = f.snnc(&["cuda-check", "--require-gpu"], &env);
-    assert!(!ok && out.contains("cuInit failed") && !out.contains("panicked"), "{out}");
+    assert!(
+        !ok && out.contains("cuInit failed") && !out.contains("panicked"),
+        "{out}"
+    );
     // A driver but no NVRTC on the library path.
     let ld_without_nvrtc = f.dir.display().to_string();
     let mut c = Command::new(env!("CARGO_BIN_EXE_snnc"));
     let out = c
-        .args(["bench", "examples/models/digits_mlp.snn", "--device", "cuda", "-T", "1"])
+        .args([
+            "bench",
+            "examples/models/digits_mlp.snn",
+            "--device",
+            "cuda",
+            "-T",
+            "1",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("LD_LIBRARY_PATH", &ld_without_nvrtc)
         .env("SNNC_FAKE_EMU_LIB", &f.emu_lib)
@@ -133,7 +207,10 @@ fn missing_pieces_are_reported_not_panicked() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr).to_string();
     if text.contains("libnvrtc could not be loaded") {
-        assert!(!out.status.success() && !text.contains("panicked"), "{text}");
+        assert!(
+            !out.status.success() && !text.contains("panicked"),
+            "{text}"
+        );
     } else {
         // libnvrtc is installed system-wide here; then the run succeeds.
         assert!(out.status.success(), "{text}");

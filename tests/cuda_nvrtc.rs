@@ -41,8 +41,12 @@ fn nvrtc_compiles_every_kernel_for_sm_90() {
     if !nvrtc_or_skip() {
         return;
     }
-    let out = nvrtc::compile(KERNELS_CU, "snnc_kernels", &nvrtc::options("sm_90")).unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.cubin.as_ref().is_some_and(|c| !c.is_empty()), "no CUBIN for sm_90");
+    let out = nvrtc::compile(KERNELS_CU, "snnc_kernels", &nvrtc::options("sm_90"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.cubin.as_ref().is_some_and(|c| !c.is_empty()),
+        "no CUBIN for sm_90"
+    );
     if !out.log.is_empty() {
         println!("NVRTC log:\n{}", out.log);
     }
@@ -52,17 +56,32 @@ fn nvrtc_compiles_every_kernel_for_sm_90() {
             .iter()
             .find(|(name, _)| name == k)
             .unwrap_or_else(|| panic!("kernel `{k}` is not in the PTX"));
-        assert_eq!(params.len(), sig.len(), "`{k}`: PTX parameters {params:?}, signature {sig}");
+        assert_eq!(
+            params.len(),
+            sig.len(),
+            "`{k}`: PTX parameters {params:?}, signature {sig}"
+        );
         for (p, c) in params.iter().zip(sig.chars()) {
-            assert!(ptx_type(c).contains(&p.as_str()), "`{k}`: PTX parameter {p} for signature {c} ({sig})");
+            assert!(
+                ptx_type(c).contains(&p.as_str()),
+                "`{k}`: PTX parameter {p} for signature {c} ({sig})"
+            );
         }
     }
-    assert_eq!(entries.len(), KERNELS.len(), "kernels in the PTX that the table lacks: {entries:?}");
+    assert_eq!(
+        entries.len(),
+        KERNELS.len(),
+        "kernels in the PTX that the table lacks: {entries:?}"
+    );
     if let Some(dir) = std::env::var_os("SNNC_PTX_OUT") {
         let dir = std::path::PathBuf::from(dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("snnc_kernels.sm_90.ptx"), &out.ptx).unwrap();
-        std::fs::write(dir.join("snnc_kernels.sm_90.cubin"), out.cubin.as_ref().unwrap()).unwrap();
+        std::fs::write(
+            dir.join("snnc_kernels.sm_90.cubin"),
+            out.cubin.as_ref().unwrap(),
+        )
+        .unwrap();
         println!("wrote {}", dir.display());
     }
 }
@@ -72,7 +91,12 @@ fn nvrtc_reports_compile_errors() {
     if !nvrtc_or_skip() {
         return;
     }
-    let e = nvrtc::compile("extern \"C\" __global__ void k(float* x) { x[0] = y; }", "bad", &nvrtc::options("sm_90")).unwrap_err();
+    let e = nvrtc::compile(
+        "extern \"C\" __global__ void k(float* x) { x[0] = y; }",
+        "bad",
+        &nvrtc::options("sm_90"),
+    )
+    .unwrap_err();
     assert!(e.contains("identifier \"y\" is undefined"), "{e}");
 }
 
@@ -103,7 +127,11 @@ fn ptxas_resource_table() {
         return;
     }
     let ptxas = std::env::var("PTXAS").unwrap_or_else(|_| "ptxas".into());
-    if std::process::Command::new(&ptxas).arg("--version").output().is_err() {
+    if std::process::Command::new(&ptxas)
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         println!("SKIPPED: no ptxas on PATH (scripts/nvrtc-env.sh provides one)");
         return;
     }
@@ -126,11 +154,21 @@ fn ptxas_resource_table() {
     // spill stores, N bytes spill loads", "Used N registers, …".
     let mut rows: Vec<(String, String, String, String, String)> = Vec::new();
     let num = |line: &str, after: &str| -> String {
-        line.split(after).next().and_then(|s| s.split_whitespace().last()).unwrap_or("?").to_string()
+        line.split(after)
+            .next()
+            .and_then(|s| s.split_whitespace().last())
+            .unwrap_or("?")
+            .to_string()
     };
     for line in log.lines() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-            rows.push((rest.split('\'').next().unwrap_or("?").to_string(), "?".into(), "?".into(), "?".into(), "?".into()));
+            rows.push((
+                rest.split('\'').next().unwrap_or("?").to_string(),
+                "?".into(),
+                "?".into(),
+                "?".into(),
+                "?".into(),
+            ));
         } else if line.contains("bytes stack frame") {
             if let Some(r) = rows.last_mut() {
                 r.2 = num(line, " bytes stack frame");
@@ -144,7 +182,10 @@ fn ptxas_resource_table() {
         }
     }
     println!("ptxas -arch=sm_90 -v ({} kernels):", rows.len());
-    println!("{:<26} {:>9} {:>7} {:>12} {:>11}", "kernel", "registers", "stack", "spill stores", "spill loads");
+    println!(
+        "{:<26} {:>9} {:>7} {:>12} {:>11}",
+        "kernel", "registers", "stack", "spill stores", "spill loads"
+    );
     for r in &rows {
         println!("{:<26} {:>9} {:>7} {:>12} {:>11}", r.0, r.1, r.2, r.3, r.4);
     }

@@ -122,7 +122,13 @@ pub trait Backend {
     /// Device-to-device copy of `len` elements.
     fn copy(&mut self, src: &Self::Buf, dst: &mut Self::Buf, len: usize) -> Result<(), String>;
     /// Launches `kernel` on a 1-D grid (`args` already checked).
-    fn launch(&mut self, kernel: &'static str, grid: u32, block: u32, args: &[Arg]) -> Result<(), String>;
+    fn launch(
+        &mut self,
+        kernel: &'static str,
+        grid: u32,
+        block: u32,
+        args: &[Arg],
+    ) -> Result<(), String>;
     fn gemm(&mut self, call: &Cublas) -> Result<(), String>;
     /// Waits for all queued work.
     fn sync(&mut self) -> Result<(), String>;

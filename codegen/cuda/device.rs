@@ -15,8 +15,8 @@ use super::gemm::Cublas;
 use super::nvrtc;
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    result as drv_result, sys as drv_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
-    LaunchConfig, PushKernelArg,
+    result as drv_result, sys as drv_sys, CudaContext, CudaFunction, CudaModule, CudaSlice,
+    CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
@@ -41,7 +41,10 @@ pub struct DeviceInfo {
 impl DeviceInfo {
     /// The NVRTC target for this device, e.g. `sm_90`.
     pub fn arch(&self) -> String {
-        format!("sm_{}{}", self.compute_capability.0, self.compute_capability.1)
+        format!(
+            "sm_{}{}",
+            self.compute_capability.0, self.compute_capability.1
+        )
     }
 }
 
@@ -125,7 +128,11 @@ fn loaded_libraries() -> Vec<String> {
     let mut libs: Vec<String> = maps
         .lines()
         .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|p| ["libcuda.so", "libnvrtc", "libcublas"].iter().any(|k| p.contains(k)))
+        .filter(|p| {
+            ["libcuda.so", "libnvrtc", "libcublas"]
+                .iter()
+                .any(|k| p.contains(k))
+        })
         .map(str::to_string)
         .collect();
     libs.sort();
@@ -138,7 +145,8 @@ pub fn probe() -> Result<DeviceInfo, String> {
     guarded("probe", || {
         lib_present("cuda")?;
         drv_result::init().map_err(|e| format!("cuInit failed: {e} (no usable GPU or driver)"))?;
-        let count = drv_result::device::get_count().map_err(|e| format!("cuDeviceGetCount failed: {e}"))?;
+        let count =
+            drv_result::device::get_count().map_err(|e| format!("cuDeviceGetCount failed: {e}"))?;
         if count < 1 {
             return Err("the CUDA driver reports no device".into());
         }
@@ -147,7 +155,8 @@ pub fn probe() -> Result<DeviceInfo, String> {
         unsafe { drv_sys::cuDriverGetVersion(&mut driver_version) }
             .result()
             .map_err(|e| format!("cuDriverGetVersion failed: {e}"))?;
-        let ctx = CudaContext::new(0).map_err(|e| format!("cannot create a context on device 0: {e}"))?;
+        let ctx =
+            CudaContext::new(0).map_err(|e| format!("cannot create a context on device 0: {e}"))?;
         let name = ctx.name().map_err(|e| e.to_string())?;
         let compute_capability = ctx.compute_capability().map_err(|e| e.to_string())?;
         let (free_mem, total_mem) = ctx.mem_get_info().map_err(|e| e.to_string())?;
@@ -199,7 +208,8 @@ impl Cuda {
             let stream = ctx.default_stream();
             let arch = info.arch();
             let started = std::time::Instant::now();
-            let compiled = nvrtc::compile_cached(KERNELS_CU, "snnc_kernels", &nvrtc::options(&arch))?;
+            let compiled =
+                nvrtc::compile_cached(KERNELS_CU, "snnc_kernels", &nvrtc::options(&arch))?;
             let secs = started.elapsed().as_secs_f64();
             // Prefer the CUBIN (no driver JIT, works when NVRTC is newer than
             // the driver); fall back to the PTX.
@@ -207,9 +217,11 @@ impl Cuda {
                 Some(cubin) => match ctx.load_module(Ptx::from_binary(cubin.clone())) {
                     Ok(m) => (m, "CUBIN"),
                     Err(e1) => {
-                        let m = ctx.load_module(Ptx::from_src(compiled.ptx.clone())).map_err(|e2| {
-                            format!("loading the kernels failed: CUBIN {e1}, PTX {e2}")
-                        })?;
+                        let m = ctx
+                            .load_module(Ptx::from_src(compiled.ptx.clone()))
+                            .map_err(|e2| {
+                                format!("loading the kernels failed: CUBIN {e1}, PTX {e2}")
+                            })?;
                         (m, "PTX (CUBIN refused)")
                     }
                 },
@@ -230,7 +242,10 @@ impl Cuda {
             // SAFETY: valid handle; full FP32 (no TF32) is the default, set
             // explicitly so that no environment changes it.
             unsafe {
-                blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH)
+                blas_sys::cublasSetMathMode(
+                    *blas.handle(),
+                    blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+                )
             }
             .result()
             .map_err(|e| format!("cublasSetMathMode: {e}"))?;
@@ -291,7 +306,11 @@ impl Backend for Cuda {
 
     fn upload(&mut self, buf: &mut CudaBuf, data: &[f32]) -> Result<(), String> {
         if data.len() > buf.slice.len() {
-            return Err(format!("upload of {} elements into {}", data.len(), buf.slice.len()));
+            return Err(format!(
+                "upload of {} elements into {}",
+                data.len(),
+                buf.slice.len()
+            ));
         }
         self.stream
             .memcpy_htod(data, &mut buf.slice)
@@ -300,7 +319,10 @@ impl Backend for Cuda {
 
     fn download(&mut self, buf: &CudaBuf, len: usize) -> Result<Vec<f32>, String> {
         if len > buf.slice.len() {
-            return Err(format!("download of {len} elements from {}", buf.slice.len()));
+            return Err(format!(
+                "download of {len} elements from {}",
+                buf.slice.len()
+            ));
         }
         let mut out = vec![0f32; len];
         if len > 0 {
@@ -321,8 +343,17 @@ impl Backend for Cuda {
             .map_err(|e| format!("device-to-device copy: {e}"))
     }
 
-    fn launch(&mut self, kernel: &'static str, grid: u32, block: u32, args: &[Arg]) -> Result<(), String> {
-        let f = self.funcs.get(kernel).ok_or_else(|| format!("unknown kernel `{kernel}`"))?;
+    fn launch(
+        &mut self,
+        kernel: &'static str,
+        grid: u32,
+        block: u32,
+        args: &[Arg],
+    ) -> Result<(), String> {
+        let f = self
+            .funcs
+            .get(kernel)
+            .ok_or_else(|| format!("unknown kernel `{kernel}`"))?;
         let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {
@@ -402,7 +433,9 @@ impl Backend for Cuda {
     }
 
     fn sync(&mut self) -> Result<(), String> {
-        self.stream.synchronize().map_err(|e| format!("stream synchronize: {e}"))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| format!("stream synchronize: {e}"))?;
         self.check_err()
     }
 

@@ -116,13 +116,24 @@ pub fn emu_source() -> String {
 pub fn find_cxx() -> Result<String, String> {
     let mut tried = Vec::new();
     let env = std::env::var("CXX").ok().filter(|c| !c.is_empty());
-    for c in env.iter().map(String::as_str).chain(["c++", "g++", "clang++"]) {
-        if Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()) {
+    for c in env
+        .iter()
+        .map(String::as_str)
+        .chain(["c++", "g++", "clang++"])
+    {
+        if Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return Ok(c.to_string());
         }
         tried.push(c.to_string());
     }
-    Err(format!("no C++ compiler found (tried {})", tried.join(", ")))
+    Err(format!(
+        "no C++ compiler found (tried {})",
+        tried.join(", ")
+    ))
 }
 
 const CXX_FLAGS: &[&str] = &[
@@ -141,7 +152,11 @@ const CXX_FLAGS: &[&str] = &[
 pub fn build_library() -> Result<PathBuf, String> {
     let cxx = find_cxx()?;
     let src = emu_source();
-    let key = fnv1a(&[src.as_bytes(), cxx.as_bytes(), CXX_FLAGS.join(" ").as_bytes()]);
+    let key = fnv1a(&[
+        src.as_bytes(),
+        cxx.as_bytes(),
+        CXX_FLAGS.join(" ").as_bytes(),
+    ]);
     let dir = cache_dir().join("emu");
     let lib = dir.join(format!("libsnnc-emu-{key:016x}.so"));
     if lib.exists() {
@@ -151,7 +166,8 @@ pub fn build_library() -> Result<PathBuf, String> {
     let pid = std::process::id();
     let cpp = dir.join(format!("snnc-emu-{key:016x}-{pid}.cpp"));
     let tmp = dir.join(format!("libsnnc-emu-{key:016x}-{pid}.so.tmp"));
-    write_atomic(&cpp, src.as_bytes()).map_err(|e| format!("cannot write {}: {e}", cpp.display()))?;
+    write_atomic(&cpp, src.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", cpp.display()))?;
     let out = Command::new(&cxx)
         .args(CXX_FLAGS)
         .arg("-o")
@@ -192,7 +208,11 @@ impl Emu {
             let mut buf = [0u8; 64];
             // SAFETY: kernels have far fewer than 63 parameters.
             unsafe { sigf(buf.as_mut_ptr()) };
-            let got: String = buf.iter().take_while(|&&b| b != 0).map(|&b| b as char).collect();
+            let got: String = buf
+                .iter()
+                .take_while(|&&b| b != 0)
+                .map(|&b| b as char)
+                .collect();
             if got != *sig {
                 return Err(format!(
                     "kernel `{k}`: kernels.cu takes ({got}) but the signature table says ({sig})"
@@ -277,7 +297,11 @@ impl Backend for Emu {
 
     fn upload(&mut self, buf: &mut EmuBuf, data: &[f32]) -> Result<(), String> {
         if data.len() > buf.len {
-            return Err(format!("upload of {} elements into {}", data.len(), buf.len));
+            return Err(format!(
+                "upload of {} elements into {}",
+                data.len(),
+                buf.len
+            ));
         }
         // SAFETY: the buffer holds buf.len ≥ data.len() floats.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr as *mut f32, data.len()) };
@@ -301,14 +325,22 @@ impl Backend for Emu {
         Ok(())
     }
 
-    fn launch(&mut self, kernel: &'static str, grid: u32, block: u32, args: &[Arg]) -> Result<(), String> {
+    fn launch(
+        &mut self,
+        kernel: &'static str,
+        grid: u32,
+        block: u32,
+        args: &[Arg],
+    ) -> Result<(), String> {
         let f = *self
             .kernels
             .get(kernel)
             .ok_or_else(|| format!("unknown kernel `{kernel}`"))?;
         super::backend::check_args(kernel, args)?;
         if grid == 0 || block == 0 || grid > 65535 || block > 1024 {
-            return Err(format!("bad launch of {kernel}: grid {grid}, block {block}"));
+            return Err(format!(
+                "bad launch of {kernel}: grid {grid}, block {block}"
+            ));
         }
         let mut ids = Vec::new();
         for (i, a) in args.iter().enumerate() {
@@ -343,9 +375,9 @@ impl Backend for Emu {
             if need == 0 {
                 continue;
             }
-            let (id, room) = self
-                .locate(p)
-                .ok_or_else(|| format!("gemm operand {name} ({p:#x}) is not in a live buffer: {call:?}"))?;
+            let (id, room) = self.locate(p).ok_or_else(|| {
+                format!("gemm operand {name} ({p:#x}) is not in a live buffer: {call:?}")
+            })?;
             if room < need {
                 return Err(format!(
                     "gemm operand {name} needs {need} elements but its buffer has {room} from there: {call:?}"

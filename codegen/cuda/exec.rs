@@ -171,15 +171,17 @@ impl<'a, B: Backend> Executor<'a, B> {
                 let b = self.backend.alloc(len).map_err(|e| {
                     format!(
                         "allocating {} MiB failed ({} MiB live, {} MiB reserved): {e}",
-                        len * 4 >> 20,
+                        (len * 4) >> 20,
                         self.stats.live_bytes >> 20,
                         self.stats.reserved_bytes >> 20
                     )
                 })?;
                 self.stats.device_allocs += 1;
                 self.stats.reserved_bytes += 4 * len;
-                self.stats.peak_reserved_bytes =
-                    self.stats.peak_reserved_bytes.max(self.stats.reserved_bytes);
+                self.stats.peak_reserved_bytes = self
+                    .stats
+                    .peak_reserved_bytes
+                    .max(self.stats.reserved_bytes);
                 b
             }
         };
@@ -187,7 +189,11 @@ impl<'a, B: Backend> Executor<'a, B> {
         self.stats.peak_live_bytes = self.stats.peak_live_bytes.max(self.stats.live_bytes);
         if self.poison {
             let p = self.backend.ptr(&buf);
-            let filled = self.launch("snnc_fill", len, &[Arg::P(p), Arg::I(len as i32), Arg::F(f32::NAN)]);
+            let filled = self.launch(
+                "snnc_fill",
+                len,
+                &[Arg::P(p), Arg::I(len as i32), Arg::F(f32::NAN)],
+            );
             if let Err(e) = filled {
                 self.stats.live_bytes -= 4 * len;
                 self.pool.entry(len).or_default().push(buf);
@@ -202,7 +208,11 @@ impl<'a, B: Backend> Executor<'a, B> {
         if self.poison {
             let p = self.backend.ptr(&buf);
             // Best effort: a failure here shows up in the next launch.
-            let _ = self.launch("snnc_fill", len, &[Arg::P(p), Arg::I(len as i32), Arg::F(f32::NAN)]);
+            let _ = self.launch(
+                "snnc_fill",
+                len,
+                &[Arg::P(p), Arg::I(len as i32), Arg::F(f32::NAN)],
+            );
         }
         self.stats.live_bytes -= 4 * len;
         self.pool.entry(len).or_default().push(buf);
@@ -263,16 +273,23 @@ impl<'a, B: Backend> Executor<'a, B> {
 
     /// Uploads the graph's parameters once; later runs use these copies and
     /// ignore the `params` they are given for the same names.
-    pub fn set_resident_params(&mut self, params: &HashMap<String, Tensor<f32>>) -> Result<(), String> {
+    pub fn set_resident_params(
+        &mut self,
+        params: &HashMap<String, Tensor<f32>>,
+    ) -> Result<(), String> {
         self.clear_resident_params();
         let g = self.g;
         for n in g.g.node_indices() {
             let node = g.node(n);
-            let Op::Param { name } = &node.op else { continue };
+            let Op::Param { name } = &node.op else {
+                continue;
+            };
             if self.resident.contains_key(name) {
                 continue;
             }
-            let t = params.get(name).ok_or_else(|| format!("missing param `{name}`"))?;
+            let t = params
+                .get(name)
+                .ok_or_else(|| format!("missing param `{name}`"))?;
             check_shape(name, &node.shape, t)?;
             let mut buf = self.alloc(t.len())?;
             self.backend.upload(&mut buf, &t.data)?;
@@ -342,7 +359,12 @@ impl<'a, B: Backend> Executor<'a, B> {
             let Step::Node(n) = self.steps[i];
             let g = self.g;
             let id = self.exec_node(n, vals, inputs, params, opts).map_err(|e| {
-                format!("error: node {} ({} {}): {e}", n.index(), g.node(n).op.name(), g.node(n).op.attrs())
+                format!(
+                    "error: node {} ({} {}): {e}",
+                    n.index(),
+                    g.node(n).op.name(),
+                    g.node(n).op.attrs()
+                )
             })?;
             vals.insert(n, id);
             if let Some(obs) = observe.as_mut() {
@@ -378,7 +400,12 @@ impl<'a, B: Backend> Executor<'a, B> {
         Ok(Tensor::from_vec(shape, data))
     }
 
-    fn upload_leaf(&mut self, name: &str, shape: &[usize], t: &Tensor<f32>) -> Result<usize, String> {
+    fn upload_leaf(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        t: &Tensor<f32>,
+    ) -> Result<usize, String> {
         check_shape(name, shape, t)?;
         let mut buf = self.alloc(t.len())?;
         if let Err(e) = self.backend.upload(&mut buf, &t.data) {
@@ -400,14 +427,18 @@ impl<'a, B: Backend> Executor<'a, B> {
         let node = g.node(n);
         match &node.op {
             Op::Input { name } => {
-                let t = inputs.get(name).ok_or_else(|| format!("missing input `{name}`"))?;
+                let t = inputs
+                    .get(name)
+                    .ok_or_else(|| format!("missing input `{name}`"))?;
                 self.upload_leaf(name, &node.shape, t)
             }
             Op::Param { name } => {
                 if let Some(&id) = self.resident.get(name) {
                     return Ok(self.retain(id));
                 }
-                let t = params.get(name).ok_or_else(|| format!("missing param `{name}`"))?;
+                let t = params
+                    .get(name)
+                    .ok_or_else(|| format!("missing param `{name}`"))?;
                 self.upload_leaf(name, &node.shape, t)
             }
             // Views: the same elements in the same order.
@@ -441,7 +472,9 @@ impl<'a, B: Backend> Executor<'a, B> {
         if threads == 0 {
             return Ok(());
         }
-        let grid = threads.div_ceil(BLOCK as usize).min(self.backend.max_grid() as usize) as u32;
+        let grid = threads
+            .div_ceil(BLOCK as usize)
+            .min(self.backend.max_grid() as usize) as u32;
         self.backend.launch(kernel, grid, BLOCK, args)
     }
 
@@ -476,9 +509,11 @@ impl<'a, B: Backend> Executor<'a, B> {
                 self.launch(k, n, &[P(x(0)), P(x(1)), P(out), I(ni)])
             }
             Op::Scale(c) => self.launch("snnc_scale", n, &[P(x(0)), P(out), I(ni), F(*c as f32)]),
-            Op::AddScalar(c) => {
-                self.launch("snnc_add_scalar", n, &[P(x(0)), P(out), I(ni), F(*c as f32)])
-            }
+            Op::AddScalar(c) => self.launch(
+                "snnc_add_scalar",
+                n,
+                &[P(x(0)), P(out), I(ni), F(*c as f32)],
+            ),
             Op::Spike { theta, .. } => {
                 self.launch("snnc_spike", n, &[P(x(0)), P(out), I(ni), F(*theta as f32)])
             }
@@ -491,10 +526,19 @@ impl<'a, B: Backend> Executor<'a, B> {
                 self.launch(
                     "snnc_surrogate_grad",
                     n,
-                    &[P(x(0)), P(out), I(ni), D(*theta), D(surrogate.alpha), I(kind)],
+                    &[
+                        P(x(0)),
+                        P(out),
+                        I(ni),
+                        D(*theta),
+                        D(surrogate.alpha),
+                        I(kind),
+                    ],
                 )
             }
-            Op::Rsqrt { eps } => self.launch("snnc_rsqrt", n, &[P(x(0)), P(out), I(ni), F(*eps as f32)]),
+            Op::Rsqrt { eps } => {
+                self.launch("snnc_rsqrt", n, &[P(x(0)), P(out), I(ni), F(*eps as f32)])
+            }
             Op::BiasAdd | Op::ChannelScale => {
                 let k = if *op == Op::BiasAdd {
                     "snnc_bias_add"
@@ -502,7 +546,18 @@ impl<'a, B: Backend> Executor<'a, B> {
                     "snnc_channel_scale"
                 };
                 let s = ins[0].1;
-                self.launch(k, n, &[P(x(0)), P(x(1)), P(out), I(ni), I(int(s[1])?), I(int(inner(s))?)])
+                self.launch(
+                    k,
+                    n,
+                    &[
+                        P(x(0)),
+                        P(x(1)),
+                        P(out),
+                        I(ni),
+                        I(int(s[1])?),
+                        I(int(inner(s))?),
+                    ],
+                )
             }
             Op::ChannelBroadcast { shape: s } => self.launch(
                 "snnc_channel_broadcast",
@@ -532,7 +587,13 @@ impl<'a, B: Backend> Executor<'a, B> {
                 for (c, chunk) in ins.chunks(8).enumerate() {
                     let last = (c + 1) * 8 >= total;
                     let div = if mean && last { total as f32 } else { 1.0 };
-                    let mut args = vec![P(out), I(ni), I(chunk.len() as i32), I(i32::from(c > 0)), F(div)];
+                    let mut args = vec![
+                        P(out),
+                        I(ni),
+                        I(chunk.len() as i32),
+                        I(i32::from(c > 0)),
+                        F(div),
+                    ];
                     for j in 0..8 {
                         args.push(P(chunk.get(j).map_or(0, |v| v.0)));
                     }
@@ -561,7 +622,14 @@ impl<'a, B: Backend> Executor<'a, B> {
                 self.launch(
                     "snnc_time_slice",
                     n,
-                    &[P(x(0)), P(out), I(ni), I(int(s[1])?), I(int(*t)?), I(int(inner(s))?)],
+                    &[
+                        P(x(0)),
+                        P(out),
+                        I(ni),
+                        I(int(s[1])?),
+                        I(int(*t)?),
+                        I(int(inner(s))?),
+                    ],
                 )
             }
             Op::AvgPool { kernel, stride } | Op::MaxPool { kernel, stride } => {
@@ -678,16 +746,30 @@ impl<'a, B: Backend> Executor<'a, B> {
                 self.gemm(gm)
             }
             Op::Conv2d { stride, padding } => {
-                let geo = ConvGeo::new(ins[0].1, ins[1].1[0], ins[1].1[2], *stride, *padding, shape[2], shape[3])?;
+                let geo = ConvGeo::new(
+                    ins[0].1,
+                    ins[1].1[0],
+                    ins[1].1[2],
+                    *stride,
+                    *padding,
+                    shape[2],
+                    shape[3],
+                )?;
                 self.conv_forward(&geo, x(0), x(1), out)
             }
-            Op::Conv2dGradInput { stride, padding, .. } => {
+            Op::Conv2dGradInput {
+                stride, padding, ..
+            } => {
                 let w = ins[1].1;
                 let d = ins[0].1;
                 let geo = ConvGeo::new(shape, w[0], w[2], *stride, *padding, d[2], d[3])?;
                 self.conv_grad_input(&geo, x(0), x(1), out)
             }
-            Op::Conv2dGradWeight { stride, padding, kernel } => {
+            Op::Conv2dGradWeight {
+                stride,
+                padding,
+                kernel,
+            } => {
                 let d = ins[1].1;
                 let geo = ConvGeo::new(ins[0].1, d[1], *kernel, *stride, *padding, d[2], d[3])?;
                 self.conv_grad_weight(&geo, x(0), x(1), out)
@@ -698,7 +780,14 @@ impl<'a, B: Backend> Executor<'a, B> {
     /// Per-channel sums over the operands `xs` (each `[B, C, …]` of
     /// `shape`), of x or, with a `mean` address, of (x − mean)²; divided by
     /// `count` into `out[C]`.
-    fn channel_reduce(&mut self, xs: &[u64], mean: u64, shape: &[usize], out: u64, count: f64) -> Result<(), String> {
+    fn channel_reduce(
+        &mut self,
+        xs: &[u64],
+        mean: u64,
+        shape: &[usize],
+        out: u64,
+        count: f64,
+    ) -> Result<(), String> {
         use Arg::{D, I, P};
         let (b, c, r) = (shape[0], shape[1], inner(shape));
         // Each pass-1 thread sums ~64 elements; at most 256 per channel.
@@ -711,13 +800,28 @@ impl<'a, B: Backend> Executor<'a, B> {
                 self.launch(
                     "snnc_chan_partial",
                     c * parts,
-                    &[P(xp), P(mean), P(wp + 8 * (k * c * parts) as u64), I(int(c)?), I(int(b)?), I(int(r)?), I(int(parts)?)],
+                    &[
+                        P(xp),
+                        P(mean),
+                        P(wp + 8 * (k * c * parts) as u64),
+                        I(int(c)?),
+                        I(int(b)?),
+                        I(int(r)?),
+                        I(int(parts)?),
+                    ],
                 )?;
             }
             self.launch(
                 "snnc_chan_finish",
                 c,
-                &[P(wp), P(out), I(int(c)?), I(int(parts)?), I(int(xs.len())?), D(count)],
+                &[
+                    P(wp),
+                    P(out),
+                    I(int(c)?),
+                    I(int(parts)?),
+                    I(int(xs.len())?),
+                    D(count),
+                ],
             )
         };
         let result = run();
@@ -846,7 +950,14 @@ impl<'a, B: Backend> Executor<'a, B> {
                 self.launch(
                     "snnc_bc_swap",
                     n,
-                    &[P(at(d, b0 * geo.co * cols)), P(dp), I(int(cur)?), I(int(geo.co)?), I(int(cols)?), I(int(n)?)],
+                    &[
+                        P(at(d, b0 * geo.co * cols)),
+                        P(dp),
+                        I(int(cur)?),
+                        I(int(geo.co)?),
+                        I(int(cols)?),
+                        I(int(n)?),
+                    ],
                 )?;
                 // dW[co × rows] (+)= dT[co × cur·cols] · colᵀ
                 self.gemm(Gemm {
@@ -919,7 +1030,15 @@ struct ConvGeo {
 }
 
 impl ConvGeo {
-    fn new(x: &[usize], co: usize, k: usize, stride: usize, pad: usize, ho: usize, wo: usize) -> Result<ConvGeo, String> {
+    fn new(
+        x: &[usize],
+        co: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        ho: usize,
+        wo: usize,
+    ) -> Result<ConvGeo, String> {
         if stride == 0 {
             return Err("conv2d stride must be positive".into());
         }
@@ -954,9 +1073,19 @@ impl ConvGeo {
 
     /// The geometry arguments of im2col/col2im: ci, h, w, k, s, pad, ho, wo, nb.
     fn args(&self, nb: usize) -> Result<Vec<Arg>, String> {
-        [self.ci, self.h, self.w, self.k, self.stride, self.pad, self.ho, self.wo, nb]
-            .iter()
-            .map(|&v| int(v).map(Arg::I))
-            .collect()
+        [
+            self.ci,
+            self.h,
+            self.w,
+            self.k,
+            self.stride,
+            self.pad,
+            self.ho,
+            self.wo,
+            nb,
+        ]
+        .iter()
+        .map(|&v| int(v).map(Arg::I))
+        .collect()
     }
 }

@@ -141,10 +141,13 @@ impl Cublas {
             // whole matrices, or the matrices are side by side in the
             // leading dimension (each batch's columns lie in its own rows).
             let whole = self.stride_c >= i64::from(self.ldc) * i64::from(self.n);
-            let side_by_side =
-                self.stride_c >= i64::from(self.m) && self.stride_c * i64::from(self.batch) <= i64::from(self.ldc);
+            let side_by_side = self.stride_c >= i64::from(self.m)
+                && self.stride_c * i64::from(self.batch) <= i64::from(self.ldc);
             if !whole && !side_by_side {
-                return bad(format!("batch outputs overlap (stride_c {})", self.stride_c));
+                return bad(format!(
+                    "batch outputs overlap (stride_c {})",
+                    self.stride_c
+                ));
             }
         }
         Ok(())
@@ -162,8 +165,16 @@ impl Cublas {
                 + i64::from(self.batch - 1) * stride;
             (last + 1) as usize
         };
-        let (ra, ca) = if self.transa { (self.k, self.m) } else { (self.m, self.k) };
-        let (rb, cb) = if self.transb { (self.n, self.k) } else { (self.k, self.n) };
+        let (ra, ca) = if self.transa {
+            (self.k, self.m)
+        } else {
+            (self.m, self.k)
+        };
+        let (rb, cb) = if self.transb {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        };
         (
             span(ra, ca, self.lda, self.stride_a),
             span(rb, cb, self.ldb, self.stride_b),
@@ -202,7 +213,11 @@ impl Cublas {
                 for j in 0..n as isize {
                     for i in 0..m as isize {
                         let p = c.offset(i + j * self.ldc as isize);
-                        *p = if self.beta == 0.0 { 0.0 } else { self.beta * *p };
+                        *p = if self.beta == 0.0 {
+                            0.0
+                        } else {
+                            self.beta * *p
+                        };
                     }
                 }
                 continue;
@@ -240,7 +255,18 @@ mod tests {
     use super::*;
 
     /// Row-major reference: C = op(A)·op(B).
-    fn reference(ta: bool, tb: bool, m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize) -> Vec<f32> {
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+    ) -> Vec<f32> {
         let mut c = vec![0.0; m * n];
         for i in 0..m {
             for j in 0..n {
@@ -300,7 +326,10 @@ mod tests {
                 for i in 0..m {
                     for j in 0..n {
                         let (got, w) = (c[i * ldc + j], want[i * n + j]);
-                        assert!((got - w).abs() <= 1e-5 * (1.0 + w.abs()), "ta={ta} tb={tb} {m}x{n}x{k} at {i},{j}: {got} vs {w}");
+                        assert!(
+                            (got - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                            "ta={ta} tb={tb} {m}x{n}x{k} at {i},{j}: {got} vs {w}"
+                        );
                     }
                 }
             }
@@ -337,7 +366,9 @@ mod tests {
         let call = g.to_cublas().unwrap();
         unsafe { call.run_on_host() };
         for q in 0..batch {
-            let bq: Vec<f32> = (0..k).flat_map(|p| b[p * batch * n + q * n..p * batch * n + q * n + n].to_vec()).collect();
+            let bq: Vec<f32> = (0..k)
+                .flat_map(|p| b[p * batch * n + q * n..p * batch * n + q * n + n].to_vec())
+                .collect();
             let want = reference(false, false, m, n, k, &a, k, &bq, n);
             for (x, y) in c[q * m * n..(q + 1) * m * n].iter().zip(&want) {
                 assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()));

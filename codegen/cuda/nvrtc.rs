@@ -106,7 +106,12 @@ pub fn compile_cached(src: &str, name: &str, opts: &[String]) -> Result<Compiled
     let (major, minor) = version()?;
     let joined = opts.join("\u{1}");
     let ver = format!("{major}.{minor}");
-    let key = fnv1a(&[src.as_bytes(), name.as_bytes(), joined.as_bytes(), ver.as_bytes()]);
+    let key = fnv1a(&[
+        src.as_bytes(),
+        name.as_bytes(),
+        joined.as_bytes(),
+        ver.as_bytes(),
+    ]);
     let dir = cache_dir().join("nvrtc");
     let stem = dir.join(format!("{name}-{key:016x}"));
     let (ptx_path, cubin_path) = (stem.with_extension("ptx"), stem.with_extension("cubin"));
@@ -148,7 +153,11 @@ pub fn compile(src: &str, name: &str, opts: &[String]) -> Result<Compiled, Strin
     }
     let guard = Guard(prog);
     let to_string = |v: Vec<std::ffi::c_char>| -> String {
-        let bytes: Vec<u8> = v.into_iter().map(|c| c as u8).take_while(|&b| b != 0).collect();
+        let bytes: Vec<u8> = v
+            .into_iter()
+            .map(|c| c as u8)
+            .take_while(|&b| b != 0)
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
     // SAFETY: `prog` is a live program; options are plain strings.
@@ -199,7 +208,10 @@ pub fn ptx_entries(ptx: &str) -> Vec<(String, Vec<String>)> {
     let mut lines = ptx.lines();
     while let Some(line) = lines.next() {
         let t = line.trim();
-        let Some(rest) = t.strip_prefix(".visible .entry ").or_else(|| t.strip_prefix(".entry ")) else {
+        let Some(rest) = t
+            .strip_prefix(".visible .entry ")
+            .or_else(|| t.strip_prefix(".entry "))
+        else {
             continue;
         };
         let name = rest.split('(').next().unwrap_or("").trim().to_string();

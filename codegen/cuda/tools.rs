@@ -61,12 +61,21 @@ pub fn rel_err_abs(got: &Tensor<f32>, want: &Tensor<f32>, floor: f32, abs_floor:
         return f32::INFINITY;
     }
     let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-    crate::tensor::max_rel_err(got, want, (floor * scale).max(abs_floor).max(f32::MIN_POSITIVE))
+    crate::tensor::max_rel_err(
+        got,
+        want,
+        (floor * scale).max(abs_floor).max(f32::MIN_POSITIVE),
+    )
 }
 
 /// [`rel_err_abs`] with the per-node absolute floor.
 pub fn rel_err(got: &Tensor<f32>, want: &Tensor<f32>, floor: f32) -> f32 {
     rel_err_abs(got, want, floor, NODE_ABS_FLOOR)
+}
+
+/// `e` is worse than `than` (NaN is worse than anything).
+fn worse(e: f32, than: f32) -> bool {
+    e.is_nan() || e > than
 }
 
 /// Where the example models are, from the working directory.
@@ -82,7 +91,12 @@ pub fn model_path(name: &str) -> PathBuf {
 pub fn example_models() -> Result<Vec<PathBuf>, String> {
     let dir = Path::new("examples/models");
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("error: cannot list {} (run from the repository root): {e}", dir.display()))?
+        .map_err(|e| {
+            format!(
+                "error: cannot list {} (run from the repository root): {e}",
+                dir.display()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "snn"))
         .collect();
@@ -132,7 +146,9 @@ fn single_node_graph(g: &Graph, n: NodeIndex) -> Graph {
         .map(|(i, o)| {
             s.add(
                 Node {
-                    op: Op::Input { name: format!("a{i}") },
+                    op: Op::Input {
+                        name: format!("a{i}"),
+                    },
                     shape: g.node(*o).shape.clone(),
                     dtype: DType::F32,
                     layer: None,
@@ -150,10 +166,20 @@ fn single_node_graph(g: &Graph, n: NodeIndex) -> Graph {
     s
 }
 
-fn cpu_node(g: &Graph, n: NodeIndex, ops: &[Tensor<f32>], opts: &RunOptions) -> Result<Tensor<f32>, String> {
+fn cpu_node(
+    g: &Graph,
+    n: NodeIndex,
+    ops: &[Tensor<f32>],
+    opts: &RunOptions,
+) -> Result<Tensor<f32>, String> {
     let s = single_node_graph(g, n);
-    let ins: HashMap<String, Tensor<f32>> = ops.iter().enumerate().map(|(i, t)| (format!("a{i}"), t.clone())).collect();
-    let mut r = crate::codegen::cpu::run(&s, &ins, &HashMap::new(), opts).map_err(|e| e.to_string())?;
+    let ins: HashMap<String, Tensor<f32>> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("a{i}"), t.clone()))
+        .collect();
+    let mut r =
+        crate::codegen::cpu::run(&s, &ins, &HashMap::new(), opts).map_err(|e| e.to_string())?;
     r.remove("y").ok_or_else(|| "no output".to_string())
 }
 
@@ -167,7 +193,13 @@ fn cpu_node(g: &Graph, n: NodeIndex, ops: &[Tensor<f32>], opts: &RunOptions) -> 
 ///   kernels' f32 serial sums are less accurate than the device's double
 ///   accumulation);
 /// - everything else: [`rel_err`] against the CPU executor.
-pub fn node_error(g: &Graph, n: NodeIndex, ops: &[Tensor<f32>], got: &Tensor<f32>, opts: &RunOptions) -> Result<f32, String> {
+pub fn node_error(
+    g: &Graph,
+    n: NodeIndex,
+    ops: &[Tensor<f32>],
+    got: &Tensor<f32>,
+    opts: &RunOptions,
+) -> Result<f32, String> {
     let node = g.node(n);
     match node.op {
         Op::ChannelMean | Op::ChannelVar | Op::ChannelSum => {
@@ -176,7 +208,10 @@ pub fn node_error(g: &Graph, n: NodeIndex, ops: &[Tensor<f32>], got: &Tensor<f32
             let want = crate::interp::eval_op(&node.op, &node.shape, &refs, opts)?.cast::<f32>();
             Ok(rel_err(got, &want, NODE_FLOOR))
         }
-        Op::MatMul { .. } | Op::Conv2d { .. } | Op::Conv2dGradInput { .. } | Op::Conv2dGradWeight { .. } => {
+        Op::MatMul { .. }
+        | Op::Conv2d { .. }
+        | Op::Conv2dGradInput { .. }
+        | Op::Conv2dGradWeight { .. } => {
             let want = cpu_node(g, n, ops, opts)?;
             let abs: Vec<Tensor<f32>> = ops
                 .iter()
@@ -217,8 +252,14 @@ pub fn check_case<B: Backend>(
     let started = Instant::now();
     let (model, a) = crate::cli::load(path)?;
     let g = compile(&model, &Options::new(steps, opts.batch, mode))?.graph;
-    let params: HashMap<String, Tensor<f32>> = crate::init::cast_params(&crate::init::init_params(&a, opts.seed));
-    let x = random_input(&g, matches!(model.input.encoding, Encoding::Events), opts.seed).cast::<f32>();
+    let params: HashMap<String, Tensor<f32>> =
+        crate::init::cast_params(&crate::init::init_params(&a, opts.seed));
+    let x = random_input(
+        &g,
+        matches!(model.input.encoding, Encoding::Events),
+        opts.seed,
+    )
+    .cast::<f32>();
     let labels = random_labels(opts.batch, a.output[0], opts.seed).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     let mut r = check_graph(backend, &g, &inputs, &params, opts, poison, |_| {})?;
@@ -242,11 +283,10 @@ pub fn check_graph<B: Backend>(
 ) -> Result<CaseResult, String> {
     let started = Instant::now();
     let ropts = RunOptions { seed: opts.seed };
-    let spikes: Vec<NodeIndex> = g
-        .g
-        .node_indices()
-        .filter(|&n| matches!(g.node(n).op, Op::Spike { .. }))
-        .collect();
+    let spikes: Vec<NodeIndex> =
+        g.g.node_indices()
+            .filter(|&n| matches!(g.node(n).op, Op::Spike { .. }))
+            .collect();
     let (want, cpu_spikes) = crate::codegen::cpu::run_keeping(g, inputs, params, &ropts, &spikes)
         .map_err(|e| format!("error: CPU executor: {e}"))?;
 
@@ -267,7 +307,10 @@ pub fn check_graph<B: Backend>(
             if first_flip.is_none() && !differ.is_empty() {
                 // How far from the threshold were the first spikes to differ
                 // (the device's own membrane potential)?
-                let dist = differ.iter().map(|&i| (ops[0].data[i] - *theta as f32).abs()).fold(0f32, f32::max);
+                let dist = differ
+                    .iter()
+                    .map(|&i| (ops[0].data[i] - *theta as f32).abs())
+                    .fold(0f32, f32::max);
                 first_flip = Some((n, differ.len(), dist));
             }
             flips += differ.len();
@@ -278,7 +321,7 @@ pub fn check_graph<B: Backend>(
         }
         match node_error(g, n, ops, out, &ropts) {
             Ok(e) => {
-                if !(e <= node_err) {
+                if worse(e, node_err) {
                     node_err = e;
                     worst_node = format!("{} {} #{}", node.op.name(), node.op.attrs(), n.index());
                 }
@@ -288,7 +331,12 @@ pub fn check_graph<B: Backend>(
             }
         }
     };
-    let got = exec.run_observed(inputs, params, &ropts, Some(&mut observe as &mut super::exec::Observer<'_>))?;
+    let got = exec.run_observed(
+        inputs,
+        params,
+        &ropts,
+        Some(&mut observe as &mut super::exec::Observer<'_>),
+    )?;
     drop(exec);
     if let Some(f) = node_failure {
         return Err(f);
@@ -297,7 +345,7 @@ pub fn check_graph<B: Backend>(
     let mut worst_output = String::from("-");
     for (name, _) in &g.outputs {
         let e = rel_err_abs(&got[name], &want[name], OUTPUT_FLOOR, OUTPUT_ABS_FLOOR);
-        if !(e <= output_err) {
+        if worse(e, output_err) {
             output_err = e;
             worst_output = name.clone();
         }
@@ -305,7 +353,7 @@ pub fn check_graph<B: Backend>(
     let nonfinite = got.values().any(|t| t.data.iter().any(|v| !v.is_finite()));
     let (passed, verdict) = if nonfinite {
         (false, "FAIL: non-finite device output".to_string())
-    } else if !(node_err <= opts.tol) {
+    } else if worse(node_err, opts.tol) {
         (false, format!("FAIL: {worst_node} differs in isolation"))
     } else if output_err <= opts.tol {
         (true, "ok".to_string())
@@ -324,7 +372,9 @@ pub fn check_graph<B: Backend>(
                 if tie { " (ties); every node matches" } else { ", not a tie" }
             ),
         )
-    } else if per_node && graph_cost(g).forward_flops + graph_cost(g).backward_flops <= ARBITRATE_FLOP {
+    } else if per_node
+        && graph_cost(g).forward_flops + graph_cost(g).backward_flops <= ARBITRATE_FLOP
+    {
         // Every node matches, yet the outputs differ: rounding amplified
         // somewhere (a batch-norm channel of zero variance divides rounding
         // noise by sqrt(eps)). Ask the f64 interpreter which side is off.
@@ -384,9 +434,12 @@ pub fn arbitrate(
     tol: f32,
 ) -> Result<Option<String>, String> {
     let cast = |m: &HashMap<String, Tensor<f32>>| -> HashMap<String, Tensor<f64>> {
-        m.iter().map(|(k, v)| (k.clone(), v.cast::<f64>())).collect()
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.cast::<f64>()))
+            .collect()
     };
-    let truth = crate::interp::run(g, &cast(inputs), &cast(params), opts).map_err(|e| e.to_string())?;
+    let truth =
+        crate::interp::run(g, &cast(inputs), &cast(params), opts).map_err(|e| e.to_string())?;
     for (name, n) in &g.outputs {
         let t = truth.get(*n).ok_or("no value")?.cast::<f32>();
         // Values below 1e-2 are compared in absolute terms: an output that
@@ -395,7 +448,7 @@ pub fn arbitrate(
         // matched in isolation already; this looks for gross errors.
         let ed = rel_err_abs(&device[name], &t, OUTPUT_FLOOR, 1e-2);
         let ec = rel_err_abs(&cpu[name], &t, OUTPUT_FLOOR, 1e-2);
-        if !(ed <= (4.0 * ec).max(tol)) {
+        if worse(ed, (4.0 * ec).max(tol)) {
             return Ok(Some(format!(
                 "{name}: device {ed:.1e} and CPU executor {ec:.1e} from the f64 interpreter"
             )));
@@ -407,7 +460,16 @@ pub fn arbitrate(
 fn print_header() {
     println!(
         "{:<12} {:<5} {:>2} {:>6} {:>9} {:<16} {:>9} {:<30} {:>11} {:>7}  verdict",
-        "model", "mode", "T", "nodes", "out err", "worst output", "node err", "worst node", "spike flips", "secs"
+        "model",
+        "mode",
+        "T",
+        "nodes",
+        "out err",
+        "worst output",
+        "node err",
+        "worst node",
+        "spike flips",
+        "secs"
     );
 }
 
@@ -429,7 +491,12 @@ fn print_row(r: &CaseResult) {
 }
 
 /// Runs every case on `backend`; prints a table; true when all passed.
-pub fn run_cases<B: Backend>(backend: &mut B, opts: &CheckOptions, poison: bool, json: bool) -> bool {
+pub fn run_cases<B: Backend>(
+    backend: &mut B,
+    opts: &CheckOptions,
+    poison: bool,
+    json: bool,
+) -> bool {
     if !json {
         print_header();
     }
@@ -457,7 +524,9 @@ pub fn run_cases<B: Backend>(backend: &mut B, opts: &CheckOptions, poison: bool,
                         count.1 += 1;
                         println!(
                             "{:<12} {:<5} {:>2}  FAIL: {}",
-                            path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default(),
+                            path.file_stem()
+                                .map(|s| s.to_string_lossy())
+                                .unwrap_or_default(),
                             mode.to_string(),
                             t,
                             e.lines().next().unwrap_or("")
@@ -482,7 +551,12 @@ pub fn run_cases<B: Backend>(backend: &mut B, opts: &CheckOptions, poison: bool,
 
 /// `snnc cuda-check`: on the GPU (or the CPU emulator). Ok(false) when a
 /// case failed; a missing GPU is a skip (Ok(true)) unless `require`.
-pub fn cuda_check(opts: &CheckOptions, emulate: bool, require: bool, json: bool) -> Result<bool, String> {
+pub fn cuda_check(
+    opts: &CheckOptions,
+    emulate: bool,
+    require: bool,
+    json: bool,
+) -> Result<bool, String> {
     if emulate {
         let mut emu = Emu::new()?;
         emu.set_max_grid(64);
@@ -505,12 +579,17 @@ pub fn cuda_check(opts: &CheckOptions, emulate: bool, require: bool, json: bool)
 /// Device-to-device copy bandwidth: `bytes` copied `reps` times by the copy
 /// engine (cuMemcpyDtoD) and by the `snnc_copy` kernel. Prints GB/s counting
 /// bytes read plus bytes written.
-pub fn bandwidth<B: Backend>(b: &mut B, bytes: usize, reps: usize) -> Result<Vec<(String, f64)>, String> {
+pub fn bandwidth<B: Backend>(
+    b: &mut B,
+    bytes: usize,
+    reps: usize,
+) -> Result<Vec<(String, f64)>, String> {
     let len = bytes / 4;
     let src = b.alloc(len)?;
     let mut dst = b.alloc(len)?;
     let (sp, dp) = (b.ptr(&src), b.ptr(&dst));
-    let n = i32::try_from(len).map_err(|_| "bandwidth buffer too large for the copy kernel".to_string())?;
+    let n = i32::try_from(len)
+        .map_err(|_| "bandwidth buffer too large for the copy kernel".to_string())?;
     let fill = [Arg::P(sp), Arg::I(n), Arg::F(1.5)];
     check_args("snnc_fill", &fill)?;
     let grid = len.div_ceil(256).min(b.max_grid() as usize) as u32;
@@ -547,7 +626,10 @@ pub fn bandwidth<B: Backend>(b: &mut B, bytes: usize, reps: usize) -> Result<Vec
     }
     let check = b.download(&dst, 1)?;
     if check[0] != 1.5 {
-        return Err(format!("bandwidth copy produced {} instead of 1.5", check[0]));
+        return Err(format!(
+            "bandwidth copy produced {} instead of 1.5",
+            check[0]
+        ));
     }
     b.free(src);
     b.free(dst);
@@ -585,10 +667,18 @@ pub struct CudaBenchRow {
 }
 
 /// `snnc bench --device cuda`.
-pub fn bench_cuda(path: &Path, steps: &[usize], modes: &[Mode], batch: usize, repeats: usize, json: bool) -> Result<(), String> {
+pub fn bench_cuda(
+    path: &Path,
+    steps: &[usize],
+    modes: &[Mode],
+    batch: usize,
+    repeats: usize,
+    json: bool,
+) -> Result<(), String> {
     let (model, a) = crate::cli::load(path)?;
     let mut cuda = Cuda::new().map_err(|e| format!("error: bench --device cuda: {e}"))?;
-    let params: HashMap<String, Tensor<f32>> = crate::init::cast_params(&crate::init::init_params(&a, 0));
+    let params: HashMap<String, Tensor<f32>> =
+        crate::init::cast_params(&crate::init::init_params(&a, 0));
     if !json {
         println!("{}: {}", model.name, cuda.describe());
         println!("  {}", cuda.kernels_note);
@@ -597,14 +687,24 @@ pub fn bench_cuda(path: &Path, steps: &[usize], modes: &[Mode], batch: usize, re
         );
         println!(
             "{:<6} {:>4} {:>10} {:>10} {:>10} {:>9} {:>10} {:>12} {:>12} {:>12}",
-            "mode", "T", "step ms", "img/s", "GFLOP", "GFLOP/s", "kept MiB", "peak MiB", "pool MiB", "device MiB"
+            "mode",
+            "T",
+            "step ms",
+            "img/s",
+            "GFLOP",
+            "GFLOP/s",
+            "kept MiB",
+            "peak MiB",
+            "pool MiB",
+            "device MiB"
         );
     }
     for &mode in modes {
         for &t in steps {
             let g = compile(&model, &Options::new(t, batch, mode))?.graph;
             let cost = graph_cost(&g);
-            let x = random_input(&g, matches!(model.input.encoding, Encoding::Events), 1).cast::<f32>();
+            let x =
+                random_input(&g, matches!(model.input.encoding, Encoding::Events), 1).cast::<f32>();
             let labels = random_labels(batch, a.output[0], 1).cast::<f32>();
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
             cuda.sync()?;

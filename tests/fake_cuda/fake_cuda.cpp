@@ -259,6 +259,23 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     return SUCCESS;
 }
 
+// NVRTC opens libcuda.so.1 when there is one and asks it for internal
+// tables; a fake has none to give, and says so.
+CUresult cuGetExportTable(const void** table, const void*) {
+    *table = nullptr;
+    return 801;  // CUDA_ERROR_NOT_SUPPORTED
+}
+
+CUresult cuGetProcAddress(const char*, void** fn, int, unsigned long long) {
+    *fn = nullptr;
+    return 500;
+}
+
+CUresult cuGetProcAddress_v2(const char*, void** fn, int, unsigned long long, int*) {
+    *fn = nullptr;
+    return 500;
+}
+
 // For the fake cuBLAS, which has no allocation table of its own.
 int fake_cuda_inside(CUdeviceptr p, size_t bytes) {
     std::lock_guard<std::mutex> g(mu);
@@ -320,6 +337,7 @@ static int gemm(int ta, int tb, int m, int n, int k, const float* alpha, const f
         // Every element touched must be device memory (the fake driver's
         // allocation table, already loaded by cudarc).
         void* drv = dlopen("libcuda.so", RTLD_NOW | RTLD_NOLOAD);
+        if (!drv) drv = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
         auto in_dev = drv ? (int (*)(CUdeviceptr, size_t))dlsym(drv, "fake_cuda_inside") : nullptr;
         if (!in_dev) {
             std::fprintf(stderr, "fake cuBLAS: the fake libcuda.so is not loaded\n");

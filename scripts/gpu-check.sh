@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# The GPU checks, on a machine with an NVIDIA GPU and a CUDA installation but
+# no Rust toolchain: run from the repository root with a release binary built
+# elsewhere (x86-64 Linux) at target/release/snnc:
+#
+#   bash scripts/gpu-check.sh
+#
+# 1. prints nvidia-smi;
+# 2. finds libcuda (driver), libnvrtc and libcublas (ldconfig, the CUDA
+#    toolkit, Python wheels such as PyTorch's nvidia-* packages, then a
+#    bounded search of /) and exports LD_LIBRARY_PATH. snnc loads them with
+#    cudarc, which tries CUDA 12 file names (libnvrtc.so, libnvrtc.so.12, …)
+#    but not libnvrtc.so.13, so CUDA 13's libraries are linked under the
+#    unversioned names (libnvrtc.so, libcublas.so) in a folder put first on
+#    the path;
+# 3. snnc cuda-check --require-gpu: every example model on the GPU against the
+#    CPU executor (outputs and every node);
+# 4. snnc cuda-check --bandwidth: device-to-device copy bandwidth;
+# 5. snnc bench --device cuda: fmnist_csnn and resnet19 (CIFAR-shaped random
+#    data), batch 128, T = 1, 2, 4, 8, bptt and rate;
+# and ends with a summary table. Each step has its own time limit and the
+# whole run stays under 8 minutes. Logs go to $OUT (when set) or
+# /tmp/snnc-gpu-check. Exit status: 0 when every step passed.
+#
+# Environment: SNNC_BIN (the binary), SNNC_LIB_DIRS (colon-separated folders
+# searched for the libraries first), SNNC_GPU_CHECK_BUDGET (seconds, 470),
+# SNNC_GPU_CHECK_QUICK=1 (tiny sizes: a smoke test of this script, e.g.
+# against the fake libraries of tests/cuda_fake_device.rs).
+set -uo pipefail
+
+BIN=${SNNC_BIN:-target/release/snnc}
+LOG=${OUT:-/tmp/snnc-gpu-check}
+WORK=${SNNC_GPU_CHECK_WORK:-/tmp/snnc-gpu-check-work} # library links, kernel cache
+BUDGET=${SNNC_GPU_CHECK_BUDGET:-470} # seconds, all steps together
+START=$(date +%s)
+mkdir -p "$LOG" "$WORK"
+: >"$LOG/summary.txt"
+
+say() { printf '%s\n' "$*" | tee -a "$LOG/setup.log"; }
+
+if [ ! -x "$BIN" ]; then
+    echo "gpu-check: $BIN is missing or not executable (build it with: cargo build --release)" >&2
+    exit 2
+fi
+
+# ---- 1. the GPU ---------------------------------------------------------------
+: >"$LOG/setup.log"
+say "== nvidia-smi"
+if command -v nvidia-smi >/dev/null; then
+    timeout 20 nvidia-smi 2>&1 | tee -a "$LOG/setup.log"
+else
+    say "nvidia-smi: not found"
+fi
+DRIVER_CUDA=$(timeout 20 nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9]*\)\.[0-9]*.*/\1/p' | head -1)
+DRIVER_CUDA=${DRIVER_CUDA:-99}
+say "driver supports CUDA major version: $DRIVER_CUDA"
+
+# ---- 2. the libraries -------------------------------------------------------------
+say "== CUDA libraries"
+# Candidate folders, most preferred first: the driver's and toolkit's, then
+# Python wheels (PyTorch's nvidia-* packages), then whatever ldconfig knows.
+DIRS=()
+IFS=: read -r -a EXTRA <<<"${SNNC_LIB_DIRS:-}"
+for d in "${EXTRA[@]}"; do
+    [ -n "$d" ] && [ -d "$d" ] && DIRS+=("$d")
+done
+for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/lib64 \
+    /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-*/lib64 \
+    /usr/local/cuda-*/targets/x86_64-linux/lib \
+    /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/lib \
+    /usr/local/lib/python3*/dist-packages/nvidia/*/lib /usr/lib/python3/dist-packages/nvidia/*/lib; do
+    [ -d "$d" ] && DIRS+=("$d")
+done
+while read -r f; do
+    [ -n "$f" ] && DIRS+=("$(dirname "$f")")
+done < <(ldconfig -p 2>/dev/null | awk '/lib(cuda|nvrtc|cublas)\.so/ {print $NF}')
+
+# Files named like PATTERN in the candidate folders; a bounded search of /
+# when there are none.
+find_lib() {
+    local pattern=$1 d f found=()
+    for d in "${DIRS[@]}"; do
+        for f in "$d"/$pattern; do
+            [ -e "$f" ] && found+=("$f")
+        done
+    done
+    if [ ${#found[@]} -eq 0 ]; then
+        while read -r f; do found+=("$f"); done < <(timeout 20 find / -xdev -maxdepth 10 \
+            \( -path /proc -o -path /sys -o -path /dev \) -prune -o -name "$pattern" -print 2>/dev/null)
+    fi
+    printf '%s\n' "${found[@]}" | awk '!seen[$0]++'
+}
+
+# The first file of a library whose major version (the number after .so.) is
+# at most the driver's CUDA version: a newer NVRTC or cuBLAS than the driver
+# may not run on it.
+pick() {
+    local f major
+    while read -r f; do
+        [ -z "$f" ] && continue
+        major=$(basename "$f" | sed -n 's/.*\.so\.\([0-9]*\).*/\1/p')
+        if [ -z "$major" ] || [ "$major" -le "$DRIVER_CUDA" ]; then
+            readlink -f "$f"
+            return 0
+        fi
+    done
+    return 1
+}
+
+CUDA_LIB=$(find_lib 'libcuda.so.1' | pick)
+NVRTC_LIB=$(find_lib 'libnvrtc.so.[0-9]*' | grep -v builtins | sort -t. -k3 -n -r | pick)
+CUBLAS_LIB=$(find_lib 'libcublas.so.[0-9]*' | sort -t. -k3 -n -r | pick)
+say "libcuda:   ${CUDA_LIB:-not found}"
+say "libnvrtc:  ${NVRTC_LIB:-not found}"
+say "libcublas: ${CUBLAS_LIB:-not found}"
+
+SHIM="$WORK/libs"
+rm -rf "$SHIM" && mkdir -p "$SHIM"
+LDP="$SHIM"
+add_dir() { case ":$LDP:" in *":$1:"*) ;; *) LDP="$LDP:$1" ;; esac; }
+[ -n "$CUDA_LIB" ] && add_dir "$(dirname "$CUDA_LIB")"
+if [ -n "$NVRTC_LIB" ]; then
+    ln -sf "$NVRTC_LIB" "$SHIM/libnvrtc.so"
+    add_dir "$(dirname "$NVRTC_LIB")" # libnvrtc-builtins.so.* lives beside it
+fi
+if [ -n "$CUBLAS_LIB" ]; then
+    ln -sf "$CUBLAS_LIB" "$SHIM/libcublas.so"
+    add_dir "$(dirname "$CUBLAS_LIB")" # libcublasLt.so.* lives beside it
+fi
+export LD_LIBRARY_PATH="$LDP${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+say "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+# The kernels are compiled once per machine and cached here.
+export SNNC_CACHE_DIR="${SNNC_CACHE_DIR:-$WORK/cache}"
+
+# ---- 3-5. the checks ---------------------------------------------------------------
+FAILED=0
+ROWS=()
+step() { # name limit-seconds args...
+    local name=$1 limit=$2
+    shift 2
+    local left=$((BUDGET - ($(date +%s) - START)))
+    if [ "$left" -lt 10 ]; then
+        ROWS+=("$(printf '%-16s %-8s %6s  %s' "$name" "skipped" "-" "out of time")")
+        FAILED=1
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo
+    echo "== $name: snnc $* (limit ${limit}s)"
+    local t0 rc
+    t0=$(date +%s)
+    timeout -k 5 "$limit" "$BIN" "$@" 2>&1 | tee "$LOG/$name.log"
+    rc=${PIPESTATUS[0]}
+    local secs=$(($(date +%s) - t0))
+    local status=ok
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        status="timeout"
+    elif [ "$rc" -ne 0 ]; then
+        status="FAIL($rc)"
+    fi
+    [ "$status" = ok ] || FAILED=1
+    local key
+    case $name in
+    cuda-check) key=$(grep -E '^cuda-check: ' "$LOG/$name.log" | tail -1) ;;
+    bandwidth) key=$(grep -o '[a-z_ ()]*: [0-9.]* GB x [0-9]* in [0-9.]* ms: [0-9]* GB/s' "$LOG/$name.log" | sed 's/: .*: / /' | paste -sd ';' -) ;;
+    bench-*) key="$(grep -cE '^(bptt|rate) ' "$LOG/$name.log") rows; T=8 rate: $(awk '$1=="rate" && $2==8 {print $3 " ms/step, " $4 " img/s"}' "$LOG/$name.log")" ;;
+    esac
+    [ "$status" = ok ] || key="$key $(grep -m1 -E 'error|panicked' "$LOG/$name.log")"
+    ROWS+=("$(printf '%-16s %-8s %6s  %s' "$name" "$status" "$secs" "$key")")
+}
+
+if [ "${SNNC_GPU_CHECK_QUICK:-0}" = 1 ]; then
+    step cuda-check 180 cuda-check --require-gpu --models digits_mlp,fmnist_csnn -T 1,2
+    step bandwidth 40 cuda-check --bandwidth 16
+    step bench-fmnist 60 bench examples/models/fmnist_csnn.snn --device cuda -T 1,8 --mode bptt,rate --batch 2 --repeats 1
+    step bench-resnet19 150 bench examples/models/digits_mlp.snn --device cuda -T 1,8 --mode bptt,rate --batch 2 --repeats 1
+else
+    step cuda-check 180 cuda-check --require-gpu
+    step bandwidth 40 cuda-check --bandwidth 2048
+    step bench-fmnist 60 bench examples/models/fmnist_csnn.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 5
+    step bench-resnet19 150 bench examples/models/resnet19.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 2
+fi
+
+{
+    echo
+    echo "== summary ($(($(date +%s) - START)) s; logs in $LOG)"
+    printf '%-16s %-8s %6s  %s\n' "step" "status" "secs" "result"
+    printf '%s\n' "${ROWS[@]}"
+} | tee "$LOG/summary.txt"
+exit "$FAILED"
