@@ -107,9 +107,15 @@ pick() {
     return 1
 }
 
+# Highest major version first; among equals, the folder order above.
+by_version() {
+    awk '{ n = $0; sub(/.*\//, "", n); v = n; sub(/^[^.]*\.so\.?/, "", v); sub(/\..*/, "", v); print (v == "" ? 0 : v) "\t" $0 }' |
+        sort -s -t$'\t' -k1,1nr | cut -f2-
+}
+
 CUDA_LIB=$(find_lib 'libcuda.so.1' | pick)
-NVRTC_LIB=$(find_lib 'libnvrtc.so.[0-9]*' | grep -v builtins | sort -t. -k3 -n -r | pick)
-CUBLAS_LIB=$(find_lib 'libcublas.so.[0-9]*' | sort -t. -k3 -n -r | pick)
+NVRTC_LIB=$(find_lib 'libnvrtc.so.[0-9]*' | by_version | pick)
+CUBLAS_LIB=$(find_lib 'libcublas.so.[0-9]*' | by_version | pick)
 say "libcuda:   ${CUDA_LIB:-not found}"
 say "libnvrtc:  ${NVRTC_LIB:-not found}"
 say "libcublas: ${CUBLAS_LIB:-not found}"

@@ -87,6 +87,9 @@ enum Cmd {
         data_dir: Option<PathBuf>,
         #[arg(long, default_value_t = 128)]
         batch: usize,
+        /// cpu only for now (see `snnc train --device`).
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
     },
     /// List the rate pass's rewrite rules: name, exact or approximate, identity.
     Rules {
@@ -228,6 +231,11 @@ struct TrainArgs {
     /// One JSON object per epoch, no progress bar.
     #[arg(long)]
     json: bool,
+    /// cpu only for now: the CUDA executor runs graphs (`snnc bench --device
+    /// cuda`, `snnc cuda-check`), but the training loop still uses the CPU
+    /// executor.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -300,7 +308,10 @@ fn main() -> ExitCode {
             data,
             data_dir,
             batch,
-        } => cli::eval(&checkpoint, data, data_dir, batch),
+            device,
+        } => {
+            no_cuda_yet(device, "eval").and_then(|()| cli::eval(&checkpoint, data, data_dir, batch))
+        }
         Cmd::Rules { json } => {
             print!("{}", cli::rules(json));
             Ok(())
@@ -374,7 +385,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--device cuda` where the runtime does not support it yet.
+fn no_cuda_yet(device: Device, what: &str) -> Result<(), String> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda => Err(format!(
+            "error: `snnc {what} --device cuda` is not supported yet: the training loop (src/runtime) \
+             runs on the CPU executor. The CUDA executor runs compiled graphs: `snnc bench --device cuda`, \
+             `snnc cuda-check`."
+        )),
+    }
+}
+
 fn train(a: TrainArgs) -> Result<(), String> {
+    no_cuda_yet(a.device, "train")?;
     let out = match (&a.out, &a.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => r.clone(),
