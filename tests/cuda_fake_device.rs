@@ -40,7 +40,10 @@ fn fake() -> Option<Fake> {
         Ok(p) => p,
         Err(e) => return skip(e),
     };
-    let dir = std::env::temp_dir().join(format!("snnc-fake-cuda-{}", std::process::id()));
+    // One folder per test: the tests run in parallel and each removes its own.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("snnc-fake-cuda-{}-{k}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_cuda/fake_cuda.cpp");
     // The real libraries' file names: the driver's libcuda.so.1, a CUDA 12

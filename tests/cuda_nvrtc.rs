@@ -106,17 +106,16 @@ fn the_cache_returns_what_was_compiled() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("snnc-nvrtc-cache-{}", std::process::id()));
-    // The cache directory comes from the environment; this test sets it for
-    // itself only through a separate process-wide variable read per call.
-    std::env::set_var("SNNC_CACHE_DIR", &dir);
     let src = "extern \"C\" __global__ void k(float* x) { x[0] = 1.0f; }";
     let opts = nvrtc::options("sm_90");
-    let a = nvrtc::compile_cached(src, "cachetest", &opts).unwrap();
-    let b = nvrtc::compile_cached(src, "cachetest", &opts).unwrap();
+    let a = nvrtc::compile_cached_in(&dir, src, "cachetest", &opts).unwrap();
+    let b = nvrtc::compile_cached_in(&dir, src, "cachetest", &opts).unwrap();
     assert!(!a.cached && b.cached);
     assert_eq!(a.ptx, b.ptx);
     assert_eq!(a.cubin, b.cubin);
-    std::env::remove_var("SNNC_CACHE_DIR");
+    // Other options, another entry.
+    let c = nvrtc::compile_cached_in(&dir, src, "cachetest", &nvrtc::options("sm_80")).unwrap();
+    assert!(!c.cached);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

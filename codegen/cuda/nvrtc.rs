@@ -101,8 +101,18 @@ pub(super) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
     std::fs::rename(&tmp, path)
 }
 
-/// Compiles `src` with `opts`, through the cache.
+/// Compiles `src` with `opts`, through the cache in [`cache_dir`].
 pub fn compile_cached(src: &str, name: &str, opts: &[String]) -> Result<Compiled, String> {
+    compile_cached_in(&cache_dir(), src, name, opts)
+}
+
+/// Compiles `src` with `opts`, through the cache in `cache`.
+pub fn compile_cached_in(
+    cache: &std::path::Path,
+    src: &str,
+    name: &str,
+    opts: &[String],
+) -> Result<Compiled, String> {
     let (major, minor) = version()?;
     let joined = opts.join("\u{1}");
     let ver = format!("{major}.{minor}");
@@ -112,7 +122,7 @@ pub fn compile_cached(src: &str, name: &str, opts: &[String]) -> Result<Compiled
         joined.as_bytes(),
         ver.as_bytes(),
     ]);
-    let dir = cache_dir().join("nvrtc");
+    let dir = cache.join("nvrtc");
     let stem = dir.join(format!("{name}-{key:016x}"));
     let (ptx_path, cubin_path) = (stem.with_extension("ptx"), stem.with_extension("cubin"));
     if let Ok(ptx) = std::fs::read_to_string(&ptx_path) {
