@@ -70,10 +70,68 @@ impl std::fmt::Display for DeviceInfo {
     }
 }
 
-/// The message for a CUDA library cudarc cannot load: the names it tried.
+/// Folders where CUDA libraries usually are: LD_LIBRARY_PATH, the toolkit,
+/// the system's, Python wheels (PyTorch's `nvidia-*` packages).
+fn usual_lib_dirs() -> Vec<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let mut dirs: Vec<PathBuf> = std::env::var("LD_LIBRARY_PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    for d in [
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/targets/x86_64-linux/lib",
+        "/usr/local/nvidia/lib64",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+    ] {
+        dirs.push(PathBuf::from(d));
+    }
+    // <prefix>/lib/python3.*/site-packages/nvidia/*/lib
+    let sub = |p: &std::path::Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p)
+            .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    };
+    for prefix in ["/opt/torch/.venv/lib", "/usr/local/lib", "/usr/lib"] {
+        for py in sub(std::path::Path::new(prefix)) {
+            if !py
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("python3"))
+            {
+                continue;
+            }
+            for pkgs in ["site-packages", "dist-packages"] {
+                for pkg in sub(&py.join(pkgs).join("nvidia")) {
+                    dirs.push(pkg.join("lib"));
+                }
+            }
+        }
+    }
+    dirs
+}
+
+/// The message for a CUDA library cudarc cannot load: the names it tried,
+/// and the files of that library found in the usual folders, with how to
+/// make them loadable.
 pub fn missing_library(lib: &str) -> String {
     let names = cudarc::get_lib_name_candidates(lib);
     let ld = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    let prefix = format!("lib{lib}.so");
+    let mut found: Vec<String> = usual_lib_dirs()
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|r| r.filter_map(|e| e.ok().map(|e| e.path())))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    found.sort();
+    found.dedup();
     let hint = if lib == "cuda" {
         "libcuda.so.1 comes with the NVIDIA driver: no driver (or no GPU) here".to_string()
     } else {
@@ -82,11 +140,23 @@ pub fn missing_library(lib: &str) -> String {
              named lib{lib}.so to it in a folder on LD_LIBRARY_PATH, as scripts/gpu-check.sh does"
         )
     };
-    format!(
+    let mut msg = format!(
         "lib{lib} could not be loaded ({hint}). cudarc tried: {}. LD_LIBRARY_PATH={}",
         names.join(", "),
         if ld.is_empty() { "(unset)" } else { &ld }
-    )
+    );
+    if let Some(f) = found.iter().find(|f| !f.ends_with(".so")) {
+        let dir = std::path::Path::new(f)
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        msg.push_str(&format!(
+            ". Found {}; to use {f}: mkdir -p /tmp/snnc-libs && ln -sf {f} /tmp/snnc-libs/lib{lib}.so \
+             && export LD_LIBRARY_PATH=/tmp/snnc-libs:{dir}:$LD_LIBRARY_PATH",
+            found.join(", ")
+        ));
+    }
+    msg
 }
 
 fn lib_present(lib: &str) -> Result<(), String> {
