@@ -6,7 +6,9 @@
 
 pub mod cost;
 pub mod dce;
+pub mod memplan;
 pub mod rate;
+pub mod schedule;
 
 use crate::ir::{self, Graph};
 

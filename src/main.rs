@@ -7,8 +7,13 @@ use std::process::ExitCode;
 use snnc::cli;
 use snnc::compile::{Options, Stage};
 use snnc::passes::rate::Mode;
+use snnc::passes::schedule::SchedOpts;
 use snnc::runtime::optim::{OptimConfig, OptimizerKind, Schedule};
 use snnc::runtime::train::TrainConfig;
+
+/// Counts allocated bytes, for `snnc bench`'s measured peak.
+#[global_allocator]
+static ALLOC: snnc::runtime::alloc::Counting = snnc::runtime::alloc::Counting;
 
 #[derive(Parser)]
 #[command(
@@ -53,7 +58,34 @@ enum Cmd {
         /// Unroll for evaluation (running BN statistics, no dropout).
         #[arg(long)]
         eval: bool,
+        /// Schedule whose memory plan `--format stats` reports:
+        /// layer-major, time-major or time-major-recompute.
+        #[arg(long, default_value = "layer-major")]
+        schedule: SchedOpts,
         /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Print a schedule's execution order and memory plan: every node with
+    /// the bytes live while it runs, then every buffer with its size, arena
+    /// offset and lifetime.
+    Plan {
+        file: PathBuf,
+        #[arg(short = 'T', long = "steps", default_value_t = 4)]
+        steps: usize,
+        /// The stage whose graph is planned.
+        #[arg(long, alias = "stage", value_enum, default_value_t = Stage::Dce)]
+        after: Stage,
+        #[arg(long, value_enum, default_value_t = ModeArg::Rate)]
+        mode: ModeArg,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// layer-major, time-major or time-major-recompute.
+        #[arg(long, default_value = "layer-major")]
+        schedule: SchedOpts,
+        /// The plan's totals and buffers as one JSON object.
+        #[arg(long)]
+        json: bool,
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
@@ -122,6 +154,10 @@ enum Cmd {
         /// Timed steps per row (after one warm-up step).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// Comma-separated schedules: layer-major, time-major,
+        /// time-major-recompute (time-major with batch-norm recompute).
+        #[arg(long, value_delimiter = ',', default_value = "layer-major")]
+        schedule: Vec<SchedOpts>,
         #[arg(long)]
         json: bool,
     },
@@ -224,6 +260,7 @@ fn main() -> ExitCode {
             format,
             batch,
             eval,
+            schedule,
             output,
         } => cli::graph(
             &file,
@@ -237,6 +274,26 @@ fn main() -> ExitCode {
                 Format::Dot => cli::GraphFormat::Dot,
                 Format::Stats => cli::GraphFormat::Stats,
             },
+            schedule,
+        )
+        .and_then(|text| write_out(output.as_deref(), &text)),
+        Cmd::Plan {
+            file,
+            steps,
+            after,
+            mode,
+            batch,
+            schedule,
+            json,
+            output,
+        } => cli::plan(
+            &file,
+            &Options {
+                after,
+                ..Options::new(steps, batch, mode.into())
+            },
+            schedule,
+            json,
         )
         .and_then(|text| write_out(output.as_deref(), &text)),
         Cmd::Run {
@@ -271,10 +328,19 @@ fn main() -> ExitCode {
             mode,
             batch,
             repeats,
+            schedule,
             json,
         } => {
             let modes: Vec<Mode> = mode.into_iter().map(Mode::from).collect();
-            cli::bench(&file, &steps, &modes, batch, repeats.max(1), json)
+            cli::bench(
+                &file,
+                &steps,
+                &modes,
+                &schedule,
+                batch,
+                repeats.max(1),
+                json,
+            )
         }
         Cmd::Report {
             file,

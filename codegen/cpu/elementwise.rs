@@ -77,3 +77,89 @@ pub fn eval(op: &Op, xs: &[&Tensor<f32>]) -> Option<Tensor<f32>> {
         _ => return None,
     })
 }
+
+fn map_mut(x: &mut Tensor<f32>, f: impl Fn(f32) -> f32 + Sync) {
+    if x.len() >= PAR_MIN {
+        x.data.par_iter_mut().for_each(|v| *v = f(*v));
+    } else {
+        x.data.iter_mut().for_each(|v| *v = f(*v));
+    }
+}
+
+fn zip_mut(x: &mut Tensor<f32>, b: &Tensor<f32>, f: impl Fn(f32, f32) -> f32 + Sync) {
+    if x.len() >= PAR_MIN {
+        x.data
+            .par_iter_mut()
+            .zip(&b.data)
+            .for_each(|(v, &w)| *v = f(*v, w));
+    } else {
+        x.data
+            .iter_mut()
+            .zip(&b.data)
+            .for_each(|(v, &w)| *v = f(*v, w));
+    }
+}
+
+fn per_channel_mut(x: &mut Tensor<f32>, v: &Tensor<f32>, f: impl Fn(f32, f32) -> f32 + Sync) {
+    let (c, r): (usize, usize) = (x.shape[1], x.shape[2..].iter().product());
+    let g = |(i, a): (usize, &mut f32)| *a = f(*a, v.data[(i / r) % c]);
+    if x.len() >= PAR_MIN {
+        x.data.par_iter_mut().enumerate().for_each(g);
+    } else {
+        x.data.iter_mut().enumerate().for_each(g);
+    }
+}
+
+/// The op computed over its first operand's buffer `x` (which the caller
+/// owns and no one else reads any more); `rest` are the other operands and
+/// `shape` the node's shape. Each element gets the same expression as in
+/// `eval` and the reference kernels (`sum` adds the operands in order).
+/// Handles exactly the ops `memplan::in_place` names.
+pub fn eval_in_place(op: &Op, x: &mut Tensor<f32>, rest: &[&Tensor<f32>], shape: &[usize]) {
+    match op {
+        Op::Add => zip_mut(x, rest[0], |a, b| a + b),
+        Op::Sub => zip_mut(x, rest[0], |a, b| a - b),
+        Op::Mul => zip_mut(x, rest[0], |a, b| a * b),
+        Op::Sum => {
+            for r in rest {
+                zip_mut(x, r, |a, b| a + b);
+            }
+        }
+        Op::Scale(c) => {
+            let c = *c as f32;
+            map_mut(x, move |v| c * v)
+        }
+        Op::AddScalar(c) => {
+            let c = *c as f32;
+            map_mut(x, move |v| v + c)
+        }
+        Op::Spike { theta, .. } => {
+            let t = *theta as f32;
+            map_mut(x, move |v| if v >= t { 1.0 } else { 0.0 })
+        }
+        Op::SurrogateGrad { theta, surrogate } => {
+            let (t, s) = (*theta, *surrogate);
+            map_mut(x, move |v| surrogate_grad(&s, f64::from(v) - t) as f32)
+        }
+        Op::BiasAdd => per_channel_mut(x, rest[0], |a, b| a + b),
+        Op::ChannelScale => per_channel_mut(x, rest[0], |a, b| a * b),
+        Op::Normalize { eps } => {
+            // (x − mean)/sqrt(var + eps) per channel, as `interp::ops`.
+            let eps = *eps as f32;
+            let (c, r): (usize, usize) = (x.shape[1], x.shape[2..].iter().product());
+            let (mean, var) = (rest[0], rest[1]);
+            let g = |(i, a): (usize, &mut f32)| {
+                let ch = (i / r) % c;
+                *a = (*a - mean.data[ch]) / (var.data[ch] + eps).sqrt();
+            };
+            if x.len() >= PAR_MIN {
+                x.data.par_iter_mut().enumerate().for_each(g);
+            } else {
+                x.data.iter_mut().enumerate().for_each(g);
+            }
+        }
+        Op::Detach => {}
+        Op::Reshape { .. } => x.shape = shape.to_vec(),
+        _ => unreachable!("{} has no in-place form", op.name()),
+    }
+}
