@@ -256,7 +256,12 @@ fn assign_offsets(buffers: &mut [Buffer]) -> u64 {
         let mut busy: Vec<(u64, u64)> = placed
             .iter()
             .filter(|&&j| buffers[j].overlaps_in_time(&buffers[i]))
-            .map(|&j| (buffers[j].offset, buffers[j].offset + align(buffers[j].bytes)))
+            .map(|&j| {
+                (
+                    buffers[j].offset,
+                    buffers[j].offset + align(buffers[j].bytes),
+                )
+            })
             .collect();
         busy.sort_unstable();
         let (mut best, mut best_gap) = (None, u64::MAX);

@@ -51,9 +51,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
 /// The two schedules (DESIGN.md §2).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Schedule {
     /// Each layer's T steps together; layers in order (forward), in reverse
@@ -148,11 +146,10 @@ pub fn lower(g: &Graph, opts: SchedOpts) -> Graph {
 /// reading its operand instead. For graphs that are executed, not
 /// differentiated again. Returns how many were removed.
 pub fn bypass_detach(g: &mut Graph) -> usize {
-    let ds: Vec<NodeIndex> = g
-        .g
-        .node_indices()
-        .filter(|&n| g.g[n].op == Op::Detach)
-        .collect();
+    let ds: Vec<NodeIndex> =
+        g.g.node_indices()
+            .filter(|&n| g.g[n].op == Op::Detach)
+            .collect();
     for &d in &ds {
         let x = g.operands(d)[0];
         redirect(g, d, x);
@@ -184,11 +181,10 @@ fn is_backward(n: &Node) -> bool {
 
 /// Moves every use of `old` (edges and named outputs) to `new`.
 fn redirect(g: &mut Graph, old: NodeIndex, new: NodeIndex) {
-    let uses: Vec<(NodeIndex, usize)> = g
-        .g
-        .edges_directed(old, Direction::Outgoing)
-        .map(|e| (e.target(), *e.weight()))
-        .collect();
+    let uses: Vec<(NodeIndex, usize)> =
+        g.g.edges_directed(old, Direction::Outgoing)
+            .map(|e| (e.target(), *e.weight()))
+            .collect();
     for (u, w) in uses {
         g.g.add_edge(new, u, w);
     }
@@ -416,8 +412,9 @@ pub fn order(g: &Graph, schedule: Schedule) -> Vec<NodeIndex> {
         let node = &g.g[n];
         let ops = g.operands(n);
         let uses = |o: NodeIndex| ops.iter().filter(|&&p| p == o).count();
-        let dies =
-            |o: NodeIndex| !memplan::resident(&g.g[o].op) && !kept.contains(&o) && left(o) == uses(o);
+        let dies = |o: NodeIndex| {
+            !memplan::resident(&g.g[o].op) && !kept.contains(&o) && left(o) == uses(o)
+        };
         let out = memplan::value_bytes(&node.shape) as i64;
         let mut seen = HashSet::new();
         let mut freed = 0i64;
@@ -475,12 +472,11 @@ pub fn order(g: &Graph, schedule: Schedule) -> Vec<NodeIndex> {
         let k = key(n);
         (k.0, k.1, k.2, k.3)
     };
-    let mut ready: BinaryHeap<Reverse<(Key, usize)>> = g
-        .g
-        .node_indices()
-        .filter(|n| indeg[n.index()] == 0)
-        .map(|n| Reverse((group(n), n.index())))
-        .collect();
+    let mut ready: BinaryHeap<Reverse<(Key, usize)>> =
+        g.g.node_indices()
+            .filter(|n| indeg[n.index()] == 0)
+            .map(|n| Reverse((group(n), n.index())))
+            .collect();
     let mut out = Vec::with_capacity(g.node_count());
     while let Some(Reverse((k, first))) = ready.pop() {
         let mut same = vec![first];

@@ -93,13 +93,15 @@ pub fn run_ordered<'a>(
     let bound = g.g.node_bound();
     let mut remaining = vec![0usize; bound];
     for n in g.g.node_indices() {
-        remaining[n.index()] = g
-            .g
-            .edges_directed(n, petgraph::Direction::Outgoing)
-            .count();
+        remaining[n.index()] = g.g.edges_directed(n, petgraph::Direction::Outgoing).count();
     }
     let mut keep = vec![false; bound];
-    for n in g.outputs.iter().map(|&(_, n)| n).chain(also.iter().copied()) {
+    for n in g
+        .outputs
+        .iter()
+        .map(|&(_, n)| n)
+        .chain(also.iter().copied())
+    {
         keep[n.index()] = true;
     }
     let mut vals: Vec<Option<Val<'a>>> = (0..bound).map(|_| None).collect();
@@ -152,7 +154,12 @@ pub fn run_ordered<'a>(
     }
     // Move the kept values out; copy only a value wanted twice.
     let mut wanted = vec![0usize; bound];
-    for n in g.outputs.iter().map(|&(_, n)| n).chain(also.iter().copied()) {
+    for n in g
+        .outputs
+        .iter()
+        .map(|&(_, n)| n)
+        .chain(also.iter().copied())
+    {
         wanted[n.index()] += 1;
     }
     let mut take = |n: NodeIndex| -> Tensor<f32> {
