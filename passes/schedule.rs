@@ -219,7 +219,9 @@ pub fn chain_reductions(g: &mut Graph) -> usize {
         let node = g.g[n].clone();
         let backward = is_backward(&node);
         let mut ops = g.operands(n);
-        // Stable: operands at the same step keep their order.
+        // In the order the operands are produced: forward steps ascending,
+        // backward steps descending (stable: same-step operands keep their
+        // order; shared ones first).
         ops.sort_by_key(|&o| match (g.g[o].t, backward) {
             (None, _) => (0, 0i64),
             (Some(t), false) => (1, t as i64),
