@@ -6,6 +6,7 @@
 
 pub mod cost;
 pub mod dce;
+pub mod fuse;
 pub mod rate;
 
 use crate::ir::{self, Graph};

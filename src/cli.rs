@@ -696,11 +696,12 @@ pub fn bench(
                 random_input(&g, matches!(model.input.encoding, Encoding::Events), 1).cast::<f32>();
             let labels = random_labels(batch, a.output[0], 1).cast::<f32>();
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+            let exe = crate::codegen::cpu::compiled::Compiled::new(&g, &[])?;
             let mut times = Vec::new();
             // One warm-up step, then the timed ones.
             for i in 0..=repeats {
                 let started = std::time::Instant::now();
-                crate::codegen::cpu::run(&g, &inputs, &params, &RunOptions { seed: i as u64 })
+                exe.run(&g, &inputs, &params, &RunOptions { seed: i as u64 })
                     .map_err(|e| format!("error: {e}"))?;
                 if i > 0 {
                     times.push(started.elapsed().as_secs_f64());
@@ -727,7 +728,7 @@ pub fn bench(
         }
         return Ok(());
     }
-    println!("{}: CPU executor, batch {batch}, median of {repeats} steps after one warm-up (forward + backward, no update)", model.name);
+    println!("{}: fused CPU plan (generated C + SGEMM), batch {batch}, median of {repeats} steps after one warm-up (forward + backward, no update)", model.name);
     println!(
         "{:<6} {:>4} {:>10} {:>10} {:>12} {:>10} {:>9}",
         "mode", "T", "step s", "img/s", "kept MiB", "GFLOP", "GFLOP/s"
@@ -744,5 +745,95 @@ pub fn bench(
             r.gflops
         );
     }
+    Ok(())
+}
+
+/// `snnc emit`: the fused plan's kernels as source files plus
+/// `manifest.json` (launch order, and for each kernel its pointer table:
+/// which value, shape and access each slot has).
+pub fn emit(
+    path: &Path,
+    steps: usize,
+    mode: Mode,
+    batch: usize,
+    target: &str,
+    out: &Path,
+) -> Result<(), String> {
+    use crate::codegen::{render_c, render_cuda};
+    use crate::passes::fuse::{self, Unit};
+    let (model, _) = load(path)?;
+    let g = compile::compile(&model, &compile::Options::new(steps, batch, mode))?.graph;
+    let plan = fuse::fuse(&g);
+    let (ext, header, render): (
+        &str,
+        String,
+        fn(&crate::codegen::kernel_ir::Kernel) -> String,
+    ) = match target {
+        "c" => ("c", render_c::header(), render_c::kernel),
+        "cuda" => ("cu", render_cuda::header(), render_cuda::kernel),
+        t => {
+            return Err(format!(
+                "error: unknown target `{t}` (expected `c` or `cuda`)"
+            ))
+        }
+    };
+    std::fs::create_dir_all(out)
+        .map_err(|e| format!("error: cannot create {}: {e}", out.display()))?;
+    let write = |name: &str, text: &str| {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("error: cannot write {}: {e}", p.display()))
+    };
+    write(&format!("prelude.{ext}"), &header)?;
+    let mut kernels = Vec::new();
+    for f in &plan.kernels {
+        let file = format!("{}.{ext}", f.kernel.name);
+        write(&file, &format!("{header}\n{}", render(&f.kernel)))?;
+        let slots: Vec<serde_json::Value> = f
+            .table
+            .iter()
+            .zip(&f.writes)
+            .enumerate()
+            .map(|(s, (n, w))| {
+                serde_json::json!({
+                    "slot": s,
+                    "node": n.map(|n| n.index()),
+                    "shape": n.map(|n| g.g[n].shape.clone()),
+                    "access": if *w { "write" } else { "read" },
+                })
+            })
+            .collect();
+        kernels.push(serde_json::json!({
+            "name": f.kernel.name, "file": file, "elements": f.kernel.n,
+            "steps": f.kernel.steps, "reverse": f.kernel.reverse,
+            "fused_nodes": f.nodes.len(), "table": slots,
+        }));
+    }
+    let launches: Vec<serde_json::Value> = plan
+        .units
+        .iter()
+        .map(|u| match u {
+            Unit::Kernel(k) => serde_json::json!({"kernel": plan.kernels[*k].kernel.name}),
+            Unit::Node(n) => serde_json::json!({
+                "node": n.index(), "op": g.g[*n].op.name(), "shape": g.g[*n].shape,
+            }),
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "model": model.name, "steps": steps, "batch": batch, "mode": mode.to_string(),
+        "target": target, "kernels": kernels, "launches": launches,
+    });
+    write(
+        "manifest.json",
+        &serde_json::to_string_pretty(&manifest).expect("serialisable"),
+    )?;
+    let st = plan.stats();
+    println!(
+        "{}: {} kernels ({} nodes fused), {} library launches -> {}",
+        model.name,
+        st.kernels,
+        st.fused_nodes,
+        st.node_units,
+        out.display()
+    );
     Ok(())
 }

@@ -125,6 +125,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write the generated kernels (one file per kernel) and a manifest of
+    /// launches and buffers.
+    Emit {
+        file: PathBuf,
+        #[arg(short = 'T', long = "steps", default_value_t = 4)]
+        steps: usize,
+        #[arg(long, value_enum, default_value = "rate")]
+        mode: ModeArg,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// `c` (the CPU path) or `cuda` (NVRTC).
+        #[arg(long, default_value = "c")]
+        target: String,
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+    },
     /// Bytes kept for the backward and FLOPs, per mode and T.
     Report {
         file: PathBuf,
@@ -276,6 +292,14 @@ fn main() -> ExitCode {
             let modes: Vec<Mode> = mode.into_iter().map(Mode::from).collect();
             cli::bench(&file, &steps, &modes, batch, repeats.max(1), json)
         }
+        Cmd::Emit {
+            file,
+            steps,
+            mode,
+            batch,
+            target,
+            out,
+        } => cli::emit(&file, steps, mode.into(), batch, &target, &out),
         Cmd::Report {
             file,
             steps,

@@ -5,6 +5,7 @@
 //! Values are freed as soon as their last user has run (outputs are kept),
 //! so the live set follows the schedule rather than the whole graph.
 
+pub mod compiled;
 mod elementwise;
 mod kernels;
 
@@ -53,40 +54,7 @@ pub fn run_keeping(
         let v = match &node.op {
             Op::Input { name } => lookup(inputs, name, &node.shape, true)?,
             Op::Param { name } => lookup(params, name, &node.shape, false)?,
-            op => {
-                let args = g.operands(n);
-                let xs: Vec<&Tensor<f32>> = args.iter().map(|a| &vals[a]).collect();
-                let fast = match op {
-                    Op::MatMul { ta, tb } => Some(kernels::matmul(xs[0], xs[1], *ta, *tb)),
-                    Op::Conv2d { stride, padding } => {
-                        Some(kernels::conv2d(xs[0], xs[1], *stride, *padding))
-                    }
-                    Op::Conv2dGradInput {
-                        stride,
-                        padding,
-                        in_h,
-                        in_w,
-                    } => Some(kernels::conv2d_grad_input(
-                        xs[0], xs[1], *stride, *padding, *in_h, *in_w,
-                    )),
-                    Op::Conv2dGradWeight {
-                        stride,
-                        padding,
-                        kernel,
-                    } => Some(kernels::conv2d_grad_weight(
-                        xs[0], xs[1], *stride, *padding, *kernel,
-                    )),
-                    _ => elementwise::eval(op, &xs),
-                };
-                match fast {
-                    Some(t) => t,
-                    None => eval_op(op, &node.shape, &xs, opts).map_err(|msg| InterpError::Op {
-                        node: n.index(),
-                        op: op.name().to_string(),
-                        msg,
-                    })?,
-                }
-            }
+            _ => eval_node(g, n, &vals, opts)?,
         };
         vals.insert(n, v);
         for o in g.operands(n) {
@@ -130,4 +98,47 @@ fn lookup(
         });
     }
     Ok(t.clone())
+}
+
+/// Evaluates one non-leaf node from its operands' values: SGEMM for
+/// matmuls and convolutions, parallel elementwise kernels, the reference
+/// kernels for the rest.
+fn eval_node(
+    g: &Graph,
+    n: NodeIndex,
+    vals: &HashMap<NodeIndex, Tensor<f32>>,
+    opts: &RunOptions,
+) -> Result<Tensor<f32>, InterpError> {
+    let node = &g.g[n];
+    let op = &node.op;
+    let args = g.operands(n);
+    let xs: Vec<&Tensor<f32>> = args.iter().map(|a| &vals[a]).collect();
+    let fast = match op {
+        Op::MatMul { ta, tb } => Some(kernels::matmul(xs[0], xs[1], *ta, *tb)),
+        Op::Conv2d { stride, padding } => Some(kernels::conv2d(xs[0], xs[1], *stride, *padding)),
+        Op::Conv2dGradInput {
+            stride,
+            padding,
+            in_h,
+            in_w,
+        } => Some(kernels::conv2d_grad_input(
+            xs[0], xs[1], *stride, *padding, *in_h, *in_w,
+        )),
+        Op::Conv2dGradWeight {
+            stride,
+            padding,
+            kernel,
+        } => Some(kernels::conv2d_grad_weight(
+            xs[0], xs[1], *stride, *padding, *kernel,
+        )),
+        _ => elementwise::eval(op, &xs),
+    };
+    match fast {
+        Some(t) => Ok(t),
+        None => eval_op(op, &node.shape, &xs, opts).map_err(|msg| InterpError::Op {
+            node: n.index(),
+            op: op.name().to_string(),
+            msg,
+        }),
+    }
 }
