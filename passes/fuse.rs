@@ -1067,3 +1067,61 @@ fn lower(op: &Op, a: Vec<Expr>) -> Option<Expr> {
         _ => return None,
     })
 }
+
+impl Plan {
+    /// A readable listing: one line per launch; a kernel lists the ops it
+    /// fused and its steps, a node its op and shape.
+    pub fn text(&self, g: &Graph) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        for u in &self.units {
+            match u {
+                Unit::Node(n) => {
+                    let node = &g.g[*n];
+                    let _ = writeln!(
+                        o,
+                        "node   %{:<5} {:<20} {:?}",
+                        n.index(),
+                        node.op.name(),
+                        node.shape
+                    );
+                }
+                Unit::Kernel(k) => {
+                    let f = &self.kernels[*k];
+                    let mut ops: Vec<&str> = f.nodes.iter().map(|n| g.g[*n].op.name()).collect();
+                    ops.sort();
+                    let mut counted: Vec<String> = Vec::new();
+                    for op in ops {
+                        match counted.last_mut() {
+                            Some(last) if last.split('×').next() == Some(op) => {
+                                let c: usize = last
+                                    .split('×')
+                                    .nth(1)
+                                    .and_then(|c| c.parse().ok())
+                                    .unwrap_or(1);
+                                *last = format!("{op}×{}", c + 1);
+                            }
+                            _ => counted.push(op.to_string()),
+                        }
+                    }
+                    let kk = &f.kernel;
+                    let _ = writeln!(
+                        o,
+                        "kernel {} n={} steps={}{} runs={:?} regs={} accs={} reads={} writes={} [{}]",
+                        kk.name,
+                        kk.n,
+                        kk.steps,
+                        if kk.reverse { " reverse" } else { "" },
+                        kk.runs.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+                        kk.regs,
+                        kk.accs,
+                        f.reads().len(),
+                        f.outputs().len(),
+                        counted.join(" ")
+                    );
+                }
+            }
+        }
+        o
+    }
+}
