@@ -128,6 +128,10 @@ pub trait Spelling {
     fn ptr(&self, slot: Slot) -> String;
     /// The per-step constant table `j`, indexed by `t`.
     fn step_const(&self, j: usize) -> String;
+    /// A per-channel load (`Index::Chan`) of a slot.
+    fn chan_load(&self, slot: Slot) -> String {
+        format!("{}[ch]", self.ptr(slot))
+    }
 }
 
 /// Calls `f` on every constant of the statements, in a fixed order.
@@ -183,7 +187,7 @@ pub fn expr(e: &Expr, sp: &dyn Spelling) -> String {
         Expr::Local(k) => format!("x{k}"),
         Expr::Reg(k) => sp.reg(*k),
         Expr::Load(slot, Index::Elem) => format!("{}[i]", sp.ptr(*slot)),
-        Expr::Load(slot, Index::Chan) => format!("{}[ch]", sp.ptr(*slot)),
+        Expr::Load(slot, Index::Chan) => sp.chan_load(*slot),
         Expr::Bin(op, a, b) => {
             let (a, b) = (expr(a, sp), expr(b, sp));
             match op {
@@ -250,6 +254,35 @@ pub fn uses_chan(stmts: &[Stmt]) -> bool {
         Stmt::Let(_, x) | Stmt::Store(_, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => e(x),
         Stmt::StoreAcc(..) => false,
     })
+}
+
+/// The slots a body reads per channel.
+pub fn chan_slots_of(stmts: &[Stmt]) -> Vec<Slot> {
+    fn e(x: &Expr, out: &mut Vec<Slot>) {
+        match x {
+            Expr::Load(s, Index::Chan) => {
+                if !out.contains(s) {
+                    out.push(*s)
+                }
+            }
+            Expr::Bin(_, a, b) => {
+                e(a, out);
+                e(b, out)
+            }
+            Expr::Call(_, a) => e(a, out),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for s in stmts {
+        match s {
+            Stmt::Let(_, x) | Stmt::Store(_, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => {
+                e(x, &mut out)
+            }
+            Stmt::StoreAcc(..) => {}
+        }
+    }
+    out
 }
 
 /// The slots a body touches (for hoisting their pointers).

@@ -4,14 +4,20 @@
 //! Each call covers elements `[lo, hi)` in blocks of `BLOCK`: the time loop
 //! is outside and the element loop inside, with registers and accumulators
 //! as arrays over the block, so the compiler vectorises the element loop
-//! (the step's branch is the same for every element).
+//! (the step's branch is the same for every element). When the kernel reads
+//! per-channel vectors and a channel's run of elements (`inner`) is long,
+//! blocks stop at channel boundaries so the channel is one value per block:
+//! a per-element `(i / inner) % C` would stop GCC from vectorising.
 
 use super::kernel_ir::{self, Kernel, Slot, Spelling};
 use std::fmt::Write;
 
 const BLOCK: usize = 256;
+/// Channel runs at least this long get channel-aligned blocks.
+const MIN_INNER: usize = 16;
 
-struct C<'a>(&'a str);
+/// The kernel's name, and whether channel values are hoisted per block.
+struct C<'a>(&'a str, bool);
 
 impl Spelling for C<'_> {
     fn reg(&self, k: usize) -> String {
@@ -25,6 +31,13 @@ impl Spelling for C<'_> {
     }
     fn step_const(&self, j: usize) -> String {
         format!("{}_sc{j}[t]", self.0)
+    }
+    fn chan_load(&self, slot: Slot) -> String {
+        if self.1 {
+            format!("{}_c", slot_name(slot))
+        } else {
+            format!("{}[ch]", slot_name(slot))
+        }
     }
 }
 
@@ -64,13 +77,49 @@ pub fn kernel(k: &Kernel) -> String {
         if k.reverse { " (reverse time)" } else { "" }
     );
     w.push_str(&kernel_ir::step_const_tables(k, "static const"));
-    let _ = writeln!(w, "void {}(float *const *p, long lo, long hi) {{", k.name);
     let (cc, inner) = k.chan;
-    let _ = writeln!(w, "  for (long i0 = lo; i0 < hi; i0 += {BLOCK}) {{");
-    let _ = writeln!(
-        w,
-        "    const long m = hi - i0 < {BLOCK} ? hi - i0 : {BLOCK};"
-    );
+    let chan =
+        k.runs.iter().any(|(_, _, s)| kernel_ir::uses_chan(s)) || kernel_ir::uses_chan(&k.epilogue);
+    let per_block = chan && inner >= MIN_INNER;
+    // One function per body, its pointers as `restrict` parameters (GCC
+    // trusts `restrict` on parameters, not on locals, and vectorises only
+    // when it knows the streams do not overlap).
+    let mut calls = Vec::new();
+    for (r, (_, _, stmts)) in k.runs.iter().enumerate() {
+        calls.push(body_fn(
+            w,
+            &format!("{}_b{r}", k.name),
+            k,
+            stmts,
+            per_block,
+            "t",
+        ));
+    }
+    let epi = (!k.epilogue.is_empty()).then(|| {
+        body_fn(
+            w,
+            &format!("{}_end", k.name),
+            k,
+            &k.epilogue,
+            per_block,
+            "0",
+        )
+    });
+    let _ = writeln!(w, "void {}(float *const *p, long lo, long hi) {{", k.name);
+    if per_block {
+        let _ = writeln!(w, "  for (long i0 = lo, m; i0 < hi; i0 += m) {{");
+        let _ = writeln!(w, "    const long row_end = (i0 / {inner} + 1) * {inner};");
+        let _ = writeln!(w, "    const long lim = hi < row_end ? hi : row_end;");
+        let _ = writeln!(w, "    m = lim - i0 < {BLOCK} ? lim - i0 : {BLOCK};");
+        let _ = writeln!(w, "    const long ch = (i0 / {inner}) % {cc};");
+    } else {
+        let _ = writeln!(w, "  for (long i0 = lo; i0 < hi; i0 += {BLOCK}) {{");
+        let _ = writeln!(
+            w,
+            "    const long m = hi - i0 < {BLOCK} ? hi - i0 : {BLOCK};"
+        );
+        let _ = writeln!(w, "    const long ch = 0; (void)ch;");
+    }
     for r in 0..k.regs {
         let _ = writeln!(w, "    float r{r}[{BLOCK}];");
     }
@@ -93,50 +142,63 @@ pub fn kernel(k: &Kernel) -> String {
     } else {
         let _ = writeln!(w, "    for (long t = 0; t < {steps}; t++) {{");
     }
-    for (n, (lo, hi, stmts)) in k.runs.iter().enumerate() {
-        let cond = format!("t >= {lo} && t < {hi}");
+    for (n, ((lo, hi, _), call)) in k.runs.iter().zip(&calls).enumerate() {
         let _ = writeln!(
             w,
-            "      {}if ({cond}) {{",
+            "      {}if (t >= {lo} && t < {hi}) {call};",
             if n == 0 { "" } else { "else " }
         );
-        emit_block(w, &k.name, stmts, cc, inner, "        ");
-        let _ = writeln!(w, "      }}");
     }
     let _ = writeln!(w, "    }}");
-    if !k.epilogue.is_empty() {
-        let _ = writeln!(w, "    {{");
-        emit_block(w, &k.name, &k.epilogue, cc, inner, "      ");
-        let _ = writeln!(w, "    }}");
+    if let Some(call) = epi {
+        let _ = writeln!(w, "    {call};");
     }
     let _ = writeln!(w, "  }}");
     let _ = writeln!(w, "}}");
     o
 }
 
-/// Hoists the body's pointers, then loops over the block's elements.
-fn emit_block(
+/// Writes `static void NAME(...)` running `stmts` over one block, and
+/// returns the call expression for the kernel's loop.
+fn body_fn(
     w: &mut String,
     name: &str,
+    k: &Kernel,
     stmts: &[kernel_ir::Stmt],
-    cc: usize,
-    inner: usize,
-    ind: &str,
-) {
+    per_block: bool,
+    t_arg: &str,
+) -> String {
+    let (cc, inner) = k.chan;
+    let chan = kernel_ir::chan_slots_of(stmts);
+    let mut params = vec!["long m".to_string(), "long i0".into(), "long t".into()];
+    let mut args = vec!["m".to_string(), "i0".into(), t_arg.into()];
+    for r in 0..k.regs {
+        params.push(format!("float *restrict r{r}"));
+        args.push(format!("r{r}"));
+    }
+    for a in 0..k.accs {
+        params.push(format!("float *restrict a{a}"));
+        args.push(format!("a{a}"));
+    }
     for s in kernel_ir::slots_of(stmts) {
-        let _ = writeln!(
-            w,
-            "{ind}float *restrict {} = {};",
-            slot_name(s),
-            slot_expr(s)
-        );
+        if per_block && chan.contains(&s) {
+            // One channel per block: a scalar parameter.
+            params.push(format!("const float {}_c", slot_name(s)));
+            args.push(format!("{}[ch]", slot_expr(s)));
+        } else {
+            params.push(format!("float *restrict {}", slot_name(s)));
+            args.push(slot_expr(s));
+        }
     }
-    let _ = writeln!(w, "{ind}for (long j = 0; j < m; j++) {{");
-    let inner_ind = format!("{ind}  ");
-    let _ = writeln!(w, "{inner_ind}const long i = i0 + j;");
-    if kernel_ir::uses_chan(stmts) {
-        let _ = writeln!(w, "{inner_ind}const long ch = (i / {inner}) % {cc};");
+    let _ = writeln!(w, "static inline void {name}({}) {{", params.join(", "));
+    let _ = writeln!(w, "  (void)t;");
+    let _ = writeln!(w, "  for (long j = 0; j < m; j++) {{");
+    let _ = writeln!(w, "    const long i = i0 + j;");
+    if !per_block && kernel_ir::uses_chan(stmts) {
+        let _ = writeln!(w, "    const long ch = (i / {inner}) % {cc};");
     }
-    kernel_ir::body(stmts, &C(name), &inner_ind, w);
-    let _ = writeln!(w, "{ind}}}");
+    kernel_ir::body(stmts, &C(&k.name, per_block), "    ", w);
+    let _ = writeln!(w, "  }}");
+    let _ = writeln!(w, "}}");
+    format!("{name}({})", args.join(", "))
 }

@@ -10,7 +10,9 @@ fn graph(name: &str, steps: usize, batch: usize, mode: Mode) -> snnc::ir::Graph 
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("examples/models/{name}.snn"));
     let (model, _) = snnc::dsl::parse_file(&path).unwrap();
-    compile(&model, &Options::new(steps, batch, mode)).unwrap().graph
+    compile(&model, &Options::new(steps, batch, mode))
+        .unwrap()
+        .graph
 }
 
 fn source(plan: &fuse::Plan, cuda: bool) -> String {
@@ -49,6 +51,9 @@ fn digits_mlp_rate_c_source() {
 fn fmnist_csnn_cuda_source() {
     for mode in [Mode::Bptt, Mode::Rate] {
         let g = graph("fmnist_csnn", 4, 2, mode);
-        insta::assert_snapshot!(format!("fmnist_csnn_t4_cuda_{mode}"), source(&fuse::fuse(&g), true));
+        insta::assert_snapshot!(
+            format!("fmnist_csnn_t4_cuda_{mode}"),
+            source(&fuse::fuse(&g), true)
+        );
     }
 }

@@ -17,14 +17,19 @@ use std::sync::Arc;
 
 type KernelFn = unsafe extern "C" fn(*const *mut f32, std::ffi::c_long, std::ffi::c_long);
 
-/// Flags the kernels are compiled with. No FMA contraction: the kernels
-/// compute `λ·v + I` with the same two roundings as the reference
-/// interpreter, so a membrane at threshold fires the same way in both.
+/// Flags the kernels are compiled with. No FMA contraction, no
+/// reassociation, exact division: the kernels compute `λ·v + I` and batch
+/// norm with the same roundings as the reference interpreter, so a membrane
+/// at threshold fires the same way in both. `-ffast-math` is there for
+/// glibc's vector `expf` (the sigmoid surrogate): without it GCC vectorises
+/// no loop that calls `expf`.
 const CFLAGS: &[&str] = &[
     "-O3",
     "-march=native",
+    "-ffast-math",
+    "-fno-associative-math",
+    "-fno-reciprocal-math",
     "-ffp-contract=off",
-    "-fno-math-errno",
     "-fPIC",
     "-shared",
 ];
@@ -227,7 +232,10 @@ impl Compiled {
             .chain(self.keep.iter().copied())
             .collect();
         let mut vals: HashMap<NodeIndex, Tensor<f32>> = HashMap::new();
+        let profile = std::env::var_os("SNNC_PROFILE").is_some();
+        let mut spent: HashMap<String, (f64, usize)> = HashMap::new();
         for u in &self.plan.units {
+            let started = std::time::Instant::now();
             match *u {
                 Unit::Node(n) => {
                     let node = &g.g[n];
@@ -260,12 +268,29 @@ impl Compiled {
                     vals.extend(outs);
                 }
             }
+            if profile {
+                let name = match u {
+                    Unit::Node(n) => g.g[*n].op.name().to_string(),
+                    Unit::Kernel(k) => self.plan.kernels[*k].kernel.name.clone(),
+                };
+                let e = spent.entry(name).or_default();
+                e.0 += started.elapsed().as_secs_f64();
+                e.1 += 1;
+            }
             for n in reads_of(u) {
                 let r = remaining.get_mut(&n).expect("counted");
                 *r -= 1;
                 if *r == 0 && !keep.contains(&n) {
                     vals.remove(&n);
                 }
+            }
+        }
+        if profile {
+            let mut v: Vec<_> = spent.into_iter().collect();
+            v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+            eprintln!("SNNC_PROFILE: seconds per op (launches)");
+            for (name, (s, c)) in v {
+                eprintln!("  {name:<22} {s:>8.4} s ({c})");
             }
         }
         let outs = g

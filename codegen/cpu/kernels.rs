@@ -20,22 +20,83 @@ fn sgemm(
     // SAFETY: the strides describe m×k, k×n and m×n matrices that lie
     // inside `a`, `b` and `c` (callers pass the tensors' own shapes).
     unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            rsa as isize,
-            csa as isize,
-            b.as_ptr(),
-            rsb as isize,
-            csb as isize,
-            beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        )
+        if use_gemm_crate() {
+            // gemm computes dst = alpha·dst + beta·lhs·rhs (its alpha/beta
+            // are BLAS's beta/alpha); strides are (column, row).
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                beta != 0.0,
+                a.as_ptr(),
+                csa as isize,
+                rsa as isize,
+                b.as_ptr(),
+                csb as isize,
+                rsb as isize,
+                beta,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            )
+        } else {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                rsa as isize,
+                csa as isize,
+                b.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                beta,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        }
+    }
+}
+
+/// Which SGEMM library runs the GEMMs: matrixmultiply unless
+/// `SNNC_SGEMM=gemm` (the `gemm` crate). On the 2-core development machine
+/// matrixmultiply measured 238–261 GFLOP/s on 2048³ against gemm's
+/// 185–196 (`cargo run --release --example sgemm_floor`).
+fn use_gemm_crate() -> bool {
+    static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| std::env::var("SNNC_SGEMM").is_ok_and(|v| v == "gemm"))
+}
+
+/// GFLOP/s of one `n`×`n`×`n` SGEMM with the library in use: median of
+/// `repeats` after a warm-up. The FLOP floor of `snnc bench`.
+pub fn sgemm_gflops(n: usize, repeats: usize) -> f64 {
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0f32; n * n];
+    let mut times = Vec::new();
+    for r in 0..=repeats {
+        let t0 = std::time::Instant::now();
+        sgemm(n, n, n, &a, (n, 1), &b, (n, 1), 0.0, &mut c);
+        if r > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    2.0 * (n as f64).powi(3) / times[times.len() / 2] / 1e9
+}
+
+pub fn sgemm_library() -> &'static str {
+    if use_gemm_crate() {
+        "gemm"
+    } else {
+        "matrixmultiply"
     }
 }
 

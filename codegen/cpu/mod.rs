@@ -7,7 +7,7 @@
 
 pub mod compiled;
 mod elementwise;
-mod kernels;
+pub mod kernels;
 
 use crate::interp::{eval_op, InterpError, RunOptions};
 use crate::ir::{Graph, NodeIndex, Op};
