@@ -260,11 +260,7 @@ pub fn uses_chan(stmts: &[Stmt]) -> bool {
 pub fn chan_slots_of(stmts: &[Stmt]) -> Vec<Slot> {
     fn e(x: &Expr, out: &mut Vec<Slot>) {
         match x {
-            Expr::Load(s, Index::Chan) => {
-                if !out.contains(s) {
-                    out.push(*s)
-                }
-            }
+            Expr::Load(s, Index::Chan) if !out.contains(s) => out.push(*s),
             Expr::Bin(_, a, b) => {
                 e(a, out);
                 e(b, out)
