@@ -5,6 +5,7 @@
 //! after any one so that `snnc graph --after NAME` shows its result.
 
 pub mod cost;
+pub mod cse;
 pub mod dce;
 pub mod fuse;
 pub mod rate;

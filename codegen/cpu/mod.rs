@@ -131,7 +131,7 @@ fn eval_node(
         } => Some(kernels::conv2d_grad_weight(
             xs[0], xs[1], *stride, *padding, *kernel,
         )),
-        _ => elementwise::eval(op, &xs),
+        _ => elementwise::eval(op, &xs).or_else(|| elementwise::eval_reduce(op, &xs)),
     };
     match fast {
         Some(t) => Ok(t),

@@ -206,7 +206,8 @@ impl Evaluator {
                     after: Stage::Unrolled,
                     ..Options::new(self.steps, b, Mode::Bptt)
                 };
-                let g = compile::compile(&self.model, &opts)?.graph;
+                let mut g = compile::compile(&self.model, &opts)?.graph;
+                crate::passes::cse::cse(&mut g);
                 let exe = Compiled::new(&g, &[])?;
                 self.graphs.insert(b, (g, exe));
             }
