@@ -21,11 +21,14 @@ pub fn run(mut g: Graph) -> Result<Graph, PassError> {
     Ok(g)
 }
 
+/// (op, operands, shape, role, step): nodes with equal keys compute the
+/// same value.
+type Key = (String, Vec<NodeIndex>, Vec<usize>, String, Option<usize>);
+
 /// Merges duplicates in place; returns how many nodes were removed.
 pub fn cse(g: &mut Graph) -> usize {
     let order = g.topo_order().expect("a verified graph is acyclic");
-    let mut seen: HashMap<(String, Vec<NodeIndex>, Vec<usize>, String, Option<usize>), NodeIndex> =
-        HashMap::new();
+    let mut seen: HashMap<Key, NodeIndex> = HashMap::new();
     let mut removed = 0;
     for n in order {
         let operands = g.operands(n);

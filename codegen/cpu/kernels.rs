@@ -201,7 +201,8 @@ fn im2col_chunk(geo: &Geometry, x: &[f32], b0: usize, n: usize, buf: &mut [f32])
     let width = n * cols;
     let out = Shared(buf.as_mut_ptr());
     (0..n).into_par_iter().for_each(|j| {
-        let out = out;
+        // Capture the whole wrapper (Send + Sync), not its raw field.
+        let out = &out;
         let xs = &x[(b0 + j) * per_in..(b0 + j + 1) * per_in];
         geo.for_each(|i, at| {
             let (r, c) = (i / cols, i % cols);
