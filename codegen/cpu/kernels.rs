@@ -65,31 +65,38 @@ fn sgemm(
     }
 }
 
-/// Which SGEMM library runs the GEMMs: matrixmultiply unless
-/// `SNNC_SGEMM=gemm` (the `gemm` crate). On the 2-core development machine
-/// matrixmultiply measured 238–261 GFLOP/s on 2048³ against gemm's
-/// 185–196 (`cargo run --release --example sgemm_floor`).
+/// Which SGEMM library runs the GEMMs: the `gemm` crate unless
+/// `SNNC_SGEMM=matrixmultiply`. On the 2-core development machine
+/// matrixmultiply wins on 2048³ (253 against 191 GFLOP/s) but gemm wins on
+/// the shapes training runs, e.g. the 64×288×3528 convolution chunks of
+/// `fmnist_csnn` (100 against 73) (`cargo run --release --example
+/// sgemm_floor M K N`).
 fn use_gemm_crate() -> bool {
     static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CHOICE.get_or_init(|| std::env::var("SNNC_SGEMM").is_ok_and(|v| v == "gemm"))
+    *CHOICE.get_or_init(|| std::env::var("SNNC_SGEMM").map_or(true, |v| v != "matrixmultiply"))
 }
 
 /// GFLOP/s of one `n`×`n`×`n` SGEMM with the library in use: median of
 /// `repeats` after a warm-up. The FLOP floor of `snnc bench`.
 pub fn sgemm_gflops(n: usize, repeats: usize) -> f64 {
-    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
-    let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
-    let mut c = vec![0f32; n * n];
+    sgemm_gflops_mkn(n, n, n, repeats)
+}
+
+/// GFLOP/s of an `m`×`k` by `k`×`n` SGEMM, median of `repeats`.
+pub fn sgemm_gflops_mkn(m: usize, k: usize, n: usize, repeats: usize) -> f64 {
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0f32; m * n];
     let mut times = Vec::new();
     for r in 0..=repeats {
         let t0 = std::time::Instant::now();
-        sgemm(n, n, n, &a, (n, 1), &b, (n, 1), 0.0, &mut c);
+        sgemm(m, k, n, &a, (k, 1), &b, (n, 1), 0.0, &mut c);
         if r > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
     times.sort_by(f64::total_cmp);
-    2.0 * (n as f64).powi(3) / times[times.len() / 2] / 1e9
+    2.0 * (m * k * n) as f64 / times[times.len() / 2] / 1e9
 }
 
 pub fn sgemm_library() -> &'static str {
