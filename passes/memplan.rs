@@ -13,9 +13,10 @@
 //!   also its other operand) writes its result into that operand's buffer:
 //!   no new allocation ([`in_place`]); reshape and detach of a dying value
 //!   are free;
-//! - convolutions and their gradients take an im2col workspace of
-//!   `Ci·k²·Ho·Wo` floats for the duration of the node ([`workspace_bytes`]).
-//!   The SGEMM library's own packing buffers (about 1 MiB) are not modelled.
+//! - convolutions and their gradients take the scratch their kernels
+//!   allocate (im2col and gathered-gradient buffers, chunked to about 4 MiB)
+//!   for the duration of the node ([`workspace_bytes`]). The SGEMM
+//!   library's own packing buffers are not modelled.
 //!
 //! The peak is the largest sum of live bytes at any node (its operands, its
 //! output and its workspace are live while it runs). The arena assignment
@@ -64,27 +65,10 @@ pub fn in_place(op: &Op) -> bool {
     )
 }
 
-/// Scratch bytes an op allocates while it runs (the im2col buffer of a
-/// convolution or convolution gradient), given its operand shapes.
+/// Scratch bytes an op allocates while it runs in the CPU executor's
+/// kernels (convolution im2col buffers), given its operand shapes.
 pub fn workspace_bytes(op: &Op, ins: &[&[usize]]) -> u64 {
-    let (taps, cols) = match op {
-        Op::Conv2d { stride, padding } => {
-            let (x, w) = (ins[0], ins[1]);
-            let k = w[2];
-            let o = |n: usize| (n + 2 * padding - k) / stride + 1;
-            (x[1] * k * k, o(x[2]) * o(x[3]))
-        }
-        Op::Conv2dGradInput { .. } => {
-            let (d, w) = (ins[0], ins[1]);
-            (w[1] * w[2] * w[3], d[2] * d[3])
-        }
-        Op::Conv2dGradWeight { kernel, .. } => {
-            let (x, d) = (ins[0], ins[1]);
-            (x[1] * kernel * kernel, d[2] * d[3])
-        }
-        _ => return 0,
-    };
-    4 * (taps * cols) as u64
+    4 * crate::codegen::cpu::kernels::scratch_floats(op, ins) as u64
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -119,9 +103,12 @@ impl Buffer {
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MemPlan {
-    /// The execution order (`schedule::order`), as node indices.
+    /// The execution order (`schedule::order`), as node indices; empty for
+    /// a fused plan (`plan_fused`).
     #[serde(skip)]
     pub order: Vec<NodeIndex>,
+    /// Number of positions: nodes, or units of a fused plan.
+    pub positions: usize,
     pub buffers: Vec<Buffer>,
     /// Largest sum of live bytes at any position.
     pub peak_bytes: u64,
@@ -213,7 +200,19 @@ pub fn plan(g: &Graph, order: &[NodeIndex], keep: &[NodeIndex]) -> MemPlan {
             offset: 0,
         });
     }
-    // Live bytes at each position 0..=n (n: after the run).
+    finish(order.to_vec(), n, buffers, resident_bytes, in_place_count)
+}
+
+/// The peak (live bytes at each position 0..=positions, the last one being
+/// after the run) and the arena offsets.
+fn finish(
+    order: Vec<NodeIndex>,
+    positions: usize,
+    mut buffers: Vec<Buffer>,
+    resident_bytes: u64,
+    in_place: usize,
+) -> MemPlan {
+    let n = positions;
     let mut delta = vec![0i64; n + 2];
     for b in &buffers {
         delta[b.start] += b.bytes as i64;
@@ -229,14 +228,89 @@ pub fn plan(g: &Graph, order: &[NodeIndex], keep: &[NodeIndex]) -> MemPlan {
     }
     let arena_bytes = assign_offsets(&mut buffers);
     MemPlan {
-        order: order.to_vec(),
+        order,
+        positions,
         buffers,
         peak_bytes,
         peak_at,
         arena_bytes,
         resident_bytes,
-        in_place: in_place_count,
+        in_place,
     }
+}
+
+/// Plans the fused CPU plan (`passes::fuse`, run by
+/// `codegen::cpu::compiled`), whose executor allocates differently: each
+/// unit (a fused kernel or a single node) allocates all the values it
+/// writes; inputs and parameters are copied when their unit runs; a value
+/// is freed after the last unit that reads it, and one no unit reads stays
+/// to the end; the outputs are copied out at the end. Positions are units;
+/// `order` is empty.
+pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan) -> MemPlan {
+    use crate::passes::fuse::Unit;
+    let units: Vec<(Vec<NodeIndex>, Vec<NodeIndex>, u64)> = plan
+        .units
+        .iter()
+        .map(|u| match *u {
+            Unit::Node(v) => {
+                let mut reads = g.operands(v);
+                let shapes: Vec<&[usize]> =
+                    reads.iter().map(|o| g.g[*o].shape.as_slice()).collect();
+                let ws = workspace_bytes(&g.g[v].op, &shapes);
+                reads.sort();
+                reads.dedup();
+                (vec![v], reads, ws)
+            }
+            Unit::Kernel(k) => (plan.kernels[k].outputs(), plan.kernels[k].reads(), 0),
+        })
+        .collect();
+    let n = units.len();
+    let mut last_read: std::collections::HashMap<NodeIndex, usize> = Default::default();
+    for (i, (_, reads, _)) in units.iter().enumerate() {
+        for &r in reads {
+            last_read.insert(r, i);
+        }
+    }
+    let kept: HashSet<NodeIndex> = g.outputs.iter().map(|&(_, v)| v).collect();
+    let mut buffers = Vec::new();
+    for (i, (outs, _, ws)) in units.iter().enumerate() {
+        if *ws > 0 {
+            buffers.push(Buffer {
+                kind: BufferKind::Workspace,
+                nodes: vec![i],
+                bytes: *ws,
+                start: i,
+                end: i,
+                offset: 0,
+            });
+        }
+        for &v in outs {
+            let end = match last_read.get(&v) {
+                Some(&e) if !kept.contains(&v) => e,
+                _ => n,
+            };
+            buffers.push(Buffer {
+                kind: BufferKind::Value,
+                nodes: vec![i],
+                bytes: value_bytes(&g.g[v].shape),
+                start: i,
+                end,
+                offset: 0,
+            });
+        }
+    }
+    // The copies of the outputs handed back.
+    for &(_, v) in &g.outputs {
+        buffers.push(Buffer {
+            kind: BufferKind::Value,
+            nodes: vec![],
+            bytes: value_bytes(&g.g[v].shape),
+            start: n,
+            end: n,
+            offset: 0,
+        });
+    }
+    finish(Vec::new(), n, buffers, 0, 0)
 }
 
 fn align(x: u64) -> u64 {
@@ -307,7 +381,7 @@ impl MemPlan {
     /// Live bytes at each position (after the last one: what outlives the
     /// run), recomputed from the buffers.
     pub fn live_bytes(&self) -> Vec<u64> {
-        let n = self.order.len();
+        let n = self.positions;
         let mut live = vec![0u64; n + 1];
         for b in &self.buffers {
             for l in &mut live[b.start..=b.end.min(n)] {
@@ -372,7 +446,7 @@ impl MemPlan {
         let _ = writeln!(out, "buffers:");
         for (i, b) in self.buffers.iter().enumerate() {
             let nodes: Vec<String> = b.nodes.iter().map(|p| format!("%{p}")).collect();
-            let end = if b.end == self.order.len() {
+            let end = if b.end == self.positions {
                 "end".to_string()
             } else {
                 b.end.to_string()

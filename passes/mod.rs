@@ -5,7 +5,9 @@
 //! after any one so that `snnc graph --after NAME` shows its result.
 
 pub mod cost;
+pub mod cse;
 pub mod dce;
+pub mod fuse;
 pub mod memplan;
 pub mod rate;
 pub mod schedule;

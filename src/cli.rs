@@ -704,12 +704,45 @@ pub fn eval(
     Ok(())
 }
 
+/// What `snnc bench` runs: the fused CPU plan, or the graph executor in a
+/// schedule's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchPlan {
+    Fused,
+    Graph(SchedOpts),
+}
+
+impl std::fmt::Display for BenchPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BenchPlan::Fused => f.write_str("fused"),
+            BenchPlan::Graph(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl std::str::FromStr for BenchPlan {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BenchPlan, String> {
+        match s {
+            "fused" => Ok(BenchPlan::Fused),
+            _ => s.parse().map(BenchPlan::Graph).map_err(|_| {
+                format!(
+                    "unknown schedule `{s}`; expected one of: fused, {}",
+                    SchedOpts::NAMES.join(", ")
+                )
+            }),
+        }
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchRow {
     pub mode: Mode,
     pub steps: usize,
     pub batch: usize,
-    /// The schedule (`layer-major`, `time-major`, `time-major-recompute`).
+    /// `fused` (the fused CPU plan) or the graph executor's schedule
+    /// (`layer-major`, `time-major`, `time-major-recompute`).
     pub schedule: String,
     /// Median wall time of one training step (forward + backward), seconds.
     pub step_seconds: f64,
@@ -738,7 +771,7 @@ pub fn bench(
     path: &Path,
     steps: &[usize],
     modes: &[Mode],
-    schedules: &[SchedOpts],
+    schedules: &[BenchPlan],
     batch: usize,
     repeats: usize,
     json: bool,
@@ -754,20 +787,30 @@ pub fn bench(
             let labels = random_labels(batch, a.output[0], 1).cast::<f32>();
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
             for &sched in schedules {
-                let p = memplan::build(&g, sched);
-                let cost = graph_cost(&p.graph);
+                let (planned, fused) = match sched {
+                    BenchPlan::Graph(opts) => (Some(memplan::build(&g, opts)), None),
+                    BenchPlan::Fused => (
+                        None,
+                        Some(crate::codegen::cpu::compiled::Compiled::new(&g, &[])?),
+                    ),
+                };
+                let (cost, mem) = match (&planned, &fused) {
+                    (Some(p), _) => (graph_cost(&p.graph), p.mem.clone()),
+                    (None, Some(exe)) => (graph_cost(&g), memplan::plan_fused(&g, &exe.plan)),
+                    (None, None) => unreachable!("a plan was built"),
+                };
                 let mut times = Vec::new();
                 let mut measured: Option<u64> = None;
                 // One warm-up step, then the timed ones.
                 for i in 0..=repeats {
                     let started = std::time::Instant::now();
-                    let (out, peak) = crate::runtime::alloc::measure(|| {
-                        crate::codegen::cpu::run_planned(
-                            &p,
-                            &inputs,
-                            &params,
-                            &RunOptions { seed: i as u64 },
-                        )
+                    let run_opts = RunOptions { seed: i as u64 };
+                    let (out, peak) = crate::runtime::alloc::measure(|| match (&planned, &fused) {
+                        (Some(p), _) => {
+                            crate::codegen::cpu::run_planned(p, &inputs, &params, &run_opts)
+                        }
+                        (None, Some(exe)) => exe.run(&g, &inputs, &params, &run_opts),
+                        (None, None) => unreachable!("a plan was built"),
                     });
                     let secs = started.elapsed().as_secs_f64();
                     out.map_err(|e| format!("error: {e}"))?;
@@ -789,10 +832,10 @@ pub fn bench(
                     step_seconds: med,
                     images_per_sec: batch as f64 / med,
                     kept_bytes: cost.kept_bytes,
-                    planned_peak_bytes: p.mem.peak_bytes,
-                    arena_bytes: p.mem.arena_bytes,
+                    planned_peak_bytes: mem.peak_bytes,
+                    arena_bytes: mem.arena_bytes,
                     measured_peak_bytes: measured,
-                    resident_bytes: p.mem.resident_bytes,
+                    resident_bytes: mem.resident_bytes,
                     gflop_per_step: flop / 1e9,
                     gflops: flop / 1e9 / med,
                 });
@@ -805,7 +848,7 @@ pub fn bench(
         }
         return Ok(());
     }
-    println!("{}: CPU executor, batch {batch}, median of {repeats} steps after one warm-up (forward + backward, no update); peak = most bytes allocated at once during a step, inputs and parameters excluded", model.name);
+    println!("{}: batch {batch}, median of {repeats} steps after one warm-up (forward + backward, no update); fused = the fused CPU plan (generated C + SGEMM), the others the graph executor in that schedule; peak = most bytes allocated at once during a step, above what was allocated before it", model.name);
     println!(
         "{:<6} {:>3} {:<20} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
         "mode",
@@ -837,5 +880,95 @@ pub fn bench(
             r.gflops
         );
     }
+    Ok(())
+}
+
+/// `snnc emit`: the fused plan's kernels as source files plus
+/// `manifest.json` (launch order, and for each kernel its pointer table:
+/// which value, shape and access each slot has).
+pub fn emit(
+    path: &Path,
+    steps: usize,
+    mode: Mode,
+    batch: usize,
+    target: &str,
+    out: &Path,
+) -> Result<(), String> {
+    use crate::codegen::{render_c, render_cuda};
+    use crate::passes::fuse::{self, Unit};
+    let (model, _) = load(path)?;
+    let g = compile::compile(&model, &compile::Options::new(steps, batch, mode))?.graph;
+    let plan = fuse::fuse(&g);
+    let (ext, header, render): (
+        &str,
+        String,
+        fn(&crate::codegen::kernel_ir::Kernel) -> String,
+    ) = match target {
+        "c" => ("c", render_c::header(), render_c::kernel),
+        "cuda" => ("cu", render_cuda::header(), render_cuda::kernel),
+        t => {
+            return Err(format!(
+                "error: unknown target `{t}` (expected `c` or `cuda`)"
+            ))
+        }
+    };
+    std::fs::create_dir_all(out)
+        .map_err(|e| format!("error: cannot create {}: {e}", out.display()))?;
+    let write = |name: &str, text: &str| {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("error: cannot write {}: {e}", p.display()))
+    };
+    write(&format!("prelude.{ext}"), &header)?;
+    let mut kernels = Vec::new();
+    for f in &plan.kernels {
+        let file = format!("{}.{ext}", f.kernel.name);
+        write(&file, &format!("{header}\n{}", render(&f.kernel)))?;
+        let slots: Vec<serde_json::Value> = f
+            .table
+            .iter()
+            .zip(&f.writes)
+            .enumerate()
+            .map(|(s, (n, w))| {
+                serde_json::json!({
+                    "slot": s,
+                    "node": n.map(|n| n.index()),
+                    "shape": n.map(|n| g.g[n].shape.clone()),
+                    "access": if *w { "write" } else { "read" },
+                })
+            })
+            .collect();
+        kernels.push(serde_json::json!({
+            "name": f.kernel.name, "file": file, "elements": f.kernel.n,
+            "steps": f.kernel.steps, "reverse": f.kernel.reverse,
+            "fused_nodes": f.nodes.len(), "table": slots,
+        }));
+    }
+    let launches: Vec<serde_json::Value> = plan
+        .units
+        .iter()
+        .map(|u| match u {
+            Unit::Kernel(k) => serde_json::json!({"kernel": plan.kernels[*k].kernel.name}),
+            Unit::Node(n) => serde_json::json!({
+                "node": n.index(), "op": g.g[*n].op.name(), "shape": g.g[*n].shape,
+            }),
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "model": model.name, "steps": steps, "batch": batch, "mode": mode.to_string(),
+        "target": target, "kernels": kernels, "launches": launches,
+    });
+    write(
+        "manifest.json",
+        &serde_json::to_string_pretty(&manifest).expect("serialisable"),
+    )?;
+    let st = plan.stats();
+    println!(
+        "{}: {} kernels ({} nodes fused), {} library launches -> {}",
+        model.name,
+        st.kernels,
+        st.fused_nodes,
+        st.node_units,
+        out.display()
+    );
     Ok(())
 }

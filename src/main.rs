@@ -74,7 +74,7 @@ enum Cmd {
         #[arg(short = 'T', long = "steps", default_value_t = 4)]
         steps: usize,
         /// The stage whose graph is planned.
-        #[arg(long, alias = "stage", value_enum, default_value_t = Stage::Dce)]
+        #[arg(long, alias = "stage", value_enum, default_value_t = Stage::Cse)]
         after: Stage,
         #[arg(long, value_enum, default_value_t = ModeArg::Rate)]
         mode: ModeArg,
@@ -154,12 +154,29 @@ enum Cmd {
         /// Timed steps per row (after one warm-up step).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
-        /// Comma-separated schedules: layer-major, time-major,
+        /// Comma-separated: fused (the fused CPU plan, generated C), or the
+        /// graph executor in a schedule: layer-major, time-major,
         /// time-major-recompute (time-major with batch-norm recompute).
-        #[arg(long, value_delimiter = ',', default_value = "layer-major")]
-        schedule: Vec<SchedOpts>,
+        #[arg(long, value_delimiter = ',', default_value = "fused")]
+        schedule: Vec<cli::BenchPlan>,
         #[arg(long)]
         json: bool,
+    },
+    /// Write the generated kernels (one file per kernel) and a manifest of
+    /// launches and buffers.
+    Emit {
+        file: PathBuf,
+        #[arg(short = 'T', long = "steps", default_value_t = 4)]
+        steps: usize,
+        #[arg(long, value_enum, default_value = "rate")]
+        mode: ModeArg,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// `c` (the CPU path) or `cuda` (NVRTC).
+        #[arg(long, default_value = "c")]
+        target: String,
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
     },
     /// Bytes kept for the backward and FLOPs, per mode and T.
     Report {
@@ -342,6 +359,14 @@ fn main() -> ExitCode {
                 json,
             )
         }
+        Cmd::Emit {
+            file,
+            steps,
+            mode,
+            batch,
+            target,
+            out,
+        } => cli::emit(&file, steps, mode.into(), batch, &target, &out),
         Cmd::Report {
             file,
             steps,

@@ -1,5 +1,5 @@
-//! The executor's measured peak (counting allocator) agrees with the memory
-//! plan's. One test in this binary, so no other test allocates while it
+//! The executors' measured peaks (counting allocator) agree with the memory
+//! plans': the graph executor under every schedule, and the fused plan. One test in this binary, so no other test allocates while it
 //! measures.
 
 use snnc::compile::{compile, Options};
@@ -56,6 +56,25 @@ fn measured_peak_matches_the_plan() {
                     report.join("\n")
                 );
             }
+            // The fused plan (generated C), planned by `plan_fused`.
+            let exe = snnc::codegen::cpu::compiled::Compiled::new(&g, &[]).unwrap();
+            let planned = memplan::plan_fused(&g, &exe.plan).peak_bytes as f64;
+            let run = || {
+                exe.run(&g, &inputs, &params, &RunOptions { seed: 0 })
+                    .unwrap()
+            };
+            drop(run());
+            let (out, measured) = alloc::measure(run);
+            drop(out);
+            let measured = measured.unwrap() as f64;
+            report.push(format!(
+                "{mode} T={steps} fused: planned {planned} measured {measured}"
+            ));
+            assert!(
+                (measured - planned).abs() <= 0.1 * planned,
+                "{}",
+                report.join("\n")
+            );
         }
     }
     println!("{}", report.join("\n"));

@@ -163,3 +163,116 @@ pub fn eval_in_place(op: &Op, x: &mut Tensor<f32>, rest: &[&Tensor<f32>], shape:
         _ => unreachable!("{} has no in-place form", op.name()),
     }
 }
+
+/// Per-channel sums of `f(x, channel)` over every operand and every axis but
+/// 1, accumulated in f64 (more accurate than the reference's f32 running
+/// sum, which it therefore matches to within the reference's own error).
+/// Parallel over channels; each channel's runs of `inner` elements are
+/// contiguous.
+fn channel_sums(xs: &[&Tensor<f32>], f: impl Fn(f32, usize) -> f32 + Sync) -> Vec<f64> {
+    let shape = &xs[0].shape;
+    let (b, c) = (shape[0], shape[1]);
+    let inner: usize = shape[2..].iter().product();
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut s = 0f64;
+            for x in xs {
+                for bi in 0..b {
+                    let start = (bi * c + ch) * inner;
+                    let mut part = 0f32;
+                    for &v in &x.data[start..start + inner] {
+                        part += f(v, ch);
+                    }
+                    s += f64::from(part);
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+/// Channel reductions and average pooling, parallel; None for other ops.
+pub fn eval_reduce(op: &crate::ir::Op, xs: &[&Tensor<f32>]) -> Option<Tensor<f32>> {
+    use crate::ir::Op;
+    let count = |xs: &[&Tensor<f32>]| {
+        let s = &xs[0].shape;
+        (xs.len() * s[0] * s[2..].iter().product::<usize>()) as f64
+    };
+    Some(match op {
+        Op::ChannelSum => {
+            let s = channel_sums(xs, |v, _| v);
+            Tensor::from_vec(&[s.len()], s.into_iter().map(|v| v as f32).collect())
+        }
+        Op::ChannelMean => {
+            let n = count(xs);
+            let s = channel_sums(xs, |v, _| v);
+            Tensor::from_vec(&[s.len()], s.into_iter().map(|v| (v / n) as f32).collect())
+        }
+        Op::ChannelVar => {
+            let (mean, xs) = (xs[0], &xs[1..]);
+            let n = count(xs);
+            let s = channel_sums(xs, |v, ch| {
+                let d = v - mean.data[ch];
+                d * d
+            });
+            Tensor::from_vec(&[s.len()], s.into_iter().map(|v| (v / n) as f32).collect())
+        }
+        Op::AvgPool { kernel, stride } => avgpool(xs[0], *kernel, *stride),
+        Op::AvgPoolGrad {
+            kernel,
+            stride,
+            in_h,
+            in_w,
+        } => avgpool_grad(xs[0], *kernel, *stride, *in_h, *in_w),
+        _ => return None,
+    })
+}
+
+fn avgpool(x: &Tensor<f32>, k: usize, stride: usize) -> Tensor<f32> {
+    let (b, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (ho, wo) = ((h - k) / stride + 1, (w - k) / stride + 1);
+    let area = (k * k) as f32;
+    let mut out = Tensor::zeros(&[b, c, ho, wo]);
+    out.data
+        .par_chunks_mut(ho * wo)
+        .enumerate()
+        .for_each(|(plane, o)| {
+            let src = &x.data[plane * h * w..(plane + 1) * h * w];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = 0f32;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            acc += src[(oy * stride + ky) * w + ox * stride + kx];
+                        }
+                    }
+                    o[oy * wo + ox] = acc / area;
+                }
+            }
+        });
+    out
+}
+
+fn avgpool_grad(d: &Tensor<f32>, k: usize, stride: usize, h: usize, w: usize) -> Tensor<f32> {
+    let (b, c, ho, wo) = (d.shape[0], d.shape[1], d.shape[2], d.shape[3]);
+    let area = (k * k) as f32;
+    let mut out = Tensor::zeros(&[b, c, h, w]);
+    out.data
+        .par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(plane, o)| {
+            let src = &d.data[plane * ho * wo..(plane + 1) * ho * wo];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let g = src[oy * wo + ox] / area;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            o[(oy * stride + ky) * w + ox * stride + kx] += g;
+                        }
+                    }
+                }
+            }
+        });
+    out
+}

@@ -10,8 +10,9 @@
 //! out at the end); an elementwise node whose first operand dies there
 //! writes over that operand's buffer.
 
+pub mod compiled;
 mod elementwise;
-mod kernels;
+pub mod kernels;
 
 use crate::interp::{eval_op, InterpError, RunOptions};
 use crate::ir::{Graph, NodeIndex, Op};
@@ -109,8 +110,8 @@ pub fn run_ordered<'a>(
         let node = &g.g[n];
         let args = g.operands(n);
         let v = match &node.op {
-            Op::Input { name } => Val::Shared(lookup(inputs, name, &node.shape, true)?),
-            Op::Param { name } => Val::Shared(lookup(params, name, &node.shape, false)?),
+            Op::Input { name } => Val::Shared(lookup_ref(inputs, name, &node.shape, true)?),
+            Op::Param { name } => Val::Shared(lookup_ref(params, name, &node.shape, false)?),
             op => {
                 let first = args.first().copied();
                 let reuse = first.filter(|&a| {
@@ -183,8 +184,8 @@ pub fn run_ordered<'a>(
     Ok((outs, extra))
 }
 
-/// One computed node: SGEMM kernels, parallel elementwise kernels, or the
-/// reference kernel.
+/// One computed node: SGEMM for matmuls and convolutions, parallel
+/// elementwise kernels and reductions, the reference kernels for the rest.
 fn compute(
     n: NodeIndex,
     op: &Op,
@@ -210,7 +211,7 @@ fn compute(
         } => Some(kernels::conv2d_grad_weight(
             xs[0], xs[1], *stride, *padding, *kernel,
         )),
-        _ => elementwise::eval(op, xs),
+        _ => elementwise::eval(op, xs).or_else(|| elementwise::eval_reduce(op, xs)),
     };
     match fast {
         Some(t) => Ok(t),
@@ -222,7 +223,18 @@ fn compute(
     }
 }
 
-fn lookup<'a>(
+/// A copy of an input or parameter (for the fused plan).
+fn lookup(
+    map: &HashMap<String, Tensor<f32>>,
+    name: &str,
+    shape: &[usize],
+    input: bool,
+) -> Result<Tensor<f32>, InterpError> {
+    lookup_ref(map, name, shape, input).cloned()
+}
+
+/// An input or parameter, checked against the node's shape.
+fn lookup_ref<'a>(
     map: &'a HashMap<String, Tensor<f32>>,
     name: &str,
     shape: &[usize],
@@ -250,4 +262,16 @@ fn lookup<'a>(
         });
     }
     Ok(t)
+}
+
+/// Evaluates one non-leaf node from its operands' values (for the fused
+/// plan's unfused nodes).
+fn eval_node(
+    g: &Graph,
+    n: NodeIndex,
+    vals: &HashMap<NodeIndex, Tensor<f32>>,
+    opts: &RunOptions,
+) -> Result<Tensor<f32>, InterpError> {
+    let xs: Vec<&Tensor<f32>> = g.operands(n).iter().map(|a| &vals[a]).collect();
+    compute(n, &g.g[n].op, &g.g[n].shape, &xs, opts)
 }
