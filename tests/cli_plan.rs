@@ -30,7 +30,7 @@ fn bench_json_has_planned_and_measured_peaks_per_schedule() {
         "--repeats",
         "1",
         "--schedule",
-        "layer-major,time-major",
+        "fused,layer-major,time-major",
         "--json",
     ]);
     assert_eq!(code, 0, "{err}");
@@ -38,13 +38,16 @@ fn bench_json_has_planned_and_measured_peaks_per_schedule() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 2);
-    for (r, s) in rows.iter().zip(["layer-major", "time-major"]) {
+    assert_eq!(rows.len(), 3);
+    for (r, s) in rows.iter().zip(["fused", "layer-major", "time-major"]) {
         assert_eq!(r["schedule"], s);
         let planned = r["planned_peak_bytes"].as_f64().unwrap();
         // The binary installs the counting allocator.
         let measured = r["measured_peak_bytes"].as_f64().unwrap();
         assert!(planned > 0.0 && measured > 0.0, "{r}");
+        // A tiny model: allow for the few KiB the SGEMM library and the
+        // thread pool allocate besides the plan's buffers.
+        assert!((measured - planned).abs() <= 0.1 * planned + 65536.0, "{r}");
         assert!(r["arena_bytes"].as_f64().unwrap() >= planned, "{r}");
     }
 }
