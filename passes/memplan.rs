@@ -252,6 +252,8 @@ pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan) -> MemPlan {
         .units
         .iter()
         .map(|u| match *u {
+            // Inputs and parameters are read in place: resident, not values.
+            Unit::Node(v) if resident(&g.g[v].op) => (vec![], vec![], 0),
             Unit::Node(v) => {
                 let mut reads = g.operands(v);
                 let shapes: Vec<&[usize]> =

@@ -4,7 +4,7 @@
 //! in parallel over blocks of elements. Nodes the plan leaves unfused run on
 //! the executor's library kernels (SGEMM, im2col convolution, …).
 
-use super::{eval_node, lookup, Outputs};
+use super::{compute, lookup_ref, Outputs, Val};
 use crate::codegen::render_c;
 use crate::interp::{InterpError, RunOptions};
 use crate::ir::{Graph, NodeIndex, Op};
@@ -231,7 +231,8 @@ impl Compiled {
             .map(|&(_, n)| n)
             .chain(self.keep.iter().copied())
             .collect();
-        let mut vals: HashMap<NodeIndex, Tensor<f32>> = HashMap::new();
+        // Inputs and parameters are read in place, never copied.
+        let mut vals: HashMap<NodeIndex, Val> = HashMap::new();
         let profile = std::env::var_os("SNNC_PROFILE").is_some();
         let mut spent: HashMap<String, (f64, usize)> = HashMap::new();
         for u in &self.plan.units {
@@ -240,9 +241,17 @@ impl Compiled {
                 Unit::Node(n) => {
                     let node = &g.g[n];
                     let v = match &node.op {
-                        Op::Input { name } => lookup(inputs, name, &node.shape, true)?,
-                        Op::Param { name } => lookup(params, name, &node.shape, false)?,
-                        _ => eval_node(g, n, &vals, opts)?,
+                        Op::Input { name } => {
+                            Val::Shared(lookup_ref(inputs, name, &node.shape, true)?)
+                        }
+                        Op::Param { name } => {
+                            Val::Shared(lookup_ref(params, name, &node.shape, false)?)
+                        }
+                        op => {
+                            let xs: Vec<&Tensor<f32>> =
+                                g.operands(n).iter().map(|a| vals[a].get()).collect();
+                            Val::Owned(compute(n, op, &node.shape, &xs, opts)?)
+                        }
                     };
                     vals.insert(n, v);
                 }
@@ -261,11 +270,11 @@ impl Compiled {
                             t.data.as_mut_ptr()
                         } else {
                             // Read-only: the kernel never writes a read slot.
-                            vals[n].data.as_ptr() as *mut f32
+                            vals[n].get().data.as_ptr() as *mut f32
                         };
                     }
                     self.call(k, f.kernel.n, &Table(table));
-                    vals.extend(outs);
+                    vals.extend(outs.into_iter().map(|(n, t)| (n, Val::Owned(t))));
                 }
             }
             if profile {
@@ -296,12 +305,12 @@ impl Compiled {
         let outs = g
             .outputs
             .iter()
-            .map(|(name, n)| (name.clone(), vals[n].clone()))
+            .map(|(name, n)| (name.clone(), vals[n].get().clone()))
             .collect();
         let extra = if extra {
             self.keep
                 .iter()
-                .filter_map(|n| vals.get(n).map(|v| (*n, v.clone())))
+                .filter_map(|n| vals.get(n).map(|v| (*n, v.get().clone())))
                 .collect()
         } else {
             HashMap::new()

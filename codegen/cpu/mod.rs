@@ -223,16 +223,6 @@ fn compute(
     }
 }
 
-/// A copy of an input or parameter (for the fused plan).
-fn lookup(
-    map: &HashMap<String, Tensor<f32>>,
-    name: &str,
-    shape: &[usize],
-    input: bool,
-) -> Result<Tensor<f32>, InterpError> {
-    lookup_ref(map, name, shape, input).cloned()
-}
-
 /// An input or parameter, checked against the node's shape.
 fn lookup_ref<'a>(
     map: &'a HashMap<String, Tensor<f32>>,
@@ -262,16 +252,4 @@ fn lookup_ref<'a>(
         });
     }
     Ok(t)
-}
-
-/// Evaluates one non-leaf node from its operands' values (for the fused
-/// plan's unfused nodes).
-fn eval_node(
-    g: &Graph,
-    n: NodeIndex,
-    vals: &HashMap<NodeIndex, Tensor<f32>>,
-    opts: &RunOptions,
-) -> Result<Tensor<f32>, InterpError> {
-    let xs: Vec<&Tensor<f32>> = g.operands(n).iter().map(|a| &vals[a]).collect();
-    compute(n, &g.g[n].op, &g.g[n].shape, &xs, opts)
 }
