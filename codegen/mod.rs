@@ -1,8 +1,9 @@
-//! The back-end. For now: the CPU executor (`cpu`), which runs a graph's
-//! heavy ops (matmuls, convolutions and their gradients) with a blocked
-//! SGEMM and everything else with the reference kernels. The kernel IR and
-//! the C and CUDA renderers of DESIGN.md §2 come next and take over the
-//! elementwise work.
+//! The back-end: the kernel IR the fusion pass produces (`kernel_ir`), its
+//! two printers (`render_c`, `render_cuda`), and the executors: `cpu` runs
+//! a plan with the compiled C kernels and SGEMM-backed library kernels.
 
 pub mod cpu;
 pub mod cuda;
+pub mod kernel_ir;
+pub mod render_c;
+pub mod render_cuda;

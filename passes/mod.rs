@@ -5,8 +5,12 @@
 //! after any one so that `snnc graph --after NAME` shows its result.
 
 pub mod cost;
+pub mod cse;
 pub mod dce;
+pub mod fuse;
+pub mod memplan;
 pub mod rate;
+pub mod schedule;
 
 use crate::ir::{self, Graph};
 

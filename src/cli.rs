@@ -7,7 +7,9 @@ use crate::interp::{self, RunOptions};
 use crate::ir::{self, Op};
 use crate::model::{Encoding, LayerKind, Model};
 use crate::passes::cost::graph_cost;
+use crate::passes::memplan;
 use crate::passes::rate::{rules::Tag, Mode, RegionStats};
+use crate::passes::schedule::SchedOpts;
 use crate::runtime::train::TrainConfig;
 use crate::shape::{self, dims, Analysis, ShapeError};
 use crate::tensor::Tensor;
@@ -175,7 +177,12 @@ pub enum GraphFormat {
     Stats,
 }
 
-pub fn graph(path: &Path, opts: &compile::Options, format: GraphFormat) -> Result<String, String> {
+pub fn graph(
+    path: &Path,
+    opts: &compile::Options,
+    format: GraphFormat,
+    sched: SchedOpts,
+) -> Result<String, String> {
     let (model, _) = load(path)?;
     let c = compile::compile(&model, opts)?;
     let g = &c.graph;
@@ -227,9 +234,44 @@ pub fn graph(path: &Path, opts: &compile::Options, format: GraphFormat) -> Resul
                 cost.forward_flops / 1e9,
                 cost.backward_flops / 1e9
             );
+            let started = std::time::Instant::now();
+            let p = memplan::build(g, sched);
+            let _ = writeln!(
+                out,
+                "  memory plan ({sched}, {:.2} ms): peak {:.2} MiB, arena {:.2} MiB, resident (inputs, params) {:.2} MiB; {} buffers, {} nodes in place",
+                started.elapsed().as_secs_f64() * 1e3,
+                p.mem.peak_bytes as f64 / MIB,
+                p.mem.arena_bytes as f64 / MIB,
+                p.mem.resident_bytes as f64 / MIB,
+                p.mem.buffers.len(),
+                p.mem.in_place
+            );
             out
         }
     })
+}
+
+/// `snnc plan`: the execution order and buffer table of a schedule (text),
+/// or the plan's totals and buffers (JSON).
+pub fn plan(
+    path: &Path,
+    opts: &compile::Options,
+    sched: SchedOpts,
+    json: bool,
+) -> Result<String, String> {
+    let (model, _) = load(path)?;
+    let c = compile::compile(&model, opts)?;
+    let p = memplan::build(&c.graph, sched);
+    p.mem
+        .check_arena()
+        .map_err(|e| format!("error: internal: {e}"))?;
+    if json {
+        let mut v = serde_json::to_value(&p.mem).expect("serialisable");
+        v["schedule"] = serde_json::json!(sched.to_string());
+        v["nodes"] = serde_json::json!(p.mem.order.len());
+        return Ok(format!("{v}\n"));
+    }
+    Ok(format!("schedule {sched}\n{}", p.mem.to_text(&p.graph)))
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -662,25 +704,74 @@ pub fn eval(
     Ok(())
 }
 
+/// What `snnc bench` runs: the fused CPU plan, or the graph executor in a
+/// schedule's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchPlan {
+    Fused,
+    Graph(SchedOpts),
+}
+
+impl std::fmt::Display for BenchPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BenchPlan::Fused => f.write_str("fused"),
+            BenchPlan::Graph(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl std::str::FromStr for BenchPlan {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BenchPlan, String> {
+        match s {
+            "fused" => Ok(BenchPlan::Fused),
+            _ => s.parse().map(BenchPlan::Graph).map_err(|_| {
+                format!(
+                    "unknown schedule `{s}`; expected one of: fused, {}",
+                    SchedOpts::NAMES.join(", ")
+                )
+            }),
+        }
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchRow {
     pub mode: Mode,
     pub steps: usize,
     pub batch: usize,
+    /// `fused` (the fused CPU plan) or the graph executor's schedule
+    /// (`layer-major`, `time-major`, `time-major-recompute`).
+    pub schedule: String,
     /// Median wall time of one training step (forward + backward), seconds.
     pub step_seconds: f64,
     pub images_per_sec: f64,
     /// Bytes of forward values the backward reads (the plan's, not measured).
     pub kept_bytes: f64,
+    /// The memory plan's peak: the most bytes a step allocates at once
+    /// (inputs and parameters, resident, not included).
+    pub planned_peak_bytes: u64,
+    /// The arena the plan's buffers fit in.
+    pub arena_bytes: u64,
+    /// The most bytes a step allocated at once above what was allocated
+    /// before it (counting allocator), over the timed steps; null when the
+    /// counting allocator is not installed.
+    pub measured_peak_bytes: Option<u64>,
+    /// Inputs and parameters.
+    pub resident_bytes: u64,
     pub gflop_per_step: f64,
     pub gflops: f64,
 }
 
-/// `snnc bench`: median step time of the CPU executor on random data.
+/// `snnc bench`: median step time of the CPU executor on random data, and
+/// the planned and measured peak memory, per mode, T and schedule.
+#[allow(clippy::too_many_arguments)]
 pub fn bench(
     path: &Path,
     steps: &[usize],
     modes: &[Mode],
+    schedules: &[BenchPlan],
     batch: usize,
     repeats: usize,
     json: bool,
@@ -691,34 +782,64 @@ pub fn bench(
     for &mode in modes {
         for &t in steps {
             let g = compile::compile(&model, &compile::Options::new(t, batch, mode))?.graph;
-            let cost = graph_cost(&g);
             let x =
                 random_input(&g, matches!(model.input.encoding, Encoding::Events), 1).cast::<f32>();
             let labels = random_labels(batch, a.output[0], 1).cast::<f32>();
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-            let mut times = Vec::new();
-            // One warm-up step, then the timed ones.
-            for i in 0..=repeats {
-                let started = std::time::Instant::now();
-                crate::codegen::cpu::run(&g, &inputs, &params, &RunOptions { seed: i as u64 })
-                    .map_err(|e| format!("error: {e}"))?;
-                if i > 0 {
-                    times.push(started.elapsed().as_secs_f64());
+            for &sched in schedules {
+                let (planned, fused) = match sched {
+                    BenchPlan::Graph(opts) => (Some(memplan::build(&g, opts)), None),
+                    BenchPlan::Fused => (
+                        None,
+                        Some(crate::codegen::cpu::compiled::Compiled::new(&g, &[])?),
+                    ),
+                };
+                let (cost, mem) = match (&planned, &fused) {
+                    (Some(p), _) => (graph_cost(&p.graph), p.mem.clone()),
+                    (None, Some(exe)) => (graph_cost(&g), memplan::plan_fused(&g, &exe.plan)),
+                    (None, None) => unreachable!("a plan was built"),
+                };
+                let mut times = Vec::new();
+                let mut measured: Option<u64> = None;
+                // One warm-up step, then the timed ones.
+                for i in 0..=repeats {
+                    let started = std::time::Instant::now();
+                    let run_opts = RunOptions { seed: i as u64 };
+                    let (out, peak) = crate::runtime::alloc::measure(|| match (&planned, &fused) {
+                        (Some(p), _) => {
+                            crate::codegen::cpu::run_planned(p, &inputs, &params, &run_opts)
+                        }
+                        (None, Some(exe)) => exe.run(&g, &inputs, &params, &run_opts),
+                        (None, None) => unreachable!("a plan was built"),
+                    });
+                    let secs = started.elapsed().as_secs_f64();
+                    out.map_err(|e| format!("error: {e}"))?;
+                    if i > 0 {
+                        times.push(secs);
+                        if let Some(b) = peak {
+                            measured = Some(measured.unwrap_or(0).max(b as u64));
+                        }
+                    }
                 }
+                times.sort_by(f64::total_cmp);
+                let med = times[times.len() / 2];
+                let flop = cost.forward_flops + cost.backward_flops;
+                rows.push(BenchRow {
+                    mode,
+                    steps: t,
+                    batch,
+                    schedule: sched.to_string(),
+                    step_seconds: med,
+                    images_per_sec: batch as f64 / med,
+                    kept_bytes: cost.kept_bytes,
+                    planned_peak_bytes: mem.peak_bytes,
+                    arena_bytes: mem.arena_bytes,
+                    measured_peak_bytes: measured,
+                    resident_bytes: mem.resident_bytes,
+                    gflop_per_step: flop / 1e9,
+                    gflops: flop / 1e9 / med,
+                });
             }
-            times.sort_by(f64::total_cmp);
-            let med = times[times.len() / 2];
-            let flop = cost.forward_flops + cost.backward_flops;
-            rows.push(BenchRow {
-                mode,
-                steps: t,
-                batch,
-                step_seconds: med,
-                images_per_sec: batch as f64 / med,
-                kept_bytes: cost.kept_bytes,
-                gflop_per_step: flop / 1e9,
-                gflops: flop / 1e9 / med,
-            });
         }
     }
     if json {
@@ -727,22 +848,127 @@ pub fn bench(
         }
         return Ok(());
     }
-    println!("{}: CPU executor, batch {batch}, median of {repeats} steps after one warm-up (forward + backward, no update)", model.name);
+    println!("{}: batch {batch}, median of {repeats} steps after one warm-up (forward + backward, no update); fused = the fused CPU plan (generated C + SGEMM), the others the graph executor in that schedule; peak = most bytes allocated at once during a step, above what was allocated before it", model.name);
     println!(
-        "{:<6} {:>4} {:>10} {:>10} {:>12} {:>10} {:>9}",
-        "mode", "T", "step s", "img/s", "kept MiB", "GFLOP", "GFLOP/s"
+        "{:<6} {:>3} {:<20} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "mode",
+        "T",
+        "schedule",
+        "step s",
+        "img/s",
+        "kept MiB",
+        "plan MiB",
+        "meas MiB",
+        "arena MiB",
+        "GFLOP",
+        "GFLOP/s"
     );
     for r in &rows {
         println!(
-            "{:<6} {:>4} {:>10.3} {:>10.1} {:>12.2} {:>10.2} {:>9.2}",
+            "{:<6} {:>3} {:<20} {:>8.3} {:>8.1} {:>9.2} {:>9.2} {:>9} {:>9.2} {:>8.2} {:>8.2}",
             r.mode.to_string(),
             r.steps,
+            r.schedule,
             r.step_seconds,
             r.images_per_sec,
             r.kept_bytes / MIB,
+            r.planned_peak_bytes as f64 / MIB,
+            r.measured_peak_bytes
+                .map_or("n/a".to_string(), |b| format!("{:.2}", b as f64 / MIB)),
+            r.arena_bytes as f64 / MIB,
             r.gflop_per_step,
             r.gflops
         );
     }
+    Ok(())
+}
+
+/// `snnc emit`: the fused plan's kernels as source files plus
+/// `manifest.json` (launch order, and for each kernel its pointer table:
+/// which value, shape and access each slot has).
+pub fn emit(
+    path: &Path,
+    steps: usize,
+    mode: Mode,
+    batch: usize,
+    target: &str,
+    out: &Path,
+) -> Result<(), String> {
+    use crate::codegen::{render_c, render_cuda};
+    use crate::passes::fuse::{self, Unit};
+    let (model, _) = load(path)?;
+    let g = compile::compile(&model, &compile::Options::new(steps, batch, mode))?.graph;
+    let plan = fuse::fuse(&g);
+    let (ext, header, render): (
+        &str,
+        String,
+        fn(&crate::codegen::kernel_ir::Kernel) -> String,
+    ) = match target {
+        "c" => ("c", render_c::header(), render_c::kernel),
+        "cuda" => ("cu", render_cuda::header(), render_cuda::kernel),
+        t => {
+            return Err(format!(
+                "error: unknown target `{t}` (expected `c` or `cuda`)"
+            ))
+        }
+    };
+    std::fs::create_dir_all(out)
+        .map_err(|e| format!("error: cannot create {}: {e}", out.display()))?;
+    let write = |name: &str, text: &str| {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("error: cannot write {}: {e}", p.display()))
+    };
+    write(&format!("prelude.{ext}"), &header)?;
+    let mut kernels = Vec::new();
+    for f in &plan.kernels {
+        let file = format!("{}.{ext}", f.kernel.name);
+        write(&file, &format!("{header}\n{}", render(&f.kernel)))?;
+        let slots: Vec<serde_json::Value> = f
+            .table
+            .iter()
+            .zip(&f.writes)
+            .enumerate()
+            .map(|(s, (n, w))| {
+                serde_json::json!({
+                    "slot": s,
+                    "node": n.map(|n| n.index()),
+                    "shape": n.map(|n| g.g[n].shape.clone()),
+                    "access": if *w { "write" } else { "read" },
+                })
+            })
+            .collect();
+        kernels.push(serde_json::json!({
+            "name": f.kernel.name, "file": file, "elements": f.kernel.n,
+            "steps": f.kernel.steps, "reverse": f.kernel.reverse,
+            "fused_nodes": f.nodes.len(), "table": slots,
+        }));
+    }
+    let launches: Vec<serde_json::Value> = plan
+        .units
+        .iter()
+        .map(|u| match u {
+            Unit::Kernel(k) => serde_json::json!({"kernel": plan.kernels[*k].kernel.name}),
+            Unit::Node(n) => serde_json::json!({
+                "node": n.index(), "op": g.g[*n].op.name(), "shape": g.g[*n].shape,
+            }),
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "model": model.name, "steps": steps, "batch": batch, "mode": mode.to_string(),
+        "target": target, "kernels": kernels, "launches": launches,
+    });
+    write(
+        "manifest.json",
+        &serde_json::to_string_pretty(&manifest).expect("serialisable"),
+    )?;
+    let st = plan.stats();
+    println!(
+        "{}: {} kernels ({} nodes fused), {} library launches -> {}",
+        model.name,
+        st.kernels,
+        st.fused_nodes,
+        st.node_units,
+        out.display()
+    );
     Ok(())
 }

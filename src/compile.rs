@@ -1,4 +1,4 @@
-//! The pipeline: unroll → autodiff → rate pass → dce, stoppable after any
+//! The pipeline: unroll → autodiff → rate pass → dce → cse, stoppable after any
 //! stage so that each intermediate graph can be printed and tested.
 
 use crate::autodiff;
@@ -17,8 +17,11 @@ pub enum Stage {
     Autodiff,
     /// After the rate pass (exact rules in bptt mode, + decorrelate in rate mode).
     Rate,
-    /// After dead-code elimination: the graph later stages consume.
+    /// After dead-code elimination.
     Dce,
+    /// After common-subexpression elimination (time-invariant work hoisted
+    /// out of the steps): the graph later stages consume.
+    Cse,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -39,7 +42,7 @@ impl Options {
             batch,
             eval: false,
             mode,
-            after: Stage::Dce,
+            after: Stage::Cse,
             limits: Limits::default(),
         }
     }
@@ -84,6 +87,11 @@ pub fn compile(model: &Model, opts: &Options) -> Result<Compiled, String> {
     if opts.after > Stage::Rate {
         g = passes::run_pipeline(g, &[dce::PASS], None).map_err(|e| format!("error: {e}"))?;
         lap(Stage::Dce, &mut timings);
+    }
+    if opts.after > Stage::Dce {
+        g = passes::run_pipeline(g, &[passes::cse::PASS], None)
+            .map_err(|e| format!("error: {e}"))?;
+        lap(Stage::Cse, &mut timings);
     }
     ir::verify(&g).map_err(|e| format!("error: internal: {e}"))?;
     Ok(Compiled {

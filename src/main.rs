@@ -8,8 +8,13 @@ use snnc::cli;
 use snnc::codegen::cuda;
 use snnc::compile::{Options, Stage};
 use snnc::passes::rate::Mode;
+use snnc::passes::schedule::SchedOpts;
 use snnc::runtime::optim::{OptimConfig, OptimizerKind, Schedule};
 use snnc::runtime::train::TrainConfig;
+
+/// Counts allocated bytes, for `snnc bench`'s measured peak.
+#[global_allocator]
+static ALLOC: snnc::runtime::alloc::Counting = snnc::runtime::alloc::Counting;
 
 #[derive(Parser)]
 #[command(
@@ -54,7 +59,34 @@ enum Cmd {
         /// Unroll for evaluation (running BN statistics, no dropout).
         #[arg(long)]
         eval: bool,
+        /// Schedule whose memory plan `--format stats` reports:
+        /// layer-major, time-major or time-major-recompute.
+        #[arg(long, default_value = "layer-major")]
+        schedule: SchedOpts,
         /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Print a schedule's execution order and memory plan: every node with
+    /// the bytes live while it runs, then every buffer with its size, arena
+    /// offset and lifetime.
+    Plan {
+        file: PathBuf,
+        #[arg(short = 'T', long = "steps", default_value_t = 4)]
+        steps: usize,
+        /// The stage whose graph is planned.
+        #[arg(long, alias = "stage", value_enum, default_value_t = Stage::Cse)]
+        after: Stage,
+        #[arg(long, value_enum, default_value_t = ModeArg::Rate)]
+        mode: ModeArg,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// layer-major, time-major or time-major-recompute.
+        #[arg(long, default_value = "layer-major")]
+        schedule: SchedOpts,
+        /// The plan's totals and buffers as one JSON object.
+        #[arg(long)]
+        json: bool,
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
@@ -126,6 +158,11 @@ enum Cmd {
         /// Timed steps per row (after one warm-up step).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// Comma-separated: fused (the fused CPU plan, generated C), or the
+        /// graph executor in a schedule: layer-major, time-major,
+        /// time-major-recompute (time-major with batch-norm recompute).
+        #[arg(long, value_delimiter = ',', default_value = "fused")]
+        schedule: Vec<cli::BenchPlan>,
         /// cpu: the CPU executor; cuda: the CUDA executor (GPU 0).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
@@ -168,6 +205,22 @@ enum Cmd {
         bandwidth: Option<usize>,
         #[arg(long)]
         json: bool,
+    },
+    /// Write the generated kernels (one file per kernel) and a manifest of
+    /// launches and buffers.
+    Emit {
+        file: PathBuf,
+        #[arg(short = 'T', long = "steps", default_value_t = 4)]
+        steps: usize,
+        #[arg(long, value_enum, default_value = "rate")]
+        mode: ModeArg,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// `c` (the CPU path) or `cuda` (NVRTC).
+        #[arg(long, default_value = "c")]
+        target: String,
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
     },
     /// Bytes kept for the backward and FLOPs, per mode and T.
     Report {
@@ -279,6 +332,7 @@ fn main() -> ExitCode {
             format,
             batch,
             eval,
+            schedule,
             output,
         } => cli::graph(
             &file,
@@ -292,6 +346,26 @@ fn main() -> ExitCode {
                 Format::Dot => cli::GraphFormat::Dot,
                 Format::Stats => cli::GraphFormat::Stats,
             },
+            schedule,
+        )
+        .and_then(|text| write_out(output.as_deref(), &text)),
+        Cmd::Plan {
+            file,
+            steps,
+            after,
+            mode,
+            batch,
+            schedule,
+            json,
+            output,
+        } => cli::plan(
+            &file,
+            &Options {
+                after,
+                ..Options::new(steps, batch, mode.into())
+            },
+            schedule,
+            json,
         )
         .and_then(|text| write_out(output.as_deref(), &text)),
         Cmd::Run {
@@ -329,17 +403,34 @@ fn main() -> ExitCode {
             mode,
             batch,
             repeats,
+            schedule,
             device,
             json,
         } => {
             let modes: Vec<Mode> = mode.into_iter().map(Mode::from).collect();
             match device {
-                Device::Cpu => cli::bench(&file, &steps, &modes, batch, repeats.max(1), json),
+                Device::Cpu => cli::bench(
+                    &file,
+                    &steps,
+                    &modes,
+                    &schedule,
+                    batch,
+                    repeats.max(1),
+                    json,
+                ),
                 Device::Cuda => {
                     cuda::tools::bench_cuda(&file, &steps, &modes, batch, repeats.max(1), json)
                 }
             }
         }
+        Cmd::Emit {
+            file,
+            steps,
+            mode,
+            batch,
+            target,
+            out,
+        } => cli::emit(&file, steps, mode.into(), batch, &target, &out),
         Cmd::CudaCheck {
             models,
             steps,

@@ -573,11 +573,14 @@ fn example_models_match_the_cpu_executor() {
     assert!(emu.damage.is_empty(), "{:?}", emu.damage);
 }
 
-/// The executor's outputs are at least as close to the f64 interpreter as
-/// the CPU executor's (this is why cuda-check can compare outputs to the CPU
-/// executor only at a coarse floor).
+/// The executor's outputs against the f64 interpreter, next to the CPU
+/// executor's (printed): both are f32 with different summation orders, so
+/// neither is closer everywhere. The CUDA executor stays within 1e-4 of each
+/// tensor's scale (elements below 1e-2 of it compared at that scale); the
+/// CPU executor is printed for comparison (about 1.2e-4 on fmnist_csnn's
+/// first weight gradient).
 #[test]
-fn as_accurate_as_the_cpu_executor() {
+fn close_to_the_f64_interpreter() {
     let Some(mut emu) = emu() else { return };
     emu.set_max_grid(64);
     for (name, steps) in [("digits_mlp", 3), ("fmnist_csnn", 2)] {
@@ -606,19 +609,15 @@ fn as_accurate_as_the_cpu_executor() {
             .unwrap()
             .run(&in32, &p32, &opts)
             .unwrap();
-        let mut worst = (0f32, 0f32);
         for (out, n) in &g.outputs {
             let t = truth.get(*n).unwrap().cast::<f32>();
-            let (ec, ee) = (rel_err(&cpu[out], &t, 1e-3), rel_err(&got[out], &t, 1e-3));
-            assert!(ee <= (2.0 * ec).max(1e-4), "{name} {out}: CUDA executor {ee:e} vs CPU executor {ec:e} from the f64 interpreter");
-            worst = (worst.0.max(ec), worst.1.max(ee));
+            let (ec, ee) = (rel_err(&cpu[out], &t, 1e-2), rel_err(&got[out], &t, 1e-2));
+            println!("{name} {out}: CUDA executor {ee:.2e}, CPU executor {ec:.2e} from the f64 interpreter");
+            assert!(
+                ee < 1e-4,
+                "{name} {out}: CUDA executor {ee:e} (CPU executor {ec:e}) from the f64 interpreter"
+            );
         }
-        assert!(
-            worst.1 <= worst.0.max(1e-5),
-            "{name}: worst output error: CUDA executor {:e}, CPU executor {:e}",
-            worst.1,
-            worst.0
-        );
     }
 }
 

@@ -49,7 +49,13 @@ fn fmnist_csnn_t3_rate_rate_mode() {
 fn residual_block_t2_both_modes() {
     let src = "model block\\ninput 2x4x4\\nconv2d 2 bias=false\\nbatchnorm\\nlif\\nresidual {\\n conv2d 2 bias=false\\n batchnorm\\n lif\\n conv2d 2 bias=false\\n batchnorm\\n}\\nlif\\nflatten\\nlinear 3\\n";
     let model = snnc::dsl::parse(&src.replace("\\n", "\n"), "block.snn").unwrap();
-    let text = |mode| ir::to_text(&compile(&model, &Options::new(2, 1, mode)).unwrap().graph);
+    let text = |mode| {
+        let opts = Options {
+            after: Stage::Dce,
+            ..Options::new(2, 1, mode)
+        };
+        ir::to_text(&compile(&model, &opts).unwrap().graph)
+    };
     insta::assert_snapshot!(format!(
         "== bptt mode\n{}\n== rate mode\n{}",
         text(Mode::Bptt),

@@ -77,3 +77,202 @@ pub fn eval(op: &Op, xs: &[&Tensor<f32>]) -> Option<Tensor<f32>> {
         _ => return None,
     })
 }
+
+fn map_mut(x: &mut Tensor<f32>, f: impl Fn(f32) -> f32 + Sync) {
+    if x.len() >= PAR_MIN {
+        x.data.par_iter_mut().for_each(|v| *v = f(*v));
+    } else {
+        x.data.iter_mut().for_each(|v| *v = f(*v));
+    }
+}
+
+fn zip_mut(x: &mut Tensor<f32>, b: &Tensor<f32>, f: impl Fn(f32, f32) -> f32 + Sync) {
+    if x.len() >= PAR_MIN {
+        x.data
+            .par_iter_mut()
+            .zip(&b.data)
+            .for_each(|(v, &w)| *v = f(*v, w));
+    } else {
+        x.data
+            .iter_mut()
+            .zip(&b.data)
+            .for_each(|(v, &w)| *v = f(*v, w));
+    }
+}
+
+fn per_channel_mut(x: &mut Tensor<f32>, v: &Tensor<f32>, f: impl Fn(f32, f32) -> f32 + Sync) {
+    let (c, r): (usize, usize) = (x.shape[1], x.shape[2..].iter().product());
+    let g = |(i, a): (usize, &mut f32)| *a = f(*a, v.data[(i / r) % c]);
+    if x.len() >= PAR_MIN {
+        x.data.par_iter_mut().enumerate().for_each(g);
+    } else {
+        x.data.iter_mut().enumerate().for_each(g);
+    }
+}
+
+/// The op computed over its first operand's buffer `x` (which the caller
+/// owns and no one else reads any more); `rest` are the other operands and
+/// `shape` the node's shape. Each element gets the same expression as in
+/// `eval` and the reference kernels (`sum` adds the operands in order).
+/// Handles exactly the ops `memplan::in_place` names.
+pub fn eval_in_place(op: &Op, x: &mut Tensor<f32>, rest: &[&Tensor<f32>], shape: &[usize]) {
+    match op {
+        Op::Add => zip_mut(x, rest[0], |a, b| a + b),
+        Op::Sub => zip_mut(x, rest[0], |a, b| a - b),
+        Op::Mul => zip_mut(x, rest[0], |a, b| a * b),
+        Op::Sum => {
+            for r in rest {
+                zip_mut(x, r, |a, b| a + b);
+            }
+        }
+        Op::Scale(c) => {
+            let c = *c as f32;
+            map_mut(x, move |v| c * v)
+        }
+        Op::AddScalar(c) => {
+            let c = *c as f32;
+            map_mut(x, move |v| v + c)
+        }
+        Op::Spike { theta, .. } => {
+            let t = *theta as f32;
+            map_mut(x, move |v| if v >= t { 1.0 } else { 0.0 })
+        }
+        Op::SurrogateGrad { theta, surrogate } => {
+            let (t, s) = (*theta, *surrogate);
+            map_mut(x, move |v| surrogate_grad(&s, f64::from(v) - t) as f32)
+        }
+        Op::BiasAdd => per_channel_mut(x, rest[0], |a, b| a + b),
+        Op::ChannelScale => per_channel_mut(x, rest[0], |a, b| a * b),
+        Op::Normalize { eps } => {
+            // (x − mean)/sqrt(var + eps) per channel, as `interp::ops`.
+            let eps = *eps as f32;
+            let (c, r): (usize, usize) = (x.shape[1], x.shape[2..].iter().product());
+            let (mean, var) = (rest[0], rest[1]);
+            let g = |(i, a): (usize, &mut f32)| {
+                let ch = (i / r) % c;
+                *a = (*a - mean.data[ch]) / (var.data[ch] + eps).sqrt();
+            };
+            if x.len() >= PAR_MIN {
+                x.data.par_iter_mut().enumerate().for_each(g);
+            } else {
+                x.data.iter_mut().enumerate().for_each(g);
+            }
+        }
+        Op::Detach => {}
+        Op::Reshape { .. } => x.shape = shape.to_vec(),
+        _ => unreachable!("{} has no in-place form", op.name()),
+    }
+}
+
+/// Per-channel sums of `f(x, channel)` over every operand and every axis but
+/// 1, accumulated in f64 (more accurate than the reference's f32 running
+/// sum, which it therefore matches to within the reference's own error).
+/// Parallel over channels; each channel's runs of `inner` elements are
+/// contiguous.
+fn channel_sums(xs: &[&Tensor<f32>], f: impl Fn(f32, usize) -> f32 + Sync) -> Vec<f64> {
+    let shape = &xs[0].shape;
+    let (b, c) = (shape[0], shape[1]);
+    let inner: usize = shape[2..].iter().product();
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut s = 0f64;
+            for x in xs {
+                for bi in 0..b {
+                    let start = (bi * c + ch) * inner;
+                    let mut part = 0f32;
+                    for &v in &x.data[start..start + inner] {
+                        part += f(v, ch);
+                    }
+                    s += f64::from(part);
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+/// Channel reductions and average pooling, parallel; None for other ops.
+pub fn eval_reduce(op: &crate::ir::Op, xs: &[&Tensor<f32>]) -> Option<Tensor<f32>> {
+    use crate::ir::Op;
+    let count = |xs: &[&Tensor<f32>]| {
+        let s = &xs[0].shape;
+        (xs.len() * s[0] * s[2..].iter().product::<usize>()) as f64
+    };
+    Some(match op {
+        Op::ChannelSum => {
+            let s = channel_sums(xs, |v, _| v);
+            Tensor::from_vec(&[s.len()], s.into_iter().map(|v| v as f32).collect())
+        }
+        Op::ChannelMean => {
+            let n = count(xs);
+            let s = channel_sums(xs, |v, _| v);
+            Tensor::from_vec(&[s.len()], s.into_iter().map(|v| (v / n) as f32).collect())
+        }
+        Op::ChannelVar => {
+            let (mean, xs) = (xs[0], &xs[1..]);
+            let n = count(xs);
+            let s = channel_sums(xs, |v, ch| {
+                let d = v - mean.data[ch];
+                d * d
+            });
+            Tensor::from_vec(&[s.len()], s.into_iter().map(|v| (v / n) as f32).collect())
+        }
+        Op::AvgPool { kernel, stride } => avgpool(xs[0], *kernel, *stride),
+        Op::AvgPoolGrad {
+            kernel,
+            stride,
+            in_h,
+            in_w,
+        } => avgpool_grad(xs[0], *kernel, *stride, *in_h, *in_w),
+        _ => return None,
+    })
+}
+
+fn avgpool(x: &Tensor<f32>, k: usize, stride: usize) -> Tensor<f32> {
+    let (b, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (ho, wo) = ((h - k) / stride + 1, (w - k) / stride + 1);
+    let area = (k * k) as f32;
+    let mut out = Tensor::zeros(&[b, c, ho, wo]);
+    out.data
+        .par_chunks_mut(ho * wo)
+        .enumerate()
+        .for_each(|(plane, o)| {
+            let src = &x.data[plane * h * w..(plane + 1) * h * w];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = 0f32;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            acc += src[(oy * stride + ky) * w + ox * stride + kx];
+                        }
+                    }
+                    o[oy * wo + ox] = acc / area;
+                }
+            }
+        });
+    out
+}
+
+fn avgpool_grad(d: &Tensor<f32>, k: usize, stride: usize, h: usize, w: usize) -> Tensor<f32> {
+    let (b, c, ho, wo) = (d.shape[0], d.shape[1], d.shape[2], d.shape[3]);
+    let area = (k * k) as f32;
+    let mut out = Tensor::zeros(&[b, c, h, w]);
+    out.data
+        .par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(plane, o)| {
+            let src = &d.data[plane * ho * wo..(plane + 1) * ho * wo];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let g = src[oy * wo + ox] / area;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            o[(oy * stride + ky) * w + ox * stride + kx] += g;
+                        }
+                    }
+                }
+            }
+        });
+    out
+}

@@ -110,10 +110,38 @@ fn inner(shape: &[usize]) -> usize {
 }
 
 impl<'a, B: Backend> Executor<'a, B> {
-    /// Plans `g` (topological order, use counts) and checks that every node
-    /// is one the executor supports.
+    /// Plans `g` in the layer-major schedule (the project's default, see
+    /// passes/schedule.rs) and counts each value's uses.
     pub fn new(backend: &'a mut B, g: &'a Graph) -> Result<Self, String> {
-        let order = g.topo_order().ok_or("the graph has a cycle")?;
+        g.topo_order().ok_or("the graph has a cycle")?;
+        let order =
+            crate::passes::schedule::order(g, crate::passes::schedule::Schedule::LayerMajor);
+        Self::with_order(backend, g, order)
+    }
+
+    /// Plans `g` to run its nodes in `order` (every node once, operands
+    /// first).
+    pub fn with_order(
+        backend: &'a mut B,
+        g: &'a Graph,
+        order: Vec<NodeIndex>,
+    ) -> Result<Self, String> {
+        let mut seen = HashSet::new();
+        for &n in &order {
+            if g.operands(n).iter().any(|o| !seen.contains(o)) || !seen.insert(n) {
+                return Err(format!(
+                    "node {} is scheduled before an operand or twice",
+                    n.index()
+                ));
+            }
+        }
+        if seen.len() != g.node_count() {
+            return Err(format!(
+                "the order has {} of the graph's {} nodes",
+                seen.len(),
+                g.node_count()
+            ));
+        }
         let mut operands = HashMap::new();
         let mut uses: HashMap<NodeIndex, usize> = order.iter().map(|&n| (n, 0)).collect();
         for &n in &order {

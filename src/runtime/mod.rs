@@ -1,5 +1,6 @@
 //! The training runtime: optimizers, the training loop, checkpoints.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod optim;
 pub mod plots;

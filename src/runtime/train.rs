@@ -8,7 +8,7 @@
 
 use super::checkpoint::{self, Checkpoint};
 use super::optim::{OptimConfig, OptimState, Schedule};
-use crate::codegen::cpu;
+use crate::codegen::cpu::compiled::Compiled;
 use crate::compile::{self, Options, Stage};
 use crate::data::{Dataset, Split};
 use crate::interp::RunOptions;
@@ -177,7 +177,7 @@ pub fn initial_params(a: &Analysis, seed: u64) -> BTreeMap<String, Tensor<f32>> 
 pub struct Evaluator {
     model: Model,
     steps: usize,
-    graphs: HashMap<usize, Graph>,
+    graphs: HashMap<usize, (Graph, Compiled)>,
 }
 
 impl Evaluator {
@@ -206,13 +206,16 @@ impl Evaluator {
                     after: Stage::Unrolled,
                     ..Options::new(self.steps, b, Mode::Bptt)
                 };
-                self.graphs
-                    .insert(b, compile::compile(&self.model, &opts)?.graph);
+                let mut g = compile::compile(&self.model, &opts)?.graph;
+                crate::passes::cse::cse(&mut g);
+                let exe = Compiled::new(&g, &[])?;
+                self.graphs.insert(b, (g, exe));
             }
-            let g = &self.graphs[&b];
+            let (g, exe) = &self.graphs[&b];
             let batch = make_batch(d, chunk);
             let inputs = HashMap::from([("x".to_string(), batch.x)]);
-            let v = cpu::run(g, &inputs, params, &RunOptions { seed: 0 })
+            let v = exe
+                .run(g, &inputs, params, &RunOptions { seed: 0 })
                 .map_err(|e| format!("error: {e}"))?;
             right += correct(&v["logits"], &batch.targets);
         }
@@ -266,6 +269,7 @@ pub fn train(
         .node_indices()
         .filter(|&n| matches!(graph.g[n].op, Op::Spike { .. }))
         .collect();
+    let exe = Compiled::new(&graph, &spike_nodes)?;
     let mut eval = Evaluator::new(&model, cfg.steps);
     let mut momenta = HashMap::new();
     bn_momenta(&model.layers, "", &mut momenta);
@@ -349,17 +353,17 @@ pub fn train(
             let pmap: HashMap<String, Tensor<f32>> =
                 params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             let last = bi + 1 == batches_per_epoch;
-            let keep: &[NodeIndex] = if last { &spike_nodes } else { &[] };
-            let (v, spikes) = cpu::run_keeping(
-                &graph,
-                &inputs,
-                &pmap,
-                &RunOptions {
-                    seed: mix64(cfg.seed ^ step),
-                },
-                keep,
-            )
-            .map_err(|e| format!("error: {e}"))?;
+            let (v, spikes) = exe
+                .run_keeping(
+                    &graph,
+                    &inputs,
+                    &pmap,
+                    &RunOptions {
+                        seed: mix64(cfg.seed ^ step),
+                    },
+                    last,
+                )
+                .map_err(|e| format!("error: {e}"))?;
             let out_of = |name: &str| &v[name];
             let loss = f64::from(out_of("loss").data[0]);
             if !loss.is_finite() {

@@ -1,0 +1,343 @@
+//! The kernel IR: what the fusion pass (`passes/fuse`) produces and the C
+//! and CUDA renderers print.
+//!
+//! A kernel is one element-parallel loop over `n` elements with an inner
+//! time loop of `steps` iterations (forward or reverse). Every element runs
+//! the same statements: its state lives in registers across iterations, its
+//! time sums in accumulators, and it reads and writes tensors through one
+//! pointer table, so every kernel has the same ABI on every target:
+//!
+//! ```text
+//! kernel(float *const *p, long lo, long hi)    // C: elements [lo, hi)
+//! kernel(float *const *p, long long n)         // CUDA: one thread per element
+//! ```
+//!
+//! Slot `s` of the table is a tensor; a per-step tensor stream occupies
+//! `steps` consecutive slots (`p[s + t]`). The time loop's body differs only
+//! at the boundaries (the first step has no previous state, the last no
+//! next), so a kernel holds a few `runs`: ranges of steps sharing one body.
+//! Generated code therefore does not grow with T.
+
+use std::fmt::Write;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    pub name: String,
+    /// Elements (the parallel dimension).
+    pub n: usize,
+    /// `(C, inner)`: a channel-indexed load reads element `(i / inner) % C`.
+    pub chan: (usize, usize),
+    pub steps: usize,
+    /// The time loop runs from `steps − 1` down to 0 (reverse-time backward).
+    pub reverse: bool,
+    pub regs: usize,
+    pub accs: usize,
+    /// Length of the pointer table.
+    pub slots: usize,
+    /// Ranges of steps `[lo, hi)` and the body each runs, in loop order.
+    pub runs: Vec<(usize, usize, Vec<Stmt>)>,
+    /// After the time loop (reduction results).
+    pub epilogue: Vec<Stmt>,
+    /// Per-step constants (`StepConst(j)` reads `step_consts[j][t]`): the
+    /// rate pass's ρ_t factors differ by step while the code does not.
+    pub step_consts: Vec<Vec<f32>>,
+}
+
+/// Which element of a slot's tensor a load reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Index {
+    /// Element `i`.
+    Elem,
+    /// Element `(i / inner) % C`: a per-channel vector broadcast.
+    Chan,
+}
+
+/// Where a tensor lives in the pointer table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// One tensor for all steps: `p[s]`.
+    Fixed(usize),
+    /// A per-step stream, at step `t + dt`: `p[s + t + dt]`.
+    Step(usize, i32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// `a >= b ? 1 : 0`
+    Ge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Func {
+    /// `1/sqrt(x)`
+    Rsqrt,
+    Sqrt,
+    /// Surrogate derivatives at `x` with steepness `alpha` (DESIGN §1).
+    SgSigmoid(f32),
+    SgAtan(f32),
+    SgTriangle(f32),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    Const(f32),
+    /// A constant that depends on the step: `Kernel::step_consts[j][t]`.
+    StepConst(usize),
+    Local(usize),
+    Reg(usize),
+    Load(Slot, Index),
+    Bin(BinOp, Box<Expr>, Box<Expr>),
+    Call(Func, Box<Expr>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    /// `x{k} = e` (a fresh local).
+    Let(usize, Expr),
+    /// Store to a tensor (always element-indexed).
+    Store(Slot, Expr),
+    /// Register write; a body's register writes take effect at its end,
+    /// after every read of the step.
+    SetReg(usize, Expr),
+    /// `acc[k] += e`
+    Accumulate(usize, Expr),
+    /// Epilogue: `p[slot][i] = acc[k] / divisor` (a time mean divides by
+    /// its operand count, as the interpreter does).
+    StoreAcc(usize, usize, f32),
+}
+
+impl Expr {
+    pub fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {
+        Expr::Bin(op, Box::new(a), Box::new(b))
+    }
+    pub fn call(f: Func, a: Expr) -> Expr {
+        Expr::Call(f, Box::new(a))
+    }
+}
+
+/// How a target spells the few things that differ between C and CUDA.
+pub trait Spelling {
+    /// The register `k` (C: an array over the block; CUDA: a scalar).
+    fn reg(&self, k: usize) -> String;
+    fn acc(&self, k: usize) -> String;
+    /// The pointer of a slot (`p[s + t + dt]`, or a hoisted name).
+    fn ptr(&self, slot: Slot) -> String;
+    /// The per-step constant table `j`, indexed by `t`.
+    fn step_const(&self, j: usize) -> String;
+    /// A per-channel load (`Index::Chan`) of a slot.
+    fn chan_load(&self, slot: Slot) -> String {
+        format!("{}[ch]", self.ptr(slot))
+    }
+}
+
+/// Calls `f` on every constant of the statements, in a fixed order.
+pub fn visit_consts(stmts: &mut [Stmt], f: &mut dyn FnMut(&mut Expr)) {
+    fn e(x: &mut Expr, f: &mut dyn FnMut(&mut Expr)) {
+        match x {
+            Expr::Const(_) | Expr::StepConst(_) => f(x),
+            Expr::Bin(_, a, b) => {
+                e(a, f);
+                e(b, f)
+            }
+            Expr::Call(_, a) => e(a, f),
+            _ => {}
+        }
+    }
+    for s in stmts {
+        match s {
+            Stmt::Let(_, x) | Stmt::Store(_, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => {
+                e(x, f)
+            }
+            Stmt::StoreAcc(..) => {}
+        }
+    }
+}
+
+/// A float literal that C and CUDA read back as the same f32.
+pub fn lit(v: f32) -> String {
+    if v.is_nan() {
+        return "(0.0f/0.0f)".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 {
+            "(1.0f/0.0f)"
+        } else {
+            "(-1.0f/0.0f)"
+        }
+        .into();
+    }
+    // `{:?}` prints the shortest decimal that round-trips to the same f32.
+    let s = format!("{v:?}");
+    let s = if s.contains('.') || s.contains('e') {
+        s
+    } else {
+        format!("{s}.0")
+    };
+    format!("{s}f")
+}
+
+pub fn expr(e: &Expr, sp: &dyn Spelling) -> String {
+    match e {
+        Expr::Const(v) => lit(*v),
+        Expr::StepConst(j) => sp.step_const(*j),
+        Expr::Local(k) => format!("x{k}"),
+        Expr::Reg(k) => sp.reg(*k),
+        Expr::Load(slot, Index::Elem) => format!("{}[i]", sp.ptr(*slot)),
+        Expr::Load(slot, Index::Chan) => sp.chan_load(*slot),
+        Expr::Bin(op, a, b) => {
+            let (a, b) = (expr(a, sp), expr(b, sp));
+            match op {
+                BinOp::Add => format!("({a} + {b})"),
+                BinOp::Sub => format!("({a} - {b})"),
+                BinOp::Mul => format!("({a} * {b})"),
+                BinOp::Div => format!("({a} / {b})"),
+                BinOp::Ge => format!("({a} >= {b} ? 1.0f : 0.0f)"),
+            }
+        }
+        Expr::Call(f, a) => {
+            let a = expr(a, sp);
+            match f {
+                Func::Rsqrt => format!("(1.0f / sqrtf({a}))"),
+                Func::Sqrt => format!("sqrtf({a})"),
+                Func::SgSigmoid(al) => format!("sg_sigmoid({a}, {})", lit(*al)),
+                Func::SgAtan(al) => format!("sg_atan({a}, {})", lit(*al)),
+                Func::SgTriangle(al) => format!("sg_triangle({a}, {})", lit(*al)),
+            }
+        }
+    }
+}
+
+/// The statements of one body, one per line, each indented by `ind`.
+/// Register writes are deferred to the end of the body.
+pub fn body(stmts: &[Stmt], sp: &dyn Spelling, ind: &str, out: &mut String) {
+    let mut late = Vec::new();
+    for s in stmts {
+        match s {
+            Stmt::Let(k, e) => writeln!(out, "{ind}const float x{k} = {};", expr(e, sp)),
+            Stmt::Store(slot, e) => writeln!(out, "{ind}{}[i] = {};", sp.ptr(*slot), expr(e, sp)),
+            Stmt::SetReg(k, e) => {
+                late.push(format!("{ind}{} = {};", sp.reg(*k), expr(e, sp)));
+                Ok(())
+            }
+            Stmt::Accumulate(k, e) => writeln!(out, "{ind}{} += {};", sp.acc(*k), expr(e, sp)),
+            Stmt::StoreAcc(slot, k, scale) => writeln!(
+                out,
+                "{ind}{}[i] = {} / {};",
+                sp.ptr(Slot::Fixed(*slot)),
+                sp.acc(*k),
+                lit(*scale)
+            ),
+        }
+        .expect("writing to a String");
+    }
+    for l in late {
+        out.push_str(&l);
+        out.push('\n');
+    }
+}
+
+/// Does any statement use the channel index?
+pub fn uses_chan(stmts: &[Stmt]) -> bool {
+    fn e(x: &Expr) -> bool {
+        match x {
+            Expr::Load(_, Index::Chan) => true,
+            Expr::Bin(_, a, b) => e(a) || e(b),
+            Expr::Call(_, a) => e(a),
+            _ => false,
+        }
+    }
+    stmts.iter().any(|s| match s {
+        Stmt::Let(_, x) | Stmt::Store(_, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => e(x),
+        Stmt::StoreAcc(..) => false,
+    })
+}
+
+/// The slots a body reads per channel.
+pub fn chan_slots_of(stmts: &[Stmt]) -> Vec<Slot> {
+    fn e(x: &Expr, out: &mut Vec<Slot>) {
+        match x {
+            Expr::Load(s, Index::Chan) if !out.contains(s) => out.push(*s),
+            Expr::Bin(_, a, b) => {
+                e(a, out);
+                e(b, out)
+            }
+            Expr::Call(_, a) => e(a, out),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for s in stmts {
+        match s {
+            Stmt::Let(_, x) | Stmt::Store(_, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => {
+                e(x, &mut out)
+            }
+            Stmt::StoreAcc(..) => {}
+        }
+    }
+    out
+}
+
+/// The slots a body touches (for hoisting their pointers).
+pub fn slots_of(stmts: &[Stmt]) -> Vec<Slot> {
+    fn e(x: &Expr, out: &mut Vec<Slot>) {
+        match x {
+            Expr::Load(s, _) => out.push(*s),
+            Expr::Bin(_, a, b) => {
+                e(a, out);
+                e(b, out)
+            }
+            Expr::Call(_, a) => e(a, out),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for s in stmts {
+        match s {
+            Stmt::Let(_, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => e(x, &mut out),
+            Stmt::Store(slot, x) => {
+                out.push(*slot);
+                e(x, &mut out)
+            }
+            Stmt::StoreAcc(slot, _, _) => out.push(Slot::Fixed(*slot)),
+        }
+    }
+    let mut seen = Vec::new();
+    for s in out {
+        if !seen.contains(&s) {
+            seen.push(s);
+        }
+    }
+    seen
+}
+
+/// Surrogate derivatives, spelled once for both targets (`QUAL` is
+/// `static inline` in C and `__device__ inline` in CUDA). Same formulas as
+/// `interp::surrogate_grad`, in f32.
+pub fn prelude(qual: &str) -> String {
+    format!(
+        "{qual} float sg_sigmoid(float x, float a) {{ const float s = 1.0f / (1.0f + expf(-a * x)); return a * s * (1.0f - s); }}\n\
+         {qual} float sg_atan(float x, float a) {{ const float u = 1.57079632679489661923f * a * x; return a / (2.0f * (1.0f + u * u)); }}\n\
+         {qual} float sg_triangle(float x, float a) {{ const float v = a - a * a * fabsf(x); return v > 0.0f ? v : 0.0f; }}\n"
+    )
+}
+
+/// The kernel's per-step constant tables, one declaration per line
+/// (`qual` is `static const` in C and `__constant__` in CUDA).
+pub fn step_const_tables(k: &Kernel, qual: &str) -> String {
+    let mut o = String::new();
+    for (j, vals) in k.step_consts.iter().enumerate() {
+        let v: Vec<String> = vals.iter().map(|&x| lit(x)).collect();
+        let _ = writeln!(
+            o,
+            "{qual} float {}_sc{j}[{}] = {{{}}};",
+            k.name,
+            vals.len(),
+            v.join(", ")
+        );
+    }
+    o
+}

@@ -1,0 +1,89 @@
+//! The executors' measured peaks (counting allocator) agree with the memory
+//! plans': the graph executor under every schedule, and the fused plan. One test in this binary, so no other test allocates while it
+//! measures.
+
+use snnc::compile::{compile, Options};
+use snnc::interp::RunOptions;
+use snnc::passes::memplan;
+use snnc::passes::rate::Mode;
+use snnc::passes::schedule::SchedOpts;
+use snnc::runtime::alloc;
+use snnc::tensor::Tensor;
+use std::collections::HashMap;
+
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
+
+#[test]
+fn measured_peak_matches_the_plan() {
+    assert!(alloc::installed());
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
+    let (model, _) = snnc::dsl::parse_file(&path).unwrap();
+    let a = snnc::shape::analyze(&model).unwrap();
+    let params: HashMap<String, Tensor<f32>> =
+        snnc::init::cast_params(&snnc::init::init_params(&a, 0));
+    let batch = 32;
+    let mut report = Vec::new();
+    for mode in [Mode::Bptt, Mode::Rate] {
+        for steps in [1, 3] {
+            let g = compile(&model, &Options::new(steps, batch, mode))
+                .unwrap()
+                .graph;
+            let x = snnc::cli::random_input(&g, false, 1).cast::<f32>();
+            let labels = snnc::cli::random_labels(batch, 10, 1).cast::<f32>();
+            let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+            for opts in [
+                SchedOpts::LAYER_MAJOR,
+                SchedOpts::TIME_MAJOR,
+                SchedOpts::TIME_MAJOR_RECOMPUTE,
+            ] {
+                let p = memplan::build(&g, opts);
+                // Warm up (thread pools allocate once), then measure.
+                let run = || cpu_run(&p, &inputs, &params);
+                drop(run());
+                let (out, measured) = alloc::measure(run);
+                drop(out);
+                let (planned, measured) = (p.mem.peak_bytes as f64, measured.unwrap() as f64);
+                report.push(format!(
+                    "{mode} T={steps} {opts}: planned {planned} measured {measured}"
+                ));
+                // The SGEMM library's packing buffers (at most about 1 MiB)
+                // are not in the plan.
+                assert!(
+                    (measured - planned).abs() <= 0.1 * planned,
+                    "{}",
+                    report.join("\n")
+                );
+            }
+            // The fused plan (generated C), planned by `plan_fused`.
+            let exe = snnc::codegen::cpu::compiled::Compiled::new(&g, &[]).unwrap();
+            let planned = memplan::plan_fused(&g, &exe.plan).peak_bytes as f64;
+            let run = || {
+                exe.run(&g, &inputs, &params, &RunOptions { seed: 0 })
+                    .unwrap()
+            };
+            drop(run());
+            let (out, measured) = alloc::measure(run);
+            drop(out);
+            let measured = measured.unwrap() as f64;
+            report.push(format!(
+                "{mode} T={steps} fused: planned {planned} measured {measured}"
+            ));
+            assert!(
+                (measured - planned).abs() <= 0.1 * planned,
+                "{}",
+                report.join("\n")
+            );
+        }
+    }
+    println!("{}", report.join("\n"));
+}
+
+fn cpu_run(
+    p: &memplan::Planned,
+    inputs: &HashMap<String, Tensor<f32>>,
+    params: &HashMap<String, Tensor<f32>>,
+) -> HashMap<String, Tensor<f32>> {
+    snnc::codegen::cpu::run_planned(p, inputs, params, &RunOptions { seed: 0 }).unwrap()
+}
