@@ -24,6 +24,7 @@
 #
 # Environment: SNNC_BIN (the binary), SNNC_LIB_DIRS (colon-separated folders
 # searched for the libraries first), SNNC_GPU_CHECK_BUDGET (seconds, 470),
+# SNNC_GPU_CHECK_SHORT=1 (about three minutes: fewer models, T and repeats),
 # SNNC_GPU_CHECK_QUICK=1 (tiny sizes: a smoke test of this script, e.g.
 # against the fake libraries of tests/cuda_fake_device.rs).
 set -uo pipefail
@@ -175,7 +176,14 @@ step() { # name limit-seconds args...
     ROWS+=("$(printf '%-16s %-8s %6s  %s' "$name" "$status" "$secs" "$key")")
 }
 
-if [ "${SNNC_GPU_CHECK_QUICK:-0}" = 1 ]; then
+if [ "${SNNC_GPU_CHECK_SHORT:-0}" = 1 ]; then
+    # About three minutes: what a session with little device time left can
+    # afford (the example models the issue names, fewer T and repeats).
+    step cuda-check 70 cuda-check --require-gpu --models digits_mlp,fmnist_csnn,resnet19 -T 1,3
+    step bandwidth 15 cuda-check --bandwidth 2048
+    step bench-fmnist 35 bench examples/models/fmnist_csnn.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 3
+    step bench-resnet19 60 bench examples/models/resnet19.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 1
+elif [ "${SNNC_GPU_CHECK_QUICK:-0}" = 1 ]; then
     step cuda-check 180 cuda-check --require-gpu --models digits_mlp,fmnist_csnn -T 1,2
     step bandwidth 40 cuda-check --bandwidth 16
     step bench-fmnist 60 bench examples/models/fmnist_csnn.snn --device cuda -T 1,8 --mode bptt,rate --batch 2 --repeats 1
