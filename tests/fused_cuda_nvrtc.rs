@@ -1,0 +1,134 @@
+//! Every fused kernel the compiler generates — every example model, both
+//! modes — printed as CUDA C (`codegen/render_cuda`) compiles with NVRTC for
+//! sm_90, declares the ABI the runtime launches (`(float *const *p, long
+//! long n)`), and, when `ptxas` is on PATH, uses no spill stores or loads.
+//! The fused plan has one schedule (layer-major: each kernel loops over all
+//! steps); time-major schedules run the graph executor's library kernels,
+//! which `tests/cuda_nvrtc.rs` compiles.
+//!
+//! Needs libnvrtc (`source scripts/nvrtc-env.sh`); without it the test
+//! prints that it skipped, or fails when SNNC_REQUIRE_NVRTC=1 (CI).
+
+use snnc::codegen::cuda::nvrtc;
+use snnc::codegen::render_cuda;
+use snnc::compile::{compile, Options};
+use snnc::passes::fuse;
+use snnc::passes::rate::Mode;
+
+fn nvrtc_or_skip() -> bool {
+    match nvrtc::available() {
+        Ok(()) => true,
+        Err(e) => {
+            if std::env::var("SNNC_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+                panic!("NVRTC is required (SNNC_REQUIRE_NVRTC=1) but: {e}");
+            }
+            println!("SKIPPED: NVRTC is unavailable: {e}");
+            false
+        }
+    }
+}
+
+/// One translation unit per model and mode: the header and every kernel.
+fn sources() -> Vec<(String, String, Vec<String>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snn"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let (model, _) = snnc::dsl::parse_file(&f).unwrap();
+        for mode in [Mode::Bptt, Mode::Rate] {
+            let g = compile(&model, &Options::new(4, 2, mode)).unwrap().graph;
+            let plan = fuse::fuse(&g);
+            let mut src = render_cuda::header();
+            let mut names = Vec::new();
+            for k in &plan.kernels {
+                src.push('\n');
+                src.push_str(&render_cuda::kernel(&k.kernel));
+                names.push(k.kernel.name.clone());
+            }
+            out.push((format!("{}_{mode}", model.name), src, names));
+        }
+    }
+    out
+}
+
+#[test]
+fn nvrtc_compiles_every_generated_kernel_for_sm_90() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let ptxas = std::env::var("PTXAS").unwrap_or_else(|_| "ptxas".into());
+    let have_ptxas = std::process::Command::new(&ptxas)
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !have_ptxas {
+        println!("no ptxas on PATH: registers and spills not reported");
+    }
+    let dir = std::env::temp_dir().join(format!("snnc-fused-ptx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut total = 0;
+    println!(
+        "{:<24} {:<40} {:>9} {:>7} {:>6}",
+        "plan", "kernel", "registers", "stack", "spills"
+    );
+    for (plan, src, names) in sources() {
+        let out = nvrtc::compile(&src, &plan, &nvrtc::options("sm_90"))
+            .unwrap_or_else(|e| panic!("{plan}: {e}\n{src}"));
+        let entries = nvrtc::ptx_entries(&out.ptx);
+        for k in &names {
+            let (_, params) = entries
+                .iter()
+                .find(|(n, _)| n == k)
+                .unwrap_or_else(|| panic!("{plan}: kernel `{k}` is not in the PTX"));
+            assert_eq!(params.len(), 2, "{plan}/{k}: parameters {params:?}");
+        }
+        total += names.len();
+        if !have_ptxas {
+            continue;
+        }
+        let ptx = dir.join(format!("{plan}.ptx"));
+        std::fs::write(&ptx, &out.ptx).unwrap();
+        let run = std::process::Command::new(&ptxas)
+            .args(["-arch=sm_90", "-v", "-o"])
+            .arg(dir.join(format!("{plan}.cubin")))
+            .arg(&ptx)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{plan}: ptxas failed:\n{log}");
+        let (mut name, mut regs, mut stack) = (String::new(), String::new(), String::new());
+        let word_before = |line: &str, pat: &str| {
+            line.split(pat)
+                .next()
+                .and_then(|s| s.split_whitespace().last())
+                .unwrap_or("?")
+                .to_string()
+        };
+        for line in log.lines() {
+            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+                name = rest.split('\'').next().unwrap_or("?").to_string();
+            } else if line.contains("bytes stack frame") {
+                stack = word_before(line, " bytes stack frame");
+                let spills = (
+                    word_before(line, " bytes spill stores"),
+                    word_before(line, " bytes spill loads"),
+                );
+                assert!(
+                    spills == ("0".into(), "0".into()),
+                    "{plan}/{name} spills: {line}"
+                );
+            } else if line.contains("Used ") && line.contains(" registers") {
+                regs = word_before(line, " registers");
+                println!("{plan:<24} {name:<40} {regs:>9} {stack:>7} {:>6}", 0);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{total} generated kernels compiled for sm_90");
+    assert!(total > 0);
+}
