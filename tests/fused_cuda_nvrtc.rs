@@ -101,7 +101,7 @@ fn nvrtc_compiles_every_generated_kernel_for_sm_90() {
             .unwrap();
         let log = String::from_utf8_lossy(&run.stderr);
         assert!(run.status.success(), "{plan}: ptxas failed:\n{log}");
-        let (mut name, mut regs, mut stack) = (String::new(), String::new(), String::new());
+        let (mut name, mut stack) = (String::new(), String::new());
         let word_before = |line: &str, pat: &str| {
             line.split(pat)
                 .next()
@@ -123,7 +123,7 @@ fn nvrtc_compiles_every_generated_kernel_for_sm_90() {
                     "{plan}/{name} spills: {line}"
                 );
             } else if line.contains("Used ") && line.contains(" registers") {
-                regs = word_before(line, " registers");
+                let regs = word_before(line, " registers");
                 println!("{plan:<24} {name:<40} {regs:>9} {stack:>7} {:>6}", 0);
             }
         }
