@@ -762,6 +762,8 @@ pub struct BenchRow {
     pub resident_bytes: u64,
     pub gflop_per_step: f64,
     pub gflops: f64,
+    /// The SGEMM floor (GFLOP/s, 2048³) when `--floor` was given.
+    pub floor_gflops: Option<f64>,
 }
 
 /// `snnc bench`: median step time of the CPU executor on random data, and
@@ -774,9 +776,13 @@ pub fn bench(
     schedules: &[BenchPlan],
     batch: usize,
     repeats: usize,
+    floor: bool,
     json: bool,
 ) -> Result<(), String> {
     let (model, a) = load(path)?;
+    // The FLOP floor: this machine's SGEMM rate on a large square product,
+    // with the library the executor uses.
+    let floor_gflops = floor.then(|| crate::codegen::cpu::kernels::sgemm_gflops(2048, 3));
     let params: HashMap<String, Tensor<f32>> = init::cast_params(&init::init_params(&a, 0));
     let mut rows = Vec::new();
     for &mode in modes {
@@ -838,6 +844,7 @@ pub fn bench(
                     resident_bytes: mem.resident_bytes,
                     gflop_per_step: flop / 1e9,
                     gflops: flop / 1e9 / med,
+                    floor_gflops,
                 });
             }
         }
@@ -847,6 +854,12 @@ pub fn bench(
             println!("{}", serde_json::to_string(r).expect("serialisable"));
         }
         return Ok(());
+    }
+    if let Some(f) = floor_gflops {
+        println!(
+            "FLOP floor: {f:.1} GFLOP/s ({} SGEMM, 2048³, median of 3); first column: how many times slower than the floor each row runs",
+            crate::codegen::cpu::kernels::sgemm_library()
+        );
     }
     println!("{}: batch {batch}, median of {repeats} steps after one warm-up (forward + backward, no update); fused = the fused CPU plan (generated C + SGEMM), the others the graph executor in that schedule; peak = most bytes allocated at once during a step, above what was allocated before it", model.name);
     println!(
@@ -864,6 +877,9 @@ pub fn bench(
         "GFLOP/s"
     );
     for r in &rows {
+        if let Some(f) = r.floor_gflops {
+            print!("{:>6.1}× ", f / r.gflops);
+        }
         println!(
             "{:<6} {:>3} {:<20} {:>8.3} {:>8.1} {:>9.2} {:>9.2} {:>9} {:>9.2} {:>8.2} {:>8.2}",
             r.mode.to_string(),

@@ -166,6 +166,10 @@ enum Cmd {
         /// cpu: the CPU executor; cuda: the CUDA executor (GPU 0).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
+        /// Also measure the FLOP floor (the gemm crate's SGEMM on 2048³,
+        /// median of 3) and give each row's GFLOP/s as a fraction of it.
+        #[arg(long)]
+        floor: bool,
         #[arg(long)]
         json: bool,
     },
@@ -405,6 +409,7 @@ fn main() -> ExitCode {
             repeats,
             schedule,
             device,
+            floor,
             json,
         } => {
             let modes: Vec<Mode> = mode.into_iter().map(Mode::from).collect();
@@ -416,6 +421,7 @@ fn main() -> ExitCode {
                     &schedule,
                     batch,
                     repeats.max(1),
+                    floor,
                     json,
                 ),
                 Device::Cuda => {
