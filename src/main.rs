@@ -226,6 +226,9 @@ enum Cmd {
         #[arg(short = 'o', long = "out")]
         out: PathBuf,
     },
+    /// Datasets: make the synthetic event set, inspect event files.
+    #[command(subcommand)]
+    Data(DataCmd),
     /// Bytes kept for the backward and FLOPs, per mode and T.
     Report {
         file: PathBuf,
@@ -246,11 +249,40 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Write a SYNTHETIC event dataset made from Fashion-MNIST (simulated
+    /// saccades and DVS pixels, N-MNIST binary format): DIR/Train/<label>/
+    /// and DIR/Test/<label>/, for `snnc train … --data events:DIR`.
+    MakeEvents {
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the Fashion-MNIST IDX files are.
+        #[arg(long, default_value = snnc::data::FASHION_MNIST_DIR)]
+        data_dir: PathBuf,
+        /// Convert only the first N training images (default all 60,000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Convert only the first N test images (default all 10,000).
+        #[arg(long)]
+        test_limit: Option<usize>,
+        /// Mean contrast threshold on log intensity.
+        #[arg(long, default_value_t = snnc::data::events::SynthParams::default().threshold)]
+        threshold: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Read an event file (.bin N-MNIST, .aedat 2.0/3.1, .npy) and print its
+    /// format, event count, extent, duration and polarity balance.
+    Inspect { file: PathBuf },
+}
+
 #[derive(clap::Args)]
 struct TrainArgs {
     /// The model (default: the embedded examples/models/digits_mlp.snn).
     file: Option<PathBuf>,
-    /// digits (embedded), fashion-mnist, mnist or cifar10.
+    /// digits (embedded), fashion-mnist, mnist, cifar10, or events:DIR (event
+    /// files in DIR/Train/<label>/ and DIR/Test/<label>/, binned into T frames).
     #[arg(long, default_value = "digits")]
     data: String,
     #[arg(long)]
@@ -462,6 +494,15 @@ fn main() -> ExitCode {
                 json,
             ),
         },
+        Cmd::Data(DataCmd::MakeEvents {
+            out,
+            data_dir,
+            limit,
+            test_limit,
+            threshold,
+            seed,
+        }) => cli::make_events(&out, &data_dir, limit, test_limit, threshold, seed),
+        Cmd::Data(DataCmd::Inspect { file }) => cli::inspect_events(&file),
         Cmd::Report {
             file,
             steps,

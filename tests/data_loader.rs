@@ -17,6 +17,7 @@ fn toy(n: usize, c: usize, h: usize, w: usize) -> Dataset {
         labels: (0..n).map(|i| (i % 10) as u8).collect(),
         shape: vec![c, h, w],
         classes: 10,
+        events: None,
     }
 }
 

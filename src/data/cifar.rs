@@ -77,6 +77,7 @@ fn empty(name: &str) -> Dataset {
         labels: Vec::new(),
         shape: vec![3, 32, 32],
         classes: 10,
+        events: None,
     }
 }
 

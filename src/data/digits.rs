@@ -118,5 +118,6 @@ pub fn parse_digits_csv(path: &Path, bytes: &[u8], hint: &str) -> Result<Dataset
         labels,
         shape: vec![64],
         classes: 10,
+        events: None,
     })
 }

@@ -108,6 +108,16 @@ pub enum DataError {
         hint: String,
     },
 
+    /// A record or field that makes no sense at a known byte offset (an
+    /// event-stream packet whose sizes disagree, an impossible coordinate).
+    #[error("{}: malformed at byte {at}: {msg}; {hint}", path.display())]
+    Malformed {
+        path: PathBuf,
+        at: u64,
+        msg: String,
+        hint: String,
+    },
+
     /// A request the data cannot satisfy (e.g. augmenting a flat feature
     /// vector), or a dataset whose fields disagree.
     #[error("{what}")]

@@ -136,6 +136,7 @@ fn load_idx(
         labels,
         shape: vec![1, SIDE as usize, SIDE as usize],
         classes: 10,
+        events: None,
     })
 }
 

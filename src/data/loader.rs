@@ -276,16 +276,18 @@ impl Iterator for Loader<'_> {
         let mut values = vec![0f32; idx.len() * n];
         let mut labels = Vec::with_capacity(idx.len());
         for (k, &i) in idx.iter().enumerate() {
-            let (x, y) = self.data.sample(i);
             let out = &mut values[k * n..(k + 1) * n];
-            match &self.augment {
+            let y = match &self.augment {
                 Some(a) => {
                     let key =
                         mix64(mix64(mix64(self.seed ^ AUGMENT_STREAM) ^ self.epoch) ^ i as u64);
-                    a.apply_checked(x, &self.data.shape, &mut Rng::new(key), out);
+                    let mut x = vec![0f32; n];
+                    let y = self.data.sample_into(i, &mut x);
+                    a.apply_checked(&x, &self.data.shape, &mut Rng::new(key), out);
+                    y
                 }
-                None => out.copy_from_slice(x),
-            }
+                None => self.data.sample_into(i, out),
+            };
             labels.push(y);
         }
         Some((values, labels))

@@ -9,6 +9,7 @@
 //! | UCI 8×8 digits, embedded | [`digits`] | `[64]` | `x / 16` in [0, 1] |
 //! | MNIST / Fashion-MNIST IDX (raw or `.gz`) | [`idx_split`] | `[1, 28, 28]` | `x / 255` in [0, 1] |
 //! | CIFAR-10 binary batches | [`cifar10_split`] | `[3, 32, 32]` | `(x / 255 − mean_c) / std_c` |
+//! | event streams (N-MNIST, AEDAT 2.0/3.1, `.npy`) | [`events::load_event_split`] | `[T, 2, H, W]` | event counts per frame, binned on demand |
 //!
 //! Batches come from a [`Loader`] (seeded shuffle per epoch, optional
 //! [`Augment`]ation for training).
@@ -16,6 +17,7 @@
 mod cifar;
 mod digits;
 mod error;
+pub mod events;
 mod idx;
 mod io;
 mod loader;
@@ -41,6 +43,9 @@ pub struct Dataset {
     pub shape: Vec<usize>,
     /// Number of classes.
     pub classes: usize,
+    /// For event data: the samples' events, binned into `shape` frames on
+    /// demand ([`Dataset::sample_into`]); `images` is then empty.
+    pub events: Option<std::sync::Arc<events::EventSamples>>,
 }
 
 impl Dataset {
@@ -58,10 +63,28 @@ impl Dataset {
         self.shape.iter().product()
     }
 
-    /// Sample `i`: its values and its label. Panics if `i >= len()`.
+    /// Sample `i`: its values and its label. Panics if `i >= len()`, or
+    /// for an event dataset, whose values exist only once binned: use
+    /// [`Dataset::sample_into`], which works for every dataset.
     pub fn sample(&self, i: usize) -> (&[f32], u8) {
+        assert!(
+            self.events.is_none(),
+            "Dataset::sample on event dataset {}: use sample_into",
+            self.name
+        );
         let n = self.sample_len();
         (&self.images[i * n..(i + 1) * n], self.labels[i])
+    }
+
+    /// Writes sample `i`'s values to `out` (`sample_len()` values; event
+    /// samples are binned into frames here) and returns its label. Panics
+    /// if `i >= len()` or `out` has the wrong length.
+    pub fn sample_into(&self, i: usize, out: &mut [f32]) -> u8 {
+        match &self.events {
+            Some(ev) => ev.fill(i, out),
+            None => out.copy_from_slice(self.sample(i).0),
+        }
+        self.labels[i]
     }
 
     /// How many samples each class has.
@@ -78,6 +101,16 @@ impl Dataset {
     /// A new dataset holding the samples at `indices`, in that order (for
     /// quick runs on a slice of a large set). Panics on an index out of range.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
+        if let Some(ev) = &self.events {
+            return Dataset {
+                name: self.name.clone(),
+                images: Vec::new(),
+                labels: indices.iter().map(|&i| self.labels[i]).collect(),
+                shape: self.shape.clone(),
+                classes: self.classes,
+                events: Some(std::sync::Arc::new(ev.subset(indices))),
+            };
+        }
         let n = self.sample_len();
         let mut images = Vec::with_capacity(indices.len() * n);
         let mut labels = Vec::with_capacity(indices.len());
@@ -92,6 +125,7 @@ impl Dataset {
             labels,
             shape: self.shape.clone(),
             classes: self.classes,
+            events: None,
         }
     }
 
@@ -103,7 +137,18 @@ impl Dataset {
                 what: format!("dataset {}: {msg}", self.name),
             })
         };
-        if self.images.len() != self.len() * self.sample_len() {
+        if let Some(ev) = &self.events {
+            if ev.len() != self.len() || ev.spec.shape() != self.shape || !self.images.is_empty() {
+                return bad(format!(
+                    "{} event samples of shape {:?} for {} labels of shape {:?} ({} stray values)",
+                    ev.len(),
+                    ev.spec.shape(),
+                    self.len(),
+                    self.shape,
+                    self.images.len()
+                ));
+            }
+        } else if self.images.len() != self.len() * self.sample_len() {
             return bad(format!(
                 "{} values for {} samples of shape {:?}",
                 self.images.len(),

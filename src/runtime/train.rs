@@ -68,6 +68,9 @@ pub struct Summary {
 pub fn load_data(cfg: &TrainConfig) -> Result<Split, String> {
     use crate::data;
     let dir = cfg.data_dir.clone();
+    if let Some(events_dir) = cfg.data.strip_prefix("events:") {
+        return load_events(cfg, events_dir);
+    }
     let r = match cfg.data.as_str() {
         "digits" => data::digits(cfg.seed),
         "fashion-mnist" => data::idx_split(
@@ -83,11 +86,22 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Split, String> {
         }
         other => {
             return Err(format!(
-                "error: unknown dataset `{other}`; use digits, fashion-mnist, mnist or cifar10"
+                "error: unknown dataset `{other}`; use digits, fashion-mnist, mnist, cifar10 \
+                 or events:DIR"
             ))
         }
     };
     r.map_err(|e| format!("error: {e}"))
+}
+
+/// `--data events:DIR`: event streams binned into the model's input frames
+/// (`[T, 2, H, W]` per sample, `T` the run's steps).
+fn load_events(cfg: &TrainConfig, dir: &str) -> Result<Split, String> {
+    let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
+        .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
+    let a = shape::analyze(&model)
+        .map_err(|e| crate::cli::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
+    crate::data::events::load_for_input(std::path::Path::new(dir), &a.input, cfg.steps)
 }
 
 /// Batch-norm momentum per layer path.
@@ -121,8 +135,8 @@ fn make_batch(d: &Dataset, idx: &[usize]) -> Batch {
     let mut labels = vec![0.0; idx.len() * d.classes];
     let mut targets = Vec::with_capacity(idx.len());
     for (b, &i) in idx.iter().enumerate() {
-        let (img, y) = d.sample(i);
-        x.extend_from_slice(img);
+        x.resize((b + 1) * per, 0.0);
+        let y = d.sample_into(i, &mut x[b * per..]);
         labels[b * d.classes + y as usize] = 1.0;
         targets.push(y);
     }
@@ -235,13 +249,18 @@ pub fn train(
     let a = shape::analyze(&model)
         .map_err(|e| crate::cli::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
     let split = load_data(cfg)?;
-    if split.train.shape != a.input {
+    // Event frames carry the time axis: [T, C, H, W] per sample.
+    let expected: Vec<usize> = match model.input.encoding {
+        crate::model::Encoding::Events => [cfg.steps].iter().chain(&a.input).copied().collect(),
+        _ => a.input.clone(),
+    };
+    if split.train.shape != expected {
         return Err(format!(
             "error: dataset `{}` has samples of shape {}, but model `{}` expects input {}",
             cfg.data,
             dims(&split.train.shape),
             model.name,
-            dims(&a.input)
+            dims(&expected)
         ));
     }
     if split.train.classes != a.output[0] {
