@@ -5,5 +5,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod kernel_ir;
+#[cfg(feature = "luminal")]
+pub mod luminal;
 pub mod render_c;
 pub mod render_cuda;

@@ -1,0 +1,427 @@
+//! luminal interop (cargo feature `luminal`, off by default): lowers an
+//! unrolled *inference* graph (`compile` with `eval: true`, stage
+//! `unrolled`) to luminal 0.2's primitive operators and runs it with
+//! luminal's CPU compilers.
+//!
+//! What it is for: an independent cross-check of the forward semantics
+//! (luminal's ops and shape trackers share no code with snnc's interpreter
+//! or executor) and a way to hand a trained SNN's inference graph, with its
+//! T steps unrolled, to luminal. It is not the training IR: luminal 0.2 (the
+//! crates.io release of Feb 2024) has no autograd, its shapes are Rust
+//! types (runtime sizes only through one-letter dynamic dimensions, a
+//! ShapeTracker holds at most 6 dimensions), and its CUDA crate needs the
+//! toolkit to build (DESIGN.md §3).
+//!
+//! luminal 0.2 primitives used: `Function` (inputs, parameters),
+//! `Constant`, `Add`, `Mul`, `LessThan`, `Recip`, `Sqrt`, `SumReduce`,
+//! `MaxReduce`, `Contiguous`, plus shape-tracker views (permute, expand,
+//! pad, slice, `pool_last_dim`). snnc op by op:
+//!
+//! | snnc | luminal |
+//! | --- | --- |
+//! | `input`, `param` | `Function` node holding the data |
+//! | `time_slice[t]` | slice axis 1 to `t..t+1`, `Contiguous`, view without it |
+//! | `add`, `mul`; `sub` | `Add`, `Mul`; `a + (−1)·b`, the −1 as `Recip(Constant(−1))` (see `neg`) |
+//! | `scale[c]`, `add_scalar[c]` | `Mul`/`Add` with a broadcast `Constant` |
+//! | `detach` | the operand itself (inference has no gradient) |
+//! | `spike[θ]` | `1 − LessThan(u, θ)`, i.e. `u ≥ θ` |
+//! | `matmul[ta, tb]` | transposed views, `expand` to `[M, N, K]`, `Mul`, `SumReduce(2)` (the CPU compiler turns this into its `MatMul2D`) |
+//! | `bias_add`, `channel_scale` | `Add`/`Mul` with the `[C]` operand expanded along every other axis |
+//! | `normalize[ε]` | `(x − μ)·Recip(Sqrt(σ² + ε))` |
+//! | `avgpool`, `maxpool` | `pool_last_dim` on W and on H, `SumReduce`/`MaxReduce` over both window axes (÷ k² for avg) |
+//! | `conv2d` | pad, `pool_last_dim` on W and H (im2col as a view), permute to `[B, Ho, Wo, Ci, k, k]`, `Contiguous`, matmul with `w` as `[Co, Ci·k·k]`, permute to `[B, Co, Ho, Wo]` |
+//! | `reshape` | a new contiguous view |
+//! | `time_mean` | `Add` chain, `Mul` by `1/T` |
+//!
+//! Not lowered (an error naming the op): `poisson` and `dropout_mask`
+//! (their counter-based random bits are snnc's, luminal has no such op),
+//! and every backward op.
+
+use std::collections::HashMap;
+
+use luminal::op::{self as lop, Function};
+use luminal::prelude::symbolic::Expression;
+use luminal::prelude::{
+    Graph as LGraph, GraphTensor, NodeIndex as LNode, ShapeTracker, Tensor as LTensor,
+};
+
+use crate::ir::{Graph, NodeIndex, Op};
+use crate::tensor::Tensor;
+
+/// A lowered value: a luminal node viewed through a shape tracker.
+type V = GraphTensor<()>;
+
+fn exprs(dims: &[usize]) -> Vec<Expression> {
+    dims.iter().map(|&d| Expression::from(d)).collect()
+}
+
+struct Lower {
+    cx: Box<LGraph>,
+}
+
+impl Lower {
+    fn ptr(&mut self) -> *mut LGraph {
+        &mut *self.cx
+    }
+
+    fn view(&mut self, id: LNode, dims: &[usize]) -> V {
+        let p = self.ptr();
+        GraphTensor::from_id(id, ShapeTracker::new(&exprs(dims)), p)
+    }
+
+    fn data(&mut self, name: &str, t: &Tensor<f32>) -> V {
+        let data = t.data.clone();
+        let id = self
+            .cx
+            .add_op(Function(
+                format!("{name} Load"),
+                Box::new(move |_| vec![LTensor::new(data.clone())]),
+            ))
+            .finish();
+        self.view(id, &t.shape)
+    }
+
+    /// A binary primitive on two views of the same logical shape `dims`.
+    fn bin<O: luminal::op::Operator + 'static>(&mut self, op: O, a: V, b: V, dims: &[usize]) -> V {
+        let id = self
+            .cx
+            .add_op(op)
+            .input(a.id, 0, a.shape)
+            .input(b.id, 0, b.shape)
+            .finish();
+        self.view(id, dims)
+    }
+
+    fn unary<O: luminal::op::Operator + 'static>(&mut self, op: O, a: V, dims: &[usize]) -> V {
+        let id = self.cx.add_op(op).input(a.id, 0, a.shape).finish();
+        self.view(id, dims)
+    }
+
+    /// The scalar `v` broadcast to `dims`.
+    fn constant(&mut self, v: f32, dims: &[usize]) -> V {
+        let mut c: V =
+            GraphTensor::from_id(self.cx.constant(v).id, ShapeTracker::new(&[]), self.ptr());
+        for (i, &d) in dims.iter().enumerate() {
+            c.shape.expand(i, d.into());
+        }
+        c
+    }
+
+    /// A `[C]` value broadcast along every axis of `dims` but 1.
+    fn channel(&mut self, c: V, dims: &[usize]) -> V {
+        let mut c = c;
+        for (i, &d) in dims.iter().enumerate() {
+            if i != 1 {
+                c.shape.expand(i, d.into());
+            }
+        }
+        c
+    }
+
+    fn scale(&mut self, a: V, s: f32, dims: &[usize]) -> V {
+        let c = self.constant(s, dims);
+        self.bin(lop::Mul, a, c, dims)
+    }
+
+    /// `SumReduce(axis)` (or `MaxReduce`) of `a`, giving `dims`.
+    fn reduce(&mut self, sum: bool, axis: usize, a: V, dims: &[usize]) -> V {
+        if sum {
+            self.unary(lop::SumReduce(axis), a, dims)
+        } else {
+            self.unary(lop::MaxReduce(axis), a, dims)
+        }
+    }
+
+    /// `−a`, as `a · Recip(Constant(−1))`. Not `a · Constant(−1)`: luminal
+    /// 0.2's `SubtractionCompiler` turns `Constant(−1) → Mul → Add` into a
+    /// `Sub` and deletes the `Mul` even when the `Mul` has other consumers
+    /// (CSE merges the per-timestep copies), then panics on the next match
+    /// (`compilers/cpu/binary.rs:83`, `Option::unwrap()` on `None`).
+    fn neg(&mut self, a: V, dims: &[usize]) -> V {
+        let c = self.cx.constant(-1.0).id;
+        let r = self
+            .cx
+            .add_op(lop::Recip)
+            .input(c, 0, ShapeTracker::new(&[]))
+            .finish();
+        let mut m: V = GraphTensor::from_id(r, ShapeTracker::new(&[]), self.ptr());
+        for (i, &d) in dims.iter().enumerate() {
+            m.shape.expand(i, d.into());
+        }
+        self.bin(lop::Mul, a, m, dims)
+    }
+
+    fn contiguous(&mut self, a: V, dims: &[usize]) -> V {
+        let id = self
+            .cx
+            .add_op(lop::Contiguous)
+            .input(a.id, 0, a.shape)
+            .finish();
+        self.view(id, dims)
+    }
+
+    /// `op(a)·op(b)` for 2-D operands (`a` stored `[M, K]` or `[K, M]`).
+    /// `(ta, tb)` transpose flags, `(m, k, n)` the product's sizes.
+    fn matmul(
+        &mut self,
+        a: V,
+        b: V,
+        (ta, tb): (bool, bool),
+        (m, k, n): (usize, usize, usize),
+    ) -> V {
+        let mut a = a;
+        if ta {
+            a.shape.permute(&[1, 0]);
+        }
+        let mut b = b;
+        if !tb {
+            b.shape.permute(&[1, 0]); // [K, N] → [N, K]
+        }
+        a.shape.expand(1, n.into()); // [M, N, K]
+        b.shape.expand(0, m.into()); // [M, N, K]
+        let prod = self.bin(lop::Mul, a, b, &[m, n, k]);
+        self.unary(lop::SumReduce(2), prod, &[m, n])
+    }
+
+    /// Windows of `kernel` with `stride` over the last two axes of a
+    /// contiguous `[B, C, H, W]` view: returns the view
+    /// `[B, C, Wo, kw, Ho, kh]`.
+    fn windows(&mut self, x: V, kernel: usize, stride: usize) -> V {
+        let w = x.pool_last_dim::<()>(kernel.into(), stride.into(), 0); // [B, C, H, Wo, kw]
+        let mut w = w;
+        w.shape.permute(&[0, 1, 3, 4, 2]); // [B, C, Wo, kw, H]
+        let w = w.contiguous();
+        w.pool_last_dim::<()>(kernel.into(), stride.into(), 0) // [B, C, Wo, kw, Ho, kh]
+    }
+}
+
+fn out_size(n: usize, k: usize, s: usize, p: usize) -> usize {
+    (n + 2 * p - k) / s + 1
+}
+
+/// The lowered graph, ready to run.
+pub struct Lowered {
+    cx: Box<LGraph>,
+    outputs: Vec<(String, LNode, Vec<usize>)>,
+}
+
+impl Lowered {
+    /// Number of luminal nodes (after compilation if it ran).
+    pub fn node_count(&self) -> usize {
+        self.cx.graph.node_count()
+    }
+
+    /// Applies luminal's generic and CPU compilers (matmul fusion, CSE,
+    /// arithmetic simplification).
+    pub fn compile_cpu(&mut self) {
+        let mut ids: Vec<LNode> = self.outputs.iter().map(|o| o.1).collect();
+        {
+            let remap: Vec<&mut LNode> = ids.iter_mut().collect();
+            self.cx.compile(
+                (
+                    luminal::prelude::GenericCompiler::default(),
+                    luminal::prelude::CPUCompiler::default(),
+                ),
+                remap,
+            );
+        }
+        for (o, id) in self.outputs.iter_mut().zip(ids) {
+            o.1 = id;
+        }
+    }
+
+    /// Runs the graph; returns every output of the snnc graph by name.
+    pub fn run(&mut self) -> HashMap<String, Tensor<f32>> {
+        self.cx.execute();
+        self.outputs
+            .iter()
+            .map(|(name, id, dims)| {
+                let t = self.cx.get_tensor_ref(*id, 0).expect("outputs are kept");
+                let data = t
+                    .data
+                    .as_any()
+                    .downcast_ref::<Vec<f32>>()
+                    .expect("f32 data")
+                    .clone();
+                (name.clone(), Tensor::from_vec(dims, data))
+            })
+            .collect()
+    }
+}
+
+/// Lowers `g` (an unrolled inference graph) with the given inputs and
+/// parameters bound as data. Errors name the first op that cannot be
+/// lowered.
+pub fn lower(
+    g: &Graph,
+    inputs: &HashMap<String, Tensor<f32>>,
+    params: &HashMap<String, Tensor<f32>>,
+) -> Result<Lowered, String> {
+    let mut l = Lower {
+        cx: Box::new(LGraph::new()),
+    };
+    let order = g
+        .topo_order()
+        .ok_or_else(|| "luminal: the graph has a cycle".to_string())?;
+    let mut val: HashMap<NodeIndex, V> = HashMap::new();
+    for n in order {
+        let node = &g.g[n];
+        let dims = node.shape.clone();
+        let ops: Vec<NodeIndex> = g.operands(n);
+        let arg = |i: usize| -> V { val[&ops[i]] };
+        let shape_of = |i: usize| -> Vec<usize> { g.g[ops[i]].shape.clone() };
+        let v = match &node.op {
+            Op::Input { name } => {
+                let t = inputs
+                    .get(name)
+                    .ok_or_else(|| format!("luminal: no value for input `{name}`"))?;
+                l.data(name, t)
+            }
+            Op::Param { name } => {
+                let t = params
+                    .get(name)
+                    .ok_or_else(|| format!("luminal: no value for parameter `{name}`"))?;
+                l.data(name, t)
+            }
+            Op::TimeSlice { t } => {
+                let x = arg(0);
+                let xs = shape_of(0);
+                let mut v = x;
+                let mut ranges: Vec<(Expression, Expression)> =
+                    xs.iter().map(|&d| (0.into(), d.into())).collect();
+                ranges[1] = ((*t).into(), (*t + 1).into());
+                v.shape.slice(&ranges);
+                let mut one = xs.clone();
+                one[1] = 1;
+                let c = l.contiguous(v, &one);
+                l.view(c.id, &dims)
+            }
+            Op::Add => l.bin(lop::Add, arg(0), arg(1), &dims),
+            Op::Mul => l.bin(lop::Mul, arg(0), arg(1), &dims),
+            Op::Sub => {
+                let nb = l.neg(arg(1), &dims);
+                l.bin(lop::Add, arg(0), nb, &dims)
+            }
+            Op::Scale(c) => l.scale(arg(0), *c as f32, &dims),
+            Op::AddScalar(c) => {
+                let k = l.constant(*c as f32, &dims);
+                l.bin(lop::Add, arg(0), k, &dims)
+            }
+            Op::Detach => arg(0),
+            Op::Spike { theta, .. } => {
+                let th = l.constant(*theta as f32, &dims);
+                let below = l.bin(lop::LessThan, arg(0), th, &dims);
+                let neg = l.neg(below, &dims);
+                let one = l.constant(1.0, &dims);
+                l.bin(lop::Add, neg, one, &dims)
+            }
+            Op::MatMul { ta, tb } => {
+                let (m, nn) = (dims[0], dims[1]);
+                let a = shape_of(0);
+                let k = if *ta { a[0] } else { a[1] };
+                l.matmul(arg(0), arg(1), (*ta, *tb), (m, k, nn))
+            }
+            Op::BiasAdd => {
+                let b = l.channel(arg(1), &dims);
+                l.bin(lop::Add, arg(0), b, &dims)
+            }
+            Op::ChannelScale => {
+                let c = l.channel(arg(1), &dims);
+                l.bin(lop::Mul, arg(0), c, &dims)
+            }
+            Op::Normalize { eps } => {
+                let c = shape_of(1);
+                let e = l.constant(*eps as f32, &c);
+                let ve = l.bin(lop::Add, arg(2), e, &c);
+                let sd = l.unary(lop::Sqrt, ve, &c);
+                let inv = l.unary(lop::Recip, sd, &c);
+                let mean = l.channel(arg(1), &dims);
+                let nm = l.neg(mean, &dims);
+                let centred = l.bin(lop::Add, arg(0), nm, &dims);
+                let inv = l.channel(inv, &dims);
+                l.bin(lop::Mul, centred, inv, &dims)
+            }
+            Op::TimeMean => {
+                let mut acc = arg(0);
+                for i in 1..ops.len() {
+                    acc = l.bin(lop::Add, acc, arg(i), &dims);
+                }
+                l.scale(acc, 1.0 / ops.len() as f32, &dims)
+            }
+            Op::Reshape { .. } => {
+                let x = arg(0);
+                let x = if x.shape.is_contiguous() && !x.shape.is_sliced() && !x.shape.is_padded() {
+                    x
+                } else {
+                    let s = shape_of(0);
+                    l.contiguous(x, &s)
+                };
+                l.view(x.id, &dims)
+            }
+            Op::AvgPool { kernel, stride } | Op::MaxPool { kernel, stride } => {
+                let avg = matches!(node.op, Op::AvgPool { .. });
+                let w = l.windows(arg(0), *kernel, *stride); // [B, C, Wo, kw, Ho, kh]
+                let (b, c, ho, wo) = (dims[0], dims[1], dims[2], dims[3]);
+                let v = l.reduce(avg, 5, w, &[b, c, wo, *kernel, ho]);
+                let v = l.reduce(avg, 3, v, &[b, c, wo, ho]);
+                let mut v = v;
+                v.shape.permute(&[0, 1, 3, 2]);
+                let v = l.contiguous(v, &dims);
+                if avg {
+                    l.scale(v, 1.0 / (kernel * kernel) as f32, &dims)
+                } else {
+                    v
+                }
+            }
+            Op::Conv2d { stride, padding } => {
+                let xs = shape_of(0);
+                let ws = shape_of(1);
+                let (b, ci, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+                let (co, k) = (ws[0], ws[2]);
+                let (ho, wo) = (
+                    out_size(h, k, *stride, *padding),
+                    out_size(w, k, *stride, *padding),
+                );
+                let mut x = arg(0);
+                let p = *padding;
+                x.shape.pad(&[
+                    (0.into(), 0.into()),
+                    (0.into(), 0.into()),
+                    (p.into(), p.into()),
+                    (p.into(), p.into()),
+                ]);
+                let x = l.contiguous(x, &[b, ci, h + 2 * p, w + 2 * p]);
+                let mut win = l.windows(x, k, *stride); // [B, Ci, Wo, kw, Ho, kh]
+                win.shape.permute(&[0, 4, 2, 1, 5, 3]); // [B, Ho, Wo, Ci, kh, kw]
+                let cols = l.contiguous(win, &[b, ho, wo, ci, k, k]);
+                let cols = l.view(cols.id, &[b * ho * wo, ci * k * k]);
+                let wt = l.view(arg(1).id, &[co, ci * k * k]);
+                let y = l.matmul(cols, wt, (false, true), (b * ho * wo, ci * k * k, co));
+                let mut y = l.view(y.id, &[b, ho, wo, co]);
+                y.shape.permute(&[0, 3, 1, 2]);
+                l.contiguous(y, &dims)
+            }
+            other => {
+                return Err(format!(
+                    "luminal: op `{}` cannot be lowered (only the inference ops of unrolled \
+                     graphs without Poisson encoding or dropout are)",
+                    other.name()
+                ))
+            }
+        };
+        val.insert(n, v);
+    }
+    let mut outputs = Vec::new();
+    for (name, n) in &g.outputs {
+        let v = val[n];
+        let dims = g.g[*n].shape.clone();
+        let v = if v.shape.is_contiguous() && !v.shape.is_sliced() && !v.shape.is_padded() {
+            v
+        } else {
+            l.contiguous(v, &dims)
+        };
+        l.cx.keep_tensors(v.id);
+        outputs.push((name.clone(), v.id, dims));
+    }
+    Ok(Lowered { cx: l.cx, outputs })
+}
