@@ -348,16 +348,43 @@ pub fn fuse_keeping(g: &Graph, keep: &[NodeIndex]) -> Plan {
         }
     }
 
-    // 2. Reducers join the group all their operands belong to.
+    // 2. Reducers join the group all their operands belong to. An operand
+    // left alone in step 1 joins that group first when it can: the rate
+    // pass's step-0 surrogate σ'(x) of a step-free input x shares no edge
+    // with the step's other neuron work (both only read x), and without it
+    // the whole mean g = mean_t ρ_t σ'(u_t) would be written out step by
+    // step and summed by a separate pass.
     let mut reducers: HashMap<usize, Vec<NodeIndex>> = HashMap::new();
     for &r in &order {
         if kinds[r.index()] != Kind::Reducer {
             continue;
         }
         let ops = g.operands(r);
-        let Some(grp) = group_of[ops[0].index()] else {
+        let Some(grp) = ops.iter().find_map(|a| group_of[a.index()]) else {
             continue;
         };
+        let grp = gr.find(grp);
+        for &a in &ops {
+            let ai = a.index();
+            let lone = kinds[ai] == Kind::Elem
+                && group_of[ai].is_none()
+                && g.g[a].t.is_some()
+                && g.g[a].shape == g.g[r].shape
+                && backward(g.g[a].role) == backward(g.g[gr.members[grp][0]].role);
+            if !lone {
+                continue;
+            }
+            let b = gr.find(ai);
+            gen += 1;
+            if b == grp || !convex_union(g, &gr, grp, b, &mut stamp, gen, &pos) {
+                continue;
+            }
+            let mb = std::mem::take(&mut gr.members[b]);
+            gr.members[grp].extend(mb);
+            gr.parent[b] = grp;
+            gr.maxpos[grp] = gr.maxpos[grp].max(gr.maxpos[b]);
+            group_of[ai] = Some(grp);
+        }
         if ops
             .iter()
             .any(|a| group_of[a.index()] != Some(grp) || g.g[*a].shape != g.g[r].shape)
