@@ -180,16 +180,31 @@ fn channel_sums(xs: &[&Tensor<f32>], f: impl Fn(f32, usize) -> f32 + Sync) -> Ve
             for x in xs {
                 for bi in 0..b {
                     let start = (bi * c + ch) * inner;
-                    let mut part = 0f32;
-                    for &v in &x.data[start..start + inner] {
-                        part += f(v, ch);
-                    }
-                    s += f64::from(part);
+                    s += f64::from(lane_sum(&x.data[start..start + inner], |v| f(v, ch)));
                 }
             }
             s
         })
         .collect()
+}
+
+/// `Σ f(v)` over a run in eight interleaved f32 partial sums: one running
+/// sum is a chain of dependent additions (one per add latency) that the
+/// compiler may not reorder; eight independent ones vectorise.
+fn lane_sum(run: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = run.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += f(v);
+        }
+    }
+    let mut part: f32 = lanes.iter().sum();
+    for &v in rest {
+        part += f(v);
+    }
+    part
 }
 
 /// Channel reductions and average pooling, parallel; None for other ops.
@@ -234,20 +249,34 @@ fn avgpool(x: &Tensor<f32>, k: usize, stride: usize) -> Tensor<f32> {
     let (ho, wo) = ((h - k) / stride + 1, (w - k) / stride + 1);
     let area = (k * k) as f32;
     let mut out = Tensor::zeros(&[b, c, ho, wo]);
+    // A few planes per task: one 14×14 plane is too little work to split.
+    let planes = (4096 / (h * w)).max(1);
     out.data
-        .par_chunks_mut(ho * wo)
-        .enumerate()
-        .for_each(|(plane, o)| {
-            let src = &x.data[plane * h * w..(plane + 1) * h * w];
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let mut acc = 0f32;
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            acc += src[(oy * stride + ky) * w + ox * stride + kx];
+        .par_chunks_mut(planes * ho * wo)
+        .zip(x.data.par_chunks(planes * h * w))
+        .for_each(|(os, xs)| {
+            for (o, src) in os.chunks_mut(ho * wo).zip(xs.chunks(h * w)) {
+                if k == 2 && stride == 2 {
+                    // The common 2×2 pool, unrolled; same summation order.
+                    for oy in 0..ho {
+                        let (r0, r1) = (&src[2 * oy * w..], &src[(2 * oy + 1) * w..]);
+                        for (ox, v) in o[oy * wo..(oy + 1) * wo].iter_mut().enumerate() {
+                            let acc = r0[2 * ox] + r0[2 * ox + 1] + r1[2 * ox] + r1[2 * ox + 1];
+                            *v = acc / area;
                         }
                     }
-                    o[oy * wo + ox] = acc / area;
+                    continue;
+                }
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = 0f32;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                acc += src[(oy * stride + ky) * w + ox * stride + kx];
+                            }
+                        }
+                        o[oy * wo + ox] = acc / area;
+                    }
                 }
             }
         });

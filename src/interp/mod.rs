@@ -5,8 +5,8 @@
 //! `ir::Op`, never as a clever one. Every node's value is kept (not just the
 //! outputs) because passes are checked by comparing intermediate values.
 
-mod grad_ops;
-mod ops;
+pub(crate) mod grad_ops;
+pub(crate) mod ops;
 
 pub use ops::eval_op;
 

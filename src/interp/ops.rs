@@ -240,7 +240,12 @@ fn bias_add<F: Float>(x: &Tensor<F>, bias: &Tensor<F>) -> Tensor<F> {
     per_channel(x, bias, |v, b| v + b)
 }
 
-fn conv2d<F: Float>(x: &Tensor<F>, w: &Tensor<F>, stride: usize, padding: usize) -> Tensor<F> {
+pub(crate) fn conv2d<F: Float>(
+    x: &Tensor<F>,
+    w: &Tensor<F>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<F> {
     let (b, ci, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let (co, k) = (w.shape[0], w.shape[2]);
     let ho = (h + 2 * padding - k) / stride + 1;
