@@ -1,7 +1,9 @@
 //! Prints kernels as C for the system compiler (`codegen/cpu/compiled.rs`
 //! builds and loads them).
 //!
-//! Each call covers elements `[lo, hi)` in blocks of `BLOCK`: the time loop
+//! Each call covers elements `[lo, hi)` and steps `[t0, t1)` (all of them
+//! in a layer-major plan; one at a time in a time-major plan, the state
+//! kept in `st` between calls) in blocks of `BLOCK`: the time loop
 //! is outside and the element loop inside, with registers and accumulators
 //! as arrays over the block, so the compiler vectorises the element loop
 //! (the step's branch is the same for every element). When the kernel reads
@@ -105,7 +107,26 @@ pub fn kernel(k: &Kernel) -> String {
             "0",
         )
     });
-    let _ = writeln!(w, "void {}(float *const *p, long lo, long hi) {{", k.name);
+    // Steps [t0, t1) in loop order. A call that does not start the time
+    // loop loads the registers and accumulators from `st` (regs then accs,
+    // each n floats), one that does not end it stores them there, so a
+    // time-major plan can run the kernel one step at a time.
+    let _ = writeln!(
+        w,
+        "void {}(float *const *p, long lo, long hi, long t0, long t1, float *st) {{",
+        k.name
+    );
+    let (first, last) = if k.reverse {
+        (format!("t1 == {}", k.steps), "t0 == 0".to_string())
+    } else {
+        ("t0 == 0".to_string(), format!("t1 == {}", k.steps))
+    };
+    let state = k.regs + k.accs > 0;
+    if state {
+        let _ = writeln!(w, "  const int first = {first}, last = {last};");
+    } else {
+        let _ = writeln!(w, "  const int last = {last}; (void)st;");
+    }
     if per_block {
         let _ = writeln!(w, "  for (long i0 = lo, m; i0 < hi; i0 += m) {{");
         let _ = writeln!(w, "    const long row_end = (i0 / {inner} + 1) * {inner};");
@@ -126,21 +147,27 @@ pub fn kernel(k: &Kernel) -> String {
     for a in 0..k.accs {
         let _ = writeln!(w, "    float a{a}[{BLOCK}];");
     }
-    if k.regs + k.accs > 0 {
-        let _ = write!(w, "    for (long j = 0; j < m; j++) {{");
-        for r in 0..k.regs {
-            let _ = write!(w, " r{r}[j] = 0.0f;");
+    if state {
+        let n = k.n;
+        let names: Vec<String> = (0..k.regs)
+            .map(|r| format!("r{r}"))
+            .chain((0..k.accs).map(|a| format!("a{a}")))
+            .collect();
+        let _ = write!(w, "    if (first) for (long j = 0; j < m; j++) {{");
+        for v in &names {
+            let _ = write!(w, " {v}[j] = 0.0f;");
         }
-        for a in 0..k.accs {
-            let _ = write!(w, " a{a}[j] = 0.0f;");
+        let _ = writeln!(w, " }}");
+        let _ = write!(w, "    else for (long j = 0; j < m; j++) {{");
+        for (q, v) in names.iter().enumerate() {
+            let _ = write!(w, " {v}[j] = st[{}L + i0 + j];", q * n);
         }
         let _ = writeln!(w, " }}");
     }
-    let steps = k.steps;
     if k.reverse {
-        let _ = writeln!(w, "    for (long t = {}; t >= 0; t--) {{", steps - 1);
+        let _ = writeln!(w, "    for (long t = t1 - 1; t >= t0; t--) {{");
     } else {
-        let _ = writeln!(w, "    for (long t = 0; t < {steps}; t++) {{");
+        let _ = writeln!(w, "    for (long t = t0; t < t1; t++) {{");
     }
     for (n, ((lo, hi, _), call)) in k.runs.iter().zip(&calls).enumerate() {
         let _ = writeln!(
@@ -150,8 +177,21 @@ pub fn kernel(k: &Kernel) -> String {
         );
     }
     let _ = writeln!(w, "    }}");
-    if let Some(call) = epi {
-        let _ = writeln!(w, "    {call};");
+    if let Some(call) = &epi {
+        let _ = writeln!(w, "    if (last) {call};");
+    } else {
+        let _ = writeln!(w, "    (void)last;");
+    }
+    if state {
+        let n = k.n;
+        let _ = write!(w, "    if (!last) for (long j = 0; j < m; j++) {{");
+        let names = (0..k.regs)
+            .map(|r| format!("r{r}"))
+            .chain((0..k.accs).map(|a| format!("a{a}")));
+        for (q, v) in names.enumerate() {
+            let _ = write!(w, " st[{}L + i0 + j] = {v}[j];", q * n);
+        }
+        let _ = writeln!(w, " }}");
     }
     let _ = writeln!(w, "  }}");
     let _ = writeln!(w, "}}");

@@ -47,6 +47,8 @@ pub enum Unit {
     Node(NodeIndex),
     /// `kernels[k]`.
     Kernel(usize),
+    /// Step `t` of `kernels[k]` alone (time-major plans; `passes/fuse_time`).
+    Step(usize, usize),
 }
 
 #[derive(Clone, Debug)]
@@ -121,7 +123,8 @@ fn chan_operand(op: &Op, pos: usize) -> bool {
     ) || matches!(op, Op::ChannelBroadcast { .. })
 }
 
-fn elementwise_op(op: &Op) -> bool {
+/// Ops the fusion pass can put in a kernel.
+pub fn elementwise_op(op: &Op) -> bool {
     matches!(
         op,
         Op::Add
@@ -438,7 +441,7 @@ pub fn fuse_keeping(g: &Graph, keep: &[NodeIndex]) -> Plan {
                 let k = cycle
                     .iter()
                     .filter_map(|u| match u {
-                        Unit::Kernel(k) => Some(*k),
+                        Unit::Kernel(k) | Unit::Step(k, _) => Some(*k),
                         Unit::Node(_) => None,
                     })
                     .min_by_key(|&k| kernels[k].nodes.len())
@@ -471,6 +474,7 @@ pub fn fuse_keeping(g: &Graph, keep: &[NodeIndex]) -> Plan {
         .into_iter()
         .map(|u| match u {
             Unit::Kernel(k) => Unit::Kernel(new_index[k]),
+            Unit::Step(k, t) => Unit::Step(new_index[k], t),
             u => u,
         })
         .collect();
@@ -559,8 +563,9 @@ fn order_units(
 impl std::hash::Hash for Unit {
     fn hash<H: Hasher>(&self, h: &mut H) {
         match self {
-            Unit::Node(n) => (0u8, n.index()).hash(h),
-            Unit::Kernel(k) => (1u8, *k).hash(h),
+            Unit::Node(n) => (0u8, n.index(), 0).hash(h),
+            Unit::Kernel(k) => (1u8, *k, 0).hash(h),
+            Unit::Step(k, t) => (2u8, *k, *t).hash(h),
         }
     }
 }
@@ -577,8 +582,9 @@ impl PartialOrd for UnitKey {
 impl Ord for UnitKey {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         let k = |u: &Unit| match u {
-            Unit::Node(n) => (0, n.index()),
-            Unit::Kernel(k) => (1, *k),
+            Unit::Node(n) => (0, n.index(), 0),
+            Unit::Kernel(k) => (1, *k, 0),
+            Unit::Step(k, t) => (2, *k, *t),
         };
         k(&self.0).cmp(&k(&o.0))
     }
@@ -1146,6 +1152,9 @@ impl Plan {
                         f.outputs().len(),
                         counted.join(" ")
                     );
+                }
+                Unit::Step(k, t) => {
+                    let _ = writeln!(o, "step   {} t={t}", self.kernels[*k].kernel.name);
                 }
             }
         }

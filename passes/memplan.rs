@@ -248,10 +248,15 @@ fn finish(
 /// `order` is empty.
 pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan) -> MemPlan {
     use crate::passes::fuse::Unit;
+    let mut written: HashSet<NodeIndex> = HashSet::new();
+    // A kernel run one step at a time keeps its state between its first
+    // and last step: (bytes, first unit, last unit).
+    let mut state: std::collections::BTreeMap<usize, (u64, usize, usize)> = Default::default();
     let units: Vec<(Vec<NodeIndex>, Vec<NodeIndex>, u64)> = plan
         .units
         .iter()
-        .map(|u| match *u {
+        .enumerate()
+        .map(|(i, u)| match *u {
             // Inputs and parameters are read in place: resident, not values.
             Unit::Node(v) if resident(&g.g[v].op) => (vec![], vec![], 0),
             Unit::Node(v) => {
@@ -264,6 +269,16 @@ pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan) -> MemPlan {
                 (vec![v], reads, ws)
             }
             Unit::Kernel(k) => (plan.kernels[k].outputs(), plan.kernels[k].reads(), 0),
+            Unit::Step(k, t) => {
+                let f = &plan.kernels[k];
+                let bytes = 4 * f.state_floats() as u64;
+                if bytes > 0 {
+                    state.entry(k).or_insert((bytes, i, i)).2 = i;
+                }
+                let (reads, writes) = f.step_access(t);
+                let outs = writes.into_iter().filter(|w| written.insert(*w)).collect();
+                (outs, reads, 0)
+            }
         })
         .collect();
     let n = units.len();
@@ -300,6 +315,16 @@ pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan) -> MemPlan {
                 offset: 0,
             });
         }
+    }
+    for (bytes, start, end) in state.into_values() {
+        buffers.push(Buffer {
+            kind: BufferKind::Workspace,
+            nodes: vec![start],
+            bytes,
+            start,
+            end,
+            offset: 0,
+        });
     }
     // The copies of the outputs handed back.
     for &(_, v) in &g.outputs {

@@ -8,6 +8,7 @@ pub mod cost;
 pub mod cse;
 pub mod dce;
 pub mod fuse;
+pub mod fuse_time;
 pub mod memplan;
 pub mod rate;
 pub mod schedule;

@@ -202,10 +202,16 @@ fn redirect(g: &mut Graph, old: NodeIndex, new: NodeIndex) {
 /// step order, of backward ones in reverse step order; shared operands
 /// first. Returns how many reductions were rewritten.
 pub fn chain_reductions(g: &mut Graph) -> usize {
+    chain_reductions_where(g, |_, _| true)
+}
+
+/// `chain_reductions` for the reductions `pick` accepts.
+pub fn chain_reductions_where(g: &mut Graph, pick: impl Fn(&Graph, NodeIndex) -> bool) -> usize {
     let targets: Vec<NodeIndex> = g
         .topo_order()
         .expect("acyclic")
         .into_iter()
+        .filter(|&n| pick(g, n))
         .filter(|&n| {
             let k = g.g.edges_directed(n, Direction::Incoming).count();
             match g.g[n].op {

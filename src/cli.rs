@@ -256,11 +256,32 @@ pub fn graph(
 pub fn plan(
     path: &Path,
     opts: &compile::Options,
-    sched: SchedOpts,
+    sched: BenchPlan,
     json: bool,
 ) -> Result<String, String> {
     let (model, _) = load(path)?;
     let c = compile::compile(&model, opts)?;
+    let sched = match sched {
+        BenchPlan::Graph(s) => s,
+        BenchPlan::Fused(s) => {
+            use crate::passes::fuse_time;
+            let g = fuse_time::lower(&c.graph, s);
+            let plan = fuse_time::plan(&g, &[], s);
+            let mem = memplan::plan_fused(&g, &plan);
+            mem.check_arena()
+                .map_err(|e| format!("error: internal: {e}"))?;
+            if json {
+                let mut v = serde_json::to_value(&mem).expect("serialisable");
+                v["schedule"] = serde_json::json!(sched.to_string());
+                v["units"] = serde_json::json!(plan.units.len());
+                return Ok(format!("{v}\n"));
+            }
+            return Ok(format!(
+                "schedule {sched}\n{}",
+                fused_plan_text(&g, &plan, &mem)
+            ));
+        }
+    };
     let p = memplan::build(&c.graph, sched);
     p.mem
         .check_arena()
@@ -272,6 +293,51 @@ pub fn plan(
         return Ok(format!("{v}\n"));
     }
     Ok(format!("schedule {sched}\n{}", p.mem.to_text(&p.graph)))
+}
+
+/// A fused plan's units with the bytes live while each runs, then its
+/// buffers.
+fn fused_plan_text(
+    g: &crate::ir::Graph,
+    plan: &crate::passes::fuse::Plan,
+    mem: &memplan::MemPlan,
+) -> String {
+    use crate::passes::fuse::Unit;
+    use std::fmt::Write;
+    let live = mem.live_bytes();
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "plan {} steps={} batch={}: {} units ({} kernels), peak {} B at unit {}, resident {} B",
+        g.name,
+        g.steps,
+        g.batch,
+        plan.units.len(),
+        plan.kernels.len(),
+        mem.peak_bytes,
+        mem.peak_at,
+        mem.resident_bytes
+    );
+    for (i, u) in plan.units.iter().enumerate() {
+        let what = match *u {
+            Unit::Node(n) => format!("%{:<5} {} {:?}", n.index(), g.g[n].op.name(), g.g[n].shape),
+            Unit::Kernel(k) => format!("kernel {}", plan.kernels[k].kernel.name),
+            Unit::Step(k, t) => format!("kernel {} t={t}", plan.kernels[k].kernel.name),
+        };
+        let _ = writeln!(o, "  {i:<4} {what:<56} live {}", live[i]);
+    }
+    let _ = writeln!(o, "buffers:");
+    for (i, b) in mem.buffers.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "  b{i:<3} {:<9} {:>10} B  live [{}, {}]",
+            format!("{:?}", b.kind).to_lowercase(),
+            b.bytes,
+            b.start,
+            b.end
+        );
+    }
+    o
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -704,18 +770,19 @@ pub fn eval(
     Ok(())
 }
 
-/// What `snnc bench` runs: the fused CPU plan, or the graph executor in a
-/// schedule's order.
+/// What `snnc bench` runs: the fused CPU plan (layer-major, or time-major:
+/// one kernel step at a time), or the graph executor in a schedule's order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchPlan {
-    Fused,
+    Fused(SchedOpts),
     Graph(SchedOpts),
 }
 
 impl std::fmt::Display for BenchPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BenchPlan::Fused => f.write_str("fused"),
+            BenchPlan::Fused(SchedOpts::LAYER_MAJOR) => f.write_str("fused"),
+            BenchPlan::Fused(s) => write!(f, "fused-{s}"),
             BenchPlan::Graph(s) => write!(f, "{s}"),
         }
     }
@@ -724,14 +791,19 @@ impl std::fmt::Display for BenchPlan {
 impl std::str::FromStr for BenchPlan {
     type Err = String;
     fn from_str(s: &str) -> Result<BenchPlan, String> {
+        let bad = || {
+            format!(
+                "unknown schedule `{s}`; expected one of: fused, fused-time-major, \
+                 fused-time-major-recompute, {}",
+                SchedOpts::NAMES.join(", ")
+            )
+        };
         match s {
-            "fused" => Ok(BenchPlan::Fused),
-            _ => s.parse().map(BenchPlan::Graph).map_err(|_| {
-                format!(
-                    "unknown schedule `{s}`; expected one of: fused, {}",
-                    SchedOpts::NAMES.join(", ")
-                )
-            }),
+            "fused" => Ok(BenchPlan::Fused(SchedOpts::LAYER_MAJOR)),
+            _ => match s.strip_prefix("fused-") {
+                Some(rest) => rest.parse().map(BenchPlan::Fused).map_err(|_| bad()),
+                None => s.parse().map(BenchPlan::Graph).map_err(|_| bad()),
+            },
         }
     }
 }
@@ -795,14 +867,21 @@ pub fn bench(
             for &sched in schedules {
                 let (planned, fused) = match sched {
                     BenchPlan::Graph(opts) => (Some(memplan::build(&g, opts)), None),
-                    BenchPlan::Fused => (
+                    BenchPlan::Fused(opts) => (
                         None,
-                        Some(crate::codegen::cpu::compiled::Compiled::new(&g, &[])?),
+                        Some(crate::codegen::cpu::compiled::Compiled::scheduled(
+                            &g,
+                            &[],
+                            opts,
+                        )?),
                     ),
                 };
                 let (cost, mem) = match (&planned, &fused) {
                     (Some(p), _) => (graph_cost(&p.graph), p.mem.clone()),
-                    (None, Some(exe)) => (graph_cost(&g), memplan::plan_fused(&g, &exe.plan)),
+                    (None, Some(exe)) => {
+                        let eg = exe.graph(&g);
+                        (graph_cost(eg), memplan::plan_fused(eg, &exe.plan))
+                    }
                     (None, None) => unreachable!("a plan was built"),
                 };
                 let mut times = Vec::new();
@@ -964,6 +1043,9 @@ pub fn emit(
         .iter()
         .map(|u| match u {
             Unit::Kernel(k) => serde_json::json!({"kernel": plan.kernels[*k].kernel.name}),
+            Unit::Step(k, t) => {
+                serde_json::json!({"kernel": plan.kernels[*k].kernel.name, "step": t})
+            }
             Unit::Node(n) => serde_json::json!({
                 "node": n.index(), "op": g.g[*n].op.name(), "shape": g.g[*n].shape,
             }),

@@ -81,9 +81,11 @@ enum Cmd {
         mode: ModeArg,
         #[arg(long, default_value_t = 1)]
         batch: usize,
-        /// layer-major, time-major or time-major-recompute.
+        /// layer-major, time-major or time-major-recompute (the graph
+        /// executor), or fused, fused-time-major, fused-time-major-recompute
+        /// (the fused CPU plan: one line per kernel, kernel step or node).
         #[arg(long, default_value = "layer-major")]
-        schedule: SchedOpts,
+        schedule: cli::BenchPlan,
         /// The plan's totals and buffers as one JSON object.
         #[arg(long)]
         json: bool,

@@ -56,25 +56,33 @@ fn measured_peak_matches_the_plan() {
                     report.join("\n")
                 );
             }
-            // The fused plan (generated C), planned by `plan_fused`.
-            let exe = snnc::codegen::cpu::compiled::Compiled::new(&g, &[]).unwrap();
-            let planned = memplan::plan_fused(&g, &exe.plan).peak_bytes as f64;
-            let run = || {
-                exe.run(&g, &inputs, &params, &RunOptions { seed: 0 })
-                    .unwrap()
-            };
-            drop(run());
-            let (out, measured) = alloc::measure(run);
-            drop(out);
-            let measured = measured.unwrap() as f64;
-            report.push(format!(
-                "{mode} T={steps} fused: planned {planned} measured {measured}"
-            ));
-            assert!(
-                (measured - planned).abs() <= 0.1 * planned,
-                "{}",
-                report.join("\n")
-            );
+            // The fused plan (generated C), planned by `plan_fused`, in each
+            // schedule (time-major runs kernels one step at a time).
+            for opts in [
+                SchedOpts::LAYER_MAJOR,
+                SchedOpts::TIME_MAJOR,
+                SchedOpts::TIME_MAJOR_RECOMPUTE,
+            ] {
+                let exe = snnc::codegen::cpu::compiled::Compiled::scheduled(&g, &[], opts).unwrap();
+                let eg = exe.graph(&g);
+                let planned = memplan::plan_fused(eg, &exe.plan).peak_bytes as f64;
+                let run = || {
+                    exe.run(&g, &inputs, &params, &RunOptions { seed: 0 })
+                        .unwrap()
+                };
+                drop(run());
+                let (out, measured) = alloc::measure(run);
+                drop(out);
+                let measured = measured.unwrap() as f64;
+                report.push(format!(
+                    "{mode} T={steps} fused {opts}: planned {planned} measured {measured}"
+                ));
+                assert!(
+                    (measured - planned).abs() <= 0.1 * planned,
+                    "{}",
+                    report.join("\n")
+                );
+            }
         }
     }
     println!("{}", report.join("\n"));

@@ -41,6 +41,21 @@ fn digits_mlp_plans() {
     }
 }
 
+/// Time-major: every multi-step kernel split into one unit per step, the
+/// units interleaved step by step across layers.
+#[test]
+fn digits_mlp_time_major_plans() {
+    use snnc::passes::{fuse_time, schedule::SchedOpts};
+    for mode in [Mode::Bptt, Mode::Rate] {
+        let g = fuse_time::lower(&graph("digits_mlp", 3, 2, mode), SchedOpts::TIME_MAJOR);
+        let plan = fuse_time::plan(&g, &[], SchedOpts::TIME_MAJOR);
+        insta::assert_snapshot!(
+            format!("digits_mlp_t3_time_major_plan_{mode}"),
+            plan.text(&g)
+        );
+    }
+}
+
 #[test]
 fn digits_mlp_rate_c_source() {
     let g = graph("digits_mlp", 3, 2, Mode::Rate);

@@ -1,6 +1,8 @@
 //! The fused CPU plan (generated C kernels + library kernels) computes what
 //! the reference interpreter computes: outputs and gradients, both modes,
-//! f32, relative error < 1e-4; and its generated code does not grow with T.
+//! every schedule (layer-major; time-major, one kernel step at a time, with
+//! and without batch-norm recompute), f32, relative error < 1e-4; and its
+//! generated code does not grow with T.
 
 mod common;
 
@@ -12,10 +14,24 @@ use snnc::interp::{self, RunOptions};
 use snnc::model::{Encoding, Model};
 use snnc::passes::fuse;
 use snnc::passes::rate::Mode;
+use snnc::passes::schedule::SchedOpts;
 use snnc::tensor::Tensor;
 use std::collections::HashMap;
 
-fn check(model: &Model, steps: usize, batch: usize, mode: Mode, seed: u64) -> Result<(), String> {
+const SCHEDULES: [SchedOpts; 3] = [
+    SchedOpts::LAYER_MAJOR,
+    SchedOpts::TIME_MAJOR,
+    SchedOpts::TIME_MAJOR_RECOMPUTE,
+];
+
+fn check(
+    model: &Model,
+    steps: usize,
+    batch: usize,
+    mode: Mode,
+    seed: u64,
+    sched: SchedOpts,
+) -> Result<(), String> {
     let g = compile(model, &Options::new(steps, batch, mode))?.graph;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f32>> =
@@ -27,7 +43,18 @@ fn check(model: &Model, steps: usize, batch: usize, mode: Mode, seed: u64) -> Re
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     let opts = RunOptions { seed };
     let want = interp::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
-    let exe = Compiled::new(&g, &[])?;
+    let exe = Compiled::scheduled(&g, &[], sched)?;
+    if sched != SchedOpts::LAYER_MAJOR && steps > 1 {
+        let split = exe
+            .plan
+            .units
+            .iter()
+            .any(|u| matches!(u, fuse::Unit::Step(..)));
+        let multi = exe.plan.kernels.iter().any(|k| k.kernel.steps > 1);
+        if multi && !split {
+            return Err(format!("{sched}: no kernel runs one step at a time"));
+        }
+    }
     let got = exe
         .run(&g, &inputs, &params, &opts)
         .map_err(|e| e.to_string())?;
@@ -37,7 +64,7 @@ fn check(model: &Model, steps: usize, batch: usize, mode: Mode, seed: u64) -> Re
         for (p, q) in v.data.iter().zip(&w.data) {
             if (p - q).abs() > 1e-4 * (1.0 + scale) {
                 return Err(format!(
-                    "{name}: fused {p} vs interpreter {q} (scale {scale})\n{}",
+                    "{sched} {name}: fused {p} vs interpreter {q} (scale {scale})\n{}",
                     compiled::source(&exe.plan)
                 ));
             }
@@ -55,10 +82,10 @@ fn example(name: &str) -> Model {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
     #[test]
-    fn fused_plan_matches_interpreter(r in gen::recipe(), steps in 1usize..=4, batch in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000) {
+    fn fused_plan_matches_interpreter(r in gen::recipe(), steps in 1usize..=4, batch in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000, s in 0usize..3) {
         let model = gen::build(&r);
         let mode = if rate { Mode::Rate } else { Mode::Bptt };
-        check(&model, steps, batch, mode, seed).map_err(TestCaseError::fail)?;
+        check(&model, steps, batch, mode, seed, SCHEDULES[s]).map_err(TestCaseError::fail)?;
     }
 }
 
@@ -67,8 +94,10 @@ fn example_models_at_small_sizes() {
     for name in ["digits_mlp", "fmnist_csnn"] {
         for mode in [Mode::Bptt, Mode::Rate] {
             for steps in [1, 3] {
-                check(&example(name), steps, 2, mode, 3)
-                    .unwrap_or_else(|e| panic!("{name} {mode} T={steps}: {e}"));
+                for sched in SCHEDULES {
+                    check(&example(name), steps, 2, mode, 3, sched)
+                        .unwrap_or_else(|e| panic!("{name} {mode} T={steps} {sched}: {e}"));
+                }
             }
         }
     }

@@ -8,14 +8,24 @@ use super::{compute, lookup_ref, Outputs, Val};
 use crate::codegen::render_c;
 use crate::interp::{InterpError, RunOptions};
 use crate::ir::{Graph, NodeIndex, Op};
-use crate::passes::fuse::{self, Plan, Unit};
+use crate::passes::fuse::{Plan, Unit};
+use crate::passes::fuse_time;
+use crate::passes::schedule::SchedOpts;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-type KernelFn = unsafe extern "C" fn(*const *mut f32, std::ffi::c_long, std::ffi::c_long);
+/// `kernel(table, lo, hi, t0, t1, state)` (see `codegen/render_c`).
+type KernelFn = unsafe extern "C" fn(
+    *const *mut f32,
+    std::ffi::c_long,
+    std::ffi::c_long,
+    std::ffi::c_long,
+    std::ffi::c_long,
+    *mut f32,
+);
 
 /// Flags the kernels are compiled with. No FMA contraction, no
 /// reassociation, exact division: the kernels compute `λ·v + I` and batch
@@ -160,6 +170,9 @@ impl CLib {
 pub struct Compiled {
     pub plan: Plan,
     pub lib: Arc<CLib>,
+    /// The graph the plan runs when the schedule lowered it (time-major);
+    /// `None`: the caller's graph.
+    pub graph: Option<Graph>,
     /// Nodes whose values `run` must return besides the outputs.
     keep: Vec<NodeIndex>,
 }
@@ -176,13 +189,27 @@ impl Compiled {
     /// Fuses `g` and builds its kernels; `keep` lists extra nodes whose
     /// values callers want back (they are stored, never kept in registers).
     pub fn new(g: &Graph, keep: &[NodeIndex]) -> Result<Compiled, String> {
-        let plan = fuse::fuse_keeping(g, keep);
+        Compiled::scheduled(g, keep, SchedOpts::LAYER_MAJOR)
+    }
+
+    /// As `new`, for a schedule: layer-major runs each kernel's T steps in
+    /// one call; time-major runs them one step at a time in a time-major
+    /// order of a lowered copy of `g` (`passes/fuse_time`).
+    pub fn scheduled(g: &Graph, keep: &[NodeIndex], opts: SchedOpts) -> Result<Compiled, String> {
+        let lowered = (opts != SchedOpts::LAYER_MAJOR).then(|| fuse_time::lower(g, opts));
+        let plan = fuse_time::plan(lowered.as_ref().unwrap_or(g), keep, opts);
         let lib = Arc::new(CLib::build(&plan)?);
         Ok(Compiled {
             plan,
             lib,
+            graph: lowered,
             keep: keep.to_vec(),
         })
+    }
+
+    /// The graph the plan runs: the lowered copy, or the caller's.
+    pub fn graph<'a>(&'a self, g: &'a Graph) -> &'a Graph {
+        self.graph.as_ref().unwrap_or(g)
     }
 
     /// Runs the plan; returns the outputs.
@@ -207,6 +234,7 @@ impl Compiled {
         opts: &RunOptions,
         extra: bool,
     ) -> Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), InterpError> {
+        let g = self.graph(g);
         // How many units read each value; freed when that reaches zero.
         let reads_of = |u: &Unit| -> Vec<NodeIndex> {
             match u {
@@ -217,6 +245,7 @@ impl Compiled {
                     v
                 }
                 Unit::Kernel(k) => self.plan.kernels[*k].reads(),
+                Unit::Step(k, t) => self.plan.kernels[*k].step_access(*t).0,
             }
         };
         let mut remaining: HashMap<NodeIndex, usize> = HashMap::new();
@@ -235,6 +264,8 @@ impl Compiled {
         let mut vals: HashMap<NodeIndex, Val> = HashMap::new();
         let profile = std::env::var_os("SNNC_PROFILE").is_some();
         let mut spent: HashMap<String, (f64, usize)> = HashMap::new();
+        // State of kernels run one step at a time, between their steps.
+        let mut state: HashMap<usize, Vec<f32>> = HashMap::new();
         for u in &self.plan.units {
             let started = std::time::Instant::now();
             match *u {
@@ -257,30 +288,32 @@ impl Compiled {
                 }
                 Unit::Kernel(k) => {
                     let f = &self.plan.kernels[k];
-                    let mut outs: Vec<(NodeIndex, Tensor<f32>)> = f
-                        .outputs()
+                    let outs = f.outputs();
+                    self.launch(g, k, &outs, &mut vals, (0, f.kernel.steps), None);
+                }
+                Unit::Step(k, t) => {
+                    let f = &self.plan.kernels[k];
+                    let outs: Vec<NodeIndex> = f
+                        .step_access(t)
+                        .1
                         .into_iter()
-                        .map(|n| (n, Tensor::zeros(&g.g[n].shape)))
+                        .filter(|n| !vals.contains_key(n))
                         .collect();
-                    let mut table = vec![std::ptr::null_mut::<f32>(); f.table.len()];
-                    for (s, slot) in f.table.iter().enumerate() {
-                        let Some(n) = slot else { continue };
-                        table[s] = if f.writes[s] {
-                            let (_, t) = outs.iter_mut().find(|(m, _)| m == n).expect("allocated");
-                            t.data.as_mut_ptr()
-                        } else {
-                            // Read-only: the kernel never writes a read slot.
-                            vals[n].get().data.as_ptr() as *mut f32
-                        };
+                    let steps = f.loop_steps();
+                    let st = state
+                        .entry(k)
+                        .or_insert_with(|| vec![0f32; f.state_floats()]);
+                    let st = (!st.is_empty()).then_some(st.as_mut_ptr());
+                    self.launch(g, k, &outs, &mut vals, (t, t + 1), st);
+                    if steps.last() == Some(&t) {
+                        state.remove(&k);
                     }
-                    self.call(k, f.kernel.n, &Table(table));
-                    vals.extend(outs.into_iter().map(|(n, t)| (n, Val::Owned(t))));
                 }
             }
             if profile {
                 let name = match u {
                     Unit::Node(n) => g.g[*n].op.name().to_string(),
-                    Unit::Kernel(k) => self.plan.kernels[*k].kernel.name.clone(),
+                    Unit::Kernel(k) | Unit::Step(k, _) => self.plan.kernels[*k].kernel.name.clone(),
                 };
                 let e = spent.entry(name).or_default();
                 e.0 += started.elapsed().as_secs_f64();
@@ -318,9 +351,46 @@ impl Compiled {
         Ok((outs, extra))
     }
 
+    /// Runs kernel `k` for steps `[t0, t1)`: allocates `outs` (zeroed),
+    /// builds its pointer table from the live values (slots of steps not
+    /// run stay null) and calls it.
+    fn launch<'v>(
+        &self,
+        g: &Graph,
+        k: usize,
+        outs: &[NodeIndex],
+        vals: &mut HashMap<NodeIndex, Val<'v>>,
+        (t0, t1): (usize, usize),
+        st: Option<*mut f32>,
+    ) {
+        let f = &self.plan.kernels[k];
+        for &n in outs {
+            vals.insert(n, Val::Owned(Tensor::zeros(&g.g[n].shape)));
+        }
+        let mut table = vec![std::ptr::null_mut::<f32>(); f.table.len()];
+        for (s, slot) in f.table.iter().enumerate() {
+            let Some(n) = slot else { continue };
+            table[s] = match vals.get_mut(n) {
+                Some(Val::Owned(t)) if f.writes[s] => t.data.as_mut_ptr(),
+                // Read-only: the kernel never writes a read slot.
+                Some(v) => v.get().data.as_ptr() as *mut f32,
+                None => continue,
+            };
+        }
+        self.call(k, f.kernel.n, &Table(table), (t0, t1), st);
+    }
+
     /// Calls kernel `k` over `n` elements, in parallel blocks.
-    fn call(&self, k: usize, n: usize, table: &Table) {
+    fn call(
+        &self,
+        k: usize,
+        n: usize,
+        table: &Table,
+        (t0, t1): (usize, usize),
+        st: Option<*mut f32>,
+    ) {
         let f = self.lib.fns[k];
+        let st = Shared(st.unwrap_or(std::ptr::null_mut()));
         let threads = rayon::current_num_threads().max(1);
         // Small kernels run in one call; large ones in a few chunks per
         // thread (multiples of the C block).
@@ -332,13 +402,17 @@ impl Compiled {
         let run = |lo: usize| {
             let hi = (lo + chunk).min(n);
             // SAFETY: the table holds live tensors of the kernel's declared
-            // sizes (the plan built it from the graph's shapes); [lo, hi)
+            // sizes (the plan built it from the graph's shapes), and `st`
+            // the kernel's state when it runs part of its steps; [lo, hi)
             // is within them.
             unsafe {
                 f(
                     table.0.as_ptr(),
                     lo as std::ffi::c_long,
                     hi as std::ffi::c_long,
+                    t0 as std::ffi::c_long,
+                    t1 as std::ffi::c_long,
+                    st.get(),
                 )
             }
         };
@@ -349,5 +423,18 @@ impl Compiled {
                 .into_par_iter()
                 .for_each(|c| run(c * chunk));
         }
+    }
+}
+
+/// The state pointer shared by the parallel calls, which touch disjoint
+/// elements of it.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: see `Table`.
+unsafe impl Sync for Shared {}
+unsafe impl Send for Shared {}
+impl Shared {
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }

@@ -1,0 +1,215 @@
+//! Time-major fused plans.
+//!
+//! A fused kernel of the layer-major plan runs all T steps of its layer in
+//! one call: its per-step outputs for every step exist at once. A
+//! time-major plan runs each multi-step kernel one step per unit
+//! (`Unit::Step`), with its registers and accumulators kept in a state
+//! buffer between calls, and orders all units by a time-major order of the
+//! graph (`schedule::order`): step t of every layer, then step t + 1, so a
+//! step's outputs die once the next layer has read them.
+//!
+//! The graph is lowered first ([`lower`]): batch-norm statistics may be
+//! recomputed (`schedule::recompute_bn`), and time reductions that no kernel
+//! can absorb as an accumulator (means over GEMM or pooling outputs) become
+//! running sums (`schedule::chain_reductions`), so their operands die one
+//! step at a time. Reductions over elementwise values stay n-ary: fusion
+//! turns them into accumulators.
+
+use crate::ir::{Graph, NodeIndex};
+use crate::passes::fuse::{self, Fused, Plan, Unit};
+use crate::passes::schedule::{self, SchedOpts, Schedule};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+/// The graph a fused plan for `opts` runs: for time-major, batch-norm
+/// statistics recomputed when asked and non-absorbable time reductions
+/// chained. Layer-major plans run `g` itself.
+pub fn lower(g: &Graph, opts: SchedOpts) -> Graph {
+    let mut g = g.clone();
+    if opts.schedule == Schedule::TimeMajor {
+        if opts.recompute_bn {
+            schedule::recompute_bn(&mut g);
+        }
+        schedule::chain_reductions_where(&mut g, |g, n| {
+            g.operands(n)
+                .iter()
+                .any(|&a| !fuse::elementwise_op(&g.g[a].op))
+        });
+    }
+    g
+}
+
+/// The fused plan of `g` for `opts`; `g` must come from [`lower`].
+pub fn plan(g: &Graph, keep: &[NodeIndex], opts: SchedOpts) -> Plan {
+    let plan = fuse::fuse_keeping(g, keep);
+    match opts.schedule {
+        Schedule::LayerMajor => plan,
+        Schedule::TimeMajor => split_steps(g, &plan, &schedule::order(g, Schedule::TimeMajor)),
+    }
+}
+
+impl Fused {
+    /// Steps in the order the kernel's time loop runs them.
+    pub fn loop_steps(&self) -> Vec<usize> {
+        let s = self.kernel.steps;
+        if self.kernel.reverse {
+            (0..s).rev().collect()
+        } else {
+            (0..s).collect()
+        }
+    }
+
+    /// The values step `t` reads and writes (the epilogue's writes belong
+    /// to the loop's last step).
+    pub fn step_access(&self, t: usize) -> (Vec<NodeIndex>, Vec<NodeIndex>) {
+        use crate::codegen::kernel_ir::{slots_of, Slot};
+        let mut slots = Vec::new();
+        for (lo, hi, body) in &self.kernel.runs {
+            if (*lo..*hi).contains(&t) {
+                slots.extend(slots_of(body).into_iter().map(|s| (s, t)));
+            }
+        }
+        if self.loop_steps().last() == Some(&t) {
+            slots.extend(slots_of(&self.kernel.epilogue).into_iter().map(|s| (s, t)));
+        }
+        let (mut reads, mut writes) = (Vec::new(), Vec::new());
+        for (slot, t) in slots {
+            let i = match slot {
+                Slot::Fixed(s) => s,
+                Slot::Step(s, dt) => (s as i64 + t as i64 + i64::from(dt)) as usize,
+            };
+            if let Some(n) = self.table[i] {
+                if self.writes[i] {
+                    writes.push(n)
+                } else {
+                    reads.push(n)
+                }
+            }
+        }
+        for v in [&mut reads, &mut writes] {
+            v.sort();
+            v.dedup();
+        }
+        (reads, writes)
+    }
+
+    /// Floats of state a step-at-a-time run keeps between calls.
+    pub fn state_floats(&self) -> usize {
+        (self.kernel.regs + self.kernel.accs) * self.kernel.n
+    }
+}
+
+/// Replaces every multi-step kernel unit by one unit per step and orders
+/// all units so that each runs where `order` puts its latest node.
+pub fn split_steps(g: &Graph, plan: &Plan, order: &[NodeIndex]) -> Plan {
+    let mut pos: HashMap<NodeIndex, usize> = HashMap::new();
+    for (i, n) in order.iter().enumerate() {
+        pos.insert(*n, i);
+    }
+    let at = |n: &NodeIndex| pos.get(n).copied().unwrap_or(usize::MAX);
+    // Units, their sort keys, reads and writes.
+    let mut units: Vec<(Unit, usize, Vec<NodeIndex>, Vec<NodeIndex>)> = Vec::new();
+    let mut chain: Vec<(usize, usize)> = Vec::new();
+    for u in &plan.units {
+        match *u {
+            Unit::Node(n) => {
+                let mut reads = g.operands(n);
+                reads.sort();
+                reads.dedup();
+                units.push((*u, at(&n), reads, vec![n]));
+            }
+            Unit::Kernel(k) | Unit::Step(k, _) => {
+                let f = &plan.kernels[k];
+                let steps = f.loop_steps();
+                if steps.len() < 2 {
+                    let key = f.nodes.iter().map(at).min().unwrap_or(usize::MAX);
+                    units.push((Unit::Kernel(k), key, f.reads(), f.outputs()));
+                    continue;
+                }
+                let (first, last) = (steps[0], steps[steps.len() - 1]);
+                let mut prev = None;
+                for &t in &steps {
+                    // Step-free members run with the first step, the
+                    // accumulators' results come with the last. The unit
+                    // goes where its *latest* node would: a step's side
+                    // branches (the rate pass's surrogate terms) come early
+                    // in the node order, and placing the whole step there
+                    // would start its state long before it is needed.
+                    let key = f
+                        .nodes
+                        .iter()
+                        .filter(|n| match g.g[**n].t {
+                            Some(s) => s == t,
+                            // A reduction over steps (it reads per-step
+                            // values) completes with the last step.
+                            None if g.operands(**n).iter().any(|a| g.g[*a].t.is_some()) => {
+                                t == last
+                            }
+                            None => t == first,
+                        })
+                        .map(at)
+                        .max()
+                        .unwrap_or(usize::MAX);
+                    let (reads, writes) = f.step_access(t);
+                    let id = units.len();
+                    units.push((Unit::Step(k, t), key, reads, writes));
+                    if let Some(p) = prev {
+                        chain.push((p, id));
+                    }
+                    prev = Some(id);
+                }
+            }
+        }
+    }
+    // Dependencies: on the first unit writing each value read, and each
+    // step on the previous one of its kernel.
+    let mut producer: HashMap<NodeIndex, usize> = HashMap::new();
+    for (i, (_, _, _, writes)) in units.iter().enumerate() {
+        for w in writes {
+            producer.entry(*w).or_insert(i);
+        }
+    }
+    let mut succ: Vec<Vec<usize>> = vec![Vec::new(); units.len()];
+    let mut indeg = vec![0usize; units.len()];
+    let mut edge = |a: usize, b: usize, succ: &mut Vec<Vec<usize>>| {
+        if a != b && !succ[a].contains(&b) {
+            succ[a].push(b);
+            indeg[b] += 1;
+        }
+    };
+    for (i, (_, _, reads, _)) in units.iter().enumerate() {
+        for r in reads {
+            if let Some(&p) = producer.get(r) {
+                edge(p, i, &mut succ);
+            }
+        }
+    }
+    for (a, b) in chain {
+        edge(a, b, &mut succ);
+    }
+    let mut ready: BinaryHeap<Reverse<(usize, usize)>> = indeg
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| **d == 0)
+        .map(|(i, _)| Reverse((units[i].1, i)))
+        .collect();
+    let mut out = Vec::with_capacity(units.len());
+    while let Some(Reverse((_, i))) = ready.pop() {
+        out.push(units[i].0);
+        for &s in &succ[i] {
+            indeg[s] -= 1;
+            if indeg[s] == 0 {
+                ready.push(Reverse((units[s].1, s)));
+            }
+        }
+    }
+    assert_eq!(
+        out.len(),
+        units.len(),
+        "splitting a layer-major plan into steps cannot create a cycle"
+    );
+    Plan {
+        units: out,
+        kernels: plan.kernels.clone(),
+    }
+}
