@@ -43,6 +43,14 @@ pub const NODE_FLOOR: f32 = 1e-2;
 /// tests/cuda_emulated.rs).
 pub const OUTPUT_FLOOR: f32 = 1.0;
 
+/// Tolerance of a fused kernel in isolation. Generated kernels compute the
+/// surrogate derivative in f32 (`kernel_ir::prelude`, shared with the CPU's
+/// generated C), where `a·s·(1−s)` loses digits as `s` nears 0 or 1 (about
+/// 6e-4 relative at s = 0.9999); the CPU executor's node kernel computes it
+/// in f64. A wrong kernel is off by far more; outputs are still held to
+/// the case's tolerance.
+pub const KERNEL_TOL: f32 = 1e-3;
+
 /// Absolute floors of the comparisons: a tensor that is all rounding noise
 /// (the batch variance of a constant channel: 0 on one side, 1e-14 on the
 /// other) is compared in absolute terms.
@@ -445,6 +453,8 @@ fn check_once<B: Backend>(
     let mut node_failure: Option<String> = None;
     let mut first_flip: Option<(NodeIndex, usize, f32)> = None;
     let per_node = opts.per_node;
+    // The first step that differs in isolation beyond its tolerance.
+    let mut step_failed: Option<String> = None;
     let mut observe = |o: &super::exec::Observed<'_>| {
         for (n, out) in o.writes {
             let (Some(c), Op::Spike { theta, .. }) = (cpu_spikes.get(n), &g.node(*n).op) else {
@@ -471,7 +481,7 @@ fn check_once<B: Backend>(
         if !per_node {
             return;
         }
-        let (e, what) = match o.step {
+        let (e, what, tol) = match o.step {
             super::exec::Step::Node(n) => {
                 let node = g.node(n);
                 if matches!(node.op, Op::Input { .. } | Op::Param { .. }) {
@@ -481,6 +491,7 @@ fn check_once<B: Backend>(
                 (
                     node_error(g, n, &ops, &o.writes[0].1, &ropts),
                     format!("{} {} #{}", node.op.name(), node.op.attrs(), n.index()),
+                    opts.tol,
                 )
             }
             super::exec::Step::Kernel(k) => {
@@ -494,13 +505,17 @@ fn check_once<B: Backend>(
                             g.node(n).op.name(),
                             n.index()
                         ),
+                        KERNEL_TOL.max(opts.tol),
                     ),
-                    Err(e) => (Err(e), String::new()),
+                    Err(e) => (Err(e), String::new(), 0.0),
                 }
             }
         };
         match e {
             Ok(e) => {
+                if worse(e, tol) && step_failed.is_none() {
+                    step_failed = Some(what.clone());
+                }
                 if worse(e, node_err) {
                     node_err = e;
                     worst_node = what;
@@ -531,11 +546,11 @@ fn check_once<B: Backend>(
         }
     }
     let nonfinite = got.values().any(|t| t.data.iter().any(|v| !v.is_finite()));
-    let node_failed = worse(node_err, opts.tol);
+    let node_failed = step_failed.is_some();
     let (passed, verdict) = if nonfinite {
         (false, "FAIL: non-finite device output".to_string())
-    } else if node_failed {
-        (false, format!("FAIL: {worst_node} differs in isolation"))
+    } else if let Some(what) = step_failed {
+        (false, format!("FAIL: {what} differs in isolation"))
     } else if output_err <= opts.tol {
         (true, "ok".to_string())
     } else if let (Some((n, k, dist)), true) = (first_flip, per_node) {
@@ -748,8 +763,15 @@ pub fn run_cases<B: Backend>(
     if !json {
         println!(
             "cuda-check: {} passed, {} failed (relative error < {:.0e}; elements below {NODE_FLOOR:.0e} (per node) / \
-             {OUTPUT_FLOOR:.0e} (outputs) of a tensor's largest are compared at that scale)",
-            count.0, count.1, opts.tol
+             {OUTPUT_FLOOR:.0e} (outputs) of a tensor's largest are compared at that scale{})",
+            count.0,
+            count.1,
+            opts.tol,
+            if opts.fused {
+                format!("; fused kernels in isolation < {KERNEL_TOL:.0e}, see KERNEL_TOL")
+            } else {
+                String::new()
+            }
         );
     }
     all
