@@ -465,17 +465,15 @@ fn main() -> ExitCode {
                     floor,
                     json,
                 ),
-                Device::Cuda => {
-                    cuda::tools::bench_cuda(
-                        &file,
-                        &steps,
-                        &modes,
-                        batch,
-                        repeats.max(1),
-                        json,
-                        !no_fuse,
-                    )
-                }
+                Device::Cuda => cuda::tools::bench_cuda(
+                    &file,
+                    &steps,
+                    &modes,
+                    batch,
+                    repeats.max(1),
+                    json,
+                    !no_fuse,
+                ),
             }
         }
         Cmd::Emit {

@@ -664,7 +664,11 @@ fn the_emulator_checks_pointer_tables() {
     let plan = snnc::passes::fuse::fuse(&g);
     let m = snnc::codegen::cuda::fused::module(&plan);
     let id = emu.load_module(&m.source, &m.names).unwrap();
-    assert_eq!(emu.load_module(&m.source, &m.names).unwrap(), id, "loaded twice");
+    assert_eq!(
+        emu.load_module(&m.source, &m.names).unwrap(),
+        id,
+        "loaded twice"
+    );
     let slots = plan.kernels[0].kernel.slots;
     let mut table = emu.alloc(2 * slots).unwrap();
     emu.upload_words(&mut table, &vec![8u64; slots]).unwrap();

@@ -88,8 +88,8 @@ impl Fake {
     fn plans(&mut self, models: &[&str], steps: &[usize], batch: usize) {
         use snnc::passes::rate::Mode;
         for m in models {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(format!("examples/models/{m}.snn"));
+            let path =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{m}.snn"));
             let (model, _) = snnc::cli::load(&path).unwrap();
             for mode in [Mode::Bptt, Mode::Rate] {
                 for &t in steps {
@@ -240,7 +240,10 @@ fn bench_and_bandwidth_run_on_the_fake_device() {
         "{out}"
     );
     // The LIF kernels were timed (events) and compared with the copy kernel.
-    assert!(out.contains("LIF GB/s") && out.contains("copy kernel"), "{out}");
+    assert!(
+        out.contains("LIF GB/s") && out.contains("copy kernel"),
+        "{out}"
+    );
     let rows: Vec<&str> = out
         .lines()
         .filter(|l| l.starts_with("rate") || l.starts_with("bptt"))

@@ -111,7 +111,10 @@ fn one_epoch_on_the_emulator_equals_the_cpu_trainer() {
         assert!(d < 1e-4, "{} {mode}: parameters differ by {d}", model.0);
         assert!((x.train_loss - y.train_loss).abs() < 1e-3 * x.train_loss.abs());
         assert!((x.test_acc - y.test_acc).abs() <= 2.0 / 360.0);
-        assert_eq!(x.firing_rates.keys().collect::<Vec<_>>(), y.firing_rates.keys().collect::<Vec<_>>());
+        assert_eq!(
+            x.firing_rates.keys().collect::<Vec<_>>(),
+            y.firing_rates.keys().collect::<Vec<_>>()
+        );
         assert_eq!(a.optim.steps, b.optim.steps);
     }
     assert!(emu.damage.is_empty(), "{:?}", emu.damage);

@@ -15,8 +15,8 @@ use super::gemm::Cublas;
 use super::nvrtc;
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    result as drv_result, sys as drv_sys, CudaContext, CudaFunction, CudaModule, CudaSlice,
-    CudaEvent, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    result as drv_result, sys as drv_sys, CudaContext, CudaEvent, CudaFunction, CudaModule,
+    CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;

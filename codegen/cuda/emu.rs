@@ -568,4 +568,3 @@ impl Backend for Emu {
         self.marks.clear();
     }
 }
-

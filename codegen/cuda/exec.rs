@@ -23,8 +23,8 @@ use super::backend::{check_args, Arg, Backend};
 use super::gemm::Gemm;
 use crate::interp::RunOptions;
 use crate::ir::{Graph, NodeIndex, Op};
-use crate::passes::fuse::{self, Plan, Unit};
 use crate::model::SurrogateKind;
+use crate::passes::fuse::{self, Plan, Unit};
 use crate::tensor::Tensor;
 use std::collections::{HashMap, HashSet};
 
@@ -657,7 +657,11 @@ impl<'a, B: Backend> Executor<'a, B> {
     /// Launches fused kernel `k`: allocates what it writes, fills its
     /// pointer table (when the addresses changed) and launches one thread
     /// per element.
-    fn exec_kernel(&mut self, k: usize, vals: &mut HashMap<NodeIndex, usize>) -> Result<(), String> {
+    fn exec_kernel(
+        &mut self,
+        k: usize,
+        vals: &mut HashMap<NodeIndex, usize>,
+    ) -> Result<(), String> {
         let f = &self.fused.as_ref().expect("a fused plan").plan.kernels[k];
         let (table, n) = (f.table.clone(), f.kernel.n);
         for o in f.outputs() {

@@ -183,9 +183,9 @@ fn sub_graph(
             .operands(n)
             .iter()
             .map(|o| {
-                map.get(o)
-                    .copied()
-                    .ok_or_else(|| format!("node {} reads node {}, not given", n.index(), o.index()))
+                map.get(o).copied().ok_or_else(|| {
+                    format!("node {} reads node {}, not given", n.index(), o.index())
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut node = g.node(n).clone();
@@ -218,7 +218,10 @@ fn cpu_sub(
     let mut r =
         crate::codegen::cpu::run(&s, &ins, &HashMap::new(), opts).map_err(|e| e.to_string())?;
     (0..outs.len())
-        .map(|i| r.remove(&format!("y{i}")).ok_or_else(|| "no output".to_string()))
+        .map(|i| {
+            r.remove(&format!("y{i}"))
+                .ok_or_else(|| "no output".to_string())
+        })
         .collect()
 }
 
@@ -410,7 +413,16 @@ pub fn check_graph<B: Backend>(
     }
     keep.sort();
     keep.dedup();
-    let mut again = check_once(backend, g, inputs, params, opts, poison, &setup, Some(&keep))?;
+    let mut again = check_once(
+        backend,
+        g,
+        inputs,
+        params,
+        opts,
+        poison,
+        &setup,
+        Some(&keep),
+    )?;
     again.verdict = format!(
         "{} (run again with spikes and potentials stored; first run: {})",
         again.verdict, r.verdict

@@ -578,100 +578,100 @@ fn run<'d>(
         let mut rates = BTreeMap::new();
         let first = if epoch == start_epoch { skip } else { 0 };
         let mut epoch_steps = |exe: &mut dyn Stepper| -> Result<bool, String> {
-        for bi in first..batches_per_epoch {
-            let idx = &order[bi * cfg.batch..(bi + 1) * cfg.batch];
-            let batch = make_batch(&split.train, idx);
-            let inputs = HashMap::from([
-                ("x".to_string(), batch.x),
-                ("labels".to_string(), batch.labels),
-            ]);
-            let step = (epoch * batches_per_epoch + bi) as u64;
-            let pmap: HashMap<String, Tensor<f32>> =
-                params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            let last = bi + 1 == batches_per_epoch;
-            let (v, spikes) = exe.step(
-                &inputs,
-                &pmap,
-                &RunOptions {
-                    seed: mix64(cfg.seed ^ step),
-                },
-                last,
-            )?;
-            let out_of = |name: &str| &v[name];
-            let loss = f64::from(out_of("loss").data[0]);
-            if !loss.is_finite() {
-                return Err(format!(
-                    "error: the loss became {loss} at epoch {}, batch {bi}; lower --lr",
-                    epoch + 1
-                ));
-            }
-            loss_sum += loss * idx.len() as f64;
-            right += correct(out_of("logits"), &batch.targets);
-            seen += idx.len();
-            lr = cfg.schedule.lr(cfg.lr, step as f64 / total);
-            for name in &trainable {
-                let mut g = out_of(&crate::autodiff::grad_name(name)).data.clone();
-                if grad_scale != 1.0 {
-                    g.iter_mut().for_each(|x| *x *= grad_scale);
-                }
-                let p = params.get_mut(name).expect("parameter exists");
-                cfg.optim.update(&mut optim, name, &mut p.data, &g, lr);
-            }
-            optim.steps += 1;
-            // Running statistics: PyTorch's convention (unbiased variance).
-            for (path, m) in &momenta {
-                let m = *m as f32;
-                let n = bn_count[path];
-                let bm = &out_of(&format!("bn_mean:{path}")).data;
-                let bv = &out_of(&format!("bn_var:{path}")).data;
-                let unbias = (n / (n - 1.0).max(1.0)) as f32;
-                let rm = params
-                    .get_mut(&format!("{path}.running_mean"))
-                    .expect("running mean");
-                for (r, b) in rm.data.iter_mut().zip(bm) {
-                    *r = (1.0 - m) * *r + m * b;
-                }
-                let rv = params
-                    .get_mut(&format!("{path}.running_var"))
-                    .expect("running var");
-                for (r, b) in rv.data.iter_mut().zip(bv) {
-                    *r = (1.0 - m) * *r + m * b * unbias;
-                }
-            }
-            if last {
-                rates = firing_rates(&graph, &spikes);
-            }
-            let secs = started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_position((bi + 1) as u64);
-            bar.set_message(format!(
-                "loss {:.4} acc {:.2}% {:.0} img/s",
-                loss_sum / seen as f64,
-                100.0 * right as f64 / seen as f64,
-                seen as f64 / secs
-            ));
-            if stop.load(Ordering::SeqCst) && bi + 1 < batches_per_epoch {
-                bar.finish_and_clear();
-                checkpoint::save(
-                    out,
-                    &Checkpoint {
-                        params: params.clone(),
-                        optim: optim.clone(),
-                        epoch,
-                        batch_in_epoch: bi + 1,
-                        config: config_json.clone(),
+            for bi in first..batches_per_epoch {
+                let idx = &order[bi * cfg.batch..(bi + 1) * cfg.batch];
+                let batch = make_batch(&split.train, idx);
+                let inputs = HashMap::from([
+                    ("x".to_string(), batch.x),
+                    ("labels".to_string(), batch.labels),
+                ]);
+                let step = (epoch * batches_per_epoch + bi) as u64;
+                let pmap: HashMap<String, Tensor<f32>> =
+                    params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let last = bi + 1 == batches_per_epoch;
+                let (v, spikes) = exe.step(
+                    &inputs,
+                    &pmap,
+                    &RunOptions {
+                        seed: mix64(cfg.seed ^ step),
                     },
+                    last,
                 )?;
-                eprintln!(
+                let out_of = |name: &str| &v[name];
+                let loss = f64::from(out_of("loss").data[0]);
+                if !loss.is_finite() {
+                    return Err(format!(
+                        "error: the loss became {loss} at epoch {}, batch {bi}; lower --lr",
+                        epoch + 1
+                    ));
+                }
+                loss_sum += loss * idx.len() as f64;
+                right += correct(out_of("logits"), &batch.targets);
+                seen += idx.len();
+                lr = cfg.schedule.lr(cfg.lr, step as f64 / total);
+                for name in &trainable {
+                    let mut g = out_of(&crate::autodiff::grad_name(name)).data.clone();
+                    if grad_scale != 1.0 {
+                        g.iter_mut().for_each(|x| *x *= grad_scale);
+                    }
+                    let p = params.get_mut(name).expect("parameter exists");
+                    cfg.optim.update(&mut optim, name, &mut p.data, &g, lr);
+                }
+                optim.steps += 1;
+                // Running statistics: PyTorch's convention (unbiased variance).
+                for (path, m) in &momenta {
+                    let m = *m as f32;
+                    let n = bn_count[path];
+                    let bm = &out_of(&format!("bn_mean:{path}")).data;
+                    let bv = &out_of(&format!("bn_var:{path}")).data;
+                    let unbias = (n / (n - 1.0).max(1.0)) as f32;
+                    let rm = params
+                        .get_mut(&format!("{path}.running_mean"))
+                        .expect("running mean");
+                    for (r, b) in rm.data.iter_mut().zip(bm) {
+                        *r = (1.0 - m) * *r + m * b;
+                    }
+                    let rv = params
+                        .get_mut(&format!("{path}.running_var"))
+                        .expect("running var");
+                    for (r, b) in rv.data.iter_mut().zip(bv) {
+                        *r = (1.0 - m) * *r + m * b * unbias;
+                    }
+                }
+                if last {
+                    rates = firing_rates(&graph, &spikes);
+                }
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_position((bi + 1) as u64);
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.2}% {:.0} img/s",
+                    loss_sum / seen as f64,
+                    100.0 * right as f64 / seen as f64,
+                    seen as f64 / secs
+                ));
+                if stop.load(Ordering::SeqCst) && bi + 1 < batches_per_epoch {
+                    bar.finish_and_clear();
+                    checkpoint::save(
+                        out,
+                        &Checkpoint {
+                            params: params.clone(),
+                            optim: optim.clone(),
+                            epoch,
+                            batch_in_epoch: bi + 1,
+                            config: config_json.clone(),
+                        },
+                    )?;
+                    eprintln!(
                     "interrupted: saved epoch {} batch {} to {}; continue with `snnc train --resume {}`",
                     epoch + 1,
                     bi + 1,
                     out.display(),
                     out.display()
                 );
-                return Ok(true);
+                    return Ok(true);
+                }
             }
-        }
-        Ok(false)
+            Ok(false)
         };
         if engine.with_stepper(&mut epoch_steps)? {
             summary.interrupted = true;
