@@ -14,10 +14,15 @@
 #    unversioned names (libnvrtc.so, libcublas.so) in a folder put first on
 #    the path;
 # 3. snnc cuda-check --require-gpu: every example model on the GPU against the
-#    CPU executor (outputs and every node);
+#    CPU executor (outputs and every step in isolation), running the fusion
+#    plan (fused kernels from the generated module); then node by node
+#    (--no-fuse) for two models;
 # 4. snnc cuda-check --bandwidth: device-to-device copy bandwidth;
 # 5. snnc bench --device cuda: fmnist_csnn and resnet19 (CIFAR-shaped random
-#    data), batch 128, T = 1, 2, 4, 8, bptt and rate;
+#    data), batch 128, T = 1, 2, 4, 8, bptt and rate, the fusion plan, with
+#    the LIF kernels' achieved GB/s against the copy kernel's;
+# 6. snnc train --device cuda: digits_mlp for one epoch, then snnc eval
+#    --device cuda of its checkpoint;
 # and ends with a summary table. Each step has its own time limit and the
 # whole run stays under 8 minutes. Logs go to $OUT (when set) or
 # /tmp/snnc-gpu-check. Exit status: 0 when every step passed.
@@ -25,8 +30,10 @@
 # Environment: SNNC_BIN (the binary), SNNC_LIB_DIRS (colon-separated folders
 # searched for the libraries first), SNNC_GPU_CHECK_BUDGET (seconds, 470),
 # SNNC_GPU_CHECK_SHORT=1 (about three minutes: fewer models, T and repeats),
-# SNNC_GPU_CHECK_QUICK=1 (tiny sizes: a smoke test of this script, e.g.
-# against the fake libraries of tests/cuda_fake_device.rs).
+# SNNC_GPU_CHECK_QUICK=1 (tiny sizes, node by node: a smoke test of this
+# script, e.g. against the fake libraries of tests/cuda_fake_device.rs,
+# which run a fused plan only when given the emulator library of its
+# module).
 set -uo pipefail
 
 BIN=${SNNC_BIN:-target/release/snnc}
@@ -168,14 +175,18 @@ step() { # name limit-seconds args...
     [ "$status" = ok ] || FAILED=1
     local key
     case $name in
-    cuda-check) key=$(grep -E '^cuda-check: ' "$LOG/$name.log" | tail -1) ;;
+    cuda-check*) key=$(grep -E '^cuda-check: ' "$LOG/$name.log" | tail -1) ;;
     bandwidth) key=$(grep -o '[a-z_ ()]*: [0-9.]* GB x [0-9]* in [0-9.]* ms: [0-9]* GB/s' "$LOG/$name.log" | sed 's/: .*: / /' | paste -sd ';' -) ;;
-    bench-*) key="$(grep -cE '^(bptt|rate) ' "$LOG/$name.log") rows; T=8 rate: $(awk '$1=="rate" && $2==8 {print $3 " ms/step, " $4 " img/s"}' "$LOG/$name.log")" ;;
+    bench-*) key="$(grep -cE '^(bptt|rate) ' "$LOG/$name.log") rows; T=8 rate: $(awk '$1=="rate" && $2==8 {print $3 " ms/step, " $4 " img/s" (NF >= 13 ? ", LIF " $12 " GB/s (" $13 " of copy)" : "")}' "$LOG/$name.log")" ;;
+    train) key=$(grep -E '^(test accuracy|epoch +1/)' "$LOG/$name.log" | tail -1) ;;
+    eval) key=$(grep -E 'test accuracy' "$LOG/$name.log" | tail -1) ;;
     esac
     [ "$status" = ok ] || key="$key $(grep -m1 -E 'error|panicked' "$LOG/$name.log")"
     ROWS+=("$(printf '%-16s %-8s %6s  %s' "$name" "$status" "$secs" "$key")")
 }
 
+RUN="$WORK/train-digits"
+rm -rf "$RUN"
 if [ "${SNNC_GPU_CHECK_SHORT:-0}" = 1 ]; then
     # About three minutes: what a session with little device time left can
     # afford (the example models the issue names, fewer T and repeats).
@@ -183,16 +194,20 @@ if [ "${SNNC_GPU_CHECK_SHORT:-0}" = 1 ]; then
     step bandwidth 15 cuda-check --bandwidth 2048
     step bench-fmnist 35 bench examples/models/fmnist_csnn.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 3
     step bench-resnet19 60 bench examples/models/resnet19.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 1
+    step train 30 train --device cuda --epochs 1 --out "$RUN"
 elif [ "${SNNC_GPU_CHECK_QUICK:-0}" = 1 ]; then
-    step cuda-check 180 cuda-check --require-gpu --models digits_mlp,fmnist_csnn -T 1,2
+    step cuda-check 180 cuda-check --require-gpu --no-fuse --models digits_mlp,fmnist_csnn -T 1,2
     step bandwidth 40 cuda-check --bandwidth 16
-    step bench-fmnist 60 bench examples/models/fmnist_csnn.snn --device cuda -T 1,8 --mode bptt,rate --batch 2 --repeats 1
-    step bench-resnet19 150 bench examples/models/digits_mlp.snn --device cuda -T 1,8 --mode bptt,rate --batch 2 --repeats 1
+    step bench-fmnist 60 bench examples/models/fmnist_csnn.snn --device cuda --no-fuse -T 1,8 --mode bptt,rate --batch 2 --repeats 1
+    step bench-resnet19 150 bench examples/models/digits_mlp.snn --device cuda --no-fuse -T 1,8 --mode bptt,rate --batch 2 --repeats 1
 else
-    step cuda-check 180 cuda-check --require-gpu
-    step bandwidth 40 cuda-check --bandwidth 2048
-    step bench-fmnist 60 bench examples/models/fmnist_csnn.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 5
-    step bench-resnet19 150 bench examples/models/resnet19.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 2
+    step cuda-check 150 cuda-check --require-gpu
+    step cuda-check-nodes 40 cuda-check --require-gpu --no-fuse --models digits_mlp,fmnist_csnn -T 1,3
+    step bandwidth 30 cuda-check --bandwidth 2048
+    step bench-fmnist 50 bench examples/models/fmnist_csnn.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 5
+    step bench-resnet19 120 bench examples/models/resnet19.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 2
+    step train 45 train --device cuda --epochs 1 --out "$RUN"
+    step eval 20 eval "$RUN" --device cuda
 fi
 
 {

@@ -681,7 +681,19 @@ pub fn train(
     resume: Option<&Path>,
     epochs: Option<usize>,
     json: bool,
+    cuda: bool,
 ) -> Result<(), String> {
+    // The device first: without one, say so before any work.
+    let mut gpu = if cuda {
+        let c = crate::codegen::cuda::Cuda::new()
+            .map_err(|e| format!("error: train --device cuda: {e}"))?;
+        if !json {
+            println!("on {}", crate::codegen::cuda::Backend::describe(&c));
+        }
+        Some(c)
+    } else {
+        None
+    };
     let (cfg, ck) = match resume {
         Some(dir) => {
             let ck = crate::runtime::checkpoint::load(dir)?;
@@ -718,7 +730,10 @@ pub fn train(
             cfg.model_file, cfg.data, cfg.mode, cfg.steps, cfg.epochs, cfg.batch, cfg.optim.kind, cfg.lr, cfg.schedule, cfg.seed, out.display()
         );
     }
-    let s = crate::runtime::train::train(&cfg, out, ck, json)?;
+    let s = match gpu.as_mut() {
+        Some(c) => crate::runtime::train::train_on(&cfg, out, ck, json, c)?,
+        None => crate::runtime::train::train(&cfg, out, ck, json)?,
+    };
     if json {
         for e in &s.epochs {
             println!("{}", serde_json::to_string(e).expect("serialisable"));
@@ -740,7 +755,16 @@ pub fn eval(
     data: Option<String>,
     data_dir: Option<std::path::PathBuf>,
     batch: usize,
+    cuda: bool,
 ) -> Result<(), String> {
+    let mut gpu = if cuda {
+        Some(
+            crate::codegen::cuda::Cuda::new()
+                .map_err(|e| format!("error: eval --device cuda: {e}"))?,
+        )
+    } else {
+        None
+    };
     let ck = crate::runtime::checkpoint::load(checkpoint)?;
     let mut cfg: TrainConfig = serde_json::from_str(&ck.config)
         .map_err(|e| format!("error: bad config in checkpoint: {e}"))?;
@@ -754,11 +778,11 @@ pub fn eval(
         .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
     let split = crate::runtime::train::load_data(&cfg)?;
     let params: HashMap<String, Tensor<f32>> = ck.params.into_iter().collect();
-    let acc = crate::runtime::train::Evaluator::new(&model, cfg.steps).accuracy(
-        &split.test,
-        &params,
-        batch,
-    )?;
+    let mut ev = crate::runtime::train::Evaluator::new(&model, cfg.steps);
+    let acc = match gpu.as_mut() {
+        Some(c) => ev.accuracy_on(c, &split.test, &params, batch)?,
+        None => ev.accuracy(&split.test, &params, batch)?,
+    };
     println!(
         "{}: test accuracy {:.2}% on {} ({} samples), T={}",
         model.name,

@@ -121,7 +121,8 @@ enum Cmd {
         data_dir: Option<PathBuf>,
         #[arg(long, default_value_t = 128)]
         batch: usize,
-        /// cpu only for now (see `snnc train --device`).
+        /// cpu: the fused CPU plan; cuda: the fusion plan on the CUDA
+        /// executor (GPU 0).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
     },
@@ -165,9 +166,14 @@ enum Cmd {
         /// time-major-recompute (time-major with batch-norm recompute).
         #[arg(long, value_delimiter = ',', default_value = "fused")]
         schedule: Vec<cli::BenchPlan>,
-        /// cpu: the CPU executor; cuda: the CUDA executor (GPU 0).
+        /// cpu: the CPU executor; cuda: the CUDA executor (GPU 0) running
+        /// the fusion plan.
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
+        /// With --device cuda: every node on its own kernel instead of the
+        /// fusion plan.
+        #[arg(long)]
+        no_fuse: bool,
         /// Also measure the FLOP floor (the gemm crate's SGEMM on 2048³,
         /// median of 3) and give each row's GFLOP/s as a fraction of it.
         #[arg(long)]
@@ -205,6 +211,10 @@ enum Cmd {
         /// Only compare outputs, not every node in isolation (faster).
         #[arg(long)]
         outputs_only: bool,
+        /// Every node on its own kernel instead of the fusion plan (fused
+        /// kernels from the generated module, other nodes on kernels.cu).
+        #[arg(long)]
+        no_fuse: bool,
         /// Instead of the models: time device-to-device copies of this many
         /// MiB (copy engine and copy kernel).
         #[arg(long, num_args = 0..=1, default_missing_value = "2048")]
@@ -322,9 +332,9 @@ struct TrainArgs {
     /// One JSON object per epoch, no progress bar.
     #[arg(long)]
     json: bool,
-    /// cpu only for now: the CUDA executor runs graphs (`snnc bench --device
-    /// cuda`, `snnc cuda-check`), but the training loop still uses the CPU
-    /// executor.
+    /// cpu: the fused CPU plan; cuda: the fusion plan on the CUDA executor
+    /// (GPU 0; optimizer on the host). Checkpoints are the same either way,
+    /// so a run can resume on the other device.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
 }
@@ -421,9 +431,7 @@ fn main() -> ExitCode {
             data_dir,
             batch,
             device,
-        } => {
-            no_cuda_yet(device, "eval").and_then(|()| cli::eval(&checkpoint, data, data_dir, batch))
-        }
+        } => cli::eval(&checkpoint, data, data_dir, batch, device == Device::Cuda),
         Cmd::Rules { json } => {
             print!("{}", cli::rules(json));
             Ok(())
@@ -443,6 +451,7 @@ fn main() -> ExitCode {
             repeats,
             schedule,
             device,
+            no_fuse,
             floor,
             json,
         } => {
@@ -458,9 +467,15 @@ fn main() -> ExitCode {
                     floor,
                     json,
                 ),
-                Device::Cuda => {
-                    cuda::tools::bench_cuda(&file, &steps, &modes, batch, repeats.max(1), json)
-                }
+                Device::Cuda => cuda::tools::bench_cuda(
+                    &file,
+                    &steps,
+                    &modes,
+                    batch,
+                    repeats.max(1),
+                    json,
+                    !no_fuse,
+                ),
             }
         }
         Cmd::Emit {
@@ -480,6 +495,7 @@ fn main() -> ExitCode {
             emulate,
             require_gpu,
             outputs_only,
+            no_fuse,
             bandwidth,
             json,
         } => match bandwidth {
@@ -493,6 +509,7 @@ fn main() -> ExitCode {
                 emulate,
                 require_gpu,
                 !outputs_only,
+                !no_fuse,
                 json,
             ),
         },
@@ -525,20 +542,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--device cuda` where the runtime does not support it yet.
-fn no_cuda_yet(device: Device, what: &str) -> Result<(), String> {
-    match device {
-        Device::Cpu => Ok(()),
-        Device::Cuda => Err(format!(
-            "error: `snnc {what} --device cuda` is not supported yet: the training loop (src/runtime) \
-             runs on the CPU executor. The CUDA executor runs compiled graphs: `snnc bench --device cuda`, \
-             `snnc cuda-check`."
-        )),
-    }
-}
-
 fn train(a: TrainArgs) -> Result<(), String> {
-    no_cuda_yet(a.device, "train")?;
+    let cuda = a.device == Device::Cuda;
     let out = match (&a.out, &a.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => r.clone(),
@@ -557,7 +562,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
         let epochs = std::env::args()
             .any(|x| x == "--epochs")
             .then_some(a.epochs);
-        return cli::train(None, &out, a.resume.as_deref(), epochs, a.json);
+        return cli::train(None, &out, a.resume.as_deref(), epochs, a.json, cuda);
     }
     let (model_file, model_source) = match &a.file {
         Some(f) => (
@@ -591,7 +596,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
         seed: a.seed,
         paper_grad_scale: a.paper_grad_scale,
     };
-    cli::train(Some(cfg), &out, None, None, a.json)
+    cli::train(Some(cfg), &out, None, None, a.json, cuda)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -604,6 +609,7 @@ fn cuda_check(
     emulate: bool,
     require: bool,
     per_node: bool,
+    fused: bool,
     json: bool,
 ) -> Result<(), String> {
     let models = if models.is_empty() {
@@ -619,6 +625,7 @@ fn cuda_check(
         seed,
         per_node,
         tol: 1e-4,
+        fused,
     };
     if cuda::tools::cuda_check(&opts, emulate, require, json)? {
         Ok(())

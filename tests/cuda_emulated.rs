@@ -12,6 +12,9 @@
 //! - random models and the small example models against the CPU executor,
 //!   every output and every node, with poisoned buffers and tiny grids;
 //! - accuracy against the f64 interpreter: no worse than the CPU executor;
+//! - the fusion plan (fused kernels from the generated module, the other
+//!   nodes on kernels.cu) against the CPU executor: random models and the
+//!   example models, both modes, T = 1 and 3, every kernel in isolation;
 //! - the emulator's own checks catch what they are for.
 //!
 //! Without a C++ compiler these tests say so and skip, or fail when
@@ -481,9 +484,11 @@ fn case_opts(seed: u64) -> CheckOptions {
         seed,
         per_node: true,
         tol: 1e-4,
+        fused: false,
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_model(
     emu: &mut Emu,
     model: &snnc::model::Model,
@@ -492,6 +497,7 @@ fn check_model(
     mode: Mode,
     seed: u64,
     workspace: usize,
+    fused: bool,
 ) -> Result<(), String> {
     let g = compile(model, &Options::new(steps, batch, mode))?.graph;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
@@ -502,7 +508,11 @@ fn check_model(
     x.data.iter_mut().for_each(|v| *v *= 2.0);
     let labels = snnc::cli::random_labels(batch, a.output[0], seed).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-    let r = check_graph(emu, &g, &inputs, &params, &case_opts(seed), true, |ex| {
+    let opts = CheckOptions {
+        fused,
+        ..case_opts(seed)
+    };
+    let r = check_graph(emu, &g, &inputs, &params, &opts, true, |ex| {
         ex.conv_workspace = workspace
     })?;
     if r.passed {
@@ -546,10 +556,132 @@ proptest! {
         let model = gen::build(&r);
         prop_assume!(!cancels_parameters(&model.layers, false));
         let mode = if rate { Mode::Rate } else { Mode::Bptt };
-        check_model(&mut emu, &model, steps, batch, mode, seed, ws).map_err(TestCaseError::fail)?;
+        check_model(&mut emu, &model, steps, batch, mode, seed, ws, false).map_err(TestCaseError::fail)?;
         prop_assert!(emu.damage.is_empty(), "{:?}", emu.damage);
         prop_assert_eq!(emu.live_buffers(), 0);
     }
+
+    /// The fusion plan of random models: every fused kernel against the
+    /// CPU executor on its own inputs, every output end to end.
+    #[test]
+    fn random_models_fused_match_the_cpu_executor(r in gen::recipe(), steps in 1usize..=3, batch in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000) {
+        let Some(mut emu) = emu() else { return Ok(()) };
+        let model = gen::build(&r);
+        prop_assume!(!cancels_parameters(&model.layers, false));
+        let mode = if rate { Mode::Rate } else { Mode::Bptt };
+        check_model(&mut emu, &model, steps, batch, mode, seed, 1 << 20, true).map_err(TestCaseError::fail)?;
+        prop_assert!(emu.damage.is_empty(), "{:?}", emu.damage);
+        prop_assert_eq!(emu.live_buffers(), 0);
+    }
+}
+
+#[test]
+fn example_models_fused_match_the_cpu_executor() {
+    let Some(mut emu) = emu() else { return };
+    emu.set_max_grid(64);
+    for name in ["digits_mlp", "fmnist_csnn", "vggsnn_dvs34"] {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{name}.snn"));
+        for mode in [Mode::Bptt, Mode::Rate] {
+            for steps in [1, 3] {
+                let opts = CheckOptions {
+                    batch: 2,
+                    fused: true,
+                    ..case_opts(3)
+                };
+                let launches = emu.module_launches;
+                let r = check_case(&mut emu, &path, steps, mode, &opts, true).unwrap();
+                println!("{name} {mode} T={steps}: {}", r.verdict);
+                assert!(r.passed, "{name} {mode} T={steps}: {r:?}");
+                assert!(
+                    emu.module_launches > launches,
+                    "{name}: no fused kernel ran"
+                );
+            }
+        }
+    }
+    assert!(emu.damage.is_empty(), "{:?}", emu.damage);
+    assert_eq!(emu.live_buffers(), 0);
+}
+
+/// Repeated runs of a fused plan: the same results, no new allocations,
+/// and between runs only the resident parameters and the pointer tables
+/// are held.
+#[test]
+fn fused_runs_reuse_buffers_and_tables() {
+    let Some(mut emu) = emu() else { return };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
+    let (model, a) = snnc::cli::load(&path).unwrap();
+    let g = compile(&model, &Options::new(3, 2, Mode::Rate))
+        .unwrap()
+        .graph;
+    let params = snnc::init::cast_params::<f32>(&snnc::init::init_params(&a, 0));
+    let x = snnc::cli::random_input(&g, false, 0).cast::<f32>();
+    let labels = snnc::cli::random_labels(2, 10, 0).cast::<f32>();
+    let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+    let opts = RunOptions { seed: 0 };
+    let want = snnc::codegen::cpu::run(&g, &inputs, &params, &opts).unwrap();
+    {
+        let mut ex = Executor::fused(&mut emu, &g, &[]).unwrap();
+        let kernels = ex.kernels().len();
+        assert!(kernels > 0);
+        ex.set_resident_params(&params).unwrap();
+        let first = ex.run(&inputs, &HashMap::new(), &opts).unwrap();
+        let allocs = ex.stats().device_allocs;
+        for _ in 0..2 {
+            let again = ex.run(&inputs, &HashMap::new(), &opts).unwrap();
+            assert_eq!(again, first, "a repeated run differs");
+        }
+        assert_eq!(ex.stats().device_allocs, allocs, "repeated runs allocate");
+        for (k, v) in &want {
+            assert!(rel_err(&first[k], v, 1e-1) < 1e-4, "{k}");
+        }
+        // Profiling times every fused launch once.
+        ex.profile = true;
+        ex.run(&inputs, &HashMap::new(), &opts).unwrap();
+        let times = ex.kernel_times().unwrap();
+        assert_eq!(times.len(), kernels);
+        assert!(times.iter().all(|(_, t)| *t >= 0.0));
+        ex.clear_resident_params();
+        assert_eq!(ex.stats().live_bytes, 0);
+        // The tables are the executor's, outside the pool.
+        drop(ex);
+    }
+    assert_eq!(emu.live_buffers(), 0, "buffers outlive the executor");
+    assert!(emu.damage.is_empty(), "{:?}", emu.damage);
+}
+
+/// The emulator rejects a generated kernel whose pointer table points
+/// outside every buffer.
+#[test]
+fn the_emulator_checks_pointer_tables() {
+    let Some(mut emu) = emu() else { return };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/digits_mlp.snn");
+    let (model, _) = snnc::cli::load(&path).unwrap();
+    let g = compile(&model, &Options::new(1, 2, Mode::Rate))
+        .unwrap()
+        .graph;
+    let plan = snnc::passes::fuse::fuse(&g);
+    let m = snnc::codegen::cuda::fused::module(&plan);
+    let id = emu.load_module(&m.source, &m.names).unwrap();
+    assert_eq!(
+        emu.load_module(&m.source, &m.names).unwrap(),
+        id,
+        "loaded twice"
+    );
+    let slots = plan.kernels[0].kernel.slots;
+    let mut table = emu.alloc(2 * slots).unwrap();
+    emu.upload_words(&mut table, &vec![8u64; slots]).unwrap();
+    let tp = emu.ptr(&table);
+    let e = emu
+        .launch_module(id, 0, 1, 256, &[Arg::P(tp), Arg::L(2)])
+        .unwrap_err();
+    assert!(e.contains("not in a live buffer"), "{e}");
+    let e = emu
+        .launch_module(id, 0, 1, 256, &[Arg::P(tp), Arg::I(2)])
+        .unwrap_err();
+    assert!(e.contains("pointer table, long long"), "{e}");
+    emu.free(table);
 }
 
 #[test]

@@ -9,6 +9,12 @@
 //! argument, launch configuration and GEMM argument against what the real
 //! libraries accept.
 //!
+//! The fusion plan's generated module goes through NVRTC and
+//! cuModuleLoadData like kernels.cu; the fake runs its kernels from the
+//! emulator's library of the same source, which the test builds first for
+//! every case it runs ([`Fake::plans`]: the kernel names carry a hash of
+//! their code, so the fake finds the right one).
+//!
 //! Needs a C++ compiler and libnvrtc (scripts/nvrtc-env.sh); without them
 //! it says so and skips, or fails when SNNC_REQUIRE_NVRTC=1.
 
@@ -18,6 +24,8 @@ use std::process::Command;
 struct Fake {
     dir: PathBuf,
     emu_lib: PathBuf,
+    /// Emulator libraries of generated modules, for the fake to search.
+    modules: Vec<PathBuf>,
 }
 
 fn fake() -> Option<Fake> {
@@ -66,10 +74,44 @@ fn fake() -> Option<Fake> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Some(Fake { dir, emu_lib })
+    Some(Fake {
+        dir,
+        emu_lib,
+        modules: Vec::new(),
+    })
 }
 
 impl Fake {
+    /// Builds the emulator libraries of the fusion plans `snnc cuda-check`
+    /// and `snnc bench --device cuda` run for these models, T, modes and
+    /// batch (the same graph and plan as theirs).
+    fn plans(&mut self, models: &[&str], steps: &[usize], batch: usize) {
+        use snnc::passes::rate::Mode;
+        for m in models {
+            let path =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{m}.snn"));
+            let (model, _) = snnc::cli::load(&path).unwrap();
+            for mode in [Mode::Bptt, Mode::Rate] {
+                for &t in steps {
+                    let g = snnc::compile::compile(
+                        &model,
+                        &snnc::compile::Options::new(t, batch, mode),
+                    )
+                    .unwrap()
+                    .graph;
+                    let plan = snnc::passes::fuse::fuse(&g);
+                    let module = snnc::codegen::cuda::fused::module(&plan);
+                    let lib = snnc::codegen::cuda::emu::build_module_library(
+                        &module.source,
+                        &module.names,
+                    )
+                    .unwrap();
+                    self.modules.push(lib);
+                }
+            }
+        }
+    }
+
     /// `snnc ARGS` with the fakes first on the library path.
     fn snnc(&self, args: &[&str], extra_env: &[(&str, &str)]) -> (bool, String) {
         let ld = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
@@ -77,7 +119,7 @@ impl Fake {
         c.args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("LD_LIBRARY_PATH", format!("{}:{ld}", self.dir.display()))
-            .env("SNNC_FAKE_EMU_LIB", &self.emu_lib)
+            .env("SNNC_FAKE_EMU_LIB", self.emu_libs())
             .env("SNNC_CACHE_DIR", self.dir.join("cache"));
         for (k, v) in extra_env {
             c.env(k, v);
@@ -92,6 +134,17 @@ impl Fake {
     }
 }
 
+impl Fake {
+    /// `$SNNC_FAKE_EMU_LIB`: kernels.cu's library, then the modules'.
+    fn emu_libs(&self) -> String {
+        std::iter::once(&self.emu_lib)
+            .chain(&self.modules)
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
 impl Drop for Fake {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -100,7 +153,8 @@ impl Drop for Fake {
 
 #[test]
 fn cuda_check_runs_on_the_fake_device() {
-    let Some(f) = fake() else { return };
+    let Some(mut f) = fake() else { return };
+    f.plans(&["digits_mlp", "fmnist_csnn"], &[1, 2], 2);
     let (ok, out) = f.snnc(
         &[
             "cuda-check",
@@ -120,6 +174,22 @@ fn cuda_check_runs_on_the_fake_device() {
         out.contains("CUBIN"),
         "the module should load from the CUBIN: {out}"
     );
+    assert!(out.contains("the fusion plan"), "{out}");
+    // Node by node.
+    let (ok, out) = f.snnc(
+        &[
+            "cuda-check",
+            "--require-gpu",
+            "--no-fuse",
+            "--models",
+            "fmnist_csnn",
+            "-T",
+            "2",
+        ],
+        &[],
+    );
+    assert!(ok && out.contains("2 passed, 0 failed"), "{out}");
+    assert!(out.contains("every node on its own kernel"), "{out}");
     // Second run: the kernels come from the on-disk cache.
     let (ok, out) = f.snnc(
         &[
@@ -139,7 +209,8 @@ fn cuda_check_runs_on_the_fake_device() {
 
 #[test]
 fn bench_and_bandwidth_run_on_the_fake_device() {
-    let Some(f) = fake() else { return };
+    let Some(mut f) = fake() else { return };
+    f.plans(&["fmnist_csnn"], &[1, 2], 4);
     let (ok, out) = f.snnc(
         &[
             "bench",
@@ -168,6 +239,16 @@ fn bench_and_bandwidth_run_on_the_fake_device() {
                 == 4,
         "{out}"
     );
+    // The LIF kernels were timed (events) and compared with the copy kernel.
+    assert!(
+        out.contains("LIF GB/s") && out.contains("copy kernel"),
+        "{out}"
+    );
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("rate") || l.starts_with("bptt"))
+        .collect();
+    assert!(rows.iter().all(|r| r.contains('%')), "{out}");
     let (ok, out) = f.snnc(&["cuda-check", "--bandwidth", "8"], &[]);
     println!("{out}");
     assert!(
@@ -191,6 +272,19 @@ fn missing_pieces_are_reported_not_panicked() {
         !ok && out.contains("cuInit failed") && !out.contains("panicked"),
         "{out}"
     );
+    // Training and evaluation on a missing device: a clear error, before
+    // any work.
+    let run = f.dir.join("no-gpu-run");
+    let run = run.display().to_string();
+    let (ok, out) = f.snnc(
+        &["train", "--device", "cuda", "--epochs", "1", "--out", &run],
+        &env,
+    );
+    assert!(
+        !ok && out.contains("train --device cuda") && out.contains("cuInit failed"),
+        "{out}"
+    );
+    assert!(!out.contains("panicked") && !out.contains("epoch"), "{out}");
     // A driver but no NVRTC on the library path.
     let ld_without_nvrtc = f.dir.display().to_string();
     let mut c = Command::new(env!("CARGO_BIN_EXE_snnc"));

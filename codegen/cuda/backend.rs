@@ -22,6 +22,8 @@ pub enum Arg {
     F(f32),
     /// `double`
     D(f64),
+    /// `long long` (the element count of a generated kernel)
+    L(i64),
 }
 
 impl Arg {
@@ -33,6 +35,7 @@ impl Arg {
             Arg::U(_) => 'u',
             Arg::F(_) => 'f',
             Arg::D(_) => 'd',
+            Arg::L(_) => 'l',
         }
     }
 
@@ -43,12 +46,14 @@ impl Arg {
             Arg::I(v) => v as *mut i32 as *mut _,
             Arg::F(v) => v as *mut f32 as *mut _,
             Arg::D(v) => v as *mut f64 as *mut _,
+            Arg::L(v) => v as *mut i64 as *mut _,
         }
     }
 }
 
 /// Every kernel of `kernels.cu` with its parameter signature: `p` pointer,
-/// `i` int, `u` unsigned long long, `f` float, `d` double. The executor
+/// `i` int, `u` unsigned long long, `f` float, `d` double (`l`, long long,
+/// is for generated kernels). The executor
 /// checks each launch against this table (on every backend, so a GPU never
 /// receives mistyped arguments); the emulator checks the table against the
 /// C++ parameter types, and the NVRTC test against the PTX.
@@ -139,4 +144,39 @@ pub trait Backend {
     fn mem_info(&self) -> Option<(usize, usize)> {
         None
     }
+    /// Writes 64-bit words (a generated kernel's pointer table) into a
+    /// buffer of at least `2 · words.len()` elements.
+    fn upload_words(&mut self, buf: &mut Self::Buf, words: &[u64]) -> Result<(), String> {
+        // Two f32 bit patterns per word, in memory order. Copies move the
+        // bits unchanged (no arithmetic touches them), so the buffer ends up
+        // holding the words.
+        let mut bits = Vec::with_capacity(2 * words.len());
+        for w in words {
+            let b = w.to_ne_bytes();
+            bits.push(f32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            bits.push(f32::from_ne_bytes([b[4], b[5], b[6], b[7]]));
+        }
+        self.upload(buf, &bits)
+    }
+    /// Loads a module of generated kernels (`fused::Module`: render_cuda's
+    /// ABI `(float *const *p, long long n)`) and returns its id; loading
+    /// the same source again returns the same id without recompiling.
+    fn load_module(&mut self, source: &str, names: &[String]) -> Result<usize, String>;
+    /// Launches kernel `kernel` (an index into the `names` it was loaded
+    /// with) of module `module` on a 1-D grid.
+    fn launch_module(
+        &mut self,
+        module: usize,
+        kernel: usize,
+        grid: u32,
+        block: u32,
+        args: &[Arg],
+    ) -> Result<(), String>;
+    /// Records a point in the device's queue; [`Backend::elapsed`] gives the
+    /// device time between two of them (timing single launches).
+    fn mark(&mut self) -> Result<usize, String>;
+    /// Seconds between marks `a` and `b` (waits for both).
+    fn elapsed(&mut self, a: usize, b: usize) -> Result<f64, String>;
+    /// Forgets every mark.
+    fn clear_marks(&mut self);
 }

@@ -15,8 +15,8 @@ use super::gemm::Cublas;
 use super::nvrtc;
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    result as drv_result, sys as drv_sys, CudaContext, CudaFunction, CudaModule, CudaSlice,
-    CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    result as drv_result, sys as drv_sys, CudaContext, CudaEvent, CudaFunction, CudaModule,
+    CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
@@ -262,6 +262,38 @@ pub struct Cuda {
     pub info: DeviceInfo,
     /// How the kernels were obtained (compiled or cached, CUBIN or PTX).
     pub kernels_note: String,
+    /// Modules of generated kernels and their functions, in load order.
+    modules: Vec<(Arc<CudaModule>, Vec<CudaFunction>)>,
+    /// Module source hash → index into `modules`.
+    module_ids: HashMap<u64, usize>,
+    /// How each generated module was obtained, for messages.
+    pub module_notes: Vec<String>,
+    marks: Vec<CudaEvent>,
+}
+
+/// Loads NVRTC's output: the CUBIN when there is one (no driver JIT, works
+/// when NVRTC is newer than the driver), else the PTX. Returns the module
+/// and which form was loaded.
+fn load_compiled(
+    ctx: &Arc<CudaContext>,
+    compiled: &nvrtc::Compiled,
+) -> Result<(Arc<CudaModule>, &'static str), String> {
+    match &compiled.cubin {
+        Some(cubin) => match ctx.load_module(Ptx::from_binary(cubin.clone())) {
+            Ok(m) => Ok((m, "CUBIN")),
+            Err(e1) => {
+                let m = ctx
+                    .load_module(Ptx::from_src(compiled.ptx.clone()))
+                    .map_err(|e2| format!("loading the module failed: CUBIN {e1}, PTX {e2}"))?;
+                Ok((m, "PTX (CUBIN refused)"))
+            }
+        },
+        None => Ok((
+            ctx.load_module(Ptx::from_src(compiled.ptx.clone()))
+                .map_err(|e| format!("loading the module's PTX failed: {e}"))?,
+            "PTX",
+        )),
+    }
 }
 
 impl Cuda {
@@ -281,26 +313,7 @@ impl Cuda {
             let compiled =
                 nvrtc::compile_cached(KERNELS_CU, "snnc_kernels", &nvrtc::options(&arch))?;
             let secs = started.elapsed().as_secs_f64();
-            // Prefer the CUBIN (no driver JIT, works when NVRTC is newer than
-            // the driver); fall back to the PTX.
-            let (module, form) = match &compiled.cubin {
-                Some(cubin) => match ctx.load_module(Ptx::from_binary(cubin.clone())) {
-                    Ok(m) => (m, "CUBIN"),
-                    Err(e1) => {
-                        let m = ctx
-                            .load_module(Ptx::from_src(compiled.ptx.clone()))
-                            .map_err(|e2| {
-                                format!("loading the kernels failed: CUBIN {e1}, PTX {e2}")
-                            })?;
-                        (m, "PTX (CUBIN refused)")
-                    }
-                },
-                None => (
-                    ctx.load_module(Ptx::from_src(compiled.ptx.clone()))
-                        .map_err(|e| format!("loading the kernels' PTX failed: {e}"))?,
-                    "PTX",
-                ),
-            };
+            let (module, form) = load_compiled(&ctx, &compiled)?;
             let mut funcs = HashMap::new();
             for (k, _) in KERNELS {
                 let f = module
@@ -338,6 +351,10 @@ impl Cuda {
                 _module: module,
                 info,
                 kernels_note,
+                modules: Vec::new(),
+                module_ids: HashMap::new(),
+                module_notes: Vec::new(),
+                marks: Vec::new(),
             })
         })
     }
@@ -431,6 +448,7 @@ impl Backend for Cuda {
                 Arg::I(v) => b.arg(v),
                 Arg::F(v) => b.arg(v),
                 Arg::D(v) => b.arg(v),
+                Arg::L(v) => b.arg(v),
             };
         }
         let cfg = LaunchConfig {
@@ -511,6 +529,99 @@ impl Backend for Cuda {
 
     fn max_grid(&self) -> u32 {
         65535
+    }
+
+    fn load_module(&mut self, source: &str, names: &[String]) -> Result<usize, String> {
+        let key = nvrtc::fnv1a(&[source.as_bytes()]);
+        if let Some(&id) = self.module_ids.get(&key) {
+            return Ok(id);
+        }
+        let arch = self.info.arch();
+        let ctx = self.ctx.clone();
+        let (module, funcs, note) = guarded("loading generated kernels", || {
+            let started = std::time::Instant::now();
+            let compiled = nvrtc::compile_cached(source, "snnc_fused", &nvrtc::options(&arch))?;
+            let secs = started.elapsed().as_secs_f64();
+            let (module, form) = load_compiled(&ctx, &compiled)?;
+            let funcs = names
+                .iter()
+                .map(|k| {
+                    module
+                        .load_function(k)
+                        .map_err(|e| format!("generated kernel `{k}` not found in its module: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let note = format!(
+                "{} generated kernels for {arch}, {form}, {}",
+                names.len(),
+                if compiled.cached {
+                    "from the cache".to_string()
+                } else {
+                    format!("compiled by NVRTC in {secs:.2} s")
+                }
+            );
+            Ok((module, funcs, note))
+        })?;
+        self.modules.push((module, funcs));
+        self.module_notes.push(note);
+        self.module_ids.insert(key, self.modules.len() - 1);
+        Ok(self.modules.len() - 1)
+    }
+
+    fn launch_module(
+        &mut self,
+        module: usize,
+        kernel: usize,
+        grid: u32,
+        block: u32,
+        args: &[Arg],
+    ) -> Result<(), String> {
+        let f = self
+            .modules
+            .get(module)
+            .and_then(|(_, fs)| fs.get(kernel))
+            .ok_or_else(|| format!("no kernel {kernel} in module {module}"))?;
+        let (table, n) = match args {
+            [Arg::P(t), Arg::L(n)] => (*t, *n),
+            _ => return Err("a generated kernel takes (pointer table, long long n)".into()),
+        };
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&table);
+        b.arg(&n);
+        let cfg = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel's ABI is (float *const *, long long), which
+        // these two 8-byte values match; the table and the tensors it
+        // points to are live device buffers.
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| {
+            format!("launching generated kernel {kernel} (grid {grid}, block {block}): {e}")
+        })
+    }
+
+    fn mark(&mut self) -> Result<usize, String> {
+        let e = self
+            .stream
+            .record_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| format!("recording an event: {e}"))?;
+        self.marks.push(e);
+        Ok(self.marks.len() - 1)
+    }
+
+    fn elapsed(&mut self, a: usize, b: usize) -> Result<f64, String> {
+        match (self.marks.get(a), self.marks.get(b)) {
+            (Some(x), Some(y)) => x
+                .elapsed_ms(y)
+                .map(|ms| f64::from(ms) / 1e3)
+                .map_err(|e| format!("event timing: {e}")),
+            _ => Err(format!("no marks {a} and {b}")),
+        }
+    }
+
+    fn clear_marks(&mut self) {
+        self.marks.clear();
     }
 
     fn mem_info(&self) -> Option<(usize, usize)> {

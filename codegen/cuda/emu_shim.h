@@ -20,6 +20,7 @@ static thread_local snnc_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 #define __global__
 #define __device__
+#define __constant__
 #define __forceinline__ inline
 #define __restrict__ __restrict
 
@@ -31,13 +32,14 @@ inline float __int_as_float(int i) {
 
 // One character per kernel parameter, checked by the emulator against the
 // arguments the host passes: p pointer, i int, u unsigned long long,
-// f float, d double.
+// f float, d double, l long long.
 template <typename T> constexpr char snnc_kind() {
     if constexpr (std::is_pointer_v<T>) return 'p';
     else if constexpr (std::is_same_v<T, int>) return 'i';
     else if constexpr (std::is_same_v<T, unsigned long long>) return 'u';
     else if constexpr (std::is_same_v<T, float>) return 'f';
     else if constexpr (std::is_same_v<T, double>) return 'd';
+    else if constexpr (std::is_same_v<T, long long>) return 'l';
     else return '?';
 }
 

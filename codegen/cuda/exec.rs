@@ -9,14 +9,22 @@
 //! (a reference count per buffer). Parameters can be made resident
 //! ([`Executor::set_resident_params`]) so a step uploads only the inputs.
 //!
-//! The schedule is a list of [`Step`]s; today each is one graph node, and
-//! fused kernels will be another variant.
+//! The schedule is a list of [`Step`]s: graph nodes in a schedule's order
+//! ([`Executor::new`]), or the units of a fusion plan
+//! ([`Executor::fused`]): node units on the kernels above, fused units on
+//! one generated module per plan (`render_cuda`, loaded once by the
+//! backend). A fused kernel reads and writes its tensors through a pointer
+//! table in device memory, one small buffer per kernel; the executor fills
+//! it before the launch, and skips the upload when the addresses are those
+//! of the previous run (the pool hands out the same buffers in the same
+//! order every run, so after the first step no table is uploaded).
 
 use super::backend::{check_args, Arg, Backend};
 use super::gemm::Gemm;
 use crate::interp::RunOptions;
 use crate::ir::{Graph, NodeIndex, Op};
 use crate::model::SurrogateKind;
+use crate::passes::fuse::{self, Plan, Unit};
 use crate::tensor::Tensor;
 use std::collections::{HashMap, HashSet};
 
@@ -25,6 +33,8 @@ use std::collections::{HashMap, HashSet};
 pub enum Step {
     /// Evaluate one graph node with its own kernels.
     Node(NodeIndex),
+    /// Launch fused kernel `k` of the plan.
+    Kernel(usize),
 }
 
 /// Values of the graph's outputs, by name.
@@ -63,16 +73,47 @@ struct Slot<Buf> {
     pinned: bool,
 }
 
-/// Called after each node with the values of its operands and its result.
-pub type Observer<'o> = dyn FnMut(NodeIndex, &[Tensor<f32>], &Tensor<f32>) + 'o;
+/// What one step read and wrote (downloaded), for checking.
+pub struct Observed<'s> {
+    pub step: Step,
+    /// A node's operands in operand order (repeats included); a fused
+    /// kernel's inputs, each once.
+    pub reads: &'s [(NodeIndex, Tensor<f32>)],
+    /// The node's value, or every value the kernel stores.
+    pub writes: &'s [(NodeIndex, Tensor<f32>)],
+}
+
+/// Called after each step.
+pub type Observer<'o> = dyn FnMut(&Observed<'_>) + 'o;
+
+/// The fused part of a plan on the device.
+struct FusedState<Buf> {
+    plan: Plan,
+    /// The backend's id of the plan's module.
+    module: usize,
+    /// One pointer-table buffer per kernel, and what it holds now.
+    tables: Vec<Buf>,
+    uploaded: Vec<Vec<u64>>,
+}
 
 pub struct Executor<'a, B: Backend> {
     backend: &'a mut B,
     g: &'a Graph,
     steps: Vec<Step>,
+    /// Per step: the values it reads (a node's operands with repeats) and
+    /// the values it writes.
+    reads: Vec<Vec<NodeIndex>>,
+    writes: Vec<Vec<NodeIndex>>,
     operands: HashMap<NodeIndex, Vec<NodeIndex>>,
     uses: HashMap<NodeIndex, usize>,
-    outputs: HashSet<NodeIndex>,
+    /// Outputs and the values callers asked to keep: live to the end.
+    kept: HashSet<NodeIndex>,
+    keep: Vec<NodeIndex>,
+    fused: Option<FusedState<B::Buf>>,
+    /// Time every fused kernel (device marks around each launch).
+    pub profile: bool,
+    /// (kernel, mark before, mark after) of the last run's launches.
+    marks: Vec<(usize, usize, usize)>,
     pool: HashMap<usize, Vec<B::Buf>>,
     slots: Vec<Option<Slot<B::Buf>>>,
     resident: HashMap<String, usize>,
@@ -160,13 +201,142 @@ impl<'a, B: Backend> Executor<'a, B> {
             }
             operands.insert(n, ops);
         }
+        let reads = order.iter().map(|n| operands[n].clone()).collect();
+        let writes = order.iter().map(|&n| vec![n]).collect();
         Ok(Executor {
             backend,
             g,
             steps: order.into_iter().map(Step::Node).collect(),
+            reads,
+            writes,
             operands,
             uses,
-            outputs: g.outputs.iter().map(|&(_, n)| n).collect(),
+            kept: g.outputs.iter().map(|&(_, n)| n).collect(),
+            keep: Vec::new(),
+            fused: None,
+            profile: false,
+            marks: Vec::new(),
+            pool: HashMap::new(),
+            slots: Vec::new(),
+            resident: HashMap::new(),
+            stats: MemStats::default(),
+            poison: false,
+            conv_workspace: CONV_WORKSPACE,
+        })
+    }
+
+    /// Fuses `g` (`passes::fuse`, storing the `keep` nodes) and plans the
+    /// result; see [`Executor::with_plan`].
+    pub fn fused(backend: &'a mut B, g: &'a Graph, keep: &[NodeIndex]) -> Result<Self, String> {
+        let plan = fuse::fuse_keeping(g, keep);
+        Self::with_plan(backend, g, plan, keep)
+    }
+
+    /// Plans a fusion plan of `g` (built with `keep` among the stored
+    /// values): node units run on the executor's kernels, fused units on
+    /// the plan's generated module, which the backend compiles (or finds in
+    /// its cache) and loads here.
+    pub fn with_plan(
+        backend: &'a mut B,
+        g: &'a Graph,
+        plan: Plan,
+        keep: &[NodeIndex],
+    ) -> Result<Self, String> {
+        let mut steps = Vec::new();
+        let (mut reads, mut writes) = (Vec::new(), Vec::new());
+        let mut operands = HashMap::new();
+        let mut written = HashSet::new();
+        for u in &plan.units {
+            let (step, r, w) = match *u {
+                Unit::Node(n) => {
+                    let ops = g.operands(n);
+                    operands.insert(n, ops.clone());
+                    (Step::Node(n), ops, vec![n])
+                }
+                Unit::Kernel(k) => {
+                    let f = plan
+                        .kernels
+                        .get(k)
+                        .ok_or_else(|| format!("the plan has no kernel {k}"))?;
+                    (Step::Kernel(k), f.reads(), f.outputs())
+                }
+            };
+            if let Some(o) = r.iter().find(|o| !written.contains(*o)) {
+                return Err(format!(
+                    "step {} reads node {} before it is computed",
+                    steps.len(),
+                    o.index()
+                ));
+            }
+            for &n in &w {
+                if !written.insert(n) {
+                    return Err(format!("node {} is computed twice", n.index()));
+                }
+                if elems(&g.node(n).shape) > MAX_ELEMS {
+                    return Err(format!(
+                        "node {} ({}) has {} elements, more than the executor's limit {MAX_ELEMS}",
+                        n.index(),
+                        g.node(n).op.name(),
+                        elems(&g.node(n).shape)
+                    ));
+                }
+            }
+            steps.push(step);
+            reads.push(r);
+            writes.push(w);
+        }
+        let mut kept: HashSet<NodeIndex> = g.outputs.iter().map(|&(_, n)| n).collect();
+        kept.extend(keep.iter().copied());
+        if let Some(n) = kept.iter().find(|n| !written.contains(*n)) {
+            return Err(format!(
+                "the plan does not store node {}, an output or kept value",
+                n.index()
+            ));
+        }
+        let mut uses: HashMap<NodeIndex, usize> = written.iter().map(|&n| (n, 0)).collect();
+        for r in &reads {
+            for n in r {
+                *uses.get_mut(n).expect("checked above") += 1;
+            }
+        }
+        let fused = if plan.kernels.is_empty() {
+            None
+        } else {
+            let m = super::fused::module(&plan);
+            let module = backend.load_module(&m.source, &m.names)?;
+            let mut tables = Vec::new();
+            for f in &plan.kernels {
+                match backend.alloc(2 * f.kernel.slots.max(1)) {
+                    Ok(b) => tables.push(b),
+                    Err(e) => {
+                        for b in tables {
+                            backend.free(b);
+                        }
+                        return Err(format!("allocating a pointer table: {e}"));
+                    }
+                }
+            }
+            let uploaded = vec![Vec::new(); tables.len()];
+            Some(FusedState {
+                plan,
+                module,
+                tables,
+                uploaded,
+            })
+        };
+        Ok(Executor {
+            backend,
+            g,
+            steps,
+            reads,
+            writes,
+            operands,
+            uses,
+            kept,
+            keep: keep.to_vec(),
+            fused,
+            profile: false,
+            marks: Vec::new(),
             pool: HashMap::new(),
             slots: Vec::new(),
             resident: HashMap::new(),
@@ -178,6 +348,23 @@ impl<'a, B: Backend> Executor<'a, B> {
 
     pub fn steps(&self) -> &[Step] {
         &self.steps
+    }
+
+    /// The fused kernels (empty for a node-level executor).
+    pub fn kernels(&self) -> &[fuse::Fused] {
+        self.fused.as_ref().map_or(&[], |f| &f.plan.kernels)
+    }
+
+    /// Device seconds of each fused kernel launch of the last run with
+    /// [`Executor::profile`] set, in launch order.
+    pub fn kernel_times(&mut self) -> Result<Vec<(usize, f64)>, String> {
+        let marks = std::mem::take(&mut self.marks);
+        let times = marks
+            .iter()
+            .map(|&(k, a, b)| Ok((k, self.backend.elapsed(a, b)?)))
+            .collect();
+        self.backend.clear_marks();
+        times
     }
 
     pub fn stats(&self) -> MemStats {
@@ -355,9 +542,35 @@ impl<'a, B: Backend> Executor<'a, B> {
         inputs: &HashMap<String, Tensor<f32>>,
         params: &HashMap<String, Tensor<f32>>,
         opts: &RunOptions,
-        mut observe: Option<&mut Observer<'_>>,
+        observe: Option<&mut Observer<'_>>,
     ) -> Result<Outputs, String> {
+        self.run_full(inputs, params, opts, observe, false)
+            .map(|(o, _)| o)
+    }
+
+    /// As [`Executor::run`]; with `extra`, also returns the values of the
+    /// nodes the executor was built to keep.
+    pub fn run_keeping(
+        &mut self,
+        inputs: &HashMap<String, Tensor<f32>>,
+        params: &HashMap<String, Tensor<f32>>,
+        opts: &RunOptions,
+        extra: bool,
+    ) -> Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), String> {
+        self.run_full(inputs, params, opts, None, extra)
+    }
+
+    fn run_full(
+        &mut self,
+        inputs: &HashMap<String, Tensor<f32>>,
+        params: &HashMap<String, Tensor<f32>>,
+        opts: &RunOptions,
+        mut observe: Option<&mut Observer<'_>>,
+        extra: bool,
+    ) -> Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), String> {
         self.stats.peak_live_bytes = self.stats.live_bytes;
+        self.marks.clear();
+        self.backend.clear_marks();
         let mut vals: HashMap<NodeIndex, usize> = HashMap::new();
         let result = self.run_steps(inputs, params, opts, &mut vals, &mut observe);
         let result = result.and_then(|()| {
@@ -366,7 +579,13 @@ impl<'a, B: Backend> Executor<'a, B> {
                 let t = self.download_value(*n, vals[n])?;
                 outs.insert(name.clone(), t);
             }
-            Ok(outs)
+            let mut kept = HashMap::new();
+            if extra {
+                for n in self.keep.clone() {
+                    kept.insert(n, self.download_value(n, vals[&n])?);
+                }
+            }
+            Ok((outs, kept))
         });
         for (_, id) in vals {
             self.drop_ref(id);
@@ -384,39 +603,107 @@ impl<'a, B: Backend> Executor<'a, B> {
     ) -> Result<(), String> {
         let mut remaining = self.uses.clone();
         for i in 0..self.steps.len() {
-            let Step::Node(n) = self.steps[i];
             let g = self.g;
-            let id = self.exec_node(n, vals, inputs, params, opts).map_err(|e| {
-                format!(
-                    "error: node {} ({} {}): {e}",
-                    n.index(),
-                    g.node(n).op.name(),
-                    g.node(n).op.attrs()
-                )
-            })?;
-            vals.insert(n, id);
-            if let Some(obs) = observe.as_mut() {
-                let ops: Vec<Tensor<f32>> = self.operands[&n]
-                    .clone()
-                    .iter()
-                    .map(|o| self.download_value(*o, vals[o]))
-                    .collect::<Result<_, _>>()?;
-                let out = self.download_value(n, id)?;
-                obs(n, &ops, &out);
+            match self.steps[i] {
+                Step::Node(n) => {
+                    let id = self.exec_node(n, vals, inputs, params, opts).map_err(|e| {
+                        format!(
+                            "error: node {} ({} {}): {e}",
+                            n.index(),
+                            g.node(n).op.name(),
+                            g.node(n).op.attrs()
+                        )
+                    })?;
+                    vals.insert(n, id);
+                }
+                Step::Kernel(k) => self.exec_kernel(k, vals).map_err(|e| {
+                    let name = &self.kernels()[k].kernel.name;
+                    format!("error: fused kernel {k} ({name}): {e}")
+                })?,
             }
-            let ops = self.operands[&n].clone();
-            for o in ops {
+            if let Some(obs) = observe.as_mut() {
+                let (r, w) = (self.reads[i].clone(), self.writes[i].clone());
+                let mut get = |ns: &[NodeIndex]| -> Result<Vec<(NodeIndex, Tensor<f32>)>, String> {
+                    ns.iter()
+                        .map(|&o| Ok((o, self.download_value(o, vals[&o])?)))
+                        .collect()
+                };
+                let reads = get(&r)?;
+                let writes = get(&w)?;
+                obs(&Observed {
+                    step: self.steps[i],
+                    reads: &reads,
+                    writes: &writes,
+                });
+            }
+            for o in self.reads[i].clone() {
                 let r = remaining.get_mut(&o).expect("counted");
                 *r -= 1;
-                if *r == 0 && !self.outputs.contains(&o) {
+                if *r == 0 && !self.kept.contains(&o) {
                     let id = vals.remove(&o).expect("computed");
                     self.drop_ref(id);
                 }
             }
-            if self.uses[&n] == 0 && !self.outputs.contains(&n) {
-                let id = vals.remove(&n).expect("just computed");
-                self.drop_ref(id);
+            for w in self.writes[i].clone() {
+                if self.uses[&w] == 0 && !self.kept.contains(&w) {
+                    let id = vals.remove(&w).expect("just computed");
+                    self.drop_ref(id);
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// Launches fused kernel `k`: allocates what it writes, fills its
+    /// pointer table (when the addresses changed) and launches one thread
+    /// per element.
+    fn exec_kernel(
+        &mut self,
+        k: usize,
+        vals: &mut HashMap<NodeIndex, usize>,
+    ) -> Result<(), String> {
+        let f = &self.fused.as_ref().expect("a fused plan").plan.kernels[k];
+        let (table, n) = (f.table.clone(), f.kernel.n);
+        for o in f.outputs() {
+            let len = elems(&self.g.node(o).shape);
+            let buf = self.alloc(len)?;
+            let id = self.new_slot(buf, len, false);
+            vals.insert(o, id);
+        }
+        let words: Vec<u64> = table
+            .iter()
+            .map(|slot| match slot {
+                None => Ok(0),
+                Some(v) => vals
+                    .get(v)
+                    .map(|&id| self.ptr_of(id))
+                    .ok_or_else(|| format!("node {} is not live", v.index())),
+            })
+            .collect::<Result<_, String>>()?;
+        if n == 0 {
+            return Ok(());
+        }
+        let grid = u32::try_from(n.div_ceil(BLOCK as usize))
+            .ok()
+            .filter(|&g| g <= i32::MAX as u32)
+            .ok_or_else(|| format!("{n} elements need too many blocks"))?;
+        let st = self.fused.as_mut().expect("a fused plan");
+        if st.uploaded[k] != words {
+            self.backend.upload_words(&mut st.tables[k], &words)?;
+            st.uploaded[k] = words;
+        }
+        let tp = self.backend.ptr(&st.tables[k]);
+        let module = st.module;
+        let before = if self.profile {
+            Some(self.backend.mark()?)
+        } else {
+            None
+        };
+        let args = [Arg::P(tp), Arg::L(n as i64)];
+        self.backend.launch_module(module, k, grid, BLOCK, &args)?;
+        if let Some(a) = before {
+            let b = self.backend.mark()?;
+            self.marks.push((k, a, b));
         }
         Ok(())
     }
@@ -1020,6 +1307,11 @@ impl<'a, B: Backend> Executor<'a, B> {
 
 impl<B: Backend> Drop for Executor<'_, B> {
     fn drop(&mut self) {
+        if let Some(f) = self.fused.take() {
+            for b in f.tables {
+                self.backend.free(b);
+            }
+        }
         for s in std::mem::take(&mut self.slots).into_iter().flatten() {
             self.backend.free(s.buf);
         }

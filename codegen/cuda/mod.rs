@@ -6,7 +6,9 @@
 //! - [`nvrtc`]: run-time compilation to CUBIN/PTX for the device's
 //!   architecture, with an on-disk cache;
 //! - [`gemm`]: row-major products as column-major cuBLAS calls;
-//! - [`exec`]: the [`Executor`], generic over a [`Backend`];
+//! - [`exec`]: the [`Executor`], generic over a [`Backend`]: graph nodes
+//!   one by one, or a fusion plan (node units on these kernels, fused units
+//!   on one generated module per plan, [`fused`]);
 //! - [`device`]: the GPU backend (cudarc), with [`probe`];
 //! - [`emu`]: the CPU emulator backend (kernels compiled by the host C++
 //!   compiler, run sequentially), which lets everything but the cudarc calls
@@ -18,6 +20,7 @@ pub mod backend;
 pub mod device;
 pub mod emu;
 pub mod exec;
+pub mod fused;
 pub mod gemm;
 pub mod nvrtc;
 pub mod tools;

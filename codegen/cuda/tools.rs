@@ -43,6 +43,14 @@ pub const NODE_FLOOR: f32 = 1e-2;
 /// tests/cuda_emulated.rs).
 pub const OUTPUT_FLOOR: f32 = 1.0;
 
+/// Tolerance of a fused kernel in isolation. Generated kernels compute the
+/// surrogate derivative in f32 (`kernel_ir::prelude`, shared with the CPU's
+/// generated C), where `a·s·(1−s)` loses digits as `s` nears 0 or 1 (about
+/// 6e-4 relative at s = 0.9999); the CPU executor's node kernel computes it
+/// in f64. A wrong kernel is off by far more; outputs are still held to
+/// the case's tolerance.
+pub const KERNEL_TOL: f32 = 1e-3;
+
 /// Absolute floors of the comparisons: a tensor that is all rounding noise
 /// (the batch variance of a constant channel: 0 on one side, 1e-14 on the
 /// other) is compared in absolute terms.
@@ -114,6 +122,9 @@ pub struct CheckOptions {
     /// Also check every node in isolation (downloads every value).
     pub per_node: bool,
     pub tol: f32,
+    /// Run the fusion plan (fused kernels from the generated module, the
+    /// other nodes on kernels.cu); false: every node on its own kernel.
+    pub fused: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -133,6 +144,107 @@ pub struct CaseResult {
     pub seconds: f64,
     pub passed: bool,
     pub verdict: String,
+    /// A device output held NaN or infinity.
+    pub nonfinite: bool,
+    /// Some step differed from the CPU reference on its own inputs.
+    pub node_failed: bool,
+}
+
+/// The graph of `nodes` (in `g`'s order) reading inputs `a0, a1, …` in
+/// place of `reads`, with the `outs` as outputs `y0, y1, …`: the CPU
+/// reference of a node, or of a fused kernel, on the device's operands.
+fn sub_graph(
+    g: &Graph,
+    nodes: &[NodeIndex],
+    reads: &[NodeIndex],
+    outs: &[NodeIndex],
+) -> Result<Graph, String> {
+    let mut s = Graph::new("node", g.steps, g.batch);
+    let mut map: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+    for (i, o) in reads.iter().enumerate() {
+        let x = s.add(
+            Node {
+                op: Op::Input {
+                    name: format!("a{i}"),
+                },
+                shape: g.node(*o).shape.clone(),
+                dtype: DType::F32,
+                layer: None,
+                t: None,
+                role: Role::Input,
+            },
+            &[],
+        );
+        map.insert(*o, x);
+    }
+    let order = g.topo_order().ok_or("the graph has a cycle")?;
+    for n in order.into_iter().filter(|n| nodes.contains(n)) {
+        let ops = g
+            .operands(n)
+            .iter()
+            .map(|o| {
+                map.get(o).copied().ok_or_else(|| {
+                    format!("node {} reads node {}, not given", n.index(), o.index())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut node = g.node(n).clone();
+        if outs.contains(&n) {
+            node.role = Role::Output;
+        }
+        map.insert(n, s.add(node, &ops));
+    }
+    for (i, o) in outs.iter().enumerate() {
+        s.outputs.push((format!("y{i}"), map[o]));
+    }
+    Ok(s)
+}
+
+/// The CPU executor's values of `outs`, computed by `nodes` from `reads`.
+fn cpu_sub(
+    g: &Graph,
+    nodes: &[NodeIndex],
+    reads: &[(NodeIndex, Tensor<f32>)],
+    outs: &[NodeIndex],
+    opts: &RunOptions,
+) -> Result<Vec<Tensor<f32>>, String> {
+    let ids: Vec<NodeIndex> = reads.iter().map(|r| r.0).collect();
+    let s = sub_graph(g, nodes, &ids, outs)?;
+    let ins: HashMap<String, Tensor<f32>> = reads
+        .iter()
+        .enumerate()
+        .map(|(i, (_, t))| (format!("a{i}"), t.clone()))
+        .collect();
+    let mut r =
+        crate::codegen::cpu::run(&s, &ins, &HashMap::new(), opts).map_err(|e| e.to_string())?;
+    (0..outs.len())
+        .map(|i| {
+            r.remove(&format!("y{i}"))
+                .ok_or_else(|| "no output".to_string())
+        })
+        .collect()
+}
+
+/// The worst error of a fused kernel's stored values against the CPU
+/// executor run on the kernel's nodes with the device's inputs, and which
+/// value it is.
+pub fn kernel_error(
+    g: &Graph,
+    nodes: &[NodeIndex],
+    reads: &[(NodeIndex, Tensor<f32>)],
+    writes: &[(NodeIndex, Tensor<f32>)],
+    opts: &RunOptions,
+) -> Result<(f32, NodeIndex), String> {
+    let outs: Vec<NodeIndex> = writes.iter().map(|w| w.0).collect();
+    let want = cpu_sub(g, nodes, reads, &outs, opts)?;
+    let mut worst = (0f32, outs[0]);
+    for ((n, got), want) in writes.iter().zip(&want) {
+        let e = rel_err(got, want, NODE_FLOOR);
+        if worse(e, worst.0) {
+            worst = (e, *n);
+        }
+    }
+    Ok(worst)
 }
 
 /// A graph of one node reading inputs `a0, a1, …` (for the CPU reference of
@@ -270,8 +382,15 @@ pub fn check_case<B: Backend>(
 }
 
 /// Runs `g` on `backend` and on the CPU executor with the same inputs and
-/// parameters and compares outputs and (with `opts.per_node`) every node.
-/// `setup` can adjust the executor (workspace size, resident parameters).
+/// parameters and compares outputs and (with `opts.per_node`) every step in
+/// isolation: a node, or a fused kernel's stored values against the CPU
+/// executor on the kernel's nodes. `setup` can adjust the executor
+/// (workspace size, resident parameters).
+///
+/// A fused plan keeps spikes and membrane potentials in registers, so when
+/// its outputs differ the case runs again with them stored (the same
+/// kernels plus stores) to tell spikes flipped by rounding ties from
+/// errors; the verdict says so.
 pub fn check_graph<B: Backend>(
     backend: &mut B,
     g: &Graph,
@@ -279,7 +398,48 @@ pub fn check_graph<B: Backend>(
     params: &HashMap<String, Tensor<f32>>,
     opts: &CheckOptions,
     poison: bool,
-    setup: impl FnOnce(&mut Executor<'_, B>),
+    setup: impl Fn(&mut Executor<'_, B>),
+) -> Result<CaseResult, String> {
+    let r = check_once(backend, g, inputs, params, opts, poison, &setup, None)?;
+    if r.passed || !opts.fused || !opts.per_node || r.nonfinite || r.node_failed {
+        return Ok(r);
+    }
+    let mut keep = Vec::new();
+    for n in g.g.node_indices() {
+        if matches!(g.node(n).op, Op::Spike { .. }) {
+            keep.push(n);
+            keep.extend(g.operands(n).first().copied());
+        }
+    }
+    keep.sort();
+    keep.dedup();
+    let mut again = check_once(
+        backend,
+        g,
+        inputs,
+        params,
+        opts,
+        poison,
+        &setup,
+        Some(&keep),
+    )?;
+    again.verdict = format!(
+        "{} (run again with spikes and potentials stored; first run: {})",
+        again.verdict, r.verdict
+    );
+    Ok(again)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_once<B: Backend>(
+    backend: &mut B,
+    g: &Graph,
+    inputs: &HashMap<String, Tensor<f32>>,
+    params: &HashMap<String, Tensor<f32>>,
+    opts: &CheckOptions,
+    poison: bool,
+    setup: &impl Fn(&mut Executor<'_, B>),
+    keep: Option<&[NodeIndex]>,
 ) -> Result<CaseResult, String> {
     let started = Instant::now();
     let ropts = RunOptions { seed: opts.seed };
@@ -290,9 +450,14 @@ pub fn check_graph<B: Backend>(
     let (want, cpu_spikes) = crate::codegen::cpu::run_keeping(g, inputs, params, &ropts, &spikes)
         .map_err(|e| format!("error: CPU executor: {e}"))?;
 
-    let mut exec = Executor::new(backend, g)?;
+    let mut exec = if opts.fused {
+        Executor::fused(backend, g, keep.unwrap_or(&[]))?
+    } else {
+        Executor::new(backend, g)?
+    };
     exec.poison = poison;
     setup(&mut exec);
+    let kernels = exec.kernels().to_vec();
     let mut node_err = 0f32;
     let mut worst_node = String::from("-");
     let mut flips = 0usize;
@@ -300,34 +465,76 @@ pub fn check_graph<B: Backend>(
     let mut node_failure: Option<String> = None;
     let mut first_flip: Option<(NodeIndex, usize, f32)> = None;
     let per_node = opts.per_node;
-    let mut observe = |n: NodeIndex, ops: &[Tensor<f32>], out: &Tensor<f32>| {
-        let node = g.node(n);
-        if let (Some(c), Op::Spike { theta, .. }) = (cpu_spikes.get(&n), &node.op) {
+    // The first step that differs in isolation beyond its tolerance.
+    let mut step_failed: Option<String> = None;
+    let mut observe = |o: &super::exec::Observed<'_>| {
+        for (n, out) in o.writes {
+            let (Some(c), Op::Spike { theta, .. }) = (cpu_spikes.get(n), &g.node(*n).op) else {
+                continue;
+            };
             let differ: Vec<usize> = (0..c.len()).filter(|&i| c.data[i] != out.data[i]).collect();
             if first_flip.is_none() && !differ.is_empty() {
                 // How far from the threshold were the first spikes to differ
-                // (the device's own membrane potential)?
-                let dist = differ
-                    .iter()
-                    .map(|&i| (ops[0].data[i] - *theta as f32).abs())
-                    .fold(0f32, f32::max);
-                first_flip = Some((n, differ.len(), dist));
+                // (the device's own membrane potential, when the step
+                // stored it)?
+                let u = g.operands(*n)[0];
+                let dist = match o.reads.iter().chain(o.writes).find(|(m, _)| *m == u) {
+                    Some((_, v)) => differ
+                        .iter()
+                        .map(|&i| (v.data[i] - *theta as f32).abs())
+                        .fold(0f32, f32::max),
+                    None => f32::INFINITY,
+                };
+                first_flip = Some((*n, differ.len(), dist));
             }
             flips += differ.len();
             spike_count += c.len();
         }
-        if !per_node || matches!(node.op, Op::Input { .. } | Op::Param { .. }) {
+        if !per_node {
             return;
         }
-        match node_error(g, n, ops, out, &ropts) {
+        let (e, what, tol) = match o.step {
+            super::exec::Step::Node(n) => {
+                let node = g.node(n);
+                if matches!(node.op, Op::Input { .. } | Op::Param { .. }) {
+                    return;
+                }
+                let ops: Vec<Tensor<f32>> = o.reads.iter().map(|r| r.1.clone()).collect();
+                (
+                    node_error(g, n, &ops, &o.writes[0].1, &ropts),
+                    format!("{} {} #{}", node.op.name(), node.op.attrs(), n.index()),
+                    opts.tol,
+                )
+            }
+            super::exec::Step::Kernel(k) => {
+                let f = &kernels[k];
+                match kernel_error(g, &f.nodes, o.reads, o.writes, &ropts) {
+                    Ok((e, n)) => (
+                        Ok(e),
+                        format!(
+                            "kernel {} ({} #{})",
+                            f.kernel.name,
+                            g.node(n).op.name(),
+                            n.index()
+                        ),
+                        KERNEL_TOL.max(opts.tol),
+                    ),
+                    Err(e) => (Err(e), String::new(), 0.0),
+                }
+            }
+        };
+        match e {
             Ok(e) => {
+                if worse(e, tol) && step_failed.is_none() {
+                    step_failed = Some(what.clone());
+                }
                 if worse(e, node_err) {
                     node_err = e;
-                    worst_node = format!("{} {} #{}", node.op.name(), node.op.attrs(), n.index());
+                    worst_node = what;
                 }
             }
             Err(e) => {
-                node_failure.get_or_insert(format!("CPU reference of node {}: {e}", n.index()));
+                node_failure.get_or_insert(format!("CPU reference of step {:?}: {e}", o.step));
             }
         }
     };
@@ -351,10 +558,11 @@ pub fn check_graph<B: Backend>(
         }
     }
     let nonfinite = got.values().any(|t| t.data.iter().any(|v| !v.is_finite()));
+    let node_failed = step_failed.is_some();
     let (passed, verdict) = if nonfinite {
         (false, "FAIL: non-finite device output".to_string())
-    } else if worse(node_err, opts.tol) {
-        (false, format!("FAIL: {worst_node} differs in isolation"))
+    } else if let Some(what) = step_failed {
+        (false, format!("FAIL: {what} differs in isolation"))
     } else if output_err <= opts.tol {
         (true, "ok".to_string())
     } else if let (Some((n, k, dist)), true) = (first_flip, per_node) {
@@ -403,6 +611,8 @@ pub fn check_graph<B: Backend>(
         seconds: started.elapsed().as_secs_f64(),
         passed,
         verdict,
+        nonfinite,
+        node_failed,
     })
 }
 
@@ -565,11 +775,26 @@ pub fn run_cases<B: Backend>(
     if !json {
         println!(
             "cuda-check: {} passed, {} failed (relative error < {:.0e}; elements below {NODE_FLOOR:.0e} (per node) / \
-             {OUTPUT_FLOOR:.0e} (outputs) of a tensor's largest are compared at that scale)",
-            count.0, count.1, opts.tol
+             {OUTPUT_FLOOR:.0e} (outputs) of a tensor's largest are compared at that scale{})",
+            count.0,
+            count.1,
+            opts.tol,
+            if opts.fused {
+                format!("; fused kernels in isolation < {KERNEL_TOL:.0e}, see KERNEL_TOL")
+            } else {
+                String::new()
+            }
         );
     }
     all
+}
+
+fn plan_note(opts: &CheckOptions) -> &'static str {
+    if opts.fused {
+        "the fusion plan: fused kernels from one generated module per case, other nodes on kernels.cu (--no-fuse: every node on its own kernel)"
+    } else {
+        "every node on its own kernel (--no-fuse)"
+    }
 }
 
 /// `snnc cuda-check`: on the GPU (or the CPU emulator). Ok(false) when a
@@ -584,6 +809,7 @@ pub fn cuda_check(
         let mut emu = Emu::new()?;
         emu.set_max_grid(64);
         println!("cuda-check on the {}", emu.describe());
+        println!("  {}", plan_note(opts));
         return Ok(run_cases(&mut emu, opts, true, json));
     }
     let mut cuda = match Cuda::new() {
@@ -596,6 +822,7 @@ pub fn cuda_check(
     };
     println!("cuda-check on {}", cuda.describe());
     println!("  {}", cuda.kernels_note);
+    println!("  {}", plan_note(opts));
     Ok(run_cases(&mut cuda, opts, true, json))
 }
 
@@ -607,6 +834,23 @@ pub fn bandwidth<B: Backend>(
     bytes: usize,
     reps: usize,
 ) -> Result<Vec<(String, f64)>, String> {
+    let r = measure_bandwidth(b, bytes, reps)?;
+    for (engine, gbs, secs) in &r {
+        println!(
+            "device copy, {engine}: {:.2} GB x {reps} in {:.2} ms: {gbs:.0} GB/s (read + write)",
+            bytes as f64 / 1e9,
+            secs * 1e3,
+        );
+    }
+    Ok(r.into_iter().map(|(e, g, _)| (e, g)).collect())
+}
+
+/// [`bandwidth`] without printing: (engine, GB/s, seconds) per engine.
+pub fn measure_bandwidth<B: Backend>(
+    b: &mut B,
+    bytes: usize,
+    reps: usize,
+) -> Result<Vec<(String, f64, f64)>, String> {
     let len = bytes / 4;
     let src = b.alloc(len)?;
     let mut dst = b.alloc(len)?;
@@ -639,13 +883,7 @@ pub fn bandwidth<B: Backend>(
         b.sync()?;
         let secs = started.elapsed().as_secs_f64();
         let gbs = 2.0 * bytes as f64 * reps as f64 / secs / 1e9;
-        println!(
-            "device copy, {engine}: {:.2} GB x {reps} in {:.2} ms: {:.0} GB/s (read + write)",
-            bytes as f64 / 1e9,
-            secs * 1e3,
-            gbs
-        );
-        results.push((engine.to_string(), gbs));
+        results.push((engine.to_string(), gbs, secs));
     }
     let check = b.download(&dst, 1)?;
     if check[0] != 1.5 {
@@ -670,6 +908,8 @@ pub fn bandwidth_check(bytes: usize, reps: usize) -> Result<(), String> {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CudaBenchRow {
     pub device: String,
+    /// "fused" (the fusion plan) or "nodes" (one kernel per node).
+    pub plan: String,
     pub mode: Mode,
     pub steps: usize,
     pub batch: usize,
@@ -687,9 +927,24 @@ pub struct CudaBenchRow {
     pub reserved_bytes: usize,
     /// Device memory in use (cuMemGetInfo) after the steps, minus before.
     pub device_used_bytes: Option<usize>,
+    /// Fused kernels of the plan, and those that update LIF neurons.
+    pub kernels: usize,
+    pub lif_kernels: usize,
+    /// The LIF kernels of one profiled step: bytes they must move (every
+    /// tensor of their pointer tables once, read or written), device time,
+    /// and the ratio; the slowest LIF kernel's GB/s.
+    pub lif_bytes: usize,
+    pub lif_seconds: f64,
+    pub lif_gbps: Option<f64>,
+    pub lif_min_gbps: Option<f64>,
 }
 
-/// `snnc bench --device cuda`.
+/// What the bench compares the LIF kernels with: the copy kernel's
+/// bandwidth (read + write) on buffers of this size, well beyond the L2.
+const BENCH_COPY_BYTES: usize = 256 << 20;
+
+/// `snnc bench --device cuda`: the fusion plan (`fused`), or every node on
+/// its own kernel.
 pub fn bench_cuda(
     path: &Path,
     steps: &[usize],
@@ -697,18 +952,39 @@ pub fn bench_cuda(
     batch: usize,
     repeats: usize,
     json: bool,
+    fused: bool,
 ) -> Result<(), String> {
     let (model, a) = crate::cli::load(path)?;
     let mut cuda = Cuda::new().map_err(|e| format!("error: bench --device cuda: {e}"))?;
     let params: HashMap<String, Tensor<f32>> =
         crate::init::cast_params(&crate::init::init_params(&a, 0));
+    // The reference for the LIF kernels' bandwidth.
+    let copy = if fused {
+        let r = measure_bandwidth(&mut cuda, BENCH_COPY_BYTES, 10)?;
+        r.iter()
+            .find(|(e, _, _)| e.contains("kernel"))
+            .map(|(_, g, _)| *g)
+    } else {
+        None
+    };
     if !json {
         println!("{}: {}", model.name, cuda.describe());
         println!("  {}", cuda.kernels_note);
         println!(
-            "batch {batch}, median of {repeats} steps after one warm-up (a step: upload x, labels; forward + backward; download loss, logits, gradients)"
+            "batch {batch}, median of {repeats} steps after one warm-up (a step: upload x, labels; forward + backward; download loss, logits, gradients); {}",
+            if fused {
+                "the fusion plan (fused kernels from one generated module per plan, other nodes on kernels.cu)"
+            } else {
+                "every node on its own kernel (--no-fuse)"
+            }
         );
-        println!(
+        if let Some(c) = copy {
+            println!(
+                "copy kernel: {c:.0} GB/s (read + write, {} MiB); LIF GB/s: bytes the LIF kernels must move / their device time in one profiled step",
+                BENCH_COPY_BYTES >> 20
+            );
+        }
+        print!(
             "{:<6} {:>4} {:>10} {:>10} {:>10} {:>9} {:>10} {:>12} {:>12} {:>12}",
             "mode",
             "T",
@@ -721,6 +997,13 @@ pub fn bench_cuda(
             "pool MiB",
             "device MiB"
         );
+        if fused {
+            print!(
+                " {:>8} {:>9} {:>7} {:>9}",
+                "kernels", "LIF GB/s", "% copy", "min GB/s"
+            );
+        }
+        println!();
     }
     for &mode in modes {
         for &t in steps {
@@ -732,7 +1015,11 @@ pub fn bench_cuda(
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
             cuda.sync()?;
             let before = cuda.mem_info();
-            let mut exec = Executor::new(&mut cuda, &g)?;
+            let mut exec = if fused {
+                Executor::fused(&mut cuda, &g, &[])?
+            } else {
+                Executor::new(&mut cuda, &g)?
+            };
             exec.set_resident_params(&params)?;
             let mut times = Vec::new();
             let empty = HashMap::new();
@@ -747,12 +1034,34 @@ pub fn bench_cuda(
             }
             let after = exec.backend().mem_info();
             let stats = exec.stats();
+            // One more step with a device mark around every fused kernel.
+            let kernels = exec.kernels().to_vec();
+            let (mut lif_bytes, mut lif_secs, mut lif_min) = (0usize, 0f64, None::<f64>);
+            let mut lif_kernels = 0;
+            if !kernels.is_empty() {
+                exec.profile = true;
+                exec.run(&inputs, &empty, &RunOptions { seed: 0 })?;
+                exec.profile = false;
+                for (k, secs) in exec.kernel_times()? {
+                    let f = &kernels[k];
+                    if !super::fused::is_lif(&g, f) {
+                        continue;
+                    }
+                    let bytes = super::fused::traffic_bytes(&g, f);
+                    lif_kernels += 1;
+                    lif_bytes += bytes;
+                    lif_secs += secs;
+                    let gbs = bytes as f64 / secs.max(1e-12) / 1e9;
+                    lif_min = Some(lif_min.map_or(gbs, |m| m.min(gbs)));
+                }
+            }
             drop(exec);
             times.sort_by(f64::total_cmp);
             let med = times[times.len() / 2];
             let flop = cost.forward_flops + cost.backward_flops;
             let row = CudaBenchRow {
                 device: cuda.info.name.clone(),
+                plan: if fused { "fused" } else { "nodes" }.to_string(),
                 mode,
                 steps: t,
                 batch,
@@ -767,25 +1076,45 @@ pub fn bench_cuda(
                     (Some((f0, _)), Some((f1, _))) => Some(f0.saturating_sub(f1)),
                     _ => None,
                 },
+                kernels: kernels.len(),
+                lif_kernels,
+                lif_bytes,
+                lif_seconds: lif_secs,
+                lif_gbps: (lif_secs > 0.0).then(|| lif_bytes as f64 / lif_secs / 1e9),
+                lif_min_gbps: lif_min,
             };
             if json {
                 println!("{}", serde_json::to_string(&row).expect("serialisable"));
-            } else {
-                println!(
-                    "{:<6} {:>4} {:>10.2} {:>10.1} {:>10.2} {:>9.0} {:>10.1} {:>12.1} {:>12.1} {:>12}",
-                    row.mode.to_string(),
-                    row.steps,
-                    row.step_seconds * 1e3,
-                    row.images_per_sec,
-                    row.gflop_per_step,
-                    row.gflops,
-                    row.kept_bytes / MIB,
-                    row.peak_live_bytes as f64 / MIB,
-                    row.reserved_bytes as f64 / MIB,
-                    row.device_used_bytes
-                        .map_or("-".to_string(), |b| format!("{:.1}", b as f64 / MIB))
+                continue;
+            }
+            print!(
+                "{:<6} {:>4} {:>10.2} {:>10.1} {:>10.2} {:>9.0} {:>10.1} {:>12.1} {:>12.1} {:>12}",
+                row.mode.to_string(),
+                row.steps,
+                row.step_seconds * 1e3,
+                row.images_per_sec,
+                row.gflop_per_step,
+                row.gflops,
+                row.kept_bytes / MIB,
+                row.peak_live_bytes as f64 / MIB,
+                row.reserved_bytes as f64 / MIB,
+                row.device_used_bytes
+                    .map_or("-".to_string(), |b| format!("{:.1}", b as f64 / MIB))
+            );
+            if fused {
+                let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+                print!(
+                    " {:>8} {:>9} {:>7} {:>9}",
+                    row.kernels,
+                    opt(row.lif_gbps),
+                    match (row.lif_gbps, copy) {
+                        (Some(l), Some(c)) if c > 0.0 => format!("{:.0}%", 100.0 * l / c),
+                        _ => "-".to_string(),
+                    },
+                    opt(row.lif_min_gbps)
                 );
             }
+            println!();
         }
     }
     Ok(())

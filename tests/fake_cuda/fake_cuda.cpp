@@ -4,8 +4,10 @@
 // on a machine without a GPU.
 //
 // "Device memory" is host memory; a module is the CPU emulator's kernel
-// library (codegen/cuda/emu.rs, path in $SNNC_FAKE_EMU_LIB), whatever image
-// cuModuleLoadData is given (the real NVRTC's CUBIN); cuLaunchKernel calls
+// libraries (codegen/cuda/emu.rs: $SNNC_FAKE_EMU_LIB, a ':'-separated list
+// of kernels.cu's library and those of generated modules, whose kernel names
+// carry a hash of their code, so a name finds the right code), whatever
+// image cuModuleLoadData is given (the real NVRTC's CUBIN); cuLaunchKernel calls
 // the emulator's launcher with the kernelParams array exactly as the driver
 // would read it. Every copy and every pointer argument is checked against
 // the live allocations, launch configurations against the hardware limits,
@@ -22,6 +24,8 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <time.h>
+#include <vector>
 
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
@@ -190,7 +194,7 @@ CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, void*) {
 }
 
 struct Module {
-    void* lib;
+    std::vector<void*> libs;
 };
 
 struct Function {
@@ -204,11 +208,25 @@ CUresult cuModuleLoadData(void** module, const void* image) {
     if (!image) return fail("cuModuleLoadData: null image", INVALID_VALUE);
     // A CUBIN is an ELF file; PTX is text starting with a comment or
     // directive. Either is accepted; the kernels come from the emulator.
-    const char* path = std::getenv("SNNC_FAKE_EMU_LIB");
-    if (!path) return fail("SNNC_FAKE_EMU_LIB is not set", NOT_FOUND);
-    void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) return fail(dlerror(), NOT_FOUND);
-    *module = new Module{lib};
+    const char* paths = std::getenv("SNNC_FAKE_EMU_LIB");
+    if (!paths) return fail("SNNC_FAKE_EMU_LIB is not set", NOT_FOUND);
+    Module* m = new Module;
+    std::string all(paths);
+    size_t start = 0;
+    while (start <= all.size()) {
+        size_t end = all.find(':', start);
+        if (end == std::string::npos) end = all.size();
+        std::string path = all.substr(start, end - start);
+        start = end + 1;
+        if (path.empty()) continue;
+        void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+        if (!lib) {
+            delete m;
+            return fail(dlerror(), NOT_FOUND);
+        }
+        m->libs.push_back(lib);
+    }
+    *module = m;
     return SUCCESS;
 }
 
@@ -221,9 +239,16 @@ CUresult cuModuleGetFunction(void** f, void* module, const char* name) {
     Module* m = (Module*)module;
     std::string launcher = std::string("snnc_emu_launch_") + name;
     std::string sig = std::string("snnc_emu_sig_") + name;
-    void* l = dlsym(m->lib, launcher.c_str());
-    void* s = dlsym(m->lib, sig.c_str());
-    if (!l || !s) return NOT_FOUND;
+    void *l = nullptr, *s = nullptr;
+    for (void* lib : m->libs) {
+        l = dlsym(lib, launcher.c_str());
+        s = dlsym(lib, sig.c_str());
+        if (l && s) break;
+    }
+    if (!l || !s) {
+        std::fprintf(stderr, "fake CUDA: no emulated kernel `%s` in $SNNC_FAKE_EMU_LIB\n", name);
+        return NOT_FOUND;
+    }
     char buf[64] = {0};
     ((void (*)(char*))s)(buf);
     *f = new Function{(void (*)(unsigned, unsigned, void**))l, buf, name};
@@ -256,6 +281,42 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
         }
     }
     fn->launch(gx, bx, params);
+    return SUCCESS;
+}
+
+// Events: a launch has finished when cuLaunchKernel returns, so an event
+// records the host clock.
+struct Event {
+    double ms;
+};
+
+static double now_ms() {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+CUresult cuEventCreate(void** e, unsigned) {
+    *e = new Event{0};
+    return SUCCESS;
+}
+
+CUresult cuEventRecord(void* e, void*) {
+    if (!e) return INVALID_HANDLE;
+    ((Event*)e)->ms = now_ms();
+    return SUCCESS;
+}
+
+CUresult cuEventSynchronize(void* e) { return e ? SUCCESS : INVALID_HANDLE; }
+
+CUresult cuEventElapsedTime(float* ms, void* a, void* b) {
+    if (!a || !b) return INVALID_HANDLE;
+    *ms = (float)(((Event*)b)->ms - ((Event*)a)->ms);
+    return SUCCESS;
+}
+
+CUresult cuEventDestroy_v2(void* e) {
+    delete (Event*)e;
     return SUCCESS;
 }
 
