@@ -260,6 +260,13 @@ impl<'a, B: Backend> Executor<'a, B> {
                         .ok_or_else(|| format!("the plan has no kernel {k}"))?;
                     (Step::Kernel(k), f.reads(), f.outputs())
                 }
+                // Time-major plans (one kernel step per unit) are a CPU
+                // schedule; the CUDA ABI runs a kernel's T steps per launch.
+                Unit::Step(..) => {
+                    return Err("the CUDA executor runs layer-major fused plans only; \
+                         time-major plans (one kernel step per unit) run on the CPU"
+                        .to_string())
+                }
             };
             if let Some(o) = r.iter().find(|o| !written.contains(*o)) {
                 return Err(format!(
