@@ -315,11 +315,13 @@ pub fn slots_of(stmts: &[Stmt]) -> Vec<Slot> {
 }
 
 /// Surrogate derivatives, spelled once for both targets (`QUAL` is
-/// `static inline` in C and `__device__ inline` in CUDA). Same formulas as
-/// `interp::surrogate_grad`, in f32.
+/// `static inline` in C and `__device__ inline` in CUDA). Same functions as
+/// `interp::surrogate_grad`, in f32. The sigmoid's σ(1 − σ) is written as
+/// z/(1 + z)² with z = e^(−α|x|) (it is even in x): in f32, 1 − σ cancels
+/// to a few digits once σ nears 1, and z never overflows.
 pub fn prelude(qual: &str) -> String {
     format!(
-        "{qual} float sg_sigmoid(float x, float a) {{ const float s = 1.0f / (1.0f + expf(-a * x)); return a * s * (1.0f - s); }}\n\
+        "{qual} float sg_sigmoid(float x, float a) {{ const float z = expf(-a * fabsf(x)); return a * z / ((1.0f + z) * (1.0f + z)); }}\n\
          {qual} float sg_atan(float x, float a) {{ const float u = 1.57079632679489661923f * a * x; return a / (2.0f * (1.0f + u * u)); }}\n\
          {qual} float sg_triangle(float x, float a) {{ const float v = a - a * a * fabsf(x); return v > 0.0f ? v : 0.0f; }}\n"
     )
