@@ -51,7 +51,19 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
 /// The two schedules (DESIGN.md §2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Schedule {
     /// Each layer's T steps together; layers in order (forward), in reverse
@@ -72,7 +84,9 @@ impl std::fmt::Display for Schedule {
 }
 
 /// A schedule and its options.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct SchedOpts {
     pub schedule: Schedule,
     /// Time-major only: duplicate the per-step forward that feeds each

@@ -316,8 +316,14 @@ struct TrainArgs {
     /// Applied to conv/linear weights only.
     #[arg(long, default_value_t = 5e-4)]
     weight_decay: f64,
+    /// Learning-rate schedule.
     #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
     schedule: Schedule,
+    /// Execution order of the fused CPU plan: layer-major (fastest),
+    /// time-major or time-major-recompute (kernels run one step at a time:
+    /// less memory at large T; see `snnc bench --schedule fused-…`).
+    #[arg(long, default_value = "layer-major")]
+    order: SchedOpts,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Run folder (checkpoint.safetensors, metrics.jsonl).
@@ -595,6 +601,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
         schedule: a.schedule,
         seed: a.seed,
         paper_grad_scale: a.paper_grad_scale,
+        order: a.order,
     };
     cli::train(Some(cfg), &out, None, None, a.json, cuda)
 }

@@ -51,6 +51,7 @@ fn config(model: (&str, &str), mode: Mode, epochs: usize) -> TrainConfig {
         schedule: Schedule::Const,
         seed: 11,
         paper_grad_scale: false,
+        order: Default::default(),
     }
 }
 

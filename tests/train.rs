@@ -29,6 +29,7 @@ fn config(mode: Mode, epochs: usize) -> TrainConfig {
         schedule: Schedule::Const,
         seed: 7,
         paper_grad_scale: false,
+        order: Default::default(),
     }
 }
 
@@ -113,4 +114,42 @@ fn mismatched_dataset_is_a_clear_error() {
         e.contains("samples of shape 64") && e.contains("expects input 1×28×28"),
         "{e}"
     );
+}
+
+/// Training on the time-major fused plans (kernels run one step at a time;
+/// with batch-norm statistics recomputed) gives the layer-major run's
+/// losses up to rounding, and learns.
+#[test]
+fn time_major_orders_train_like_layer_major() {
+    use snnc::passes::schedule::SchedOpts;
+    let model = "model digits_bn\ninput 64 encoding=direct\nlinear 48 bias=false\nbatchnorm\nlif\nlinear 10\n";
+    let mut losses = Vec::new();
+    for order in [
+        SchedOpts::LAYER_MAJOR,
+        SchedOpts::TIME_MAJOR,
+        SchedOpts::TIME_MAJOR_RECOMPUTE,
+    ] {
+        let cfg = TrainConfig {
+            model_source: model.into(),
+            model_file: "digits_bn.snn".into(),
+            steps: 3,
+            order,
+            ..config(Mode::Rate, 2)
+        };
+        let s = train(&cfg, &tmp(&format!("order-{order}")), None, true).unwrap();
+        let last = s.epochs.last().unwrap();
+        assert!(
+            last.test_acc > 0.8,
+            "{order}: test accuracy {}",
+            last.test_acc
+        );
+        losses.push((order, s.epochs[0].train_loss));
+    }
+    let base = losses[0].1;
+    for (order, l) in &losses[1..] {
+        assert!(
+            (l - base).abs() <= 1e-3 * base,
+            "{order}: first-epoch loss {l} vs layer-major {base}"
+        );
+    }
 }

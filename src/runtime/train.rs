@@ -56,6 +56,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Divide rate-mode gradients by T, as the paper's official code does.
     pub paper_grad_scale: bool,
+    /// The fused CPU plan's schedule (`--order`): layer-major, or
+    /// time-major (one kernel step at a time, less memory at large T).
+    /// Checkpoints from before this option read as layer-major.
+    #[serde(default)]
+    pub order: crate::passes::schedule::SchedOpts,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -425,7 +430,7 @@ pub fn train(
     quiet: bool,
 ) -> Result<Summary, String> {
     run(cfg, out, resume, quiet, |graph, keep| {
-        let exe = Compiled::new(&graph, &keep)?;
+        let exe = Compiled::scheduled(&graph, &keep, cfg.order)?;
         Ok(Box::new(CpuEngine { graph, exe }))
     })
 }
@@ -439,6 +444,12 @@ pub fn train_on<B: Backend>(
     quiet: bool,
     backend: &mut B,
 ) -> Result<Summary, String> {
+    if cfg.order != crate::passes::schedule::SchedOpts::LAYER_MAJOR {
+        return Err(format!(
+            "error: `--order {}` is a CPU plan; `--device cuda` trains layer-major",
+            cfg.order
+        ));
+    }
     run(cfg, out, resume, quiet, |graph, keep| {
         let plan = fuse::fuse_keeping(&graph, &keep);
         Ok(Box::new(CudaEngine {
