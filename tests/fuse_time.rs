@@ -1,0 +1,123 @@
+//! Time-major fused plans (`passes/fuse_time`), structurally, on random
+//! models: every unit reads only values computed by earlier units (or
+//! inputs and parameters), every value is computed once, every kernel that
+//! is split runs each of its steps exactly once and in its loop order, the
+//! arena never lets two live buffers overlap, and the step units interleave
+//! layers (time-major) whenever there is more than one multi-step kernel.
+//! Numerical agreement with the interpreter is `tests/fused_exec.rs`.
+
+mod common;
+
+use common::gen;
+use proptest::prelude::*;
+use snnc::compile::{compile, Options};
+use snnc::ir::{Graph, NodeIndex, Op};
+use snnc::passes::fuse::{Plan, Unit};
+use snnc::passes::rate::Mode;
+use snnc::passes::schedule::SchedOpts;
+use snnc::passes::{fuse_time, memplan};
+use std::collections::{HashMap, HashSet};
+
+fn check(g: &Graph, plan: &Plan) -> Result<(), String> {
+    let mut done: HashSet<NodeIndex> = HashSet::new();
+    let mut next_step: HashMap<usize, usize> = HashMap::new();
+    for (i, u) in plan.units.iter().enumerate() {
+        let (reads, writes) = match *u {
+            Unit::Node(n) => (g.operands(n), vec![n]),
+            Unit::Kernel(k) => (plan.kernels[k].reads(), plan.kernels[k].outputs()),
+            Unit::Step(k, t) => {
+                let f = &plan.kernels[k];
+                let order = f.loop_steps();
+                let at = next_step.entry(k).or_insert(0);
+                if order.get(*at) != Some(&t) {
+                    return Err(format!(
+                        "unit {i}: {} step {t} out of loop order {order:?}",
+                        f.kernel.name
+                    ));
+                }
+                *at += 1;
+                f.step_access(t)
+            }
+        };
+        for r in reads {
+            let leaf = matches!(g.g[r].op, Op::Input { .. } | Op::Param { .. });
+            if !leaf && !done.contains(&r) {
+                return Err(format!("unit {i} reads %{} before it exists", r.index()));
+            }
+        }
+        for w in writes {
+            // A value a kernel stores at several steps (a step-free store)
+            // is written again by the same kernel, never by two units.
+            if !done.insert(w) && !matches!(u, Unit::Step(..)) {
+                return Err(format!("unit {i} computes %{} again", w.index()));
+            }
+        }
+    }
+    for (&k, &n) in &next_step {
+        let want = plan.kernels[k].loop_steps().len();
+        if n != want {
+            return Err(format!(
+                "{}: {n} of {want} steps run",
+                plan.kernels[k].kernel.name
+            ));
+        }
+    }
+    for (name, n) in &g.outputs {
+        if !done.contains(n) {
+            return Err(format!("output {name} never computed"));
+        }
+    }
+    memplan::plan_fused(g, plan).check_arena()?;
+    Ok(())
+}
+
+/// Whether some kernel's step t + 1 comes after another kernel's step t
+/// (the plan is not layer-major in disguise).
+fn interleaved(plan: &Plan) -> bool {
+    let steps: Vec<(usize, usize)> = plan
+        .units
+        .iter()
+        .filter_map(|u| match *u {
+            Unit::Step(k, t) => Some((k, t)),
+            _ => None,
+        })
+        .collect();
+    steps
+        .windows(2)
+        .any(|w| w[0].0 != w[1].0 && w[0].1 == w[1].1)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn time_major_plans_are_valid(r in gen::recipe(), steps in 1usize..=4, rate in any::<bool>(), recompute in any::<bool>()) {
+        let model = gen::build(&r);
+        let mode = if rate { Mode::Rate } else { Mode::Bptt };
+        let g = compile(&model, &Options::new(steps, 2, mode)).map_err(TestCaseError::fail)?.graph;
+        let opts = if recompute { SchedOpts::TIME_MAJOR_RECOMPUTE } else { SchedOpts::TIME_MAJOR };
+        let lowered = fuse_time::lower(&g, opts);
+        let plan = fuse_time::plan(&lowered, &[], opts);
+        check(&lowered, &plan).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn example_models_interleave_steps() {
+    for name in ["digits_mlp", "fmnist_csnn", "vggsnn_dvs34"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("examples/models/{name}.snn"));
+        let model = snnc::dsl::parse_file(&path).unwrap().0;
+        for mode in [Mode::Bptt, Mode::Rate] {
+            for opts in [SchedOpts::TIME_MAJOR, SchedOpts::TIME_MAJOR_RECOMPUTE] {
+                let g = compile(&model, &Options::new(4, 2, mode)).unwrap().graph;
+                let lowered = fuse_time::lower(&g, opts);
+                let plan = fuse_time::plan(&lowered, &[], opts);
+                check(&lowered, &plan).unwrap_or_else(|e| panic!("{name} {mode} {opts}: {e}"));
+                assert!(
+                    interleaved(&plan),
+                    "{name} {mode} {opts}: steps not interleaved"
+                );
+            }
+        }
+    }
+}
