@@ -42,6 +42,8 @@ pub fn flops(op: &Op, ins: &[&[usize]], out: &[usize]) -> f64 {
             ins.iter().map(|s| numel(s)).sum()
         }
         Op::ChannelVar => 3.0 * ins[1..].iter().map(|s| numel(s)).sum::<f64>(),
+        // The product and the sum of channel_sum(mul(a, b)).
+        Op::ChannelDot => 2.0 * numel(ins[0]),
         Op::Normalize { .. } => 2.0 * o,
         Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => 5.0 * numel(ins[0]),
         Op::SurrogateGrad { .. } => 4.0 * o,

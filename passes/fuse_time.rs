@@ -21,11 +21,13 @@ use crate::passes::schedule::{self, SchedOpts, Schedule};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-/// The graph a fused plan for `opts` runs: for time-major, batch-norm
+/// The graph a fused CPU plan for `opts` runs: `channel_sum(mul(a, b))`
+/// as `channel_dot(a, b)` ([`channel_dots`]); for time-major, batch-norm
 /// statistics recomputed when asked and non-absorbable time reductions
-/// chained. Layer-major plans run `g` itself.
+/// chained.
 pub fn lower(g: &Graph, opts: SchedOpts) -> Graph {
     let mut g = g.clone();
+    channel_dots(&mut g);
     if opts.schedule == Schedule::TimeMajor {
         if opts.recompute_bn {
             schedule::recompute_bn(&mut g);
@@ -37,6 +39,43 @@ pub fn lower(g: &Graph, opts: SchedOpts) -> Graph {
         });
     }
     g
+}
+
+/// Rewrites `channel_sum(mul(a, b))`, where the product has no other
+/// user, as `channel_dot(a, b)`: batch norm's backward (Σ δy·x̂ for γ, and
+/// the channel-scale gradients) would otherwise store a full-size product
+/// only for a library reduction to read it once. Returns the count.
+pub fn channel_dots(g: &mut Graph) -> usize {
+    use crate::ir::Op;
+    let sums: Vec<(NodeIndex, NodeIndex)> =
+        g.g.node_indices()
+            .filter(|&n| g.g[n].op == Op::ChannelSum)
+            .filter_map(|n| {
+                let m = g.operands(n)[0];
+                let alone = g.g[m].op == Op::Mul
+                    && g.users(m).len() == 1
+                    && !g.outputs.iter().any(|&(_, o)| o == m);
+                alone.then_some((n, m))
+            })
+            .collect();
+    for &(n, m) in &sums {
+        let (a, b) = (g.operands(m)[0], g.operands(m)[1]);
+        let node = g.g[n].clone();
+        let d = g.add_op(
+            "lower",
+            Op::ChannelDot,
+            node.layer,
+            node.t,
+            node.role,
+            &[a, b],
+        );
+        schedule::redirect(g, n, d);
+        g.g.remove_node(m);
+    }
+    if !sums.is_empty() {
+        g.ad = None;
+    }
+    sums.len()
 }
 
 /// The fused plan of `g` for `opts`; `g` must come from [`lower`].

@@ -194,7 +194,7 @@ fn is_backward(n: &Node) -> bool {
 }
 
 /// Moves every use of `old` (edges and named outputs) to `new`.
-fn redirect(g: &mut Graph, old: NodeIndex, new: NodeIndex) {
+pub(crate) fn redirect(g: &mut Graph, old: NodeIndex, new: NodeIndex) {
     let uses: Vec<(NodeIndex, usize)> =
         g.g.edges_directed(old, Direction::Outgoing)
             .map(|e| (e.target(), *e.weight()))

@@ -56,6 +56,21 @@ fn digits_mlp_time_major_plans() {
     }
 }
 
+/// The CPU lowering: batch norm's backward reads `channel_dot` nodes, not
+/// stored products (`passes/fuse_time::channel_dots`).
+#[test]
+fn fmnist_csnn_lowered_plan() {
+    use snnc::passes::{fuse_time, schedule::SchedOpts};
+    let g = fuse_time::lower(
+        &graph("fmnist_csnn", 2, 2, Mode::Rate),
+        SchedOpts::LAYER_MAJOR,
+    );
+    let plan = fuse_time::plan(&g, &[], SchedOpts::LAYER_MAJOR);
+    let text = plan.text(&g);
+    assert!(text.contains("channel_dot"), "{text}");
+    insta::assert_snapshot!("fmnist_csnn_t2_lowered_plan_rate", text);
+}
+
 #[test]
 fn digits_mlp_rate_c_source() {
     let g = graph("digits_mlp", 3, 2, Mode::Rate);

@@ -4,19 +4,49 @@
 //! is split runs each of its steps exactly once and in its loop order, the
 //! arena never lets two live buffers overlap, and the step units interleave
 //! layers (time-major) whenever there is more than one multi-step kernel.
-//! Numerical agreement with the interpreter is `tests/fused_exec.rs`.
+//! The CPU lowering's `channel_dot` rewrite computes exactly what it
+//! replaces. Numerical agreement of the plans with the interpreter is
+//! `tests/fused_exec.rs`.
 
 mod common;
 
 use common::gen;
 use proptest::prelude::*;
 use snnc::compile::{compile, Options};
+use snnc::interp::{self, RunOptions};
 use snnc::ir::{Graph, NodeIndex, Op};
+use snnc::model::{Encoding, Model};
 use snnc::passes::fuse::{Plan, Unit};
 use snnc::passes::rate::Mode;
 use snnc::passes::schedule::SchedOpts;
 use snnc::passes::{fuse_time, memplan};
+use snnc::tensor::Tensor;
 use std::collections::{HashMap, HashSet};
+
+/// Every output of `g` and of its CPU lowering (layer-major), f64, the
+/// same inputs: bitwise equal (`channel_dot(a, b)` is `channel_sum(a·b)`
+/// with the same roundings). Returns how many sums were rewritten.
+fn lowering_is_exact(model: &Model, steps: usize, mode: Mode, seed: u64) -> Result<usize, String> {
+    let g = compile(model, &Options::new(steps, 2, mode))?.graph;
+    let mut low = g.clone();
+    let n = fuse_time::channel_dots(&mut low);
+    snnc::ir::verify(&low).map_err(|e| format!("lowered graph: {e}"))?;
+    let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
+    let params: HashMap<String, Tensor<f64>> = snnc::init::init_params(&a, seed);
+    let x = snnc::cli::random_input(&g, model.input.encoding == Encoding::Events, seed);
+    let labels = snnc::cli::random_labels(2, a.output[0], seed);
+    let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+    let opts = RunOptions { seed };
+    let v0 = interp::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
+    let v1 = interp::run(&low, &inputs, &params, &opts).map_err(|e| e.to_string())?;
+    for (name, o) in &g.outputs {
+        let m = low.output(name).ok_or(format!("output {name} lost"))?;
+        if v0.get(*o).unwrap().data != v1.get(m).unwrap().data {
+            return Err(format!("{name} differs after channel_dots"));
+        }
+    }
+    Ok(n)
+}
 
 fn check(g: &Graph, plan: &Plan) -> Result<(), String> {
     let mut done: HashSet<NodeIndex> = HashSet::new();
@@ -98,6 +128,28 @@ proptest! {
         let lowered = fuse_time::lower(&g, opts);
         let plan = fuse_time::plan(&lowered, &[], opts);
         check(&lowered, &plan).map_err(TestCaseError::fail)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #[test]
+    fn channel_dots_are_exact(r in gen::recipe(), steps in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000) {
+        let mode = if rate { Mode::Rate } else { Mode::Bptt };
+        lowering_is_exact(&gen::build(&r), steps, mode, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn batch_norm_backward_uses_channel_dots() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
+    let model = snnc::dsl::parse_file(&path).unwrap().0;
+    for mode in [Mode::Bptt, Mode::Rate] {
+        let n = lowering_is_exact(&model, 2, mode, 5).unwrap();
+        // Two batch norms, each with a γ gradient and a channel-scale
+        // gradient that sum a product.
+        assert!(n >= 2, "{mode}: {n} channel_dot rewrites");
     }
 }
 

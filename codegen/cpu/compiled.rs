@@ -196,7 +196,7 @@ impl Compiled {
     /// one call; time-major runs them one step at a time in a time-major
     /// order of a lowered copy of `g` (`passes/fuse_time`).
     pub fn scheduled(g: &Graph, keep: &[NodeIndex], opts: SchedOpts) -> Result<Compiled, String> {
-        let lowered = (opts != SchedOpts::LAYER_MAJOR).then(|| fuse_time::lower(g, opts));
+        let lowered = Some(fuse_time::lower(g, opts));
         let plan = fuse_time::plan(lowered.as_ref().unwrap_or(g), keep, opts);
         let lib = Arc::new(CLib::build(&plan)?);
         Ok(Compiled {

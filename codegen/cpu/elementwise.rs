@@ -207,6 +207,24 @@ fn lane_sum(run: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     part
 }
 
+/// `Σ a·b` over two runs, in eight interleaved partial sums (see
+/// `lane_sum`).
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let mut part: f32 = lanes.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        part += x * y;
+    }
+    part
+}
+
 /// Channel reductions and average pooling, parallel; None for other ops.
 pub fn eval_reduce(op: &crate::ir::Op, xs: &[&Tensor<f32>]) -> Option<Tensor<f32>> {
     use crate::ir::Op;
@@ -218,6 +236,22 @@ pub fn eval_reduce(op: &crate::ir::Op, xs: &[&Tensor<f32>]) -> Option<Tensor<f32
         Op::ChannelSum => {
             let s = channel_sums(xs, |v, _| v);
             Tensor::from_vec(&[s.len()], s.into_iter().map(|v| v as f32).collect())
+        }
+        Op::ChannelDot => {
+            let (a, b) = (xs[0], xs[1]);
+            let (c, inner) = (a.shape[1], a.shape[2..].iter().product::<usize>());
+            let s: Vec<f64> = (0..c)
+                .into_par_iter()
+                .map(|ch| {
+                    (0..a.shape[0])
+                        .map(|bi| {
+                            let at = (bi * c + ch) * inner..(bi * c + ch + 1) * inner;
+                            f64::from(lane_dot(&a.data[at.clone()], &b.data[at]))
+                        })
+                        .sum()
+                })
+                .collect();
+            Tensor::from_vec(&[c], s.into_iter().map(|v| v as f32).collect())
         }
         Op::ChannelMean => {
             let n = count(xs);

@@ -822,6 +822,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             Op::Input { .. } | Op::Param { .. } | Op::Reshape { .. } | Op::Detach => {
                 unreachable!("handled by exec_node")
             }
+            Op::ChannelDot => Err("channel_dot comes from the CPU plan's lowering".into()),
             Op::Add | Op::Sub | Op::Mul => {
                 let k = match op {
                     Op::Add => "snnc_add",

@@ -89,6 +89,7 @@ pub fn eval_op<F: Float>(
         Op::SurrogateGrad { theta, surrogate } => g::surrogate(x(0), *theta, surrogate),
         Op::Rsqrt { eps } => g::rsqrt(x(0), *eps)?,
         Op::ChannelSum => g::channel_sum(x(0)),
+        Op::ChannelDot => g::channel_sum(&zip(x(0), x(1), |a, b| a * b)),
         Op::ChannelBroadcast { shape } => g::channel_broadcast(x(0), shape),
         Op::Conv2dGradInput {
             stride,

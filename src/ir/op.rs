@@ -113,6 +113,10 @@ pub enum Op {
     },
     /// `x[B, C, ...] -> [C]`: per-channel sum over every axis but 1.
     ChannelSum,
+    /// `(a, b) -> [C]`: `channel_sum(mul(a, b))` without the product
+    /// tensor. Only the CPU executor's lowering writes it (after autodiff;
+    /// it has no derivative rule).
+    ChannelDot,
     /// `c[C] -> shape`: `c` broadcast along axis 1.
     ChannelBroadcast {
         shape: Vec<usize>,
@@ -188,6 +192,7 @@ impl Op {
             Op::SurrogateGrad { .. } => "surrogate_grad",
             Op::Rsqrt { .. } => "rsqrt",
             Op::ChannelSum => "channel_sum",
+            Op::ChannelDot => "channel_dot",
             Op::ChannelBroadcast { .. } => "channel_broadcast",
             Op::Conv2dGradInput { .. } => "conv2d_grad_input",
             Op::Conv2dGradWeight { .. } => "conv2d_grad_weight",
@@ -409,6 +414,14 @@ impl Op {
                 arity(1)?;
                 if ins[0].len() < 2 {
                     return Err(format!("channel_sum of {:?}", ins[0]));
+                }
+                vec![ins[0][1]]
+            }
+            Op::ChannelDot => {
+                arity(2)?;
+                same(ins[0], ins[1])?;
+                if ins[0].len() < 2 {
+                    return Err(format!("channel_dot of {:?}", ins[0]));
                 }
                 vec![ins[0][1]]
             }
