@@ -22,12 +22,17 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 /// The graph a fused CPU plan for `opts` runs: `channel_sum(mul(a, b))`
-/// as `channel_dot(a, b)` ([`channel_dots`]); for time-major, batch-norm
+/// as `channel_dot(a, b)` ([`channel_dots`]), means of one repeated value
+/// as that value ([`constant_means`]), batch norm's affine output
+/// recomputed per step inside the neuron's kernel instead of stored
+/// ([`rematerialise_affine`]); for time-major, batch-norm
 /// statistics recomputed when asked and non-absorbable time reductions
 /// chained.
 pub fn lower(g: &Graph, opts: SchedOpts) -> Graph {
     let mut g = g.clone();
     channel_dots(&mut g);
+    constant_means(&mut g);
+    rematerialise_affine(&mut g);
     if opts.schedule == Schedule::TimeMajor {
         if opts.recompute_bn {
             schedule::recompute_bn(&mut g);
@@ -76,6 +81,83 @@ pub fn channel_dots(g: &mut Graph) -> usize {
         g.ad = None;
     }
     sums.len()
+}
+
+/// Replaces `time_mean(x, x, …, x)` by `x`. CSE produces it under direct
+/// encoding: the rate pass's mean of the first batch norm's per-step x̂ₜ
+/// becomes a mean of T copies of one hoisted x̂. Equal in exact
+/// arithmetic; in floating point `(x + … + x)/T` can differ from `x` in
+/// the last bit. Returns the count.
+pub fn constant_means(g: &mut Graph) -> usize {
+    use crate::ir::Op;
+    let means: Vec<NodeIndex> =
+        g.g.node_indices()
+            .filter(|&n| g.g[n].op == Op::TimeMean)
+            .filter(|&n| {
+                let ops = g.operands(n);
+                ops.len() > 1 && ops.iter().all(|&o| o == ops[0])
+            })
+            .collect();
+    for &n in &means {
+        let x = g.operands(n)[0];
+        schedule::redirect(g, n, x);
+    }
+    if !means.is_empty() {
+        g.ad = None;
+    }
+    means.len()
+}
+
+/// Gives every step its own copy of a step-free per-channel affine node
+/// (`channel_scale`, `bias_add`: batch norm's γ·x̂ + β) whose users are all
+/// per-step nodes: under direct encoding CSE hoists the first batch norm
+/// out of the steps, and its output would be stored for the whole step
+/// loop only to be read by each step's neuron update. Per-step copies fuse
+/// into the neuron's kernel, which then reads x̂ (kept anyway for the
+/// backward) and computes the affine in registers, so one full-size value
+/// fewer is stored. Exact (same ops on the same operands). Returns how many
+/// nodes were copied.
+pub fn rematerialise_affine(g: &mut Graph) -> usize {
+    use crate::ir::Op;
+    let mut copied = 0;
+    loop {
+        let pick = g.g.node_indices().find(|&n| {
+            let node = &g.g[n];
+            let users = g.users(n);
+            matches!(node.op, Op::ChannelScale | Op::BiasAdd)
+                && node.t.is_none()
+                && g.operands(n).iter().all(|&a| g.g[a].t.is_none())
+                && !users.is_empty()
+                && users.iter().all(|&u| g.g[u].t.is_some())
+                && !g.outputs.iter().any(|&(_, o)| o == n)
+        });
+        let Some(n) = pick else { break };
+        let node = g.g[n].clone();
+        let ops = g.operands(n);
+        let uses: Vec<(NodeIndex, usize)> =
+            g.g.edges_directed(n, petgraph::Direction::Outgoing)
+                .map(|e| (petgraph::visit::EdgeRef::target(&e), *e.weight()))
+                .collect();
+        let mut per_step: HashMap<usize, NodeIndex> = HashMap::new();
+        for (u, w) in uses {
+            let t = g.g[u].t.expect("per-step user");
+            let c = *per_step.entry(t).or_insert_with(|| {
+                g.add_op(
+                    "lower",
+                    node.op.clone(),
+                    node.layer,
+                    Some(t),
+                    node.role,
+                    &ops,
+                )
+            });
+            g.g.add_edge(c, u, w);
+        }
+        copied += per_step.len();
+        g.g.remove_node(n);
+        g.ad = None;
+    }
+    copied
 }
 
 /// The fused plan of `g` for `opts`; `g` must come from [`lower`].

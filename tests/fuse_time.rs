@@ -4,8 +4,10 @@
 //! is split runs each of its steps exactly once and in its loop order, the
 //! arena never lets two live buffers overlap, and the step units interleave
 //! layers (time-major) whenever there is more than one multi-step kernel.
-//! The CPU lowering's `channel_dot` rewrite computes exactly what it
-//! replaces. Numerical agreement of the plans with the interpreter is
+//! The CPU lowering's exact rewrites (`channel_dot`, per-step copies of
+//! batch norm's affine) compute bit for bit what they replace, and the
+//! whole lowering (with means of a repeated value dropped) agrees to
+//! 1e-12 (f64). Numerical agreement of the plans with the interpreter is
 //! `tests/fused_exec.rs`.
 
 mod common;
@@ -29,7 +31,7 @@ use std::collections::{HashMap, HashSet};
 fn lowering_is_exact(model: &Model, steps: usize, mode: Mode, seed: u64) -> Result<usize, String> {
     let g = compile(model, &Options::new(steps, 2, mode))?.graph;
     let mut low = g.clone();
-    let n = fuse_time::channel_dots(&mut low);
+    let n = fuse_time::channel_dots(&mut low) + fuse_time::rematerialise_affine(&mut low);
     snnc::ir::verify(&low).map_err(|e| format!("lowered graph: {e}"))?;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f64>> = snnc::init::init_params(&a, seed);
@@ -43,6 +45,21 @@ fn lowering_is_exact(model: &Model, steps: usize, mode: Mode, seed: u64) -> Resu
         let m = low.output(name).ok_or(format!("output {name} lost"))?;
         if v0.get(*o).unwrap().data != v1.get(m).unwrap().data {
             return Err(format!("{name} differs after channel_dots"));
+        }
+    }
+    // The whole lowering adds `constant_means`: equal up to the rounding of
+    // (x + … + x)/T.
+    let full = fuse_time::lower(&g, SchedOpts::LAYER_MAJOR);
+    snnc::ir::verify(&full).map_err(|e| format!("lowered graph: {e}"))?;
+    let v2 = interp::run(&full, &inputs, &params, &opts).map_err(|e| e.to_string())?;
+    for (name, o) in &g.outputs {
+        let m = full.output(name).ok_or(format!("output {name} lost"))?;
+        let (p, q) = (v0.get(*o).unwrap(), v2.get(m).unwrap());
+        let scale = p.data.iter().fold(0f64, |a, x| a.max(x.abs()));
+        for (x, y) in p.data.iter().zip(&q.data) {
+            if (x - y).abs() > 1e-12 * (1.0 + scale) {
+                return Err(format!("{name}: {x} vs {y} after the whole lowering"));
+            }
         }
     }
     Ok(n)
@@ -141,15 +158,16 @@ proptest! {
 }
 
 #[test]
-fn batch_norm_backward_uses_channel_dots() {
+fn batch_norm_rewrites_apply_to_fmnist() {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
     let model = snnc::dsl::parse_file(&path).unwrap().0;
     for mode in [Mode::Bptt, Mode::Rate] {
         let n = lowering_is_exact(&model, 2, mode, 5).unwrap();
         // Two batch norms, each with a γ gradient and a channel-scale
-        // gradient that sum a product.
-        assert!(n >= 2, "{mode}: {n} channel_dot rewrites");
+        // gradient that sum a product; the first one's affine is copied
+        // into each of the 2 steps.
+        assert!(n >= 4, "{mode}: {n} rewrites");
     }
 }
 
