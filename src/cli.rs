@@ -726,8 +726,18 @@ pub fn train(
     };
     if !json && ck.is_none() {
         println!(
-            "training {} on {} in {} mode, T={}, {} epochs, batch {}, {:?} lr {} ({:?}), seed {} → {}",
-            cfg.model_file, cfg.data, cfg.mode, cfg.steps, cfg.epochs, cfg.batch, cfg.optim.kind, cfg.lr, cfg.schedule, cfg.seed, out.display()
+            "training {} on {} in {} mode, T={}, {} epochs, batch {}, {} lr {} ({}), seed {} → {}",
+            cfg.model_file,
+            cfg.data,
+            cfg.mode,
+            cfg.steps,
+            cfg.epochs,
+            cfg.batch,
+            format!("{:?}", cfg.optim.kind).to_lowercase(),
+            cfg.lr,
+            format!("{:?}", cfg.schedule).to_lowercase(),
+            cfg.seed,
+            out.display()
         );
     }
     let s = match gpu.as_mut() {

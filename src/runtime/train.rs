@@ -431,6 +431,17 @@ pub fn train(
 ) -> Result<Summary, String> {
     run(cfg, out, resume, quiet, |graph, keep| {
         let exe = Compiled::scheduled(&graph, &keep, cfg.order)?;
+        if !quiet {
+            let eg = exe.graph(&graph);
+            let mem = crate::passes::memplan::plan_fused(eg, &exe.plan);
+            println!(
+                "step: fused CPU plan ({}), {} kernels and {} library nodes, planned peak {:.1} MiB",
+                cfg.order,
+                exe.plan.kernels.len(),
+                exe.plan.stats().node_units,
+                mem.peak_bytes as f64 / (1024.0 * 1024.0)
+            );
+        }
         Ok(Box::new(CpuEngine { graph, exe }))
     })
 }
