@@ -525,9 +525,11 @@ impl Backend for Emu {
         let name = format!("generated kernel {kernel} of module {module}");
         let (table, n, st) = match args {
             [Arg::P(t), Arg::L(n), Arg::I(_), Arg::I(_), Arg::P(st)] => (*t, *n, *st),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "{name}: the arguments must be (pointer table, long long n, int t0, int t1, state)"
-            )),
+            ))
+            }
         };
         if grid == 0 || block == 0 || grid > i32::MAX as u32 || block > 1024 {
             return Err(format!("bad launch of {name}: grid {grid}, block {block}"));

@@ -557,9 +557,12 @@ impl<'a, B: Backend> Executor<'a, B> {
         let mut state: HashMap<usize, usize> = HashMap::new();
         for (i, step) in self.steps.iter().enumerate() {
             for &v in &self.fresh[i] {
+                // Leaves and views are nodes the executor runs alone (a
+                // kernel stores even an identity it computes).
+                let alone = matches!(step, Step::Node(_));
                 match self.g.node(v).op {
-                    Op::Input { .. } | Op::Param { .. } => {}
-                    Op::Reshape { .. } | Op::Detach => {
+                    Op::Input { .. } | Op::Param { .. } if alone => {}
+                    Op::Reshape { .. } | Op::Detach if alone => {
                         let o = self.operands[&v][0];
                         let root = ev.alias.get(&o).copied().unwrap_or(o);
                         ev.alias.insert(v, root);

@@ -45,13 +45,13 @@ pub const NODE_FLOOR: f32 = 1e-2;
 /// tests/cuda_emulated.rs).
 pub const OUTPUT_FLOOR: f32 = 1.0;
 
-/// Tolerance of a fused kernel in isolation. Generated kernels compute the
-/// surrogate derivative in f32 (`kernel_ir::prelude`, shared with the CPU's
-/// generated C), where `a·s·(1−s)` loses digits as `s` nears 0 or 1 (about
-/// 6e-4 relative at s = 0.9999); the CPU executor's node kernel computes it
-/// in f64. A wrong kernel is off by far more; outputs are still held to
-/// the case's tolerance.
-pub const KERNEL_TOL: f32 = 1e-3;
+/// Tolerance of a fused kernel in isolation: the outputs' 1e-4. Generated
+/// kernels compute the surrogate derivative in f32 (`kernel_ir::prelude`,
+/// shared with the CPU's generated C) as z/(1+z)² with z = exp(−a|x|),
+/// which keeps its digits near saturation (the form a·s·(1−s) lost up to
+/// 6e-4 relative there and needed 1e-3); the CPU executor's node kernel
+/// computes it in f64.
+pub const KERNEL_TOL: f32 = 1e-4;
 
 /// Absolute floors of the comparisons: a tensor that is all rounding noise
 /// (the batch variance of a constant channel: 0 on one side, 1e-14 on the
