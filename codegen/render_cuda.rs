@@ -106,9 +106,9 @@ pub fn kernel(k: &Kernel) -> String {
         let _ = writeln!(w, "    }}");
     }
     let _ = writeln!(w, "  }}");
-    if k.epilogue.is_empty() {
+    if k.epilogue.is_empty() && names.is_empty() {
         let _ = writeln!(w, "  (void)last;");
-    } else {
+    } else if !k.epilogue.is_empty() {
         let _ = writeln!(w, "  if (last) {{");
         kernel_ir::body(&k.epilogue, &Cuda(&k.name), "    ", w);
         let _ = writeln!(w, "  }}");
