@@ -49,9 +49,15 @@ pub fn kernel(k: &Kernel) -> String {
         if k.reverse { " (reverse time)" } else { "" }
     );
     w.push_str(&kernel_ir::step_const_tables(k, "__constant__"));
+    // Steps [t0, t1) in loop order, as in `render_c`: a launch that does
+    // not start the time loop loads the registers and accumulators from
+    // `st` (registers then accumulators, n floats each), one that does not
+    // end it stores them there, and only the last runs the epilogue. A
+    // layer-major plan launches all steps at once with a null `st`; a
+    // time-major plan one step per launch.
     let _ = writeln!(
         w,
-        "extern \"C\" __global__ void {}(float *const *__restrict__ p, long long n) {{",
+        "extern \"C\" __global__ void {}(float *const *__restrict__ p, long long n, int t0, int t1, float *__restrict__ st) {{",
         k.name
     );
     let _ = writeln!(
@@ -65,17 +71,30 @@ pub fn kernel(k: &Kernel) -> String {
         let (c, inner) = k.chan;
         let _ = writeln!(w, "  const long long ch = (i / {inner}) % {c};");
     }
-    for r in 0..k.regs {
-        let _ = writeln!(w, "  float r{r} = 0.0f;");
-    }
-    for a in 0..k.accs {
-        let _ = writeln!(w, "  float a{a} = 0.0f;");
-    }
     let steps = k.steps;
-    if k.reverse {
-        let _ = writeln!(w, "  for (int t = {}; t >= 0; t--) {{", steps - 1);
+    let (first, last) = if k.reverse {
+        (format!("t1 == {steps}"), "t0 == 0".to_string())
     } else {
-        let _ = writeln!(w, "  for (int t = 0; t < {steps}; t++) {{");
+        ("t0 == 0".to_string(), format!("t1 == {steps}"))
+    };
+    let names: Vec<String> = (0..k.regs)
+        .map(|r| format!("r{r}"))
+        .chain((0..k.accs).map(|a| format!("a{a}")))
+        .collect();
+    let _ = writeln!(w, "  const bool last = {last};");
+    if names.is_empty() {
+        let _ = writeln!(w, "  (void)st;");
+    } else {
+        let _ = writeln!(w, "  const bool first = {first};");
+        let n = k.n;
+        for (q, v) in names.iter().enumerate() {
+            let _ = writeln!(w, "  float {v} = first ? 0.0f : st[{}LL + i];", q * n);
+        }
+    }
+    if k.reverse {
+        let _ = writeln!(w, "  for (int t = t1 - 1; t >= t0; t--) {{");
+    } else {
+        let _ = writeln!(w, "  for (int t = t0; t < t1; t++) {{");
     }
     for (n, (lo, hi, stmts)) in k.runs.iter().enumerate() {
         let _ = writeln!(
@@ -87,7 +106,20 @@ pub fn kernel(k: &Kernel) -> String {
         let _ = writeln!(w, "    }}");
     }
     let _ = writeln!(w, "  }}");
-    kernel_ir::body(&k.epilogue, &Cuda(&k.name), "  ", w);
+    if k.epilogue.is_empty() && names.is_empty() {
+        let _ = writeln!(w, "  (void)last;");
+    } else if !k.epilogue.is_empty() {
+        let _ = writeln!(w, "  if (last) {{");
+        kernel_ir::body(&k.epilogue, &Cuda(&k.name), "    ", w);
+        let _ = writeln!(w, "  }}");
+    }
+    if !names.is_empty() {
+        let _ = writeln!(w, "  if (!last) {{");
+        for (q, v) in names.iter().enumerate() {
+            let _ = writeln!(w, "    st[{}LL + i] = {v};", q * k.n);
+        }
+        let _ = writeln!(w, "  }}");
+    }
     let _ = writeln!(w, "}}");
     o
 }

@@ -203,6 +203,13 @@ pub fn plan(g: &Graph, order: &[NodeIndex], keep: &[NodeIndex]) -> MemPlan {
     finish(order.to_vec(), n, buffers, resident_bytes, in_place_count)
 }
 
+/// The peak and arena offsets of `buffers` over `positions`, for an
+/// executor that models its own allocations (the CUDA executor's arena,
+/// `codegen/cuda/arena.rs`); `order` is empty.
+pub fn from_buffers(positions: usize, buffers: Vec<Buffer>) -> MemPlan {
+    finish(Vec::new(), positions, buffers, 0, 0)
+}
+
 /// The peak (live bytes at each position 0..=positions, the last one being
 /// after the run) and the arena offsets.
 fn finish(

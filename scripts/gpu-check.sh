@@ -15,12 +15,16 @@
 #    the path;
 # 3. snnc cuda-check --require-gpu: every example model on the GPU against the
 #    CPU executor (outputs and every step in isolation), running the fusion
-#    plan (fused kernels from the generated module); then node by node
-#    (--no-fuse) for two models;
+#    plan (fused kernels from the generated module); then the time-major
+#    fusion plan with batch-norm recompute (one kernel step per launch) for
+#    three models, and node by node (--no-fuse) for two;
 # 4. snnc cuda-check --bandwidth: device-to-device copy bandwidth;
 # 5. snnc bench --device cuda: fmnist_csnn and resnet19 (CIFAR-shaped random
-#    data), batch 128, T = 1, 2, 4, 8, bptt and rate, the fusion plan, with
-#    the LIF kernels' achieved GB/s against the copy kernel's;
+#    data), batch 128, T = 1, 2, 4, 8, bptt and rate, the fusion plan
+#    layer-major (with the LIF kernels' achieved GB/s against the copy
+#    kernel's) and time-major with recompute (--schedule
+#    fused-time-major-recompute: its peak device memory at T = 8 against
+#    T = 1 is the number the memory plan is for; the summary prints both);
 # 6. snnc train --device cuda: digits_mlp for one epoch, then snnc eval
 #    --device cuda of its checkpoint;
 # and ends with a summary table. Each step has its own time limit and the
@@ -177,12 +181,33 @@ step() { # name limit-seconds args...
     case $name in
     cuda-check*) key=$(grep -E '^cuda-check: ' "$LOG/$name.log" | tail -1) ;;
     bandwidth) key=$(grep -o '[a-z_ ()]*: [0-9.]* GB x [0-9]* in [0-9.]* ms: [0-9]* GB/s' "$LOG/$name.log" | sed 's/: .*: / /' | paste -sd ';' -) ;;
-    bench-*) key="$(grep -cE '^(bptt|rate) ' "$LOG/$name.log") rows; T=8 rate: $(awk '$1=="rate" && $2==8 {print $3 " ms/step, " $4 " img/s" (NF >= 13 ? ", LIF " $12 " GB/s (" $13 " of copy)" : "")}' "$LOG/$name.log")" ;;
+    bench-*) key=$(bench_key "$LOG/$name.log") ;;
     train) key=$(grep -E '^(test accuracy|epoch +1/)' "$LOG/$name.log" | tail -1) ;;
     eval) key=$(grep -E 'test accuracy' "$LOG/$name.log" | tail -1) ;;
     esac
     [ "$status" = ok ] || key="$key $(grep -m1 -E 'error|panicked' "$LOG/$name.log")"
     ROWS+=("$(printf '%-16s %-8s %6s  %s' "$name" "$status" "$secs" "$key")")
+}
+
+# A bench log in one line: rows, and per plan the rate-mode step at T = 8
+# and the peak device memory (MiB, measured; arena planned = measured is
+# the "plan MiB" and "arena pk" columns) from T = 1 to T = 8.
+bench_key() {
+    awk '$1 ~ /^(fused|nodes)/ && $2 ~ /^(bptt|rate)$/ {
+            rows++
+            if (!($1 in seen)) { seen[$1] = 1; plans[++np] = $1 }
+            if ($2 == "rate" && $3 == 1) p1[$1] = $9
+            if ($2 == "rate" && $3 == 8) { p8[$1] = $9; ms[$1] = $4; lif[$1] = (NF >= 16 ? ", LIF " $15 " GB/s (" $16 " of copy)" : "") }
+        }
+        END {
+            printf "%d rows", rows
+            for (i = 1; i <= np; i++) {
+                k = plans[i]
+                printf "; %s rate T=8: %s ms/step%s, peak %s -> %s MiB", k, ms[k], lif[k], p1[k], p8[k]
+                if (p1[k] > 0 && p8[k] != "") printf " (x%.2f)", p8[k] / p1[k]
+            }
+            print ""
+        }' "$1"
 }
 
 RUN="$WORK/train-digits"
@@ -191,9 +216,10 @@ if [ "${SNNC_GPU_CHECK_SHORT:-0}" = 1 ]; then
     # About three minutes: what a session with little device time left can
     # afford (the example models the issue names, fewer T and repeats).
     step cuda-check 70 cuda-check --require-gpu --models digits_mlp,fmnist_csnn,resnet19 -T 1,3
+    step cuda-check-tm 30 cuda-check --require-gpu --schedule fused-time-major-recompute --models digits_mlp,fmnist_csnn -T 1,3
     step bandwidth 15 cuda-check --bandwidth 2048
-    step bench-fmnist 35 bench examples/models/fmnist_csnn.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 3
-    step bench-resnet19 60 bench examples/models/resnet19.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 1
+    step bench-fmnist 45 bench examples/models/fmnist_csnn.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 3 --schedule fused,fused-time-major-recompute
+    step bench-resnet19 90 bench examples/models/resnet19.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 1 --schedule fused,fused-time-major-recompute
     step train 30 train --device cuda --epochs 1 --out "$RUN"
 elif [ "${SNNC_GPU_CHECK_QUICK:-0}" = 1 ]; then
     step cuda-check 180 cuda-check --require-gpu --no-fuse --models digits_mlp,fmnist_csnn -T 1,2
@@ -201,11 +227,14 @@ elif [ "${SNNC_GPU_CHECK_QUICK:-0}" = 1 ]; then
     step bench-fmnist 60 bench examples/models/fmnist_csnn.snn --device cuda --no-fuse -T 1,8 --mode bptt,rate --batch 2 --repeats 1
     step bench-resnet19 150 bench examples/models/digits_mlp.snn --device cuda --no-fuse -T 1,8 --mode bptt,rate --batch 2 --repeats 1
 else
-    step cuda-check 150 cuda-check --require-gpu
-    step cuda-check-nodes 40 cuda-check --require-gpu --no-fuse --models digits_mlp,fmnist_csnn -T 1,3
-    step bandwidth 30 cuda-check --bandwidth 2048
+    step cuda-check 120 cuda-check --require-gpu
+    step cuda-check-tm 50 cuda-check --require-gpu --schedule fused-time-major-recompute --models digits_mlp,fmnist_csnn,resnet19 -T 1,3
+    step cuda-check-nodes 30 cuda-check --require-gpu --no-fuse --models digits_mlp,fmnist_csnn -T 1,3
+    step bandwidth 20 cuda-check --bandwidth 2048
     step bench-fmnist 50 bench examples/models/fmnist_csnn.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 5
-    step bench-resnet19 120 bench examples/models/resnet19.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 2
+    step bench-fmnist-tm 50 bench examples/models/fmnist_csnn.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 5 --schedule fused-time-major-recompute
+    step bench-resnet19 90 bench examples/models/resnet19.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 2
+    step bench-resnet19-tm 110 bench examples/models/resnet19.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 2 --schedule fused-time-major-recompute
     step train 45 train --device cuda --epochs 1 --out "$RUN"
     step eval 20 eval "$RUN" --device cuda
 fi

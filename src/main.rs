@@ -164,6 +164,9 @@ enum Cmd {
         /// Comma-separated: fused (the fused CPU plan, generated C), or the
         /// graph executor in a schedule: layer-major, time-major,
         /// time-major-recompute (time-major with batch-norm recompute).
+        /// With --device cuda: fused, fused-time-major,
+        /// fused-time-major-recompute (the fusion plan, kernels run one
+        /// step per launch in a time-major order).
         #[arg(long, value_delimiter = ',', default_value = "fused")]
         schedule: Vec<cli::BenchPlan>,
         /// cpu: the CPU executor; cuda: the CUDA executor (GPU 0) running
@@ -215,6 +218,11 @@ enum Cmd {
         /// kernels from the generated module, other nodes on kernels.cu).
         #[arg(long)]
         no_fuse: bool,
+        /// The fusion plan's schedule: fused (layer-major: a kernel's steps
+        /// in one launch), fused-time-major or fused-time-major-recompute
+        /// (one step per launch, in a time-major order).
+        #[arg(long, default_value = "fused")]
+        schedule: cli::BenchPlan,
         /// Instead of the models: time device-to-device copies of this many
         /// MiB (copy engine and copy kernel).
         #[arg(long, num_args = 0..=1, default_missing_value = "2048")]
@@ -473,15 +481,18 @@ fn main() -> ExitCode {
                     floor,
                     json,
                 ),
-                Device::Cuda => cuda::tools::bench_cuda(
-                    &file,
-                    &steps,
-                    &modes,
-                    batch,
-                    repeats.max(1),
-                    json,
-                    !no_fuse,
-                ),
+                Device::Cuda => fused_schedules(&schedule).and_then(|s| {
+                    cuda::tools::bench_cuda(
+                        &file,
+                        &steps,
+                        &modes,
+                        &s,
+                        batch,
+                        repeats.max(1),
+                        json,
+                        !no_fuse,
+                    )
+                }),
             }
         }
         Cmd::Emit {
@@ -502,6 +513,7 @@ fn main() -> ExitCode {
             require_gpu,
             outputs_only,
             no_fuse,
+            schedule,
             bandwidth,
             json,
         } => match bandwidth {
@@ -516,6 +528,7 @@ fn main() -> ExitCode {
                 require_gpu,
                 !outputs_only,
                 !no_fuse,
+                fused_schedules(&[schedule]).map(|s| s[0]),
                 json,
             ),
         },
@@ -606,6 +619,22 @@ fn train(a: TrainArgs) -> Result<(), String> {
     cli::train(Some(cfg), &out, None, None, a.json, cuda)
 }
 
+/// The fusion plans' schedules among `plans` (the CUDA executor runs no
+/// graph-executor schedule).
+fn fused_schedules(plans: &[cli::BenchPlan]) -> Result<Vec<SchedOpts>, String> {
+    plans
+        .iter()
+        .map(|p| match p {
+            cli::BenchPlan::Fused(s) => Ok(*s),
+            cli::BenchPlan::Graph(_) => Err(format!(
+                "error: --device cuda runs the fusion plan: --schedule fused, \
+                 fused-time-major or fused-time-major-recompute, not `{p}` \
+                 (--no-fuse runs one kernel per node)"
+            )),
+        })
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn cuda_check(
     models: Vec<String>,
@@ -617,8 +646,10 @@ fn cuda_check(
     require: bool,
     per_node: bool,
     fused: bool,
+    schedule: Result<SchedOpts, String>,
     json: bool,
 ) -> Result<(), String> {
+    let schedule = schedule?;
     let models = if models.is_empty() {
         cuda::tools::example_models()?
     } else {
@@ -633,6 +664,7 @@ fn cuda_check(
         per_node,
         tol: 1e-4,
         fused,
+        schedule,
     };
     if cuda::tools::cuda_check(&opts, emulate, require, json)? {
         Ok(())

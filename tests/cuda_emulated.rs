@@ -14,7 +14,11 @@
 //! - accuracy against the f64 interpreter: no worse than the CPU executor;
 //! - the fusion plan (fused kernels from the generated module, the other
 //!   nodes on kernels.cu) against the CPU executor: random models and the
-//!   example models, both modes, T = 1 and 3, every kernel in isolation;
+//!   example models, both modes, T = 1 and 3, every kernel in isolation,
+//!   layer-major and time-major (one kernel step per launch, the state in
+//!   the arena between launches);
+//! - the fusion plan's arena: the measured peak equals the planned peak,
+//!   and no two buffers live at once overlap;
 //! - the emulator's own checks catch what they are for.
 //!
 //! Without a C++ compiler these tests say so and skip, or fail when
@@ -34,6 +38,7 @@ use snnc::interp::{self, RunOptions};
 use snnc::ir::{DType, Graph, Node, Op, Role};
 use snnc::model::{Encoding, Surrogate, SurrogateKind};
 use snnc::passes::rate::Mode;
+use snnc::passes::schedule::SchedOpts;
 use snnc::rng::Rng;
 use snnc::tensor::Tensor;
 use std::collections::HashMap;
@@ -485,8 +490,16 @@ fn case_opts(seed: u64) -> CheckOptions {
         per_node: true,
         tol: 1e-4,
         fused: false,
+        schedule: SchedOpts::LAYER_MAJOR,
     }
 }
+
+/// The fusion plan's three schedules.
+const SCHEDULES: [SchedOpts; 3] = [
+    SchedOpts::LAYER_MAJOR,
+    SchedOpts::TIME_MAJOR,
+    SchedOpts::TIME_MAJOR_RECOMPUTE,
+];
 
 #[allow(clippy::too_many_arguments)]
 fn check_model(
@@ -497,7 +510,7 @@ fn check_model(
     mode: Mode,
     seed: u64,
     workspace: usize,
-    fused: bool,
+    fused: Option<SchedOpts>,
 ) -> Result<(), String> {
     let g = compile(model, &Options::new(steps, batch, mode))?.graph;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
@@ -509,7 +522,8 @@ fn check_model(
     let labels = snnc::cli::random_labels(batch, a.output[0], seed).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     let opts = CheckOptions {
-        fused,
+        fused: fused.is_some(),
+        schedule: fused.unwrap_or(SchedOpts::LAYER_MAJOR),
         ..case_opts(seed)
     };
     let r = check_graph(emu, &g, &inputs, &params, &opts, true, |ex| {
@@ -556,20 +570,21 @@ proptest! {
         let model = gen::build(&r);
         prop_assume!(!cancels_parameters(&model.layers, false));
         let mode = if rate { Mode::Rate } else { Mode::Bptt };
-        check_model(&mut emu, &model, steps, batch, mode, seed, ws, false).map_err(TestCaseError::fail)?;
+        check_model(&mut emu, &model, steps, batch, mode, seed, ws, None).map_err(TestCaseError::fail)?;
         prop_assert!(emu.damage.is_empty(), "{:?}", emu.damage);
         prop_assert_eq!(emu.live_buffers(), 0);
     }
 
-    /// The fusion plan of random models: every fused kernel against the
-    /// CPU executor on its own inputs, every output end to end.
+    /// The fusion plan of random models in each schedule: every fused
+    /// kernel against the CPU executor on its own inputs, every output end
+    /// to end.
     #[test]
-    fn random_models_fused_match_the_cpu_executor(r in gen::recipe(), steps in 1usize..=3, batch in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000) {
+    fn random_models_fused_match_the_cpu_executor(r in gen::recipe(), steps in 1usize..=3, batch in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000, sched in 0usize..3) {
         let Some(mut emu) = emu() else { return Ok(()) };
         let model = gen::build(&r);
         prop_assume!(!cancels_parameters(&model.layers, false));
         let mode = if rate { Mode::Rate } else { Mode::Bptt };
-        check_model(&mut emu, &model, steps, batch, mode, seed, 1 << 20, true).map_err(TestCaseError::fail)?;
+        check_model(&mut emu, &model, steps, batch, mode, seed, 1 << 20, Some(SCHEDULES[sched])).map_err(TestCaseError::fail)?;
         prop_assert!(emu.damage.is_empty(), "{:?}", emu.damage);
         prop_assert_eq!(emu.live_buffers(), 0);
     }
@@ -597,6 +612,115 @@ fn example_models_fused_match_the_cpu_executor() {
                     emu.module_launches > launches,
                     "{name}: no fused kernel ran"
                 );
+            }
+        }
+    }
+    assert!(emu.damage.is_empty(), "{:?}", emu.damage);
+    assert_eq!(emu.live_buffers(), 0);
+}
+
+/// Time-major fusion plans (each multi-step kernel one step per launch,
+/// its registers and accumulators in the arena between launches, on the
+/// graph `fuse_time::lower` makes) against the CPU executor on that graph:
+/// every kernel as a whole after its last step, every output end to end.
+#[test]
+fn example_models_time_major_match_the_cpu_executor() {
+    let Some(mut emu) = emu() else { return };
+    emu.set_max_grid(64);
+    for name in ["digits_mlp", "fmnist_csnn", "vggsnn_dvs34"] {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{name}.snn"));
+        for schedule in [SchedOpts::TIME_MAJOR, SchedOpts::TIME_MAJOR_RECOMPUTE] {
+            for mode in [Mode::Bptt, Mode::Rate] {
+                for steps in [1, 3] {
+                    let opts = CheckOptions {
+                        batch: 2,
+                        fused: true,
+                        schedule,
+                        ..case_opts(3)
+                    };
+                    let r = check_case(&mut emu, &path, steps, mode, &opts, true).unwrap();
+                    println!("{name} {schedule} {mode} T={steps}: {}", r.verdict);
+                    assert!(r.passed, "{name} {schedule} {mode} T={steps}: {r:?}");
+                }
+            }
+        }
+    }
+    assert!(emu.damage.is_empty(), "{:?}", emu.damage);
+    assert_eq!(emu.live_buffers(), 0);
+}
+
+/// The arena of a fusion plan, in every schedule: the peak measured in it
+/// during a run equals the planned peak, no two buffers live at once
+/// overlap (checked on the plan, and on the device by poisoning every
+/// buffer with NaN when it is freed), what a run uses is returned, and the
+/// outputs equal the CPU executor's on the same graph.
+#[test]
+fn the_arena_holds_the_planned_peak() {
+    let Some(mut emu) = emu() else { return };
+    emu.set_max_grid(64);
+    for name in ["digits_mlp", "fmnist_csnn"] {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{name}.snn"));
+        let (model, a) = snnc::cli::load(&path).unwrap();
+        let params = snnc::init::cast_params::<f32>(&snnc::init::init_params(&a, 0));
+        for mode in [Mode::Bptt, Mode::Rate] {
+            let g = compile(&model, &Options::new(3, 2, mode)).unwrap().graph;
+            let x = snnc::cli::random_input(&g, false, 0).cast::<f32>();
+            let labels = snnc::cli::random_labels(2, a.output[0], 0).cast::<f32>();
+            let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+            let opts = RunOptions { seed: 0 };
+            for schedule in SCHEDULES {
+                let what = format!("{name} {mode} {schedule}");
+                let lowered = snnc::passes::fuse_time::lower(&g, schedule);
+                let plan = snnc::passes::fuse_time::plan(&lowered, &[], schedule);
+                let want = snnc::codegen::cpu::run(&lowered, &inputs, &params, &opts).unwrap();
+                let mut ex = Executor::with_plan(&mut emu, &lowered, plan, &[]).unwrap();
+                ex.poison = true;
+                // A small im2col chunk: convolutions take several turns
+                // through their planned workspace.
+                ex.conv_workspace = 1000;
+                let got = ex.run(&inputs, &params, &opts).unwrap();
+                let stats = ex.stats();
+                let mem = ex.arena_plan().expect("an arena").clone();
+                mem.check_arena().unwrap();
+                let units = ex.steps().len();
+                let per_step = ex
+                    .steps()
+                    .iter()
+                    .filter(|s| matches!(s, snnc::codegen::cuda::Step::KernelStep(..)))
+                    .count();
+                println!(
+                    "{what}: {units} units ({per_step} kernel steps), planned peak {} B, measured {} B, arena {} B",
+                    stats.planned_peak_bytes, stats.peak_arena_live_bytes, stats.arena_bytes
+                );
+                assert_eq!(
+                    per_step > 0,
+                    schedule != SchedOpts::LAYER_MAJOR,
+                    "{what}: kernel steps"
+                );
+                assert!(stats.planned_peak_bytes > 0, "{what}");
+                assert_eq!(
+                    stats.peak_arena_live_bytes, stats.planned_peak_bytes,
+                    "{what}: measured and planned peaks differ"
+                );
+                assert_eq!(stats.arena_bytes as u64, mem.arena_bytes, "{what}");
+                assert!(mem.arena_bytes >= mem.peak_bytes, "{what}");
+                assert_eq!(stats.arena_live_bytes, 0, "{what}: the arena is not empty");
+                assert_eq!(stats.live_bytes, 0, "{what}: buffers outlive the run");
+                // Again, with the arena planned for another workspace size.
+                ex.conv_workspace = 1 << 20;
+                let again = ex.run(&inputs, &params, &opts).unwrap();
+                assert_eq!(
+                    ex.stats().peak_arena_live_bytes,
+                    ex.stats().planned_peak_bytes,
+                    "{what}: second plan"
+                );
+                drop(ex);
+                for (k, v) in &want {
+                    assert!(rel_err(&got[k], v, 1e-1) < 1e-4, "{what}: {k}");
+                    assert!(rel_err(&again[k], v, 1e-1) < 1e-4, "{what}: {k} (again)");
+                }
             }
         }
     }
@@ -641,6 +765,9 @@ fn fused_runs_reuse_buffers_and_tables() {
         ex.run(&inputs, &HashMap::new(), &opts).unwrap();
         let times = ex.kernel_times().unwrap();
         assert_eq!(times.len(), kernels);
+        assert!(times
+            .iter()
+            .all(|(s, _)| matches!(s, snnc::codegen::cuda::Step::Kernel(_))));
         assert!(times.iter().all(|(_, t)| *t >= 0.0));
         ex.clear_resident_params();
         assert_eq!(ex.stats().live_bytes, 0);
@@ -673,8 +800,15 @@ fn the_emulator_checks_pointer_tables() {
     let mut table = emu.alloc(2 * slots).unwrap();
     emu.upload_words(&mut table, &vec![8u64; slots]).unwrap();
     let tp = emu.ptr(&table);
+    let steps = plan.kernels[0].kernel.steps as i32;
     let e = emu
-        .launch_module(id, 0, 1, 256, &[Arg::P(tp), Arg::L(2)])
+        .launch_module(
+            id,
+            0,
+            1,
+            256,
+            &[Arg::P(tp), Arg::L(2), Arg::I(0), Arg::I(steps), Arg::P(0)],
+        )
         .unwrap_err();
     assert!(e.contains("not in a live buffer"), "{e}");
     let e = emu

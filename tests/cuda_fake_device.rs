@@ -18,6 +18,7 @@
 //! Needs a C++ compiler and libnvrtc (scripts/nvrtc-env.sh); without them
 //! it says so and skips, or fails when SNNC_REQUIRE_NVRTC=1.
 
+use snnc::passes::schedule::SchedOpts;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -83,9 +84,10 @@ fn fake() -> Option<Fake> {
 
 impl Fake {
     /// Builds the emulator libraries of the fusion plans `snnc cuda-check`
-    /// and `snnc bench --device cuda` run for these models, T, modes and
-    /// batch (the same graph and plan as theirs).
-    fn plans(&mut self, models: &[&str], steps: &[usize], batch: usize) {
+    /// and `snnc bench --device cuda` run for these models, T, modes, batch
+    /// and schedules (the same graph and plan as theirs).
+    fn plans(&mut self, models: &[&str], steps: &[usize], batch: usize, schedules: &[SchedOpts]) {
+        use snnc::passes::fuse_time;
         use snnc::passes::rate::Mode;
         for m in models {
             let path =
@@ -99,14 +101,17 @@ impl Fake {
                     )
                     .unwrap()
                     .graph;
-                    let plan = snnc::passes::fuse::fuse(&g);
-                    let module = snnc::codegen::cuda::fused::module(&plan);
-                    let lib = snnc::codegen::cuda::emu::build_module_library(
-                        &module.source,
-                        &module.names,
-                    )
-                    .unwrap();
-                    self.modules.push(lib);
+                    for &s in schedules {
+                        let g = fuse_time::lower(&g, s);
+                        let plan = fuse_time::plan(&g, &[], s);
+                        let module = snnc::codegen::cuda::fused::module(&plan);
+                        let lib = snnc::codegen::cuda::emu::build_module_library(
+                            &module.source,
+                            &module.names,
+                        )
+                        .unwrap();
+                        self.modules.push(lib);
+                    }
                 }
             }
         }
@@ -154,7 +159,12 @@ impl Drop for Fake {
 #[test]
 fn cuda_check_runs_on_the_fake_device() {
     let Some(mut f) = fake() else { return };
-    f.plans(&["digits_mlp", "fmnist_csnn"], &[1, 2], 2);
+    f.plans(
+        &["digits_mlp", "fmnist_csnn"],
+        &[1, 2],
+        2,
+        &[SchedOpts::LAYER_MAJOR, SchedOpts::TIME_MAJOR],
+    );
     let (ok, out) = f.snnc(
         &[
             "cuda-check",
@@ -205,12 +215,37 @@ fn cuda_check_runs_on_the_fake_device() {
         &[],
     );
     assert!(ok && out.contains("from the cache"), "{out}");
+    // The time-major plan: one kernel step per launch, states in the arena.
+    let (ok, out) = f.snnc(
+        &[
+            "cuda-check",
+            "--require-gpu",
+            "--schedule",
+            "fused-time-major",
+            "--models",
+            "digits_mlp,fmnist_csnn",
+            "-T",
+            "1,2",
+        ],
+        &[],
+    );
+    println!("{out}");
+    assert!(ok && out.contains("8 passed, 0 failed"), "{out}");
+    assert!(out.contains("the fusion plan (fused-time-major)"), "{out}");
+    // A graph-executor schedule is not a device plan.
+    let (ok, out) = f.snnc(&["cuda-check", "--schedule", "time-major"], &[]);
+    assert!(!ok && out.contains("runs the fusion plan"), "{out}");
 }
 
 #[test]
 fn bench_and_bandwidth_run_on_the_fake_device() {
     let Some(mut f) = fake() else { return };
-    f.plans(&["fmnist_csnn"], &[1, 2], 4);
+    f.plans(
+        &["fmnist_csnn"],
+        &[1, 2],
+        4,
+        &[SchedOpts::LAYER_MAJOR, SchedOpts::TIME_MAJOR_RECOMPUTE],
+    );
     let (ok, out) = f.snnc(
         &[
             "bench",
@@ -225,18 +260,20 @@ fn bench_and_bandwidth_run_on_the_fake_device() {
             "4",
             "--repeats",
             "1",
+            "--schedule",
+            "fused,fused-time-major-recompute",
         ],
         &[],
     );
     println!("{out}");
     assert!(ok, "{out}");
-    assert!(
-        out.contains("device MiB")
-            && out
-                .lines()
-                .filter(|l| l.starts_with("rate") || l.starts_with("bptt"))
-                .count()
-                == 4,
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("fused")).collect();
+    assert!(out.contains("device MiB") && rows.len() == 8, "{out}");
+    assert_eq!(
+        rows.iter()
+            .filter(|l| l.starts_with("fused-time-major-recompute"))
+            .count(),
+        4,
         "{out}"
     );
     // The LIF kernels were timed (events) and compared with the copy kernel.
@@ -244,11 +281,13 @@ fn bench_and_bandwidth_run_on_the_fake_device() {
         out.contains("LIF GB/s") && out.contains("copy kernel"),
         "{out}"
     );
-    let rows: Vec<&str> = out
-        .lines()
-        .filter(|l| l.starts_with("rate") || l.starts_with("bptt"))
-        .collect();
     assert!(rows.iter().all(|r| r.contains('%')), "{out}");
+    // The arena's measured peak is its planned peak (columns "plan MiB"
+    // and "arena pk").
+    for r in &rows {
+        let cols: Vec<&str> = r.split_whitespace().collect();
+        assert_eq!(cols[9], cols[10], "planned and measured peaks: {r}");
+    }
     let (ok, out) = f.snnc(&["cuda-check", "--bandwidth", "8"], &[]);
     println!("{out}");
     assert!(

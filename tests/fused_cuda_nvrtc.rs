@@ -1,10 +1,12 @@
 //! Every fused kernel the compiler generates — every example model, both
-//! modes — printed as CUDA C (`codegen/render_cuda`) compiles with NVRTC for
-//! sm_90, declares the ABI the runtime launches (`(float *const *p, long
-//! long n)`), and, when `ptxas` is on PATH, uses no spill stores or loads.
-//! The fused plan has one schedule (layer-major: each kernel loops over all
-//! steps); time-major schedules run the graph executor's library kernels,
-//! which `tests/cuda_nvrtc.rs` compiles.
+//! modes, the fusion plan in each schedule (layer-major: a kernel's steps in
+//! one launch; time-major and time-major with batch-norm recompute: one
+//! step per launch, on the graph `fuse_time::lower` makes, whose kernels
+//! can differ) — printed as CUDA C (`codegen/render_cuda`) compiles with
+//! NVRTC for sm_90, declares the ABI the runtime launches (`(float *const
+//! *p, long long n, int t0, int t1, float *st)`), and, when `ptxas` is on
+//! PATH, uses no spill stores or loads; the table lists every kernel's
+//! registers and stack.
 //!
 //! Needs libnvrtc (`source scripts/nvrtc-env.sh`); without it the test
 //! prints that it skipped, or fails when SNNC_REQUIRE_NVRTC=1 (CI).
@@ -12,8 +14,9 @@
 use snnc::codegen::cuda::nvrtc;
 use snnc::codegen::render_cuda;
 use snnc::compile::{compile, Options};
-use snnc::passes::fuse;
+use snnc::passes::fuse_time;
 use snnc::passes::rate::Mode;
+use snnc::passes::schedule::SchedOpts;
 
 fn nvrtc_or_skip() -> bool {
     match nvrtc::available() {
@@ -28,7 +31,8 @@ fn nvrtc_or_skip() -> bool {
     }
 }
 
-/// One translation unit per model and mode: the header and every kernel.
+/// One translation unit per model, mode and schedule: the header and every
+/// kernel of the plan.
 fn sources() -> Vec<(String, String, Vec<String>)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -42,15 +46,22 @@ fn sources() -> Vec<(String, String, Vec<String>)> {
         let (model, _) = snnc::dsl::parse_file(&f).unwrap();
         for mode in [Mode::Bptt, Mode::Rate] {
             let g = compile(&model, &Options::new(4, 2, mode)).unwrap().graph;
-            let plan = fuse::fuse(&g);
-            let mut src = render_cuda::header();
-            let mut names = Vec::new();
-            for k in &plan.kernels {
-                src.push('\n');
-                src.push_str(&render_cuda::kernel(&k.kernel));
-                names.push(k.kernel.name.clone());
+            for (tag, sched) in [
+                ("lm", SchedOpts::LAYER_MAJOR),
+                ("tm", SchedOpts::TIME_MAJOR),
+                ("tmr", SchedOpts::TIME_MAJOR_RECOMPUTE),
+            ] {
+                let g = fuse_time::lower(&g, sched);
+                let plan = fuse_time::plan(&g, &[], sched);
+                let mut src = render_cuda::header();
+                let mut names = Vec::new();
+                for k in &plan.kernels {
+                    src.push('\n');
+                    src.push_str(&render_cuda::kernel(&k.kernel));
+                    names.push(k.kernel.name.clone());
+                }
+                out.push((format!("{}_{mode}_{tag}", model.name), src, names));
             }
-            out.push((format!("{}_{mode}", model.name), src, names));
         }
     }
     out
@@ -85,7 +96,11 @@ fn nvrtc_compiles_every_generated_kernel_for_sm_90() {
                 .iter()
                 .find(|(n, _)| n == k)
                 .unwrap_or_else(|| panic!("{plan}: kernel `{k}` is not in the PTX"));
-            assert_eq!(params.len(), 2, "{plan}/{k}: parameters {params:?}");
+            assert_eq!(
+                params,
+                &["u64", "u64", "u32", "u32", "u64"],
+                "{plan}/{k}: parameters"
+            );
         }
         total += names.len();
         if !have_ptxas {
@@ -129,6 +144,6 @@ fn nvrtc_compiles_every_generated_kernel_for_sm_90() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!("{total} generated kernels compiled for sm_90");
+    println!("{total} generated kernels compiled for sm_90 (every example model, both modes, three schedules)");
     assert!(total > 0);
 }

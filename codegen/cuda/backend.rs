@@ -124,6 +124,13 @@ pub trait Backend {
     fn upload(&mut self, buf: &mut Self::Buf, data: &[f32]) -> Result<(), String>;
     /// The first `len` elements (waits for the work queued before).
     fn download(&mut self, buf: &Self::Buf, len: usize) -> Result<Vec<f32>, String>;
+    /// Elements `[start, start + len)` (waits for the work queued before).
+    fn download_range(
+        &mut self,
+        buf: &Self::Buf,
+        start: usize,
+        len: usize,
+    ) -> Result<Vec<f32>, String>;
     /// Device-to-device copy of `len` elements.
     fn copy(&mut self, src: &Self::Buf, dst: &mut Self::Buf, len: usize) -> Result<(), String>;
     /// Launches `kernel` on a 1-D grid (`args` already checked).
@@ -159,7 +166,8 @@ pub trait Backend {
         self.upload(buf, &bits)
     }
     /// Loads a module of generated kernels (`fused::Module`: render_cuda's
-    /// ABI `(float *const *p, long long n)`) and returns its id; loading
+    /// ABI `(float *const *p, long long n, int t0, int t1, float *st)`) and
+    /// returns its id; loading
     /// the same source again returns the same id without recompiling.
     fn load_module(&mut self, source: &str, names: &[String]) -> Result<usize, String>;
     /// Launches kernel `kernel` (an index into the `names` it was loaded

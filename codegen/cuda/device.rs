@@ -421,6 +421,29 @@ impl Backend for Cuda {
         Ok(out)
     }
 
+    fn download_range(
+        &mut self,
+        buf: &CudaBuf,
+        start: usize,
+        len: usize,
+    ) -> Result<Vec<f32>, String> {
+        if start + len > buf.slice.len() {
+            return Err(format!(
+                "download of [{start}, {}) from {}",
+                start + len,
+                buf.slice.len()
+            ));
+        }
+        let mut out = vec![0f32; len];
+        if len > 0 {
+            self.stream
+                .memcpy_dtoh(&buf.slice.slice(start..start + len), &mut out)
+                .map_err(|e| format!("device-to-host copy: {e}"))?;
+        }
+        self.sync()?;
+        Ok(out)
+    }
+
     fn copy(&mut self, src: &CudaBuf, dst: &mut CudaBuf, len: usize) -> Result<(), String> {
         if len > src.slice.len() || len > dst.slice.len() {
             return Err("copy past a buffer's end".into());
@@ -581,21 +604,28 @@ impl Backend for Cuda {
             .get(module)
             .and_then(|(_, fs)| fs.get(kernel))
             .ok_or_else(|| format!("no kernel {kernel} in module {module}"))?;
-        let (table, n) = match args {
-            [Arg::P(t), Arg::L(n)] => (*t, *n),
-            _ => return Err("a generated kernel takes (pointer table, long long n)".into()),
+        let (table, n, t0, t1, st) = match args {
+            [Arg::P(t), Arg::L(n), Arg::I(t0), Arg::I(t1), Arg::P(st)] => (*t, *n, *t0, *t1, *st),
+            _ => {
+                return Err("a generated kernel takes (pointer table, long long n, \
+                            int t0, int t1, state)"
+                    .into())
+            }
         };
         let mut b = self.stream.launch_builder(f);
         b.arg(&table);
         b.arg(&n);
+        b.arg(&t0);
+        b.arg(&t1);
+        b.arg(&st);
         let cfg = LaunchConfig {
             grid_dim: (grid, 1, 1),
             block_dim: (block, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the kernel's ABI is (float *const *, long long), which
-        // these two 8-byte values match; the table and the tensors it
-        // points to are live device buffers.
+        // SAFETY: the kernel's ABI is (float *const *, long long, int, int,
+        // float *), which these values match; the table, the tensors it
+        // points to and the state (or null) are live device buffers.
         unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| {
             format!("launching generated kernel {kernel} (grid {grid}, block {block}): {e}")
         })

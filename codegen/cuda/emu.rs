@@ -380,6 +380,23 @@ impl Backend for Emu {
         Ok(unsafe { std::slice::from_raw_parts(buf.ptr as *const f32, len) }.to_vec())
     }
 
+    fn download_range(
+        &mut self,
+        buf: &EmuBuf,
+        start: usize,
+        len: usize,
+    ) -> Result<Vec<f32>, String> {
+        if start + len > buf.len {
+            return Err(format!(
+                "download of [{start}, {}) from {}",
+                start + len,
+                buf.len
+            ));
+        }
+        // SAFETY: within the buffer, as checked.
+        Ok(unsafe { std::slice::from_raw_parts((buf.ptr as *const f32).add(start), len) }.to_vec())
+    }
+
     fn copy(&mut self, src: &EmuBuf, dst: &mut EmuBuf, len: usize) -> Result<(), String> {
         if len > src.len || len > dst.len {
             return Err("copy past a buffer's end".into());
@@ -477,11 +494,12 @@ impl Backend for Emu {
                 (*l, *s)
             };
             let mut buf = [0u8; 64];
-            // SAFETY: two parameters, far fewer than 63.
+            // SAFETY: five parameters, far fewer than 63.
             unsafe { sigf(buf.as_mut_ptr()) };
-            if !buf.starts_with(b"pl\0") {
+            if !buf.starts_with(b"pliip\0") {
                 return Err(format!(
-                    "generated kernel `{k}` does not have the (float *const *, long long) ABI"
+                    "generated kernel `{k}` does not have the \
+                     (float *const *, long long, int, int, float *) ABI"
                 ));
             }
             fns.push(launch);
@@ -505,12 +523,12 @@ impl Backend for Emu {
             .and_then(|(_, fns)| fns.get(kernel))
             .ok_or_else(|| format!("no kernel {kernel} in module {module}"))?;
         let name = format!("generated kernel {kernel} of module {module}");
-        let (table, n) = match args {
-            [Arg::P(t), Arg::L(n)] => (*t, *n),
+        let (table, n, st) = match args {
+            [Arg::P(t), Arg::L(n), Arg::I(_), Arg::I(_), Arg::P(st)] => (*t, *n, *st),
             _ => {
                 return Err(format!(
-                    "{name}: the arguments must be (pointer table, long long n)"
-                ))
+                "{name}: the arguments must be (pointer table, long long n, int t0, int t1, state)"
+            ))
             }
         };
         if grid == 0 || block == 0 || grid > i32::MAX as u32 || block > 1024 {
@@ -526,6 +544,12 @@ impl Backend for Emu {
             format!("{name}: the pointer table ({table:#x}) is not in a live buffer")
         })?;
         let mut ids = vec![tid];
+        if st != 0 {
+            let (id, _) = self.locate(st).ok_or_else(|| {
+                format!("{name}: the state buffer ({st:#x}) is not in a live buffer")
+            })?;
+            ids.push(id);
+        }
         for s in 0..room / 2 {
             // SAFETY: within the table's buffer (`room` floats from `table`).
             let p = unsafe { (table as *const u64).add(s).read_unaligned() };

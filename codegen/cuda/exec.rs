@@ -2,29 +2,38 @@
 //! kernel (or cuBLAS call) sequence per node, in topological order, on one
 //! stream.
 //!
-//! Values live in device buffers from a pool keyed by length (a training
-//! loop runs the same graph again and again, so after the first step no
-//! allocation happens); a value returns to the pool after its last user has
-//! run. `Reshape` and `Detach` are views: they share their operand's buffer
-//! (a reference count per buffer). Parameters can be made resident
+//! Node by node, values live in device buffers from a pool keyed by length
+//! (a training loop runs the same graph again and again, so after the first
+//! step no allocation happens); a value returns to the pool after its last
+//! user has run. A fusion plan's values, workspaces and kernel states live
+//! in one arena at offsets planned before the first run ([`super::arena`]).
+//! `Reshape` and `Detach` are views: they share their operand's buffer
+//! (a reference count per buffer). Inputs and parameters have buffers of
+//! their own from the pool; parameters can be made resident
 //! ([`Executor::set_resident_params`]) so a step uploads only the inputs.
 //!
 //! The schedule is a list of [`Step`]s: graph nodes in a schedule's order
 //! ([`Executor::new`]), or the units of a fusion plan
-//! ([`Executor::fused`]): node units on the kernels above, fused units on
-//! one generated module per plan (`render_cuda`, loaded once by the
-//! backend). A fused kernel reads and writes its tensors through a pointer
-//! table in device memory, one small buffer per kernel; the executor fills
-//! it before the launch, and skips the upload when the addresses are those
-//! of the previous run (the pool hands out the same buffers in the same
-//! order every run, so after the first step no table is uploaded).
+//! ([`Executor::fused`], [`Executor::with_plan`]): node units on the
+//! kernels above, fused units on one generated module per plan
+//! (`render_cuda`, loaded once by the backend), all of a kernel's steps in
+//! one launch (layer-major plans) or one step per unit with the kernel's
+//! registers and accumulators in a state buffer between launches
+//! (time-major plans, `passes/fuse_time`). A fused unit reads and writes its
+//! tensors through a pointer table in device memory, one small buffer per
+//! unit; the executor fills it before the launch, and skips the upload when
+//! the addresses are those of the previous run (arena offsets are fixed,
+//! and the pool hands out the same buffers in the same order every run, so
+//! after the first step no table is uploaded).
 
+use super::arena::{self, Arena};
 use super::backend::{check_args, Arg, Backend};
 use super::gemm::Gemm;
 use crate::interp::RunOptions;
 use crate::ir::{Graph, NodeIndex, Op};
 use crate::model::SurrogateKind;
 use crate::passes::fuse::{self, Plan, Unit};
+use crate::passes::memplan::{self, MemPlan};
 use crate::tensor::Tensor;
 use std::collections::{HashMap, HashSet};
 
@@ -33,8 +42,10 @@ use std::collections::{HashMap, HashSet};
 pub enum Step {
     /// Evaluate one graph node with its own kernels.
     Node(NodeIndex),
-    /// Launch fused kernel `k` of the plan.
+    /// Launch fused kernel `k` of the plan (all its steps).
     Kernel(usize),
+    /// Launch step `t` of fused kernel `k` alone (time-major plans).
+    KernelStep(usize, usize),
 }
 
 /// Values of the graph's outputs, by name.
@@ -52,6 +63,13 @@ pub struct MemStats {
     pub peak_reserved_bytes: usize,
     /// Device allocations made so far (not reuses).
     pub device_allocs: usize,
+    /// A fusion plan's arena (0 until the first run, and node by node),
+    /// its planned peak, and the bytes of it in use now and at most during
+    /// the last run (also counted in `live_bytes`).
+    pub arena_bytes: usize,
+    pub planned_peak_bytes: usize,
+    pub arena_live_bytes: usize,
+    pub peak_arena_live_bytes: usize,
 }
 
 /// Elements a single tensor (or workspace) may have: indices are 32-bit in
@@ -65,8 +83,15 @@ pub const BLOCK: u32 = 256;
 /// 32 Mi floats = 128 MiB.
 pub const CONV_WORKSPACE: usize = 32 << 20;
 
+/// Device memory of a value: a buffer of its own, or an address in the
+/// arena.
+enum Mem<Buf> {
+    Own(Buf),
+    At(u64),
+}
+
 struct Slot<Buf> {
-    buf: Buf,
+    buf: Mem<Buf>,
     len: usize,
     refs: usize,
     /// Resident parameter: never returned to the pool by a run.
@@ -91,9 +116,15 @@ struct FusedState<Buf> {
     plan: Plan,
     /// The backend's id of the plan's module.
     module: usize,
-    /// One pointer-table buffer per kernel, and what it holds now.
-    tables: Vec<Buf>,
-    uploaded: Vec<Vec<u64>>,
+    /// One pointer-table buffer per fused unit (by step index), and what it
+    /// holds now.
+    tables: HashMap<usize, Buf>,
+    uploaded: HashMap<usize, Vec<u64>>,
+    /// The arena and its plan (made at the first run: the plan depends on
+    /// `conv_workspace`), and the workspace of the unit running now: its
+    /// address, bytes and bytes handed out.
+    arena: Option<(Buf, Arena, usize)>,
+    scratch: Option<(u64, usize, usize)>,
 }
 
 pub struct Executor<'a, B: Backend> {
@@ -104,15 +135,17 @@ pub struct Executor<'a, B: Backend> {
     /// the values it writes.
     reads: Vec<Vec<NodeIndex>>,
     writes: Vec<Vec<NodeIndex>>,
+    /// Per step: the values it writes first (allocates), and those freed
+    /// after it (after their last read or write; never outputs and kept
+    /// values).
+    fresh: Vec<Vec<NodeIndex>>,
+    frees: Vec<Vec<NodeIndex>>,
     operands: HashMap<NodeIndex, Vec<NodeIndex>>,
-    uses: HashMap<NodeIndex, usize>,
-    /// Outputs and the values callers asked to keep: live to the end.
-    kept: HashSet<NodeIndex>,
     keep: Vec<NodeIndex>,
     fused: Option<FusedState<B::Buf>>,
     /// Time every fused kernel (device marks around each launch).
     pub profile: bool,
-    /// (kernel, mark before, mark after) of the last run's launches.
+    /// (step index, mark before, mark after) of the last run's launches.
     marks: Vec<(usize, usize, usize)>,
     pool: HashMap<usize, Vec<B::Buf>>,
     slots: Vec<Option<Slot<B::Buf>>>,
@@ -140,6 +173,26 @@ fn int(v: usize) -> Result<i32, String> {
     Ok(v as i32)
 }
 
+/// Checks that node `n`'s value fits the kernels' 32-bit indexing.
+fn check_size(g: &Graph, n: NodeIndex) -> Result<(), String> {
+    let node = g.node(n);
+    if elems(&node.shape) > MAX_ELEMS {
+        return Err(format!(
+            "node {} ({}) has {} elements, more than the executor's limit {MAX_ELEMS}",
+            n.index(),
+            node.op.name(),
+            elems(&node.shape)
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes a workspace piece of `len` floats takes in the arena: whole
+/// multiples of the plan's alignment, so every piece is aligned for doubles.
+fn piece_bytes(len: usize) -> usize {
+    (4 * len.max(1)).div_ceil(memplan::ALIGN as usize) * memplan::ALIGN as usize
+}
+
 /// Address of element `i` of a buffer at `p`.
 fn at(p: u64, i: usize) -> u64 {
     p + 4 * i as u64
@@ -152,7 +205,7 @@ fn inner(shape: &[usize]) -> usize {
 
 impl<'a, B: Backend> Executor<'a, B> {
     /// Plans `g` in the layer-major schedule (the project's default, see
-    /// passes/schedule.rs) and counts each value's uses.
+    /// passes/schedule.rs).
     pub fn new(backend: &'a mut B, g: &'a Graph) -> Result<Self, String> {
         g.topo_order().ok_or("the graph has a cycle")?;
         let order =
@@ -184,45 +237,24 @@ impl<'a, B: Backend> Executor<'a, B> {
             ));
         }
         let mut operands = HashMap::new();
-        let mut uses: HashMap<NodeIndex, usize> = order.iter().map(|&n| (n, 0)).collect();
         for &n in &order {
-            let ops = g.operands(n);
-            for o in &ops {
-                *uses.entry(*o).or_default() += 1;
-            }
-            let node = g.node(n);
-            if elems(&node.shape) > MAX_ELEMS {
-                return Err(format!(
-                    "node {} ({}) has {} elements, more than the executor's limit {MAX_ELEMS}",
-                    n.index(),
-                    node.op.name(),
-                    elems(&node.shape)
-                ));
-            }
-            operands.insert(n, ops);
+            check_size(g, n)?;
+            operands.insert(n, g.operands(n));
         }
         let reads = order.iter().map(|n| operands[n].clone()).collect();
         let writes = order.iter().map(|&n| vec![n]).collect();
-        Ok(Executor {
+        let steps = order.into_iter().map(Step::Node).collect();
+        let kept = g.outputs.iter().map(|&(_, n)| n).collect();
+        Ok(Self::build(
             backend,
             g,
-            steps: order.into_iter().map(Step::Node).collect(),
-            reads,
-            writes,
+            steps,
+            (reads, writes),
             operands,
-            uses,
-            kept: g.outputs.iter().map(|&(_, n)| n).collect(),
-            keep: Vec::new(),
-            fused: None,
-            profile: false,
-            marks: Vec::new(),
-            pool: HashMap::new(),
-            slots: Vec::new(),
-            resident: HashMap::new(),
-            stats: MemStats::default(),
-            poison: false,
-            conv_workspace: CONV_WORKSPACE,
-        })
+            kept,
+            &[],
+            None,
+        ))
     }
 
     /// Fuses `g` (`passes::fuse`, storing the `keep` nodes) and plans the
@@ -235,7 +267,8 @@ impl<'a, B: Backend> Executor<'a, B> {
     /// Plans a fusion plan of `g` (built with `keep` among the stored
     /// values): node units run on the executor's kernels, fused units on
     /// the plan's generated module, which the backend compiles (or finds in
-    /// its cache) and loads here.
+    /// its cache) and loads here. A time-major plan (`fuse_time::plan`)
+    /// runs on the graph it was made for, `fuse_time::lower`'s copy.
     pub fn with_plan(
         backend: &'a mut B,
         g: &'a Graph,
@@ -245,30 +278,35 @@ impl<'a, B: Backend> Executor<'a, B> {
         let mut steps = Vec::new();
         let (mut reads, mut writes) = (Vec::new(), Vec::new());
         let mut operands = HashMap::new();
-        let mut written = HashSet::new();
+        // Each value's writer: a node, or kernel k (whose steps may each
+        // write part of it).
+        let mut written: HashMap<NodeIndex, Option<usize>> = HashMap::new();
         for u in &plan.units {
-            let (step, r, w) = match *u {
+            let kernel = |k: usize| {
+                plan.kernels
+                    .get(k)
+                    .ok_or_else(|| format!("the plan has no kernel {k}"))
+            };
+            let (step, r, w, by) = match *u {
                 Unit::Node(n) => {
                     let ops = g.operands(n);
                     operands.insert(n, ops.clone());
-                    (Step::Node(n), ops, vec![n])
+                    (Step::Node(n), ops, vec![n], None)
                 }
                 Unit::Kernel(k) => {
-                    let f = plan
-                        .kernels
-                        .get(k)
-                        .ok_or_else(|| format!("the plan has no kernel {k}"))?;
-                    (Step::Kernel(k), f.reads(), f.outputs())
+                    let f = kernel(k)?;
+                    (Step::Kernel(k), f.reads(), f.outputs(), Some(k))
                 }
-                // Time-major plans (one kernel step per unit) are a CPU
-                // schedule; the CUDA ABI runs a kernel's T steps per launch.
-                Unit::Step(..) => {
-                    return Err("the CUDA executor runs layer-major fused plans only; \
-                         time-major plans (one kernel step per unit) run on the CPU"
-                        .to_string())
+                Unit::Step(k, t) => {
+                    let f = kernel(k)?;
+                    if t >= f.kernel.steps {
+                        return Err(format!("kernel {k} has no step {t}"));
+                    }
+                    let (r, w) = f.step_access(t);
+                    (Step::KernelStep(k, t), r, w, Some(k))
                 }
             };
-            if let Some(o) = r.iter().find(|o| !written.contains(*o)) {
+            if let Some(o) = r.iter().find(|o| !written.contains_key(*o)) {
                 return Err(format!(
                     "step {} reads node {} before it is computed",
                     steps.len(),
@@ -276,16 +314,11 @@ impl<'a, B: Backend> Executor<'a, B> {
                 ));
             }
             for &n in &w {
-                if !written.insert(n) {
-                    return Err(format!("node {} is computed twice", n.index()));
-                }
-                if elems(&g.node(n).shape) > MAX_ELEMS {
-                    return Err(format!(
-                        "node {} ({}) has {} elements, more than the executor's limit {MAX_ELEMS}",
-                        n.index(),
-                        g.node(n).op.name(),
-                        elems(&g.node(n).shape)
-                    ));
+                match written.insert(n, by) {
+                    Some(prev) if !(matches!(step, Step::KernelStep(..)) && prev == by) => {
+                        return Err(format!("node {} is computed twice", n.index()))
+                    }
+                    _ => check_size(g, n)?,
                 }
             }
             steps.push(step);
@@ -294,52 +327,101 @@ impl<'a, B: Backend> Executor<'a, B> {
         }
         let mut kept: HashSet<NodeIndex> = g.outputs.iter().map(|&(_, n)| n).collect();
         kept.extend(keep.iter().copied());
-        if let Some(n) = kept.iter().find(|n| !written.contains(*n)) {
+        if let Some(n) = kept.iter().find(|n| !written.contains_key(*n)) {
             return Err(format!(
                 "the plan does not store node {}, an output or kept value",
                 n.index()
             ));
-        }
-        let mut uses: HashMap<NodeIndex, usize> = written.iter().map(|&n| (n, 0)).collect();
-        for r in &reads {
-            for n in r {
-                *uses.get_mut(n).expect("checked above") += 1;
-            }
         }
         let fused = if plan.kernels.is_empty() {
             None
         } else {
             let m = super::fused::module(&plan);
             let module = backend.load_module(&m.source, &m.names)?;
-            let mut tables = Vec::new();
-            for f in &plan.kernels {
-                match backend.alloc(2 * f.kernel.slots.max(1)) {
-                    Ok(b) => tables.push(b),
+            let mut tables = HashMap::new();
+            for (i, s) in steps.iter().enumerate() {
+                let (Step::Kernel(k) | Step::KernelStep(k, _)) = *s else {
+                    continue;
+                };
+                match backend.alloc(2 * plan.kernels[k].kernel.slots.max(1)) {
+                    Ok(b) => {
+                        tables.insert(i, b);
+                    }
                     Err(e) => {
-                        for b in tables {
+                        for (_, b) in tables {
                             backend.free(b);
                         }
                         return Err(format!("allocating a pointer table: {e}"));
                     }
                 }
             }
-            let uploaded = vec![Vec::new(); tables.len()];
             Some(FusedState {
                 plan,
                 module,
                 tables,
-                uploaded,
+                uploaded: HashMap::new(),
+                arena: None,
+                scratch: None,
             })
         };
-        Ok(Executor {
+        Ok(Self::build(
+            backend,
+            g,
+            steps,
+            (reads, writes),
+            operands,
+            kept,
+            keep,
+            fused,
+        ))
+    }
+
+    /// The executor of checked steps: works out when each value is
+    /// allocated and freed (`kept`: outputs and the values callers asked
+    /// to keep, live to the end).
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        backend: &'a mut B,
+        g: &'a Graph,
+        steps: Vec<Step>,
+        (reads, writes): (Vec<Vec<NodeIndex>>, Vec<Vec<NodeIndex>>),
+        operands: HashMap<NodeIndex, Vec<NodeIndex>>,
+        kept: HashSet<NodeIndex>,
+        keep: &[NodeIndex],
+        fused: Option<FusedState<B::Buf>>,
+    ) -> Self {
+        let mut last: HashMap<NodeIndex, usize> = HashMap::new();
+        let mut fresh = vec![Vec::new(); steps.len()];
+        for i in 0..steps.len() {
+            for &w in &writes[i] {
+                if !last.contains_key(&w) {
+                    fresh[i].push(w);
+                }
+                last.insert(w, i);
+            }
+            for &r in &reads[i] {
+                last.insert(r, i);
+            }
+        }
+        let mut frees = vec![Vec::new(); steps.len()];
+        let mut dying: Vec<(usize, NodeIndex)> = last
+            .into_iter()
+            .filter(|(n, _)| !kept.contains(n))
+            .map(|(n, i)| (i, n))
+            .collect();
+        dying.sort();
+        for (i, n) in dying {
+            frees[i].push(n);
+        }
+        Executor {
             backend,
             g,
             steps,
             reads,
             writes,
+            fresh,
+            frees,
             operands,
-            uses,
-            kept,
             keep: keep.to_vec(),
             fused,
             profile: false,
@@ -350,7 +432,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             stats: MemStats::default(),
             poison: false,
             conv_workspace: CONV_WORKSPACE,
-        })
+        }
     }
 
     pub fn steps(&self) -> &[Step] {
@@ -363,12 +445,13 @@ impl<'a, B: Backend> Executor<'a, B> {
     }
 
     /// Device seconds of each fused kernel launch of the last run with
-    /// [`Executor::profile`] set, in launch order.
-    pub fn kernel_times(&mut self) -> Result<Vec<(usize, f64)>, String> {
+    /// [`Executor::profile`] set, in launch order, with its step
+    /// ([`Step::Kernel`] or [`Step::KernelStep`]).
+    pub fn kernel_times(&mut self) -> Result<Vec<(Step, f64)>, String> {
         let marks = std::mem::take(&mut self.marks);
         let times = marks
             .iter()
-            .map(|&(k, a, b)| Ok((k, self.backend.elapsed(a, b)?)))
+            .map(|&(i, a, b)| Ok((self.steps[i], self.backend.elapsed(a, b)?)))
             .collect();
         self.backend.clear_marks();
         times
@@ -450,7 +533,203 @@ impl<'a, B: Backend> Executor<'a, B> {
         }
     }
 
-    fn new_slot(&mut self, buf: B::Buf, len: usize, pinned: bool) -> usize {
+    // ---- the arena ------------------------------------------------------
+
+    /// The plan of a fusion plan's arena (after the first run).
+    pub fn arena_plan(&self) -> Option<&MemPlan> {
+        let f = self.fused.as_ref()?;
+        f.arena.as_ref().map(|(_, a, _)| &a.mem)
+    }
+
+    /// What the executor allocates at each step and when it frees it: the
+    /// events the arena is planned from.
+    fn events(&self) -> Result<arena::Events, String> {
+        let n = self.steps.len();
+        let mut ev = arena::Events {
+            positions: n,
+            allocs: vec![Vec::new(); n],
+            workspace: vec![0; n],
+            state: Vec::new(),
+            alias: HashMap::new(),
+            death: HashMap::new(),
+        };
+        let kernels = self.kernels();
+        let mut state: HashMap<usize, usize> = HashMap::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            for &v in &self.fresh[i] {
+                // Leaves and views are nodes the executor runs alone (a
+                // kernel stores even an identity it computes).
+                let alone = matches!(step, Step::Node(_));
+                match self.g.node(v).op {
+                    Op::Input { .. } | Op::Param { .. } if alone => {}
+                    Op::Reshape { .. } | Op::Detach if alone => {
+                        let o = self.operands[&v][0];
+                        let root = ev.alias.get(&o).copied().unwrap_or(o);
+                        ev.alias.insert(v, root);
+                    }
+                    _ => ev.allocs[i].push((v, 4 * elems(&self.g.node(v).shape) as u64)),
+                }
+            }
+            match *step {
+                Step::Node(v) => {
+                    ev.workspace[i] = self
+                        .workspace_pieces(v)?
+                        .into_iter()
+                        .map(|p| piece_bytes(p) as u64)
+                        .sum();
+                }
+                Step::KernelStep(k, _) if kernels[k].state_floats() > 0 => {
+                    let first = *state.entry(k).or_insert(i);
+                    ev.state.retain(|s| s.0 != k);
+                    ev.state
+                        .push((k, 4 * kernels[k].state_floats() as u64, first, i));
+                }
+                _ => {}
+            }
+            for &v in &self.frees[i] {
+                ev.death.insert(v, i);
+            }
+        }
+        Ok(ev)
+    }
+
+    /// Plans and allocates the arena of a fusion plan: before the first
+    /// run, and again when `conv_workspace` changed (nothing lives in the
+    /// arena between runs).
+    fn ensure_arena(&mut self) -> Result<(), String> {
+        let Some(f) = self.fused.as_ref() else {
+            return Ok(());
+        };
+        if matches!(&f.arena, Some((_, _, ws)) if *ws == self.conv_workspace) {
+            return Ok(());
+        }
+        let plan = arena::plan(&self.events()?);
+        if let Some((buf, a, _)) = self.fused.as_mut().and_then(|f| f.arena.take()) {
+            self.backend.free(buf);
+            self.stats.reserved_bytes -= a.mem.arena_bytes as usize;
+        }
+        let len = (plan.mem.arena_bytes as usize).div_ceil(4).max(1);
+        let buf = self.backend.alloc(len).map_err(|e| {
+            format!(
+                "allocating the arena of {} MiB failed: {e}",
+                plan.mem.arena_bytes >> 20
+            )
+        })?;
+        self.stats.device_allocs += 1;
+        self.stats.reserved_bytes += plan.mem.arena_bytes as usize;
+        self.stats.peak_reserved_bytes = self
+            .stats
+            .peak_reserved_bytes
+            .max(self.stats.reserved_bytes);
+        self.stats.arena_bytes = plan.mem.arena_bytes as usize;
+        self.stats.planned_peak_bytes = plan.mem.peak_bytes as usize;
+        let ws = self.conv_workspace;
+        self.fused.as_mut().expect("a fused plan").arena = Some((buf, plan, ws));
+        Ok(())
+    }
+
+    /// The device address of arena offset `off`.
+    fn arena_addr(&self, off: u64) -> u64 {
+        let (buf, _, _) = self
+            .fused
+            .as_ref()
+            .and_then(|f| f.arena.as_ref())
+            .expect("an arena");
+        self.backend.ptr(buf) + off
+    }
+
+    /// Counts `bytes` at `addr` in the arena as in use (poisoned when
+    /// asked).
+    fn arena_take(&mut self, addr: u64, bytes: usize) -> Result<(), String> {
+        self.stats.live_bytes += bytes;
+        self.stats.arena_live_bytes += bytes;
+        self.stats.peak_live_bytes = self.stats.peak_live_bytes.max(self.stats.live_bytes);
+        self.stats.peak_arena_live_bytes = self
+            .stats
+            .peak_arena_live_bytes
+            .max(self.stats.arena_live_bytes);
+        if self.poison {
+            self.fill_nan(addr, bytes / 4)?;
+        }
+        Ok(())
+    }
+
+    /// Returns `bytes` at `addr` to the arena (poisoned when asked: a
+    /// buffer planned over it while this one was live would read NaN).
+    fn arena_give(&mut self, addr: u64, bytes: usize) {
+        if self.poison {
+            // Best effort: a failure here shows up in the next launch.
+            let _ = self.fill_nan(addr, bytes / 4);
+        }
+        self.stats.live_bytes -= bytes;
+        self.stats.arena_live_bytes -= bytes;
+    }
+
+    fn fill_nan(&mut self, p: u64, len: usize) -> Result<(), String> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.launch(
+            "snnc_fill",
+            len,
+            &[Arg::P(p), Arg::I(int(len)?), Arg::F(f32::NAN)],
+        )
+    }
+
+    /// A value's buffer: its planned place in the arena when running a
+    /// fusion plan, else one from the pool.
+    fn value_buffer(&mut self, n: NodeIndex, len: usize) -> Result<Mem<B::Buf>, String> {
+        let planned = self
+            .fused
+            .as_ref()
+            .and_then(|f| f.arena.as_ref())
+            .map(|(_, a, _)| a.value.get(&n).copied());
+        match planned {
+            Some(Some(off)) => {
+                let addr = self.arena_addr(off);
+                self.arena_take(addr, 4 * len)?;
+                Ok(Mem::At(addr))
+            }
+            Some(None) => Err(format!("node {} has no place in the arena", n.index())),
+            None => self.alloc(len).map(Mem::Own),
+        }
+    }
+
+    /// Scratch space of `len` floats for the node running now: the next
+    /// piece of its planned workspace in the arena, else a pool buffer.
+    fn take_scratch(&mut self, len: usize) -> Result<Mem<B::Buf>, String> {
+        let Some((base, size, used)) = self.fused.as_ref().and_then(|f| f.scratch) else {
+            return self.alloc(len).map(Mem::Own);
+        };
+        let bytes = piece_bytes(len);
+        if used + bytes > size {
+            return Err(format!(
+                "a workspace of {} bytes exceeds the {size} planned",
+                used + bytes
+            ));
+        }
+        self.arena_take(base + used as u64, bytes)?;
+        self.fused.as_mut().expect("a fused plan").scratch = Some((base, size, used + bytes));
+        Ok(Mem::At(base + used as u64))
+    }
+
+    fn give_scratch(&mut self, m: Mem<B::Buf>, len: usize) {
+        match m {
+            Mem::Own(b) => self.release(b, len),
+            Mem::At(addr) => self.arena_give(addr, piece_bytes(len)),
+        }
+    }
+
+    fn mem_ptr(&self, m: &Mem<B::Buf>) -> u64 {
+        match m {
+            Mem::Own(b) => self.backend.ptr(b),
+            Mem::At(a) => *a,
+        }
+    }
+
+    // ---- slots ------------------------------------------------------------
+
+    fn new_slot(&mut self, buf: Mem<B::Buf>, len: usize, pinned: bool) -> usize {
         let slot = Slot {
             buf,
             len,
@@ -474,7 +753,7 @@ impl<'a, B: Backend> Executor<'a, B> {
     }
 
     fn ptr_of(&self, id: usize) -> u64 {
-        self.backend.ptr(&self.slot(id).buf)
+        self.mem_ptr(&self.slot(id).buf)
     }
 
     fn retain(&mut self, id: usize) -> usize {
@@ -487,7 +766,15 @@ impl<'a, B: Backend> Executor<'a, B> {
         s.refs -= 1;
         if s.refs == 0 && !s.pinned {
             let s = self.slots[id].take().expect("live slot");
-            self.release(s.buf, s.len);
+            self.free_value(s.buf, s.len);
+        }
+    }
+
+    /// Frees the memory of a value of `len` floats.
+    fn free_value(&mut self, m: Mem<B::Buf>, len: usize) {
+        match m {
+            Mem::Own(b) => self.release(b, len),
+            Mem::At(addr) => self.arena_give(addr, 4 * len),
         }
     }
 
@@ -515,7 +802,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             check_shape(name, &node.shape, t)?;
             let mut buf = self.alloc(t.len())?;
             self.backend.upload(&mut buf, &t.data)?;
-            let id = self.new_slot(buf, t.len(), true);
+            let id = self.new_slot(Mem::Own(buf), t.len(), true);
             self.resident.insert(name.clone(), id);
         }
         Ok(())
@@ -575,11 +862,14 @@ impl<'a, B: Backend> Executor<'a, B> {
         mut observe: Option<&mut Observer<'_>>,
         extra: bool,
     ) -> Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), String> {
+        self.ensure_arena()?;
         self.stats.peak_live_bytes = self.stats.live_bytes;
+        self.stats.peak_arena_live_bytes = self.stats.arena_live_bytes;
         self.marks.clear();
         self.backend.clear_marks();
         let mut vals: HashMap<NodeIndex, usize> = HashMap::new();
-        let result = self.run_steps(inputs, params, opts, &mut vals, &mut observe);
+        let mut state: HashMap<usize, u64> = HashMap::new();
+        let result = self.run_steps(inputs, params, opts, &mut vals, &mut state, &mut observe);
         let result = result.and_then(|()| {
             let mut outs = Outputs::new();
             for (name, n) in &self.g.outputs {
@@ -597,6 +887,14 @@ impl<'a, B: Backend> Executor<'a, B> {
         for (_, id) in vals {
             self.drop_ref(id);
         }
+        // States of kernels an error stopped half way.
+        for (k, addr) in state {
+            let bytes = 4 * self.kernels()[k].state_floats();
+            self.arena_give(addr, bytes);
+        }
+        if let Some(f) = self.fused.as_mut() {
+            f.scratch = None;
+        }
         result
     }
 
@@ -606,13 +904,14 @@ impl<'a, B: Backend> Executor<'a, B> {
         params: &HashMap<String, Tensor<f32>>,
         opts: &RunOptions,
         vals: &mut HashMap<NodeIndex, usize>,
+        state: &mut HashMap<usize, u64>,
         observe: &mut Option<&mut Observer<'_>>,
     ) -> Result<(), String> {
-        let mut remaining = self.uses.clone();
         for i in 0..self.steps.len() {
             let g = self.g;
             match self.steps[i] {
                 Step::Node(n) => {
+                    self.set_scratch(i);
                     let id = self.exec_node(n, vals, inputs, params, opts).map_err(|e| {
                         format!(
                             "error: node {} ({} {}): {e}",
@@ -623,10 +922,14 @@ impl<'a, B: Backend> Executor<'a, B> {
                     })?;
                     vals.insert(n, id);
                 }
-                Step::Kernel(k) => self.exec_kernel(k, vals).map_err(|e| {
-                    let name = &self.kernels()[k].kernel.name;
-                    format!("error: fused kernel {k} ({name}): {e}")
-                })?,
+                Step::Kernel(k) => {
+                    let steps = self.kernels()[k].kernel.steps;
+                    self.exec_kernel(i, k, vals, (0, steps), 0)
+                        .map_err(|e| self.kernel_error(k, e))?
+                }
+                Step::KernelStep(k, t) => self
+                    .exec_step(i, k, t, vals, state)
+                    .map_err(|e| self.kernel_error(k, e))?,
             }
             if let Some(obs) = observe.as_mut() {
                 let (r, w) = (self.reads[i].clone(), self.writes[i].clone());
@@ -643,37 +946,85 @@ impl<'a, B: Backend> Executor<'a, B> {
                     writes: &writes,
                 });
             }
-            for o in self.reads[i].clone() {
-                let r = remaining.get_mut(&o).expect("counted");
-                *r -= 1;
-                if *r == 0 && !self.kept.contains(&o) {
-                    let id = vals.remove(&o).expect("computed");
-                    self.drop_ref(id);
-                }
-            }
-            for w in self.writes[i].clone() {
-                if self.uses[&w] == 0 && !self.kept.contains(&w) {
-                    let id = vals.remove(&w).expect("just computed");
-                    self.drop_ref(id);
-                }
+            for o in self.frees[i].clone() {
+                let id = vals.remove(&o).expect("computed");
+                self.drop_ref(id);
             }
         }
         Ok(())
     }
 
-    /// Launches fused kernel `k`: allocates what it writes, fills its
-    /// pointer table (when the addresses changed) and launches one thread
-    /// per element.
+    fn kernel_error(&self, k: usize, e: String) -> String {
+        let name = &self.kernels()[k].kernel.name;
+        format!("error: fused kernel {k} ({name}): {e}")
+    }
+
+    /// Points the scratch allocator at step `i`'s planned workspace.
+    fn set_scratch(&mut self, i: usize) {
+        if let Some(f) = self.fused.as_mut() {
+            f.scratch = f.arena.as_ref().and_then(|(buf, a, _)| {
+                a.workspace[i].map(|(off, bytes)| (self.backend.ptr(buf) + off, bytes as usize, 0))
+            });
+        }
+    }
+
+    /// Runs step `t` of kernel `k` (step `i` of the schedule): its state
+    /// is taken from the arena at the kernel's first step and returned
+    /// after its last.
+    fn exec_step(
+        &mut self,
+        i: usize,
+        k: usize,
+        t: usize,
+        vals: &mut HashMap<NodeIndex, usize>,
+        state: &mut HashMap<usize, u64>,
+    ) -> Result<(), String> {
+        let f = &self.kernels()[k];
+        let (floats, loop_steps) = (f.state_floats(), f.loop_steps());
+        let st = if floats == 0 {
+            0
+        } else if let Some(&a) = state.get(&k) {
+            a
+        } else {
+            let off = self
+                .fused
+                .as_ref()
+                .and_then(|f| f.arena.as_ref())
+                .and_then(|(_, a, _)| a.state.get(&k).copied())
+                .ok_or_else(|| format!("kernel {k} has no state in the arena"))?;
+            let addr = self.arena_addr(off);
+            self.arena_take(addr, 4 * floats)?;
+            state.insert(k, addr);
+            addr
+        };
+        self.exec_kernel(i, k, vals, (t, t + 1), st)?;
+        if loop_steps.last() == Some(&t) {
+            if let Some(addr) = state.remove(&k) {
+                self.arena_give(addr, 4 * floats);
+            }
+        }
+        Ok(())
+    }
+
+    /// Launches fused kernel `k` for steps `[t0, t1)` (step `i` of the
+    /// schedule) with state `st` (0: none): allocates what the step writes
+    /// first, fills the step's pointer table (when the addresses changed)
+    /// and launches one thread per element. A launch of every step needs
+    /// every tensor of the table; one of a single step only the step's,
+    /// and the others' slots stay null.
     fn exec_kernel(
         &mut self,
+        i: usize,
         k: usize,
         vals: &mut HashMap<NodeIndex, usize>,
+        (t0, t1): (usize, usize),
+        st: u64,
     ) -> Result<(), String> {
         let f = &self.fused.as_ref().expect("a fused plan").plan.kernels[k];
-        let (table, n) = (f.table.clone(), f.kernel.n);
-        for o in f.outputs() {
+        let (table, n, all) = (f.table.clone(), f.kernel.n, t1 - t0 == f.kernel.steps);
+        for o in self.fresh[i].clone() {
             let len = elems(&self.g.node(o).shape);
-            let buf = self.alloc(len)?;
+            let buf = self.value_buffer(o, len)?;
             let id = self.new_slot(buf, len, false);
             vals.insert(o, id);
         }
@@ -681,10 +1032,11 @@ impl<'a, B: Backend> Executor<'a, B> {
             .iter()
             .map(|slot| match slot {
                 None => Ok(0),
-                Some(v) => vals
-                    .get(v)
-                    .map(|&id| self.ptr_of(id))
-                    .ok_or_else(|| format!("node {} is not live", v.index())),
+                Some(v) => match vals.get(v) {
+                    Some(&id) => Ok(self.ptr_of(id)),
+                    None if !all => Ok(0),
+                    None => Err(format!("node {} is not live", v.index())),
+                },
             })
             .collect::<Result<_, String>>()?;
         if n == 0 {
@@ -694,31 +1046,48 @@ impl<'a, B: Backend> Executor<'a, B> {
             .ok()
             .filter(|&g| g <= i32::MAX as u32)
             .ok_or_else(|| format!("{n} elements need too many blocks"))?;
-        let st = self.fused.as_mut().expect("a fused plan");
-        if st.uploaded[k] != words {
-            self.backend.upload_words(&mut st.tables[k], &words)?;
-            st.uploaded[k] = words;
+        let fs = self.fused.as_mut().expect("a fused plan");
+        let tb = fs.tables.get_mut(&i).expect("a table per fused step");
+        if fs.uploaded.get(&i) != Some(&words) {
+            self.backend.upload_words(tb, &words)?;
+            fs.uploaded.insert(i, words);
         }
-        let tp = self.backend.ptr(&st.tables[k]);
-        let module = st.module;
+        let tp = self.backend.ptr(tb);
+        let module = fs.module;
         let before = if self.profile {
             Some(self.backend.mark()?)
         } else {
             None
         };
-        let args = [Arg::P(tp), Arg::L(n as i64)];
+        let args = [
+            Arg::P(tp),
+            Arg::L(n as i64),
+            Arg::I(t0 as i32),
+            Arg::I(t1 as i32),
+            Arg::P(st),
+        ];
         self.backend.launch_module(module, k, grid, BLOCK, &args)?;
         if let Some(a) = before {
             let b = self.backend.mark()?;
-            self.marks.push((k, a, b));
+            self.marks.push((i, a, b));
         }
         Ok(())
     }
 
     fn download_value(&mut self, n: NodeIndex, id: usize) -> Result<Tensor<f32>, String> {
         let shape = &self.g.node(n).shape;
-        let buf = &self.slots[id].as_ref().expect("live slot").buf;
-        let data = self.backend.download(buf, elems(shape))?;
+        let data = match &self.slots[id].as_ref().expect("live slot").buf {
+            Mem::Own(buf) => self.backend.download(buf, elems(shape))?,
+            Mem::At(addr) => {
+                let (buf, _, _) = self
+                    .fused
+                    .as_ref()
+                    .and_then(|f| f.arena.as_ref())
+                    .expect("an arena");
+                let start = (addr - self.backend.ptr(buf)) as usize / 4;
+                self.backend.download_range(buf, start, elems(shape))?
+            }
+        };
         Ok(Tensor::from_vec(shape, data))
     }
 
@@ -734,7 +1103,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             self.release(buf, t.len());
             return Err(e);
         }
-        Ok(self.new_slot(buf, t.len(), false))
+        Ok(self.new_slot(Mem::Own(buf), t.len(), false))
     }
 
     fn exec_node(
@@ -774,12 +1143,12 @@ impl<'a, B: Backend> Executor<'a, B> {
                     .map(|o| (self.ptr_of(vals[o]), g.node(*o).shape.as_slice()))
                     .collect();
                 let len = elems(&node.shape);
-                let out = self.alloc(len)?;
-                let p = self.backend.ptr(&out);
+                let out = self.value_buffer(n, len)?;
+                let p = self.mem_ptr(&out);
                 match self.compute(op, &node.shape, &ins, p, opts) {
                     Ok(()) => Ok(self.new_slot(out, len, false)),
                     Err(e) => {
-                        self.release(out, len);
+                        self.free_value(out, len);
                         Err(e)
                     }
                 }
@@ -1068,36 +1437,44 @@ impl<'a, B: Backend> Executor<'a, B> {
                 gm.ldb = b[1];
                 self.gemm(gm)
             }
-            Op::Conv2d { stride, padding } => {
-                let geo = ConvGeo::new(
-                    ins[0].1,
-                    ins[1].1[0],
-                    ins[1].1[2],
-                    *stride,
-                    *padding,
-                    shape[2],
-                    shape[3],
-                )?;
-                self.conv_forward(&geo, x(0), x(1), out)
-            }
-            Op::Conv2dGradInput {
-                stride, padding, ..
-            } => {
-                let w = ins[1].1;
-                let d = ins[0].1;
-                let geo = ConvGeo::new(shape, w[0], w[2], *stride, *padding, d[2], d[3])?;
-                self.conv_grad_input(&geo, x(0), x(1), out)
-            }
-            Op::Conv2dGradWeight {
-                stride,
-                padding,
-                kernel,
-            } => {
-                let d = ins[1].1;
-                let geo = ConvGeo::new(ins[0].1, d[1], *kernel, *stride, *padding, d[2], d[3])?;
-                self.conv_grad_weight(&geo, x(0), x(1), out)
+            Op::Conv2d { .. } | Op::Conv2dGradInput { .. } | Op::Conv2dGradWeight { .. } => {
+                let shapes: Vec<&[usize]> = ins.iter().map(|i| i.1).collect();
+                let geo = ConvGeo::of(op, &shapes, shape)?.expect("a convolution");
+                match op {
+                    Op::Conv2d { .. } => self.conv_forward(&geo, x(0), x(1), out),
+                    Op::Conv2dGradInput { .. } => self.conv_grad_input(&geo, x(0), x(1), out),
+                    _ => self.conv_grad_weight(&geo, x(0), x(1), out),
+                }
             }
         }
+    }
+
+    /// The scratch pieces (floats, in the order they are taken) node `n`
+    /// needs on these kernels: the arena plans them as its workspace.
+    fn workspace_pieces(&self, n: NodeIndex) -> Result<Vec<usize>, String> {
+        let g = self.g;
+        let node = g.node(n);
+        let Some(ops) = self.operands.get(&n) else {
+            return Ok(Vec::new());
+        };
+        let ins: Vec<&[usize]> = ops.iter().map(|o| g.node(*o).shape.as_slice()).collect();
+        Ok(match node.op {
+            // The operands summed: all of them, or those after the mean.
+            Op::ChannelMean | Op::ChannelSum => vec![chan_work_floats(ins.len(), ins[0])],
+            Op::ChannelVar => vec![chan_work_floats(ins.len() - 1, ins[1])],
+            _ => match ConvGeo::of(&node.op, &ins, &node.shape)? {
+                Some(geo) => {
+                    let nb = self.chunk(&geo);
+                    let col = geo.rows() * nb * geo.cols();
+                    if matches!(node.op, Op::Conv2dGradWeight { .. }) {
+                        vec![col, geo.co * nb * geo.cols()]
+                    } else {
+                        vec![col]
+                    }
+                }
+                None => Vec::new(),
+            },
+        })
     }
 
     /// Per-channel sums over the operands `xs` (each `[B, C, …]` of
@@ -1113,11 +1490,10 @@ impl<'a, B: Backend> Executor<'a, B> {
     ) -> Result<(), String> {
         use Arg::{D, I, P};
         let (b, c, r) = (shape[0], shape[1], inner(shape));
-        // Each pass-1 thread sums ~64 elements; at most 256 per channel.
-        let parts = (b * r).div_ceil(64).clamp(1, 256);
-        let part_len = xs.len() * c * parts; // doubles
-        let work = self.alloc(2 * part_len)?;
-        let wp = self.backend.ptr(&work);
+        let parts = chan_parts(shape);
+        let floats = chan_work_floats(xs.len(), shape);
+        let work = self.take_scratch(floats)?;
+        let wp = self.mem_ptr(&work);
         let mut run = || -> Result<(), String> {
             for (k, &xp) in xs.iter().enumerate() {
                 self.launch(
@@ -1148,7 +1524,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             )
         };
         let result = run();
-        self.release(work, 2 * part_len);
+        self.give_scratch(work, floats);
         result
     }
 
@@ -1169,8 +1545,8 @@ impl<'a, B: Backend> Executor<'a, B> {
     fn conv_forward(&mut self, geo: &ConvGeo, x: u64, w: u64, out: u64) -> Result<(), String> {
         let nb = self.chunk(geo);
         let (rows, cols) = (geo.rows(), geo.cols());
-        let col = self.alloc(rows * nb * cols)?;
-        let cp = self.backend.ptr(&col);
+        let col = self.take_scratch(rows * nb * cols)?;
+        let cp = self.mem_ptr(&col);
         let mut run = || -> Result<(), String> {
             let mut b0 = 0;
             while b0 < geo.b {
@@ -1202,7 +1578,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             Ok(())
         };
         let result = run();
-        self.release(col, rows * nb * cols);
+        self.give_scratch(col, rows * nb * cols);
         result
     }
 
@@ -1210,8 +1586,8 @@ impl<'a, B: Backend> Executor<'a, B> {
         use Arg::{I, P};
         let nb = self.chunk(geo);
         let (rows, cols) = (geo.rows(), geo.cols());
-        let col = self.alloc(rows * nb * cols)?;
-        let cp = self.backend.ptr(&col);
+        let col = self.take_scratch(rows * nb * cols)?;
+        let cp = self.mem_ptr(&col);
         let mut run = || -> Result<(), String> {
             let mut b0 = 0;
             while b0 < geo.b {
@@ -1246,7 +1622,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             Ok(())
         };
         let result = run();
-        self.release(col, rows * nb * cols);
+        self.give_scratch(col, rows * nb * cols);
         result
     }
 
@@ -1254,15 +1630,15 @@ impl<'a, B: Backend> Executor<'a, B> {
         use Arg::{I, P};
         let nb = self.chunk(geo);
         let (rows, cols) = (geo.rows(), geo.cols());
-        let col = self.alloc(rows * nb * cols)?;
-        let dt = match self.alloc(geo.co * nb * cols) {
+        let col = self.take_scratch(rows * nb * cols)?;
+        let dt = match self.take_scratch(geo.co * nb * cols) {
             Ok(b) => b,
             Err(e) => {
-                self.release(col, rows * nb * cols);
+                self.give_scratch(col, rows * nb * cols);
                 return Err(e);
             }
         };
-        let (cp, dp) = (self.backend.ptr(&col), self.backend.ptr(&dt));
+        let (cp, dp) = (self.mem_ptr(&col), self.mem_ptr(&dt));
         let mut run = || -> Result<(), String> {
             let mut b0 = 0;
             while b0 < geo.b {
@@ -1307,8 +1683,8 @@ impl<'a, B: Backend> Executor<'a, B> {
             Ok(())
         };
         let result = run();
-        self.release(col, rows * nb * cols);
-        self.release(dt, geo.co * nb * cols);
+        self.give_scratch(col, rows * nb * cols);
+        self.give_scratch(dt, geo.co * nb * cols);
         result
     }
 }
@@ -1316,12 +1692,17 @@ impl<'a, B: Backend> Executor<'a, B> {
 impl<B: Backend> Drop for Executor<'_, B> {
     fn drop(&mut self) {
         if let Some(f) = self.fused.take() {
-            for b in f.tables {
+            for (_, b) in f.tables {
+                self.backend.free(b);
+            }
+            if let Some((b, _, _)) = f.arena {
                 self.backend.free(b);
             }
         }
         for s in std::mem::take(&mut self.slots).into_iter().flatten() {
-            self.backend.free(s.buf);
+            if let Mem::Own(b) = s.buf {
+                self.backend.free(b);
+            }
         }
         for (_, bufs) in std::mem::take(&mut self.pool) {
             for b in bufs {
@@ -1357,7 +1738,45 @@ struct ConvGeo {
     wo: usize,
 }
 
+/// Partial sums per channel of a channel reduction: each pass-1 thread
+/// sums ~64 elements; at most 256 per channel.
+fn chan_parts(shape: &[usize]) -> usize {
+    (shape[0] * inner(shape)).div_ceil(64).clamp(1, 256)
+}
+
+/// Floats of a channel reduction's workspace over `xs` operands of
+/// `shape`: one double per (operand, channel, part).
+fn chan_work_floats(xs: usize, shape: &[usize]) -> usize {
+    2 * xs * shape[1] * chan_parts(shape)
+}
+
 impl ConvGeo {
+    /// The geometry of a convolution (or gradient) op with operand shapes
+    /// `ins` and output `shape`; `None` for other ops.
+    fn of(op: &Op, ins: &[&[usize]], shape: &[usize]) -> Result<Option<ConvGeo>, String> {
+        let geo = match op {
+            Op::Conv2d { stride, padding } => ConvGeo::new(
+                ins[0], ins[1][0], ins[1][2], *stride, *padding, shape[2], shape[3],
+            ),
+            Op::Conv2dGradInput {
+                stride, padding, ..
+            } => {
+                let (d, w) = (ins[0], ins[1]);
+                ConvGeo::new(shape, w[0], w[2], *stride, *padding, d[2], d[3])
+            }
+            Op::Conv2dGradWeight {
+                stride,
+                padding,
+                kernel,
+            } => {
+                let d = ins[1];
+                ConvGeo::new(ins[0], d[1], *kernel, *stride, *padding, d[2], d[3])
+            }
+            _ => return Ok(None),
+        };
+        geo.map(Some)
+    }
+
     fn new(
         x: &[usize],
         co: usize,

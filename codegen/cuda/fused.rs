@@ -63,6 +63,21 @@ pub fn traffic_bytes(g: &Graph, f: &Fused) -> usize {
         .sum()
 }
 
+/// Bytes one launch of step `t` of `f` alone must move at least: each
+/// tensor that step reads or writes once, and its state loaded (unless it
+/// is the loop's first step) and stored (unless it is the last).
+pub fn step_traffic_bytes(g: &Graph, f: &Fused, t: usize) -> usize {
+    let (reads, writes) = f.step_access(t);
+    let tensors: usize = reads
+        .iter()
+        .chain(&writes)
+        .map(|&n| 4 * g.node(n).shape.iter().product::<usize>())
+        .sum();
+    let steps = f.loop_steps();
+    let moves = usize::from(steps.first() != Some(&t)) + usize::from(steps.last() != Some(&t));
+    tensors + moves * 4 * f.state_floats()
+}
+
 /// Does `f` compute a spike (a LIF/IF layer's update)?
 pub fn is_lif(g: &Graph, f: &Fused) -> bool {
     f.nodes

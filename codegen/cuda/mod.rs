@@ -9,6 +9,8 @@
 //! - [`exec`]: the [`Executor`], generic over a [`Backend`]: graph nodes
 //!   one by one, or a fusion plan (node units on these kernels, fused units
 //!   on one generated module per plan, [`fused`]);
+//! - [`arena`]: a fusion plan's device memory as one arena at planned
+//!   offsets;
 //! - [`device`]: the GPU backend (cudarc), with [`probe`];
 //! - [`emu`]: the CPU emulator backend (kernels compiled by the host C++
 //!   compiler, run sequentially), which lets everything but the cudarc calls
@@ -16,6 +18,7 @@
 //! - [`tools`]: `snnc cuda-check` (GPU against the CPU executor), the
 //!   device-copy bandwidth test and `snnc bench --device cuda`.
 
+pub mod arena;
 pub mod backend;
 pub mod device;
 pub mod emu;
