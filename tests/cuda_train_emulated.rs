@@ -91,13 +91,22 @@ fn max_rel_diff(a: &BTreeMap<String, Tensor<f32>>, b: &BTreeMap<String, Tensor<f
 #[test]
 fn one_epoch_on_the_emulator_equals_the_cpu_trainer() {
     let Some(mut emu) = emu() else { return };
-    for (model, mode) in [
-        (snnc::cli::DEFAULT_MODEL, Mode::Rate),
-        (BN_MLP, Mode::Bptt),
-        (BN_MLP, Mode::Rate),
+    use snnc::passes::schedule::SchedOpts;
+    for (model, mode, order) in [
+        (snnc::cli::DEFAULT_MODEL, Mode::Rate, SchedOpts::LAYER_MAJOR),
+        (BN_MLP, Mode::Bptt, SchedOpts::LAYER_MAJOR),
+        (BN_MLP, Mode::Rate, SchedOpts::LAYER_MAJOR),
+        // `--order`: one kernel step per launch on both devices.
+        (BN_MLP, Mode::Rate, SchedOpts::TIME_MAJOR_RECOMPUTE),
     ] {
-        let cfg = config(model, mode, 1);
-        let (c, g) = (tmp(&format!("cpu-{mode}")), tmp(&format!("emu-{mode}")));
+        let cfg = TrainConfig {
+            order,
+            ..config(model, mode, 1)
+        };
+        let (c, g) = (
+            tmp(&format!("cpu-{mode}-{order}")),
+            tmp(&format!("emu-{mode}-{order}")),
+        );
         let cpu = train(&cfg, &c, None, true).unwrap();
         let launches = emu.module_launches;
         let gpu = train_on(&cfg, &g, None, true, &mut emu).unwrap();

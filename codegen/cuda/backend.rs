@@ -81,6 +81,7 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("snnc_maxpool_grad", "pppiiiiiii"),
     ("snnc_maxpool_mask", "ppiiiiiii"),
     ("snnc_chan_partial", "pppiiii"),
+    ("snnc_chan_dot_partial", "pppiiii"),
     ("snnc_chan_finish", "ppiiid"),
     ("snnc_softmax_xent", "pppii"),
     ("snnc_softmax_xent_grad", "pppii"),

@@ -1191,7 +1191,6 @@ impl<'a, B: Backend> Executor<'a, B> {
             Op::Input { .. } | Op::Param { .. } | Op::Reshape { .. } | Op::Detach => {
                 unreachable!("handled by exec_node")
             }
-            Op::ChannelDot => Err("channel_dot comes from the CPU plan's lowering".into()),
             Op::Add | Op::Sub | Op::Mul => {
                 let k = match op {
                     Op::Add => "snnc_add",
@@ -1418,6 +1417,12 @@ impl<'a, B: Backend> Executor<'a, B> {
                 let s = ins[0].1;
                 self.channel_reduce(&[x(0)], 0, s, out, 1.0)
             }
+            // channel_sum(x·y) of the fused plans' lowering: the same two
+            // passes, pass 1 multiplying as it reads.
+            Op::ChannelDot => {
+                let s = ins[0].1;
+                self.channel_reduce(&[x(0)], x(1), s, out, -1.0)
+            }
             Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => {
                 let s = ins[0].1;
                 let (b, k) = (int(s[0])?, int(s[1])?);
@@ -1461,6 +1466,7 @@ impl<'a, B: Backend> Executor<'a, B> {
         Ok(match node.op {
             // The operands summed: all of them, or those after the mean.
             Op::ChannelMean | Op::ChannelSum => vec![chan_work_floats(ins.len(), ins[0])],
+            Op::ChannelDot => vec![chan_work_floats(1, ins[0])],
             Op::ChannelVar => vec![chan_work_floats(ins.len() - 1, ins[1])],
             _ => match ConvGeo::of(&node.op, &ins, &node.shape)? {
                 Some(geo) => {
@@ -1479,7 +1485,8 @@ impl<'a, B: Backend> Executor<'a, B> {
 
     /// Per-channel sums over the operands `xs` (each `[B, C, …]` of
     /// `shape`), of x or, with a `mean` address, of (x − mean)²; divided by
-    /// `count` into `out[C]`.
+    /// `count` into `out[C]`. A negative `count` means a dot product: the
+    /// sum of x·y over the single operand x and `mean` read as y.
     fn channel_reduce(
         &mut self,
         xs: &[u64],
@@ -1489,6 +1496,11 @@ impl<'a, B: Backend> Executor<'a, B> {
         count: f64,
     ) -> Result<(), String> {
         use Arg::{D, I, P};
+        let (kernel, mean, count) = if count < 0.0 {
+            ("snnc_chan_dot_partial", mean, 1.0)
+        } else {
+            ("snnc_chan_partial", mean, count)
+        };
         let (b, c, r) = (shape[0], shape[1], inner(shape));
         let parts = chan_parts(shape);
         let floats = chan_work_floats(xs.len(), shape);
@@ -1497,7 +1509,7 @@ impl<'a, B: Backend> Executor<'a, B> {
         let mut run = || -> Result<(), String> {
             for (k, &xp) in xs.iter().enumerate() {
                 self.launch(
-                    "snnc_chan_partial",
+                    kernel,
                     c * parts,
                     &[
                         P(xp),

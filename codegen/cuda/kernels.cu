@@ -307,6 +307,25 @@ extern "C" __global__ void snnc_chan_partial(const float* x, const float* mean, 
     }
 }
 
+// Pass 1 of ChannelDot (the CPU lowering's channel_sum(mul(x, y))): the
+// partial sums of x·y, each product rounded to f32 as the interpreter's mul.
+extern "C" __global__ void snnc_chan_dot_partial(const float* x, const float* y, double* part,
+                                                 int c, int b, int r, int parts) {
+    SNNC_LOOP(t, c * parts) {
+        int ch = t / parts;
+        int p = t - ch * parts;
+        int total = b * r;
+        double acc = 0.0;
+        for (int e = p; e < total; e += parts) {
+            int bi = e / r;
+            int j = e - bi * r;
+            int at = (bi * c + ch) * r + j;
+            acc += (double)(x[at] * y[at]);
+        }
+        part[t] = acc;
+    }
+}
+
 // part[(op·c + ch)·parts + p] for nops operands -> out[ch] = Σ / count.
 extern "C" __global__ void snnc_chan_finish(const double* part, float* out, int c, int parts,
                                             int nops, double count) {

@@ -320,7 +320,7 @@ pub fn node_error(
 ) -> Result<f32, String> {
     let node = g.node(n);
     match node.op {
-        Op::ChannelMean | Op::ChannelVar | Op::ChannelSum => {
+        Op::ChannelMean | Op::ChannelVar | Op::ChannelSum | Op::ChannelDot => {
             let ops64: Vec<Tensor<f64>> = ops.iter().map(|t| t.cast::<f64>()).collect();
             let refs: Vec<&Tensor<f64>> = ops64.iter().collect();
             let want = crate::interp::eval_op(&node.op, &node.shape, &refs, opts)?.cast::<f32>();
@@ -406,9 +406,10 @@ pub fn check_graph<B: Backend>(
     poison: bool,
     setup: impl Fn(&mut Executor<'_, B>),
 ) -> Result<CaseResult, String> {
-    // A time-major plan runs a lowered copy of the graph; both sides run it.
-    let lowered = (opts.fused && opts.schedule != SchedOpts::LAYER_MAJOR)
-        .then(|| fuse_time::lower(g, opts.schedule));
+    // A fusion plan runs a lowered copy of the graph (`fuse_time::lower`:
+    // channel dots, per-step affine copies; time-major also its reductions
+    // and recompute); both sides run it.
+    let lowered = opts.fused.then(|| fuse_time::lower(g, opts.schedule));
     let g = lowered.as_ref().unwrap_or(g);
     let r = check_once(backend, g, inputs, params, opts, poison, &setup, None)?;
     if r.passed || !opts.fused || !opts.per_node || r.nonfinite || r.node_failed {
@@ -1111,7 +1112,7 @@ fn bench_one(
     mode: Mode,
 ) -> Result<CudaBenchRow, String> {
     let batch = g.batch;
-    let lowered = (fused && sched != SchedOpts::LAYER_MAJOR).then(|| fuse_time::lower(g, sched));
+    let lowered = fused.then(|| fuse_time::lower(g, sched));
     let g = lowered.as_ref().unwrap_or(g);
     let x = random_input(g, matches!(model.input.encoding, Encoding::Events), 1).cast::<f32>();
     let labels = random_labels(batch, a.output[0], 1).cast::<f32>();

@@ -455,14 +455,10 @@ pub fn train_on<B: Backend>(
     quiet: bool,
     backend: &mut B,
 ) -> Result<Summary, String> {
-    if cfg.order != crate::passes::schedule::SchedOpts::LAYER_MAJOR {
-        return Err(format!(
-            "error: `--order {}` is a CPU plan; `--device cuda` trains layer-major",
-            cfg.order
-        ));
-    }
     run(cfg, out, resume, quiet, |graph, keep| {
-        let plan = fuse::fuse_keeping(&graph, &keep);
+        // The same lowered graph and plan as the CPU's `Compiled`.
+        let graph = crate::passes::fuse_time::lower(&graph, cfg.order);
+        let plan = crate::passes::fuse_time::plan(&graph, &keep, cfg.order);
         Ok(Box::new(CudaEngine {
             backend,
             graph,
