@@ -32,6 +32,18 @@ fn check(
     seed: u64,
     sched: SchedOpts,
 ) -> Result<(), String> {
+    check_all(model, steps, batch, mode, seed, &[sched])
+}
+
+/// `check` for several schedules against one interpreter run.
+fn check_all(
+    model: &Model,
+    steps: usize,
+    batch: usize,
+    mode: Mode,
+    seed: u64,
+    scheds: &[SchedOpts],
+) -> Result<(), String> {
     let g = compile(model, &Options::new(steps, batch, mode))?.graph;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f32>> =
@@ -43,7 +55,22 @@ fn check(
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     let opts = RunOptions { seed };
     let want = interp::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
-    let exe = Compiled::scheduled(&g, &[], sched)?;
+    for &sched in scheds {
+        compare(&g, &inputs, &params, &want, steps, sched, &opts)?;
+    }
+    Ok(())
+}
+
+fn compare(
+    g: &snnc::ir::Graph,
+    inputs: &HashMap<String, Tensor<f32>>,
+    params: &HashMap<String, Tensor<f32>>,
+    want: &interp::Values<f32>,
+    steps: usize,
+    sched: SchedOpts,
+    opts: &RunOptions,
+) -> Result<(), String> {
+    let exe = Compiled::scheduled(g, &[], sched)?;
     if sched != SchedOpts::LAYER_MAJOR && steps > 1 {
         let split = exe
             .plan
@@ -56,7 +83,7 @@ fn check(
         }
     }
     let got = exe
-        .run(&g, &inputs, &params, &opts)
+        .run(g, inputs, params, opts)
         .map_err(|e| e.to_string())?;
     for (name, n) in &g.outputs {
         let (w, v) = (want.get(*n).unwrap(), &got[name]);
@@ -99,6 +126,19 @@ fn example_models_at_small_sizes() {
                         .unwrap_or_else(|e| panic!("{name} {mode} T={steps} {sched}: {e}"));
                 }
             }
+        }
+    }
+}
+
+/// The other example models, 16 times narrower (`common::shrink`), T = 2.
+#[test]
+fn every_example_model_at_reduced_size() {
+    for name in ["resnet19", "vgg11", "vggsnn_dvs", "vggsnn_dvs34"] {
+        let model = common::shrink::shrink(&example(name), 16);
+        snnc::shape::analyze(&model).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for mode in [Mode::Bptt, Mode::Rate] {
+            check_all(&model, 2, 2, mode, 3, &SCHEDULES)
+                .unwrap_or_else(|e| panic!("{name} {mode}: {e}"));
         }
     }
 }

@@ -5,4 +5,5 @@ pub mod bptt;
 pub mod case;
 pub mod gen;
 pub mod rate_closed;
+pub mod shrink;
 pub mod sim;
