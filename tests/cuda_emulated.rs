@@ -728,23 +728,33 @@ fn the_arena_holds_the_planned_peak() {
     assert_eq!(emu.live_buffers(), 0);
 }
 
-/// Repeated runs of a fused plan: the same results, no new allocations,
-/// and between runs only the resident parameters and the pointer tables
-/// are held.
-#[test]
-fn fused_runs_reuse_buffers_and_tables() {
-    let Some(mut emu) = emu() else { return };
+/// Named tensors (parameters, inputs, outputs).
+type Named = HashMap<String, Tensor<f32>>;
+
+/// fmnist_csnn in rate mode at batch 2: the graph, parameters, inputs and
+/// the CPU executor's outputs (seed 0).
+fn fmnist_rate_case(steps: usize) -> (Graph, Named, Named, Named) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
     let (model, a) = snnc::cli::load(&path).unwrap();
-    let g = compile(&model, &Options::new(3, 2, Mode::Rate))
+    let g = compile(&model, &Options::new(steps, 2, Mode::Rate))
         .unwrap()
         .graph;
     let params = snnc::init::cast_params::<f32>(&snnc::init::init_params(&a, 0));
     let x = snnc::cli::random_input(&g, false, 0).cast::<f32>();
     let labels = snnc::cli::random_labels(2, 10, 0).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+    let want = snnc::codegen::cpu::run(&g, &inputs, &params, &RunOptions { seed: 0 }).unwrap();
+    (g, params, inputs, want)
+}
+
+/// Repeated runs of a fused plan: the same results, no new allocations,
+/// and between runs only the resident parameters and the pointer tables
+/// are held.
+#[test]
+fn fused_runs_reuse_buffers_and_tables() {
+    let Some(mut emu) = emu() else { return };
+    let (g, params, inputs, want) = fmnist_rate_case(3);
     let opts = RunOptions { seed: 0 };
-    let want = snnc::codegen::cpu::run(&g, &inputs, &params, &opts).unwrap();
     {
         let mut ex = Executor::fused(&mut emu, &g, &[]).unwrap();
         let kernels = ex.kernels().len();
@@ -890,17 +900,8 @@ fn close_to_the_f64_interpreter() {
 #[test]
 fn buffers_are_reused_and_released() {
     let Some(mut emu) = emu() else { return };
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
-    let (model, a) = snnc::cli::load(&path).unwrap();
-    let g = compile(&model, &Options::new(2, 2, Mode::Rate))
-        .unwrap()
-        .graph;
-    let params = snnc::init::cast_params::<f32>(&snnc::init::init_params(&a, 0));
-    let x = snnc::cli::random_input(&g, false, 0).cast::<f32>();
-    let labels = snnc::cli::random_labels(2, 10, 0).cast::<f32>();
-    let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+    let (g, params, inputs, want) = fmnist_rate_case(2);
     let opts = RunOptions { seed: 0 };
-    let want = snnc::codegen::cpu::run(&g, &inputs, &params, &opts).unwrap();
     {
         let mut ex = Executor::new(&mut emu, &g).unwrap();
         ex.set_resident_params(&params).unwrap();
