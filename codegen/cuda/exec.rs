@@ -1554,111 +1554,117 @@ impl<'a, B: Backend> Executor<'a, B> {
         self.launch("snnc_im2col", n, &args)
     }
 
-    fn conv_forward(&mut self, geo: &ConvGeo, x: u64, w: u64, out: u64) -> Result<(), String> {
+    /// Runs `f(this, scratch, b0, cur)` over the batch in chunks of at most
+    /// `self.chunk(geo)` samples, with scratch buffers of `per_sample[k]`
+    /// floats per sample of the chunk (taken once, given back however the
+    /// loop ends).
+    fn conv_chunks(
+        &mut self,
+        geo: &ConvGeo,
+        per_sample: &[usize],
+        mut f: impl FnMut(&mut Self, &[u64], usize, usize) -> Result<(), String>,
+    ) -> Result<(), String> {
         let nb = self.chunk(geo);
-        let (rows, cols) = (geo.rows(), geo.cols());
-        let col = self.take_scratch(rows * nb * cols)?;
-        let cp = self.mem_ptr(&col);
-        let mut run = || -> Result<(), String> {
+        let mut bufs = Vec::new();
+        let mut result = Ok(());
+        for &s in per_sample {
+            match self.take_scratch(s * nb) {
+                Ok(b) => bufs.push(b),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            let ptrs: Vec<u64> = bufs.iter().map(|b| self.mem_ptr(b)).collect();
             let mut b0 = 0;
-            while b0 < geo.b {
+            while b0 < geo.b && result.is_ok() {
                 let cur = nb.min(geo.b - b0);
-                self.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;
-                // out_b[co × cols] = W[co × rows] · col_b[rows × cols], the
-                // col_b side by side in col[rows × cur·cols].
-                self.gemm(Gemm {
-                    ta: false,
-                    tb: false,
-                    m: geo.co,
-                    n: cols,
-                    k: rows,
-                    alpha: 1.0,
-                    a: w,
-                    lda: rows,
-                    stride_a: 0,
-                    b: cp,
-                    ldb: cur * cols,
-                    stride_b: cols,
-                    beta: 0.0,
-                    c: at(out, b0 * geo.co * cols),
-                    ldc: cols,
-                    stride_c: geo.co * cols,
-                    batch: cur,
-                })?;
+                result = f(self, &ptrs, b0, cur);
                 b0 += cur;
             }
-            Ok(())
-        };
-        let result = run();
-        self.give_scratch(col, rows * nb * cols);
+        }
+        for (b, s) in bufs.into_iter().zip(per_sample) {
+            self.give_scratch(b, s * nb);
+        }
         result
+    }
+
+    fn conv_forward(&mut self, geo: &ConvGeo, x: u64, w: u64, out: u64) -> Result<(), String> {
+        let (rows, cols) = (geo.rows(), geo.cols());
+        self.conv_chunks(geo, &[rows * cols], |this, scratch, b0, cur| {
+            let cp = scratch[0];
+            this.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;
+            // out_b[co × cols] = W[co × rows] · col_b[rows × cols], the
+            // col_b side by side in col[rows × cur·cols].
+            this.gemm(Gemm {
+                ta: false,
+                tb: false,
+                m: geo.co,
+                n: cols,
+                k: rows,
+                alpha: 1.0,
+                a: w,
+                lda: rows,
+                stride_a: 0,
+                b: cp,
+                ldb: cur * cols,
+                stride_b: cols,
+                beta: 0.0,
+                c: at(out, b0 * geo.co * cols),
+                ldc: cols,
+                stride_c: geo.co * cols,
+                batch: cur,
+            })
+        })
     }
 
     fn conv_grad_input(&mut self, geo: &ConvGeo, d: u64, w: u64, out: u64) -> Result<(), String> {
         use Arg::{I, P};
-        let nb = self.chunk(geo);
         let (rows, cols) = (geo.rows(), geo.cols());
-        let col = self.take_scratch(rows * nb * cols)?;
-        let cp = self.mem_ptr(&col);
-        let mut run = || -> Result<(), String> {
-            let mut b0 = 0;
-            while b0 < geo.b {
-                let cur = nb.min(geo.b - b0);
-                // dcol_b[rows × cols] = Wᵀ · d_b[co × cols].
-                self.gemm(Gemm {
-                    ta: true,
-                    tb: false,
-                    m: rows,
-                    n: cols,
-                    k: geo.co,
-                    alpha: 1.0,
-                    a: w,
-                    lda: rows,
-                    stride_a: 0,
-                    b: at(d, b0 * geo.co * cols),
-                    ldb: cols,
-                    stride_b: geo.co * cols,
-                    beta: 0.0,
-                    c: cp,
-                    ldc: cur * cols,
-                    stride_c: cols,
-                    batch: cur,
-                })?;
-                let n = cur * geo.in_len();
-                let mut args = vec![P(cp), P(at(out, b0 * geo.in_len()))];
-                args.extend(geo.args(cur)?);
-                args.push(I(int(n)?));
-                self.launch("snnc_col2im", n, &args)?;
-                b0 += cur;
-            }
-            Ok(())
-        };
-        let result = run();
-        self.give_scratch(col, rows * nb * cols);
-        result
+        self.conv_chunks(geo, &[rows * cols], |this, scratch, b0, cur| {
+            let cp = scratch[0];
+            // dcol_b[rows × cols] = Wᵀ · d_b[co × cols].
+            this.gemm(Gemm {
+                ta: true,
+                tb: false,
+                m: rows,
+                n: cols,
+                k: geo.co,
+                alpha: 1.0,
+                a: w,
+                lda: rows,
+                stride_a: 0,
+                b: at(d, b0 * geo.co * cols),
+                ldb: cols,
+                stride_b: geo.co * cols,
+                beta: 0.0,
+                c: cp,
+                ldc: cur * cols,
+                stride_c: cols,
+                batch: cur,
+            })?;
+            let n = cur * geo.in_len();
+            let mut args = vec![P(cp), P(at(out, b0 * geo.in_len()))];
+            args.extend(geo.args(cur)?);
+            args.push(I(int(n)?));
+            this.launch("snnc_col2im", n, &args)
+        })
     }
 
     fn conv_grad_weight(&mut self, geo: &ConvGeo, x: u64, d: u64, out: u64) -> Result<(), String> {
         use Arg::{I, P};
-        let nb = self.chunk(geo);
         let (rows, cols) = (geo.rows(), geo.cols());
-        let col = self.take_scratch(rows * nb * cols)?;
-        let dt = match self.take_scratch(geo.co * nb * cols) {
-            Ok(b) => b,
-            Err(e) => {
-                self.give_scratch(col, rows * nb * cols);
-                return Err(e);
-            }
-        };
-        let (cp, dp) = (self.mem_ptr(&col), self.mem_ptr(&dt));
-        let mut run = || -> Result<(), String> {
-            let mut b0 = 0;
-            while b0 < geo.b {
-                let cur = nb.min(geo.b - b0);
-                self.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;
+        self.conv_chunks(
+            geo,
+            &[rows * cols, geo.co * cols],
+            |this, scratch, b0, cur| {
+                let (cp, dp) = (scratch[0], scratch[1]);
+                this.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;
                 // d[cur, co, cols] -> dT[co, cur·cols]
                 let n = cur * geo.co * cols;
-                self.launch(
+                this.launch(
                     "snnc_bc_swap",
                     n,
                     &[
@@ -1671,7 +1677,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                     ],
                 )?;
                 // dW[co × rows] (+)= dT[co × cur·cols] · colᵀ
-                self.gemm(Gemm {
+                this.gemm(Gemm {
                     ta: false,
                     tb: true,
                     m: geo.co,
@@ -1689,15 +1695,9 @@ impl<'a, B: Backend> Executor<'a, B> {
                     ldc: rows,
                     stride_c: 0,
                     batch: 1,
-                })?;
-                b0 += cur;
-            }
-            Ok(())
-        };
-        let result = run();
-        self.give_scratch(col, rows * nb * cols);
-        self.give_scratch(dt, geo.co * nb * cols);
-        result
+                })
+            },
+        )
     }
 }
 
