@@ -590,6 +590,12 @@ proptest! {
     }
 }
 
+/// Fusion plans of the example models in every schedule — layer-major,
+/// and time-major (each multi-step kernel one step per launch, its
+/// registers and accumulators in the arena between launches, on the graph
+/// `fuse_time::lower` makes) — against the CPU executor on the same graph:
+/// every kernel on its own inputs (a split kernel as a whole after its last
+/// step), every output end to end.
 #[test]
 fn example_models_fused_match_the_cpu_executor() {
     let Some(mut emu) = emu() else { return };
@@ -597,40 +603,7 @@ fn example_models_fused_match_the_cpu_executor() {
     for name in ["digits_mlp", "fmnist_csnn", "vggsnn_dvs34"] {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{name}.snn"));
-        for mode in [Mode::Bptt, Mode::Rate] {
-            for steps in [1, 3] {
-                let opts = CheckOptions {
-                    batch: 2,
-                    fused: true,
-                    ..case_opts(3)
-                };
-                let launches = emu.module_launches;
-                let r = check_case(&mut emu, &path, steps, mode, &opts, true).unwrap();
-                println!("{name} {mode} T={steps}: {}", r.verdict);
-                assert!(r.passed, "{name} {mode} T={steps}: {r:?}");
-                assert!(
-                    emu.module_launches > launches,
-                    "{name}: no fused kernel ran"
-                );
-            }
-        }
-    }
-    assert!(emu.damage.is_empty(), "{:?}", emu.damage);
-    assert_eq!(emu.live_buffers(), 0);
-}
-
-/// Time-major fusion plans (each multi-step kernel one step per launch,
-/// its registers and accumulators in the arena between launches, on the
-/// graph `fuse_time::lower` makes) against the CPU executor on that graph:
-/// every kernel as a whole after its last step, every output end to end.
-#[test]
-fn example_models_time_major_match_the_cpu_executor() {
-    let Some(mut emu) = emu() else { return };
-    emu.set_max_grid(64);
-    for name in ["digits_mlp", "fmnist_csnn", "vggsnn_dvs34"] {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{name}.snn"));
-        for schedule in [SchedOpts::TIME_MAJOR, SchedOpts::TIME_MAJOR_RECOMPUTE] {
+        for schedule in SCHEDULES {
             for mode in [Mode::Bptt, Mode::Rate] {
                 for steps in [1, 3] {
                     let opts = CheckOptions {
@@ -639,9 +612,14 @@ fn example_models_time_major_match_the_cpu_executor() {
                         schedule,
                         ..case_opts(3)
                     };
+                    let launches = emu.module_launches;
                     let r = check_case(&mut emu, &path, steps, mode, &opts, true).unwrap();
                     println!("{name} {schedule} {mode} T={steps}: {}", r.verdict);
                     assert!(r.passed, "{name} {schedule} {mode} T={steps}: {r:?}");
+                    assert!(
+                        emu.module_launches > launches,
+                        "{name} {schedule}: no fused kernel ran"
+                    );
                 }
             }
         }
