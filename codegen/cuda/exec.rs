@@ -1405,23 +1405,23 @@ impl<'a, B: Backend> Executor<'a, B> {
                 let s = ins[0].1;
                 let count = (ins.len() * s[0] * inner(s)) as f64;
                 let xs: Vec<u64> = ins.iter().map(|i| i.0).collect();
-                self.channel_reduce(&xs, 0, s, out, count)
+                self.channel_reduce(Pass1::Sum, &xs, 0, s, out, count)
             }
             Op::ChannelVar => {
                 let s = ins[1].1;
                 let count = ((ins.len() - 1) * s[0] * inner(s)) as f64;
                 let xs: Vec<u64> = ins[1..].iter().map(|i| i.0).collect();
-                self.channel_reduce(&xs, x(0), s, out, count)
+                self.channel_reduce(Pass1::Sum, &xs, x(0), s, out, count)
             }
             Op::ChannelSum => {
                 let s = ins[0].1;
-                self.channel_reduce(&[x(0)], 0, s, out, 1.0)
+                self.channel_reduce(Pass1::Sum, &[x(0)], 0, s, out, 1.0)
             }
             // channel_sum(x·y) of the fused plans' lowering: the same two
             // passes, pass 1 multiplying as it reads.
             Op::ChannelDot => {
                 let s = ins[0].1;
-                self.channel_reduce(&[x(0)], x(1), s, out, -1.0)
+                self.channel_reduce(Pass1::Dot, &[x(0)], x(1), s, out, 1.0)
             }
             Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => {
                 let s = ins[0].1;
@@ -1484,22 +1484,22 @@ impl<'a, B: Backend> Executor<'a, B> {
     }
 
     /// Per-channel sums over the operands `xs` (each `[B, C, …]` of
-    /// `shape`), of x or, with a `mean` address, of (x − mean)²; divided by
-    /// `count` into `out[C]`. A negative `count` means a dot product: the
-    /// sum of x·y over the single operand x and `mean` read as y.
+    /// `shape`), divided by `count` into `out[C]`: of x, or with a non-zero
+    /// `other` of (x − other[ch])² (`Pass1::Sum`, `other` the mean), or of
+    /// x·other (`Pass1::Dot`, `other` a tensor like x).
     fn channel_reduce(
         &mut self,
+        pass: Pass1,
         xs: &[u64],
-        mean: u64,
+        other: u64,
         shape: &[usize],
         out: u64,
         count: f64,
     ) -> Result<(), String> {
         use Arg::{D, I, P};
-        let (kernel, mean, count) = if count < 0.0 {
-            ("snnc_chan_dot_partial", mean, 1.0)
-        } else {
-            ("snnc_chan_partial", mean, count)
+        let (kernel, mean) = match pass {
+            Pass1::Sum => ("snnc_chan_partial", other),
+            Pass1::Dot => ("snnc_chan_dot_partial", other),
         };
         let (b, c, r) = (shape[0], shape[1], inner(shape));
         let parts = chan_parts(shape);
@@ -1748,6 +1748,14 @@ struct ConvGeo {
     pad: usize,
     ho: usize,
     wo: usize,
+}
+
+/// Pass 1 of a channel reduction: `snnc_chan_partial` (sums of x or of
+/// squared deviations) or `snnc_chan_dot_partial` (sums of x·y).
+#[derive(Clone, Copy)]
+enum Pass1 {
+    Sum,
+    Dot,
 }
 
 /// Partial sums per channel of a channel reduction: each pass-1 thread
