@@ -1,19 +1,7 @@
 //! The `snnc` binary: exit codes, error rendering and the check table.
 
-use std::process::Command;
-
-fn snnc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_snnc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::run::snnc;
 
 #[test]
 fn check_table_for_fmnist_csnn() {

@@ -1,21 +1,10 @@
 //! `snnc data make-events`, `snnc data inspect` and `snnc train --data
 //! events:DIR` through the binary, on a small fake Fashion-MNIST folder.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+use common::run::snnc;
 
-fn snnc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_snnc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use std::path::{Path, PathBuf};
 
 struct TmpDir(PathBuf);
 

@@ -1,20 +1,8 @@
 //! `snnc plan`, `snnc graph --format stats --schedule` and the memory
 //! columns of `snnc bench`.
 
-use std::process::Command;
-
-fn snnc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_snnc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::run::snnc;
 
 #[test]
 fn bench_json_has_planned_and_measured_peaks_per_schedule() {

@@ -4,8 +4,10 @@
 //! streams; augmentation; the folder loader; the synthetic Fashion-MNIST
 //! event set; and one training step of VGG-SNN on it.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+use common::run::TmpDir;
+
+use std::path::Path;
 
 use snnc::data::events::{
     self, encode_nmnist, load_event_split, load_for_input, parse_aedat2, parse_aedat3,
@@ -14,28 +16,6 @@ use snnc::data::events::{
 };
 use snnc::data::DataError;
 use snnc::rng::Rng;
-
-struct TmpDir(PathBuf);
-
-impl TmpDir {
-    fn new(tag: &str) -> TmpDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "snnc-events-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TmpDir(d)
-    }
-}
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn ev(t: u64, x: u16, y: u16, p: u8) -> Event {
     Event::new(t, x, y, p)

@@ -5,5 +5,6 @@ pub mod bptt;
 pub mod case;
 pub mod gen;
 pub mod rate_closed;
+pub mod run;
 pub mod shrink;
 pub mod sim;
