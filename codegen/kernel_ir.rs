@@ -76,7 +76,7 @@ pub enum Func {
     /// `1/sqrt(x)`
     Rsqrt,
     Sqrt,
-    /// Surrogate derivatives at `x` with steepness `alpha` (DESIGN §1).
+    /// Surrogate derivatives at `x` with steepness `alpha` (docs/math.md §1).
     SgSigmoid(f32),
     SgAtan(f32),
     SgTriangle(f32),

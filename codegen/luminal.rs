@@ -10,7 +10,7 @@
 //! crates.io release of Feb 2024) has no autograd, its shapes are Rust
 //! types (runtime sizes only through one-letter dynamic dimensions, a
 //! ShapeTracker holds at most 6 dimensions), and its CUDA crate needs the
-//! toolkit to build (DESIGN.md §3).
+//! toolkit to build.
 //!
 //! luminal 0.2 primitives used: `Function` (inputs, parameters),
 //! `Constant`, `Add`, `Mul`, `LessThan`, `Recip`, `Sqrt`, `SumReduce`,

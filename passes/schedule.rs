@@ -50,7 +50,7 @@ use petgraph::Direction;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
-/// The two schedules (DESIGN.md §2).
+/// The two schedules (README, "Schedules and the memory plan").
 #[derive(
     Clone,
     Copy,

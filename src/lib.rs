@@ -5,6 +5,7 @@
 
 pub mod autodiff;
 pub mod cli;
+pub mod compare;
 pub mod compile;
 pub mod data;
 pub mod dsl;

@@ -1,8 +1,12 @@
 //! The fused CPU plan (generated C kernels + library kernels) computes what
 //! the reference interpreter computes: outputs and gradients, both modes,
 //! every schedule (layer-major; time-major, one kernel step at a time, with
-//! and without batch-norm recompute), f32, relative error < 1e-4; and its
-//! generated code does not grow with T.
+//! and without batch-norm recompute), f32; and its generated code does not
+//! grow with T. Tolerance (`common::agree::F32`, `snnc::compare`): per
+//! element, |got − want| ≤ 1e-4·max(|want|, 1e-3·max|want|). A case whose
+//! reference run has a spike input within `snnc::compare::TIE` of its
+//! threshold is a tie (rounding may decide that spike either way): a random
+//! case is rejected and redrawn, a fixed one fails with that reason.
 
 mod common;
 
@@ -23,6 +27,9 @@ const SCHEDULES: [SchedOpts; 3] = [
     SchedOpts::TIME_MAJOR,
     SchedOpts::TIME_MAJOR_RECOMPUTE,
 ];
+
+/// The error's prefix when a case is a spike tie (see the header).
+const TIE_CASE: &str = "spike tie";
 
 fn check(
     model: &Model,
@@ -55,6 +62,9 @@ fn check_all(
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     let opts = RunOptions { seed };
     let want = interp::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
+    if let Some((n, d)) = snnc::compare::near_tie(&g, &want) {
+        return Err(format!("{TIE_CASE}: node {} within {d:e} of its threshold", n.index()));
+    }
     for &sched in scheds {
         compare(&g, &inputs, &params, &want, steps, sched, &opts)?;
     }
@@ -85,18 +95,13 @@ fn compare(
     let got = exe
         .run(g, inputs, params, opts)
         .map_err(|e| e.to_string())?;
-    for (name, n) in &g.outputs {
-        let (w, v) = (want.get(*n).unwrap(), &got[name]);
-        let scale = w.data.iter().fold(0f32, |m, x| m.max(x.abs()));
-        for (p, q) in v.data.iter().zip(&w.data) {
-            if (p - q).abs() > 1e-4 * (1.0 + scale) {
-                return Err(format!(
-                    "{sched} {name}: fused {p} vs interpreter {q} (scale {scale})\n{}",
-                    compiled::source(&exe.plan)
-                ));
-            }
-        }
-    }
+    let want: HashMap<String, Tensor<f32>> = g
+        .outputs
+        .iter()
+        .map(|(name, n)| (name.clone(), want.get(*n).unwrap().clone()))
+        .collect();
+    common::agree::outputs("fused vs interpreter", &got, &want, common::agree::F32)
+        .map_err(|e| format!("{sched} {e}\n{}", compiled::source(&exe.plan)))?;
     Ok(())
 }
 
@@ -112,7 +117,10 @@ proptest! {
     fn fused_plan_matches_interpreter(r in gen::recipe(), steps in 1usize..=4, batch in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000, s in 0usize..3) {
         let model = gen::build(&r);
         let mode = if rate { Mode::Rate } else { Mode::Bptt };
-        check(&model, steps, batch, mode, seed, SCHEDULES[s]).map_err(TestCaseError::fail)?;
+        match check(&model, steps, batch, mode, seed, SCHEDULES[s]) {
+            Err(e) if e.starts_with(TIE_CASE) => return Err(TestCaseError::reject(e)),
+            r => r.map_err(TestCaseError::fail)?,
+        }
     }
 }
 

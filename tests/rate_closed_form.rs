@@ -3,7 +3,7 @@
 //! `rate_pass(.., Mode::Rate, ..)` rewrites the BPTT training graph; run by
 //! the reference interpreter, its `grad:*` outputs must equal the gradients
 //! computed by hand from the time-averaged forward quantities (x̄, g, r) in
-//! tests/common/rate_closed.rs (DESIGN.md §1: "for any T, the rate gradient
+//! tests/common/rate_closed.rs (docs/math.md: "for any T, the rate gradient
 //! equals the closed form above computed independently from (x̄, g, r)").
 
 mod common;
@@ -334,7 +334,7 @@ fn reset_variants_on_a_residual_net() {
 
 // ------------------------------------------------- the check itself
 
-/// With one step the rate approximation is exact (DESIGN.md §1): the closed
+/// With one step the rate approximation is exact (docs/math.md): the closed
 /// form equals the independent hand-written BPTT oracle. This checks the
 /// closed form without the rate pass.
 #[test]
@@ -375,7 +375,7 @@ fn closed_form_equals_bptt_at_one_step() {
     }
 }
 
-/// Where both decorrelate steps are exact (DESIGN.md §1: every weight
+/// Where both decorrelate steps are exact (docs/math.md: every weight
 /// layer's input constant over time, and the only spiking layer feeding the
 /// readout through linear maps, so that its δs_t = δr/T) the closed form
 /// equals BPTT for any T. This checks ρ and k of every reset variant, the
@@ -504,7 +504,7 @@ fn perturbed_closed_forms_are_caught() {
 /// linear(1 → 1) → LIF (soft reset, *not* detached) → linear(1 → 2), one
 /// sample, T = 2, hand-picked numbers. The input is constant over time and
 /// the LIF layer feeds the readout, so both decorrelate steps are exact
-/// (DESIGN.md §1): the rate gradient must equal BPTT's.
+/// (docs/math.md): the rate gradient must equal BPTT's.
 ///
 /// x = 0.8, W₀ = 1, λ = 0.5, θ = 1, sigmoid α = 4: u₁ = 0.8 (no spike),
 /// u₂ = 1.2 (spike); σ'₁ = σ'₂ = 0.85564; k₁ = 1 − θ·σ'₁ = 0.14436,
@@ -554,7 +554,7 @@ fn non_detached_reset_minimal() {
     check(&m, 2, &c, &want).unwrap();
 }
 
-/// One step: the rate backward is BPTT's (DESIGN.md §1); the pass must
+/// One step: the rate backward is BPTT's (docs/math.md); the pass must
 /// accept it.
 #[test]
 fn one_step() {

@@ -1,5 +1,5 @@
 //! The rate pass: exact rules preserve BPTT's gradients; rate mode equals
-//! BPTT where DESIGN.md §1 says it must (T = 1, output layer, time-constant
+//! BPTT where docs/math.md says it must (T = 1, output layer, time-constant
 //! inputs), collapses every backward read to time-aggregated values, and
 //! keeps the same bytes at every T.
 

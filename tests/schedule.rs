@@ -66,26 +66,15 @@ fn check_plan(g: &Graph, opts: SchedOpts) -> Result<(), String> {
     Ok(())
 }
 
-/// `|got − want| ≤ tol·(1 + max|want|)` for every output, or the first
-/// element that misses.
+/// Every output agrees (`common::agree`): per element, `|got − want| ≤
+/// tol·max(|want|, 1e-3·max|want|)`.
 fn compare(
     want: &HashMap<String, Tensor<f64>>,
     got: &HashMap<String, Tensor<f64>>,
     tol: f64,
     what: &str,
 ) -> Result<(), String> {
-    let mut names: Vec<&String> = want.keys().collect();
-    names.sort();
-    for name in names {
-        let (w, v) = (&want[name], &got[name]);
-        let scale = w.data.iter().fold(0f64, |m, x| m.max(x.abs()));
-        for (&p, &q) in v.data.iter().zip(&w.data) {
-            if (p - q).abs() > tol * (1.0 + scale) {
-                return Err(format!("{what} {name}: {p} vs {q} (scale {scale})"));
-            }
-        }
-    }
-    Ok(())
+    common::agree::outputs(what, got, want, snnc::compare::Tol::new(tol, 1e-3))
 }
 
 /// Whether a spike or a max-pooling choice differs between the runs of the

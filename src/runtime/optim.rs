@@ -1,7 +1,7 @@
 //! Optimizers and learning-rate schedules.
 //!
 //! Weight decay applies to conv/linear weights only (names ending in
-//! `.weight`), as in the paper's setting (DESIGN.md §5); biases and batch
+//! `.weight`), as in the training settings of Yu et al. (NeurIPS 2024); biases and batch
 //! norm's γ/β are not decayed.
 
 use serde::{Deserialize, Serialize};

@@ -8,7 +8,7 @@
 //! written as loops; the LIF backward is the reverse-time recurrence,
 //! neuron by neuron.
 //!
-//! Conventions (DESIGN.md §1, src/unroll.rs):
+//! Conventions (docs/math.md, src/unroll.rs):
 //!
 //! ```text
 //! u_0 = I_0,  u_t = λ·v_{t−1} + I_t
@@ -427,7 +427,7 @@ fn add_into(grads: &mut Params, name: &str, g: &Tensor<f64>) {
 // ---------------------------------------------------------------- LIF
 
 /// The surrogate derivative σ'(x), x = u − θ, written from the definitions
-/// in DESIGN.md / model.rs.
+/// in docs/math.md / model.rs.
 pub fn surrogate_deriv(s: &Surrogate, x: f64) -> f64 {
     let a = s.alpha;
     match s.kind {

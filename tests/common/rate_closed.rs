@@ -1,5 +1,5 @@
 //! Rate-based gradients in closed form, computed by hand from time-averaged
-//! forward quantities (DESIGN.md §1, "Rate-based backpropagation").
+//! forward quantities (docs/math.md, "Rate-based backpropagation").
 //!
 //! Independent of the unroller, autodiff, the rate pass and the
 //! interpreter. The forward runs every step (the same spikes as BPTT) but
@@ -36,7 +36,7 @@
 //! gradients); the two sums of a forward factor times a gradient factor
 //! (in ∂γ and δσ²) become mean_t(forward)·Σ_t(gradient): the rate
 //! approximation. The result is the usual BN backward applied to the rate
-//! batch (z̄, Δy) with the forward's statistics, as DESIGN.md says.
+//! batch (z̄, Δy) with the forward's statistics, as docs/math.md §5 says.
 
 use snnc::model::{Encoding, Layer, LayerKind, Model, Neuron, Reset};
 use snnc::tensor::Tensor;

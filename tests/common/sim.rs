@@ -151,7 +151,7 @@ fn run_layers(
     xs
 }
 
-/// The LIF recurrence, neuron by neuron, exactly as DESIGN.md §1 writes it.
+/// The LIF recurrence, neuron by neuron, exactly as docs/math.md writes it.
 fn lif(n: &Neuron, currents: &[Act]) -> Vec<Act> {
     let size = currents[0].data.len();
     let mut v = vec![0.0; size];

@@ -1,0 +1,221 @@
+//! What "agrees" means, defined once: every comparison of two executions
+//! (interpreter, CPU executor, fused plan, CUDA backend) goes through here.
+//!
+//! **Per element, relative to a stated scale.** Element i of `got` agrees
+//! with `want` when
+//!
+//! ```text
+//! |got_i − want_i| ≤ rel · max(|want_i|, floor · max_j |want_j|)
+//! ```
+//!
+//! `rel` is the relative tolerance; `floor` says how far below the tensor's
+//! largest magnitude an element is still compared relative to itself. Below
+//! that, rounding of the large terms that cancelled to give a small result
+//! dominates, so the element is compared relative to `floor · max|want|`
+//! instead. A tensor of zeros must be matched exactly.
+//!
+//! **Spike ties.** A spike is a discontinuity: a membrane potential within
+//! rounding of the threshold fires in one execution and not in the other,
+//! and everything downstream differs by O(1). No tolerance can absorb that,
+//! so it is handled before comparing: [`near_tie`] finds a spike input within
+//! [`TIE`] (relative to `1 + |θ|`) of its threshold in the reference run,
+//! and callers skip such a case, count it and say so — they never widen the
+//! tolerance for it.
+
+use crate::interp::Values;
+use crate::ir::{Graph, Op};
+use crate::tensor::Tensor;
+use num_traits::Float;
+use petgraph::stable_graph::NodeIndex;
+use std::fmt;
+
+/// A tolerance: relative `rel`, with elements below `floor · max|want|`
+/// compared against that scale (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tol {
+    pub rel: f64,
+    pub floor: f64,
+}
+
+impl Tol {
+    pub const fn new(rel: f64, floor: f64) -> Tol {
+        Tol { rel, floor }
+    }
+}
+
+impl fmt::Display for Tol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "|got − want| ≤ {:e}·max(|want|, {:e}·max|want|) per element",
+            self.rel, self.floor
+        )
+    }
+}
+
+/// The first element that does not agree, and how far off the worst one is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mismatch {
+    /// Flat index of the first failing element (`usize::MAX`: shapes differ).
+    pub index: usize,
+    pub got: f64,
+    pub want: f64,
+    /// `max_j |want_j|`.
+    pub scale: f64,
+    /// Elements that fail.
+    pub count: usize,
+    /// Largest error over all elements, in units of the allowed error
+    /// (1 = exactly at the tolerance).
+    pub worst: f64,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.index == usize::MAX {
+            return write!(f, "shapes differ");
+        }
+        write!(
+            f,
+            "element {}: got {} want {} (max|want| {}; {} element(s) fail, worst at {:.1}× the tolerance)",
+            self.index, self.got, self.want, self.scale, self.count, self.worst
+        )
+    }
+}
+
+/// The error of each element in units of the allowed error: ≤ 1 agrees.
+/// Non-finite values agree only with the identical value.
+fn errors<F: Float>(got: &[F], want: &[F], tol: Tol) -> (f64, impl Iterator<Item = f64> + '_) {
+    let scale = want
+        .iter()
+        .map(|v| v.to_f64().unwrap_or(f64::NAN).abs())
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    let base = tol.floor * scale;
+    let it = got.iter().zip(want).map(move |(&g, &w)| {
+        let (g, w) = (g.to_f64().unwrap_or(f64::NAN), w.to_f64().unwrap_or(f64::NAN));
+        if g == w {
+            return 0.0;
+        }
+        if !g.is_finite() || !w.is_finite() {
+            return f64::INFINITY;
+        }
+        let allowed = tol.rel * w.abs().max(base);
+        if allowed == 0.0 {
+            f64::INFINITY
+        } else {
+            (g - w).abs() / allowed
+        }
+    });
+    (scale, it)
+}
+
+/// Checks `got` against `want` under `tol` (see the module documentation).
+pub fn check<F: Float>(got: &Tensor<F>, want: &Tensor<F>, tol: Tol) -> Result<(), Mismatch> {
+    if got.shape != want.shape || got.data.len() != want.data.len() {
+        return Err(Mismatch {
+            index: usize::MAX,
+            got: f64::NAN,
+            want: f64::NAN,
+            scale: f64::NAN,
+            count: got.data.len().max(want.data.len()),
+            worst: f64::INFINITY,
+        });
+    }
+    let (scale, errs) = errors(&got.data, &want.data, tol);
+    let (mut first, mut count, mut worst) = (None, 0usize, 0f64);
+    for (i, e) in errs.enumerate() {
+        // NaN errors count as failures (`!(e <= 1)`).
+        if !(e <= 1.0) {
+            first.get_or_insert(i);
+            count += 1;
+            worst = if e.is_nan() { f64::INFINITY } else { worst.max(e) };
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some(i) => Err(Mismatch {
+            index: i,
+            got: got.data[i].to_f64().unwrap_or(f64::NAN),
+            want: want.data[i].to_f64().unwrap_or(f64::NAN),
+            scale,
+            count,
+            worst,
+        }),
+    }
+}
+
+/// The largest per-element error relative to `max(|want_i|, floor ·
+/// max|want|)`: the smallest `rel` for which [`check`] passes with this
+/// `floor` (infinite when shapes differ or a value is non-finite).
+pub fn rel_err<F: Float>(got: &Tensor<F>, want: &Tensor<F>, floor: f64) -> f64 {
+    if got.shape != want.shape || got.data.len() != want.data.len() {
+        return f64::INFINITY;
+    }
+    let (_, errs) = errors(&got.data, &want.data, Tol::new(1.0, floor));
+    errs.fold(0.0, |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) })
+}
+
+/// A spike decided by rounding: its input lies within `TIE · (1 + |θ|)` of
+/// the threshold θ. f32 executions that sum in different orders differ by
+/// a few ulps of the sum's terms (≈ 1e-6 relative); 1e-5 leaves a margin.
+pub const TIE: f64 = 1e-5;
+
+/// The first spike node of `g` (in node order) whose input, in `values` (a
+/// reference run of `g`), lies within [`TIE`] of its threshold, with the
+/// distance: a case another execution may legitimately decide differently.
+pub fn near_tie<F: Float>(g: &Graph, values: &Values<F>) -> Option<(NodeIndex, f64)> {
+    for n in g.g.node_indices() {
+        let Op::Spike { theta, .. } = g.node(n).op else {
+            continue;
+        };
+        let Some(&u) = g.operands(n).first() else {
+            continue;
+        };
+        let Some(t) = values.get(u) else { continue };
+        let margin = TIE * (1.0 + theta.abs());
+        let closest = t
+            .data
+            .iter()
+            .map(|v| (v.to_f64().unwrap_or(f64::NAN) - theta).abs())
+            .fold(f64::INFINITY, f64::min);
+        if closest <= margin {
+            return Some((n, closest));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f64]) -> Tensor<f64> {
+        Tensor::from_vec(&[v.len()], v.to_vec())
+    }
+
+    #[test]
+    fn relative_per_element_not_absolute() {
+        // 1e-5 off on an element of 1e-3 is 1 % relative: the old absolute
+        // rule `1e-4·(1 + max)` accepted it.
+        let tol = Tol::new(1e-4, 1e-3);
+        assert!(check(&t(&[1e-3, 1.0]), &t(&[1e-3 + 1e-5, 1.0]), tol).is_err());
+        assert!(check(&t(&[1e-3, 1.0]), &t(&[1e-3 * (1.0 + 5e-5), 1.0]), tol).is_ok());
+        // Below floor·max, the scale is floor·max: 1e-8 off on 1e-6 passes
+        // (allowed 1e-4 · 1e-3 · 1 = 1e-7).
+        assert!(check(&t(&[1e-6, 1.0]), &t(&[1e-6 + 1e-8, 1.0]), tol).is_ok());
+        assert!(check(&t(&[1e-6, 1.0]), &t(&[1e-6 + 1e-6, 1.0]), tol).is_err());
+    }
+
+    #[test]
+    fn zeros_nan_and_shapes() {
+        let tol = Tol::new(1e-4, 1e-3);
+        assert!(check(&t(&[0.0, 0.0]), &t(&[0.0, 0.0]), tol).is_ok());
+        assert!(check(&t(&[0.0, 1e-30]), &t(&[0.0, 0.0]), tol).is_err());
+        assert!(check(&t(&[f64::NAN]), &t(&[1.0]), tol).is_err());
+        assert!(check(&t(&[1.0]), &t(&[f64::NAN]), tol).is_err());
+        assert!(check(&t(&[1.0, 2.0]), &t(&[1.0]), tol).is_err());
+        let m = check(&t(&[1.0, 3.0, 2.0]), &t(&[1.0, 2.0, 3.0]), tol).unwrap_err();
+        assert_eq!((m.index, m.count, m.scale), (1, 2, 3.0));
+        assert!((rel_err(&t(&[1.0, 2.2]), &t(&[1.0, 2.0]), 1e-3) - 0.1).abs() < 1e-12);
+    }
+}
