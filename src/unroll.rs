@@ -406,8 +406,8 @@ impl Unroller<'_> {
         let mut v_prev: Option<NodeIndex> = None;
         let mut spikes = Vec::with_capacity(xs.len());
         for (t, &i_t) in xs.iter().enumerate() {
-            let fwd = |this: &mut Self, op: Op, role: Role, args: &[NodeIndex]| {
-                this.node(op, shape.to_vec(), id, Some(t), role, args)
+            let fwd = |this: &mut Self, op: &Op, role: Role, args: &[NodeIndex]| {
+                this.node(op.clone(), shape.to_vec(), id, Some(t), role, args)
             };
             let u = match v_prev {
                 None => i_t,
@@ -415,14 +415,14 @@ impl Unroller<'_> {
                     let lv = if n.lambda == 1.0 {
                         v
                     } else {
-                        fwd(self, Op::Scale(n.lambda), Role::Forward, &[v])
+                        fwd(self, &Op::Scale(n.lambda), Role::Forward, &[v])
                     };
-                    fwd(self, Op::Add, Role::Forward, &[lv, i_t])
+                    fwd(self, &Op::Add, Role::Forward, &[lv, i_t])
                 }
             };
             let s = fwd(
                 self,
-                Op::Spike {
+                &Op::Spike {
                     theta: n.theta,
                     surrogate: n.surrogate,
                 },
@@ -435,23 +435,23 @@ impl Unroller<'_> {
                 continue;
             }
             let sr = if n.detach_reset {
-                fwd(self, Op::Detach, Role::Forward, &[s])
+                fwd(self, &Op::Detach, Role::Forward, &[s])
             } else {
                 s
             };
             let drop = match n.reset {
                 Reset::Soft if n.theta == 1.0 => sr,
-                Reset::Soft => fwd(self, Op::Scale(n.theta), Role::Forward, &[sr]),
+                Reset::Soft => fwd(self, &Op::Scale(n.theta), Role::Forward, &[sr]),
                 Reset::Hard => {
                     let gap = if n.v_reset == 0.0 {
                         u
                     } else {
-                        fwd(self, Op::AddScalar(-n.v_reset), Role::Forward, &[u])
+                        fwd(self, &Op::AddScalar(-n.v_reset), Role::Forward, &[u])
                     };
-                    fwd(self, Op::Mul, Role::Forward, &[sr, gap])
+                    fwd(self, &Op::Mul, Role::Forward, &[sr, gap])
                 }
             };
-            v_prev = Some(fwd(self, Op::Sub, Role::State, &[u, drop]));
+            v_prev = Some(fwd(self, &Op::Sub, Role::State, &[u, drop]));
         }
         spikes
     }

@@ -1,6 +1,8 @@
 //! The executors' measured peaks (counting allocator) agree with the memory
-//! plans': the graph executor under every schedule, and the fused plan. One test in this binary, so no other test allocates while it
-//! measures.
+//! plans': the graph executor under every schedule, and the fused plan, to
+//! within what the plans leave out (`GRAPH_MARGIN`, `FUSED_MARGIN`: tens of
+//! kilobytes on peaks of tens of megabytes). One test in this binary, so no
+//! other test allocates while it measures.
 
 use snnc::compile::{compile, Options};
 use snnc::interp::RunOptions;
@@ -10,6 +12,14 @@ use snnc::passes::schedule::SchedOpts;
 use snnc::runtime::alloc;
 use snnc::tensor::Tensor;
 use std::collections::HashMap;
+
+/// What the plans leave out, measured on 2026-12-03 (fmnist_csnn, batch 32,
+/// T = 1 and 3, both modes, every schedule): the graph executor's output
+/// maps, names and SGEMM packing buffers add 7–53 KB to peaks of 15–34 MB
+/// (≤ 0.16 %); the fused plan's add 4.5–9.4 KB. The margins are twice the
+/// largest seen. A plan that overestimates fails too (measured < planned).
+const GRAPH_MARGIN: f64 = 128.0 * 1024.0;
+const FUSED_MARGIN: f64 = 24.0 * 1024.0;
 
 #[global_allocator]
 static ALLOC: alloc::Counting = alloc::Counting;
@@ -48,10 +58,8 @@ fn measured_peak_matches_the_plan() {
                 report.push(format!(
                     "{mode} T={steps} {opts}: planned {planned} measured {measured}"
                 ));
-                // The SGEMM library's packing buffers (at most about 1 MiB)
-                // are not in the plan.
                 assert!(
-                    (measured - planned).abs() <= 0.1 * planned,
+                    (0.0..=GRAPH_MARGIN).contains(&(measured - planned)),
                     "{}",
                     report.join("\n")
                 );
@@ -78,7 +86,7 @@ fn measured_peak_matches_the_plan() {
                     "{mode} T={steps} fused {opts}: planned {planned} measured {measured}"
                 ));
                 assert!(
-                    (measured - planned).abs() <= 0.1 * planned,
+                    (0.0..=FUSED_MARGIN).contains(&(measured - planned)),
                     "{}",
                     report.join("\n")
                 );

@@ -163,7 +163,10 @@ fn expect_ws(emu: &mut Emu, op: Op, args: Vec<Tensor<f32>>, exact: bool, workspa
 }
 
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn elementwise_kernels_match_the_interpreter() {
     let Some(mut emu) = emu() else { return };
     let s = vec![3, 5, 7];
@@ -215,7 +218,10 @@ fn elementwise_kernels_match_the_interpreter() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn channel_kernels_match_the_interpreter() {
     let Some(mut emu) = emu() else { return };
     for x in [vec![2, 3, 4, 5], vec![4, 6], vec![3, 2, 7]] {
@@ -264,7 +270,10 @@ fn channel_kernels_match_the_interpreter() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn time_and_random_kernels_match_the_interpreter() {
     let Some(mut emu) = emu() else { return };
     let s = vec![4, 9];
@@ -308,7 +317,10 @@ fn time_and_random_kernels_match_the_interpreter() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn pooling_kernels_match_the_interpreter() {
     let Some(mut emu) = emu() else { return };
     // (input, kernel, stride): tiled, overlapping, ragged (a row and column
@@ -370,7 +382,10 @@ fn pooling_kernels_match_the_interpreter() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn loss_kernels_match_the_interpreter() {
     let Some(mut emu) = emu() else { return };
     let z = random(&[4, 10], 80, -3.0, 3.0);
@@ -402,7 +417,10 @@ fn loss_kernels_match_the_interpreter() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn matmul_in_every_transposition() {
     let Some(mut emu) = emu() else { return };
     let (m, k, n) = (5, 7, 3);
@@ -439,7 +457,10 @@ fn matmul_in_every_transposition() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn convolutions_and_their_gradients_in_chunks() {
     let Some(mut emu) = emu() else { return };
     // (x, co, k, stride, padding)
@@ -604,7 +625,10 @@ proptest! {
 /// every kernel on its own inputs (a split kernel as a whole after its last
 /// step), every output end to end.
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn example_models_fused_match_the_cpu_executor() {
     let Some(mut emu) = emu() else { return };
     emu.set_max_grid(64);
@@ -642,7 +666,10 @@ fn example_models_fused_match_the_cpu_executor() {
 /// buffer with NaN when it is freed), what a run uses is returned, and the
 /// outputs equal the CPU executor's on the same graph.
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn the_arena_holds_the_planned_peak() {
     let Some(mut emu) = emu() else { return };
     emu.set_max_grid(64);
@@ -738,7 +765,10 @@ fn fmnist_rate_case(steps: usize) -> (Graph, Named, Named, Named) {
 /// and between runs only the resident parameters and the pointer tables
 /// are held.
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn fused_runs_reuse_buffers_and_tables() {
     let Some(mut emu) = emu() else { return };
     let (g, params, inputs, want) = fmnist_rate_case(3);
@@ -779,7 +809,10 @@ fn fused_runs_reuse_buffers_and_tables() {
 /// The emulator rejects a generated kernel whose pointer table points
 /// outside every buffer.
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn the_emulator_checks_pointer_tables() {
     let Some(mut emu) = emu() else { return };
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/digits_mlp.snn");
@@ -818,7 +851,10 @@ fn the_emulator_checks_pointer_tables() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn example_models_match_the_cpu_executor() {
     let Some(mut emu) = emu() else { return };
     emu.set_max_grid(64);
@@ -846,7 +882,10 @@ fn example_models_match_the_cpu_executor() {
 /// CPU executor is printed for comparison (about 1.2e-4 on fmnist_csnn's
 /// first weight gradient).
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn close_to_the_f64_interpreter() {
     let Some(mut emu) = emu() else { return };
     emu.set_max_grid(64);
@@ -889,7 +928,10 @@ fn close_to_the_f64_interpreter() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn buffers_are_reused_and_released() {
     let Some(mut emu) = emu() else { return };
     let (g, params, inputs, want) = fmnist_rate_case(2);
@@ -927,7 +969,10 @@ fn buffers_are_reused_and_released() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn the_emulator_catches_what_it_checks() {
     let Some(mut emu) = emu() else { return };
     // Argument types against the signature table.

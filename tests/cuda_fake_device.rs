@@ -33,9 +33,8 @@ struct Fake {
 fn fake() -> Option<Fake> {
     // The build found NVRTC and a C++ compiler (else this test is
     // ignored): a missing piece now is an error, not a skip.
-    let skip = |why: String| -> Option<Fake> {
-        panic!("the fake CUDA device cannot be set up: {why}")
-    };
+    let skip =
+        |why: String| -> Option<Fake> { panic!("the fake CUDA device cannot be set up: {why}") };
     if let Err(e) = snnc::codegen::cuda::nvrtc::version() {
         return skip(format!("NVRTC is unavailable: {e}"));
     }
@@ -155,8 +154,14 @@ impl Drop for Fake {
 }
 
 #[test]
-#[cfg_attr(not(snnc_nvrtc), ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test")]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_nvrtc),
+    ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test"
+)]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn cuda_check_runs_on_the_fake_device() {
     let Some(mut f) = fake() else { return };
     f.plans(
@@ -238,8 +243,14 @@ fn cuda_check_runs_on_the_fake_device() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_nvrtc), ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test")]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_nvrtc),
+    ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test"
+)]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn bench_and_bandwidth_run_on_the_fake_device() {
     let Some(mut f) = fake() else { return };
     f.plans(
@@ -299,8 +310,14 @@ fn bench_and_bandwidth_run_on_the_fake_device() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_nvrtc), ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test")]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_nvrtc),
+    ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test"
+)]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn missing_pieces_are_reported_not_panicked() {
     let Some(f) = fake() else { return };
     // A driver without a device: a skip, or an error with --require-gpu.

@@ -33,7 +33,10 @@ fn ptx_type(c: char) -> &'static [&'static str] {
 }
 
 #[test]
-#[cfg_attr(not(snnc_nvrtc), ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test")]
+#[cfg_attr(
+    not(snnc_nvrtc),
+    ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test"
+)]
 fn nvrtc_compiles_every_kernel_for_sm_90() {
     if !nvrtc_or_skip() {
         return;
@@ -84,7 +87,10 @@ fn nvrtc_compiles_every_kernel_for_sm_90() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_nvrtc), ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test")]
+#[cfg_attr(
+    not(snnc_nvrtc),
+    ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test"
+)]
 fn nvrtc_reports_compile_errors() {
     if !nvrtc_or_skip() {
         return;
@@ -99,7 +105,10 @@ fn nvrtc_reports_compile_errors() {
 }
 
 #[test]
-#[cfg_attr(not(snnc_nvrtc), ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test")]
+#[cfg_attr(
+    not(snnc_nvrtc),
+    ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test"
+)]
 fn the_cache_returns_what_was_compiled() {
     if !nvrtc_or_skip() {
         return;
@@ -120,8 +129,14 @@ fn the_cache_returns_what_was_compiled() {
 
 /// Prints ptxas's resource usage for every kernel (sm_90).
 #[test]
-#[cfg_attr(not(snnc_nvrtc), ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test")]
-#[cfg_attr(not(snnc_ptxas), ignore = "needs ptxas on PATH: `source scripts/nvrtc-env.sh`")]
+#[cfg_attr(
+    not(snnc_nvrtc),
+    ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test"
+)]
+#[cfg_attr(
+    not(snnc_ptxas),
+    ignore = "needs ptxas on PATH: `source scripts/nvrtc-env.sh`"
+)]
 fn ptxas_resource_table() {
     if !nvrtc_or_skip() {
         return;

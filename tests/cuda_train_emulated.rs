@@ -86,7 +86,10 @@ fn max_rel_diff(a: &BTreeMap<String, Tensor<f32>>, b: &BTreeMap<String, Tensor<f
 }
 
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn one_epoch_on_the_emulator_equals_the_cpu_trainer() {
     let Some(mut emu) = emu() else { return };
     use snnc::passes::schedule::SchedOpts;
@@ -132,7 +135,10 @@ fn one_epoch_on_the_emulator_equals_the_cpu_trainer() {
 /// A run trained one epoch on the emulator resumes on the CPU, and ends
 /// where a run trained on the CPU throughout does (up to rounding).
 #[test]
-#[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
 fn a_checkpoint_from_the_emulator_resumes_on_the_cpu() {
     let Some(mut emu) = emu() else { return };
     let straight = tmp("straight");

@@ -351,7 +351,10 @@ fn idx_label_out_of_range() {
 
 /// The real thing, from Debian's `dataset-fashion-mnist`, when installed.
 #[test]
-#[cfg_attr(not(snnc_fmnist), ignore = "needs Fashion-MNIST: `apt-get install dataset-fashion-mnist`")]
+#[cfg_attr(
+    not(snnc_fmnist),
+    ignore = "needs Fashion-MNIST: `apt-get install dataset-fashion-mnist`"
+)]
 fn real_fashion_mnist_if_installed() {
     let dir = IdxKind::FashionMnist.default_dir().unwrap();
     let s = idx_split(&dir, IdxKind::FashionMnist).unwrap();

@@ -64,7 +64,10 @@ fn sources() -> Vec<(String, String, Vec<String>)> {
 }
 
 #[test]
-#[cfg_attr(not(snnc_nvrtc), ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test")]
+#[cfg_attr(
+    not(snnc_nvrtc),
+    ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test"
+)]
 fn nvrtc_compiles_every_generated_kernel_for_sm_90() {
     if !nvrtc_or_skip() {
         return;

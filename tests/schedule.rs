@@ -67,14 +67,14 @@ fn check_plan(g: &Graph, opts: SchedOpts) -> Result<(), String> {
 }
 
 /// Every output agrees (`common::agree`): per element, `|got − want| ≤
-/// tol·max(|want|, 1e-3·max|want|)`.
+/// tol·S` (`common::agree`: S is the group's largest magnitude).
 fn compare(
     want: &HashMap<String, Tensor<f64>>,
     got: &HashMap<String, Tensor<f64>>,
     tol: f64,
     what: &str,
 ) -> Result<(), String> {
-    common::agree::outputs(what, got, want, snnc::compare::Tol::new(tol, 1e-3))
+    common::agree::outputs(what, got, want, snnc::compare::Tol::new(tol, 1.0))
 }
 
 /// Whether a spike or a max-pooling choice differs between the runs of the

@@ -24,120 +24,93 @@ pub struct ModelBuilder {
     name: String,
     input: Input,
     neuron: NeuronOpts,
-    layers: Vec<Layer>,
+    top: BlockBuilder,
 }
 
 /// Builds the layers of one branch of a residual block.
+///
+/// Branch closures receive `&mut BlockBuilder`, never a builder by value:
+/// rustc 1.95 miscompiles a closure call whose by-value argument is larger
+/// than two words when the caller passes two equal values (two
+/// `BlockBuilder::new()`, merged by MIR GVN) and the closure changes its
+/// argument in place (rust-lang/rust#155241; README, "Known toolchain
+/// bugs"). A reference is passed in a register and cannot be shared.
 #[derive(Clone, Debug, Default)]
 pub struct BlockBuilder {
     layers: Vec<Layer>,
 }
 
-// The layer methods are generated for both builders so that model and branch
-// read the same, without callers having to import a trait.
+/// The layer methods of both builders, defined once: each maps its
+/// arguments to the layer it appends. `BlockBuilder` gets `&mut self`
+/// methods, `ModelBuilder` by-value ones that delegate to its top level.
 macro_rules! layer_methods {
-    () => {
-        /// Appends any layer.
-        pub fn layer(mut self, kind: LayerKind) -> Self {
-            self.layers.push(Layer::new(kind));
-            self
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $kind:expr;)*) => {
+        impl BlockBuilder {
+            $($(#[$doc])* pub fn $name(&mut self, $($arg: $ty),*) -> &mut Self {
+                self.layer($kind)
+            })*
         }
-
-        pub fn conv2d(
-            self,
-            out: usize,
-            kernel: usize,
-            stride: usize,
-            padding: usize,
-            bias: bool,
-        ) -> Self {
-            self.layer(LayerKind::Conv2d {
-                out,
-                kernel,
-                stride,
-                padding,
-                bias,
-            })
-        }
-
-        pub fn linear(self, out: usize) -> Self {
-            self.layer(LayerKind::Linear { out, bias: true })
-        }
-
-        pub fn linear_nobias(self, out: usize) -> Self {
-            self.layer(LayerKind::Linear { out, bias: false })
-        }
-
-        /// Batch norm with the DSL's defaults (eps 1e-5, momentum 0.1).
-        pub fn batchnorm(self) -> Self {
-            self.layer(LayerKind::BatchNorm {
-                eps: BATCHNORM_EPS,
-                momentum: BATCHNORM_MOMENTUM,
-            })
-        }
-
-        /// Average pooling with stride equal to the kernel.
-        pub fn avgpool(self, kernel: usize) -> Self {
-            self.layer(LayerKind::AvgPool {
-                kernel,
-                stride: kernel,
-            })
-        }
-
-        /// Max pooling with stride equal to the kernel.
-        pub fn maxpool(self, kernel: usize) -> Self {
-            self.layer(LayerKind::MaxPool {
-                kernel,
-                stride: kernel,
-            })
-        }
-
-        pub fn flatten(self) -> Self {
-            self.layer(LayerKind::Flatten)
-        }
-
-        pub fn dropout(self, p: f64) -> Self {
-            self.layer(LayerKind::Dropout { p })
-        }
-
-        /// A LIF layer that takes every option from the model's defaults.
-        pub fn lif(self) -> Self {
-            self.lif_with(NeuronOpts::default())
-        }
-
-        pub fn lif_with(self, opts: NeuronOpts) -> Self {
-            self.layer(LayerKind::Neuron {
-                kind: NeuronKind::Lif,
-                opts,
-            })
-        }
-
-        /// An IF layer (a LIF that never leaks).
-        pub fn if_neuron(self) -> Self {
-            self.if_with(NeuronOpts::default())
-        }
-
-        /// An IF layer with its own options; `opts.lambda` must be `None`.
-        pub fn if_with(self, opts: NeuronOpts) -> Self {
-            self.layer(LayerKind::Neuron {
-                kind: NeuronKind::If,
-                opts,
-            })
-        }
-
-        /// A residual block: `shortcut` returning an empty branch (`|s| s`)
-        /// is the identity shortcut.
-        pub fn residual(
-            self,
-            main: impl FnOnce(BlockBuilder) -> BlockBuilder,
-            shortcut: impl FnOnce(BlockBuilder) -> BlockBuilder,
-        ) -> Self {
-            self.layer(LayerKind::Residual {
-                main: main(BlockBuilder::new()).layers,
-                shortcut: shortcut(BlockBuilder::new()).layers,
-            })
+        impl ModelBuilder {
+            $($(#[$doc])* pub fn $name(mut self, $($arg: $ty),*) -> Self {
+                self.top.$name($($arg),*);
+                self
+            })*
         }
     };
+}
+
+layer_methods! {
+    fn conv2d(out: usize, kernel: usize, stride: usize, padding: usize, bias: bool) =>
+        LayerKind::Conv2d { out, kernel, stride, padding, bias };
+    fn linear(out: usize) => LayerKind::Linear { out, bias: true };
+    fn linear_nobias(out: usize) => LayerKind::Linear { out, bias: false };
+    /// Batch norm with the DSL's defaults (eps 1e-5, momentum 0.1).
+    fn batchnorm() => LayerKind::BatchNorm { eps: BATCHNORM_EPS, momentum: BATCHNORM_MOMENTUM };
+    /// Average pooling with stride equal to the kernel.
+    fn avgpool(kernel: usize) => LayerKind::AvgPool { kernel, stride: kernel };
+    /// Max pooling with stride equal to the kernel.
+    fn maxpool(kernel: usize) => LayerKind::MaxPool { kernel, stride: kernel };
+    fn flatten() => LayerKind::Flatten;
+    fn dropout(p: f64) => LayerKind::Dropout { p };
+    /// A LIF layer that takes every option from the model's defaults.
+    fn lif() => LayerKind::Neuron { kind: NeuronKind::Lif, opts: NeuronOpts::default() };
+    fn lif_with(opts: NeuronOpts) => LayerKind::Neuron { kind: NeuronKind::Lif, opts };
+    /// An IF layer (a LIF that never leaks).
+    fn if_neuron() => LayerKind::Neuron { kind: NeuronKind::If, opts: NeuronOpts::default() };
+    /// An IF layer with its own options; `opts.lambda` must be `None`.
+    fn if_with(opts: NeuronOpts) => LayerKind::Neuron { kind: NeuronKind::If, opts };
+}
+
+impl BlockBuilder {
+    pub fn new() -> BlockBuilder {
+        BlockBuilder::default()
+    }
+
+    /// Appends any layer.
+    pub fn layer(&mut self, kind: LayerKind) -> &mut Self {
+        self.layers.push(Layer::new(kind));
+        self
+    }
+
+    /// A residual block: `shortcut` leaving its branch empty (`|s| s`) is
+    /// the identity shortcut.
+    pub fn residual(
+        &mut self,
+        main: impl FnOnce(&mut BlockBuilder) -> &mut BlockBuilder,
+        shortcut: impl FnOnce(&mut BlockBuilder) -> &mut BlockBuilder,
+    ) -> &mut Self {
+        let (mut m, mut s) = (BlockBuilder::new(), BlockBuilder::new());
+        main(&mut m);
+        shortcut(&mut s);
+        self.layer(LayerKind::Residual {
+            main: m.layers,
+            shortcut: s.layers,
+        })
+    }
+
+    pub fn into_layers(self) -> Vec<Layer> {
+        self.layers
+    }
 }
 
 impl ModelBuilder {
@@ -151,7 +124,7 @@ impl ModelBuilder {
                 encoding: Encoding::Direct,
             },
             neuron: NeuronOpts::default(),
-            layers: Vec::new(),
+            top: BlockBuilder::new(),
         }
     }
 
@@ -171,26 +144,29 @@ impl ModelBuilder {
         self
     }
 
-    layer_methods!();
+    /// Appends any layer.
+    pub fn layer(mut self, kind: LayerKind) -> Self {
+        self.top.layer(kind);
+        self
+    }
+
+    /// A residual block: `shortcut` leaving its branch empty (`|s| s`) is
+    /// the identity shortcut.
+    pub fn residual(
+        mut self,
+        main: impl FnOnce(&mut BlockBuilder) -> &mut BlockBuilder,
+        shortcut: impl FnOnce(&mut BlockBuilder) -> &mut BlockBuilder,
+    ) -> Self {
+        self.top.residual(main, shortcut);
+        self
+    }
 
     pub fn build(self) -> Model {
         Model {
             name: self.name,
             input: self.input,
             neuron: self.neuron,
-            layers: self.layers,
+            layers: self.top.layers,
         }
-    }
-}
-
-impl BlockBuilder {
-    pub fn new() -> BlockBuilder {
-        BlockBuilder::default()
-    }
-
-    layer_methods!();
-
-    pub fn into_layers(self) -> Vec<Layer> {
-        self.layers
     }
 }

@@ -20,7 +20,7 @@ pub struct VerifyError {
 }
 
 pub fn verify(g: &Graph) -> Result<(), VerifyError> {
-    let err = |n: NodeIndex, msg: String| {
+    let err = |n: NodeIndex, msg: &str| {
         let node = &g.g[n];
         VerifyError {
             graph: g.name.clone(),
@@ -31,7 +31,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
                 .and_then(|l| g.layers.get(l))
                 .map(|l| format!(", layer {} {}", l.path, l.keyword))
                 .unwrap_or_default(),
-            msg,
+            msg: msg.to_string(),
         }
     };
     let order = g.topo_order().ok_or_else(|| VerifyError {
@@ -51,50 +51,47 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
                 .collect();
         pos.sort_unstable();
         if pos.iter().enumerate().any(|(i, &p)| i != p) {
-            return Err(err(n, format!("operand positions {pos:?} are not 0..k")));
+            return Err(err(n, &format!("operand positions {pos:?} are not 0..k")));
         }
         let shapes: Vec<&[usize]> = ops.iter().map(|&o| g.g[o].shape.as_slice()).collect();
         match node.op.infer_shape(&shapes) {
-            Err(m) => return Err(err(n, m)),
+            Err(m) => return Err(err(n, &m)),
             Ok(Some(s)) if s != node.shape => {
                 return Err(err(
                     n,
-                    format!("annotated shape {:?}, op gives {s:?}", node.shape),
+                    &format!("annotated shape {:?}, op gives {s:?}", node.shape),
                 ))
             }
             _ => {}
         }
         if let Some(l) = node.layer {
             if l >= g.layers.len() {
-                return Err(err(n, format!("layer id {l} out of range")));
+                return Err(err(n, &format!("layer id {l} out of range")));
             }
         }
         match node.role {
             Role::Param if !matches!(node.op, Op::Param { .. }) || node.t.is_some() => {
-                return Err(err(n, "a param node must be a shared `param` op".into()))
+                return Err(err(n, "a param node must be a shared `param` op"))
             }
             Role::Input if !matches!(node.op, Op::Input { .. }) => {
-                return Err(err(n, "an input node must be an `input` op".into()))
+                return Err(err(n, "an input node must be an `input` op"))
             }
             Role::Forward | Role::State | Role::Output | Role::Backward | Role::Gradient
                 if node.op.is_leaf() && !matches!(node.op, Op::DropoutMask { .. }) =>
             {
-                return Err(err(n, "a leaf op in a computed role".into()))
+                return Err(err(n, "a leaf op in a computed role"))
             }
             _ => {}
         }
         let computed = !matches!(node.role, Role::Input | Role::Param);
         if computed && node.layer.is_none() {
-            return Err(err(n, "computed node without a layer".into()));
+            return Err(err(n, "computed node without a layer"));
         }
         if node.role == Role::State && node.t.is_none() {
-            return Err(err(n, "state node without a timestep".into()));
+            return Err(err(n, "state node without a timestep"));
         }
         if node.role == Role::Gradient && node.t.is_some() {
-            return Err(err(
-                n,
-                "a parameter gradient must be shared by all steps".into(),
-            ));
+            return Err(err(n, "a parameter gradient must be shared by all steps"));
         }
         let reduces_time = matches!(
             node.op,
@@ -104,7 +101,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
             if let Some(&o) = ops.iter().find(|&&o| g.g[o].t.is_some()) {
                 return Err(err(
                     n,
-                    format!("per-step op without a timestep reads step {:?}", g.g[o].t),
+                    &format!("per-step op without a timestep reads step {:?}", g.g[o].t),
                 ));
             }
         }
@@ -115,7 +112,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
             if !backward && reads_backward {
                 return Err(err(
                     n,
-                    format!(
+                    &format!(
                         "a {} node reads backward node {}",
                         node.role.short(),
                         on.op.name()
@@ -137,7 +134,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
             if !ok {
                 return Err(err(
                     n,
-                    format!(
+                    &format!(
                         "step {t} reads {} at step {ot} (a {} node may read {})",
                         on.op.name(),
                         node.role.short(),
