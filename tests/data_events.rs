@@ -40,7 +40,7 @@ fn nmnist_decodes_the_40_bit_layout() {
     bytes.extend_from_slice(&nmnist_record(33, 0, 0, 0x7f_ffff));
     // The same first record, literally.
     assert_eq!(&bytes[..5], &[3, 4, 0x81, 0x23, 0x45]);
-    let e = parse_nmnist(Path::new("a.bin"), &bytes).unwrap();
+    let e = parse_nmnist(Path::new("a.bin"), &bytes).unwrap().events;
     assert_eq!(e, vec![ev(0x01_2345, 3, 4, 1), ev(0x7f_ffff, 33, 0, 0)]);
 }
 
@@ -52,7 +52,7 @@ fn nmnist_overflow_marker_adds_2_pow_13() {
     bytes.extend_from_slice(&nmnist_record(2, 2, 0, 50));
     bytes.extend_from_slice(&nmnist_record(0, 240, 0, 0));
     bytes.extend_from_slice(&nmnist_record(3, 3, 1, 7));
-    let e = parse_nmnist(Path::new("a.bin"), &bytes).unwrap();
+    let e = parse_nmnist(Path::new("a.bin"), &bytes).unwrap().events;
     assert_eq!(
         e,
         vec![
@@ -82,21 +82,21 @@ fn nmnist_truncated_is_an_error_naming_the_file() {
     let msg = e.to_string();
     assert!(msg.contains("dir/00001.bin"), "{msg}");
     assert!(msg.contains("1 complete and 2 stray bytes"), "{msg}");
-    // Empty is fine: no events.
-    assert!(parse_nmnist(Path::new("e.bin"), &[]).unwrap().is_empty());
 }
 
 #[test]
 fn nmnist_encoder_round_trips_and_refuses_what_does_not_fit() {
-    let events = vec![
-        ev(0, 0, 0, 0),
-        ev(5, 33, 12, 1),
-        ev((1 << 23) - 1, 255, 239, 1),
-    ];
+    let events = vec![ev(0, 0, 0, 0), ev(5, 33, 12, 1), ev(9, 1, 33, 1)];
     let b = encode_nmnist(&events).unwrap();
     assert_eq!(b.len(), 15);
     assert_eq!(&b[5..10], &nmnist_record(33, 12, 1, 5));
-    assert_eq!(parse_nmnist(Path::new("x.bin"), &b).unwrap(), events);
+    assert_eq!(parse_nmnist(Path::new("x.bin"), &b).unwrap().events, events);
+    // The encoder writes any byte-sized pixel (the reader then checks the
+    // 34×34 sensor).
+    assert_eq!(
+        encode_nmnist(&[ev((1 << 23) - 1, 255, 239, 1)]).unwrap(),
+        nmnist_record(255, 239, 1, (1 << 23) - 1)
+    );
     assert!(encode_nmnist(&[ev(1 << 23, 0, 0, 0)])
         .unwrap_err()
         .contains("23 bits"));
@@ -147,7 +147,7 @@ fn aedat2_decodes_dvs128_addresses() {
         (dvs128_addr(5, 6, true), 0xffff_fff0),
         (dvs128_addr(7, 8, false), 0x10), // wrapped
     ]);
-    let e = parse_aedat2(Path::new("rec.aedat"), &b).unwrap();
+    let e = parse_aedat2(Path::new("rec.aedat"), &b).unwrap().events;
     assert_eq!(
         e,
         vec![
@@ -168,7 +168,7 @@ fn aedat2_decodes_dvs128_addresses() {
     ]
     .concat();
     assert_eq!(
-        parse_aedat2(Path::new("lf.aedat"), &lf).unwrap(),
+        parse_aedat2(Path::new("lf.aedat"), &lf).unwrap().events,
         vec![ev(9, 1, 2, 1)]
     );
 }
@@ -193,12 +193,24 @@ fn aedat2_errors_name_the_file_and_the_problem() {
     // A header line that never ends.
     let e = parse_aedat2(p, b"#!AER-DAT2.0").unwrap_err();
     assert!(e.to_string().contains("no end of line"), "{e}");
-    // A DAVIS-style address: names the byte.
+    // A DAVIS-style address is invalid; half the events invalid refuses
+    // the file, naming the first bad record's byte.
     let b = aedat2(&[(dvs128_addr(1, 1, true), 1), (0x8000_0000, 2)]);
     let e = parse_aedat2(p, &b).unwrap_err();
-    assert!(matches!(e, DataError::Malformed { .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            DataError::MostlyInvalid {
+                invalid: 1,
+                total: 2,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let at = AEDAT2_HEADER.len() + 8;
     assert!(e.to_string().contains(&format!("byte {at}")), "{e}");
+    assert!(e.to_string().contains("not a DVS128 address: 1"), "{e}");
     // AEDAT 1.0 is refused when detected by extension.
     let e = parse_events(p, b"#!AER-DAT1.0\r\n").unwrap_err();
     assert!(e.to_string().contains("not supported"), "{e}");
@@ -246,22 +258,23 @@ fn aedat3_file() -> Vec<u8> {
     b.extend(polarity(1, 2, false, false, 11)); // invalid: skipped
     b.extend(polarity(127, 127, false, true, 12));
     b.extend([0u8; 8]); // the unused slot
-                        // Second polarity packet, no overflow.
-    b.extend(packet_header(1, 8, 4, 0, 1, 1, 1));
+                        // Second polarity packet, same overflow.
+    b.extend(packet_header(1, 8, 4, 1, 1, 1, 1));
     b.extend(polarity(3, 4, true, true, 20));
     b
 }
 
 #[test]
 fn aedat3_reads_polarity_packets() {
-    let (e, sensor) = parse_aedat3(Path::new("user01.aedat"), &aedat3_file()).unwrap();
-    assert_eq!(sensor, Some((128, 128)));
+    let r = parse_aedat3(Path::new("user01.aedat"), &aedat3_file()).unwrap();
+    let e = r.events;
+    assert_eq!(r.sensor, Some((128, 128)));
     assert_eq!(
         e,
         vec![
             ev((1 << 31) | 10, 100, 50, 1),
             ev((1 << 31) | 12, 127, 127, 0),
-            ev(20, 3, 4, 1),
+            ev((1 << 31) | 20, 3, 4, 1),
         ]
     );
     let r = parse_events(Path::new("user01.aedat"), &aedat3_file()).unwrap();
@@ -355,12 +368,12 @@ fn npy_reads_int_arrays_in_both_orders_and_byte_orders() {
     let b = npy("<i4", false, "(3, 4)", &i32s(&flat));
     assert_eq!((b.len() - 48) % 64, 0, "header padded to 64 bytes");
     let want = vec![ev(5, 1, 2, 1), ev(9, 3, 4, 0), ev(12, 0, 0, 0)];
-    assert_eq!(parse_npy(Path::new("a.npy"), &b).unwrap(), want);
+    assert_eq!(parse_npy(Path::new("a.npy"), &b).unwrap().events, want);
     // Fortran order, big-endian u2 (p = −1 cannot be unsigned: use 0).
     let cols: Vec<u16> = vec![5, 9, 12, 1, 3, 0, 2, 4, 0, 1, 0, 0];
     let data: Vec<u8> = cols.iter().flat_map(|x| x.to_be_bytes()).collect();
     let b = npy(">u2", true, "(3, 4)", &data);
-    assert_eq!(parse_npy(Path::new("b.npy"), &b).unwrap(), want);
+    assert_eq!(parse_npy(Path::new("b.npy"), &b).unwrap().events, want);
     // i8, and through parse_events.
     let data: Vec<u8> = flat
         .iter()
@@ -371,12 +384,10 @@ fn npy_reads_int_arrays_in_both_orders_and_byte_orders() {
         (r.format, r.sensor, r.events),
         (events::Format::Npy, None, want)
     );
-    // Zero rows.
-    assert!(
-        parse_npy(Path::new("d.npy"), &npy("<i4", false, "(0, 4)", &[]))
-            .unwrap()
-            .is_empty()
-    );
+    // Zero rows: no events, an error.
+    let e = parse_npy(Path::new("d.npy"), &npy("<i4", false, "(0, 4)", &[])).unwrap_err();
+    assert!(matches!(e, DataError::NoEvents { .. }), "{e:?}");
+    assert!(e.to_string().contains("d.npy: no events"), "{e}");
 }
 
 #[test]
@@ -585,7 +596,9 @@ fn event_folder_loads_and_bins_on_demand() {
         binning: Binning::Time,
         resize: Resize::Auto,
     };
-    let split = load_event_split(&d.0, load, None).unwrap();
+    let (split, report) = load_event_split(&d.0, load, None).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!((report.files, report.events), (4, 10));
     assert_eq!(split.train.len(), 3);
     assert_eq!(split.test.len(), 1);
     assert_eq!(split.train.classes, 4);
@@ -616,7 +629,7 @@ fn event_folder_loads_and_bins_on_demand() {
     sub.sample_into(1, &mut y);
     assert_eq!(y, want);
     // A limit takes classes in turn.
-    let split = load_event_split(&d.0, load, Some(2)).unwrap();
+    let (split, _) = load_event_split(&d.0, load, Some(2)).unwrap();
     assert_eq!(split.train.labels, vec![0, 3]);
     // The model-facing entry point: a 48×48 input centres the 34×34 sensor.
     let split = load_for_input(&d.0, &[2, 48, 48], 3).unwrap();
@@ -662,9 +675,12 @@ fn event_folder_errors_name_the_file() {
         binning: Binning::Time,
         resize: Resize::Auto,
     };
+    // One truncated file of three: more than 1 % rejected, refused,
+    // naming the file and why.
     let e = load_event_split(&d.0, load, None).unwrap_err();
     assert!(e.to_string().contains("dog/b.bin"), "{e}");
-    assert!(matches!(e, DataError::Truncated { .. }), "{e:?}");
+    assert!(e.to_string().contains("1 truncated"), "{e}");
+    assert!(matches!(e, DataError::TooManyRejected { .. }), "{e:?}");
     // Named classes are numbered in sorted order; .npy has no sensor size,
     // so the extent of all events is used.
     std::fs::remove_file(d.0.join("Train/dog/b.bin")).unwrap();
@@ -673,7 +689,7 @@ fn event_folder_errors_name_the_file() {
         &d.0.join("Train/dog/b.npy"),
         &npy("<i4", false, "(2, 4)", &rows),
     );
-    let split = load_event_split(&d.0, load, None).unwrap();
+    let (split, _) = load_event_split(&d.0, load, None).unwrap();
     assert_eq!(split.train.labels, vec![0, 1]);
     assert_eq!(split.train.classes, 2);
     let ev_set = split.train.events.as_ref().unwrap();
@@ -760,7 +776,7 @@ fn synthetic_saccades_make_edge_events() {
     assert!(synth::image_to_events(&[0.0; 784], &quiet, 1).is_empty());
     // Round trip through the N-MNIST format.
     let b = encode_nmnist(&e).unwrap();
-    assert_eq!(parse_nmnist(Path::new("s.bin"), &b).unwrap(), e);
+    assert_eq!(parse_nmnist(Path::new("s.bin"), &b).unwrap().events, e);
 }
 
 #[test]
