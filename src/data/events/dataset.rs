@@ -458,6 +458,7 @@ pub fn load_event_split(
     };
     let (train_rec, train_files) = keep(train_files);
     let (test_rec, test_files) = keep(test_files);
+    report.rejected.sort_by(|a, b| a.path.cmp(&b.path));
     let empty_split = [(&train_files, &train_dir), (&test_files, &test_dir)]
         .into_iter()
         .find(|(f, _)| f.is_empty())

@@ -400,7 +400,9 @@ fn validate(path: &Path, format: Format, len: usize, d: Decoded) -> Result<Recor
             } else {
                 return true;
             };
-            dropped.add(why, || format!("({}, {}) at t = {} µs", e.x, e.y, e.t));
+            dropped.add(why, || {
+                format!("x = {}, y = {} at t = {} µs", e.x, e.y, e.t)
+            });
             false
         });
     }
