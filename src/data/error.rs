@@ -166,7 +166,7 @@ pub enum DataError {
         total: usize,
         max_percent: usize,
         /// The invalid events by reason.
-        dropped: super::events::Dropped,
+        dropped: Box<super::events::Dropped>,
         /// `""` or `"; …"`: what the file may be instead.
         note: String,
         hint: String,

@@ -447,7 +447,7 @@ fn validate(path: &Path, format: Format, len: usize, d: Decoded) -> Result<Recor
             invalid,
             total,
             max_percent: MAX_INVALID_PERCENT,
-            dropped,
+            dropped: Box::new(dropped),
             note,
             hint: EVENTS_HINT.into(),
         });
