@@ -818,6 +818,10 @@ fn make_events_writes_the_nmnist_layout_and_says_it_is_synthetic() {
     let split = load_for_input(&out, &[2, 34, 34], 4).unwrap();
     assert_eq!(split.train.len(), 10);
     assert_eq!(split.train.classes, 10);
+    // Synthetic saccades pass the readers' checks: nothing dropped.
+    let (_, report) = load_event_split(&out, load34(), None).unwrap();
+    assert!(report.is_clean(), "{}", report.render());
+    assert_eq!(report.files, 15);
     // Missing Fashion-MNIST: an error with the apt hint.
     let e = synth::make_events(&synth::MakeEvents {
         data_dir: d.0.join("nothing"),

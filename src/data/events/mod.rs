@@ -9,15 +9,40 @@
 //!
 //! | format | reader | layout (sources) |
 //! | --- | --- | --- |
-//! | N-MNIST / N-Caltech101 `.bin` | [`parse_nmnist`] | 5 bytes an event, big-endian 40-bit word: bits 39–32 x, 31–24 y, 23 polarity, 22–0 timestamp (µs). A record with y = 240 is a timestamp-overflow marker adding 2¹³ µs to every later event (Orchard et al. 2015, the dataset's `Read_Ndataset.m`; tonic's `read_mnist_file`). Sensor 34×34 |
+//! | N-MNIST `.bin` | [`parse_nmnist`] | 5 bytes an event, big-endian 40-bit word: bits 39–32 x, 31–24 y, 23 polarity, 22–0 timestamp (µs). A record with y = 240 is a timestamp-overflow marker adding 2¹³ µs to every later event (Orchard et al. 2015, the dataset's `Read_Ndataset.m`; tonic's `read_mnist_file`). Sensor 34×34 (N-Caltech101 uses the same encoding on a larger sensor: its files are refused as out of sensor) |
 //! | AEDAT 2.0 (jAER; CIFAR10-DVS) `.aedat` | [`parse_aedat2`] | ASCII header lines starting with `#` (the first `#!AER-DAT2.0`), then 8-byte big-endian records: u32 address, u32 timestamp (µs, wrapping at 2³²). DVS128 address: bit 0 polarity (0 = ON, 1 = OFF), bits 1–7 x mirrored (x = 127 − bits), bits 8–14 y, bit 15 external event (skipped); see [`decode_dvs128`] |
-//! | AEDAT 3.1 (cAER/libcaer; DVS128 Gesture) `.aedat` | [`parse_aedat3`] | header lines up to `#!END-HEADER`, then packets: a 28-byte little-endian header (i16 type, i16 source, i32 event size, i32 timestamp offset, i32 timestamp overflow, i32 capacity, i32 number, i32 valid) and `capacity × size` bytes of events. Polarity events (type 1), 8 bytes: u32 data (bit 0 valid, bit 1 polarity, bits 2–16 y, bits 17–31 x), i32 timestamp; the full timestamp is `overflow << 31 | timestamp` (libcaer `events/common.h`, `events/polarity.h`). Invalid events and other packet types are skipped |
+//! | AEDAT 3.1 (cAER/libcaer; DVS128 Gesture) `.aedat` | [`parse_aedat3`] | header lines up to `#!END-HEADER`, then packets: a 28-byte little-endian header (i16 type, i16 source, i32 event size, i32 timestamp offset, i32 timestamp overflow, i32 capacity, i32 number, i32 valid) and `capacity × size` bytes of events. Polarity events (type 1), 8 bytes: u32 data (bit 0 valid, bit 1 polarity, bits 2–16 y, bits 17–31 x), i32 timestamp; the full timestamp is `overflow << 31 | timestamp` (libcaer `events/common.h`, `events/polarity.h`). Invalid-marked events and libcaer's other packet types (0–13) are skipped; a type outside 0–13 is an error |
 //! | NumPy `.npy` | [`parse_npy`] | an `N × 4` integer array (any of `i1 i2 i4 i8 u1 u2 u4 u8`, either byte order, C or Fortran order), columns `t, x, y, p`: t ≥ 0 in µs, 0 ≤ x, y < 65536, p ∈ {0, 1} (−1 is read as OFF). `np.save(f, np.stack([t, x, y, p], 1))` writes one |
 //!
 //! [`read_events`] picks the reader from the extension (`.bin`, `.aedat`
 //! — version from its first line —, `.npy`) and returns a [`Recording`].
 //! Every reader returns a [`DataError`] naming the file and the byte where
 //! it went wrong on a truncated or malformed file; none panics.
+//!
+//! # Validation
+//!
+//! Every reader then checks the events it decoded (one reason per event,
+//! the first that applies, in this order):
+//!
+//! | reason ([`Reject`]) | rule |
+//! | --- | --- |
+//! | `x ≥ W`, `y ≥ H` | outside the sensor the format declares (N-MNIST 34×34, DVS128 128×128, AEDAT 3.1 `#Source` camera); `.npy` declares none |
+//! | not a DVS128 address | AEDAT 2.0 address with bits above 15 |
+//! | polarity, pixel, negative timestamp | `.npy` values outside `p ∈ {0, 1, −1}`, `0 ≤ x, y < 65536`, `t ≥ 0`; AEDAT 3.1 negative timestamps |
+//! | timestamp outlier | outside the [`timestamp_fence`]: farther from the file's bulk (its 1st–99th percentile of timestamps) than the bulk is long, and at least [`OUTLIER_MIN_MARGIN_US`] (10 ms). Catches up to 1 % stray timestamps in a file of more than 100 events; an 8 s stamp in a 0.3 s N-MNIST recording is one |
+//! | timestamp going back | more than [`BACKWARD_TOLERANCE_US`] (1 ms) before the latest kept timestamp (after outliers are removed); a stream that restarts is mostly this |
+//!
+//! Invalid events are dropped and counted in [`Recording::dropped`] (with
+//! the first of each reason), unless more than [`MAX_INVALID_PERCENT`]
+//! (10 %) of the file's events are invalid: then the file is refused
+//! ([`DataError::MostlyInvalid`], naming the file, the counts and the
+//! reasons) — a file that far off is another format, another sensor or
+//! corrupt, and what is left would train on garbage. A file without
+//! events — empty, a header alone, only overflow markers or external
+//! events — is a [`DataError::NoEvents`]; a directory where a file is
+//! expected a [`DataError::NotAFile`]; a kept recording longer than 2³² µs
+//! a [`DataError::TooLong`]. What the folder loader does with rejected
+//! files: see [`load_event_split`] and [`EventReport`].
 //!
 //! Frames: [`to_frames`] bins a stream into `T` frames of two polarity
 //! channels (channel 0 OFF, channel 1 ON; values are event counts), by time
