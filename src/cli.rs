@@ -1175,6 +1175,13 @@ pub fn inspect_events(file: &Path) -> Result<(), String> {
     if let Some((sw, sh)) = r.sensor {
         println!("sensor: {sw}×{sh}");
     }
+    if !r.dropped.is_empty() {
+        println!(
+            "dropped: {} invalid events ({})",
+            r.dropped.total(),
+            r.dropped.detailed()
+        );
+    }
     if !r.events.is_empty() {
         println!("extent: x < {w}, y < {h}");
         println!("time: {t0} … {t1} µs ({:.3} s)", (t1 - t0) as f64 / 1e6);

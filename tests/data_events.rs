@@ -40,7 +40,7 @@ fn nmnist_decodes_the_40_bit_layout() {
     bytes.extend_from_slice(&nmnist_record(33, 0, 0, 0x7f_ffff));
     // The same first record, literally.
     assert_eq!(&bytes[..5], &[3, 4, 0x81, 0x23, 0x45]);
-    let e = parse_nmnist(Path::new("a.bin"), &bytes).unwrap();
+    let e = parse_nmnist(Path::new("a.bin"), &bytes).unwrap().events;
     assert_eq!(e, vec![ev(0x01_2345, 3, 4, 1), ev(0x7f_ffff, 33, 0, 0)]);
 }
 
@@ -52,7 +52,7 @@ fn nmnist_overflow_marker_adds_2_pow_13() {
     bytes.extend_from_slice(&nmnist_record(2, 2, 0, 50));
     bytes.extend_from_slice(&nmnist_record(0, 240, 0, 0));
     bytes.extend_from_slice(&nmnist_record(3, 3, 1, 7));
-    let e = parse_nmnist(Path::new("a.bin"), &bytes).unwrap();
+    let e = parse_nmnist(Path::new("a.bin"), &bytes).unwrap().events;
     assert_eq!(
         e,
         vec![
@@ -82,21 +82,21 @@ fn nmnist_truncated_is_an_error_naming_the_file() {
     let msg = e.to_string();
     assert!(msg.contains("dir/00001.bin"), "{msg}");
     assert!(msg.contains("1 complete and 2 stray bytes"), "{msg}");
-    // Empty is fine: no events.
-    assert!(parse_nmnist(Path::new("e.bin"), &[]).unwrap().is_empty());
 }
 
 #[test]
 fn nmnist_encoder_round_trips_and_refuses_what_does_not_fit() {
-    let events = vec![
-        ev(0, 0, 0, 0),
-        ev(5, 33, 12, 1),
-        ev((1 << 23) - 1, 255, 239, 1),
-    ];
+    let events = vec![ev(0, 0, 0, 0), ev(5, 33, 12, 1), ev(9, 1, 33, 1)];
     let b = encode_nmnist(&events).unwrap();
     assert_eq!(b.len(), 15);
     assert_eq!(&b[5..10], &nmnist_record(33, 12, 1, 5));
-    assert_eq!(parse_nmnist(Path::new("x.bin"), &b).unwrap(), events);
+    assert_eq!(parse_nmnist(Path::new("x.bin"), &b).unwrap().events, events);
+    // The encoder writes any byte-sized pixel (the reader then checks the
+    // 34×34 sensor).
+    assert_eq!(
+        encode_nmnist(&[ev((1 << 23) - 1, 255, 239, 1)]).unwrap(),
+        nmnist_record(255, 239, 1, (1 << 23) - 1)
+    );
     assert!(encode_nmnist(&[ev(1 << 23, 0, 0, 0)])
         .unwrap_err()
         .contains("23 bits"));
@@ -147,7 +147,7 @@ fn aedat2_decodes_dvs128_addresses() {
         (dvs128_addr(5, 6, true), 0xffff_fff0),
         (dvs128_addr(7, 8, false), 0x10), // wrapped
     ]);
-    let e = parse_aedat2(Path::new("rec.aedat"), &b).unwrap();
+    let e = parse_aedat2(Path::new("rec.aedat"), &b).unwrap().events;
     assert_eq!(
         e,
         vec![
@@ -168,7 +168,7 @@ fn aedat2_decodes_dvs128_addresses() {
     ]
     .concat();
     assert_eq!(
-        parse_aedat2(Path::new("lf.aedat"), &lf).unwrap(),
+        parse_aedat2(Path::new("lf.aedat"), &lf).unwrap().events,
         vec![ev(9, 1, 2, 1)]
     );
 }
@@ -193,12 +193,24 @@ fn aedat2_errors_name_the_file_and_the_problem() {
     // A header line that never ends.
     let e = parse_aedat2(p, b"#!AER-DAT2.0").unwrap_err();
     assert!(e.to_string().contains("no end of line"), "{e}");
-    // A DAVIS-style address: names the byte.
+    // A DAVIS-style address is invalid; half the events invalid refuses
+    // the file, naming the first bad record's byte.
     let b = aedat2(&[(dvs128_addr(1, 1, true), 1), (0x8000_0000, 2)]);
     let e = parse_aedat2(p, &b).unwrap_err();
-    assert!(matches!(e, DataError::Malformed { .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            DataError::MostlyInvalid {
+                invalid: 1,
+                total: 2,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let at = AEDAT2_HEADER.len() + 8;
     assert!(e.to_string().contains(&format!("byte {at}")), "{e}");
+    assert!(e.to_string().contains("not a DVS128 address: 1"), "{e}");
     // AEDAT 1.0 is refused when detected by extension.
     let e = parse_events(p, b"#!AER-DAT1.0\r\n").unwrap_err();
     assert!(e.to_string().contains("not supported"), "{e}");
@@ -246,22 +258,23 @@ fn aedat3_file() -> Vec<u8> {
     b.extend(polarity(1, 2, false, false, 11)); // invalid: skipped
     b.extend(polarity(127, 127, false, true, 12));
     b.extend([0u8; 8]); // the unused slot
-                        // Second polarity packet, no overflow.
-    b.extend(packet_header(1, 8, 4, 0, 1, 1, 1));
+                        // Second polarity packet, same overflow.
+    b.extend(packet_header(1, 8, 4, 1, 1, 1, 1));
     b.extend(polarity(3, 4, true, true, 20));
     b
 }
 
 #[test]
 fn aedat3_reads_polarity_packets() {
-    let (e, sensor) = parse_aedat3(Path::new("user01.aedat"), &aedat3_file()).unwrap();
-    assert_eq!(sensor, Some((128, 128)));
+    let r = parse_aedat3(Path::new("user01.aedat"), &aedat3_file()).unwrap();
+    let e = r.events;
+    assert_eq!(r.sensor, Some((128, 128)));
     assert_eq!(
         e,
         vec![
             ev((1 << 31) | 10, 100, 50, 1),
             ev((1 << 31) | 12, 127, 127, 0),
-            ev(20, 3, 4, 1),
+            ev((1 << 31) | 20, 3, 4, 1),
         ]
     );
     let r = parse_events(Path::new("user01.aedat"), &aedat3_file()).unwrap();
@@ -355,12 +368,12 @@ fn npy_reads_int_arrays_in_both_orders_and_byte_orders() {
     let b = npy("<i4", false, "(3, 4)", &i32s(&flat));
     assert_eq!((b.len() - 48) % 64, 0, "header padded to 64 bytes");
     let want = vec![ev(5, 1, 2, 1), ev(9, 3, 4, 0), ev(12, 0, 0, 0)];
-    assert_eq!(parse_npy(Path::new("a.npy"), &b).unwrap(), want);
+    assert_eq!(parse_npy(Path::new("a.npy"), &b).unwrap().events, want);
     // Fortran order, big-endian u2 (p = −1 cannot be unsigned: use 0).
     let cols: Vec<u16> = vec![5, 9, 12, 1, 3, 0, 2, 4, 0, 1, 0, 0];
     let data: Vec<u8> = cols.iter().flat_map(|x| x.to_be_bytes()).collect();
     let b = npy(">u2", true, "(3, 4)", &data);
-    assert_eq!(parse_npy(Path::new("b.npy"), &b).unwrap(), want);
+    assert_eq!(parse_npy(Path::new("b.npy"), &b).unwrap().events, want);
     // i8, and through parse_events.
     let data: Vec<u8> = flat
         .iter()
@@ -371,12 +384,10 @@ fn npy_reads_int_arrays_in_both_orders_and_byte_orders() {
         (r.format, r.sensor, r.events),
         (events::Format::Npy, None, want)
     );
-    // Zero rows.
-    assert!(
-        parse_npy(Path::new("d.npy"), &npy("<i4", false, "(0, 4)", &[]))
-            .unwrap()
-            .is_empty()
-    );
+    // Zero rows: no events, an error.
+    let e = parse_npy(Path::new("d.npy"), &npy("<i4", false, "(0, 4)", &[])).unwrap_err();
+    assert!(matches!(e, DataError::NoEvents { .. }), "{e:?}");
+    assert!(e.to_string().contains("d.npy: no events"), "{e}");
 }
 
 #[test]
@@ -585,7 +596,9 @@ fn event_folder_loads_and_bins_on_demand() {
         binning: Binning::Time,
         resize: Resize::Auto,
     };
-    let split = load_event_split(&d.0, load, None).unwrap();
+    let (split, report) = load_event_split(&d.0, load, None).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!((report.files, report.events), (4, 10));
     assert_eq!(split.train.len(), 3);
     assert_eq!(split.test.len(), 1);
     assert_eq!(split.train.classes, 4);
@@ -616,7 +629,7 @@ fn event_folder_loads_and_bins_on_demand() {
     sub.sample_into(1, &mut y);
     assert_eq!(y, want);
     // A limit takes classes in turn.
-    let split = load_event_split(&d.0, load, Some(2)).unwrap();
+    let (split, _) = load_event_split(&d.0, load, Some(2)).unwrap();
     assert_eq!(split.train.labels, vec![0, 3]);
     // The model-facing entry point: a 48×48 input centres the 34×34 sensor.
     let split = load_for_input(&d.0, &[2, 48, 48], 3).unwrap();
@@ -662,9 +675,12 @@ fn event_folder_errors_name_the_file() {
         binning: Binning::Time,
         resize: Resize::Auto,
     };
+    // One truncated file of three: more than 1 % rejected, refused,
+    // naming the file and why.
     let e = load_event_split(&d.0, load, None).unwrap_err();
     assert!(e.to_string().contains("dog/b.bin"), "{e}");
-    assert!(matches!(e, DataError::Truncated { .. }), "{e:?}");
+    assert!(e.to_string().contains("1 truncated"), "{e}");
+    assert!(matches!(e, DataError::TooManyRejected { .. }), "{e:?}");
     // Named classes are numbered in sorted order; .npy has no sensor size,
     // so the extent of all events is used.
     std::fs::remove_file(d.0.join("Train/dog/b.bin")).unwrap();
@@ -673,7 +689,7 @@ fn event_folder_errors_name_the_file() {
         &d.0.join("Train/dog/b.npy"),
         &npy("<i4", false, "(2, 4)", &rows),
     );
-    let split = load_event_split(&d.0, load, None).unwrap();
+    let (split, _) = load_event_split(&d.0, load, None).unwrap();
     assert_eq!(split.train.labels, vec![0, 1]);
     assert_eq!(split.train.classes, 2);
     let ev_set = split.train.events.as_ref().unwrap();
@@ -760,7 +776,7 @@ fn synthetic_saccades_make_edge_events() {
     assert!(synth::image_to_events(&[0.0; 784], &quiet, 1).is_empty());
     // Round trip through the N-MNIST format.
     let b = encode_nmnist(&e).unwrap();
-    assert_eq!(parse_nmnist(Path::new("s.bin"), &b).unwrap(), e);
+    assert_eq!(parse_nmnist(Path::new("s.bin"), &b).unwrap().events, e);
 }
 
 #[test]
@@ -802,6 +818,10 @@ fn make_events_writes_the_nmnist_layout_and_says_it_is_synthetic() {
     let split = load_for_input(&out, &[2, 34, 34], 4).unwrap();
     assert_eq!(split.train.len(), 10);
     assert_eq!(split.train.classes, 10);
+    // Synthetic saccades pass the readers' checks: nothing dropped.
+    let (_, report) = load_event_split(&out, load34(), None).unwrap();
+    assert!(report.is_clean(), "{}", report.render());
+    assert_eq!(report.files, 15);
     // Missing Fashion-MNIST: an error with the apt hint.
     let e = synth::make_events(&synth::MakeEvents {
         data_dir: d.0.join("nothing"),
@@ -878,4 +898,414 @@ fn vggsnn_trains_one_step_on_a_tiny_synthetic_event_set() {
     };
     let e = train(&bad, &d.0.join("run2"), None, true).err().unwrap();
     assert!(e.contains("2 polarity channels"), "{e}");
+}
+
+// -------------------------------------------------------------- validation
+//
+// Bad event files, written byte by byte: each is either refused with an
+// error naming the file, or read with its invalid events dropped and
+// counted by reason.
+
+use snnc::data::events::{read_events, timestamp_fence, Reject};
+
+/// `n` valid N-MNIST records, 1.5 ms apart (a 300 ms recording for 200),
+/// spread over the 34×34 sensor.
+fn nmnist_stream(n: usize) -> Vec<[u8; 5]> {
+    (0..n)
+        .map(|i| {
+            nmnist_record(
+                (i % 34) as u8,
+                (i * 7 % 34) as u8,
+                (i % 2) as u8,
+                1500 * i as u32,
+            )
+        })
+        .collect()
+}
+
+fn cat(records: &[[u8; 5]]) -> Vec<u8> {
+    records.concat()
+}
+
+#[test]
+fn empty_bin_file_is_an_error_naming_the_file() {
+    let d = TmpDir::new("v-empty");
+    let f = d.0.join("Train/0/empty.bin");
+    write(&f, &[]);
+    let e = read_events(&f).unwrap_err();
+    assert!(matches!(e, DataError::NoEvents { len: 0, .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("empty.bin: no events: empty file (0 bytes)"),
+        "{msg}"
+    );
+    // The same for the other formats: a header and nothing after it.
+    let e = parse_aedat2(Path::new("h.aedat"), AEDAT2_HEADER).unwrap_err();
+    assert!(matches!(e, DataError::NoEvents { .. }), "{e:?}");
+    assert!(e.to_string().contains("no event records"), "{e}");
+    let e = parse_aedat3(Path::new("h3.aedat"), AEDAT3_HEADER).unwrap_err();
+    assert!(matches!(e, DataError::NoEvents { .. }), "{e:?}");
+}
+
+#[test]
+fn random_bytes_bin_is_refused_as_mostly_out_of_sensor() {
+    let d = TmpDir::new("v-random");
+    let mut rng = Rng::new(5);
+    let bytes: Vec<u8> = (0..5000).map(|_| rng.below(256) as u8).collect();
+    assert_ne!(&bytes[..2], &[0x1f, 0x8b], "not gzip by chance");
+    let f = d.0.join("noise.bin");
+    write(&f, &bytes);
+    let e = read_events(&f).unwrap_err();
+    let DataError::MostlyInvalid {
+        invalid,
+        total,
+        ref dropped,
+        ..
+    } = e
+    else {
+        panic!("{e:?}")
+    };
+    // 1,000 records less the y = 240 markers; ~98 % outside 34×34.
+    assert!(total > 980 && total <= 1000, "{total}");
+    assert!(invalid * 10 > total * 9, "{invalid} of {total}");
+    assert!(dropped.count(Reject::OutsideX(34, 34)) > 800, "{dropped:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("noise.bin"), "{msg}");
+    assert!(
+        msg.contains(&format!("{invalid} of {total} events invalid")),
+        "{msg}"
+    );
+    assert!(msg.contains("x ≥ 34: "), "{msg}");
+    assert!(msg.contains("more than 10 %: file refused"), "{msg}");
+    assert!(msg.contains("N-Caltech101"), "{msg}");
+}
+
+#[test]
+fn event_outside_the_sensor_is_dropped_and_counted() {
+    // One event at x = 250 among 20: dropped, counted, reported.
+    let mut recs = nmnist_stream(20);
+    recs.insert(7, nmnist_record(250, 5, 1, 10_000));
+    let r = parse_nmnist(Path::new("a.bin"), &cat(&recs)).unwrap();
+    assert_eq!(r.events.len(), 20);
+    assert!(r.events.iter().all(|e| e.x < 34 && e.y < 34));
+    assert_eq!(r.dropped.count(Reject::OutsideX(34, 34)), 1);
+    assert_eq!(r.dropped.total(), 1);
+    assert_eq!(r.dropped.to_string(), "x ≥ 34: 1");
+    assert!(
+        r.dropped
+            .detailed()
+            .contains("x = 250, y = 5 at t = 10000 µs"),
+        "{}",
+        r.dropped.detailed()
+    );
+    // y ≥ 34 (but not the 240 marker) too.
+    let mut recs = nmnist_stream(20);
+    recs.push(nmnist_record(3, 200, 0, 40_000));
+    let r = parse_nmnist(Path::new("a.bin"), &cat(&recs)).unwrap();
+    assert_eq!(r.dropped.count(Reject::OutsideY(34, 34)), 1);
+    // Alone, the event is a file of nothing but invalid events: refused.
+    let e = parse_nmnist(Path::new("dir/one.bin"), &nmnist_record(250, 5, 1, 0)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::MostlyInvalid {
+                invalid: 1,
+                total: 1,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("dir/one.bin: 1 of 1 events invalid"),
+        "{e}"
+    );
+    // The threshold: 2 of 20 (10 %) are dropped, 3 of 21 (14 %) refuse.
+    let mut recs = nmnist_stream(18);
+    recs.extend([
+        nmnist_record(34, 0, 0, 30_000),
+        nmnist_record(0, 34, 0, 30_001),
+    ]);
+    let r = parse_nmnist(Path::new("a.bin"), &cat(&recs)).unwrap();
+    assert_eq!((r.events.len(), r.dropped.total()), (18, 2));
+    recs.push(nmnist_record(99, 0, 0, 30_002));
+    let e = parse_nmnist(Path::new("a.bin"), &cat(&recs)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::MostlyInvalid {
+                invalid: 3,
+                total: 21,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn timestamp_outlier_of_8_s_is_dropped_and_counted() {
+    // 200 events over 300 ms and one at 8 s in the middle.
+    let mut recs = nmnist_stream(200);
+    recs.insert(100, nmnist_record(1, 1, 1, 8_000_000));
+    let r = parse_nmnist(Path::new("o.bin"), &cat(&recs)).unwrap();
+    assert_eq!(r.events.len(), 200);
+    assert!(r.events.iter().all(|e| e.t < 300_000));
+    assert_eq!(r.dropped.count(Reject::Outlier), 1);
+    // Not also counted as the events after it going back in time.
+    assert_eq!(r.dropped.total(), 1, "{:?}", r.dropped);
+    assert!(
+        r.dropped.detailed().contains("t = 8000000 µs"),
+        "{}",
+        r.dropped.detailed()
+    );
+    // A sparse tail within the fence (bulk length beyond the bulk) is kept.
+    let mut recs = nmnist_stream(200);
+    recs.push(nmnist_record(1, 1, 1, 550_000));
+    let r = parse_nmnist(Path::new("o.bin"), &cat(&recs)).unwrap();
+    assert_eq!((r.events.len(), r.dropped.total()), (201, 0));
+    // An outlier at the start (a stale t = 0 before a recording at 5 s).
+    let mut recs: Vec<[u8; 5]> = vec![nmnist_record(2, 2, 0, 0)];
+    recs.extend((0..150).map(|i| nmnist_record(3, 3, 1, 5_000_000 + 1000 * i)));
+    let r = parse_nmnist(Path::new("o.bin"), &cat(&recs)).unwrap();
+    assert_eq!(r.dropped.count(Reject::Outlier), 1);
+    assert_eq!(r.events[0].t, 5_000_000);
+}
+
+#[test]
+fn timestamp_fence_is_the_bulk_widened_by_its_length() {
+    // 0, 100, …, 99,900 µs: bulk 900…99,000 µs (1st/99th percentile, sorted
+    // index 9 and 990), widened by its length 98,100 µs.
+    let mut t: Vec<u64> = (0..1000).map(|i| 100 * i).collect();
+    t.reverse();
+    assert_eq!(timestamp_fence(&t), Some((900, 99_000, 0, 197_100)));
+    // 100 events or fewer: the bulk is the whole range.
+    let mut t: Vec<u64> = (0..99).collect();
+    t.push(1 << 40);
+    assert_eq!(timestamp_fence(&t).unwrap().1, 1 << 40);
+    // A short bulk is widened by at least 10 ms.
+    let t = vec![5u64; 500];
+    assert_eq!(timestamp_fence(&t), Some((5, 5, 0, 10_005)));
+    assert_eq!(timestamp_fence(&[]), None);
+}
+
+#[test]
+fn timestamps_going_back_are_dropped_beyond_1_ms() {
+    // 500 µs back: kept (tolerance); 5 ms back: dropped.
+    let mut recs = nmnist_stream(20);
+    recs.insert(10, nmnist_record(4, 4, 0, 1500 * 9 - 500));
+    recs.insert(15, nmnist_record(5, 5, 0, 1500 * 13 - 5000));
+    let r = parse_nmnist(Path::new("b.bin"), &cat(&recs)).unwrap();
+    assert_eq!(r.events.len(), 21);
+    assert_eq!(r.dropped.count(Reject::Backwards), 1);
+    assert!(
+        r.dropped.detailed().contains("t = 14500 µs after 19500 µs"),
+        "{}",
+        r.dropped.detailed()
+    );
+    // A recording that restarts halfway: refused.
+    let mut recs = nmnist_stream(20);
+    recs.extend(nmnist_stream(20));
+    let e = parse_nmnist(Path::new("twice.bin"), &cat(&recs)).unwrap_err();
+    assert!(
+        e.to_string().contains("timestamp going back > 1000 µs: 19"),
+        "{e}"
+    );
+}
+
+#[test]
+fn only_overflow_markers_is_an_error_naming_the_file() {
+    let marker = nmnist_record(0, 240, 0, 0);
+    let e = parse_nmnist(Path::new("Train/3/markers.bin"), &cat(&[marker; 3])).unwrap_err();
+    assert!(matches!(e, DataError::NoEvents { len: 15, .. }), "{e:?}");
+    assert!(
+        e.to_string().contains(
+            "Train/3/markers.bin: no events: 15 bytes, only 3 timestamp-overflow markers (y = 240)"
+        ),
+        "{e}"
+    );
+    // AEDAT 2.0 with only external events, AEDAT 3.1 with only special
+    // events or invalid-marked ones: the same.
+    let e = parse_aedat2(Path::new("ext.aedat"), &aedat2(&[(0x8000, 1), (0x8000, 2)])).unwrap_err();
+    assert!(
+        e.to_string().contains("only 2 external (bit 15) events"),
+        "{e}"
+    );
+    let mut b = AEDAT3_HEADER.to_vec();
+    b.extend(packet_header(0, 8, 4, 0, 1, 1, 1));
+    b.extend([0u8; 8]);
+    b.extend(packet_header(1, 8, 4, 0, 1, 1, 0));
+    b.extend(polarity(1, 1, true, false, 5));
+    let e = parse_aedat3(Path::new("sp.aedat"), &b).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("only 2 non-polarity or invalid-marked events"),
+        "{e}"
+    );
+}
+
+#[test]
+fn directory_named_like_an_event_file_is_an_error() {
+    let d = TmpDir::new("v-dir");
+    let f = d.0.join("x.bin");
+    std::fs::create_dir_all(&f).unwrap();
+    let e = read_events(&f).unwrap_err();
+    assert!(matches!(e, DataError::NotAFile { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("x.bin: a directory, not an event file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn npy_and_aedat_invalid_events_are_dropped_and_counted() {
+    // .npy: a polarity 2, a negative t and a pixel beyond 65535 among 30.
+    let mut rows: Vec<i32> = (0..30).flat_map(|i| [100 * i, i, 2 * i, i % 2]).collect();
+    rows.extend([3000, 1, 1, 2, -5, 1, 1, 1, 3001, 70000, 1, 0]);
+    let r = parse_npy(
+        Path::new("r.npy"),
+        &npy("<i4", false, "(33, 4)", &i32s(&rows)),
+    )
+    .unwrap();
+    assert_eq!(r.events.len(), 30);
+    assert_eq!(
+        r.dropped.to_string(),
+        "pixel outside 0…65535: 1, polarity not 0, 1 or −1: 1, negative timestamp: 1"
+    );
+    // AEDAT 2.0: one DAVIS address among 20 is dropped, not fatal.
+    let mut recs: Vec<(u32, u32)> = (0..20).map(|i| (dvs128_addr(i, i, true), 10 * i)).collect();
+    recs.push((0x0001_0000, 200));
+    let r = parse_aedat2(Path::new("c.aedat"), &aedat2(&recs)).unwrap();
+    assert_eq!((r.events.len(), r.dropped.count(Reject::Address)), (20, 1));
+    // AEDAT 3.1 from a DVS128: x = 200 is outside 128×128; a negative
+    // timestamp is invalid; both dropped among 20.
+    let mut b = AEDAT3_HEADER.to_vec();
+    b.extend(packet_header(1, 8, 4, 0, 22, 22, 22));
+    for i in 0..20 {
+        b.extend(polarity(i, i, true, true, 10 * i as i32));
+    }
+    b.extend(polarity(200, 3, true, true, 300));
+    b.extend(polarity(3, 3, true, true, -1));
+    let r = parse_aedat3(Path::new("g.aedat"), &b).unwrap();
+    assert_eq!(r.events.len(), 20);
+    assert_eq!(r.dropped.to_string(), "x ≥ 128: 1, negative timestamp: 1");
+    // A packet type libcaer does not define: malformed, at its byte.
+    let mut b = AEDAT3_HEADER.to_vec();
+    b.extend(packet_header(77, 8, 4, 0, 1, 1, 1));
+    b.extend([0u8; 8]);
+    let e = parse_aedat3(Path::new("g.aedat"), &b).unwrap_err();
+    assert!(
+        matches!(e, DataError::Malformed { at, .. } if at == AEDAT3_HEADER.len() as u64),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("packet type 77"), "{e}");
+}
+
+/// An N-MNIST dataset folder: `n_train` files per class in Train/0 and
+/// Train/1, `n_test` in Test/0 and Test/1, each 5 valid events.
+fn good_folder(dir: &Path, n_train: usize, n_test: usize) {
+    for (split, n) in [("Train", n_train), ("Test", n_test)] {
+        for label in 0..2 {
+            for i in 0..n {
+                let recs: Vec<[u8; 5]> = (0..5)
+                    .map(|k| nmnist_record(k as u8 + label, 3, 1, 100 * k + i as u32))
+                    .collect();
+                write(
+                    &dir.join(format!("{split}/{label}/{i:05}.bin")),
+                    &cat(&recs),
+                );
+            }
+        }
+    }
+}
+
+fn load34() -> EventLoad {
+    EventLoad {
+        steps: 1,
+        width: 34,
+        height: 34,
+        binning: Binning::Time,
+        resize: Resize::Auto,
+    }
+}
+
+#[test]
+fn event_folder_rejects_bad_files_and_reports_why() {
+    let d = TmpDir::new("v-folder");
+    // 2 × 90 + 2 × 8 = 196 good files.
+    good_folder(&d.0, 90, 8);
+    // Two rejected files of 200: 1 %, still used.
+    std::fs::create_dir_all(d.0.join("Train/0/x.bin")).unwrap();
+    write(&d.0.join("Train/1/empty.bin"), &[]);
+    // Two files with an invalid event each: dropped.
+    let mut recs = nmnist_stream(20);
+    recs.push(nmnist_record(250, 1, 1, 40_000));
+    write(&d.0.join("Train/0/wide.bin"), &cat(&recs));
+    let mut recs = nmnist_stream(200);
+    recs.insert(50, nmnist_record(1, 1, 1, 8_000_000));
+    write(&d.0.join("Test/1/late.bin"), &cat(&recs));
+    let (split, report) = load_event_split(&d.0, load34(), None).unwrap();
+    assert_eq!(report.files, 200);
+    assert_eq!(split.train.len() + split.test.len(), 198);
+    assert_eq!(split.test.len(), 17);
+    assert_eq!(report.events, 196 * 5 + 21 + 201);
+    assert_eq!(
+        report.summary(),
+        "2 of 200 files rejected (1 a directory, 1 empty); 2 of 1,202 events dropped \
+         (x ≥ 34: 1, timestamp outlier: 1)"
+    );
+    let names: Vec<String> = report
+        .rejected
+        .iter()
+        .map(|r| r.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["x.bin", "empty.bin"]);
+    let text = report.render();
+    assert!(
+        text.starts_with("events: 2 of 200 files rejected"),
+        "{text}"
+    );
+    assert!(
+        text.contains("x.bin: a directory, not an event file"),
+        "{text}"
+    );
+    assert!(text.contains("empty.bin: no events: empty file"), "{text}");
+    assert!(!text.contains("make-events"), "no hint per file: {text}");
+    // The sample of Test/1/late.bin lasts 300 ms, not 8 s: binned by time
+    // into 1 frame, it holds all 200 events.
+    let ev_set = split.test.events.as_ref().unwrap();
+    assert_eq!(ev_set.spec.sensor, (34, 34));
+    // One more bad file (3 of 201): more than 1 %, refused, naming them.
+    write(&d.0.join("Test/0/noise.bin"), &[200u8; 10]);
+    let Err(e) = load_event_split(&d.0, load34(), None) else {
+        panic!("accepted with 3 of 201 files rejected")
+    };
+    assert!(matches!(e, DataError::TooManyRejected { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(
+            "3 of 201 files rejected (1 a directory, 1 empty, 1 mostly out of sensor 34×34)"
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("more than 1 % of the files, dataset refused"),
+        "{msg}"
+    );
+    for f in ["x.bin", "empty.bin", "noise.bin"] {
+        assert!(msg.contains(f), "{f}: {msg}");
+    }
+}
+
+#[test]
+fn event_folder_with_a_split_of_only_rejected_files_is_refused() {
+    let d = TmpDir::new("v-split");
+    good_folder(&d.0, 100, 0);
+    write(&d.0.join("Test/0/a.bin"), &[]);
+    let e = load_event_split(&d.0, load34(), None).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("1 of 201 files rejected (1 empty)"), "{msg}");
+    assert!(msg.contains("every file of"), "{msg}");
+    assert!(msg.contains("Test rejected"), "{msg}");
 }

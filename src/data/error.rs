@@ -122,4 +122,83 @@ pub enum DataError {
     /// vector), or a dataset whose fields disagree.
     #[error("{what}")]
     Invalid { what: String },
+
+    /// A file whose extension names no known format.
+    #[error(
+        "{}: unknown event file type `.{ext}`; expected .bin (N-MNIST), .aedat \
+         (AEDAT 2.0 or 3.1) or .npy (N×4 t, x, y, p)",
+        path.display()
+    )]
+    UnknownFormat { path: PathBuf, ext: String },
+
+    /// A directory (or another non-file) where a data file is expected.
+    #[error("{}: {what}, not an event file; {hint}", path.display())]
+    NotAFile {
+        path: PathBuf,
+        /// `"a directory"` or `"not a regular file"`.
+        what: String,
+        hint: String,
+    },
+
+    /// An event file without a single event: empty, a header alone, only
+    /// timestamp-overflow markers.
+    #[error("{}: no events: {what}; {hint}", path.display())]
+    NoEvents {
+        path: PathBuf,
+        /// The file's size in bytes (0: an empty file).
+        len: u64,
+        what: String,
+        hint: String,
+    },
+
+    /// An event file of which more than `max_percent` % of the events are
+    /// invalid (outside the sensor, bad polarity or address, timestamps
+    /// out of order or far outside the recording): refused as a whole.
+    #[error(
+        "{}: {invalid} of {total} events invalid, more than {max_percent} %: file refused \
+         ({}){note}; {hint}",
+        path.display(),
+        dropped.detailed()
+    )]
+    MostlyInvalid {
+        path: PathBuf,
+        invalid: usize,
+        total: usize,
+        max_percent: usize,
+        /// The invalid events by reason.
+        dropped: Box<super::events::Dropped>,
+        /// `""` or `"; …"`: what the file may be instead.
+        note: String,
+        hint: String,
+    },
+
+    /// An event file whose events span more time than a sample can hold.
+    #[error(
+        "{}: events span {span_us} µs ({:.1} min), more than the 2^32 µs (71.6 min) snnc holds \
+         per sample; {hint}",
+        path.display(),
+        *span_us as f64 / 60e6
+    )]
+    TooLong {
+        path: PathBuf,
+        span_us: u64,
+        hint: String,
+    },
+
+    /// An event dataset folder in which more than the allowed share of the
+    /// files were rejected.
+    #[error(
+        "{}: {summary}: more than {max_percent} % of the files, dataset refused; fix or remove \
+         them:\n{files}\n{hint}",
+        path.display()
+    )]
+    TooManyRejected {
+        path: PathBuf,
+        /// `"3 of 120 files rejected (…); …"`.
+        summary: String,
+        max_percent: usize,
+        /// One line per rejected file (the first few).
+        files: String,
+        hint: String,
+    },
 }

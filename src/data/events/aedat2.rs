@@ -18,14 +18,19 @@
 //! ```
 //!
 //! An address with bits above 15 set is not a DVS128 event (DAVIS cameras
-//! use a different layout); it is an error rather than a misread pixel.
+//! use a different layout): it is counted as invalid
+//! ([`super::Reject::Address`]) rather than misread as a pixel, so a
+//! DAVIS file is refused as mostly invalid.
 //! spikingjelly's CIFAR10-DVS loader decodes the same bits and then
 //! transposes the image (`x = 127 − y`, `y = 127 − x`); snnc keeps jAER's
 //! orientation.
 
 use std::path::Path;
 
-use super::{header_lines, malformed, truncated, DataError, Event, EVENTS_HINT};
+use super::{
+    header_lines, truncated, validate, DataError, Decoded, Dropped, Event, Format, Recording,
+    Reject, EVENTS_HINT,
+};
 
 /// Decodes a DVS128 address: `Some((x, y, p))`, or `None` for an external
 /// event (bit 15). Errors on bits above 15 (not a DVS128 address).
@@ -45,8 +50,9 @@ pub fn decode_dvs128(addr: u32) -> Result<Option<(u16, u16, u8)>, String> {
     Ok(Some((x, y, p)))
 }
 
-/// Decodes an AEDAT 2.0 file with DVS128 addresses.
-pub fn parse_aedat2(path: &Path, bytes: &[u8]) -> Result<Vec<Event>, DataError> {
+/// Reads an AEDAT 2.0 file with DVS128 addresses (128×128) and validates
+/// it (see the module doc of [`super`]).
+pub fn parse_aedat2(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
     let (lines, start) = header_lines(path, bytes)?;
     match lines.first() {
         Some(l) if l.starts_with(b"#!AER-DAT2.") => {}
@@ -77,6 +83,8 @@ pub fn parse_aedat2(path: &Path, bytes: &[u8]) -> Result<Vec<Event>, DataError> 
         ));
     }
     let mut events = Vec::with_capacity(body.len() / 8);
+    let mut dropped = Dropped::default();
+    let mut external = 0;
     let (mut wraps, mut prev) = (0u64, 0u32);
     for (i, r) in body.chunks_exact(8).enumerate() {
         let addr = u32::from_be_bytes([r[0], r[1], r[2], r[3]]);
@@ -85,16 +93,25 @@ pub fn parse_aedat2(path: &Path, bytes: &[u8]) -> Result<Vec<Event>, DataError> 
             wraps += 1;
         }
         prev = ts;
-        let at = start + 8 * i;
-        match decode_dvs128(addr).map_err(|m| malformed(path, at, m))? {
-            Some((x, y, p)) => events.push(Event {
+        match decode_dvs128(addr) {
+            Ok(Some((x, y, p))) => events.push(Event {
                 t: (wraps << 32) + u64::from(ts),
                 x,
                 y,
                 p,
             }),
-            None => continue,
+            Ok(None) => external += 1,
+            Err(m) => dropped.add(Reject::Address, || {
+                format!("at byte {}: {m}", start + 8 * i)
+            }),
         }
     }
-    Ok(events)
+    let decoded = Decoded {
+        events,
+        dropped,
+        skipped: external,
+        skipped_what: "external (bit 15) events",
+        sensor: Some((128, 128)),
+    };
+    validate(path, Format::Aedat2, bytes.len(), decoded)
 }

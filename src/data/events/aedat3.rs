@@ -15,27 +15,35 @@
 //! (bit 0 valid mark, bit 1 polarity with 1 = ON, bits 2–16 y, bits 17–31
 //! x) and an i32 timestamp in µs at `eventTSOffset`; the full timestamp is
 //! `eventTSOverflow << 31 | timestamp`. Events without the valid mark and
-//! packets of other types (special, frame, IMU, …) are skipped.
+//! packets of libcaer's other types (0–13: special, frame, IMU, …) are
+//! skipped; a packet type outside 0–13 is an error (a corrupt stream, or
+//! a custom type snnc cannot check). A polarity event with a negative
+//! timestamp is invalid ([`super::Reject::NegativeTime`]).
 //!
 //! The `#Source N: NAME` header line names the camera; DVS128, DAVIS240
 //! and DAVIS346 give the sensor size.
 
 use std::path::Path;
 
-use super::{malformed, truncated, DataError, Event, EVENTS_HINT};
+use super::{
+    malformed, truncated, validate, DataError, Decoded, Dropped, Event, Format, Recording, Reject,
+    EVENTS_HINT,
+};
 
 /// `(width, height)`.
 pub type Sensor = (u16, u16);
 
 const PACKET_HEADER: usize = 28;
 const POLARITY_EVENT: i16 = 1;
+/// libcaer's default event types are 0 (special) to 13 (4×4 matrix).
+const LAST_EVENT_TYPE: i16 = 13;
 
 fn le_i32(b: &[u8], at: usize) -> i32 {
     i32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// The sensor size of a camera named in a `#Source` line.
-fn sensor_of(name: &str) -> Option<(u16, u16)> {
+fn sensor_of(name: &str) -> Option<Sensor> {
     let n = name.to_ascii_uppercase();
     if n.contains("DVS128") {
         Some((128, 128))
@@ -48,9 +56,10 @@ fn sensor_of(name: &str) -> Option<(u16, u16)> {
     }
 }
 
-/// Decodes an AEDAT 3.1 file: its polarity events, and the sensor size if
-/// the header names a known camera.
-pub fn parse_aedat3(path: &Path, bytes: &[u8]) -> Result<(Vec<Event>, Option<Sensor>), DataError> {
+/// Reads an AEDAT 3.1 file: its polarity events, and the sensor size if
+/// the header names a known camera (the events are then validated against
+/// it; see the module doc of [`super`]).
+pub fn parse_aedat3(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
     let bad_header = |msg: String| DataError::BadHeader {
         path: path.to_path_buf(),
         msg,
@@ -94,6 +103,8 @@ pub fn parse_aedat3(path: &Path, bytes: &[u8]) -> Result<(Vec<Event>, Option<Sen
         }
     }
     let mut events = Vec::new();
+    let mut dropped = Dropped::default();
+    let mut skipped = 0usize;
     while pos < bytes.len() {
         if bytes.len() - pos < PACKET_HEADER {
             return Err(truncated(
@@ -111,6 +122,16 @@ pub fn parse_aedat3(path: &Path, bytes: &[u8]) -> Result<(Vec<Event>, Option<Sen
         let capacity = le_i32(h, 16);
         let number = le_i32(h, 20);
         let valid = le_i32(h, 24);
+        if !(0..=LAST_EVENT_TYPE).contains(&kind) {
+            return Err(malformed(
+                path,
+                pos,
+                format!(
+                    "packet type {kind} is not one of libcaer's event types 0–{LAST_EVENT_TYPE} \
+                     (a corrupt stream?)"
+                ),
+            ));
+        }
         if size < 0 || capacity < 0 || number < 0 || valid < 0 || overflow < 0 {
             return Err(malformed(
                 path,
@@ -158,15 +179,15 @@ pub fn parse_aedat3(path: &Path, bytes: &[u8]) -> Result<(Vec<Event>, Option<Sen
                 let e = &bytes[body + k * size..body + (k + 1) * size];
                 let data = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
                 if data & 1 == 0 {
+                    skipped += 1;
                     continue;
                 }
                 let ts = le_i32(e, ts_offset as usize);
                 if ts < 0 {
-                    return Err(malformed(
-                        path,
-                        body + k * size,
-                        format!("polarity event {k} of the packet has negative timestamp {ts}"),
-                    ));
+                    dropped.add(Reject::NegativeTime, || {
+                        format!("t = {ts} at byte {}", body + k * size)
+                    });
+                    continue;
                 }
                 events.push(Event {
                     t: ((overflow as u64) << 31) | ts as u64,
@@ -175,8 +196,17 @@ pub fn parse_aedat3(path: &Path, bytes: &[u8]) -> Result<(Vec<Event>, Option<Sen
                     p: ((data >> 1) & 1) as u8,
                 });
             }
+        } else {
+            skipped += number as usize;
         }
         pos = body + payload as usize;
     }
-    Ok((events, sensor))
+    let decoded = Decoded {
+        events,
+        dropped,
+        skipped,
+        skipped_what: "non-polarity or invalid-marked events",
+        sensor,
+    };
+    validate(path, Format::Aedat3, bytes.len(), decoded)
 }

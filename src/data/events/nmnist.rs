@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use super::{truncated, Event};
+use super::{truncated, validate, Decoded, Dropped, Event, Format, Recording};
 
 /// N-MNIST's sensor crop: 34×34 pixels.
 pub const NMNIST_SIDE: u16 = 34;
@@ -23,9 +23,11 @@ const OVERFLOW_Y: u8 = 240;
 const OVERFLOW_STEP: u64 = 1 << 13;
 const MAX_TS: u64 = (1 << 23) - 1;
 
-/// Decodes an N-MNIST `.bin` file. A length that is not a multiple of 5 is
-/// a truncation error.
-pub fn parse_nmnist(path: &Path, bytes: &[u8]) -> Result<Vec<Event>, super::DataError> {
+/// Reads an N-MNIST `.bin` file and validates it against the 34×34 sensor
+/// (see the module doc of [`super`]). A length that is not a multiple of 5
+/// is a truncation error; an empty file or one of only overflow markers is
+/// a [`super::DataError::NoEvents`].
+pub fn parse_nmnist(path: &Path, bytes: &[u8]) -> Result<Recording, super::DataError> {
     if !bytes.len().is_multiple_of(5) {
         let n = bytes.len() / 5;
         return Err(truncated(
@@ -40,9 +42,11 @@ pub fn parse_nmnist(path: &Path, bytes: &[u8]) -> Result<Vec<Event>, super::Data
     }
     let mut events = Vec::with_capacity(bytes.len() / 5);
     let mut base = 0u64;
+    let mut markers = 0;
     for r in bytes.chunks_exact(5) {
         if r[1] == OVERFLOW_Y {
             base += OVERFLOW_STEP;
+            markers += 1;
             continue;
         }
         let ts = (u64::from(r[2] & 0x7f) << 16) | (u64::from(r[3]) << 8) | u64::from(r[4]);
@@ -53,7 +57,14 @@ pub fn parse_nmnist(path: &Path, bytes: &[u8]) -> Result<Vec<Event>, super::Data
             p: r[2] >> 7,
         });
     }
-    Ok(events)
+    let decoded = Decoded {
+        events,
+        dropped: Dropped::default(),
+        skipped: markers,
+        skipped_what: "timestamp-overflow markers (y = 240)",
+        sensor: Some((NMNIST_SIDE, NMNIST_SIDE)),
+    };
+    validate(path, Format::NMnist, bytes.len(), decoded)
 }
 
 /// Encodes events in the N-MNIST format. Errors (naming the event) if a

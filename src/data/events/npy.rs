@@ -8,11 +8,15 @@
 //! order (`<`, `>`, `|`); C or Fortran order.
 //!
 //! Values: `t` ≥ 0 (µs), `0 ≤ x, y < 65536`, `p` ∈ {0, 1}, with −1 read as
-//! 0 (OFF) for datasets that store polarity as ±1.
+//! 0 (OFF) for datasets that store polarity as ±1. A row outside these is
+//! invalid ([`super::Reject`]: `NegativeTime`, `Pixel`, `Polarity`). The
+//! format names no sensor, so coordinates are not checked against one.
 
 use std::path::Path;
 
-use super::{malformed, truncated, DataError, Event, EVENTS_HINT};
+use super::{
+    truncated, validate, DataError, Decoded, Dropped, Event, Format, Recording, Reject, EVENTS_HINT,
+};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -34,8 +38,9 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     None
 }
 
-/// Decodes an `N × 4` `.npy` array of `(t, x, y, p)` rows.
-pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Vec<Event>, DataError> {
+/// Reads an `N × 4` `.npy` array of `(t, x, y, p)` rows and validates it
+/// (see the module doc of [`super`]).
+pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
     let bad = |msg: String| DataError::BadHeader {
         path: path.to_path_buf(),
         msg,
@@ -173,30 +178,32 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Vec<Event>, DataError> {
         (v, at)
     };
     let mut events = Vec::with_capacity(n);
+    let mut dropped = Dropped::default();
     for row in 0..n {
         let (t, at) = value(row, 0);
         let (x, _) = value(row, 1);
         let (y, _) = value(row, 2);
         let (p, _) = value(row, 3);
         if t < 0 || t > i128::from(u64::MAX) {
-            return Err(malformed(path, at, format!("row {row}: timestamp {t} < 0")));
+            dropped.add(Reject::NegativeTime, || {
+                format!("row {row} at byte {at}: timestamp {t}")
+            });
+            continue;
         }
         if !(0..65536).contains(&x) || !(0..65536).contains(&y) {
-            return Err(malformed(
-                path,
-                at,
-                format!("row {row}: pixel ({x}, {y}) out of range 0..65536"),
-            ));
+            dropped.add(Reject::Pixel, || {
+                format!("row {row} at byte {at}: pixel ({x}, {y}) out of range 0..65536")
+            });
+            continue;
         }
         let p = match p {
             1 => 1,
             0 | -1 => 0,
             _ => {
-                return Err(malformed(
-                    path,
-                    at,
-                    format!("row {row}: polarity {p} (expected 0, 1 or −1)"),
-                ))
+                dropped.add(Reject::Polarity, || {
+                    format!("row {row} at byte {at}: polarity {p}")
+                });
+                continue;
             }
         };
         events.push(Event {
@@ -206,5 +213,12 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Vec<Event>, DataError> {
             p,
         });
     }
-    Ok(events)
+    let decoded = Decoded {
+        events,
+        dropped,
+        skipped: 0,
+        skipped_what: "",
+        sensor: None,
+    };
+    validate(path, Format::Npy, bytes.len(), decoded)
 }
