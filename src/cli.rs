@@ -713,8 +713,15 @@ fn note(json: bool, msg: &str) {
     if json {
         eprintln!("{msg}");
     } else {
-        println!("{msg}");
+        say(msg);
     }
+}
+
+/// A line on standard output; a closed pipe does not stop (or crash) a
+/// training run.
+fn say(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{msg}");
 }
 
 /// The settings of a run in words.
@@ -1021,12 +1028,12 @@ fn train_inner(req: &TrainRequest) -> Result<bool, String> {
         return Ok(true);
     }
     if let (false, Some(last)) = (json, s.epochs.last()) {
-        println!(
+        say(&format!(
             "test accuracy {:.2}% after {} epochs (checkpoint and metrics.jsonl in {})",
             100.0 * last.test_acc,
             last.epoch,
             out.display()
-        );
+        ));
     }
     Ok(false)
 }

@@ -289,6 +289,25 @@ fn resume_before_the_first_checkpoint_restarts_the_run() {
     assert_eq!(again[0]["train_loss"], straight[0]["train_loss"]);
 }
 
+/// One process at a time trains in a run folder: a second `--resume` of a
+/// run in progress is refused (and leaves it alone).
+#[test]
+fn a_run_in_progress_is_not_resumed_twice() {
+    let d = TmpDir::new("locked");
+    let run = d.0.join("run");
+    let r = run.to_str().unwrap();
+    train(&config(1), &run, None, true).unwrap();
+    let held = snnc::runtime::rundir::lock(&run).unwrap();
+    let (code, _, err) = snnc(&["train", "--resume", r, "--epochs", "2"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("another snnc process is training"), "{err}");
+    assert_eq!(epochs_of(&run), [1]);
+    drop(held);
+    let (code, _, err) = snnc(&["train", "--resume", r, "--epochs", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(epochs_of(&run), [1, 2]);
+}
+
 // ------------------------------------------------------------- --resume
 
 /// Flags given with --resume must agree with the run; a finished run says

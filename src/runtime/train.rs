@@ -502,7 +502,8 @@ pub fn train_with(
         if !quiet {
             let eg = exe.graph(&graph);
             let mem = crate::passes::memplan::plan_fused(eg, &exe.plan);
-            println!(
+            let _ = writeln!(
+                std::io::stdout(),
                 "step: fused CPU plan ({}), {} kernels and {} library nodes, planned peak {:.1} MiB",
                 cfg.order,
                 exe.plan.kernels.len(),
@@ -855,14 +856,15 @@ fn run<'d>(
                     metrics_path.display()
                 )
             })?;
+        // Standard output gone (a closed pipe) does not stop the run: the
+        // metrics are in the run folder.
         if opts.json {
             let mut so = std::io::stdout().lock();
-            writeln!(so, "{line}")
-                .and_then(|()| so.flush())
-                .map_err(|e| format!("error: cannot write to standard output: {e}"))?;
+            let _ = writeln!(so, "{line}").and_then(|()| so.flush());
         }
         if !quiet {
-            println!(
+            let _ = writeln!(
+                std::io::stdout(),
                 "epoch {:>3}/{}: loss {:.4}, train {:.2}%, test {:.2}%, {:.1} s ({:.0} img/s)",
                 epoch + 1,
                 cfg.epochs,
