@@ -886,7 +886,18 @@ fn train_inner(req: &TrainRequest) -> Result<bool, String> {
         None
     };
     let (cfg, out, ck) = match &req.resume {
-        Some(dir) => {
+        Some(path) => {
+            // The run folder, also when given as its checkpoint file.
+            let dir = &match path.parent() {
+                Some(p) if path.is_file() => {
+                    if p.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        p.to_path_buf()
+                    }
+                }
+                _ => path.clone(),
+            };
             let (mut cfg, ck) = run_to_resume(dir)?;
             let bad = contradictions(req, &cfg, dir);
             if !bad.is_empty() {
@@ -974,6 +985,9 @@ fn train_inner(req: &TrainRequest) -> Result<bool, String> {
         }
         None => {
             let cfg = req.cfg.clone();
+            if cfg.epochs == 0 {
+                return Err("error: --epochs must be at least 1".into());
+            }
             let out = match &req.out {
                 Some(o) => {
                     // Fail before loading data; the claim itself is in the

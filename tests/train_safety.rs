@@ -224,6 +224,25 @@ fn out_into_an_existing_run_is_refused() {
     assert!(e.contains("already holds a run"), "{e}");
 }
 
+/// A run that fails before its first checkpoint (here: T = 0) leaves no
+/// folder behind to be mistaken for a run, so the next attempt can use it.
+#[test]
+fn a_run_that_fails_to_start_leaves_nothing_behind() {
+    let d = TmpDir::new("failed-start");
+    let (code, _, err) = snnc_in(&d.0, &["train", "-T", "0", "--epochs", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!d.0.join("runs/digits_mlp-rate-T0").exists());
+    let run = d.0.join("run");
+    let r = run.to_str().unwrap();
+    let (code, _, _) = snnc(&["train", "-T", "0", "--epochs", "1", "--out", r]);
+    assert_eq!(code, 1);
+    assert!(!run.exists(), "a failed start left `{r}`");
+    let (code, _, err) = snnc(&["train", "-T", "2", "--epochs", "1", "--out", r]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(epochs_of(&run), [1]);
+}
+
 // ------------------------------------------------- metrics vs checkpoint
 
 /// A crash between the checkpoint and the metrics line (either order), a
@@ -368,6 +387,11 @@ fn resume_refuses_contradicting_flags_and_says_when_finished() {
         "{out}"
     );
     assert_eq!(epochs_of(&run), [1, 2]);
+    // The checkpoint file stands for its folder.
+    let file = run.join("checkpoint.safetensors");
+    let (code, _, err) = snnc(&["train", "--resume", file.to_str().unwrap(), "--epochs", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(epochs_of(&run), [1, 2, 3]);
 }
 
 // ----------------------------------------------------- interrupted epochs

@@ -103,23 +103,65 @@ pub fn lock(dir: &Path) -> Result<RunLock, String> {
     }
 }
 
+/// A new run's hold on its folder: the lock, and until [`Claim::keep`]
+/// (the first checkpoint), the undoing of the claim when the run fails
+/// (dropped on an error or a panic): `config.json` and an empty
+/// `metrics.jsonl` removed, and the folder too if the run created it and
+/// it is empty. So a run that fails to start leaves nothing behind.
+#[derive(Debug)]
+pub struct Claim {
+    dir: PathBuf,
+    /// `Some(created the folder)` while the claim would be undone.
+    undo: Option<bool>,
+    _lock: RunLock,
+}
+
+impl Claim {
+    /// The run has saved a checkpoint: the folder stays whatever happens.
+    pub fn keep(&mut self) {
+        self.undo = None;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let Some(created) = self.undo else { return };
+        let _ = std::fs::remove_file(self.dir.join(CONFIG));
+        let metrics = self.dir.join(METRICS);
+        if std::fs::metadata(&metrics).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(&metrics);
+        }
+        if created {
+            let _ = std::fs::remove_file(self.dir.join(LOCK));
+            // Only when empty: `remove_dir` fails otherwise.
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
 /// Starts a new run in `dir`: creates it, takes its lock, refuses when it
 /// holds a run, and writes `config.json`.
-pub fn start(dir: &Path, config_json: &str) -> Result<RunLock, String> {
+pub fn start(dir: &Path, config_json: &str) -> Result<Claim, String> {
     if dir.exists() && !dir.is_dir() {
         return Err(format!(
             "error: `{}` is a file, not a run folder; pick another --out",
             dir.display()
         ));
     }
+    let created = !dir.exists();
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("error: cannot create `{}`: {e}", dir.display()))?;
     let lock = lock(dir)?;
     if let Some(f) = run_file(dir) {
         return Err(taken_error(dir, f));
     }
+    let claim = Claim {
+        dir: dir.to_path_buf(),
+        undo: Some(created),
+        _lock: lock,
+    };
     checkpoint::write_atomic(&dir.join(CONFIG), config_json.as_bytes())?;
-    Ok(lock)
+    Ok(claim)
 }
 
 /// The lines of `metrics.jsonl` that describe epochs `1..=epochs` of the
@@ -149,9 +191,9 @@ pub fn metrics_up_to(text: &str, epochs: usize) -> String {
 /// Brings `dir` back to what `ck` covers before a run continues there:
 /// takes the lock, removes temporary files a crash left, rewrites
 /// `metrics.jsonl` to exactly the checkpoint's epochs and `config.json` to
-/// the run's config. Returns the lock and the metrics text. Repairs are
+/// the run's config. Returns the hold on the folder and the metrics text. Repairs are
 /// reported on standard error.
-pub fn resume(dir: &Path, ck: &Checkpoint, config_json: &str) -> Result<(RunLock, String), String> {
+pub fn resume(dir: &Path, ck: &Checkpoint, config_json: &str) -> Result<(Claim, String), String> {
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("error: cannot create `{}`: {e}", dir.display()))?;
     let lock = lock(dir)?;
@@ -183,7 +225,12 @@ pub fn resume(dir: &Path, ck: &Checkpoint, config_json: &str) -> Result<(RunLock
         checkpoint::write_atomic(&path, metrics.as_bytes())?;
     }
     checkpoint::write_atomic(&dir.join(CONFIG), config_json.as_bytes())?;
-    Ok((lock, metrics))
+    let claim = Claim {
+        dir: dir.to_path_buf(),
+        undo: None,
+        _lock: lock,
+    };
+    Ok((claim, metrics))
 }
 
 #[cfg(test)]

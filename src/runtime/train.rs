@@ -603,10 +603,11 @@ fn run<'d>(
     }
     let config_json = serde_json::to_string(cfg).expect("config serialises");
     let config_pretty = serde_json::to_string_pretty(cfg).expect("config serialises") + "\n";
-    // The folder: a new run takes a free one; a resumed run's is brought
-    // back to what its checkpoint covers. Either way this process holds its
-    // lock until it returns.
-    let (_lock, mut history) = match &resume {
+    // The folder: a new run takes a free one (given back if the run fails
+    // before its first checkpoint); a resumed run's is brought back to what
+    // its checkpoint covers. Either way this process holds its lock until
+    // it returns.
+    let (mut claim, mut history) = match &resume {
         None => (rundir::start(out, &config_pretty)?, String::new()),
         Some(ck) => rundir::resume(out, ck, &config_pretty)?,
     };
@@ -805,6 +806,7 @@ fn run<'d>(
                             metrics: Some(history.clone()),
                         },
                     )?;
+                    claim.keep();
                     stopped_at = Some(bi + 1);
                     return Ok(true);
                 }
@@ -847,6 +849,7 @@ fn run<'d>(
                 metrics: Some(history.clone()),
             },
         )?;
+        claim.keep();
         writeln!(metrics_file, "{line}")
             .and_then(|()| metrics_file.sync_data())
             .map_err(|e| {
