@@ -10,6 +10,7 @@ use crate::passes::cost::graph_cost;
 use crate::passes::memplan;
 use crate::passes::rate::{rules::Tag, Mode, RegionStats};
 use crate::passes::schedule::SchedOpts;
+use crate::runtime::checkpoint::Checkpoint;
 use crate::runtime::train::TrainConfig;
 use crate::shape::{self, dims, Analysis, ShapeError};
 use crate::tensor::Tensor;
@@ -17,7 +18,7 @@ use crate::unroll::{self, Phase, UnrollConfig};
 use crate::{init, rng};
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Renders a shape error at its layer's position in the source.
 pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> String {
@@ -674,97 +675,391 @@ pub const DEFAULT_MODEL: (&str, &str) = (
     include_str!("../examples/models/digits_mlp.snn"),
 );
 
-/// `snnc train`: from a config, or resuming the run in `resume`.
-pub fn train(
-    cfg: Option<TrainConfig>,
-    out: &Path,
-    resume: Option<&Path>,
-    epochs: Option<usize>,
-    json: bool,
-    cuda: bool,
-) -> Result<(), String> {
+/// What `snnc train` was asked to do.
+pub struct TrainRequest {
+    /// The settings from the command line (defaults where a flag is not
+    /// given).
+    pub cfg: TrainConfig,
+    /// The flags given on the command line, by clap id (`lr`, `steps`,
+    /// `file`, `data_dir`, …): with `--resume`, these must agree with the
+    /// run's settings.
+    pub explicit: Vec<String>,
+    /// `--out`.
+    pub out: Option<PathBuf>,
+    /// `--resume`.
+    pub resume: Option<PathBuf>,
+    pub json: bool,
+    pub cuda: bool,
+}
+
+impl TrainRequest {
+    fn given(&self, id: &str) -> bool {
+        self.explicit.iter().any(|e| e == id)
+    }
+}
+
+/// The folder a run without `--out` would like: `runs/MODEL-MODE-TN`.
+pub fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
+    let stem = Path::new(&cfg.model_file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    PathBuf::from("runs").join(format!("{stem}-{}-T{}", cfg.mode, cfg.steps))
+}
+
+/// Informational lines: standard output, or standard error under `--json`
+/// (whose standard output is only the epochs' JSON).
+fn note(json: bool, msg: &str) {
+    if json {
+        eprintln!("{msg}");
+    } else {
+        say(msg);
+    }
+}
+
+/// A line on standard output; a closed pipe does not stop (or crash) a
+/// training run.
+fn say(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{msg}");
+}
+
+/// The settings of a run in words.
+fn describe_config(cfg: &TrainConfig) -> String {
+    format!(
+        "{} on {}{}, {} mode, T={}, batch {}, {} lr {} ({}), momentum {}, weight decay {}, \
+         seed {}, order {}{}",
+        cfg.model_file,
+        cfg.data,
+        cfg.data_dir
+            .as_ref()
+            .map(|d| format!(" ({})", d.display()))
+            .unwrap_or_default(),
+        cfg.mode,
+        cfg.steps,
+        cfg.batch,
+        format!("{:?}", cfg.optim.kind).to_lowercase(),
+        cfg.lr,
+        format!("{:?}", cfg.schedule).to_lowercase(),
+        cfg.optim.momentum,
+        cfg.optim.weight_decay,
+        cfg.seed,
+        cfg.order,
+        if cfg.paper_grad_scale {
+            ", paper grad scale"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The settings a flag sets: (clap id, flag as typed, value in a config).
+type Setting = (&'static str, &'static str, fn(&TrainConfig) -> String);
+
+/// Every setting of a run a `snnc train` flag gives (besides the model
+/// file, `--data-dir` and `--epochs`, which resume treats on their own).
+const SETTINGS: [Setting; 12] = [
+    ("data", "--data", |c| c.data.clone()),
+    ("mode", "--mode", |c| c.mode.to_string()),
+    ("steps", "-T", |c| c.steps.to_string()),
+    ("batch", "--batch", |c| c.batch.to_string()),
+    ("lr", "--lr", |c| c.lr.to_string()),
+    ("optimizer", "--optimizer", |c| {
+        format!("{:?}", c.optim.kind).to_lowercase()
+    }),
+    ("momentum", "--momentum", |c| c.optim.momentum.to_string()),
+    ("weight_decay", "--weight-decay", |c| {
+        c.optim.weight_decay.to_string()
+    }),
+    ("schedule", "--schedule", |c| {
+        format!("{:?}", c.schedule).to_lowercase()
+    }),
+    ("order", "--order", |c| c.order.to_string()),
+    ("seed", "--seed", |c| c.seed.to_string()),
+    ("paper_grad_scale", "--paper-grad-scale", |c| {
+        c.paper_grad_scale.to_string()
+    }),
+];
+
+/// The flags given with `--resume` that contradict the run's settings,
+/// one line each with both values.
+fn contradictions(req: &TrainRequest, run: &TrainConfig, dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if req.given("file") && req.cfg.model_source != run.model_source {
+        out.push(format!(
+            "FILE `{}` is not the model the run trains (`{}`, kept in its checkpoint)",
+            req.cfg.model_file, run.model_file
+        ));
+    }
+    for (id, flag, value) in SETTINGS {
+        if req.given(id) {
+            let (given, has) = (value(&req.cfg), value(run));
+            if given != has {
+                out.push(format!("{flag} {given} (the run has {has})"));
+            }
+        }
+    }
+    if let Some(o) = &req.out {
+        let same = match (o.canonicalize(), dir.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => o == dir,
+        };
+        if !same {
+            out.push(format!(
+                "--out {} (a resumed run stays in its folder, `{}`)",
+                o.display(),
+                dir.display()
+            ));
+        }
+    }
+    out
+}
+
+/// The run in `dir` to resume: its checkpoint, or, for a run that stopped
+/// before its first checkpoint, its `config.json` and a fresh start.
+fn run_to_resume(dir: &Path) -> Result<(TrainConfig, Checkpoint), String> {
+    let file = crate::runtime::checkpoint::file_of(dir);
+    if file.exists() {
+        let ck = crate::runtime::checkpoint::load(dir)?;
+        let cfg: TrainConfig = serde_json::from_str(&ck.config).map_err(|e| {
+            format!(
+                "error: the checkpoint `{}` has a bad config: {e}",
+                file.display()
+            )
+        })?;
+        return Ok((cfg, ck));
+    }
+    let config = dir.join(crate::runtime::rundir::CONFIG);
+    let text = std::fs::read_to_string(&config).map_err(|_| {
+        format!(
+            "error: `{}` holds no run to resume (no {} or {})",
+            dir.display(),
+            crate::runtime::checkpoint::FILE,
+            crate::runtime::rundir::CONFIG
+        )
+    })?;
+    let cfg: TrainConfig = serde_json::from_str(&text)
+        .map_err(|e| format!("error: `{}` is not a run config: {e}", config.display()))?;
+    let model = dsl::parse(&cfg.model_source, &cfg.model_file)
+        .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
+    let a = shape::analyze(&model)
+        .map_err(|e| render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
+    let ck = Checkpoint {
+        params: crate::runtime::train::initial_params(&a, cfg.seed),
+        optim: Default::default(),
+        epoch: 0,
+        batch_in_epoch: 0,
+        config: serde_json::to_string(&cfg).expect("config serialises"),
+        epoch_sums: None,
+        metrics: Some(String::new()),
+    };
+    Ok((cfg, ck))
+}
+
+/// `snnc train`: a new run, or the run in `--resume DIR` continued.
+/// `Ok(true)`: interrupted by Ctrl-C (the checkpoint saved, the message
+/// printed; the binary exits with 130).
+pub fn train(req: TrainRequest) -> Result<bool, String> {
+    crate::runtime::train::install_interrupt_handler();
+    match train_inner(&req) {
+        Err(e) if crate::runtime::train::interrupted() => {
+            eprintln!("{}", e.trim_end());
+            eprintln!("interrupted (Ctrl-C) before a checkpoint could be saved");
+            Ok(true)
+        }
+        r => r,
+    }
+}
+
+fn train_inner(req: &TrainRequest) -> Result<bool, String> {
+    let json = req.json;
     // The device first: without one, say so before any work.
-    let mut gpu = if cuda {
+    let mut gpu = if req.cuda {
         let c = crate::codegen::cuda::Cuda::new()
             .map_err(|e| format!("error: train --device cuda: {e}"))?;
-        if !json {
-            println!("on {}", crate::codegen::cuda::Backend::describe(&c));
-        }
+        note(
+            json,
+            &format!("on {}", crate::codegen::cuda::Backend::describe(&c)),
+        );
         Some(c)
     } else {
         None
     };
-    let (cfg, ck) = match resume {
-        Some(dir) => {
-            let ck = crate::runtime::checkpoint::load(dir)?;
-            let mut cfg: TrainConfig = serde_json::from_str(&ck.config).map_err(|e| {
-                format!(
-                    "error: the checkpoint in `{}` has a bad config: {e}",
-                    dir.display()
-                )
-            })?;
-            if let Some(e) = epochs {
-                cfg.epochs = e;
+    let (cfg, out, ck) = match &req.resume {
+        Some(path) => {
+            // The run folder, also when given as its checkpoint file.
+            let dir = &match path.parent() {
+                Some(p) if path.is_file() => {
+                    if p.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        p.to_path_buf()
+                    }
+                }
+                _ => path.clone(),
+            };
+            let (mut cfg, ck) = run_to_resume(dir)?;
+            let bad = contradictions(req, &cfg, dir);
+            if !bad.is_empty() {
+                return Err(format!(
+                    "error: --resume continues the run in `{}` with its own settings, and \
+                     these flags contradict them:\n{}\n  drop them to continue the run, or \
+                     start a new run (another --out)",
+                    dir.display(),
+                    bad.iter()
+                        .map(|b| format!("  {b}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ));
             }
-            if !json {
-                println!(
-                    "resuming {} ({} mode, T={}) from epoch {}{}",
-                    cfg.model_file,
-                    cfg.mode,
-                    cfg.steps,
-                    ck.epoch + 1,
+            let done = ck.epoch;
+            if req.given("epochs") {
+                let n = req.cfg.epochs;
+                if n <= done {
+                    return Err(format!(
+                        "error: --epochs {n}: the run in `{}` has already trained {done} \
+                         epoch(s); pass --epochs N with N > {done} to train further",
+                        dir.display()
+                    ));
+                }
+                if n != cfg.epochs {
+                    note(
+                        json,
+                        &format!(
+                            "epochs: {n} (--epochs; the run was set to {}{})",
+                            cfg.epochs,
+                            if cfg.schedule == crate::runtime::optim::Schedule::Const {
+                                String::new()
+                            } else {
+                                format!(
+                                    "; the {} schedule now spans {n} epochs",
+                                    format!("{:?}", cfg.schedule).to_lowercase()
+                                )
+                            }
+                        ),
+                    );
+                }
+                cfg.epochs = n;
+            } else if done >= cfg.epochs {
+                return Err(format!(
+                    "error: run already finished ({done}/{} epochs) in `{}`; pass --epochs N \
+                     to train further",
+                    cfg.epochs,
+                    dir.display()
+                ));
+            }
+            if req.given("data_dir") && req.cfg.data_dir != cfg.data_dir {
+                note(
+                    json,
+                    &format!(
+                        "data dir: {} (--data-dir; the run used {})",
+                        req.cfg
+                            .data_dir
+                            .as_ref()
+                            .map(|d| d.display().to_string())
+                            .unwrap_or_else(|| "the default".into()),
+                        cfg.data_dir
+                            .as_ref()
+                            .map(|d| d.display().to_string())
+                            .unwrap_or_else(|| "the default".into()),
+                    ),
+                );
+                cfg.data_dir = req.cfg.data_dir.clone();
+            }
+            note(
+                json,
+                &format!(
+                    "resuming `{}` at epoch {}/{}{}, with the run's settings: {}",
+                    dir.display(),
+                    done + 1,
+                    cfg.epochs,
                     if ck.batch_in_epoch > 0 {
-                        format!(", batch {}", ck.batch_in_epoch + 1)
+                        format!(" (batches 1–{} of it done)", ck.batch_in_epoch)
                     } else {
                         String::new()
-                    }
-                );
+                    },
+                    describe_config(&cfg)
+                ),
+            );
+            (cfg, dir.clone(), Some(ck))
+        }
+        None => {
+            let cfg = req.cfg.clone();
+            if cfg.epochs == 0 {
+                return Err("error: --epochs must be at least 1".into());
             }
-            (cfg, Some(ck))
+            let out = match &req.out {
+                Some(o) => {
+                    // Fail before loading data; the claim itself is in the
+                    // training loop.
+                    if let Some(f) = crate::runtime::rundir::run_file(o) {
+                        return Err(crate::runtime::rundir::taken_error(o, f));
+                    }
+                    o.clone()
+                }
+                None => {
+                    let base = default_run_dir(&cfg);
+                    let out = crate::runtime::rundir::fresh_dir(&base);
+                    if out != base {
+                        note(
+                            json,
+                            &format!(
+                                "`{}` holds an earlier run; this run goes to `{}`",
+                                base.display(),
+                                out.display()
+                            ),
+                        );
+                    }
+                    out
+                }
+            };
+            note(
+                json,
+                &format!(
+                    "training {}, {} epochs → {}",
+                    describe_config(&cfg),
+                    cfg.epochs,
+                    out.display()
+                ),
+            );
+            (cfg, out, None)
         }
-        None => (cfg.expect("a config when not resuming"), None),
     };
-    if !json && ck.is_none() {
-        println!(
-            "training {} on {} in {} mode, T={}, {} epochs, batch {}, {} lr {} ({}), seed {} → {}",
-            cfg.model_file,
-            cfg.data,
-            cfg.mode,
-            cfg.steps,
-            cfg.epochs,
-            cfg.batch,
-            format!("{:?}", cfg.optim.kind).to_lowercase(),
-            cfg.lr,
-            format!("{:?}", cfg.schedule).to_lowercase(),
-            cfg.seed,
-            out.display()
-        );
-    }
+    let opts = crate::runtime::train::TrainOptions {
+        quiet: json,
+        json,
+        stop_after_steps: None,
+    };
     let s = match gpu.as_mut() {
-        Some(c) => crate::runtime::train::train_on(&cfg, out, ck, json, c)?,
-        None => crate::runtime::train::train(&cfg, out, ck, json)?,
+        Some(c) => crate::runtime::train::train_on_with(&cfg, &out, ck, &opts, c)?,
+        None => crate::runtime::train::train_with(&cfg, &out, ck, &opts)?,
     };
-    if json {
-        for e in &s.epochs {
-            println!("{}", serde_json::to_string(e).expect("serialisable"));
-        }
-    } else if let Some(last) = s.epochs.last() {
-        println!(
+    if let Some((epoch, batch)) = s.interrupted {
+        eprintln!(
+            "{}",
+            crate::runtime::train::interrupted_message(&out, epoch, batch)
+        );
+        return Ok(true);
+    }
+    if let (false, Some(last)) = (json, s.epochs.last()) {
+        say(&format!(
             "test accuracy {:.2}% after {} epochs (checkpoint and metrics.jsonl in {})",
             100.0 * last.test_acc,
             last.epoch,
             out.display()
-        );
+        ));
     }
-    Ok(())
+    Ok(false)
 }
 
-/// `snnc eval CHECKPOINT`: test accuracy with the checkpoint's weights.
+/// `snnc eval CHECKPOINT`: test accuracy with the checkpoint's weights and
+/// the run's settings (batch, T, data, seed: what the result depends on),
+/// `data`, `data_dir` and `batch` overriding them.
 pub fn eval(
     checkpoint: &Path,
     data: Option<String>,
     data_dir: Option<std::path::PathBuf>,
-    batch: usize,
+    batch: Option<usize>,
     cuda: bool,
 ) -> Result<(), String> {
     let mut gpu = if cuda {
@@ -778,20 +1073,51 @@ pub fn eval(
     let ck = crate::runtime::checkpoint::load(checkpoint)?;
     let mut cfg: TrainConfig = serde_json::from_str(&ck.config)
         .map_err(|e| format!("error: bad config in checkpoint: {e}"))?;
+    let mut taken = vec![format!("T={}", cfg.steps), format!("seed {}", cfg.seed)];
+    let mut overridden = Vec::new();
+    let mut setting = |name: &str, run: String, given: Option<String>| match given {
+        Some(g) if g != run => overridden.push(format!("{name} {g} (the run used {run})")),
+        _ => taken.push(format!("{name} {run}")),
+    };
+    setting("batch", cfg.batch.to_string(), batch.map(|b| b.to_string()));
+    setting("data", cfg.data.clone(), data.clone());
+    let show = |d: &Option<PathBuf>| {
+        d.as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "default".into())
+    };
+    if data_dir.is_some() {
+        setting("data dir", show(&cfg.data_dir), Some(show(&data_dir)));
+    }
+    if let Some(b) = batch {
+        if b == 0 {
+            return Err("error: --batch must be at least 1".into());
+        }
+        cfg.batch = b;
+    }
     if let Some(d) = data {
         cfg.data = d;
     }
     if data_dir.is_some() {
         cfg.data_dir = data_dir;
     }
+    println!(
+        "eval: {} from the run{}",
+        taken.join(", "),
+        if overridden.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", overridden.join(", "))
+        }
+    );
     let model = dsl::parse(&cfg.model_source, &cfg.model_file)
         .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
     let split = crate::runtime::train::load_data(&cfg)?;
     let params: HashMap<String, Tensor<f32>> = ck.params.into_iter().collect();
     let mut ev = crate::runtime::train::Evaluator::new(&model, cfg.steps);
     let acc = match gpu.as_mut() {
-        Some(c) => ev.accuracy_on(c, &split.test, &params, batch)?,
-        None => ev.accuracy(&split.test, &params, batch)?,
+        Some(c) => ev.accuracy_on(c, &split.test, &params, cfg.batch)?,
+        None => ev.accuracy(&split.test, &params, cfg.batch)?,
     };
     println!(
         "{}: test accuracy {:.2}% on {} ({} samples), T={}",

@@ -1,6 +1,7 @@
 //! The `snnc` command line.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -119,8 +120,10 @@ enum Cmd {
         data: Option<String>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        #[arg(long, default_value_t = 128)]
-        batch: usize,
+        /// Batch size (default: the run's; with Poisson encoding the
+        /// accuracy depends on it).
+        #[arg(long)]
+        batch: Option<usize>,
         /// cpu: the fused CPU plan; cuda: the fusion plan on the CUDA
         /// executor (GPU 0).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
@@ -334,10 +337,13 @@ struct TrainArgs {
     order: SchedOpts,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run folder (checkpoint.safetensors, metrics.jsonl).
+    /// Run folder (config.json, checkpoint.safetensors, metrics.jsonl); must
+    /// not hold a run already. Default: runs/MODEL-MODE-TN, or the first
+    /// free runs/MODEL-MODE-TN-2, -3, … when that one is taken.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run saved in this folder.
+    /// Continue the run saved in this folder, with its settings (flags that
+    /// contradict them are an error; --epochs N extends it).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Divide rate-mode gradients by T, like the paper's official code.
@@ -408,7 +414,8 @@ fn keep_freed_memory() {}
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    let args = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let args = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match args.cmd {
         Cmd::Check { file, json } => cli::check(&file, json),
         Cmd::Graph {
@@ -463,7 +470,22 @@ fn main() -> ExitCode {
             f64,
             json,
         } => cli::run(&file, steps, batch, seed, f64, json),
-        Cmd::Train(a) => train(*a),
+        Cmd::Train(a) => {
+            // The flags given on the command line (with --resume, these
+            // must agree with the run's settings).
+            let sub = matches.subcommand_matches("train").expect("train");
+            let explicit: Vec<String> = sub
+                .ids()
+                .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .map(|id| id.to_string())
+                .collect();
+            match train(*a, explicit) {
+                // Interrupted: the checkpoint is saved and the message printed.
+                Ok(true) => return ExitCode::from(130),
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
         Cmd::Eval {
             checkpoint,
             data,
@@ -586,28 +608,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn train(a: TrainArgs) -> Result<(), String> {
-    let cuda = a.device == Device::Cuda;
-    let out = match (&a.out, &a.resume) {
-        (Some(o), _) => o.clone(),
-        (None, Some(r)) => r.clone(),
-        (None, None) => PathBuf::from("runs").join(format!(
-            "{}-{}-T{}",
-            a.file
-                .as_ref()
-                .and_then(|f| f.file_stem())
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "digits_mlp".into()),
-            Mode::from(a.mode),
-            a.steps
-        )),
-    };
-    if a.resume.is_some() {
-        let epochs = std::env::args()
-            .any(|x| x == "--epochs")
-            .then_some(a.epochs);
-        return cli::train(None, &out, a.resume.as_deref(), epochs, a.json, cuda);
-    }
+/// `snnc train`; `Ok(true)` when interrupted (exit code 130).
+fn train(a: TrainArgs, explicit: Vec<String>) -> Result<bool, String> {
     let (model_file, model_source) = match &a.file {
         Some(f) => (
             f.display().to_string(),
@@ -641,7 +643,14 @@ fn train(a: TrainArgs) -> Result<(), String> {
         paper_grad_scale: a.paper_grad_scale,
         order: a.order,
     };
-    cli::train(Some(cfg), &out, None, None, a.json, cuda)
+    cli::train(cli::TrainRequest {
+        cfg,
+        explicit,
+        out: a.out,
+        resume: a.resume,
+        json: a.json,
+        cuda: a.device == Device::Cuda,
+    })
 }
 
 /// The fusion plans' schedules among `plans` (the CUDA executor runs no

@@ -4,4 +4,5 @@ pub mod alloc;
 pub mod checkpoint;
 pub mod optim;
 pub mod plots;
+pub mod rundir;
 pub mod train;

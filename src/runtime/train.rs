@@ -15,8 +15,9 @@
 //! two copies of the parameters per step (resnet19: ~50 MB each way, a few
 //! ms on an H200's link, against ~0.4 s of step time at batch 128, T = 8).
 
-use super::checkpoint::{self, Checkpoint};
+use super::checkpoint::{self, Checkpoint, EpochSums};
 use super::optim::{OptimConfig, OptimState, Schedule};
+use super::rundir;
 use crate::codegen::cpu::compiled::Compiled;
 use crate::codegen::cuda::{Backend, Executor, Outputs};
 use crate::compile::{self, Options, Stage};
@@ -34,7 +35,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Everything that defines a run; saved in every checkpoint.
@@ -77,8 +77,61 @@ pub struct EpochMetrics {
 }
 
 pub struct Summary {
+    /// The epochs this call trained.
     pub epochs: Vec<EpochMetrics>,
-    pub interrupted: bool,
+    /// Set when the run stopped early (Ctrl-C, or
+    /// [`TrainOptions::stop_after_steps`]) after saving its checkpoint:
+    /// the epoch (from 1) and how many of its batches were trained.
+    pub interrupted: Option<(usize, usize)>,
+}
+
+/// How a training call reports and when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    /// No progress bar and no per-epoch lines.
+    pub quiet: bool,
+    /// One JSON object per epoch on standard output, written and flushed as
+    /// each epoch ends (no progress bar or text lines).
+    pub json: bool,
+    /// Stop as Ctrl-C does (save, report [`Summary::interrupted`]) once the
+    /// run has trained this many steps in all (for tests).
+    pub stop_after_steps: Option<u64>,
+}
+
+/// Set by Ctrl-C (SIGINT); the loop saves and stops after the step in
+/// progress.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Installs the Ctrl-C handler (once per process): the first Ctrl-C asks
+/// the loop to save and stop after the current step; a second one exits at
+/// once with code 130 (the last checkpoint is intact: it is written
+/// atomically, and resuming repairs the metrics).
+pub fn install_interrupt_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            if STOP.swap(true, Ordering::SeqCst) {
+                eprintln!(
+                    "interrupted again: exiting without saving (the last checkpoint is intact)"
+                );
+                std::process::exit(130);
+            }
+        });
+    });
+}
+
+/// Whether Ctrl-C was pressed.
+pub fn interrupted() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// What an interrupted run prints: where it saved and how to continue.
+pub fn interrupted_message(out: &Path, epoch: usize, batch: usize) -> String {
+    format!(
+        "interrupted: saved checkpoint at epoch {epoch} batch {batch}; resume with \
+         `snnc train --resume {}`",
+        out.display()
+    )
 }
 
 pub fn load_data(cfg: &TrainConfig) -> Result<Split, String> {
@@ -429,12 +482,28 @@ pub fn train(
     resume: Option<Checkpoint>,
     quiet: bool,
 ) -> Result<Summary, String> {
-    run(cfg, out, resume, quiet, |graph, keep| {
+    let opts = TrainOptions {
+        quiet,
+        ..TrainOptions::default()
+    };
+    train_with(cfg, out, resume, &opts)
+}
+
+/// [`train`] with its reporting and stopping options.
+pub fn train_with(
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: Option<Checkpoint>,
+    opts: &TrainOptions,
+) -> Result<Summary, String> {
+    let quiet = opts.quiet || opts.json;
+    run(cfg, out, resume, opts, |graph, keep| {
         let exe = Compiled::scheduled(&graph, &keep, cfg.order)?;
         if !quiet {
             let eg = exe.graph(&graph);
             let mem = crate::passes::memplan::plan_fused(eg, &exe.plan);
-            println!(
+            let _ = writeln!(
+                std::io::stdout(),
                 "step: fused CPU plan ({}), {} kernels and {} library nodes, planned peak {:.1} MiB",
                 cfg.order,
                 exe.plan.kernels.len(),
@@ -455,7 +524,22 @@ pub fn train_on<B: Backend>(
     quiet: bool,
     backend: &mut B,
 ) -> Result<Summary, String> {
-    run(cfg, out, resume, quiet, |graph, keep| {
+    let opts = TrainOptions {
+        quiet,
+        ..TrainOptions::default()
+    };
+    train_on_with(cfg, out, resume, &opts, backend)
+}
+
+/// [`train_on`] with its reporting and stopping options.
+pub fn train_on_with<B: Backend>(
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: Option<Checkpoint>,
+    opts: &TrainOptions,
+    backend: &mut B,
+) -> Result<Summary, String> {
+    run(cfg, out, resume, opts, |graph, keep| {
         // The same lowered graph and plan as the CPU's `Compiled`.
         let graph = crate::passes::fuse_time::lower(&graph, cfg.order);
         let plan = crate::passes::fuse_time::plan(&graph, &keep, cfg.order);
@@ -470,13 +554,21 @@ pub fn train_on<B: Backend>(
 
 /// The training loop on the engine `make` builds from the training graph
 /// and the nodes to keep (the spikes, for firing rates).
+///
+/// Crash safety: at each epoch's end the checkpoint (which carries the
+/// metrics of every epoch it covers) is written atomically first, then the
+/// epoch's line is appended to `metrics.jsonl`; resuming rewrites
+/// `metrics.jsonl` from the checkpoint, so the two agree however the
+/// process ended.
 fn run<'d>(
     cfg: &TrainConfig,
     out: &Path,
     resume: Option<Checkpoint>,
-    quiet: bool,
+    opts: &TrainOptions,
     make: impl FnOnce(Graph, Vec<NodeIndex>) -> Result<Box<dyn Engine + 'd>, String>,
 ) -> Result<Summary, String> {
+    install_interrupt_handler();
+    let quiet = opts.quiet || opts.json;
     let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
         .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
     let a = shape::analyze(&model)
@@ -509,11 +601,40 @@ fn run<'d>(
             split.train.len()
         ));
     }
-    std::fs::create_dir_all(out)
-        .map_err(|e| format!("error: cannot create `{}`: {e}", out.display()))?;
-    let (mut params, mut optim, start_epoch, skip) = match resume {
-        Some(ck) => (ck.params, ck.optim, ck.epoch, ck.batch_in_epoch),
-        None => (initial_params(&a, cfg.seed), OptimState::default(), 0, 0),
+    let config_json = serde_json::to_string(cfg).expect("config serialises");
+    let config_pretty = serde_json::to_string_pretty(cfg).expect("config serialises") + "\n";
+    // The folder: a new run takes a free one (given back if the run fails
+    // before its first checkpoint); a resumed run's is brought back to what
+    // its checkpoint covers. Either way this process holds its lock until
+    // it returns.
+    let (mut claim, mut history) = match &resume {
+        None => (rundir::start(out, &config_pretty)?, String::new()),
+        Some(ck) => rundir::resume(out, ck, &config_pretty)?,
+    };
+    let (mut params, mut optim, start_epoch, skip, sums) = match resume {
+        Some(ck) => {
+            if ck.batch_in_epoch > 0 && ck.epoch_sums.is_none() {
+                eprintln!(
+                    "warning: the checkpoint (an older snnc's) has no running sums for epoch \
+                     {}: its train loss and accuracy will cover batches {}.. only",
+                    ck.epoch + 1,
+                    ck.batch_in_epoch + 1
+                );
+            }
+            let sums = if ck.batch_in_epoch > 0 {
+                ck.epoch_sums.unwrap_or_default()
+            } else {
+                EpochSums::default()
+            };
+            (ck.params, ck.optim, ck.epoch, ck.batch_in_epoch, sums)
+        }
+        None => (
+            initial_params(&a, cfg.seed),
+            OptimState::default(),
+            0,
+            0,
+            EpochSums::default(),
+        ),
     };
     let graph = compile::compile(&model, &Options::new(cfg.steps, cfg.batch, cfg.mode))?.graph;
     let spike_nodes: Vec<NodeIndex> = graph
@@ -542,28 +663,20 @@ fn run<'d>(
         .filter(|p| p.trainable)
         .map(|p| p.name.clone())
         .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second registration (tests run several trainings) is harmless.
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
     let batches_per_epoch = split.train.len() / cfg.batch;
     let total = (cfg.epochs * batches_per_epoch).max(1) as f64;
+    let stop_at = |step: u64| {
+        STOP.load(Ordering::SeqCst) || opts.stop_after_steps.is_some_and(|n| step + 1 >= n)
+    };
+    let metrics_path = out.join(rundir::METRICS);
     let mut metrics_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(out.join("metrics.jsonl"))
-        .map_err(|e| {
-            format!(
-                "error: cannot open `{}`: {e}",
-                out.join("metrics.jsonl").display()
-            )
-        })?;
-    let config_json = serde_json::to_string(cfg).expect("config serialises");
+        .open(&metrics_path)
+        .map_err(|e| format!("error: cannot open `{}`: {e}", metrics_path.display()))?;
     let mut summary = Summary {
         epochs: Vec::new(),
-        interrupted: false,
+        interrupted: None,
     };
     let grad_scale = if cfg.paper_grad_scale && cfg.mode == Mode::Rate {
         1.0 / cfg.steps as f32
@@ -591,10 +704,17 @@ fn run<'d>(
             b.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
             b
         };
-        let (mut loss_sum, mut right, mut seen) = (0.0f64, 0usize, 0usize);
+        let first = if epoch == start_epoch { skip } else { 0 };
+        // A resumed epoch continues the sums of the batches before it.
+        let before = if first > 0 {
+            sums
+        } else {
+            EpochSums::default()
+        };
+        let (mut loss_sum, mut right, mut seen) = (before.loss_sum, before.correct, before.seen);
         let mut lr = cfg.lr;
         let mut rates = BTreeMap::new();
-        let first = if epoch == start_epoch { skip } else { 0 };
+        let mut stopped_at = None;
         let mut epoch_steps = |exe: &mut dyn Stepper| -> Result<bool, String> {
             for bi in first..batches_per_epoch {
                 let idx = &order[bi * cfg.batch..(bi + 1) * cfg.batch];
@@ -667,7 +787,7 @@ fn run<'d>(
                     100.0 * right as f64 / seen as f64,
                     seen as f64 / secs
                 ));
-                if stop.load(Ordering::SeqCst) && bi + 1 < batches_per_epoch {
+                if stop_at(step) && bi + 1 < batches_per_epoch {
                     bar.finish_and_clear();
                     checkpoint::save(
                         out,
@@ -677,26 +797,28 @@ fn run<'d>(
                             epoch,
                             batch_in_epoch: bi + 1,
                             config: config_json.clone(),
+                            epoch_sums: Some(EpochSums {
+                                loss_sum,
+                                correct: right,
+                                seen,
+                                seconds: before.seconds + started.elapsed().as_secs_f64(),
+                            }),
+                            metrics: Some(history.clone()),
                         },
                     )?;
-                    eprintln!(
-                    "interrupted: saved epoch {} batch {} to {}; continue with `snnc train --resume {}`",
-                    epoch + 1,
-                    bi + 1,
-                    out.display(),
-                    out.display()
-                );
+                    claim.keep();
+                    stopped_at = Some(bi + 1);
                     return Ok(true);
                 }
             }
             Ok(false)
         };
         if engine.with_stepper(&mut epoch_steps)? {
-            summary.interrupted = true;
+            summary.interrupted = stopped_at.map(|b| (epoch + 1, b));
             return Ok(summary);
         }
         bar.finish_and_clear();
-        let train_secs = started.elapsed().as_secs_f64();
+        let train_secs = before.seconds + started.elapsed().as_secs_f64();
         let pmap: HashMap<String, Tensor<f32>> =
             params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let test_acc = engine.accuracy(&mut eval, &split.test, &pmap, cfg.batch)?;
@@ -710,12 +832,11 @@ fn run<'d>(
             images_per_sec: seen as f64 / train_secs.max(1e-9),
             firing_rates: rates,
         };
-        writeln!(
-            metrics_file,
-            "{}",
-            serde_json::to_string(&m).expect("metrics serialise")
-        )
-        .map_err(|e| format!("error: cannot write metrics: {e}"))?;
+        let line = serde_json::to_string(&m).expect("metrics serialise");
+        history.push_str(&line);
+        history.push('\n');
+        // The checkpoint first (atomically, with the metrics it covers),
+        // then the line: a crash between the two is repaired on resume.
         checkpoint::save(
             out,
             &Checkpoint {
@@ -724,10 +845,29 @@ fn run<'d>(
                 epoch: epoch + 1,
                 batch_in_epoch: 0,
                 config: config_json.clone(),
+                epoch_sums: None,
+                metrics: Some(history.clone()),
             },
         )?;
+        claim.keep();
+        writeln!(metrics_file, "{line}")
+            .and_then(|()| metrics_file.sync_data())
+            .map_err(|e| {
+                format!(
+                    "error: cannot write `{}`: {e} (the checkpoint has the epoch's metrics; \
+                     `--resume` restores the file)",
+                    metrics_path.display()
+                )
+            })?;
+        // Standard output gone (a closed pipe) does not stop the run: the
+        // metrics are in the run folder.
+        if opts.json {
+            let mut so = std::io::stdout().lock();
+            let _ = writeln!(so, "{line}").and_then(|()| so.flush());
+        }
         if !quiet {
-            println!(
+            let _ = writeln!(
+                std::io::stdout(),
                 "epoch {:>3}/{}: loss {:.4}, train {:.2}%, test {:.2}%, {:.1} s ({:.0} img/s)",
                 epoch + 1,
                 cfg.epochs,
@@ -740,16 +880,16 @@ fn run<'d>(
         }
         summary.epochs.push(m);
         // Curves over the whole run (earlier sessions included, on resume).
-        let history: Vec<EpochMetrics> = std::fs::read_to_string(out.join("metrics.jsonl"))
-            .unwrap_or_default()
+        let curves: Vec<EpochMetrics> = history
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        if let Err(e) = super::plots::write(out, &history) {
+        if let Err(e) = super::plots::write(out, &curves) {
             eprintln!("warning: {e}");
         }
-        if stop.load(Ordering::SeqCst) {
-            summary.interrupted = true;
+        let last_step = ((epoch + 1) * batches_per_epoch) as u64 - 1;
+        if epoch + 1 < cfg.epochs && stop_at(last_step) {
+            summary.interrupted = Some((epoch + 1, batches_per_epoch));
             break;
         }
     }
