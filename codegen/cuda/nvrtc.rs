@@ -163,11 +163,7 @@ pub fn compile(src: &str, name: &str, opts: &[String]) -> Result<Compiled, Strin
     }
     let guard = Guard(prog);
     let to_string = |v: &[std::ffi::c_char]| -> String {
-        let bytes: Vec<u8> = v
-            .iter()
-            .map(|&c| c as u8)
-            .take_while(|&b| b != 0)
-            .collect();
+        let bytes: Vec<u8> = v.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
     // SAFETY: `prog` is a live program; options are plain strings.

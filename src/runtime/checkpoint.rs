@@ -219,10 +219,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
         )
     };
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e.to_string()))?;
-    let meta = meta
-        .metadata()
-        .clone()
-        .ok_or_else(|| bad("no metadata"))?;
+    let meta = meta.metadata().clone().ok_or_else(|| bad("no metadata"))?;
     let get = |k: &str| {
         meta.get(k)
             .cloned()

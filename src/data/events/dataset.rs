@@ -500,15 +500,17 @@ pub fn load_event_split(
         height: frames.height,
         resize: frames.resize,
     };
-    let build =
-        |rec: &mut Vec<Recording>, files: &[(PathBuf, u8)], split: &str| -> Result<Dataset, DataError> {
-            let streams: Vec<Vec<Event>> = rec.drain(..).map(|r| r.events).collect();
-            let s = EventSamples::new(&streams, spec).map_err(|m| DataError::Invalid {
-                what: format!("{}: {m}", dir.display()),
-            })?;
-            let labels = files.iter().map(|(_, l)| *l).collect();
-            Ok(s.into_dataset(format!("events:{}/{split}", dir.display()), labels, classes))
-        };
+    let build = |rec: &mut Vec<Recording>,
+                 files: &[(PathBuf, u8)],
+                 split: &str|
+     -> Result<Dataset, DataError> {
+        let streams: Vec<Vec<Event>> = rec.drain(..).map(|r| r.events).collect();
+        let s = EventSamples::new(&streams, spec).map_err(|m| DataError::Invalid {
+            what: format!("{}: {m}", dir.display()),
+        })?;
+        let labels = files.iter().map(|(_, l)| *l).collect();
+        Ok(s.into_dataset(format!("events:{}/{split}", dir.display()), labels, classes))
+    };
     let split = Split {
         train: build(&mut train_rec, &train_files, "train")?,
         test: build(&mut test_rec, &test_files, "test")?,
