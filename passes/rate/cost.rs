@@ -7,8 +7,16 @@
 //! backward e-node pays what its operands make it keep, plus its FLOPs. A
 //! per-step gradient from the region above costs its bytes too: using it
 //! means the region above must run per step.
+//!
+//! A third component only breaks ties: the number of `summed` leaves read.
+//! Such a leaf is a node the regions above built only for their readers;
+//! where a form that does without it costs the same (at an output layer
+//! whose incoming gradient is the same at every step, `δᵀ·Σ_t x_t` against
+//! `(Σ_t δ)ᵀ·mean_t x_t`), that form is taken. Without it the choice fell to
+//! the order in which egg's extractor visits e-classes, i.e. to e-class ids.
 
 use super::lang::{Head, Leaf, RGraph, RNode};
+use crate::ir::Op;
 use crate::passes::cost::{bytes, flops};
 use egg::{CostFunction, Id};
 
@@ -17,11 +25,11 @@ pub struct KeptThenFlops<'a> {
 }
 
 impl CostFunction<RNode> for KeptThenFlops<'_> {
-    type Cost = (f64, f64);
+    type Cost = (f64, f64, f64);
 
-    fn cost<C>(&mut self, enode: &RNode, mut costs: C) -> (f64, f64)
+    fn cost<C>(&mut self, enode: &RNode, mut costs: C) -> (f64, f64, f64)
     where
-        C: FnMut(Id) -> (f64, f64),
+        C: FnMut(Id) -> (f64, f64, f64),
     {
         let eg = self.egraph;
         let data = |c: Id| &eg[c].data;
@@ -29,33 +37,39 @@ impl CostFunction<RNode> for KeptThenFlops<'_> {
             Head::Leaf(kind, n) => {
                 let (shape, per_step, param) = &eg.analysis.leaves[n];
                 match kind {
-                    Leaf::Fwd if *param => (0.0, 0.0),
+                    Leaf::Fwd if *param => (0.0, 0.0, 0.0),
                     // One byte more than its size: with T = 1 a step's value
                     // and its time mean are the same size, and the mean
                     // (an accumulator) is the form the backward should read.
-                    Leaf::Fwd if *per_step => (bytes(shape) + 1.0, 0.0),
-                    Leaf::Fwd => (bytes(shape), 0.0),
-                    Leaf::Bnd if *per_step => (bytes(shape), 0.0),
-                    Leaf::Bnd | Leaf::Summed => (0.0, 0.0),
+                    Leaf::Fwd if *per_step => (bytes(shape) + 1.0, 0.0, 0.0),
+                    Leaf::Fwd => (bytes(shape), 0.0, 0.0),
+                    Leaf::Bnd if *per_step => (bytes(shape), 0.0, 0.0),
+                    Leaf::Bnd => (0.0, 0.0, 0.0),
+                    Leaf::Summed => (0.0, 0.0, 1.0),
                 }
             }
+            // A scale's constant is an attribute of the op it becomes.
+            Head::Num(_) => (0.0, 0.0, 0.0),
             head => {
                 let kids = &enode.children;
                 let shapes: Vec<&[usize]> =
                     kids.iter().map(|&c| data(c).shape.as_slice()).collect();
                 let out: Vec<usize> = match head {
                     Head::Op(k) => k.op.infer_shape(&shapes).ok().flatten().unwrap_or_default(),
+                    Head::Scale => shapes[1].to_vec(),
                     _ => shapes[0].to_vec(),
                 };
                 let own = match head {
                     Head::Op(k) => flops(&k.op, &shapes, &out),
+                    Head::Scale => flops(&Op::Scale(1.0), &shapes[1..], &out),
                     _ => shapes
                         .iter()
                         .map(|s| s.iter().product::<usize>() as f64)
                         .sum(),
                 };
-                let child: Vec<(f64, f64)> = kids.iter().map(|&c| costs(c)).collect();
+                let child: Vec<(f64, f64, f64)> = kids.iter().map(|&c| costs(c)).collect();
                 let below: f64 = child.iter().map(|c| c.1).sum::<f64>() + own;
+                let summed: f64 = child.iter().map(|c| c.2).sum();
                 if kids.iter().all(|&c| data(c).fwd_only) {
                     // Computed in the forward: keeping it costs its size,
                     // except when it only depends on parameters.
@@ -67,9 +81,9 @@ impl CostFunction<RNode> for KeptThenFlops<'_> {
                         // The extra byte, as for leaves, prefers time means.
                         bytes(&out) + if per_step { 1.0 } else { 0.0 }
                     };
-                    (kept, below)
+                    (kept, below, summed)
                 } else {
-                    (child.iter().map(|c| c.0).sum(), below)
+                    (child.iter().map(|c| c.0).sum(), below, summed)
                 }
             }
         }

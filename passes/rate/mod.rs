@@ -23,7 +23,7 @@ pub mod rules;
 
 use super::PassError;
 use crate::ir::{self, AdInfo, Graph, LayerId, NodeIndex, Op, Role};
-use egg::{Extractor, Id, Language, Runner, SimpleScheduler, StopReason};
+use egg::{Extractor, Id, Runner, SimpleScheduler, StopReason};
 use lang::{Head, Leaf, RGraph, RNode, RegionAnalysis};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -360,9 +360,7 @@ impl<'a> Region<'a> {
     }
 
     fn add(&mut self, n: RNode) -> Id {
-        let id = self.eg.add(n.clone());
-        self.eg.analysis.originals.entry(id).or_insert(n);
-        id
+        lang::add_node(&mut self.eg, n)
     }
 
     fn leaf(&mut self, kind: Leaf, n: NodeIndex) -> Id {
@@ -472,9 +470,23 @@ impl Rebuild<'_, '_, '_> {
                 self.region
             )));
         }
-        let best = self.ex.find_best_node(id).clone();
+        let mut best = self.ex.find_best_node(id).clone();
+        // `(scale k x)` is the IR's `scale[k](x)`.
+        if best.head == Head::Scale {
+            let k = self.eg[best.children[0]]
+                .data
+                .constant
+                .expect("a scale's factor is a constant");
+            best = RNode::op(Op::Scale(k), vec![best.children[1]]);
+        }
         let n = match &best.head {
             Head::Leaf(_, ix) => NodeIndex::new(*ix as usize),
+            Head::Num(_) | Head::Scale => {
+                return Err(fail(&format!(
+                    "region {}: extraction chose a bare constant",
+                    self.region
+                )))
+            }
             head => {
                 let mut args = Vec::with_capacity(best.children.len());
                 for &c in &best.children {
@@ -524,7 +536,7 @@ impl Rebuild<'_, '_, '_> {
                         k.op.clone(),
                         args.iter().filter_map(|&a| self.g.g[a].t).max(),
                     ),
-                    Head::Leaf(..) => unreachable!(),
+                    Head::Leaf(..) | Head::Num(_) | Head::Scale => unreachable!(),
                 };
                 let reduction = fwd && matches!(head, Head::TSum | Head::TMean);
                 let n = add_node(self.g, op, Some(self.layer), t, role, &args);
@@ -590,18 +602,11 @@ pub fn rewrite_forms(
     leaves: HashMap<u32, (Vec<usize>, bool, bool)>,
     rule_names: &[&str],
 ) -> Result<(Vec<String>, String), String> {
-    let mut eg = RGraph::new(RegionAnalysis {
-        leaves,
-        ..RegionAnalysis::default()
-    });
-    let mut ids = Vec::with_capacity(expr.len());
-    for node in expr.as_ref() {
-        let n = node.clone().map_children(|c| ids[usize::from(c)]);
-        let id = eg.add(n.clone());
-        eg.analysis.originals.entry(id).or_insert(n);
-        ids.push(id);
+    let mut eg = RGraph::new(RegionAnalysis { leaves });
+    if expr.as_ref().is_empty() {
+        return Err("empty expression".to_string());
     }
-    let root = *ids.last().ok_or("empty expression")?;
+    let root = lang::add_term(&mut eg, expr);
     let rules: Vec<_> = rules::rewrites(true)
         .into_iter()
         .filter(|r| rule_names.contains(&r.name.as_str()))
@@ -617,15 +622,22 @@ pub fn rewrite_forms(
     let eg = runner.egraph;
     let ex = Extractor::new(&eg, cost::KeptThenFlops { egraph: &eg });
     let root = eg.find(root);
+    let best = |c: Id| lang::raise(&ex.find_best(c).1);
     let mut forms: Vec<String> = eg[root]
         .nodes
         .iter()
         .map(|n| {
-            let kids: Vec<String> = n
-                .children
-                .iter()
-                .map(|&c| ex.find_best(c).1.to_string())
-                .collect();
+            // The root's form in IR notation, operands in their cheapest form.
+            let n = match (
+                &n.head,
+                eg[n.children.first().copied().unwrap_or(root)]
+                    .data
+                    .constant,
+            ) {
+                (Head::Scale, Some(k)) => RNode::op(Op::Scale(k), vec![n.children[1]]),
+                _ => n.clone(),
+            };
+            let kids: Vec<String> = n.children.iter().map(|&c| best(c).to_string()).collect();
             if kids.is_empty() {
                 n.to_string()
             } else {
@@ -634,5 +646,5 @@ pub fn rewrite_forms(
         })
         .collect();
     forms.sort();
-    Ok((forms, ex.find_best(root).1.to_string()))
+    Ok((forms, best(root).to_string()))
 }

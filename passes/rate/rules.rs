@@ -1,14 +1,25 @@
 //! The rewrite rules of the rate pass, each named and tagged.
 //!
-//! Time sums are n-ary, so the rules that look inside them are custom
-//! searchers/appliers: each rule looks at the e-nodes of one head in an
-//! e-class and returns new e-nodes equal to it. `bptt` mode runs the exact
-//! rules; `rate` mode adds `decorrelate`, the one approximation.
+//! The algebraic rules are egg patterns (`rewrite!`): `mul-comm`,
+//! `mul-assoc`, `scale-mul`, `scale-fold`, `scale-one`. A scale's constant is
+//! an operand (`(scale k x)`, `lang::Head::Scale`), so patterns bind it like
+//! any other; the analysis folds a scale of constants into one constant.
+//!
+//! The rules that look inside a time sum are custom searchers/appliers
+//! (`StepRule`): `tsum`/`tmean` have one child per step, T of them, and an
+//! egg pattern has a fixed arity and binds each child by position, so no
+//! pattern can say "every step's child has this form" for every T.
+//! `maxpool-mask` is custom as well, for another reason: its right-hand
+//! side's attributes come from the matched op's attributes and the input's
+//! shape, and a pattern can neither bind an attribute nor compute one.
+//!
+//! `bptt` mode runs the exact rules; `rate` mode adds `decorrelate`, the
+//! one approximation.
 
-use super::lang::{Head, RGraph, RNode};
+use super::lang::{self, Head, RGraph, RNode, RegionAnalysis};
 use crate::ir::Op;
-use egg::{Applier, Id, PatternAst, Rewrite, SearchMatches, Searcher, Subst, Symbol, Var};
-use std::collections::HashMap;
+use egg::{rewrite, Applier, Id, PatternAst, Rewrite, SearchMatches, Searcher, Subst, Symbol, Var};
+use std::collections::{HashMap, HashSet};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Tag {
@@ -16,30 +27,14 @@ pub enum Tag {
     Approximate,
 }
 
+type Rule = Rewrite<RNode, RegionAnalysis>;
+
 pub struct RuleInfo {
     pub name: &'static str,
     pub tag: Tag,
     pub identity: &'static str,
-    /// Which e-nodes the rule looks at.
-    want: fn(&RNode) -> bool,
-    /// New e-classes equal to the given e-node's class.
-    apply: fn(&mut RGraph, &RNode) -> Vec<Id>,
-}
-
-fn is_tsum(n: &RNode) -> bool {
-    n.head == Head::TSum
-}
-fn is_time(n: &RNode) -> bool {
-    matches!(n.head, Head::TSum | Head::TMean)
-}
-fn is_mul(n: &RNode) -> bool {
-    matches!(n.as_op(), Some(Op::Mul))
-}
-fn is_scale(n: &RNode) -> bool {
-    matches!(n.as_op(), Some(Op::Scale(_)))
-}
-fn is_maxpool_grad(n: &RNode) -> bool {
-    matches!(n.as_op(), Some(Op::MaxPoolGrad { .. }))
+    /// The rule egg runs, under the given name.
+    rule: fn(&'static str) -> Rule,
 }
 
 pub const RULES: &[RuleInfo] = &[
@@ -47,83 +42,157 @@ pub const RULES: &[RuleInfo] = &[
         name: "unroll-recurrence",
         tag: Tag::Exact,
         identity: "Σ_t x_t = Σ_t ρ_t·a_t when x_t = a_t + K_t·x_{t+1} (x_T = a_T), ρ_1 = 1, ρ_{t+1} = 1 + K_t·ρ_t; for LIF, K_t = λ·k_t by reset variant",
-        want: is_tsum,
-        apply: unroll_recurrence,
+        rule: |name| StepRule::rewrite(name, unroll_recurrence),
     },
     RuleInfo {
         name: "linear-hoist",
         tag: Tag::Exact,
         identity: "Σ_t L(d_t) = L(Σ_t d_t) for L linear in d_t with its other operands the same at every step (matmul, conv and pool gradients, channel sums and scales, reshape, sums); Σ_t c = T·c",
-        want: is_time,
-        apply: linear_hoist,
+        rule: |name| StepRule::rewrite(name, linear_hoist),
     },
     RuleInfo {
         name: "maxpool-mask",
         tag: Tag::Exact,
         identity: "maxpool_grad(x, δ) = k²·(mask(x) · avgpool_grad(δ)) for non-overlapping windows (stride = kernel)",
-        want: is_maxpool_grad,
-        apply: maxpool_mask,
+        rule: |name| {
+            Rewrite::new(name, MaxPoolMask, MaxPoolMask).expect("the rule binds no variables")
+        },
     },
     RuleInfo {
         name: "mul-comm",
         tag: Tag::Exact,
         identity: "a·b = b·a",
-        want: is_mul,
-        apply: mul_comm,
+        rule: |name| rewrite!(name; "(mul ?a ?b)" => "(mul ?b ?a)"),
     },
     RuleInfo {
         name: "mul-assoc",
         tag: Tag::Exact,
+        // One direction: with mul-comm it reaches the other,
+        // (a·b)·c = c·(a·b) → (c·a)·b = b·(c·a) → (b·c)·a = a·(b·c).
         identity: "a·(b·c) = (a·b)·c",
-        want: is_mul,
-        apply: mul_assoc,
+        rule: |name| rewrite!(name; "(mul ?a (mul ?b ?c))" => "(mul (mul ?a ?b) ?c)"),
     },
     RuleInfo {
         name: "scale-mul",
         tag: Tag::Exact,
         identity: "k·(a·b) = (k·a)·b, moving the constant onto the forward factor a (one direction, so rewriting terminates)",
-        want: is_scale,
-        apply: scale_mul,
+        // Only a per-step forward factor (a σ'_t meeting its ρ_t) is worth
+        // it; the narrower rule keeps rewriting finite. The factor may be
+        // either operand: mul-comm puts each in first place.
+        rule: |name| {
+            rewrite!(name; "(scale ?k (mul ?a ?b))" => "(mul (scale ?k ?a) ?b)"
+                if forward_step_times_gradient("?a", "?b"))
+        },
     },
     RuleInfo {
         name: "scale-fold",
         tag: Tag::Exact,
-        identity: "a·(b·x) = (a·b)·x; 1·x = x",
-        want: is_scale,
-        apply: scale_fold,
+        // `(scale ?a ?b)` of two constants is folded by the analysis.
+        identity: "a·(b·x) = (a·b)·x",
+        rule: |name| rewrite!(name; "(scale ?a (scale ?b ?x))" => "(scale (scale ?a ?b) ?x)"),
+    },
+    RuleInfo {
+        name: "scale-one",
+        tag: Tag::Exact,
+        identity: "1·x = x",
+        rule: |name| rewrite!(name; "(scale 1 ?x)" => "?x"),
     },
     RuleInfo {
         name: "decorrelate",
         tag: Tag::Approximate,
         identity: "Σ_t p_t·q_t ≈ (1/T)·(Σ_t p_t)·(Σ_t q_t) = mean_t(p_t)·Σ_t q_t for p forward-only and q carrying the gradient; also for the bilinear weight-gradient products (matmul, conv weight gradient)",
-        want: is_tsum,
-        apply: decorrelate,
+        rule: |name| StepRule::rewrite(name, decorrelate),
     },
 ];
 
-/// A rule as egg sees it: searcher and applier over one `RuleInfo`.
+/// The rules for a mode: the exact ones, plus `decorrelate` when
+/// approximate rules are allowed.
+pub fn rewrites(approximate: bool) -> Vec<Rule> {
+    RULES
+        .iter()
+        .filter(|r| approximate || r.tag == Tag::Exact)
+        .map(|r| (r.rule)(r.name))
+        .collect()
+}
+
+/// `?a` is a per-step forward value and `?b` carries the gradient.
+fn forward_step_times_gradient(a: &str, b: &str) -> impl Fn(&mut RGraph, Id, &Subst) -> bool {
+    let a: Var = a.parse().expect("a pattern variable");
+    let b: Var = b.parse().expect("a pattern variable");
+    move |eg: &mut RGraph, _: Id, s: &Subst| {
+        let (da, db) = (&eg[s[a]].data, &eg[s[b]].data);
+        da.fwd_only && da.per_step && !db.fwd_only
+    }
+}
+
+// ------------------------------------------------------------ custom rules
+
+/// A rule over the time reductions (`tsum`, `tmean`) of an e-class: it
+/// matches every class holding one, and `apply` returns new e-classes equal
+/// to the given time reduction.
 #[derive(Clone, Copy)]
-struct NodeRule {
-    want: fn(&RNode) -> bool,
+struct StepRule {
     apply: fn(&mut RGraph, &RNode) -> Vec<Id>,
 }
 
-impl Searcher<RNode, super::lang::RegionAnalysis> for NodeRule {
+impl StepRule {
+    fn rewrite(name: &'static str, apply: fn(&mut RGraph, &RNode) -> Vec<Id>) -> Rule {
+        let rule = StepRule { apply };
+        Rewrite::new(name, rule, rule).expect("the rule binds no variables")
+    }
+}
+
+fn is_time(n: &RNode) -> bool {
+    matches!(n.head, Head::TSum | Head::TMean)
+}
+
+/// Matches the e-classes holding an e-node `want` accepts.
+fn search_nodes<'a>(
+    eg: &RGraph,
+    eclass: Id,
+    want: fn(&RNode) -> bool,
+) -> Option<SearchMatches<'a, RNode>> {
+    eg[eclass].nodes.iter().any(want).then(|| SearchMatches {
+        eclass,
+        substs: vec![Subst::default()],
+        ast: None,
+    })
+}
+
+/// Unions the e-class with what `apply` makes of each of its e-nodes that
+/// `want` accepts.
+fn apply_nodes(
+    eg: &mut RGraph,
+    eclass: Id,
+    want: fn(&RNode) -> bool,
+    apply: fn(&mut RGraph, &RNode) -> Vec<Id>,
+) -> Vec<Id> {
+    let eclass = eg.find(eclass);
+    let nodes: Vec<RNode> = eg[eclass]
+        .nodes
+        .iter()
+        .filter(|n| want(n))
+        .cloned()
+        .collect();
+    let mut changed = Vec::new();
+    for n in nodes {
+        for id in apply(eg, &n) {
+            if eg.union(eclass, id) {
+                changed.push(id);
+            }
+        }
+    }
+    changed
+}
+
+impl Searcher<RNode, RegionAnalysis> for StepRule {
     fn search_eclass_with_limit(
         &self,
         egraph: &RGraph,
         eclass: Id,
         _limit: usize,
     ) -> Option<SearchMatches<'_, RNode>> {
-        egraph[eclass]
-            .nodes
-            .iter()
-            .any(|n| (self.want)(n))
-            .then(|| SearchMatches {
-                eclass,
-                substs: vec![Subst::default()],
-                ast: None,
-            })
+        search_nodes(egraph, eclass, is_time)
     }
 
     fn vars(&self) -> Vec<Var> {
@@ -131,7 +200,7 @@ impl Searcher<RNode, super::lang::RegionAnalysis> for NodeRule {
     }
 }
 
-impl Applier<RNode, super::lang::RegionAnalysis> for NodeRule {
+impl Applier<RNode, RegionAnalysis> for StepRule {
     fn apply_one(
         &self,
         egraph: &mut RGraph,
@@ -140,133 +209,56 @@ impl Applier<RNode, super::lang::RegionAnalysis> for NodeRule {
         _ast: Option<&PatternAst<RNode>>,
         _rule: Symbol,
     ) -> Vec<Id> {
-        let eclass = egraph.find(eclass);
-        let nodes: Vec<RNode> = egraph[eclass]
-            .nodes
-            .iter()
-            .filter(|n| (self.want)(n))
-            .cloned()
-            .collect();
-        let mut changed = Vec::new();
-        for n in nodes {
-            for id in (self.apply)(egraph, &n) {
-                if egraph.union(eclass, id) {
-                    changed.push(id);
-                }
-            }
-        }
-        changed
+        apply_nodes(egraph, eclass, is_time, self.apply)
     }
 }
 
-/// The rules for a mode: the exact ones, plus `decorrelate` when
-/// approximate rules are allowed.
-pub fn rewrites(approximate: bool) -> Vec<Rewrite<RNode, super::lang::RegionAnalysis>> {
-    RULES
-        .iter()
-        .filter(|r| approximate || r.tag == Tag::Exact)
-        .map(|r| {
-            let rule = NodeRule {
-                want: r.want,
-                apply: r.apply,
-            };
-            Rewrite::new(r.name, rule, rule).expect("rules bind no variables")
-        })
-        .collect()
+/// `maxpool-mask` (see the module doc for why it is not a pattern).
+#[derive(Clone, Copy)]
+struct MaxPoolMask;
+
+fn is_maxpool_grad(n: &RNode) -> bool {
+    matches!(n.as_op(), Some(Op::MaxPoolGrad { .. }))
+}
+
+impl Searcher<RNode, RegionAnalysis> for MaxPoolMask {
+    fn search_eclass_with_limit(
+        &self,
+        egraph: &RGraph,
+        eclass: Id,
+        _limit: usize,
+    ) -> Option<SearchMatches<'_, RNode>> {
+        search_nodes(egraph, eclass, is_maxpool_grad)
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        vec![]
+    }
+}
+
+impl Applier<RNode, RegionAnalysis> for MaxPoolMask {
+    fn apply_one(
+        &self,
+        egraph: &mut RGraph,
+        eclass: Id,
+        _subst: &Subst,
+        _ast: Option<&PatternAst<RNode>>,
+        _rule: Symbol,
+    ) -> Vec<Id> {
+        apply_nodes(egraph, eclass, is_maxpool_grad, maxpool_mask)
+    }
 }
 
 fn add_op(eg: &mut RGraph, op: Op, kids: Vec<Id>) -> Id {
-    eg.add(RNode::op(op, kids))
+    lang::add_node(eg, RNode::op(op, kids))
+}
+
+fn scale(eg: &mut RGraph, k: f64, x: Id) -> Id {
+    add_op(eg, Op::Scale(k), vec![x])
 }
 
 fn canon(eg: &RGraph, n: &RNode) -> Vec<Id> {
     n.children.iter().map(|&c| eg.find(c)).collect()
-}
-
-// ---------------------------------------------------------------- algebra
-
-fn mul_comm(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
-    let k = canon(eg, n);
-    vec![add_op(eg, Op::Mul, vec![k[1], k[0]])]
-}
-
-fn mul_assoc(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
-    let k = canon(eg, n);
-    let muls = |eg: &RGraph, c: Id| -> Vec<Vec<Id>> {
-        eg[c]
-            .nodes
-            .iter()
-            .filter(|m| matches!(m.as_op(), Some(Op::Mul)))
-            .map(|m| m.children.clone())
-            .collect()
-    };
-    let mut out = Vec::new();
-    // a·(b·c) → (a·b)·c
-    for bc in muls(eg, k[1]) {
-        let ab = add_op(eg, Op::Mul, vec![k[0], bc[0]]);
-        out.push(add_op(eg, Op::Mul, vec![ab, bc[1]]));
-    }
-    // (a·b)·c → a·(b·c)
-    for ab in muls(eg, k[0]) {
-        let bc = add_op(eg, Op::Mul, vec![ab[1], k[1]]);
-        out.push(add_op(eg, Op::Mul, vec![ab[0], bc]));
-    }
-    out
-}
-
-fn scale_mul(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
-    let Some(Op::Scale(c)) = n.as_op() else {
-        return vec![];
-    };
-    let c = *c;
-    let x = eg.find(n.children[0]);
-    let muls: Vec<Vec<Id>> = eg[x]
-        .nodes
-        .iter()
-        .filter(|m| matches!(m.as_op(), Some(Op::Mul)))
-        .map(|m| m.children.clone())
-        .collect();
-    let mut out = Vec::new();
-    for ab in muls {
-        for (f, g) in [(ab[0], ab[1]), (ab[1], ab[0])] {
-            // Only a per-step forward factor (a σ'_t meeting its ρ_t) is
-            // worth it; a narrower rule keeps rewriting finite.
-            if eg[f].data.fwd_only && eg[f].data.per_step && !eg[g].data.fwd_only {
-                let kf = add_op(eg, Op::Scale(c), vec![f]);
-                out.push(add_op(eg, Op::Mul, vec![kf, g]));
-            }
-        }
-    }
-    out
-}
-
-fn scale_fold(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
-    let Some(Op::Scale(a)) = n.as_op() else {
-        return vec![];
-    };
-    let a = *a;
-    let x = eg.find(n.children[0]);
-    if a == 1.0 {
-        return vec![x];
-    }
-    let inner: Vec<(f64, Id)> = eg[x]
-        .nodes
-        .iter()
-        .filter_map(|m| match m.as_op() {
-            Some(Op::Scale(b)) => Some((*b, m.children[0])),
-            _ => None,
-        })
-        .collect();
-    inner
-        .into_iter()
-        .map(|(b, y)| {
-            if a * b == 1.0 {
-                eg.find(y)
-            } else {
-                add_op(eg, Op::Scale(a * b), vec![y])
-            }
-        })
-        .collect()
 }
 
 fn maxpool_mask(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
@@ -291,20 +283,27 @@ fn maxpool_mask(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
         vec![k[1]],
     );
     let prod = add_op(eg, Op::Mul, vec![mask, up]);
-    vec![add_op(eg, Op::Scale((kernel * kernel) as f64), vec![prod])]
+    vec![scale(eg, (kernel * kernel) as f64, prod)]
 }
 
 // ----------------------------------------------------------- linear-hoist
 
 /// For an op whose result is linear in some operands when the others are
 /// fixed: the sets of operand positions that may vary over time.
-fn linear_positions(op: &Op, arity: usize) -> Vec<Vec<usize>> {
+fn linear_positions(head: &Head, arity: usize) -> Vec<Vec<usize>> {
+    let op = match head {
+        // k·x: the constant is the same at every step.
+        Head::Scale => return vec![vec![1]],
+        Head::Op(k) => &k.op,
+        _ => return vec![],
+    };
     match op {
-        Op::Scale(_)
-        | Op::Reshape { .. }
+        Op::Reshape { .. }
         | Op::ChannelSum
         | Op::ChannelBroadcast { .. }
-        | Op::AvgPoolGrad { .. } => vec![vec![0]],
+        | Op::AvgPoolGrad { .. } => {
+            vec![vec![0]]
+        }
         Op::Add | Op::Sub | Op::Sum | Op::BiasAdd => vec![(0..arity).collect()],
         Op::Mul
         | Op::MatMul { .. }
@@ -327,7 +326,7 @@ fn linear_hoist(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
     // accumulator the backward should read.
     if steps > 1 && kids.iter().all(|&k| k == kids[0]) {
         out.push(match n.head {
-            Head::TSum => add_op(eg, Op::Scale(steps as f64), vec![kids[0]]),
+            Head::TSum => scale(eg, steps as f64, kids[0]),
             _ => kids[0],
         });
         return out;
@@ -336,13 +335,12 @@ fn linear_hoist(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
     let firsts: Vec<RNode> = eg[kids[0]]
         .nodes
         .iter()
-        .filter(|m| m.as_op().is_some())
+        .filter(|m| matches!(m.head, Head::Op(_) | Head::Scale))
         .cloned()
         .collect();
     for m0 in firsts {
-        let op = m0.as_op().expect("filtered").clone();
         let m0k = canon(eg, &m0);
-        for vary in linear_positions(&op, m0k.len()) {
+        for vary in linear_positions(&m0.head, m0k.len()) {
             // One e-node per step with the same head whose fixed operands
             // are the same classes as step 0's.
             let mut rows = vec![m0k.clone()];
@@ -375,7 +373,10 @@ fn linear_hoist(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
                     children: col,
                 });
             }
-            out.push(add_op(eg, op.clone(), args));
+            out.push(eg.add(RNode {
+                head: m0.head.clone(),
+                children: args,
+            }));
         }
     }
     out
@@ -396,7 +397,7 @@ fn bilinear(op: &Op) -> bool {
 /// splits it, σ'ρ against δs, not σ' against ρ·δs).
 fn pure_gradient(eg: &RGraph, q: Id) -> bool {
     !eg[q].nodes.iter().any(|m| match m.as_op() {
-        Some(Op::Scale(_)) => true,
+        _ if m.head == Head::Scale => true,
         Some(Op::Mul) => m
             .children
             .iter()
@@ -495,7 +496,7 @@ fn coef_scale(eg: &mut RGraph, k: f64, a: Coef) -> Coef {
         Coef::Zero => Coef::Zero,
         Coef::Scalar(x) => Coef::Scalar(k * x),
         Coef::Tensor(t) if k == 1.0 => Coef::Tensor(t),
-        Coef::Tensor(t) => Coef::Tensor(add_op(eg, Op::Scale(k), vec![t])),
+        Coef::Tensor(t) => Coef::Tensor(scale(eg, k, t)),
     }
 }
 
@@ -504,123 +505,154 @@ fn coef_mul(eg: &mut RGraph, side: Id, a: Coef) -> Coef {
     match a {
         Coef::Zero => Coef::Zero,
         Coef::Scalar(1.0) => Coef::Tensor(side),
-        Coef::Scalar(x) => Coef::Tensor(add_op(eg, Op::Scale(x), vec![side])),
+        Coef::Scalar(x) => Coef::Tensor(scale(eg, x, side)),
         Coef::Tensor(t) => Coef::Tensor(add_op(eg, Op::Mul, vec![side, t])),
     }
 }
 
-/// Decomposes class `c` as `coef·var + rest`, reading the region's original
-/// e-nodes (an acyclic DAG); None if `c` is not affine in `var` with a
-/// forward-computable coefficient.
+/// How an e-class (or one of its e-nodes) reads in the recurrence
+/// variable.
+#[derive(Clone, Debug)]
+enum Form {
+    /// Does not reach the variable: `0·var + itself`.
+    Const,
+    /// `coef·var + rest`, reaching the variable.
+    Affine(Lin),
+    /// Reaches the variable, but not affinely with a forward-computable
+    /// coefficient.
+    NotAffine,
+    /// Reaches an e-class being decomposed (the e-graph has cycles once
+    /// rules have run, e.g. `1·x` in the class of `x`).
+    Cycle,
+}
+
+/// Decomposes e-class `c` as `coef·var + rest` by matching its e-nodes:
+/// the first e-node, in the class's order, that reaches `var` affinely
+/// gives the decomposition. A class none of whose e-nodes reaches `var` is
+/// a constant; one that reaches it only in other ways is `NotAffine`.
+/// Whichever e-node is used, the decomposition is an identity of the
+/// class's value.
 fn lin(
     eg: &mut RGraph,
-    orig: &HashMap<Id, RNode>,
     c: Id,
     var: Id,
-    memo: &mut HashMap<Id, Option<Lin>>,
-) -> Option<Lin> {
+    memo: &mut HashMap<Id, Form>,
+    visiting: &mut HashSet<Id>,
+) -> Form {
     let c = eg.find(c);
     if c == eg.find(var) {
-        return Some(Lin {
+        return Form::Affine(Lin {
             coef: Coef::Scalar(1.0),
             rest: None,
         });
     }
-    if let Some(l) = memo.get(&c) {
-        return l.clone();
+    if let Some(f) = memo.get(&c) {
+        return f.clone();
     }
-    // After unions an original node can reach its own class again: such a
-    // cycle is not a recurrence this rule can read.
-    memo.insert(c, None);
-    let constant = Some(Lin {
-        coef: Coef::Zero,
-        rest: Some(c),
-    });
-    let result = match orig
-        .iter()
-        .find(|(id, _)| eg.find(**id) == c)
-        .map(|(_, n)| n.clone())
-    {
-        None => constant,
-        Some(node) => {
-            let mut parts = Vec::new();
-            for &k in &node.children {
-                parts.push(lin(eg, orig, k, var, memo));
+    if !visiting.insert(c) {
+        return Form::Cycle;
+    }
+    let mut form = Form::Const;
+    let nodes = eg[c].nodes.clone();
+    for node in &nodes {
+        match lin_node(eg, node, var, memo, visiting) {
+            Form::Affine(l) => {
+                form = Form::Affine(l);
+                break;
             }
-            let depends = |l: &Option<Lin>| {
-                !matches!(
-                    l,
-                    Some(Lin {
-                        coef: Coef::Zero,
-                        ..
-                    })
-                )
+            Form::NotAffine => form = Form::NotAffine,
+            Form::Const | Form::Cycle => {}
+        }
+    }
+    visiting.remove(&c);
+    memo.insert(c, form.clone());
+    form
+}
+
+/// One e-node's `coef·var + rest`, from its operands'.
+fn lin_node(
+    eg: &mut RGraph,
+    node: &RNode,
+    var: Id,
+    memo: &mut HashMap<Id, Form>,
+    visiting: &mut HashSet<Id>,
+) -> Form {
+    let mut parts = Vec::with_capacity(node.children.len());
+    for &k in &node.children {
+        parts.push(lin(eg, k, var, memo, visiting));
+    }
+    if parts.iter().any(|p| matches!(p, Form::Cycle)) {
+        return Form::Cycle;
+    }
+    if parts.iter().all(|p| matches!(p, Form::Const)) {
+        return Form::Const;
+    }
+    if parts.iter().any(|p| matches!(p, Form::NotAffine)) {
+        return Form::NotAffine;
+    }
+    let parts: Vec<Lin> = node
+        .children
+        .iter()
+        .zip(parts)
+        .map(|(&k, p)| match p {
+            Form::Affine(l) => l,
+            _ => Lin {
+                coef: Coef::Zero,
+                rest: Some(eg.find(k)),
+            },
+        })
+        .collect();
+    let depends = |l: &Lin| !matches!(l.coef, Coef::Zero);
+    let lin = match (&node.head, node.as_op()) {
+        (_, Some(Op::Add | Op::Sum)) => {
+            // The rest stays one n-ary sum, the form in which the region's
+            // incoming gradients are summed.
+            let mut coef = Coef::Zero;
+            let mut rests = Vec::new();
+            for p in parts {
+                coef = coef_add(eg, coef, p.coef);
+                rests.extend(p.rest);
+            }
+            let rest = match rests.len() {
+                0 => None,
+                1 => Some(rests[0]),
+                _ => Some(add_op(eg, Op::Sum, rests)),
             };
-            if !parts.iter().any(depends) {
-                constant
-            } else if parts.iter().any(|p| p.is_none()) {
+            Some(Lin { coef, rest })
+        }
+        (_, Some(Op::Sub)) => {
+            let neg = coef_scale(eg, -1.0, parts[1].coef.clone());
+            let coef = coef_add(eg, parts[0].coef.clone(), neg);
+            let rest = match (parts[0].rest, parts[1].rest) {
+                (a, None) => a,
+                (None, Some(b)) => Some(scale(eg, -1.0, b)),
+                (Some(a), Some(b)) => Some(add_op(eg, Op::Sub, vec![a, b])),
+            };
+            Some(Lin { coef, rest })
+        }
+        (Head::Scale, _) => eg[node.children[0]].data.constant.map(|k| {
+            let coef = coef_scale(eg, k, parts[1].coef.clone());
+            let rest = parts[1].rest.map(|r| scale(eg, k, r));
+            Lin { coef, rest }
+        }),
+        (_, Some(Op::Mul)) => {
+            // Exactly one side depends on var; the other must be
+            // forward-computable to be a recurrence coefficient.
+            let (side, other) = if depends(&parts[0]) { (1, 0) } else { (0, 1) };
+            let side_id = eg.find(node.children[side]);
+            if depends(&parts[side]) || !eg[side_id].data.fwd_only {
                 None
             } else {
-                let parts: Vec<Lin> = parts.into_iter().map(|p| p.expect("checked")).collect();
-                match node.as_op() {
-                    Some(Op::Add | Op::Sum) => {
-                        // The rest stays one n-ary sum, the form in which
-                        // the region's incoming gradients are summed.
-                        let mut coef = Coef::Zero;
-                        let mut rests = Vec::new();
-                        for p in parts {
-                            coef = coef_add(eg, coef, p.coef);
-                            rests.extend(p.rest);
-                        }
-                        let rest = match rests.len() {
-                            0 => None,
-                            1 => Some(rests[0]),
-                            _ => Some(add_op(eg, Op::Sum, rests)),
-                        };
-                        Some(Lin { coef, rest })
-                    }
-                    Some(Op::Sub) => {
-                        let neg = coef_scale(eg, -1.0, parts[1].coef.clone());
-                        let coef = coef_add(eg, parts[0].coef.clone(), neg);
-                        let rest = match (parts[0].rest, parts[1].rest) {
-                            (a, None) => a,
-                            (None, Some(b)) => Some(add_op(eg, Op::Scale(-1.0), vec![b])),
-                            (Some(a), Some(b)) => Some(add_op(eg, Op::Sub, vec![a, b])),
-                        };
-                        Some(Lin { coef, rest })
-                    }
-                    Some(Op::Scale(k)) => {
-                        let k = *k;
-                        let coef = coef_scale(eg, k, parts[0].coef.clone());
-                        let rest = parts[0].rest.map(|r| add_op(eg, Op::Scale(k), vec![r]));
-                        Some(Lin { coef, rest })
-                    }
-                    Some(Op::Mul) => {
-                        // Exactly one side depends on var; the other must be
-                        // forward-computable to be a recurrence coefficient.
-                        let (side, other) = if depends(&Some(parts[0].clone())) {
-                            (1, 0)
-                        } else {
-                            (0, 1)
-                        };
-                        let side_id = eg.find(node.children[side]);
-                        if depends(&Some(parts[side].clone())) || !eg[side_id].data.fwd_only {
-                            None
-                        } else {
-                            let coef = coef_mul(eg, side_id, parts[other].coef.clone());
-                            let rest = parts[other]
-                                .rest
-                                .map(|r| add_op(eg, Op::Mul, vec![side_id, r]));
-                            Some(Lin { coef, rest })
-                        }
-                    }
-                    _ => None,
-                }
+                let coef = coef_mul(eg, side_id, parts[other].coef.clone());
+                let rest = parts[other]
+                    .rest
+                    .map(|r| add_op(eg, Op::Mul, vec![side_id, r]));
+                Some(Lin { coef, rest })
             }
         }
+        _ => None,
     };
-    memo.insert(c, result.clone());
-    result
+    lin.map_or(Form::NotAffine, Form::Affine)
 }
 
 fn unroll_recurrence(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
@@ -629,13 +661,12 @@ fn unroll_recurrence(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
     if steps < 2 {
         return vec![];
     }
-    let orig = eg.analysis.originals.clone();
     let mut terms = Vec::with_capacity(steps);
     let mut ks = Vec::with_capacity(steps);
     for t in 0..steps - 1 {
         let mut memo = HashMap::new();
-        match lin(eg, &orig, kids[t], kids[t + 1], &mut memo) {
-            Some(Lin {
+        match lin(eg, kids[t], kids[t + 1], &mut memo, &mut HashSet::new()) {
+            Form::Affine(Lin {
                 coef,
                 rest: Some(a),
             }) if !matches!(coef, Coef::Zero) => {
@@ -652,7 +683,7 @@ fn unroll_recurrence(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
     for (t, &a) in terms.iter().enumerate() {
         children.push(match &rho {
             Coef::Scalar(r) if *r == 1.0 => a,
-            Coef::Scalar(r) => add_op(eg, Op::Scale(*r), vec![a]),
+            Coef::Scalar(r) => scale(eg, *r, a),
             Coef::Tensor(r) => add_op(eg, Op::Mul, vec![*r, a]),
             Coef::Zero => unreachable!("ρ ≥ 1"),
         });
