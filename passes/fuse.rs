@@ -22,7 +22,7 @@
 //! Everything not fused stays a node of the plan and runs on the target's
 //! library kernels (GEMM, convolution, pooling, channel reductions, loss).
 
-use crate::codegen::kernel_ir::{self, BinOp, Expr, Func, Index, Kernel, Slot, Stmt};
+use crate::ir::kernel::{self as kir, BinOp, Expr, Func, Index, Kernel, Slot, Stmt};
 use crate::ir::{Graph, NodeIndex, Op, Role};
 use crate::model::SurrogateKind;
 use petgraph::visit::{EdgeRef, NodeIndexable};
@@ -882,7 +882,7 @@ fn build(
     // any; constants that vary within a run move to per-step tables.
     let skeleton = |b: &[Stmt]| {
         let mut b = b.to_vec();
-        kernel_ir::visit_consts(&mut b, &mut |e| *e = Expr::Const(0.0));
+        kir::visit_consts(&mut b, &mut |e| *e = Expr::Const(0.0));
         b
     };
     let mut runs: Vec<(usize, usize, Vec<Stmt>)> = Vec::new();
@@ -917,7 +917,7 @@ fn build(
             .map(|(_, b)| {
                 let mut b = b.clone();
                 let mut v = Vec::new();
-                kernel_ir::visit_consts(&mut b, &mut |e| {
+                kir::visit_consts(&mut b, &mut |e| {
                     if let Expr::Const(c) = e {
                         v.push(*c)
                     }
@@ -927,7 +927,7 @@ fn build(
             .collect();
         let mut body = bodies[0].1.clone();
         let mut j = 0;
-        kernel_ir::visit_consts(&mut body, &mut |e| {
+        kir::visit_consts(&mut body, &mut |e| {
             let first = per_body[0][j];
             if per_body.iter().any(|v| v[j].to_bits() != first.to_bits()) {
                 let mut table = vec![0.0f32; steps];

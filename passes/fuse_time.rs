@@ -183,7 +183,7 @@ impl Fused {
     /// The values step `t` reads and writes (the epilogue's writes belong
     /// to the loop's last step).
     pub fn step_access(&self, t: usize) -> (Vec<NodeIndex>, Vec<NodeIndex>) {
-        use crate::codegen::kernel_ir::{slots_of, Slot};
+        use crate::ir::kernel::{slots_of, Slot};
         let mut slots = Vec::new();
         for (lo, hi, body) in &self.kernel.runs {
             if (*lo..*hi).contains(&t) {

@@ -15,7 +15,7 @@
 //!   are free;
 //! - convolutions and their gradients take the scratch their kernels
 //!   allocate (im2col and gathered-gradient buffers, chunked to about 4 MiB)
-//!   for the duration of the node ([`workspace_bytes`]). The SGEMM
+//!   for the duration of the node ([`Workspace`]). The SGEMM
 //!   library's own packing buffers are not modelled.
 //!
 //! The peak is the largest sum of live bytes at any node (its operands, its
@@ -33,42 +33,22 @@ use std::fmt::Write;
 /// Arena offsets are multiples of this.
 pub const ALIGN: u64 = 64;
 
-/// Bytes of an f32 tensor of `shape`.
-pub fn value_bytes(shape: &[usize]) -> u64 {
-    4 * shape.iter().product::<usize>() as u64
+/// Scratch memory a backend's library kernels allocate while one op runs
+/// (convolution im2col buffers), given the operand shapes. The plan counts
+/// it for the duration of the node; each backend says how much it needs
+/// (`codegen::cpu::WORKSPACE`), so the plan lives here without depending on
+/// any backend.
+pub trait Workspace {
+    fn scratch_bytes(&self, op: &Op, ins: &[&[usize]]) -> u64;
 }
 
-/// Whether the node's value is owned by the caller (input or parameter) and
-/// read in place, not allocated by a run.
-pub fn resident(op: &Op) -> bool {
-    matches!(op, Op::Input { .. } | Op::Param { .. })
-}
+/// A backend whose kernels allocate no scratch.
+pub struct NoScratch;
 
-/// Ops that can write their result over their first operand (same size,
-/// each element computed from the same element of the operand).
-pub fn in_place(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Add
-            | Op::Sub
-            | Op::Mul
-            | Op::Scale(_)
-            | Op::AddScalar(_)
-            | Op::Detach
-            | Op::Spike { .. }
-            | Op::SurrogateGrad { .. }
-            | Op::BiasAdd
-            | Op::ChannelScale
-            | Op::Normalize { .. }
-            | Op::Sum
-            | Op::Reshape { .. }
-    )
-}
-
-/// Scratch bytes an op allocates while it runs in the CPU executor's
-/// kernels (convolution im2col buffers), given its operand shapes.
-pub fn workspace_bytes(op: &Op, ins: &[&[usize]]) -> u64 {
-    4 * crate::codegen::cpu::kernels::scratch_floats(op, ins) as u64
+impl Workspace for NoScratch {
+    fn scratch_bytes(&self, _: &Op, _: &[&[usize]]) -> u64 {
+        0
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -124,7 +104,7 @@ pub struct MemPlan {
 
 /// Plans `order` (a topological order of `g`); `keep` lists nodes whose
 /// values must survive the run besides the outputs.
-pub fn plan(g: &Graph, order: &[NodeIndex], keep: &[NodeIndex]) -> MemPlan {
+pub fn plan(g: &Graph, order: &[NodeIndex], keep: &[NodeIndex], ws: &dyn Workspace) -> MemPlan {
     let n = order.len();
     let mut pos = vec![usize::MAX; g.g.node_bound()];
     for (i, &v) in order.iter().enumerate() {
@@ -149,8 +129,8 @@ pub fn plan(g: &Graph, order: &[NodeIndex], keep: &[NodeIndex]) -> MemPlan {
     let mut in_place_count = 0;
     for (i, &v) in order.iter().enumerate() {
         let node = &g.g[v];
-        let bytes = value_bytes(&node.shape);
-        if resident(&node.op) {
+        let bytes = crate::ir::value_bytes(&node.shape);
+        if node.op.resident() {
             resident_bytes += bytes;
             continue;
         }
@@ -161,12 +141,12 @@ pub fn plan(g: &Graph, order: &[NodeIndex], keep: &[NodeIndex]) -> MemPlan {
         };
         let ops = g.operands(v);
         let shapes: Vec<&[usize]> = ops.iter().map(|o| g.g[*o].shape.as_slice()).collect();
-        let ws = workspace_bytes(&node.op, &shapes);
-        if ws > 0 {
+        let scratch = ws.scratch_bytes(&node.op, &shapes);
+        if scratch > 0 {
             buffers.push(Buffer {
                 kind: BufferKind::Workspace,
                 nodes: vec![i],
-                bytes: ws,
+                bytes: scratch,
                 start: i,
                 end: i,
                 offset: 0,
@@ -175,12 +155,12 @@ pub fn plan(g: &Graph, order: &[NodeIndex], keep: &[NodeIndex]) -> MemPlan {
         // Reuse the first operand's buffer when this node is its last use.
         if let Some(&first) = ops.first() {
             let p = pos[first.index()];
-            let reuse = in_place(&node.op)
-                && !resident(&g.g[first].op)
+            let reuse = node.op.in_place()
+                && !g.g[first].op.resident()
                 && last_use[p] == Some(i)
                 && ops.iter().filter(|&&o| o == first).count() == 1
                 && !kept.contains(&first)
-                && value_bytes(&g.g[first].shape) == bytes;
+                && crate::ir::value_bytes(&g.g[first].shape) == bytes;
             if reuse {
                 let b = buffer_of[p];
                 buffers[b].nodes.push(i);
@@ -253,7 +233,7 @@ fn finish(
 /// is freed after the last unit that reads it, and one no unit reads stays
 /// to the end; the outputs are copied out at the end. Positions are units;
 /// `order` is empty.
-pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan) -> MemPlan {
+pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan, ws: &dyn Workspace) -> MemPlan {
     use crate::passes::fuse::Unit;
     let mut written: HashSet<NodeIndex> = HashSet::new();
     // A kernel run one step at a time keeps its state between its first
@@ -265,15 +245,15 @@ pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan) -> MemPlan {
         .enumerate()
         .map(|(i, u)| match *u {
             // Inputs and parameters are read in place: resident, not values.
-            Unit::Node(v) if resident(&g.g[v].op) => (vec![], vec![], 0),
+            Unit::Node(v) if g.g[v].op.resident() => (vec![], vec![], 0),
             Unit::Node(v) => {
                 let mut reads = g.operands(v);
                 let shapes: Vec<&[usize]> =
                     reads.iter().map(|o| g.g[*o].shape.as_slice()).collect();
-                let ws = workspace_bytes(&g.g[v].op, &shapes);
+                let scratch = ws.scratch_bytes(&g.g[v].op, &shapes);
                 reads.sort();
                 reads.dedup();
-                (vec![v], reads, ws)
+                (vec![v], reads, scratch)
             }
             Unit::Kernel(k) => (plan.kernels[k].outputs(), plan.kernels[k].reads(), 0),
             Unit::Step(k, t) => {
@@ -316,7 +296,7 @@ pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan) -> MemPlan {
             buffers.push(Buffer {
                 kind: BufferKind::Value,
                 nodes: vec![i],
-                bytes: value_bytes(&g.g[v].shape),
+                bytes: crate::ir::value_bytes(&g.g[v].shape),
                 start: i,
                 end,
                 offset: 0,
@@ -338,7 +318,7 @@ pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan) -> MemPlan {
         buffers.push(Buffer {
             kind: BufferKind::Value,
             nodes: vec![],
-            bytes: value_bytes(&g.g[v].shape),
+            bytes: crate::ir::value_bytes(&g.g[v].shape),
             start: n,
             end: n,
             offset: 0,
@@ -519,8 +499,8 @@ impl Planned {
 }
 
 /// Lowers `g` for `opts`, orders it and plans its memory.
-pub fn build(g: &Graph, opts: SchedOpts) -> Planned {
+pub fn build(g: &Graph, opts: SchedOpts, ws: &dyn Workspace) -> Planned {
     let (graph, order) = schedule::schedule(g, opts);
-    let mem = plan(&graph, &order, &[]);
+    let mem = plan(&graph, &order, &[], ws);
     Planned { opts, graph, mem }
 }

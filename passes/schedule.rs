@@ -43,7 +43,7 @@
 //! as the nodes that need them allow; side branches that only feed time
 //! accumulators (the rate pass's `r`, `g`, `x̄`) follow their operands.
 
-use super::{memplan, Pass, PassError};
+use super::{Pass, PassError};
 use crate::ir::{Graph, Node, NodeIndex, Op, Role};
 use petgraph::visit::{EdgeRef, IntoEdgeReferences, NodeIndexable};
 use petgraph::Direction;
@@ -434,22 +434,20 @@ pub fn order(g: &Graph, schedule: Schedule) -> Vec<NodeIndex> {
         let node = &g.g[n];
         let ops = g.operands(n);
         let uses = |o: NodeIndex| ops.iter().filter(|&&p| p == o).count();
-        let dies = |o: NodeIndex| {
-            !memplan::resident(&g.g[o].op) && !kept.contains(&o) && left(o) == uses(o)
-        };
-        let out = memplan::value_bytes(&node.shape) as i64;
+        let dies = |o: NodeIndex| !g.g[o].op.resident() && !kept.contains(&o) && left(o) == uses(o);
+        let out = crate::ir::value_bytes(&node.shape) as i64;
         let mut seen = HashSet::new();
         let mut freed = 0i64;
         for &o in &ops {
             if seen.insert(o) && dies(o) {
-                freed += memplan::value_bytes(&g.g[o].shape) as i64;
+                freed += crate::ir::value_bytes(&g.g[o].shape) as i64;
             }
         }
         let in_place = ops.first().is_some_and(|&o| {
-            memplan::in_place(&node.op)
+            node.op.in_place()
                 && dies(o)
                 && uses(o) == 1
-                && memplan::value_bytes(&g.g[o].shape) == out as u64
+                && crate::ir::value_bytes(&g.g[o].shape) == out as u64
         });
         if in_place {
             -(freed - out)

@@ -2,8 +2,11 @@
 //! parses arguments). Errors come back as rendered text for stderr.
 
 use crate::compile;
-use crate::dsl::{self, Diagnostic};
+use crate::dsl;
+use crate::frontend::{load, render_shape_error};
+use crate::init;
 use crate::interp::{self, RunOptions};
+use crate::interp::{random_input, random_labels};
 use crate::ir::{self, Op};
 use crate::model::{Encoding, LayerKind, Model};
 use crate::passes::cost::graph_cost;
@@ -12,36 +15,12 @@ use crate::passes::rate::{rules::Tag, Mode, RegionStats};
 use crate::passes::schedule::SchedOpts;
 use crate::runtime::checkpoint::Checkpoint;
 use crate::runtime::train::TrainConfig;
-use crate::shape::{self, dims, Analysis, ShapeError};
+use crate::shape::{self, dims, Analysis};
 use crate::tensor::Tensor;
 use crate::unroll::{self, Phase, UnrollConfig};
-use crate::{init, rng};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
-
-/// Renders a shape error at its layer's position in the source.
-pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> String {
-    if e.pos.line == 0 {
-        return format!("error: {e}");
-    }
-    Diagnostic {
-        message: format!("layer {} `{}`: {}", e.path, e.keyword, e.message),
-        line: e.pos.line,
-        col: e.pos.col,
-        len: e.keyword.len() as u32,
-        hint: e.hint.clone(),
-    }
-    .render(file, source)
-}
-
-/// Parses and shape-checks a model file.
-pub fn load(path: &Path) -> Result<(Model, Analysis), String> {
-    let (model, source) = dsl::parse_file(path)?;
-    let analysis = shape::analyze(&model)
-        .map_err(|e| render_shape_error(&e, &path.display().to_string(), &source))?;
-    Ok((model, analysis))
-}
 
 fn describe(kind: &LayerKind) -> String {
     match kind {
@@ -236,7 +215,7 @@ pub fn graph(
                 cost.backward_flops / 1e9
             );
             let started = std::time::Instant::now();
-            let p = memplan::build(g, sched);
+            let p = memplan::build(g, sched, &crate::codegen::cpu::WORKSPACE);
             let _ = writeln!(
                 out,
                 "  memory plan ({sched}, {:.2} ms): peak {:.2} MiB, arena {:.2} MiB, resident (inputs, params) {:.2} MiB; {} buffers, {} nodes in place",
@@ -268,7 +247,7 @@ pub fn plan(
             use crate::passes::fuse_time;
             let g = fuse_time::lower(&c.graph, s);
             let plan = fuse_time::plan(&g, &[], s);
-            let mem = memplan::plan_fused(&g, &plan);
+            let mem = memplan::plan_fused(&g, &plan, &crate::codegen::cpu::WORKSPACE);
             mem.check_arena()
                 .map_err(|e| format!("error: internal: {e}"))?;
             if json {
@@ -283,7 +262,7 @@ pub fn plan(
             ));
         }
     };
-    let p = memplan::build(&c.graph, sched);
+    let p = memplan::build(&c.graph, sched, &crate::codegen::cpu::WORKSPACE);
     p.mem
         .check_arena()
         .map_err(|e| format!("error: internal: {e}"))?;
@@ -362,16 +341,6 @@ pub fn rules(json: bool) -> String {
         }
     }
     out
-}
-
-/// One-hot labels, seeded.
-pub fn random_labels(batch: usize, classes: usize, seed: u64) -> Tensor<f64> {
-    let mut r = rng::Rng::new(seed ^ 0x1abe1);
-    let mut t = Tensor::zeros(&[batch, classes]);
-    for b in 0..batch {
-        t.data[b * classes + r.below(classes)] = 1.0;
-    }
-    t
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -542,30 +511,6 @@ pub fn report(
         );
     }
     Ok(())
-}
-
-/// A random input batch for the graph's `x`: uniform [0, 1) intensities,
-/// or 0/1 event frames with 20 % density.
-pub fn random_input(g: &ir::Graph, events: bool, seed: u64) -> Tensor<f64> {
-    let shape =
-        g.g.node_weights()
-            .find(|n| matches!(&n.op, Op::Input { name } if name == "x"))
-            .expect("every unrolled graph has input x")
-            .shape
-            .clone();
-    let mut r = rng::Rng::new(seed ^ 0x1_0000_0001);
-    let n: usize = shape.iter().product();
-    let data = (0..n)
-        .map(|_| {
-            let u = r.uniform();
-            if events {
-                f64::from(u8::from(u < 0.2))
-            } else {
-                u
-            }
-        })
-        .collect();
-    Tensor::from_vec(&shape, data)
 }
 
 /// Mean spike count per neuron and step, per layer (layers without spikes
@@ -1230,7 +1175,10 @@ pub fn bench(
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
             for &sched in schedules {
                 let (planned, fused) = match sched {
-                    BenchPlan::Graph(opts) => (Some(memplan::build(&g, opts)), None),
+                    BenchPlan::Graph(opts) => (
+                        Some(memplan::build(&g, opts, &crate::codegen::cpu::WORKSPACE)),
+                        None,
+                    ),
                     BenchPlan::Fused(opts) => (
                         None,
                         Some(crate::codegen::cpu::compiled::Compiled::scheduled(
@@ -1244,7 +1192,10 @@ pub fn bench(
                     (Some(p), _) => (graph_cost(&p.graph), p.mem.clone()),
                     (None, Some(exe)) => {
                         let eg = exe.graph(&g);
-                        (graph_cost(eg), memplan::plan_fused(eg, &exe.plan))
+                        (
+                            graph_cost(eg),
+                            memplan::plan_fused(eg, &exe.plan, &crate::codegen::cpu::WORKSPACE),
+                        )
                     }
                     (None, None) => unreachable!("a plan was built"),
                 };
@@ -1358,19 +1309,16 @@ pub fn emit(
     let (model, _) = load(path)?;
     let g = compile::compile(&model, &compile::Options::new(steps, batch, mode))?.graph;
     let plan = fuse::fuse(&g);
-    let (ext, header, render): (
-        &str,
-        String,
-        fn(&crate::codegen::kernel_ir::Kernel) -> String,
-    ) = match target {
-        "c" => ("c", render_c::header(), render_c::kernel),
-        "cuda" => ("cu", render_cuda::header(), render_cuda::kernel),
-        t => {
-            return Err(format!(
-                "error: unknown target `{t}` (expected `c` or `cuda`)"
-            ))
-        }
-    };
+    let (ext, header, render): (&str, String, fn(&crate::ir::kernel::Kernel) -> String) =
+        match target {
+            "c" => ("c", render_c::header(), render_c::kernel),
+            "cuda" => ("cu", render_cuda::header(), render_cuda::kernel),
+            t => {
+                return Err(format!(
+                    "error: unknown target `{t}` (expected `c` or `cuda`)"
+                ))
+            }
+        };
     std::fs::create_dir_all(out)
         .map_err(|e| format!("error: cannot create {}: {e}", out.display()))?;
     let write = |name: &str, text: &str| {

@@ -9,6 +9,7 @@ pub mod compare;
 pub mod compile;
 pub mod data;
 pub mod dsl;
+pub mod frontend;
 pub mod init;
 pub mod interp;
 pub mod ir;

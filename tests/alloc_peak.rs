@@ -40,15 +40,15 @@ fn measured_peak_matches_the_plan() {
             let g = compile(&model, &Options::new(steps, batch, mode))
                 .unwrap()
                 .graph;
-            let x = snnc::cli::random_input(&g, false, 1).cast::<f32>();
-            let labels = snnc::cli::random_labels(batch, 10, 1).cast::<f32>();
+            let x = snnc::interp::random_input(&g, false, 1).cast::<f32>();
+            let labels = snnc::interp::random_labels(batch, 10, 1).cast::<f32>();
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
             for opts in [
                 SchedOpts::LAYER_MAJOR,
                 SchedOpts::TIME_MAJOR,
                 SchedOpts::TIME_MAJOR_RECOMPUTE,
             ] {
-                let p = memplan::build(&g, opts);
+                let p = memplan::build(&g, opts, &snnc::codegen::cpu::WORKSPACE);
                 // Warm up (thread pools allocate once), then measure.
                 let run = || cpu_run(&p, &inputs, &params);
                 drop(run());
@@ -73,7 +73,8 @@ fn measured_peak_matches_the_plan() {
             ] {
                 let exe = snnc::codegen::cpu::compiled::Compiled::scheduled(&g, &[], opts).unwrap();
                 let eg = exe.graph(&g);
-                let planned = memplan::plan_fused(eg, &exe.plan).peak_bytes as f64;
+                let planned = memplan::plan_fused(eg, &exe.plan, &snnc::codegen::cpu::WORKSPACE)
+                    .peak_bytes as f64;
                 let run = || {
                     exe.run(&g, &inputs, &params, &RunOptions { seed: 0 })
                         .unwrap()

@@ -41,10 +41,10 @@ fn check(model: &Model, steps: usize, batch: usize, mode: Mode, seed: u64) -> Re
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f32>> =
         snnc::init::cast_params(&snnc::init::init_params(&a, seed));
-    let mut x =
-        snnc::cli::random_input(&g, model.input.encoding == Encoding::Events, seed).cast::<f32>();
+    let mut x = snnc::interp::random_input(&g, model.input.encoding == Encoding::Events, seed)
+        .cast::<f32>();
     x.data.iter_mut().for_each(|v| *v *= 2.0);
-    let labels = snnc::cli::random_labels(batch, a.output[0], seed).cast::<f32>();
+    let labels = snnc::interp::random_labels(batch, a.output[0], seed).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     let opts = RunOptions { seed };
     let want = interp::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;

@@ -542,10 +542,10 @@ fn check_model(
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f32>> =
         snnc::init::cast_params(&snnc::init::init_params(&a, seed));
-    let mut x =
-        snnc::cli::random_input(&g, model.input.encoding == Encoding::Events, seed).cast::<f32>();
+    let mut x = snnc::interp::random_input(&g, model.input.encoding == Encoding::Events, seed)
+        .cast::<f32>();
     x.data.iter_mut().for_each(|v| *v *= 2.0);
-    let labels = snnc::cli::random_labels(batch, a.output[0], seed).cast::<f32>();
+    let labels = snnc::interp::random_labels(batch, a.output[0], seed).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     let opts = CheckOptions {
         fused: fused.is_some(),
@@ -676,12 +676,12 @@ fn the_arena_holds_the_planned_peak() {
     for name in ["digits_mlp", "fmnist_csnn"] {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{name}.snn"));
-        let (model, a) = snnc::cli::load(&path).unwrap();
+        let (model, a) = snnc::frontend::load(&path).unwrap();
         let params = snnc::init::cast_params::<f32>(&snnc::init::init_params(&a, 0));
         for mode in [Mode::Bptt, Mode::Rate] {
             let g = compile(&model, &Options::new(3, 2, mode)).unwrap().graph;
-            let x = snnc::cli::random_input(&g, false, 0).cast::<f32>();
-            let labels = snnc::cli::random_labels(2, a.output[0], 0).cast::<f32>();
+            let x = snnc::interp::random_input(&g, false, 0).cast::<f32>();
+            let labels = snnc::interp::random_labels(2, a.output[0], 0).cast::<f32>();
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
             let opts = RunOptions { seed: 0 };
             for schedule in SCHEDULES {
@@ -749,13 +749,13 @@ type Named = HashMap<String, Tensor<f32>>;
 /// the CPU executor's outputs (seed 0).
 fn fmnist_rate_case(steps: usize) -> (Graph, Named, Named, Named) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
-    let (model, a) = snnc::cli::load(&path).unwrap();
+    let (model, a) = snnc::frontend::load(&path).unwrap();
     let g = compile(&model, &Options::new(steps, 2, Mode::Rate))
         .unwrap()
         .graph;
     let params = snnc::init::cast_params::<f32>(&snnc::init::init_params(&a, 0));
-    let x = snnc::cli::random_input(&g, false, 0).cast::<f32>();
-    let labels = snnc::cli::random_labels(2, 10, 0).cast::<f32>();
+    let x = snnc::interp::random_input(&g, false, 0).cast::<f32>();
+    let labels = snnc::interp::random_labels(2, 10, 0).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     let want = snnc::codegen::cpu::run(&g, &inputs, &params, &RunOptions { seed: 0 }).unwrap();
     (g, params, inputs, want)
@@ -816,7 +816,7 @@ fn fused_runs_reuse_buffers_and_tables() {
 fn the_emulator_checks_pointer_tables() {
     let Some(mut emu) = emu() else { return };
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/digits_mlp.snn");
-    let (model, _) = snnc::cli::load(&path).unwrap();
+    let (model, _) = snnc::frontend::load(&path).unwrap();
     let g = compile(&model, &Options::new(1, 2, Mode::Rate))
         .unwrap()
         .graph;
@@ -892,14 +892,14 @@ fn close_to_the_f64_interpreter() {
     for (name, steps) in [("digits_mlp", 3), ("fmnist_csnn", 2)] {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{name}.snn"));
-        let (model, a) = snnc::cli::load(&path).unwrap();
+        let (model, a) = snnc::frontend::load(&path).unwrap();
         let g = compile(&model, &Options::new(steps, 2, Mode::Bptt))
             .unwrap()
             .graph;
         let p64 = snnc::init::init_params(&a, 0);
         let p32 = snnc::init::cast_params::<f32>(&p64);
-        let x = snnc::cli::random_input(&g, false, 0);
-        let labels = snnc::cli::random_labels(2, a.output[0], 0);
+        let x = snnc::interp::random_input(&g, false, 0);
+        let labels = snnc::interp::random_labels(2, a.output[0], 0);
         let in64 = HashMap::from([
             ("x".to_string(), x.clone()),
             ("labels".to_string(), labels.clone()),

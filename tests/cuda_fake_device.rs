@@ -89,7 +89,7 @@ impl Fake {
         for m in models {
             let path =
                 Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{m}.snn"));
-            let (model, _) = snnc::cli::load(&path).unwrap();
+            let (model, _) = snnc::frontend::load(&path).unwrap();
             for mode in [Mode::Bptt, Mode::Rate] {
                 for &t in steps {
                     let g = snnc::compile::compile(

@@ -35,8 +35,8 @@ fn lowering_is_exact(model: &Model, steps: usize, mode: Mode, seed: u64) -> Resu
     snnc::ir::verify(&low).map_err(|e| format!("lowered graph: {e}"))?;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f64>> = snnc::init::init_params(&a, seed);
-    let x = snnc::cli::random_input(&g, model.input.encoding == Encoding::Events, seed);
-    let labels = snnc::cli::random_labels(2, a.output[0], seed);
+    let x = snnc::interp::random_input(&g, model.input.encoding == Encoding::Events, seed);
+    let labels = snnc::interp::random_labels(2, a.output[0], seed);
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     let opts = RunOptions { seed };
     let v0 = interp::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
@@ -114,7 +114,7 @@ fn check(g: &Graph, plan: &Plan) -> Result<(), String> {
             return Err(format!("output {name} never computed"));
         }
     }
-    memplan::plan_fused(g, plan).check_arena()?;
+    memplan::plan_fused(g, plan, &snnc::codegen::cpu::WORKSPACE).check_arena()?;
     Ok(())
 }
 

@@ -38,8 +38,8 @@ fn check(name: &str, steps: usize, batch: usize, seed: u64) {
         };
         t.data.iter_mut().for_each(|v| *v *= f);
     }
-    let mut x =
-        snnc::cli::random_input(&g, model.input.encoding == Encoding::Events, seed).cast::<f32>();
+    let mut x = snnc::interp::random_input(&g, model.input.encoding == Encoding::Events, seed)
+        .cast::<f32>();
     // Strong enough input that every layer spikes.
     x.data.iter_mut().for_each(|v| *v *= 3.0);
     let inputs = HashMap::from([("x".to_string(), x)]);

@@ -45,8 +45,8 @@ fn same_outputs(
     let (before, after) = graphs(model, steps, batch, mode);
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f64>> = snnc::init::init_params(&a, seed);
-    let x = snnc::cli::random_input(&before, model.input.encoding == Encoding::Events, seed);
-    let labels = snnc::cli::random_labels(batch, a.output[0], seed);
+    let x = snnc::interp::random_input(&before, model.input.encoding == Encoding::Events, seed);
+    let labels = snnc::interp::random_labels(batch, a.output[0], seed);
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     let opts = RunOptions { seed };
     let v0 = interp::run(&before, &inputs, &params, &opts).map_err(|e| e.to_string())?;

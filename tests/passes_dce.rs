@@ -37,7 +37,7 @@ fn add_dead(g: &mut Graph, k: usize) -> usize {
 fn logits(g: &Graph, model: &snnc::model::Model, seed: u64) -> Tensor<f64> {
     let a = shape::analyze(model).unwrap();
     let params = init::init_params(&a, seed);
-    let x = snnc::cli::random_input(
+    let x = snnc::interp::random_input(
         g,
         model.input.encoding == snnc::model::Encoding::Events,
         seed,

@@ -32,7 +32,7 @@ fn setup(model: &Model, steps: usize, batch: usize, seed: u64) -> Setup {
     let g = autodiff::autodiff(&unroll_with(model, &cfg).unwrap()).unwrap();
     let a = shape::analyze(model).unwrap();
     let params = init::init_params(&a, seed);
-    let mut x = snnc::cli::random_input(&g, model.input.encoding == Encoding::Events, seed);
+    let mut x = snnc::interp::random_input(&g, model.input.encoding == Encoding::Events, seed);
     // Intensities in [0, 2) so that neurons fire.
     x.data.iter_mut().for_each(|v| *v *= 2.0);
     let classes = g.g[g.output("logits").unwrap()].shape[1];

@@ -35,7 +35,7 @@ fn example(name: &str) -> Model {
 
 /// Structural checks of one plan.
 fn check_plan(g: &Graph, opts: SchedOpts) -> Result<(), String> {
-    let p = memplan::build(g, opts);
+    let p = memplan::build(g, opts, &snnc::codegen::cpu::WORKSPACE);
     ir::verify(&p.graph).map_err(|e| format!("{opts}: lowered graph: {e}"))?;
     schedule::is_topological(&p.graph, p.order()).map_err(|e| format!("{opts}: {e}"))?;
     p.mem.check_arena().map_err(|e| format!("{opts}: {e}"))?;
@@ -58,7 +58,7 @@ fn check_plan(g: &Graph, opts: SchedOpts) -> Result<(), String> {
         }
     }
     for (i, &n) in p.order().iter().enumerate() {
-        let want = usize::from(!memplan::resident(&p.graph.g[n].op));
+        let want = usize::from(!p.graph.g[n].op.resident());
         if held[i] != want {
             return Err(format!("{opts}: node at {i} is in {} buffers", held[i]));
         }
@@ -146,10 +146,10 @@ fn check_outputs(
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f32>> =
         snnc::init::cast_params(&snnc::init::init_params(&a, seed));
-    let mut x =
-        snnc::cli::random_input(&g, model.input.encoding == Encoding::Events, seed).cast::<f32>();
+    let mut x = snnc::interp::random_input(&g, model.input.encoding == Encoding::Events, seed)
+        .cast::<f32>();
     x.data.iter_mut().for_each(|v| *v *= 2.0);
-    let labels = snnc::cli::random_labels(batch, a.output[0], seed).cast::<f32>();
+    let labels = snnc::interp::random_labels(batch, a.output[0], seed).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     let opts = RunOptions { seed };
     let widen = |m: &HashMap<String, Tensor<f32>>| -> HashMap<String, Tensor<f64>> {
@@ -176,7 +176,7 @@ fn check_outputs(
     let mut planned = Vec::new();
     for sched in ALL {
         check_plan(&g, sched)?;
-        let p = memplan::build(&g, sched);
+        let p = memplan::build(&g, sched, &snnc::codegen::cpu::WORKSPACE);
         let lowered64 = run64(&p.graph)?;
         if flips(&g, &raw64, &p.graph, &lowered64) {
             // A spike input or a pooling window on a tie, decided the other
@@ -295,7 +295,7 @@ fn orders_follow_their_schedule() {
         .graph;
     // (layer id, step) of the forward spikes, in execution order.
     let spikes = |opts: SchedOpts| -> Vec<(usize, usize)> {
-        let p = memplan::build(&g, opts);
+        let p = memplan::build(&g, opts, &snnc::codegen::cpu::WORKSPACE);
         p.order()
             .iter()
             .map(|&n| &p.graph.g[n])
@@ -327,7 +327,9 @@ fn rate_mode_time_major_recompute_is_flat_in_t() {
         let g = compile(&model, &Options::new(t, 128, Mode::Rate))
             .unwrap()
             .graph;
-        memplan::build(&g, opts).mem.peak_bytes as f64
+        memplan::build(&g, opts, &snnc::codegen::cpu::WORKSPACE)
+            .mem
+            .peak_bytes as f64
     };
     let (t4, t8) = (
         peak(4, SchedOpts::TIME_MAJOR_RECOMPUTE),
@@ -343,7 +345,7 @@ fn digits_mlp_t2_plan_snapshot() {
         .unwrap()
         .graph;
     for opts in [SchedOpts::LAYER_MAJOR, SchedOpts::TIME_MAJOR] {
-        let p = memplan::build(&g, opts);
+        let p = memplan::build(&g, opts, &snnc::codegen::cpu::WORKSPACE);
         insta::assert_snapshot!(
             format!("digits_mlp_t2_{}", opts.to_string().replace('-', "_")),
             p.mem.to_text(&p.graph)

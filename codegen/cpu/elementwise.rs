@@ -114,7 +114,7 @@ fn per_channel_mut(x: &mut Tensor<f32>, v: &Tensor<f32>, f: impl Fn(f32, f32) ->
 /// owns and no one else reads any more); `rest` are the other operands and
 /// `shape` the node's shape. Each element gets the same expression as in
 /// `eval` and the reference kernels (`sum` adds the operands in order).
-/// Handles exactly the ops `memplan::in_place` names.
+/// Handles exactly the ops `Op::in_place` names.
 pub fn eval_in_place(op: &Op, x: &mut Tensor<f32>, rest: &[&Tensor<f32>], shape: &[usize]) {
     match op {
         Op::Add => zip_mut(x, rest[0], |a, b| a + b),

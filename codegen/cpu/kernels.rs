@@ -227,6 +227,16 @@ fn workers(b: usize) -> usize {
     b.div_ceil(samples_per_worker(b)).max(1)
 }
 
+/// The memory planner's view of these kernels' scratch
+/// ([`scratch_floats`]).
+pub struct CpuWorkspace;
+
+impl crate::passes::memplan::Workspace for CpuWorkspace {
+    fn scratch_bytes(&self, op: &crate::ir::Op, ins: &[&[usize]]) -> u64 {
+        4 * scratch_floats(op, ins) as u64
+    }
+}
+
 /// Floats of scratch an op allocates while it runs in these kernels (the
 /// per-worker im2col buffers of the convolutions, and the gradient of the
 /// weights' per-worker partial sums), given its operand shapes; 0 for every

@@ -14,6 +14,9 @@ pub mod compiled;
 mod elementwise;
 pub mod kernels;
 
+/// The CPU kernels' scratch, for the memory planner.
+pub const WORKSPACE: kernels::CpuWorkspace = kernels::CpuWorkspace;
+
 use crate::interp::{eval_op, InterpError, RunOptions};
 use crate::ir::{Graph, NodeIndex, Op};
 use crate::passes::memplan;
@@ -115,7 +118,7 @@ pub fn run_ordered<'a>(
             op => {
                 let first = args.first().copied();
                 let reuse = first.filter(|&a| {
-                    memplan::in_place(op)
+                    op.in_place()
                         && matches!(vals[a.index()], Some(Val::Owned(_)))
                         && remaining[a.index()] == 1
                         && !keep[a.index()]

@@ -20,9 +20,9 @@ use super::backend::{check_args, Arg, Backend};
 use super::device::Cuda;
 use super::emu::Emu;
 use super::exec::{Executor, Step};
-use crate::cli::{random_input, random_labels};
 use crate::compile::{compile, Options};
 use crate::interp::RunOptions;
+use crate::interp::{random_input, random_labels};
 use crate::ir::{DType, Graph, Node, NodeIndex, Op, Role};
 use crate::model::Encoding;
 use crate::passes::cost::graph_cost;
@@ -357,7 +357,7 @@ pub fn check_case<B: Backend>(
     poison: bool,
 ) -> Result<CaseResult, String> {
     let started = Instant::now();
-    let (model, a) = crate::cli::load(path)?;
+    let (model, a) = crate::frontend::load(path)?;
     let g = compile(&model, &Options::new(steps, opts.batch, mode))?.graph;
     let params: HashMap<String, Tensor<f32>> =
         crate::init::cast_params(&crate::init::init_params(&a, opts.seed));
@@ -1001,7 +1001,7 @@ pub fn bench_cuda(
     json: bool,
     fused: bool,
 ) -> Result<(), String> {
-    let (model, a) = crate::cli::load(path)?;
+    let (model, a) = crate::frontend::load(path)?;
     let mut cuda = Cuda::new().map_err(|e| format!("error: bench --device cuda: {e}"))?;
     let params: HashMap<String, Tensor<f32>> =
         crate::init::cast_params(&crate::init::init_params(&a, 0));

@@ -2,7 +2,7 @@
 //! forward kernel in `ops.rs`, written as the same loops with the
 //! accumulation turned around (scatter instead of gather).
 
-use super::ops::{constant, count, inner};
+use super::scalar::{constant, count, inner};
 use super::surrogate_grad;
 use crate::model::Surrogate;
 use crate::tensor::Tensor;

@@ -7,6 +7,10 @@
 
 pub(crate) mod grad_ops;
 pub(crate) mod ops;
+mod random;
+mod scalar;
+
+pub use random::{random_input, random_labels};
 
 pub use ops::eval_op;
 

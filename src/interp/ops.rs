@@ -3,6 +3,7 @@
 //! accumulate in the element type `F`, like a straightforward backend would.
 
 use super::grad_ops as g;
+use super::scalar::{constant, count, inner};
 use super::RunOptions;
 use crate::ir::Op;
 use crate::rng;
@@ -122,17 +123,6 @@ pub fn eval_op<F: Float>(
     Ok(out)
 }
 
-/// Converts an op's f64 attribute to the element type.
-pub(super) fn constant<F: Float>(c: f64) -> Result<F, String> {
-    F::from(c).ok_or_else(|| format!("constant {c} is not representable in the element type"))
-}
-
-/// An element count as `F` (exact up to 2^24 in f32, which covers any
-/// count the interpreter is realistically run on).
-pub(super) fn count<F: Float>(n: usize) -> F {
-    F::from(n).expect("usize converts to a float")
-}
-
 fn map<F: Float>(x: &Tensor<F>, f: impl Fn(F) -> F) -> Tensor<F> {
     Tensor::from_vec(&x.shape, x.data.iter().map(|&v| f(v)).collect())
 }
@@ -140,12 +130,6 @@ fn map<F: Float>(x: &Tensor<F>, f: impl Fn(F) -> F) -> Tensor<F> {
 fn zip<F: Float>(a: &Tensor<F>, b: &Tensor<F>, f: impl Fn(F, F) -> F) -> Tensor<F> {
     let data = a.data.iter().zip(&b.data).map(|(&u, &v)| f(u, v)).collect();
     Tensor::from_vec(&a.shape, data)
-}
-
-/// Product of the axes after the first two: the extent of one (batch,
-/// channel) or (batch, time) slab in row-major order.
-pub(super) fn inner(shape: &[usize]) -> usize {
-    shape[2..].iter().product()
 }
 
 fn dropout_mask<F: Float>(

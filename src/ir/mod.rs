@@ -5,11 +5,17 @@
 //! position, so `operands(n)` returns them in order. Passes remove nodes, and
 //! `StableDiGraph` keeps the other indices valid while they do.
 
+pub mod kernel;
 mod op;
 mod print;
 mod verify;
 
 pub use op::Op;
+
+/// Bytes of an f32 tensor of `shape`.
+pub fn value_bytes(shape: &[usize]) -> u64 {
+    4 * shape.iter().product::<usize>() as u64
+}
 pub use petgraph::stable_graph::NodeIndex;
 pub use print::{to_dot, to_text};
 pub use verify::{verify, VerifyError};

@@ -162,6 +162,33 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether the node's value is owned by the caller (input or parameter)
+    /// and read in place, not allocated by a run.
+    pub fn resident(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Param { .. })
+    }
+
+    /// Whether the op can write its result over its first operand (same
+    /// size, each element computed from the same element of the operand).
+    pub fn in_place(&self) -> bool {
+        matches!(
+            self,
+            Op::Add
+                | Op::Sub
+                | Op::Mul
+                | Op::Scale(_)
+                | Op::AddScalar(_)
+                | Op::Detach
+                | Op::Spike { .. }
+                | Op::SurrogateGrad { .. }
+                | Op::BiasAdd
+                | Op::ChannelScale
+                | Op::Normalize { .. }
+                | Op::Sum
+                | Op::Reshape { .. }
+        )
+    }
+
     /// The name printed in the text form.
     pub fn name(&self) -> &'static str {
         match self {

@@ -1,7 +1,7 @@
 //! Training curves as SVG files in the run folder (loss, accuracy, firing
 //! rates per epoch), redrawn after every epoch.
 
-use super::train::EpochMetrics;
+use super::metrics::EpochMetrics;
 use plotters::prelude::*;
 use std::path::Path;
 

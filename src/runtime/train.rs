@@ -16,6 +16,7 @@
 //! ms on an H200's link, against ~0.4 s of step time at batch 128, T = 8).
 
 use super::checkpoint::{self, Checkpoint, EpochSums};
+pub use super::metrics::EpochMetrics;
 use super::optim::{OptimConfig, OptimState, Schedule};
 use super::rundir;
 use crate::codegen::cpu::compiled::Compiled;
@@ -61,19 +62,6 @@ pub struct TrainConfig {
     /// Checkpoints from before this option read as layer-major.
     #[serde(default)]
     pub order: crate::passes::schedule::SchedOpts,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    pub epoch: usize,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    pub test_acc: f64,
-    pub seconds: f64,
-    pub images_per_sec: f64,
-    /// Mean spikes per neuron and step, per spiking layer (last batch).
-    pub firing_rates: BTreeMap<String, f64>,
 }
 
 pub struct Summary {
@@ -169,7 +157,7 @@ fn load_events(cfg: &TrainConfig, dir: &str) -> Result<Split, String> {
     let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
         .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
     let a = shape::analyze(&model)
-        .map_err(|e| crate::cli::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
+        .map_err(|e| crate::frontend::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
     crate::data::events::load_for_input(std::path::Path::new(dir), &a.input, cfg.steps)
 }
 
@@ -501,7 +489,8 @@ pub fn train_with(
         let exe = Compiled::scheduled(graph, keep, cfg.order)?;
         if !quiet {
             let eg = exe.graph(graph);
-            let mem = crate::passes::memplan::plan_fused(eg, &exe.plan);
+            let mem =
+                crate::passes::memplan::plan_fused(eg, &exe.plan, &crate::codegen::cpu::WORKSPACE);
             let _ = writeln!(
                 std::io::stdout(),
                 "step: fused CPU plan ({}), {} kernels and {} library nodes, planned peak {:.1} MiB",
@@ -575,7 +564,7 @@ fn run<'d>(
     let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
         .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
     let a = shape::analyze(&model)
-        .map_err(|e| crate::cli::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
+        .map_err(|e| crate::frontend::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
     let split = load_data(cfg)?;
     // Event frames carry the time axis: [T, C, H, W] per sample.
     let expected: Vec<usize> = match model.input.encoding {
