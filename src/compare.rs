@@ -171,8 +171,8 @@ pub fn check_scaled<F: Float>(
     let errs = errors(&got.data, &want.data, tol, scale);
     let (mut first, mut count, mut worst) = (None, 0usize, 0f64);
     for (i, e) in errs.enumerate() {
-        // NaN errors count as failures (`!(e <= 1)`).
-        if !(e <= 1.0) {
+        // A NaN error counts as a failure.
+        if e.is_nan() || e > 1.0 {
             first.get_or_insert(i);
             count += 1;
             worst = if e.is_nan() {
