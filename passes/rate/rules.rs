@@ -6,7 +6,7 @@
 //! any other; the analysis folds a scale of constants into one constant.
 //!
 //! The rules that look inside a time sum are custom searchers/appliers
-//! (`StepRule`): `tsum`/`tmean` have one child per step, T of them, and an
+//! (`NodeRule`): `tsum`/`tmean` have one child per step, T of them, and an
 //! egg pattern has a fixed arity and binds each child by position, so no
 //! pattern can say "every step's child has this form" for every T.
 //! `maxpool-mask` is custom as well, for another reason: its right-hand
@@ -42,21 +42,19 @@ pub const RULES: &[RuleInfo] = &[
         name: "unroll-recurrence",
         tag: Tag::Exact,
         identity: "Σ_t x_t = Σ_t ρ_t·a_t when x_t = a_t + K_t·x_{t+1} (x_T = a_T), ρ_1 = 1, ρ_{t+1} = 1 + K_t·ρ_t; for LIF, K_t = λ·k_t by reset variant",
-        rule: |name| StepRule::rewrite(name, unroll_recurrence),
+        rule: |name| NodeRule::over_time(name, unroll_recurrence),
     },
     RuleInfo {
         name: "linear-hoist",
         tag: Tag::Exact,
         identity: "Σ_t L(d_t) = L(Σ_t d_t) for L linear in d_t with its other operands the same at every step (matmul, conv and pool gradients, channel sums and scales, reshape, sums); Σ_t c = T·c",
-        rule: |name| StepRule::rewrite(name, linear_hoist),
+        rule: |name| NodeRule::over_time(name, linear_hoist),
     },
     RuleInfo {
         name: "maxpool-mask",
         tag: Tag::Exact,
         identity: "maxpool_grad(x, δ) = k²·(mask(x) · avgpool_grad(δ)) for non-overlapping windows (stride = kernel)",
-        rule: |name| {
-            Rewrite::new(name, MaxPoolMask, MaxPoolMask).expect("the rule binds no variables")
-        },
+        rule: |name| NodeRule::rewrite(name, is_maxpool_grad, maxpool_mask),
     },
     RuleInfo {
         name: "mul-comm",
@@ -101,7 +99,7 @@ pub const RULES: &[RuleInfo] = &[
         name: "decorrelate",
         tag: Tag::Approximate,
         identity: "Σ_t p_t·q_t ≈ (1/T)·(Σ_t p_t)·(Σ_t q_t) = mean_t(p_t)·Σ_t q_t for p forward-only and q carrying the gradient; also for the bilinear weight-gradient products (matmul, conv weight gradient)",
-        rule: |name| StepRule::rewrite(name, decorrelate),
+        rule: |name| NodeRule::over_time(name, decorrelate),
     },
 ];
 
@@ -127,18 +125,28 @@ fn forward_step_times_gradient(a: &str, b: &str) -> impl Fn(&mut RGraph, Id, &Su
 
 // ------------------------------------------------------------ custom rules
 
-/// A rule over the time reductions (`tsum`, `tmean`) of an e-class: it
-/// matches every class holding one, and `apply` returns new e-classes equal
-/// to the given time reduction.
+/// A custom rule over single e-nodes: it matches every e-class holding an
+/// e-node `matches` accepts, and `apply` returns new e-classes equal to that
+/// e-node. The time reductions (`tsum`, `tmean`) and `maxpool_grad` use it.
 #[derive(Clone, Copy)]
-struct StepRule {
+struct NodeRule {
+    matches: fn(&RNode) -> bool,
     apply: fn(&mut RGraph, &RNode) -> Vec<Id>,
 }
 
-impl StepRule {
-    fn rewrite(name: &'static str, apply: fn(&mut RGraph, &RNode) -> Vec<Id>) -> Rule {
-        let rule = StepRule { apply };
+impl NodeRule {
+    fn rewrite(
+        name: &'static str,
+        matches: fn(&RNode) -> bool,
+        apply: fn(&mut RGraph, &RNode) -> Vec<Id>,
+    ) -> Rule {
+        let rule = NodeRule { matches, apply };
         Rewrite::new(name, rule, rule).expect("the rule binds no variables")
+    }
+
+    /// A rule over the time reductions of an e-class.
+    fn over_time(name: &'static str, apply: fn(&mut RGraph, &RNode) -> Vec<Id>) -> Rule {
+        NodeRule::rewrite(name, is_time, apply)
     }
 }
 
@@ -185,14 +193,14 @@ fn apply_nodes(
     changed
 }
 
-impl Searcher<RNode, RegionAnalysis> for StepRule {
+impl Searcher<RNode, RegionAnalysis> for NodeRule {
     fn search_eclass_with_limit(
         &self,
         egraph: &RGraph,
         eclass: Id,
         _limit: usize,
     ) -> Option<SearchMatches<'_, RNode>> {
-        search_nodes(egraph, eclass, is_time)
+        search_nodes(egraph, eclass, self.matches)
     }
 
     fn vars(&self) -> Vec<Var> {
@@ -200,7 +208,7 @@ impl Searcher<RNode, RegionAnalysis> for StepRule {
     }
 }
 
-impl Applier<RNode, RegionAnalysis> for StepRule {
+impl Applier<RNode, RegionAnalysis> for NodeRule {
     fn apply_one(
         &self,
         egraph: &mut RGraph,
@@ -209,44 +217,13 @@ impl Applier<RNode, RegionAnalysis> for StepRule {
         _ast: Option<&PatternAst<RNode>>,
         _rule: Symbol,
     ) -> Vec<Id> {
-        apply_nodes(egraph, eclass, is_time, self.apply)
+        apply_nodes(egraph, eclass, self.matches, self.apply)
     }
 }
 
 /// `maxpool-mask` (see the module doc for why it is not a pattern).
-#[derive(Clone, Copy)]
-struct MaxPoolMask;
-
 fn is_maxpool_grad(n: &RNode) -> bool {
     matches!(n.as_op(), Some(Op::MaxPoolGrad { .. }))
-}
-
-impl Searcher<RNode, RegionAnalysis> for MaxPoolMask {
-    fn search_eclass_with_limit(
-        &self,
-        egraph: &RGraph,
-        eclass: Id,
-        _limit: usize,
-    ) -> Option<SearchMatches<'_, RNode>> {
-        search_nodes(egraph, eclass, is_maxpool_grad)
-    }
-
-    fn vars(&self) -> Vec<Var> {
-        vec![]
-    }
-}
-
-impl Applier<RNode, RegionAnalysis> for MaxPoolMask {
-    fn apply_one(
-        &self,
-        egraph: &mut RGraph,
-        eclass: Id,
-        _subst: &Subst,
-        _ast: Option<&PatternAst<RNode>>,
-        _rule: Symbol,
-    ) -> Vec<Id> {
-        apply_nodes(egraph, eclass, is_maxpool_grad, maxpool_mask)
-    }
 }
 
 fn add_op(eg: &mut RGraph, op: Op, kids: Vec<Id>) -> Id {
