@@ -48,9 +48,10 @@ fn run(s: &Setup, g: &Graph) -> Values<f64> {
     interp::run(g, &s.inputs, &s.params, &RunOptions { seed: 3 }).unwrap()
 }
 
-/// Largest |a − b| of every gradient output, relative to 1 + the largest
-/// |b| of any gradient (a gradient that is zero in exact arithmetic is
-/// rounding of the others, so it is judged on their scale).
+/// The error of every gradient output in units of the largest |b| of any
+/// gradient, at least 1 (`snnc::compare::rel_err` with that scale): a
+/// gradient that is zero in exact arithmetic is rounding of the others, so
+/// it is judged on their scale.
 fn grad_errors(a: &Graph, va: &Values<f64>, b: &Graph, vb: &Values<f64>) -> Vec<(String, f64)> {
     let grads: Vec<&(String, snnc::ir::NodeIndex)> = b
         .outputs
@@ -59,19 +60,15 @@ fn grad_errors(a: &Graph, va: &Values<f64>, b: &Graph, vb: &Values<f64>) -> Vec<
         .collect();
     let scale = grads
         .iter()
-        .flat_map(|(_, nb)| vb.get(*nb).unwrap().data.iter())
-        .fold(0f64, |m, v| m.max(v.abs()));
+        .map(|(_, nb)| snnc::compare::max_abs(vb.get(*nb).unwrap()))
+        .fold(1f64, f64::max);
     grads
         .into_iter()
         .map(|(name, nb)| {
             let x = va.get(a.output(name).unwrap()).unwrap();
             let y = vb.get(*nb).unwrap();
-            let err = x
-                .data
-                .iter()
-                .zip(&y.data)
-                .fold(0f64, |m, (p, q)| m.max((p - q).abs()));
-            (name.clone(), err / (1.0 + scale))
+            // Every element against the group scale: floor 1, absolute `scale`.
+            (name.clone(), snnc::compare::rel_err(x, y, 1.0, scale))
         })
         .collect()
 }
