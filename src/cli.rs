@@ -21,13 +21,25 @@ use std::path::Path;
 
 /// Renders a shape error at its layer's position in the source.
 pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> String {
-    if e.pos.line == 0 {
+    let mut pos = e.pos;
+    if pos.line == 0 && e.keyword == "input" {
+        // `Input` keeps no position; errors about it point at its line.
+        if let Some(line) = dsl::input_line(source) {
+            pos = crate::model::Pos { line, col: 1 };
+        }
+    }
+    if pos.line == 0 {
         return format!("error: {e}");
     }
+    let message = if e.keyword == "input" {
+        e.message.clone()
+    } else {
+        format!("layer {} `{}`: {}", e.path, e.keyword, e.message)
+    };
     Diagnostic {
-        message: format!("layer {} `{}`: {}", e.path, e.keyword, e.message),
-        line: e.pos.line,
-        col: e.pos.col,
+        message,
+        line: pos.line,
+        col: pos.col,
         len: e.keyword.len() as u32,
         hint: e.hint.clone(),
     }

@@ -69,6 +69,21 @@ pub fn parse(source: &str, file_name: &str) -> Result<Model, Diagnostic> {
     parser::parse(source, file_name)
 }
 
+/// The 1-based line of the `input` statement in `.snn` text, if any (the
+/// `Input` of a model keeps no position; errors about it point here).
+pub fn input_line(source: &str) -> Option<u32> {
+    strip_bom(source)
+        .lines()
+        .position(|l| l.split_whitespace().next() == Some("input"))
+        .map(|i| i as u32 + 1)
+}
+
+/// `source` without a leading UTF-8 byte-order mark (editors on Windows
+/// write one); the lexer would otherwise see an unexpected character.
+pub fn strip_bom(source: &str) -> &str {
+    source.strip_prefix('\u{feff}').unwrap_or(source)
+}
+
 /// Reads and parses a `.snn` file, returning the source too so that later
 /// errors (shape inference) can be rendered against it. The error is
 /// already rendered for printing.
@@ -76,6 +91,7 @@ pub fn parse_file(path: &Path) -> Result<(Model, String), String> {
     let name = path.display().to_string();
     let source =
         std::fs::read_to_string(path).map_err(|e| format!("error: cannot read `{name}`: {e}"))?;
+    let source = strip_bom(&source).to_string();
     match parse(&source, &name) {
         Ok(model) => Ok((model, source)),
         Err(d) => Err(d.render(&name, &source)),

@@ -53,6 +53,17 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
         if pos.iter().enumerate().any(|(i, &p)| i != p) {
             return Err(err(n, format!("operand positions {pos:?} are not 0..k")));
         }
+        // Every later size computation (bytes, FLOPs, kernel bounds) may
+        // then multiply a shape's dimensions without overflow.
+        if crate::shape::elements(&node.shape).is_none() {
+            return Err(err(
+                n,
+                format!(
+                    "shape {} has too many elements (at most 2^60)",
+                    crate::shape::dims(&node.shape)
+                ),
+            ));
+        }
         let shapes: Vec<&[usize]> = ops.iter().map(|&o| g.g[o].shape.as_slice()).collect();
         match node.op.infer_shape(&shapes) {
             Err(m) => return Err(err(n, m)),
