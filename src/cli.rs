@@ -10,6 +10,7 @@ use crate::passes::cost::graph_cost;
 use crate::passes::memplan;
 use crate::passes::rate::{rules::Tag, Mode, RegionStats};
 use crate::passes::schedule::SchedOpts;
+use crate::runtime::mem::{self, Memory};
 use crate::runtime::train::TrainConfig;
 use crate::shape::{self, dims, Analysis, ShapeError};
 use crate::tensor::Tensor;
@@ -410,6 +411,14 @@ pub fn grad_check_rows(
     let bptt = compile::compile(model, &opts)?.graph;
     let (rate, _) = crate::passes::rate::rate_pass(bptt.clone(), Mode::Rate, &opts.limits)
         .map_err(|e| format!("error: {e}"))?;
+    // Both graphs run in the f64 interpreter, which keeps every value.
+    mem::ensure_fits(
+        "grad-check (two interpreter runs in f64)",
+        mem::interpreter_bytes(&bptt, 8)
+            .saturating_add(mem::interpreter_bytes(&rate, 8))
+            .saturating_add(mem::param_bytes(a, 8)),
+        Memory::Host,
+    )?;
     let params = init::init_params(a, seed);
     let x = random_input(
         &bptt,
@@ -627,6 +636,15 @@ pub fn run(
         phase: Phase::Train,
     };
     let g = unroll::unroll_with(&model, &cfg).map_err(|e| format!("error: {e}"))?;
+    // The interpreter keeps every value; parameters are made in f64 (and
+    // cast to f32 for an f32 run).
+    let elem = if f64 { 8 } else { 4 };
+    mem::ensure_fits(
+        "the forward pass (reference interpreter)",
+        mem::interpreter_bytes(&g, elem)
+            .saturating_add(mem::param_bytes(&a, 8 + elem)),
+        Memory::Host,
+    )?;
     let params = init::init_params(&a, seed);
     let x = random_input(&g, matches!(model.input.encoding, Encoding::Events), seed);
     let opts = RunOptions { seed };
@@ -901,6 +919,8 @@ pub fn bench(
     // The FLOP floor: this machine's SGEMM rate on a large square product,
     // with the library the executor uses.
     let floor_gflops = floor.then(|| crate::codegen::cpu::kernels::sgemm_gflops(2048, 3));
+    // Parameters are made in f64, then cast to f32.
+    mem::ensure_fits("the parameters", mem::param_bytes(&a, 12), Memory::Host)?;
     let params: HashMap<String, Tensor<f32>> = init::cast_params(&init::init_params(&a, 0));
     let mut rows = Vec::new();
     for &mode in modes {
@@ -930,6 +950,12 @@ pub fn bench(
                     }
                     (None, None) => unreachable!("a plan was built"),
                 };
+                mem::ensure_plan_fits(
+                    &format!("a training step ({mode}, T={t}, {sched})"),
+                    &mem,
+                    0,
+                    Memory::Host,
+                )?;
                 let mut times = Vec::new();
                 let mut measured: Option<u64> = None;
                 // One warm-up step, then the timed ones.

@@ -1014,6 +1014,12 @@ pub fn bench_cuda(
 ) -> Result<(), String> {
     let (model, a) = crate::cli::load(path)?;
     let mut cuda = Cuda::new().map_err(|e| format!("error: bench --device cuda: {e}"))?;
+    // Parameters are made in f64 on the host, then cast to f32.
+    crate::runtime::mem::ensure_fits(
+        "the parameters",
+        crate::runtime::mem::param_bytes(&a, 12),
+        crate::runtime::mem::Memory::Host,
+    )?;
     let params: HashMap<String, Tensor<f32>> =
         crate::init::cast_params(&crate::init::init_params(&a, 0));
     // The reference for the LIF kernels' bandwidth.
@@ -1119,8 +1125,21 @@ fn bench_one(
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     cuda.sync()?;
     let before = cuda.mem_info();
-    let mut exec = if fused {
-        Executor::with_plan(cuda, g, fuse_time::plan(g, &[], sched), &[])?
+    let plan = fused.then(|| fuse_time::plan(g, &[], sched));
+    let planned = match &plan {
+        Some(p) => crate::passes::memplan::plan_fused(g, p),
+        None => crate::passes::memplan::build(g, SchedOpts::LAYER_MAJOR).mem,
+    };
+    crate::runtime::mem::ensure_plan_fits(
+        &format!("a training step ({mode}, T={})", g.steps),
+        &planned,
+        0,
+        crate::runtime::mem::Memory::Device {
+            free: before.map(|(free, _)| free as u64),
+        },
+    )?;
+    let mut exec = if let Some(plan) = plan {
+        Executor::with_plan(cuda, g, plan, &[])?
     } else {
         Executor::new(cuda, g)?
     };

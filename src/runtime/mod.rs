@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod checkpoint;
+pub mod mem;
 pub mod optim;
 pub mod plots;
 pub mod train;

@@ -16,6 +16,7 @@
 //! ms on an H200's link, against ~0.4 s of step time at batch 128, T = 8).
 
 use super::checkpoint::{self, Checkpoint};
+use super::mem::{self, Memory};
 use super::optim::{OptimConfig, OptimState, Schedule};
 use crate::codegen::cpu::compiled::Compiled;
 use crate::codegen::cuda::{Backend, Executor, Outputs};
@@ -251,7 +252,15 @@ impl Evaluator {
         for chunk in idx.chunks(batch) {
             let b = chunk.len();
             if !self.cpu.contains_key(&b) {
-                let exe = Compiled::new(self.graph(b)?, &[])?;
+                let g = self.graph(b)?;
+                let exe = Compiled::new(g, &[])?;
+                let plan = crate::passes::memplan::plan_fused(exe.graph(g), &exe.plan);
+                mem::ensure_plan_fits(
+                    &format!("evaluation (batch {b}, fused CPU plan)"),
+                    &plan,
+                    0,
+                    Memory::Host,
+                )?;
                 self.cpu.insert(b, exe);
             }
             let (g, exe) = (&self.graphs[&b], &self.cpu[&b]);
@@ -286,6 +295,12 @@ impl Evaluator {
                 self.plans.insert(b, plan);
             }
             let g = &self.graphs[&b];
+            mem::ensure_plan_fits(
+                &format!("evaluation (batch {b}, fusion plan on the device)"),
+                &crate::passes::memplan::plan_fused(g, &self.plans[&b]),
+                0,
+                device_memory(backend),
+            )?;
             let mut ex = Executor::with_plan(backend, g, self.plans[&b].clone(), &[])?;
             for chunk in chunks.iter().filter(|c| c.len() == b) {
                 let batch = make_batch(d, chunk);
@@ -295,6 +310,13 @@ impl Evaluator {
             }
         }
         Ok(right as f64 / d.len().max(1) as f64)
+    }
+}
+
+/// The free memory of a CUDA backend, for [`mem::ensure_fits`].
+fn device_memory<B: Backend>(backend: &B) -> Memory {
+    Memory::Device {
+        free: backend.mem_info().map(|(free, _)| free as u64),
     }
 }
 
@@ -429,11 +451,17 @@ pub fn train(
     resume: Option<Checkpoint>,
     quiet: bool,
 ) -> Result<Summary, String> {
-    run(cfg, out, resume, quiet, |graph, keep| {
+    run(cfg, out, resume, quiet, |graph, keep, state_bytes| {
         let exe = Compiled::scheduled(&graph, &keep, cfg.order)?;
+        let eg = exe.graph(&graph);
+        let mem = crate::passes::memplan::plan_fused(eg, &exe.plan);
+        mem::ensure_plan_fits(
+            "a training step (fused CPU plan, with the optimizer's state)",
+            &mem,
+            state_bytes,
+            Memory::Host,
+        )?;
         if !quiet {
-            let eg = exe.graph(&graph);
-            let mem = crate::passes::memplan::plan_fused(eg, &exe.plan);
             println!(
                 "step: fused CPU plan ({}), {} kernels and {} library nodes, planned peak {:.1} MiB",
                 cfg.order,
@@ -455,10 +483,22 @@ pub fn train_on<B: Backend>(
     quiet: bool,
     backend: &mut B,
 ) -> Result<Summary, String> {
-    run(cfg, out, resume, quiet, |graph, keep| {
+    run(cfg, out, resume, quiet, |graph, keep, state_bytes| {
         // The same lowered graph and plan as the CPU's `Compiled`.
         let graph = crate::passes::fuse_time::lower(&graph, cfg.order);
         let plan = crate::passes::fuse_time::plan(&graph, &keep, cfg.order);
+        // The optimizer runs on the host: its state is host memory.
+        mem::ensure_fits(
+            "the parameters and the optimizer's state",
+            state_bytes,
+            Memory::Host,
+        )?;
+        mem::ensure_plan_fits(
+            "a training step (fusion plan on the device)",
+            &crate::passes::memplan::plan_fused(&graph, &plan),
+            0,
+            device_memory(backend),
+        )?;
         Ok(Box::new(CudaEngine {
             backend,
             graph,
@@ -475,7 +515,7 @@ fn run<'d>(
     out: &Path,
     resume: Option<Checkpoint>,
     quiet: bool,
-    make: impl FnOnce(Graph, Vec<NodeIndex>) -> Result<Box<dyn Engine + 'd>, String>,
+    make: impl FnOnce(Graph, Vec<NodeIndex>, u64) -> Result<Box<dyn Engine + 'd>, String>,
 ) -> Result<Summary, String> {
     let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
         .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
@@ -511,10 +551,6 @@ fn run<'d>(
     }
     std::fs::create_dir_all(out)
         .map_err(|e| format!("error: cannot create `{}`: {e}", out.display()))?;
-    let (mut params, mut optim, start_epoch, skip) = match resume {
-        Some(ck) => (ck.params, ck.optim, ck.epoch, ck.batch_in_epoch),
-        None => (initial_params(&a, cfg.seed), OptimState::default(), 0, 0),
-    };
     let graph = compile::compile(&model, &Options::new(cfg.steps, cfg.batch, cfg.mode))?.graph;
     let spike_nodes: Vec<NodeIndex> = graph
         .g
@@ -522,7 +558,19 @@ fn run<'d>(
         .filter(|&n| matches!(graph.g[n].op, Op::Spike { .. }))
         .collect();
     // The engine gets its own copy; this one names the layers of spikes.
-    let mut engine = make(graph.clone(), spike_nodes)?;
+    // Host memory beyond the step's plan: the parameters in f64 as they
+    // are made and in f32, their gradients' optimizer state (momentum, or
+    // AdamW's two moments).
+    let moments = match cfg.optim.kind {
+        crate::runtime::optim::OptimizerKind::Adamw => 2,
+        _ => 1,
+    };
+    let state_bytes = crate::runtime::mem::param_bytes(&a, 12 + 4 * moments);
+    let mut engine = make(graph.clone(), spike_nodes, state_bytes)?;
+    let (mut params, mut optim, start_epoch, skip) = match resume {
+        Some(ck) => (ck.params, ck.optim, ck.epoch, ck.batch_in_epoch),
+        None => (initial_params(&a, cfg.seed), OptimState::default(), 0, 0),
+    };
     let mut eval = Evaluator::new(&model, cfg.steps);
     let mut momenta = HashMap::new();
     bn_momenta(&model.layers, "", &mut momenta);
@@ -533,7 +581,9 @@ fn run<'d>(
         .map(|l| {
             (
                 l.path.clone(),
-                (cfg.steps * cfg.batch * l.input[1..].iter().product::<usize>()) as f64,
+                cfg.steps as f64
+                    * cfg.batch as f64
+                    * l.input[1..].iter().map(|&d| d as f64).product::<f64>(),
             )
         })
         .collect();
