@@ -641,8 +641,7 @@ pub fn run(
     let elem = if f64 { 8 } else { 4 };
     mem::ensure_fits(
         "the forward pass (reference interpreter)",
-        mem::interpreter_bytes(&g, elem)
-            .saturating_add(mem::param_bytes(&a, 8 + elem)),
+        mem::interpreter_bytes(&g, elem).saturating_add(mem::param_bytes(&a, 8 + elem)),
         Memory::Host,
     )?;
     let params = init::init_params(&a, seed);

@@ -28,6 +28,13 @@ into rate-based derivatives.\n\nRun `snnc check FILE` to see a model's layers an
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// The rate pass's limit on e-nodes per region (default 200000). Its
+    /// e-graphs grow with T: raise it when a large -T stops at the limit.
+    #[arg(long, global = true, value_name = "N")]
+    egraph_node_limit: Option<usize>,
+    /// Seconds the rate pass may rewrite one region (default 30).
+    #[arg(long, global = true, value_name = "SECS")]
+    egraph_time_limit: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -409,6 +416,17 @@ fn keep_freed_memory() {}
 fn main() -> ExitCode {
     keep_freed_memory();
     let args = Cli::parse();
+    if let Some(s) = args.egraph_time_limit {
+        if !(s.is_finite() && s > 0.0) {
+            eprintln!("error: --egraph-time-limit must be a positive number of seconds, got {s}");
+            return ExitCode::FAILURE;
+        }
+    }
+    snnc::passes::rate::set_default_limits(
+        args.egraph_node_limit,
+        args.egraph_time_limit
+            .map(std::time::Duration::from_secs_f64),
+    );
     let result = match args.cmd {
         Cmd::Check { file, json } => cli::check(&file, json),
         Cmd::Graph {

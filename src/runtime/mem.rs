@@ -120,8 +120,14 @@ mod tests {
 
     #[test]
     fn refuses_with_both_numbers() {
-        let e = ensure_fits("a step", 3 << 40, Memory::Device { free: Some(1 << 30) })
-            .unwrap_err();
+        let e = ensure_fits(
+            "a step",
+            3 << 40,
+            Memory::Device {
+                free: Some(1 << 30),
+            },
+        )
+        .unwrap_err();
         assert!(e.contains("3.0 TiB") && e.contains("1.0 GiB"), "{e}");
         assert!(e.contains(&(3u64 << 40).to_string()), "{e}");
         assert!(ensure_fits("a step", 10, Memory::Device { free: Some(100) }).is_ok());
