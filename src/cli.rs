@@ -49,10 +49,28 @@ pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> String {
 
 /// Parses and shape-checks a model file.
 pub fn load(path: &Path) -> Result<(Model, Analysis), String> {
+    load_for(path, &[])
+}
+
+/// [`load`], and checks that every mode in `modes` can compile the model
+/// (`compile::check_mode`), with errors rendered at the layer's line.
+pub fn load_for(path: &Path, modes: &[Mode]) -> Result<(Model, Analysis), String> {
     let (model, source) = dsl::parse_file(path)?;
-    let analysis = shape::analyze(&model)
-        .map_err(|e| render_shape_error(&e, &path.display().to_string(), &source))?;
+    let file = path.display().to_string();
+    let analysis = shape::analyze(&model).map_err(|e| render_shape_error(&e, &file, &source))?;
+    for &mode in modes {
+        compile::check_mode(&model, mode).map_err(|e| render_shape_error(&e, &file, &source))?;
+    }
     Ok((model, analysis))
+}
+
+/// The modes whose rewrite rules compiling with `opts` runs.
+fn modes_of(opts: &compile::Options) -> Vec<Mode> {
+    if !opts.eval && opts.after > compile::Stage::Autodiff {
+        vec![opts.mode]
+    } else {
+        Vec::new()
+    }
 }
 
 fn describe(kind: &LayerKind) -> String {
@@ -159,8 +177,10 @@ pub fn check_table(model: &Model, a: &Analysis) -> String {
     out
 }
 
-pub fn check(path: &Path, json: bool) -> Result<(), String> {
-    let (model, a) = load(path)?;
+/// `snnc check`: with `mode`, also that the mode can compile the model.
+pub fn check(path: &Path, json: bool, mode: Option<Mode>) -> Result<(), String> {
+    let modes: Vec<Mode> = mode.into_iter().collect();
+    let (model, a) = load_for(path, &modes)?;
     if json {
         for l in &a.layers {
             println!(
@@ -196,7 +216,7 @@ pub fn graph(
     format: GraphFormat,
     sched: SchedOpts,
 ) -> Result<String, String> {
-    let (model, _) = load(path)?;
+    let (model, _) = load_for(path, &modes_of(opts))?;
     let c = compile::compile(&model, opts)?;
     let g = &c.graph;
     Ok(match format {
@@ -272,7 +292,7 @@ pub fn plan(
     sched: BenchPlan,
     json: bool,
 ) -> Result<String, String> {
-    let (model, _) = load(path)?;
+    let (model, _) = load_for(path, &modes_of(opts))?;
     let c = compile::compile(&model, opts)?;
     let sched = match sched {
         BenchPlan::Graph(s) => s,
@@ -465,7 +485,7 @@ pub fn grad_check(
     seed: u64,
     json: bool,
 ) -> Result<(), String> {
-    let (model, a) = load(path)?;
+    let (model, a) = load_for(path, &[Mode::Rate])?;
     let rows = grad_check_rows(&model, &a, steps, batch, seed)?;
     if json {
         for r in &rows {
@@ -536,7 +556,7 @@ pub fn report(
     batch: usize,
     json: bool,
 ) -> Result<(), String> {
-    let (model, _) = load(path)?;
+    let (model, _) = load_for(path, modes)?;
     let rows = report_rows(&model, steps, modes, batch)?;
     if json {
         for r in &rows {
@@ -914,7 +934,7 @@ pub fn bench(
     floor: bool,
     json: bool,
 ) -> Result<(), String> {
-    let (model, a) = load(path)?;
+    let (model, a) = load_for(path, modes)?;
     // The FLOP floor: this machine's SGEMM rate on a large square product,
     // with the library the executor uses.
     let floor_gflops = floor.then(|| crate::codegen::cpu::kernels::sgemm_gflops(2048, 3));
@@ -1062,7 +1082,7 @@ pub fn emit(
 ) -> Result<(), String> {
     use crate::codegen::{render_c, render_cuda};
     use crate::passes::fuse::{self, Unit};
-    let (model, _) = load(path)?;
+    let (model, _) = load_for(path, &[mode])?;
     let g = compile::compile(&model, &compile::Options::new(steps, batch, mode))?.graph;
     let plan = fuse::fuse(&g);
     let (ext, header, render): (

@@ -45,6 +45,10 @@ enum Cmd {
         /// One JSON object per layer instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also check that this mode can compile the model (rate mode
+        /// supports max pooling only with stride = kernel).
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
     },
     /// Print the graph after a compiler stage, as text, Graphviz DOT or stats.
     Graph {
@@ -428,7 +432,7 @@ fn main() -> ExitCode {
             .map(std::time::Duration::from_secs_f64),
     );
     let result = match args.cmd {
-        Cmd::Check { file, json } => cli::check(&file, json),
+        Cmd::Check { file, json, mode } => cli::check(&file, json, mode.map(Mode::from)),
         Cmd::Graph {
             file,
             steps,

@@ -1012,7 +1012,7 @@ pub fn bench_cuda(
     json: bool,
     fused: bool,
 ) -> Result<(), String> {
-    let (model, a) = crate::cli::load(path)?;
+    let (model, a) = crate::cli::load_for(path, modes)?;
     let mut cuda = Cuda::new().map_err(|e| format!("error: bench --device cuda: {e}"))?;
     // Parameters are made in f64 on the host, then cast to f32.
     crate::runtime::mem::ensure_fits(

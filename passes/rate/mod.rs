@@ -636,9 +636,9 @@ fn check_collapsed(g: &Graph) -> Result<(), PassError> {
                 .map(|l| format!("{}:{}", g.layers[l].path, g.layers[l].keyword))
                 .unwrap_or_default();
             return Err(fail(&format!(
-                "region {l}: the rate backward still reads a per-step value ({} at step {:?} read by {}); this layer cannot be collapsed to rates",
+                "region {l}: the rate backward still reads a per-step value ({} at step {} read by {}); this layer cannot be collapsed to rates",
                 g.g[o].op.name(),
-                g.g[o].t,
+                g.g[o].t.map_or("-".to_string(), |t| t.to_string()),
                 node.op.name()
             )));
         }
