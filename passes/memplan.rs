@@ -478,7 +478,7 @@ impl MemPlan {
             let _ = writeln!(
                 out,
                 "  %{i:<3} = {call:<44} {:<14} {prov:<26} live {}",
-                format!("{:?}", node.shape).replace(' ', ""),
+                crate::shape::list(&node.shape).replace(' ', ""),
                 live[i]
             );
         }

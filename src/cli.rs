@@ -227,21 +227,16 @@ pub fn graph(
             ir::verify(g).map_err(|e| format!("error: {e}"))?;
             let verify = started.elapsed().as_secs_f64();
             let mut out = format!(
-                "graph {} steps={} batch={} after {:?}: {} nodes, {} edges\n",
+                "graph {} steps={} batch={} after {}: {} nodes, {} edges\n",
                 g.name,
                 opts.steps,
                 opts.batch,
-                opts.after,
+                value_name(&opts.after),
                 g.node_count(),
                 g.edge_count()
             );
             for (stage, secs) in &c.timings {
-                let _ = writeln!(
-                    out,
-                    "  {:<10} {:>9.2} ms",
-                    format!("{stage:?}").to_lowercase(),
-                    secs * 1e3
-                );
+                let _ = writeln!(out, "  {:<10} {:>9.2} ms", value_name(stage), secs * 1e3);
             }
             let _ = writeln!(out, "  {:<10} {:>9.2} ms", "verify", verify * 1e3);
             if !c.regions.is_empty() {
@@ -353,7 +348,12 @@ fn fused_plan_text(
     );
     for (i, u) in plan.units.iter().enumerate() {
         let what = match *u {
-            Unit::Node(n) => format!("%{:<5} {} {:?}", n.index(), g.g[n].op.name(), g.g[n].shape),
+            Unit::Node(n) => format!(
+                "%{:<5} {} {}",
+                n.index(),
+                g.g[n].op.name(),
+                crate::shape::list(&g.g[n].shape)
+            ),
             Unit::Kernel(k) => format!("kernel {}", plan.kernels[k].kernel.name),
             Unit::Step(k, t) => format!("kernel {} t={t}", plan.kernels[k].kernel.name),
         };
@@ -364,7 +364,10 @@ fn fused_plan_text(
         let _ = writeln!(
             o,
             "  b{i:<3} {:<9} {:>10} B  live [{}, {}]",
-            format!("{:?}", b.kind).to_lowercase(),
+            serde_json::to_value(b.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
             b.bytes,
             b.start,
             b.end
@@ -374,6 +377,13 @@ fn fused_plan_text(
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The command-line name of an option value (`rate`, `adamw`, `cosine`).
+pub fn value_name<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
 
 /// `snnc rules`: every rewrite rule with its tag and identity.
 pub fn rules(json: bool) -> String {
@@ -782,9 +792,9 @@ pub fn train(
             cfg.steps,
             cfg.epochs,
             cfg.batch,
-            format!("{:?}", cfg.optim.kind).to_lowercase(),
+            value_name(&cfg.optim.kind),
             cfg.lr,
-            format!("{:?}", cfg.schedule).to_lowercase(),
+            value_name(&cfg.schedule),
             cfg.seed,
             out.display()
         );

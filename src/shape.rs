@@ -120,6 +120,13 @@ pub fn numel(shape: &[usize]) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// A shape as `[1, 28, 28]` (the form of graph text and of internal
+/// messages; `dims` gives the `1×28×28` of user-facing tables).
+pub fn list(s: &[usize]) -> String {
+    let parts: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", parts.join(", "))
+}
+
 pub fn dims(s: &[usize]) -> String {
     let parts: Vec<String> = s.iter().map(|d| d.to_string()).collect();
     parts.join("×")

@@ -570,7 +570,7 @@ fn check_once<B: Backend>(
                 }
             }
             Err(e) => {
-                node_failure.get_or_insert(format!("CPU reference of step {:?}: {e}", o.step));
+                node_failure.get_or_insert(format!("CPU reference of step {}: {e}", o.step));
             }
         }
     };

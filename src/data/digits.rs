@@ -85,7 +85,10 @@ pub fn parse_digits_csv(path: &Path, bytes: &[u8], hint: &str) -> Result<Dataset
         }
         for (j, f) in fields.iter().enumerate() {
             let v: u32 = f.parse().map_err(|_| {
-                csv_err(line_no, format!("field {}: {f:?} is not an integer", j + 1))
+                csv_err(
+                    line_no,
+                    format!("field {}: `{}` is not an integer", j + 1, f.escape_debug()),
+                )
             })?;
             if j < 64 {
                 if v > 16 {
