@@ -11,7 +11,7 @@ mod verify;
 
 pub use op::Op;
 pub use petgraph::stable_graph::NodeIndex;
-pub use print::{to_dot, to_text};
+pub use print::{dot_quote, to_dot, to_text};
 pub use verify::{verify, VerifyError};
 
 use petgraph::stable_graph::StableDiGraph;
