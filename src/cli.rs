@@ -22,11 +22,11 @@ use std::path::Path;
 
 /// Renders a shape error at its layer's position in the source.
 pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> String {
-    let mut pos = e.pos;
+    let (mut pos, mut len) = (e.pos, e.keyword.len() as u32);
     if pos.line == 0 && e.keyword == "input" {
-        // `Input` keeps no position; errors about it point at its line.
-        if let Some(line) = dsl::input_line(source) {
-            pos = crate::model::Pos { line, col: 1 };
+        // `Input` keeps no position; errors about it point at its shape.
+        if let Some((line, col, n)) = dsl::input_shape_span(source) {
+            (pos, len) = (crate::model::Pos { line, col }, n);
         }
     }
     if pos.line == 0 {
@@ -41,7 +41,7 @@ pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> String {
         message,
         line: pos.line,
         col: pos.col,
-        len: e.keyword.len() as u32,
+        len,
         hint: e.hint.clone(),
     }
     .render(file, source)

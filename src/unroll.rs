@@ -91,6 +91,10 @@ fn check_batched(model: &Model, a: &Analysis, cfg: &UnrollConfig) -> Result<(), 
     Ok(())
 }
 
+/// A generous estimate of the bytes one unrolled node costs through the
+/// pipeline (node, shape, edges, the backward autodiff adds for it).
+const GRAPH_BYTES_PER_NODE: u64 = 1024;
+
 /// Unrolls for training with batch size 1.
 pub fn unroll(model: &Model, steps: usize) -> Result<Graph, UnrollError> {
     unroll_with(
@@ -112,6 +116,19 @@ pub fn unroll_with(model: &Model, cfg: &UnrollConfig) -> Result<Graph, UnrollErr
     }
     let analysis = shape::analyze(model)?;
     check_batched(model, &analysis, cfg)?;
+    // The graph itself: T copies of each layer's few nodes, before autodiff
+    // roughly triples them. An absurd T is refused here, with the memory
+    // check every allocating command uses, instead of aborting in a
+    // `Vec` allocation.
+    let nodes = cfg
+        .steps
+        .saturating_mul(analysis.layers.len().saturating_mul(8).saturating_add(4));
+    crate::runtime::mem::ensure_fits(
+        &format!("the graph unrolled over T = {}", cfg.steps),
+        (nodes as u64).saturating_mul(GRAPH_BYTES_PER_NODE),
+        crate::runtime::mem::Memory::Host,
+    )
+    .map_err(|e| UnrollError::TooLarge(e.trim_start_matches("error: ").to_string()))?;
     let mut u = Unroller {
         g: Graph::new(&model.name, cfg.steps, cfg.batch),
         cfg: *cfg,

@@ -849,3 +849,21 @@ fn egraph_node_limit_flag() {
     ]);
     assert_eq!(code, 1, "{err}");
 }
+
+/// `-T` so large that the unrolled graph alone cannot fit: refused by the
+/// same check, not a `Vec` capacity overflow.
+#[test]
+fn absurd_t_is_refused() {
+    for t in ["18446744073709551615", "100000000000"] {
+        let (code, _, err) = snnc(&["graph", "examples/models/digits_mlp.snn", "-T", t]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("not enough memory for the graph unrolled over T"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("capacity overflow") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+}

@@ -69,13 +69,18 @@ pub fn parse(source: &str, file_name: &str) -> Result<Model, Diagnostic> {
     parser::parse(source, file_name)
 }
 
-/// The 1-based line of the `input` statement in `.snn` text, if any (the
-/// `Input` of a model keeps no position; errors about it point here).
-pub fn input_line(source: &str) -> Option<u32> {
-    strip_bom(source)
-        .lines()
-        .position(|l| l.split_whitespace().next() == Some("input"))
-        .map(|i| i as u32 + 1)
+/// Where the shape of the `input` statement is in `.snn` text: 1-based
+/// line and column (in characters) and length. The `Input` of a model
+/// keeps no position; shape errors about it (a size too large) point here.
+pub fn input_shape_span(source: &str) -> Option<(u32, u32, u32)> {
+    strip_bom(source).lines().enumerate().find_map(|(i, l)| {
+        let toks = lexer::lex_line(l, i as u32 + 1).ok()?;
+        match toks.as_slice() {
+            [kw, shape, ..] if kw.is_word("input") => Some((shape.line, shape.col, shape.len())),
+            [kw] if kw.is_word("input") => Some((kw.line, kw.col, kw.len())),
+            _ => None,
+        }
+    })
 }
 
 /// `source` without a leading UTF-8 byte-order mark (editors on Windows

@@ -555,14 +555,6 @@ fn shape(at: ValueAt) -> Result<Vec<usize>, Diagnostic> {
         dims.push(v);
         col += d.len() as u32 + 1;
     }
-    if crate::shape::elements(&dims).is_none() {
-        return Err(at
-            .error(format!(
-                "input shape `{text}` is too large: its element count overflows 64-bit \
-                 arithmetic or exceeds the largest possible tensor (2^60 elements)"
-            ))
-            .with_hint("use smaller dimensions"));
-    }
     if dims.len() != 1 && dims.len() != 3 {
         let d = at.error(format!(
             "input shape must have 1 or 3 dimensions (`N` or `CxHxW`), found {}",
