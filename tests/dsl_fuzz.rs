@@ -529,7 +529,7 @@ fn run_case(text: &str) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
     #[test]
     fn grammar_models(choices in proptest::collection::vec(any::<u32>(), 0..200)) {

@@ -117,7 +117,6 @@ fn load_events(cfg: &TrainConfig, dir: &str) -> Result<Split, String> {
     let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
         .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
     let a = shape::analyze(&model)
-        .and_then(|a| compile::check_mode(&model, cfg.mode).map(|()| a))
         .map_err(|e| crate::cli::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
     crate::data::events::load_for_input(std::path::Path::new(dir), &a.input, cfg.steps)
 }
