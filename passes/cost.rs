@@ -7,13 +7,13 @@
 use crate::ir::{Graph, Op, Role};
 use std::collections::HashSet;
 
-/// Bytes of an f32 tensor.
+/// Bytes of an f32 tensor (in f64, so no shape can overflow it).
 pub fn bytes(shape: &[usize]) -> f64 {
-    4.0 * shape.iter().product::<usize>() as f64
+    4.0 * numel(shape)
 }
 
 fn numel(s: &[usize]) -> f64 {
-    s.iter().product::<usize>() as f64
+    s.iter().map(|&d| d as f64).product()
 }
 
 /// Floating-point operations of one op (a multiply-add counts 2).

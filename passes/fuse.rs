@@ -1113,10 +1113,10 @@ impl Plan {
                     let node = &g.g[*n];
                     let _ = writeln!(
                         o,
-                        "node   %{:<5} {:<20} {:?}",
+                        "node   %{:<5} {:<20} {}",
                         n.index(),
                         node.op.name(),
-                        node.shape
+                        crate::shape::list(&node.shape)
                     );
                 }
                 Unit::Kernel(k) => {
@@ -1140,12 +1140,16 @@ impl Plan {
                     let kk = &f.kernel;
                     let _ = writeln!(
                         o,
-                        "kernel {} n={} steps={}{} runs={:?} regs={} accs={} reads={} writes={} [{}]",
+                        "kernel {} n={} steps={}{} runs=[{}] regs={} accs={} reads={} writes={} [{}]",
                         kk.name,
                         kk.n,
                         kk.steps,
                         if kk.reverse { " reverse" } else { "" },
-                        kk.runs.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+                        kk.runs
+                            .iter()
+                            .map(|r| format!("({}, {})", r.0, r.1))
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         kk.regs,
                         kk.accs,
                         f.reads().len(),

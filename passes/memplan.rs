@@ -131,7 +131,7 @@ pub fn plan(g: &Graph, order: &[NodeIndex], keep: &[NodeIndex], ws: &dyn Workspa
         let node = &g.g[v];
         let bytes = crate::ir::value_bytes(&node.shape);
         if node.op.resident() {
-            resident_bytes += bytes;
+            resident_bytes = u64::saturating_add(resident_bytes, bytes);
             continue;
         }
         let end = if kept.contains(&v) {
@@ -200,16 +200,19 @@ fn finish(
     in_place: usize,
 ) -> MemPlan {
     let n = positions;
-    let mut delta = vec![0i64; n + 2];
+    // i128: no sum of u64 byte counts over a plan's buffers can overflow
+    // it; the peak saturates at u64::MAX.
+    let mut delta = vec![0i128; n + 2];
     for b in &buffers {
-        delta[b.start] += b.bytes as i64;
-        delta[b.end + 1] -= b.bytes as i64;
+        delta[b.start] += i128::from(b.bytes);
+        delta[b.end + 1] -= i128::from(b.bytes);
     }
-    let (mut live, mut peak_bytes, mut peak_at) = (0i64, 0u64, 0usize);
+    let (mut live, mut peak_bytes, mut peak_at) = (0i128, 0u64, 0usize);
     for (p, d) in delta.iter().take(n + 1).enumerate() {
         live += d;
-        if live as u64 > peak_bytes {
-            peak_bytes = live as u64;
+        let bytes = u64::try_from(live).unwrap_or(u64::MAX);
+        if bytes > peak_bytes {
+            peak_bytes = bytes;
             peak_at = p;
         }
     }
@@ -328,7 +331,7 @@ pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan, ws: &dyn Workspac
 }
 
 fn align(x: u64) -> u64 {
-    x.div_ceil(ALIGN) * ALIGN
+    x.div_ceil(ALIGN).saturating_mul(ALIGN)
 }
 
 /// Greedy by size: largest buffers first, each at the best-fitting gap among
@@ -347,7 +350,7 @@ fn assign_offsets(buffers: &mut [Buffer]) -> u64 {
             .map(|&j| {
                 (
                     buffers[j].offset,
-                    buffers[j].offset + align(buffers[j].bytes),
+                    buffers[j].offset.saturating_add(align(buffers[j].bytes)),
                 )
             })
             .collect();
@@ -363,7 +366,7 @@ fn assign_offsets(buffers: &mut [Buffer]) -> u64 {
         }
         let offset = best.unwrap_or(at);
         buffers[i].offset = offset;
-        arena = arena.max(offset + size);
+        arena = arena.max(offset.saturating_add(size));
         placed.push(i);
     }
     arena
@@ -374,13 +377,13 @@ impl MemPlan {
     /// arena, and that the arena holds every buffer.
     pub fn check_arena(&self) -> Result<(), String> {
         for (i, a) in self.buffers.iter().enumerate() {
-            if a.offset + a.bytes > self.arena_bytes {
+            if a.offset.saturating_add(a.bytes) > self.arena_bytes {
                 return Err(format!("buffer {i} ends past the arena"));
             }
             for (j, b) in self.buffers.iter().enumerate().skip(i + 1) {
                 if a.overlaps_in_time(b)
-                    && a.offset < b.offset + b.bytes
-                    && b.offset < a.offset + a.bytes
+                    && a.offset < b.offset.saturating_add(b.bytes)
+                    && b.offset < a.offset.saturating_add(a.bytes)
                 {
                     return Err(format!(
                         "buffers {i} [{}, {}] and {j} [{}, {}] are live together and overlap at offsets {}+{} / {}+{}",
@@ -399,7 +402,7 @@ impl MemPlan {
         let mut live = vec![0u64; n + 1];
         for b in &self.buffers {
             for l in &mut live[b.start..=b.end.min(n)] {
-                *l += b.bytes;
+                *l = l.saturating_add(b.bytes);
             }
         }
         live
@@ -453,7 +456,7 @@ impl MemPlan {
             let _ = writeln!(
                 out,
                 "  %{i:<3} = {call:<44} {:<14} {prov:<26} live {}",
-                format!("{:?}", node.shape).replace(' ', ""),
+                crate::shape::list(&node.shape).replace(' ', ""),
                 live[i]
             );
         }

@@ -9,6 +9,7 @@ pub mod cse;
 pub mod dce;
 pub mod fuse;
 pub mod fuse_time;
+pub mod mem;
 pub mod memplan;
 pub mod rate;
 pub mod schedule;

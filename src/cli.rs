@@ -2,6 +2,7 @@
 //! parses arguments). Errors come back as rendered text for stderr.
 
 use crate::compile;
+use crate::compile::load_for;
 use crate::dsl;
 use crate::frontend::{load, render_shape_error};
 use crate::init;
@@ -14,6 +15,7 @@ use crate::passes::memplan;
 use crate::passes::rate::{rules::Tag, Mode, RegionStats};
 use crate::passes::schedule::SchedOpts;
 use crate::runtime::checkpoint::Checkpoint;
+use crate::passes::mem::{self, Memory};
 use crate::runtime::train::TrainConfig;
 use crate::shape::{self, dims, Analysis};
 use crate::tensor::Tensor;
@@ -21,6 +23,15 @@ use crate::unroll::{self, Phase, UnrollConfig};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
+
+/// The modes whose rewrite rules compiling with `opts` runs.
+fn modes_of(opts: &compile::Options) -> Vec<Mode> {
+    if !opts.eval && opts.after > compile::Stage::Autodiff {
+        vec![opts.mode]
+    } else {
+        Vec::new()
+    }
+}
 
 fn describe(kind: &LayerKind) -> String {
     match kind {
@@ -126,8 +137,10 @@ pub fn check_table(model: &Model, a: &Analysis) -> String {
     out
 }
 
-pub fn check(path: &Path, json: bool) -> Result<(), String> {
-    let (model, a) = load(path)?;
+/// `snnc check`: with `mode`, also that the mode can compile the model.
+pub fn check(path: &Path, json: bool, mode: Option<Mode>) -> Result<(), String> {
+    let modes: Vec<Mode> = mode.into_iter().collect();
+    let (model, a) = load_for(path, &modes)?;
     if json {
         for l in &a.layers {
             println!(
@@ -163,7 +176,7 @@ pub fn graph(
     format: GraphFormat,
     sched: SchedOpts,
 ) -> Result<String, String> {
-    let (model, _) = load(path)?;
+    let (model, _) = load_for(path, &modes_of(opts))?;
     let c = compile::compile(&model, opts)?;
     let g = &c.graph;
     Ok(match format {
@@ -174,21 +187,16 @@ pub fn graph(
             ir::verify(g).map_err(|e| format!("error: {e}"))?;
             let verify = started.elapsed().as_secs_f64();
             let mut out = format!(
-                "graph {} steps={} batch={} after {:?}: {} nodes, {} edges\n",
+                "graph {} steps={} batch={} after {}: {} nodes, {} edges\n",
                 g.name,
                 opts.steps,
                 opts.batch,
-                opts.after,
+                value_name(&opts.after),
                 g.node_count(),
                 g.edge_count()
             );
             for (stage, secs) in &c.timings {
-                let _ = writeln!(
-                    out,
-                    "  {:<10} {:>9.2} ms",
-                    format!("{stage:?}").to_lowercase(),
-                    secs * 1e3
-                );
+                let _ = writeln!(out, "  {:<10} {:>9.2} ms", value_name(stage), secs * 1e3);
             }
             let _ = writeln!(out, "  {:<10} {:>9.2} ms", "verify", verify * 1e3);
             if !c.regions.is_empty() {
@@ -239,7 +247,7 @@ pub fn plan(
     sched: BenchPlan,
     json: bool,
 ) -> Result<String, String> {
-    let (model, _) = load(path)?;
+    let (model, _) = load_for(path, &modes_of(opts))?;
     let c = compile::compile(&model, opts)?;
     let sched = match sched {
         BenchPlan::Graph(s) => s,
@@ -300,7 +308,12 @@ fn fused_plan_text(
     );
     for (i, u) in plan.units.iter().enumerate() {
         let what = match *u {
-            Unit::Node(n) => format!("%{:<5} {} {:?}", n.index(), g.g[n].op.name(), g.g[n].shape),
+            Unit::Node(n) => format!(
+                "%{:<5} {} {}",
+                n.index(),
+                g.g[n].op.name(),
+                crate::shape::list(&g.g[n].shape)
+            ),
             Unit::Kernel(k) => format!("kernel {}", plan.kernels[k].kernel.name),
             Unit::Step(k, t) => format!("kernel {} t={t}", plan.kernels[k].kernel.name),
         };
@@ -311,7 +324,10 @@ fn fused_plan_text(
         let _ = writeln!(
             o,
             "  b{i:<3} {:<9} {:>10} B  live [{}, {}]",
-            format!("{:?}", b.kind).to_lowercase(),
+            serde_json::to_value(b.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
             b.bytes,
             b.start,
             b.end
@@ -321,6 +337,13 @@ fn fused_plan_text(
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The command-line name of an option value (`rate`, `adamw`, `cosine`).
+pub fn value_name<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
 
 /// `snnc rules`: every rewrite rule with its tag and identity.
 pub fn rules(json: bool) -> String {
@@ -368,6 +391,14 @@ pub fn grad_check_rows(
     let bptt = compile::compile(model, &opts)?.graph;
     let (rate, _) = crate::passes::rate::rate_pass(bptt.clone(), Mode::Rate, &opts.limits)
         .map_err(|e| format!("error: {e}"))?;
+    // Both graphs run in the f64 interpreter, which keeps every value.
+    mem::ensure_fits(
+        "grad-check (two interpreter runs in f64)",
+        mem::interpreter_bytes(&bptt, 8)
+            .saturating_add(mem::interpreter_bytes(&rate, 8))
+            .saturating_add(mem::param_bytes(a, 8)),
+        Memory::Host,
+    )?;
     let params = init::init_params(a, seed);
     let x = random_input(
         &bptt,
@@ -414,7 +445,7 @@ pub fn grad_check(
     seed: u64,
     json: bool,
 ) -> Result<(), String> {
-    let (model, a) = load(path)?;
+    let (model, a) = load_for(path, &[Mode::Rate])?;
     let rows = grad_check_rows(&model, &a, steps, batch, seed)?;
     if json {
         for r in &rows {
@@ -485,7 +516,7 @@ pub fn report(
     batch: usize,
     json: bool,
 ) -> Result<(), String> {
-    let (model, _) = load(path)?;
+    let (model, _) = load_for(path, modes)?;
     let rows = report_rows(&model, steps, modes, batch)?;
     if json {
         for r in &rows {
@@ -561,6 +592,14 @@ pub fn run(
         phase: Phase::Train,
     };
     let g = unroll::unroll_with(&model, &cfg).map_err(|e| format!("error: {e}"))?;
+    // The interpreter keeps every value; parameters are made in f64 (and
+    // cast to f32 for an f32 run).
+    let elem = if f64 { 8 } else { 4 };
+    mem::ensure_fits(
+        "the forward pass (reference interpreter)",
+        mem::interpreter_bytes(&g, elem).saturating_add(mem::param_bytes(&a, 8 + elem)),
+        Memory::Host,
+    )?;
     let params = init::init_params(&a, seed);
     let x = random_input(&g, matches!(model.input.encoding, Encoding::Events), seed);
     let opts = RunOptions { seed };
@@ -975,6 +1014,22 @@ fn train_inner(req: &TrainRequest) -> Result<bool, String> {
         json,
         stop_after_steps: None,
     };
+    if !json && ck.is_none() {
+        println!(
+            "training {} on {} in {} mode, T={}, {} epochs, batch {}, {} lr {} ({}), seed {} → {}",
+            cfg.model_file,
+            cfg.data,
+            cfg.mode,
+            cfg.steps,
+            cfg.epochs,
+            cfg.batch,
+            value_name(&cfg.optim.kind),
+            cfg.lr,
+            value_name(&cfg.schedule),
+            cfg.seed,
+            out.display()
+        );
+    }
     let s = match gpu.as_mut() {
         Some(c) => crate::runtime::train::train_on_with(&cfg, &out, ck, &opts, c)?,
         None => crate::runtime::train::train_with(&cfg, &out, ck, &opts)?,
@@ -1160,10 +1215,12 @@ pub fn bench(
     floor: bool,
     json: bool,
 ) -> Result<(), String> {
-    let (model, a) = load(path)?;
+    let (model, a) = load_for(path, modes)?;
     // The FLOP floor: this machine's SGEMM rate on a large square product,
     // with the library the executor uses.
     let floor_gflops = floor.then(|| crate::codegen::cpu::kernels::sgemm_gflops(2048, 3));
+    // Parameters are made in f64, then cast to f32.
+    mem::ensure_fits("the parameters", mem::param_bytes(&a, 12), Memory::Host)?;
     let params: HashMap<String, Tensor<f32>> = init::cast_params(&init::init_params(&a, 0));
     let mut rows = Vec::new();
     for &mode in modes {
@@ -1199,6 +1256,12 @@ pub fn bench(
                     }
                     (None, None) => unreachable!("a plan was built"),
                 };
+                mem::ensure_plan_fits(
+                    &format!("a training step ({mode}, T={t}, {sched})"),
+                    &mem,
+                    0,
+                    Memory::Host,
+                )?;
                 let mut times = Vec::new();
                 let mut measured: Option<u64> = None;
                 // One warm-up step, then the timed ones.
@@ -1306,7 +1369,7 @@ pub fn emit(
 ) -> Result<(), String> {
     use crate::codegen::{render_c, render_cuda};
     use crate::passes::fuse::{self, Unit};
-    let (model, _) = load(path)?;
+    let (model, _) = load_for(path, &[mode])?;
     let g = compile::compile(&model, &compile::Options::new(steps, batch, mode))?.graph;
     let plan = fuse::fuse(&g);
     let (ext, header, render): (&str, String, fn(&crate::ir::kernel::Kernel) -> String) =

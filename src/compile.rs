@@ -3,9 +3,10 @@
 
 use crate::autodiff;
 use crate::ir::{self, Graph};
-use crate::model::Model;
+use crate::model::{Layer, LayerKind, Model};
 use crate::passes::rate::{self, Limits, Mode, RegionStats};
 use crate::passes::{self, dce};
+use crate::shape::ShapeError;
 use crate::unroll::{self, Phase, UnrollConfig};
 use std::time::Instant;
 
@@ -55,7 +56,71 @@ pub struct Compiled {
     pub timings: Vec<(Stage, f64)>,
 }
 
+/// Layers that `mode` cannot compile yet, found before any pass runs, so
+/// that the error names the layer's line rather than a region of the
+/// backward graph: in rate mode, max pooling whose windows overlap or
+/// leave gaps (stride ≠ kernel) has no rate rule (`maxpool-mask` needs
+/// non-overlapping windows).
+pub fn check_mode(model: &Model, mode: Mode) -> Result<(), ShapeError> {
+    fn walk(list: &[Layer], prefix: &str, mode: Mode) -> Result<(), ShapeError> {
+        for (i, layer) in list.iter().enumerate() {
+            let path = format!("{prefix}{i}");
+            match &layer.kind {
+                LayerKind::MaxPool { kernel, stride } if mode == Mode::Rate && kernel != stride => {
+                    let how = if stride < kernel {
+                        "overlapping"
+                    } else {
+                        "gapped"
+                    };
+                    return Err(ShapeError {
+                        path,
+                        keyword: "maxpool",
+                        pos: layer.pos,
+                        message: format!(
+                            "rate mode does not support max pooling with {how} windows yet \
+                             (kernel {kernel}, stride {stride}): its rate rule needs \
+                             stride = kernel"
+                        ),
+                        hint: Some(format!(
+                            "train this model with `--mode bptt`, or write `maxpool {kernel}` \
+                             (stride = kernel) or `avgpool {kernel} stride={stride}`"
+                        )),
+                    });
+                }
+                LayerKind::Residual { main, shortcut } => {
+                    walk(main, &format!("{path}.main."), mode)?;
+                    walk(shortcut, &format!("{path}.shortcut."), mode)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    walk(&model.layers, "", mode)
+}
+
+/// A shape error as one line with its position, for callers that have no
+/// source to render it against.
+pub fn located(e: &ShapeError) -> String {
+    if e.pos.line == 0 {
+        format!("error: {e}")
+    } else {
+        format!(
+            "error: {e}\n --> line {}, column {}{}",
+            e.pos.line,
+            e.pos.col,
+            e.hint
+                .as_ref()
+                .map(|h| format!("\n  = hint: {h}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
 pub fn compile(model: &Model, opts: &Options) -> Result<Compiled, String> {
+    if !opts.eval && opts.after > Stage::Autodiff {
+        check_mode(model, opts.mode).map_err(|e| located(&e))?;
+    }
     let mut timings = Vec::new();
     let mut clock = Instant::now();
     let mut lap = |stage, timings: &mut Vec<(Stage, f64)>| {
@@ -99,4 +164,20 @@ pub fn compile(model: &Model, opts: &Options) -> Result<Compiled, String> {
         regions,
         timings,
     })
+}
+
+/// [`crate::frontend::load`], and checks that every mode in `modes` can
+/// compile the model ([`check_mode`]), with errors rendered at the layer's
+/// line.
+pub fn load_for(
+    path: &std::path::Path,
+    modes: &[Mode],
+) -> Result<(crate::model::Model, crate::shape::Analysis), String> {
+    let (model, analysis, source) = crate::frontend::load_with_source(path)?;
+    let file = path.display().to_string();
+    for &mode in modes {
+        check_mode(&model, mode)
+            .map_err(|e| crate::frontend::render_shape_error(&e, &file, &source))?;
+    }
+    Ok((model, analysis))
 }

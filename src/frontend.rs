@@ -8,14 +8,26 @@ use std::path::Path;
 
 /// Renders a shape error at its layer's position in the source.
 pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> String {
-    if e.pos.line == 0 {
+    let (mut pos, mut len) = (e.pos, e.keyword.len() as u32);
+    if pos.line == 0 && e.keyword == "input" {
+        // `Input` keeps no position; errors about it point at its shape.
+        if let Some((line, col, n)) = dsl::input_shape_span(source) {
+            (pos, len) = (crate::model::Pos { line, col }, n);
+        }
+    }
+    if pos.line == 0 {
         return format!("error: {e}");
     }
+    let message = if e.keyword == "input" {
+        e.message.clone()
+    } else {
+        format!("layer {} `{}`: {}", e.path, e.keyword, e.message)
+    };
     Diagnostic {
-        message: format!("layer {} `{}`: {}", e.path, e.keyword, e.message),
-        line: e.pos.line,
-        col: e.pos.col,
-        len: e.keyword.len() as u32,
+        message,
+        line: pos.line,
+        col: pos.col,
+        len,
         hint: e.hint.clone(),
     }
     .render(file, source)
@@ -23,8 +35,13 @@ pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> String {
 
 /// Parses and shape-checks a model file.
 pub fn load(path: &Path) -> Result<(Model, Analysis), String> {
+    load_with_source(path).map(|(m, a, _)| (m, a))
+}
+
+/// [`load`], with the file's text (for rendering later errors in it).
+pub fn load_with_source(path: &Path) -> Result<(Model, Analysis, String), String> {
     let (model, source) = dsl::parse_file(path)?;
     let analysis = shape::analyze(&model)
         .map_err(|e| render_shape_error(&e, &path.display().to_string(), &source))?;
-    Ok((model, analysis))
+    Ok((model, analysis, source))
 }

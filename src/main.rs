@@ -29,6 +29,13 @@ into rate-based derivatives.\n\nRun `snnc check FILE` to see a model's layers an
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// The rate pass's limit on e-nodes per region (default 200000). Its
+    /// e-graphs grow with T: raise it when a large -T stops at the limit.
+    #[arg(long, global = true, value_name = "N")]
+    egraph_node_limit: Option<usize>,
+    /// Seconds the rate pass may rewrite one region (default 30).
+    #[arg(long, global = true, value_name = "SECS")]
+    egraph_time_limit: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -39,6 +46,10 @@ enum Cmd {
         /// One JSON object per layer instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also check that this mode can compile the model (rate mode
+        /// supports max pooling only with stride = kernel).
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
     },
     /// Print the graph after a compiler stage, as text, Graphviz DOT or stats.
     Graph {
@@ -416,8 +427,19 @@ fn main() -> ExitCode {
     keep_freed_memory();
     let matches = Cli::command().get_matches();
     let args = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(s) = args.egraph_time_limit {
+        if !(s.is_finite() && s > 0.0) {
+            eprintln!("error: --egraph-time-limit must be a positive number of seconds, got {s}");
+            return ExitCode::FAILURE;
+        }
+    }
+    snnc::passes::rate::set_default_limits(
+        args.egraph_node_limit,
+        args.egraph_time_limit
+            .map(std::time::Duration::from_secs_f64),
+    );
     let result = match args.cmd {
-        Cmd::Check { file, json } => cli::check(&file, json),
+        Cmd::Check { file, json, mode } => cli::check(&file, json, mode.map(Mode::from)),
         Cmd::Graph {
             file,
             steps,

@@ -67,6 +67,17 @@ pub enum SurrogateKind {
     Triangle,
 }
 
+impl SurrogateKind {
+    /// The name the DSL uses (`surrogate=atan`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SurrogateKind::Sigmoid => "sigmoid",
+            SurrogateKind::Atan => "atan",
+            SurrogateKind::Triangle => "triangle",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Surrogate {
     pub kind: SurrogateKind,

@@ -64,12 +64,15 @@ impl Analysis {
     pub fn param_count(&self) -> usize {
         self.params()
             .filter(|p| p.trainable)
-            .map(|p| p.shape.iter().product::<usize>())
-            .sum()
+            .map(|p| numel(&p.shape))
+            .fold(0, usize::saturating_add)
     }
 
     pub fn neuron_count(&self) -> usize {
-        self.layers.iter().map(|l| l.neurons).sum()
+        self.layers
+            .iter()
+            .map(|l| l.neurons)
+            .fold(0, usize::saturating_add)
     }
 }
 
@@ -83,6 +86,47 @@ pub struct ShapeError {
     pub hint: Option<String>,
 }
 
+/// The most elements any one tensor (a value or a parameter, per sample or
+/// batched) may have: stored as f64 its bytes must fit an `isize`, the
+/// largest allocation Rust can make. Larger sizes are errors, not wrapped
+/// arithmetic; sizes below this can still be refused for want of memory
+/// (`passes::mem`).
+pub const MAX_ELEMENTS: usize = isize::MAX as usize / 8;
+
+/// How deep `residual` blocks may nest. Real networks nest one or two
+/// levels (ResNet, SEW-ResNet); 64 leaves ample room while keeping every
+/// pass that recurses over the layer tree (shape analysis, unrolling, the
+/// printer, serde, drop) far inside the 2 MiB stack of a spawned thread,
+/// even in debug builds. The parser enforces it too, before building the
+/// tree.
+pub const MAX_NESTING: usize = 64;
+
+/// The element count of a tensor of `shape`, computed with checked
+/// arithmetic: `None` when the product overflows or exceeds
+/// [`MAX_ELEMENTS`].
+pub fn elements(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+}
+
+/// [`elements`] for a shape that is already known to be valid (every shape
+/// in an `Analysis` or a verified graph): saturates instead of wrapping.
+pub fn numel(shape: &[usize]) -> usize {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .unwrap_or(usize::MAX)
+}
+
+/// A shape as `[1, 28, 28]` (the form of graph text and of internal
+/// messages; `dims` gives the `1×28×28` of user-facing tables).
+pub fn list(s: &[usize]) -> String {
+    let parts: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", parts.join(", "))
+}
+
 pub fn dims(s: &[usize]) -> String {
     let parts: Vec<String> = s.iter().map(|d| d.to_string()).collect();
     parts.join("×")
@@ -91,26 +135,33 @@ pub fn dims(s: &[usize]) -> String {
 pub fn analyze(model: &Model) -> Result<Analysis, ShapeError> {
     let mut layers = Vec::new();
     let input = model.input.shape.clone();
+    let input_error = |message: &str, hint: Option<&str>| ShapeError {
+        path: "input".into(),
+        keyword: "input",
+        pos: Pos::default(),
+        message: message.to_string(),
+        hint: hint.map(str::to_string),
+    };
     if input.is_empty() || input.contains(&0) || !(input.len() == 1 || input.len() == 3) {
-        return Err(ShapeError {
-            path: "input".into(),
-            keyword: "input",
-            pos: Pos::default(),
-            message: format!(
+        return Err(input_error(
+            &format!(
                 "input shape must be N or C×H×W with every dimension > 0, got {}",
                 dims(&input)
             ),
-            hint: None,
-        });
+            None,
+        ));
+    }
+    if elements(&input).is_none() {
+        return Err(input_error(
+            &format!("input shape {} is too large: {}", dims(&input), TOO_LARGE),
+            Some(TOO_LARGE_HINT),
+        ));
     }
     if matches!(model.input.encoding, Encoding::Events) && input.len() != 3 {
-        return Err(ShapeError {
-            path: "input".into(),
-            keyword: "input",
-            pos: Pos::default(),
-            message: format!("event frames must be C×H×W, got {}", dims(&input)),
-            hint: Some("event input is binned into frames of 2 polarity channels, e.g. `input 2x48x48 encoding=events`".into()),
-        });
+        return Err(input_error(
+            &format!("event frames must be C×H×W, got {}", dims(&input)),
+            Some("event input is binned into frames of 2 polarity channels, e.g. `input 2x48x48 encoding=events`"),
+        ));
     }
     let output = walk(&model.layers, "", 0, input.clone(), &mut layers)?;
     if model.layers.is_empty() {
@@ -121,6 +172,24 @@ pub fn analyze(model: &Model) -> Result<Analysis, ShapeError> {
             message: "the model has no layers".into(),
             hint: None,
         });
+    }
+    // Totals, with checked sums: what `param_count` and `neuron_count`
+    // report must be the true counts.
+    let (mut params, mut neurons) = (0usize, 0usize);
+    for l in &layers {
+        let p = l
+            .params
+            .iter()
+            .filter(|p| p.trainable)
+            .try_fold(0usize, |n, p| n.checked_add(numel(&p.shape)));
+        params = match p.and_then(|p| params.checked_add(p)) {
+            Some(n) if n <= MAX_ELEMENTS => n,
+            _ => return Err(layer_error(l, "the model's parameter count".into())),
+        };
+        neurons = match neurons.checked_add(l.neurons) {
+            Some(n) if n <= MAX_ELEMENTS => n,
+            _ => return Err(layer_error(l, "the model's neuron count".into())),
+        };
     }
     if output.len() != 1 {
         let last = model.layers.last().expect("non-empty");
@@ -142,6 +211,26 @@ pub fn analyze(model: &Model) -> Result<Analysis, ShapeError> {
     })
 }
 
+/// Why a size is refused: it would not fit the arithmetic, let alone memory.
+const TOO_LARGE: &str =
+    "it overflows 64-bit size arithmetic or exceeds the largest possible tensor (2^60 elements)";
+const TOO_LARGE_HINT: &str = "use smaller sizes; `snnc check` prints every layer's output shape";
+
+fn layer_error(l: &LayerShape, what: String) -> ShapeError {
+    ShapeError {
+        path: l.path.clone(),
+        keyword: l.keyword,
+        pos: l.pos,
+        message: format!("{what} is too large: {TOO_LARGE}"),
+        hint: Some(TOO_LARGE_HINT.into()),
+    }
+}
+
+/// `a · b + c`, `None` on overflow.
+fn mul_add(a: usize, b: usize, c: usize) -> Option<usize> {
+    a.checked_mul(b)?.checked_add(c)
+}
+
 fn walk(
     list: &[crate::model::Layer],
     prefix: &str,
@@ -152,24 +241,41 @@ fn walk(
     for (i, layer) in list.iter().enumerate() {
         let path = format!("{prefix}{i}");
         let keyword = layer.kind.keyword();
-        let fail = |message: String, hint: Option<&str>| ShapeError {
+        let fail = |message: &str, hint: Option<&str>| ShapeError {
             path: path.clone(),
             keyword,
             pos: layer.pos,
-            message,
+            message: message.to_string(),
             hint: hint.map(str::to_string),
         };
-        let param = |suffix: &str, shape: Vec<usize>, init: Init| ParamSpec {
-            name: format!("{path}.{suffix}"),
-            shape,
-            init,
-            trainable: true,
+        let too_large = |what: &str| {
+            fail(
+                &format!("{what} is too large: {TOO_LARGE}"),
+                Some(TOO_LARGE_HINT),
+            )
         };
+        // Every shape this layer makes (output, parameters) must have a
+        // representable element count.
+        let sized = |what: &str, s: &[usize]| -> Result<Vec<usize>, ShapeError> {
+            match elements(s) {
+                Some(_) => Ok(s.to_vec()),
+                None => Err(too_large(&format!("the {what} ({})", dims(s)))),
+            }
+        };
+        let param =
+            |suffix: &str, shape: &[usize], init: Init| -> Result<ParamSpec, ShapeError> {
+                Ok(ParamSpec {
+                    name: format!("{path}.{suffix}"),
+                    shape: sized(suffix, shape)?,
+                    init,
+                    trainable: true,
+                })
+            };
         let image = |what: &str| -> Result<(usize, usize, usize), ShapeError> {
             match shape.as_slice() {
                 &[c, h, w] => Ok((c, h, w)),
                 s => Err(fail(
-                    format!("{what} needs an image input C×H×W, got a flat {}", dims(s)),
+                    &format!("{what} needs an image input C×H×W, got a flat {}", dims(s)),
                     Some("image layers must come before `flatten`"),
                 )),
             }
@@ -186,15 +292,24 @@ fn walk(
                 bias,
             } => {
                 let (c, h, w) = image("conv2d")?;
-                if *co == 0 || *kernel == 0 || *stride == 0 {
+                let (co, kernel, stride, padding) = (*co, *kernel, *stride, *padding);
+                if co == 0 || kernel == 0 || stride == 0 {
                     return Err(fail(
-                        "out channels, kernel and stride must be > 0".into(),
+                        "out channels, kernel and stride must be > 0",
                         None,
                     ));
                 }
-                if h + 2 * padding < *kernel || w + 2 * padding < *kernel {
+                // h + 2·padding, checked: a huge padding must not wrap round
+                // to a small output.
+                let (Some(ph), Some(pw)) = (mul_add(padding, 2, h), mul_add(padding, 2, w)) else {
+                    return Err(too_large(&format!(
+                        "padding {padding} on the {} input",
+                        dims(&shape)
+                    )));
+                };
+                if ph < kernel || pw < kernel {
                     return Err(fail(
-                        format!(
+                        &format!(
                             "kernel {kernel} with padding {padding} does not fit the {} input",
                             dims(&shape)
                         ),
@@ -203,52 +318,53 @@ fn walk(
                         ),
                     ));
                 }
-                let fan_in = c * kernel * kernel;
+                let Some(fan_in) = c.checked_mul(kernel).and_then(|n| n.checked_mul(kernel)) else {
+                    return Err(too_large(&format!("kernel {kernel} over {c} channels")));
+                };
                 params.push(param(
                     "weight",
-                    vec![*co, c, *kernel, *kernel],
+                    &[co, c, kernel, kernel],
                     Init::KaimingUniform { fan_in },
-                ));
+                )?);
                 if *bias {
-                    params.push(param("bias", vec![*co], Init::BiasUniform { fan_in }));
+                    params.push(param("bias", &[co], Init::BiasUniform { fan_in })?);
                 }
-                vec![
-                    *co,
-                    (h + 2 * padding - kernel) / stride + 1,
-                    (w + 2 * padding - kernel) / stride + 1,
-                ]
+                sized(
+                    "output",
+                    &vec![co, (ph - kernel) / stride + 1, (pw - kernel) / stride + 1],
+                )?
             }
             LayerKind::Linear { out: o, bias } => {
                 let n = match shape.as_slice() {
                     &[n] => n,
                     s => {
                         return Err(fail(
-                            format!("linear needs a flat input, got {}", dims(s)),
+                            &format!("linear needs a flat input, got {}", dims(s)),
                             Some("add `flatten` before it"),
                         ))
                     }
                 };
                 if *o == 0 {
-                    return Err(fail("out features must be > 0".into(), None));
+                    return Err(fail("out features must be > 0", None));
                 }
                 params.push(param(
                     "weight",
-                    vec![*o, n],
+                    &[*o, n],
                     Init::KaimingUniform { fan_in: n },
-                ));
+                )?);
                 if *bias {
-                    params.push(param("bias", vec![*o], Init::BiasUniform { fan_in: n }));
+                    params.push(param("bias", &[*o], Init::BiasUniform { fan_in: n })?);
                 }
-                vec![*o]
+                sized("output", &[*o])?
             }
             LayerKind::BatchNorm { .. } => {
                 let c = shape[0];
-                params.push(param("gamma", vec![c], Init::Ones));
-                params.push(param("beta", vec![c], Init::Zeros));
+                params.push(param("gamma", &[c], Init::Ones)?);
+                params.push(param("beta", &[c], Init::Zeros)?);
                 for (s, init) in [("running_mean", Init::Zeros), ("running_var", Init::Ones)] {
                     params.push(ParamSpec {
                         trainable: false,
-                        ..param(s, vec![c], init)
+                        ..param(s, &[c], init)?
                     });
                 }
                 shape.clone()
@@ -256,28 +372,34 @@ fn walk(
             LayerKind::AvgPool { kernel, stride } | LayerKind::MaxPool { kernel, stride } => {
                 let (c, h, w) = image(keyword)?;
                 if *kernel == 0 || *stride == 0 {
-                    return Err(fail("kernel and stride must be > 0".into(), None));
+                    return Err(fail("kernel and stride must be > 0", None));
                 }
                 if h < *kernel || w < *kernel {
                     return Err(fail(
-                        format!("kernel {kernel} is larger than the {} input", dims(&shape)),
+                        &format!("kernel {kernel} is larger than the {} input", dims(&shape)),
                         Some("remove a pooling layer or use a smaller kernel"),
                     ));
                 }
                 vec![c, (h - kernel) / stride + 1, (w - kernel) / stride + 1]
             }
-            LayerKind::Flatten => vec![shape.iter().product()],
+            LayerKind::Flatten => vec![sized("output", &shape)?.iter().product()],
             LayerKind::Dropout { p } => {
                 if !(0.0..1.0).contains(p) {
-                    return Err(fail(format!("dropout p must be in [0, 1), got {p}"), None));
+                    return Err(fail(&format!("dropout p must be in [0, 1), got {p}"), None));
                 }
                 shape.clone()
             }
             LayerKind::Neuron { .. } => {
-                neurons = shape.iter().product();
+                neurons = numel(&sized("output", &shape)?);
                 shape.clone()
             }
             LayerKind::Residual { main, shortcut } => {
+                if depth >= MAX_NESTING {
+                    return Err(fail(
+                        &format!("residual blocks are nested more than {MAX_NESTING} deep"),
+                        Some(&nesting_hint()),
+                    ));
+                }
                 let at = out.len();
                 out.push(LayerShape {
                     path: path.clone(),
@@ -305,7 +427,7 @@ fn walk(
                 )?;
                 if a != b {
                     return Err(fail(
-                        format!(
+                        &format!(
                             "the branches give different shapes: main {} vs shortcut {}",
                             dims(&a),
                             dims(&b)
@@ -335,4 +457,13 @@ fn walk(
         shape = output;
     }
     Ok(shape)
+}
+
+/// The hint for a model nested deeper than [`MAX_NESTING`] (parser and
+/// shape analysis).
+pub fn nesting_hint() -> String {
+    format!(
+        "snnc allows {MAX_NESTING} levels of nested `residual` blocks (real networks use one or \
+         two); put blocks one after another instead of inside each other"
+    )
 }

@@ -9,27 +9,36 @@ pub struct Tensor<F> {
     pub data: Vec<F>,
 }
 
+/// The element count of `shape`, checked: a shape whose product does not
+/// fit is a programming error (shape analysis and the graph verifier
+/// refuse such sizes long before a tensor is made), never a wrapped size.
+fn len_of(shape: &[usize]) -> usize {
+    crate::shape::elements(shape)
+        .unwrap_or_else(|| panic!("tensor shape {} is too large", crate::shape::dims(shape)))
+}
+
 impl<F: Float> Tensor<F> {
     pub fn zeros(shape: &[usize]) -> Self {
         Tensor {
             shape: shape.to_vec(),
-            data: vec![F::zero(); shape.iter().product()],
+            data: vec![F::zero(); len_of(shape)],
         }
     }
 
     pub fn full(shape: &[usize], v: F) -> Self {
         Tensor {
             shape: shape.to_vec(),
-            data: vec![v; shape.iter().product()],
+            data: vec![v; len_of(shape)],
         }
     }
 
     /// Panics if `data.len()` does not match the shape: a programming error.
     pub fn from_vec(shape: &[usize], data: Vec<F>) -> Self {
         assert_eq!(
-            shape.iter().product::<usize>(),
+            len_of(shape),
             data.len(),
-            "tensor data does not match shape {shape:?}"
+            "tensor data does not match shape {}",
+            crate::shape::dims(shape)
         );
         Tensor {
             shape: shape.to_vec(),

@@ -45,9 +45,55 @@ pub enum UnrollError {
     NoSteps,
     #[error("batch size must be at least 1")]
     NoBatch,
+    /// A value's batched size does not fit: the batch (or, for event
+    /// input, batch × T) times a per-sample size overflows.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("internal error: {0}")]
     Verify(#[from] ir::VerifyError),
 }
+
+/// Every value's batched element count (the per-sample counts are checked
+/// by shape analysis) must be representable: checked products, no
+/// wrapping.
+fn check_batched(model: &Model, a: &Analysis, cfg: &UnrollConfig) -> Result<(), UnrollError> {
+    let batch = cfg.batch;
+    let fits = |per_sample: &[usize], times: usize| {
+        shape::elements(per_sample)
+            .and_then(|n| n.checked_mul(times))
+            .is_some_and(|n| n <= shape::MAX_ELEMENTS)
+    };
+    let input_times = match model.input.encoding {
+        Encoding::Events => batch.checked_mul(cfg.steps),
+        _ => Some(batch),
+    };
+    if !input_times.is_some_and(|k| fits(&a.input, k)) {
+        let by = match model.input.encoding {
+            Encoding::Events => format!("batch {batch} × T {}", cfg.steps),
+            _ => format!("batch {batch}"),
+        };
+        return Err(UnrollError::TooLarge(format!(
+            "{by} × input {} is too many elements for one tensor (at most 2^60)",
+            shape::dims(&a.input)
+        )));
+    }
+    for l in &a.layers {
+        if !fits(&l.output, batch) {
+            return Err(UnrollError::TooLarge(format!(
+                "layer {} `{}`: batch {batch} × output {} is too many elements for one \
+                 tensor (at most 2^60)",
+                l.path,
+                l.keyword,
+                shape::dims(&l.output)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A generous estimate of the bytes one unrolled node costs through the
+/// pipeline (node, shape, edges, the backward autodiff adds for it).
+const GRAPH_BYTES_PER_NODE: u64 = 1024;
 
 /// Unrolls for training with batch size 1.
 pub fn unroll(model: &Model, steps: usize) -> Result<Graph, UnrollError> {
@@ -69,6 +115,20 @@ pub fn unroll_with(model: &Model, cfg: &UnrollConfig) -> Result<Graph, UnrollErr
         return Err(UnrollError::NoBatch);
     }
     let analysis = shape::analyze(model)?;
+    check_batched(model, &analysis, cfg)?;
+    // The graph itself: T copies of each layer's few nodes, before autodiff
+    // roughly triples them. An absurd T is refused here, with the memory
+    // check every allocating command uses, instead of aborting in a
+    // `Vec` allocation.
+    let nodes = cfg
+        .steps
+        .saturating_mul(analysis.layers.len().saturating_mul(8).saturating_add(4));
+    crate::passes::mem::ensure_fits(
+        &format!("the graph unrolled over T = {}", cfg.steps),
+        (nodes as u64).saturating_mul(GRAPH_BYTES_PER_NODE),
+        crate::passes::mem::Memory::Host,
+    )
+    .map_err(|e| UnrollError::TooLarge(e.trim_start_matches("error: ").to_string()))?;
     let mut u = Unroller {
         g: Graph::new(&model.name, cfg.steps, cfg.batch),
         cfg: *cfg,

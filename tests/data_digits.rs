@@ -143,7 +143,7 @@ fn digits_csv_errors_name_file_line_and_problem() {
     );
     let m = csv_err(&format!("{}\n", row("x", "1")));
     assert!(
-        m.contains("line 1") && m.contains("\"x\" is not an integer"),
+        m.contains("line 1") && m.contains("`x` is not an integer"),
         "{m}"
     );
     let m = csv_err(&format!("{good}\n{good}\n{}\n", row("1", "12")));

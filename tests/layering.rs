@@ -10,8 +10,8 @@ use std::path::Path;
 /// Top-level modules by layer, lowest first. A module may use its own layer
 /// and the ones before it.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("base", &["tensor", "rng"]),
-    ("front-end", &["dsl", "model", "shape", "init", "frontend"]),
+    ("base", &["rng"]),
+    ("front-end", &["dsl", "model", "shape", "tensor", "init", "frontend"]),
     ("ir", &["ir", "interp", "compare"]),
     ("passes", &["unroll", "autodiff", "passes", "compile"]),
     ("codegen", &["codegen"]),

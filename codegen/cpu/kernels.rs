@@ -233,7 +233,7 @@ pub struct CpuWorkspace;
 
 impl crate::passes::memplan::Workspace for CpuWorkspace {
     fn scratch_bytes(&self, op: &crate::ir::Op, ins: &[&[usize]]) -> u64 {
-        4 * scratch_floats(op, ins) as u64
+        (scratch_floats(op, ins) as u64).saturating_mul(4)
     }
 }
 
@@ -247,7 +247,9 @@ pub fn scratch_floats(op: &crate::ir::Op, ins: &[&[usize]]) -> usize {
         Op::Conv2d { stride, padding } => {
             let (x, w) = (ins[0], ins[1]);
             let geo = geometry(x, w[2], *stride, *padding);
-            workers(x[0]) * geo.rows() * geo.cols()
+            workers(x[0])
+                .saturating_mul(geo.rows())
+                .saturating_mul(geo.cols())
         }
         Op::Conv2dGradInput {
             stride,
@@ -257,7 +259,9 @@ pub fn scratch_floats(op: &crate::ir::Op, ins: &[&[usize]]) -> usize {
         } => {
             let (d, w) = (ins[0], ins[1]);
             let geo = geometry(&[d[0], w[1], *in_h, *in_w], w[2], *stride, *padding);
-            workers(d[0]) * geo.rows() * geo.cols()
+            workers(d[0])
+                .saturating_mul(geo.rows())
+                .saturating_mul(geo.cols())
         }
         Op::Conv2dGradWeight {
             stride,
@@ -266,7 +270,11 @@ pub fn scratch_floats(op: &crate::ir::Op, ins: &[&[usize]]) -> usize {
         } => {
             let (x, d) = (ins[0], ins[1]);
             let geo = geometry(x, *kernel, *stride, *padding);
-            workers(x[0]) * (geo.rows() * geo.cols() + d[1] * geo.rows())
+            workers(x[0]).saturating_mul(
+                geo.rows()
+                    .saturating_mul(geo.cols())
+                    .saturating_add(d[1].saturating_mul(geo.rows())),
+            )
         }
         _ => 0,
     }

@@ -48,6 +48,16 @@ pub enum Step {
     KernelStep(usize, usize),
 }
 
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Node(n) => write!(f, "node #{}", n.index()),
+            Step::Kernel(k) => write!(f, "kernel {k}"),
+            Step::KernelStep(k, t) => write!(f, "kernel {k} at t={t}"),
+        }
+    }
+}
+
 /// Values of the graph's outputs, by name.
 pub type Outputs = HashMap<String, Tensor<f32>>;
 
@@ -1727,9 +1737,10 @@ impl<B: Backend> Drop for Executor<'_, B> {
 fn check_shape(name: &str, shape: &[usize], t: &Tensor<f32>) -> Result<(), String> {
     if t.shape != shape || t.data.len() != elems(shape) {
         return Err(format!(
-            "`{name}` has shape {:?} ({} elements), but the graph expects {shape:?}",
-            t.shape,
-            t.data.len()
+            "`{name}` has shape {} ({} elements), but the graph expects {}",
+            crate::shape::list(&t.shape),
+            t.data.len(),
+            crate::shape::list(shape)
         ));
     }
     Ok(())

@@ -174,7 +174,8 @@ pub fn compile(src: &str, name: &str, opts: &[String]) -> Result<Compiled, Strin
         .unwrap_or_default();
     if let Err(e) = compiled {
         return Err(format!(
-            "NVRTC could not compile {name}.cu ({e}) with options {opts:?}:\n{log}"
+            "NVRTC could not compile {name}.cu ({e}) with options `{}`:\n{log}",
+            opts.join(" ")
         ));
     }
     // SAFETY: compiled successfully.

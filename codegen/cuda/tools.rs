@@ -559,7 +559,7 @@ fn check_once<B: Backend>(
                 }
             }
             Err(e) => {
-                node_failure.get_or_insert(format!("CPU reference of step {:?}: {e}", o.step));
+                node_failure.get_or_insert(format!("CPU reference of step {}: {e}", o.step));
             }
         }
     };
@@ -1001,8 +1001,14 @@ pub fn bench_cuda(
     json: bool,
     fused: bool,
 ) -> Result<(), String> {
-    let (model, a) = crate::frontend::load(path)?;
+    let (model, a) = crate::compile::load_for(path, modes)?;
     let mut cuda = Cuda::new().map_err(|e| format!("error: bench --device cuda: {e}"))?;
+    // Parameters are made in f64 on the host, then cast to f32.
+    crate::passes::mem::ensure_fits(
+        "the parameters",
+        crate::passes::mem::param_bytes(&a, 12),
+        crate::passes::mem::Memory::Host,
+    )?;
     let params: HashMap<String, Tensor<f32>> =
         crate::init::cast_params(&crate::init::init_params(&a, 0));
     // The reference for the LIF kernels' bandwidth.
@@ -1108,8 +1114,28 @@ fn bench_one(
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
     cuda.sync()?;
     let before = cuda.mem_info();
-    let mut exec = if fused {
-        Executor::with_plan(cuda, g, fuse_time::plan(g, &[], sched), &[])?
+    let plan = fused.then(|| fuse_time::plan(g, &[], sched));
+    let planned = match &plan {
+        Some(p) => crate::passes::memplan::plan_fused(g, p, &crate::codegen::cpu::WORKSPACE),
+        None => {
+            crate::passes::memplan::build(
+                g,
+                SchedOpts::LAYER_MAJOR,
+                &crate::codegen::cpu::WORKSPACE,
+            )
+            .mem
+        }
+    };
+    crate::passes::mem::ensure_plan_fits(
+        &format!("a training step ({mode}, T={})", g.steps),
+        &planned,
+        0,
+        crate::passes::mem::Memory::Device {
+            free: before.map(|(free, _)| free as u64),
+        },
+    )?;
+    let mut exec = if let Some(plan) = plan {
+        Executor::with_plan(cuda, g, plan, &[])?
     } else {
         Executor::new(cuda, g)?
     };

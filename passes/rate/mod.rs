@@ -26,6 +26,7 @@ use crate::ir::{self, AdInfo, Graph, LayerId, NodeIndex, Op, Role};
 use egg::{Extractor, Id, Runner, SimpleScheduler, StopReason};
 use lang::{Head, Leaf, RGraph, RNode, RegionAnalysis};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -53,13 +54,46 @@ pub struct Limits {
     pub time: Duration,
 }
 
+impl Limits {
+    /// The built-in limits, before `--egraph-node-limit` and
+    /// `--egraph-time-limit`.
+    pub const BUILT_IN: Limits = Limits {
+        nodes: 200_000,
+        iterations: 100,
+        time: Duration::from_secs(30),
+    };
+}
+
+/// Process-wide overrides of the default limits (the `snnc` flags
+/// `--egraph-node-limit` and `--egraph-time-limit`); 0 = not set.
+static NODE_LIMIT: AtomicUsize = AtomicUsize::new(0);
+static TIME_LIMIT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Changes what [`Limits::default`] gives from now on: the e-node limit per
+/// region and the rewriting time per region (`None` keeps the current one).
+pub fn set_default_limits(nodes: Option<usize>, time: Option<Duration>) {
+    if let Some(n) = nodes {
+        NODE_LIMIT.store(n.max(1), AtomicOrdering::Relaxed);
+    }
+    if let Some(t) = time {
+        let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
+        TIME_LIMIT_MS.store(ms, AtomicOrdering::Relaxed);
+    }
+}
+
 impl Default for Limits {
+    /// [`Limits::BUILT_IN`], with the overrides of [`set_default_limits`].
     fn default() -> Limits {
-        Limits {
-            nodes: 200_000,
-            iterations: 100,
-            time: Duration::from_secs(30),
+        let mut l = Limits::BUILT_IN;
+        match NODE_LIMIT.load(AtomicOrdering::Relaxed) {
+            0 => {}
+            n => l.nodes = n,
         }
+        match TIME_LIMIT_MS.load(AtomicOrdering::Relaxed) {
+            0 => {}
+            ms => l.time = Duration::from_millis(ms),
+        }
+        l
     }
 }
 
@@ -153,15 +187,12 @@ pub fn rate_pass(
             .with_iter_limit(limits.iterations)
             .with_time_limit(limits.time)
             .run(&rules::rewrites(mode == Mode::Rate));
-        match &runner.stop_reason {
-            Some(StopReason::Saturated) => {}
-            other => {
-                return Err(fail(&format!(
-                    "region {name}: rewriting did not saturate within the limits ({other:?}; {} e-nodes, {} iterations); raise --egraph-node-limit or report the model",
-                    runner.egraph.total_number_of_nodes(),
-                    runner.iterations.len()
-                )))
-            }
+        if let Some(why) = unsaturated(&runner.stop_reason, limits) {
+            return Err(fail(&format!(
+                "region {name}: rewriting did not saturate: {why} ({} e-nodes after {} iterations)",
+                runner.egraph.total_number_of_nodes(),
+                runner.iterations.len()
+            )));
         }
         let eg = runner.egraph;
         stats.push(RegionStats {
@@ -223,6 +254,30 @@ pub fn rate_pass(
 }
 
 use crate::autodiff as ad;
+
+/// Why rewriting stopped short of saturation, with what to do about it
+/// (`None` when it saturated). Every flag named here is an `snnc` flag
+/// (tests/dsl_hardening.rs checks hints against the CLI).
+fn unsaturated(reason: &Option<StopReason>, limits: &Limits) -> Option<String> {
+    Some(match reason {
+        Some(StopReason::Saturated) => return None,
+        Some(StopReason::NodeLimit(_)) => format!(
+            "the e-graph reached its limit of {} e-nodes; raise it with --egraph-node-limit \
+             (e-graphs grow with T), or use a smaller -T",
+            limits.nodes
+        ),
+        Some(StopReason::TimeLimit(_)) => format!(
+            "it ran out of its {} s; raise the limit with --egraph-time-limit, or use a smaller -T",
+            limits.time.as_secs_f64()
+        ),
+        Some(StopReason::IterationLimit(n)) => format!(
+            "it reached the limit of {n} iterations (the rules should saturate long before: \
+             please report the model)"
+        ),
+        Some(StopReason::Other(why)) => format!("egg stopped it: {why}"),
+        None => "egg did not run".to_string(),
+    })
+}
 
 fn fail(msg: &str) -> PassError {
     PassError::Failed {
@@ -389,31 +444,42 @@ impl<'a> Region<'a> {
         self.add(RNode::tsum(kids))
     }
 
-    /// The e-class of a graph node's value.
-    fn expr(&mut self, n: NodeIndex) -> Id {
-        if let Some(&id) = self.memo.get(&n) {
-            return id;
-        }
-        let node = &self.g.g[n];
-        let id = if !matches!(node.role, Role::Backward | Role::Gradient) {
-            self.leaf(Leaf::Fwd, n)
-        } else if self.fam.is_incoming(self.layer, n) || node.op == Op::SoftmaxCrossEntropyGrad {
-            // The loss gradient is where the backward starts: a gradient,
-            // although only forward values go into it.
-            self.leaf(Leaf::Bnd, n)
-        } else {
-            let args = self.g.operands(n);
-            let kids: Vec<Id> = args.iter().map(|&a| self.expr(a)).collect();
-            match &node.op {
-                // A one-operand sum (autodiff's relabelling of a gradient
-                // to its node's step) is its operand.
-                Op::Sum if kids.len() == 1 => kids[0],
-                Op::Sum if node.t.is_none() => self.sum_over_time(&args, kids),
-                op => self.add(RNode::op(op.clone(), kids)),
+    /// The e-class of a graph node's value. Iterative (an explicit stack,
+    /// operands in order, as a recursion would visit them): the membrane
+    /// chain makes the backward T nodes deep, too deep to recurse at large T.
+    fn expr(&mut self, root: NodeIndex) -> Id {
+        let mut stack = vec![(root, false)];
+        while let Some((n, operands_done)) = stack.pop() {
+            if self.memo.contains_key(&n) {
+                continue;
             }
-        };
-        self.memo.insert(n, id);
-        id
+            let node = &self.g.g[n];
+            let id = if !matches!(node.role, Role::Backward | Role::Gradient) {
+                self.leaf(Leaf::Fwd, n)
+            } else if self.fam.is_incoming(self.layer, n) || node.op == Op::SoftmaxCrossEntropyGrad
+            {
+                // The loss gradient is where the backward starts: a gradient,
+                // although only forward values go into it.
+                self.leaf(Leaf::Bnd, n)
+            } else {
+                let args = self.g.operands(n);
+                if !operands_done {
+                    stack.push((n, true));
+                    stack.extend(args.iter().rev().map(|&a| (a, false)));
+                    continue;
+                }
+                let kids: Vec<Id> = args.iter().map(|a| self.memo[a]).collect();
+                match &node.op {
+                    // A one-operand sum (autodiff's relabelling of a gradient
+                    // to its node's step) is its operand.
+                    Op::Sum if kids.len() == 1 => kids[0],
+                    Op::Sum if node.t.is_none() => self.sum_over_time(&args, kids),
+                    op => self.add(RNode::op(op.clone(), kids)),
+                }
+            };
+            self.memo.insert(n, id);
+        }
+        self.memo[&root]
     }
 
     /// A shared `sum` whose operands include one per step is a time sum
@@ -582,9 +648,9 @@ fn check_collapsed(g: &Graph) -> Result<(), PassError> {
                 .map(|l| format!("{}:{}", g.layers[l].path, g.layers[l].keyword))
                 .unwrap_or_default();
             return Err(fail(&format!(
-                "region {l}: the rate backward still reads a per-step value ({} at step {:?} read by {}); this layer cannot be collapsed to rates",
+                "region {l}: the rate backward still reads a per-step value ({} at step {} read by {}); this layer cannot be collapsed to rates",
                 g.g[o].op.name(),
-                g.g[o].t,
+                g.g[o].t.map_or("-".to_string(), |t| t.to_string()),
                 node.op.name()
             )));
         }
@@ -616,8 +682,8 @@ pub fn rewrite_forms(
         .with_scheduler(SimpleScheduler)
         .with_iter_limit(50)
         .run(&rules);
-    if !matches!(runner.stop_reason, Some(StopReason::Saturated)) {
-        return Err(format!("did not saturate: {:?}", runner.stop_reason));
+    if let Some(why) = unsaturated(&runner.stop_reason, &Limits::BUILT_IN) {
+        return Err(format!("did not saturate: {why}"));
     }
     let eg = runner.egraph;
     let ex = Extractor::new(&eg, cost::KeptThenFlops { egraph: &eg });

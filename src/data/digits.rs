@@ -87,7 +87,7 @@ pub fn parse_digits_csv(path: &Path, bytes: &[u8], hint: &str) -> Result<Dataset
             let v: u32 = f.parse().map_err(|_| {
                 csv_err(
                     line_no,
-                    &format!("field {}: {f:?} is not an integer", j + 1),
+                    &format!("field {}: `{}` is not an integer", j + 1, f.escape_debug()),
                 )
             })?;
             if j < 64 {

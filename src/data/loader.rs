@@ -105,8 +105,10 @@ impl Augment {
             Err(DataError::Invalid {
                 what: format!(
                     "augmentation (crop padding {}, flip {}) needs image samples of shape \
-                     [C, H, W], got {shape:?}",
-                    self.crop_padding, self.hflip
+                     [C, H, W], got {}",
+                    self.crop_padding,
+                    self.hflip,
+                    crate::shape::list(shape)
                 ),
             })
         }
@@ -127,9 +129,10 @@ impl Augment {
         if x.len() != n || out.len() != n {
             return Err(DataError::Invalid {
                 what: format!(
-                    "augmentation: sample has {} values and output {}, shape {shape:?} needs {n}",
+                    "augmentation: sample has {} values and output {}, shape {} needs {n}",
                     x.len(),
-                    out.len()
+                    out.len(),
+                    crate::shape::list(shape)
                 ),
             });
         }

@@ -140,20 +140,20 @@ impl Dataset {
         if let Some(ev) = &self.events {
             if ev.len() != self.len() || ev.spec.shape() != self.shape || !self.images.is_empty() {
                 return bad(&format!(
-                    "{} event samples of shape {:?} for {} labels of shape {:?} ({} stray values)",
+                    "{} event samples of shape {} for {} labels of shape {} ({} stray values)",
                     ev.len(),
-                    ev.spec.shape(),
+                    crate::shape::list(&ev.spec.shape()),
                     self.len(),
-                    self.shape,
+                    crate::shape::list(&self.shape),
                     self.images.len()
                 ));
             }
         } else if self.images.len() != self.len() * self.sample_len() {
             return bad(&format!(
-                "{} values for {} samples of shape {:?}",
+                "{} values for {} samples of shape {}",
                 self.images.len(),
                 self.len(),
-                self.shape
+                crate::shape::list(&self.shape)
             ));
         }
         if let Some((i, &l)) = self

@@ -52,6 +52,7 @@ impl Diagnostic {
     /// caret under the offending text, and the hint. No colors and no
     /// trailing newline, so the output is stable enough for snapshots.
     pub fn render(&self, file_name: &str, source: &str) -> String {
+        let source = super::strip_bom(source);
         let mut out = format!("error: {}", self.message);
         let line_no = self.line.to_string();
         let pad = " ".repeat(line_no.len());

@@ -59,6 +59,7 @@ pub(crate) fn lex_line(text: &str, line: u32) -> Result<Vec<Tok<'_>>, Diagnostic
             word.get_or_insert((i, col));
             continue;
         }
+        let interrupted = word;
         if let Some((start, start_col)) = word.take() {
             toks.push(Tok {
                 kind: TokKind::Word,
@@ -72,6 +73,7 @@ pub(crate) fn lex_line(text: &str, line: u32) -> Result<Vec<Tok<'_>>, Diagnostic
             ' ' | '\t' | '\r' => continue,
             '{' => TokKind::Open,
             '}' => TokKind::Close,
+            '×' | '*' => return Err(times_sign(text, i, interrupted, line, col)),
             _ => return Err(bad_char(c, line, col)),
         };
         toks.push(Tok {
@@ -90,6 +92,41 @@ pub(crate) fn lex_line(text: &str, line: u32) -> Result<Vec<Tok<'_>>, Diagnostic
         });
     }
     Ok(toks)
+}
+
+/// `1×28×28` (as `snnc check` prints shapes) or `1*28*28`: point at the
+/// sign and show the shape written with `x`. `word` is the start of the
+/// word the sign interrupts, if it follows one.
+fn times_sign(
+    text: &str,
+    at: usize,
+    word: Option<(usize, u32)>,
+    line: u32,
+    col: u32,
+) -> Diagnostic {
+    let c = text[at..].chars().next().unwrap_or('×');
+    let start = word.map_or(at, |(s, _)| s);
+    let end = text[at..]
+        .char_indices()
+        .find(|&(_, c)| !(is_word_char(c) || c == '×' || c == '*'))
+        .map_or(text.len(), |(j, _)| at + j);
+    let shape: String = text[start..end]
+        .chars()
+        .map(|c| if c == '×' || c == '*' { 'x' } else { c })
+        .collect();
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    // `input 1×28×28`: the word before the shape is not part of it.
+    let shape = shape.rsplit('=').next().unwrap_or_default();
+    let d = bad_char(c, line, col);
+    if shape.split('x').all(digits) {
+        d.with_hint(format!(
+            "write `{shape}`: dimensions are separated by the letter `x`"
+        ))
+    } else if c == '×' {
+        d.with_hint("dimensions are separated by the letter `x`, e.g. `1x28x28`")
+    } else {
+        d
+    }
 }
 
 fn bad_char(c: char, line: u32, col: u32) -> Diagnostic {

@@ -69,6 +69,26 @@ pub fn parse(source: &str, file_name: &str) -> Result<Model, Diagnostic> {
     parser::parse(source, file_name)
 }
 
+/// Where the shape of the `input` statement is in `.snn` text: 1-based
+/// line and column (in characters) and length. The `Input` of a model
+/// keeps no position; shape errors about it (a size too large) point here.
+pub fn input_shape_span(source: &str) -> Option<(u32, u32, u32)> {
+    strip_bom(source).lines().enumerate().find_map(|(i, l)| {
+        let toks = lexer::lex_line(l, i as u32 + 1).ok()?;
+        match toks.as_slice() {
+            [kw, shape, ..] if kw.is_word("input") => Some((shape.line, shape.col, shape.len())),
+            [kw] if kw.is_word("input") => Some((kw.line, kw.col, kw.len())),
+            _ => None,
+        }
+    })
+}
+
+/// `source` without a leading UTF-8 byte-order mark (editors on Windows
+/// write one); the lexer would otherwise see an unexpected character.
+pub fn strip_bom(source: &str) -> &str {
+    source.strip_prefix('\u{feff}').unwrap_or(source)
+}
+
 /// Reads and parses a `.snn` file, returning the source too so that later
 /// errors (shape inference) can be rendered against it. The error is
 /// already rendered for printing.
@@ -76,6 +96,7 @@ pub fn parse_file(path: &Path) -> Result<(Model, String), String> {
     let name = path.display().to_string();
     let source =
         std::fs::read_to_string(path).map_err(|e| format!("error: cannot read `{name}`: {e}"))?;
+    let source = strip_bom(&source).to_string();
     match parse(&source, &name) {
         Ok(model) => Ok((model, source)),
         Err(d) => Err(d.render(&name, &source)),

@@ -13,6 +13,7 @@ use super::LAYER_KEYWORDS;
 use crate::model::{
     Encoding, Input, Layer, LayerKind, Model, NeuronKind, NeuronOpts, Pos, Reset, SurrogateKind,
 };
+use crate::shape::{nesting_hint, MAX_NESTING};
 
 const HEADER_KEYWORDS: &[&str] = &["model", "input", "neuron"];
 
@@ -602,7 +603,7 @@ pub(crate) fn parse(source: &str, file_name: &str) -> Result<Model, Diagnostic> 
         after_main: false,
     };
     let mut line_count = 0;
-    for (i, text) in source.lines().enumerate() {
+    for (i, text) in super::strip_bom(source).lines().enumerate() {
         line_count = i as u32 + 1;
         let toks = lex_line(text, line_count)?;
         if !toks.is_empty() {
@@ -632,6 +633,16 @@ impl Parser {
             "residual" => {
                 self.note_layer(first, "residual");
                 expect_open(first, &toks[1..])?;
+                // An explicit stack, so deep nesting cannot overflow the
+                // parser; the limit keeps the recursive passes that walk
+                // the resulting tree safe.
+                if self.stack.len() >= MAX_NESTING {
+                    return Err(first
+                        .error(format!(
+                            "`residual` blocks are nested more than {MAX_NESTING} deep"
+                        ))
+                        .with_hint(nesting_hint()));
+                }
                 self.stack.push(Frame {
                     pos: pos(first),
                     main: Vec::new(),

@@ -36,7 +36,11 @@ pub enum InterpError {
     MissingInput(String),
     #[error("missing param `{0}`")]
     MissingParam(String),
-    #[error("`{name}` has shape {got:?}, but the graph expects {expected:?}")]
+    #[error(
+        "`{name}` has shape {}, but the graph expects {}",
+        crate::shape::list(got),
+        crate::shape::list(expected)
+    )]
     BadShape {
         name: String,
         expected: Vec<usize>,
@@ -144,8 +148,9 @@ fn check_leaf<F>(
             node: n.index(),
             op: op.name().to_string(),
             msg: format!(
-                "`{name}` holds {} elements but its shape {shape:?} needs {need}",
-                t.data.len()
+                "`{name}` holds {} elements but its shape {} needs {need}",
+                t.data.len(),
+                crate::shape::list(shape)
             ),
         });
     }

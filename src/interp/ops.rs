@@ -24,9 +24,9 @@ pub fn eval_op<F: Float>(
         let need: usize = x.shape.iter().product();
         if x.data.len() != need {
             return Err(format!(
-                "operand {k} holds {} elements but its shape {:?} needs {need}",
+                "operand {k} holds {} elements but its shape {} needs {need}",
                 x.data.len(),
-                x.shape
+                crate::shape::list(&x.shape)
             ));
         }
     }
@@ -39,7 +39,9 @@ pub fn eval_op<F: Float>(
     match op.infer_shape(&shapes)? {
         Some(s) if s != shape => {
             return Err(format!(
-                "operands give shape {s:?}, but the node is annotated {shape:?}"
+                "operands give shape {}, but the node is annotated {}",
+                crate::shape::list(&s),
+                crate::shape::list(shape)
             ))
         }
         Some(_) => {}

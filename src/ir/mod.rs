@@ -12,12 +12,14 @@ mod verify;
 
 pub use op::Op;
 
-/// Bytes of an f32 tensor of `shape`.
+/// Bytes of an f32 tensor of `shape` (saturating: a verified graph's
+/// shapes have at most 2^60 elements, and a sum of byte counts that
+/// saturates is refused by the memory check rather than wrapped).
 pub fn value_bytes(shape: &[usize]) -> u64 {
-    4 * shape.iter().product::<usize>() as u64
+    (crate::shape::numel(shape) as u64).saturating_mul(4)
 }
 pub use petgraph::stable_graph::NodeIndex;
-pub use print::{to_dot, to_text};
+pub use print::{dot_quote, to_dot, to_text};
 pub use verify::{verify, VerifyError};
 
 use petgraph::stable_graph::StableDiGraph;

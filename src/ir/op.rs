@@ -234,14 +234,14 @@ impl Op {
     /// Attributes shown after the name in the text form, e.g. `stride=2`.
     pub fn attrs(&self) -> String {
         match self {
-            Op::Input { name } | Op::Param { name } => format!("{name:?}"),
+            Op::Input { name } | Op::Param { name } => format!("\"{}\"", name.escape_debug()),
             Op::DropoutMask { p, stream } => format!("p={p} stream={stream:#x}"),
             Op::Poisson { stream } => format!("stream={stream:#x}"),
             Op::TimeSlice { t } => format!("t={t}"),
             Op::Scale(c) | Op::AddScalar(c) => format!("{c}"),
             Op::Spike { theta, surrogate } | Op::SurrogateGrad { theta, surrogate } => format!(
                 "theta={theta} {}({})",
-                format!("{:?}", surrogate.kind).to_lowercase(),
+                surrogate.kind.name(),
                 surrogate.alpha
             ),
             Op::MatMul { ta, tb } => match (ta, tb) {
@@ -254,9 +254,9 @@ impl Op {
             Op::AvgPool { kernel, stride } | Op::MaxPool { kernel, stride } => {
                 format!("kernel={kernel} stride={stride}")
             }
-            Op::Reshape { shape } => format!("{shape:?}"),
+            Op::Reshape { shape } => crate::shape::list(shape),
             Op::Normalize { eps } | Op::Rsqrt { eps } => format!("eps={eps}"),
-            Op::ChannelBroadcast { shape } => format!("{shape:?}"),
+            Op::ChannelBroadcast { shape } => crate::shape::list(shape),
             Op::Conv2dGradInput {
                 stride,
                 padding,
@@ -306,7 +306,11 @@ impl Op {
             if a == b {
                 Ok(())
             } else {
-                Err(format!("operand shapes differ: {a:?} vs {b:?}"))
+                Err(format!(
+                    "operand shapes differ: {} vs {}",
+                    crate::shape::list(a),
+                    crate::shape::list(b)
+                ))
             }
         };
         let out = match self {
@@ -328,7 +332,10 @@ impl Op {
                 arity(1)?;
                 let s = ins[0];
                 if s.len() < 2 || *t >= s[1] {
-                    return Err(format!("time_slice t={t} of shape {s:?}"));
+                    return Err(format!(
+                        "time_slice t={t} of shape {}",
+                        crate::shape::list(s)
+                    ));
                 }
                 let mut o = vec![s[0]];
                 o.extend_from_slice(&s[2..]);
@@ -343,19 +350,31 @@ impl Op {
                 arity(2)?;
                 let (a, b) = (ins[0], ins[1]);
                 if a.len() != 2 || b.len() != 2 {
-                    return Err(format!("matmul needs 2-D operands, got {a:?} and {b:?}"));
+                    return Err(format!(
+                        "matmul needs 2-D operands, got {} and {}",
+                        crate::shape::list(a),
+                        crate::shape::list(b)
+                    ));
                 }
                 let (m, ka) = if *ta { (a[1], a[0]) } else { (a[0], a[1]) };
                 let (kb, n) = if *tb { (b[1], b[0]) } else { (b[0], b[1]) };
                 if ka != kb {
-                    return Err(format!("matmul inner dimensions differ: {a:?} · {b:?}"));
+                    return Err(format!(
+                        "matmul inner dimensions differ: {} · {}",
+                        crate::shape::list(a),
+                        crate::shape::list(b)
+                    ));
                 }
                 vec![m, n]
             }
             Op::BiasAdd | Op::ChannelScale => {
                 arity(2)?;
                 if ins[0].len() < 2 || ins[1] != [ins[0][1]] {
-                    return Err(format!("bias {:?} does not fit {:?}", ins[1], ins[0]));
+                    return Err(format!(
+                        "bias {} does not fit {}",
+                        crate::shape::list(ins[1]),
+                        crate::shape::list(ins[0])
+                    ));
                 }
                 ins[0].to_vec()
             }
@@ -363,7 +382,11 @@ impl Op {
                 arity(2)?;
                 let (x, w) = (ins[0], ins[1]);
                 if x.len() != 4 || w.len() != 4 || x[1] != w[1] || w[2] != w[3] {
-                    return Err(format!("conv2d of {x:?} with weight {w:?}"));
+                    return Err(format!(
+                        "conv2d of {} with weight {}",
+                        crate::shape::list(x),
+                        crate::shape::list(w)
+                    ));
                 }
                 let k = w[2];
                 if *stride == 0 {
@@ -372,7 +395,12 @@ impl Op {
                 let o = |n: usize| (n + 2 * padding).checked_sub(k).map(|d| d / stride + 1);
                 match (o(x[2]), o(x[3])) {
                     (Some(h), Some(wd)) => vec![x[0], w[0], h, wd],
-                    _ => return Err(format!("conv2d kernel {k} does not fit {x:?}")),
+                    _ => {
+                        return Err(format!(
+                            "conv2d kernel {k} does not fit {}",
+                            crate::shape::list(x)
+                        ))
+                    }
                 }
             }
             Op::AvgPool { kernel, stride } | Op::MaxPool { kernel, stride } => {
@@ -380,7 +408,10 @@ impl Op {
                 let x = ins[0];
                 if x.len() != 4 || *kernel == 0 || *stride == 0 || x[2] < *kernel || x[3] < *kernel
                 {
-                    return Err(format!("pool kernel {kernel} does not fit {x:?}"));
+                    return Err(format!(
+                        "pool kernel {kernel} does not fit {}",
+                        crate::shape::list(x)
+                    ));
                 }
                 vec![
                     x[0],
@@ -392,7 +423,11 @@ impl Op {
             Op::Reshape { shape } => {
                 arity(1)?;
                 if shape.iter().product::<usize>() != ins[0].iter().product::<usize>() {
-                    return Err(format!("reshape {:?} to {shape:?}", ins[0]));
+                    return Err(format!(
+                        "reshape {} to {}",
+                        crate::shape::list(ins[0]),
+                        crate::shape::list(shape)
+                    ));
                 }
                 shape.clone()
             }
@@ -404,7 +439,7 @@ impl Op {
                     same(ins[0], s)?;
                 }
                 if ins[0].len() < 2 {
-                    return Err(format!("channel_mean of {:?}", ins[0]));
+                    return Err(format!("channel_mean of {}", crate::shape::list(ins[0])));
                 }
                 vec![ins[0][1]]
             }
@@ -416,7 +451,11 @@ impl Op {
                     same(ins[1], s)?;
                 }
                 if ins[1].len() < 2 || ins[0] != [ins[1][1]] {
-                    return Err(format!("channel_var mean {:?} for {:?}", ins[0], ins[1]));
+                    return Err(format!(
+                        "channel_var mean {} for {}",
+                        crate::shape::list(ins[0]),
+                        crate::shape::list(ins[1])
+                    ));
                 }
                 ins[0].to_vec()
             }
@@ -424,7 +463,10 @@ impl Op {
                 arity(3)?;
                 let x = ins[0];
                 if x.len() < 2 || ins[1..].iter().any(|s| *s != [x[1]]) {
-                    return Err(format!("batchnorm statistics do not fit {x:?}"));
+                    return Err(format!(
+                        "batchnorm statistics do not fit {}",
+                        crate::shape::list(x)
+                    ));
                 }
                 x.to_vec()
             }
@@ -440,7 +482,7 @@ impl Op {
             Op::ChannelSum => {
                 arity(1)?;
                 if ins[0].len() < 2 {
-                    return Err(format!("channel_sum of {:?}", ins[0]));
+                    return Err(format!("channel_sum of {}", crate::shape::list(ins[0])));
                 }
                 vec![ins[0][1]]
             }
@@ -448,14 +490,18 @@ impl Op {
                 arity(2)?;
                 same(ins[0], ins[1])?;
                 if ins[0].len() < 2 {
-                    return Err(format!("channel_dot of {:?}", ins[0]));
+                    return Err(format!("channel_dot of {}", crate::shape::list(ins[0])));
                 }
                 vec![ins[0][1]]
             }
             Op::ChannelBroadcast { shape } => {
                 arity(1)?;
                 if shape.len() < 2 || ins[0] != [shape[1]] {
-                    return Err(format!("channel_broadcast of {:?} to {shape:?}", ins[0]));
+                    return Err(format!(
+                        "channel_broadcast of {} to {}",
+                        crate::shape::list(ins[0]),
+                        crate::shape::list(shape)
+                    ));
                 }
                 shape.clone()
             }
@@ -481,7 +527,9 @@ impl Op {
                     Ok(Some(y)) if y == d => x.to_vec(),
                     _ => {
                         return Err(format!(
-                            "conv2d_grad_input of {d:?} with weight {w:?} for {in_h}x{in_w}"
+                            "conv2d_grad_input of {} with weight {} for {in_h}x{in_w}",
+                            crate::shape::list(d),
+                            crate::shape::list(w)
                         ))
                     }
                 }
@@ -494,7 +542,11 @@ impl Op {
                 arity(2)?;
                 let (x, d) = (ins[0], ins[1]);
                 if x.len() != 4 || d.len() != 4 {
-                    return Err(format!("conv2d_grad_weight of {x:?} and {d:?}"));
+                    return Err(format!(
+                        "conv2d_grad_weight of {} and {}",
+                        crate::shape::list(x),
+                        crate::shape::list(d)
+                    ));
                 }
                 let w = [d[1], x[1], *kernel, *kernel];
                 let fwd = Op::Conv2d {
@@ -503,7 +555,13 @@ impl Op {
                 };
                 match fwd.infer_shape(&[x, &w]) {
                     Ok(Some(y)) if y == d => w.to_vec(),
-                    _ => return Err(format!("conv2d_grad_weight of {x:?} and {d:?}")),
+                    _ => {
+                        return Err(format!(
+                            "conv2d_grad_weight of {} and {}",
+                            crate::shape::list(x),
+                            crate::shape::list(d)
+                        ))
+                    }
                 }
             }
             Op::AvgPoolGrad {
@@ -515,7 +573,7 @@ impl Op {
                 arity(1)?;
                 let d = ins[0];
                 if d.len() != 4 {
-                    return Err(format!("avgpool_grad of {d:?}"));
+                    return Err(format!("avgpool_grad of {}", crate::shape::list(d)));
                 }
                 let x = [d[0], d[1], *in_h, *in_w];
                 let fwd = Op::AvgPool {
@@ -524,7 +582,12 @@ impl Op {
                 };
                 match fwd.infer_shape(&[&x]) {
                     Ok(Some(y)) if y == d => x.to_vec(),
-                    _ => return Err(format!("avgpool_grad of {d:?} for {in_h}x{in_w}")),
+                    _ => {
+                        return Err(format!(
+                            "avgpool_grad of {} for {in_h}x{in_w}",
+                            crate::shape::list(d)
+                        ))
+                    }
                 }
             }
             Op::MaxPoolGrad { kernel, stride } => {
@@ -535,7 +598,13 @@ impl Op {
                 };
                 match fwd.infer_shape(&[ins[0]]) {
                     Ok(Some(y)) if y == ins[1] => ins[0].to_vec(),
-                    _ => return Err(format!("maxpool_grad of {:?} and {:?}", ins[0], ins[1])),
+                    _ => {
+                        return Err(format!(
+                            "maxpool_grad of {} and {}",
+                            crate::shape::list(ins[0]),
+                            crate::shape::list(ins[1])
+                        ))
+                    }
                 }
             }
             Op::MaxPoolMask { kernel, stride } => {
@@ -552,8 +621,8 @@ impl Op {
                 same(ins[0], ins[1])?;
                 if ins[0].len() != 2 {
                     return Err(format!(
-                        "cross-entropy needs [B, K] logits, got {:?}",
-                        ins[0]
+                        "cross-entropy needs [B, K] logits, got {}",
+                        crate::shape::list(ins[0])
                     ));
                 }
                 if *self == Op::SoftmaxCrossEntropy {

@@ -104,32 +104,69 @@ fn color(role: Role) -> &'static str {
     }
 }
 
+/// `text` as a DOT double-quoted string: `"` and `\` escaped, line breaks
+/// made DOT's `\n`. Every id and label goes through this, so layer paths
+/// (`5.main.1`) and output names (`grad:0.weight`, where a bare `:` would
+/// name a port) stay one id.
+pub fn dot_quote(text: &str) -> String {
+    let mut q = String::with_capacity(text.len() + 2);
+    q.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => q.push_str("\\\""),
+            '\\' => q.push_str("\\\\"),
+            '\n' => q.push_str("\\n"),
+            '\r' => {}
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
+}
+
+/// A DOT label of several lines: each line escaped, joined by `\n`.
+fn dot_label(lines: &[String]) -> String {
+    let escaped: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let q = dot_quote(l);
+            q[1..q.len() - 1].to_string()
+        })
+        .collect();
+    format!("\"{}\"", escaped.join("\\n"))
+}
+
 /// Graphviz DOT; per-step nodes are grouped in one cluster per timestep.
+/// Ids and labels are quoted: `n<k>` for the node printed as `%k`, and
+/// `out:<name>` for each output.
 pub fn to_dot(g: &Graph) -> String {
     let (order, num) = numbering(g);
     let mut out = String::new();
-    let _ = writeln!(out, "digraph \"{}\" {{", g.name);
+    let _ = writeln!(out, "digraph {} {{", dot_quote(&g.name));
     let _ = writeln!(out, "  rankdir=TB;");
     let _ = writeln!(
         out,
         "  node [shape=box, style=\"rounded,filled\", fontname=\"monospace\", fontsize=10];"
     );
+    let id = |n: &NodeIndex| dot_quote(&format!("n{}", num[n]));
     let line = |n: NodeIndex| {
         let node = &g.g[n];
-        let attrs = node.op.attrs().replace('"', "\\\"");
-        let layer = node
-            .layer
-            .map(|l| format!("\\n{}:{}", g.layers[l].path, g.layers[l].keyword))
-            .unwrap_or_default();
-        format!(
-            "n{} [label=\"%{} {}{}{}\\n{}{}\", fillcolor={}];",
-            num[&n],
-            num[&n],
-            node.op.name(),
-            if attrs.is_empty() { "" } else { " " },
-            attrs,
+        let attrs = node.op.attrs();
+        let mut lines = vec![
+            if attrs.is_empty() {
+                format!("%{} {}", num[&n], node.op.name())
+            } else {
+                format!("%{} {} {attrs}", num[&n], node.op.name())
+            },
             shape_str(&node.shape),
-            layer,
+        ];
+        if let Some(l) = node.layer {
+            lines.push(format!("{}:{}", g.layers[l].path, g.layers[l].keyword));
+        }
+        format!(
+            "{} [label={}, fillcolor={}];",
+            id(&n),
+            dot_label(&lines),
             color(node.role)
         )
     };
@@ -146,7 +183,7 @@ pub fn to_dot(g: &Graph) -> String {
         if ns.is_empty() {
             continue;
         }
-        let _ = writeln!(out, "  subgraph cluster_t{t} {{");
+        let _ = writeln!(out, "  subgraph \"cluster_t{t}\" {{");
         let _ = writeln!(out, "    label=\"t = {t}\"; style=dashed;");
         for &n in ns {
             let _ = writeln!(out, "    {}", line(n));
@@ -158,9 +195,9 @@ pub fn to_dot(g: &Graph) -> String {
             let state = g.g[*o].role == Role::State;
             let _ = writeln!(
                 out,
-                "  n{} -> n{}{};",
-                num[o],
-                num[&n],
+                "  {} -> {}{};",
+                id(o),
+                id(&n),
                 if state {
                     " [style=bold, color=darkgreen]".to_string()
                 } else if g.operands(n).len() > 1 {
@@ -172,8 +209,13 @@ pub fn to_dot(g: &Graph) -> String {
         }
     }
     for (name, n) in &g.outputs {
-        let _ = writeln!(out, "  out_{name} [label=\"{name}\", shape=plaintext];");
-        let _ = writeln!(out, "  n{} -> out_{name};", num[n]);
+        let out_id = dot_quote(&format!("out:{name}"));
+        let _ = writeln!(
+            out,
+            "  {out_id} [label={}, shape=plaintext];",
+            dot_quote(name)
+        );
+        let _ = writeln!(out, "  {} -> {out_id};", id(n));
     }
     let _ = writeln!(out, "}}");
     out

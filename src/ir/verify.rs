@@ -51,7 +51,24 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
                 .collect();
         pos.sort_unstable();
         if pos.iter().enumerate().any(|(i, &p)| i != p) {
-            return Err(err(n, &format!("operand positions {pos:?} are not 0..k")));
+            return Err(err(
+                n,
+                &format!(
+                    "operand positions {} are not 0..k",
+                    crate::shape::list(&pos)
+                ),
+            ));
+        }
+        // Every later size computation (bytes, FLOPs, kernel bounds) may
+        // then multiply a shape's dimensions without overflow.
+        if crate::shape::elements(&node.shape).is_none() {
+            return Err(err(
+                n,
+                &format!(
+                    "shape {} has too many elements (at most 2^60)",
+                    crate::shape::dims(&node.shape)
+                ),
+            ));
         }
         let shapes: Vec<&[usize]> = ops.iter().map(|&o| g.g[o].shape.as_slice()).collect();
         match node.op.infer_shape(&shapes) {
@@ -59,7 +76,11 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
             Ok(Some(s)) if s != node.shape => {
                 return Err(err(
                     n,
-                    &format!("annotated shape {:?}, op gives {s:?}", node.shape),
+                    &format!(
+                        "annotated shape {}, op gives {}",
+                        crate::shape::list(&node.shape),
+                        crate::shape::list(&s)
+                    ),
                 ))
             }
             _ => {}
@@ -101,7 +122,10 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
             if let Some(&o) = ops.iter().find(|&&o| g.g[o].t.is_some()) {
                 return Err(err(
                     n,
-                    &format!("per-step op without a timestep reads step {:?}", g.g[o].t),
+                    &format!(
+                        "per-step op without a timestep reads step {}",
+                        g.g[o].t.map_or("-".to_string(), |t| t.to_string())
+                    ),
                 ));
             }
         }

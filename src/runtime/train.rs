@@ -16,6 +16,7 @@
 //! ms on an H200's link, against ~0.4 s of step time at batch 128, T = 8).
 
 use super::checkpoint::{self, Checkpoint, EpochSums};
+use crate::passes::mem::{self, Memory};
 pub use super::metrics::EpochMetrics;
 use super::optim::{OptimConfig, OptimState, Schedule};
 use super::rundir;
@@ -292,7 +293,19 @@ impl Evaluator {
         for chunk in idx.chunks(batch) {
             let b = chunk.len();
             if !self.cpu.contains_key(&b) {
-                let exe = Compiled::new(self.graph(b)?, &[])?;
+                let g = self.graph(b)?;
+                let exe = Compiled::new(g, &[])?;
+                let plan = crate::passes::memplan::plan_fused(
+                    exe.graph(g),
+                    &exe.plan,
+                    &crate::codegen::cpu::WORKSPACE,
+                );
+                mem::ensure_plan_fits(
+                    &format!("evaluation (batch {b}, fused CPU plan)"),
+                    &plan,
+                    0,
+                    Memory::Host,
+                )?;
                 self.cpu.insert(b, exe);
             }
             let (g, exe) = (&self.graphs[&b], &self.cpu[&b]);
@@ -327,6 +340,16 @@ impl Evaluator {
                 self.plans.insert(b, plan);
             }
             let g = &self.graphs[&b];
+            mem::ensure_plan_fits(
+                &format!("evaluation (batch {b}, fusion plan on the device)"),
+                &crate::passes::memplan::plan_fused(
+                    g,
+                    &self.plans[&b],
+                    &crate::codegen::cpu::WORKSPACE,
+                ),
+                0,
+                device_memory(backend),
+            )?;
             let mut ex = Executor::with_plan(backend, g, self.plans[&b].clone(), &[])?;
             for chunk in chunks.iter().filter(|c| c.len() == b) {
                 let batch = make_batch(d, chunk);
@@ -336,6 +359,13 @@ impl Evaluator {
             }
         }
         Ok(right as f64 / d.len().max(1) as f64)
+    }
+}
+
+/// The free memory of a CUDA backend, for [`mem::ensure_fits`].
+fn device_memory<B: Backend>(backend: &B) -> Memory {
+    Memory::Device {
+        free: backend.mem_info().map(|(free, _)| free as u64),
     }
 }
 
@@ -485,12 +515,18 @@ pub fn train_with(
     opts: &TrainOptions,
 ) -> Result<Summary, String> {
     let quiet = opts.quiet || opts.json;
-    run(cfg, out, resume, opts, |graph, keep| {
+    run(cfg, out, resume, opts, |graph, keep, state_bytes| {
         let exe = Compiled::scheduled(graph, keep, cfg.order)?;
+        let eg = exe.graph(graph);
+        let mem =
+            crate::passes::memplan::plan_fused(eg, &exe.plan, &crate::codegen::cpu::WORKSPACE);
+        mem::ensure_plan_fits(
+            "a training step (fused CPU plan, with the optimizer's state)",
+            &mem,
+            state_bytes,
+            Memory::Host,
+        )?;
         if !quiet {
-            let eg = exe.graph(graph);
-            let mem =
-                crate::passes::memplan::plan_fused(eg, &exe.plan, &crate::codegen::cpu::WORKSPACE);
             let _ = writeln!(
                 std::io::stdout(),
                 "step: fused CPU plan ({}), {} kernels and {} library nodes, planned peak {:.1} MiB",
@@ -531,10 +567,24 @@ pub fn train_on_with<B: Backend>(
     opts: &TrainOptions,
     backend: &mut B,
 ) -> Result<Summary, String> {
-    run(cfg, out, resume, opts, |graph, keep| {
+    run(cfg, out, resume, opts, |graph, keep, state_bytes| {
         // The same lowered graph and plan as the CPU's `Compiled`.
         let graph = crate::passes::fuse_time::lower(graph, cfg.order);
         let plan = crate::passes::fuse_time::plan(&graph, keep, cfg.order);
+        // The optimizer runs on the host: its state is host memory.
+        mem::ensure_fits(
+            "the parameters and the optimizer's state",
+            state_bytes,
+            Memory::Host,
+        )?;
+        // The device's arena is planned like the CPU's (`plan_fused`), with
+        // the CPU kernels' scratch as the estimate of the device's.
+        mem::ensure_plan_fits(
+            "a training step (fusion plan on the device)",
+            &crate::passes::memplan::plan_fused(&graph, &plan, &crate::codegen::cpu::WORKSPACE),
+            0,
+            device_memory(backend),
+        )?;
         Ok(Box::new(CudaEngine {
             backend,
             graph,
@@ -557,13 +607,14 @@ fn run<'d>(
     out: &Path,
     resume: Option<Checkpoint>,
     opts: &TrainOptions,
-    make: impl FnOnce(&Graph, &[NodeIndex]) -> Result<Box<dyn Engine + 'd>, String>,
+    make: impl FnOnce(&Graph, &[NodeIndex], u64) -> Result<Box<dyn Engine + 'd>, String>,
 ) -> Result<Summary, String> {
     install_interrupt_handler();
     let quiet = opts.quiet || opts.json;
     let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
         .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
     let a = shape::analyze(&model)
+        .and_then(|a| compile::check_mode(&model, cfg.mode).map(|()| a))
         .map_err(|e| crate::frontend::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
     let split = load_data(cfg)?;
     // Event frames carry the time axis: [T, C, H, W] per sample.
@@ -635,7 +686,15 @@ fn run<'d>(
         .filter(|&n| matches!(graph.g[n].op, Op::Spike { .. }))
         .collect();
     // The engine gets its own copy; this one names the layers of spikes.
-    let mut engine = make(&graph, &spike_nodes)?;
+    // Host memory beyond the step's plan: the parameters in f64 as they
+    // are made and in f32, their gradients' optimizer state (momentum, or
+    // AdamW's two moments).
+    let moments = match cfg.optim.kind {
+        crate::runtime::optim::OptimizerKind::Adamw => 2,
+        _ => 1,
+    };
+    let state_bytes = crate::passes::mem::param_bytes(&a, 12 + 4 * moments);
+    let mut engine = make(&graph, &spike_nodes, state_bytes)?;
     let mut eval = Evaluator::new(&model, cfg.steps);
     let mut momenta = HashMap::new();
     bn_momenta(&model.layers, "", &mut momenta);
@@ -646,7 +705,9 @@ fn run<'d>(
         .map(|l| {
             (
                 l.path.clone(),
-                (cfg.steps * cfg.batch * l.input[1..].iter().product::<usize>()) as f64,
+                cfg.steps as f64
+                    * cfg.batch as f64
+                    * l.input[1..].iter().map(|&d| d as f64).product::<f64>(),
             )
         })
         .collect();

@@ -60,9 +60,12 @@ pub fn parse_aedat2(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
             return Err(DataError::BadHeader {
                 path: path.to_path_buf(),
                 msg: format!(
-                    "expected the first line `#!AER-DAT2.0`, found {:?}",
+                    "expected the first line `#!AER-DAT2.0`, found {}",
                     first
-                        .map(|l| String::from_utf8_lossy(l).chars().take(40).collect())
+                        .map(|l| {
+                            let l: String = String::from_utf8_lossy(l).chars().take(40).collect();
+                            format!("`{}`", l.escape_debug())
+                        })
                         .unwrap_or_else(|| String::from("no header"))
                 ),
                 hint: EVENTS_HINT.into(),

@@ -87,8 +87,8 @@ pub fn parse_aedat3(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
         let line = line.trim_end();
         if first && !line.starts_with("#!AER-DAT3.1") {
             return Err(bad_header(&format!(
-                "expected the first line `#!AER-DAT3.1`, found {:?}",
-                line.chars().take(40).collect::<String>()
+                "expected the first line `#!AER-DAT3.1`, found `{}`",
+                line.chars().take(40).collect::<String>().escape_debug()
             )));
         }
         first = false;

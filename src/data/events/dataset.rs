@@ -526,7 +526,8 @@ pub fn load_for_input(dir: &Path, input: &[usize], steps: usize) -> Result<Split
     let [2, h, w] = *input else {
         return Err(format!(
             "error: event data needs a model input of 2 polarity channels, C×H×W = 2×H×W; \
-             the model's input is {input:?}"
+             the model's input is {}",
+            crate::shape::list(input)
         ));
     };
     load_event_split(

@@ -169,9 +169,9 @@ pub fn detect_format(path: &Path, bytes: &[u8]) -> Result<Format, DataError> {
                 Err(DataError::BadHeader {
                     path: path.to_path_buf(),
                     msg: format!(
-                        "first line {:?} is neither `#!AER-DAT2.0` nor `#!AER-DAT3.1` \
+                        "first line `{}` is neither `#!AER-DAT2.0` nor `#!AER-DAT3.1` \
                          (AEDAT 1.0, 3.0 and 4 are not supported)",
-                        first.chars().take(40).collect::<String>()
+                        first.chars().take(40).collect::<String>().escape_debug()
                     ),
                     hint: EVENTS_HINT.into(),
                 })

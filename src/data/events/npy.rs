@@ -90,15 +90,21 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
     let header = std::str::from_utf8(&bytes[hstart..data_start])
         .map_err(|_| bad("the header is not text"))?;
     let descr = dict_value(header, "descr")
-        .ok_or_else(|| bad(&format!("no 'descr' in header {header:?}")))?
+        .ok_or_else(|| bad(&format!("no 'descr' in header `{}`", header.escape_debug())))?
         .trim_matches(|c| c == '\'' || c == '"');
     let fortran = match dict_value(header, "fortran_order") {
         Some("False") => false,
         Some("True") => true,
-        other => return Err(bad(&format!("'fortran_order' is {other:?}"))),
+        Some(other) => {
+            return Err(bad(&format!(
+                "'fortran_order' is `{}`",
+                other.escape_debug()
+            )))
+        }
+        None => return Err(bad("no 'fortran_order' in the header")),
     };
     let shape_text = dict_value(header, "shape")
-        .ok_or_else(|| bad(&format!("no 'shape' in header {header:?}")))?;
+        .ok_or_else(|| bad(&format!("no 'shape' in header `{}`", header.escape_debug())))?;
     let dims: Vec<usize> = shape_text
         .trim_start_matches('(')
         .trim_end_matches(')')
@@ -119,12 +125,16 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
     let (order, kind, width) = {
         let b = descr.as_bytes();
         if b.len() != 3 || !matches!(b[0], b'<' | b'>' | b'|' | b'=') {
-            return Err(bad(&format!("unsupported dtype {descr:?}")));
+            return Err(bad(&format!(
+                "unsupported dtype `{}`",
+                descr.escape_debug()
+            )));
         }
         let width = (b[2] as char).to_digit(10).unwrap_or(0) as usize;
         if !matches!((b[1], width), (b'i' | b'u', 1 | 2 | 4 | 8)) {
             return Err(bad(&format!(
-                "dtype {descr:?}: expected an integer type (i1 … i8, u1 … u8)"
+                "dtype `{}`: expected an integer type (i1 … i8, u1 … u8)",
+                descr.escape_debug()
             )));
         }
         (b[0], b[1], width)
