@@ -262,15 +262,14 @@ fn walk(
                 None => Err(too_large(&format!("the {what} ({})", dims(s)))),
             }
         };
-        let param =
-            |suffix: &str, shape: &[usize], init: Init| -> Result<ParamSpec, ShapeError> {
-                Ok(ParamSpec {
-                    name: format!("{path}.{suffix}"),
-                    shape: sized(suffix, shape)?,
-                    init,
-                    trainable: true,
-                })
-            };
+        let param = |suffix: &str, shape: &[usize], init: Init| -> Result<ParamSpec, ShapeError> {
+            Ok(ParamSpec {
+                name: format!("{path}.{suffix}"),
+                shape: sized(suffix, shape)?,
+                init,
+                trainable: true,
+            })
+        };
         let image = |what: &str| -> Result<(usize, usize, usize), ShapeError> {
             match shape.as_slice() {
                 &[c, h, w] => Ok((c, h, w)),
@@ -294,10 +293,7 @@ fn walk(
                 let (c, h, w) = image("conv2d")?;
                 let (co, kernel, stride, padding) = (*co, *kernel, *stride, *padding);
                 if co == 0 || kernel == 0 || stride == 0 {
-                    return Err(fail(
-                        "out channels, kernel and stride must be > 0",
-                        None,
-                    ));
+                    return Err(fail("out channels, kernel and stride must be > 0", None));
                 }
                 // h + 2·padding, checked: a huge padding must not wrap round
                 // to a small output.
@@ -331,7 +327,7 @@ fn walk(
                 }
                 sized(
                     "output",
-                    &vec![co, (ph - kernel) / stride + 1, (pw - kernel) / stride + 1],
+                    &[co, (ph - kernel) / stride + 1, (pw - kernel) / stride + 1],
                 )?
             }
             LayerKind::Linear { out: o, bias } => {

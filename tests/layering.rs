@@ -11,7 +11,10 @@ use std::path::Path;
 /// and the ones before it.
 const LAYERS: &[(&str, &[&str])] = &[
     ("base", &["rng"]),
-    ("front-end", &["dsl", "model", "shape", "tensor", "init", "frontend"]),
+    (
+        "front-end",
+        &["dsl", "model", "shape", "tensor", "init", "frontend"],
+    ),
     ("ir", &["ir", "interp", "compare"]),
     ("passes", &["unroll", "autodiff", "passes", "compile"]),
     ("codegen", &["codegen"]),

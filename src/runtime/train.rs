@@ -16,7 +16,6 @@
 //! ms on an H200's link, against ~0.4 s of step time at batch 128, T = 8).
 
 use super::checkpoint::{self, Checkpoint, EpochSums};
-use crate::passes::mem::{self, Memory};
 pub use super::metrics::EpochMetrics;
 use super::optim::{OptimConfig, OptimState, Schedule};
 use super::rundir;
@@ -28,6 +27,7 @@ use crate::interp::RunOptions;
 use crate::ir::{Graph, NodeIndex, Op};
 use crate::model::{LayerKind, Model};
 use crate::passes::fuse::{self, Plan};
+use crate::passes::mem::{self, Memory};
 use crate::passes::rate::Mode;
 use crate::rng::{mix64, Rng};
 use crate::shape::{self, dims, Analysis};
