@@ -143,6 +143,10 @@ enum Cmd {
         /// (τ = dt/(1 − λ), R = τ/dt).
         #[arg(long, default_value_t = snnc::nir::DEFAULT_DT)]
         dt: f64,
+        /// Write weights as f64 instead of f32 (a folded batch norm kept
+        /// exactly).
+        #[arg(long)]
+        f64: bool,
     },
     /// Read a NIR graph as a .snn model and a parameter file.
     Import {
@@ -581,7 +585,8 @@ fn main() -> ExitCode {
             format,
             out,
             dt,
-        } => interop::export_cmd(&source, params.as_deref(), &format, &out, dt),
+            f64,
+        } => interop::export_cmd(&source, params.as_deref(), &format, &out, dt, f64),
         Cmd::Import {
             file,
             out,

@@ -318,6 +318,7 @@ pub fn export_cmd(
     format: &str,
     out: &Path,
     dt: f64,
+    wide: bool,
 ) -> Result<(), String> {
     if format != "nir" {
         return Err(format!(
@@ -326,14 +327,15 @@ pub fn export_cmd(
     }
     let (model, a, params, _) = model_and_params(source, params)?;
     let ex = crate::nir::export::export(&model, &a, &params, dt)?;
-    crate::nir::hdf5::write(out, &ex.graph)?;
+    crate::nir::hdf5::write(out, &ex.graph, wide)?;
     println!(
-        "exported `{}` to NIR: {} nodes, {} edges → {} (LIF/IF at dt = {dt:e}: τ = dt/(1 − λ), \
-         R = τ/dt, v_leak = 0, v_threshold = θ)",
+        "exported `{}` to NIR: {} nodes, {} edges → {} ({} weights; LIF/IF at dt = {dt:e}: \
+         τ = dt/(1 − λ), R = τ/dt, v_leak = 0, v_threshold = θ)",
         model.name,
         ex.graph.nodes.len(),
         ex.graph.edges.len(),
-        out.display()
+        out.display(),
+        if wide { "f64" } else { "f32" }
     );
     for n in &ex.notes {
         println!("  note: {n}");
@@ -403,6 +405,10 @@ pub struct Inference {
     /// The closest any spike input came to its threshold, when within
     /// [`compare::TIE`] (a tie another execution may decide differently).
     pub tie: Option<f64>,
+    /// The smallest |u − θ| / (1 + |θ|) over every spike input: how far the
+    /// run is from a tie (callers comparing with another execution whose
+    /// rounding differs by ε need margin > ε).
+    pub margin: f64,
 }
 
 /// Inference (running batch-norm statistics, no dropout) with the reference
@@ -454,6 +460,7 @@ pub fn infer(
             logits: v.get(out).expect("evaluated").clone(),
             spikes: collect(&g, &|n| v.get(n).expect("evaluated").clone()),
             tie: compare::near_tie(&g, &v).map(|(_, d)| d),
+            margin: margin(&g, &v),
         })
     } else {
         let inputs: HashMap<String, Tensor<f32>> =
@@ -464,8 +471,27 @@ pub fn infer(
             logits: v.get(out).expect("evaluated").cast(),
             spikes: collect(&g, &|n| v.get(n).expect("evaluated").cast()),
             tie: compare::near_tie(&g, &v).map(|(_, d)| d),
+            margin: margin(&g, &v),
         })
     }
+}
+
+/// The smallest |u − θ| / (1 + |θ|) over every spike node's input.
+fn margin<F: num_traits::Float>(g: &crate::ir::Graph, v: &interp::Values<F>) -> f64 {
+    let mut m = f64::INFINITY;
+    for n in g.g.node_indices() {
+        let Op::Spike { theta, .. } = g.node(n).op else {
+            continue;
+        };
+        let Some(u) = g.operands(n).first().and_then(|&u| v.get(u)) else {
+            continue;
+        };
+        for x in &u.data {
+            let d = (x.to_f64().unwrap_or(f64::NAN) - theta).abs() / (1.0 + theta.abs());
+            m = m.min(d);
+        }
+    }
+    m
 }
 
 /// The expected per-batch shape of `x` for `model` at T steps.

@@ -370,18 +370,20 @@ impl Reader<'_> {
 // ---------------------------------------------------------------- writing
 
 /// Writes `g` as a NIR file that `nir.read` loads.
-pub fn write(path: &Path, g: &NirGraph) -> Result<(), String> {
-    let bytes = to_bytes(g)?;
+/// Weights are f32 unless `wide_weights` (f64: a folded batch norm kept
+/// exactly); neuron constants are always f64.
+pub fn write(path: &Path, g: &NirGraph, wide_weights: bool) -> Result<(), String> {
+    let bytes = to_bytes(g, wide_weights)?;
     crate::runtime::checkpoint::write_atomic(path, &bytes)
 }
 
-pub fn to_bytes(g: &NirGraph) -> Result<Vec<u8>, String> {
+pub fn to_bytes(g: &NirGraph, wide_weights: bool) -> Result<Vec<u8>, String> {
     let mut b = FileBuilder::new();
     b.create_dataset("version")
         .with_vlen_strings(&[VERSION])
         .with_shape(&[]);
     let mut node = b.create_group("node");
-    write_graph(&mut node, g);
+    write_graph(&mut node, g, wide_weights);
     b.add_group(node.finish());
     b.finish()
         .map_err(|e| format!("error: cannot encode the NIR file: {e}"))
@@ -409,10 +411,6 @@ fn arr_as(g: &mut GroupBuilder, k: &str, a: &Arr, wide: bool) {
     }
 }
 
-fn arr(g: &mut GroupBuilder, k: &str, a: &Arr) {
-    arr_as(g, k, a, false)
-}
-
 fn wide(g: &mut GroupBuilder, k: &str, a: &Arr) {
     arr_as(g, k, a, true)
 }
@@ -437,7 +435,7 @@ fn write_meta(g: &mut GroupBuilder, m: &BTreeMap<String, String>) {
     g.add_group(mg.finish());
 }
 
-fn write_graph(g: &mut GroupBuilder, graph: &NirGraph) {
+fn write_graph(g: &mut GroupBuilder, graph: &NirGraph, ww: bool) {
     string(g, "type", "NIRGraph");
     let flat: Vec<&str> = graph
         .edges
@@ -450,17 +448,18 @@ fn write_graph(g: &mut GroupBuilder, graph: &NirGraph) {
     let mut nodes = g.create_group("nodes");
     for (name, n) in &graph.nodes {
         let mut ng = nodes.create_group(name);
-        write_node(&mut ng, n);
+        write_node(&mut ng, n, ww);
         nodes.add_group(ng.finish());
     }
     g.add_group(nodes.finish());
     write_meta(g, &graph.metadata);
 }
 
-fn write_node(g: &mut GroupBuilder, n: &Node) {
+fn write_node(g: &mut GroupBuilder, n: &Node, ww: bool) {
+    let arr = |g: &mut GroupBuilder, k: &str, a: &Arr| arr_as(g, k, a, ww);
     match &n.prim {
         Prim::Graph(sub) => {
-            write_graph(g, sub);
+            write_graph(g, sub, ww);
             write_meta(g, &n.metadata);
             return;
         }

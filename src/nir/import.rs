@@ -35,6 +35,8 @@ pub struct Imported {
     pub params: Params,
     /// What was folded or assumed, one line each.
     pub notes: Vec<String>,
+    /// Layer path → the NIR node it came from (layers that have one).
+    pub origin: BTreeMap<String, String>,
 }
 
 /// A flat graph: nested graphs inlined (their nodes named `outer.inner`).
@@ -140,6 +142,7 @@ struct Im<'a> {
     topo: HashMap<String, usize>,
     params: Params,
     notes: Vec<String>,
+    origin: BTreeMap<String, String>,
     /// A positive factor on the current value not yet absorbed.
     gain: f64,
     shape: Vec<usize>,
@@ -297,6 +300,7 @@ pub fn import(g: &NirGraph, file: &str, name: &str, dt: f64) -> Result<Imported,
         topo,
         params: HashMap::new(),
         notes: Vec::new(),
+        origin: BTreeMap::new(),
         gain: 1.0,
         shape: input_shape.clone(),
     };
@@ -346,6 +350,7 @@ pub fn import(g: &NirGraph, file: &str, name: &str, dt: f64) -> Result<Imported,
         model,
         params: im.params,
         notes: im.notes,
+        origin: im.origin,
     })
 }
 
@@ -522,9 +527,10 @@ impl Im<'_> {
         }
     }
 
-    fn push(&mut self, list: &mut List, kind: LayerKind) -> String {
+    fn push(&mut self, n: &str, list: &mut List, kind: LayerKind) -> String {
         let p = list.path();
         list.layers.push(Layer::new(kind));
+        self.origin.insert(p.clone(), n.to_string());
         p
     }
 
@@ -600,6 +606,7 @@ impl Im<'_> {
                     _ => None,
                 };
                 let path = self.push(
+                    n,
                     list,
                     LayerKind::Linear {
                         out: o,
@@ -696,6 +703,7 @@ impl Im<'_> {
                 }
                 let has_bias = bias.data.iter().any(|&x| x != 0.0);
                 let path = self.push(
+                    n,
                     list,
                     LayerKind::Conv2d {
                         out: co,
@@ -752,6 +760,7 @@ impl Im<'_> {
                     return Err(self.fail(n, format!("kernel {k}, stride {s} on a {h}×{w} input")));
                 }
                 self.push(
+                    n,
                     list,
                     LayerKind::AvgPool {
                         kernel: k,
@@ -789,7 +798,7 @@ impl Im<'_> {
                     ));
                 }
                 if self.shape.len() > 1 {
-                    self.push(list, LayerKind::Flatten);
+                    self.push(n, list, LayerKind::Flatten);
                     self.shape = vec![self.shape.iter().product()];
                 }
             }
@@ -879,7 +888,7 @@ impl Im<'_> {
             lambda,
             theta: Some(tidy(theta)),
             reset: Some(if soft { Reset::Soft } else { Reset::Hard }),
-            v_reset: if soft { None } else { Some(tidy(v_reset)) },
+            v_reset: if soft || v_reset == 0.0 { None } else { Some(tidy(v_reset)) },
             detach_reset: m.get("snnc_detach_reset").and_then(|s| s.parse().ok()),
             surrogate: m.get("snnc_surrogate").and_then(|s| match s.as_str() {
                 "sigmoid" => Some(SurrogateKind::Sigmoid),
@@ -904,7 +913,7 @@ impl Im<'_> {
                 return Err(self.fail(n, format!("threshold {t} after scaling; snnc needs θ > 0")));
             }
         }
-        let path = self.push(list, LayerKind::Neuron { kind, opts });
+        let path = self.push(n, list, LayerKind::Neuron { kind, opts });
         let _ = path;
         self.gain = 1.0;
         Ok(())
