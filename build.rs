@@ -25,9 +25,7 @@ use std::path::{Path, PathBuf};
 const FMNIST: &str = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
 
 fn main() {
-    println!(
-        "cargo::rustc-check-cfg=cfg(snnc_nvrtc, snnc_cxx, snnc_ptxas, snnc_fmnist, snnc_nir)"
-    );
+    println!("cargo::rustc-check-cfg=cfg(snnc_nvrtc, snnc_cxx, snnc_ptxas, snnc_fmnist, snnc_nir)");
     for var in [
         "LD_LIBRARY_PATH",
         "PATH",

@@ -48,6 +48,7 @@ use std::collections::HashMap;
 
 /// The graph and what the export changed or could not express, one line
 /// each (printed by `snnc export`).
+#[derive(Debug)]
 pub struct Exported {
     pub graph: NirGraph,
     pub notes: Vec<String>,

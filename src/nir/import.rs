@@ -30,6 +30,7 @@ use crate::model::{
 use crate::tensor::Tensor;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+#[derive(Debug)]
 pub struct Imported {
     pub model: Model,
     pub params: Params,
@@ -497,6 +498,17 @@ impl Im<'_> {
                             self.params
                                 .insert(format!("{path}.{sub}.{}", &k[tmp.len()..]), t);
                         }
+                        let keys: Vec<String> = self
+                            .origin
+                            .keys()
+                            .filter(|k| k.starts_with(&tmp))
+                            .cloned()
+                            .collect();
+                        for k in keys {
+                            let n = self.origin.remove(&k).expect("listed");
+                            self.origin
+                                .insert(format!("{path}.{sub}.{}", &k[tmp.len()..]), n);
+                        }
                     }
                     self.shape = out_shape;
                     list.layers.push(Layer::new(LayerKind::Residual {
@@ -888,7 +900,11 @@ impl Im<'_> {
             lambda,
             theta: Some(tidy(theta)),
             reset: Some(if soft { Reset::Soft } else { Reset::Hard }),
-            v_reset: if soft || v_reset == 0.0 { None } else { Some(tidy(v_reset)) },
+            v_reset: if soft || v_reset == 0.0 {
+                None
+            } else {
+                Some(tidy(v_reset))
+            },
             detach_reset: m.get("snnc_detach_reset").and_then(|s| s.parse().ok()),
             surrogate: m.get("snnc_surrogate").and_then(|s| match s.as_str() {
                 "sigmoid" => Some(SurrogateKind::Sigmoid),
