@@ -594,6 +594,7 @@ fn run_python(c: &mut std::process::Command) -> serde_json::Value {
 /// readout and spike counts (by NIR node name), the raw parameters, and per
 /// layer what its node must be.
 #[cfg_attr(not(snnc_nir), allow(dead_code))]
+#[allow(clippy::too_many_arguments)]
 fn write_expect(
     path: &Path,
     model: &Model,

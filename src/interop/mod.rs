@@ -32,6 +32,9 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+/// Named tensors, in name order.
+pub type Tensors = BTreeMap<String, Tensor<f64>>;
+
 /// The format tag of a parameter file (safetensors metadata `format`).
 pub const PARAMS_FORMAT: &str = "snnc-params-1";
 
@@ -39,9 +42,7 @@ pub const PARAMS_FORMAT: &str = "snnc-params-1";
 
 /// The tensors of a safetensors file as f64, with its metadata. Accepts
 /// f32, f64 and integer tensors.
-pub fn read_tensors(
-    path: &Path,
-) -> Result<(BTreeMap<String, Tensor<f64>>, HashMap<String, String>), String> {
+pub fn read_tensors(path: &Path) -> Result<(Tensors, HashMap<String, String>), String> {
     let file = path.display();
     let bytes = std::fs::read(path).map_err(|e| format!("error: cannot read `{file}`: {e}"))?;
     let st = SafeTensors::deserialize(&bytes)
@@ -164,8 +165,8 @@ pub fn param_table(a: &Analysis, json: bool) -> String {
     if !json {
         let _ = writeln!(
             out,
-            "{:<28} {:>16} {:<22} {}",
-            "parameter", "shape", "layer", "kind"
+            "{:<28} {:>16} {:<22} kind",
+            "parameter", "shape", "layer"
         );
     }
     for l in &a.layers {

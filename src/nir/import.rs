@@ -853,7 +853,7 @@ impl Im<'_> {
                 if leak != 0.0 {
                     return Err(self.fail(n, format!("v_leak = {leak}: a constant drive has no snnc equivalent (snnc's neurons leak to 0)")));
                 }
-                if !(tau >= self.dt) {
+                if tau.is_nan() || tau < self.dt {
                     return Err(self.fail(
                         n,
                         format!("tau = {tau} < dt = {}: forward Euler at this dt would give λ = 1 − dt/τ < 0 (pass the dt the graph was made for, --dt)", self.dt),
