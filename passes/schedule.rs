@@ -332,31 +332,31 @@ pub fn recompute_bn(g: &mut Graph) -> usize {
             let node = g.g[n].clone();
             copy.insert(n, g.add(node, &args));
         }
-        let fwd = |g: &mut Graph, op: Op, t: Option<usize>, args: &[NodeIndex]| {
-            g.add_op("recompute-bn", op, layer, t, Role::Forward, args)
+        let fwd = |g: &mut Graph, op: &Op, t: Option<usize>, args: &[NodeIndex]| {
+            g.add_op("recompute-bn", op.clone(), layer, t, Role::Forward, args)
         };
         let mut step_means = Vec::new();
         let mut step_vars = Vec::new();
         for &z in &zs {
             let t = g.g[z].t;
             let zc = copy[&z];
-            let m = fwd(g, Op::ChannelMean, t, &[zc]);
+            let m = fwd(g, &Op::ChannelMean, t, &[zc]);
             if var.is_some() {
-                step_vars.push(fwd(g, Op::ChannelVar, t, &[m, zc]));
+                step_vars.push(fwd(g, &Op::ChannelVar, t, &[m, zc]));
             }
             step_means.push((m, t));
         }
         let ms: Vec<NodeIndex> = step_means.iter().map(|&(m, _)| m).collect();
-        let new_mean = fwd(g, Op::TimeMean, None, &ms);
+        let new_mean = fwd(g, &Op::TimeMean, None, &ms);
         if let Some(var) = var {
             let mut spreads = Vec::new();
             for &(m, t) in &step_means {
-                let d = fwd(g, Op::Sub, t, &[m, new_mean]);
-                spreads.push(fwd(g, Op::Mul, t, &[d, d]));
+                let d = fwd(g, &Op::Sub, t, &[m, new_mean]);
+                spreads.push(fwd(g, &Op::Mul, t, &[d, d]));
             }
-            let within = fwd(g, Op::TimeMean, None, &step_vars);
-            let between = fwd(g, Op::TimeMean, None, &spreads);
-            let new_var = fwd(g, Op::Add, None, &[within, between]);
+            let within = fwd(g, &Op::TimeMean, None, &step_vars);
+            let between = fwd(g, &Op::TimeMean, None, &spreads);
+            let new_var = fwd(g, &Op::Add, None, &[within, between]);
             redirect(g, var, new_var);
         }
         redirect(g, mean, new_mean);

@@ -41,9 +41,9 @@ pub fn autodiff(fwd: &Graph) -> Result<Graph, AutodiffError> {
         .ok_or(AutodiffError::NoOutput("logits"))?;
     let readout = g.g[logits].layer;
     let shape = g.g[logits].shape.clone();
-    let node = |op, shape: Vec<usize>, role| Node {
-        op,
-        shape,
+    let node = |op: &Op, shape: &[usize], role| Node {
+        op: op.clone(),
+        shape: shape.to_vec(),
         dtype: DType::F32,
         layer: readout,
         t: None,
@@ -53,21 +53,21 @@ pub fn autodiff(fwd: &Graph) -> Result<Graph, AutodiffError> {
         Node {
             layer: Some(0),
             ..node(
-                Op::Input {
+                &Op::Input {
                     name: "labels".into(),
                 },
-                shape.clone(),
+                &shape,
                 Role::Input,
             )
         },
         &[],
     );
     let loss = g.add(
-        node(Op::SoftmaxCrossEntropy, vec![1], Role::Output),
+        node(&Op::SoftmaxCrossEntropy, &[1], Role::Output),
         &[logits, labels],
     );
     let seed = g.add(
-        node(Op::SoftmaxCrossEntropyGrad, shape, Role::Backward),
+        node(&Op::SoftmaxCrossEntropyGrad, &shape, Role::Backward),
         &[logits, labels],
     );
     g.outputs.push(("loss".into(), loss));
@@ -208,43 +208,45 @@ impl Builder<'_> {
         let node = self.g.g[n].clone();
         let args = self.g.operands(n);
         let (layer, t) = (node.layer, node.t);
-        let at = |b: &mut Self, op: Op, xs: &[NodeIndex]| b.add(op, layer, t, Role::Backward, xs);
+        let at = |b: &mut Self, op: &Op, xs: &[NodeIndex]| {
+            b.add(op.clone(), layer, t, Role::Backward, xs)
+        };
         let a = |i: usize| args[i];
         Ok(match &node.op {
             Op::Add => vec![(a(0), d), (a(1), d)],
             Op::Sum => args.iter().map(|&x| (x, d)).collect(),
             Op::Sub => {
-                let neg = at(self, Op::Scale(-1.0), &[d]);
+                let neg = at(self, &Op::Scale(-1.0), &[d]);
                 vec![(a(0), d), (a(1), neg)]
             }
             Op::Mul => {
-                let d0 = at(self, Op::Mul, &[d, a(1)]);
-                let d1 = at(self, Op::Mul, &[d, a(0)]);
+                let d0 = at(self, &Op::Mul, &[d, a(1)]);
+                let d1 = at(self, &Op::Mul, &[d, a(0)]);
                 vec![(a(0), d0), (a(1), d1)]
             }
-            Op::Scale(c) => vec![(a(0), at(self, Op::Scale(*c), &[d]))],
+            Op::Scale(c) => vec![(a(0), at(self, &Op::Scale(*c), &[d]))],
             Op::AddScalar(_) => vec![(a(0), d)],
             Op::Detach => vec![],
             Op::Spike { theta, surrogate } => {
                 let sg = at(
                     self,
-                    Op::SurrogateGrad {
+                    &Op::SurrogateGrad {
                         theta: *theta,
                         surrogate: *surrogate,
                     },
                     &[a(0)],
                 );
-                vec![(a(0), at(self, Op::Mul, &[d, sg]))]
+                vec![(a(0), at(self, &Op::Mul, &[d, sg]))]
             }
             Op::MatMul { ta, tb } => {
                 // C = op(A)·op(B): dA = δ·op(B)ᵀ, dB = op(A)ᵀ·δ, each
                 // transposed back when the operand was used transposed.
                 let da = if *ta {
-                    at(self, Op::MatMul { ta: *tb, tb: true }, &[a(1), d])
+                    at(self, &Op::MatMul { ta: *tb, tb: true }, &[a(1), d])
                 } else {
                     at(
                         self,
-                        Op::MatMul {
+                        &Op::MatMul {
                             ta: false,
                             tb: !*tb,
                         },
@@ -252,11 +254,11 @@ impl Builder<'_> {
                     )
                 };
                 let db = if *tb {
-                    at(self, Op::MatMul { ta: true, tb: *ta }, &[d, a(0)])
+                    at(self, &Op::MatMul { ta: true, tb: *ta }, &[d, a(0)])
                 } else {
                     at(
                         self,
-                        Op::MatMul {
+                        &Op::MatMul {
                             ta: !*ta,
                             tb: false,
                         },
@@ -265,11 +267,11 @@ impl Builder<'_> {
                 };
                 vec![(a(0), da), (a(1), db)]
             }
-            Op::BiasAdd => vec![(a(0), d), (a(1), at(self, Op::ChannelSum, &[d]))],
+            Op::BiasAdd => vec![(a(0), d), (a(1), at(self, &Op::ChannelSum, &[d]))],
             Op::ChannelScale => {
-                let dx = at(self, Op::ChannelScale, &[d, a(1)]);
-                let prod = at(self, Op::Mul, &[d, a(0)]);
-                vec![(a(0), dx), (a(1), at(self, Op::ChannelSum, &[prod]))]
+                let dx = at(self, &Op::ChannelScale, &[d, a(1)]);
+                let prod = at(self, &Op::Mul, &[d, a(0)]);
+                vec![(a(0), dx), (a(1), at(self, &Op::ChannelSum, &[prod]))]
             }
             Op::Conv2d { stride, padding } => {
                 let x = &self.g.g[a(0)].shape;
@@ -277,7 +279,7 @@ impl Builder<'_> {
                 let kernel = self.g.g[a(1)].shape[2];
                 let dx = at(
                     self,
-                    Op::Conv2dGradInput {
+                    &Op::Conv2dGradInput {
                         stride: *stride,
                         padding: *padding,
                         in_h,
@@ -287,7 +289,7 @@ impl Builder<'_> {
                 );
                 let dw = at(
                     self,
-                    Op::Conv2dGradWeight {
+                    &Op::Conv2dGradWeight {
                         stride: *stride,
                         padding: *padding,
                         kernel,
@@ -305,21 +307,21 @@ impl Builder<'_> {
                     in_h,
                     in_w,
                 };
-                vec![(a(0), at(self, op, &[d]))]
+                vec![(a(0), at(self, &op, &[d]))]
             }
             Op::MaxPool { kernel, stride } => {
                 let op = Op::MaxPoolGrad {
                     kernel: *kernel,
                     stride: *stride,
                 };
-                vec![(a(0), at(self, op, &[a(0), d]))]
+                vec![(a(0), at(self, &op, &[a(0), d]))]
             }
             Op::Reshape { .. } => {
                 let shape = self.g.g[a(0)].shape.clone();
-                vec![(a(0), at(self, Op::Reshape { shape }, &[d]))]
+                vec![(a(0), at(self, &Op::Reshape { shape }, &[d]))]
             }
             Op::TimeMean => {
-                let each = at(self, Op::Scale(1.0 / args.len() as f64), &[d]);
+                let each = at(self, &Op::Scale(1.0 / args.len() as f64), &[d]);
                 args.iter().map(|&x| (x, each)).collect()
             }
             Op::Normalize { eps } => {
@@ -335,20 +337,20 @@ impl Builder<'_> {
                         r
                     }
                 };
-                let dx = at(self, Op::ChannelScale, &[d, r]);
-                let sd = at(self, Op::ChannelSum, &[d]);
-                let rsd = at(self, Op::Mul, &[sd, r]);
-                let dm = at(self, Op::Scale(-1.0), &[rsd]);
-                let dxh = at(self, Op::Mul, &[d, n]);
-                let sdxh = at(self, Op::ChannelSum, &[dxh]);
-                let r2 = at(self, Op::Mul, &[r, r]);
-                let prod = at(self, Op::Mul, &[sdxh, r2]);
-                let dv = at(self, Op::Scale(-0.5), &[prod]);
+                let dx = at(self, &Op::ChannelScale, &[d, r]);
+                let sd = at(self, &Op::ChannelSum, &[d]);
+                let rsd = at(self, &Op::Mul, &[sd, r]);
+                let dm = at(self, &Op::Scale(-1.0), &[rsd]);
+                let dxh = at(self, &Op::Mul, &[d, n]);
+                let sdxh = at(self, &Op::ChannelSum, &[dxh]);
+                let r2 = at(self, &Op::Mul, &[r, r]);
+                let prod = at(self, &Op::Mul, &[sdxh, r2]);
+                let dv = at(self, &Op::Scale(-0.5), &[prod]);
                 vec![(a(0), dx), (a(1), dm), (a(2), dv)]
             }
             Op::ChannelMean => {
                 let per = self.channel_count(&args);
-                let scaled = at(self, Op::Scale(1.0 / per), &[d]);
+                let scaled = at(self, &Op::Scale(1.0 / per), &[d]);
                 args.iter()
                     .map(|&x| {
                         let shape = self.g.g[x].shape.clone();
@@ -375,7 +377,7 @@ impl Builder<'_> {
                 let (m, xs) = (args[0], &args[1..]);
                 let m_is_mean = self.g.g[m].op == Op::ChannelMean && self.g.operands(m) == xs;
                 let per = self.channel_count(xs);
-                let scaled = at(self, Op::Scale(2.0 / per), &[d]);
+                let scaled = at(self, &Op::Scale(2.0 / per), &[d]);
                 let mut out = Vec::new();
                 let mut centred_sums = Vec::new();
                 let mut sqrt_var = None;
@@ -401,10 +403,10 @@ impl Builder<'_> {
                                     let Op::Normalize { eps } = self.g.g[xh].op else {
                                         unreachable!()
                                     };
-                                    let shifted = at(self, Op::AddScalar(eps), &[n]);
-                                    let r = at(self, Op::Rsqrt { eps }, &[n]);
-                                    let s = at(self, Op::Mul, &[shifted, r]);
-                                    let f = at(self, Op::Mul, &[s, scaled]);
+                                    let shifted = at(self, &Op::AddScalar(eps), &[n]);
+                                    let r = at(self, &Op::Rsqrt { eps }, &[n]);
+                                    let s = at(self, &Op::Mul, &[shifted, r]);
+                                    let f = at(self, &Op::Mul, &[s, scaled]);
                                     sqrt_var = Some(f);
                                     f
                                 }
@@ -441,9 +443,9 @@ impl Builder<'_> {
                     out.push((x, dx));
                 }
                 if !m_is_mean {
-                    let total = at(self, Op::Sum, &centred_sums);
-                    let prod = at(self, Op::Mul, &[scaled, total]);
-                    out.push((m, at(self, Op::Scale(-1.0), &[prod])));
+                    let total = at(self, &Op::Sum, &centred_sums);
+                    let prod = at(self, &Op::Mul, &[scaled, total]);
+                    out.push((m, at(self, &Op::Scale(-1.0), &[prod])));
                 }
                 out
             }

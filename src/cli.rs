@@ -1075,19 +1075,23 @@ pub fn eval(
         .map_err(|e| format!("error: bad config in checkpoint: {e}"))?;
     let mut taken = vec![format!("T={}", cfg.steps), format!("seed {}", cfg.seed)];
     let mut overridden = Vec::new();
-    let mut setting = |name: &str, run: String, given: Option<String>| match given {
+    let mut setting = |name: &str, run: &str, given: Option<&str>| match given {
         Some(g) if g != run => overridden.push(format!("{name} {g} (the run used {run})")),
         _ => taken.push(format!("{name} {run}")),
     };
-    setting("batch", cfg.batch.to_string(), batch.map(|b| b.to_string()));
-    setting("data", cfg.data.clone(), data.clone());
+    setting(
+        "batch",
+        &cfg.batch.to_string(),
+        batch.map(|b| b.to_string()).as_deref(),
+    );
+    setting("data", &cfg.data, data.as_deref());
     let show = |d: &Option<PathBuf>| {
         d.as_ref()
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "default".into())
     };
     if data_dir.is_some() {
-        setting("data dir", show(&cfg.data_dir), Some(show(&data_dir)));
+        setting("data dir", &show(&cfg.data_dir), Some(&show(&data_dir)));
     }
     if let Some(b) = batch {
         if b == 0 {

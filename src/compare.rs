@@ -29,17 +29,31 @@ use num_traits::Float;
 use petgraph::stable_graph::NodeIndex;
 use std::fmt;
 
-/// A tolerance: relative `rel`, with elements below `floor · max|want|`
-/// compared against that scale (see the module documentation).
+/// A tolerance: relative `rel`, with elements below `floor · S` compared
+/// against that scale, and never against less than `abs` (see the module
+/// documentation).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Tol {
     pub rel: f64,
     pub floor: f64,
+    /// An absolute floor under the scale: a tensor that is all rounding
+    /// noise (the batch variance of a constant channel, 0 on one side and
+    /// 1e-14 on the other) is compared in absolute terms. 0 for none.
+    pub abs: f64,
 }
 
 impl Tol {
     pub const fn new(rel: f64, floor: f64) -> Tol {
-        Tol { rel, floor }
+        Tol {
+            rel,
+            floor,
+            abs: 0.0,
+        }
+    }
+
+    /// The same tolerance with an absolute floor.
+    pub const fn with_abs(self, abs: f64) -> Tol {
+        Tol { abs, ..self }
     }
 }
 
@@ -47,8 +61,14 @@ impl fmt::Display for Tol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "|got − want| ≤ {:e}·max(|want|, {:e}·max|want|) per element",
-            self.rel, self.floor
+            "|got − want| ≤ {:e}·max(|want|, {:e}·S{}) per element",
+            self.rel,
+            self.floor,
+            if self.abs > 0.0 {
+                format!(", {:e}", self.abs)
+            } else {
+                String::new()
+            }
         )
     }
 }
@@ -99,7 +119,7 @@ fn errors<'a, F: Float>(
     tol: Tol,
     scale: f64,
 ) -> impl Iterator<Item = f64> + 'a {
-    let base = tol.floor * scale;
+    let base = (tol.floor * scale).max(tol.abs);
     let it = got.iter().zip(want).map(move |(&g, &w)| {
         let (g, w) = (
             g.to_f64().unwrap_or(f64::NAN),
@@ -176,13 +196,15 @@ pub fn check_scaled<F: Float>(
 }
 
 /// The largest per-element error relative to `max(|want_i|, floor ·
-/// max|want|)`: the smallest `rel` for which [`check`] passes with this
-/// `floor` (infinite when shapes differ or a value is non-finite).
-pub fn rel_err<F: Float>(got: &Tensor<F>, want: &Tensor<F>, floor: f64) -> f64 {
+/// max|want|, abs)`: the smallest `rel` for which [`check`] passes with
+/// this `floor` and `abs` (infinite when shapes differ or a value is
+/// non-finite).
+pub fn rel_err<F: Float>(got: &Tensor<F>, want: &Tensor<F>, floor: f64, abs: f64) -> f64 {
     if got.shape != want.shape || got.data.len() != want.data.len() {
         return f64::INFINITY;
     }
-    let errs = errors(&got.data, &want.data, Tol::new(1.0, floor), max_abs(want));
+    let tol = Tol::new(1.0, floor).with_abs(abs);
+    let errs = errors(&got.data, &want.data, tol, max_abs(want));
     errs.fold(
         0.0,
         |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
@@ -263,6 +285,9 @@ mod tests {
         assert!(check(&t(&[1.0, 2.0]), &t(&[1.0]), tol).is_err());
         let m = check(&t(&[1.0, 3.0, 2.0]), &t(&[1.0, 2.0, 3.0]), tol).unwrap_err();
         assert_eq!((m.index, m.count, m.scale), (1, 2, 3.0));
-        assert!((rel_err(&t(&[1.0, 2.2]), &t(&[1.0, 2.0]), 1e-3) - 0.1).abs() < 1e-12);
+        assert!((rel_err(&t(&[1.0, 2.2]), &t(&[1.0, 2.0]), 1e-3, 0.0) - 0.1).abs() < 1e-12);
+        // The absolute floor: 1e-14 against 0 is no error at abs 1e-9.
+        assert!(rel_err(&t(&[1e-14]), &t(&[0.0]), 1e-3, 1e-9) < 1e-4);
+        assert!(check(&t(&[1e-14]), &t(&[0.0]), Tol::new(1e-4, 1e-3)).is_err());
     }
 }

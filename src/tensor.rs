@@ -57,13 +57,3 @@ impl<F: Float> Tensor<F> {
         }
     }
 }
-
-/// Largest |a − b| / max(|a|, |b|, floor) over two tensors of equal shape.
-pub fn max_rel_err<F: Float>(a: &Tensor<F>, b: &Tensor<F>, floor: F) -> F {
-    assert_eq!(a.shape, b.shape, "shape mismatch");
-    a.data
-        .iter()
-        .zip(&b.data)
-        .map(|(&x, &y)| (x - y).abs() / x.abs().max(y.abs()).max(floor))
-        .fold(F::zero(), F::max)
-}

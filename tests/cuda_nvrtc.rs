@@ -130,12 +130,8 @@ fn the_cache_returns_what_was_compiled() {
 /// Prints ptxas's resource usage for every kernel (sm_90).
 #[test]
 #[cfg_attr(
-    not(snnc_nvrtc),
-    ignore = "needs libnvrtc: `source scripts/nvrtc-env.sh`, then cargo test"
-)]
-#[cfg_attr(
-    not(snnc_ptxas),
-    ignore = "needs ptxas on PATH: `source scripts/nvrtc-env.sh`"
+    not(all(snnc_nvrtc, snnc_ptxas)),
+    ignore = "needs libnvrtc and ptxas: `source scripts/nvrtc-env.sh`, then cargo test"
 )]
 fn ptxas_resource_table() {
     if !nvrtc_or_skip() {

@@ -66,7 +66,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 /// Largest |a − b| over every tensor, relative to that tensor's largest
-/// magnitude.
+/// magnitude (at least 1e-6): `snnc::compare::rel_err` with floor 1.
 fn max_rel_diff(a: &BTreeMap<String, Tensor<f32>>, b: &BTreeMap<String, Tensor<f32>>) -> f32 {
     assert_eq!(
         a.keys().collect::<Vec<_>>(),
@@ -74,15 +74,7 @@ fn max_rel_diff(a: &BTreeMap<String, Tensor<f32>>, b: &BTreeMap<String, Tensor<f
         "the checkpoints hold different tensors"
     );
     a.iter()
-        .map(|(k, x)| {
-            let y = &b[k];
-            let scale = x.data.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-            x.data
-                .iter()
-                .zip(&y.data)
-                .map(|(p, q)| (p - q).abs() / scale)
-                .fold(0f32, f32::max)
-        })
+        .map(|(k, x)| snnc::compare::rel_err(&b[k], x, 1.0, 1e-6) as f32)
         .fold(0f32, f32::max)
 }
 

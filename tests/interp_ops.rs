@@ -22,11 +22,13 @@ fn iota(shape: &[usize], start: f64) -> Tensor<f64> {
     t64(shape, &(0..n).map(|i| start + i as f64).collect::<Vec<_>>())
 }
 
+/// Per element within 1e-12 of the expected tensor's largest magnitude
+/// (`snnc::compare`).
 fn assert_close(a: &Tensor<f64>, shape: &[usize], want: &[f64]) {
     assert_eq!(a.shape, shape);
-    assert_eq!(a.data.len(), want.len());
-    for (i, (&x, &y)) in a.data.iter().zip(want).enumerate() {
-        assert!((x - y).abs() < 1e-12, "element {i}: got {x}, want {y}");
+    let want = Tensor::from_vec(shape, want.to_vec());
+    if let Err(m) = snnc::compare::check(a, &want, snnc::compare::Tol::new(1e-12, 1.0)) {
+        panic!("{m}: got {:?}, want {:?}", a.data, want.data);
     }
 }
 

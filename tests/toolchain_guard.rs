@@ -6,7 +6,10 @@
 //! reference (or a `Box`) instead.
 //!
 //! "Small" is a fixed list of types known to fit in two words; anything
-//! else is assumed large, so the test errs on the side of failing.
+//! else is assumed large, so the test errs on the side of failing. It reads
+//! text, not types: a closure parameter without a type annotation (`|op|`
+//! inferred as `Op`) is not seen. The suite running in the release profile
+//! (CI) is the backstop for those.
 
 use std::path::{Path, PathBuf};
 
@@ -37,7 +40,6 @@ const SMALL: &[&str] = &[
     "Option<usize>",
     "Option<NodeIndex>",
     "std::ffi::c_char",
-    "Box<Graph>",
     "Option<&str>",
     // Field-less or one-word enums and generic float parameters.
     "std::io::Error",
@@ -87,6 +89,7 @@ fn by_value_large(ty: &str) -> bool {
         || ty.starts_with("*mut")
         || ty.starts_with("impl ")
         || ty.starts_with("fn(")
+        || ty.starts_with("Box<")
         || SMALL.contains(&ty))
 }
 

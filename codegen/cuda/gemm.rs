@@ -121,20 +121,20 @@ impl Cublas {
     /// `CUBLAS_STATUS_INVALID_VALUE` otherwise), plus non-overlapping
     /// outputs within a batch.
     pub fn validate(&self) -> Result<(), String> {
-        let bad = |msg: String| Err(format!("invalid cuBLAS gemm ({msg}): {self:?}"));
+        let bad = |msg: &str| Err(format!("invalid cuBLAS gemm ({msg}): {self:?}"));
         if self.m < 0 || self.n < 0 || self.k < 0 || self.batch < 1 {
-            return bad("negative size or empty batch".into());
+            return bad("negative size or empty batch");
         }
         let rows_a = if self.transa { self.k } else { self.m };
         let rows_b = if self.transb { self.n } else { self.k };
         if self.lda < rows_a.max(1) {
-            return bad(format!("lda {} < {}", self.lda, rows_a.max(1)));
+            return bad(&format!("lda {} < {}", self.lda, rows_a.max(1)));
         }
         if self.ldb < rows_b.max(1) {
-            return bad(format!("ldb {} < {}", self.ldb, rows_b.max(1)));
+            return bad(&format!("ldb {} < {}", self.ldb, rows_b.max(1)));
         }
         if self.ldc < self.m.max(1) {
-            return bad(format!("ldc {} < {}", self.ldc, self.m.max(1)));
+            return bad(&format!("ldc {} < {}", self.ldc, self.m.max(1)));
         }
         if self.batch > 1 && self.m > 0 && self.n > 0 {
             // Batch outputs must not overlap: either the strides separate
@@ -144,7 +144,7 @@ impl Cublas {
             let side_by_side = self.stride_c >= i64::from(self.m)
                 && self.stride_c * i64::from(self.batch) <= i64::from(self.ldc);
             if !whole && !side_by_side {
-                return bad(format!(
+                return bad(&format!(
                     "batch outputs overlap (stride_c {})",
                     self.stride_c
                 ));

@@ -162,19 +162,15 @@ pub fn compile(src: &str, name: &str, opts: &[String]) -> Result<Compiled, Strin
         }
     }
     let guard = Guard(prog);
-    let to_string = |v: Vec<std::ffi::c_char>| -> String {
-        let bytes: Vec<u8> = v
-            .into_iter()
-            .map(|c| c as u8)
-            .take_while(|&b| b != 0)
-            .collect();
+    let to_string = |v: &[std::ffi::c_char]| -> String {
+        let bytes: Vec<u8> = v.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
     // SAFETY: `prog` is a live program; options are plain strings.
     let compiled = unsafe { result::compile_program(guard.0, opts) };
     // SAFETY: as above.
     let log = unsafe { result::get_program_log(guard.0) }
-        .map(to_string)
+        .map(|v| to_string(&v))
         .unwrap_or_default();
     if let Err(e) = compiled {
         return Err(format!(
@@ -183,7 +179,7 @@ pub fn compile(src: &str, name: &str, opts: &[String]) -> Result<Compiled, Strin
     }
     // SAFETY: compiled successfully.
     let ptx = unsafe { result::get_ptx(guard.0) }
-        .map(to_string)
+        .map(|v| to_string(&v))
         .map_err(|e| format!("nvrtcGetPTX failed: {e}"))?;
     let cubin = if opts.iter().any(|o| o.starts_with("--gpu-architecture=sm_")) {
         let mut size = 0usize;

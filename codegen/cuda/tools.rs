@@ -59,23 +59,12 @@ pub const KERNEL_TOL: f32 = 1e-4;
 pub const NODE_ABS_FLOOR: f32 = 1e-9;
 pub const OUTPUT_ABS_FLOOR: f32 = 1e-6;
 
-/// Relative error of `got` against `want`: the largest
-/// `|g − w| / max(|g|, |w|, floor · max|w|, abs_floor)` (elements far below
-/// the tensor's scale are compared at that scale), or infinity when either
-/// holds a NaN or infinity, or the shapes differ.
+/// Relative error of `got` against `want` (`crate::compare::rel_err`): the
+/// largest `|g − w| / max(|w|, floor · max|w|, abs_floor)` (elements far
+/// below the tensor's scale are compared at that scale), or infinity when
+/// either holds a NaN or infinity, or the shapes differ.
 pub fn rel_err_abs(got: &Tensor<f32>, want: &Tensor<f32>, floor: f32, abs_floor: f32) -> f32 {
-    if got.shape != want.shape || got.data.len() != want.data.len() {
-        return f32::INFINITY;
-    }
-    if got.data.iter().chain(&want.data).any(|v| !v.is_finite()) {
-        return f32::INFINITY;
-    }
-    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-    crate::tensor::max_rel_err(
-        got,
-        want,
-        (floor * scale).max(abs_floor).max(f32::MIN_POSITIVE),
-    )
+    crate::compare::rel_err(got, want, floor as f64, abs_floor as f64) as f32
 }
 
 /// [`rel_err_abs`] with the per-node absolute floor.

@@ -52,10 +52,10 @@ pub fn digits(seed: u64) -> Result<Split, DataError> {
 /// only go into errors.
 pub fn parse_digits_csv(path: &Path, bytes: &[u8], hint: &str) -> Result<Dataset, DataError> {
     let text = gunzip_if_needed(path, bytes.to_vec(), hint)?;
-    let csv_err = |line: usize, msg: String| DataError::Csv {
+    let csv_err = |line: usize, msg: &str| DataError::Csv {
         path: PathBuf::from(path),
         line,
-        msg,
+        msg: msg.to_string(),
         hint: hint.to_string(),
     };
     let text = std::str::from_utf8(&text).map_err(|e| {
@@ -63,7 +63,7 @@ pub fn parse_digits_csv(path: &Path, bytes: &[u8], hint: &str) -> Result<Dataset
             .iter()
             .filter(|&&b| b == b'\n')
             .count();
-        csv_err(line, "not UTF-8 text".into())
+        csv_err(line, "not UTF-8 text")
     })?;
     let mut images = Vec::new();
     let mut labels = Vec::new();
@@ -77,7 +77,7 @@ pub fn parse_digits_csv(path: &Path, bytes: &[u8], hint: &str) -> Result<Dataset
         if fields.len() != 65 {
             return Err(csv_err(
                 line_no,
-                format!(
+                &format!(
                     "{} fields, expected 65 (64 pixels and a label)",
                     fields.len()
                 ),
@@ -85,13 +85,16 @@ pub fn parse_digits_csv(path: &Path, bytes: &[u8], hint: &str) -> Result<Dataset
         }
         for (j, f) in fields.iter().enumerate() {
             let v: u32 = f.parse().map_err(|_| {
-                csv_err(line_no, format!("field {}: {f:?} is not an integer", j + 1))
+                csv_err(
+                    line_no,
+                    &format!("field {}: {f:?} is not an integer", j + 1),
+                )
             })?;
             if j < 64 {
                 if v > 16 {
                     return Err(csv_err(
                         line_no,
-                        format!("field {}: pixel {v} is out of range 0..=16", j + 1),
+                        &format!("field {}: pixel {v} is out of range 0..=16", j + 1),
                     ));
                 }
                 images.push(v as f32 / 16.0);
@@ -110,7 +113,7 @@ pub fn parse_digits_csv(path: &Path, bytes: &[u8], hint: &str) -> Result<Dataset
         }
     }
     if labels.is_empty() {
-        return Err(csv_err(0, "no data rows".into()));
+        return Err(csv_err(0, "no data rows"));
     }
     Ok(Dataset {
         name: "digits".into(),

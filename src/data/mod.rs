@@ -132,14 +132,14 @@ impl Dataset {
     /// Checks the invariants the fields promise: sizes agree, labels are in
     /// range, values are finite.
     pub fn check(&self) -> Result<(), DataError> {
-        let bad = |msg: String| {
+        let bad = |msg: &str| {
             Err(DataError::Invalid {
                 what: format!("dataset {}: {msg}", self.name),
             })
         };
         if let Some(ev) = &self.events {
             if ev.len() != self.len() || ev.spec.shape() != self.shape || !self.images.is_empty() {
-                return bad(format!(
+                return bad(&format!(
                     "{} event samples of shape {:?} for {} labels of shape {:?} ({} stray values)",
                     ev.len(),
                     ev.spec.shape(),
@@ -149,7 +149,7 @@ impl Dataset {
                 ));
             }
         } else if self.images.len() != self.len() * self.sample_len() {
-            return bad(format!(
+            return bad(&format!(
                 "{} values for {} samples of shape {:?}",
                 self.images.len(),
                 self.len(),
@@ -162,13 +162,13 @@ impl Dataset {
             .enumerate()
             .find(|(_, &l)| l as usize >= self.classes)
         {
-            return bad(format!(
+            return bad(&format!(
                 "label {l} of sample {i} is out of range 0..{}",
                 self.classes
             ));
         }
         if let Some(i) = self.images.iter().position(|v| !v.is_finite()) {
-            return bad(format!("value {i} is not finite"));
+            return bad(&format!("value {i} is not finite"));
         }
         Ok(())
     }

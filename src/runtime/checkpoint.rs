@@ -205,33 +205,30 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
     let file = file_of(path);
     let bytes = std::fs::read(&file)
         .map_err(|e| format!("error: cannot read checkpoint `{}`: {e}", file.display()))?;
-    let bad = |what: String| {
+    let bad = |what: &str| {
         format!(
             "error: `{}` is not a valid snnc checkpoint: {what}",
             file.display()
         )
     };
-    let damaged = |what: String| {
+    let damaged = |what: &str| {
         format!(
             "error: checkpoint `{}` is damaged: {what}; it was changed after snnc wrote it \
              (restore it from a copy, or start a new run)",
             file.display()
         )
     };
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let meta = meta
-        .metadata()
-        .clone()
-        .ok_or_else(|| bad("no metadata".into()))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e.to_string()))?;
+    let meta = meta.metadata().clone().ok_or_else(|| bad("no metadata"))?;
     let get = |k: &str| {
         meta.get(k)
             .cloned()
-            .ok_or_else(|| bad(format!("no `{k}` in metadata")))
+            .ok_or_else(|| bad(&format!("no `{k}` in metadata")))
     };
     let num = |k: &str| -> Result<u64, String> {
         get(k)?
             .parse()
-            .map_err(|_| bad(format!("`{k}` is not a number")))
+            .map_err(|_| bad(&format!("`{k}` is not a number")))
     };
     let format = get("format")?;
     let crcs: Option<BTreeMap<String, String>> = match format.as_str() {
@@ -239,14 +236,14 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
             let stored = get("meta_crc32")?;
             let computed = format!("{:08x}", meta_crc(&meta));
             if stored != computed {
-                return Err(damaged(format!(
+                return Err(damaged(&format!(
                     "its metadata (config, progress, metrics) fails its checksum \
                      (stored {stored}, computed {computed})"
                 )));
             }
             Some(
                 serde_json::from_str(&get("crc32")?)
-                    .map_err(|e| bad(format!("bad `crc32` in metadata: {e}")))?,
+                    .map_err(|e| bad(&format!("bad `crc32` in metadata: {e}")))?,
             )
         }
         FORMAT_V1 => {
@@ -258,12 +255,12 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
             None
         }
         other => {
-            return Err(bad(format!(
+            return Err(bad(&format!(
                 "unknown format `{other}` (written by a newer snnc?)"
             )))
         }
     };
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(&e.to_string()))?;
     let mut params = BTreeMap::new();
     let mut optim = OptimState {
         steps: num("optim_steps")?,
@@ -273,24 +270,24 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
     names.sort();
     if let Some(crcs) = &crcs {
         if let Some(missing) = crcs.keys().find(|k| !names.contains(&k.as_str())) {
-            return Err(damaged(format!("tensor `{missing}` is missing")));
+            return Err(damaged(&format!("tensor `{missing}` is missing")));
         }
     }
     for name in names {
-        let t = st.tensor(name).map_err(|e| bad(e.to_string()))?;
+        let t = st.tensor(name).map_err(|e| bad(&e.to_string()))?;
         if let Some(crcs) = &crcs {
             let stored = crcs
                 .get(name)
-                .ok_or_else(|| damaged(format!("tensor `{name}` has no checksum")))?;
+                .ok_or_else(|| damaged(&format!("tensor `{name}` has no checksum")))?;
             let computed = format!("{:08x}", crc32fast::hash(t.data()));
             if *stored != computed {
-                return Err(damaged(format!(
+                return Err(damaged(&format!(
                     "tensor `{name}` fails its checksum (stored {stored}, computed {computed})"
                 )));
             }
         }
         if t.dtype() != Dtype::F32 {
-            return Err(bad(format!("tensor `{name}` is not f32")));
+            return Err(bad(&format!("tensor `{name}` is not f32")));
         }
         let data: Vec<f32> = t
             .data()
@@ -310,10 +307,10 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
         } else if let Some(rest) = name.strip_prefix("optim/") {
             let (p, i) = rest
                 .rsplit_once('/')
-                .ok_or_else(|| bad(format!("bad tensor name `{name}`")))?;
+                .ok_or_else(|| bad(&format!("bad tensor name `{name}`")))?;
             let i: usize = i
                 .parse()
-                .map_err(|_| bad(format!("bad tensor name `{name}`")))?;
+                .map_err(|_| bad(&format!("bad tensor name `{name}`")))?;
             let bufs = optim.buffers.entry(p.to_string()).or_default();
             if bufs.len() <= i {
                 bufs.resize(i + 1, Vec::new());
@@ -324,7 +321,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
     let float = |k: &str| -> Result<f64, String> {
         get(k)?
             .parse()
-            .map_err(|_| bad(format!("`{k}` is not a number")))
+            .map_err(|_| bad(&format!("`{k}` is not a number")))
     };
     let epoch_sums = if meta.contains_key("epoch_seen") {
         Some(EpochSums {

@@ -503,9 +503,9 @@ pub fn train_with(
 ) -> Result<Summary, String> {
     let quiet = opts.quiet || opts.json;
     run(cfg, out, resume, opts, |graph, keep| {
-        let exe = Compiled::scheduled(&graph, &keep, cfg.order)?;
+        let exe = Compiled::scheduled(graph, keep, cfg.order)?;
         if !quiet {
-            let eg = exe.graph(&graph);
+            let eg = exe.graph(graph);
             let mem = crate::passes::memplan::plan_fused(eg, &exe.plan);
             let _ = writeln!(
                 std::io::stdout(),
@@ -516,7 +516,10 @@ pub fn train_with(
                 mem.peak_bytes as f64 / (1024.0 * 1024.0)
             );
         }
-        Ok(Box::new(CpuEngine { graph, exe }))
+        Ok(Box::new(CpuEngine {
+            graph: graph.clone(),
+            exe,
+        }))
     })
 }
 
@@ -546,13 +549,13 @@ pub fn train_on_with<B: Backend>(
 ) -> Result<Summary, String> {
     run(cfg, out, resume, opts, |graph, keep| {
         // The same lowered graph and plan as the CPU's `Compiled`.
-        let graph = crate::passes::fuse_time::lower(&graph, cfg.order);
-        let plan = crate::passes::fuse_time::plan(&graph, &keep, cfg.order);
+        let graph = crate::passes::fuse_time::lower(graph, cfg.order);
+        let plan = crate::passes::fuse_time::plan(&graph, keep, cfg.order);
         Ok(Box::new(CudaEngine {
             backend,
             graph,
             plan,
-            keep,
+            keep: keep.to_vec(),
         }))
     })
 }
@@ -570,7 +573,7 @@ fn run<'d>(
     out: &Path,
     resume: Option<Checkpoint>,
     opts: &TrainOptions,
-    make: impl FnOnce(Graph, Vec<NodeIndex>) -> Result<Box<dyn Engine + 'd>, String>,
+    make: impl FnOnce(&Graph, &[NodeIndex]) -> Result<Box<dyn Engine + 'd>, String>,
 ) -> Result<Summary, String> {
     install_interrupt_handler();
     let quiet = opts.quiet || opts.json;
@@ -654,7 +657,7 @@ fn run<'d>(
         .filter(|&n| matches!(graph.g[n].op, Op::Spike { .. }))
         .collect();
     // The engine gets its own copy; this one names the layers of spikes.
-    let mut engine = make(graph.clone(), spike_nodes)?;
+    let mut engine = make(&graph, &spike_nodes)?;
     let mut eval = Evaluator::new(&model, cfg.steps);
     let mut momenta = HashMap::new();
     bn_momenta(&model.layers, "", &mut momenta);

@@ -60,9 +60,9 @@ fn sensor_of(name: &str) -> Option<Sensor> {
 /// the header names a known camera (the events are then validated against
 /// it; see the module doc of [`super`]).
 pub fn parse_aedat3(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
-    let bad_header = |msg: String| DataError::BadHeader {
+    let bad_header = |msg: &str| DataError::BadHeader {
         path: path.to_path_buf(),
-        msg,
+        msg: msg.to_string(),
         hint: EVENTS_HINT.into(),
     };
     // Header: lines up to and including `#!END-HEADER`.
@@ -71,7 +71,7 @@ pub fn parse_aedat3(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
     let mut first = true;
     loop {
         if pos >= bytes.len() || bytes[pos] != b'#' {
-            return Err(bad_header(format!(
+            return Err(bad_header(&format!(
                 "no `#!END-HEADER` line before byte {pos}"
             )));
         }
@@ -86,7 +86,7 @@ pub fn parse_aedat3(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
         let line = String::from_utf8_lossy(&bytes[pos..pos + nl]);
         let line = line.trim_end();
         if first && !line.starts_with("#!AER-DAT3.1") {
-            return Err(bad_header(format!(
+            return Err(bad_header(&format!(
                 "expected the first line `#!AER-DAT3.1`, found {:?}",
                 line.chars().take(40).collect::<String>()
             )));

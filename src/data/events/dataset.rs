@@ -444,20 +444,20 @@ pub fn load_event_split(
         files.par_iter().map(|(p, _)| read_events(p)).collect()
     };
     let mut report = EventReport::default();
-    let mut keep = |files: Vec<(PathBuf, u8)>| -> (Vec<Recording>, Vec<(PathBuf, u8)>) {
-        let results = read(&files);
+    let mut keep = |files: &[(PathBuf, u8)]| -> (Vec<Recording>, Vec<(PathBuf, u8)>) {
+        let results = read(files);
         let mut recs = Vec::with_capacity(files.len());
         let mut kept = Vec::with_capacity(files.len());
-        for ((path, label), r) in files.into_iter().zip(results) {
-            if let Some(rec) = report.add(&path, r) {
+        for ((path, label), r) in files.iter().zip(results) {
+            if let Some(rec) = report.add(path, r) {
                 recs.push(rec);
-                kept.push((path, label));
+                kept.push((path.clone(), *label));
             }
         }
         (recs, kept)
     };
-    let (train_rec, train_files) = keep(train_files);
-    let (test_rec, test_files) = keep(test_files);
+    let (mut train_rec, train_files) = keep(&train_files);
+    let (mut test_rec, test_files) = keep(&test_files);
     report.rejected.sort_by(|a, b| a.path.cmp(&b.path));
     let empty_split = [(&train_files, &train_dir), (&test_files, &test_dir)]
         .into_iter()
@@ -500,18 +500,20 @@ pub fn load_event_split(
         height: frames.height,
         resize: frames.resize,
     };
-    let build =
-        |rec: Vec<Recording>, files: &[(PathBuf, u8)], split: &str| -> Result<Dataset, DataError> {
-            let streams: Vec<Vec<Event>> = rec.into_iter().map(|r| r.events).collect();
-            let s = EventSamples::new(&streams, spec).map_err(|m| DataError::Invalid {
-                what: format!("{}: {m}", dir.display()),
-            })?;
-            let labels = files.iter().map(|(_, l)| *l).collect();
-            Ok(s.into_dataset(format!("events:{}/{split}", dir.display()), labels, classes))
-        };
+    let build = |rec: &mut Vec<Recording>,
+                 files: &[(PathBuf, u8)],
+                 split: &str|
+     -> Result<Dataset, DataError> {
+        let streams: Vec<Vec<Event>> = rec.drain(..).map(|r| r.events).collect();
+        let s = EventSamples::new(&streams, spec).map_err(|m| DataError::Invalid {
+            what: format!("{}: {m}", dir.display()),
+        })?;
+        let labels = files.iter().map(|(_, l)| *l).collect();
+        Ok(s.into_dataset(format!("events:{}/{split}", dir.display()), labels, classes))
+    };
     let split = Split {
-        train: build(train_rec, &train_files, "train")?,
-        test: build(test_rec, &test_files, "test")?,
+        train: build(&mut train_rec, &train_files, "train")?,
+        test: build(&mut test_rec, &test_files, "test")?,
     };
     Ok((split, report))
 }

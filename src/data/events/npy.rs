@@ -41,9 +41,9 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 /// Reads an `N × 4` `.npy` array of `(t, x, y, p)` rows and validates it
 /// (see the module doc of [`super`]).
 pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
-    let bad = |msg: String| DataError::BadHeader {
+    let bad = |msg: &str| DataError::BadHeader {
         path: path.to_path_buf(),
-        msg,
+        msg: msg.to_string(),
         hint: EVENTS_HINT.into(),
     };
     if bytes.len() < 10 {
@@ -55,7 +55,7 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
         ));
     }
     if &bytes[..6] != MAGIC {
-        return Err(bad(format!(
+        return Err(bad(&format!(
             "does not start with the .npy magic \\x93NUMPY (found {:02x?})",
             &bytes[..6]
         )));
@@ -76,7 +76,7 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
                 12,
             )
         }
-        v => return Err(bad(format!(".npy version {v}.{} is unknown", bytes[7]))),
+        v => return Err(bad(&format!(".npy version {v}.{} is unknown", bytes[7]))),
     };
     let data_start = hstart + hlen;
     if bytes.len() < data_start {
@@ -88,17 +88,17 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
         ));
     }
     let header = std::str::from_utf8(&bytes[hstart..data_start])
-        .map_err(|_| bad("the header is not text".into()))?;
+        .map_err(|_| bad("the header is not text"))?;
     let descr = dict_value(header, "descr")
-        .ok_or_else(|| bad(format!("no 'descr' in header {header:?}")))?
+        .ok_or_else(|| bad(&format!("no 'descr' in header {header:?}")))?
         .trim_matches(|c| c == '\'' || c == '"');
     let fortran = match dict_value(header, "fortran_order") {
         Some("False") => false,
         Some("True") => true,
-        other => return Err(bad(format!("'fortran_order' is {other:?}"))),
+        other => return Err(bad(&format!("'fortran_order' is {other:?}"))),
     };
     let shape_text = dict_value(header, "shape")
-        .ok_or_else(|| bad(format!("no 'shape' in header {header:?}")))?;
+        .ok_or_else(|| bad(&format!("no 'shape' in header {header:?}")))?;
     let dims: Vec<usize> = shape_text
         .trim_start_matches('(')
         .trim_end_matches(')')
@@ -107,11 +107,11 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
         .filter(|s| !s.is_empty())
         .map(|s| s.trim_end_matches('L').parse::<usize>())
         .collect::<Result<_, _>>()
-        .map_err(|_| bad(format!("bad shape {shape_text}")))?;
+        .map_err(|_| bad(&format!("bad shape {shape_text}")))?;
     let n = match dims.as_slice() {
         [n, 4] => *n,
         _ => {
-            return Err(bad(format!(
+            return Err(bad(&format!(
                 "shape {shape_text}: expected (N, 4) with columns t, x, y, p"
             )))
         }
@@ -119,11 +119,11 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
     let (order, kind, width) = {
         let b = descr.as_bytes();
         if b.len() != 3 || !matches!(b[0], b'<' | b'>' | b'|' | b'=') {
-            return Err(bad(format!("unsupported dtype {descr:?}")));
+            return Err(bad(&format!("unsupported dtype {descr:?}")));
         }
         let width = (b[2] as char).to_digit(10).unwrap_or(0) as usize;
         if !matches!((b[1], width), (b'i' | b'u', 1 | 2 | 4 | 8)) {
-            return Err(bad(format!(
+            return Err(bad(&format!(
                 "dtype {descr:?}: expected an integer type (i1 … i8, u1 … u8)"
             )));
         }
@@ -132,7 +132,7 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Recording, DataError> {
     let need = n
         .checked_mul(4 * width)
         .and_then(|d| d.checked_add(data_start))
-        .ok_or_else(|| bad(format!("shape {shape_text} is too large")))?;
+        .ok_or_else(|| bad(&format!("shape {shape_text} is too large")))?;
     if bytes.len() < need {
         return Err(truncated(
             path,
