@@ -437,11 +437,11 @@ pub fn infer(
     let opts = RunOptions { seed: 0 };
     let inputs = HashMap::from([("x".to_string(), x.clone())]);
     let collect =
-        |g: &crate::ir::Graph, get: &dyn Fn(petgraph::stable_graph::NodeIndex) -> Tensor<f64>| {
+        |g: &crate::ir::Graph, get: &dyn Fn(&petgraph::stable_graph::NodeIndex) -> Tensor<f64>| {
             let mut per: BTreeMap<usize, Tensor<f64>> = BTreeMap::new();
             for n in g.g.node_indices() {
                 if let (Op::Spike { .. }, Some(l)) = (&g.g[n].op, g.g[n].layer) {
-                    let v = get(n);
+                    let v = get(&n);
                     match per.get_mut(&l) {
                         Some(acc) => acc.data.iter_mut().zip(&v.data).for_each(|(a, b)| *a += b),
                         None => {
@@ -459,7 +459,7 @@ pub fn infer(
         let v = interp::run(&g, &inputs, params, &opts).map_err(|e| format!("error: {e}"))?;
         Ok(Inference {
             logits: v.get(out).expect("evaluated").clone(),
-            spikes: collect(&g, &|n| v.get(n).expect("evaluated").clone()),
+            spikes: collect(&g, &|n| v.get(*n).expect("evaluated").clone()),
             tie: compare::near_tie(&g, &v).map(|(_, d)| d),
             margin: margin(&g, &v),
         })
@@ -470,7 +470,7 @@ pub fn infer(
         let v = interp::run(&g, &inputs, &p32, &opts).map_err(|e| format!("error: {e}"))?;
         Ok(Inference {
             logits: v.get(out).expect("evaluated").cast(),
-            spikes: collect(&g, &|n| v.get(n).expect("evaluated").cast()),
+            spikes: collect(&g, &|n| v.get(*n).expect("evaluated").cast()),
             tie: compare::near_tie(&g, &v).map(|(_, d)| d),
             margin: margin(&g, &v),
         })
