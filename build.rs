@@ -10,6 +10,11 @@
 //!   clang++). With `SNNC_REQUIRE_EMU=1` its absence fails the build.
 //! - `snnc_ptxas`: ptxas (`$PTXAS` or on PATH) for the register table.
 //! - `snnc_fmnist`: Debian's `dataset-fashion-mnist` is installed.
+//! - `snnc_nir`: a Python with the `nir` package (and its h5py, NumPy):
+//!   `$SNNC_PYTHON` (`.ci/run` points it at the venv it makes) or
+//!   `python3`; the tests get its path as `SNNC_NIR_PYTHON`. With
+//!   `SNNC_REQUIRE_NIR=1` (CI, once the venv installed) its absence fails
+//!   the build.
 //!
 //! The library itself does not look at these flags: snnc finds its tools
 //! at run time.
@@ -20,7 +25,7 @@ use std::path::{Path, PathBuf};
 const FMNIST: &str = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(snnc_nvrtc, snnc_cxx, snnc_ptxas, snnc_fmnist)");
+    println!("cargo::rustc-check-cfg=cfg(snnc_nvrtc, snnc_cxx, snnc_ptxas, snnc_fmnist, snnc_nir)");
     for var in [
         "LD_LIBRARY_PATH",
         "PATH",
@@ -28,6 +33,8 @@ fn main() {
         "PTXAS",
         "SNNC_REQUIRE_NVRTC",
         "SNNC_REQUIRE_EMU",
+        "SNNC_PYTHON",
+        "SNNC_REQUIRE_NIR",
     ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
@@ -57,6 +64,34 @@ fn main() {
     }
     if Path::new(FMNIST).is_file() {
         println!("cargo::rustc-cfg=snnc_fmnist");
+    }
+    let python = env::var("SNNC_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".into());
+    match nir_python(&python) {
+        Ok(()) => {
+            println!("cargo::rustc-cfg=snnc_nir");
+            println!("cargo::rustc-env=SNNC_NIR_PYTHON={python}");
+        }
+        Err(why) if required("SNNC_REQUIRE_NIR") => panic!(
+            "SNNC_REQUIRE_NIR=1 but `{python}` cannot import nir, h5py and numpy: {why} \
+             (set SNNC_PYTHON to a Python with `pip install nir`)"
+        ),
+        Err(_) => {}
+    }
+}
+
+/// `python -c "import nir, h5py, numpy"` succeeds.
+fn nir_python(python: &str) -> Result<(), String> {
+    let out = std::process::Command::new(python)
+        .args(["-c", "import nir, h5py, numpy"])
+        .output()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
 }
 

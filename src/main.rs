@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use snnc::cli;
 use snnc::codegen::cuda;
 use snnc::compile::{Options, Stage};
+use snnc::interop;
 use snnc::passes::rate::Mode;
 use snnc::passes::schedule::SchedOpts;
 use snnc::runtime::optim::{OptimConfig, OptimizerKind, Schedule};
@@ -50,6 +51,10 @@ enum Cmd {
         /// supports max pooling only with stride = kernel).
         #[arg(long, value_enum)]
         mode: Option<ModeArg>,
+        /// List every parameter instead: name, shape, layer, trained or
+        /// statistic (the names parameter files and grad dumps use).
+        #[arg(long)]
+        params: bool,
     },
     /// Print the graph after a compiler stage, as text, Graphviz DOT or stats.
     Graph {
@@ -120,6 +125,53 @@ enum Cmd {
         f64: bool,
         #[arg(long)]
         json: bool,
+        /// Weights to run with (a parameter file, checkpoint or run folder);
+        /// runs inference (running batch-norm statistics, no dropout).
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// The input batch: a safetensors file with `x` [B, …input]
+        /// (event frames [B, T, …input]); runs inference.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Inference (running batch-norm statistics, no dropout) on random
+        /// weights and input; also implied by --params and --input.
+        #[arg(long)]
+        eval: bool,
+    },
+    /// Write a trained network as a NIR graph (batch norm folded into the
+    /// layer before it).
+    Export {
+        /// A run folder, a checkpoint, or a .snn file with --params.
+        source: PathBuf,
+        /// Weights for a .snn source (parameter file, checkpoint or run folder).
+        #[arg(long)]
+        params: Option<PathBuf>,
+        #[arg(long, default_value = "nir")]
+        format: String,
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+        /// The time step of the discrete-to-continuous neuron mapping
+        /// (τ = dt/(1 − λ), R = τ/dt).
+        #[arg(long, default_value_t = snnc::nir::DEFAULT_DT)]
+        dt: f64,
+        /// Write weights as f64 instead of f32 (a folded batch norm kept
+        /// exactly).
+        #[arg(long)]
+        f64: bool,
+    },
+    /// Read a NIR graph as a .snn model and a parameter file.
+    Import {
+        file: PathBuf,
+        /// The .snn file to write.
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+        /// Where the weights go (default: OUT with extension .params.safetensors).
+        #[arg(long)]
+        params_out: Option<PathBuf>,
+        /// The time step the graph's neurons are simulated at (λ = 1 − dt/τ);
+        /// a graph written by snnc says its own.
+        #[arg(long, default_value_t = snnc::nir::DEFAULT_DT)]
+        dt: f64,
     },
     /// Train a model (default: the 8×8-digits MLP on the embedded digits set).
     Train(Box<TrainArgs>),
@@ -139,6 +191,13 @@ enum Cmd {
         /// executor (GPU 0).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
+        /// With a .snn file instead of a checkpoint: the weights (parameter
+        /// file, checkpoint or run folder).
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// With a .snn file: timesteps (default 4).
+        #[arg(short = 'T', long = "steps")]
+        steps: Option<usize>,
     },
     /// List the rate pass's rewrite rules: name, exact or approximate, identity.
     Rules {
@@ -157,6 +216,28 @@ enum Cmd {
         seed: u64,
         #[arg(long)]
         json: bool,
+        /// Weights (parameter file, checkpoint or run folder) instead of a
+        /// random initialisation.
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// The batch: a safetensors file with `x` and `labels` (class
+        /// indices [B] or one-hot [B, classes]).
+        #[arg(long)]
+        batch_file: Option<PathBuf>,
+        /// With --params/--batch-file/--dump: the modes whose gradients
+        /// are computed.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "bptt,rate")]
+        mode: Vec<ModeArg>,
+        /// Compute in f64 (with --params/--batch-file/--dump).
+        #[arg(long)]
+        f64: bool,
+        /// Divide rate-mode gradients by T, like the paper's official code.
+        #[arg(long)]
+        paper_grad_scale: bool,
+        /// Write loss, logits, batch-norm statistics and every gradient to
+        /// this safetensors file.
+        #[arg(long)]
+        dump: Option<PathBuf>,
     },
     /// Median training-step time of the CPU executor, per mode and T.
     Bench {
@@ -360,6 +441,10 @@ struct TrainArgs {
     /// Divide rate-mode gradients by T, like the paper's official code.
     #[arg(long)]
     paper_grad_scale: bool,
+    /// Start from these weights (a parameter file from `snnc import`, a
+    /// checkpoint or a run folder) instead of the seeded initialisation.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// One JSON object per epoch, no progress bar.
     #[arg(long)]
     json: bool,
@@ -439,7 +524,19 @@ fn main() -> ExitCode {
             .map(std::time::Duration::from_secs_f64),
     );
     let result = match args.cmd {
-        Cmd::Check { file, json, mode } => cli::check(&file, json, mode.map(Mode::from)),
+        Cmd::Check {
+            file,
+            json,
+            mode,
+            params,
+        } => {
+            if params {
+                snnc::frontend::load(&file)
+                    .map(|(_, a)| print!("{}", interop::param_table(&a, json)))
+            } else {
+                cli::check(&file, json, mode.map(Mode::from))
+            }
+        }
         Cmd::Graph {
             file,
             steps,
@@ -491,7 +588,39 @@ fn main() -> ExitCode {
             batch,
             f64,
             json,
-        } => cli::run(&file, steps, batch, seed, f64, json),
+            params,
+            input,
+            eval,
+        } => {
+            if params.is_some() || input.is_some() || eval {
+                interop::run_given(
+                    &file,
+                    params.as_deref(),
+                    input.as_deref(),
+                    steps,
+                    batch,
+                    seed,
+                    f64,
+                    json,
+                )
+            } else {
+                cli::run(&file, steps, batch, seed, f64, json)
+            }
+        }
+        Cmd::Export {
+            source,
+            params,
+            format,
+            out,
+            dt,
+            f64,
+        } => interop::export_cmd(&source, params.as_deref(), &format, &out, dt, f64),
+        Cmd::Import {
+            file,
+            out,
+            params_out,
+            dt,
+        } => interop::import_cmd(&file, &out, params_out.as_deref(), dt),
         Cmd::Train(a) => {
             // The flags given on the command line (with --resume, these
             // must agree with the run's settings).
@@ -514,7 +643,23 @@ fn main() -> ExitCode {
             data_dir,
             batch,
             device,
-        } => cli::eval(&checkpoint, data, data_dir, batch, device == Device::Cuda),
+            params,
+            steps,
+        } => match params {
+            Some(p) => interop::eval_params(
+                &checkpoint,
+                &p,
+                data,
+                data_dir,
+                steps.unwrap_or(4),
+                batch.unwrap_or(32),
+            ),
+            None if checkpoint.extension().is_some_and(|e| e == "snn") => Err(format!(
+                "error: `{}` is a model without weights: add --params PARAMS.safetensors",
+                checkpoint.display()
+            )),
+            None => cli::eval(&checkpoint, data, data_dir, batch, device == Device::Cuda),
+        },
         Cmd::Rules { json } => {
             print!("{}", cli::rules(json));
             Ok(())
@@ -525,7 +670,32 @@ fn main() -> ExitCode {
             batch,
             seed,
             json,
-        } => cli::grad_check(&file, steps, batch, seed, json),
+            params,
+            batch_file,
+            mode,
+            f64,
+            paper_grad_scale,
+            dump,
+        } => {
+            if params.is_some() || batch_file.is_some() || dump.is_some() || f64 || paper_grad_scale
+            {
+                interop::grad::grad_dump(&interop::grad::GradRequest {
+                    file: &file,
+                    params: params.as_deref(),
+                    batch_file: batch_file.as_deref(),
+                    steps,
+                    batch,
+                    seed,
+                    modes: mode.into_iter().map(Mode::from).collect(),
+                    wide: f64,
+                    paper_grad_scale,
+                    dump: dump.as_deref(),
+                    json,
+                })
+            } else {
+                cli::grad_check(&file, steps, batch, seed, json)
+            }
+        }
         Cmd::Bench {
             file,
             steps,
@@ -664,6 +834,7 @@ fn train(a: TrainArgs, explicit: Vec<String>) -> Result<bool, String> {
         seed: a.seed,
         paper_grad_scale: a.paper_grad_scale,
         order: a.order,
+        init: a.init,
     };
     cli::train(cli::TrainRequest {
         cfg,

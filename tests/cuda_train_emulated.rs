@@ -48,6 +48,7 @@ fn config(model: (&str, &str), mode: Mode, epochs: usize) -> TrainConfig {
         schedule: Schedule::Const,
         seed: 11,
         paper_grad_scale: false,
+        init: None,
         order: Default::default(),
     }
 }

@@ -879,6 +879,7 @@ fn vggsnn_trains_one_step_on_a_tiny_synthetic_event_set() {
         schedule: Schedule::Const,
         seed: 1,
         paper_grad_scale: false,
+        init: None,
         order: Default::default(),
     };
     let s = train(&cfg, &d.0.join("run"), None, true).unwrap();

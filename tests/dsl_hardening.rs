@@ -24,7 +24,7 @@ fn write(dir: &TmpDir, name: &str, text: &str) -> PathBuf {
 fn front_end(src: &str) -> Result<shape::Analysis, (u32, String)> {
     let model = parse(src, "m.snn").map_err(|d| (d.line, d.render("m.snn", src)))?;
     shape::analyze(&model).map_err(|e| {
-        let text = snnc::cli::render_shape_error(&e, "m.snn", src);
+        let text = snnc::frontend::render_shape_error(&e, "m.snn", src);
         let line = text
             .lines()
             .find_map(|l| l.trim().strip_prefix("--> m.snn:"))
@@ -272,6 +272,7 @@ fn absurd_sizes_are_refused_before_allocating() {
         seed: 0,
         paper_grad_scale: false,
         order: Default::default(),
+        init: None,
     };
     snnc::runtime::checkpoint::save(
         &ck_dir,
@@ -281,6 +282,8 @@ fn absurd_sizes_are_refused_before_allocating() {
             epoch: 1,
             batch_in_epoch: 0,
             config: serde_json::to_string(&cfg).unwrap(),
+            epoch_sums: None,
+            metrics: None,
         },
     )
     .unwrap();

@@ -96,7 +96,7 @@ fn every_stage_of_every_example_reads_back_in_dot() {
     let models = examples();
     assert!(models.len() >= 6, "{models:?}");
     for path in &models {
-        let (model, _) = snnc::cli::load(path).unwrap();
+        let (model, _) = snnc::frontend::load(path).unwrap();
         for (stage, mode) in configs {
             let what = format!("{} after {stage:?} ({mode})", model.name);
             let opts = Options {

@@ -18,7 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("ir", &["ir", "interp", "compare"]),
     ("passes", &["unroll", "autodiff", "passes", "compile"]),
     ("codegen", &["codegen"]),
-    ("runtime", &["runtime", "data"]),
+    ("runtime", &["runtime", "data", "nir", "interop"]),
     ("cli", &["cli", "main"]),
 ];
 

@@ -29,6 +29,7 @@ fn config(mode: Mode, epochs: usize) -> TrainConfig {
         schedule: Schedule::Const,
         seed: 7,
         paper_grad_scale: false,
+        init: None,
         order: Default::default(),
     }
 }

@@ -73,6 +73,7 @@ fn config(epochs: usize) -> TrainConfig {
         schedule: Schedule::Cosine,
         seed: 3,
         paper_grad_scale: false,
+        init: None,
         order: Default::default(),
     }
 }

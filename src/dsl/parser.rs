@@ -45,6 +45,8 @@ enum Range {
     Unit,
     /// [0, 1)
     UnitOpen,
+    /// [1, ∞)
+    AtLeastOne,
 }
 
 struct Param {
@@ -70,6 +72,9 @@ const SIZE: Kind = Kind::Size { nonzero: true };
 
 const NEURON_OPTIONS: &[Param] = &[
     param("lambda", Kind::Float(Range::Unit)),
+    // The time constant form of the leak, λ = 1 − 1/τ (the paper's code,
+    // spikingjelly); read as `lambda`.
+    param("tau", Kind::Float(Range::AtLeastOne)),
     param("theta", Kind::Float(Range::Positive)),
     param("reset", Kind::Choice(&["soft", "hard"])),
     param("v_reset", Kind::Float(Range::Any)),
@@ -78,11 +83,8 @@ const NEURON_OPTIONS: &[Param] = &[
     param("alpha", Kind::Float(Range::Positive)),
 ];
 
-/// `if` takes every neuron option but `lambda`, which it fixes at 1.
-const IF_OPTIONS: &[Param] = match NEURON_OPTIONS.split_first() {
-    Some((_, rest)) => rest,
-    None => &[],
-};
+/// `if` takes every neuron option but `lambda` and `tau` (it fixes λ = 1).
+const IF_OPTIONS: &[Param] = NEURON_OPTIONS.split_at(2).1;
 
 const SPECS: &[Spec] = &[
     Spec {
@@ -294,6 +296,23 @@ fn scan<'a>(spec: &Spec, toks: &[Tok<'a>]) -> Result<Args<'a>, Diagnostic> {
                 col: tok.col + key_len + 1,
             };
             let value = convert(param.kind, at, &format!("`{key}`"))?;
+            let other = match param.name {
+                "tau" => "lambda",
+                "lambda" => "tau",
+                _ => "",
+            };
+            if let Some(first) = args.get(other) {
+                return Err(Diagnostic::new(
+                    format!("`{key}` and `{other}` both set the leak"),
+                    tok.line,
+                    tok.col,
+                    key_len,
+                )
+                .with_hint(format!(
+                    "λ = 1 − 1/τ: keep one of them (`{other}` is set at column {})",
+                    first.tok.col
+                )));
+            }
             args.opts.push(Opt {
                 name: param.name,
                 tok,
@@ -320,7 +339,7 @@ fn scan<'a>(spec: &Spec, toks: &[Tok<'a>]) -> Result<Args<'a>, Diagnostic> {
                 .error(format!("missing value for option `{}`", tok.text))
                 .with_hint(hint));
         }
-        if spec.keyword == "if" && tok.text == "lambda" {
+        if spec.keyword == "if" && (tok.text == "lambda" || tok.text == "tau") {
             return Err(lambda_on_if(tok));
         }
         match spec.positional {
@@ -348,7 +367,7 @@ fn lookup(spec: &Spec, key: &str, tok: Tok) -> Result<&'static Param, Diagnostic
     if let Some(p) = spec.options.iter().find(|p| p.name == key) {
         return Ok(p);
     }
-    if spec.keyword == "if" && key == "lambda" {
+    if spec.keyword == "if" && (key == "lambda" || key == "tau") {
         return Err(lambda_on_if(tok));
     }
     let names: Vec<&str> = spec.options.iter().map(|p| p.name).collect();
@@ -375,8 +394,14 @@ fn lookup(spec: &Spec, key: &str, tok: Tok) -> Result<&'static Param, Diagnostic
 }
 
 fn lambda_on_if(tok: Tok) -> Diagnostic {
-    Diagnostic::new("`if` neurons have no `lambda` option", tok.line, tok.col, 6)
-        .with_hint("an IF neuron never leaks (lambda = 1); use `lif lambda=...` for a leaky neuron")
+    let key = tok.text.split('=').next().unwrap_or("lambda");
+    Diagnostic::new(
+        format!("`if` neurons have no `{key}` option"),
+        tok.line,
+        tok.col,
+        key.chars().count() as u32,
+    )
+    .with_hint("an IF neuron never leaks (lambda = 1); use `lif lambda=...` for a leaky neuron")
 }
 
 fn extra_argument(spec: &Spec, tok: Tok) -> Diagnostic {
@@ -470,6 +495,7 @@ fn convert<'a>(kind: Kind, at: ValueAt<'a>, label: &str) -> Result<Value<'a>, Di
                 Range::Positive => (v > 0.0, "greater than 0"),
                 Range::Unit => ((0.0..=1.0).contains(&v), "between 0 and 1"),
                 Range::UnitOpen => ((0.0..1.0).contains(&v), "at least 0 and less than 1"),
+                Range::AtLeastOne => (v >= 1.0 && v.is_finite(), "at least 1"),
             };
             if !ok {
                 return Err(at.error(format!("{label} must be {bounds}, found `{text}`")));
@@ -929,7 +955,9 @@ fn after_close(tok: Tok) -> Diagnostic {
 
 fn neuron_opts(args: &Args) -> NeuronOpts {
     NeuronOpts {
-        lambda: args.float("lambda"),
+        lambda: args
+            .float("lambda")
+            .or_else(|| args.float("tau").map(|tau| 1.0 - 1.0 / tau)),
         theta: args.float("theta"),
         reset: args.choice("reset").and_then(|r| match r {
             "soft" => Some(Reset::Soft),

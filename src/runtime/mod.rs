@@ -4,6 +4,7 @@ pub mod alloc;
 pub mod checkpoint;
 pub mod metrics;
 pub mod optim;
+pub mod params;
 pub mod plots;
 pub mod rundir;
 pub mod train;

@@ -63,6 +63,11 @@ pub struct TrainConfig {
     /// Checkpoints from before this option read as layer-major.
     #[serde(default)]
     pub order: crate::passes::schedule::SchedOpts,
+    /// `--init`: start from these parameters (a parameter file from `snnc
+    /// import`, a checkpoint or a run folder) instead of the seeded
+    /// initialisation. Absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 pub struct Summary {
@@ -672,7 +677,13 @@ fn run<'d>(
             (ck.params, ck.optim, ck.epoch, ck.batch_in_epoch, sums)
         }
         None => (
-            initial_params(&a, cfg.seed),
+            match &cfg.init {
+                Some(p) => crate::runtime::params::load_params(p, &a)?
+                    .into_iter()
+                    .map(|(k, v)| (k, v.cast::<f32>()))
+                    .collect(),
+                None => initial_params(&a, cfg.seed),
+            },
             OptimState::default(),
             0,
             0,
