@@ -9,6 +9,7 @@
 //! - `snnc_cxx`: a C++ compiler for the CUDA emulator (`$CXX`, c++, g++ or
 //!   clang++). With `SNNC_REQUIRE_EMU=1` its absence fails the build.
 //! - `snnc_ptxas`: ptxas (`$PTXAS` or on PATH) for the register table.
+//! - `snnc_dot`: Graphviz's `dot`, which reads back the DOT output.
 //! - `snnc_fmnist`: Debian's `dataset-fashion-mnist` is installed.
 //! - `snnc_nir`: a Python with the `nir` package (and its h5py, NumPy):
 //!   `$SNNC_PYTHON` (`.ci/run` points it at the venv it makes) or
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 const FMNIST: &str = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(snnc_nvrtc, snnc_cxx, snnc_ptxas, snnc_fmnist, snnc_nir)");
+    println!("cargo::rustc-check-cfg=cfg(snnc_nvrtc, snnc_cxx, snnc_ptxas, snnc_dot, snnc_fmnist, snnc_nir)");
     for var in [
         "LD_LIBRARY_PATH",
         "PATH",
@@ -33,6 +34,7 @@ fn main() {
         "PTXAS",
         "SNNC_REQUIRE_NVRTC",
         "SNNC_REQUIRE_EMU",
+        "SNNC_REQUIRE_DOT",
         "SNNC_PYTHON",
         "SNNC_REQUIRE_NIR",
     ] {
@@ -61,6 +63,11 @@ fn main() {
     let ptxas = env::var("PTXAS").unwrap_or_else(|_| "ptxas".into());
     if on_path(&ptxas) {
         println!("cargo::rustc-cfg=snnc_ptxas");
+    }
+    if on_path("dot") {
+        println!("cargo::rustc-cfg=snnc_dot");
+    } else if required("SNNC_REQUIRE_DOT") {
+        panic!("SNNC_REQUIRE_DOT=1 but Graphviz's `dot` is not on PATH (apt-get install graphviz)");
     }
     if Path::new(FMNIST).is_file() {
         println!("cargo::rustc-cfg=snnc_fmnist");
