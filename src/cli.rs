@@ -722,9 +722,9 @@ fn describe_config(cfg: &TrainConfig) -> String {
         cfg.mode,
         cfg.steps,
         cfg.batch,
-        format!("{:?}", cfg.optim.kind).to_lowercase(),
+        value_name(&cfg.optim.kind),
         cfg.lr,
-        format!("{:?}", cfg.schedule).to_lowercase(),
+        value_name(&cfg.schedule),
         cfg.optim.momentum,
         cfg.optim.weight_decay,
         cfg.seed,
@@ -748,16 +748,12 @@ const SETTINGS: [Setting; 12] = [
     ("steps", "-T", |c| c.steps.to_string()),
     ("batch", "--batch", |c| c.batch.to_string()),
     ("lr", "--lr", |c| c.lr.to_string()),
-    ("optimizer", "--optimizer", |c| {
-        format!("{:?}", c.optim.kind).to_lowercase()
-    }),
+    ("optimizer", "--optimizer", |c| value_name(&c.optim.kind)),
     ("momentum", "--momentum", |c| c.optim.momentum.to_string()),
     ("weight_decay", "--weight-decay", |c| {
         c.optim.weight_decay.to_string()
     }),
-    ("schedule", "--schedule", |c| {
-        format!("{:?}", c.schedule).to_lowercase()
-    }),
+    ("schedule", "--schedule", |c| value_name(&c.schedule)),
     ("order", "--order", |c| c.order.to_string()),
     ("seed", "--seed", |c| c.seed.to_string()),
     ("paper_grad_scale", "--paper-grad-scale", |c| {
@@ -917,7 +913,7 @@ fn train_inner(req: &TrainRequest) -> Result<bool, String> {
                             } else {
                                 format!(
                                     "; the {} schedule now spans {n} epochs",
-                                    format!("{:?}", cfg.schedule).to_lowercase()
+                                    value_name(&cfg.schedule)
                                 )
                             }
                         ),

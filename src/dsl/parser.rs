@@ -1063,8 +1063,10 @@ mod tests {
     }
 
     #[test]
-    fn if_options_skip_lambda() {
-        assert!(IF_OPTIONS.iter().all(|p| p.name != "lambda"));
-        assert_eq!(IF_OPTIONS.len(), NEURON_OPTIONS.len() - 1);
+    fn if_options_skip_lambda_and_tau() {
+        assert!(IF_OPTIONS
+            .iter()
+            .all(|p| p.name != "lambda" && p.name != "tau"));
+        assert_eq!(IF_OPTIONS.len(), NEURON_OPTIONS.len() - 2);
     }
 }

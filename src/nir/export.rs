@@ -351,7 +351,7 @@ impl Ex<'_> {
         }
         Node::new(prim)
             .meta("snnc_dt", format!("{dt:?}"))
-            .meta("snnc_lambda", format!("{:?}", n.lambda))
+            .meta("snnc_lambda", format!("{}", n.lambda))
             .meta(
                 "snnc_reset",
                 match n.reset {
@@ -368,6 +368,6 @@ impl Ex<'_> {
                     SurrogateKind::Triangle => "triangle",
                 },
             )
-            .meta("snnc_alpha", format!("{:?}", n.surrogate.alpha))
+            .meta("snnc_alpha", format!("{}", n.surrogate.alpha))
     }
 }

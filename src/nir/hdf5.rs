@@ -135,7 +135,11 @@ impl Reader<'_> {
         if data.len() != shape.iter().product::<usize>() {
             return Err(self.err(
                 at,
-                format!("field `{field}`: {} values for shape {shape:?}", data.len()),
+                format!(
+                    "field `{field}`: {} values for shape {}",
+                    data.len(),
+                    crate::shape::list(&shape)
+                ),
             ));
         }
         if let Some(x) = data.iter().find(|x| !x.is_finite()) {

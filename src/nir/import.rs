@@ -274,7 +274,10 @@ pub fn import(g: &NirGraph, file: &str, name: &str, dt: f64) -> Result<Imported,
             file,
             &input,
             "Input",
-            format!("shape {shape:?}: snnc inputs are N or C×H×W (no batch axis)"),
+            format!(
+                "shape {}: snnc inputs are N or C×H×W (no batch axis)",
+                l(&shape)
+            ),
         ));
     }
     let input_shape = shape.clone();
@@ -335,8 +338,10 @@ pub fn import(g: &NirGraph, file: &str, name: &str, dt: f64) -> Result<Imported,
             Some(t) if t.shape == p.shape => {}
             Some(t) => {
                 return Err(format!(
-                    "error: internal: imported parameter `{}` has shape {:?}, the model needs {:?}",
-                    p.name, t.shape, p.shape
+                    "error: internal: imported parameter `{}` has shape {}, the model needs {}",
+                    p.name,
+                    l(&t.shape),
+                    l(&p.shape)
                 ))
             }
             None => {
@@ -474,8 +479,9 @@ impl Im<'_> {
                         return Err(self.fail(
                             &join,
                             format!(
-                                "the two branches give shapes {:?} and {:?}",
-                                branches[0].2, branches[1].2
+                                "the two branches give shapes {} and {}",
+                                l(&branches[0].2),
+                                l(&branches[1].2)
                             ),
                         ));
                     }
@@ -551,8 +557,9 @@ impl Im<'_> {
             return Err(self.fail(
                 n,
                 format!(
-                    "`{field}` has shape {:?}, the input has {:?}",
-                    a.shape, self.shape
+                    "`{field}` has shape {}, the input has {}",
+                    l(&a.shape),
+                    l(&self.shape)
                 ),
             ));
         }
@@ -576,7 +583,11 @@ impl Im<'_> {
                 {
                     return Err(self.fail(
                         n,
-                        format!("the Output has shape {shape:?}, its input {:?}", self.shape),
+                        format!(
+                            "the Output has shape {}, its input {}",
+                            l(&shape),
+                            l(&self.shape)
+                        ),
                     ));
                 }
                 self.no_gain(n, "the readout")?;
@@ -586,8 +597,8 @@ impl Im<'_> {
                     return Err(self.fail(
                         n,
                         format!(
-                            "weight of shape {:?}; snnc's linear layers take (out, in)",
-                            weight.shape
+                            "weight of shape {}; snnc's linear layers take (out, in)",
+                            l(&weight.shape)
                         ),
                     ));
                 };
@@ -595,8 +606,8 @@ impl Im<'_> {
                     return Err(self.fail(
                         n,
                         format!(
-                            "weight (out {o}, in {i}) applied to an input of shape {:?}{}",
-                            self.shape,
+                            "weight (out {o}, in {i}) applied to an input of shape {}{}",
+                            l(&self.shape),
                             if self.shape.len() > 1 {
                                 "; add a Flatten before it"
                             } else {
@@ -662,13 +673,15 @@ impl Im<'_> {
                     return Err(self.fail(
                         n,
                         format!(
-                            "weight of shape {:?}, not (C_out, C_in, kH, kW)",
-                            weight.shape
+                            "weight of shape {}, not (C_out, C_in, kH, kW)",
+                            l(&weight.shape)
                         ),
                     ));
                 };
                 let &[c, h, w] = self.shape.as_slice() else {
-                    return Err(self.fail(n, format!("input of shape {:?}, not C×H×W", self.shape)));
+                    return Err(
+                        self.fail(n, format!("input of shape {}, not C×H×W", l(&self.shape)))
+                    );
                 };
                 if ci != c {
                     return Err(self.fail(
@@ -679,24 +692,27 @@ impl Im<'_> {
                 if let Some(s) = input_shape {
                     if *s != [h, w] {
                         return Err(
-                            self.fail(n, format!("input_shape {s:?}, but the input is {h}×{w}"))
+                            self.fail(n, format!("input_shape {}, but the input is {h}×{w}", l(s)))
                         );
                     }
                 }
                 if kh != kw || stride[0] != stride[1] {
                     return Err(self.fail(
                         n,
-                        format!("kernel {kh}×{kw}, stride {stride:?}: snnc's conv2d is square"),
+                        format!(
+                            "kernel {kh}×{kw}, stride {}: snnc's conv2d is square",
+                            l(stride)
+                        ),
                     ));
                 }
                 if *dilation != [1, 1] || *groups != 1 {
-                    return Err(self.fail(n, format!("dilation {dilation:?}, groups {groups}: snnc's conv2d has dilation 1 and groups 1")));
+                    return Err(self.fail(n, format!("dilation {}, groups {groups}: snnc's conv2d has dilation 1 and groups 1", l(dilation))));
                 }
                 let pad = match padding {
                     Padding::Explicit([a, b]) if a == b => *a,
                     Padding::Explicit(p) => {
                         return Err(
-                            self.fail(n, format!("padding {p:?}: snnc pads both sides equally"))
+                            self.fail(n, format!("padding {}: snnc pads both sides equally", l(p)))
                         )
                     }
                     Padding::Valid => 0,
@@ -756,16 +772,23 @@ impl Im<'_> {
                 if kernel[0] != kernel[1] || stride[0] != stride[1] {
                     return Err(self.fail(
                         n,
-                        format!("kernel {kernel:?}, stride {stride:?}: snnc's pooling is square"),
+                        format!(
+                            "kernel {}, stride {}: snnc's pooling is square",
+                            l(kernel),
+                            l(stride)
+                        ),
                     ));
                 }
                 if *padding != [0, 0] {
-                    return Err(
-                        self.fail(n, format!("padding {padding:?}: snnc's pooling has none"))
-                    );
+                    return Err(self.fail(
+                        n,
+                        format!("padding {}: snnc's pooling has none", l(padding)),
+                    ));
                 }
                 let &[c, h, w] = self.shape.as_slice() else {
-                    return Err(self.fail(n, format!("input of shape {:?}, not C×H×W", self.shape)));
+                    return Err(
+                        self.fail(n, format!("input of shape {}, not C×H×W", l(&self.shape)))
+                    );
                 };
                 let (k, s) = (kernel[0], stride[0]);
                 if k == 0 || s == 0 || h < k || w < k {
@@ -804,8 +827,8 @@ impl Im<'_> {
                     return Err(self.fail(
                         n,
                         format!(
-                            "start_dim {start_dim}, end_dim {end_dim} on a {:?} input does not flatten to one axis; snnc's flatten does",
-                            self.shape
+                            "start_dim {start_dim}, end_dim {end_dim} on a {} input does not flatten to one axis; snnc's flatten does",
+                            l(&self.shape)
                         ),
                     ));
                 }
@@ -995,4 +1018,11 @@ impl Im<'_> {
         });
         model.neuron = defaults;
     }
+}
+
+/// A list of numbers as `[1, 2]` for messages (`shape::list` for any
+/// displayable element).
+fn l<T: std::fmt::Display>(v: &[T]) -> String {
+    let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", parts.join(", "))
 }

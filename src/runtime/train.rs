@@ -649,6 +649,19 @@ fn run<'d>(
             split.train.len()
         ));
     }
+    // Host memory beyond the step's plan: the parameters in f64 as they
+    // are made and in f32, their gradients' optimizer state (momentum, or
+    // AdamW's two moments). Checked before the parameters are made.
+    let moments = match cfg.optim.kind {
+        crate::runtime::optim::OptimizerKind::Adamw => 2,
+        _ => 1,
+    };
+    let state_bytes = crate::passes::mem::param_bytes(&a, 12 + 4 * moments);
+    mem::ensure_fits(
+        "the parameters and the optimizer's state",
+        state_bytes,
+        Memory::Host,
+    )?;
     let config_json = serde_json::to_string(cfg).expect("config serialises");
     let config_pretty = serde_json::to_string_pretty(cfg).expect("config serialises") + "\n";
     // The folder: a new run takes a free one (given back if the run fails
@@ -697,14 +710,6 @@ fn run<'d>(
         .filter(|&n| matches!(graph.g[n].op, Op::Spike { .. }))
         .collect();
     // The engine gets its own copy; this one names the layers of spikes.
-    // Host memory beyond the step's plan: the parameters in f64 as they
-    // are made and in f32, their gradients' optimizer state (momentum, or
-    // AdamW's two moments).
-    let moments = match cfg.optim.kind {
-        crate::runtime::optim::OptimizerKind::Adamw => 2,
-        _ => 1,
-    };
-    let state_bytes = crate::passes::mem::param_bytes(&a, 12 + 4 * moments);
     let mut engine = make(&graph, &spike_nodes, state_bytes)?;
     let mut eval = Evaluator::new(&model, cfg.steps);
     let mut momenta = HashMap::new();
