@@ -276,7 +276,7 @@ pub fn import(g: &NirGraph, file: &str, name: &str, dt: f64) -> Result<Imported,
             "Input",
             format!(
                 "shape {}: snnc inputs are N or C×H×W (no batch axis)",
-                l(&shape)
+                l(shape)
             ),
         ));
     }
@@ -585,7 +585,7 @@ impl Im<'_> {
                         n,
                         format!(
                             "the Output has shape {}, its input {}",
-                            l(&shape),
+                            l(shape),
                             l(&self.shape)
                         ),
                     ));
