@@ -91,19 +91,7 @@ fn input_without_ties(
     let shape = input_shape(model, a, t, b);
     let events = matches!(model.input.encoding, snnc::model::Encoding::Events);
     for seed in 0..20 {
-        let mut r = Rng::new(seed + 100);
-        let n: usize = shape.iter().product();
-        let data = (0..n)
-            .map(|_| {
-                let u = r.uniform();
-                if events {
-                    f64::from(u8::from(u < 0.2))
-                } else {
-                    u
-                }
-            })
-            .collect();
-        let x = Tensor::from_vec(&shape, data);
+        let x = snnc::interp::random_values(&shape, events, seed + 100);
         let inf = interop::infer(model, params, &x, t, true).unwrap();
         if inf.margin > margin {
             return (x, inf, seed);

@@ -10,7 +10,7 @@ pub(crate) mod ops;
 mod random;
 mod scalar;
 
-pub use random::{random_input, random_labels};
+pub use random::{random_input, random_labels, random_values};
 
 pub use ops::eval_op;
 

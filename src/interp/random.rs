@@ -24,7 +24,13 @@ pub fn random_input(g: &ir::Graph, events: bool, seed: u64) -> Tensor<f64> {
             .expect("every unrolled graph has input x")
             .shape
             .clone();
-    let mut r = rng::Rng::new(seed ^ 0x1_0000_0001);
+    random_values(&shape, events, seed ^ 0x1_0000_0001)
+}
+
+/// A tensor of `shape` with values uniform in [0, 1), or for event input 0/1
+/// spikes with probability 0.2, drawn from `Rng::new(seed)`.
+pub fn random_values(shape: &[usize], events: bool, seed: u64) -> Tensor<f64> {
+    let mut r = rng::Rng::new(seed);
     let n: usize = shape.iter().product();
     let data = (0..n)
         .map(|_| {
@@ -36,5 +42,5 @@ pub fn random_input(g: &ir::Graph, events: bool, seed: u64) -> Tensor<f64> {
             }
         })
         .collect();
-    Tensor::from_vec(&shape, data)
+    Tensor::from_vec(shape, data)
 }
