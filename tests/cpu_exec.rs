@@ -4,7 +4,9 @@
 //! Tolerance (`common::agree::F32`, defined in `snnc::compare`): per
 //! element, |got − want| ≤ 1e-4·S, where S is the largest magnitude over all
 //! gradients (for a gradient), over the output itself (logits, loss), or the
-//! scale of what batch statistics are computed from. When outputs disagree
+//! scale of what batch statistics are computed from; against the f32
+//! interpreter, or, where they disagree, the f64 interpreter on the same
+//! inputs (`common::agree::outputs_arbitrated`). When outputs disagree
 //! and the reference run has a spike input within `snnc::compare::TIE` of
 //! its threshold, the case is a tie (rounding may decide that spike either
 //! way): a random case is rejected and redrawn, a fixed one fails saying so.
@@ -49,13 +51,17 @@ fn check(model: &Model, steps: usize, batch: usize, mode: Mode, seed: u64) -> Re
     let opts = RunOptions { seed };
     let want = interp::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
     let got = cpu::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
-    let named: HashMap<String, Tensor<f32>> = g
-        .outputs
-        .iter()
-        .map(|(name, n)| (name.clone(), want.get(*n).unwrap().clone()))
-        .collect();
-    common::agree::outputs("executor vs interpreter", &got, &named, common::agree::F32)
-        .map_err(|e| tie_or(&g, &want, e))?;
+    common::agree::outputs_arbitrated(
+        "executor vs interpreter",
+        &g,
+        &inputs,
+        &params,
+        &opts,
+        &got,
+        &want,
+        common::agree::F32,
+    )
+    .map_err(|e| tie_or(&g, &want, e))?;
     Ok(())
 }
 

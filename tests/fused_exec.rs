@@ -7,7 +7,9 @@
 //! Tolerance (`common::agree::F32`, defined in `snnc::compare`): per
 //! element, |got − want| ≤ 1e-4·S, where S is the largest magnitude over all
 //! gradients (for a gradient), over the output itself (logits, loss), or the
-//! scale of what batch statistics are computed from. When outputs disagree
+//! scale of what batch statistics are computed from; against the f32
+//! interpreter, or, where they disagree, the f64 interpreter on the same
+//! inputs (`common::agree::outputs_arbitrated`). When outputs disagree
 //! and the reference run has a spike input within `snnc::compare::TIE` of
 //! its threshold, the case is a tie (rounding may decide that spike either
 //! way): a random case is rejected and redrawn, a fixed one fails saying so.
@@ -96,20 +98,23 @@ fn compare(
     let got = exe
         .run(g, inputs, params, opts)
         .map_err(|e| e.to_string())?;
-    let named: HashMap<String, Tensor<f32>> = g
-        .outputs
-        .iter()
-        .map(|(name, n)| (name.clone(), want.get(*n).unwrap().clone()))
-        .collect();
-    common::agree::outputs("fused vs interpreter", &got, &named, common::agree::F32).map_err(
-        |e| match snnc::compare::near_tie(g, want) {
-            Some((n, d)) => format!(
-                "{TIE_CASE}: node {} within {d:e} of its threshold ({sched} {e})",
-                n.index()
-            ),
-            None => format!("{sched} {e}\n{}", compiled::source(&exe.plan)),
-        },
-    )?;
+    common::agree::outputs_arbitrated(
+        "fused vs interpreter",
+        g,
+        inputs,
+        params,
+        opts,
+        &got,
+        want,
+        common::agree::F32,
+    )
+    .map_err(|e| match snnc::compare::near_tie(g, want) {
+        Some((n, d)) => format!(
+            "{TIE_CASE}: node {} within {d:e} of its threshold ({sched} {e})",
+            n.index()
+        ),
+        None => format!("{sched} {e}\n{}", compiled::source(&exe.plan)),
+    })?;
     Ok(())
 }
 

@@ -58,3 +58,46 @@ pub fn outputs<F: num_traits::Float>(
     }
     Ok(())
 }
+
+/// `outputs` of an f32 execution `got` of graph `g` against the f32
+/// interpreter; where they disagree, the f64 interpreter (on the same f32
+/// inputs and parameters) arbitrates under the same tolerance. The f32
+/// interpreter is itself an approximation: a gradient that cancels to near
+/// zero (a bias before batch norm) carries rounding noise of the terms'
+/// size in *both* f32 runs, and two such noises can differ by more than
+/// `tol·S` although each is within it of the exact value. A case passes
+/// when `got` agrees with either reference; the error names both distances.
+pub fn outputs_arbitrated(
+    what: &str,
+    g: &snnc::ir::Graph,
+    inputs: &HashMap<String, Tensor<f32>>,
+    params: &HashMap<String, Tensor<f32>>,
+    opts: &snnc::interp::RunOptions,
+    got: &HashMap<String, Tensor<f32>>,
+    want: &snnc::interp::Values<f32>,
+    tol: Tol,
+) -> Result<(), String> {
+    let named = |vals: &snnc::interp::Values<f32>| -> HashMap<String, Tensor<f32>> {
+        g.outputs
+            .iter()
+            .map(|(name, n)| (name.clone(), vals.get(*n).unwrap().clone()))
+            .collect()
+    };
+    let Err(e32) = outputs(what, got, &named(want), tol) else {
+        return Ok(());
+    };
+    let cast = |m: &HashMap<String, Tensor<f32>>| -> HashMap<String, Tensor<f64>> {
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.cast::<f64>()))
+            .collect()
+    };
+    let exact = snnc::interp::run(g, &cast(inputs), &cast(params), opts)
+        .map_err(|e| format!("{e32}; the f64 interpreter failed: {e}"))?;
+    let exact: HashMap<String, Tensor<f32>> = g
+        .outputs
+        .iter()
+        .map(|(name, n)| (name.clone(), exact.get(*n).unwrap().cast::<f32>()))
+        .collect();
+    outputs(what, got, &exact, tol)
+        .map_err(|e64| format!("{e32}; against the f64 interpreter: {e64}"))
+}
