@@ -8,11 +8,15 @@
 //! element, |got − want| ≤ 1e-4·S, where S is the largest magnitude over all
 //! gradients (for a gradient), over the output itself (logits, loss), or the
 //! scale of what batch statistics are computed from; against the f32
-//! interpreter, or, where they disagree, the f64 interpreter on the same
-//! inputs (`common::agree::outputs_arbitrated`). When outputs disagree
-//! and the reference run has a spike input within `snnc::compare::TIE` of
-//! its threshold, the case is a tie (rounding may decide that spike either
-//! way): a random case is rejected and redrawn, a fixed one fails saying so.
+//! interpreter; where they disagree, the f64 interpreter on the same inputs
+//! arbitrates: each element within 1e-4·S of the exact value, or at most 4×
+//! as far from it as the f32 interpreter is (`snnc::compare::check_arbitrated`).
+//! When outputs still disagree and the reference run is ill-conditioned
+//! (`snnc::compare::ill_conditioned`: a spike input within
+//! `snnc::compare::TIE` of its threshold, which rounding may decide either
+//! way, or a batch norm over a channel of variance below its eps, which
+//! multiplies rounding noise by more than 200), a random case is rejected
+//! and redrawn, a fixed one fails saying so.
 
 mod common;
 
@@ -34,8 +38,8 @@ const SCHEDULES: [SchedOpts; 3] = [
     SchedOpts::TIME_MAJOR_RECOMPUTE,
 ];
 
-/// The error's prefix when a case is a spike tie (see the header).
-const TIE_CASE: &str = "spike tie";
+/// The error's prefix when a case is ill-conditioned (see the header).
+const ILL_CASE: &str = "ill-conditioned";
 
 fn check(
     model: &Model,
@@ -108,11 +112,8 @@ fn compare(
         want,
         common::agree::F32,
     )
-    .map_err(|e| match snnc::compare::near_tie(g, want) {
-        Some((n, d)) => format!(
-            "{TIE_CASE}: node {} within {d:e} of its threshold ({sched} {e})",
-            n.index()
-        ),
+    .map_err(|e| match snnc::compare::ill_conditioned(g, want) {
+        Some(why) => format!("{ILL_CASE}: {why} ({sched} {e})"),
         None => format!("{sched} {e}\n{}", compiled::source(&exe.plan)),
     })?;
     Ok(())
@@ -131,7 +132,7 @@ proptest! {
         let model = gen::build(&r);
         let mode = if rate { Mode::Rate } else { Mode::Bptt };
         match check(&model, steps, batch, mode, seed, SCHEDULES[s]) {
-            Err(e) if e.starts_with(TIE_CASE) => return Err(TestCaseError::reject(e)),
+            Err(e) if e.starts_with(ILL_CASE) => return Err(TestCaseError::reject(e)),
             r => r.map_err(TestCaseError::fail)?,
         }
     }
