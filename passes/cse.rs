@@ -4,21 +4,26 @@
 //! the same at every step, so its T copies become one step-free node (and
 //! so does whatever elementwise work follows it before the first neuron).
 
-use super::{Pass, PassError};
+use super::{Pass, PassError, Program};
 use crate::ir::{Graph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use std::collections::HashMap;
 
-pub const PASS: Pass = Pass {
-    name: "cse",
-    about: "merge nodes with equal op and operands; hoist time-invariant work out of the steps",
-    run,
-};
+/// The pass: [`cse`].
+pub struct Cse;
 
-pub fn run(mut g: Graph) -> Result<Graph, PassError> {
-    cse(&mut g);
-    Ok(g)
+impl Pass for Cse {
+    fn name(&self) -> &'static str {
+        "cse"
+    }
+    fn about(&self) -> &'static str {
+        "merge nodes with equal op and operands; hoist time-invariant work out of the steps"
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        cse(&mut p.graph);
+        Ok(())
+    }
 }
 
 /// (op, operands, shape, role, step): nodes with equal keys compute the

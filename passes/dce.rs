@@ -1,15 +1,19 @@
 //! Dead-code elimination: drops nodes that no output depends on.
 
-use super::{Pass, PassError};
-use crate::ir::Graph;
+use super::{Pass, PassError, Program};
 
-pub const PASS: Pass = Pass {
-    name: "dce",
-    about: "remove nodes no output depends on",
-    run,
-};
+/// The pass: `Graph::remove_dead`.
+pub struct Dce;
 
-fn run(mut g: Graph) -> Result<Graph, PassError> {
-    g.remove_dead();
-    Ok(g)
+impl Pass for Dce {
+    fn name(&self) -> &'static str {
+        "dce"
+    }
+    fn about(&self) -> &'static str {
+        "remove nodes no output depends on"
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        p.graph.remove_dead();
+        Ok(())
+    }
 }

@@ -8,42 +8,190 @@
 //! graph (`schedule::order`): step t of every layer, then step t + 1, so a
 //! step's outputs die once the next layer has read them.
 //!
-//! The graph is lowered first ([`lower`]): batch-norm statistics may be
-//! recomputed (`schedule::recompute_bn`), and time reductions that no kernel
-//! can absorb as an accumulator (means over GEMM or pooling outputs) become
-//! running sums (`schedule::chain_reductions`), so their operands die one
-//! step at a time. Reductions over elementwise values stay n-ary: fusion
-//! turns them into accumulators.
+//! The graph is lowered first ([`lowering`], one pass per rewrite):
+//! `channel_sum(mul)` becomes `channel_dot`, means of one repeated value
+//! that value, batch norm's affine output per step; for time-major,
+//! batch-norm statistics may be recomputed (`schedule::RecomputeBn`), and
+//! time reductions that no kernel can absorb as an accumulator (means over
+//! GEMM or pooling outputs) become running sums ([`ChainUnfused`]), so
+//! their operands die one step at a time. Reductions over elementwise
+//! values stay n-ary: fusion turns them into accumulators. Then
+//! [`planning`]: fusion ([`Fuse`]) and, time-major, the time-major order
+//! and the split into steps ([`SplitSteps`]).
 
 use crate::ir::{Graph, NodeIndex};
 use crate::passes::fuse::{self, Fused, Plan, Unit};
 use crate::passes::schedule::{self, SchedOpts, Schedule};
+use crate::passes::{Pass, PassError, Pipeline, Program};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-/// The graph a fused CPU plan for `opts` runs: `channel_sum(mul(a, b))`
-/// as `channel_dot(a, b)` ([`channel_dots`]), means of one repeated value
-/// as that value ([`constant_means`]), batch norm's affine output
-/// recomputed per step inside the neuron's kernel instead of stored
-/// ([`rematerialise_affine`]); for time-major, batch-norm
+/// The lowering passes of a fused CPU plan for `opts`:
+/// `channel_sum(mul(a, b))` as `channel_dot(a, b)` ([`ChannelDots`]),
+/// means of one repeated value as that value ([`ConstantMeans`]), batch
+/// norm's affine output recomputed per step inside the neuron's kernel
+/// instead of stored ([`RematerialiseAffine`]); for time-major, batch-norm
 /// statistics recomputed when asked and non-absorbable time reductions
 /// chained.
-pub fn lower(g: &Graph, opts: SchedOpts) -> Graph {
-    let mut g = g.clone();
-    channel_dots(&mut g);
-    constant_means(&mut g);
-    rematerialise_affine(&mut g);
+pub fn lowering(opts: SchedOpts) -> Vec<Box<dyn Pass>> {
+    let mut passes: Vec<Box<dyn Pass>> = vec![
+        Box::new(ChannelDots),
+        Box::new(ConstantMeans),
+        Box::new(RematerialiseAffine),
+    ];
     if opts.schedule == Schedule::TimeMajor {
         if opts.recompute_bn {
-            schedule::recompute_bn(&mut g);
+            passes.push(Box::new(schedule::RecomputeBn));
         }
-        schedule::chain_reductions_where(&mut g, |g, n| {
+        passes.push(Box::new(ChainUnfused));
+    }
+    passes
+}
+
+/// The plan-level passes of a fused plan for `opts` after [`lowering`]:
+/// fusion, then for time-major the time-major order and the split of every
+/// multi-step kernel into steps.
+pub fn planning(opts: SchedOpts) -> Vec<Box<dyn Pass>> {
+    let mut passes: Vec<Box<dyn Pass>> = vec![Box::new(Fuse)];
+    if opts.schedule == Schedule::TimeMajor {
+        passes.push(Box::new(schedule::Order(Schedule::TimeMajor)));
+        passes.push(Box::new(SplitSteps));
+    }
+    passes
+}
+
+/// Runs `passes` on `p`; they only rewrite checked programs into checked
+/// programs, so an error is a compiler bug.
+fn run_internal(passes: Vec<Box<dyn Pass>>, p: &mut Program) {
+    if let Err(e) = Pipeline::new(passes).run(p) {
+        panic!("internal: {e}");
+    }
+}
+
+/// The graph a fused CPU plan for `opts` runs: `g` after the passes of
+/// [`lowering`], each checked.
+pub fn lower(g: &Graph, opts: SchedOpts) -> Graph {
+    let mut p = Program::new(g.clone());
+    run_internal(lowering(opts), &mut p);
+    p.graph
+}
+
+/// The fused plan of `g` for `opts` (the passes of [`planning`]), keeping
+/// the values of `keep` stored; `g` must come from [`lower`].
+pub fn plan(g: &Graph, keep: &[NodeIndex], opts: SchedOpts) -> Plan {
+    let mut p = Program::new(g.clone());
+    p.keep = keep.to_vec();
+    run_internal(planning(opts), &mut p);
+    p.plan.expect("the fuse pass sets the plan")
+}
+
+/// `channel_sum(mul(a, b))` as `channel_dot(a, b)` ([`channel_dots`]).
+pub struct ChannelDots;
+
+impl Pass for ChannelDots {
+    fn name(&self) -> &'static str {
+        "channel-dots"
+    }
+    fn about(&self) -> &'static str {
+        "channel_sum(mul(a, b)) as channel_dot(a, b): no stored product"
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        channel_dots(&mut p.graph);
+        Ok(())
+    }
+}
+
+/// `time_mean(x, …, x)` as `x` ([`constant_means`]).
+pub struct ConstantMeans;
+
+impl Pass for ConstantMeans {
+    fn name(&self) -> &'static str {
+        "constant-means"
+    }
+    fn about(&self) -> &'static str {
+        "time means of one repeated value become that value"
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        constant_means(&mut p.graph);
+        Ok(())
+    }
+}
+
+/// Per-step copies of hoisted channel affines ([`rematerialise_affine`]).
+pub struct RematerialiseAffine;
+
+impl Pass for RematerialiseAffine {
+    fn name(&self) -> &'static str {
+        "rematerialise-affine"
+    }
+    fn about(&self) -> &'static str {
+        "per-step copies of hoisted batch-norm affines, computed inside the neuron's kernel"
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        rematerialise_affine(&mut p.graph);
+        Ok(())
+    }
+}
+
+/// Running accumulators for the time reductions no kernel absorbs (some
+/// operand is not elementwise: a GEMM or pooling output).
+pub struct ChainUnfused;
+
+impl Pass for ChainUnfused {
+    fn name(&self) -> &'static str {
+        "chain"
+    }
+    fn about(&self) -> &'static str {
+        "running accumulators for time reductions no kernel absorbs (time-major)"
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        schedule::chain_reductions_where(&mut p.graph, |g, n| {
             g.operands(n)
                 .iter()
                 .any(|&a| !fuse::elementwise_op(&g.g[a].op))
         });
+        Ok(())
     }
-    g
+}
+
+/// Fusion (`fuse::fuse_keeping`): sets the program's plan.
+pub struct Fuse;
+
+impl Pass for Fuse {
+    fn name(&self) -> &'static str {
+        "fuse"
+    }
+    fn about(&self) -> &'static str {
+        "fusion: elementwise groups re-rolled into kernels with a time loop; the plan"
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        p.plan = Some(fuse::fuse_keeping(&p.graph, &p.keep));
+        Ok(())
+    }
+}
+
+/// Every multi-step kernel of the plan run one step per unit, units in the
+/// program's order ([`split_steps`]).
+pub struct SplitSteps;
+
+impl Pass for SplitSteps {
+    fn name(&self) -> &'static str {
+        "split-steps"
+    }
+    fn about(&self) -> &'static str {
+        "one unit per kernel step, units in the time-major order"
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        let missing = |needs| PassError::Missing {
+            pass: "split-steps",
+            needs,
+            after: "fuse and schedule",
+        };
+        let plan = p.plan.as_ref().ok_or(missing("a fusion plan"))?;
+        let order = p.order.as_ref().ok_or(missing("an execution order"))?;
+        p.plan = Some(split_steps(&p.graph, plan, order));
+        Ok(())
+    }
 }
 
 /// Rewrites `channel_sum(mul(a, b))`, where the product has no other
@@ -158,15 +306,6 @@ pub fn rematerialise_affine(g: &mut Graph) -> usize {
         g.ad = None;
     }
     copied
-}
-
-/// The fused plan of `g` for `opts`; `g` must come from [`lower`].
-pub fn plan(g: &Graph, keep: &[NodeIndex], opts: SchedOpts) -> Plan {
-    let plan = fuse::fuse_keeping(g, keep);
-    match opts.schedule {
-        Schedule::LayerMajor => plan,
-        Schedule::TimeMajor => split_steps(g, &plan, &schedule::order(g, Schedule::TimeMajor)),
-    }
 }
 
 impl Fused {

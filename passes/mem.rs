@@ -44,30 +44,60 @@ pub fn parse_meminfo(text: &str) -> Option<u64> {
     n.checked_mul(unit)
 }
 
+/// Not enough memory for some work: what needed how much, and how much
+/// there is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not enough memory for {what}: it needs {} ({need} bytes), but only {} \
+     ({have} bytes) is available ({measured})\n  = hint: use a smaller --batch or -T, or smaller \
+     layers (`snnc check` prints every layer's size)",
+    human(*.need),
+    human(*.have)
+)]
+pub struct MemoryError {
+    pub what: String,
+    pub need: u64,
+    pub have: u64,
+    /// Where `have` comes from.
+    pub measured: &'static str,
+}
+
+/// Callers whose errors are still text get the error rendered as the CLI
+/// prints it.
+impl From<MemoryError> for String {
+    fn from(e: MemoryError) -> String {
+        format!("error: {e}")
+    }
+}
+
 /// The check every allocating command runs before it allocates: `Ok` when
 /// `need` bytes fit the available memory of `on` (or when that cannot be
 /// read), else an error that says what needed how much and how much there
 /// is. `what` names the work, e.g. "training step (fused CPU plan)".
-pub fn ensure_fits(what: &str, need: u64, on: Memory) -> Result<(), String> {
+pub fn ensure_fits(what: &str, need: u64, on: Memory) -> Result<(), MemoryError> {
     let (available, source) = match on {
         Memory::Host => (available_host_bytes(), "MemAvailable in /proc/meminfo"),
         Memory::Device { free } => (free, "free device memory"),
     };
     match available {
-        Some(have) if need > have => Err(format!(
-            "error: not enough memory for {what}: it needs {} ({need} bytes), but only {} \
-             ({have} bytes) is available ({source})\n  = hint: use a smaller --batch or -T, or smaller \
-             layers (`snnc check` prints every layer's size)",
-            human(need),
-            human(have),
-        )),
+        Some(have) if need > have => Err(MemoryError {
+            what: what.to_string(),
+            need,
+            have,
+            measured: source,
+        }),
         _ => Ok(()),
     }
 }
 
 /// `ensure_fits` for a memory plan: its peak plus the resident bytes
 /// (inputs and parameters), plus `extra` (e.g. optimizer state).
-pub fn ensure_plan_fits(what: &str, plan: &MemPlan, extra: u64, on: Memory) -> Result<(), String> {
+pub fn ensure_plan_fits(
+    what: &str,
+    plan: &MemPlan,
+    extra: u64,
+    on: Memory,
+) -> Result<(), MemoryError> {
     let need = plan
         .peak_bytes
         .saturating_add(plan.resident_bytes)
@@ -128,7 +158,8 @@ mod tests {
                 free: Some(1 << 30),
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("3.0 TiB") && e.contains("1.0 GiB"), "{e}");
         assert!(e.contains(&(3u64 << 40).to_string()), "{e}");
         assert!(ensure_fits("a step", 10, Memory::Device { free: Some(100) }).is_ok());

@@ -14,17 +14,19 @@
 //!   soon as the next layer has read them; the per-step backward of BPTT
 //!   runs t = T−1 down to 0 through all layers.
 //!
-//! Before ordering, [`lower`] rewrites the graph for either schedule (the
-//! result is for running, not for differentiating again):
+//! Before ordering, the graph executor's lowering passes ([`lowering`])
+//! rewrite the graph for either schedule (the result is for running, not
+//! for differentiating again):
 //!
-//! - `detach` nodes, the identity once autodiff has run, are bypassed;
-//! - **time reductions become running accumulators** ([`chain_reductions`]):
+//! - `detach` nodes, the identity once autodiff has run, are bypassed
+//!   ([`BypassDetach`]);
+//! - **time reductions become running accumulators** ([`Chain`]):
 //!   an n-ary `sum`/`time_mean` over the T steps would keep all T operands
 //!   alive until the last one exists; a chain `((x₀ + x₁) + x₂) + …`
 //!   (then a `scale(1/n)` for a mean) lets each operand die once added.
 //!   Forward sums are chained in step order, backward ones in reverse step
 //!   order (the order in which the backward produces them).
-//! - **batch-norm recompute** (time-major, optional; [`recompute_bn`]):
+//! - **batch-norm recompute** (time-major, optional; [`RecomputeBn`]):
 //!   temporal batch norm normalises with statistics over all T steps, so
 //!   under a plain time-major schedule every pre-BN value `z_t` stays alive
 //!   until the last step has been computed. With recompute, the per-step
@@ -42,8 +44,11 @@
 //! shared, time-reducing node such as a batch-norm mean), computed as late
 //! as the nodes that need them allow; side branches that only feed time
 //! accumulators (the rate pass's `r`, `g`, `x̄`) follow their operands.
+//!
+//! The order itself is the [`Order`] pass (`schedule`), which leaves the
+//! graph as it is and sets the program's order.
 
-use super::{Pass, PassError};
+use super::{Pass, PassError, Program};
 use crate::ir::{Graph, Node, NodeIndex, Op, Role};
 use petgraph::visit::{EdgeRef, IntoEdgeReferences, NodeIndexable};
 use petgraph::Direction;
@@ -121,39 +126,163 @@ impl std::fmt::Display for SchedOpts {
     }
 }
 
+/// A schedule name `SchedOpts` does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown schedule `{0}`; expected one of: {names}", names = SchedOpts::NAMES.join(", "))]
+pub struct UnknownSchedule(pub String);
+
 impl std::str::FromStr for SchedOpts {
-    type Err = String;
-    fn from_str(s: &str) -> Result<SchedOpts, String> {
+    type Err = UnknownSchedule;
+    fn from_str(s: &str) -> Result<SchedOpts, UnknownSchedule> {
         match s {
             "layer-major" => Ok(SchedOpts::LAYER_MAJOR),
             "time-major" => Ok(SchedOpts::TIME_MAJOR),
             "time-major-recompute" => Ok(SchedOpts::TIME_MAJOR_RECOMPUTE),
-            _ => Err(format!(
-                "unknown schedule `{s}`; expected one of: {}",
-                SchedOpts::NAMES.join(", ")
-            )),
+            _ => Err(UnknownSchedule(s.to_string())),
         }
     }
 }
 
-/// `lower` for the given schedule, then its order.
-pub fn schedule(g: &Graph, opts: SchedOpts) -> (Graph, Vec<NodeIndex>) {
-    let lowered = lower(g, opts);
-    let order = order(&lowered, opts.schedule);
-    (lowered, order)
+/// The graph executor's lowering for `opts`: batch-norm recompute (for
+/// time-major with `recompute_bn`), every time reduction chained, `detach`
+/// bypassed. The result computes the same values as its input up to f32
+/// rounding.
+pub fn lowering(opts: SchedOpts) -> Vec<Box<dyn Pass>> {
+    let mut passes: Vec<Box<dyn Pass>> = Vec::new();
+    if opts.schedule == Schedule::TimeMajor && opts.recompute_bn {
+        passes.push(Box::new(RecomputeBn));
+    }
+    passes.push(Box::new(Chain));
+    passes.push(Box::new(BypassDetach));
+    passes
 }
 
-/// The graph rewritten for a schedule: time reductions chained, and (for
-/// time-major with `recompute_bn`, T > 1) batch-norm statistics recomputed.
-/// Computes the same values as `g` up to f32 rounding.
-pub fn lower(g: &Graph, opts: SchedOpts) -> Graph {
-    let mut g = g.clone();
-    if opts.schedule == Schedule::TimeMajor && opts.recompute_bn {
-        recompute_bn(&mut g);
+/// The graph executor's lowering for `opts` ([`lowering`]), then its order
+/// (the [`Order`] pass), each checked (`passes::check`).
+pub fn schedule(g: &Graph, opts: SchedOpts) -> (Graph, Vec<NodeIndex>) {
+    let mut passes = lowering(opts);
+    passes.push(Box::new(Order(opts.schedule)));
+    let mut p = Program::new(g.clone());
+    if let Err(e) = super::Pipeline::new(passes).run(&mut p) {
+        // The lowering passes only rewrite verified graphs into verified
+        // graphs; an error here is a compiler bug, not a user error.
+        panic!("internal: {e}");
     }
-    chain_reductions(&mut g);
-    bypass_detach(&mut g);
-    g
+    let order = p.order.take().expect("the order pass sets the order");
+    (p.graph, order)
+}
+
+/// Batch-norm recompute as a pass ([`recompute_bn`]).
+pub struct RecomputeBn;
+
+impl Pass for RecomputeBn {
+    fn name(&self) -> &'static str {
+        "recompute-bn"
+    }
+    fn about(&self) -> &'static str {
+        "per-step batch-norm statistics on a recomputed copy of the forward (time-major)"
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        recompute_bn(&mut p.graph);
+        Ok(())
+    }
+}
+
+/// Every time reduction as a running accumulator ([`chain_reductions`]).
+pub struct Chain;
+
+impl Pass for Chain {
+    fn name(&self) -> &'static str {
+        "chain"
+    }
+    fn about(&self) -> &'static str {
+        "turn n-ary time sums and means into running accumulators"
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        chain_reductions(&mut p.graph);
+        Ok(())
+    }
+}
+
+/// `detach` bypassed ([`bypass_detach`]).
+pub struct BypassDetach;
+
+impl Pass for BypassDetach {
+    fn name(&self) -> &'static str {
+        "bypass-detach"
+    }
+    fn about(&self) -> &'static str {
+        "bypass `detach` (the identity once autodiff has run)"
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        bypass_detach(&mut p.graph);
+        Ok(())
+    }
+}
+
+/// The execution order under a schedule ([`order`]): sets the program's
+/// order, leaves the graph.
+pub struct Order(pub Schedule);
+
+impl Pass for Order {
+    fn name(&self) -> &'static str {
+        "schedule"
+    }
+    fn about(&self) -> &'static str {
+        match self.0 {
+            Schedule::LayerMajor => "execution order: each layer's steps together (layer-major)",
+            Schedule::TimeMajor => {
+                "execution order: one step of every layer at a time (time-major)"
+            }
+        }
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        p.order = Some(order(&p.graph, self.0));
+        Ok(())
+    }
+}
+
+/// An execution order as text: one line per node in order.
+pub fn order_text(g: &Graph, order: &[NodeIndex]) -> String {
+    use std::fmt::Write;
+    let mut pos = vec![usize::MAX; g.g.node_bound()];
+    for (i, &v) in order.iter().enumerate() {
+        pos[v.index()] = i;
+    }
+    let mut out = format!(
+        "order {} steps={} batch={}: {} nodes\n",
+        g.name,
+        g.steps,
+        g.batch,
+        order.len()
+    );
+    for (i, &v) in order.iter().enumerate() {
+        let node = &g.g[v];
+        let args: Vec<String> = g
+            .operands(v)
+            .iter()
+            .map(|o| format!("%{}", pos[o.index()]))
+            .collect();
+        let attrs = node.op.attrs();
+        let mut call = node.op.name().to_string();
+        if !attrs.is_empty() {
+            let _ = write!(call, "[{attrs}]");
+        }
+        if !args.is_empty() {
+            let _ = write!(call, "({})", args.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "  %{i:<3} = {call:<44} {:<14} {}{}{}",
+            crate::shape::list(&node.shape).replace(' ', ""),
+            node.layer
+                .map(|l| format!("{}:{} ", g.layers[l].path, g.layers[l].keyword))
+                .unwrap_or_default(),
+            node.t.map(|t| format!("t={t} ")).unwrap_or_default(),
+            node.role.short()
+        );
+    }
+    out
 }
 
 /// Removes every `detach` (the identity once autodiff has run), its users
@@ -170,24 +299,6 @@ pub fn bypass_detach(g: &mut Graph) -> usize {
     }
     ds.len()
 }
-
-pub const CHAIN: Pass = Pass {
-    name: "chain",
-    about: "turn n-ary time sums and means into running accumulators",
-    run: |mut g| {
-        chain_reductions(&mut g);
-        Ok::<_, PassError>(g)
-    },
-};
-
-pub const RECOMPUTE_BN: Pass = Pass {
-    name: "recompute-bn",
-    about: "per-step batch-norm statistics on a recomputed copy of the forward",
-    run: |mut g| {
-        recompute_bn(&mut g);
-        Ok::<_, PassError>(g)
-    },
-};
 
 fn is_backward(n: &Node) -> bool {
     matches!(n.role, Role::Backward | Role::Gradient)
@@ -605,34 +716,50 @@ fn stages(g: &Graph, topo: &[NodeIndex]) -> Vec<usize> {
     stage
 }
 
+/// Why an order is not a schedule of a graph.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    #[error("the order has {order} nodes, the graph {graph}")]
+    Count { order: usize, graph: usize },
+    #[error("node {0} is not in the graph")]
+    Missing(usize),
+    #[error("node {0} appears twice")]
+    Twice(usize),
+    #[error("node {node} ({op}) runs before its operand {operand} ({operand_op})")]
+    Early {
+        node: usize,
+        op: &'static str,
+        operand: usize,
+        operand_op: &'static str,
+    },
+}
+
 /// Whether `order` is a topological order of `g` that runs every node once.
-pub fn is_topological(g: &Graph, order: &[NodeIndex]) -> Result<(), String> {
+pub fn is_topological(g: &Graph, order: &[NodeIndex]) -> Result<(), OrderError> {
     if order.len() != g.node_count() {
-        return Err(format!(
-            "the order has {} nodes, the graph {}",
-            order.len(),
-            g.node_count()
-        ));
+        return Err(OrderError::Count {
+            order: order.len(),
+            graph: g.node_count(),
+        });
     }
     let mut pos = vec![usize::MAX; g.g.node_bound()];
     for (i, &n) in order.iter().enumerate() {
         if !g.g.contains_node(n) {
-            return Err(format!("node {} is not in the graph", n.index()));
+            return Err(OrderError::Missing(n.index()));
         }
         if pos[n.index()] != usize::MAX {
-            return Err(format!("node {} appears twice", n.index()));
+            return Err(OrderError::Twice(n.index()));
         }
         pos[n.index()] = i;
     }
     for e in (&g.g).edge_references() {
         if pos[e.source().index()] >= pos[e.target().index()] {
-            return Err(format!(
-                "node {} ({}) runs before its operand {} ({})",
-                e.target().index(),
-                g.g[e.target()].op.name(),
-                e.source().index(),
-                g.g[e.source()].op.name()
-            ));
+            return Err(OrderError::Early {
+                node: e.target().index(),
+                op: g.g[e.target()].op.name(),
+                operand: e.source().index(),
+                operand_op: g.g[e.source()].op.name(),
+            });
         }
     }
     Ok(())

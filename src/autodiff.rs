@@ -27,6 +27,23 @@ pub enum AutodiffError {
     Verify(#[from] ir::VerifyError),
 }
 
+/// Autodiff as a pass: the forward graph becomes the training graph.
+pub struct Autodiff;
+
+impl crate::passes::Pass for Autodiff {
+    fn name(&self) -> &'static str {
+        "autodiff"
+    }
+    fn about(&self) -> &'static str {
+        "forward + cross-entropy loss + BPTT backward, one `grad:NAME` output per parameter"
+    }
+    fn run(&self, p: &mut crate::passes::Program) -> Result<(), crate::passes::PassError> {
+        p.graph =
+            autodiff(&p.graph).map_err(|e| crate::passes::PassError::failed("autodiff", e))?;
+        Ok(())
+    }
+}
+
 /// Name of the gradient output of parameter `name`.
 pub fn grad_name(name: &str) -> String {
     format!("grad:{name}")

@@ -12,9 +12,9 @@ use crate::ir::{self, Op};
 use crate::model::{Encoding, LayerKind, Model};
 use crate::passes::cost::graph_cost;
 use crate::passes::mem::{self, Memory};
-use crate::passes::memplan;
 use crate::passes::rate::{rules::Tag, Mode, RegionStats};
 use crate::passes::schedule::SchedOpts;
+use crate::passes::{self, memplan};
 use crate::runtime::checkpoint::Checkpoint;
 use crate::runtime::train::TrainConfig;
 use crate::shape::{self, dims, Analysis};
@@ -170,17 +170,72 @@ pub enum GraphFormat {
     Stats,
 }
 
+/// The pipeline `snnc graph` runs: the front passes for `opts`, then the
+/// lowering for `target` on the CPU backend's scratch model.
+fn graph_pipeline(opts: &compile::Options, target: compile::Target) -> passes::Pipeline {
+    compile::pipeline(
+        opts,
+        Some(compile::Lowering {
+            target,
+            workspace: &crate::codegen::cpu::WORKSPACE,
+        }),
+    )
+}
+
+/// `snnc graph --list-passes`: the pipeline's input and passes, one line
+/// each with what it does.
+pub fn list_passes(opts: &compile::Options, target: compile::Target) -> String {
+    let mut out = String::new();
+    for (name, about) in graph_pipeline(opts, target).listing() {
+        let _ = writeln!(out, "{name:<22} {about}");
+    }
+    out
+}
+
+/// `snnc graph`: the program after the pass `after` of the pipeline for
+/// `opts` and `target`: a graph (text, DOT or stats), or after a
+/// plan-level pass its order, fusion plan or memory plan (text).
 pub fn graph(
     path: &Path,
     opts: &compile::Options,
+    after: &str,
     format: GraphFormat,
-    sched: SchedOpts,
+    target: compile::Target,
 ) -> Result<String, String> {
-    let (model, _) = load_for(path, &modes_of(opts))?;
-    let c = compile::compile(&model, opts)?;
-    let g = &c.graph;
+    let pipeline = graph_pipeline(opts, target);
+    let n = compile::passes_until(opts, &pipeline, Some(after)).map_err(|e| match e {
+        compile::CompileError::Pass(passes::PassError::Unknown { .. }) => format!(
+            "error: {e}\n  = hint: the lowering passes depend on --schedule; \
+             `snnc graph --list-passes --schedule S` lists them"
+        ),
+        e => String::from(e),
+    })?;
+    let runs_rate = pipeline.passes[..n].iter().any(|p| p.name() == "rate");
+    let modes = if runs_rate {
+        vec![opts.mode]
+    } else {
+        Vec::new()
+    };
+    let (model, _) = load_for(path, &modes)?;
+    let c = compile::run(&model, opts, &pipeline, Some(after))?;
+    let p = &c.program;
+    let g = &p.graph;
     Ok(match format {
-        GraphFormat::Text => ir::to_text(g),
+        GraphFormat::Text => match (&p.plan, &p.order, &p.mem) {
+            (Some(plan), _, Some(mem)) => fused_plan_text(g, plan, mem),
+            (None, _, Some(mem)) => mem.to_text(g),
+            (Some(plan), _, None) => format!(
+                "fusion plan {} steps={} batch={}: {} units ({} kernels)\n{}",
+                g.name,
+                g.steps,
+                g.batch,
+                plan.units.len(),
+                plan.kernels.len(),
+                plan.text(g)
+            ),
+            (None, Some(order), None) => crate::passes::schedule::order_text(g, order),
+            (None, None, None) => ir::to_text(g),
+        },
         GraphFormat::Dot => ir::to_dot(g),
         GraphFormat::Stats => {
             let started = std::time::Instant::now();
@@ -191,22 +246,22 @@ pub fn graph(
                 g.name,
                 opts.steps,
                 opts.batch,
-                value_name(&opts.after),
+                after,
                 g.node_count(),
                 g.edge_count()
             );
             for (stage, secs) in &c.timings {
-                let _ = writeln!(out, "  {:<10} {:>9.2} ms", value_name(stage), secs * 1e3);
+                let _ = writeln!(out, "  {:<10} {:>9.2} ms", stage, secs * 1e3);
             }
             let _ = writeln!(out, "  {:<10} {:>9.2} ms", "verify", verify * 1e3);
-            if !c.regions.is_empty() {
-                let sum = |f: fn(&RegionStats) -> f64| c.regions.iter().map(f).sum::<f64>();
-                let max = c.regions.iter().map(|r| r.enodes_after).max().unwrap_or(0);
+            if !p.regions.is_empty() {
+                let sum = |f: fn(&RegionStats) -> f64| p.regions.iter().map(f).sum::<f64>();
+                let max = p.regions.iter().map(|r| r.enodes_after).max().unwrap_or(0);
                 let _ = writeln!(
                     out,
                     "  rate pass ({}): {} regions, e-nodes {} before / {} after rewriting (largest region {}), {} e-classes, {:.1} ms in egg",
                     opts.mode,
-                    c.regions.len(),
+                    p.regions.len(),
                     sum(|r| r.enodes_before as f64),
                     sum(|r| r.enodes_after as f64),
                     max,
@@ -222,17 +277,37 @@ pub fn graph(
                 cost.forward_flops / 1e9,
                 cost.backward_flops / 1e9
             );
+            // The memory plan: the program's, or the rest of the lowering
+            // run on a copy.
             let started = std::time::Instant::now();
-            let p = memplan::build(g, sched, &crate::codegen::cpu::WORKSPACE);
+            let planned;
+            let mem = match &p.mem {
+                Some(mem) => mem,
+                None => {
+                    let lowering_start = compile::front(opts).len();
+                    let done = n.saturating_sub(lowering_start);
+                    let rest = graph_pipeline(opts, target)
+                        .passes
+                        .into_iter()
+                        .skip(lowering_start + done)
+                        .collect();
+                    let mut q = p.clone();
+                    passes::Pipeline::new(rest)
+                        .run(&mut q)
+                        .map_err(|e| format!("error: {e}"))?;
+                    planned = q.mem.expect("the lowering ends with the memory plan");
+                    &planned
+                }
+            };
             let _ = writeln!(
                 out,
-                "  memory plan ({sched}, {:.2} ms): peak {:.2} MiB, arena {:.2} MiB, resident (inputs, params) {:.2} MiB; {} buffers, {} nodes in place",
+                "  memory plan ({target}, {:.2} ms): peak {:.2} MiB, arena {:.2} MiB, resident (inputs, params) {:.2} MiB; {} buffers, {} nodes in place",
                 started.elapsed().as_secs_f64() * 1e3,
-                p.mem.peak_bytes as f64 / MIB,
-                p.mem.arena_bytes as f64 / MIB,
-                p.mem.resident_bytes as f64 / MIB,
-                p.mem.buffers.len(),
-                p.mem.in_place
+                mem.peak_bytes as f64 / MIB,
+                mem.arena_bytes as f64 / MIB,
+                mem.resident_bytes as f64 / MIB,
+                mem.buffers.len(),
+                mem.in_place
             );
             out
         }

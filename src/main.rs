@@ -56,15 +56,22 @@ enum Cmd {
         #[arg(long)]
         params: bool,
     },
-    /// Print the graph after a compiler stage, as text, Graphviz DOT or stats.
+    /// Print the graph after a compiler pass, as text, Graphviz DOT or stats
+    /// (after a plan-level pass: its order, fusion plan or memory plan).
     Graph {
-        file: PathBuf,
+        #[arg(required_unless_present = "list_passes")]
+        file: Option<PathBuf>,
         /// Timesteps to unroll.
         #[arg(short = 'T', long = "steps", default_value_t = 4)]
         steps: usize,
-        /// The stage whose result is printed.
-        #[arg(long, alias = "stage", value_enum, default_value_t = Stage::Unrolled)]
-        after: Stage,
+        /// The pass whose result is printed (`--list-passes` lists them;
+        /// `unrolled` is the pipeline's input).
+        #[arg(long, alias = "stage", default_value = "unrolled")]
+        after: String,
+        /// List the pipeline's passes (for the given --mode, --eval and
+        /// --schedule), one line each, and exit.
+        #[arg(long)]
+        list_passes: bool,
         /// bptt: exact rewrites only; rate: rate-based backpropagation.
         #[arg(long, value_enum, default_value_t = ModeArg::Rate)]
         mode: ModeArg,
@@ -76,10 +83,12 @@ enum Cmd {
         /// Unroll for evaluation (running BN statistics, no dropout).
         #[arg(long)]
         eval: bool,
-        /// Schedule whose memory plan `--format stats` reports:
-        /// layer-major, time-major or time-major-recompute.
+        /// The executor the pipeline lowers for, and whose memory plan
+        /// `--format stats` reports: layer-major, time-major or
+        /// time-major-recompute (the graph executor), or fused,
+        /// fused-time-major, fused-time-major-recompute (the fused plan).
         #[arg(long, default_value = "layer-major")]
-        schedule: SchedOpts,
+        schedule: snnc::compile::Target,
         /// Write to this file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -92,7 +101,7 @@ enum Cmd {
         #[arg(short = 'T', long = "steps", default_value_t = 4)]
         steps: usize,
         /// The stage whose graph is planned.
-        #[arg(long, alias = "stage", value_enum, default_value_t = Stage::Cse)]
+        #[arg(long, alias = "stage", default_value_t = Stage::Cse)]
         after: Stage,
         #[arg(long, value_enum, default_value_t = ModeArg::Rate)]
         mode: ModeArg,
@@ -541,27 +550,34 @@ fn main() -> ExitCode {
             file,
             steps,
             after,
+            list_passes,
             mode,
             format,
             batch,
             eval,
             schedule,
             output,
-        } => cli::graph(
-            &file,
-            &Options {
+        } => {
+            let opts = Options {
                 eval,
-                after,
                 ..Options::new(steps, batch, mode.into())
-            },
-            match format {
-                Format::Text => cli::GraphFormat::Text,
-                Format::Dot => cli::GraphFormat::Dot,
-                Format::Stats => cli::GraphFormat::Stats,
-            },
-            schedule,
-        )
-        .and_then(|text| write_out(output.as_deref(), &text)),
+            };
+            match file {
+                Some(file) if !list_passes => cli::graph(
+                    &file,
+                    &opts,
+                    &after,
+                    match format {
+                        Format::Text => cli::GraphFormat::Text,
+                        Format::Dot => cli::GraphFormat::Dot,
+                        Format::Stats => cli::GraphFormat::Stats,
+                    },
+                    schedule,
+                ),
+                _ => Ok(cli::list_passes(&opts, schedule)),
+            }
+            .and_then(|text| write_out(output.as_deref(), &text))
+        }
         Cmd::Plan {
             file,
             steps,

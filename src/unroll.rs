@@ -49,6 +49,9 @@ pub enum UnrollError {
     /// input, batch × T) times a per-sample size overflows.
     #[error("{0}")]
     TooLarge(String),
+    /// The unrolled graph would not fit in memory.
+    #[error(transparent)]
+    Memory(#[from] crate::passes::mem::MemoryError),
     #[error("internal error: {0}")]
     Verify(#[from] ir::VerifyError),
 }
@@ -127,8 +130,7 @@ pub fn unroll_with(model: &Model, cfg: &UnrollConfig) -> Result<Graph, UnrollErr
         &format!("the graph unrolled over T = {}", cfg.steps),
         (nodes as u64).saturating_mul(GRAPH_BYTES_PER_NODE),
         crate::passes::mem::Memory::Host,
-    )
-    .map_err(|e| UnrollError::TooLarge(e.trim_start_matches("error: ").to_string()))?;
+    )?;
     let mut u = Unroller {
         g: Graph::new(&model.name, cfg.steps, cfg.batch),
         cfg: *cfg,

@@ -505,7 +505,11 @@ fn check(text: &str) -> Result<(), String> {
                 },
                 ..Options::new(2, 1, mode)
             };
-            let r = catch_unwind(AssertUnwindSafe(|| compile(&model, &opts).map(|_| ())));
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                compile(&model, &opts)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }));
             let _ = tx.send(r);
         });
         match rx.recv_timeout(Duration::from_secs(60)) {

@@ -404,7 +404,7 @@ fn maxpool_with_stride_names_its_line_in_rate_mode() {
     let e = compile::compile(&model, &Options::new(2, 1, Mode::Rate))
         .err()
         .unwrap();
-    assert!(e.contains("line 3, column 1"), "{e}");
+    assert!(e.to_string().contains("line 3, column 1"), "{e}");
     let gapped = parse(
         "input 1x28x28\nmaxpool 2 stride=3\nflatten\nlinear 10\n",
         "g.snn",

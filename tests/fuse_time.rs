@@ -140,7 +140,7 @@ proptest! {
     fn time_major_plans_are_valid(r in gen::recipe(), steps in 1usize..=4, rate in any::<bool>(), recompute in any::<bool>()) {
         let model = gen::build(&r);
         let mode = if rate { Mode::Rate } else { Mode::Bptt };
-        let g = compile(&model, &Options::new(steps, 2, mode)).map_err(TestCaseError::fail)?.graph;
+        let g = compile(&model, &Options::new(steps, 2, mode)).map_err(|e| TestCaseError::fail(e.to_string()))?.graph;
         let opts = if recompute { SchedOpts::TIME_MAJOR_RECOMPUTE } else { SchedOpts::TIME_MAJOR };
         let lowered = fuse_time::lower(&g, opts);
         let plan = fuse_time::plan(&lowered, &[], opts);

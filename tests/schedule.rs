@@ -216,7 +216,7 @@ proptest! {
             opts.eval = true;
             opts.after = snnc::compile::Stage::Unrolled;
         }
-        let g = compile(&model, &opts).map_err(TestCaseError::fail)?.graph;
+        let g = compile(&model, &opts).map_err(|e| TestCaseError::fail(e.to_string()))?.graph;
         for sched in ALL {
             check_plan(&g, sched).map_err(TestCaseError::fail)?;
         }
@@ -280,6 +280,7 @@ fn schedule_names_round_trip() {
     assert!("time-minor"
         .parse::<SchedOpts>()
         .unwrap_err()
+        .to_string()
         .contains("layer-major"));
 }
 

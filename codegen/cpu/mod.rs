@@ -92,7 +92,7 @@ pub fn run_ordered<'a>(
     schedule::is_topological(g, order).map_err(|msg| InterpError::Op {
         node: 0,
         op: "schedule".into(),
-        msg,
+        msg: msg.to_string(),
     })?;
     let bound = g.g.node_bound();
     let mut remaining = vec![0usize; bound];

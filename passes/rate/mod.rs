@@ -21,7 +21,7 @@ pub mod cost;
 pub mod lang;
 pub mod rules;
 
-use super::PassError;
+use super::{Pass, PassError, Program};
 use crate::ir::{self, AdInfo, Graph, LayerId, NodeIndex, Op, Role};
 use egg::{Extractor, Id, Runner, SimpleScheduler, StopReason};
 use lang::{Head, Leaf, RGraph, RNode, RegionAnalysis};
@@ -109,16 +109,67 @@ pub struct RegionStats {
     pub seconds: f64,
 }
 
+/// Why the rate pass refused a graph. Each message names the region (the
+/// layer) and, where one exists, the flag that helps.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RateError {
+    #[error("the rate pass needs the graph autodiff built (run autodiff first)")]
+    NoAutodiff,
+    #[error("region {region}: rewriting did not saturate: {why} ({enodes} e-nodes after {iterations} iterations)")]
+    Unsaturated {
+        region: String,
+        why: String,
+        enodes: usize,
+        iterations: usize,
+    },
+    #[error("region {0}: extraction produced a cycle")]
+    Cycle(String),
+    #[error("region {0}: extraction chose a bare constant")]
+    BareConstant(String),
+    #[error("region {region}: the rate backward still reads a per-step value ({op} at step {t} read by {user}); this layer cannot be collapsed to rates")]
+    NotCollapsed {
+        region: String,
+        op: &'static str,
+        t: String,
+        user: &'static str,
+    },
+    #[error("empty expression")]
+    EmptyExpression,
+    #[error("did not saturate: {0}")]
+    NotSaturated(String),
+}
+
+/// The rate pass with its mode and e-graph limits.
+pub struct Rate {
+    pub mode: Mode,
+    pub limits: Limits,
+}
+
+impl Pass for Rate {
+    fn name(&self) -> &'static str {
+        "rate"
+    }
+    fn about(&self) -> &'static str {
+        match self.mode {
+            Mode::Bptt => "the rate pass's exact rules on the backward (bptt mode)",
+            Mode::Rate => "rate-based backward: exact rules and decorrelate (rate mode)",
+        }
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        let (g, regions) = rate_pass(p.take_graph(), self.mode, &self.limits)?;
+        p.graph = g;
+        p.regions = regions;
+        Ok(())
+    }
+}
+
 /// Runs the rate pass on an autodiff graph.
 pub fn rate_pass(
     mut g: Graph,
     mode: Mode,
     limits: &Limits,
 ) -> Result<(Graph, Vec<RegionStats>), PassError> {
-    let ad = g
-        .ad
-        .take()
-        .ok_or_else(|| fail("the rate pass needs the graph autodiff built (run autodiff first)"))?;
+    let ad = g.ad.take().ok_or_else(|| fail(RateError::NoAutodiff))?;
     let steps = g.steps;
     let fam = Families::new(&g, &ad);
     let order = region_order(&g);
@@ -188,11 +239,12 @@ pub fn rate_pass(
             .with_time_limit(limits.time)
             .run(&rules::rewrites(mode == Mode::Rate));
         if let Some(why) = unsaturated(&runner.stop_reason, limits) {
-            return Err(fail(&format!(
-                "region {name}: rewriting did not saturate: {why} ({} e-nodes after {} iterations)",
-                runner.egraph.total_number_of_nodes(),
-                runner.iterations.len()
-            )));
+            return Err(fail(RateError::Unsaturated {
+                region: name.clone(),
+                why,
+                enodes: runner.egraph.total_number_of_nodes(),
+                iterations: runner.iterations.len(),
+            }));
         }
         let eg = runner.egraph;
         stats.push(RegionStats {
@@ -279,11 +331,8 @@ fn unsaturated(reason: &Option<StopReason>, limits: &Limits) -> Option<String> {
     })
 }
 
-fn fail(msg: &str) -> PassError {
-    PassError::Failed {
-        pass: "rate",
-        msg: msg.to_string(),
-    }
+fn fail(err: RateError) -> PassError {
+    PassError::failed("rate", err)
 }
 
 enum Root {
@@ -531,10 +580,7 @@ impl Rebuild<'_, '_, '_> {
             return Ok(n);
         }
         if !self.visiting.insert(id) {
-            return Err(fail(&format!(
-                "region {}: extraction produced a cycle",
-                self.region
-            )));
+            return Err(fail(RateError::Cycle(self.region.to_string())));
         }
         let mut best = self.ex.find_best_node(id).clone();
         // `(scale k x)` is the IR's `scale[k](x)`.
@@ -548,10 +594,7 @@ impl Rebuild<'_, '_, '_> {
         let n = match &best.head {
             Head::Leaf(_, ix) => NodeIndex::new(*ix as usize),
             Head::Num(_) | Head::Scale => {
-                return Err(fail(&format!(
-                    "region {}: extraction chose a bare constant",
-                    self.region
-                )))
+                return Err(fail(RateError::BareConstant(self.region.to_string())))
             }
             head => {
                 let mut args = Vec::with_capacity(best.children.len());
@@ -647,12 +690,12 @@ fn check_collapsed(g: &Graph) -> Result<(), PassError> {
                 .layer
                 .map(|l| format!("{}:{}", g.layers[l].path, g.layers[l].keyword))
                 .unwrap_or_default();
-            return Err(fail(&format!(
-                "region {l}: the rate backward still reads a per-step value ({} at step {} read by {}); this layer cannot be collapsed to rates",
-                g.g[o].op.name(),
-                g.g[o].t.map_or("-".to_string(), |t| t.to_string()),
-                node.op.name()
-            )));
+            return Err(fail(RateError::NotCollapsed {
+                region: l,
+                op: g.g[o].op.name(),
+                t: g.g[o].t.map_or("-".to_string(), |t| t.to_string()),
+                user: node.op.name(),
+            }));
         }
     }
     Ok(())
@@ -667,10 +710,10 @@ pub fn rewrite_forms(
     expr: &egg::RecExpr<RNode>,
     leaves: HashMap<u32, (Vec<usize>, bool, bool)>,
     rule_names: &[&str],
-) -> Result<(Vec<String>, String), String> {
+) -> Result<(Vec<String>, String), RateError> {
     let mut eg = RGraph::new(RegionAnalysis { leaves });
     if expr.as_ref().is_empty() {
-        return Err("empty expression".to_string());
+        return Err(RateError::EmptyExpression);
     }
     let root = lang::add_term(&mut eg, expr);
     let rules: Vec<_> = rules::rewrites(true)
@@ -683,7 +726,7 @@ pub fn rewrite_forms(
         .with_iter_limit(50)
         .run(&rules);
     if let Some(why) = unsaturated(&runner.stop_reason, &Limits::BUILT_IN) {
-        return Err(format!("did not saturate: {why}"));
+        return Err(RateError::NotSaturated(why));
     }
     let eg = runner.egraph;
     let ex = Extractor::new(&eg, cost::KeptThenFlops { egraph: &eg });
