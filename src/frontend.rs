@@ -1,13 +1,58 @@
-//! The front-end driver: a model file to a shape-checked `Model`, with
-//! every error rendered at its place in the source.
+//! The front-end driver: a model file (or a model's text kept in a
+//! checkpoint) to a shape-checked `Model`, with every error located at its
+//! place in the source.
 
-use crate::dsl::{self, Diagnostic};
+use crate::dsl::{self, Diagnostic, FileError};
 use crate::model::Model;
 use crate::shape::{self, Analysis, ShapeError};
 use std::path::Path;
 
-/// Renders a shape error at its layer's position in the source.
-pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> String {
+/// A model that could not be read, parsed or shape-checked. Parse and
+/// shape errors display as located diagnostics (message, place, source
+/// line, caret, hint); the CLI adds `error: ` when it prints one.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{}", located_shape_error(error, file, text))]
+    Shape {
+        file: String,
+        text: String,
+        error: ShapeError,
+    },
+}
+
+/// Bridge for stages that still report errors as text: the error as it
+/// displays (without the `error: ` the CLI adds).
+impl From<FrontendError> for String {
+    fn from(e: FrontendError) -> String {
+        e.to_string()
+    }
+}
+
+impl From<FileError> for String {
+    fn from(e: FileError) -> String {
+        e.to_string()
+    }
+}
+
+/// A shape error in the model `file` whose text is `source`.
+pub fn shape_error(e: &ShapeError, file: &str, source: &str) -> FrontendError {
+    FrontendError::Shape {
+        file: file.to_string(),
+        text: source.to_string(),
+        error: e.clone(),
+    }
+}
+
+/// [`shape_error`] under its former name (its callers in `compile` and
+/// `runtime::train` put it in a `String` error through the bridge above).
+pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> FrontendError {
+    shape_error(e, file, source)
+}
+
+/// A shape error at its layer's position in the source.
+fn located_shape_error(e: &ShapeError, file: &str, source: &str) -> String {
     let (mut pos, mut len) = (e.pos, e.keyword.len() as u32);
     if pos.line == 0 && e.keyword == "input" {
         // `Input` keeps no position; errors about it point at its shape.
@@ -16,7 +61,7 @@ pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> String {
         }
     }
     if pos.line == 0 {
-        return format!("error: {e}");
+        return e.to_string();
     }
     let message = if e.keyword == "input" {
         e.message.clone()
@@ -30,18 +75,37 @@ pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> String {
         len,
         hint: e.hint.clone(),
     }
-    .render(file, source)
+    .located(file, source)
 }
 
 /// Parses and shape-checks a model file.
-pub fn load(path: &Path) -> Result<(Model, Analysis), String> {
+pub fn load(path: &Path) -> Result<(Model, Analysis), FrontendError> {
     load_with_source(path).map(|(m, a, _)| (m, a))
 }
 
-/// [`load`], with the file's text (for rendering later errors in it).
-pub fn load_with_source(path: &Path) -> Result<(Model, Analysis, String), String> {
+/// [`load`], with the file's text (for locating later errors in it).
+pub fn load_with_source(path: &Path) -> Result<(Model, Analysis, String), FrontendError> {
     let (model, source) = dsl::parse_file(path)?;
     let analysis = shape::analyze(&model)
-        .map_err(|e| render_shape_error(&e, &path.display().to_string(), &source))?;
+        .map_err(|e| shape_error(&e, &path.display().to_string(), &source))?;
     Ok((model, analysis, source))
+}
+
+/// Parses a model's text (a checkpoint's copy of its `.snn` file; `file`
+/// names it in errors).
+pub fn parse_source(source: &str, file: &str) -> Result<Model, FrontendError> {
+    dsl::parse(source, file).map_err(|diag| {
+        FrontendError::File(FileError::Parse {
+            file: file.to_string(),
+            text: source.to_string(),
+            diag,
+        })
+    })
+}
+
+/// [`parse_source`] and shape inference.
+pub fn check_source(source: &str, file: &str) -> Result<(Model, Analysis), FrontendError> {
+    let model = parse_source(source, file)?;
+    let a = shape::analyze(&model).map_err(|e| shape_error(&e, file, source))?;
+    Ok((model, a))
 }

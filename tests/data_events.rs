@@ -99,9 +99,11 @@ fn nmnist_encoder_round_trips_and_refuses_what_does_not_fit() {
     );
     assert!(encode_nmnist(&[ev(1 << 23, 0, 0, 0)])
         .unwrap_err()
+        .to_string()
         .contains("23 bits"));
     assert!(encode_nmnist(&[ev(0, 0, 240, 0)])
         .unwrap_err()
+        .to_string()
         .contains("240"));
     assert!(encode_nmnist(&[ev(0, 256, 0, 0)]).is_err());
     assert!(encode_nmnist(&[ev(0, 0, 0, 2)]).is_err());
@@ -523,6 +525,7 @@ fn frames_reject_bad_sizes() {
     let s = spec(2, Binning::Time, (2, 2), 2, 2);
     assert!(to_frames(&[], &s, &mut [0.0; 3])
         .unwrap_err()
+        .to_string()
         .contains("needs 16"));
     let z = spec(0, Binning::Time, (2, 2), 2, 2);
     assert!(to_frames(&[], &z, &mut []).is_err());
@@ -638,7 +641,9 @@ fn event_folder_loads_and_bins_on_demand() {
     split.train.sample_into(0, &mut z);
     // Event (0, 0) ON at t = 0 lands on (7, 7), channel 1, frame 0.
     assert_eq!(z[48 * 48 + 7 * 48 + 7], 1.0);
-    let e = load_for_input(&d.0, &[1, 34, 34], 3).unwrap_err();
+    let e = load_for_input(&d.0, &[1, 34, 34], 3)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("2 polarity channels"), "{e}");
 }
 
@@ -831,7 +836,8 @@ fn make_events_writes_the_nmnist_layout_and_says_it_is_synthetic() {
         params: synth::SynthParams::default(),
         seed: 0,
     })
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("dataset-fashion-mnist"), "{e}");
 }
 

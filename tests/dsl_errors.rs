@@ -401,9 +401,10 @@ fn display_is_the_message() {
 #[test]
 fn parse_file_reports_unreadable_file() {
     let path = std::path::Path::new("/nonexistent/dir/net.snn");
-    let e = snnc::dsl::parse_file(path).unwrap_err();
+    // The error displays without `error: ` (the CLI adds it when printing).
+    let e = snnc::dsl::parse_file(path).unwrap_err().to_string();
     assert!(
-        e.starts_with("error: cannot read `/nonexistent/dir/net.snn`: "),
+        e.starts_with("cannot read `/nonexistent/dir/net.snn`: "),
         "{e}"
     );
 }
@@ -414,10 +415,10 @@ fn parse_file_renders_errors_with_the_path() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.snn");
     std::fs::write(&path, "input 64\nlinear 10 strid=2\n").unwrap();
-    let e = snnc::dsl::parse_file(&path).unwrap_err();
+    let e = snnc::dsl::parse_file(&path).unwrap_err().to_string();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(
-        e.starts_with("error: unknown option `strid` for `linear`\n --> "),
+        e.starts_with("unknown option `strid` for `linear`\n --> "),
         "{e}"
     );
     assert!(e.contains("bad.snn:2:11"), "{e}");

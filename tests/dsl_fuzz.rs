@@ -481,7 +481,7 @@ fn check(text: &str) -> Result<(), String> {
     };
     let a = match shape::analyze(&model) {
         Err(e) => {
-            let shown = snnc::frontend::render_shape_error(&e, "fuzz.snn", text);
+            let shown = snnc::frontend::shape_error(&e, "fuzz.snn", text).to_string();
             if !shown.contains("--> fuzz.snn:") {
                 return Err(format!("shape error without a position:\n{shown}"));
             }

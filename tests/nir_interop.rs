@@ -226,7 +226,9 @@ fn export_refuses_what_nir_cannot_express() {
         let a = snnc::shape::analyze(&model).unwrap();
         (model, a)
     };
-    let e = nir::export::export(&m, &a, &snnc::init::init_params(&a, 0), 1e-4).unwrap_err();
+    let e = nir::export::export(&m, &a, &snnc::init::init_params(&a, 0), 1e-4)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("layer 2 `maxpool`") && e.contains("no max pooling"),
         "{e}"
@@ -237,7 +239,9 @@ fn export_refuses_what_nir_cannot_express() {
     )
     .unwrap();
     let a = snnc::shape::analyze(&model).unwrap();
-    let e = nir::export::export(&model, &a, &snnc::init::init_params(&a, 0), 1e-4).unwrap_err();
+    let e = nir::export::export(&model, &a, &snnc::init::init_params(&a, 0), 1e-4)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("layer 3 `batchnorm`") && e.contains("folds one only"),
         "{e}"
@@ -283,7 +287,9 @@ fn lif(tau: Vec<f64>, v_leak: f64) -> Node {
 fn import_errors_name_the_node_and_the_problem() {
     let imp = |g: &NirGraph| nir::import::import(g, "g.nir", "g", 1e-3);
     // Per-neuron time constants.
-    let e = imp(&chain(vec![("n1", lif(vec![2e-3, 3e-3, 2e-3], 0.0))])).unwrap_err();
+    let e = imp(&chain(vec![("n1", lif(vec![2e-3, 3e-3, 2e-3], 0.0))]))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("`g.nir`")
             && e.contains("node `n1` (LIF)")
@@ -291,13 +297,17 @@ fn import_errors_name_the_node_and_the_problem() {
         "{e}"
     );
     // A leak to a non-zero potential.
-    let e = imp(&chain(vec![("n1", lif(vec![2e-3; 3], 0.5))])).unwrap_err();
+    let e = imp(&chain(vec![("n1", lif(vec![2e-3; 3], 0.5))]))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("node `n1` (LIF)") && e.contains("v_leak = 0.5"),
         "{e}"
     );
     // τ < dt: forward Euler would give λ < 0.
-    let e = imp(&chain(vec![("n1", lif(vec![1e-4; 3], 0.0))])).unwrap_err();
+    let e = imp(&chain(vec![("n1", lif(vec![1e-4; 3], 0.0))]))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("tau = 0.0001 < dt = 0.001"), "{e}");
     // An unsupported primitive.
     let e = imp(&chain(vec![(
@@ -306,7 +316,8 @@ fn import_errors_name_the_node_and_the_problem() {
             type_name: "CubaLIF".into(),
         }),
     )]))
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("node `cu` (CubaLIF)") && e.contains("cannot express NIR primitive `CubaLIF`"),
         "{e}"
@@ -314,12 +325,12 @@ fn import_errors_name_the_node_and_the_problem() {
     // A cycle.
     let mut g = chain(vec![("n1", lif(vec![2e-3; 3], 0.0))]);
     g.edges.push(("n1".into(), "fc".into()));
-    let e = imp(&g).unwrap_err();
+    let e = imp(&g).unwrap_err().to_string();
     assert!(e.contains("cycle") && e.contains("feed-forward"), "{e}");
     // An edge to a node that is not there.
     let mut g = chain(vec![]);
     g.edges.push(("fc".into(), "ghost".into()));
-    let e = imp(&g).unwrap_err();
+    let e = imp(&g).unwrap_err().to_string();
     assert!(e.contains("`ghost`"), "{e}");
     // Three consumers of one value.
     let mut g = chain(vec![("a", lif(vec![2e-3; 3], 0.0))]);
@@ -328,7 +339,7 @@ fn import_errors_name_the_node_and_the_problem() {
         g.edges.push(("fc".into(), extra.into()));
         g.edges.push((extra.into(), "output".into()));
     }
-    let e = imp(&g).unwrap_err();
+    let e = imp(&g).unwrap_err().to_string();
     assert!(
         e.contains("node `fc` (Affine)") && e.contains("feeds 3 nodes"),
         "{e}"
@@ -337,7 +348,7 @@ fn import_errors_name_the_node_and_the_problem() {
     let dir = tmp("notnir");
     let f = dir.join("x.nir");
     std::fs::write(&f, b"hello").unwrap();
-    let e = nir::hdf5::read(&f).unwrap_err();
+    let e = nir::hdf5::read(&f).unwrap_err().to_string();
     assert!(e.contains("x.nir") && e.contains("not HDF5"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -361,11 +372,11 @@ fn parameter_files_round_trip_and_refuse_mismatches() {
         p.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     t.remove("1.running_var");
     interop::write_tensors(&f, &t, HashMap::new(), false).unwrap();
-    let e = interop::load_params(&f, &a).unwrap_err();
+    let e = interop::load_params(&f, &a).unwrap_err().to_string();
     assert!(e.contains("lacks parameter(s) `1.running_var`"), "{e}");
     t.insert("1.running_var".into(), Tensor::zeros(&[3]));
     interop::write_tensors(&f, &t, HashMap::new(), false).unwrap();
-    let e = interop::load_params(&f, &a).unwrap_err();
+    let e = interop::load_params(&f, &a).unwrap_err().to_string();
     assert!(
         e.contains("`1.running_var` has shape 3, the model needs 32"),
         "{e}"
@@ -373,7 +384,7 @@ fn parameter_files_round_trip_and_refuse_mismatches() {
     t.insert("1.running_var".into(), Tensor::zeros(&[32]));
     t.insert("12.weight".into(), Tensor::zeros(&[1]));
     interop::write_tensors(&f, &t, HashMap::new(), false).unwrap();
-    let e = interop::load_params(&f, &a).unwrap_err();
+    let e = interop::load_params(&f, &a).unwrap_err().to_string();
     assert!(
         e.contains("tensor `12.weight`, which the model has no parameter for"),
         "{e}"
@@ -384,7 +395,7 @@ fn parameter_files_round_trip_and_refuse_mismatches() {
     let n = bytes.len();
     bytes[n - 3] ^= 0x10;
     std::fs::write(&f, &bytes).unwrap();
-    let e = interop::load_params(&f, &a).unwrap_err();
+    let e = interop::load_params(&f, &a).unwrap_err().to_string();
     assert!(e.contains("fails its checksum"), "{e}");
     // The table lists every name with its layer.
     let table = interop::param_table(&a, false);
@@ -428,7 +439,6 @@ fn grad_dump_on_given_weights_and_batch() {
             wide: true,
             paper_grad_scale: scale,
             dump,
-            json: false,
         }
     }
     let random = grad::compute(&req(&file, None, None, None, false)).unwrap();
@@ -508,7 +518,8 @@ fn grad_dump_on_given_weights_and_batch() {
     interop::write_tensors(&bf, &bad, HashMap::new(), true).unwrap();
     let e = grad::compute(&req(&file, Some(&pf), Some(&bf), None, false))
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("label 10 of sample 1 is not a class index in 0..10"),
         "{e}"
@@ -833,7 +844,8 @@ fn python_built_nir_graphs_import_and_match() {
             let g = nir::hdf5::read(&file).unwrap();
             let e = nir::import::import(&g, &file.display().to_string(), "bad", 1e-3)
                 .err()
-                .unwrap();
+                .unwrap()
+                .to_string();
             assert!(
                 e.contains(&format!("node `x_node` ({typ})"))
                     && e.contains(&format!("cannot express NIR primitive `{typ}`"))

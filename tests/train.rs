@@ -97,12 +97,12 @@ fn corrupt_checkpoint_is_a_clear_error() {
     let d = tmp("corrupt");
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join(checkpoint::FILE), b"not a checkpoint").unwrap();
-    let e = checkpoint::load(&d).unwrap_err();
+    let e = checkpoint::load(&d).unwrap_err().to_string();
     assert!(
         e.contains("checkpoint.safetensors") && e.contains("not a valid snnc checkpoint"),
         "{e}"
     );
-    let e = checkpoint::load(&tmp("missing")).unwrap_err();
+    let e = checkpoint::load(&tmp("missing")).unwrap_err().to_string();
     assert!(e.contains("cannot read checkpoint"), "{e}");
 }
 

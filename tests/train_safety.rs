@@ -591,7 +591,7 @@ fn damaged_checkpoints_are_refused_naming_the_tensor() {
     let range = data_range(&bad, "param/0.weight");
     bad[range.start + 101] ^= 0x10;
     std::fs::write(&file, &bad).unwrap();
-    let e = checkpoint::load(&run).unwrap_err();
+    let e = checkpoint::load(&run).unwrap_err().to_string();
     assert!(
         e.contains("checkpoint.safetensors") && e.contains("`param/0.weight` fails its checksum"),
         "{e}"
@@ -609,11 +609,11 @@ fn damaged_checkpoints_are_refused_naming_the_tensor() {
     let mut nan = good.clone();
     nan[range.start + 8..range.start + 12].copy_from_slice(&f32::NAN.to_le_bytes());
     std::fs::write(&file, &nan).unwrap();
-    let e = checkpoint::load(&run).unwrap_err();
+    let e = checkpoint::load(&run).unwrap_err().to_string();
     assert!(e.contains("param/0.weight"), "{e}");
     // A NaN in a checkpoint without checksums: refused by name as well.
     std::fs::write(&file, as_v1(&good, |v| v[2] = f32::NAN)).unwrap();
-    let e = checkpoint::load(&run).unwrap_err();
+    let e = checkpoint::load(&run).unwrap_err().to_string();
     assert!(
         e.contains("checkpoint.safetensors") && e.contains("`param/0.weight` holds NaN"),
         "{e}"
@@ -622,7 +622,7 @@ fn damaged_checkpoints_are_refused_naming_the_tensor() {
     assert_eq!(code, 1, "{out}");
     assert!(err.contains("`param/0.weight` holds NaN"), "{err}");
     std::fs::write(&file, as_v1(&good, |v| v[5] = f32::INFINITY)).unwrap();
-    let e = checkpoint::load(&run).unwrap_err();
+    let e = checkpoint::load(&run).unwrap_err().to_string();
     assert!(e.contains("`param/0.weight` holds inf"), "{e}");
     // The epoch in the header changed: the metadata checksum fails.
     let mut edited = good.clone();
@@ -633,7 +633,7 @@ fn damaged_checkpoints_are_refused_naming_the_tensor() {
         .expect("the epoch in the header");
     edited[at + key.len() - 2] = b'7';
     std::fs::write(&file, &edited).unwrap();
-    let e = checkpoint::load(&run).unwrap_err();
+    let e = checkpoint::load(&run).unwrap_err().to_string();
     assert!(e.contains("metadata") && e.contains("checksum"), "{e}");
     // An older checkpoint, intact: loads, with a warning.
     std::fs::write(&file, as_v1(&good, |_| {})).unwrap();

@@ -123,6 +123,36 @@ pub enum DataError {
     #[error("{what}")]
     Invalid { what: String },
 
+    /// A model whose input is not event frames, given event data.
+    #[error(
+        "event data needs a model input of 2 polarity channels, C×H×W = 2×H×W; the model's \
+         input is {}",
+        crate::shape::list(input)
+    )]
+    EventInput { input: Vec<usize> },
+
+    #[error("cannot create `{}`: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot write `{}`: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A synthetic sample that cannot be written in its format.
+    #[error("sample {sample}: {source}")]
+    Sample {
+        sample: usize,
+        #[source]
+        source: super::events::EventError,
+    },
+
     /// A file whose extension names no known format.
     #[error(
         "{}: unknown event file type `.{ext}`; expected .bin (N-MNIST), .aedat \
@@ -201,4 +231,11 @@ pub enum DataError {
         files: String,
         hint: String,
     },
+}
+
+/// Bridge for stages that still report errors as text.
+impl From<DataError> for String {
+    fn from(e: DataError) -> String {
+        e.to_string()
+    }
 }

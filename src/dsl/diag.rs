@@ -52,8 +52,16 @@ impl Diagnostic {
     /// caret under the offending text, and the hint. No colors and no
     /// trailing newline, so the output is stable enough for snapshots.
     pub fn render(&self, file_name: &str, source: &str) -> String {
+        format!("error: {}", self.located(file_name, source))
+    }
+
+    /// [`render`](Diagnostic::render) without the leading `error: `: the
+    /// message, then the location, source line, caret and hint. This is
+    /// how the error displays inside a stage's error type; the CLI adds
+    /// the prefix when it prints.
+    pub fn located(&self, file_name: &str, source: &str) -> String {
         let source = super::strip_bom(source);
-        let mut out = format!("error: {}", self.message);
+        let mut out = self.message.clone();
         let line_no = self.line.to_string();
         let pad = " ".repeat(line_no.len());
         if self.line > 0 {

@@ -37,7 +37,7 @@ mod lexer;
 mod parser;
 mod printer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::model::Model;
 
@@ -89,16 +89,39 @@ pub fn strip_bom(source: &str) -> &str {
     source.strip_prefix('\u{feff}').unwrap_or(source)
 }
 
+/// A `.snn` file that could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read `{}`: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Displays as the located diagnostic: message, place, source line,
+    /// caret, hint.
+    #[error("{}", diag.located(file, text))]
+    Parse {
+        file: String,
+        text: String,
+        diag: Diagnostic,
+    },
+}
+
 /// Reads and parses a `.snn` file, returning the source too so that later
-/// errors (shape inference) can be rendered against it. The error is
-/// already rendered for printing.
-pub fn parse_file(path: &Path) -> Result<(Model, String), String> {
+/// errors (shape inference) can be rendered against it.
+pub fn parse_file(path: &Path) -> Result<(Model, String), FileError> {
     let name = path.display().to_string();
-    let source =
-        std::fs::read_to_string(path).map_err(|e| format!("error: cannot read `{name}`: {e}"))?;
+    let source = std::fs::read_to_string(path).map_err(|e| FileError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     let source = strip_bom(&source).to_string();
     match parse(&source, &name) {
         Ok(model) => Ok((model, source)),
-        Err(d) => Err(d.render(&name, &source)),
+        Err(diag) => Err(FileError::Parse {
+            file: name,
+            text: source,
+            diag,
+        }),
     }
 }

@@ -24,13 +24,13 @@
 //! `--seed`. With `--paper-grad-scale` rate-mode gradients are divided by T
 //! (the paper's official code); BPTT's never are.
 
-use super::{load_params, read_tensors, write_tensors};
+use super::{load_params, read_tensors, write_tensors, InteropError};
 use crate::compile;
 use crate::init::Params;
 use crate::interp::{self, RunOptions};
-use crate::model::Encoding;
+use crate::model::{Encoding, Model};
 use crate::passes::rate::Mode;
-use crate::shape::dims;
+use crate::shape::Analysis;
 use crate::tensor::Tensor;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -48,8 +48,8 @@ pub struct GradRequest<'a> {
     pub modes: Vec<Mode>,
     pub wide: bool,
     pub paper_grad_scale: bool,
+    /// Where [`grad_dump`] writes the result.
     pub dump: Option<&'a Path>,
-    pub json: bool,
 }
 
 /// The result of one step, per mode.
@@ -77,31 +77,36 @@ fn one_hot(
     l: &Tensor<f64>,
     batch: usize,
     classes: usize,
-) -> Result<Tensor<f64>, String> {
-    let shown = file.display();
+) -> Result<Tensor<f64>, InteropError> {
     if l.shape == [batch, classes] {
         return Ok(l.clone());
     }
     if l.shape != [batch] {
-        return Err(format!(
-            "error: `{shown}`: `labels` has shape {}; give class indices [{batch}] or one-hot \
-             [{batch}, {classes}]",
-            dims(&l.shape)
-        ));
+        return Err(InteropError::LabelShape {
+            file: file.to_path_buf(),
+            shape: l.shape.clone(),
+            batch,
+            classes,
+        });
     }
     let mut t = Tensor::zeros(&[batch, classes]);
     for (b, &c) in l.data.iter().enumerate() {
         if c.fract() != 0.0 || c < 0.0 || c >= classes as f64 {
-            return Err(format!(
-                "error: `{shown}`: label {c} of sample {b} is not a class index in 0..{classes}"
-            ));
+            return Err(InteropError::BadLabel {
+                file: file.to_path_buf(),
+                label: c,
+                sample: b,
+                classes,
+            });
         }
         t.data[b * classes + c as usize] = 1.0;
     }
     Ok(t)
 }
 
-pub fn compute(req: &GradRequest) -> Result<GradResult, String> {
+/// One training step's loss, logits, batch-norm statistics and gradients
+/// in each of `req.modes`.
+pub fn compute(req: &GradRequest) -> Result<GradResult, InteropError> {
     let (model, a) = crate::frontend::load(req.file)?;
     let params: Params = match req.params {
         Some(p) => load_params(p, &a)?,
@@ -117,11 +122,9 @@ pub fn compute(req: &GradRequest) -> Result<GradResult, String> {
             let (t, _) = read_tensors(f)?;
             let x = super::batch_input(f, &t, &want)?;
             let b = x.shape[0];
-            let l = t.get("labels").ok_or_else(|| {
-                format!(
-                    "error: `{}` has no tensor `labels` (class indices [B] or one-hot [B, {classes}])",
-                    f.display()
-                )
+            let l = t.get("labels").ok_or_else(|| InteropError::NoLabels {
+                file: f.to_path_buf(),
+                classes,
             })?;
             let l = one_hot(f, l, b, classes)?;
             (x, l)
@@ -165,15 +168,10 @@ pub fn compute(req: &GradRequest) -> Result<GradResult, String> {
     for (i, &mode) in req.modes.iter().enumerate() {
         let g = match mode {
             Mode::Bptt => bptt.clone(),
-            Mode::Rate => {
-                crate::passes::rate::rate_pass(bptt.clone(), Mode::Rate, &opts.limits)
-                    .map_err(|e| format!("error: {e}"))?
-                    .0
-            }
+            Mode::Rate => crate::passes::rate::rate_pass(bptt.clone(), Mode::Rate, &opts.limits)?.0,
         };
         let outs: HashMap<String, Tensor<f64>> = if req.wide {
-            let v =
-                interp::run(&g, &inputs, &params, &run_opts).map_err(|e| format!("error: {e}"))?;
+            let v = interp::run(&g, &inputs, &params, &run_opts)?;
             g.outputs
                 .iter()
                 .map(|(k, n)| (k.clone(), v.get(*n).expect("evaluated").clone()))
@@ -182,7 +180,7 @@ pub fn compute(req: &GradRequest) -> Result<GradResult, String> {
             let inp: HashMap<String, Tensor<f32>> =
                 inputs.iter().map(|(k, v)| (k.clone(), v.cast())).collect();
             let p32 = crate::init::cast_params::<f32>(&params);
-            let v = interp::run(&g, &inp, &p32, &run_opts).map_err(|e| format!("error: {e}"))?;
+            let v = interp::run(&g, &inp, &p32, &run_opts)?;
             g.outputs
                 .iter()
                 .map(|(k, n)| (k.clone(), v.get(*n).expect("evaluated").cast()))
@@ -206,12 +204,9 @@ pub fn compute(req: &GradRequest) -> Result<GradResult, String> {
         };
         for p in a.params().filter(|p| p.trainable) {
             let name = crate::autodiff::grad_name(&p.name);
-            let t = outs.get(&name).ok_or_else(|| {
-                format!(
-                    "error: internal: no gradient for `{}` in {} mode",
-                    p.name,
-                    mode_name(mode)
-                )
+            let t = outs.get(&name).ok_or_else(|| InteropError::NoGradient {
+                param: p.name.clone(),
+                mode: mode_name(mode),
             })?;
             let mut t = t.clone();
             t.data.iter_mut().for_each(|v| *v *= scale);
@@ -222,10 +217,9 @@ pub fn compute(req: &GradRequest) -> Result<GradResult, String> {
     Ok(res)
 }
 
-pub fn grad_dump(req: &GradRequest) -> Result<(), String> {
-    if req.modes.is_empty() {
-        return Err("error: --mode needs at least one of bptt, rate".into());
-    }
+/// [`compute`], and the result written to `req.dump` (when given) as a
+/// safetensors file (see the module docs for its tensors).
+pub fn grad_dump(req: &GradRequest) -> Result<GradResult, InteropError> {
     let r = compute(req)?;
     if let Some(out) = req.dump {
         let mut t: BTreeMap<String, Tensor<f64>> = BTreeMap::new();
@@ -258,56 +252,77 @@ pub fn grad_dump(req: &GradRequest) -> Result<(), String> {
         ]);
         write_tensors(out, &t, meta, req.wide)?;
     }
-    if req.json {
-        let grads: Vec<serde_json::Value> = r
-            .grads
-            .iter()
-            .map(|((m, p), g)| {
-                serde_json::json!({"mode": m, "param": p, "shape": g.shape,
-                    "norm": g.data.iter().map(|x| x * x).sum::<f64>().sqrt()})
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({"loss": r.loss, "batch": r.x.shape[0], "steps": req.steps,
-                "grads": grads, "dump": req.dump.map(|d| d.display().to_string())})
-        );
-        return Ok(());
-    }
-    println!(
-        "{}: T={}, batch {}, {} ({}), loss {:.6}",
-        req.file.display(),
-        req.steps,
-        r.x.shape[0],
-        if req.wide { "f64" } else { "f32" },
-        match (req.params, req.batch_file) {
-            (Some(_), Some(_)) => "given weights and batch",
-            (Some(_), None) => "given weights, random batch",
-            (None, Some(_)) => "random weights, given batch",
-            (None, None) => "random weights and batch",
-        },
-        r.loss
+    Ok(r)
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GradCheckRow {
+    pub param: String,
+    pub shape: Vec<usize>,
+    /// Cosine similarity of the rate and BPTT gradients.
+    pub cosine: f64,
+    /// |rate| / |BPTT|.
+    pub norm_ratio: f64,
+}
+
+/// Rate vs BPTT gradients on one random batch, per parameter.
+pub fn check_rows(
+    model: &Model,
+    a: &Analysis,
+    steps: usize,
+    batch: usize,
+    seed: u64,
+) -> Result<Vec<GradCheckRow>, InteropError> {
+    let opts = compile::Options {
+        after: compile::Stage::Autodiff,
+        ..compile::Options::new(steps, batch, Mode::Bptt)
+    };
+    let bptt = compile::compile(model, &opts)?.graph;
+    let (rate, _) = crate::passes::rate::rate_pass(bptt.clone(), Mode::Rate, &opts.limits)?;
+    // Both graphs run in the f64 interpreter, which keeps every value.
+    crate::passes::mem::ensure_fits(
+        "grad-check (two interpreter runs in f64)",
+        crate::passes::mem::interpreter_bytes(&bptt, 8)
+            .saturating_add(crate::passes::mem::interpreter_bytes(&rate, 8))
+            .saturating_add(crate::passes::mem::param_bytes(a, 8)),
+        crate::passes::mem::Memory::Host,
+    )?;
+    let params = crate::init::init_params(a, seed);
+    let x = crate::interp::random_input(
+        &bptt,
+        matches!(model.input.encoding, Encoding::Events),
+        seed,
     );
-    println!(
-        "{:<28} {:>16} {:>6} {:>14}",
-        "parameter", "shape", "mode", "|grad|"
-    );
-    for ((m, p), g) in &r.grads {
-        println!(
-            "{:<28} {:>16} {:>6} {:>14.6e}",
-            p,
-            dims(&g.shape),
-            m,
-            g.data.iter().map(|x| x * x).sum::<f64>().sqrt()
-        );
+    let classes = a.output[0];
+    let inputs = HashMap::from([
+        ("x".to_string(), x),
+        (
+            "labels".to_string(),
+            crate::interp::random_labels(batch, classes, seed),
+        ),
+    ]);
+    let run = |g: &crate::ir::Graph| interp::run(g, &inputs, &params, &RunOptions { seed });
+    let (vb, vr) = (run(&bptt)?, run(&rate)?);
+    let mut rows = Vec::new();
+    for p in a.params().filter(|p| p.trainable) {
+        let name = crate::autodiff::grad_name(&p.name);
+        let (Some(b), Some(r)) = (bptt.output(&name), rate.output(&name)) else {
+            continue;
+        };
+        let (b, r) = (vb.get(b).expect("evaluated"), vr.get(r).expect("evaluated"));
+        let dot: f64 = b.data.iter().zip(&r.data).map(|(x, y)| x * y).sum();
+        let nb = b.data.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let nr = r.data.iter().map(|x| x * x).sum::<f64>().sqrt();
+        rows.push(GradCheckRow {
+            param: p.name.clone(),
+            shape: p.shape.clone(),
+            cosine: if nb > 0.0 && nr > 0.0 {
+                dot / (nb * nr)
+            } else {
+                f64::NAN
+            },
+            norm_ratio: if nb > 0.0 { nr / nb } else { f64::NAN },
+        });
     }
-    if let Some(out) = req.dump {
-        println!(
-            "wrote {} (loss, logits, {} batch-norm statistics, {} gradients)",
-            out.display(),
-            r.bn.len(),
-            r.grads.len()
-        );
-    }
-    Ok(())
+    Ok(rows)
 }

@@ -2,12 +2,13 @@
 //!
 //! - parameter files (`params.safetensors`) and their names
 //!   ([`load_params`], [`save_params`], [`param_table`]);
-//! - `snnc export --format nir` and `snnc import` ([`export_cmd`],
-//!   [`import_cmd`], on top of [`crate::nir`]);
+//! - a model with its weights from a run folder, checkpoint or `.snn` file
+//!   and parameter file ([`model_and_params`]: `snnc export`; the NIR
+//!   conversion itself is [`crate::nir`]);
 //! - inference on given weights and input ([`infer`], `snnc run --params
-//!   --input`, `snnc eval MODEL.snn --params`);
-//! - gradients on given weights and batch ([`grad_dump`], `snnc grad-check
-//!   --params --batch-file --dump`).
+//!   --input`);
+//! - gradients on given weights and batch ([`grad::compute`],
+//!   [`grad::grad_dump`]: `snnc grad-check --params --batch-file --dump`).
 //!
 //! **Parameter names** are `{layer path}.{field}`: the layer path is the
 //! layer's position in its list, counting every layer (parameter-free ones
@@ -24,12 +25,83 @@ use crate::init::Params;
 use crate::interp::{self, RunOptions};
 use crate::ir::Op;
 use crate::model::{Encoding, Model};
-use crate::passes::rate::Mode;
 use crate::shape::{dims, Analysis};
 use crate::tensor::Tensor;
 use crate::unroll::{self, Phase, UnrollConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+
+/// Why a model, its weights, an input batch or a gradient step could not
+/// be had.
+#[derive(Debug, thiserror::Error)]
+pub enum InteropError {
+    #[error(transparent)]
+    Frontend(#[from] crate::frontend::FrontendError),
+    #[error(transparent)]
+    Params(#[from] crate::runtime::params::ParamsError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::runtime::checkpoint::CheckpointError),
+    #[error(transparent)]
+    Unroll(#[from] crate::unroll::UnrollError),
+    #[error(transparent)]
+    Interp(#[from] crate::interp::InterpError),
+    #[error(transparent)]
+    Pass(#[from] crate::passes::PassError),
+    #[error(transparent)]
+    Compile(#[from] crate::compile::CompileError),
+    #[error(transparent)]
+    Memory(#[from] crate::passes::mem::MemoryError),
+    #[error(
+        "`{}` is a model without weights: add --params PARAMS.safetensors \
+         (or give a run folder or checkpoint)",
+        .0.display()
+    )]
+    NoWeights(PathBuf),
+    #[error("bad config in checkpoint: {0}")]
+    BadConfig(serde_json::Error),
+    #[error("the input has no batch axis")]
+    NoBatchAxis,
+    #[error("`{}` has no tensor `x` (the input batch, [B, {}])", file.display(), dims(want))]
+    NoInput { file: PathBuf, want: Vec<usize> },
+    #[error("`{}`: `x` has shape {}, the model needs [B, {}]", file.display(), dims(shape), dims(want))]
+    InputShape {
+        file: PathBuf,
+        shape: Vec<usize>,
+        want: Vec<usize>,
+    },
+    #[error("`{}` has no tensor `labels` (class indices [B] or one-hot [B, {classes}])", file.display())]
+    NoLabels { file: PathBuf, classes: usize },
+    #[error(
+        "`{}`: `labels` has shape {}; give class indices [{batch}] or one-hot [{batch}, {classes}]",
+        file.display(),
+        dims(shape)
+    )]
+    LabelShape {
+        file: PathBuf,
+        shape: Vec<usize>,
+        batch: usize,
+        classes: usize,
+    },
+    #[error("`{}`: label {label} of sample {sample} is not a class index in 0..{classes}", file.display())]
+    BadLabel {
+        file: PathBuf,
+        label: f64,
+        sample: usize,
+        classes: usize,
+    },
+    #[error("internal: no gradient for `{param}` in {mode} mode")]
+    NoGradient { param: String, mode: &'static str },
+    /// Text from a stage that still reports its errors as strings (the
+    /// compiler driver, the memory checks).
+    #[error("{0}")]
+    Stage(String),
+}
+
+impl From<String> for InteropError {
+    fn from(s: String) -> InteropError {
+        InteropError::Stage(s)
+    }
+}
 
 pub use crate::runtime::params::{
     load_params, param_table, read_tensors, save_params, write_tensors, Tensors, PARAMS_FORMAT,
@@ -40,115 +112,22 @@ pub use crate::runtime::params::{
 pub fn model_and_params(
     path: &Path,
     params: Option<&Path>,
-) -> Result<(Model, Analysis, Params, String), String> {
+) -> Result<(Model, Analysis, Params, String), InteropError> {
     if path.extension().is_some_and(|e| e == "snn") {
         let (model, a) = crate::frontend::load(path)?;
-        let p = params.ok_or_else(|| {
-            format!(
-                "error: `{}` is a model without weights: add --params PARAMS.safetensors \
-                 (or give a run folder or checkpoint)",
-                path.display()
-            )
-        })?;
+        let p = params.ok_or_else(|| InteropError::NoWeights(path.to_path_buf()))?;
         let params = load_params(p, &a)?;
         return Ok((model, a, params, path.display().to_string()));
     }
     let ck = crate::runtime::checkpoint::load(path)?;
-    let cfg: crate::runtime::train::TrainConfig = serde_json::from_str(&ck.config)
-        .map_err(|e| format!("error: bad config in checkpoint: {e}"))?;
-    let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
-        .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
-    let a = crate::shape::analyze(&model)
-        .map_err(|e| crate::frontend::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
+    let cfg: crate::runtime::train::TrainConfig =
+        serde_json::from_str(&ck.config).map_err(InteropError::BadConfig)?;
+    let (model, a) = crate::frontend::check_source(&cfg.model_source, &cfg.model_file)?;
     let params = match params {
         Some(p) => load_params(p, &a)?,
         None => ck.params.into_iter().map(|(k, v)| (k, v.cast())).collect(),
     };
     Ok((model, a, params, cfg.model_file))
-}
-
-// ------------------------------------------------------------------ NIR
-
-/// `snnc export SOURCE --format nir -o OUT [--dt DT]`.
-pub fn export_cmd(
-    source: &Path,
-    params: Option<&Path>,
-    format: &str,
-    out: &Path,
-    dt: f64,
-    wide: bool,
-) -> Result<(), String> {
-    if format != "nir" {
-        return Err(format!(
-            "error: unknown export format `{format}` (snnc exports `nir`)"
-        ));
-    }
-    let (model, a, params, _) = model_and_params(source, params)?;
-    let ex = crate::nir::export::export(&model, &a, &params, dt)?;
-    crate::nir::hdf5::write(out, &ex.graph, wide)?;
-    println!(
-        "exported `{}` to NIR: {} nodes, {} edges → {} ({} weights; LIF/IF at dt = {dt:e}: \
-         τ = dt/(1 − λ), R = τ/dt, v_leak = 0, v_threshold = θ)",
-        model.name,
-        ex.graph.nodes.len(),
-        ex.graph.edges.len(),
-        out.display(),
-        if wide { "f64" } else { "f32" }
-    );
-    for n in &ex.notes {
-        println!("  note: {n}");
-    }
-    Ok(())
-}
-
-/// `snnc import MODEL.nir -o MODEL.snn [--params-out P] [--dt DT]`.
-pub fn import_cmd(
-    nir_file: &Path,
-    out: &Path,
-    params_out: Option<&Path>,
-    dt: f64,
-) -> Result<(), String> {
-    let g = crate::nir::hdf5::read(nir_file)?;
-    let stem = out
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "imported".into());
-    let name: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let im = crate::nir::import::import(&g, &nir_file.display().to_string(), &name, dt)?;
-    let params_path = match params_out {
-        Some(p) => p.to_path_buf(),
-        None => out.with_extension("params.safetensors"),
-    };
-    let text = format!(
-        "# Imported from {} by `snnc import` (NIR; neurons at dt = {dt:e}).\n# Weights: {}\n{}",
-        nir_file.display(),
-        params_path.display(),
-        crate::dsl::to_snn(&im.model)
-    );
-    std::fs::write(out, &text)
-        .map_err(|e| format!("error: cannot write `{}`: {e}", out.display()))?;
-    save_params(&params_path, &im.params, &im.model.name)?;
-    println!(
-        "imported {} → {} ({} layers) and {} ({} tensors)",
-        nir_file.display(),
-        out.display(),
-        im.model.layers.len(),
-        params_path.display(),
-        im.params.len()
-    );
-    for n in &im.notes {
-        println!("  note: {n}");
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------- inference
@@ -177,11 +156,8 @@ pub fn infer(
     x: &Tensor<f64>,
     steps: usize,
     wide: bool,
-) -> Result<Inference, String> {
-    let batch = *x
-        .shape
-        .first()
-        .ok_or("error: the input has no batch axis")?;
+) -> Result<Inference, InteropError> {
+    let batch = *x.shape.first().ok_or(InteropError::NoBatchAxis)?;
     let g = unroll::unroll_with(
         model,
         &UnrollConfig {
@@ -189,8 +165,7 @@ pub fn infer(
             batch,
             phase: Phase::Eval,
         },
-    )
-    .map_err(|e| format!("error: {e}"))?;
+    )?;
     let opts = RunOptions { seed: 0 };
     let inputs = HashMap::from([("x".to_string(), x.clone())]);
     let collect =
@@ -213,7 +188,7 @@ pub fn infer(
         };
     let out = g.output("logits").expect("logits");
     if wide {
-        let v = interp::run(&g, &inputs, params, &opts).map_err(|e| format!("error: {e}"))?;
+        let v = interp::run(&g, &inputs, params, &opts)?;
         Ok(Inference {
             logits: v.get(out).expect("evaluated").clone(),
             spikes: collect(&g, &|n| v.get(*n).expect("evaluated").clone()),
@@ -224,7 +199,7 @@ pub fn infer(
         let inputs: HashMap<String, Tensor<f32>> =
             inputs.iter().map(|(k, v)| (k.clone(), v.cast())).collect();
         let p32 = crate::init::cast_params::<f32>(params);
-        let v = interp::run(&g, &inputs, &p32, &opts).map_err(|e| format!("error: {e}"))?;
+        let v = interp::run(&g, &inputs, &p32, &opts)?;
         Ok(Inference {
             logits: v.get(out).expect("evaluated").cast(),
             spikes: collect(&g, &|n| v.get(*n).expect("evaluated").cast()),
@@ -253,7 +228,7 @@ fn margin<F: num_traits::Float>(g: &crate::ir::Graph, v: &interp::Values<F>) -> 
 }
 
 /// The expected per-batch shape of `x` for `model` at T steps.
-fn input_shape(model: &Model, a: &Analysis, steps: usize) -> Vec<usize> {
+pub fn input_shape(model: &Model, a: &Analysis, steps: usize) -> Vec<usize> {
     match model.input.encoding {
         Encoding::Events => [steps].iter().chain(&a.input).copied().collect(),
         _ => a.input.clone(),
@@ -261,166 +236,23 @@ fn input_shape(model: &Model, a: &Analysis, steps: usize) -> Vec<usize> {
 }
 
 /// Reads tensor `name` from a batch file and checks its per-sample shape.
-fn batch_input(
+pub fn batch_input(
     file: &Path,
     tensors: &BTreeMap<String, Tensor<f64>>,
     want: &[usize],
-) -> Result<Tensor<f64>, String> {
-    let x = tensors.get("x").ok_or_else(|| {
-        format!(
-            "error: `{}` has no tensor `x` (the input batch, [B, {}])",
-            file.display(),
-            dims(want)
-        )
+) -> Result<Tensor<f64>, InteropError> {
+    let x = tensors.get("x").ok_or_else(|| InteropError::NoInput {
+        file: file.to_path_buf(),
+        want: want.to_vec(),
     })?;
     if x.shape.len() != want.len() + 1 || x.shape[1..] != *want || x.shape[0] == 0 {
-        return Err(format!(
-            "error: `{}`: `x` has shape {}, the model needs [B, {}]",
-            file.display(),
-            dims(&x.shape),
-            dims(want)
-        ));
+        return Err(InteropError::InputShape {
+            file: file.to_path_buf(),
+            shape: x.shape.clone(),
+            want: want.to_vec(),
+        });
     }
     Ok(x.clone())
-}
-
-/// `snnc run FILE --params P --input X.safetensors [--eval]`: the readout
-/// and firing counts on a given input.
-#[allow(clippy::too_many_arguments)]
-pub fn run_given(
-    file: &Path,
-    params: Option<&Path>,
-    input: Option<&Path>,
-    steps: usize,
-    batch: usize,
-    seed: u64,
-    wide: bool,
-    json: bool,
-) -> Result<(), String> {
-    let (model, a) = crate::frontend::load(file)?;
-    let params = match params {
-        Some(p) => load_params(p, &a)?,
-        None => crate::init::init_params(&a, seed),
-    };
-    let want = input_shape(&model, &a, steps);
-    let x = match input {
-        Some(p) => {
-            let (t, _) = read_tensors(p)?;
-            batch_input(p, &t, &want)?
-        }
-        None => {
-            let mut s = vec![batch];
-            s.extend(&want);
-            let g = unroll::unroll_with(
-                &model,
-                &UnrollConfig {
-                    steps,
-                    batch,
-                    phase: Phase::Eval,
-                },
-            )
-            .map_err(|e| format!("error: {e}"))?;
-            crate::interp::random_input(&g, matches!(model.input.encoding, Encoding::Events), seed)
-        }
-    };
-    let r = infer(&model, &params, &x, steps, wide)?;
-    let classes = r.logits.shape[1];
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "model": model.name, "steps": steps, "batch": x.shape[0], "phase": "eval",
-                "logits": r.logits.data.chunks(classes).map(|c| c.to_vec()).collect::<Vec<_>>(),
-                "spike_counts": r.spikes.iter().map(|(l, t)| serde_json::json!({
-                    "layer": l,
-                    "per_sample": t.data.chunks(t.len() / x.shape[0]).map(|c| c.iter().sum::<f64>()).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
-                "near_tie": r.tie,
-            })
-        );
-        return Ok(());
-    }
-    println!(
-        "{}: T={steps}, batch {}, inference (running batch-norm statistics), {}",
-        model.name,
-        x.shape[0],
-        if wide { "f64" } else { "f32" }
-    );
-    println!("readout (time-mean of the last layer):");
-    for (b, row) in r.logits.data.chunks(classes).enumerate() {
-        let vals: Vec<String> = row.iter().map(|v| format!("{v:8.4}")).collect();
-        println!("  sample {b}: [{}]", vals.join(" "));
-    }
-    println!("spikes per sample (summed over neurons and steps):");
-    for (l, t) in &r.spikes {
-        let per: Vec<String> = t
-            .data
-            .chunks(t.len() / x.shape[0])
-            .map(|c| format!("{}", c.iter().sum::<f64>()))
-            .collect();
-        println!("  {l:<24} {}", per.join(" "));
-    }
-    if let Some(d) = r.tie {
-        println!(
-            "note: a membrane potential came within {d:e} of its threshold: another framework \
-             may decide that spike differently"
-        );
-    }
-    Ok(())
-}
-
-/// `snnc eval MODEL.snn --params P --data D -T N`: test accuracy of given
-/// weights (e.g. from `snnc import`).
-pub fn eval_params(
-    file: &Path,
-    params: &Path,
-    data: Option<String>,
-    data_dir: Option<PathBuf>,
-    steps: usize,
-    batch: usize,
-) -> Result<(), String> {
-    let (model, a) = crate::frontend::load(file)?;
-    let params_path = params;
-    let params = load_params(params, &a)?;
-    let source = std::fs::read_to_string(file)
-        .map_err(|e| format!("error: cannot read `{}`: {e}", file.display()))?;
-    let cfg = crate::runtime::train::TrainConfig {
-        model_source: source,
-        model_file: file.display().to_string(),
-        data: data.unwrap_or_else(|| "digits".into()),
-        data_dir,
-        mode: Mode::Rate,
-        steps,
-        epochs: 1,
-        batch,
-        lr: 0.0,
-        optim: crate::runtime::optim::OptimConfig {
-            kind: crate::runtime::optim::OptimizerKind::Sgd,
-            momentum: 0.0,
-            weight_decay: 0.0,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-        },
-        schedule: crate::runtime::optim::Schedule::Const,
-        seed: 0,
-        paper_grad_scale: false,
-        order: Default::default(),
-        init: None,
-    };
-    let split = crate::runtime::train::load_data(&cfg)?;
-    let p32: HashMap<String, Tensor<f32>> =
-        params.iter().map(|(k, v)| (k.clone(), v.cast())).collect();
-    let mut ev = crate::runtime::train::Evaluator::new(&model, steps);
-    let acc = ev.accuracy(&split.test, &p32, batch)?;
-    println!(
-        "{}: test accuracy {:.2}% on {} ({} samples), T={steps}, weights from {}",
-        model.name,
-        100.0 * acc,
-        cfg.data,
-        split.test.len(),
-        params_path.display()
-    );
-    Ok(())
 }
 
 pub mod grad;

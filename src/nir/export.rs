@@ -40,7 +40,7 @@
 //!   errors; Poisson encoding is recorded in metadata (the graph takes the
 //!   encoded spikes).
 
-use super::{Arr, NirGraph, Node, Padding, Prim};
+use super::{Arr, NirError, NirGraph, Node, Padding, Prim};
 use crate::init::Params;
 use crate::model::{Encoding, Layer, LayerKind, Model, Neuron, NeuronKind, Reset, SurrogateKind};
 use crate::shape::{Analysis, LayerShape};
@@ -69,9 +69,9 @@ struct Ex<'a> {
     soft_noted: bool,
 }
 
-pub fn export(model: &Model, a: &Analysis, params: &Params, dt: f64) -> Result<Exported, String> {
+pub fn export(model: &Model, a: &Analysis, params: &Params, dt: f64) -> Result<Exported, NirError> {
     if !(dt.is_finite() && dt > 0.0) {
-        return Err(format!("error: --dt must be a positive number, got {dt}"));
+        return Err(NirError::BadDt(dt));
     }
     let mut ex = Ex {
         model,
@@ -125,10 +125,10 @@ pub fn export(model: &Model, a: &Analysis, params: &Params, dt: f64) -> Result<E
 }
 
 impl Ex<'_> {
-    fn param(&self, name: &str) -> Result<&crate::tensor::Tensor<f64>, String> {
+    fn param(&self, name: &str) -> Result<&crate::tensor::Tensor<f64>, NirError> {
         self.params
             .get(name)
-            .ok_or_else(|| format!("error: the parameters have no `{name}`"))
+            .ok_or_else(|| NirError::MissingParam(name.to_string()))
     }
 
     fn add(&mut self, name: String, node: Node, from: &[String]) -> Vec<String> {
@@ -142,7 +142,7 @@ impl Ex<'_> {
     /// Folds the batch norm at `bn_path` into (weight, bias) of `c_out`
     /// output channels: W'_c = W_c·s_c, b'_c = (b_c − μ_c)·s_c + β_c with
     /// s_c = γ_c / √(σ²_c + ε).
-    fn fold(&self, bn_path: &str, eps: f64, w: &mut Arr, b: &mut Arr) -> Result<(), String> {
+    fn fold(&self, bn_path: &str, eps: f64, w: &mut Arr, b: &mut Arr) -> Result<(), NirError> {
         let p = |s: &str| self.param(&format!("{bn_path}.{s}"));
         let (gamma, beta, mean, var) = (
             p("gamma")?,
@@ -167,14 +167,14 @@ impl Ex<'_> {
         list: &[Layer],
         prefix: &str,
         mut cur: Vec<String>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, NirError> {
         let mut i = 0;
         while i < list.len() {
             let path = format!("{prefix}{i}");
             let ls = *self
                 .shapes
                 .get(path.as_str())
-                .ok_or_else(|| format!("error: internal: no shape for layer {path}"))?;
+                .ok_or_else(|| NirError::Internal(format!("no shape for layer {path}")))?;
             let name = node_name(ls.keyword, &path);
             let next_bn = match list.get(i + 1).map(|l| &l.kind) {
                 Some(LayerKind::BatchNorm { eps, .. }) => {
@@ -243,11 +243,13 @@ impl Ex<'_> {
                     cur = self.add(name, Node::new(prim), &cur);
                 }
                 LayerKind::BatchNorm { .. } => {
-                    return Err(format!(
-                        "error: layer {path} `batchnorm` of model `{}`: NIR has no batch norm, and \
-                         snnc folds one only into the conv2d or linear layer right before it",
-                        self.model.name
-                    ))
+                    return Err(NirError::Unsupported {
+                        path,
+                        keyword: "batchnorm",
+                        model: self.model.name.clone(),
+                        why: "NIR has no batch norm, and snnc folds one only into the conv2d or \
+                              linear layer right before it",
+                    })
                 }
                 LayerKind::AvgPool { kernel, stride } => {
                     let node = Node::new(Prim::AvgPool2d {
@@ -258,11 +260,13 @@ impl Ex<'_> {
                     cur = self.add(name, node, &cur);
                 }
                 LayerKind::MaxPool { .. } => {
-                    return Err(format!(
-                        "error: layer {path} `maxpool` of model `{}`: NIR 1.0 has no max pooling \
-                         (its pooling primitives are AvgPool2d and SumPool2d)",
-                        self.model.name
-                    ))
+                    return Err(NirError::Unsupported {
+                        path,
+                        keyword: "maxpool",
+                        model: self.model.name.clone(),
+                        why: "NIR 1.0 has no max pooling (its pooling primitives are AvgPool2d \
+                              and SumPool2d)",
+                    })
                 }
                 LayerKind::Flatten => {
                     let node = Node::new(Prim::Flatten {
@@ -284,11 +288,13 @@ impl Ex<'_> {
                 }
                 LayerKind::Residual { main, shortcut } => {
                     if main.is_empty() && shortcut.is_empty() {
-                        return Err(format!(
-                            "error: layer {path} `residual` of model `{}`: both branches are the \
-                             identity (x + x); NIR edges cannot add a value to itself",
-                            self.model.name
-                        ));
+                        return Err(NirError::Unsupported {
+                            path,
+                            keyword: "residual",
+                            model: self.model.name.clone(),
+                            why: "both branches are the identity (x + x); NIR edges cannot add a \
+                                  value to itself",
+                        });
                     }
                     let a = self.list(main, &format!("{path}.main."), cur.clone())?;
                     let b = self.list(shortcut, &format!("{path}.shortcut."), cur.clone())?;

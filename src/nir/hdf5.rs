@@ -17,7 +17,7 @@
 //!
 //! The HDF5 layer is the `hdf5-pure` crate (pure Rust, no libhdf5).
 
-use super::{Arr, NirGraph, Node, Padding, Prim};
+use super::{Arr, NirError, NirGraph, Node, Padding, Prim};
 use hdf5_pure::{DType, FileBuilder, Group, GroupBuilder};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,26 +29,34 @@ pub const VERSION: &str = "1.0.0";
 
 /// Reads a NIR file (the graph under `/node`). Errors name the file and the
 /// node (as a path of node names) and the field.
-pub fn read(path: &Path) -> Result<NirGraph, String> {
+pub fn read(path: &Path) -> Result<NirGraph, NirError> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| format!("error: cannot read `{file}`: {e}"))?;
+    let bytes = std::fs::read(path).map_err(|e| NirError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let not_nir = |why: &str| NirError::NotNir {
+        file: file.clone(),
+        why: why.to_string(),
+    };
+    let in_file = |msg: String| NirError::File {
+        file: file.clone(),
+        msg,
+    };
     if !hdf5_pure::is_hdf5_bytes(&bytes) {
-        return Err(format!(
-            "error: `{file}` is not a NIR file: it is not HDF5 (NIR files are written by \
-             `nir.write` or `snnc export --format nir`)"
+        return Err(not_nir(
+            "it is not HDF5 (NIR files are written by `nir.write` or `snnc export --format nir`)",
         ));
     }
     let h5 = hdf5_pure::File::from_bytes(bytes)
-        .map_err(|e| format!("error: `{file}`: cannot read HDF5: {e}"))?;
+        .map_err(|e| in_file(format!("cannot read HDF5: {e}")))?;
     let root = h5.root();
     if !names(&root, false, &file, "/")?.iter().any(|g| g == "node") {
-        return Err(format!(
-            "error: `{file}` is not a NIR file: it has no `node` group"
-        ));
+        return Err(not_nir("it has no `node` group"));
     }
     let node = root
         .group("node")
-        .map_err(|e| format!("error: `{file}`: group `node`: {e}"))?;
+        .map_err(|e| in_file(format!("group `node`: {e}")))?;
     let r = Reader { file: &file };
     match r.node(&node, "node")? {
         Node {
@@ -58,16 +66,19 @@ pub fn read(path: &Path) -> Result<NirGraph, String> {
             g.metadata = metadata;
             Ok(g)
         }
-        n => Err(format!(
-            "error: `{file}`: the top-level node is a `{}`, not a NIRGraph",
+        n => Err(in_file(format!(
+            "the top-level node is a `{}`, not a NIRGraph",
             n.prim.type_name()
-        )),
+        ))),
     }
 }
 
-fn names(g: &Group, datasets: bool, file: &str, at: &str) -> Result<Vec<String>, String> {
+fn names(g: &Group, datasets: bool, file: &str, at: &str) -> Result<Vec<String>, NirError> {
     let r = if datasets { g.datasets() } else { g.groups() };
-    r.map_err(|e| format!("error: `{file}`: cannot list `{at}`: {e}"))
+    r.map_err(|e| NirError::File {
+        file: file.to_string(),
+        msg: format!("cannot list `{at}`: {e}"),
+    })
 }
 
 struct Reader<'a> {
@@ -75,15 +86,19 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn err(&self, at: &str, msg: impl std::fmt::Display) -> String {
-        format!("error: `{}`: node `{at}`: {msg}", self.file)
+    fn err(&self, at: &str, msg: impl std::fmt::Display) -> NirError {
+        NirError::Node {
+            file: self.file.to_string(),
+            at: at.to_string(),
+            msg: msg.to_string(),
+        }
     }
 
-    fn has(&self, g: &Group, at: &str, field: &str) -> Result<bool, String> {
+    fn has(&self, g: &Group, at: &str, field: &str) -> Result<bool, NirError> {
         Ok(names(g, true, self.file, at)?.iter().any(|d| d == field))
     }
 
-    fn dataset(&self, g: &Group, at: &str, field: &str) -> Result<hdf5_pure::Dataset, String> {
+    fn dataset(&self, g: &Group, at: &str, field: &str) -> Result<hdf5_pure::Dataset, NirError> {
         if !self.has(g, at, field)? {
             return Err(self.err(at, format!("missing field `{field}`")));
         }
@@ -91,7 +106,7 @@ impl Reader<'_> {
             .map_err(|e| self.err(at, format!("field `{field}`: {e}")))
     }
 
-    fn string(&self, g: &Group, at: &str, field: &str) -> Result<String, String> {
+    fn string(&self, g: &Group, at: &str, field: &str) -> Result<String, NirError> {
         let d = self.dataset(g, at, field)?;
         let v = d
             .read_string()
@@ -105,7 +120,7 @@ impl Reader<'_> {
         }
     }
 
-    fn floats(&self, g: &Group, at: &str, field: &str) -> Result<Arr, String> {
+    fn floats(&self, g: &Group, at: &str, field: &str) -> Result<Arr, NirError> {
         let d = self.dataset(g, at, field)?;
         let shape: Vec<usize> = d
             .shape()
@@ -148,7 +163,7 @@ impl Reader<'_> {
         Ok(Arr { shape, data })
     }
 
-    fn ints(&self, g: &Group, at: &str, field: &str) -> Result<Vec<i64>, String> {
+    fn ints(&self, g: &Group, at: &str, field: &str) -> Result<Vec<i64>, NirError> {
         let a = self.floats(g, at, field)?;
         a.data
             .iter()
@@ -162,7 +177,7 @@ impl Reader<'_> {
             .collect()
     }
 
-    fn sizes(&self, g: &Group, at: &str, field: &str) -> Result<Vec<usize>, String> {
+    fn sizes(&self, g: &Group, at: &str, field: &str) -> Result<Vec<usize>, NirError> {
         self.ints(g, at, field)?
             .into_iter()
             .map(|x| {
@@ -173,7 +188,7 @@ impl Reader<'_> {
     }
 
     /// An int or an (int, int) pair, as NIR's 2-D fields allow.
-    fn pair(&self, g: &Group, at: &str, field: &str) -> Result<[usize; 2], String> {
+    fn pair(&self, g: &Group, at: &str, field: &str) -> Result<[usize; 2], NirError> {
         match self.sizes(g, at, field)?.as_slice() {
             [a] => Ok([*a, *a]),
             [a, b] => Ok([*a, *b]),
@@ -184,7 +199,7 @@ impl Reader<'_> {
         }
     }
 
-    fn node(&self, g: &Group, at: &str) -> Result<Node, String> {
+    fn node(&self, g: &Group, at: &str) -> Result<Node, NirError> {
         let ty = self.string(g, at, "type")?;
         let mut metadata = BTreeMap::new();
         if names(g, false, self.file, at)?
@@ -210,7 +225,7 @@ impl Reader<'_> {
             }
         }
         let f = |field: &str| self.floats(g, at, field);
-        let opt_f = |field: &str, like: &Arr| -> Result<Arr, String> {
+        let opt_f = |field: &str, like: &Arr| -> Result<Arr, NirError> {
             if self.has(g, at, field)? {
                 self.floats(g, at, field)
             } else {
@@ -376,12 +391,12 @@ impl Reader<'_> {
 /// Writes `g` as a NIR file that `nir.read` loads.
 /// Weights are f32 unless `wide_weights` (f64: a folded batch norm kept
 /// exactly); neuron constants are always f64.
-pub fn write(path: &Path, g: &NirGraph, wide_weights: bool) -> Result<(), String> {
+pub fn write(path: &Path, g: &NirGraph, wide_weights: bool) -> Result<(), NirError> {
     let bytes = to_bytes(g, wide_weights)?;
-    crate::runtime::checkpoint::write_atomic(path, &bytes)
+    Ok(crate::runtime::checkpoint::write_atomic(path, &bytes)?)
 }
 
-pub fn to_bytes(g: &NirGraph, wide_weights: bool) -> Result<Vec<u8>, String> {
+pub fn to_bytes(g: &NirGraph, wide_weights: bool) -> Result<Vec<u8>, NirError> {
     let mut b = FileBuilder::new();
     b.create_dataset("version")
         .with_vlen_strings(&[VERSION])
@@ -389,8 +404,7 @@ pub fn to_bytes(g: &NirGraph, wide_weights: bool) -> Result<Vec<u8>, String> {
     let mut node = b.create_group("node");
     write_graph(&mut node, g, wide_weights);
     b.add_group(node.finish());
-    b.finish()
-        .map_err(|e| format!("error: cannot encode the NIR file: {e}"))
+    b.finish().map_err(|e| NirError::Encode(e.to_string()))
 }
 
 fn string(g: &mut GroupBuilder, k: &str, v: &str) {

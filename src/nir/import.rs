@@ -22,7 +22,7 @@
 //! parameters, recurrent edges, more than one input or output) is an error
 //! that names the node and the primitive.
 
-use super::{Arr, NirGraph, Node, Padding, Prim};
+use super::{Arr, NirError, NirGraph, Node, Padding, Prim};
 use crate::init::Params;
 use crate::model::{
     Encoding, Input, Layer, LayerKind, Model, NeuronKind, NeuronOpts, Reset, SurrogateKind,
@@ -46,14 +46,19 @@ struct Flat {
     edges: Vec<(String, String)>,
 }
 
-fn err(file: &str, node: &str, prim: &str, msg: impl std::fmt::Display) -> String {
-    format!("error: `{file}`: node `{node}` ({prim}): {msg}")
+fn err(file: &str, node: &str, prim: &str, msg: impl std::fmt::Display) -> NirError {
+    NirError::Prim {
+        file: file.to_string(),
+        node: node.to_string(),
+        prim: prim.to_string(),
+        msg: msg.to_string(),
+    }
 }
 
 /// Inlines nested graphs: an edge into a subgraph goes to its `Input`
 /// nodes, an edge out of it leaves from its `Output` nodes, and those
 /// inner Input/Output nodes are bypassed.
-fn flatten_graph(g: &NirGraph, prefix: &str, file: &str, out: &mut Flat) -> Result<(), String> {
+fn flatten_graph(g: &NirGraph, prefix: &str, file: &str, out: &mut Flat) -> Result<(), NirError> {
     let full = |n: &str| format!("{prefix}{n}");
     let mut ins: HashMap<String, Vec<String>> = HashMap::new();
     let mut outs: HashMap<String, Vec<String>> = HashMap::new();
@@ -158,7 +163,7 @@ fn tidy(x: f64) -> f64 {
     format!("{x:.11e}").parse().unwrap_or(x)
 }
 
-pub fn import(g: &NirGraph, file: &str, name: &str, dt: f64) -> Result<Imported, String> {
+pub fn import(g: &NirGraph, file: &str, name: &str, dt: f64) -> Result<Imported, NirError> {
     let dt = match g
         .metadata
         .get("snnc_dt")
@@ -168,7 +173,7 @@ pub fn import(g: &NirGraph, file: &str, name: &str, dt: f64) -> Result<Imported,
         _ => dt,
     };
     if !(dt.is_finite() && dt > 0.0) {
-        return Err(format!("error: --dt must be a positive number, got {dt}"));
+        return Err(NirError::BadDt(dt));
     }
     let mut flat = Flat {
         nodes: BTreeMap::new(),
@@ -178,9 +183,12 @@ pub fn import(g: &NirGraph, file: &str, name: &str, dt: f64) -> Result<Imported,
     for (a, b) in &flat.edges {
         for n in [a, b] {
             if !flat.nodes.contains_key(n) {
-                return Err(format!(
-                    "error: `{file}`: edge `{a}` → `{b}` names node `{n}`, which the graph does not have"
-                ));
+                return Err(NirError::File {
+                    file: file.to_string(),
+                    msg: format!(
+                        "edge `{a}` → `{b}` names node `{n}`, which the graph does not have"
+                    ),
+                });
             }
         }
     }
@@ -221,10 +229,13 @@ pub fn import(g: &NirGraph, file: &str, name: &str, dt: f64) -> Result<Imported,
             .find(|(k, _)| !topo.contains_key(**k))
             .map(|(k, _)| k.to_string())
             .unwrap_or_default();
-        return Err(format!(
-            "error: `{file}`: the graph has a cycle through node `{stuck}`; snnc models are \
-             feed-forward (recurrence lives inside the neurons)"
-        ));
+        return Err(NirError::File {
+            file: file.to_string(),
+            msg: format!(
+                "the graph has a cycle through node `{stuck}`; snnc models are \
+                 feed-forward (recurrence lives inside the neurons)"
+            ),
+        });
     }
     // Every primitive first: an unsupported one is the clearest error.
     let mut order: Vec<&String> = flat.nodes.keys().collect();
@@ -258,12 +269,15 @@ pub fn import(g: &NirGraph, file: &str, name: &str, dt: f64) -> Result<Imported,
         .filter(|k| matches!(flat.nodes[*k].prim, Prim::Output { .. }))
         .collect();
     if inputs.len() != 1 || outputs.len() != 1 {
-        return Err(format!(
-            "error: `{file}`: the graph has {} Input and {} Output nodes; a snnc model has one \
-             input and one readout",
-            inputs.len(),
-            outputs.len()
-        ));
+        return Err(NirError::File {
+            file: file.to_string(),
+            msg: format!(
+                "the graph has {} Input and {} Output nodes; a snnc model has one \
+                 input and one readout",
+                inputs.len(),
+                outputs.len()
+            ),
+        });
     }
     let input = inputs[0].clone();
     let Prim::Input { shape } = &flat.nodes[&input].prim else {
@@ -327,28 +341,29 @@ pub fn import(g: &NirGraph, file: &str, name: &str, dt: f64) -> Result<Imported,
         layers: top.layers,
     };
     im.hoist_neuron_defaults(&mut model);
-    let a = crate::shape::analyze(&model).map_err(|e| {
-        format!(
-            "error: `{file}`: the imported model does not check: layer {}: {}",
+    let a = crate::shape::analyze(&model).map_err(|e| NirError::File {
+        file: file.to_string(),
+        msg: format!(
+            "the imported model does not check: layer {}: {}",
             e.path, e.message
-        )
+        ),
     })?;
     for p in a.params() {
         match im.params.get(&p.name) {
             Some(t) if t.shape == p.shape => {}
             Some(t) => {
-                return Err(format!(
-                    "error: internal: imported parameter `{}` has shape {}, the model needs {}",
+                return Err(NirError::Internal(format!(
+                    "imported parameter `{}` has shape {}, the model needs {}",
                     p.name,
                     l(&t.shape),
                     l(&p.shape)
-                ))
+                )))
             }
             None => {
-                return Err(format!(
-                    "error: internal: the import made no parameter `{}`",
+                return Err(NirError::Internal(format!(
+                    "the import made no parameter `{}`",
                     p.name
-                ))
+                )))
             }
         }
     }
@@ -365,7 +380,7 @@ impl Im<'_> {
         &self.g.nodes[n]
     }
 
-    fn fail(&self, n: &str, msg: impl std::fmt::Display) -> String {
+    fn fail(&self, n: &str, msg: impl std::fmt::Display) -> NirError {
         err(self.file, n, self.node(n).prim.type_name(), msg)
     }
 
@@ -388,7 +403,7 @@ impl Im<'_> {
         seen
     }
 
-    fn no_gain(&self, n: &str, what: &str) -> Result<(), String> {
+    fn no_gain(&self, n: &str, what: &str) -> Result<(), NirError> {
         if self.gain != 1.0 {
             return Err(self.fail(
                 n,
@@ -404,7 +419,7 @@ impl Im<'_> {
 
     /// Follows the graph from `from` (whose output is the current value)
     /// until `until` (not processed) or the Output node.
-    fn seq(&mut self, from: &str, until: Option<&str>, list: &mut List) -> Result<(), String> {
+    fn seq(&mut self, from: &str, until: Option<&str>, list: &mut List) -> Result<(), NirError> {
         let mut from = from.to_string();
         loop {
             let succs = self.succ(&from);
@@ -552,7 +567,7 @@ impl Im<'_> {
         p
     }
 
-    fn uniform(&self, n: &str, field: &str, a: &Arr) -> Result<f64, String> {
+    fn uniform(&self, n: &str, field: &str, a: &Arr) -> Result<f64, NirError> {
         if a.shape != self.shape && a.data.len() != 1 {
             return Err(self.fail(
                 n,
@@ -572,7 +587,7 @@ impl Im<'_> {
     }
 
     /// Emits the layer(s) of node `n`, whose input is the current value.
-    fn emit(&mut self, n: &str, list: &mut List) -> Result<(), String> {
+    fn emit(&mut self, n: &str, list: &mut List) -> Result<(), NirError> {
         let node = self.node(n).clone();
         let ty = node.prim.type_name().to_string();
         match &node.prim {
@@ -946,7 +961,7 @@ impl Im<'_> {
         kind: NeuronKind,
         opts: NeuronOpts,
         _node: &Node,
-    ) -> Result<(), String> {
+    ) -> Result<(), NirError> {
         if let Some(t) = opts.theta {
             if !(t > 0.0 && t.is_finite()) {
                 return Err(self.fail(n, format!("threshold {t} after scaling; snnc needs θ > 0")));

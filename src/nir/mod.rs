@@ -13,6 +13,56 @@
 //!
 //! The LIF mapping at a step `dt` is documented in [`export`].
 
+/// A NIR file that could not be read, a graph snnc cannot import, or a
+/// model NIR cannot express.
+#[derive(Debug, thiserror::Error)]
+pub enum NirError {
+    #[error("cannot read `{}`: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{file}` is not a NIR file: {why}")]
+    NotNir { file: String, why: String },
+    /// Something about the file or graph as a whole.
+    #[error("`{file}`: {msg}")]
+    File { file: String, msg: String },
+    /// A node of the file (`at`: its path of node names).
+    #[error("`{file}`: node `{at}`: {msg}")]
+    Node {
+        file: String,
+        at: String,
+        msg: String,
+    },
+    /// A primitive the import cannot turn into a layer.
+    #[error("`{file}`: node `{node}` ({prim}): {msg}")]
+    Prim {
+        file: String,
+        node: String,
+        prim: String,
+        msg: String,
+    },
+    #[error("--dt must be a positive number, got {0}")]
+    BadDt(f64),
+    #[error("the parameters have no `{0}`")]
+    MissingParam(String),
+    /// A layer NIR has no primitive for.
+    #[error("layer {path} `{keyword}` of model `{model}`: {why}")]
+    Unsupported {
+        path: String,
+        keyword: &'static str,
+        model: String,
+        why: &'static str,
+    },
+    #[error("cannot encode the NIR file: {0}")]
+    Encode(String),
+    #[error(transparent)]
+    Write(#[from] crate::runtime::checkpoint::CheckpointError),
+    /// A broken invariant (a bug in snnc).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
 pub mod export;
 pub mod hdf5;
 pub mod import;

@@ -18,6 +18,70 @@ use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "checkpoint.safetensors";
 
+/// A checkpoint (or another atomically written file) that could not be
+/// written or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot write `{}`: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot move `{}` into place: {source}", path.display())]
+    Rename {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A tensor about to be saved is NaN or infinite: the last good
+    /// checkpoint stays.
+    #[error(
+        "{what} became {value} (element {index}); not overwriting the last good checkpoint \
+         in `{}`; lower --lr",
+        dir.display()
+    )]
+    Diverged {
+        /// `parameter `w`` or `optimizer state 0 of `w``.
+        what: String,
+        value: f32,
+        index: usize,
+        dir: PathBuf,
+    },
+    #[error("cannot encode checkpoint: {0}")]
+    Encode(safetensors::SafeTensorError),
+    #[error("cannot read checkpoint `{}`: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{}` is not a valid snnc checkpoint: {what}", path.display())]
+    Invalid { path: PathBuf, what: String },
+    #[error(
+        "checkpoint `{}` is damaged: {what}; it was changed after snnc wrote it \
+         (restore it from a copy, or start a new run)",
+        path.display()
+    )]
+    Damaged { path: PathBuf, what: String },
+    #[error(
+        "checkpoint `{}`: tensor `{name}` holds {value} (element {index} of {len}); a run \
+         with non-finite weights cannot be evaluated or resumed",
+        path.display()
+    )]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        value: f32,
+        index: usize,
+        len: usize,
+    },
+}
+
+/// Bridge for stages that still report errors as text.
+impl From<CheckpointError> for String {
+    fn from(e: CheckpointError) -> String {
+        e.to_string()
+    }
+}
+
 /// The format this snnc writes; `snnc-checkpoint-1` (no checksums, no
 /// metrics, no epoch sums) is still read.
 const FORMAT: &str = "snnc-checkpoint-2";
@@ -69,7 +133,7 @@ pub fn tmp_path(dst: &Path) -> PathBuf {
 /// content after any crash: a temporary file next to it, synced, renamed
 /// over it, then the directory synced. The temporary file is removed when
 /// any step fails (a full disk leaves nothing behind).
-pub fn write_atomic(dst: &Path, data: &[u8]) -> Result<(), String> {
+pub fn write_atomic(dst: &Path, data: &[u8]) -> Result<(), CheckpointError> {
     let tmp = tmp_path(dst);
     let written = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -78,14 +142,17 @@ pub fn write_atomic(dst: &Path, data: &[u8]) -> Result<(), String> {
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!("error: cannot write `{}`: {e}", tmp.display()));
+        return Err(CheckpointError::Write {
+            path: tmp,
+            source: e,
+        });
     }
     if let Err(e) = std::fs::rename(&tmp, dst) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!(
-            "error: cannot move `{}` into place: {e}",
-            dst.display()
-        ));
+        return Err(CheckpointError::Rename {
+            path: dst.to_path_buf(),
+            source: e,
+        });
     }
     // Make the rename itself durable (best effort: not every file system
     // can sync a directory).
@@ -127,26 +194,28 @@ fn meta_crc(meta: &HashMap<String, String>) -> u32 {
 
 /// Writes `dir/checkpoint.safetensors` atomically. Refuses (and keeps the
 /// previous checkpoint) when a tensor holds a non-finite value.
-pub fn save(dir: &Path, ck: &Checkpoint) -> Result<(), String> {
+pub fn save(dir: &Path, ck: &Checkpoint) -> Result<(), CheckpointError> {
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, t) in &ck.params {
         if let Some((i, x)) = non_finite(&t.data) {
-            return Err(format!(
-                "error: parameter `{name}` became {x} (element {i}); not overwriting the \
-                 last good checkpoint in `{}`; lower --lr",
-                dir.display()
-            ));
+            return Err(CheckpointError::Diverged {
+                what: format!("parameter `{name}`"),
+                value: x,
+                index: i,
+                dir: dir.to_path_buf(),
+            });
         }
         owned.push((format!("param/{name}"), t.shape.clone(), bytes_of(&t.data)));
     }
     for (name, bufs) in &ck.optim.buffers {
         for (i, b) in bufs.iter().enumerate() {
             if let Some((j, x)) = non_finite(b) {
-                return Err(format!(
-                    "error: optimizer state {i} of `{name}` became {x} (element {j}); not \
-                     overwriting the last good checkpoint in `{}`; lower --lr",
-                    dir.display()
-                ));
+                return Err(CheckpointError::Diverged {
+                    what: format!("optimizer state {i} of `{name}`"),
+                    value: x,
+                    index: j,
+                    dir: dir.to_path_buf(),
+                });
             }
             owned.push((format!("optim/{name}/{i}"), vec![b.len()], bytes_of(b)));
         }
@@ -186,8 +255,7 @@ pub fn save(dir: &Path, ck: &Checkpoint) -> Result<(), String> {
         meta.insert("epoch_seconds".into(), s.seconds.to_string());
     }
     meta.insert("meta_crc32".into(), format!("{:08x}", meta_crc(&meta)));
-    let data = safetensors::serialize(views, Some(meta))
-        .map_err(|e| format!("error: cannot encode checkpoint: {e}"))?;
+    let data = safetensors::serialize(views, Some(meta)).map_err(CheckpointError::Encode)?;
     write_atomic(&dir.join(FILE), &data)
 }
 
@@ -201,22 +269,19 @@ pub fn file_of(path: &Path) -> PathBuf {
 }
 
 /// Reads and verifies a checkpoint (a run folder or the file itself).
-pub fn load(path: &Path) -> Result<Checkpoint, String> {
+pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let file = file_of(path);
-    let bytes = std::fs::read(&file)
-        .map_err(|e| format!("error: cannot read checkpoint `{}`: {e}", file.display()))?;
-    let bad = |what: &str| {
-        format!(
-            "error: `{}` is not a valid snnc checkpoint: {what}",
-            file.display()
-        )
+    let bytes = std::fs::read(&file).map_err(|e| CheckpointError::Read {
+        path: file.clone(),
+        source: e,
+    })?;
+    let bad = |what: &str| CheckpointError::Invalid {
+        path: file.clone(),
+        what: what.to_string(),
     };
-    let damaged = |what: &str| {
-        format!(
-            "error: checkpoint `{}` is damaged: {what}; it was changed after snnc wrote it \
-             (restore it from a copy, or start a new run)",
-            file.display()
-        )
+    let damaged = |what: &str| CheckpointError::Damaged {
+        path: file.clone(),
+        what: what.to_string(),
     };
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e.to_string()))?;
     let meta = meta.metadata().clone().ok_or_else(|| bad("no metadata"))?;
@@ -225,7 +290,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
             .cloned()
             .ok_or_else(|| bad(&format!("no `{k}` in metadata")))
     };
-    let num = |k: &str| -> Result<u64, String> {
+    let num = |k: &str| -> Result<u64, CheckpointError> {
         get(k)?
             .parse()
             .map_err(|_| bad(&format!("`{k}` is not a number")))
@@ -295,12 +360,13 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if let Some((i, x)) = non_finite(&data) {
-            return Err(format!(
-                "error: checkpoint `{}`: tensor `{name}` holds {x} (element {i} of {}); a \
-                 run with non-finite weights cannot be evaluated or resumed",
-                file.display(),
-                data.len()
-            ));
+            return Err(CheckpointError::NonFinite {
+                path: file.clone(),
+                name: name.to_string(),
+                value: x,
+                index: i,
+                len: data.len(),
+            });
         }
         if let Some(p) = name.strip_prefix("param/") {
             params.insert(p.to_string(), Tensor::from_vec(t.shape(), data));
@@ -318,7 +384,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
             bufs[i] = data;
         }
     }
-    let float = |k: &str| -> Result<f64, String> {
+    let float = |k: &str| -> Result<f64, CheckpointError> {
         get(k)?
             .parse()
             .map_err(|_| bad(&format!("`{k}` is not a number")))
@@ -399,7 +465,7 @@ mod tests {
         std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
         let mut next = sample();
         next.epoch = 2;
-        let e = save(&d, &next).unwrap_err();
+        let e = save(&d, &next).unwrap_err().to_string();
         assert!(e.contains("cannot write") && e.contains(".tmp"), "{e}");
         assert!(
             std::fs::symlink_metadata(&tmp).is_err(),
@@ -416,7 +482,7 @@ mod tests {
         save(&d, &sample()).unwrap();
         let mut ck = sample();
         ck.params.get_mut("0.weight").unwrap().data[2] = f32::NAN;
-        let e = save(&d, &ck).unwrap_err();
+        let e = save(&d, &ck).unwrap_err().to_string();
         assert!(e.contains("`0.weight`") && e.contains("NaN"), "{e}");
         assert_eq!(load(&d).unwrap().params, sample().params);
         let _ = std::fs::remove_dir_all(&d);

@@ -7,13 +7,13 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OptimizerKind {
     Sgd,
     Adamw,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Schedule {
     /// Cosine decay to zero over the run.
     Cosine,
@@ -22,7 +22,26 @@ pub enum Schedule {
     Const,
 }
 
+impl OptimizerKind {
+    /// The name `--optimizer` takes and run summaries print.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adamw => "adamw",
+        }
+    }
+}
+
 impl Schedule {
+    /// The name `--schedule` takes and run summaries print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Cosine => "cosine",
+            Schedule::Step => "step",
+            Schedule::Const => "const",
+        }
+    }
+
     /// The learning rate at `progress` ∈ [0, 1) of the run.
     pub fn lr(self, base: f64, progress: f64) -> f64 {
         match self {

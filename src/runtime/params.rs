@@ -7,7 +7,93 @@ use crate::shape::{dims, Analysis};
 use crate::tensor::Tensor;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A tensor or parameter file that could not be read, written or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ParamsError {
+    #[error("cannot read `{}`: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{}` is not a safetensors file: {source}", file.display())]
+    NotSafetensors {
+        file: PathBuf,
+        source: safetensors::SafeTensorError,
+    },
+    #[error("`{}`: bad `crc32` in its metadata: {source}", file.display())]
+    BadChecksums {
+        file: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "`{}` is damaged: tensor `{name}` fails its checksum (stored {stored}, computed {computed})",
+        file.display()
+    )]
+    Checksum {
+        file: PathBuf,
+        name: String,
+        stored: String,
+        computed: String,
+    },
+    #[error("`{}` is damaged: tensor `{name}` has no checksum", file.display())]
+    NoChecksum { file: PathBuf, name: String },
+    #[error(
+        "`{}`: tensor `{name}` is {dtype}; snnc reads f32, f64, i64, i32 and u8",
+        file.display()
+    )]
+    Dtype {
+        file: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    #[error("`{}`: tensor `{name}` holds {value} (element {index})", file.display())]
+    NonFinite {
+        file: PathBuf,
+        name: String,
+        value: f64,
+        index: usize,
+    },
+    #[error("cannot encode `{}`: {source}", file.display())]
+    Encode {
+        file: PathBuf,
+        source: safetensors::SafeTensorError,
+    },
+    #[error(transparent)]
+    Checkpoint(#[from] crate::runtime::checkpoint::CheckpointError),
+    #[error("`{}`: `{name}` has shape {}, the model needs {}", file.display(), dims(has), dims(needs))]
+    Shape {
+        file: PathBuf,
+        name: String,
+        has: Vec<usize>,
+        needs: Vec<usize>,
+    },
+    #[error(
+        "`{}` lacks parameter(s) {} (`snnc check MODEL --params` lists the names the model needs)",
+        file.display(),
+        names.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+    )]
+    Missing { file: PathBuf, names: Vec<String> },
+    #[error(
+        "`{}` has tensor `{first}`, which the model has no parameter for{} \
+         (`snnc check MODEL --params` lists the names)",
+        file.display(),
+        if *count > 1 { format!(" ({count} such tensors)") } else { String::new() }
+    )]
+    Unknown {
+        file: PathBuf,
+        first: String,
+        count: usize,
+    },
+}
+
+/// Bridge for stages that still report errors as text.
+impl From<ParamsError> for String {
+    fn from(e: ParamsError) -> String {
+        e.to_string()
+    }
+}
 
 /// Named tensors, in name order.
 pub type Tensors = BTreeMap<String, Tensor<f64>>;
@@ -19,19 +105,27 @@ pub const PARAMS_FORMAT: &str = "snnc-params-1";
 
 /// The tensors of a safetensors file as f64, with its metadata. Accepts
 /// f32, f64 and integer tensors.
-pub fn read_tensors(path: &Path) -> Result<(Tensors, HashMap<String, String>), String> {
-    let file = path.display();
-    let bytes = std::fs::read(path).map_err(|e| format!("error: cannot read `{file}`: {e}"))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| format!("error: `{file}` is not a safetensors file: {e}"))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| format!("error: `{file}` is not a safetensors file: {e}"))?;
+pub fn read_tensors(path: &Path) -> Result<(Tensors, HashMap<String, String>), ParamsError> {
+    let file = || path.to_path_buf();
+    let bytes = std::fs::read(path).map_err(|e| ParamsError::Read {
+        file: file(),
+        source: e,
+    })?;
+    let not_st = |e| ParamsError::NotSafetensors {
+        file: file(),
+        source: e,
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(not_st)?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(not_st)?;
     let meta = meta.metadata().clone().unwrap_or_default();
     let crcs: Option<BTreeMap<String, String>> = meta
         .get("crc32")
         .map(|c| serde_json::from_str(c))
         .transpose()
-        .map_err(|e| format!("error: `{file}`: bad `crc32` in its metadata: {e}"))?;
+        .map_err(|e| ParamsError::BadChecksums {
+            file: file(),
+            source: e,
+        })?;
     let mut out = BTreeMap::new();
     for (name, t) in st.tensors() {
         if let Some(crcs) = &crcs {
@@ -39,16 +133,14 @@ pub fn read_tensors(path: &Path) -> Result<(Tensors, HashMap<String, String>), S
             match crcs.get(&name) {
                 Some(stored) if *stored == computed => {}
                 Some(stored) => {
-                    return Err(format!(
-                        "error: `{file}` is damaged: tensor `{name}` fails its checksum \
-                         (stored {stored}, computed {computed})"
-                    ))
+                    return Err(ParamsError::Checksum {
+                        file: file(),
+                        name,
+                        stored: stored.clone(),
+                        computed,
+                    })
                 }
-                None => {
-                    return Err(format!(
-                        "error: `{file}` is damaged: tensor `{name}` has no checksum"
-                    ))
-                }
+                None => return Err(ParamsError::NoChecksum { file: file(), name }),
             }
         }
         let d = t.data();
@@ -71,16 +163,20 @@ pub fn read_tensors(path: &Path) -> Result<(Tensors, HashMap<String, String>), S
                 .collect(),
             Dtype::U8 => d.iter().map(|&b| f64::from(b)).collect(),
             other => {
-                return Err(format!(
-                    "error: `{file}`: tensor `{name}` is {other:?}; snnc reads f32, f64, i64, \
-                     i32 and u8"
-                ))
+                return Err(ParamsError::Dtype {
+                    file: file(),
+                    name,
+                    dtype: format!("{other:?}"),
+                })
             }
         };
         if let Some((i, x)) = data.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-            return Err(format!(
-                "error: `{file}`: tensor `{name}` holds {x} (element {i})"
-            ));
+            return Err(ParamsError::NonFinite {
+                file: file(),
+                name,
+                value: *x,
+                index: i,
+            });
         }
         out.insert(name, Tensor::from_vec(t.shape(), data));
     }
@@ -94,7 +190,7 @@ pub fn write_tensors(
     tensors: &BTreeMap<String, Tensor<f64>>,
     mut meta: HashMap<String, String>,
     wide: bool,
-) -> Result<(), String> {
+) -> Result<(), ParamsError> {
     let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, t)| {
@@ -127,9 +223,11 @@ pub fn write_tensors(
             )
         })
         .collect();
-    let data = safetensors::serialize(views, Some(meta))
-        .map_err(|e| format!("error: cannot encode `{}`: {e}", path.display()))?;
-    crate::runtime::checkpoint::write_atomic(path, &data)
+    let data = safetensors::serialize(views, Some(meta)).map_err(|e| ParamsError::Encode {
+        file: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(crate::runtime::checkpoint::write_atomic(path, &data)?)
 }
 
 // -------------------------------------------------------------- parameters
@@ -178,7 +276,7 @@ pub fn param_table(a: &Analysis, json: bool) -> String {
 /// file or a run folder. Every parameter must be there with its shape;
 /// an unknown name is an error too (a misnamed tensor would otherwise be
 /// silently replaced).
-pub fn load_params(path: &Path, a: &Analysis) -> Result<Params, String> {
+pub fn load_params(path: &Path, a: &Analysis) -> Result<Params, ParamsError> {
     let file = crate::runtime::checkpoint::file_of(path);
     let (tensors, meta) = read_tensors(&file)?;
     let is_checkpoint = meta
@@ -197,32 +295,26 @@ pub fn load_params(path: &Path, a: &Analysis) -> Result<Params, String> {
             params.insert(k, v);
         }
     }
-    let shown = file.display();
     let mut missing = Vec::new();
     for p in a.params() {
         match params.get(&p.name) {
             None => missing.push(p.name.clone()),
             Some(t) if t.shape != p.shape => {
-                return Err(format!(
-                    "error: `{shown}`: `{}` has shape {}, the model needs {}",
-                    p.name,
-                    dims(&t.shape),
-                    dims(&p.shape)
-                ))
+                return Err(ParamsError::Shape {
+                    file,
+                    name: p.name.clone(),
+                    has: t.shape.clone(),
+                    needs: p.shape.clone(),
+                })
             }
             Some(_) => {}
         }
     }
     if !missing.is_empty() {
-        return Err(format!(
-            "error: `{shown}` lacks parameter(s) {} (`snnc check MODEL --params` lists the \
-             names the model needs)",
-            missing
-                .iter()
-                .map(|m| format!("`{m}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        return Err(ParamsError::Missing {
+            file,
+            names: missing,
+        });
     }
     let known: std::collections::HashSet<&str> = a.params().map(|p| p.name.as_str()).collect();
     let mut extra: Vec<&String> = params
@@ -231,21 +323,17 @@ pub fn load_params(path: &Path, a: &Analysis) -> Result<Params, String> {
         .collect();
     extra.sort();
     if let Some(e) = extra.first() {
-        return Err(format!(
-            "error: `{shown}` has tensor `{e}`, which the model has no parameter for{} \
-             (`snnc check MODEL --params` lists the names)",
-            if extra.len() > 1 {
-                format!(" ({} such tensors)", extra.len())
-            } else {
-                String::new()
-            }
-        ));
+        return Err(ParamsError::Unknown {
+            file,
+            first: e.to_string(),
+            count: extra.len(),
+        });
     }
     Ok(params)
 }
 
 /// Writes a parameter file (f32, snnc's names, CRC-32 per tensor).
-pub fn save_params(path: &Path, params: &Params, model: &str) -> Result<(), String> {
+pub fn save_params(path: &Path, params: &Params, model: &str) -> Result<(), ParamsError> {
     let t: BTreeMap<String, Tensor<f64>> =
         params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let meta = HashMap::from([

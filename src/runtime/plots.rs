@@ -3,14 +3,24 @@
 
 use super::metrics::EpochMetrics;
 use plotters::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A curve that could not be drawn.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot draw `{}`: {msg}", path.display())]
+pub struct PlotError {
+    pub path: PathBuf,
+    /// What plotters reported (its error types are generic over the
+    /// drawing backend, so they are kept as text).
+    pub msg: String,
+}
 
 fn chart(
     path: &Path,
     title: &str,
     y_label: &str,
     series: &[(String, Vec<(f64, f64)>)],
-) -> Result<(), String> {
+) -> Result<(), PlotError> {
     let points: Vec<&(f64, f64)> = series.iter().flat_map(|(_, s)| s.iter()).collect();
     if points.is_empty() {
         return Ok(());
@@ -24,7 +34,10 @@ fn chart(
         y_max * 1.05
     };
     let root = SVGBackend::new(path, (640, 400)).into_drawing_area();
-    let err = |e: &dyn std::fmt::Display| format!("error: cannot draw `{}`: {e}", path.display());
+    let err = |e: &dyn std::fmt::Display| PlotError {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    };
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut c = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
@@ -56,7 +69,7 @@ fn chart(
 }
 
 /// Writes `loss.svg`, `accuracy.svg` and `firing_rates.svg` into `dir`.
-pub fn write(dir: &Path, epochs: &[EpochMetrics]) -> Result<(), String> {
+pub fn write(dir: &Path, epochs: &[EpochMetrics]) -> Result<(), PlotError> {
     let xy = |f: &dyn Fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
         epochs.iter().map(|e| (e.epoch as f64, f(e))).collect()
     };

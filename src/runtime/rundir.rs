@@ -36,14 +36,58 @@ pub fn run_file(dir: &Path) -> Option<&'static str> {
         .find(|f| std::fs::symlink_metadata(dir.join(f)).is_ok())
 }
 
-/// The error for a new run pointed at a folder that holds one.
-pub fn taken_error(dir: &Path, file: &str) -> String {
-    format!(
-        "error: `{d}` already holds a run ({file}); a new run does not overwrite it.\n  \
+/// A run folder that could not be claimed, locked or repaired.
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    /// A new run pointed at a folder that holds one.
+    #[error(
+        "`{d}` already holds a run ({file}); a new run does not overwrite it.\n  \
          continue that run with `snnc train --resume {d}`, or pick another --out \
          (or leave --out out: snnc then picks a fresh folder)",
         d = dir.display()
-    )
+    )]
+    Taken { dir: PathBuf, file: &'static str },
+    #[error("`{}` is a file, not a run folder; pick another --out", .0.display())]
+    NotAFolder(PathBuf),
+    #[error("cannot create `{}`: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another snnc process is training in `{}` (it holds `{}`); wait for it \
+         to finish or stop it first",
+        dir.display(),
+        lock.display()
+    )]
+    Locked { dir: PathBuf, lock: PathBuf },
+    #[error("cannot lock `{}`: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot remove `{}`: {source}", path.display())]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Write(#[from] checkpoint::CheckpointError),
+}
+
+/// Bridge for stages that still report errors as text.
+impl From<RunDirError> for String {
+    fn from(e: RunDirError) -> String {
+        e.to_string()
+    }
+}
+
+/// The error for a new run pointed at a folder that holds one.
+pub fn taken_error(dir: &Path, file: &'static str) -> RunDirError {
+    RunDirError::Taken {
+        dir: dir.to_path_buf(),
+        file,
+    }
 }
 
 /// Whether `dir` is free for a run snnc names itself: absent, or an empty
@@ -81,25 +125,24 @@ pub struct RunLock {
 }
 
 /// Takes `dir`'s lock; an error when another process holds it.
-pub fn lock(dir: &Path) -> Result<RunLock, String> {
+pub fn lock(dir: &Path) -> Result<RunLock, RunDirError> {
     let path = dir.join(LOCK);
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("error: cannot create `{}`: {e}", path.display()))?;
+        .map_err(|e| RunDirError::Create {
+            path: path.clone(),
+            source: e,
+        })?;
     match f.try_lock() {
         Ok(()) => Ok(RunLock { _file: f }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "error: another snnc process is training in `{}` (it holds `{}`); wait for it \
-             to finish or stop it first",
-            dir.display(),
-            path.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(format!("error: cannot lock `{}`: {e}", path.display()))
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunDirError::Locked {
+            dir: dir.to_path_buf(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(RunDirError::Lock { path, source: e }),
     }
 }
 
@@ -141,16 +184,15 @@ impl Drop for Claim {
 
 /// Starts a new run in `dir`: creates it, takes its lock, refuses when it
 /// holds a run, and writes `config.json`.
-pub fn start(dir: &Path, config_json: &str) -> Result<Claim, String> {
+pub fn start(dir: &Path, config_json: &str) -> Result<Claim, RunDirError> {
     if dir.exists() && !dir.is_dir() {
-        return Err(format!(
-            "error: `{}` is a file, not a run folder; pick another --out",
-            dir.display()
-        ));
+        return Err(RunDirError::NotAFolder(dir.to_path_buf()));
     }
     let created = !dir.exists();
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("error: cannot create `{}`: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| RunDirError::Create {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
     let lock = lock(dir)?;
     if let Some(f) = run_file(dir) {
         return Err(taken_error(dir, f));
@@ -193,15 +235,23 @@ pub fn metrics_up_to(text: &str, epochs: usize) -> String {
 /// `metrics.jsonl` to exactly the checkpoint's epochs and `config.json` to
 /// the run's config. Returns the hold on the folder and the metrics text. Repairs are
 /// reported on standard error.
-pub fn resume(dir: &Path, ck: &Checkpoint, config_json: &str) -> Result<(Claim, String), String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("error: cannot create `{}`: {e}", dir.display()))?;
+pub fn resume(
+    dir: &Path,
+    ck: &Checkpoint,
+    config_json: &str,
+) -> Result<(Claim, String), RunDirError> {
+    std::fs::create_dir_all(dir).map_err(|e| RunDirError::Create {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
     let lock = lock(dir)?;
     for f in [checkpoint::FILE, METRICS, CONFIG] {
         let tmp = checkpoint::tmp_path(&dir.join(f));
         if std::fs::symlink_metadata(&tmp).is_ok() {
-            std::fs::remove_file(&tmp)
-                .map_err(|e| format!("error: cannot remove `{}`: {e}", tmp.display()))?;
+            std::fs::remove_file(&tmp).map_err(|e| RunDirError::Remove {
+                path: tmp.clone(),
+                source: e,
+            })?;
             eprintln!(
                 "note: removed `{}`, left by an interrupted write",
                 tmp.display()

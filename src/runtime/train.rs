@@ -164,7 +164,11 @@ fn load_events(cfg: &TrainConfig, dir: &str) -> Result<Split, String> {
         .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
     let a = shape::analyze(&model)
         .map_err(|e| crate::frontend::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
-    crate::data::events::load_for_input(std::path::Path::new(dir), &a.input, cfg.steps)
+    Ok(crate::data::events::load_for_input(
+        std::path::Path::new(dir),
+        &a.input,
+        cfg.steps,
+    )?)
 }
 
 /// Batch-norm momentum per layer path.

@@ -34,12 +34,9 @@ use super::{
 
 /// Decodes a DVS128 address: `Some((x, y, p))`, or `None` for an external
 /// event (bit 15). Errors on bits above 15 (not a DVS128 address).
-pub fn decode_dvs128(addr: u32) -> Result<Option<(u16, u16, u8)>, String> {
+pub fn decode_dvs128(addr: u32) -> Result<Option<(u16, u16, u8)>, super::EventError> {
     if addr >> 16 != 0 {
-        return Err(format!(
-            "address 0x{addr:08x} has bits above 15 set: not a DVS128 polarity event \
-             (DAVIS AEDAT 2.0 layouts are not supported)"
-        ));
+        return Err(super::EventError::NotDvs128(addr));
     }
     if addr & 0x8000 != 0 {
         return Ok(None);

@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{read_events, to_frames, Binning, Dropped, Event, FrameSpec, Recording, Resize};
+use super::{
+    read_events, to_frames, Binning, Dropped, Event, EventError, FrameSpec, Recording, Resize,
+};
 use crate::data::{DataError, Dataset, Split};
 
 /// How to get event data (goes into every event-data error).
@@ -204,7 +206,7 @@ pub struct EventSamples {
 impl EventSamples {
     /// Packs `streams`. Errors if a coordinate needs more than 15 bits or a
     /// sample lasts longer than 2³² µs (71 minutes).
-    pub fn new(streams: &[Vec<Event>], spec: FrameSpec) -> Result<EventSamples, String> {
+    pub fn new(streams: &[Vec<Event>], spec: FrameSpec) -> Result<EventSamples, EventError> {
         let total: usize = streams.iter().map(Vec::len).sum();
         let mut s = EventSamples {
             offsets: Vec::with_capacity(streams.len() + 1),
@@ -216,14 +218,16 @@ impl EventSamples {
         for (i, ev) in streams.iter().enumerate() {
             let t0 = ev.iter().map(|e| e.t).min().unwrap_or(0);
             for e in ev {
-                let dt = u32::try_from(e.t - t0).map_err(|_| {
-                    format!("sample {i} lasts longer than 2^32 µs ({} µs)", e.t - t0)
+                let dt = u32::try_from(e.t - t0).map_err(|_| EventError::TooLong {
+                    sample: i,
+                    us: e.t - t0,
                 })?;
                 if e.x >= 1 << 15 || e.y >= 1 << 15 {
-                    return Err(format!(
-                        "sample {i}: pixel ({}, {}) needs more than 15 bits",
-                        e.x, e.y
-                    ));
+                    return Err(EventError::WidePixel {
+                        sample: i,
+                        x: e.x,
+                        y: e.y,
+                    });
                 }
                 s.t.push(dt);
                 s.xyp
@@ -522,13 +526,11 @@ pub fn load_event_split(
 /// binned by time into `steps` frames of `H × W` ([`Resize::Auto`]).
 /// Prints the [`EventReport`] on stderr when anything was rejected or
 /// dropped.
-pub fn load_for_input(dir: &Path, input: &[usize], steps: usize) -> Result<Split, String> {
+pub fn load_for_input(dir: &Path, input: &[usize], steps: usize) -> Result<Split, DataError> {
     let [2, h, w] = *input else {
-        return Err(format!(
-            "error: event data needs a model input of 2 polarity channels, C×H×W = 2×H×W; \
-             the model's input is {}",
-            crate::shape::list(input)
-        ));
+        return Err(DataError::EventInput {
+            input: input.to_vec(),
+        });
     };
     load_event_split(
         dir,
@@ -547,5 +549,4 @@ pub fn load_for_input(dir: &Path, input: &[usize], steps: usize) -> Result<Split
         }
         split
     })
-    .map_err(|e| format!("error: {e}"))
 }

@@ -92,28 +92,32 @@ impl FrameSpec {
 /// overwriting it. Events outside the sensor are dropped; polarities other
 /// than 0 count as ON. Errors if `out` has the wrong length or `T`, the
 /// frame or the sensor is empty.
-pub fn to_frames(events: &[Event], spec: &FrameSpec, out: &mut [f32]) -> Result<(), String> {
+pub fn to_frames(
+    events: &[Event],
+    spec: &FrameSpec,
+    out: &mut [f32],
+) -> Result<(), super::EventError> {
     if spec.steps == 0 || spec.width == 0 || spec.height == 0 {
-        return Err(format!(
-            "frames: T = {}, {}×{} frames: every size must be at least 1",
-            spec.steps, spec.width, spec.height
-        ));
+        return Err(super::EventError::EmptyFrames {
+            steps: spec.steps,
+            width: spec.width,
+            height: spec.height,
+        });
     }
     if spec.sensor.0 == 0 || spec.sensor.1 == 0 {
-        return Err(format!(
-            "frames: sensor {}×{} is empty",
-            spec.sensor.0, spec.sensor.1
+        return Err(super::EventError::EmptySensor(
+            spec.sensor.0 as usize,
+            spec.sensor.1 as usize,
         ));
     }
     if out.len() != spec.len() {
-        return Err(format!(
-            "frames: output holds {} values, [T={}, 2, {}, {}] needs {}",
-            out.len(),
-            spec.steps,
-            spec.height,
-            spec.width,
-            spec.len()
-        ));
+        return Err(super::EventError::FramesLen {
+            len: out.len(),
+            steps: spec.steps,
+            height: spec.height,
+            width: spec.width,
+            needs: spec.len(),
+        });
     }
     out.fill(0.0);
     if events.is_empty() {
@@ -167,13 +171,14 @@ impl FrameAugment {
         h: usize,
         w: usize,
         rng: &mut Rng,
-    ) -> Result<(bool, isize, isize), String> {
+    ) -> Result<(bool, isize, isize), super::EventError> {
         let plane = h * w;
         if plane == 0 || !frames.len().is_multiple_of(2 * plane) {
-            return Err(format!(
-                "augment: {} values are not whole [2, {h}, {w}] frames",
-                frames.len()
-            ));
+            return Err(super::EventError::AugmentLen {
+                len: frames.len(),
+                h,
+                w,
+            });
         }
         let flip = self.hflip && rng.uniform() < 0.5;
         let span = 2 * self.roll + 1;

@@ -83,6 +83,47 @@ pub use nmnist::{encode_nmnist, parse_nmnist, NMNIST_SIDE};
 pub use npy::parse_npy;
 pub use synth::{make_events, MakeEvents, SynthParams};
 
+/// Events that cannot be encoded, binned or packed as asked (the readers
+/// report bad files as [`DataError`](crate::data::DataError)s).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error(
+        "address 0x{0:08x} has bits above 15 set: not a DVS128 polarity event \
+         (DAVIS AEDAT 2.0 layouts are not supported)"
+    )]
+    NotDvs128(u32),
+    #[error(
+        "event {index}: pixel ({x}, {y}) cannot be stored in N-MNIST format (x, y < 256, y ≠ 240)"
+    )]
+    NmnistPixel { index: usize, x: u16, y: u16 },
+    #[error("event {index}: polarity {p} is not 0 or 1")]
+    NmnistPolarity { index: usize, p: u8 },
+    #[error("event {index}: timestamp {t} µs needs more than 23 bits")]
+    NmnistTime { index: usize, t: u64 },
+    #[error("frames: T = {steps}, {width}×{height} frames: every size must be at least 1")]
+    EmptyFrames {
+        steps: usize,
+        width: usize,
+        height: usize,
+    },
+    #[error("frames: sensor {0}×{1} is empty")]
+    EmptySensor(usize, usize),
+    #[error("frames: output holds {len} values, [T={steps}, 2, {height}, {width}] needs {needs}")]
+    FramesLen {
+        len: usize,
+        steps: usize,
+        height: usize,
+        width: usize,
+        needs: usize,
+    },
+    #[error("augment: {len} values are not whole [2, {h}, {w}] frames")]
+    AugmentLen { len: usize, h: usize, w: usize },
+    #[error("sample {sample} lasts longer than 2^32 µs ({us} µs)")]
+    TooLong { sample: usize, us: u64 },
+    #[error("sample {sample}: pixel ({x}, {y}) needs more than 15 bits")]
+    WidePixel { sample: usize, x: u16, y: u16 },
+}
+
 /// One event: time in microseconds, pixel, polarity (1 = ON, 0 = OFF).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Event {

@@ -71,24 +71,21 @@ pub fn parse_nmnist(path: &Path, bytes: &[u8]) -> Result<Recording, super::DataE
 /// coordinate does not fit a byte, y is 240 (the overflow marker), the
 /// polarity is not 0/1, or a timestamp needs more than 23 bits (this
 /// writer emits no overflow markers).
-pub fn encode_nmnist(events: &[Event]) -> Result<Vec<u8>, String> {
+pub fn encode_nmnist(events: &[Event]) -> Result<Vec<u8>, super::EventError> {
     let mut out = Vec::with_capacity(events.len() * 5);
     for (i, e) in events.iter().enumerate() {
         if e.x > 255 || e.y > 255 || e.y == u16::from(OVERFLOW_Y) {
-            return Err(format!(
-                "event {i}: pixel ({}, {}) cannot be stored in N-MNIST format \
-                 (x, y < 256, y ≠ 240)",
-                e.x, e.y
-            ));
+            return Err(super::EventError::NmnistPixel {
+                index: i,
+                x: e.x,
+                y: e.y,
+            });
         }
         if e.p > 1 {
-            return Err(format!("event {i}: polarity {} is not 0 or 1", e.p));
+            return Err(super::EventError::NmnistPolarity { index: i, p: e.p });
         }
         if e.t > MAX_TS {
-            return Err(format!(
-                "event {i}: timestamp {} µs needs more than 23 bits",
-                e.t
-            ));
+            return Err(super::EventError::NmnistTime { index: i, t: e.t });
         }
         out.extend_from_slice(&[
             e.x as u8,

@@ -26,7 +26,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::{encode_nmnist, Event, NMNIST_SIDE};
-use crate::data::{idx_split, Dataset, IdxKind, FASHION_MNIST_CLASSES};
+use crate::data::{idx_split, DataError, Dataset, IdxKind, FASHION_MNIST_CLASSES};
 use crate::rng::{mix64, Rng};
 
 /// Parameters of the simulated saccades and camera.
@@ -237,41 +237,52 @@ fn write_split(
     dir: &Path,
     params: &SynthParams,
     seed: u64,
-) -> Result<(usize, u64), String> {
+) -> Result<(usize, u64), DataError> {
     for l in 0..d.classes {
         let sub = dir.join(l.to_string());
-        std::fs::create_dir_all(&sub)
-            .map_err(|e| format!("error: cannot create `{}`: {e}", sub.display()))?;
+        std::fs::create_dir_all(&sub).map_err(|e| DataError::Create {
+            path: sub.clone(),
+            source: e,
+        })?;
     }
     let counts: Vec<(usize, u64)> = (0..n)
         .into_par_iter()
         .map(|i| {
             let (img, label) = d.sample(i);
             let ev = image_to_events(img, params, mix64(seed ^ mix64(i as u64)));
-            let bytes = encode_nmnist(&ev).map_err(|e| format!("error: sample {i}: {e}"))?;
+            let bytes = encode_nmnist(&ev).map_err(|e| DataError::Sample {
+                sample: i,
+                source: e,
+            })?;
             let path = dir.join(label.to_string()).join(format!("{i:05}.bin"));
-            std::fs::write(&path, &bytes)
-                .map_err(|e| format!("error: cannot write `{}`: {e}", path.display()))?;
+            std::fs::write(&path, &bytes).map_err(|e| DataError::Write {
+                path: path.clone(),
+                source: e,
+            })?;
             Ok((ev.len(), bytes.len() as u64))
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, DataError>>()?;
     Ok(counts.iter().fold((0, 0), |(a, b), (c, d)| (a + c, b + d)))
 }
 
 /// Converts Fashion-MNIST into the synthetic event dataset under `m.out`.
-pub fn make_events(m: &MakeEvents) -> Result<MadeEvents, String> {
+pub fn make_events(m: &MakeEvents) -> Result<MadeEvents, DataError> {
     let started = Instant::now();
     if m.params.side < 28 + 6 {
-        return Err(format!(
-            "error: the sensor side must be at least 34 (28 + the 6-pixel saccades), got {}",
-            m.params.side
-        ));
+        return Err(DataError::Invalid {
+            what: format!(
+                "the sensor side must be at least 34 (28 + the 6-pixel saccades), got {}",
+                m.params.side
+            ),
+        });
     }
-    let split = idx_split(&m.data_dir, IdxKind::FashionMnist).map_err(|e| format!("error: {e}"))?;
+    let split = idx_split(&m.data_dir, IdxKind::FashionMnist)?;
     let n_train = m.limit.unwrap_or(usize::MAX).min(split.train.len());
     let n_test = m.test_limit.unwrap_or(usize::MAX).min(split.test.len());
     if n_train == 0 || n_test == 0 {
-        return Err("error: --limit and --test-limit must be at least 1".into());
+        return Err(DataError::Invalid {
+            what: "--limit and --test-limit must be at least 1".into(),
+        });
     }
     let (e1, b1) = write_split(
         &split.train,
@@ -295,7 +306,9 @@ pub fn make_events(m: &MakeEvents) -> Result<MadeEvents, String> {
         seconds: started.elapsed().as_secs_f64(),
     };
     let readme_path = m.out.join("README.txt");
-    std::fs::write(&readme_path, readme(m, &made))
-        .map_err(|e| format!("error: cannot write `{}`: {e}", readme_path.display()))?;
+    std::fs::write(&readme_path, readme(m, &made)).map_err(|e| DataError::Write {
+        path: readme_path.clone(),
+        source: e,
+    })?;
     Ok(made)
 }

@@ -1,0 +1,320 @@
+//! `snnc bench`: median training-step time and peak memory of the CPU
+//! executor (or, with `--device cuda`, the CUDA executor), per mode, T and
+//! schedule.
+
+use clap::Args;
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::args::{modes, Device, SweepArgs};
+use super::{CliError, MIB};
+use crate::codegen::cuda;
+use crate::compile::{self, load_for};
+use crate::init;
+use crate::interp::{random_input, random_labels, RunOptions};
+use crate::model::Encoding;
+use crate::passes::cost::graph_cost;
+use crate::passes::mem::{self, Memory};
+use crate::passes::memplan;
+use crate::passes::rate::Mode;
+use crate::passes::schedule::SchedOpts;
+use crate::tensor::Tensor;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    sweep: SweepArgs,
+    /// Timed steps per row (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Comma-separated: fused (the fused CPU plan, generated C), or the
+    /// graph executor in a schedule: layer-major, time-major,
+    /// time-major-recompute (time-major with batch-norm recompute).
+    /// With --device cuda: fused, fused-time-major,
+    /// fused-time-major-recompute (the fusion plan, kernels run one
+    /// step per launch in a time-major order).
+    #[arg(long, value_delimiter = ',', default_value = "fused")]
+    schedule: Vec<BenchPlan>,
+    /// cpu: the CPU executor; cuda: the CUDA executor (GPU 0) running
+    /// the fusion plan.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// With --device cuda: every node on its own kernel instead of the
+    /// fusion plan.
+    #[arg(long)]
+    no_fuse: bool,
+    /// Also measure the FLOP floor (the gemm crate's SGEMM on 2048³,
+    /// median of 3) and give each row's GFLOP/s as a fraction of it.
+    #[arg(long)]
+    floor: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: BenchArgs) -> Result<(), CliError> {
+    let modes = modes(&a.sweep.mode);
+    let (file, steps, batch) = (&a.sweep.file, &a.sweep.steps, a.sweep.batch);
+    match a.device {
+        Device::Cpu => bench(
+            file,
+            steps,
+            &modes,
+            &a.schedule,
+            batch,
+            a.repeats.max(1),
+            a.floor,
+            a.json,
+        ),
+        Device::Cuda => {
+            let s = fused_schedules(&a.schedule)?;
+            Ok(cuda::tools::bench_cuda(
+                file,
+                steps,
+                &modes,
+                &s,
+                batch,
+                a.repeats.max(1),
+                a.json,
+                !a.no_fuse,
+            )?)
+        }
+    }
+}
+
+/// The fusion plans' schedules among `plans` (the CUDA executor runs no
+/// graph-executor schedule).
+pub fn fused_schedules(plans: &[BenchPlan]) -> Result<Vec<SchedOpts>, CliError> {
+    plans
+        .iter()
+        .map(|p| match p {
+            BenchPlan::Fused(s) => Ok(*s),
+            BenchPlan::Graph(_) => Err(CliError::usage(format!(
+                "--device cuda runs the fusion plan: --schedule fused, \
+                 fused-time-major or fused-time-major-recompute, not `{p}` \
+                 (--no-fuse runs one kernel per node)"
+            ))),
+        })
+        .collect()
+}
+
+/// What `snnc bench` runs: the fused CPU plan (layer-major, or time-major:
+/// one kernel step at a time), or the graph executor in a schedule's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchPlan {
+    Fused(SchedOpts),
+    Graph(SchedOpts),
+}
+
+impl std::fmt::Display for BenchPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BenchPlan::Fused(SchedOpts::LAYER_MAJOR) => f.write_str("fused"),
+            BenchPlan::Fused(s) => write!(f, "fused-{s}"),
+            BenchPlan::Graph(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl std::str::FromStr for BenchPlan {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BenchPlan, String> {
+        let bad = || {
+            format!(
+                "unknown schedule `{s}`; expected one of: fused, fused-time-major, \
+                 fused-time-major-recompute, {}",
+                SchedOpts::NAMES.join(", ")
+            )
+        };
+        match s {
+            "fused" => Ok(BenchPlan::Fused(SchedOpts::LAYER_MAJOR)),
+            _ => match s.strip_prefix("fused-") {
+                Some(rest) => rest.parse().map(BenchPlan::Fused).map_err(|_| bad()),
+                None => s.parse().map(BenchPlan::Graph).map_err(|_| bad()),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchRow {
+    pub mode: Mode,
+    pub steps: usize,
+    pub batch: usize,
+    /// `fused` (the fused CPU plan) or the graph executor's schedule
+    /// (`layer-major`, `time-major`, `time-major-recompute`).
+    pub schedule: String,
+    /// Median wall time of one training step (forward + backward), seconds.
+    pub step_seconds: f64,
+    pub images_per_sec: f64,
+    /// Bytes of forward values the backward reads (the plan's, not measured).
+    pub kept_bytes: f64,
+    /// The memory plan's peak: the most bytes a step allocates at once
+    /// (inputs and parameters, resident, not included).
+    pub planned_peak_bytes: u64,
+    /// The arena the plan's buffers fit in.
+    pub arena_bytes: u64,
+    /// The most bytes a step allocated at once above what was allocated
+    /// before it (counting allocator), over the timed steps; null when the
+    /// counting allocator is not installed.
+    pub measured_peak_bytes: Option<u64>,
+    /// Inputs and parameters.
+    pub resident_bytes: u64,
+    pub gflop_per_step: f64,
+    pub gflops: f64,
+    /// The SGEMM floor (GFLOP/s, 2048³) when `--floor` was given.
+    pub floor_gflops: Option<f64>,
+}
+
+/// Median step time of the CPU executor on random data, and
+/// the planned and measured peak memory, per mode, T and schedule.
+#[allow(clippy::too_many_arguments)]
+fn bench(
+    path: &Path,
+    steps: &[usize],
+    modes: &[Mode],
+    schedules: &[BenchPlan],
+    batch: usize,
+    repeats: usize,
+    floor: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let (model, a) = load_for(path, modes)?;
+    // The FLOP floor: this machine's SGEMM rate on a large square product,
+    // with the library the executor uses.
+    let floor_gflops = floor.then(|| crate::codegen::cpu::kernels::sgemm_gflops(2048, 3));
+    // Parameters are made in f64, then cast to f32.
+    mem::ensure_fits("the parameters", mem::param_bytes(&a, 12), Memory::Host)?;
+    let params: HashMap<String, Tensor<f32>> = init::cast_params(&init::init_params(&a, 0));
+    let mut rows = Vec::new();
+    for &mode in modes {
+        for &t in steps {
+            let g = compile::compile(&model, &compile::Options::new(t, batch, mode))?.graph;
+            let x =
+                random_input(&g, matches!(model.input.encoding, Encoding::Events), 1).cast::<f32>();
+            let labels = random_labels(batch, a.output[0], 1).cast::<f32>();
+            let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+            for &sched in schedules {
+                let (planned, fused) = match sched {
+                    BenchPlan::Graph(opts) => (
+                        Some(memplan::build(&g, opts, &crate::codegen::cpu::WORKSPACE)),
+                        None,
+                    ),
+                    BenchPlan::Fused(opts) => (
+                        None,
+                        Some(crate::codegen::cpu::compiled::Compiled::scheduled(
+                            &g,
+                            &[],
+                            opts,
+                        )?),
+                    ),
+                };
+                let (cost, mem) = match (&planned, &fused) {
+                    (Some(p), _) => (graph_cost(&p.graph), p.mem.clone()),
+                    (None, Some(exe)) => {
+                        let eg = exe.graph(&g);
+                        (
+                            graph_cost(eg),
+                            memplan::plan_fused(eg, &exe.plan, &crate::codegen::cpu::WORKSPACE),
+                        )
+                    }
+                    (None, None) => unreachable!("a plan was built"),
+                };
+                mem::ensure_plan_fits(
+                    &format!("a training step ({mode}, T={t}, {sched})"),
+                    &mem,
+                    0,
+                    Memory::Host,
+                )?;
+                let mut times = Vec::new();
+                let mut measured: Option<u64> = None;
+                // One warm-up step, then the timed ones.
+                for i in 0..=repeats {
+                    let started = std::time::Instant::now();
+                    let run_opts = RunOptions { seed: i as u64 };
+                    let (out, peak) = crate::runtime::alloc::measure(|| match (&planned, &fused) {
+                        (Some(p), _) => {
+                            crate::codegen::cpu::run_planned(p, &inputs, &params, &run_opts)
+                        }
+                        (None, Some(exe)) => exe.run(&g, &inputs, &params, &run_opts),
+                        (None, None) => unreachable!("a plan was built"),
+                    });
+                    let secs = started.elapsed().as_secs_f64();
+                    out?;
+                    if i > 0 {
+                        times.push(secs);
+                        if let Some(b) = peak {
+                            measured = Some(measured.unwrap_or(0).max(b as u64));
+                        }
+                    }
+                }
+                times.sort_by(f64::total_cmp);
+                let med = times[times.len() / 2];
+                let flop = cost.forward_flops + cost.backward_flops;
+                rows.push(BenchRow {
+                    mode,
+                    steps: t,
+                    batch,
+                    schedule: sched.to_string(),
+                    step_seconds: med,
+                    images_per_sec: batch as f64 / med,
+                    kept_bytes: cost.kept_bytes,
+                    planned_peak_bytes: mem.peak_bytes,
+                    arena_bytes: mem.arena_bytes,
+                    measured_peak_bytes: measured,
+                    resident_bytes: mem.resident_bytes,
+                    gflop_per_step: flop / 1e9,
+                    gflops: flop / 1e9 / med,
+                    floor_gflops,
+                });
+            }
+        }
+    }
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).expect("serialisable"));
+        }
+        return Ok(());
+    }
+    if let Some(f) = floor_gflops {
+        println!(
+            "FLOP floor: {f:.1} GFLOP/s ({} SGEMM, 2048³, median of 3); first column: how many times slower than the floor each row runs",
+            crate::codegen::cpu::kernels::sgemm_library()
+        );
+    }
+    println!("{}: batch {batch}, median of {repeats} steps after one warm-up (forward + backward, no update); fused = the fused CPU plan (generated C + SGEMM), the others the graph executor in that schedule; peak = most bytes allocated at once during a step, above what was allocated before it", model.name);
+    println!(
+        "{:<6} {:>3} {:<20} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "mode",
+        "T",
+        "schedule",
+        "step s",
+        "img/s",
+        "kept MiB",
+        "plan MiB",
+        "meas MiB",
+        "arena MiB",
+        "GFLOP",
+        "GFLOP/s"
+    );
+    for r in &rows {
+        if let Some(f) = r.floor_gflops {
+            print!("{:>6.1}× ", f / r.gflops);
+        }
+        println!(
+            "{:<6} {:>3} {:<20} {:>8.3} {:>8.1} {:>9.2} {:>9.2} {:>9} {:>9.2} {:>8.2} {:>8.2}",
+            r.mode.to_string(),
+            r.steps,
+            r.schedule,
+            r.step_seconds,
+            r.images_per_sec,
+            r.kept_bytes / MIB,
+            r.planned_peak_bytes as f64 / MIB,
+            r.measured_peak_bytes
+                .map_or("n/a".to_string(), |b| format!("{:.2}", b as f64 / MIB)),
+            r.arena_bytes as f64 / MIB,
+            r.gflop_per_step,
+            r.gflops
+        );
+    }
+    Ok(())
+}
