@@ -39,9 +39,9 @@ pub fn read(path: &Path) -> Result<NirGraph, NirError> {
         file: file.clone(),
         why: why.to_string(),
     };
-    let in_file = |msg: String| NirError::File {
+    let in_file = |msg: &str| NirError::File {
         file: file.clone(),
-        msg,
+        msg: msg.to_string(),
     };
     if !hdf5_pure::is_hdf5_bytes(&bytes) {
         return Err(not_nir(
@@ -49,14 +49,14 @@ pub fn read(path: &Path) -> Result<NirGraph, NirError> {
         ));
     }
     let h5 = hdf5_pure::File::from_bytes(bytes)
-        .map_err(|e| in_file(format!("cannot read HDF5: {e}")))?;
+        .map_err(|e| in_file(&format!("cannot read HDF5: {e}")))?;
     let root = h5.root();
     if !names(&root, false, &file, "/")?.iter().any(|g| g == "node") {
         return Err(not_nir("it has no `node` group"));
     }
     let node = root
         .group("node")
-        .map_err(|e| in_file(format!("group `node`: {e}")))?;
+        .map_err(|e| in_file(&format!("group `node`: {e}")))?;
     let r = Reader { file: &file };
     match r.node(&node, "node")? {
         Node {
@@ -66,7 +66,7 @@ pub fn read(path: &Path) -> Result<NirGraph, NirError> {
             g.metadata = metadata;
             Ok(g)
         }
-        n => Err(in_file(format!(
+        n => Err(in_file(&format!(
             "the top-level node is a `{}`, not a NIRGraph",
             n.prim.type_name()
         ))),
