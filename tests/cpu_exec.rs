@@ -100,7 +100,9 @@ fn degenerate_batch_norm_is_recognised() {
         "bn.snn",
     )
     .unwrap();
-    let g = compile(&model, &Options::new(2, 4, Mode::Bptt)).unwrap().graph;
+    let g = compile(&model, &Options::new(2, 4, Mode::Bptt))
+        .unwrap()
+        .graph;
     let a = snnc::shape::analyze(&model).unwrap();
     let params = snnc::init::init_params(&a, 1);
     let labels = snnc::interp::random_labels(4, 2, 1);
