@@ -15,10 +15,12 @@ pub enum FrontendError {
     #[error(transparent)]
     File(#[from] FileError),
     #[error("{}", located_shape_error(error, file, text))]
+    // Boxed: every stage's error embeds this one, and a `Result` should
+    // stay small (clippy::result_large_err).
     Shape {
         file: String,
         text: String,
-        error: ShapeError,
+        error: Box<ShapeError>,
     },
 }
 
@@ -41,7 +43,7 @@ pub fn shape_error(e: &ShapeError, file: &str, source: &str) -> FrontendError {
     FrontendError::Shape {
         file: file.to_string(),
         text: source.to_string(),
-        error: e.clone(),
+        error: Box::new(e.clone()),
     }
 }
 

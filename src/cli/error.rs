@@ -16,8 +16,10 @@ pub enum CliError {
     Params(#[from] crate::runtime::params::ParamsError),
     #[error(transparent)]
     RunDir(#[from] crate::runtime::rundir::RunDirError),
+    // Boxed: interop embeds most other stages' errors; every command
+    // returns this type (clippy::result_large_err).
     #[error(transparent)]
-    Interop(#[from] crate::interop::InteropError),
+    Interop(Box<crate::interop::InteropError>),
     #[error(transparent)]
     Nir(#[from] crate::nir::NirError),
     /// A flag or a combination of flags the command refuses.
@@ -74,6 +76,12 @@ pub enum CliError {
     /// A stage that reports its errors as text (converted stage by stage).
     #[error("{0}")]
     Msg(String),
+}
+
+impl From<crate::interop::InteropError> for CliError {
+    fn from(e: crate::interop::InteropError) -> CliError {
+        CliError::Interop(Box::new(e))
+    }
 }
 
 impl From<String> for CliError {
