@@ -385,8 +385,8 @@ impl MemPlan {
                     && b.offset < a.offset.saturating_add(a.bytes)
                 {
                     return Err(ArenaError::Overlap {
-                        a: (i, a.start, a.end, a.offset, a.bytes),
-                        b: (j, b.start, b.end, b.offset, b.bytes),
+                        a: Box::new((i, a.start, a.end, a.offset, a.bytes)),
+                        b: Box::new((j, b.start, b.end, b.offset, b.bytes)),
                     });
                 }
             }
@@ -496,8 +496,8 @@ pub enum ArenaError {
         a.0, a.1, a.2, b.0, b.1, b.2, a.3, a.4, b.3, b.4
     )]
     Overlap {
-        a: (usize, usize, usize, u64, u64),
-        b: (usize, usize, usize, u64, u64),
+        a: Box<(usize, usize, usize, u64, u64)>,
+        b: Box<(usize, usize, usize, u64, u64)>,
     },
 }
 
