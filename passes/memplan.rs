@@ -24,6 +24,10 @@
 //! buffers whose lifetimes overlap) so that no two buffers live at the same
 //! time share a byte; its size is at least the peak.
 
+pub mod units;
+
+pub use units::{plan_units, Arena, Lifetimes, UnitsError};
+
 use super::schedule::{self, SchedOpts};
 use crate::ir::{Graph, NodeIndex, Op};
 use petgraph::visit::NodeIndexable;
@@ -39,14 +43,16 @@ pub const ALIGN: u64 = 64;
 /// (`codegen::cpu::WORKSPACE`), so the plan lives here without depending on
 /// any backend.
 pub trait Workspace {
-    fn scratch_bytes(&self, op: &Op, ins: &[&[usize]]) -> u64;
+    /// Bytes of scratch `op` takes with operands of shapes `ins` and a
+    /// result of shape `out`.
+    fn scratch_bytes(&self, op: &Op, ins: &[&[usize]], out: &[usize]) -> u64;
 }
 
 /// A backend whose kernels allocate no scratch.
 pub struct NoScratch;
 
 impl Workspace for NoScratch {
-    fn scratch_bytes(&self, _: &Op, _: &[&[usize]]) -> u64 {
+    fn scratch_bytes(&self, _: &Op, _: &[&[usize]], _: &[usize]) -> u64 {
         0
     }
 }
@@ -141,7 +147,7 @@ pub fn plan(g: &Graph, order: &[NodeIndex], keep: &[NodeIndex], ws: &dyn Workspa
         };
         let ops = g.operands(v);
         let shapes: Vec<&[usize]> = ops.iter().map(|o| g.g[*o].shape.as_slice()).collect();
-        let scratch = ws.scratch_bytes(&node.op, &shapes);
+        let scratch = ws.scratch_bytes(&node.op, &shapes, &node.shape);
         if scratch > 0 {
             buffers.push(Buffer {
                 kind: BufferKind::Workspace,
@@ -181,13 +187,6 @@ pub fn plan(g: &Graph, order: &[NodeIndex], keep: &[NodeIndex], ws: &dyn Workspa
         });
     }
     finish(order.to_vec(), n, buffers, resident_bytes, in_place_count)
-}
-
-/// The peak and arena offsets of `buffers` over `positions`, for an
-/// executor that models its own allocations (the CUDA executor's arena,
-/// `codegen/cuda/arena.rs`); `order` is empty.
-pub fn from_buffers(positions: usize, buffers: Vec<Buffer>) -> MemPlan {
-    finish(Vec::new(), positions, buffers, 0, 0)
 }
 
 /// The peak (live bytes at each position 0..=positions, the last one being
@@ -253,7 +252,7 @@ pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan, ws: &dyn Workspac
                 let mut reads = g.operands(v);
                 let shapes: Vec<&[usize]> =
                     reads.iter().map(|o| g.g[*o].shape.as_slice()).collect();
-                let scratch = ws.scratch_bytes(&g.g[v].op, &shapes);
+                let scratch = ws.scratch_bytes(&g.g[v].op, &shapes, &g.g[v].shape);
                 reads.sort();
                 reads.dedup();
                 (vec![v], reads, scratch)
@@ -375,20 +374,20 @@ fn assign_offsets(buffers: &mut [Buffer]) -> u64 {
 impl MemPlan {
     /// Checks that no two buffers live at the same time overlap in the
     /// arena, and that the arena holds every buffer.
-    pub fn check_arena(&self) -> Result<(), String> {
+    pub fn check_arena(&self) -> Result<(), ArenaError> {
         for (i, a) in self.buffers.iter().enumerate() {
             if a.offset.saturating_add(a.bytes) > self.arena_bytes {
-                return Err(format!("buffer {i} ends past the arena"));
+                return Err(ArenaError::PastEnd(i));
             }
             for (j, b) in self.buffers.iter().enumerate().skip(i + 1) {
                 if a.overlaps_in_time(b)
                     && a.offset < b.offset.saturating_add(b.bytes)
                     && b.offset < a.offset.saturating_add(a.bytes)
                 {
-                    return Err(format!(
-                        "buffers {i} [{}, {}] and {j} [{}, {}] are live together and overlap at offsets {}+{} / {}+{}",
-                        a.start, a.end, b.start, b.end, a.offset, a.bytes, b.offset, b.bytes
-                    ));
+                    return Err(ArenaError::Overlap {
+                        a: Box::new((i, a.start, a.end, a.offset, a.bytes)),
+                        b: Box::new((j, b.start, b.end, b.offset, b.bytes)),
+                    });
                 }
             }
         }
@@ -484,6 +483,22 @@ impl MemPlan {
         }
         out
     }
+}
+
+/// Why an arena assignment is wrong ([`MemPlan::check_arena`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ArenaError {
+    #[error("buffer {0} ends past the arena")]
+    PastEnd(usize),
+    /// (buffer, first position, last position, offset, bytes) of each.
+    #[error(
+        "buffers {} [{}, {}] and {} [{}, {}] are live together and overlap at offsets {}+{} / {}+{}",
+        a.0, a.1, a.2, b.0, b.1, b.2, a.3, a.4, b.3, b.4
+    )]
+    Overlap {
+        a: Box<(usize, usize, usize, u64, u64)>,
+        b: Box<(usize, usize, usize, u64, u64)>,
+    },
 }
 
 /// A graph lowered for a schedule, its order and its memory plan: what the

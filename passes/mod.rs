@@ -96,7 +96,7 @@ pub enum PlanError {
     #[error("the fusion plan names kernel {0}, which it does not have")]
     MissingKernel(usize),
     #[error("the memory plan's arena is inconsistent: {0}")]
-    Arena(String),
+    Arena(#[from] memplan::ArenaError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +159,7 @@ fn check_plans(p: &Program) -> Result<(), PlanError> {
         check_plan(&p.graph, plan)?;
     }
     if let Some(mem) = &p.mem {
-        mem.check_arena().map_err(PlanError::Arena)?;
+        mem.check_arena()?;
     }
     Ok(())
 }

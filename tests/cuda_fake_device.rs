@@ -40,11 +40,11 @@ fn fake() -> Option<Fake> {
     }
     let cxx = match snnc::codegen::cuda::emu::find_cxx() {
         Ok(c) => c,
-        Err(e) => return skip(e),
+        Err(e) => return skip(e.to_string()),
     };
     let emu_lib = match snnc::codegen::cuda::emu::build_library() {
         Ok(p) => p,
-        Err(e) => return skip(e),
+        Err(e) => return skip(e.to_string()),
     };
     // One folder per test: the tests run in parallel and each removes its own.
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

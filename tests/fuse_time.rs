@@ -114,7 +114,9 @@ fn check(g: &Graph, plan: &Plan) -> Result<(), String> {
             return Err(format!("output {name} never computed"));
         }
     }
-    memplan::plan_fused(g, plan, &snnc::codegen::cpu::WORKSPACE).check_arena()?;
+    memplan::plan_fused(g, plan, &snnc::codegen::cpu::WORKSPACE)
+        .check_arena()
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 

@@ -232,7 +232,7 @@ fn workers(b: usize) -> usize {
 pub struct CpuWorkspace;
 
 impl crate::passes::memplan::Workspace for CpuWorkspace {
-    fn scratch_bytes(&self, op: &crate::ir::Op, ins: &[&[usize]]) -> u64 {
+    fn scratch_bytes(&self, op: &crate::ir::Op, ins: &[&[usize]], _out: &[usize]) -> u64 {
         (scratch_floats(op, ins) as u64).saturating_mul(4)
     }
 }

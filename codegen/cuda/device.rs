@@ -10,9 +10,10 @@
 //! stream: stream order is the only synchronisation needed), one cuBLAS
 //! handle on that stream in its default (full FP32) math mode.
 
-use super::backend::{Arg, Backend, KERNELS, KERNELS_CU};
-use super::gemm::Cublas;
 use super::nvrtc;
+use super::KERNELS_CU;
+use crate::codegen::backend::{Arg, Backend, BackendError, Gemm, Module, KERNELS};
+use crate::passes::fuse::Plan;
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
     result as drv_result, sys as drv_sys, CudaContext, CudaEvent, CudaFunction, CudaModule,
@@ -159,7 +160,7 @@ pub fn missing_library(lib: &str) -> String {
     msg
 }
 
-fn lib_present(lib: &str) -> Result<(), String> {
+fn lib_present(lib: &str) -> Result<(), BackendError> {
     // SAFETY: these only try to dlopen the candidate names.
     let ok = unsafe {
         match lib {
@@ -171,12 +172,12 @@ fn lib_present(lib: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(missing_library(lib))
+        Err(BackendError::Device(missing_library(lib)))
     }
 }
 
 /// Runs `f`, turning a panic inside cudarc into an error.
-fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) => {
@@ -185,7 +186,9 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, St
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(format!("{what}: cudarc panicked: {msg}"))
+            Err(BackendError::Device(format!(
+                "{what}: cudarc panicked: {msg}"
+            )))
         }
     }
 }
@@ -211,27 +214,38 @@ fn loaded_libraries() -> Vec<String> {
 }
 
 /// Is a usable GPU here, with the driver, NVRTC and cuBLAS? Never panics.
-pub fn probe() -> Result<DeviceInfo, String> {
+pub fn probe() -> Result<DeviceInfo, BackendError> {
     guarded("probe", || {
         lib_present("cuda")?;
-        drv_result::init().map_err(|e| format!("cuInit failed: {e} (no usable GPU or driver)"))?;
-        let count =
-            drv_result::device::get_count().map_err(|e| format!("cuDeviceGetCount failed: {e}"))?;
+        drv_result::init().map_err(|e| {
+            BackendError::Device(format!("cuInit failed: {e} (no usable GPU or driver)"))
+        })?;
+        let count = drv_result::device::get_count()
+            .map_err(|e| BackendError::Device(format!("cuDeviceGetCount failed: {e}")))?;
         if count < 1 {
-            return Err("the CUDA driver reports no device".into());
+            return Err(BackendError::Device(
+                "the CUDA driver reports no device".into(),
+            ));
         }
         let mut driver_version = 0;
         // SAFETY: libcuda is loaded and initialised; valid out pointer.
         unsafe { drv_sys::cuDriverGetVersion(&mut driver_version) }
             .result()
-            .map_err(|e| format!("cuDriverGetVersion failed: {e}"))?;
-        let ctx =
-            CudaContext::new(0).map_err(|e| format!("cannot create a context on device 0: {e}"))?;
-        let name = ctx.name().map_err(|e| e.to_string())?;
-        let compute_capability = ctx.compute_capability().map_err(|e| e.to_string())?;
-        let (free_mem, total_mem) = ctx.mem_get_info().map_err(|e| e.to_string())?;
+            .map_err(|e| BackendError::Device(format!("cuDriverGetVersion failed: {e}")))?;
+        let ctx = CudaContext::new(0).map_err(|e| {
+            BackendError::Device(format!("cannot create a context on device 0: {e}"))
+        })?;
+        let name = ctx
+            .name()
+            .map_err(|e| BackendError::Device(e.to_string()))?;
+        let compute_capability = ctx
+            .compute_capability()
+            .map_err(|e| BackendError::Device(e.to_string()))?;
+        let (free_mem, total_mem) = ctx
+            .mem_get_info()
+            .map_err(|e| BackendError::Device(e.to_string()))?;
         lib_present("nvrtc")?;
-        let nvrtc_version = nvrtc::version()?;
+        let nvrtc_version = nvrtc::version().map_err(BackendError::Compile)?;
         lib_present("cublas")?;
         Ok(DeviceInfo {
             ordinal: 0,
@@ -277,20 +291,26 @@ pub struct Cuda {
 fn load_compiled(
     ctx: &Arc<CudaContext>,
     compiled: &nvrtc::Compiled,
-) -> Result<(Arc<CudaModule>, &'static str), String> {
+) -> Result<(Arc<CudaModule>, &'static str), BackendError> {
     match &compiled.cubin {
         Some(cubin) => match ctx.load_module(Ptx::from_binary(cubin.clone())) {
             Ok(m) => Ok((m, "CUBIN")),
             Err(e1) => {
                 let m = ctx
                     .load_module(Ptx::from_src(compiled.ptx.clone()))
-                    .map_err(|e2| format!("loading the module failed: CUBIN {e1}, PTX {e2}"))?;
+                    .map_err(|e2| {
+                        BackendError::Compile(format!(
+                            "loading the module failed: CUBIN {e1}, PTX {e2}"
+                        ))
+                    })?;
                 Ok((m, "PTX (CUBIN refused)"))
             }
         },
         None => Ok((
             ctx.load_module(Ptx::from_src(compiled.ptx.clone()))
-                .map_err(|e| format!("loading the module's PTX failed: {e}"))?,
+                .map_err(|e| {
+                    BackendError::Compile(format!("loading the module's PTX failed: {e}"))
+                })?,
             "PTX",
         )),
     }
@@ -299,10 +319,11 @@ fn load_compiled(
 impl Cuda {
     /// Probes the device, compiles (or loads from the cache) the kernels for
     /// its architecture and creates the cuBLAS handle.
-    pub fn new() -> Result<Cuda, String> {
+    pub fn new() -> Result<Cuda, BackendError> {
         let info = probe()?;
         guarded("CUDA set-up", || {
-            let ctx = CudaContext::new(0).map_err(|e| format!("cannot create a context: {e}"))?;
+            let ctx = CudaContext::new(0)
+                .map_err(|e| BackendError::Device(format!("cannot create a context: {e}")))?;
             // One stream, so stream order is all the synchronisation needed;
             // without this cudarc records two events per buffer use.
             // SAFETY: set before any buffer is allocated.
@@ -311,17 +332,19 @@ impl Cuda {
             let arch = info.arch();
             let started = std::time::Instant::now();
             let compiled =
-                nvrtc::compile_cached(KERNELS_CU, "snnc_kernels", &nvrtc::options(&arch))?;
+                nvrtc::compile_cached(KERNELS_CU, "snnc_kernels", &nvrtc::options(&arch))
+                    .map_err(BackendError::Compile)?;
             let secs = started.elapsed().as_secs_f64();
             let (module, form) = load_compiled(&ctx, &compiled)?;
             let mut funcs = HashMap::new();
             for (k, _) in KERNELS {
-                let f = module
-                    .load_function(k)
-                    .map_err(|e| format!("kernel `{k}` not found in the module: {e}"))?;
+                let f = module.load_function(k).map_err(|e| {
+                    BackendError::Device(format!("kernel `{k}` not found in the module: {e}"))
+                })?;
                 funcs.insert(*k, f);
             }
-            let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS: {e}"))?;
+            let blas = CudaBlas::new(stream.clone())
+                .map_err(|e| BackendError::Device(format!("cuBLAS: {e}")))?;
             // SAFETY: valid handle; full FP32 (no TF32) is the default, set
             // explicitly so that no environment changes it.
             unsafe {
@@ -331,7 +354,7 @@ impl Cuda {
                 )
             }
             .result()
-            .map_err(|e| format!("cublasSetMathMode: {e}"))?;
+            .map_err(|e| BackendError::Device(format!("cublasSetMathMode: {e}")))?;
             let kernels_note = format!(
                 "{} kernels for {arch}, {form}, {}",
                 KERNELS.len(),
@@ -360,8 +383,10 @@ impl Cuda {
     }
 
     /// Any error recorded by cudarc where it could not return one (drops).
-    pub fn check_err(&self) -> Result<(), String> {
-        self.ctx.check_err().map_err(|e| format!("CUDA error: {e}"))
+    pub fn check_err(&self) -> Result<(), BackendError> {
+        self.ctx
+            .check_err()
+            .map_err(|e| BackendError::Device(format!("CUDA error: {e}")))
     }
 }
 
@@ -372,10 +397,11 @@ impl Backend for Cuda {
         self.info.to_string()
     }
 
-    fn alloc(&mut self, len: usize) -> Result<CudaBuf, String> {
+    fn alloc(&mut self, len: usize) -> Result<CudaBuf, BackendError> {
         // SAFETY: contents are undefined until written (the executor writes
         // every element before reading it, or fills it when poisoning).
-        let slice = unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(|e| e.to_string())?;
+        let slice = unsafe { self.stream.alloc::<f32>(len.max(1)) }
+            .map_err(|e| BackendError::Device(e.to_string()))?;
         let ptr = {
             let (p, _sync) = slice.device_ptr(&self.stream);
             p
@@ -391,31 +417,31 @@ impl Backend for Cuda {
         buf.ptr
     }
 
-    fn upload(&mut self, buf: &mut CudaBuf, data: &[f32]) -> Result<(), String> {
+    fn upload(&mut self, buf: &mut CudaBuf, data: &[f32]) -> Result<(), BackendError> {
         if data.len() > buf.slice.len() {
-            return Err(format!(
+            return Err(BackendError::Device(format!(
                 "upload of {} elements into {}",
                 data.len(),
                 buf.slice.len()
-            ));
+            )));
         }
         self.stream
             .memcpy_htod(data, &mut buf.slice)
-            .map_err(|e| format!("host-to-device copy: {e}"))
+            .map_err(|e| BackendError::Device(format!("host-to-device copy: {e}")))
     }
 
-    fn download(&mut self, buf: &CudaBuf, len: usize) -> Result<Vec<f32>, String> {
+    fn download(&mut self, buf: &CudaBuf, len: usize) -> Result<Vec<f32>, BackendError> {
         if len > buf.slice.len() {
-            return Err(format!(
+            return Err(BackendError::Device(format!(
                 "download of {len} elements from {}",
                 buf.slice.len()
-            ));
+            )));
         }
         let mut out = vec![0f32; len];
         if len > 0 {
             self.stream
                 .memcpy_dtoh(&buf.slice.slice(0..len), &mut out)
-                .map_err(|e| format!("device-to-host copy: {e}"))?;
+                .map_err(|e| BackendError::Device(format!("device-to-host copy: {e}")))?;
         }
         self.sync()?;
         Ok(out)
@@ -426,31 +452,31 @@ impl Backend for Cuda {
         buf: &CudaBuf,
         start: usize,
         len: usize,
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<Vec<f32>, BackendError> {
         if start + len > buf.slice.len() {
-            return Err(format!(
+            return Err(BackendError::Device(format!(
                 "download of [{start}, {}) from {}",
                 start + len,
                 buf.slice.len()
-            ));
+            )));
         }
         let mut out = vec![0f32; len];
         if len > 0 {
             self.stream
                 .memcpy_dtoh(&buf.slice.slice(start..start + len), &mut out)
-                .map_err(|e| format!("device-to-host copy: {e}"))?;
+                .map_err(|e| BackendError::Device(format!("device-to-host copy: {e}")))?;
         }
         self.sync()?;
         Ok(out)
     }
 
-    fn copy(&mut self, src: &CudaBuf, dst: &mut CudaBuf, len: usize) -> Result<(), String> {
+    fn copy(&mut self, src: &CudaBuf, dst: &mut CudaBuf, len: usize) -> Result<(), BackendError> {
         if len > src.slice.len() || len > dst.slice.len() {
-            return Err("copy past a buffer's end".into());
+            return Err(BackendError::BadCall("copy past a buffer's end".into()));
         }
         self.stream
             .memcpy_dtod(&src.slice.slice(0..len), &mut dst.slice.slice_mut(0..len))
-            .map_err(|e| format!("device-to-device copy: {e}"))
+            .map_err(|e| BackendError::Device(format!("device-to-device copy: {e}")))
     }
 
     fn launch(
@@ -459,11 +485,11 @@ impl Backend for Cuda {
         grid: u32,
         block: u32,
         args: &[Arg],
-    ) -> Result<(), String> {
+    ) -> Result<(), BackendError> {
         let f = self
             .funcs
             .get(kernel)
-            .ok_or_else(|| format!("unknown kernel `{kernel}`"))?;
+            .ok_or_else(|| BackendError::Device(format!("unknown kernel `{kernel}`")))?;
         let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {
@@ -481,13 +507,15 @@ impl Backend for Cuda {
         };
         // SAFETY: the executor checked the arguments against the kernel's
         // signature; pointers are live device buffers.
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(|e| format!("launching {kernel} (grid {grid}, block {block}): {e}"))
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| {
+            BackendError::Device(format!(
+                "launching {kernel} (grid {grid}, block {block}): {e}"
+            ))
+        })
     }
 
-    fn gemm(&mut self, c: &Cublas) -> Result<(), String> {
-        c.validate()?;
+    fn gemm(&mut self, g: &Gemm) -> Result<(), BackendError> {
+        let c = &g.to_cublas()?;
         let op = |t: bool| {
             if t {
                 blas_sys::cublasOperation_t::CUBLAS_OP_T
@@ -540,13 +568,13 @@ impl Backend for Cuda {
                 )
             }
         };
-        r.map_err(|e| format!("cuBLAS sgemm {c:?}: {e}"))
+        r.map_err(|e| BackendError::Device(format!("cuBLAS sgemm {c:?}: {e}")))
     }
 
-    fn sync(&mut self) -> Result<(), String> {
+    fn sync(&mut self) -> Result<(), BackendError> {
         self.stream
             .synchronize()
-            .map_err(|e| format!("stream synchronize: {e}"))?;
+            .map_err(|e| BackendError::Device(format!("stream synchronize: {e}")))?;
         self.check_err()
     }
 
@@ -554,7 +582,11 @@ impl Backend for Cuda {
         65535
     }
 
-    fn load_module(&mut self, source: &str, names: &[String]) -> Result<usize, String> {
+    fn render(&self, plan: &Plan) -> Module {
+        super::fused::module(plan)
+    }
+
+    fn load_module(&mut self, source: &str, names: &[String]) -> Result<usize, BackendError> {
         let key = nvrtc::fnv1a(&[source.as_bytes()]);
         if let Some(&id) = self.module_ids.get(&key) {
             return Ok(id);
@@ -563,15 +595,18 @@ impl Backend for Cuda {
         let ctx = self.ctx.clone();
         let (module, funcs, note) = guarded("loading generated kernels", || {
             let started = std::time::Instant::now();
-            let compiled = nvrtc::compile_cached(source, "snnc_fused", &nvrtc::options(&arch))?;
+            let compiled = nvrtc::compile_cached(source, "snnc_fused", &nvrtc::options(&arch))
+                .map_err(BackendError::Compile)?;
             let secs = started.elapsed().as_secs_f64();
             let (module, form) = load_compiled(&ctx, &compiled)?;
             let funcs = names
                 .iter()
                 .map(|k| {
-                    module
-                        .load_function(k)
-                        .map_err(|e| format!("generated kernel `{k}` not found in its module: {e}"))
+                    module.load_function(k).map_err(|e| {
+                        BackendError::Compile(format!(
+                            "generated kernel `{k}` not found in its module: {e}"
+                        ))
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let note = format!(
@@ -598,18 +633,22 @@ impl Backend for Cuda {
         grid: u32,
         block: u32,
         args: &[Arg],
-    ) -> Result<(), String> {
+    ) -> Result<(), BackendError> {
         let f = self
             .modules
             .get(module)
             .and_then(|(_, fs)| fs.get(kernel))
-            .ok_or_else(|| format!("no kernel {kernel} in module {module}"))?;
+            .ok_or_else(|| {
+                BackendError::Device(format!("no kernel {kernel} in module {module}"))
+            })?;
         let (table, n, t0, t1, st) = match args {
             [Arg::P(t), Arg::L(n), Arg::I(t0), Arg::I(t1), Arg::P(st)] => (*t, *n, *t0, *t1, *st),
             _ => {
-                return Err("a generated kernel takes (pointer table, long long n, \
-                            int t0, int t1, state)"
-                    .into())
+                return Err(BackendError::BadCall(
+                    "a generated kernel takes (pointer table, long long n, \
+                     int t0, int t1, state)"
+                        .into(),
+                ))
             }
         };
         let mut b = self.stream.launch_builder(f);
@@ -627,26 +666,28 @@ impl Backend for Cuda {
         // float *), which these values match; the table, the tensors it
         // points to and the state (or null) are live device buffers.
         unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| {
-            format!("launching generated kernel {kernel} (grid {grid}, block {block}): {e}")
+            BackendError::Device(format!(
+                "launching generated kernel {kernel} (grid {grid}, block {block}): {e}"
+            ))
         })
     }
 
-    fn mark(&mut self) -> Result<usize, String> {
+    fn mark(&mut self) -> Result<usize, BackendError> {
         let e = self
             .stream
             .record_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| format!("recording an event: {e}"))?;
+            .map_err(|e| BackendError::Device(format!("recording an event: {e}")))?;
         self.marks.push(e);
         Ok(self.marks.len() - 1)
     }
 
-    fn elapsed(&mut self, a: usize, b: usize) -> Result<f64, String> {
+    fn elapsed(&mut self, a: usize, b: usize) -> Result<f64, BackendError> {
         match (self.marks.get(a), self.marks.get(b)) {
             (Some(x), Some(y)) => x
                 .elapsed_ms(y)
                 .map(|ms| f64::from(ms) / 1e3)
-                .map_err(|e| format!("event timing: {e}")),
-            _ => Err(format!("no marks {a} and {b}")),
+                .map_err(|e| BackendError::Device(format!("event timing: {e}"))),
+            _ => Err(BackendError::Device(format!("no marks {a} and {b}"))),
         }
     }
 

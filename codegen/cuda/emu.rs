@@ -15,9 +15,10 @@
 //! - nothing was written past either end of a buffer (canary guards checked
 //!   after every launch and GEMM, and when the buffer is freed).
 
-use super::backend::{Arg, Backend, KERNELS, KERNELS_CU};
-use super::gemm::Cublas;
 use super::nvrtc::{cache_dir, fnv1a, write_atomic};
+use super::KERNELS_CU;
+use crate::codegen::backend::{check_args, Arg, Backend, BackendError, Gemm, Module, KERNELS};
+use crate::passes::fuse::Plan;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 use std::path::PathBuf;
@@ -120,7 +121,7 @@ pub fn emu_source() -> String {
 
 /// The host C++ compiler: `$CXX`, else the first of c++, g++, clang++ that
 /// runs.
-pub fn find_cxx() -> Result<String, String> {
+pub fn find_cxx() -> Result<String, BackendError> {
     let mut tried = Vec::new();
     let env = std::env::var("CXX").ok().filter(|c| !c.is_empty());
     for c in env
@@ -137,10 +138,10 @@ pub fn find_cxx() -> Result<String, String> {
         }
         tried.push(c.to_string());
     }
-    Err(format!(
+    Err(BackendError::Compile(format!(
         "no C++ compiler found (tried {})",
         tried.join(", ")
-    ))
+    )))
 }
 
 const CXX_FLAGS: &[&str] = &[
@@ -174,18 +175,18 @@ pub fn module_source(cuda: &str, names: &[String]) -> String {
 
 /// Compiles the emulator library of kernels.cu (cached by content hash)
 /// and returns its path.
-pub fn build_library() -> Result<PathBuf, String> {
+pub fn build_library() -> Result<PathBuf, BackendError> {
     build_cxx(&emu_source())
 }
 
 /// Compiles the emulator library of a module of generated kernels (cached
 /// by content hash) and returns its path.
-pub fn build_module_library(cuda: &str, names: &[String]) -> Result<PathBuf, String> {
+pub fn build_module_library(cuda: &str, names: &[String]) -> Result<PathBuf, BackendError> {
     build_cxx(&module_source(cuda, names))
 }
 
 /// Compiles a C++ translation unit into a shared library in the cache.
-fn build_cxx(src: &str) -> Result<PathBuf, String> {
+fn build_cxx(src: &str) -> Result<PathBuf, BackendError> {
     let cxx = find_cxx()?;
     let key = fnv1a(&[
         src.as_bytes(),
@@ -197,7 +198,8 @@ fn build_cxx(src: &str) -> Result<PathBuf, String> {
     if lib.exists() {
         return Ok(lib);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| BackendError::Compile(format!("cannot create {}: {e}", dir.display())))?;
     // Unique per process and thread: parallel tests may build the same
     // library at once, and each must only ever see a complete file.
     let tag: String = format!("{}-{:?}", std::process::id(), std::thread::current().id())
@@ -207,44 +209,49 @@ fn build_cxx(src: &str) -> Result<PathBuf, String> {
     let cpp = dir.join(format!("snnc-emu-{key:016x}-{tag}.cpp"));
     let tmp = dir.join(format!("libsnnc-emu-{key:016x}-{tag}.so.tmp"));
     write_atomic(&cpp, src.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", cpp.display()))?;
+        .map_err(|e| BackendError::Compile(format!("cannot write {}: {e}", cpp.display())))?;
     let out = Command::new(&cxx)
         .args(CXX_FLAGS)
         .arg("-o")
         .arg(&tmp)
         .arg(&cpp)
         .output()
-        .map_err(|e| format!("cannot run {cxx}: {e}"))?;
+        .map_err(|e| BackendError::Compile(format!("cannot run {cxx}: {e}")))?;
     if !out.status.success() {
         // The source stays for inspection.
-        return Err(format!(
+        return Err(BackendError::Compile(format!(
             "{cxx} could not compile the kernels as C++ ({}):\n{}",
             cpp.display(),
             String::from_utf8_lossy(&out.stderr)
-        ));
+        )));
     }
     let _ = std::fs::remove_file(&cpp);
-    std::fs::rename(&tmp, &lib).map_err(|e| format!("cannot write {}: {e}", lib.display()))?;
+    std::fs::rename(&tmp, &lib)
+        .map_err(|e| BackendError::Compile(format!("cannot write {}: {e}", lib.display())))?;
     Ok(lib)
 }
 
 impl Emu {
     /// Builds (or reuses) the kernel library and loads it.
-    pub fn new() -> Result<Emu, String> {
+    pub fn new() -> Result<Emu, BackendError> {
         let path = build_library()?;
         // SAFETY: our own library; its initialisers only set thread-locals.
         let lib = unsafe { libloading::Library::new(&path) }
-            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+            .map_err(|e| BackendError::Compile(format!("cannot load {}: {e}", path.display())))?;
         let mut kernels = HashMap::new();
         for (k, sig) in KERNELS {
             // SAFETY: the generated functions have exactly these types.
             let (launch, sigf) = unsafe {
                 let l: libloading::Symbol<LaunchFn> = lib
                     .get(format!("snnc_emu_launch_{k}").as_bytes())
-                    .map_err(|e| format!("kernel `{k}` is missing from kernels.cu: {e}"))?;
+                    .map_err(|e| {
+                        BackendError::Compile(format!(
+                            "kernel `{k}` is missing from kernels.cu: {e}"
+                        ))
+                    })?;
                 let s: libloading::Symbol<SigFn> = lib
                     .get(format!("snnc_emu_sig_{k}").as_bytes())
-                    .map_err(|e| format!("kernel `{k}`: {e}"))?;
+                    .map_err(|e| BackendError::Compile(format!("kernel `{k}`: {e}")))?;
                 (*l, *s)
             };
             let mut buf = [0u8; 64];
@@ -256,9 +263,9 @@ impl Emu {
                 .map(|&b| b as char)
                 .collect();
             if got != *sig {
-                return Err(format!(
+                return Err(BackendError::Compile(format!(
                     "kernel `{k}`: kernels.cu takes ({got}) but the signature table says ({sig})"
-                ));
+                )));
             }
             kernels.insert(*k, launch);
         }
@@ -293,13 +300,13 @@ impl Emu {
         (p < end || (p == end && len == 0)).then(|| (id, ((end - p) / 4) as usize))
     }
 
-    fn check_guards(&mut self, id: u64, what: &str) -> Result<(), String> {
+    fn check_guards(&mut self, id: u64, what: &str) -> Result<(), BackendError> {
         let s = self.store.get_mut(&id).expect("live buffer");
         match s.damaged() {
-            Some(i) => Err(format!(
+            Some(i) => Err(BackendError::BadCall(format!(
                 "{what} wrote outside a buffer of {} elements (at element {i})",
                 s.len
-            )),
+            ))),
             None => Ok(()),
         }
     }
@@ -311,7 +318,7 @@ impl Emu {
 
     /// The buffers behind the pointer arguments of a launch (0 is null);
     /// an error names the first that is in no live buffer.
-    fn pointer_buffers(&self, kernel: &str, args: &[Arg]) -> Result<Vec<u64>, String> {
+    fn pointer_buffers(&self, kernel: &str, args: &[Arg]) -> Result<Vec<u64>, BackendError> {
         let mut ids = Vec::new();
         for (i, a) in args.iter().enumerate() {
             if let Arg::P(p) = a {
@@ -319,7 +326,9 @@ impl Emu {
                     continue;
                 }
                 let (id, _) = self.locate(*p).ok_or_else(|| {
-                    format!("{kernel}: argument {i} ({p:#x}) is not in a live buffer")
+                    BackendError::BadCall(format!(
+                        "{kernel}: argument {i} ({p:#x}) is not in a live buffer"
+                    ))
                 })?;
                 ids.push(id);
             }
@@ -335,7 +344,7 @@ impl Backend for Emu {
         format!("CPU emulator ({})", self.path.display())
     }
 
-    fn alloc(&mut self, len: usize) -> Result<EmuBuf, String> {
+    fn alloc(&mut self, len: usize) -> Result<EmuBuf, BackendError> {
         let floats = len + 2 * GUARD;
         let words = vec![u64::from(CANARY) | (u64::from(CANARY) << 32); floats.div_ceil(2)];
         let mut s = Storage { words, len };
@@ -349,7 +358,7 @@ impl Backend for Emu {
 
     fn free(&mut self, buf: EmuBuf) {
         if let Err(e) = self.check_guards(buf.id, "something") {
-            self.damage.push(e);
+            self.damage.push(e.to_string());
         }
         self.by_addr.remove(&buf.ptr);
         self.store.remove(&buf.id);
@@ -359,22 +368,25 @@ impl Backend for Emu {
         buf.ptr
     }
 
-    fn upload(&mut self, buf: &mut EmuBuf, data: &[f32]) -> Result<(), String> {
+    fn upload(&mut self, buf: &mut EmuBuf, data: &[f32]) -> Result<(), BackendError> {
         if data.len() > buf.len {
-            return Err(format!(
+            return Err(BackendError::BadCall(format!(
                 "upload of {} elements into {}",
                 data.len(),
                 buf.len
-            ));
+            )));
         }
         // SAFETY: the buffer holds buf.len ≥ data.len() floats.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr as *mut f32, data.len()) };
         Ok(())
     }
 
-    fn download(&mut self, buf: &EmuBuf, len: usize) -> Result<Vec<f32>, String> {
+    fn download(&mut self, buf: &EmuBuf, len: usize) -> Result<Vec<f32>, BackendError> {
         if len > buf.len {
-            return Err(format!("download of {len} elements from {}", buf.len));
+            return Err(BackendError::BadCall(format!(
+                "download of {len} elements from {}",
+                buf.len
+            )));
         }
         // SAFETY: as above.
         Ok(unsafe { std::slice::from_raw_parts(buf.ptr as *const f32, len) }.to_vec())
@@ -385,21 +397,21 @@ impl Backend for Emu {
         buf: &EmuBuf,
         start: usize,
         len: usize,
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<Vec<f32>, BackendError> {
         if start + len > buf.len {
-            return Err(format!(
+            return Err(BackendError::BadCall(format!(
                 "download of [{start}, {}) from {}",
                 start + len,
                 buf.len
-            ));
+            )));
         }
         // SAFETY: within the buffer, as checked.
         Ok(unsafe { std::slice::from_raw_parts((buf.ptr as *const f32).add(start), len) }.to_vec())
     }
 
-    fn copy(&mut self, src: &EmuBuf, dst: &mut EmuBuf, len: usize) -> Result<(), String> {
+    fn copy(&mut self, src: &EmuBuf, dst: &mut EmuBuf, len: usize) -> Result<(), BackendError> {
         if len > src.len || len > dst.len {
-            return Err("copy past a buffer's end".into());
+            return Err(BackendError::BadCall("copy past a buffer's end".into()));
         }
         // SAFETY: distinct live buffers of at least len floats.
         unsafe { std::ptr::copy_nonoverlapping(src.ptr as *const f32, dst.ptr as *mut f32, len) };
@@ -412,16 +424,16 @@ impl Backend for Emu {
         grid: u32,
         block: u32,
         args: &[Arg],
-    ) -> Result<(), String> {
+    ) -> Result<(), BackendError> {
         let f = *self
             .kernels
             .get(kernel)
-            .ok_or_else(|| format!("unknown kernel `{kernel}`"))?;
-        super::backend::check_args(kernel, args)?;
+            .ok_or_else(|| BackendError::BadCall(format!("unknown kernel `{kernel}`")))?;
+        check_args(kernel, args)?;
         if grid == 0 || block == 0 || grid > 65535 || block > 1024 {
-            return Err(format!(
+            return Err(BackendError::BadCall(format!(
                 "bad launch of {kernel}: grid {grid}, block {block}"
-            ));
+            )));
         }
         let ids = self.pointer_buffers(kernel, args)?;
         let mut vals = args.to_vec();
@@ -437,8 +449,8 @@ impl Backend for Emu {
         Ok(())
     }
 
-    fn gemm(&mut self, call: &Cublas) -> Result<(), String> {
-        call.validate()?;
+    fn gemm(&mut self, g: &Gemm) -> Result<(), BackendError> {
+        let call = &g.to_cublas()?;
         let (ea, eb, ec) = call.extents();
         let mut ids = Vec::new();
         for (name, p, need) in [("A", call.a, ea), ("B", call.b, eb), ("C", call.c, ec)] {
@@ -446,12 +458,14 @@ impl Backend for Emu {
                 continue;
             }
             let (id, room) = self.locate(p).ok_or_else(|| {
-                format!("gemm operand {name} ({p:#x}) is not in a live buffer: {call:?}")
+                BackendError::BadCall(format!(
+                    "gemm operand {name} ({p:#x}) is not in a live buffer: {call:?}"
+                ))
             })?;
             if room < need {
-                return Err(format!(
+                return Err(BackendError::BadCall(format!(
                     "gemm operand {name} needs {need} elements but its buffer has {room} from there: {call:?}"
-                ));
+                )));
             }
             ids.push(id);
         }
@@ -464,7 +478,7 @@ impl Backend for Emu {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), String> {
+    fn sync(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
 
@@ -472,7 +486,11 @@ impl Backend for Emu {
         self.max_grid
     }
 
-    fn load_module(&mut self, source: &str, names: &[String]) -> Result<usize, String> {
+    fn render(&self, plan: &Plan) -> Module {
+        super::fused::module(plan)
+    }
+
+    fn load_module(&mut self, source: &str, names: &[String]) -> Result<usize, BackendError> {
         let key = fnv1a(&[source.as_bytes()]);
         if let Some(&id) = self.module_ids.get(&key) {
             return Ok(id);
@@ -480,27 +498,29 @@ impl Backend for Emu {
         let path = build_module_library(source, names)?;
         // SAFETY: a library this emulator compiled from generated kernels.
         let lib = unsafe { libloading::Library::new(&path) }
-            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+            .map_err(|e| BackendError::Compile(format!("cannot load {}: {e}", path.display())))?;
         let mut fns = Vec::new();
         for k in names {
             // SAFETY: module_source defines these with exactly these types.
             let (launch, sigf) = unsafe {
                 let l: libloading::Symbol<LaunchFn> = lib
                     .get(format!("snnc_emu_launch_{k}").as_bytes())
-                    .map_err(|e| format!("generated kernel `{k}` is missing: {e}"))?;
+                    .map_err(|e| {
+                        BackendError::Compile(format!("generated kernel `{k}` is missing: {e}"))
+                    })?;
                 let s: libloading::Symbol<SigFn> = lib
                     .get(format!("snnc_emu_sig_{k}").as_bytes())
-                    .map_err(|e| format!("generated kernel `{k}`: {e}"))?;
+                    .map_err(|e| BackendError::Compile(format!("generated kernel `{k}`: {e}")))?;
                 (*l, *s)
             };
             let mut buf = [0u8; 64];
             // SAFETY: five parameters, far fewer than 63.
             unsafe { sigf(buf.as_mut_ptr()) };
             if !buf.starts_with(b"pliip\0") {
-                return Err(format!(
+                return Err(BackendError::Compile(format!(
                     "generated kernel `{k}` does not have the \
                      (float *const *, long long, int, int, float *) ABI"
-                ));
+                )));
             }
             fns.push(launch);
         }
@@ -516,37 +536,45 @@ impl Backend for Emu {
         grid: u32,
         block: u32,
         args: &[Arg],
-    ) -> Result<(), String> {
+    ) -> Result<(), BackendError> {
         let f = *self
             .modules
             .get(module)
             .and_then(|(_, fns)| fns.get(kernel))
-            .ok_or_else(|| format!("no kernel {kernel} in module {module}"))?;
+            .ok_or_else(|| {
+                BackendError::BadCall(format!("no kernel {kernel} in module {module}"))
+            })?;
         let name = format!("generated kernel {kernel} of module {module}");
         let (table, n, st) = match args {
             [Arg::P(t), Arg::L(n), Arg::I(_), Arg::I(_), Arg::P(st)] => (*t, *n, *st),
             _ => {
-                return Err(format!(
+                return Err(BackendError::BadCall(format!(
                 "{name}: the arguments must be (pointer table, long long n, int t0, int t1, state)"
-            ))
+            )))
             }
         };
         if grid == 0 || block == 0 || grid > i32::MAX as u32 || block > 1024 {
-            return Err(format!("bad launch of {name}: grid {grid}, block {block}"));
+            return Err(BackendError::BadCall(format!(
+                "bad launch of {name}: grid {grid}, block {block}"
+            )));
         }
         if i64::from(grid) * i64::from(block) < n {
-            return Err(format!(
+            return Err(BackendError::BadCall(format!(
                 "{name}: a grid of {grid} × {block} threads does not cover {n} elements"
-            ));
+            )));
         }
         // The table, then every tensor it points to, must be live.
         let (tid, room) = self.locate(table).ok_or_else(|| {
-            format!("{name}: the pointer table ({table:#x}) is not in a live buffer")
+            BackendError::BadCall(format!(
+                "{name}: the pointer table ({table:#x}) is not in a live buffer"
+            ))
         })?;
         let mut ids = vec![tid];
         if st != 0 {
             let (id, _) = self.locate(st).ok_or_else(|| {
-                format!("{name}: the state buffer ({st:#x}) is not in a live buffer")
+                BackendError::BadCall(format!(
+                    "{name}: the state buffer ({st:#x}) is not in a live buffer"
+                ))
             })?;
             ids.push(id);
         }
@@ -557,7 +585,9 @@ impl Backend for Emu {
                 continue;
             }
             let (id, _) = self.locate(p).ok_or_else(|| {
-                format!("{name}: pointer-table slot {s} ({p:#x}) is not in a live buffer")
+                BackendError::BadCall(format!(
+                    "{name}: pointer-table slot {s} ({p:#x}) is not in a live buffer"
+                ))
             })?;
             ids.push(id);
         }
@@ -574,17 +604,17 @@ impl Backend for Emu {
         Ok(())
     }
 
-    fn mark(&mut self) -> Result<usize, String> {
+    fn mark(&mut self) -> Result<usize, BackendError> {
         // Every launch has finished when it returns: the host clock is the
         // device's.
         self.marks.push(std::time::Instant::now());
         Ok(self.marks.len() - 1)
     }
 
-    fn elapsed(&mut self, a: usize, b: usize) -> Result<f64, String> {
+    fn elapsed(&mut self, a: usize, b: usize) -> Result<f64, BackendError> {
         match (self.marks.get(a), self.marks.get(b)) {
             (Some(x), Some(y)) => Ok(y.duration_since(*x).as_secs_f64()),
-            _ => Err(format!("no marks {a} and {b}")),
+            _ => Err(BackendError::BadCall(format!("no marks {a} and {b}"))),
         }
     }
 

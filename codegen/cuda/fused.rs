@@ -9,19 +9,10 @@
 //! confuse two plans.
 
 use super::nvrtc::fnv1a;
+pub use crate::codegen::backend::Module;
 use crate::codegen::render_cuda;
 use crate::ir::{Graph, Op};
 use crate::passes::fuse::{Fused, Plan};
-
-/// The CUDA C of a plan's kernels, and their (renamed) entry points in
-/// plan order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Module {
-    pub source: String,
-    pub names: Vec<String>,
-    /// The content hash in the names (also the module cache key).
-    pub hash: u64,
-}
 
 /// Renders `plan`'s kernels as one module.
 pub fn module(plan: &Plan) -> Module {

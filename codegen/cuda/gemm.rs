@@ -11,63 +11,20 @@
 //! (which executes [`Cublas`] with column-major semantics) before a GPU ever
 //! sees it.
 
-/// `C[m×n] = α·op(A)·op(B) + β·C`, row-major, `batch` times with element
-/// strides between the matrices of a batch. `a`, `b`, `c` are device
-/// addresses (bytes); `lda`, `ldb`, `ldc` are row strides in elements.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Gemm {
-    pub ta: bool,
-    pub tb: bool,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub alpha: f32,
-    pub a: u64,
-    pub lda: usize,
-    pub stride_a: usize,
-    pub b: u64,
-    pub ldb: usize,
-    pub stride_b: usize,
-    pub beta: f32,
-    pub c: u64,
-    pub ldc: usize,
-    pub stride_c: usize,
-    pub batch: usize,
-}
+use crate::codegen::backend::BackendError;
+pub use crate::codegen::backend::Gemm;
 
 impl Gemm {
-    /// A single (unbatched) product with dense operands: `op(A)` is `m×k`,
-    /// `op(B)` is `k×n`, each stored with its natural row length.
-    #[allow(clippy::too_many_arguments)]
-    pub fn dense(ta: bool, tb: bool, m: usize, n: usize, k: usize, a: u64, b: u64, c: u64) -> Gemm {
-        Gemm {
-            ta,
-            tb,
-            m,
-            n,
-            k,
-            alpha: 1.0,
-            a,
-            lda: if ta { m } else { k },
-            stride_a: 0,
-            b,
-            ldb: if tb { k } else { n },
-            stride_b: 0,
-            beta: 0.0,
-            c,
-            ldc: n,
-            stride_c: 0,
-            batch: 1,
-        }
-    }
-
     /// The column-major cuBLAS call computing this product.
-    pub fn to_cublas(&self) -> Result<Cublas, String> {
-        let i = |v: usize, what: &str| -> Result<i32, String> {
-            i32::try_from(v).map_err(|_| format!("gemm {what} = {v} does not fit cuBLAS's int"))
+    pub fn to_cublas(&self) -> Result<Cublas, BackendError> {
+        let i = |v: usize, what: &str| -> Result<i32, BackendError> {
+            i32::try_from(v).map_err(|_| {
+                BackendError::BadCall(format!("gemm {what} = {v} does not fit cuBLAS's int"))
+            })
         };
-        let l = |v: usize, what: &str| -> Result<i64, String> {
-            i64::try_from(v).map_err(|_| format!("gemm {what} = {v} does not fit"))
+        let l = |v: usize, what: &str| -> Result<i64, BackendError> {
+            i64::try_from(v)
+                .map_err(|_| BackendError::BadCall(format!("gemm {what} = {v} does not fit")))
         };
         let call = Cublas {
             transa: self.tb,
@@ -120,8 +77,12 @@ impl Cublas {
     /// cuBLAS's documented argument rules (it returns
     /// `CUBLAS_STATUS_INVALID_VALUE` otherwise), plus non-overlapping
     /// outputs within a batch.
-    pub fn validate(&self) -> Result<(), String> {
-        let bad = |msg: &str| Err(format!("invalid cuBLAS gemm ({msg}): {self:?}"));
+    pub fn validate(&self) -> Result<(), BackendError> {
+        let bad = |msg: &str| {
+            Err(BackendError::BadCall(format!(
+                "invalid cuBLAS gemm ({msg}): {self:?}"
+            )))
+        };
         if self.m < 0 || self.n < 0 || self.k < 0 || self.batch < 1 {
             return bad("negative size or empty batch");
         }

@@ -1,16 +1,12 @@
-//! The CUDA backend: a node-level executor for compiled training graphs.
+//! The CUDA target: a [`Backend`] for the executor (`codegen::exec`).
 //!
-//! - `kernels.cu`: one CUDA kernel per primitive op (matmuls and the GEMM of
-//!   each convolution are cuBLAS calls), written so that the same text also
-//!   compiles as C++;
+//! - `kernels.cu`: the library kernels (`backend::KERNELS`; matmuls and the
+//!   GEMM of each convolution are cuBLAS calls), written so that the same
+//!   text also compiles as C++;
 //! - [`nvrtc`]: run-time compilation to CUBIN/PTX for the device's
 //!   architecture, with an on-disk cache;
 //! - [`gemm`]: row-major products as column-major cuBLAS calls;
-//! - [`exec`]: the [`Executor`], generic over a [`Backend`]: graph nodes
-//!   one by one, or a fusion plan (node units on these kernels, fused units
-//!   on one generated module per plan, [`fused`]);
-//! - [`arena`]: a fusion plan's device memory as one arena at planned
-//!   offsets;
+//! - [`fused`]: a plan's generated kernels as one CUDA module;
 //! - [`device`]: the GPU backend (cudarc), with [`probe`];
 //! - [`emu`]: the CPU emulator backend (kernels compiled by the host C++
 //!   compiler, run sequentially), which lets everything but the cudarc calls
@@ -18,20 +14,20 @@
 //! - [`tools`]: `snnc cuda-check` (GPU against the CPU executor), the
 //!   device-copy bandwidth test and `snnc bench --device cuda`.
 
-pub mod arena;
-pub mod backend;
 pub mod device;
 pub mod emu;
-pub mod exec;
 pub mod fused;
 pub mod gemm;
 pub mod nvrtc;
 pub mod tools;
 
-pub use backend::{Arg, Backend, KERNELS, KERNELS_CU};
+pub use crate::codegen::backend::{check_args, Arg, Backend, BackendError, KERNELS};
+pub use crate::codegen::exec::{Executor, MemStats, Outputs, Step};
 pub use device::{missing_library, probe, Cuda, DeviceInfo};
 pub use emu::Emu;
-pub use exec::{Executor, MemStats, Outputs, Step};
+
+/// The library kernel source (also compiled as C++ by the emulator).
+pub const KERNELS_CU: &str = include_str!("kernels.cu");
 
 /// The executor on a GPU.
 pub type CudaExecutor<'a> = Executor<'a, Cuda>;

@@ -16,10 +16,10 @@
 //! every node matches in isolation, is reported as such and passes; any
 //! node that differs in isolation, or a non-finite value, fails.
 
-use super::backend::{check_args, Arg, Backend};
 use super::device::Cuda;
 use super::emu::Emu;
-use super::exec::{Executor, Step};
+use crate::codegen::backend::{check_args, Arg, Backend};
+use crate::codegen::exec::{Executor, Step};
 use crate::compile::{compile, Options};
 use crate::interp::RunOptions;
 use crate::interp::{random_input, random_labels};
@@ -452,9 +452,10 @@ fn check_once<B: Backend>(
 
     let mut exec = if opts.fused {
         let keep = keep.unwrap_or(&[]);
-        Executor::with_plan(backend, g, fuse_time::plan(g, keep, opts.schedule), keep)?
+        Executor::with_plan(backend, g, fuse_time::plan(g, keep, opts.schedule), keep)
+            .map_err(|e| e.to_string())?
     } else {
-        Executor::new(backend, g)?
+        Executor::new(backend, g).map_err(|e| e.to_string())?
     };
     exec.poison = poison;
     setup(&mut exec);
@@ -473,7 +474,7 @@ fn check_once<B: Backend>(
     // what its steps read and wrote so far.
     type Seen = Vec<(NodeIndex, Tensor<f32>)>;
     let mut partial: HashMap<usize, (Seen, Seen)> = HashMap::new();
-    let mut observe = |o: &super::exec::Observed<'_>| {
+    let mut observe = |o: &crate::codegen::exec::Observed<'_>| {
         for (n, out) in o.writes {
             let (Some(c), Op::Spike { theta, .. }) = (cpu_spikes.get(n), &g.node(*n).op) else {
                 continue;
@@ -500,7 +501,7 @@ fn check_once<B: Backend>(
             return;
         }
         let (e, what, tol) = match o.step {
-            super::exec::Step::Node(n) => {
+            crate::codegen::exec::Step::Node(n) => {
                 let node = g.node(n);
                 if matches!(node.op, Op::Input { .. } | Op::Param { .. }) {
                     return;
@@ -512,10 +513,11 @@ fn check_once<B: Backend>(
                     opts.tol,
                 )
             }
-            super::exec::Step::Kernel(k) | super::exec::Step::KernelStep(k, _) => {
+            crate::codegen::exec::Step::Kernel(k)
+            | crate::codegen::exec::Step::KernelStep(k, _) => {
                 let f = &kernels[k];
                 let (reads, writes) = match o.step {
-                    super::exec::Step::KernelStep(_, t) => {
+                    crate::codegen::exec::Step::KernelStep(_, t) => {
                         let (r, w) = partial.entry(k).or_default();
                         for (n, v) in o.reads {
                             if !r.iter().any(|(m, _)| m == n) {
@@ -563,12 +565,14 @@ fn check_once<B: Backend>(
             }
         }
     };
-    let got = exec.run_observed(
-        inputs,
-        params,
-        &ropts,
-        Some(&mut observe as &mut super::exec::Observer<'_>),
-    )?;
+    let got = exec
+        .run_observed(
+            inputs,
+            params,
+            &ropts,
+            Some(&mut observe as &mut crate::codegen::exec::Observer<'_>),
+        )
+        .map_err(|e| e.to_string())?;
     drop(exec);
     if let Some(f) = node_failure {
         return Err(f);
@@ -843,7 +847,7 @@ pub fn cuda_check(
     json: bool,
 ) -> Result<bool, String> {
     if emulate {
-        let mut emu = Emu::new()?;
+        let mut emu = Emu::new().map_err(|e| e.to_string())?;
         emu.set_max_grid(64);
         println!("cuda-check on the {}", emu.describe());
         println!("  {}", plan_note(opts));
@@ -889,40 +893,42 @@ pub fn measure_bandwidth<B: Backend>(
     reps: usize,
 ) -> Result<Vec<(String, f64, f64)>, String> {
     let len = bytes / 4;
-    let src = b.alloc(len)?;
-    let mut dst = b.alloc(len)?;
+    let src = b.alloc(len).map_err(|e| e.to_string())?;
+    let mut dst = b.alloc(len).map_err(|e| e.to_string())?;
     let (sp, dp) = (b.ptr(&src), b.ptr(&dst));
     let n = i32::try_from(len)
         .map_err(|_| "bandwidth buffer too large for the copy kernel".to_string())?;
     let fill = [Arg::P(sp), Arg::I(n), Arg::F(1.5)];
-    check_args("snnc_fill", &fill)?;
+    check_args("snnc_fill", &fill).map_err(|e| e.to_string())?;
     let grid = len.div_ceil(256).min(b.max_grid() as usize) as u32;
-    b.launch("snnc_fill", grid, 256, &fill)?;
+    b.launch("snnc_fill", grid, 256, &fill)
+        .map_err(|e| e.to_string())?;
     let copy = [Arg::P(sp), Arg::P(dp), Arg::I(n)];
-    check_args("snnc_copy", &copy)?;
+    check_args("snnc_copy", &copy).map_err(|e| e.to_string())?;
     let mut results = Vec::new();
     for engine in ["memcpy (copy engine)", "snnc_copy kernel"] {
         let once = |b: &mut B, src: &B::Buf, dst: &mut B::Buf| -> Result<(), String> {
             if engine.starts_with("memcpy") {
-                b.copy(src, dst, len)
+                b.copy(src, dst, len).map_err(|e| e.to_string())
             } else {
                 b.launch("snnc_copy", grid, 256, &copy)
+                    .map_err(|e| e.to_string())
             }
         };
         for _ in 0..2 {
             once(b, &src, &mut dst)?;
         }
-        b.sync()?;
+        b.sync().map_err(|e| e.to_string())?;
         let started = Instant::now();
         for _ in 0..reps {
             once(b, &src, &mut dst)?;
         }
-        b.sync()?;
+        b.sync().map_err(|e| e.to_string())?;
         let secs = started.elapsed().as_secs_f64();
         let gbs = 2.0 * bytes as f64 * reps as f64 / secs / 1e9;
         results.push((engine.to_string(), gbs, secs));
     }
-    let check = b.download(&dst, 1)?;
+    let check = b.download(&dst, 1).map_err(|e| e.to_string())?;
     if check[0] != 1.5 {
         return Err(format!(
             "bandwidth copy produced {} instead of 1.5",
@@ -1112,7 +1118,7 @@ fn bench_one(
     let x = random_input(g, matches!(model.input.encoding, Encoding::Events), 1).cast::<f32>();
     let labels = random_labels(batch, a.output[0], 1).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-    cuda.sync()?;
+    cuda.sync().map_err(|e| e.to_string())?;
     let before = cuda.mem_info();
     let plan = fused.then(|| fuse_time::plan(g, &[], sched));
     let planned = match &plan {
@@ -1135,18 +1141,20 @@ fn bench_one(
         },
     )?;
     let mut exec = if let Some(plan) = plan {
-        Executor::with_plan(cuda, g, plan, &[])?
+        Executor::with_plan(cuda, g, plan, &[]).map_err(|e| e.to_string())?
     } else {
-        Executor::new(cuda, g)?
+        Executor::new(cuda, g).map_err(|e| e.to_string())?
     };
-    exec.set_resident_params(params)?;
+    exec.set_resident_params(params)
+        .map_err(|e| e.to_string())?;
     let mut times = Vec::new();
     let empty = HashMap::new();
     for i in 0..=repeats {
-        exec.backend().sync()?;
+        exec.backend().sync().map_err(|e| e.to_string())?;
         let started = Instant::now();
-        exec.run(&inputs, &empty, &RunOptions { seed: i as u64 })?;
-        exec.backend().sync()?;
+        exec.run(&inputs, &empty, &RunOptions { seed: i as u64 })
+            .map_err(|e| e.to_string())?;
+        exec.backend().sync().map_err(|e| e.to_string())?;
         if i > 0 {
             times.push(started.elapsed().as_secs_f64());
         }
@@ -1159,9 +1167,10 @@ fn bench_one(
     let mut lif = std::collections::HashSet::new();
     if !kernels.is_empty() {
         exec.profile = true;
-        exec.run(&inputs, &empty, &RunOptions { seed: 0 })?;
+        exec.run(&inputs, &empty, &RunOptions { seed: 0 })
+            .map_err(|e| e.to_string())?;
         exec.profile = false;
-        for (step, secs) in exec.kernel_times()? {
+        for (step, secs) in exec.kernel_times().map_err(|e| e.to_string())? {
             let (k, bytes) = match step {
                 Step::Kernel(k) => (k, super::fused::traffic_bytes(g, &kernels[k])),
                 Step::KernelStep(k, t) => (k, super::fused::step_traffic_bytes(g, &kernels[k], t)),

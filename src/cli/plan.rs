@@ -51,7 +51,8 @@ fn plan(
             let g = fuse_time::lower(&c.graph, s);
             let plan = fuse_time::plan(&g, &[], s);
             let mem = memplan::plan_fused(&g, &plan, &crate::codegen::cpu::WORKSPACE);
-            mem.check_arena().map_err(CliError::Internal)?;
+            mem.check_arena()
+                .map_err(|e| CliError::Internal(e.to_string()))?;
             if json {
                 let mut v = serde_json::to_value(&mem).expect("serialisable");
                 v["schedule"] = serde_json::json!(sched.to_string());
@@ -65,7 +66,9 @@ fn plan(
         }
     };
     let p = memplan::build(&c.graph, sched, &crate::codegen::cpu::WORKSPACE);
-    p.mem.check_arena().map_err(CliError::Internal)?;
+    p.mem
+        .check_arena()
+        .map_err(|e| CliError::Internal(e.to_string()))?;
     if json {
         let mut v = serde_json::to_value(&p.mem).expect("serialisable");
         v["schedule"] = serde_json::json!(sched.to_string());

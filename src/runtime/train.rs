@@ -19,8 +19,9 @@ use super::checkpoint::{self, Checkpoint, EpochSums};
 pub use super::metrics::EpochMetrics;
 use super::optim::{OptimConfig, OptimState, Schedule};
 use super::rundir;
+use crate::codegen::backend::Backend;
 use crate::codegen::cpu::compiled::Compiled;
-use crate::codegen::cuda::{Backend, Executor, Outputs};
+use crate::codegen::exec::{Executor, LibraryScratch, Outputs};
 use crate::compile::{self, Options, Stage};
 use crate::data::{Dataset, Split};
 use crate::interp::RunOptions;
@@ -349,25 +350,34 @@ impl Evaluator {
                 self.plans.insert(b, plan);
             }
             let g = &self.graphs[&b];
+            let arena =
+                crate::passes::memplan::plan_units(g, &self.plans[&b], &[], &device_scratch())
+                    .map_err(|e| e.to_string())?;
             mem::ensure_plan_fits(
                 &format!("evaluation (batch {b}, fusion plan on the device)"),
-                &crate::passes::memplan::plan_fused(
-                    g,
-                    &self.plans[&b],
-                    &crate::codegen::cpu::WORKSPACE,
-                ),
+                &arena,
                 0,
                 device_memory(backend),
             )?;
-            let mut ex = Executor::with_plan(backend, g, self.plans[&b].clone(), &[])?;
+            let mut ex = Executor::with_plan(backend, g, self.plans[&b].clone(), &[])
+                .map_err(|e| e.to_string())?;
             for chunk in chunks.iter().filter(|c| c.len() == b) {
                 let batch = make_batch(d, chunk);
                 let inputs = HashMap::from([("x".to_string(), batch.x)]);
-                let v = ex.run(&inputs, params, &RunOptions { seed: 0 })?;
+                let v = ex
+                    .run(&inputs, params, &RunOptions { seed: 0 })
+                    .map_err(|e| e.to_string())?;
                 right += correct(&v["logits"], &batch.targets);
             }
         }
         Ok(right as f64 / d.len().max(1) as f64)
+    }
+}
+
+/// The executor's library scratch with its default convolution workspace.
+fn device_scratch() -> LibraryScratch {
+    LibraryScratch {
+        conv_workspace: crate::codegen::exec::CONV_WORKSPACE,
     }
 }
 
@@ -421,6 +431,7 @@ impl<B: Backend> Stepper for Executor<'_, B> {
         extra: bool,
     ) -> StepResult {
         self.run_keeping(inputs, params, opts, extra)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -487,7 +498,8 @@ impl<B: Backend> Engine for CudaEngine<'_, B> {
             &self.graph,
             self.plan.clone(),
             &self.keep,
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         f(&mut ex)
     }
     fn accuracy(
@@ -586,11 +598,12 @@ pub fn train_on_with<B: Backend>(
             state_bytes,
             Memory::Host,
         )?;
-        // The device's arena is planned like the CPU's (`plan_fused`), with
-        // the CPU kernels' scratch as the estimate of the device's.
+        // The arena the executor will allocate.
+        let arena = crate::passes::memplan::plan_units(&graph, &plan, keep, &device_scratch())
+            .map_err(|e| e.to_string())?;
         mem::ensure_plan_fits(
             "a training step (fusion plan on the device)",
-            &crate::passes::memplan::plan_fused(&graph, &plan, &crate::codegen::cpu::WORKSPACE),
+            &arena,
             0,
             device_memory(backend),
         )?;

@@ -1,0 +1,304 @@
+//! Convolutions and their gradients as im2col/col2im kernels and GEMMs,
+//! over the batch in chunks whose im2col buffer fits the workspace cap.
+
+use super::{at, int, ExecError, Executor};
+use crate::codegen::backend::{Arg, Backend, Gemm};
+use crate::ir::Op;
+
+impl<'a, B: Backend> Executor<'a, B> {
+    /// How many samples one convolution chunk holds.
+    pub(super) fn chunk(&self, geo: &ConvGeo) -> usize {
+        geo.chunk(self.conv_workspace)
+    }
+
+    pub(super) fn im2col(
+        &mut self,
+        geo: &ConvGeo,
+        x: u64,
+        col: u64,
+        nb: usize,
+    ) -> Result<(), ExecError> {
+        use Arg::{I, P};
+        let n = geo.rows() * nb * geo.cols();
+        let mut args = vec![P(x), P(col)];
+        args.extend(geo.args(nb)?);
+        args.push(I(int(n)?));
+        self.launch("snnc_im2col", n, &args)
+    }
+
+    /// Runs `f(this, scratch, b0, cur)` over the batch in chunks of at most
+    /// `self.chunk(geo)` samples, with scratch buffers of `per_sample[k]`
+    /// floats per sample of the chunk (taken once, given back however the
+    /// loop ends).
+    pub(super) fn conv_chunks(
+        &mut self,
+        geo: &ConvGeo,
+        per_sample: &[usize],
+        mut f: impl FnMut(&mut Self, &[u64], usize, usize) -> Result<(), ExecError>,
+    ) -> Result<(), ExecError> {
+        let nb = self.chunk(geo);
+        let mut bufs = Vec::new();
+        let mut result = Ok(());
+        for &s in per_sample {
+            match self.take_scratch(s * nb) {
+                Ok(b) => bufs.push(b),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            let ptrs: Vec<u64> = bufs.iter().map(|b| self.mem_ptr(b)).collect();
+            let mut b0 = 0;
+            while b0 < geo.b && result.is_ok() {
+                let cur = nb.min(geo.b - b0);
+                result = f(self, &ptrs, b0, cur);
+                b0 += cur;
+            }
+        }
+        for (b, s) in bufs.into_iter().zip(per_sample) {
+            self.give_scratch(b, s * nb);
+        }
+        result
+    }
+
+    pub(super) fn conv_forward(
+        &mut self,
+        geo: &ConvGeo,
+        x: u64,
+        w: u64,
+        out: u64,
+    ) -> Result<(), ExecError> {
+        let (rows, cols) = (geo.rows(), geo.cols());
+        self.conv_chunks(geo, &[rows * cols], |this, scratch, b0, cur| {
+            let cp = scratch[0];
+            this.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;
+            // out_b[co × cols] = W[co × rows] · col_b[rows × cols], the
+            // col_b side by side in col[rows × cur·cols].
+            this.gemm(Gemm {
+                ta: false,
+                tb: false,
+                m: geo.co,
+                n: cols,
+                k: rows,
+                alpha: 1.0,
+                a: w,
+                lda: rows,
+                stride_a: 0,
+                b: cp,
+                ldb: cur * cols,
+                stride_b: cols,
+                beta: 0.0,
+                c: at(out, b0 * geo.co * cols),
+                ldc: cols,
+                stride_c: geo.co * cols,
+                batch: cur,
+            })
+        })
+    }
+
+    pub(super) fn conv_grad_input(
+        &mut self,
+        geo: &ConvGeo,
+        d: u64,
+        w: u64,
+        out: u64,
+    ) -> Result<(), ExecError> {
+        use Arg::{I, P};
+        let (rows, cols) = (geo.rows(), geo.cols());
+        self.conv_chunks(geo, &[rows * cols], |this, scratch, b0, cur| {
+            let cp = scratch[0];
+            // dcol_b[rows × cols] = Wᵀ · d_b[co × cols].
+            this.gemm(Gemm {
+                ta: true,
+                tb: false,
+                m: rows,
+                n: cols,
+                k: geo.co,
+                alpha: 1.0,
+                a: w,
+                lda: rows,
+                stride_a: 0,
+                b: at(d, b0 * geo.co * cols),
+                ldb: cols,
+                stride_b: geo.co * cols,
+                beta: 0.0,
+                c: cp,
+                ldc: cur * cols,
+                stride_c: cols,
+                batch: cur,
+            })?;
+            let n = cur * geo.in_len();
+            let mut args = vec![P(cp), P(at(out, b0 * geo.in_len()))];
+            args.extend(geo.args(cur)?);
+            args.push(I(int(n)?));
+            this.launch("snnc_col2im", n, &args)
+        })
+    }
+
+    pub(super) fn conv_grad_weight(
+        &mut self,
+        geo: &ConvGeo,
+        x: u64,
+        d: u64,
+        out: u64,
+    ) -> Result<(), ExecError> {
+        use Arg::{I, P};
+        let (rows, cols) = (geo.rows(), geo.cols());
+        self.conv_chunks(
+            geo,
+            &[rows * cols, geo.co * cols],
+            |this, scratch, b0, cur| {
+                let (cp, dp) = (scratch[0], scratch[1]);
+                this.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;
+                // d[cur, co, cols] -> dT[co, cur·cols]
+                let n = cur * geo.co * cols;
+                this.launch(
+                    "snnc_bc_swap",
+                    n,
+                    &[
+                        P(at(d, b0 * geo.co * cols)),
+                        P(dp),
+                        I(int(cur)?),
+                        I(int(geo.co)?),
+                        I(int(cols)?),
+                        I(int(n)?),
+                    ],
+                )?;
+                // dW[co × rows] (+)= dT[co × cur·cols] · colᵀ
+                this.gemm(Gemm {
+                    ta: false,
+                    tb: true,
+                    m: geo.co,
+                    n: rows,
+                    k: cur * cols,
+                    alpha: 1.0,
+                    a: dp,
+                    lda: cur * cols,
+                    stride_a: 0,
+                    b: cp,
+                    ldb: cur * cols,
+                    stride_b: 0,
+                    beta: if b0 == 0 { 0.0 } else { 1.0 },
+                    c: out,
+                    ldc: rows,
+                    stride_c: 0,
+                    batch: 1,
+                })
+            },
+        )
+    }
+}
+
+/// A convolution's geometry: input `[b, ci, h, w]`, `co` filters of
+/// `k × k`, output `ho × wo`.
+pub(super) struct ConvGeo {
+    pub(super) b: usize,
+    pub(super) ci: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) co: usize,
+    pub(super) k: usize,
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
+}
+
+impl ConvGeo {
+    /// How many samples one chunk holds when its im2col buffer may have
+    /// `cap` elements.
+    pub(super) fn chunk(&self, cap: usize) -> usize {
+        (cap / (self.rows() * self.cols()).max(1)).clamp(1, self.b)
+    }
+
+    /// The geometry of a convolution (or gradient) op with operand shapes
+    /// `ins` and output `shape`; `None` for other ops.
+    pub(super) fn of(
+        op: &Op,
+        ins: &[&[usize]],
+        shape: &[usize],
+    ) -> Result<Option<ConvGeo>, ExecError> {
+        let geo = match op {
+            Op::Conv2d { stride, padding } => ConvGeo::new(
+                ins[0], ins[1][0], ins[1][2], *stride, *padding, shape[2], shape[3],
+            ),
+            Op::Conv2dGradInput {
+                stride, padding, ..
+            } => {
+                let (d, w) = (ins[0], ins[1]);
+                ConvGeo::new(shape, w[0], w[2], *stride, *padding, d[2], d[3])
+            }
+            Op::Conv2dGradWeight {
+                stride,
+                padding,
+                kernel,
+            } => {
+                let d = ins[1];
+                ConvGeo::new(ins[0], d[1], *kernel, *stride, *padding, d[2], d[3])
+            }
+            _ => return Ok(None),
+        };
+        geo.map(Some)
+    }
+
+    pub(super) fn new(
+        x: &[usize],
+        co: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        ho: usize,
+        wo: usize,
+    ) -> Result<ConvGeo, ExecError> {
+        if stride == 0 {
+            return Err(ExecError::ZeroStride);
+        }
+        let geo = ConvGeo {
+            b: x[0],
+            ci: x[1],
+            h: x[2],
+            w: x[3],
+            co,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        };
+        int(geo.rows() * geo.cols())?;
+        Ok(geo)
+    }
+
+    pub(super) fn rows(&self) -> usize {
+        self.ci * self.k * self.k
+    }
+
+    pub(super) fn cols(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Elements of one input sample.
+    pub(super) fn in_len(&self) -> usize {
+        self.ci * self.h * self.w
+    }
+
+    /// The geometry arguments of im2col/col2im: ci, h, w, k, s, pad, ho, wo, nb.
+    pub(super) fn args(&self, nb: usize) -> Result<Vec<Arg>, ExecError> {
+        [
+            self.ci,
+            self.h,
+            self.w,
+            self.k,
+            self.stride,
+            self.pad,
+            self.ho,
+            self.wo,
+            nb,
+        ]
+        .iter()
+        .map(|&v| int(v).map(Arg::I))
+        .collect()
+    }
+}

@@ -1,0 +1,370 @@
+//! One node as library calls: an op's kernel launches and GEMMs (the
+//! convolutions in `conv`, the channel reductions in `reduce`).
+
+use super::conv::ConvGeo;
+use super::reduce::Pass1;
+use super::{elems, inner, int, ExecError, Executor, BLOCK};
+use crate::codegen::backend::{check_args, Arg, Backend, Gemm};
+use crate::interp::RunOptions;
+use crate::ir::{NodeIndex, Op};
+use crate::model::SurrogateKind;
+use crate::tensor::Tensor;
+use std::collections::HashMap;
+
+impl<'a, B: Backend> Executor<'a, B> {
+    /// Evaluates node `n` (step `i`): leaves are uploaded (or resident),
+    /// views share their operand, every other op runs as library calls
+    /// into its planned place in the arena.
+    pub(super) fn exec_node(
+        &mut self,
+        i: usize,
+        n: NodeIndex,
+        vals: &HashMap<NodeIndex, usize>,
+        inputs: &HashMap<String, Tensor<f32>>,
+        params: &HashMap<String, Tensor<f32>>,
+        opts: &RunOptions,
+    ) -> Result<usize, ExecError> {
+        let g = self.g;
+        let node = g.node(n);
+        match &node.op {
+            Op::Input { name } => {
+                let t = inputs
+                    .get(name)
+                    .ok_or_else(|| ExecError::MissingInput(name.clone()))?;
+                self.upload_leaf(name, &node.shape, t)
+            }
+            Op::Param { name } => {
+                if let Some(&id) = self.resident.get(name) {
+                    return Ok(self.retain(id));
+                }
+                let t = params
+                    .get(name)
+                    .ok_or_else(|| ExecError::MissingParam(name.clone()))?;
+                self.upload_leaf(name, &node.shape, t)
+            }
+            // Views: the same elements in the same order.
+            Op::Reshape { .. } | Op::Detach => {
+                let o = self.life.reads[i][0];
+                Ok(self.retain(vals[&o]))
+            }
+            op => {
+                let ins: Vec<(u64, &[usize])> = self.life.reads[i]
+                    .iter()
+                    .map(|o| (self.ptr_of(vals[o]), g.node(*o).shape.as_slice()))
+                    .collect();
+                let len = elems(&node.shape);
+                let out = self.value_buffer(n, len)?;
+                let p = self.mem_ptr(&out);
+                match self.compute(op, &node.shape, &ins, p, opts) {
+                    Ok(()) => Ok(self.new_slot(out, len, false)),
+                    Err(e) => {
+                        self.free_value(out, len);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Launches `kernel` with one thread per unit of work (grid-stride
+    /// beyond the backend's grid limit).
+    pub(super) fn launch(
+        &mut self,
+        kernel: &'static str,
+        threads: usize,
+        args: &[Arg],
+    ) -> Result<(), ExecError> {
+        check_args(kernel, args)?;
+        if threads == 0 {
+            return Ok(());
+        }
+        let grid = threads
+            .div_ceil(BLOCK as usize)
+            .min(self.backend.max_grid() as usize) as u32;
+        Ok(self.backend.launch(kernel, grid, BLOCK, args)?)
+    }
+
+    pub(super) fn gemm(&mut self, g: Gemm) -> Result<(), ExecError> {
+        Ok(self.backend.gemm(&g)?)
+    }
+
+    /// Evaluates one non-leaf, non-view op into the buffer at `out`.
+    pub(super) fn compute(
+        &mut self,
+        op: &Op,
+        shape: &[usize],
+        ins: &[(u64, &[usize])],
+        out: u64,
+        opts: &RunOptions,
+    ) -> Result<(), ExecError> {
+        use Arg::{D, F, I, P, U};
+        let n = elems(shape);
+        let ni = int(n)?;
+        let x = |k: usize| ins[k].0;
+        match op {
+            Op::Input { .. } | Op::Param { .. } | Op::Reshape { .. } | Op::Detach => {
+                unreachable!("handled by exec_node")
+            }
+            Op::Add | Op::Sub | Op::Mul => {
+                let k = match op {
+                    Op::Add => "snnc_add",
+                    Op::Sub => "snnc_sub",
+                    _ => "snnc_mul",
+                };
+                self.launch(k, n, &[P(x(0)), P(x(1)), P(out), I(ni)])
+            }
+            Op::Scale(c) => self.launch("snnc_scale", n, &[P(x(0)), P(out), I(ni), F(*c as f32)]),
+            Op::AddScalar(c) => self.launch(
+                "snnc_add_scalar",
+                n,
+                &[P(x(0)), P(out), I(ni), F(*c as f32)],
+            ),
+            Op::Spike { theta, .. } => {
+                self.launch("snnc_spike", n, &[P(x(0)), P(out), I(ni), F(*theta as f32)])
+            }
+            Op::SurrogateGrad { theta, surrogate } => {
+                let kind = match surrogate.kind {
+                    SurrogateKind::Sigmoid => 0,
+                    SurrogateKind::Atan => 1,
+                    SurrogateKind::Triangle => 2,
+                };
+                self.launch(
+                    "snnc_surrogate_grad",
+                    n,
+                    &[
+                        P(x(0)),
+                        P(out),
+                        I(ni),
+                        D(*theta),
+                        D(surrogate.alpha),
+                        I(kind),
+                    ],
+                )
+            }
+            Op::Rsqrt { eps } => {
+                self.launch("snnc_rsqrt", n, &[P(x(0)), P(out), I(ni), F(*eps as f32)])
+            }
+            Op::BiasAdd | Op::ChannelScale => {
+                let k = if *op == Op::BiasAdd {
+                    "snnc_bias_add"
+                } else {
+                    "snnc_channel_scale"
+                };
+                let s = ins[0].1;
+                self.launch(
+                    k,
+                    n,
+                    &[
+                        P(x(0)),
+                        P(x(1)),
+                        P(out),
+                        I(ni),
+                        I(int(s[1])?),
+                        I(int(inner(s))?),
+                    ],
+                )
+            }
+            Op::ChannelBroadcast { shape: s } => self.launch(
+                "snnc_channel_broadcast",
+                n,
+                &[P(x(0)), P(out), I(ni), I(int(s[1])?), I(int(inner(s))?)],
+            ),
+            Op::Normalize { eps } => {
+                let s = ins[0].1;
+                self.launch(
+                    "snnc_normalize",
+                    n,
+                    &[
+                        P(x(0)),
+                        P(x(1)),
+                        P(x(2)),
+                        P(out),
+                        I(ni),
+                        I(int(s[1])?),
+                        I(int(inner(s))?),
+                        F(*eps as f32),
+                    ],
+                )
+            }
+            Op::Sum | Op::TimeMean => {
+                let total = ins.len();
+                let mean = *op == Op::TimeMean;
+                for (c, chunk) in ins.chunks(8).enumerate() {
+                    let last = (c + 1) * 8 >= total;
+                    let div = if mean && last { total as f32 } else { 1.0 };
+                    let mut args = vec![
+                        P(out),
+                        I(ni),
+                        I(chunk.len() as i32),
+                        I(i32::from(c > 0)),
+                        F(div),
+                    ];
+                    for j in 0..8 {
+                        args.push(P(chunk.get(j).map_or(0, |v| v.0)));
+                    }
+                    self.launch("snnc_sum8", n, &args)?;
+                }
+                Ok(())
+            }
+            Op::Poisson { stream } => self.launch(
+                "snnc_poisson",
+                n,
+                &[P(x(0)), P(out), I(ni), U(opts.seed), U(*stream)],
+            ),
+            Op::DropoutMask { p, stream } => {
+                if !(0.0..1.0).contains(p) {
+                    return Err(ExecError::Dropout(*p));
+                }
+                let keep = (1.0 / (1.0 - p)) as f32;
+                self.launch(
+                    "snnc_dropout_mask",
+                    n,
+                    &[P(out), I(ni), D(*p), F(keep), U(opts.seed), U(*stream)],
+                )
+            }
+            Op::TimeSlice { t } => {
+                let s = ins[0].1;
+                self.launch(
+                    "snnc_time_slice",
+                    n,
+                    &[
+                        P(x(0)),
+                        P(out),
+                        I(ni),
+                        I(int(s[1])?),
+                        I(int(*t)?),
+                        I(int(inner(s))?),
+                    ],
+                )
+            }
+            Op::AvgPool { kernel, stride } | Op::MaxPool { kernel, stride } => {
+                let s = ins[0].1;
+                let is_max = matches!(op, Op::MaxPool { .. });
+                self.launch(
+                    "snnc_pool",
+                    n,
+                    &[
+                        P(x(0)),
+                        P(out),
+                        I(ni),
+                        I(int(s[2])?),
+                        I(int(s[3])?),
+                        I(int(shape[2])?),
+                        I(int(shape[3])?),
+                        I(int(*kernel)?),
+                        I(int(*stride)?),
+                        I(i32::from(is_max)),
+                    ],
+                )
+            }
+            Op::AvgPoolGrad { kernel, stride, .. } => {
+                let d = ins[0].1;
+                self.launch(
+                    "snnc_avgpool_grad",
+                    n,
+                    &[
+                        P(x(0)),
+                        P(out),
+                        I(ni),
+                        I(int(shape[2])?),
+                        I(int(shape[3])?),
+                        I(int(d[2])?),
+                        I(int(d[3])?),
+                        I(int(*kernel)?),
+                        I(int(*stride)?),
+                    ],
+                )
+            }
+            Op::MaxPoolGrad { kernel, stride } => {
+                let d = ins[1].1;
+                self.launch(
+                    "snnc_maxpool_grad",
+                    n,
+                    &[
+                        P(x(0)),
+                        P(x(1)),
+                        P(out),
+                        I(ni),
+                        I(int(shape[2])?),
+                        I(int(shape[3])?),
+                        I(int(d[2])?),
+                        I(int(d[3])?),
+                        I(int(*kernel)?),
+                        I(int(*stride)?),
+                    ],
+                )
+            }
+            Op::MaxPoolMask { kernel, stride } => {
+                let (ho, wo) = (
+                    (shape[2] - kernel) / stride + 1,
+                    (shape[3] - kernel) / stride + 1,
+                );
+                self.launch(
+                    "snnc_maxpool_mask",
+                    n,
+                    &[
+                        P(x(0)),
+                        P(out),
+                        I(ni),
+                        I(int(shape[2])?),
+                        I(int(shape[3])?),
+                        I(int(ho)?),
+                        I(int(wo)?),
+                        I(int(*kernel)?),
+                        I(int(*stride)?),
+                    ],
+                )
+            }
+            Op::ChannelMean => {
+                let s = ins[0].1;
+                let count = (ins.len() * s[0] * inner(s)) as f64;
+                let xs: Vec<u64> = ins.iter().map(|i| i.0).collect();
+                self.channel_reduce(Pass1::Sum, &xs, 0, s, out, count)
+            }
+            Op::ChannelVar => {
+                let s = ins[1].1;
+                let count = ((ins.len() - 1) * s[0] * inner(s)) as f64;
+                let xs: Vec<u64> = ins[1..].iter().map(|i| i.0).collect();
+                self.channel_reduce(Pass1::Sum, &xs, x(0), s, out, count)
+            }
+            Op::ChannelSum => {
+                let s = ins[0].1;
+                self.channel_reduce(Pass1::Sum, &[x(0)], 0, s, out, 1.0)
+            }
+            // channel_sum(x·y) of the fused plans' lowering: the same two
+            // passes, pass 1 multiplying as it reads.
+            Op::ChannelDot => {
+                let s = ins[0].1;
+                self.channel_reduce(Pass1::Dot, &[x(0)], x(1), s, out, 1.0)
+            }
+            Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => {
+                let s = ins[0].1;
+                let (b, k) = (int(s[0])?, int(s[1])?);
+                let (kernel, threads) = if *op == Op::SoftmaxCrossEntropy {
+                    ("snnc_softmax_xent", 1)
+                } else {
+                    ("snnc_softmax_xent_grad", s[0])
+                };
+                self.launch(kernel, threads, &[P(x(0)), P(x(1)), P(out), I(b), I(k)])
+            }
+            Op::MatMul { ta, tb } => {
+                let (a, b) = (ins[0].1, ins[1].1);
+                let (m, k) = if *ta { (a[1], a[0]) } else { (a[0], a[1]) };
+                let nn = if *tb { b[0] } else { b[1] };
+                let mut gm = Gemm::dense(*ta, *tb, m, nn, k, x(0), x(1), out);
+                gm.lda = a[1];
+                gm.ldb = b[1];
+                self.gemm(gm)
+            }
+            Op::Conv2d { .. } | Op::Conv2dGradInput { .. } | Op::Conv2dGradWeight { .. } => {
+                let shapes: Vec<&[usize]> = ins.iter().map(|i| i.1).collect();
+                let geo = ConvGeo::of(op, &shapes, shape)?.expect("a convolution");
+                match op {
+                    Op::Conv2d { .. } => self.conv_forward(&geo, x(0), x(1), out),
+                    Op::Conv2dGradInput { .. } => self.conv_grad_input(&geo, x(0), x(1), out),
+                    _ => self.conv_grad_weight(&geo, x(0), x(1), out),
+                }
+            }
+        }
+    }
+}
