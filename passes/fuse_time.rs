@@ -148,7 +148,7 @@ impl Pass for ChainUnfused {
         schedule::chain_reductions_where(&mut p.graph, |g, n| {
             g.operands(n)
                 .iter()
-                .any(|&a| !fuse::elementwise_op(&g.g[a].op))
+                .any(|&a| !g.g[a].op.elementwise())
         });
         Ok(())
     }
