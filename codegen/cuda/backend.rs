@@ -8,6 +8,7 @@
 //! argument order, convolution chunking — runs and is tested without a GPU.
 
 use super::gemm::Cublas;
+use std::sync::LazyLock;
 
 /// One kernel argument, passed by address as `cuLaunchKernel` expects.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -90,8 +91,12 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("snnc_bc_swap", "ppiiii"),
 ];
 
-/// The kernel source (also compiled as C++ by the emulator).
-pub const KERNELS_CU: &str = include_str!("kernels.cu");
+/// The kernel source (also compiled as C++ by the emulator): `kernels.cu`
+/// with the elementwise kernels rendered from the op table in place of its
+/// `@ELEMENTWISE@` line.
+pub static KERNELS_CU: LazyLock<String> = LazyLock::new(|| {
+    include_str!("kernels.cu").replace("// @ELEMENTWISE@\n", &super::elementwise::source())
+});
 
 /// The signature of `kernel` from [`KERNELS`].
 pub fn signature(kernel: &str) -> Option<&'static str> {

@@ -2,7 +2,8 @@
 //!
 //! - `kernels.cu`: one CUDA kernel per primitive op (matmuls and the GEMM of
 //!   each convolution are cuBLAS calls), written so that the same text also
-//!   compiles as C++;
+//!   compiles as C++; its elementwise kernels are rendered from the op
+//!   table ([`elementwise`]);
 //! - [`nvrtc`]: run-time compilation to CUBIN/PTX for the device's
 //!   architecture, with an on-disk cache;
 //! - [`gemm`]: row-major products as column-major cuBLAS calls;
@@ -21,6 +22,7 @@
 pub mod arena;
 pub mod backend;
 pub mod device;
+pub mod elementwise;
 pub mod emu;
 pub mod exec;
 pub mod fused;

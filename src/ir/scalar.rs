@@ -143,3 +143,74 @@ pub fn define_const(op: &Op, args: Vec<Expr>) -> Option<Expr> {
     let at: Vec<Expr> = attrs(op).into_iter().map(Expr::Num).collect();
     define(op, args, &at)
 }
+
+/// Every elementwise op, attributes zeroed: what renderers that emit one
+/// kernel per op (the CUDA backend's library) iterate. A new elementwise op
+/// is added here, next to its definition.
+pub fn elementwise_ops() -> Vec<Op> {
+    use crate::model::Surrogate;
+    let surrogate = Surrogate {
+        kind: SurrogateKind::Sigmoid,
+        alpha: 0.0,
+    };
+    vec![
+        Op::Add,
+        Op::Sub,
+        Op::Mul,
+        Op::Scale(0.0),
+        Op::AddScalar(0.0),
+        Op::Detach,
+        Op::Spike {
+            theta: 0.0,
+            surrogate,
+        },
+        Op::SurrogateGrad {
+            theta: 0.0,
+            surrogate,
+        },
+        Op::Rsqrt { eps: 0.0 },
+        Op::BiasAdd,
+        Op::ChannelScale,
+        Op::ChannelBroadcast { shape: vec![] },
+        Op::Normalize { eps: 0.0 },
+        Op::Sum,
+        Op::TimeMean,
+    ]
+}
+
+/// The variants of an op whose definition also depends on a discrete
+/// choice, each with the integer a kernel selects it by: the surrogate
+/// derivative (by `SurrogateKind::code`); other ops have one.
+pub fn variants(op: &Op) -> Vec<(i32, Op)> {
+    match op {
+        Op::SurrogateGrad { theta, surrogate } => SurrogateKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let surrogate = crate::model::Surrogate { kind, ..*surrogate };
+                let op = Op::SurrogateGrad {
+                    theta: *theta,
+                    surrogate,
+                };
+                (kind.code(), op)
+            })
+            .collect(),
+        op => vec![(0, op.clone())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listed_ops_are_the_elementwise_ones() {
+        for op in elementwise_ops() {
+            assert!(op.elementwise(), "{}", op.name());
+            let n = match op.info().arity {
+                super::super::Arity::Exactly(n) | super::super::Arity::AtLeast(n) => n,
+            };
+            let args = (0..n).map(Expr::Arg).collect();
+            assert!(define_const(&op, args).is_some(), "{}", op.name());
+        }
+    }
+}
