@@ -821,8 +821,8 @@ fn build(
             }
             let k = local[&m];
             // The op's one scalar definition, its constants rounded to f32.
-                let e = scalar::define_const(&mn.op, args)?.into_f32();
-                stmts.push(Stmt::Let(k, e));
+            let e = scalar::define_const(&mn.op, args)?.into_f32();
+            stmts.push(Stmt::Let(k, e));
             let mut stored = output_nodes.contains(&m);
             for e in g.g.edges_directed(m, Direction::Outgoing) {
                 let (u, p) = (e.target(), *e.weight());

@@ -47,7 +47,11 @@ impl<'a> Reader<'a> {
 
     /// Operand `k`'s value at element `i`, from `xs[k − skip]`.
     fn read(&self, k: usize, skip: usize, i: usize) -> f32 {
-        self.xs[k - skip].data[if self.chan[k] { (i / self.r) % self.c } else { i }]
+        self.xs[k - skip].data[if self.chan[k] {
+            (i / self.r) % self.c
+        } else {
+            i
+        }]
     }
 
     /// Elements `start..start + out.len()`; `own` reads operand 0 from

@@ -11,7 +11,8 @@
 //! and `int kind` for ops with variants (the surrogate's code).
 
 use super::backend::Arg;
-use crate::ir::kernel::{expr, surrogate_fns, DefSpelling, Expr};
+use crate::ir::kernel::{expr, DefSpelling, Expr};
+use crate::ir::scalar::surrogate_fns;
 use crate::ir::{scalar, Arity, Op};
 use std::fmt::Write;
 
@@ -124,7 +125,11 @@ fn kernel(op: &Op, o: &mut String) {
     // attributes, as the definition's arguments.
     let mut names: Vec<String> = (0..n)
         .map(|k| {
-            let at = if op.chan_operand(k) { "(i / r) % c" } else { "i" };
+            let at = if op.chan_operand(k) {
+                "(i / r) % c"
+            } else {
+                "i"
+            };
             if wide {
                 format!("(double)a{k}[{at}]")
             } else {

@@ -342,4 +342,3 @@ fn channel_var<F: Float>(mean: &Tensor<F>, xs: &[&Tensor<F>]) -> Tensor<F> {
     let c = sums.len();
     Tensor::from_vec(&[c], sums.into_iter().map(|s| s / n).collect())
 }
-

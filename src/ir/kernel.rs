@@ -339,7 +339,7 @@ pub fn expr(e: &Expr, sp: &dyn Spelling) -> String {
 }
 
 /// The rendered function computing a surrogate's derivative.
-fn sg_name(kind: SurrogateKind, wide: bool) -> String {
+pub fn sg_name(kind: SurrogateKind, wide: bool) -> String {
     format!("sg_{}{}", kind.name(), if wide { "_d" } else { "" })
 }
 
@@ -440,39 +440,6 @@ pub fn slots_of(stmts: &[Stmt]) -> Vec<Slot> {
         }
     }
     seen
-}
-
-/// The surrogate derivatives a kernel calls (`Expr::Sg`), rendered from
-/// their one definition (`ir::scalar::surrogate_derivative`): one function
-/// per surrogate, `QUAL float sg_NAME(float x, float a)`, or in double
-/// `sg_NAME_d` when `wide` (`QUAL` is `static inline` in C and
-/// `__device__ __forceinline__` in CUDA).
-pub fn prelude(qual: &str) -> String {
-    surrogate_fns(qual, false)
-}
-
-/// [`prelude`] in f32 (`wide` false) or f64.
-pub fn surrogate_fns(qual: &str, wide: bool) -> String {
-    let ty = if wide { "double" } else { "float" };
-    let sp = DefSpelling {
-        args: &["x", "a"],
-        wide,
-    };
-    let mut o = String::new();
-    for kind in SurrogateKind::ALL {
-        let def = super::scalar::surrogate_derivative(kind);
-        let mut body = String::new();
-        for (k, e) in def.lets.iter().enumerate() {
-            let _ = write!(body, "const {ty} x{k} = {}; ", expr(e, &sp));
-        }
-        let _ = writeln!(
-            o,
-            "{qual} {ty} {}({ty} x, {ty} a) {{ {body}return {}; }}",
-            sg_name(kind, wide),
-            expr(&def.ret, &sp)
-        );
-    }
-    o
 }
 
 /// The kernel's per-step constant tables, one declaration per line

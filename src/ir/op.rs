@@ -332,9 +332,7 @@ impl Op {
                 ..row(Exactly(2), Cost::Shaped)
             },
             Op::MaxPoolMask { .. } => row(Exactly(1), one),
-            Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => {
-                row(Exactly(2), Cost::Shaped)
-            }
+            Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => row(Exactly(2), Cost::Shaped),
         }
     }
 

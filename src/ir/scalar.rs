@@ -9,9 +9,10 @@
 //! it (C is compiled without FMA contraction, NVRTC with `--fmad=false`), so
 //! an op rounds the same way everywhere it runs in the same precision.
 
-use super::kernel::{BinOp, Expr, Func};
+use super::kernel::{expr, sg_name, BinOp, DefSpelling, Expr, Func};
 use super::Op;
 use crate::model::SurrogateKind;
+use std::fmt::Write;
 
 /// A scalar function with named intermediate values: `lets[k]` is
 /// `Expr::Local(k)` and may read the arguments (`Expr::Arg`) and earlier
@@ -37,7 +38,11 @@ pub fn surrogate_derivative(kind: SurrogateKind) -> ScalarFn {
         SurrogateKind::Sigmoid => ScalarFn {
             lets: vec![Expr::call(
                 Func::Exp,
-                Expr::bin(Mul, Expr::call(Func::Neg, a.clone()), Expr::call(Func::Abs, x)),
+                Expr::bin(
+                    Mul,
+                    Expr::call(Func::Neg, a.clone()),
+                    Expr::call(Func::Abs, x),
+                ),
             )],
             ret: Expr::bin(
                 Div,
@@ -76,6 +81,39 @@ pub fn surrogate_derivative(kind: SurrogateKind) -> ScalarFn {
             ret: Expr::call(Func::Pos, local),
         },
     }
+}
+
+/// The surrogate derivatives a kernel calls (`Expr::Sg`), rendered from
+/// their one definition (`ir::scalar::surrogate_derivative`): one function
+/// per surrogate, `QUAL float sg_NAME(float x, float a)`, or in double
+/// `sg_NAME_d` when `wide` (`QUAL` is `static inline` in C and
+/// `__device__ __forceinline__` in CUDA).
+pub fn prelude(qual: &str) -> String {
+    surrogate_fns(qual, false)
+}
+
+/// [`prelude`] in f32 (`wide` false) or f64.
+pub fn surrogate_fns(qual: &str, wide: bool) -> String {
+    let ty = if wide { "double" } else { "float" };
+    let sp = DefSpelling {
+        args: &["x", "a"],
+        wide,
+    };
+    let mut o = String::new();
+    for kind in SurrogateKind::ALL {
+        let def = surrogate_derivative(kind);
+        let mut body = String::new();
+        for (k, e) in def.lets.iter().enumerate() {
+            let _ = write!(body, "const {ty} x{k} = {}; ", expr(e, &sp));
+        }
+        let _ = writeln!(
+            o,
+            "{qual} {ty} {}({ty} x, {ty} a) {{ {body}return {}; }}",
+            sg_name(kind, wide),
+            expr(&def.ret, &sp)
+        );
+    }
+    o
 }
 
 /// The numeric attributes of an elementwise op, in the order [`define`]

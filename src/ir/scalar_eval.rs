@@ -98,9 +98,9 @@ pub fn surrogate_derivative_f64(kind: SurrogateKind, alpha: f64, x: f64) -> f64 
 fn check<F: Float>(e: &Expr) -> Result<(), ScalarError> {
     match e {
         Expr::Num(v) => F::from(*v).map(drop).ok_or(ScalarError::Constant(*v)),
-        Expr::Const(v) => {
-            F::from(*v).map(drop).ok_or(ScalarError::Constant(f64::from(*v)))
-        }
+        Expr::Const(v) => F::from(*v)
+            .map(drop)
+            .ok_or(ScalarError::Constant(f64::from(*v))),
         Expr::StepConst(_) => Err(ScalarError::KernelOnly("a per-step constant")),
         Expr::Reg(_) => Err(ScalarError::KernelOnly("a register")),
         Expr::Load(..) => Err(ScalarError::KernelOnly("a tensor slot")),
@@ -130,7 +130,10 @@ fn eval<F: Float>(e: &Expr, args: &[F], locals: &[F], sg: &[ScalarFn]) -> F {
 
 /// A `ScalarFn` applied to `args`.
 fn call<F: Float>(f: &ScalarFn, args: &[F], sg: &[ScalarFn]) -> F {
-    assert!(f.lets.len() <= MAX_LOCALS, "too many locals in a definition");
+    assert!(
+        f.lets.len() <= MAX_LOCALS,
+        "too many locals in a definition"
+    );
     let mut l = [F::zero(); MAX_LOCALS];
     for (k, e) in f.lets.iter().enumerate() {
         l[k] = eval(e, args, &l[..k], sg);
