@@ -4,7 +4,7 @@
 //! backward: every forward value (input, forward or state node) that a
 //! backward node reads. Parameters are resident anyway and not counted.
 
-use crate::ir::{Graph, Op, Role};
+use crate::ir::{Cost, Graph, Op, Role};
 use std::collections::HashSet;
 
 /// Bytes of an f32 tensor (in f64, so no shape can overflow it).
@@ -16,15 +16,22 @@ fn numel(s: &[usize]) -> f64 {
     s.iter().map(|&d| d as f64).product()
 }
 
-/// Floating-point operations of one op (a multiply-add counts 2).
+/// Floating-point operations of one op (a multiply-add counts 2): the op
+/// table's cost ([`Cost`]), and for ops whose work depends on the operand
+/// shapes, computed here.
 pub fn flops(op: &Op, ins: &[&[usize]], out: &[usize]) -> f64 {
     let o = numel(out);
+    match op.info().cost {
+        Cost::Free => 0.0,
+        Cost::PerOutput(k) => k * o,
+        Cost::PerInput => ins.iter().map(|s| numel(s)).sum(),
+        Cost::Shaped => shaped_flops(op, ins, out),
+    }
+}
+
+fn shaped_flops(op: &Op, ins: &[&[usize]], out: &[usize]) -> f64 {
+    let o = numel(out);
     match op {
-        Op::Input { .. }
-        | Op::Param { .. }
-        | Op::Reshape { .. }
-        | Op::Detach
-        | Op::TimeSlice { .. } => 0.0,
         Op::MatMul { ta, .. } => {
             let k = if *ta { ins[0][0] } else { ins[0][1] };
             2.0 * o * k as f64
@@ -37,16 +44,10 @@ pub fn flops(op: &Op, ins: &[&[usize]], out: &[usize]) -> f64 {
         Op::AvgPool { kernel, .. } | Op::MaxPool { kernel, .. } => o * (kernel * kernel) as f64,
         Op::AvgPoolGrad { kernel, .. } => numel(ins[0]) * (kernel * kernel) as f64,
         Op::MaxPoolGrad { kernel, .. } => numel(ins[1]) * (kernel * kernel) as f64,
-        Op::MaxPoolMask { .. } => o,
-        Op::ChannelMean | Op::ChannelSum | Op::Sum | Op::TimeMean => {
-            ins.iter().map(|s| numel(s)).sum()
-        }
         Op::ChannelVar => 3.0 * ins[1..].iter().map(|s| numel(s)).sum::<f64>(),
         // The product and the sum of channel_sum(mul(a, b)).
         Op::ChannelDot => 2.0 * numel(ins[0]),
-        Op::Normalize { .. } => 2.0 * o,
         Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => 5.0 * numel(ins[0]),
-        Op::SurrogateGrad { .. } => 4.0 * o,
         _ => o,
     }
 }

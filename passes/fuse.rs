@@ -22,9 +22,8 @@
 //! Everything not fused stays a node of the plan and runs on the target's
 //! library kernels (GEMM, convolution, pooling, channel reductions, loss).
 
-use crate::ir::kernel::{self as kir, BinOp, Expr, Func, Index, Kernel, Slot, Stmt};
-use crate::ir::{Graph, NodeIndex, Op, Role};
-use crate::model::SurrogateKind;
+use crate::ir::kernel::{self as kir, Expr, Index, Kernel, Slot, Stmt};
+use crate::ir::{scalar, Graph, NodeIndex, Op, Role};
 use petgraph::visit::{EdgeRef, NodeIndexable};
 use petgraph::Direction;
 use std::collections::{BinaryHeap, HashMap};
@@ -115,36 +114,6 @@ impl Plan {
     }
 }
 
-/// Operand positions that read a per-channel vector `[C]`.
-fn chan_operand(op: &Op, pos: usize) -> bool {
-    matches!(
-        (op, pos),
-        (Op::BiasAdd, 1) | (Op::ChannelScale, 1) | (Op::Normalize { .. }, 1 | 2)
-    ) || matches!(op, Op::ChannelBroadcast { .. })
-}
-
-/// Ops the fusion pass can put in a kernel.
-pub fn elementwise_op(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Add
-            | Op::Sub
-            | Op::Mul
-            | Op::Scale(_)
-            | Op::AddScalar(_)
-            | Op::Detach
-            | Op::Spike { .. }
-            | Op::SurrogateGrad { .. }
-            | Op::BiasAdd
-            | Op::ChannelScale
-            | Op::Normalize { .. }
-            | Op::Rsqrt { .. }
-            | Op::ChannelBroadcast { .. }
-            | Op::Sum
-            | Op::TimeMean
-    )
-}
-
 fn backward(role: Role) -> bool {
     matches!(role, Role::Backward | Role::Gradient)
 }
@@ -161,7 +130,7 @@ enum Kind {
 
 fn kind(g: &Graph, n: NodeIndex) -> Kind {
     let node = &g.g[n];
-    if !elementwise_op(&node.op) {
+    if !node.op.elementwise() {
         return Kind::No;
     }
     let ops = g.operands(n);
@@ -249,7 +218,7 @@ pub fn fuse_keeping(g: &Graph, keep: &[NodeIndex]) -> Plan {
             let (u, p) = (e.source(), *e.weight());
             let un = &g.g[u];
             if kinds[u.index()] != Kind::Elem
-                || chan_operand(&vn.op, p)
+                || vn.op.chan_operand(p)
                 || un.shape != vn.shape
                 || backward(un.role) != backward(vn.role)
                 || un.t.is_some() != vn.t.is_some()
@@ -771,7 +740,7 @@ fn build(
             if inside.contains(&a) {
                 let dt = time(m) as i64 - time(a) as i64;
                 let ok = dt == 0 || (dt == 1 && !reverse) || (dt == -1 && reverse);
-                if !ok || chan_operand(&g.g[m].op, p) {
+                if !ok || g.g[m].op.chan_operand(p) {
                     return None;
                 }
             }
@@ -822,7 +791,7 @@ fn build(
             let mut args = Vec::new();
             for (p, a) in g.operands(m).into_iter().enumerate() {
                 let an = &g.g[a];
-                let ix = if chan_operand(&mn.op, p) {
+                let ix = if mn.op.chan_operand(p) {
                     Index::Chan
                 } else {
                     if an.shape != mn.shape {
@@ -851,7 +820,9 @@ fn build(
                 args.push(e);
             }
             let k = local[&m];
-            stmts.push(Stmt::Let(k, lower(&mn.op, args)?));
+            // The op's one scalar definition, its constants rounded to f32.
+            let e = scalar::define_const(&mn.op, args)?.into_f32();
+            stmts.push(Stmt::Let(k, e));
             let mut stored = output_nodes.contains(&m);
             for e in g.g.edges_directed(m, Direction::Outgoing) {
                 let (u, p) = (e.target(), *e.weight());
@@ -1049,56 +1020,6 @@ fn canonical_order(
         }
     }
     out
-}
-
-/// The expression of an elementwise op, in the same operation order as the
-/// reference interpreter (`interp::ops`), so f32 results agree closely.
-fn lower(op: &Op, a: Vec<Expr>) -> Option<Expr> {
-    use BinOp::*;
-    let c = |v: f64| Expr::Const(v as f32);
-    if matches!(op, Op::Sum | Op::TimeMean) {
-        let n = a.len();
-        let mut acc = Expr::Const(0.0);
-        for e in a {
-            acc = Expr::bin(Add, acc, e);
-        }
-        return Some(if matches!(op, Op::TimeMean) {
-            Expr::bin(Div, acc, Expr::Const(n as f32))
-        } else {
-            acc
-        });
-    }
-    let mut it = a.into_iter();
-    let mut x = || it.next().expect("operand count checked by the verifier");
-    Some(match op {
-        Op::Add | Op::BiasAdd => Expr::bin(Add, x(), x()),
-        Op::Sub => Expr::bin(Sub, x(), x()),
-        Op::Mul | Op::ChannelScale => Expr::bin(Mul, x(), x()),
-        Op::Scale(k) => Expr::bin(Mul, c(*k), x()),
-        Op::AddScalar(k) => Expr::bin(Add, x(), c(*k)),
-        Op::Detach | Op::ChannelBroadcast { .. } => x(),
-        Op::Spike { theta, .. } => Expr::bin(Ge, x(), c(*theta)),
-        Op::SurrogateGrad { theta, surrogate } => {
-            let d = Expr::bin(Sub, x(), c(*theta));
-            let al = surrogate.alpha as f32;
-            let f = match surrogate.kind {
-                SurrogateKind::Sigmoid => Func::SgSigmoid(al),
-                SurrogateKind::Atan => Func::SgAtan(al),
-                SurrogateKind::Triangle => Func::SgTriangle(al),
-            };
-            Expr::call(f, d)
-        }
-        Op::Normalize { eps } => {
-            let (v, m, var) = (x(), x(), x());
-            Expr::bin(
-                Div,
-                Expr::bin(Sub, v, m),
-                Expr::call(Func::Sqrt, Expr::bin(Add, var, c(*eps))),
-            )
-        }
-        Op::Rsqrt { eps } => Expr::call(Func::Rsqrt, Expr::bin(Add, x(), c(*eps))),
-        _ => return None,
-    })
 }
 
 impl Plan {

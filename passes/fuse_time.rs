@@ -146,9 +146,7 @@ impl Pass for ChainUnfused {
     }
     fn run(&self, p: &mut Program) -> Result<(), PassError> {
         schedule::chain_reductions_where(&mut p.graph, |g, n| {
-            g.operands(n)
-                .iter()
-                .any(|&a| !fuse::elementwise_op(&g.g[a].op))
+            g.operands(n).iter().any(|&a| !g.g[a].op.elementwise())
         });
         Ok(())
     }

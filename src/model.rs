@@ -60,14 +60,33 @@ pub enum Reset {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SurrogateKind {
     /// α·sig(αx)·(1 − sig(αx))
-    Sigmoid,
+    Sigmoid = 0,
     /// α / (2·(1 + (π/2·α·x)²))  (SpikingJelly's ATan)
-    Atan,
+    Atan = 1,
     /// max(0, α − α²·|x|)  (a triangle of height α and half-width 1/α)
-    Triangle,
+    Triangle = 2,
 }
 
 impl SurrogateKind {
+    /// Every surrogate, in code order. The derivative of each is defined
+    /// once, as a kernel-IR expression, in `ir::scalar`.
+    pub const ALL: [SurrogateKind; 3] = [
+        SurrogateKind::Sigmoid,
+        SurrogateKind::Atan,
+        SurrogateKind::Triangle,
+    ];
+
+    /// The integer that selects this surrogate in the CUDA backend's
+    /// `snnc_surrogate_grad` kernel (its discriminant).
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The surrogate the DSL calls `name`.
+    pub fn from_name(name: &str) -> Option<SurrogateKind> {
+        SurrogateKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// The name the DSL uses (`surrogate=atan`).
     pub fn name(self) -> &'static str {
         match self {

@@ -41,7 +41,7 @@ fn nvrtc_compiles_every_kernel_for_sm_90() {
     if !nvrtc_or_skip() {
         return;
     }
-    let out = nvrtc::compile(KERNELS_CU, "snnc_kernels", &nvrtc::options("sm_90"))
+    let out = nvrtc::compile(&KERNELS_CU, "snnc_kernels", &nvrtc::options("sm_90"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         out.cubin.as_ref().is_some_and(|c| !c.is_empty()),
@@ -145,7 +145,7 @@ fn ptxas_resource_table() {
     {
         panic!("ptxas was found when the tests were built, but `{ptxas} --version` does not run");
     }
-    let out = nvrtc::compile(KERNELS_CU, "snnc_kernels", &nvrtc::options("sm_90")).unwrap();
+    let out = nvrtc::compile(&KERNELS_CU, "snnc_kernels", &nvrtc::options("sm_90")).unwrap();
     let dir = std::env::temp_dir().join(format!("snnc-ptxas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let ptx = dir.join("k.ptx");

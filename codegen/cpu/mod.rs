@@ -214,7 +214,7 @@ fn compute(
         } => Some(kernels::conv2d_grad_weight(
             xs[0], xs[1], *stride, *padding, *kernel,
         )),
-        _ => elementwise::eval(op, xs).or_else(|| elementwise::eval_reduce(op, xs)),
+        _ => elementwise::eval(op, shape, xs).or_else(|| elementwise::eval_reduce(op, xs)),
     };
     match fast {
         Some(t) => Ok(t),

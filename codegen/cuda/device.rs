@@ -332,7 +332,7 @@ impl Cuda {
             let arch = info.arch();
             let started = std::time::Instant::now();
             let compiled =
-                nvrtc::compile_cached(KERNELS_CU, "snnc_kernels", &nvrtc::options(&arch))
+                nvrtc::compile_cached(&KERNELS_CU, "snnc_kernels", &nvrtc::options(&arch))
                     .map_err(BackendError::Compile)?;
             let secs = started.elapsed().as_secs_f64();
             let (module, form) = load_compiled(&ctx, &compiled)?;

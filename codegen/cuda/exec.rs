@@ -27,11 +27,11 @@
 //! after the first step no table is uploaded).
 
 use super::arena::{self, Arena};
-use super::backend::{check_args, Arg, Backend};
+use super::backend::{check_args, Arg, Backend, KERNELS};
+use super::elementwise;
 use super::gemm::Gemm;
 use crate::interp::RunOptions;
 use crate::ir::{Graph, NodeIndex, Op};
-use crate::model::SurrogateKind;
 use crate::passes::fuse::{self, Plan, Unit};
 use crate::passes::memplan::{self, MemPlan};
 use crate::tensor::Tensor;
@@ -1201,86 +1201,16 @@ impl<'a, B: Backend> Executor<'a, B> {
             Op::Input { .. } | Op::Param { .. } | Op::Reshape { .. } | Op::Detach => {
                 unreachable!("handled by exec_node")
             }
-            Op::Add | Op::Sub | Op::Mul => {
-                let k = match op {
-                    Op::Add => "snnc_add",
-                    Op::Sub => "snnc_sub",
-                    _ => "snnc_mul",
-                };
-                self.launch(k, n, &[P(x(0)), P(x(1)), P(out), I(ni)])
-            }
-            Op::Scale(c) => self.launch("snnc_scale", n, &[P(x(0)), P(out), I(ni), F(*c as f32)]),
-            Op::AddScalar(c) => self.launch(
-                "snnc_add_scalar",
-                n,
-                &[P(x(0)), P(out), I(ni), F(*c as f32)],
-            ),
-            Op::Spike { theta, .. } => {
-                self.launch("snnc_spike", n, &[P(x(0)), P(out), I(ni), F(*theta as f32)])
-            }
-            Op::SurrogateGrad { theta, surrogate } => {
-                let kind = match surrogate.kind {
-                    SurrogateKind::Sigmoid => 0,
-                    SurrogateKind::Atan => 1,
-                    SurrogateKind::Triangle => 2,
-                };
-                self.launch(
-                    "snnc_surrogate_grad",
-                    n,
-                    &[
-                        P(x(0)),
-                        P(out),
-                        I(ni),
-                        D(*theta),
-                        D(surrogate.alpha),
-                        I(kind),
-                    ],
-                )
-            }
-            Op::Rsqrt { eps } => {
-                self.launch("snnc_rsqrt", n, &[P(x(0)), P(out), I(ni), F(*eps as f32)])
-            }
-            Op::BiasAdd | Op::ChannelScale => {
-                let k = if *op == Op::BiasAdd {
-                    "snnc_bias_add"
-                } else {
-                    "snnc_channel_scale"
-                };
-                let s = ins[0].1;
-                self.launch(
-                    k,
-                    n,
-                    &[
-                        P(x(0)),
-                        P(x(1)),
-                        P(out),
-                        I(ni),
-                        I(int(s[1])?),
-                        I(int(inner(s))?),
-                    ],
-                )
-            }
-            Op::ChannelBroadcast { shape: s } => self.launch(
-                "snnc_channel_broadcast",
-                n,
-                &[P(x(0)), P(out), I(ni), I(int(s[1])?), I(int(inner(s))?)],
-            ),
-            Op::Normalize { eps } => {
-                let s = ins[0].1;
-                self.launch(
-                    "snnc_normalize",
-                    n,
-                    &[
-                        P(x(0)),
-                        P(x(1)),
-                        P(x(2)),
-                        P(out),
-                        I(ni),
-                        I(int(s[1])?),
-                        I(int(inner(s))?),
-                        F(*eps as f32),
-                    ],
-                )
+            // Elementwise ops: their kernels are rendered from the op table.
+            op if elementwise::has_kernel(op) => {
+                let name = format!("snnc_{}", op.name());
+                let k = KERNELS
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .find(|k| *k == name)
+                    .ok_or_else(|| format!("no kernel {name} in the kernel table"))?;
+                let args = elementwise::args(op, ins, out, n, int)?;
+                self.launch(k, n, &args)
             }
             Op::Sum | Op::TimeMean => {
                 let total = ins.len();
@@ -1461,6 +1391,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                     _ => self.conv_grad_weight(&geo, x(0), x(1), out),
                 }
             }
+            op => Err(format!("{} has no CUDA kernel", op.name())),
         }
     }
 

@@ -35,82 +35,8 @@ extern "C" __global__ void snnc_copy(const float* x, float* out, int n) {
 }
 
 // ---- elementwise ----------------------------------------------------------
-
-extern "C" __global__ void snnc_add(const float* a, const float* b, float* out, int n) {
-    SNNC_LOOP(i, n) { out[i] = a[i] + b[i]; }
-}
-
-extern "C" __global__ void snnc_sub(const float* a, const float* b, float* out, int n) {
-    SNNC_LOOP(i, n) { out[i] = a[i] - b[i]; }
-}
-
-extern "C" __global__ void snnc_mul(const float* a, const float* b, float* out, int n) {
-    SNNC_LOOP(i, n) { out[i] = a[i] * b[i]; }
-}
-
-// Scale(c): c·x
-extern "C" __global__ void snnc_scale(const float* x, float* out, int n, float c) {
-    SNNC_LOOP(i, n) { out[i] = c * x[i]; }
-}
-
-// AddScalar(c): x + c
-extern "C" __global__ void snnc_add_scalar(const float* x, float* out, int n, float c) {
-    SNNC_LOOP(i, n) { out[i] = x[i] + c; }
-}
-
-// Spike: H(x − θ) with H(0) = 1.
-extern "C" __global__ void snnc_spike(const float* x, float* out, int n, float theta) {
-    SNNC_LOOP(i, n) { out[i] = x[i] >= theta ? 1.0f : 0.0f; }
-}
-
-// interp::surrogate_grad, in double like the interpreter.
-// kind: 0 sigmoid, 1 atan, 2 triangle.
-__device__ __forceinline__ double snnc_surrogate(int kind, double a, double x) {
-    if (kind == 0) {
-        double sig = 1.0 / (1.0 + exp(-a * x));
-        return a * sig * (1.0 - sig);
-    }
-    if (kind == 1) {
-        double u = 1.5707963267948966 * a * x;
-        return a / (2.0 * (1.0 + u * u));
-    }
-    double v = a - a * a * fabs(x);
-    return v > 0.0 ? v : 0.0;
-}
-
-extern "C" __global__ void snnc_surrogate_grad(const float* x, float* out, int n, double theta,
-                                               double alpha, int kind) {
-    SNNC_LOOP(i, n) { out[i] = (float)snnc_surrogate(kind, alpha, (double)x[i] - theta); }
-}
-
-// Rsqrt: 1/sqrt(x + eps), correctly rounded (not the rsqrtf approximation).
-extern "C" __global__ void snnc_rsqrt(const float* x, float* out, int n, float eps) {
-    SNNC_LOOP(i, n) { out[i] = 1.0f / sqrtf(x[i] + eps); }
-}
-
-// ---- per-channel (axis 1 of [B, C, ...]; r = product of the axes after 1) --
-
-extern "C" __global__ void snnc_bias_add(const float* x, const float* v, float* out, int n, int c,
-                                         int r) {
-    SNNC_LOOP(i, n) { out[i] = x[i] + v[(i / r) % c]; }
-}
-
-extern "C" __global__ void snnc_channel_scale(const float* x, const float* v, float* out, int n,
-                                              int c, int r) {
-    SNNC_LOOP(i, n) { out[i] = x[i] * v[(i / r) % c]; }
-}
-
-extern "C" __global__ void snnc_channel_broadcast(const float* v, float* out, int n, int c, int r) {
-    SNNC_LOOP(i, n) { out[i] = v[(i / r) % c]; }
-}
-
-extern "C" __global__ void snnc_normalize(const float* x, const float* mean, const float* var,
-                                          float* out, int n, int c, int r, float eps) {
-    SNNC_LOOP(i, n) {
-        int ch = (i / r) % c;
-        out[i] = (x[i] - mean[ch]) / sqrtf(var[ch] + eps);
-    }
-}
+// Rendered from the op table and inserted here (codegen/cuda/elementwise.rs).
+// @ELEMENTWISE@
 
 // ---- n-ary sums: Sum and TimeMean -----------------------------------------
 // out = (out if accumulate, else 0) + p0 + … + p_{count−1}, then / div.

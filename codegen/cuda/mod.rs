@@ -2,7 +2,8 @@
 //!
 //! - `kernels.cu`: the library kernels (`backend::KERNELS`; matmuls and the
 //!   GEMM of each convolution are cuBLAS calls), written so that the same
-//!   text also compiles as C++;
+//!   text also compiles as C++; its elementwise kernels are rendered from the op
+//!   table ([`elementwise`]);
 //! - [`nvrtc`]: run-time compilation to CUBIN/PTX for the device's
 //!   architecture, with an on-disk cache;
 //! - [`gemm`]: row-major products as column-major cuBLAS calls;
@@ -15,6 +16,7 @@
 //!   device-copy bandwidth test and `snnc bench --device cuda`.
 
 pub mod device;
+pub mod elementwise;
 pub mod emu;
 pub mod fused;
 pub mod gemm;
@@ -27,7 +29,9 @@ pub use device::{missing_library, probe, Cuda, DeviceInfo};
 pub use emu::Emu;
 
 /// The library kernel source (also compiled as C++ by the emulator).
-pub const KERNELS_CU: &str = include_str!("kernels.cu");
+pub static KERNELS_CU: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    include_str!("kernels.cu").replace("// @ELEMENTWISE@\n", &elementwise::source())
+});
 
 /// The executor on a GPU.
 pub type CudaExecutor<'a> = Executor<'a, Cuda>;

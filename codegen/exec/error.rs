@@ -43,6 +43,10 @@ pub enum ExecError {
     NoState(usize),
     #[error("a workspace of {need} bytes exceeds the {size} planned")]
     Workspace { need: usize, size: usize },
+    #[error("no kernel `{0}` in the library kernel table")]
+    NoKernel(String),
+    #[error("{0} has no library kernel")]
+    NoLibraryKernel(&'static str),
     #[error("missing input `{0}`")]
     MissingInput(String),
     #[error("missing param `{0}`")]

@@ -6,7 +6,7 @@
 use std::fmt::{self, Display, Formatter};
 
 use super::{BATCHNORM_EPS, BATCHNORM_MOMENTUM};
-use crate::model::{Encoding, Layer, LayerKind, Model, NeuronOpts, Reset, SurrogateKind};
+use crate::model::{Encoding, Layer, LayerKind, Model, NeuronOpts, Reset};
 
 pub fn to_snn(model: &Model) -> String {
     Snn(model).to_string()
@@ -143,11 +143,7 @@ fn neuron_opts(f: &mut Formatter<'_>, o: &NeuronOpts) -> fmt::Result {
         write!(f, " detach_reset={b}")?;
     }
     if let Some(s) = o.surrogate {
-        f.write_str(match s {
-            SurrogateKind::Sigmoid => " surrogate=sigmoid",
-            SurrogateKind::Atan => " surrogate=atan",
-            SurrogateKind::Triangle => " surrogate=triangle",
-        })?;
+        write!(f, " surrogate={}", s.name())?;
     }
     if let Some(v) = o.alpha {
         write!(f, " alpha={}", Num(v))?;

@@ -1,45 +1,12 @@
 //! Kernels of the gradient ops autodiff emits. Each is the adjoint of a
 //! forward kernel in `ops.rs`, written as the same loops with the
-//! accumulation turned around (scatter instead of gather).
+//! accumulation turned around (scatter instead of gather). Elementwise
+//! gradient ops (sums, surrogate derivatives, rsqrt, broadcasts) have no
+//! kernel: they evaluate their scalar definition (`ir::scalar`).
 
-use super::scalar::{constant, count, inner};
-use super::surrogate_grad;
-use crate::model::Surrogate;
+use super::scalar::{count, inner};
 use crate::tensor::Tensor;
 use num_traits::Float;
-
-pub fn sum<F: Float>(xs: &[&Tensor<F>]) -> Tensor<F> {
-    let mut out = Tensor::zeros(&xs[0].shape);
-    for x in xs {
-        for (o, &v) in out.data.iter_mut().zip(&x.data) {
-            *o = *o + v;
-        }
-    }
-    out
-}
-
-pub fn surrogate<F: Float>(x: &Tensor<F>, theta: f64, s: &Surrogate) -> Tensor<F> {
-    let data = x
-        .data
-        .iter()
-        .map(|&v| {
-            let d = v.to_f64().expect("float widens") - theta;
-            F::from(surrogate_grad(s, d)).expect("finite")
-        })
-        .collect();
-    Tensor::from_vec(&x.shape, data)
-}
-
-pub fn rsqrt<F: Float>(x: &Tensor<F>, eps: f64) -> Result<Tensor<F>, String> {
-    let eps: F = constant(eps)?;
-    Ok(Tensor::from_vec(
-        &x.shape,
-        x.data
-            .iter()
-            .map(|&v| F::one() / (v + eps).sqrt())
-            .collect(),
-    ))
-}
 
 pub fn channel_sum<F: Float>(x: &Tensor<F>) -> Tensor<F> {
     let (c, r) = (x.shape[1], inner(&x.shape));
@@ -49,12 +16,6 @@ pub fn channel_sum<F: Float>(x: &Tensor<F>) -> Tensor<F> {
         out[ch] = out[ch] + v;
     }
     Tensor::from_vec(&[c], out)
-}
-
-pub fn channel_broadcast<F: Float>(v: &Tensor<F>, shape: &[usize]) -> Tensor<F> {
-    let (c, r) = (shape[1], inner(shape));
-    let n: usize = shape.iter().product();
-    Tensor::from_vec(shape, (0..n).map(|i| v.data[(i / r) % c]).collect())
 }
 
 /// Calls `f(x_index, dy_index, w_index)` for every (output element, tap)

@@ -15,7 +15,7 @@ pub use random::{random_input, random_labels, random_values};
 pub use ops::eval_op;
 
 use crate::ir::{Graph, Op};
-use crate::model::{Surrogate, SurrogateKind};
+use crate::model::Surrogate;
 use crate::tensor::Tensor;
 use num_traits::Float;
 use petgraph::stable_graph::NodeIndex;
@@ -157,27 +157,16 @@ fn check_leaf<F>(
     Ok(())
 }
 
-/// Derivative of the surrogate spike function at `x` (= membrane − θ).
-/// Lives here so autodiff and every backend share one definition to test
-/// against.
+/// Derivative of the surrogate spike function at `x` (= membrane − θ), in
+/// f64: its one definition (`ir::scalar::surrogate_derivative`) evaluated.
 pub fn surrogate_grad(s: &Surrogate, x: f64) -> f64 {
-    let a = s.alpha;
-    match s.kind {
-        SurrogateKind::Sigmoid => {
-            let sig = 1.0 / (1.0 + (-a * x).exp());
-            a * sig * (1.0 - sig)
-        }
-        SurrogateKind::Atan => {
-            let u = std::f64::consts::FRAC_PI_2 * a * x;
-            a / (2.0 * (1.0 + u * u))
-        }
-        SurrogateKind::Triangle => (a - a * a * x.abs()).max(0.0),
-    }
+    crate::ir::scalar_eval::surrogate_derivative_f64(s.kind, s.alpha, x)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::SurrogateKind;
     use std::f64::consts::{FRAC_PI_2, PI};
 
     /// The smooth step each surrogate is the derivative of.

@@ -1,10 +1,13 @@
 //! One plain kernel per op. Tensors are dense row-major, so every kernel is
 //! explicit index arithmetic over `data`; sums run in a fixed order and
 //! accumulate in the element type `F`, like a straightforward backend would.
+//! Elementwise ops have no kernel here: they evaluate their one scalar
+//! definition (`ir::scalar`) per element.
 
 use super::grad_ops as g;
 use super::scalar::{constant, count, inner};
 use super::RunOptions;
+use crate::ir::scalar_eval::{OpProgram, ScalarError};
 use crate::ir::Op;
 use crate::rng;
 use crate::tensor::Tensor;
@@ -55,45 +58,26 @@ pub fn eval_op<F: Float>(
     }
 
     let x = |k: usize| operands[k];
+    if op.elementwise() {
+        return elementwise(op, shape, operands).map_err(|e| e.to_string());
+    }
     let out = match op {
         Op::Input { .. } | Op::Param { .. } => unreachable!("rejected above"),
         Op::DropoutMask { p, stream } => dropout_mask(shape, *p, *stream, opts.seed)?,
         Op::Poisson { stream } => poisson(x(0), *stream, opts.seed),
         Op::TimeSlice { t } => time_slice(x(0), *t),
-        Op::Add => zip(x(0), x(1), |a, b| a + b),
-        Op::Sub => zip(x(0), x(1), |a, b| a - b),
-        Op::Mul => zip(x(0), x(1), |a, b| a * b),
-        Op::Scale(c) => {
-            let c: F = constant(*c)?;
-            map(x(0), |v| c * v)
-        }
-        Op::AddScalar(c) => {
-            let c: F = constant(*c)?;
-            map(x(0), |v| v + c)
-        }
-        Op::Detach => x(0).clone(),
-        Op::Spike { theta, .. } => {
-            let theta: F = constant(*theta)?;
-            // Heaviside with H(0) = 1: fires exactly at threshold.
-            map(x(0), |v| if v >= theta { F::one() } else { F::zero() })
-        }
         Op::MatMul { ta, tb } => matmul(x(0), x(1), *ta, *tb),
-        Op::BiasAdd => bias_add(x(0), x(1)),
         Op::Conv2d { stride, padding } => conv2d(x(0), x(1), *stride, *padding),
         Op::AvgPool { kernel, stride } => pool(x(0), *kernel, *stride, Pool::Avg),
         Op::MaxPool { kernel, stride } => pool(x(0), *kernel, *stride, Pool::Max),
         Op::Reshape { shape } => Tensor::from_vec(shape, x(0).data.clone()),
         Op::ChannelMean => channel_mean(operands),
         Op::ChannelVar => channel_var(operands[0], &operands[1..]),
-        Op::Normalize { eps } => normalize(x(0), x(1), x(2), constant(*eps)?),
-        Op::ChannelScale => per_channel(x(0), x(1), |v, c| v * c),
-        Op::TimeMean => time_mean(operands),
-        Op::Sum => g::sum(operands),
-        Op::SurrogateGrad { theta, surrogate } => g::surrogate(x(0), *theta, surrogate),
-        Op::Rsqrt { eps } => g::rsqrt(x(0), *eps)?,
         Op::ChannelSum => g::channel_sum(x(0)),
-        Op::ChannelDot => g::channel_sum(&zip(x(0), x(1), |a, b| a * b)),
-        Op::ChannelBroadcast { shape } => g::channel_broadcast(x(0), shape),
+        Op::ChannelDot => {
+            let product = elementwise(&Op::Mul, &x(0).shape, &operands[..2]);
+            g::channel_sum(&product.map_err(|e| e.to_string())?)
+        }
         Op::Conv2dGradInput {
             stride,
             padding,
@@ -115,6 +99,7 @@ pub fn eval_op<F: Float>(
         Op::MaxPoolMask { kernel, stride } => g::maxpool_mask(x(0), *kernel, *stride),
         Op::SoftmaxCrossEntropy => g::softmax_xent(x(0), x(1)),
         Op::SoftmaxCrossEntropyGrad => g::softmax_xent_grad(x(0), x(1)),
+        _ => unreachable!("{} is elementwise", op.name()),
     };
     debug_assert_eq!(
         out.shape,
@@ -125,13 +110,33 @@ pub fn eval_op<F: Float>(
     Ok(out)
 }
 
-fn map<F: Float>(x: &Tensor<F>, f: impl Fn(F) -> F) -> Tensor<F> {
-    Tensor::from_vec(&x.shape, x.data.iter().map(|&v| f(v)).collect())
-}
-
-fn zip<F: Float>(a: &Tensor<F>, b: &Tensor<F>, f: impl Fn(F, F) -> F) -> Tensor<F> {
-    let data = a.data.iter().zip(&b.data).map(|(&u, &v)| f(u, v)).collect();
-    Tensor::from_vec(&a.shape, data)
+/// An elementwise op of result shape `shape`: element `i` is the op's
+/// scalar definition at element `i` of each operand (a per-channel operand
+/// at `i`'s channel).
+pub(crate) fn elementwise<F: Float>(
+    op: &Op,
+    shape: &[usize],
+    xs: &[&Tensor<F>],
+) -> Result<Tensor<F>, ScalarError> {
+    let program = OpProgram::<F>::new(op, xs.len())?;
+    let chan: Vec<bool> = (0..xs.len()).map(|k| op.chan_operand(k)).collect();
+    // Channel axis 1 of the result, `r` elements per (batch, channel) slab.
+    let (c, r) = if chan.contains(&true) {
+        (shape[1], inner(shape))
+    } else {
+        (1, 1)
+    };
+    let n: usize = shape.iter().product();
+    let mut args = vec![F::zero(); xs.len()];
+    let data = (0..n)
+        .map(|i| {
+            for ((a, x), &per_channel) in args.iter_mut().zip(xs).zip(&chan) {
+                *a = x.data[if per_channel { (i / r) % c } else { i }];
+            }
+            program.eval(&args)
+        })
+        .collect();
+    Ok(Tensor::from_vec(shape, data))
 }
 
 fn dropout_mask<F: Float>(
@@ -144,7 +149,7 @@ fn dropout_mask<F: Float>(
     if !(0.0..1.0).contains(&p) {
         return Err(format!("dropout p={p} is not in [0, 1)"));
     }
-    let keep: F = constant(1.0 / (1.0 - p))?;
+    let keep: F = constant(1.0 / (1.0 - p)).map_err(|e| e.to_string())?;
     let n: usize = shape.iter().product();
     let data = (0..n)
         .map(|i| {
@@ -221,10 +226,6 @@ fn matmul<F: Float>(a: &Tensor<F>, b: &Tensor<F>, ta: bool, tb: bool) -> Tensor<
         }
     }
     out
-}
-
-fn bias_add<F: Float>(x: &Tensor<F>, bias: &Tensor<F>) -> Tensor<F> {
-    per_channel(x, bias, |v, b| v + b)
 }
 
 pub(crate) fn conv2d<F: Float>(
@@ -340,44 +341,4 @@ fn channel_var<F: Float>(mean: &Tensor<F>, xs: &[&Tensor<F>]) -> Tensor<F> {
     let n: F = count(n);
     let c = sums.len();
     Tensor::from_vec(&[c], sums.into_iter().map(|s| s / n).collect())
-}
-
-fn normalize<F: Float>(x: &Tensor<F>, mean: &Tensor<F>, var: &Tensor<F>, eps: F) -> Tensor<F> {
-    let (c, r) = (x.shape[1], inner(&x.shape));
-    let data = x
-        .data
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let ch = (i / r) % c;
-            (v - mean.data[ch]) / (var.data[ch] + eps).sqrt()
-        })
-        .collect();
-    Tensor::from_vec(&x.shape, data)
-}
-
-/// `f(x[.., c, ..], v[c])` for every element, `v` indexed by axis 1.
-fn per_channel<F: Float>(x: &Tensor<F>, v: &Tensor<F>, f: impl Fn(F, F) -> F) -> Tensor<F> {
-    let (c, r) = (x.shape[1], inner(&x.shape));
-    let data = x
-        .data
-        .iter()
-        .enumerate()
-        .map(|(i, &a)| f(a, v.data[(i / r) % c]))
-        .collect();
-    Tensor::from_vec(&x.shape, data)
-}
-
-fn time_mean<F: Float>(xs: &[&Tensor<F>]) -> Tensor<F> {
-    let mut out = Tensor::zeros(&xs[0].shape);
-    for x in xs {
-        for (o, &v) in out.data.iter_mut().zip(&x.data) {
-            *o = *o + v;
-        }
-    }
-    let n: F = count(xs.len());
-    for o in &mut out.data {
-        *o = *o / n;
-    }
-    out
 }

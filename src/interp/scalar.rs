@@ -1,10 +1,11 @@
 //! Small conversions the interpreter's forward and backward ops share.
 
+use crate::ir::scalar_eval::ScalarError;
 use num_traits::Float;
 
 /// Converts an op's f64 attribute to the element type.
-pub(super) fn constant<F: Float>(c: f64) -> Result<F, String> {
-    F::from(c).ok_or_else(|| format!("constant {c} is not representable in the element type"))
+pub(super) fn constant<F: Float>(c: f64) -> Result<F, ScalarError> {
+    F::from(c).ok_or(ScalarError::Constant(c))
 }
 
 /// An element count as `F` (exact up to 2^24 in f32, which covers any

@@ -18,6 +18,7 @@
 //! next), so a kernel holds a few `runs`: ranges of steps sharing one body.
 //! Generated code therefore does not grow with T.
 
+use crate::model::SurrogateKind;
 use std::fmt::Write;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -76,10 +77,12 @@ pub enum Func {
     /// `1/sqrt(x)`
     Rsqrt,
     Sqrt,
-    /// Surrogate derivatives at `x` with steepness `alpha` (docs/math.md §1).
-    SgSigmoid(f32),
-    SgAtan(f32),
-    SgTriangle(f32),
+    Exp,
+    Abs,
+    /// `−x`
+    Neg,
+    /// `x > 0 ? x : 0` (NaN gives 0)
+    Pos,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -92,6 +95,17 @@ pub enum Expr {
     Load(Slot, Index),
     Bin(BinOp, Box<Expr>, Box<Expr>),
     Call(Func, Box<Expr>),
+    /// The surrogate derivative `σ'(x)` of steepness `alpha`: `(kind, x,
+    /// alpha)`. Its definition (`ir::scalar::surrogate_derivative`) is
+    /// rendered once per translation unit (`prelude`) and called.
+    Sg(SurrogateKind, Box<Expr>, Box<Expr>),
+    /// Operand `k` of a scalar definition (`ir::scalar`): definitions are
+    /// templates over their operands and attributes.
+    Arg(usize),
+    /// A constant of a definition, exact: each evaluator rounds it once to
+    /// its element type (f32 kernels, f64 reference), as the op attributes
+    /// always were.
+    Num(f64),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -117,6 +131,54 @@ impl Expr {
     pub fn call(f: Func, a: Expr) -> Expr {
         Expr::Call(f, Box::new(a))
     }
+    pub fn sg(kind: SurrogateKind, x: Expr, alpha: Expr) -> Expr {
+        Expr::Sg(kind, Box::new(x), Box::new(alpha))
+    }
+
+    /// The direct subexpressions, in evaluation order.
+    pub fn children(&self) -> Vec<&Expr> {
+        match self {
+            Expr::Bin(_, a, b) | Expr::Sg(_, a, b) => vec![a, b],
+            Expr::Call(_, a) => vec![a],
+            _ => vec![],
+        }
+    }
+
+    fn children_mut(&mut self) -> Vec<&mut Expr> {
+        match self {
+            Expr::Bin(_, a, b) | Expr::Sg(_, a, b) => vec![a, b],
+            Expr::Call(_, a) => vec![a],
+            _ => vec![],
+        }
+    }
+
+    /// Every `Num` rounded to an f32 `Const`: what a kernel in f32 holds.
+    pub fn into_f32(mut self) -> Expr {
+        fn go(e: &mut Expr) {
+            if let Expr::Num(v) = *e {
+                *e = Expr::Const(v as f32);
+            }
+            for c in e.children_mut() {
+                go(c);
+            }
+        }
+        go(&mut self);
+        self
+    }
+
+    /// Replaces every `Arg(k)` by `args[k]`.
+    pub fn substitute(mut self, args: &[Expr]) -> Expr {
+        fn go(e: &mut Expr, args: &[Expr]) {
+            if let Expr::Arg(k) = *e {
+                *e = args[k].clone();
+            }
+            for c in e.children_mut() {
+                go(c, args);
+            }
+        }
+        go(&mut self, args);
+        self
+    }
 }
 
 /// How a target spells the few things that differ between C and CUDA.
@@ -132,6 +194,42 @@ pub trait Spelling {
     fn chan_load(&self, slot: Slot) -> String {
         format!("{}[ch]", self.ptr(slot))
     }
+    /// Operand `k` of a definition being rendered as a function.
+    fn arg(&self, k: usize) -> String {
+        format!("a{k}")
+    }
+    /// Whether the code computes in double (the CUDA backend's reference
+    /// surrogate kernel) instead of float.
+    fn wide(&self) -> bool {
+        false
+    }
+}
+
+/// Renders nothing but definitions: operands by name, f32 or f64.
+pub struct DefSpelling<'a> {
+    pub args: &'a [&'a str],
+    pub wide: bool,
+}
+
+impl Spelling for DefSpelling<'_> {
+    fn reg(&self, _: usize) -> String {
+        unreachable!("definitions have no registers")
+    }
+    fn acc(&self, _: usize) -> String {
+        unreachable!("definitions have no accumulators")
+    }
+    fn ptr(&self, _: Slot) -> String {
+        unreachable!("definitions read operands, not slots")
+    }
+    fn step_const(&self, _: usize) -> String {
+        unreachable!("definitions have no step constants")
+    }
+    fn arg(&self, k: usize) -> String {
+        self.args[k].to_string()
+    }
+    fn wide(&self) -> bool {
+        self.wide
+    }
 }
 
 /// Calls `f` on every constant of the statements, in a fixed order.
@@ -139,12 +237,11 @@ pub fn visit_consts(stmts: &mut [Stmt], f: &mut dyn FnMut(&mut Expr)) {
     fn e(x: &mut Expr, f: &mut dyn FnMut(&mut Expr)) {
         match x {
             Expr::Const(_) | Expr::StepConst(_) => f(x),
-            Expr::Bin(_, a, b) => {
-                e(a, f);
-                e(b, f)
+            _ => {
+                for c in x.children_mut() {
+                    e(c, f)
+                }
             }
-            Expr::Call(_, a) => e(a, f),
-            _ => {}
         }
     }
     for s in stmts {
@@ -154,6 +251,19 @@ pub fn visit_consts(stmts: &mut [Stmt], f: &mut dyn FnMut(&mut Expr)) {
             }
             Stmt::StoreAcc(..) => {}
         }
+    }
+}
+
+/// A double literal that C and CUDA read back as the same f64.
+pub fn lit_f64(v: f64) -> String {
+    if !v.is_finite() {
+        return format!("(double){}", lit(v as f32));
+    }
+    let s = format!("{v:?}");
+    if s.contains('.') || s.contains('e') {
+        s
+    } else {
+        format!("{s}.0")
     }
 }
 
@@ -200,15 +310,37 @@ pub fn expr(e: &Expr, sp: &dyn Spelling) -> String {
         }
         Expr::Call(f, a) => {
             let a = expr(a, sp);
+            // float functions, or their double versions in wide code.
+            let (fl, zero, one) = if sp.wide() {
+                ("", "0.0", "1.0")
+            } else {
+                ("f", "0.0f", "1.0f")
+            };
             match f {
-                Func::Rsqrt => format!("(1.0f / sqrtf({a}))"),
-                Func::Sqrt => format!("sqrtf({a})"),
-                Func::SgSigmoid(al) => format!("sg_sigmoid({a}, {})", lit(*al)),
-                Func::SgAtan(al) => format!("sg_atan({a}, {})", lit(*al)),
-                Func::SgTriangle(al) => format!("sg_triangle({a}, {})", lit(*al)),
+                Func::Rsqrt => format!("({one} / sqrt{fl}({a}))"),
+                Func::Sqrt => format!("sqrt{fl}({a})"),
+                Func::Exp => format!("exp{fl}({a})"),
+                Func::Abs => format!("fabs{fl}({a})"),
+                Func::Neg if a.starts_with('-') => format!("(-({a}))"),
+                Func::Neg => format!("(-{a})"),
+                Func::Pos => format!("({a} > {zero} ? {a} : {zero})"),
             }
         }
+        Expr::Sg(kind, x, al) => format!(
+            "{}({}, {})",
+            sg_name(*kind, sp.wide()),
+            expr(x, sp),
+            expr(al, sp)
+        ),
+        Expr::Arg(k) => sp.arg(*k),
+        Expr::Num(v) if sp.wide() => lit_f64(*v),
+        Expr::Num(v) => lit(*v as f32),
     }
+}
+
+/// The rendered function computing a surrogate's derivative.
+pub fn sg_name(kind: SurrogateKind, wide: bool) -> String {
+    format!("sg_{}{}", kind.name(), if wide { "_d" } else { "" })
 }
 
 /// The statements of one body, one per line, each indented by `ind`.
@@ -245,9 +377,7 @@ pub fn uses_chan(stmts: &[Stmt]) -> bool {
     fn e(x: &Expr) -> bool {
         match x {
             Expr::Load(_, Index::Chan) => true,
-            Expr::Bin(_, a, b) => e(a) || e(b),
-            Expr::Call(_, a) => e(a),
-            _ => false,
+            _ => x.children().into_iter().any(e),
         }
     }
     stmts.iter().any(|s| match s {
@@ -261,12 +391,11 @@ pub fn chan_slots_of(stmts: &[Stmt]) -> Vec<Slot> {
     fn e(x: &Expr, out: &mut Vec<Slot>) {
         match x {
             Expr::Load(s, Index::Chan) if !out.contains(s) => out.push(*s),
-            Expr::Bin(_, a, b) => {
-                e(a, out);
-                e(b, out)
+            _ => {
+                for c in x.children() {
+                    e(c, out)
+                }
             }
-            Expr::Call(_, a) => e(a, out),
-            _ => {}
         }
     }
     let mut out = Vec::new();
@@ -286,12 +415,11 @@ pub fn slots_of(stmts: &[Stmt]) -> Vec<Slot> {
     fn e(x: &Expr, out: &mut Vec<Slot>) {
         match x {
             Expr::Load(s, _) => out.push(*s),
-            Expr::Bin(_, a, b) => {
-                e(a, out);
-                e(b, out)
+            _ => {
+                for c in x.children() {
+                    e(c, out)
+                }
             }
-            Expr::Call(_, a) => e(a, out),
-            _ => {}
         }
     }
     let mut out = Vec::new();
@@ -312,19 +440,6 @@ pub fn slots_of(stmts: &[Stmt]) -> Vec<Slot> {
         }
     }
     seen
-}
-
-/// Surrogate derivatives, spelled once for both targets (`QUAL` is
-/// `static inline` in C and `__device__ inline` in CUDA). Same functions as
-/// `interp::surrogate_grad`, in f32. The sigmoid's σ(1 − σ) is written as
-/// z/(1 + z)² with z = e^(−α|x|) (it is even in x): in f32, 1 − σ cancels
-/// to a few digits once σ nears 1, and z never overflows.
-pub fn prelude(qual: &str) -> String {
-    format!(
-        "{qual} float sg_sigmoid(float x, float a) {{ const float z = expf(-a * fabsf(x)); return a * z / ((1.0f + z) * (1.0f + z)); }}\n\
-         {qual} float sg_atan(float x, float a) {{ const float u = 1.57079632679489661923f * a * x; return a / (2.0f * (1.0f + u * u)); }}\n\
-         {qual} float sg_triangle(float x, float a) {{ const float v = a - a * a * fabsf(x); return v > 0.0f ? v : 0.0f; }}\n"
-    )
 }
 
 /// The kernel's per-step constant tables, one declaration per line

@@ -8,9 +8,11 @@
 pub mod kernel;
 mod op;
 mod print;
+pub mod scalar;
+pub mod scalar_eval;
 mod verify;
 
-pub use op::Op;
+pub use op::{Arity, Cost, Linearity, Op, OpInfo};
 
 /// Bytes of an f32 tensor of `shape` (saturating: a verified graph's
 /// shapes have at most 2^60 elements, and a sum of byte counts that

@@ -161,32 +161,221 @@ pub enum Op {
     SoftmaxCrossEntropyGrad,
 }
 
+/// How many operands an op takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arity {
+    Exactly(usize),
+    /// One or more (n-ary sums, means and channel statistics).
+    AtLeast(usize),
+}
+
+/// In which operands an op's result is linear when the others are fixed
+/// (the rate pass moves time means through these positions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linearity {
+    No,
+    /// Linear in all operands together: `a + b`, `Σ xᵢ`.
+    Jointly,
+    /// Linear in each listed operand with the others fixed.
+    Each(&'static [usize]),
+}
+
+/// Floating-point work of an op (`passes::cost` counts it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Cost {
+    /// No arithmetic: leaves and views.
+    Free,
+    /// This many operations per output element.
+    PerOutput(f64),
+    /// One operation per operand element (n-ary sums, channel sums).
+    PerInput,
+    /// Depends on the operand shapes beyond the element count (products,
+    /// convolutions, pooling windows): `passes::cost` computes it.
+    Shaped,
+}
+
+/// The op table's row for one op: everything a pass or backend needs to
+/// know about it besides its shape rule ([`Op::infer_shape`]) and, for
+/// elementwise ops, its scalar definition (`ir::scalar::define`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OpInfo {
+    pub arity: Arity,
+    /// Each output element is a function of the operands' same element
+    /// (per-channel operands at its channel): it has a scalar definition,
+    /// and fusion can put it in a kernel.
+    pub elementwise: bool,
+    /// Can write its result over its first operand (same size, each
+    /// element computed from the same element of the operand).
+    pub in_place: bool,
+    /// Operand positions read per channel: a `[C]` vector broadcast along
+    /// axis 1 of the result.
+    pub chan: &'static [usize],
+    pub linear: Linearity,
+    /// The product of its two operands (bilinear): the rate pass splits
+    /// its time mean into the product of means plus a covariance.
+    pub bilinear: bool,
+    /// The reference backends (interpreter, CPU graph executor, the CUDA
+    /// backend's per-op kernel) evaluate the definition in f64 and round
+    /// once; fused kernels compute it in f32.
+    pub wide: bool,
+    pub cost: Cost,
+}
+
 impl Op {
+    /// The op table: one row per op.
+    pub fn info(&self) -> OpInfo {
+        use Arity::{AtLeast, Exactly};
+        let row = |arity, cost| OpInfo {
+            arity,
+            elementwise: false,
+            in_place: false,
+            chan: &[],
+            linear: Linearity::No,
+            bilinear: false,
+            wide: false,
+            cost,
+        };
+        // Elementwise, in place over operand 0.
+        let elem = |arity, cost| OpInfo {
+            elementwise: true,
+            in_place: true,
+            ..row(arity, cost)
+        };
+        let one = Cost::PerOutput(1.0);
+        match self {
+            Op::Input { .. } | Op::Param { .. } => row(Exactly(0), Cost::Free),
+            Op::DropoutMask { .. } => row(Exactly(0), one),
+            Op::Poisson { .. } => row(Exactly(1), one),
+            Op::TimeSlice { .. } => row(Exactly(1), Cost::Free),
+            Op::Add | Op::Sub => OpInfo {
+                linear: Linearity::Jointly,
+                ..elem(Exactly(2), one)
+            },
+            Op::Mul => OpInfo {
+                linear: Linearity::Each(&[0, 1]),
+                bilinear: true,
+                ..elem(Exactly(2), one)
+            },
+            Op::Scale(_) | Op::AddScalar(_) | Op::Spike { .. } => elem(Exactly(1), one),
+            Op::Detach => elem(Exactly(1), Cost::Free),
+            Op::SurrogateGrad { .. } => OpInfo {
+                wide: true,
+                ..elem(Exactly(1), Cost::PerOutput(4.0))
+            },
+            Op::MatMul { .. } => OpInfo {
+                linear: Linearity::Each(&[0, 1]),
+                bilinear: true,
+                ..row(Exactly(2), Cost::Shaped)
+            },
+            Op::BiasAdd => OpInfo {
+                chan: &[1],
+                linear: Linearity::Jointly,
+                ..elem(Exactly(2), one)
+            },
+            Op::ChannelScale => OpInfo {
+                chan: &[1],
+                linear: Linearity::Each(&[0, 1]),
+                bilinear: true,
+                ..elem(Exactly(2), one)
+            },
+            Op::Conv2d { .. } => row(Exactly(2), Cost::Shaped),
+            Op::AvgPool { .. } | Op::MaxPool { .. } => row(Exactly(1), Cost::Shaped),
+            Op::Reshape { .. } => OpInfo {
+                in_place: true,
+                linear: Linearity::Each(&[0]),
+                ..row(Exactly(1), Cost::Free)
+            },
+            Op::ChannelMean => row(AtLeast(1), Cost::PerInput),
+            Op::ChannelVar => row(AtLeast(2), Cost::Shaped),
+            Op::Normalize { .. } => OpInfo {
+                chan: &[1, 2],
+                ..elem(Exactly(3), Cost::PerOutput(2.0))
+            },
+            Op::TimeMean => OpInfo {
+                in_place: false,
+                ..elem(AtLeast(1), Cost::PerInput)
+            },
+            Op::Sum => OpInfo {
+                linear: Linearity::Jointly,
+                ..elem(AtLeast(1), Cost::PerInput)
+            },
+            Op::Rsqrt { .. } => OpInfo {
+                in_place: false,
+                ..elem(Exactly(1), one)
+            },
+            Op::ChannelSum => OpInfo {
+                linear: Linearity::Each(&[0]),
+                ..row(Exactly(1), Cost::PerInput)
+            },
+            Op::ChannelDot => row(Exactly(2), Cost::Shaped),
+            Op::ChannelBroadcast { .. } => OpInfo {
+                in_place: false,
+                chan: &[0],
+                linear: Linearity::Each(&[0]),
+                ..elem(Exactly(1), one)
+            },
+            Op::Conv2dGradInput { .. } => OpInfo {
+                linear: Linearity::Each(&[0, 1]),
+                ..row(Exactly(2), Cost::Shaped)
+            },
+            Op::Conv2dGradWeight { .. } => OpInfo {
+                linear: Linearity::Each(&[0, 1]),
+                bilinear: true,
+                ..row(Exactly(2), Cost::Shaped)
+            },
+            Op::AvgPoolGrad { .. } => OpInfo {
+                linear: Linearity::Each(&[0]),
+                ..row(Exactly(1), Cost::Shaped)
+            },
+            Op::MaxPoolGrad { .. } => OpInfo {
+                linear: Linearity::Each(&[1]),
+                ..row(Exactly(2), Cost::Shaped)
+            },
+            Op::MaxPoolMask { .. } => row(Exactly(1), one),
+            Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => row(Exactly(2), Cost::Shaped),
+        }
+    }
+
     /// Whether the node's value is owned by the caller (input or parameter)
     /// and read in place, not allocated by a run.
     pub fn resident(&self) -> bool {
         matches!(self, Op::Input { .. } | Op::Param { .. })
     }
 
-    /// Whether the op can write its result over its first operand (same
-    /// size, each element computed from the same element of the operand).
+    /// Whether the op can write its result over its first operand.
     pub fn in_place(&self) -> bool {
-        matches!(
-            self,
-            Op::Add
-                | Op::Sub
-                | Op::Mul
-                | Op::Scale(_)
-                | Op::AddScalar(_)
-                | Op::Detach
-                | Op::Spike { .. }
-                | Op::SurrogateGrad { .. }
-                | Op::BiasAdd
-                | Op::ChannelScale
-                | Op::Normalize { .. }
-                | Op::Sum
-                | Op::Reshape { .. }
-        )
+        self.info().in_place
+    }
+
+    /// Whether the op has a scalar definition (`ir::scalar`).
+    pub fn elementwise(&self) -> bool {
+        self.info().elementwise
+    }
+
+    /// Whether operand `pos` is a per-channel vector.
+    pub fn chan_operand(&self, pos: usize) -> bool {
+        self.info().chan.contains(&pos)
+    }
+
+    /// Whether the reference evaluates the op in f64 ([`OpInfo::wide`]).
+    pub fn wide(&self) -> bool {
+        self.info().wide
+    }
+
+    /// The sets of operand positions in which the op (applied to `arity`
+    /// operands) is linear when the others are fixed: one set for ops
+    /// linear in all operands jointly, one per operand otherwise.
+    pub fn linear_operands(&self, arity: usize) -> Vec<Vec<usize>> {
+        match self.info().linear {
+            Linearity::No => vec![],
+            Linearity::Jointly => vec![(0..arity).collect()],
+            Linearity::Each(ps) => ps.iter().map(|&p| vec![p]).collect(),
+        }
+    }
+
+    /// Whether the op is the product of its two operands.
+    pub fn is_bilinear(&self) -> bool {
+        self.info().bilinear
     }
 
     /// The name printed in the text form.

@@ -42,7 +42,7 @@
 
 use super::{Arr, NirError, NirGraph, Node, Padding, Prim};
 use crate::init::Params;
-use crate::model::{Encoding, Layer, LayerKind, Model, Neuron, NeuronKind, Reset, SurrogateKind};
+use crate::model::{Encoding, Layer, LayerKind, Model, Neuron, NeuronKind, Reset};
 use crate::shape::{Analysis, LayerShape};
 use std::collections::HashMap;
 
@@ -366,14 +366,7 @@ impl Ex<'_> {
                 },
             )
             .meta("snnc_detach_reset", n.detach_reset)
-            .meta(
-                "snnc_surrogate",
-                match n.surrogate.kind {
-                    SurrogateKind::Sigmoid => "sigmoid",
-                    SurrogateKind::Atan => "atan",
-                    SurrogateKind::Triangle => "triangle",
-                },
-            )
+            .meta("snnc_surrogate", n.surrogate.kind.name())
             .meta("snnc_alpha", format!("{}", n.surrogate.alpha))
     }
 }

@@ -944,12 +944,9 @@ impl Im<'_> {
                 Some(tidy(v_reset))
             },
             detach_reset: m.get("snnc_detach_reset").and_then(|s| s.parse().ok()),
-            surrogate: m.get("snnc_surrogate").and_then(|s| match s.as_str() {
-                "sigmoid" => Some(SurrogateKind::Sigmoid),
-                "atan" => Some(SurrogateKind::Atan),
-                "triangle" => Some(SurrogateKind::Triangle),
-                _ => None,
-            }),
+            surrogate: m
+                .get("snnc_surrogate")
+                .and_then(|s| SurrogateKind::from_name(s)),
             alpha: m.get("snnc_alpha").and_then(|s| s.parse().ok()),
         }
     }
