@@ -18,22 +18,9 @@ pub enum FrontendError {
     Shape {
         file: String,
         text: String,
-        error: ShapeError,
+        /// Boxed: the error stays small for the `Result`s it travels in.
+        error: Box<ShapeError>,
     },
-}
-
-/// Bridge for stages that still report errors as text: the error as it
-/// displays (without the `error: ` the CLI adds).
-impl From<FrontendError> for String {
-    fn from(e: FrontendError) -> String {
-        e.to_string()
-    }
-}
-
-impl From<FileError> for String {
-    fn from(e: FileError) -> String {
-        e.to_string()
-    }
 }
 
 /// A shape error in the model `file` whose text is `source`.
@@ -41,14 +28,8 @@ pub fn shape_error(e: &ShapeError, file: &str, source: &str) -> FrontendError {
     FrontendError::Shape {
         file: file.to_string(),
         text: source.to_string(),
-        error: e.clone(),
+        error: Box::new(e.clone()),
     }
-}
-
-/// [`shape_error`] under its former name (its callers in `compile` and
-/// `runtime::train` put it in a `String` error through the bridge above).
-pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> FrontendError {
-    shape_error(e, file, source)
 }
 
 /// A shape error at its layer's position in the source.

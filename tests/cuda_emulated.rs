@@ -29,10 +29,10 @@ mod common;
 
 use common::gen;
 use proptest::prelude::*;
+use snnc::cli::cuda_check::{check_case, check_graph, rel_err, CheckOptions};
 use snnc::codegen::cuda::backend::{check_args, Arg, Backend};
 use snnc::codegen::cuda::exec::Executor;
 use snnc::codegen::cuda::gemm::Cublas;
-use snnc::codegen::cuda::tools::{check_case, check_graph, rel_err, CheckOptions};
 use snnc::codegen::cuda::Emu;
 use snnc::compile::{compile, Options};
 use snnc::interp::{self, RunOptions};
@@ -538,7 +538,9 @@ fn check_model(
     workspace: usize,
     fused: Option<SchedOpts>,
 ) -> Result<(), String> {
-    let g = compile(model, &Options::new(steps, batch, mode))?.graph;
+    let g = compile(model, &Options::new(steps, batch, mode))
+        .map_err(|e| e.to_string())?
+        .graph;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f32>> =
         snnc::init::cast_params(&snnc::init::init_params(&a, seed));
@@ -554,7 +556,8 @@ fn check_model(
     };
     let r = check_graph(emu, &g, &inputs, &params, &opts, true, |ex| {
         ex.conv_workspace = workspace
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     if r.passed {
         Ok(())
     } else {

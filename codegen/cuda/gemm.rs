@@ -11,6 +11,26 @@
 //! (which executes [`Cublas`] with column-major semantics) before a GPU ever
 //! sees it.
 
+/// A GEMM cuBLAS cannot take: a size beyond its integer types, or arguments
+/// against its rules.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GemmError {
+    #[error("gemm {what} = {value} does not fit cuBLAS's int")]
+    NotInt { what: &'static str, value: usize },
+    #[error("gemm {what} = {value} does not fit")]
+    NotLong { what: &'static str, value: usize },
+    /// `call` is the call's debug form.
+    #[error("invalid cuBLAS gemm ({why}): {call}")]
+    Invalid { why: String, call: String },
+}
+
+/// Bridge for the executor and the backends, whose errors are still text.
+impl From<GemmError> for String {
+    fn from(e: GemmError) -> String {
+        e.to_string()
+    }
+}
+
 /// `C[m×n] = α·op(A)·op(B) + β·C`, row-major, `batch` times with element
 /// strides between the matrices of a batch. `a`, `b`, `c` are device
 /// addresses (bytes); `lda`, `ldb`, `ldc` are row strides in elements.
@@ -62,12 +82,12 @@ impl Gemm {
     }
 
     /// The column-major cuBLAS call computing this product.
-    pub fn to_cublas(&self) -> Result<Cublas, String> {
-        let i = |v: usize, what: &str| -> Result<i32, String> {
-            i32::try_from(v).map_err(|_| format!("gemm {what} = {v} does not fit cuBLAS's int"))
+    pub fn to_cublas(&self) -> Result<Cublas, GemmError> {
+        let i = |value: usize, what: &'static str| -> Result<i32, GemmError> {
+            i32::try_from(value).map_err(|_| GemmError::NotInt { what, value })
         };
-        let l = |v: usize, what: &str| -> Result<i64, String> {
-            i64::try_from(v).map_err(|_| format!("gemm {what} = {v} does not fit"))
+        let l = |value: usize, what: &'static str| -> Result<i64, GemmError> {
+            i64::try_from(value).map_err(|_| GemmError::NotLong { what, value })
         };
         let call = Cublas {
             transa: self.tb,
@@ -120,8 +140,13 @@ impl Cublas {
     /// cuBLAS's documented argument rules (it returns
     /// `CUBLAS_STATUS_INVALID_VALUE` otherwise), plus non-overlapping
     /// outputs within a batch.
-    pub fn validate(&self) -> Result<(), String> {
-        let bad = |msg: &str| Err(format!("invalid cuBLAS gemm ({msg}): {self:?}"));
+    pub fn validate(&self) -> Result<(), GemmError> {
+        let bad = |why: &str| {
+            Err(GemmError::Invalid {
+                why: why.to_string(),
+                call: format!("{self:?}"),
+            })
+        };
         if self.m < 0 || self.n < 0 || self.k < 0 || self.batch < 1 {
             return bad("negative size or empty batch");
         }

@@ -14,9 +14,11 @@
 //! - [`device`]: the GPU backend (cudarc), with [`probe`];
 //! - [`emu`]: the CPU emulator backend (kernels compiled by the host C++
 //!   compiler, run sequentially), which lets everything but the cudarc calls
-//!   be tested on a machine without a GPU;
-//! - [`tools`]: `snnc cuda-check` (GPU against the CPU executor), the
-//!   device-copy bandwidth test and `snnc bench --device cuda`.
+//!   be tested on a machine without a GPU.
+//!
+//! The commands that drive this backend (`snnc cuda-check`, the
+//! device-copy bandwidth test, `snnc bench --device cuda`) live in
+//! `src/cli`.
 
 pub mod arena;
 pub mod backend;
@@ -26,7 +28,6 @@ pub mod exec;
 pub mod fused;
 pub mod gemm;
 pub mod nvrtc;
-pub mod tools;
 
 pub use backend::{Arg, Backend, KERNELS, KERNELS_CU};
 pub use device::{missing_library, probe, Cuda, DeviceInfo};

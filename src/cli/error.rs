@@ -16,8 +16,10 @@ pub enum CliError {
     Params(#[from] crate::runtime::params::ParamsError),
     #[error(transparent)]
     RunDir(#[from] crate::runtime::rundir::RunDirError),
+    /// Boxed: the largest stage error; `CliError` stays small for the
+    /// `Result`s it travels in.
     #[error(transparent)]
-    Interop(#[from] crate::interop::InteropError),
+    Interop(Box<crate::interop::InteropError>),
     #[error(transparent)]
     Nir(#[from] crate::nir::NirError),
     /// A flag or a combination of flags the command refuses.
@@ -35,6 +37,14 @@ pub enum CliError {
     },
     #[error("bad config in checkpoint: {0}")]
     BadConfig(serde_json::Error),
+    #[error("cannot list `{}` (run from the repository root): {source}", dir.display())]
+    ListModels {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The CUDA backend (GPU or emulator) refused to start or to run.
+    #[error("{command}: {msg}")]
+    Backend { command: &'static str, msg: String },
     #[error("cuda-check: some cases failed (table above)")]
     CudaCheckFailed,
     #[error("cannot read `{}`: {source}", path.display())]
@@ -56,6 +66,8 @@ pub enum CliError {
     NoRun(PathBuf),
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Train(#[from] crate::runtime::train::TrainError),
     /// A broken invariant (a bug in snnc, not in the input).
     #[error("internal: {0}")]
     Internal(String),
@@ -74,6 +86,12 @@ pub enum CliError {
     /// A stage that reports its errors as text (converted stage by stage).
     #[error("{0}")]
     Msg(String),
+}
+
+impl From<crate::interop::InteropError> for CliError {
+    fn from(e: crate::interop::InteropError) -> CliError {
+        CliError::Interop(Box::new(e))
+    }
 }
 
 impl From<String> for CliError {

@@ -19,6 +19,7 @@ use super::checkpoint::{self, Checkpoint, EpochSums};
 pub use super::metrics::EpochMetrics;
 use super::optim::{OptimConfig, OptimState, Schedule};
 use super::rundir;
+pub use super::train_error::TrainError;
 use crate::codegen::cpu::compiled::Compiled;
 use crate::codegen::cuda::{Backend, Executor, Outputs};
 use crate::compile::{self, Options, Stage};
@@ -30,7 +31,7 @@ use crate::passes::fuse::{self, Plan};
 use crate::passes::mem::{self, Memory};
 use crate::passes::rate::Mode;
 use crate::rng::{mix64, Rng};
-use crate::shape::{self, dims, Analysis};
+use crate::shape::{self, Analysis};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -128,7 +129,7 @@ pub fn interrupted_message(out: &Path, epoch: usize, batch: usize) -> String {
     )
 }
 
-pub fn load_data(cfg: &TrainConfig) -> Result<Split, String> {
+pub fn load_data(cfg: &TrainConfig) -> Result<Split, TrainError> {
     use crate::data;
     let dir = cfg.data_dir.clone();
     if let Some(events_dir) = cfg.data.strip_prefix("events:") {
@@ -147,23 +148,15 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Split, String> {
         "cifar10" => {
             data::cifar10_split(&dir.unwrap_or_else(|| PathBuf::from("data/cifar-10-batches-bin")))
         }
-        other => {
-            return Err(format!(
-                "error: unknown dataset `{other}`; use digits, fashion-mnist, mnist, cifar10 \
-                 or events:DIR"
-            ))
-        }
+        other => return Err(TrainError::UnknownDataset(other.to_string())),
     };
-    r.map_err(|e| format!("error: {e}"))
+    Ok(r?)
 }
 
 /// `--data events:DIR`: event streams binned into the model's input frames
 /// (`[T, 2, H, W]` per sample, `T` the run's steps).
-fn load_events(cfg: &TrainConfig, dir: &str) -> Result<Split, String> {
-    let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
-        .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
-    let a = shape::analyze(&model)
-        .map_err(|e| crate::frontend::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
+fn load_events(cfg: &TrainConfig, dir: &str) -> Result<Split, TrainError> {
+    let (_, a) = crate::frontend::check_source(&cfg.model_source, &cfg.model_file)?;
     Ok(crate::data::events::load_for_input(
         std::path::Path::new(dir),
         &a.input,
@@ -276,7 +269,7 @@ impl Evaluator {
     }
 
     /// The inference graph for batches of `b`.
-    fn graph(&mut self, b: usize) -> Result<&Graph, String> {
+    fn graph(&mut self, b: usize) -> Result<&Graph, TrainError> {
         if !self.graphs.contains_key(&b) {
             let opts = Options {
                 eval: true,
@@ -296,14 +289,14 @@ impl Evaluator {
         d: &Dataset,
         params: &HashMap<String, Tensor<f32>>,
         batch: usize,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, TrainError> {
         let mut right = 0;
         let idx: Vec<usize> = (0..d.len()).collect();
         for chunk in idx.chunks(batch) {
             let b = chunk.len();
             if !self.cpu.contains_key(&b) {
                 let g = self.graph(b)?;
-                let exe = Compiled::new(g, &[])?;
+                let exe = Compiled::new(g, &[]).map_err(TrainError::Executor)?;
                 let plan = crate::passes::memplan::plan_fused(
                     exe.graph(g),
                     &exe.plan,
@@ -320,9 +313,7 @@ impl Evaluator {
             let (g, exe) = (&self.graphs[&b], &self.cpu[&b]);
             let batch = make_batch(d, chunk);
             let inputs = HashMap::from([("x".to_string(), batch.x)]);
-            let v = exe
-                .run(g, &inputs, params, &RunOptions { seed: 0 })
-                .map_err(|e| format!("error: {e}"))?;
+            let v = exe.run(g, &inputs, params, &RunOptions { seed: 0 })?;
             right += correct(&v["logits"], &batch.targets);
         }
         Ok(right as f64 / d.len().max(1) as f64)
@@ -337,7 +328,7 @@ impl Evaluator {
         d: &Dataset,
         params: &HashMap<String, Tensor<f32>>,
         batch: usize,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, TrainError> {
         let mut right = 0;
         let idx: Vec<usize> = (0..d.len()).collect();
         let chunks: Vec<&[usize]> = idx.chunks(batch.max(1)).collect();
@@ -359,11 +350,14 @@ impl Evaluator {
                 0,
                 device_memory(backend),
             )?;
-            let mut ex = Executor::with_plan(backend, g, self.plans[&b].clone(), &[])?;
+            let mut ex = Executor::with_plan(backend, g, self.plans[&b].clone(), &[])
+                .map_err(TrainError::Executor)?;
             for chunk in chunks.iter().filter(|c| c.len() == b) {
                 let batch = make_batch(d, chunk);
                 let inputs = HashMap::from([("x".to_string(), batch.x)]);
-                let v = ex.run(&inputs, params, &RunOptions { seed: 0 })?;
+                let v = ex
+                    .run(&inputs, params, &RunOptions { seed: 0 })
+                    .map_err(TrainError::Executor)?;
                 right += correct(&v["logits"], &batch.targets);
             }
         }
@@ -380,7 +374,7 @@ fn device_memory<B: Backend>(backend: &B) -> Memory {
 
 /// One training step's results: the outputs, and the kept (spike) values
 /// when asked for.
-type StepResult = Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), String>;
+type StepResult = Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), TrainError>;
 
 /// Runs training steps on a device.
 pub trait Stepper {
@@ -406,9 +400,9 @@ impl Stepper for CpuStepper<'_> {
         opts: &RunOptions,
         extra: bool,
     ) -> StepResult {
-        self.exe
-            .run_keeping(self.graph, inputs, params, opts, extra)
-            .map_err(|e| format!("error: {e}"))
+        Ok(self
+            .exe
+            .run_keeping(self.graph, inputs, params, opts, extra)?)
     }
 }
 
@@ -421,6 +415,7 @@ impl<B: Backend> Stepper for Executor<'_, B> {
         extra: bool,
     ) -> StepResult {
         self.run_keeping(inputs, params, opts, extra)
+            .map_err(TrainError::Executor)
     }
 }
 
@@ -431,15 +426,15 @@ trait Engine {
     /// the evaluation uses the device).
     fn with_stepper(
         &mut self,
-        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, String>,
-    ) -> Result<bool, String>;
+        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, TrainError>,
+    ) -> Result<bool, TrainError>;
     fn accuracy(
         &mut self,
         eval: &mut Evaluator,
         d: &Dataset,
         params: &HashMap<String, Tensor<f32>>,
         batch: usize,
-    ) -> Result<f64, String>;
+    ) -> Result<f64, TrainError>;
 }
 
 /// The fused CPU plan.
@@ -451,8 +446,8 @@ struct CpuEngine {
 impl Engine for CpuEngine {
     fn with_stepper(
         &mut self,
-        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, String>,
-    ) -> Result<bool, String> {
+        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, TrainError>,
+    ) -> Result<bool, TrainError> {
         f(&mut CpuStepper {
             graph: &self.graph,
             exe: &self.exe,
@@ -464,7 +459,7 @@ impl Engine for CpuEngine {
         d: &Dataset,
         params: &HashMap<String, Tensor<f32>>,
         batch: usize,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, TrainError> {
         eval.accuracy(d, params, batch)
     }
 }
@@ -480,14 +475,15 @@ struct CudaEngine<'d, B: Backend> {
 impl<B: Backend> Engine for CudaEngine<'_, B> {
     fn with_stepper(
         &mut self,
-        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, String>,
-    ) -> Result<bool, String> {
+        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, TrainError>,
+    ) -> Result<bool, TrainError> {
         let mut ex = Executor::with_plan(
             &mut *self.backend,
             &self.graph,
             self.plan.clone(),
             &self.keep,
-        )?;
+        )
+        .map_err(TrainError::Executor)?;
         f(&mut ex)
     }
     fn accuracy(
@@ -496,7 +492,7 @@ impl<B: Backend> Engine for CudaEngine<'_, B> {
         d: &Dataset,
         params: &HashMap<String, Tensor<f32>>,
         batch: usize,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, TrainError> {
         eval.accuracy_on(&mut *self.backend, d, params, batch)
     }
 }
@@ -508,7 +504,7 @@ pub fn train(
     out: &Path,
     resume: Option<Checkpoint>,
     quiet: bool,
-) -> Result<Summary, String> {
+) -> Result<Summary, TrainError> {
     let opts = TrainOptions {
         quiet,
         ..TrainOptions::default()
@@ -522,10 +518,10 @@ pub fn train_with(
     out: &Path,
     resume: Option<Checkpoint>,
     opts: &TrainOptions,
-) -> Result<Summary, String> {
+) -> Result<Summary, TrainError> {
     let quiet = opts.quiet || opts.json;
     run(cfg, out, resume, opts, |graph, keep, state_bytes| {
-        let exe = Compiled::scheduled(graph, keep, cfg.order)?;
+        let exe = Compiled::scheduled(graph, keep, cfg.order).map_err(TrainError::Executor)?;
         let eg = exe.graph(graph);
         let mem =
             crate::passes::memplan::plan_fused(eg, &exe.plan, &crate::codegen::cpu::WORKSPACE);
@@ -560,7 +556,7 @@ pub fn train_on<B: Backend>(
     resume: Option<Checkpoint>,
     quiet: bool,
     backend: &mut B,
-) -> Result<Summary, String> {
+) -> Result<Summary, TrainError> {
     let opts = TrainOptions {
         quiet,
         ..TrainOptions::default()
@@ -575,7 +571,7 @@ pub fn train_on_with<B: Backend>(
     resume: Option<Checkpoint>,
     opts: &TrainOptions,
     backend: &mut B,
-) -> Result<Summary, String> {
+) -> Result<Summary, TrainError> {
     run(cfg, out, resume, opts, |graph, keep, state_bytes| {
         // The same lowered graph and plan as the CPU's `Compiled`.
         let graph = crate::passes::fuse_time::lower(graph, cfg.order);
@@ -616,15 +612,14 @@ fn run<'d>(
     out: &Path,
     resume: Option<Checkpoint>,
     opts: &TrainOptions,
-    make: impl FnOnce(&Graph, &[NodeIndex], u64) -> Result<Box<dyn Engine + 'd>, String>,
-) -> Result<Summary, String> {
+    make: impl FnOnce(&Graph, &[NodeIndex], u64) -> Result<Box<dyn Engine + 'd>, TrainError>,
+) -> Result<Summary, TrainError> {
     install_interrupt_handler();
     let quiet = opts.quiet || opts.json;
-    let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
-        .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
+    let model = crate::frontend::parse_source(&cfg.model_source, &cfg.model_file)?;
     let a = shape::analyze(&model)
         .and_then(|a| compile::check_mode(&model, cfg.mode).map(|()| a))
-        .map_err(|e| crate::frontend::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
+        .map_err(|e| crate::frontend::shape_error(&e, &cfg.model_file, &cfg.model_source))?;
     let split = load_data(cfg)?;
     // Event frames carry the time axis: [T, C, H, W] per sample.
     let expected: Vec<usize> = match model.input.encoding {
@@ -632,26 +627,26 @@ fn run<'d>(
         _ => a.input.clone(),
     };
     if split.train.shape != expected {
-        return Err(format!(
-            "error: dataset `{}` has samples of shape {}, but model `{}` expects input {}",
-            cfg.data,
-            dims(&split.train.shape),
-            model.name,
-            dims(&expected)
-        ));
+        return Err(TrainError::InputShape {
+            data: cfg.data.clone(),
+            has: split.train.shape.clone(),
+            model: model.name.clone(),
+            expects: expected,
+        });
     }
     if split.train.classes != a.output[0] {
-        return Err(format!(
-            "error: dataset `{}` has {} classes, but model `{}` ends with {} outputs",
-            cfg.data, split.train.classes, model.name, a.output[0]
-        ));
+        return Err(TrainError::Classes {
+            data: cfg.data.clone(),
+            classes: split.train.classes,
+            model: model.name.clone(),
+            outputs: a.output[0],
+        });
     }
     if cfg.batch == 0 || cfg.batch > split.train.len() {
-        return Err(format!(
-            "error: batch size {} does not fit {} training samples",
-            cfg.batch,
-            split.train.len()
-        ));
+        return Err(TrainError::Batch {
+            batch: cfg.batch,
+            samples: split.train.len(),
+        });
     }
     // Host memory beyond the step's plan: the parameters in f64 as they
     // are made and in f32, their gradients' optimizer state (momentum, or
@@ -746,7 +741,10 @@ fn run<'d>(
         .create(true)
         .append(true)
         .open(&metrics_path)
-        .map_err(|e| format!("error: cannot open `{}`: {e}", metrics_path.display()))?;
+        .map_err(|source| TrainError::OpenMetrics {
+            path: metrics_path.clone(),
+            source,
+        })?;
     let mut summary = Summary {
         epochs: Vec::new(),
         interrupted: None,
@@ -788,7 +786,7 @@ fn run<'d>(
         let mut lr = cfg.lr;
         let mut rates = BTreeMap::new();
         let mut stopped_at = None;
-        let mut epoch_steps = |exe: &mut dyn Stepper| -> Result<bool, String> {
+        let mut epoch_steps = |exe: &mut dyn Stepper| -> Result<bool, TrainError> {
             for bi in first..batches_per_epoch {
                 let idx = &order[bi * cfg.batch..(bi + 1) * cfg.batch];
                 let batch = make_batch(&split.train, idx);
@@ -811,10 +809,11 @@ fn run<'d>(
                 let out_of = |name: &str| &v[name];
                 let loss = f64::from(out_of("loss").data[0]);
                 if !loss.is_finite() {
-                    return Err(format!(
-                        "error: the loss became {loss} at epoch {}, batch {bi}; lower --lr",
-                        epoch + 1
-                    ));
+                    return Err(TrainError::LossNotFinite {
+                        loss,
+                        epoch: epoch + 1,
+                        batch: bi,
+                    });
                 }
                 loss_sum += loss * idx.len() as f64;
                 right += correct(out_of("logits"), &batch.targets);
@@ -925,12 +924,9 @@ fn run<'d>(
         claim.keep();
         writeln!(metrics_file, "{line}")
             .and_then(|()| metrics_file.sync_data())
-            .map_err(|e| {
-                format!(
-                    "error: cannot write `{}`: {e} (the checkpoint has the epoch's metrics; \
-                     `--resume` restores the file)",
-                    metrics_path.display()
-                )
+            .map_err(|source| TrainError::WriteMetrics {
+                path: metrics_path.clone(),
+                source,
             })?;
         // Standard output gone (a closed pipe) does not stop the run: the
         // metrics are in the run folder.
