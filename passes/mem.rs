@@ -62,14 +62,6 @@ pub struct MemoryError {
     pub measured: &'static str,
 }
 
-/// Callers whose errors are still text get the error rendered as the CLI
-/// prints it.
-impl From<MemoryError> for String {
-    fn from(e: MemoryError) -> String {
-        format!("error: {e}")
-    }
-}
-
 /// The check every allocating command runs before it allocates: `Ok` when
 /// `need` bytes fit the available memory of `on` (or when that cannot be
 /// read), else an error that says what needed how much and how much there

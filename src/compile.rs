@@ -216,14 +216,6 @@ pub enum CompileError {
     EvalHasNoBackward,
 }
 
-/// Callers whose errors are still text get the error rendered as the CLI
-/// prints it.
-impl From<CompileError> for String {
-    fn from(e: CompileError) -> String {
-        format!("error: {e}")
-    }
-}
-
 /// The program after the pass `after` of `pipeline`, from the unrolled
 /// graph of `model`, and the seconds each step took (the unrolling first,
 /// as `unrolled`).
@@ -361,12 +353,11 @@ fn located(e: &ShapeError) -> String {
 pub fn load_for(
     path: &std::path::Path,
     modes: &[Mode],
-) -> Result<(crate::model::Model, crate::shape::Analysis), String> {
+) -> Result<(crate::model::Model, crate::shape::Analysis), crate::frontend::FrontendError> {
     let (model, analysis, source) = crate::frontend::load_with_source(path)?;
     let file = path.display().to_string();
     for &mode in modes {
-        check_mode(&model, mode)
-            .map_err(|e| crate::frontend::render_shape_error(&e, &file, &source))?;
+        check_mode(&model, mode).map_err(|e| crate::frontend::shape_error(&e, &file, &source))?;
     }
     Ok((model, analysis))
 }

@@ -24,20 +24,6 @@ pub enum FrontendError {
     },
 }
 
-/// Bridge for stages that still report errors as text: the error as it
-/// displays (without the `error: ` the CLI adds).
-impl From<FrontendError> for String {
-    fn from(e: FrontendError) -> String {
-        e.to_string()
-    }
-}
-
-impl From<FileError> for String {
-    fn from(e: FileError) -> String {
-        e.to_string()
-    }
-}
-
 /// A shape error in the model `file` whose text is `source`.
 pub fn shape_error(e: &ShapeError, file: &str, source: &str) -> FrontendError {
     FrontendError::Shape {
@@ -45,12 +31,6 @@ pub fn shape_error(e: &ShapeError, file: &str, source: &str) -> FrontendError {
         text: source.to_string(),
         error: Box::new(e.clone()),
     }
-}
-
-/// [`shape_error`] under its former name (its callers in `compile` and
-/// `runtime::train` put it in a `String` error through the bridge above).
-pub fn render_shape_error(e: &ShapeError, file: &str, source: &str) -> FrontendError {
-    shape_error(e, file, source)
 }
 
 /// A shape error at its layer's position in the source.

@@ -40,7 +40,9 @@ fn ill_or(g: &snnc::ir::Graph, want: &interp::Values<f32>, e: String) -> String 
 }
 
 fn check(model: &Model, steps: usize, batch: usize, mode: Mode, seed: u64) -> Result<(), String> {
-    let g = compile(model, &Options::new(steps, batch, mode))?.graph;
+    let g = compile(model, &Options::new(steps, batch, mode))
+        .map_err(|e| e.to_string())?
+        .graph;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f32>> =
         snnc::init::cast_params(&snnc::init::init_params(&a, seed));

@@ -29,8 +29,8 @@ mod common;
 
 use common::gen;
 use proptest::prelude::*;
+use snnc::cli::cuda_check::{check_case, check_graph, rel_err, CheckOptions};
 use snnc::codegen::backend::{check_args, Arg, Backend, Gemm};
-use snnc::codegen::cuda::tools::{check_case, check_graph, rel_err, CheckOptions};
 use snnc::codegen::cuda::Emu;
 use snnc::codegen::exec::Executor;
 use snnc::compile::{compile, Options};
@@ -537,7 +537,9 @@ fn check_model(
     workspace: usize,
     fused: Option<SchedOpts>,
 ) -> Result<(), String> {
-    let g = compile(model, &Options::new(steps, batch, mode))?.graph;
+    let g = compile(model, &Options::new(steps, batch, mode))
+        .map_err(|e| e.to_string())?
+        .graph;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f32>> =
         snnc::init::cast_params(&snnc::init::init_params(&a, seed));
@@ -553,7 +555,8 @@ fn check_model(
     };
     let r = check_graph(emu, &g, &inputs, &params, &opts, true, |ex| {
         ex.conv_workspace = workspace
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     if r.passed {
         Ok(())
     } else {

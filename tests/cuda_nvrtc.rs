@@ -101,6 +101,7 @@ fn nvrtc_reports_compile_errors() {
         &nvrtc::options("sm_90"),
     )
     .unwrap_err();
+    let e = e.to_string();
     assert!(e.contains("identifier \"y\" is undefined"), "{e}");
 }
 

@@ -903,7 +903,10 @@ fn vggsnn_trains_one_step_on_a_tiny_synthetic_event_set() {
         model_source: "input 1x34x34 encoding=events\nconv2d 2\nlif\nflatten\nlinear 10\n".into(),
         ..cfg
     };
-    let e = train(&bad, &d.0.join("run2"), None, true).err().unwrap();
+    let e = train(&bad, &d.0.join("run2"), None, true)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("2 polarity channels"), "{e}");
 }
 

@@ -470,7 +470,7 @@ const DEBUG_ALLOWED: &[(&str, &str)] = &[
         ".meta(\"snnc_dt\", format!(\"{dt:?}\"))",
     ),
     // egg's term parser (FromOp) for rule patterns: never user input.
-    ("passes/rate/lang.rs", "format!(\"unknown term {op:?}\")"),
+    ("passes/rate/lang.rs", "#[error(\"unknown term {0:?}\")]"),
     // A safetensors dtype by its name (`BF16`), which is its Debug form.
     ("src/runtime/params.rs", "dtype: format!(\"{other:?}\")"),
     // A float literal in generated C (shortest round-trip form).

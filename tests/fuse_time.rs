@@ -29,7 +29,9 @@ use std::collections::{HashMap, HashSet};
 /// same inputs: bitwise equal (`channel_dot(a, b)` is `channel_sum(a·b)`
 /// with the same roundings). Returns how many sums were rewritten.
 fn lowering_is_exact(model: &Model, steps: usize, mode: Mode, seed: u64) -> Result<usize, String> {
-    let g = compile(model, &Options::new(steps, 2, mode))?.graph;
+    let g = compile(model, &Options::new(steps, 2, mode))
+        .map_err(|e| e.to_string())?
+        .graph;
     let mut low = g.clone();
     let n = fuse_time::channel_dots(&mut low) + fuse_time::rematerialise_affine(&mut low);
     snnc::ir::verify(&low).map_err(|e| format!("lowered graph: {e}"))?;

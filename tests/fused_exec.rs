@@ -61,7 +61,9 @@ fn check_all(
     seed: u64,
     scheds: &[SchedOpts],
 ) -> Result<(), String> {
-    let g = compile(model, &Options::new(steps, batch, mode))?.graph;
+    let g = compile(model, &Options::new(steps, batch, mode))
+        .map_err(|e| e.to_string())?
+        .graph;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f32>> =
         snnc::init::cast_params(&snnc::init::init_params(&a, seed));

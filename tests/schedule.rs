@@ -142,7 +142,9 @@ fn check_outputs(
     mode: Mode,
     seed: u64,
 ) -> Result<bool, String> {
-    let g = compile(model, &Options::new(steps, batch, mode))?.graph;
+    let g = compile(model, &Options::new(steps, batch, mode))
+        .map_err(|e| e.to_string())?
+        .graph;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f32>> =
         snnc::init::cast_params(&snnc::init::init_params(&a, seed));

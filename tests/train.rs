@@ -110,7 +110,10 @@ fn corrupt_checkpoint_is_a_clear_error() {
 fn mismatched_dataset_is_a_clear_error() {
     let mut c = config(Mode::Rate, 1);
     c.model_source = "input 1x28x28\nflatten\nlinear 10\n".into();
-    let e = train(&c, &tmp("mismatch"), None, true).err().unwrap();
+    let e = train(&c, &tmp("mismatch"), None, true)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("samples of shape 64") && e.contains("expects input 1×28×28"),
         "{e}"

@@ -221,7 +221,10 @@ fn out_into_an_existing_run_is_refused() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(epochs_of(&empty), [1]);
     // The library refuses too.
-    let e = train(&config(1), &run, None, true).err().unwrap();
+    let e = train(&config(1), &run, None, true)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("already holds a run"), "{e}");
 }
 

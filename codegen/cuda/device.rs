@@ -245,7 +245,7 @@ pub fn probe() -> Result<DeviceInfo, BackendError> {
             .mem_get_info()
             .map_err(|e| BackendError::Device(e.to_string()))?;
         lib_present("nvrtc")?;
-        let nvrtc_version = nvrtc::version().map_err(BackendError::Compile)?;
+        let nvrtc_version = nvrtc::version().map_err(|e| BackendError::Compile(e.to_string()))?;
         lib_present("cublas")?;
         Ok(DeviceInfo {
             ordinal: 0,
@@ -333,7 +333,7 @@ impl Cuda {
             let started = std::time::Instant::now();
             let compiled =
                 nvrtc::compile_cached(&KERNELS_CU, "snnc_kernels", &nvrtc::options(&arch))
-                    .map_err(BackendError::Compile)?;
+                    .map_err(|e| BackendError::Compile(e.to_string()))?;
             let secs = started.elapsed().as_secs_f64();
             let (module, form) = load_compiled(&ctx, &compiled)?;
             let mut funcs = HashMap::new();
@@ -596,7 +596,7 @@ impl Backend for Cuda {
         let (module, funcs, note) = guarded("loading generated kernels", || {
             let started = std::time::Instant::now();
             let compiled = nvrtc::compile_cached(source, "snnc_fused", &nvrtc::options(&arch))
-                .map_err(BackendError::Compile)?;
+                .map_err(|e| BackendError::Compile(e.to_string()))?;
             let secs = started.elapsed().as_secs_f64();
             let (module, form) = load_compiled(&ctx, &compiled)?;
             let funcs = names

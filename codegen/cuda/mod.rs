@@ -11,9 +11,11 @@
 //! - [`device`]: the GPU backend (cudarc), with [`probe`];
 //! - [`emu`]: the CPU emulator backend (kernels compiled by the host C++
 //!   compiler, run sequentially), which lets everything but the cudarc calls
-//!   be tested on a machine without a GPU;
-//! - [`tools`]: `snnc cuda-check` (GPU against the CPU executor), the
-//!   device-copy bandwidth test and `snnc bench --device cuda`.
+//!   be tested on a machine without a GPU.
+//!
+//! The commands that drive this backend (`snnc cuda-check`, the
+//! device-copy bandwidth test, `snnc bench --device cuda`) live in
+//! `src/cli`.
 
 pub mod device;
 pub mod elementwise;
@@ -21,7 +23,6 @@ pub mod emu;
 pub mod fused;
 pub mod gemm;
 pub mod nvrtc;
-pub mod tools;
 
 pub use crate::codegen::backend::{check_args, Arg, Backend, BackendError, KERNELS};
 pub use crate::codegen::exec::{Executor, MemStats, Outputs, Step};

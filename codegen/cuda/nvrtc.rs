@@ -16,24 +16,62 @@ use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
 use std::path::PathBuf;
 
+/// Why NVRTC could not compile a kernel module.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NvrtcError {
+    /// No loadable `libnvrtc` (the text says where snnc looked).
+    #[error("{0}")]
+    Missing(String),
+    /// An NVRTC call failed outside compilation proper.
+    #[error("{call} failed: {msg}")]
+    Call { call: &'static str, msg: String },
+    #[error("kernel source contains a NUL byte")]
+    NulInSource,
+    #[error("bad program name")]
+    BadName,
+    /// The source did not compile: NVRTC's log.
+    #[error("NVRTC could not compile {name}.cu ({cause}) with options `{options}`:\n{log}")]
+    Compile {
+        name: String,
+        cause: String,
+        options: String,
+        log: String,
+    },
+}
+
+/// Bridge for the device backend, whose errors are still text.
+impl From<NvrtcError> for String {
+    fn from(e: NvrtcError) -> String {
+        e.to_string()
+    }
+}
+
+/// An NVRTC call's failure.
+fn call_failed(call: &'static str, e: &result::NvrtcError) -> NvrtcError {
+    NvrtcError::Call {
+        call,
+        msg: e.to_string(),
+    }
+}
+
 /// Is a loadable `libnvrtc` on the library path (cudarc's names)?
-pub fn available() -> Result<(), String> {
+pub fn available() -> Result<(), NvrtcError> {
     // SAFETY: only tries to dlopen the candidate names.
     if unsafe { sys::is_culib_present() } {
         Ok(())
     } else {
-        Err(super::missing_library("nvrtc"))
+        Err(NvrtcError::Missing(super::missing_library("nvrtc")))
     }
 }
 
 /// NVRTC's (major, minor) version.
-pub fn version() -> Result<(i32, i32), String> {
+pub fn version() -> Result<(i32, i32), NvrtcError> {
     available()?;
     let (mut major, mut minor) = (0, 0);
     // SAFETY: the library is present; the pointers are valid.
     unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
         .result()
-        .map_err(|e| format!("nvrtcVersion failed: {e}"))?;
+        .map_err(|e| call_failed("nvrtcVersion", &e))?;
     Ok((major, minor))
 }
 
@@ -102,7 +140,7 @@ pub(super) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
 }
 
 /// Compiles `src` with `opts`, through the cache in [`cache_dir`].
-pub fn compile_cached(src: &str, name: &str, opts: &[String]) -> Result<Compiled, String> {
+pub fn compile_cached(src: &str, name: &str, opts: &[String]) -> Result<Compiled, NvrtcError> {
     compile_cached_in(&cache_dir(), src, name, opts)
 }
 
@@ -112,7 +150,7 @@ pub fn compile_cached_in(
     src: &str,
     name: &str,
     opts: &[String],
-) -> Result<Compiled, String> {
+) -> Result<Compiled, NvrtcError> {
     let (major, minor) = version()?;
     let joined = opts.join("\u{1}");
     let ver = format!("{major}.{minor}");
@@ -148,12 +186,12 @@ pub fn compile_cached_in(
 
 /// Compiles `src` with `opts` (no cache). A compile error returns NVRTC's
 /// log.
-pub fn compile(src: &str, name: &str, opts: &[String]) -> Result<Compiled, String> {
+pub fn compile(src: &str, name: &str, opts: &[String]) -> Result<Compiled, NvrtcError> {
     available()?;
-    let csrc = CString::new(src).map_err(|_| "kernel source contains a NUL byte".to_string())?;
-    let cname = CString::new(format!("{name}.cu")).map_err(|_| "bad program name".to_string())?;
+    let csrc = CString::new(src).map_err(|_| NvrtcError::NulInSource)?;
+    let cname = CString::new(format!("{name}.cu")).map_err(|_| NvrtcError::BadName)?;
     let prog = result::create_program(&csrc, Some(&cname))
-        .map_err(|e| format!("nvrtcCreateProgram failed: {e}"))?;
+        .map_err(|e| call_failed("nvrtcCreateProgram", &e))?;
     struct Guard(sys::nvrtcProgram);
     impl Drop for Guard {
         fn drop(&mut self) {
@@ -173,26 +211,28 @@ pub fn compile(src: &str, name: &str, opts: &[String]) -> Result<Compiled, Strin
         .map(|v| to_string(&v))
         .unwrap_or_default();
     if let Err(e) = compiled {
-        return Err(format!(
-            "NVRTC could not compile {name}.cu ({e}) with options `{}`:\n{log}",
-            opts.join(" ")
-        ));
+        return Err(NvrtcError::Compile {
+            name: name.to_string(),
+            cause: e.to_string(),
+            options: opts.join(" "),
+            log,
+        });
     }
     // SAFETY: compiled successfully.
     let ptx = unsafe { result::get_ptx(guard.0) }
         .map(|v| to_string(&v))
-        .map_err(|e| format!("nvrtcGetPTX failed: {e}"))?;
+        .map_err(|e| call_failed("nvrtcGetPTX", &e))?;
     let cubin = if opts.iter().any(|o| o.starts_with("--gpu-architecture=sm_")) {
         let mut size = 0usize;
         // SAFETY: compiled for a real architecture, so a CUBIN exists.
         unsafe { sys::nvrtcGetCUBINSize(guard.0, &mut size) }
             .result()
-            .map_err(|e| format!("nvrtcGetCUBINSize failed: {e}"))?;
+            .map_err(|e| call_failed("nvrtcGetCUBINSize", &e))?;
         let mut bytes = vec![0u8; size];
         // SAFETY: `bytes` holds `size` bytes.
         unsafe { sys::nvrtcGetCUBIN(guard.0, bytes.as_mut_ptr().cast()) }
             .result()
-            .map_err(|e| format!("nvrtcGetCUBIN failed: {e}"))?;
+            .map_err(|e| call_failed("nvrtcGetCUBIN", &e))?;
         (size > 0).then_some(bytes)
     } else {
         None

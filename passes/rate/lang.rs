@@ -241,18 +241,31 @@ pub fn raise(expr: &RecExpr<RNode>) -> RecExpr<RNode> {
     out
 }
 
+/// A term the rate language cannot read (a rule pattern or a test term).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TermError {
+    #[error("{op} takes {want} operands, got {got}")]
+    Arity { op: String, want: usize, got: usize },
+    #[error("unknown term {0:?}")]
+    Unknown(String),
+}
+
 /// Reads the terms the algebraic rules are written in: `mul`, `add`,
 /// `sub`, `sum`, `scale` (a constant and an operand), numbers, `tsum`,
 /// `tmean`, and leaves `fwdN`, `bndN`, `summedN`.
 impl FromOp for RNode {
-    type Error = String;
+    type Error = TermError;
 
-    fn from_op(op: &str, children: Vec<Id>) -> Result<RNode, String> {
-        let arity = |n: usize| -> Result<(), String> {
-            if children.len() == n {
+    fn from_op(op: &str, children: Vec<Id>) -> Result<RNode, TermError> {
+        let arity = |want: usize| -> Result<(), TermError> {
+            if children.len() == want {
                 Ok(())
             } else {
-                Err(format!("{op} takes {n} operands, got {}", children.len()))
+                Err(TermError::Arity {
+                    op: op.to_string(),
+                    want,
+                    got: children.len(),
+                })
             }
         };
         fn leaf(kind: Leaf, rest: &str) -> Option<RNode> {
@@ -289,7 +302,7 @@ impl FromOp for RNode {
                 } else {
                     op.parse::<f64>().ok().map(RNode::num)
                 };
-                parsed.ok_or_else(|| format!("unknown term {op:?}"))
+                parsed.ok_or_else(|| TermError::Unknown(op.to_string()))
             }
         }
     }

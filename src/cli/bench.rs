@@ -2,13 +2,14 @@
 //! executor (or, with `--device cuda`, the CUDA executor), per mode, T and
 //! schedule.
 
+mod cuda;
+
 use clap::Args;
 use std::collections::HashMap;
 use std::path::Path;
 
 use super::args::{modes, Device, SweepArgs};
 use super::{CliError, MIB};
-use crate::codegen::cuda;
 use crate::compile::{self, load_for};
 use crate::init;
 use crate::interp::{random_input, random_labels, RunOptions};
@@ -67,7 +68,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         ),
         Device::Cuda => {
             let s = fused_schedules(&a.schedule)?;
-            Ok(cuda::tools::bench_cuda(
+            cuda::bench_cuda(
                 file,
                 steps,
                 &modes,
@@ -76,7 +77,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
                 a.repeats.max(1),
                 a.json,
                 !a.no_fuse,
-            )?)
+            )
         }
     }
 }
@@ -115,16 +116,19 @@ impl std::fmt::Display for BenchPlan {
     }
 }
 
+/// A `--schedule` value that names no plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown schedule `{0}`; expected one of: fused, fused-time-major, \
+     fused-time-major-recompute, {names}",
+    names = SchedOpts::NAMES.join(", ")
+)]
+pub struct UnknownPlan(pub String);
+
 impl std::str::FromStr for BenchPlan {
-    type Err = String;
-    fn from_str(s: &str) -> Result<BenchPlan, String> {
-        let bad = || {
-            format!(
-                "unknown schedule `{s}`; expected one of: fused, fused-time-major, \
-                 fused-time-major-recompute, {}",
-                SchedOpts::NAMES.join(", ")
-            )
-        };
+    type Err = UnknownPlan;
+    fn from_str(s: &str) -> Result<BenchPlan, UnknownPlan> {
+        let bad = || UnknownPlan(s.to_string());
         match s {
             "fused" => Ok(BenchPlan::Fused(SchedOpts::LAYER_MAJOR)),
             _ => match s.strip_prefix("fused-") {

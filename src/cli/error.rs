@@ -37,6 +37,17 @@ pub enum CliError {
     },
     #[error("bad config in checkpoint: {0}")]
     BadConfig(serde_json::Error),
+    #[error("cannot list `{}` (run from the repository root): {source}", dir.display())]
+    ListModels {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The CUDA backend (GPU or emulator) refused to start or to run.
+    #[error("{command}: {source}")]
+    Backend {
+        command: &'static str,
+        source: crate::codegen::backend::BackendError,
+    },
     #[error("cuda-check: some cases failed (table above)")]
     CudaCheckFailed,
     #[error("cannot read `{}`: {source}", path.display())]
@@ -58,6 +69,12 @@ pub enum CliError {
     NoRun(PathBuf),
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Train(#[from] crate::runtime::train::TrainError),
+    #[error(transparent)]
+    Exec(#[from] crate::codegen::exec::ExecError),
+    #[error(transparent)]
+    Device(#[from] crate::codegen::backend::BackendError),
     /// A broken invariant (a bug in snnc, not in the input).
     #[error("internal: {0}")]
     Internal(String),

@@ -5,7 +5,7 @@
 mod args;
 mod bench;
 mod check;
-mod cuda_check;
+pub mod cuda_check;
 mod data;
 mod emit;
 mod error;

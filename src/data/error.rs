@@ -232,10 +232,3 @@ pub enum DataError {
         hint: String,
     },
 }
-
-/// Bridge for stages that still report errors as text.
-impl From<DataError> for String {
-    fn from(e: DataError) -> String {
-        e.to_string()
-    }
-}

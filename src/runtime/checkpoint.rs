@@ -75,13 +75,6 @@ pub enum CheckpointError {
     },
 }
 
-/// Bridge for stages that still report errors as text.
-impl From<CheckpointError> for String {
-    fn from(e: CheckpointError) -> String {
-        e.to_string()
-    }
-}
-
 /// The format this snnc writes; `snnc-checkpoint-1` (no checksums, no
 /// metrics, no epoch sums) is still read.
 const FORMAT: &str = "snnc-checkpoint-2";

@@ -8,3 +8,4 @@ pub mod params;
 pub mod plots;
 pub mod rundir;
 pub mod train;
+pub mod train_error;

@@ -88,13 +88,6 @@ pub enum ParamsError {
     },
 }
 
-/// Bridge for stages that still report errors as text.
-impl From<ParamsError> for String {
-    fn from(e: ParamsError) -> String {
-        e.to_string()
-    }
-}
-
 /// Named tensors, in name order.
 pub type Tensors = BTreeMap<String, Tensor<f64>>;
 

@@ -75,13 +75,6 @@ pub enum RunDirError {
     Write(#[from] checkpoint::CheckpointError),
 }
 
-/// Bridge for stages that still report errors as text.
-impl From<RunDirError> for String {
-    fn from(e: RunDirError) -> String {
-        e.to_string()
-    }
-}
-
 /// The error for a new run pointed at a folder that holds one.
 pub fn taken_error(dir: &Path, file: &'static str) -> RunDirError {
     RunDirError::Taken {

@@ -19,9 +19,10 @@ use super::checkpoint::{self, Checkpoint, EpochSums};
 pub use super::metrics::EpochMetrics;
 use super::optim::{OptimConfig, OptimState, Schedule};
 use super::rundir;
+pub use super::train_error::TrainError;
 use crate::codegen::backend::Backend;
 use crate::codegen::cpu::compiled::Compiled;
-use crate::codegen::exec::{Executor, LibraryScratch, Outputs};
+use crate::codegen::exec::{ExecError, Executor, LibraryScratch, Outputs};
 use crate::compile::{self, Options, Stage};
 use crate::data::{Dataset, Split};
 use crate::interp::RunOptions;
@@ -31,7 +32,7 @@ use crate::passes::fuse::{self, Plan};
 use crate::passes::mem::{self, Memory};
 use crate::passes::rate::Mode;
 use crate::rng::{mix64, Rng};
-use crate::shape::{self, dims, Analysis};
+use crate::shape::{self, Analysis};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -129,7 +130,7 @@ pub fn interrupted_message(out: &Path, epoch: usize, batch: usize) -> String {
     )
 }
 
-pub fn load_data(cfg: &TrainConfig) -> Result<Split, String> {
+pub fn load_data(cfg: &TrainConfig) -> Result<Split, TrainError> {
     use crate::data;
     let dir = cfg.data_dir.clone();
     if let Some(events_dir) = cfg.data.strip_prefix("events:") {
@@ -148,23 +149,15 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Split, String> {
         "cifar10" => {
             data::cifar10_split(&dir.unwrap_or_else(|| PathBuf::from("data/cifar-10-batches-bin")))
         }
-        other => {
-            return Err(format!(
-                "error: unknown dataset `{other}`; use digits, fashion-mnist, mnist, cifar10 \
-                 or events:DIR"
-            ))
-        }
+        other => return Err(TrainError::UnknownDataset(other.to_string())),
     };
-    r.map_err(|e| format!("error: {e}"))
+    Ok(r?)
 }
 
 /// `--data events:DIR`: event streams binned into the model's input frames
 /// (`[T, 2, H, W]` per sample, `T` the run's steps).
-fn load_events(cfg: &TrainConfig, dir: &str) -> Result<Split, String> {
-    let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
-        .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
-    let a = shape::analyze(&model)
-        .map_err(|e| crate::frontend::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
+fn load_events(cfg: &TrainConfig, dir: &str) -> Result<Split, TrainError> {
+    let (_, a) = crate::frontend::check_source(&cfg.model_source, &cfg.model_file)?;
     Ok(crate::data::events::load_for_input(
         std::path::Path::new(dir),
         &a.input,
@@ -277,7 +270,7 @@ impl Evaluator {
     }
 
     /// The inference graph for batches of `b`.
-    fn graph(&mut self, b: usize) -> Result<&Graph, String> {
+    fn graph(&mut self, b: usize) -> Result<&Graph, TrainError> {
         if !self.graphs.contains_key(&b) {
             let opts = Options {
                 eval: true,
@@ -297,14 +290,14 @@ impl Evaluator {
         d: &Dataset,
         params: &HashMap<String, Tensor<f32>>,
         batch: usize,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, TrainError> {
         let mut right = 0;
         let idx: Vec<usize> = (0..d.len()).collect();
         for chunk in idx.chunks(batch) {
             let b = chunk.len();
             if !self.cpu.contains_key(&b) {
                 let g = self.graph(b)?;
-                let exe = Compiled::new(g, &[])?;
+                let exe = Compiled::new(g, &[]).map_err(TrainError::Executor)?;
                 let plan = crate::passes::memplan::plan_fused(
                     exe.graph(g),
                     &exe.plan,
@@ -321,9 +314,7 @@ impl Evaluator {
             let (g, exe) = (&self.graphs[&b], &self.cpu[&b]);
             let batch = make_batch(d, chunk);
             let inputs = HashMap::from([("x".to_string(), batch.x)]);
-            let v = exe
-                .run(g, &inputs, params, &RunOptions { seed: 0 })
-                .map_err(|e| format!("error: {e}"))?;
+            let v = exe.run(g, &inputs, params, &RunOptions { seed: 0 })?;
             right += correct(&v["logits"], &batch.targets);
         }
         Ok(right as f64 / d.len().max(1) as f64)
@@ -338,7 +329,7 @@ impl Evaluator {
         d: &Dataset,
         params: &HashMap<String, Tensor<f32>>,
         batch: usize,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, TrainError> {
         let mut right = 0;
         let idx: Vec<usize> = (0..d.len()).collect();
         let chunks: Vec<&[usize]> = idx.chunks(batch.max(1)).collect();
@@ -352,7 +343,7 @@ impl Evaluator {
             let g = &self.graphs[&b];
             let arena =
                 crate::passes::memplan::plan_units(g, &self.plans[&b], &[], &device_scratch())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ExecError::from)?;
             mem::ensure_plan_fits(
                 &format!("evaluation (batch {b}, fusion plan on the device)"),
                 &arena,
@@ -360,13 +351,13 @@ impl Evaluator {
                 device_memory(backend),
             )?;
             let mut ex = Executor::with_plan(backend, g, self.plans[&b].clone(), &[])
-                .map_err(|e| e.to_string())?;
+                .map_err(TrainError::Exec)?;
             for chunk in chunks.iter().filter(|c| c.len() == b) {
                 let batch = make_batch(d, chunk);
                 let inputs = HashMap::from([("x".to_string(), batch.x)]);
                 let v = ex
                     .run(&inputs, params, &RunOptions { seed: 0 })
-                    .map_err(|e| e.to_string())?;
+                    .map_err(TrainError::Exec)?;
                 right += correct(&v["logits"], &batch.targets);
             }
         }
@@ -390,7 +381,7 @@ fn device_memory<B: Backend>(backend: &B) -> Memory {
 
 /// One training step's results: the outputs, and the kept (spike) values
 /// when asked for.
-type StepResult = Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), String>;
+type StepResult = Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), TrainError>;
 
 /// Runs training steps on a device.
 pub trait Stepper {
@@ -416,9 +407,9 @@ impl Stepper for CpuStepper<'_> {
         opts: &RunOptions,
         extra: bool,
     ) -> StepResult {
-        self.exe
-            .run_keeping(self.graph, inputs, params, opts, extra)
-            .map_err(|e| format!("error: {e}"))
+        Ok(self
+            .exe
+            .run_keeping(self.graph, inputs, params, opts, extra)?)
     }
 }
 
@@ -431,7 +422,7 @@ impl<B: Backend> Stepper for Executor<'_, B> {
         extra: bool,
     ) -> StepResult {
         self.run_keeping(inputs, params, opts, extra)
-            .map_err(|e| e.to_string())
+            .map_err(TrainError::Exec)
     }
 }
 
@@ -442,15 +433,15 @@ trait Engine {
     /// the evaluation uses the device).
     fn with_stepper(
         &mut self,
-        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, String>,
-    ) -> Result<bool, String>;
+        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, TrainError>,
+    ) -> Result<bool, TrainError>;
     fn accuracy(
         &mut self,
         eval: &mut Evaluator,
         d: &Dataset,
         params: &HashMap<String, Tensor<f32>>,
         batch: usize,
-    ) -> Result<f64, String>;
+    ) -> Result<f64, TrainError>;
 }
 
 /// The fused CPU plan.
@@ -462,8 +453,8 @@ struct CpuEngine {
 impl Engine for CpuEngine {
     fn with_stepper(
         &mut self,
-        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, String>,
-    ) -> Result<bool, String> {
+        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, TrainError>,
+    ) -> Result<bool, TrainError> {
         f(&mut CpuStepper {
             graph: &self.graph,
             exe: &self.exe,
@@ -475,7 +466,7 @@ impl Engine for CpuEngine {
         d: &Dataset,
         params: &HashMap<String, Tensor<f32>>,
         batch: usize,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, TrainError> {
         eval.accuracy(d, params, batch)
     }
 }
@@ -491,15 +482,15 @@ struct CudaEngine<'d, B: Backend> {
 impl<B: Backend> Engine for CudaEngine<'_, B> {
     fn with_stepper(
         &mut self,
-        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, String>,
-    ) -> Result<bool, String> {
+        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, TrainError>,
+    ) -> Result<bool, TrainError> {
         let mut ex = Executor::with_plan(
             &mut *self.backend,
             &self.graph,
             self.plan.clone(),
             &self.keep,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(TrainError::Exec)?;
         f(&mut ex)
     }
     fn accuracy(
@@ -508,7 +499,7 @@ impl<B: Backend> Engine for CudaEngine<'_, B> {
         d: &Dataset,
         params: &HashMap<String, Tensor<f32>>,
         batch: usize,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, TrainError> {
         eval.accuracy_on(&mut *self.backend, d, params, batch)
     }
 }
@@ -520,7 +511,7 @@ pub fn train(
     out: &Path,
     resume: Option<Checkpoint>,
     quiet: bool,
-) -> Result<Summary, String> {
+) -> Result<Summary, TrainError> {
     let opts = TrainOptions {
         quiet,
         ..TrainOptions::default()
@@ -534,10 +525,10 @@ pub fn train_with(
     out: &Path,
     resume: Option<Checkpoint>,
     opts: &TrainOptions,
-) -> Result<Summary, String> {
+) -> Result<Summary, TrainError> {
     let quiet = opts.quiet || opts.json;
     run(cfg, out, resume, opts, |graph, keep, state_bytes| {
-        let exe = Compiled::scheduled(graph, keep, cfg.order)?;
+        let exe = Compiled::scheduled(graph, keep, cfg.order).map_err(TrainError::Executor)?;
         let eg = exe.graph(graph);
         let mem =
             crate::passes::memplan::plan_fused(eg, &exe.plan, &crate::codegen::cpu::WORKSPACE);
@@ -572,7 +563,7 @@ pub fn train_on<B: Backend>(
     resume: Option<Checkpoint>,
     quiet: bool,
     backend: &mut B,
-) -> Result<Summary, String> {
+) -> Result<Summary, TrainError> {
     let opts = TrainOptions {
         quiet,
         ..TrainOptions::default()
@@ -587,7 +578,7 @@ pub fn train_on_with<B: Backend>(
     resume: Option<Checkpoint>,
     opts: &TrainOptions,
     backend: &mut B,
-) -> Result<Summary, String> {
+) -> Result<Summary, TrainError> {
     run(cfg, out, resume, opts, |graph, keep, state_bytes| {
         // The same lowered graph and plan as the CPU's `Compiled`.
         let graph = crate::passes::fuse_time::lower(graph, cfg.order);
@@ -600,7 +591,7 @@ pub fn train_on_with<B: Backend>(
         )?;
         // The arena the executor will allocate.
         let arena = crate::passes::memplan::plan_units(&graph, &plan, keep, &device_scratch())
-            .map_err(|e| e.to_string())?;
+            .map_err(ExecError::from)?;
         mem::ensure_plan_fits(
             "a training step (fusion plan on the device)",
             &arena,
@@ -629,15 +620,14 @@ fn run<'d>(
     out: &Path,
     resume: Option<Checkpoint>,
     opts: &TrainOptions,
-    make: impl FnOnce(&Graph, &[NodeIndex], u64) -> Result<Box<dyn Engine + 'd>, String>,
-) -> Result<Summary, String> {
+    make: impl FnOnce(&Graph, &[NodeIndex], u64) -> Result<Box<dyn Engine + 'd>, TrainError>,
+) -> Result<Summary, TrainError> {
     install_interrupt_handler();
     let quiet = opts.quiet || opts.json;
-    let model = crate::dsl::parse(&cfg.model_source, &cfg.model_file)
-        .map_err(|d| d.render(&cfg.model_file, &cfg.model_source))?;
+    let model = crate::frontend::parse_source(&cfg.model_source, &cfg.model_file)?;
     let a = shape::analyze(&model)
         .and_then(|a| compile::check_mode(&model, cfg.mode).map(|()| a))
-        .map_err(|e| crate::frontend::render_shape_error(&e, &cfg.model_file, &cfg.model_source))?;
+        .map_err(|e| crate::frontend::shape_error(&e, &cfg.model_file, &cfg.model_source))?;
     let split = load_data(cfg)?;
     // Event frames carry the time axis: [T, C, H, W] per sample.
     let expected: Vec<usize> = match model.input.encoding {
@@ -645,26 +635,26 @@ fn run<'d>(
         _ => a.input.clone(),
     };
     if split.train.shape != expected {
-        return Err(format!(
-            "error: dataset `{}` has samples of shape {}, but model `{}` expects input {}",
-            cfg.data,
-            dims(&split.train.shape),
-            model.name,
-            dims(&expected)
-        ));
+        return Err(TrainError::InputShape {
+            data: cfg.data.clone(),
+            has: split.train.shape.clone(),
+            model: model.name.clone(),
+            expects: expected,
+        });
     }
     if split.train.classes != a.output[0] {
-        return Err(format!(
-            "error: dataset `{}` has {} classes, but model `{}` ends with {} outputs",
-            cfg.data, split.train.classes, model.name, a.output[0]
-        ));
+        return Err(TrainError::Classes {
+            data: cfg.data.clone(),
+            classes: split.train.classes,
+            model: model.name.clone(),
+            outputs: a.output[0],
+        });
     }
     if cfg.batch == 0 || cfg.batch > split.train.len() {
-        return Err(format!(
-            "error: batch size {} does not fit {} training samples",
-            cfg.batch,
-            split.train.len()
-        ));
+        return Err(TrainError::Batch {
+            batch: cfg.batch,
+            samples: split.train.len(),
+        });
     }
     // Host memory beyond the step's plan: the parameters in f64 as they
     // are made and in f32, their gradients' optimizer state (momentum, or
@@ -759,7 +749,10 @@ fn run<'d>(
         .create(true)
         .append(true)
         .open(&metrics_path)
-        .map_err(|e| format!("error: cannot open `{}`: {e}", metrics_path.display()))?;
+        .map_err(|source| TrainError::OpenMetrics {
+            path: metrics_path.clone(),
+            source,
+        })?;
     let mut summary = Summary {
         epochs: Vec::new(),
         interrupted: None,
@@ -801,7 +794,7 @@ fn run<'d>(
         let mut lr = cfg.lr;
         let mut rates = BTreeMap::new();
         let mut stopped_at = None;
-        let mut epoch_steps = |exe: &mut dyn Stepper| -> Result<bool, String> {
+        let mut epoch_steps = |exe: &mut dyn Stepper| -> Result<bool, TrainError> {
             for bi in first..batches_per_epoch {
                 let idx = &order[bi * cfg.batch..(bi + 1) * cfg.batch];
                 let batch = make_batch(&split.train, idx);
@@ -824,10 +817,11 @@ fn run<'d>(
                 let out_of = |name: &str| &v[name];
                 let loss = f64::from(out_of("loss").data[0]);
                 if !loss.is_finite() {
-                    return Err(format!(
-                        "error: the loss became {loss} at epoch {}, batch {bi}; lower --lr",
-                        epoch + 1
-                    ));
+                    return Err(TrainError::LossNotFinite {
+                        loss,
+                        epoch: epoch + 1,
+                        batch: bi,
+                    });
                 }
                 loss_sum += loss * idx.len() as f64;
                 right += correct(out_of("logits"), &batch.targets);
@@ -938,12 +932,9 @@ fn run<'d>(
         claim.keep();
         writeln!(metrics_file, "{line}")
             .and_then(|()| metrics_file.sync_data())
-            .map_err(|e| {
-                format!(
-                    "error: cannot write `{}`: {e} (the checkpoint has the epoch's metrics; \
-                     `--resume` restores the file)",
-                    metrics_path.display()
-                )
+            .map_err(|source| TrainError::WriteMetrics {
+                path: metrics_path.clone(),
+                source,
             })?;
         // Standard output gone (a closed pipe) does not stop the run: the
         // metrics are in the run folder.
