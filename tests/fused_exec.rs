@@ -89,7 +89,7 @@ fn compare(
     sched: SchedOpts,
     opts: &RunOptions,
 ) -> Result<(), String> {
-    let exe = Compiled::scheduled(g, &[], sched)?;
+    let exe = Compiled::scheduled(g, &[], sched).map_err(|e| e.to_string())?;
     if sched != SchedOpts::LAYER_MAJOR && steps > 1 {
         let split = exe
             .plan

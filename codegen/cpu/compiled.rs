@@ -93,15 +93,52 @@ pub fn source(plan: &Plan) -> String {
     s
 }
 
+/// Why a fused CPU plan's kernels could not be built or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CcError {
+    #[error("cannot create the kernel cache `{}`: {source}", dir.display())]
+    Cache {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write `{}`: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot run the C compiler `{cc}` ({source}); install gcc or clang, or set CC")]
+    NoCompiler { cc: String, source: std::io::Error },
+    #[error("the C compiler rejected the generated kernels (`{}`):\n{stderr}", path.display())]
+    Rejected { path: PathBuf, stderr: String },
+    #[error("cannot move `{}` into the kernel cache: {source}", path.display())]
+    Move {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot load `{}`: {source}", path.display())]
+    Load {
+        path: PathBuf,
+        source: libloading::Error,
+    },
+    #[error("`{}`: no kernel `{kernel}`: {source}", path.display())]
+    NoKernel {
+        path: PathBuf,
+        kernel: String,
+        source: libloading::Error,
+    },
+}
+
 impl CLib {
-    pub fn build(plan: &Plan) -> Result<CLib, String> {
+    pub fn build(plan: &Plan) -> Result<CLib, CcError> {
         let src = source(plan);
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
         let flags = CFLAGS.join(" ");
         let key = fnv(&[src.as_bytes(), flags.as_bytes(), cc.as_bytes()]);
         let dir = cache_dir().join("c");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create the kernel cache {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| CcError::Cache {
+            dir: dir.clone(),
+            source,
+        })?;
         let lib_path = dir.join(format!("{key:016x}.so"));
         let mut compiled = false;
         if !lib_path.exists() {
@@ -117,8 +154,10 @@ impl CLib {
                 .collect();
             let c_path = dir.join(format!("{tag}.c"));
             let tmp = dir.join(format!("{tag}.so"));
-            std::fs::write(&c_path, &src)
-                .map_err(|e| format!("cannot write {}: {e}", c_path.display()))?;
+            std::fs::write(&c_path, &src).map_err(|source| CcError::Write {
+                path: c_path.clone(),
+                source,
+            })?;
             let out = std::process::Command::new(&cc)
                 .args(CFLAGS)
                 .arg("-o")
@@ -126,34 +165,39 @@ impl CLib {
                 .arg(&c_path)
                 .arg("-lm")
                 .output()
-                .map_err(|e| {
-                    format!(
-                        "cannot run the C compiler `{cc}` ({e}); install gcc or clang, or set CC"
-                    )
+                .map_err(|source| CcError::NoCompiler {
+                    cc: cc.clone(),
+                    source,
                 })?;
             if !out.status.success() {
-                return Err(format!(
-                    "the C compiler rejected the generated kernels ({}):\n{}",
-                    c_path.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                ));
+                return Err(CcError::Rejected {
+                    path: c_path,
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
             }
-            std::fs::rename(&tmp, &lib_path)
-                .map_err(|e| format!("cannot move {} into the cache: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &lib_path).map_err(|source| CcError::Move {
+                path: tmp.clone(),
+                source,
+            })?;
             let _ = std::fs::remove_file(&c_path);
             compiled = true;
         }
         // SAFETY: the library is one this function compiled from generated
         // C; loading it runs no initialisers of ours.
-        let lib = unsafe { libloading::Library::new(&lib_path) }
-            .map_err(|e| format!("cannot load {}: {e}", lib_path.display()))?;
+        let lib =
+            unsafe { libloading::Library::new(&lib_path) }.map_err(|source| CcError::Load {
+                path: lib_path.clone(),
+                source,
+            })?;
         let mut fns = Vec::new();
         for k in &plan.kernels {
             // SAFETY: every kernel is defined with exactly this signature by
             // `render_c::kernel`.
             let f: libloading::Symbol<KernelFn> = unsafe { lib.get(k.kernel.name.as_bytes()) }
-                .map_err(|e| {
-                    format!("{}: no kernel `{}`: {e}", lib_path.display(), k.kernel.name)
+                .map_err(|source| CcError::NoKernel {
+                    path: lib_path.clone(),
+                    kernel: k.kernel.name.clone(),
+                    source,
                 })?;
             fns.push(*f);
         }
@@ -188,14 +232,14 @@ unsafe impl Send for Table {}
 impl Compiled {
     /// Fuses `g` and builds its kernels; `keep` lists extra nodes whose
     /// values callers want back (they are stored, never kept in registers).
-    pub fn new(g: &Graph, keep: &[NodeIndex]) -> Result<Compiled, String> {
+    pub fn new(g: &Graph, keep: &[NodeIndex]) -> Result<Compiled, CcError> {
         Compiled::scheduled(g, keep, SchedOpts::LAYER_MAJOR)
     }
 
     /// As `new`, for a schedule: layer-major runs each kernel's T steps in
     /// one call; time-major runs them one step at a time in a time-major
     /// order of a lowered copy of `g` (`passes/fuse_time`).
-    pub fn scheduled(g: &Graph, keep: &[NodeIndex], opts: SchedOpts) -> Result<Compiled, String> {
+    pub fn scheduled(g: &Graph, keep: &[NodeIndex], opts: SchedOpts) -> Result<Compiled, CcError> {
         let lowered = Some(fuse_time::lower(g, opts));
         let plan = fuse_time::plan(lowered.as_ref().unwrap_or(g), keep, opts);
         let lib = Arc::new(CLib::build(&plan)?);

@@ -297,7 +297,7 @@ impl Evaluator {
             let b = chunk.len();
             if !self.cpu.contains_key(&b) {
                 let g = self.graph(b)?;
-                let exe = Compiled::new(g, &[]).map_err(TrainError::Executor)?;
+                let exe = Compiled::new(g, &[]).map_err(TrainError::Kernels)?;
                 let plan = crate::passes::memplan::plan_fused(
                     exe.graph(g),
                     &exe.plan,
@@ -528,7 +528,7 @@ pub fn train_with(
 ) -> Result<Summary, TrainError> {
     let quiet = opts.quiet || opts.json;
     run(cfg, out, resume, opts, |graph, keep, state_bytes| {
-        let exe = Compiled::scheduled(graph, keep, cfg.order).map_err(TrainError::Executor)?;
+        let exe = Compiled::scheduled(graph, keep, cfg.order).map_err(TrainError::Kernels)?;
         let eg = exe.graph(graph);
         let mem =
             crate::passes::memplan::plan_fused(eg, &exe.plan, &crate::codegen::cpu::WORKSPACE);

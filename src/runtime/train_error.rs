@@ -26,9 +26,8 @@ pub enum TrainError {
     Params(#[from] crate::runtime::params::ParamsError),
     #[error(transparent)]
     Exec(#[from] crate::codegen::exec::ExecError),
-    /// The fused CPU plan's build, which still reports its errors as text.
-    #[error("{0}")]
-    Executor(String),
+    #[error(transparent)]
+    Kernels(#[from] crate::codegen::cpu::compiled::CcError),
     #[error(
         "dataset `{data}` has samples of shape {}, but model `{model}` expects input {}",
         dims(has),
