@@ -966,12 +966,7 @@ fn neuron_opts(args: &Args) -> NeuronOpts {
         }),
         v_reset: args.float("v_reset"),
         detach_reset: args.boolean("detach_reset"),
-        surrogate: args.choice("surrogate").and_then(|s| match s {
-            "sigmoid" => Some(SurrogateKind::Sigmoid),
-            "atan" => Some(SurrogateKind::Atan),
-            "triangle" => Some(SurrogateKind::Triangle),
-            _ => None,
-        }),
+        surrogate: args.choice("surrogate").and_then(SurrogateKind::from_name),
         alpha: args.float("alpha"),
     }
 }
