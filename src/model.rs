@@ -65,15 +65,19 @@ pub enum SurrogateKind {
     Atan = 1,
     /// max(0, α − α²·|x|)  (a triangle of height α and half-width 1/α)
     Triangle = 2,
+    /// 1 / (1 + α·|x|)²  (SuperSpike's fast sigmoid, Zenke & Ganguli 2018;
+    /// the default surrogate of snnTorch and Norse)
+    FastSigmoid = 3,
 }
 
 impl SurrogateKind {
     /// Every surrogate, in code order. The derivative of each is defined
     /// once, as a kernel-IR expression, in `ir::scalar`.
-    pub const ALL: [SurrogateKind; 3] = [
+    pub const ALL: [SurrogateKind; 4] = [
         SurrogateKind::Sigmoid,
         SurrogateKind::Atan,
         SurrogateKind::Triangle,
+        SurrogateKind::FastSigmoid,
     ];
 
     /// The integer that selects this surrogate in the CUDA backend's
@@ -93,6 +97,7 @@ impl SurrogateKind {
             SurrogateKind::Sigmoid => "sigmoid",
             SurrogateKind::Atan => "atan",
             SurrogateKind::Triangle => "triangle",
+            SurrogateKind::FastSigmoid => "fast_sigmoid",
         }
     }
 }

@@ -79,7 +79,10 @@ const NEURON_OPTIONS: &[Param] = &[
     param("reset", Kind::Choice(&["soft", "hard"])),
     param("v_reset", Kind::Float(Range::Any)),
     param("detach_reset", Kind::Bool),
-    param("surrogate", Kind::Choice(&["sigmoid", "atan", "triangle"])),
+    param(
+        "surrogate",
+        Kind::Choice(&["sigmoid", "atan", "triangle", "fast_sigmoid"]),
+    ),
     param("alpha", Kind::Float(Range::Positive)),
 ];
 

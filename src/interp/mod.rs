@@ -189,17 +189,15 @@ mod tests {
                     0.5 + a * x - 0.5 * a * a * x * x
                 }
             }
+            // x / (1 + α|x|) has derivative 1 / (1 + α|x|)² on both sides.
+            SurrogateKind::FastSigmoid => x / (1.0 + a * x.abs()),
         }
     }
 
     #[test]
     fn surrogate_grad_matches_finite_differences() {
         let h = 1e-6;
-        for kind in [
-            SurrogateKind::Sigmoid,
-            SurrogateKind::Atan,
-            SurrogateKind::Triangle,
-        ] {
+        for kind in SurrogateKind::ALL {
             for alpha in [1.0, 2.0, 4.0] {
                 let s = Surrogate { kind, alpha };
                 // Avoid the triangle's kinks at 0 and ±1/α, where the
@@ -227,6 +225,7 @@ mod tests {
         assert_eq!(at0(SurrogateKind::Sigmoid), 1.0);
         assert_eq!(at0(SurrogateKind::Atan), 2.0);
         assert_eq!(at0(SurrogateKind::Triangle), 4.0);
+        assert_eq!(at0(SurrogateKind::FastSigmoid), 1.0);
         let tri = Surrogate {
             kind: SurrogateKind::Triangle,
             alpha: 4.0,

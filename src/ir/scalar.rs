@@ -80,6 +80,15 @@ pub fn surrogate_derivative(kind: SurrogateKind) -> ScalarFn {
             )],
             ret: Expr::call(Func::Pos, local),
         },
+        // 1 / (1 + α·|x|)², with d = 1 + α·|x|.
+        SurrogateKind::FastSigmoid => ScalarFn {
+            lets: vec![Expr::bin(
+                Add,
+                one(),
+                Expr::bin(Mul, a, Expr::call(Func::Abs, x)),
+            )],
+            ret: Expr::bin(Div, one(), Expr::bin(Mul, local.clone(), local)),
+        },
     }
 }
 

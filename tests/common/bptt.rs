@@ -441,6 +441,7 @@ pub fn surrogate_deriv(s: &Surrogate, x: f64) -> f64 {
             a / (2.0 * (1.0 + z * z))
         }
         SurrogateKind::Triangle => f64::max(0.0, a - a * a * x.abs()),
+        SurrogateKind::FastSigmoid => 1.0 / ((1.0 + a * x.abs()) * (1.0 + a * x.abs())),
     }
 }
 

@@ -50,8 +50,9 @@ pub const RESETS: [(Reset, bool); 4] = [
 ];
 
 /// Each surrogate with an α.
-pub const SURROGATES: [(SurrogateKind, f64); 3] = [
+pub const SURROGATES: [(SurrogateKind, f64); 4] = [
     (SurrogateKind::Sigmoid, 4.0),
     (SurrogateKind::Atan, 2.0),
     (SurrogateKind::Triangle, 2.0),
+    (SurrogateKind::FastSigmoid, 4.0),
 ];

@@ -49,7 +49,8 @@ pub fn neuron_opts(a: u8, b: u8) -> NeuronOpts {
                 SurrogateKind::Sigmoid,
                 SurrogateKind::Atan,
                 SurrogateKind::Triangle,
-            ][((b / 3) % 3) as usize],
+                SurrogateKind::FastSigmoid,
+            ][((b / 3) % 4) as usize],
         ),
         alpha: Some(if a & 16 == 0 { 4.0 } else { 2.0 }),
     }
