@@ -99,45 +99,9 @@ pub fn fused_schedules(plans: &[BenchPlan]) -> Result<Vec<SchedOpts>, CliError> 
 }
 
 /// What `snnc bench` runs: the fused CPU plan (layer-major, or time-major:
-/// one kernel step at a time), or the graph executor in a schedule's order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BenchPlan {
-    Fused(SchedOpts),
-    Graph(SchedOpts),
-}
-
-impl std::fmt::Display for BenchPlan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BenchPlan::Fused(SchedOpts::LAYER_MAJOR) => f.write_str("fused"),
-            BenchPlan::Fused(s) => write!(f, "fused-{s}"),
-            BenchPlan::Graph(s) => write!(f, "{s}"),
-        }
-    }
-}
-
-/// A `--schedule` value that names no plan.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown schedule `{0}`; expected one of: fused, fused-time-major, \
-     fused-time-major-recompute, {names}",
-    names = SchedOpts::NAMES.join(", ")
-)]
-pub struct UnknownPlan(pub String);
-
-impl std::str::FromStr for BenchPlan {
-    type Err = UnknownPlan;
-    fn from_str(s: &str) -> Result<BenchPlan, UnknownPlan> {
-        let bad = || UnknownPlan(s.to_string());
-        match s {
-            "fused" => Ok(BenchPlan::Fused(SchedOpts::LAYER_MAJOR)),
-            _ => match s.strip_prefix("fused-") {
-                Some(rest) => rest.parse().map(BenchPlan::Fused).map_err(|_| bad()),
-                None => s.parse().map(BenchPlan::Graph).map_err(|_| bad()),
-            },
-        }
-    }
-}
+/// one kernel step at a time), or the graph executor in a schedule's order;
+/// named as the pipeline names its targets.
+pub use crate::compile::Target as BenchPlan;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchRow {
