@@ -62,19 +62,7 @@ fn sub_graph(
     let mut s = Graph::new("node", g.steps, g.batch);
     let mut map: HashMap<NodeIndex, NodeIndex> = HashMap::new();
     for (i, o) in reads.iter().enumerate() {
-        let x = s.add(
-            Node {
-                op: Op::Input {
-                    name: format!("a{i}"),
-                },
-                shape: g.node(*o).shape.clone(),
-                dtype: DType::F32,
-                layer: None,
-                t: None,
-                role: Role::Input,
-            },
-            &[],
-        );
+        let x = add_input(&mut s, i, &g.node(*o).shape);
         map.insert(*o, x);
     }
     let order = g.topo_order().ok_or(crate::interp::InterpError::Cyclic)?;
@@ -150,6 +138,23 @@ pub fn kernel_error(
     Ok(worst)
 }
 
+/// Adds input `a{i}` of `shape` to an isolation graph.
+fn add_input(s: &mut Graph, i: usize, shape: &[usize]) -> NodeIndex {
+    s.add(
+        Node {
+            op: Op::Input {
+                name: format!("a{i}"),
+            },
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+            layer: None,
+            t: None,
+            role: Role::Input,
+        },
+        &[],
+    )
+}
+
 /// A graph of one node reading inputs `a0, a1, …` (for the CPU reference of
 /// a node in isolation).
 fn single_node_graph(g: &Graph, n: NodeIndex) -> Graph {
@@ -158,21 +163,7 @@ fn single_node_graph(g: &Graph, n: NodeIndex) -> Graph {
         .operands(n)
         .iter()
         .enumerate()
-        .map(|(i, o)| {
-            s.add(
-                Node {
-                    op: Op::Input {
-                        name: format!("a{i}"),
-                    },
-                    shape: g.node(*o).shape.clone(),
-                    dtype: DType::F32,
-                    layer: None,
-                    t: None,
-                    role: Role::Input,
-                },
-                &[],
-            )
-        })
+        .map(|(i, o)| add_input(&mut s, i, &g.node(*o).shape))
         .collect();
     let mut node = g.node(n).clone();
     node.role = Role::Output;
