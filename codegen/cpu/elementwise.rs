@@ -14,6 +14,10 @@ const PAR_MIN: usize = 1 << 14;
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 12;
 
+/// Elements evaluated together (`fill`): small enough that a block's
+/// temporaries stay in L1.
+const BLOCK: usize = 512;
+
 /// What an element of the result reads: the compiled definition, and per
 /// operand whether it is a per-channel vector (channel axis 1 of the result,
 /// `r` elements per (batch, channel) slab).
@@ -56,18 +60,34 @@ impl<'a> Reader<'a> {
 
     /// Elements `start..start + out.len()`; `own` reads operand 0 from
     /// `out` itself (the in-place form), the others from `xs[k − 1]`.
+    /// Operands are gathered into blocks and the definition evaluated a
+    /// block at a time (`OpProgram::eval_block`: the same bits as per
+    /// element).
     fn fill(&self, out: &mut [f32], start: usize, own: bool) {
-        let mut args = vec![0f32; self.chan.len()];
-        for (j, o) in out.iter_mut().enumerate() {
-            let i = start + j;
-            for (k, a) in args.iter_mut().enumerate() {
-                *a = match (own, k) {
-                    (true, 0) => *o,
-                    (true, k) => self.read(k, 1, i),
-                    (false, k) => self.read(k, 0, i),
-                };
+        let mut bufs = vec![vec![0f32; BLOCK]; self.chan.len()];
+        let mut done = 0;
+        for o in out.chunks_mut(BLOCK) {
+            let len = o.len();
+            for (k, b) in bufs.iter_mut().enumerate() {
+                let b = &mut b[..len];
+                match (own, k) {
+                    (true, 0) => b.copy_from_slice(o),
+                    (own, k) => {
+                        let skip = usize::from(own);
+                        let i0 = start + done;
+                        if self.chan[k] {
+                            b.iter_mut()
+                                .enumerate()
+                                .for_each(|(j, v)| *v = self.read(k, skip, i0 + j));
+                        } else {
+                            b.copy_from_slice(&self.xs[k - skip].data[i0..i0 + len]);
+                        }
+                    }
+                }
             }
-            *o = self.program.eval(&args);
+            let args: Vec<&[f32]> = bufs.iter().map(|b| &b[..len]).collect();
+            self.program.eval_block(&args, o);
+            done += len;
         }
     }
 
