@@ -111,6 +111,22 @@ impl<F: Float> OpProgram<F> {
     }
 }
 
+/// Temporaries of one block's walk, reused from node to node (the walk
+/// needs as many at once as the definition is deep).
+struct Pool<F>(Vec<Vec<F>>);
+
+impl<F: Float> Pool<F> {
+    fn take(&mut self, len: usize) -> Vec<F> {
+        let mut v = self.0.pop().unwrap_or_default();
+        v.clear();
+        v.resize(len, F::zero());
+        v
+    }
+    fn give(&mut self, v: Vec<F>) {
+        self.0.push(v);
+    }
+}
+
 /// `eval` of `e` at every element of `out` (see [`OpProgram::eval_block`]).
 fn eval_block<F: Float>(
     e: &Expr,
@@ -119,15 +135,27 @@ fn eval_block<F: Float>(
     sg: &[ScalarFn],
     out: &mut [F],
 ) {
+    let mut pool = Pool(Vec::new());
+    walk(e, args, locals, sg, out, &mut pool);
+}
+
+fn walk<F: Float>(
+    e: &Expr,
+    args: &[&[F]],
+    locals: &[Vec<F>],
+    sg: &[ScalarFn],
+    out: &mut [F],
+    pool: &mut Pool<F>,
+) {
     match e {
         Expr::Num(v) => out.fill(constant(*v)),
         Expr::Const(v) => out.fill(constant(f64::from(*v))),
         Expr::Arg(k) => out.copy_from_slice(args[*k]),
         Expr::Local(k) => out.copy_from_slice(&locals[*k]),
         Expr::Bin(op, a, b) => {
-            eval_block(a, args, locals, sg, out);
-            let mut rhs = vec![F::zero(); out.len()];
-            eval_block(b, args, locals, sg, &mut rhs);
+            walk(a, args, locals, sg, out, pool);
+            let mut rhs = pool.take(out.len());
+            walk(b, args, locals, sg, &mut rhs, pool);
             match op {
                 BinOp::Add => out.iter_mut().zip(&rhs).for_each(|(o, r)| *o = *o + *r),
                 BinOp::Sub => out.iter_mut().zip(&rhs).for_each(|(o, r)| *o = *o - *r),
@@ -138,33 +166,33 @@ fn eval_block<F: Float>(
                     .zip(&rhs)
                     .for_each(|(o, r)| *o = bin(BinOp::Ge, *o, *r)),
             }
+            pool.give(rhs);
         }
         Expr::Call(f, a) => {
-            eval_block(a, args, locals, sg, out);
+            walk(a, args, locals, sg, out, pool);
             out.iter_mut().for_each(|o| *o = func(*f, *o));
         }
         Expr::Sg(kind, x, al) => {
-            let mut xs = vec![F::zero(); out.len()];
-            let mut als = vec![F::zero(); out.len()];
-            eval_block(x, args, locals, sg, &mut xs);
-            eval_block(al, args, locals, sg, &mut als);
-            call_block(&sg[kind.code() as usize], &[&xs, &als], sg, out);
+            let mut xs = pool.take(out.len());
+            let mut als = pool.take(out.len());
+            walk(x, args, locals, sg, &mut xs, pool);
+            walk(al, args, locals, sg, &mut als, pool);
+            let f = &sg[kind.code() as usize];
+            let mut l: Vec<Vec<F>> = Vec::with_capacity(f.lets.len());
+            for e in &f.lets {
+                let mut v = pool.take(out.len());
+                walk(e, &[&xs, &als], &l, sg, &mut v, pool);
+                l.push(v);
+            }
+            walk(&f.ret, &[&xs, &als], &l, sg, out, pool);
+            l.into_iter().for_each(|v| pool.give(v));
+            pool.give(xs);
+            pool.give(als);
         }
         Expr::StepConst(_) | Expr::Reg(_) | Expr::Load(..) => {
             unreachable!("rejected when the program was built")
         }
     }
-}
-
-/// `call` over a block.
-fn call_block<F: Float>(f: &ScalarFn, args: &[&[F]], sg: &[ScalarFn], out: &mut [F]) {
-    let mut l: Vec<Vec<F>> = Vec::with_capacity(f.lets.len());
-    for e in &f.lets {
-        let mut v = vec![F::zero(); out.len()];
-        eval_block(e, args, &l, sg, &mut v);
-        l.push(v);
-    }
-    eval_block(&f.ret, args, &l, sg, out);
 }
 
 /// A surrogate's derivative at `x` with steepness `alpha`, in f64.
