@@ -4,9 +4,11 @@
 //! CPU emulator) and `cpu` (generated C kernels and SGEMM).
 
 pub mod backend;
+pub mod cache;
 pub mod cpu;
 pub mod cuda;
 pub mod exec;
+pub mod library;
 #[cfg(feature = "luminal")]
 pub mod luminal;
 pub mod render_c;

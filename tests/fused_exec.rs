@@ -1,4 +1,5 @@
-//! The fused CPU plan (generated C kernels + library kernels) computes what
+//! The fused plan on the CPU backend (generated C kernels, library kernels,
+//! SGEMM, run by the executor over its arena) computes what
 //! the reference interpreter computes: outputs and gradients, both modes,
 //! every schedule (layer-major; time-major, one kernel step at a time, with
 //! and without batch-norm recompute), f32; and its generated code does not
@@ -22,7 +23,8 @@ mod common;
 
 use common::gen;
 use proptest::prelude::*;
-use snnc::codegen::cpu::compiled::{self, Compiled};
+use snnc::codegen::cpu::{backend::module_source, Cpu};
+use snnc::codegen::exec::Executor;
 use snnc::compile::{compile, Options};
 use snnc::interp::{self, RunOptions};
 use snnc::model::{Encoding, Model};
@@ -89,21 +91,19 @@ fn compare(
     sched: SchedOpts,
     opts: &RunOptions,
 ) -> Result<(), String> {
-    let exe = Compiled::scheduled(g, &[], sched).map_err(|e| e.to_string())?;
+    let lowered = snnc::passes::fuse_time::lower(g, sched);
+    let plan = snnc::passes::fuse_time::plan(&lowered, &[], sched);
     if sched != SchedOpts::LAYER_MAJOR && steps > 1 {
-        let split = exe
-            .plan
-            .units
-            .iter()
-            .any(|u| matches!(u, fuse::Unit::Step(..)));
-        let multi = exe.plan.kernels.iter().any(|k| k.kernel.steps > 1);
+        let split = plan.units.iter().any(|u| matches!(u, fuse::Unit::Step(..)));
+        let multi = plan.kernels.iter().any(|k| k.kernel.steps > 1);
         if multi && !split {
             return Err(format!("{sched}: no kernel runs one step at a time"));
         }
     }
-    let got = exe
-        .run(g, inputs, params, opts)
-        .map_err(|e| e.to_string())?;
+    let source = module_source(&plan);
+    let mut cpu = Cpu::new().map_err(|e| e.to_string())?;
+    let mut exe = Executor::with_plan(&mut cpu, &lowered, plan, &[]).map_err(|e| e.to_string())?;
+    let got = exe.run(inputs, params, opts).map_err(|e| e.to_string())?;
     common::agree::outputs_arbitrated(
         "fused vs interpreter",
         g,
@@ -116,7 +116,7 @@ fn compare(
     )
     .map_err(|e| match snnc::compare::ill_conditioned(g, want) {
         Some(why) => format!("{ILL_CASE}: {why} ({sched} {e})"),
-        None => format!("{sched} {e}\n{}", compiled::source(&exe.plan)),
+        None => format!("{sched} {e}\n{source}"),
     })?;
     Ok(())
 }
@@ -176,7 +176,7 @@ fn generated_code_does_not_grow_with_t() {
             .map(|&t| {
                 let g = compile(&m, &Options::new(t, 2, mode)).unwrap().graph;
                 let plan = fuse::fuse(&g);
-                (plan.kernels.len(), compiled::source(&plan).lines().count())
+                (plan.kernels.len(), module_source(&plan).lines().count())
             })
             .collect();
         assert_eq!(

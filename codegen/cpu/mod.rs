@@ -10,9 +10,13 @@
 //! out at the end); an elementwise node whose first operand dies there
 //! writes over that operand's buffer.
 
+pub mod backend;
 pub mod compiled;
 mod elementwise;
 pub mod kernels;
+pub mod sgemm;
+
+pub use backend::Cpu;
 
 /// The CPU kernels' scratch, for the memory planner.
 pub const WORKSPACE: kernels::CpuWorkspace = kernels::CpuWorkspace;

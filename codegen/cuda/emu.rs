@@ -1,6 +1,6 @@
 //! The CPU emulator of the CUDA backend.
 //!
-//! `kernels.cu` is compiled as C++ (with `emu_shim.h`) into a shared
+//! `kernels.cu` is compiled as C++ (with `library/host_shim.h`) into a shared
 //! library by the host compiler (`$CXX`, else `c++`, `g++` or `clang++`),
 //! loaded with libloading, and each launch runs every (block, thread) of the
 //! grid in order. cuBLAS calls run [`Cublas::run_on_host`]. Device
@@ -24,7 +24,7 @@ use std::ffi::c_void;
 use std::path::PathBuf;
 use std::process::Command;
 
-const SHIM: &str = include_str!("emu_shim.h");
+const SHIM: &str = include_str!("../library/host_shim.h");
 
 /// Guard elements on each side of a buffer (256 bytes: keeps 8-byte
 /// alignment for the double workspaces).

@@ -1,9 +1,7 @@
 //! The CUDA target: a [`Backend`] for the executor (`codegen::exec`).
 //!
-//! - `kernels.cu`: the library kernels (`backend::KERNELS`; matmuls and the
-//!   GEMM of each convolution are cuBLAS calls), written so that the same
-//!   text also compiles as C++; its elementwise kernels are rendered from the op
-//!   table ([`elementwise`]);
+//! - the library kernels (`codegen::library`, `backend::KERNELS`) compiled
+//!   by NVRTC; matmuls and the GEMM of each convolution are cuBLAS calls;
 //! - [`nvrtc`]: run-time compilation to CUBIN/PTX for the device's
 //!   architecture, with an on-disk cache;
 //! - [`gemm`]: row-major products as column-major cuBLAS calls;
@@ -18,7 +16,6 @@
 //! `src/cli`.
 
 pub mod device;
-pub mod elementwise;
 pub mod emu;
 pub mod fused;
 pub mod gemm;
@@ -29,10 +26,9 @@ pub use crate::codegen::exec::{Executor, MemStats, Outputs, Step};
 pub use device::{missing_library, probe, Cuda, DeviceInfo};
 pub use emu::Emu;
 
-/// The library kernel source (also compiled as C++ by the emulator).
-pub static KERNELS_CU: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    include_str!("kernels.cu").replace("// @ELEMENTWISE@\n", &elementwise::source())
-});
+/// The library kernel source (also compiled as C++ by the emulator and the
+/// CPU backend).
+pub use crate::codegen::library::SOURCE as KERNELS_CU;
 
 /// The executor on a GPU.
 pub type CudaExecutor<'a> = Executor<'a, Cuda>;

@@ -5,7 +5,7 @@ use super::conv::ConvGeo;
 use super::reduce::Pass1;
 use super::{elems, inner, int, ExecError, Executor, BLOCK};
 use crate::codegen::backend::{check_args, Arg, Backend, Gemm, KERNELS};
-use crate::codegen::cuda::elementwise;
+use crate::codegen::library::elementwise;
 use crate::interp::RunOptions;
 use crate::ir::{NodeIndex, Op};
 use crate::tensor::Tensor;
@@ -106,7 +106,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                 unreachable!("handled by exec_node")
             }
             // Elementwise ops: their kernels are rendered from the op table
-            // (`codegen/cuda/elementwise.rs`), named after the op.
+            // (`codegen/library/elementwise.rs`), named after the op.
             op if elementwise::has_kernel(op) => {
                 let name = format!("snnc_{}", op.name());
                 let k = KERNELS

@@ -1,14 +1,17 @@
-// snnc's CUDA kernels: one per primitive op of src/ir/op.rs (matmuls and
-// the GEMM part of convolutions go to cuBLAS instead).
+// snnc's library kernels: one per primitive op of src/ir/op.rs that is not
+// fused (matmuls and the GEMM part of convolutions are each backend's GEMM).
 //
-// The same text is compiled twice:
-//  - by NVRTC for the GPU (codegen/cuda/nvrtc.rs), and
-//  - as plain C++ after emu_shim.h by the host compiler, for the emulator
-//    (codegen/cuda/emu.rs), which runs every grid sequentially on the CPU so
-//    that the kernels can be checked against the reference interpreter on a
-//    machine without a GPU.
-// Hence: no shared memory, no __syncthreads, no atomics, no headers. Every
-// kernel is a grid-stride loop over its outputs, so any grid size is correct.
+// The same text is compiled three times:
+//  - by NVRTC for the GPU (codegen/cuda/nvrtc.rs);
+//  - as C++ after codegen/cpu/shim.h by the host compiler, for the CPU
+//    backend (codegen/cpu/backend.rs), which runs each launch as contiguous
+//    ranges of the grid in parallel (the shim redefines SNNC_LOOP);
+//  - as C++ after emu_shim.h, for the CUDA emulator (codegen/cuda/emu.rs),
+//    which runs every (block, thread) of a grid in order, so that the CUDA
+//    backend's launches can be checked on a machine without a GPU.
+// Hence: no shared memory, no __syncthreads, no atomics, no headers, and no
+// thread index outside SNNC_LOOP. Every kernel is a grid-stride loop over its
+// outputs, so any grid size is correct.
 //
 // Each kernel computes an element with the same f32 expression, in the same
 // order, as src/interp (ops.rs, grad_ops.rs), so most results are
@@ -16,9 +19,11 @@
 // double. Arguments: pointers, `int` sizes (the host checks they fit),
 // `float`/`double` constants, `unsigned long long` seeds.
 
+#ifndef SNNC_LOOP
 #define SNNC_LOOP(i, n)                                                        \
     for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < (n);        \
          i += (int)(blockDim.x * gridDim.x))
+#endif
 
 typedef unsigned long long snnc_u64;
 

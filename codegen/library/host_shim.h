@@ -1,9 +1,12 @@
-// Lets kernels.cu compile as plain C++ (g++/clang++) for the CPU emulator
-// (codegen/cuda/emu.rs). A launch runs every (block, thread) of a 1-D grid in
-// order on the calling thread, with blockIdx/threadIdx/blockDim/gridDim set
-// as the kernel expects. That is only correct for kernels whose threads do
-// not communicate (no shared memory, barriers or atomics), which is how
-// kernels.cu is written.
+// Lets kernels.cu compile as plain C++ (g++/clang++) on the host: CUDA's
+// qualifiers and thread indices, the parameter-kind check and the unpacking
+// of cuLaunchKernel-style parameter arrays. `snnc_launch` is the CUDA
+// emulator's (codegen/cuda/emu.rs): it runs every (block, thread) of a 1-D
+// grid in order on the calling thread, with blockIdx/threadIdx/blockDim/
+// gridDim set as the kernel expects. The CPU backend adds codegen/cpu/shim.h,
+// which runs contiguous ranges instead. Both are only correct for kernels
+// whose threads do not communicate (no shared memory, barriers or atomics),
+// which is how kernels.cu is written.
 #pragma once
 
 #include <cstddef>

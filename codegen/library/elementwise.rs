@@ -1,7 +1,7 @@
-//! The CUDA backend's per-op elementwise kernels (`snnc_add`, `snnc_scale`,
+//! The library's per-op elementwise kernels (`snnc_add`, `snnc_scale`,
 //! `snnc_surrogate_grad`, …), rendered from the op table: each kernel's
 //! body is the op's one scalar definition (`ir::scalar`), so no op's math
-//! is written by hand for this backend. The rest of the library
+//! is written by hand for any backend. The rest of the library
 //! (`kernels.cu`) holds what is not elementwise.
 //!
 //! Kernel `snnc_NAME` (the op's name) takes, in order: one `const float*`
@@ -95,7 +95,7 @@ pub fn args<E>(
 /// derivatives they call.
 pub fn source() -> String {
     let mut o = String::from(
-        "// ---- elementwise: rendered from the op table (codegen/cuda/elementwise.rs) ----\n\n",
+        "// ---- elementwise: rendered from the op table (codegen/library/elementwise.rs) ----\n\n",
     );
     o.push_str(&surrogate_fns("__device__ __forceinline__", true));
     for op in scalar::elementwise_ops().into_iter().filter(has_kernel) {

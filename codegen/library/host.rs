@@ -1,0 +1,192 @@
+//! Builds kernels for the host: C or C++ source compiled by the system
+//! compiler into a shared library, cached on disk by content hash
+//! (`codegen::cache`), and loaded at run time. The CPU backend builds the
+//! library kernels (C++) and each plan's generated kernels (C) this way.
+
+use crate::codegen::cache::{cache_dir, fnv1a, unique_tag};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A host compiler and the flags a kind of source is built with.
+pub struct Toolchain {
+    pub compiler: String,
+    pub flags: &'static [&'static str],
+    /// The source file's extension (`c` or `cpp`), which tells the
+    /// compiler the language.
+    pub ext: &'static str,
+}
+
+/// Flags of generated C kernels. No FMA contraction, no reassociation,
+/// exact division: the kernels compute `λ·v + I` and batch norm with the
+/// same roundings as the reference interpreter, so a membrane at threshold
+/// fires the same way in both. `-ffast-math` is there for glibc's vector
+/// `expf` (the sigmoid surrogate): without it GCC vectorises no loop that
+/// calls `expf`.
+pub const C_FLAGS: &[&str] = &[
+    "-O3",
+    "-march=native",
+    "-ffast-math",
+    "-fno-associative-math",
+    "-fno-reciprocal-math",
+    "-ffp-contract=off",
+    "-fPIC",
+    "-shared",
+];
+
+/// Flags of the library kernels as C++: IEEE semantics throughout (the
+/// library tests NaN and infinities, e.g. max-pooling starts from −∞), no
+/// FMA contraction, as the C kernels.
+pub const CXX_FLAGS: &[&str] = &[
+    "-std=c++17",
+    "-O3",
+    "-march=native",
+    "-fno-math-errno",
+    "-ffp-contract=off",
+    "-fPIC",
+    "-shared",
+];
+
+impl Toolchain {
+    /// `$CC` (else `cc`) with [`C_FLAGS`].
+    pub fn c() -> Toolchain {
+        Toolchain {
+            compiler: std::env::var("CC")
+                .ok()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "cc".into()),
+            flags: C_FLAGS,
+            ext: "c",
+        }
+    }
+
+    /// `$CXX` (else `c++`) with [`CXX_FLAGS`].
+    pub fn cxx() -> Toolchain {
+        Toolchain {
+            compiler: std::env::var("CXX")
+                .ok()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "c++".into()),
+            flags: CXX_FLAGS,
+            ext: "cpp",
+        }
+    }
+}
+
+/// Why kernels could not be built or loaded for the host.
+#[derive(Debug, thiserror::Error)]
+pub enum CcError {
+    #[error("cannot create the kernel cache `{}`: {source}", dir.display())]
+    Cache {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write `{}`: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot run the compiler `{cc}` ({source}); install gcc or clang, or set CC and CXX")]
+    NoCompiler { cc: String, source: std::io::Error },
+    #[error("the compiler rejected the generated kernels (`{}`):\n{stderr}", path.display())]
+    Rejected { path: PathBuf, stderr: String },
+    #[error("cannot move `{}` into the kernel cache: {source}", path.display())]
+    Move {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot load `{}`: {source}", path.display())]
+    Load {
+        path: PathBuf,
+        source: libloading::Error,
+    },
+    #[error("`{}`: no function `{name}`: {source}", path.display())]
+    NoSymbol {
+        path: PathBuf,
+        name: String,
+        source: libloading::Error,
+    },
+}
+
+/// A loaded shared library of kernels.
+pub struct SharedLib {
+    pub lib: libloading::Library,
+    pub path: PathBuf,
+    /// Whether this build compiled it (false: found in the cache).
+    pub compiled: bool,
+}
+
+impl SharedLib {
+    /// The address of function `name`.
+    ///
+    /// # Safety
+    /// `F` must be the function's exact type.
+    pub unsafe fn get<F: Copy>(&self, name: &str) -> Result<F, CcError> {
+        let f: libloading::Symbol<F> =
+            self.lib
+                .get(name.as_bytes())
+                .map_err(|source| CcError::NoSymbol {
+                    path: self.path.clone(),
+                    name: name.to_string(),
+                    source,
+                })?;
+        Ok(*f)
+    }
+}
+
+/// Compiles `src` with `tc` into the cache (unless it is there) and loads
+/// it.
+pub fn build(src: &str, tc: &Toolchain) -> Result<SharedLib, CcError> {
+    let flags = tc.flags.join(" ");
+    let key = fnv1a(&[src.as_bytes(), flags.as_bytes(), tc.compiler.as_bytes()]);
+    let dir = cache_dir().join("host");
+    std::fs::create_dir_all(&dir).map_err(|source| CcError::Cache {
+        dir: dir.clone(),
+        source,
+    })?;
+    let lib_path = dir.join(format!("{key:016x}.so"));
+    let mut compiled = false;
+    if !lib_path.exists() {
+        let tag = format!("{key:016x}.{}", unique_tag());
+        let src_path = dir.join(format!("{tag}.{}", tc.ext));
+        let tmp = dir.join(format!("{tag}.so"));
+        std::fs::write(&src_path, src).map_err(|source| CcError::Write {
+            path: src_path.clone(),
+            source,
+        })?;
+        let out = Command::new(&tc.compiler)
+            .args(tc.flags)
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&src_path)
+            .arg("-lm")
+            .output()
+            .map_err(|source| CcError::NoCompiler {
+                cc: tc.compiler.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            // The source stays for inspection.
+            return Err(CcError::Rejected {
+                path: src_path,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        std::fs::rename(&tmp, &lib_path).map_err(|source| CcError::Move {
+            path: tmp.clone(),
+            source,
+        })?;
+        let _ = std::fs::remove_file(&src_path);
+        compiled = true;
+    }
+    // SAFETY: a library built from our own generated source; loading it
+    // runs no initialisers but the C++ runtime's.
+    let lib = unsafe { libloading::Library::new(&lib_path) }.map_err(|source| CcError::Load {
+        path: lib_path.clone(),
+        source,
+    })?;
+    Ok(SharedLib {
+        lib,
+        path: lib_path,
+        compiled,
+    })
+}
