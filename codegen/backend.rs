@@ -245,6 +245,12 @@ pub trait Backend {
     /// The largest grid the executor should launch (grid-stride loops cover
     /// the rest).
     fn max_grid(&self) -> u32;
+    /// The cap on the im2col workspace of one convolution chunk (elements)
+    /// that suits this target: large chunks make few large GEMMs on a GPU;
+    /// on a CPU a chunk should stay in cache while its GEMM reads it.
+    fn conv_workspace(&self) -> usize {
+        crate::codegen::exec::CONV_WORKSPACE
+    }
     /// (free, total) device memory, where the backend can tell.
     fn mem_info(&self) -> Option<(usize, usize)> {
         None

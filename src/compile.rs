@@ -121,6 +121,36 @@ impl std::fmt::Display for Target {
     }
 }
 
+impl Target {
+    /// The graph this target runs (lowered for its schedule) and the plan
+    /// the executor runs it by: the fused plan (`fuse_time::plan`, storing
+    /// the `keep` nodes), or one node unit per node in the schedule's order.
+    pub fn plan(
+        &self,
+        g: &Graph,
+        keep: &[crate::ir::NodeIndex],
+    ) -> (Graph, crate::passes::fuse::Plan) {
+        match *self {
+            Target::Fused(opts) => {
+                let lowered = fuse_time::lower(g, opts);
+                let plan = fuse_time::plan(&lowered, keep, opts);
+                (lowered, plan)
+            }
+            Target::Graph(opts) => {
+                let (graph, order) = schedule::schedule(g, opts);
+                let plan = crate::passes::fuse::Plan {
+                    units: order
+                        .into_iter()
+                        .map(crate::passes::fuse::Unit::Node)
+                        .collect(),
+                    kernels: Vec::new(),
+                };
+                (graph, plan)
+            }
+        }
+    }
+}
+
 /// A name that is not a [`Target`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(

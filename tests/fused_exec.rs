@@ -130,6 +130,7 @@ fn example(name: &str) -> Model {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
     #[test]
+    #[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CPU backend's library kernels")]
     fn fused_plan_matches_interpreter(r in gen::recipe(), steps in 1usize..=4, batch in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000, s in 0usize..3) {
         let model = gen::build(&r);
         let mode = if rate { Mode::Rate } else { Mode::Bptt };
@@ -141,6 +142,10 @@ proptest! {
 }
 
 #[test]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CPU backend's library kernels ($CXX, c++, g++ or clang++)"
+)]
 fn example_models_at_small_sizes() {
     for name in ["digits_mlp", "fmnist_csnn"] {
         for mode in [Mode::Bptt, Mode::Rate] {
@@ -156,6 +161,10 @@ fn example_models_at_small_sizes() {
 
 /// The other example models, 16 times narrower (`common::shrink`), T = 2.
 #[test]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CPU backend's library kernels ($CXX, c++, g++ or clang++)"
+)]
 fn every_example_model_at_reduced_size() {
     for name in ["resnet19", "vgg11", "vggsnn_dvs", "vggsnn_dvs34"] {
         let model = common::shrink::shrink(&example(name), 16);

@@ -119,29 +119,14 @@ pub fn emu_source() -> String {
     s
 }
 
-/// The host C++ compiler: `$CXX`, else the first of c++, g++, clang++ that
-/// runs.
+/// The host C++ compiler (`library::host::find_cxx`).
 pub fn find_cxx() -> Result<String, BackendError> {
-    let mut tried = Vec::new();
-    let env = std::env::var("CXX").ok().filter(|c| !c.is_empty());
-    for c in env
-        .iter()
-        .map(String::as_str)
-        .chain(["c++", "g++", "clang++"])
-    {
-        if Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return Ok(c.to_string());
-        }
-        tried.push(c.to_string());
-    }
-    Err(BackendError::Compile(format!(
-        "no C++ compiler found (tried {})",
-        tried.join(", ")
-    )))
+    crate::codegen::library::host::find_cxx().map_err(|tried| {
+        BackendError::Compile(format!(
+            "no C++ compiler found (tried {})",
+            tried.join(", ")
+        ))
+    })
 }
 
 const CXX_FLAGS: &[&str] = &[

@@ -99,7 +99,7 @@ pub const MAX_ELEMS: usize = 1 << 30;
 pub const BLOCK: u32 = 256;
 
 /// Default cap on the im2col workspace of one convolution chunk (elements):
-/// 32 Mi floats = 128 MiB.
+/// 32 Mi floats = 128 MiB ([`Backend::conv_workspace`]).
 pub const CONV_WORKSPACE: usize = 32 << 20;
 
 /// Memory of a value: a buffer of its own (leaves), or an address in the
@@ -169,7 +169,8 @@ pub struct Executor<'a, B: Backend> {
     /// freed, so that an element a kernel forgets to write, or a value read
     /// after it was freed, shows up as NaN.
     pub poison: bool,
-    /// Cap on the im2col workspace of one convolution chunk (elements).
+    /// Cap on the im2col workspace of one convolution chunk (elements);
+    /// the backend's [`Backend::conv_workspace`] unless changed.
     pub conv_workspace: usize,
 }
 
@@ -299,6 +300,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             }
             (Some(module), tables)
         };
+        let conv_workspace = backend.conv_workspace();
         Ok(Executor {
             backend,
             g,
@@ -318,7 +320,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             resident: HashMap::new(),
             stats: MemStats::default(),
             poison: false,
-            conv_workspace: CONV_WORKSPACE,
+            conv_workspace,
         })
     }
 

@@ -59,17 +59,42 @@ impl Toolchain {
         }
     }
 
-    /// `$CXX` (else `c++`) with [`CXX_FLAGS`].
+    /// [`find_cxx`]'s compiler (else `c++`, which then fails to run with
+    /// a clear error) with [`CXX_FLAGS`].
     pub fn cxx() -> Toolchain {
         Toolchain {
-            compiler: std::env::var("CXX")
-                .ok()
-                .filter(|c| !c.is_empty())
-                .unwrap_or_else(|| "c++".into()),
+            compiler: find_cxx().unwrap_or_else(|_| "c++".into()),
             flags: CXX_FLAGS,
             ext: "cpp",
         }
     }
+}
+
+/// The host C++ compiler: `$CXX`, else the first of c++, g++, clang++ that
+/// runs; the names tried when none does.
+pub fn find_cxx() -> Result<String, Vec<String>> {
+    static FOUND: std::sync::OnceLock<Result<String, Vec<String>>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let mut tried = Vec::new();
+            let env = std::env::var("CXX").ok().filter(|c| !c.is_empty());
+            for c in env
+                .iter()
+                .map(String::as_str)
+                .chain(["c++", "g++", "clang++"])
+            {
+                let runs = Command::new(c)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if runs {
+                    return Ok(c.to_string());
+                }
+                tried.push(c.to_string());
+            }
+            Err(tried)
+        })
+        .clone()
 }
 
 /// Why kernels could not be built or loaded for the host.

@@ -10,6 +10,9 @@ use std::path::Path;
 
 use super::args::{modes, Device, SweepArgs};
 use super::{CliError, MIB};
+use crate::codegen::backend::Backend;
+use crate::codegen::cpu::Cpu;
+use crate::codegen::exec::{ExecError, Executor, LibraryScratch};
 use crate::compile::{self, load_for};
 use crate::init;
 use crate::interp::{random_input, random_labels, RunOptions};
@@ -48,6 +51,12 @@ pub struct BenchArgs {
     /// median of 3) and give each row's GFLOP/s as a fraction of it.
     #[arg(long)]
     floor: bool,
+    /// Run the CPU rows on the one executor (`codegen/exec` over the CPU
+    /// backend: the plan's C kernels, the library kernels, SGEMM, one
+    /// arena) instead of the fused plan's own runner and the graph
+    /// executor, to compare the two in one run.
+    #[arg(long)]
+    executor: bool,
     #[arg(long)]
     json: bool,
 }
@@ -64,6 +73,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             batch,
             a.repeats.max(1),
             a.floor,
+            a.executor,
             a.json,
         ),
         Device::Cuda => {
@@ -144,6 +154,7 @@ fn bench(
     batch: usize,
     repeats: usize,
     floor: bool,
+    executor: bool,
     json: bool,
 ) -> Result<(), CliError> {
     let (model, a) = load_for(path, modes)?;
@@ -162,6 +173,29 @@ fn bench(
             let labels = random_labels(batch, a.output[0], 1).cast::<f32>();
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
             for &sched in schedules {
+                if executor {
+                    let (times, measured, mem, cost) =
+                        on_executor(&g, sched, &inputs, &params, repeats)?;
+                    let med = times[times.len() / 2];
+                    let flop = cost.forward_flops + cost.backward_flops;
+                    rows.push(BenchRow {
+                        mode,
+                        steps: t,
+                        batch,
+                        schedule: format!("exec-{sched}"),
+                        step_seconds: med,
+                        images_per_sec: batch as f64 / med,
+                        kept_bytes: cost.kept_bytes,
+                        planned_peak_bytes: mem.peak_bytes,
+                        arena_bytes: mem.arena_bytes,
+                        measured_peak_bytes: measured,
+                        resident_bytes: mem.resident_bytes,
+                        gflop_per_step: flop / 1e9,
+                        gflops: flop / 1e9 / med,
+                        floor_gflops,
+                    });
+                    continue;
+                }
                 let (planned, fused) = match sched {
                     BenchPlan::Graph(opts) => (
                         Some(memplan::build(&g, opts, &crate::codegen::cpu::WORKSPACE)),
@@ -285,4 +319,55 @@ fn bench(
         );
     }
     Ok(())
+}
+
+/// Sorted step times of `target` on the one executor's CPU backend, with
+/// what its first step allocated (counting allocator: the arena, the
+/// executor's copies of inputs and parameters, the outputs; later steps
+/// reuse all of it), its memory plan and its graph's cost.
+fn on_executor(
+    g: &crate::ir::Graph,
+    target: BenchPlan,
+    inputs: &HashMap<String, Tensor<f32>>,
+    params: &HashMap<String, Tensor<f32>>,
+    repeats: usize,
+) -> Result<
+    (
+        Vec<f64>,
+        Option<u64>,
+        memplan::MemPlan,
+        crate::passes::cost::GraphCost,
+    ),
+    CliError,
+> {
+    let (eg, plan) = target.plan(g, &[]);
+    let cost = graph_cost(&eg);
+    let mut cpu = Cpu::new().map_err(|source| CliError::Backend {
+        command: "bench",
+        source,
+    })?;
+    let scratch = LibraryScratch {
+        conv_workspace: cpu.conv_workspace(),
+    };
+    let mem = memplan::plan_units(&eg, &plan, &[], &scratch).map_err(ExecError::from)?;
+    mem::ensure_plan_fits(
+        &format!("a training step ({target}, on the executor)"),
+        &mem,
+        0,
+        Memory::Host,
+    )?;
+    let (exe, measured) = crate::runtime::alloc::measure(|| {
+        let mut exe = Executor::with_plan(&mut cpu, &eg, plan, &[])?;
+        exe.run(inputs, params, &RunOptions { seed: 0 })?;
+        Ok::<_, ExecError>(exe)
+    });
+    let mut exe = exe?;
+    let mut times = Vec::new();
+    for i in 1..=repeats {
+        let started = std::time::Instant::now();
+        exe.run(inputs, params, &RunOptions { seed: i as u64 })?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times, measured.map(|b| b as u64), mem, cost))
 }

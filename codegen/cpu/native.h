@@ -1,0 +1,231 @@
+// CPU versions of the library kernels whose GPU form is slow on a CPU:
+// (after shim.h; same signatures as kernels.cu, checked at load). The GPU
+// form computes every element's coordinates with divisions and walks memory
+// in the order that suits adjacent GPU threads; these walk a range
+// [snnc_lo, snnc_hi) of the same index space row by row, with the
+// coordinates computed once per row, so the inner loops are copies and
+// strided reads the compiler can vectorise. Each element is computed from
+// the same terms added in the same order as the GPU form, so the results
+// are bit for bit the same (tests: the fused plans against the reference
+// interpreter, tests/fused_exec.rs; and against the CUDA emulator's
+// launches, tests/cpu_backend.rs).
+#pragma once
+
+// The range of this call, clipped to n.
+static inline void snnc_range(long long n, long long* lo, long long* hi) {
+    *lo = snnc_lo;
+    *hi = snnc_hi < n ? snnc_hi : n;
+}
+
+static inline int snnc_min_i(long long a, long long b) { return (int)(a < b ? a : b); }
+
+// im2col: i = row·(nb·cols) + b·cols + oy·wo + ox; one output row
+// (row, b, oy) at a time.
+extern "C" void snnc_cpu_im2col(const float* x, float* col, int ci, int h, int w, int k, int s,
+                                int pad, int ho, int wo, int nb, int n) {
+    long long i, hi;
+    snnc_range(n, &i, &hi);
+    const int cols = ho * wo, ncol = nb * cols;
+    while (i < hi) {
+        const int row = (int)(i / ncol), q = (int)(i - (long long)row * ncol);
+        const int bi = q / cols, p = q - bi * cols;
+        const int oy = p / wo, ox0 = p - oy * wo;
+        const int c = row / (k * k), kk = row - c * k * k;
+        const int ky = kk / k, kx = kk - ky * k;
+        const int iy = oy * s + ky - pad;
+        const int len = snnc_min_i(wo - ox0, hi - i);
+        float* dst = col + i;
+        if (iy < 0 || iy >= h) {
+            for (int j = 0; j < len; ++j) dst[j] = 0.0f;
+        } else {
+            // Columns whose ix = ox·s + kx − pad lies in [0, w): [a, b).
+            const int off = kx - pad;
+            int a = off >= 0 ? 0 : (-off + s - 1) / s;
+            int b = w - off > 0 ? (w - off + s - 1) / s : 0;
+            a = a < ox0 ? 0 : (a - ox0 < len ? a - ox0 : len);
+            b = b < ox0 ? 0 : (b - ox0 < len ? b - ox0 : len);
+            if (b < a) b = a;
+            const float* src = x + ((long long)(bi * ci + c) * h + iy) * w + off + ox0 * s;
+            for (int j = 0; j < a; ++j) dst[j] = 0.0f;
+            if (s == 1) {
+                for (int j = a; j < b; ++j) dst[j] = src[j];
+            } else {
+                for (int j = a; j < b; ++j) dst[j] = src[j * s];
+            }
+            for (int j = b; j < len; ++j) dst[j] = 0.0f;
+        }
+        i += len;
+    }
+}
+
+// col2im: i = ((b·ci + c)·h + iy)·w + ix; per input row, the terms in
+// (ky, kx) order as the GPU form adds them.
+extern "C" void snnc_cpu_col2im(const float* col, float* dx, int ci, int h, int w, int k, int s,
+                                int pad, int ho, int wo, int nb, int n) {
+    long long i, hi;
+    snnc_range(n, &i, &hi);
+    const int cols = ho * wo, ncol = nb * cols;
+    while (i < hi) {
+        const long long r = i / w;
+        const int ix0 = (int)(i - r * w);
+        const int iy = (int)(r % h);
+        const int c = (int)((r / h) % ci);
+        const int bi = (int)(r / ((long long)h * ci));
+        const int len = snnc_min_i(w - ix0, hi - i);
+        float* out = dx + i;
+        for (int j = 0; j < len; ++j) out[j] = 0.0f;
+        for (int ky = 0; ky < k; ++ky) {
+            const int ty = iy + pad - ky;
+            if (ty < 0 || ty % s != 0) continue;
+            const int oy = ty / s;
+            if (oy >= ho) continue;
+            for (int kx = 0; kx < k; ++kx) {
+                const float* src =
+                    col + (long long)((c * k + ky) * k + kx) * ncol + bi * cols + oy * wo;
+                for (int j = 0; j < len; ++j) {
+                    const int tx = ix0 + j + pad - kx;
+                    if (tx < 0 || tx % s != 0) continue;
+                    const int ox = tx / s;
+                    if (ox < wo) out[j] += src[ox];
+                }
+            }
+        }
+        i += len;
+    }
+}
+
+// [nb, c, r] -> [c, nb, r]: i = (ch·nb + b)·r + j; runs of r are copies.
+extern "C" void snnc_cpu_bc_swap(const float* x, float* out, int nb, int c, int r, int n) {
+    long long i, hi;
+    snnc_range(n, &i, &hi);
+    while (i < hi) {
+        const long long q = i / r;
+        const int j0 = (int)(i - q * r);
+        const int bi = (int)(q % nb), ch = (int)(q / nb);
+        const int len = snnc_min_i(r - j0, hi - i);
+        const float* src = x + ((long long)bi * c + ch) * r + j0;
+        for (int j = 0; j < len; ++j) out[i + j] = src[j];
+        i += len;
+    }
+}
+
+// Pass 1 of a channel reduction, for the threads t = ch·parts + p of the
+// range: the channel's elements in memory order, element e into part
+// e mod parts (so each part adds its elements in increasing e, as the GPU
+// thread does). KIND 0: x; 1: (x − mean)²; 2: x·y.
+template <int KIND>
+static inline void snnc_cpu_chan(const float* x, const float* y, const float* mean, double* part,
+                                 int c, int b, int r, int parts) {
+    long long t, hi;
+    snnc_range((long long)c * parts, &t, &hi);
+    double acc[256];
+    while (t < hi) {
+        const int ch = (int)(t / parts);
+        const int p0 = (int)(t - (long long)ch * parts);
+        const int p1 = snnc_min_i(parts, hi - (long long)ch * parts);
+        for (int p = 0; p < parts; ++p) acc[p] = 0.0;
+        const float m = KIND == 1 ? mean[ch] : 0.0f;
+        int p = 0;
+        for (int bi = 0; bi < b; ++bi) {
+            const long long at = ((long long)bi * c + ch) * r;
+            // Runs that stay within one row and one turn of the parts.
+            for (int j = 0; j < r;) {
+                const int len = snnc_min_i(parts - p, r - j);
+                const float* xs = x + at + j;
+                double* a = acc + p;
+                if (KIND == 0) {
+                    for (int q = 0; q < len; ++q) a[q] += (double)xs[q];
+                } else if (KIND == 1) {
+                    for (int q = 0; q < len; ++q) {
+                        const float dv = xs[q] - m;
+                        a[q] += (double)(dv * dv);
+                    }
+                } else {
+                    const float* ys = y + at + j;
+                    for (int q = 0; q < len; ++q) a[q] += (double)(xs[q] * ys[q]);
+                }
+                j += len;
+                p += len;
+                if (p == parts) p = 0;
+            }
+        }
+        for (int q = p0; q < p1; ++q) part[(long long)ch * parts + q] = acc[q];
+        t = (long long)ch * parts + p1;
+    }
+}
+
+extern "C" void snnc_cpu_chan_partial(const float* x, const float* mean, double* part, int c,
+                                      int b, int r, int parts) {
+    if (mean) {
+        snnc_cpu_chan<1>(x, nullptr, mean, part, c, b, r, parts);
+    } else {
+        snnc_cpu_chan<0>(x, nullptr, nullptr, part, c, b, r, parts);
+    }
+}
+
+extern "C" void snnc_cpu_chan_dot_partial(const float* x, const float* y, double* part, int c,
+                                          int b, int r, int parts) {
+    snnc_cpu_chan<2>(x, y, nullptr, part, c, b, r, parts);
+}
+
+// Pooling forward: i = (plane·ho + oy)·wo + ox; per output row.
+extern "C" void snnc_cpu_pool(const float* x, float* out, int n, int h, int w, int ho, int wo,
+                              int k, int s, int is_max) {
+    long long i, hi;
+    snnc_range(n, &i, &hi);
+    while (i < hi) {
+        const long long q = i / wo;
+        const int ox0 = (int)(i - q * wo);
+        const int oy = (int)(q % ho), plane = (int)(q / ho);
+        const int len = snnc_min_i(wo - ox0, hi - i);
+        for (int j = 0; j < len; ++j) {
+            const int ox = ox0 + j;
+            float acc = is_max ? snnc_neg_inf() : 0.0f;
+            for (int ky = 0; ky < k; ++ky) {
+                const float* row = x + ((long long)plane * h + oy * s + ky) * w + ox * s;
+                for (int kx = 0; kx < k; ++kx) {
+                    const float v = row[kx];
+                    acc = is_max ? fmaxf(acc, v) : acc + v;
+                }
+            }
+            out[i + j] = is_max ? acc : acc / (float)(k * k);
+        }
+        i += len;
+    }
+}
+
+// AvgPoolGrad: i = (plane·h + iy)·w + ix; per input row, the windows in
+// (oy, ox) order.
+extern "C" void snnc_cpu_avgpool_grad(const float* d, float* out, int n, int h, int w, int ho,
+                                      int wo, int k, int s) {
+    long long i, hi;
+    snnc_range(n, &i, &hi);
+    const float area = (float)(k * k);
+    while (i < hi) {
+        const long long q = i / w;
+        const int ix0 = (int)(i - q * w);
+        const int iy = (int)(q % h), plane = (int)(q / h);
+        const int len = snnc_min_i(w - ix0, hi - i);
+        const int y0 = snnc_first_window(iy, k, s), y1 = snnc_last_window(iy, s, ho);
+        for (int j = 0; j < len; ++j) {
+            const int ix = ix0 + j;
+            // Windows are k wide, s apart: the first containing ix, then
+            // the following ones up to the last.
+            int x0, x1;
+            if (k == s) {
+                x0 = x1 = ix / s;
+                if (x1 >= wo) x1 = wo - 1;
+            } else {
+                x0 = snnc_first_window(ix, k, s);
+                x1 = snnc_last_window(ix, s, wo);
+            }
+            float acc = 0.0f;
+            for (int oy = y0; oy <= y1; ++oy) {
+                const float* row = d + ((long long)plane * ho + oy) * wo;
+                for (int ox = x0; ox <= x1; ++ox) acc += row[ox] / area;
+            }
+            out[i + j] = acc;
+        }
+        i += len;
+    }
+}

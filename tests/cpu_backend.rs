@@ -1,0 +1,233 @@
+//! The CPU backend's library kernels (codegen/cpu/backend.rs: kernels.cu
+//! compiled as C++, launches split into parallel ranges, and native.h's CPU
+//! forms of the layout and reduction kernels) produce exactly the CUDA
+//! emulator's results (the GPU form, run thread by thread with a tiny grid):
+//! bit for bit, since both compute each element from the same terms in the
+//! same order. Every launch is split into ranges of 256 threads, which
+//! start and end inside rows and channels.
+//!
+//! Both backends need a C++ compiler (build.rs's `snnc_cxx`); without one
+//! these tests are ignored with the reason.
+
+use snnc::codegen::backend::{check_args, Arg, Backend};
+use snnc::codegen::cpu::Cpu;
+use snnc::codegen::cuda::Emu;
+use snnc::rng::Rng;
+
+/// Runs `kernel` with `threads` threads on `backend` over buffers holding
+/// `inputs` (pointer arguments `Arg::P(k)` name buffer k) and returns every
+/// buffer's contents after the launch.
+fn run<B: Backend>(
+    backend: &mut B,
+    kernel: &'static str,
+    threads: usize,
+    bufs: &[Vec<f32>],
+    args: &[Arg],
+) -> Vec<Vec<f32>> {
+    let mut held = Vec::new();
+    for b in bufs {
+        let mut buf = backend.alloc(b.len()).unwrap();
+        backend.upload(&mut buf, b).unwrap();
+        held.push(buf);
+    }
+    let args: Vec<Arg> = args
+        .iter()
+        .map(|a| match *a {
+            Arg::P(k) if k < 100 => Arg::P(backend.ptr(&held[k as usize])),
+            // Null pointers are written as P(1000).
+            Arg::P(_) => Arg::P(0),
+            a => a,
+        })
+        .collect();
+    check_args(kernel, &args).unwrap();
+    let grid = threads.div_ceil(256).min(backend.max_grid() as usize) as u32;
+    backend.launch(kernel, grid, 256, &args).unwrap();
+    let out = held
+        .iter()
+        .zip(bufs)
+        .map(|(b, v)| backend.download(b, v.len()).unwrap())
+        .collect();
+    for b in held {
+        backend.free(b);
+    }
+    out
+}
+
+fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..len).map(|_| r.uniform() as f32 * 2.0 - 1.0).collect()
+}
+
+/// Compares every buffer bit for bit.
+fn same(kernel: &str, case: &str, cpu: &[Vec<f32>], emu: &[Vec<f32>]) {
+    for (k, (a, b)) in cpu.iter().zip(emu).enumerate() {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                x.to_bits() == y.to_bits(),
+                "{kernel} {case}: buffer {k}[{i}]: CPU {x} vs emulator {y}"
+            );
+        }
+    }
+}
+
+fn backends() -> (Cpu, Emu) {
+    let mut cpu = Cpu::new().expect("the CPU backend builds");
+    cpu.set_min_parallel(1);
+    let mut emu = Emu::new().expect("the emulator builds");
+    emu.set_max_grid(7);
+    (cpu, emu)
+}
+
+#[test]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the library kernels ($CXX, c++, g++ or clang++)"
+)]
+fn convolution_layout_kernels_equal_the_gpu_form() {
+    use Arg::{I, P};
+    let (mut cpu, mut emu) = backends();
+    // (nb, ci, h, w, k, stride, pad)
+    for &(nb, ci, h, w, k, s, pad) in &[
+        (3, 4, 13, 11, 3, 1, 1),
+        (2, 3, 17, 16, 3, 2, 1),
+        (4, 2, 9, 10, 5, 2, 3),
+        (2, 5, 12, 12, 1, 1, 0),
+        (3, 3, 8, 7, 3, 3, 0),
+    ] {
+        let ho = (h + 2 * pad - k) / s + 1;
+        let wo = (w + 2 * pad - k) / s + 1;
+        let (rows, cols) = (ci * k * k, ho * wo);
+        let geo = |n: usize| {
+            [ci, h, w, k, s, pad, ho, wo, nb, n]
+                .iter()
+                .map(|&v| I(v as i32))
+                .collect::<Vec<_>>()
+        };
+        let case = format!("nb={nb} ci={ci} {h}x{w} k={k} s={s} pad={pad}");
+        let x = data(nb * ci * h * w, 1);
+        let col = vec![f32::NAN; rows * nb * cols];
+        let n = rows * nb * cols;
+        let mut args = vec![P(0), P(1)];
+        args.extend(geo(n));
+        let bufs = [x.clone(), col.clone()];
+        same(
+            "snnc_im2col",
+            &case,
+            &run(&mut cpu, "snnc_im2col", n, &bufs, &args),
+            &run(&mut emu, "snnc_im2col", n, &bufs, &args),
+        );
+        let n = nb * ci * h * w;
+        let mut args = vec![P(0), P(1)];
+        args.extend(geo(n));
+        let bufs = [data(rows * nb * cols, 2), vec![f32::NAN; n]];
+        same(
+            "snnc_col2im",
+            &case,
+            &run(&mut cpu, "snnc_col2im", n, &bufs, &args),
+            &run(&mut emu, "snnc_col2im", n, &bufs, &args),
+        );
+        let (c, r) = (ci, h * w);
+        let n = nb * c * r;
+        let args = [
+            P(0),
+            P(1),
+            I(nb as i32),
+            I(c as i32),
+            I(r as i32),
+            I(n as i32),
+        ];
+        let bufs = [x, vec![f32::NAN; n]];
+        same(
+            "snnc_bc_swap",
+            &case,
+            &run(&mut cpu, "snnc_bc_swap", n, &bufs, &args),
+            &run(&mut emu, "snnc_bc_swap", n, &bufs, &args),
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the library kernels ($CXX, c++, g++ or clang++)"
+)]
+fn pooling_kernels_equal_the_gpu_form() {
+    use Arg::{I, P};
+    let (mut cpu, mut emu) = backends();
+    // (planes, h, w, k, stride): tiling, overlapping, ragged windows.
+    for &(planes, h, w, k, s) in &[
+        (40, 28, 28, 2, 2),
+        (33, 15, 17, 3, 2),
+        (20, 9, 9, 2, 3),
+        (64, 16, 16, 4, 4),
+    ] {
+        let (ho, wo) = ((h - k) / s + 1, (w - k) / s + 1);
+        let case = format!("{planes} planes {h}x{w} k={k} s={s}");
+        let geo = [h, w, ho, wo, k, s].map(|v| I(v as i32));
+        for is_max in [0, 1] {
+            let n = planes * ho * wo;
+            let mut args = vec![P(0), P(1), I(n as i32)];
+            args.extend(geo);
+            args.push(I(is_max));
+            let bufs = [data(planes * h * w, 3), vec![f32::NAN; n]];
+            same(
+                "snnc_pool",
+                &case,
+                &run(&mut cpu, "snnc_pool", n, &bufs, &args),
+                &run(&mut emu, "snnc_pool", n, &bufs, &args),
+            );
+        }
+        let n = planes * h * w;
+        let mut args = vec![P(0), P(1), I(n as i32)];
+        args.extend(geo);
+        let bufs = [data(planes * ho * wo, 4), vec![f32::NAN; n]];
+        same(
+            "snnc_avgpool_grad",
+            &case,
+            &run(&mut cpu, "snnc_avgpool_grad", n, &bufs, &args),
+            &run(&mut emu, "snnc_avgpool_grad", n, &bufs, &args),
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the library kernels ($CXX, c++, g++ or clang++)"
+)]
+fn channel_reductions_equal_the_gpu_form() {
+    use Arg::{I, P};
+    let (mut cpu, mut emu) = backends();
+    // (b, c, r, parts): parts dividing the channel or not, one part.
+    for &(b, c, r, parts) in &[
+        (16, 70, 49, 13),
+        (3, 5, 1000, 256),
+        (128, 9, 10, 1),
+        (7, 300, 5, 64),
+    ] {
+        let case = format!("b={b} c={c} r={r} parts={parts}");
+        let n = b * c * r;
+        let threads = c * parts;
+        // Partial sums are doubles: two floats each.
+        let part = vec![f32::NAN; 2 * threads];
+        let geo = [c, b, r, parts].map(|v| I(v as i32));
+        let x = data(n, 5);
+        for (kernel, second) in [
+            ("snnc_chan_partial", None),
+            ("snnc_chan_partial", Some(data(c, 6))),
+            ("snnc_chan_dot_partial", Some(data(n, 7))),
+        ] {
+            let (bufs, mut args) = match second {
+                Some(y) => (vec![x.clone(), y, part.clone()], vec![P(0), P(1), P(2)]),
+                None => (vec![x.clone(), part.clone()], vec![P(0), P(1000), P(1)]),
+            };
+            args.extend(geo);
+            same(
+                kernel,
+                &case,
+                &run(&mut cpu, kernel, threads, &bufs, &args),
+                &run(&mut emu, kernel, threads, &bufs, &args),
+            );
+        }
+    }
+}
