@@ -20,30 +20,45 @@ static inline void snnc_range(long long n, long long* lo, long long* hi) {
 static inline int snnc_min_i(long long a, long long b) { return (int)(a < b ? a : b); }
 
 // im2col: i = row·(nb·cols) + b·cols + oy·wo + ox; one output row
-// (row, b, oy) at a time.
+// (row, b, oy) at a time, the coordinates advanced like an odometer (the
+// divisions are done once per call).
 extern "C" void snnc_cpu_im2col(const float* x, float* col, int ci, int h, int w, int k, int s,
                                 int pad, int ho, int wo, int nb, int n) {
     long long i, hi;
     snnc_range(n, &i, &hi);
+    if (i >= hi) return;
     const int cols = ho * wo, ncol = nb * cols;
+    int row = (int)(i / ncol);
+    const int q = (int)(i - (long long)row * ncol);
+    int bi = q / cols;
+    const int p = q - bi * cols;
+    int oy = p / wo, ox0 = p - oy * wo;
+    int c = -1, ky = 0, kx = 0, off = 0, a_row = 0, b_row = 0;
     while (i < hi) {
-        const int row = (int)(i / ncol), q = (int)(i - (long long)row * ncol);
-        const int bi = q / cols, p = q - bi * cols;
-        const int oy = p / wo, ox0 = p - oy * wo;
-        const int c = row / (k * k), kk = row - c * k * k;
-        const int ky = kk / k, kx = kk - ky * k;
+        if (c < 0) {
+            // A new row of the column matrix: its (c, ky, kx) and the
+            // output columns whose ix = ox·s + off lies in [0, w): [a, b).
+            c = row / (k * k);
+            const int kk = row - c * k * k;
+            ky = kk / k;
+            kx = kk - ky * k;
+            off = kx - pad;
+            a_row = off >= 0 ? 0 : (-off + s - 1) / s;
+            b_row = w - off > 0 ? (w - off + s - 1) / s : 0;
+            if (a_row > wo) a_row = wo;
+            if (b_row > wo) b_row = wo;
+            if (b_row < a_row) b_row = a_row;
+        }
         const int iy = oy * s + ky - pad;
         const int len = snnc_min_i(wo - ox0, hi - i);
         float* dst = col + i;
         if (iy < 0 || iy >= h) {
             for (int j = 0; j < len; ++j) dst[j] = 0.0f;
         } else {
-            // Columns whose ix = ox·s + kx − pad lies in [0, w): [a, b).
-            const int off = kx - pad;
-            int a = off >= 0 ? 0 : (-off + s - 1) / s;
-            int b = w - off > 0 ? (w - off + s - 1) / s : 0;
-            a = a < ox0 ? 0 : (a - ox0 < len ? a - ox0 : len);
-            b = b < ox0 ? 0 : (b - ox0 < len ? b - ox0 : len);
+            // [a, b) relative to ox0, clipped to the segment.
+            int a = a_row - ox0, b = b_row - ox0;
+            a = a < 0 ? 0 : (a > len ? len : a);
+            b = b < 0 ? 0 : (b > len ? len : b);
             if (b < a) b = a;
             const float* src = x + ((long long)(bi * ci + c) * h + iy) * w + off + ox0 * s;
             for (int j = 0; j < a; ++j) dst[j] = 0.0f;
@@ -55,22 +70,36 @@ extern "C" void snnc_cpu_im2col(const float* x, float* col, int ci, int h, int w
             for (int j = b; j < len; ++j) dst[j] = 0.0f;
         }
         i += len;
+        ox0 += len;
+        if (ox0 == wo) {
+            ox0 = 0;
+            if (++oy == ho) {
+                oy = 0;
+                if (++bi == nb) {
+                    bi = 0;
+                    ++row;
+                    c = -1;
+                }
+            }
+        }
     }
 }
 
-// col2im: i = ((b·ci + c)·h + iy)·w + ix; per input row, the terms in
-// (ky, kx) order as the GPU form adds them.
+// col2im: i = ((b·ci + c)·h + iy)·w + ix; per input row (an odometer over
+// (b, c, iy)), the terms in (ky, kx) order as the GPU form adds them.
 extern "C" void snnc_cpu_col2im(const float* col, float* dx, int ci, int h, int w, int k, int s,
                                 int pad, int ho, int wo, int nb, int n) {
     long long i, hi;
     snnc_range(n, &i, &hi);
+    if (i >= hi) return;
     const int cols = ho * wo, ncol = nb * cols;
+    // The coordinates of i, advanced row by row below.
+    const long long r = i / w;
+    int ix0 = (int)(i - r * w);
+    int iy = (int)(r % h);
+    int c = (int)((r / h) % ci);
+    int bi = (int)(r / ((long long)h * ci));
     while (i < hi) {
-        const long long r = i / w;
-        const int ix0 = (int)(i - r * w);
-        const int iy = (int)(r % h);
-        const int c = (int)((r / h) % ci);
-        const int bi = (int)(r / ((long long)h * ci));
         const int len = snnc_min_i(w - ix0, hi - i);
         float* out = dx + i;
         for (int j = 0; j < len; ++j) out[j] = 0.0f;
@@ -79,6 +108,18 @@ extern "C" void snnc_cpu_col2im(const float* col, float* dx, int ci, int h, int 
             if (ty < 0 || ty % s != 0) continue;
             const int oy = ty / s;
             if (oy >= ho) continue;
+            if (s == 1) {
+                // ox = ix + pad − kx: the valid j form one run.
+                for (int kx = 0; kx < k; ++kx) {
+                    const int off = ix0 + pad - kx;
+                    const float* src =
+                        col + (long long)((c * k + ky) * k + kx) * ncol + bi * cols + oy * wo + off;
+                    const int ja = off < 0 ? -off : 0;
+                    const int jb = wo - off < len ? wo - off : len;
+                    for (int j = ja; j < jb; ++j) out[j] += src[j];
+                }
+                continue;
+            }
             for (int kx = 0; kx < k; ++kx) {
                 const float* src =
                     col + (long long)((c * k + ky) * k + kx) * ncol + bi * cols + oy * wo;
@@ -91,6 +132,17 @@ extern "C" void snnc_cpu_col2im(const float* col, float* dx, int ci, int h, int 
             }
         }
         i += len;
+        ix0 += len;
+        if (ix0 == w) {
+            ix0 = 0;
+            if (++iy == h) {
+                iy = 0;
+                if (++c == ci) {
+                    c = 0;
+                    ++bi;
+                }
+            }
+        }
     }
 }
 
@@ -206,19 +258,25 @@ extern "C" void snnc_cpu_avgpool_grad(const float* d, float* out, int n, int h, 
         const int ix0 = (int)(i - q * w);
         const int iy = (int)(q % h), plane = (int)(q / h);
         const int len = snnc_min_i(w - ix0, hi - i);
+        if (k == s) {
+            // Tiling windows: each input in at most one, (iy / s, ix / s).
+            const int oy = iy / s;
+            const float* row = d + ((long long)plane * ho + oy) * wo;
+            int ox = ix0 / s, rem = ix0 - ox * s;
+            for (int j = 0; j < len; ++j) {
+                out[i + j] = (oy < ho && ox < wo) ? 0.0f + row[ox] / area : 0.0f;
+                if (++rem == s) {
+                    rem = 0;
+                    ++ox;
+                }
+            }
+            i += len;
+            continue;
+        }
         const int y0 = snnc_first_window(iy, k, s), y1 = snnc_last_window(iy, s, ho);
         for (int j = 0; j < len; ++j) {
             const int ix = ix0 + j;
-            // Windows are k wide, s apart: the first containing ix, then
-            // the following ones up to the last.
-            int x0, x1;
-            if (k == s) {
-                x0 = x1 = ix / s;
-                if (x1 >= wo) x1 = wo - 1;
-            } else {
-                x0 = snnc_first_window(ix, k, s);
-                x1 = snnc_last_window(ix, s, wo);
-            }
+            const int x0 = snnc_first_window(ix, k, s), x1 = snnc_last_window(ix, s, wo);
             float acc = 0.0f;
             for (int oy = y0; oy <= y1; ++oy) {
                 const float* row = d + ((long long)plane * ho + oy) * wo;
