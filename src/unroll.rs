@@ -231,7 +231,7 @@ impl Unroller<'_> {
                     node: 0,
                     op: op.name().into(),
                     layer: self.g.layers[layer].path.clone(),
-                    problem: e.into(),
+                    problem: Box::new(e.into()),
                 })?
                 .expect("per-step ops are not leaves");
             out.push(self.node(op, shape, layer, Some(t), Role::Forward, &args));

@@ -16,7 +16,9 @@ pub struct VerifyError {
     pub node: usize,
     pub op: String,
     pub layer: String,
-    pub problem: NodeProblem,
+    /// Boxed: a shape error holds two shapes, and every stage's error
+    /// embeds this one (clippy::result_large_err).
+    pub problem: Box<NodeProblem>,
 }
 
 /// What is wrong at the offending node.
@@ -42,7 +44,7 @@ fn at(g: &Graph, n: NodeIndex, problem: NodeProblem) -> VerifyError {
             .and_then(|l| g.layers.get(l))
             .map(|l| format!(", layer {} {}", l.path, l.keyword))
             .unwrap_or_default(),
-        problem,
+        problem: Box::new(problem),
     }
 }
 
@@ -53,7 +55,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
         node: 0,
         op: String::new(),
         layer: String::new(),
-        problem: NodeProblem::Check("the graph has a cycle".into()),
+        problem: Box::new(NodeProblem::Check("the graph has a cycle".into())),
     })?;
     for &n in &order {
         let node = &g.g[n];
@@ -193,7 +195,9 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
                 node: n.index(),
                 op: String::new(),
                 layer: String::new(),
-                problem: NodeProblem::Check(format!("output `{name}` is not in the graph")),
+                problem: Box::new(NodeProblem::Check(format!(
+                    "output `{name}` is not in the graph"
+                ))),
             });
         }
     }
