@@ -15,27 +15,31 @@
 //! luminal 0.2 primitives used: `Function` (inputs, parameters),
 //! `Constant`, `Add`, `Mul`, `LessThan`, `Recip`, `Sqrt`, `SumReduce`,
 //! `MaxReduce`, `Contiguous`, plus shape-tracker views (permute, expand,
-//! pad, slice, `pool_last_dim`). snnc op by op:
+//! pad, slice, `pool_last_dim`).
+//!
+//! Elementwise ops (the op table's `elementwise`) are lowered from their
+//! scalar definition (`luminal/elementwise.rs`): `add`, `sub`, `mul`,
+//! `scale`, `add_scalar`, `detach`, `spike`, `bias_add`, `channel_scale`,
+//! `normalize`, `time_mean`, `sum`, `rsqrt`, `channel_broadcast`. luminal
+//! has no division (its own `/` is a product with `Recip`), so the time
+//! mean's `/ T` is `· (1/T)`, within an ulp of the table's quotient. The
+//! other ops:
 //!
 //! | snnc | luminal |
 //! | --- | --- |
 //! | `input`, `param` | `Function` node holding the data |
 //! | `time_slice[t]` | slice axis 1 to `t..t+1`, `Contiguous`, view without it |
-//! | `add`, `mul`; `sub` | `Add`, `Mul`; `a + (−1)·b`, the −1 as `Recip(Constant(−1))` (see `neg`) |
-//! | `scale[c]`, `add_scalar[c]` | `Mul`/`Add` with a broadcast `Constant` |
-//! | `detach` | the operand itself (inference has no gradient) |
-//! | `spike[θ]` | `1 − LessThan(u, θ)`, i.e. `u ≥ θ` |
 //! | `matmul[ta, tb]` | transposed views, `expand` to `[M, N, K]`, `Mul`, `SumReduce(2)` (the CPU compiler turns this into its `MatMul2D`) |
-//! | `bias_add`, `channel_scale` | `Add`/`Mul` with the `[C]` operand expanded along every other axis |
-//! | `normalize[ε]` | `(x − μ)·Recip(Sqrt(σ² + ε))` |
 //! | `avgpool`, `maxpool` | `pool_last_dim` on W and on H, `SumReduce`/`MaxReduce` over both window axes (÷ k² for avg) |
 //! | `conv2d` | pad, `pool_last_dim` on W and H (im2col as a view), permute to `[B, Ho, Wo, Ci, k, k]`, `Contiguous`, matmul with `w` as `[Co, Ci·k·k]`, permute to `[B, Co, Ho, Wo]` |
 //! | `reshape` | a new contiguous view |
-//! | `time_mean` | `Add` chain, `Mul` by `1/T` |
 //!
 //! Not lowered (an error naming the op): `poisson` and `dropout_mask`
 //! (their counter-based random bits are snnc's, luminal has no such op),
-//! and every backward op.
+//! the elementwise ops whose definition needs a function luminal lacks
+//! (`surrogate_grad`), and every other backward op.
+
+mod elementwise;
 
 use std::collections::HashMap;
 
@@ -50,6 +54,32 @@ use crate::tensor::Tensor;
 
 /// A lowered value: a luminal node viewed through a shape tracker.
 type V = GraphTensor<()>;
+
+/// Why a graph cannot be lowered to luminal.
+#[derive(Debug, thiserror::Error)]
+pub enum LuminalError {
+    #[error("luminal: the graph has a cycle")]
+    Cyclic,
+    #[error("luminal: no value for input `{0}`")]
+    MissingInput(String),
+    #[error("luminal: no value for parameter `{0}`")]
+    MissingParam(String),
+    #[error(
+        "luminal: op `{0}` cannot be lowered (only the inference ops of unrolled \
+         graphs without Poisson encoding or dropout are)"
+    )]
+    Unsupported(&'static str),
+    /// An elementwise op whose definition calls a function luminal 0.2
+    /// has no primitive for.
+    #[error(
+        "luminal: op `{op}` cannot be lowered: its definition uses {what}, \
+         which luminal has no primitive for"
+    )]
+    NoPrimitive {
+        op: &'static str,
+        what: &'static str,
+    },
+}
 
 fn exprs(dims: &[usize]) -> Vec<Expression> {
     dims.iter().map(|&d| Expression::from(d)).collect()
@@ -256,13 +286,11 @@ pub fn lower(
     g: &Graph,
     inputs: &HashMap<String, Tensor<f32>>,
     params: &HashMap<String, Tensor<f32>>,
-) -> Result<Lowered, String> {
+) -> Result<Lowered, LuminalError> {
     let mut l = Lower {
         cx: Box::new(LGraph::new()),
     };
-    let order = g
-        .topo_order()
-        .ok_or_else(|| "luminal: the graph has a cycle".to_string())?;
+    let order = g.topo_order().ok_or(LuminalError::Cyclic)?;
     let mut val: HashMap<NodeIndex, V> = HashMap::new();
     for n in order {
         let node = &g.g[n];
@@ -274,13 +302,13 @@ pub fn lower(
             Op::Input { name } => {
                 let t = inputs
                     .get(name)
-                    .ok_or_else(|| format!("luminal: no value for input `{name}`"))?;
+                    .ok_or_else(|| LuminalError::MissingInput(name.clone()))?;
                 l.data(name, t)
             }
             Op::Param { name } => {
                 let t = params
                     .get(name)
-                    .ok_or_else(|| format!("luminal: no value for parameter `{name}`"))?;
+                    .ok_or_else(|| LuminalError::MissingParam(name.clone()))?;
                 l.data(name, t)
             }
             Op::TimeSlice { t } => {
@@ -296,57 +324,15 @@ pub fn lower(
                 let c = l.contiguous(v, &one);
                 l.view(c.id, &dims)
             }
-            Op::Add => l.bin(lop::Add, arg(0), arg(1), &dims),
-            Op::Mul => l.bin(lop::Mul, arg(0), arg(1), &dims),
-            Op::Sub => {
-                let nb = l.neg(arg(1), &dims);
-                l.bin(lop::Add, arg(0), nb, &dims)
-            }
-            Op::Scale(c) => l.scale(arg(0), *c as f32, &dims),
-            Op::AddScalar(c) => {
-                let k = l.constant(*c as f32, &dims);
-                l.bin(lop::Add, arg(0), k, &dims)
-            }
-            Op::Detach => arg(0),
-            Op::Spike { theta, .. } => {
-                let th = l.constant(*theta as f32, &dims);
-                let below = l.bin(lop::LessThan, arg(0), th, &dims);
-                let neg = l.neg(below, &dims);
-                let one = l.constant(1.0, &dims);
-                l.bin(lop::Add, neg, one, &dims)
+            op if op.elementwise() => {
+                let args: Vec<V> = ops.iter().map(|o| val[o]).collect();
+                l.elementwise(op, &args, &dims)?
             }
             Op::MatMul { ta, tb } => {
                 let (m, nn) = (dims[0], dims[1]);
                 let a = shape_of(0);
                 let k = if *ta { a[0] } else { a[1] };
                 l.matmul(arg(0), arg(1), (*ta, *tb), (m, k, nn))
-            }
-            Op::BiasAdd => {
-                let b = l.channel(arg(1), &dims);
-                l.bin(lop::Add, arg(0), b, &dims)
-            }
-            Op::ChannelScale => {
-                let c = l.channel(arg(1), &dims);
-                l.bin(lop::Mul, arg(0), c, &dims)
-            }
-            Op::Normalize { eps } => {
-                let c = shape_of(1);
-                let e = l.constant(*eps as f32, &c);
-                let ve = l.bin(lop::Add, arg(2), e, &c);
-                let sd = l.unary(lop::Sqrt, ve, &c);
-                let inv = l.unary(lop::Recip, sd, &c);
-                let mean = l.channel(arg(1), &dims);
-                let nm = l.neg(mean, &dims);
-                let centred = l.bin(lop::Add, arg(0), nm, &dims);
-                let inv = l.channel(inv, &dims);
-                l.bin(lop::Mul, centred, inv, &dims)
-            }
-            Op::TimeMean => {
-                let mut acc = arg(0);
-                for i in 1..ops.len() {
-                    acc = l.bin(lop::Add, acc, arg(i), &dims);
-                }
-                l.scale(acc, 1.0 / ops.len() as f32, &dims)
             }
             Op::Reshape { .. } => {
                 let x = arg(0);
@@ -401,13 +387,7 @@ pub fn lower(
                 y.shape.permute(&[0, 3, 1, 2]);
                 l.contiguous(y, &dims)
             }
-            other => {
-                return Err(format!(
-                    "luminal: op `{}` cannot be lowered (only the inference ops of unrolled \
-                     graphs without Poisson encoding or dropout are)",
-                    other.name()
-                ))
-            }
+            other => return Err(LuminalError::Unsupported(other.name())),
         };
         val.insert(n, v);
     }

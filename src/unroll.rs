@@ -226,12 +226,12 @@ impl Unroller<'_> {
                 .collect();
             let shape = op
                 .infer_shape(&shapes)
-                .map_err(|msg| ir::VerifyError {
+                .map_err(|e| ir::VerifyError {
                     graph: self.g.name.clone(),
                     node: 0,
                     op: op.name().into(),
                     layer: self.g.layers[layer].path.clone(),
-                    msg,
+                    problem: Box::new(e.into()),
                 })?
                 .expect("per-step ops are not leaves");
             out.push(self.node(op, shape, layer, Some(t), Role::Forward, &args));

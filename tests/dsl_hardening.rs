@@ -540,7 +540,10 @@ fn messages_print_shapes_and_names() {
     }
     .infer_shape(&[&[2, 3], &[4, 5]])
     .unwrap_err();
-    assert_eq!(e, "matmul inner dimensions differ: [2, 3] · [4, 5]");
+    assert_eq!(
+        e.to_string(),
+        "matmul inner dimensions differ: [2, 3] · [4, 5]"
+    );
     let x = snnc::tensor::Tensor::<f32>::zeros(&[2, 3]);
     let mut inputs = std::collections::HashMap::new();
     inputs.insert("x".to_string(), x);

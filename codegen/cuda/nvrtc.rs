@@ -39,13 +39,6 @@ pub enum NvrtcError {
     },
 }
 
-/// Bridge for the device backend, whose errors are still text.
-impl From<NvrtcError> for String {
-    fn from(e: NvrtcError) -> String {
-        e.to_string()
-    }
-}
-
 /// An NVRTC call's failure.
 fn call_failed(call: &'static str, e: &result::NvrtcError) -> NvrtcError {
     NvrtcError::Call {

@@ -266,30 +266,13 @@ fn maxpool_mask(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
 // ----------------------------------------------------------- linear-hoist
 
 /// For an op whose result is linear in some operands when the others are
-/// fixed: the sets of operand positions that may vary over time.
+/// fixed: the sets of operand positions that may vary over time (the op
+/// table's `linear_operands`).
 fn linear_positions(head: &Head, arity: usize) -> Vec<Vec<usize>> {
-    let op = match head {
+    match head {
         // k·x: the constant is the same at every step.
-        Head::Scale => return vec![vec![1]],
-        Head::Op(k) => &k.op,
-        _ => return vec![],
-    };
-    match op {
-        Op::Reshape { .. }
-        | Op::ChannelSum
-        | Op::ChannelBroadcast { .. }
-        | Op::AvgPoolGrad { .. } => {
-            vec![vec![0]]
-        }
-        Op::Add | Op::Sub | Op::Sum | Op::BiasAdd => vec![(0..arity).collect()],
-        Op::Mul
-        | Op::MatMul { .. }
-        | Op::ChannelScale
-        | Op::Conv2dGradInput { .. }
-        | Op::Conv2dGradWeight { .. } => {
-            vec![vec![0], vec![1]]
-        }
-        Op::MaxPoolGrad { .. } => vec![vec![1]],
+        Head::Scale => vec![vec![1]],
+        Head::Op(k) => k.op.linear_operands(arity),
         _ => vec![],
     }
 }
@@ -361,14 +344,6 @@ fn linear_hoist(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
 
 // ------------------------------------------------------------ decorrelate
 
-/// Ops that are products of their two operands (bilinear).
-fn bilinear(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Mul | Op::MatMul { .. } | Op::ChannelScale | Op::Conv2dGradWeight { .. }
-    )
-}
-
 /// `q` is a pure gradient factor: no forward per-step factor left in it
 /// that should have gone into `p` (so the product splits the way the paper
 /// splits it, σ'ρ against δs, not σ' against ρ·δs).
@@ -390,7 +365,7 @@ fn decorrelate(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
         let mut hs: Vec<Head> = eg[kids[0]]
             .nodes
             .iter()
-            .filter(|m| m.as_op().is_some_and(bilinear))
+            .filter(|m| m.as_op().is_some_and(Op::is_bilinear))
             .map(|m| m.head.clone())
             .collect();
         hs.sort();

@@ -95,6 +95,12 @@ pub enum CliError {
     /// A stage that reports its errors as text (converted stage by stage).
     #[error("{0}")]
     Msg(String),
+    /// An error and what to try instead, printed on the line below it.
+    #[error("{source}\n  = hint: {hint}")]
+    Hinted {
+        source: Box<CliError>,
+        hint: &'static str,
+    },
 }
 
 impl From<crate::interop::InteropError> for CliError {
@@ -116,14 +122,8 @@ impl CliError {
 }
 
 /// How an error reads on standard error: `error: ` and the message (a
-/// `.snn` error with its location, source line and caret). Text from a
-/// stage that still writes its own prefix is printed as it is.
+/// `.snn` error with its location, source line and caret; a hint on its
+/// own line). The prefix is written here only: no stage writes it.
 pub fn render(e: &CliError) -> String {
-    let text = e.to_string();
-    let text = text.trim_end();
-    if text.starts_with("error: ") {
-        text.to_string()
-    } else {
-        format!("error: {text}")
-    }
+    format!("error: {}", e.to_string().trim_end())
 }

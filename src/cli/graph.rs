@@ -104,10 +104,11 @@ fn graph(
 ) -> Result<String, CliError> {
     let pipeline = graph_pipeline(opts, target);
     let n = compile::passes_until(opts, &pipeline, Some(after)).map_err(|e| match e {
-        compile::CompileError::Pass(passes::PassError::Unknown { .. }) => CliError::Msg(format!(
-            "error: {e}\n  = hint: the lowering passes depend on --schedule; \
-             `snnc graph --list-passes --schedule S` lists them"
-        )),
+        compile::CompileError::Pass(passes::PassError::Unknown { .. }) => CliError::Hinted {
+            source: Box::new(e.into()),
+            hint: "the lowering passes depend on --schedule; \
+                   `snnc graph --list-passes --schedule S` lists them",
+        },
         e => e.into(),
     })?;
     let runs_rate = pipeline.passes[..n].iter().any(|p| p.name() == "rate");

@@ -39,7 +39,9 @@ pub fn eval_op<F: Float>(
         return Err("conv2d stride must be positive".into());
     }
     let shapes: Vec<&[usize]> = operands.iter().map(|x| x.shape.as_slice()).collect();
-    match op.infer_shape(&shapes)? {
+    // `eval_op` still reports text: its callers (the graph executor, the
+    // CUDA check) wrap it as a message.
+    match op.infer_shape(&shapes).map_err(|e| e.to_string())? {
         Some(s) if s != shape => {
             return Err(format!(
                 "operands give shape {}, but the node is annotated {}",

@@ -10,6 +10,7 @@ mod op;
 mod print;
 pub mod scalar;
 pub mod scalar_eval;
+mod shape_rule;
 mod verify;
 
 pub use op::{Arity, Cost, Linearity, Op, OpInfo};
@@ -22,7 +23,8 @@ pub fn value_bytes(shape: &[usize]) -> u64 {
 }
 pub use petgraph::stable_graph::NodeIndex;
 pub use print::{dot_quote, to_dot, to_text};
-pub use verify::{verify, VerifyError};
+pub use shape_rule::ShapeRuleError;
+pub use verify::{verify, NodeProblem, VerifyError};
 
 use petgraph::stable_graph::StableDiGraph;
 use petgraph::visit::{EdgeRef, NodeIndexable};

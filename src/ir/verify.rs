@@ -5,41 +5,57 @@
 //! a timestep and a layer, and a node at step t reads only shared nodes,
 //! step-t nodes, or step-(t−1) *state* (the membrane edge).
 
-use super::{Graph, Op, Role};
+use super::{Graph, Op, Role, ShapeRuleError};
 use petgraph::stable_graph::NodeIndex;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("graph `{graph}` fails verification at node {node} ({op}{layer}): {msg}")]
+#[error("graph `{graph}` fails verification at node {node} ({op}{layer}): {problem}")]
 pub struct VerifyError {
     pub graph: String,
     /// petgraph index of the offending node.
     pub node: usize,
     pub op: String,
     pub layer: String,
-    pub msg: String,
+    /// Boxed: a shape error holds two shapes, and every stage's error
+    /// embeds this one (clippy::result_large_err).
+    pub problem: Box<NodeProblem>,
+}
+
+/// What is wrong at the offending node.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NodeProblem {
+    /// Its operands do not fit its op's shape rule.
+    #[error(transparent)]
+    Shape(#[from] ShapeRuleError),
+    /// A structural or annotation check failed; the text says which.
+    #[error("{0}")]
+    Check(String),
+}
+
+/// The error for `problem` at node `n` of `g`.
+fn at(g: &Graph, n: NodeIndex, problem: NodeProblem) -> VerifyError {
+    let node = &g.g[n];
+    VerifyError {
+        graph: g.name.clone(),
+        node: n.index(),
+        op: node.op.name().to_string(),
+        layer: node
+            .layer
+            .and_then(|l| g.layers.get(l))
+            .map(|l| format!(", layer {} {}", l.path, l.keyword))
+            .unwrap_or_default(),
+        problem: Box::new(problem),
+    }
 }
 
 pub fn verify(g: &Graph) -> Result<(), VerifyError> {
-    let err = |n: NodeIndex, msg: &str| {
-        let node = &g.g[n];
-        VerifyError {
-            graph: g.name.clone(),
-            node: n.index(),
-            op: node.op.name().to_string(),
-            layer: node
-                .layer
-                .and_then(|l| g.layers.get(l))
-                .map(|l| format!(", layer {} {}", l.path, l.keyword))
-                .unwrap_or_default(),
-            msg: msg.to_string(),
-        }
-    };
+    let err = |n: NodeIndex, msg: &str| at(g, n, NodeProblem::Check(msg.to_string()));
     let order = g.topo_order().ok_or_else(|| VerifyError {
         graph: g.name.clone(),
         node: 0,
         op: String::new(),
         layer: String::new(),
-        msg: "the graph has a cycle".into(),
+        problem: Box::new(NodeProblem::Check("the graph has a cycle".into())),
     })?;
     for &n in &order {
         let node = &g.g[n];
@@ -72,7 +88,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
         }
         let shapes: Vec<&[usize]> = ops.iter().map(|&o| g.g[o].shape.as_slice()).collect();
         match node.op.infer_shape(&shapes) {
-            Err(m) => return Err(err(n, &m)),
+            Err(e) => return Err(at(g, n, e.into())),
             Ok(Some(s)) if s != node.shape => {
                 return Err(err(
                     n,
@@ -179,7 +195,9 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
                 node: n.index(),
                 op: String::new(),
                 layer: String::new(),
-                msg: format!("output `{name}` is not in the graph"),
+                problem: Box::new(NodeProblem::Check(format!(
+                    "output `{name}` is not in the graph"
+                ))),
             });
         }
     }
