@@ -220,29 +220,65 @@ extern "C" void snnc_cpu_chan_dot_partial(const float* x, const float* y, double
     snnc_cpu_chan<2>(x, y, nullptr, part, c, b, r, parts);
 }
 
-// Pooling forward: i = (plane·ho + oy)·wo + ox; per output row.
+// Pooling forward: i = (plane·ho + oy)·wo + ox; per output row (an
+// odometer over (plane, oy)); 2×2 average pooling with stride 2 (the
+// common case) with its window unrolled, in the GPU form's order.
+template <bool IS_MAX>
+static inline void snnc_cpu_pool_rows(const float* x, float* out, long long i, long long hi, int h,
+                                      int w, int ho, int wo, int k, int s) {
+    const long long q = i / wo;
+    int ox0 = (int)(i - q * wo);
+    int oy = (int)(q % ho);
+    long long plane = q / ho;
+    const bool avg22 = !IS_MAX && k == 2 && s == 2;
+    while (i < hi) {
+        const int len = snnc_min_i(wo - ox0, hi - i);
+        const float* base = x + (plane * h + oy * s) * w + ox0 * s;
+        float* o = out + i;
+        if (avg22) {
+            for (int j = 0; j < len; ++j) {
+                const float* r0 = base + 2 * j;
+                const float* r1 = r0 + w;
+                float acc = 0.0f;
+                acc = acc + r0[0];
+                acc = acc + r0[1];
+                acc = acc + r1[0];
+                acc = acc + r1[1];
+                o[j] = acc / 4.0f;
+            }
+        } else {
+            for (int j = 0; j < len; ++j) {
+                float acc = IS_MAX ? snnc_neg_inf() : 0.0f;
+                for (int ky = 0; ky < k; ++ky) {
+                    const float* row = base + (long long)ky * w + j * s;
+                    for (int kx = 0; kx < k; ++kx) {
+                        acc = IS_MAX ? fmaxf(acc, row[kx]) : acc + row[kx];
+                    }
+                }
+                o[j] = IS_MAX ? acc : acc / (float)(k * k);
+            }
+        }
+        i += len;
+        ox0 += len;
+        if (ox0 == wo) {
+            ox0 = 0;
+            if (++oy == ho) {
+                oy = 0;
+                ++plane;
+            }
+        }
+    }
+}
+
 extern "C" void snnc_cpu_pool(const float* x, float* out, int n, int h, int w, int ho, int wo,
                               int k, int s, int is_max) {
     long long i, hi;
     snnc_range(n, &i, &hi);
-    while (i < hi) {
-        const long long q = i / wo;
-        const int ox0 = (int)(i - q * wo);
-        const int oy = (int)(q % ho), plane = (int)(q / ho);
-        const int len = snnc_min_i(wo - ox0, hi - i);
-        for (int j = 0; j < len; ++j) {
-            const int ox = ox0 + j;
-            float acc = is_max ? snnc_neg_inf() : 0.0f;
-            for (int ky = 0; ky < k; ++ky) {
-                const float* row = x + ((long long)plane * h + oy * s + ky) * w + ox * s;
-                for (int kx = 0; kx < k; ++kx) {
-                    const float v = row[kx];
-                    acc = is_max ? fmaxf(acc, v) : acc + v;
-                }
-            }
-            out[i + j] = is_max ? acc : acc / (float)(k * k);
-        }
-        i += len;
+    if (i >= hi) return;
+    if (is_max) {
+        snnc_cpu_pool_rows<true>(x, out, i, hi, h, w, ho, wo, k, s);
+    } else {
+        snnc_cpu_pool_rows<false>(x, out, i, hi, h, w, ho, wo, k, s);
     }
 }
 
