@@ -251,6 +251,14 @@ pub trait Backend {
     fn conv_workspace(&self) -> usize {
         crate::codegen::exec::CONV_WORKSPACE
     }
+    /// Where the executor's memory lives, for the check that a plan fits
+    /// before anything is allocated: device memory (its free bytes from
+    /// [`Backend::mem_info`]) unless the backend says otherwise.
+    fn memory(&self) -> crate::passes::mem::Memory {
+        crate::passes::mem::Memory::Device {
+            free: self.mem_info().map(|(free, _)| free as u64),
+        }
+    }
     /// (free, total) device memory, where the backend can tell.
     fn mem_info(&self) -> Option<(usize, usize)> {
         None

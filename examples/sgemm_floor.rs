@@ -11,9 +11,9 @@ fn main() {
         [n] => (*n, *n, *n),
         _ => (2048, 2048, 2048),
     };
-    let g = snnc::codegen::cpu::kernels::sgemm_gflops_mkn(m, k, n, 3);
+    let g = snnc::codegen::cpu::sgemm::gflops_mkn(m, k, n, 3);
     println!(
         "SGEMM {m}x{k}x{n} ({}): {g:.1} GFLOP/s",
-        snnc::codegen::cpu::kernels::sgemm_library()
+        snnc::codegen::cpu::sgemm::library()
     );
 }

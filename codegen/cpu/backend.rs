@@ -367,9 +367,8 @@ impl Backend for Cpu {
         CONV_WORKSPACE
     }
 
-    fn mem_info(&self) -> Option<(usize, usize)> {
-        let free = crate::passes::mem::available_host_bytes()?;
-        Some((free as usize, free as usize))
+    fn memory(&self) -> crate::passes::mem::Memory {
+        crate::passes::mem::Memory::Host
     }
 
     fn render(&self, plan: &Plan) -> Module {

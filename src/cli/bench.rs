@@ -31,16 +31,15 @@ pub struct BenchArgs {
     /// Timed steps per row (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
-    /// Comma-separated: fused (the fused CPU plan, generated C), or the
-    /// graph executor in a schedule: layer-major, time-major,
-    /// time-major-recompute (time-major with batch-norm recompute).
-    /// With --device cuda: fused, fused-time-major,
-    /// fused-time-major-recompute (the fusion plan, kernels run one
-    /// step per launch in a time-major order).
+    /// Comma-separated: fused (the fusion plan: generated kernels, library
+    /// kernels, GEMMs), fused-time-major, fused-time-major-recompute (its
+    /// kernels run one step per launch in a time-major order, with or
+    /// without batch-norm recompute); on the CPU also one library call
+    /// per node in a schedule's order: layer-major, time-major,
+    /// time-major-recompute.
     #[arg(long, value_delimiter = ',', default_value = "fused")]
     schedule: Vec<BenchPlan>,
-    /// cpu: the CPU executor; cuda: the CUDA executor (GPU 0) running
-    /// the fusion plan.
+    /// The executor's backend: cpu, or cuda (GPU 0).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     /// With --device cuda: every node on its own kernel instead of the
@@ -51,12 +50,6 @@ pub struct BenchArgs {
     /// median of 3) and give each row's GFLOP/s as a fraction of it.
     #[arg(long)]
     floor: bool,
-    /// Run the CPU rows on the one executor (`codegen/exec` over the CPU
-    /// backend: the plan's C kernels, the library kernels, SGEMM, one
-    /// arena) instead of the fused plan's own runner and the graph
-    /// executor, to compare the two in one run.
-    #[arg(long)]
-    executor: bool,
     #[arg(long)]
     json: bool,
 }
@@ -73,7 +66,6 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             batch,
             a.repeats.max(1),
             a.floor,
-            a.executor,
             a.json,
         ),
         Device::Cuda => {
@@ -108,8 +100,8 @@ pub fn fused_schedules(plans: &[BenchPlan]) -> Result<Vec<SchedOpts>, CliError> 
         .collect()
 }
 
-/// What `snnc bench` runs: the fused CPU plan (layer-major, or time-major:
-/// one kernel step at a time), or the graph executor in a schedule's order;
+/// What `snnc bench` runs: the fusion plan (layer-major, or time-major:
+/// one kernel step at a time), or one node per unit in a schedule's order;
 /// named as the pipeline names its targets.
 pub use crate::compile::Target as BenchPlan;
 
@@ -118,8 +110,9 @@ pub struct BenchRow {
     pub mode: Mode,
     pub steps: usize,
     pub batch: usize,
-    /// `fused` (the fused CPU plan) or the graph executor's schedule
-    /// (`layer-major`, `time-major`, `time-major-recompute`).
+    /// `fused` (the fusion plan), `fused-SCHEDULE`, or the schedule of a
+    /// node-by-node plan (`layer-major`, `time-major`,
+    /// `time-major-recompute`).
     pub schedule: String,
     /// Median wall time of one training step (forward + backward), seconds.
     pub step_seconds: f64,
@@ -154,13 +147,12 @@ fn bench(
     batch: usize,
     repeats: usize,
     floor: bool,
-    executor: bool,
     json: bool,
 ) -> Result<(), CliError> {
     let (model, a) = load_for(path, modes)?;
     // The FLOP floor: this machine's SGEMM rate on a large square product,
     // with the library the executor uses.
-    let floor_gflops = floor.then(|| crate::codegen::cpu::kernels::sgemm_gflops(2048, 3));
+    let floor_gflops = floor.then(|| crate::codegen::cpu::sgemm::gflops(2048, 3));
     // Parameters are made in f64, then cast to f32.
     mem::ensure_fits("the parameters", mem::param_bytes(&a, 12), Memory::Host)?;
     let params: HashMap<String, Tensor<f32>> = init::cast_params(&init::init_params(&a, 0));
@@ -173,83 +165,8 @@ fn bench(
             let labels = random_labels(batch, a.output[0], 1).cast::<f32>();
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
             for &sched in schedules {
-                if executor {
-                    let (times, measured, mem, cost) =
-                        on_executor(&g, sched, &inputs, &params, repeats)?;
-                    let med = times[times.len() / 2];
-                    let flop = cost.forward_flops + cost.backward_flops;
-                    rows.push(BenchRow {
-                        mode,
-                        steps: t,
-                        batch,
-                        schedule: format!("exec-{sched}"),
-                        step_seconds: med,
-                        images_per_sec: batch as f64 / med,
-                        kept_bytes: cost.kept_bytes,
-                        planned_peak_bytes: mem.peak_bytes,
-                        arena_bytes: mem.arena_bytes,
-                        measured_peak_bytes: measured,
-                        resident_bytes: mem.resident_bytes,
-                        gflop_per_step: flop / 1e9,
-                        gflops: flop / 1e9 / med,
-                        floor_gflops,
-                    });
-                    continue;
-                }
-                let (planned, fused) = match sched {
-                    BenchPlan::Graph(opts) => (
-                        Some(memplan::build(&g, opts, &crate::codegen::cpu::WORKSPACE)),
-                        None,
-                    ),
-                    BenchPlan::Fused(opts) => (
-                        None,
-                        Some(crate::codegen::cpu::compiled::Compiled::scheduled(
-                            &g,
-                            &[],
-                            opts,
-                        )?),
-                    ),
-                };
-                let (cost, mem) = match (&planned, &fused) {
-                    (Some(p), _) => (graph_cost(&p.graph), p.mem.clone()),
-                    (None, Some(exe)) => {
-                        let eg = exe.graph(&g);
-                        (
-                            graph_cost(eg),
-                            memplan::plan_fused(eg, &exe.plan, &crate::codegen::cpu::WORKSPACE),
-                        )
-                    }
-                    (None, None) => unreachable!("a plan was built"),
-                };
-                mem::ensure_plan_fits(
-                    &format!("a training step ({mode}, T={t}, {sched})"),
-                    &mem,
-                    0,
-                    Memory::Host,
-                )?;
-                let mut times = Vec::new();
-                let mut measured: Option<u64> = None;
-                // One warm-up step, then the timed ones.
-                for i in 0..=repeats {
-                    let started = std::time::Instant::now();
-                    let run_opts = RunOptions { seed: i as u64 };
-                    let (out, peak) = crate::runtime::alloc::measure(|| match (&planned, &fused) {
-                        (Some(p), _) => {
-                            crate::codegen::cpu::run_planned(p, &inputs, &params, &run_opts)
-                        }
-                        (None, Some(exe)) => exe.run(&g, &inputs, &params, &run_opts),
-                        (None, None) => unreachable!("a plan was built"),
-                    });
-                    let secs = started.elapsed().as_secs_f64();
-                    out?;
-                    if i > 0 {
-                        times.push(secs);
-                        if let Some(b) = peak {
-                            measured = Some(measured.unwrap_or(0).max(b as u64));
-                        }
-                    }
-                }
-                times.sort_by(f64::total_cmp);
+                let (times, measured, mem, cost) =
+                    on_executor(&g, sched, &inputs, &params, repeats)?;
                 let med = times[times.len() / 2];
                 let flop = cost.forward_flops + cost.backward_flops;
                 rows.push(BenchRow {
@@ -280,10 +197,10 @@ fn bench(
     if let Some(f) = floor_gflops {
         println!(
             "FLOP floor: {f:.1} GFLOP/s ({} SGEMM, 2048³, median of 3); first column: how many times slower than the floor each row runs",
-            crate::codegen::cpu::kernels::sgemm_library()
+            crate::codegen::cpu::sgemm::library()
         );
     }
-    println!("{}: batch {batch}, median of {repeats} steps after one warm-up (forward + backward, no update); fused = the fused CPU plan (generated C + SGEMM), the others the graph executor in that schedule; peak = most bytes allocated at once during a step, above what was allocated before it", model.name);
+    println!("{}: batch {batch}, median of {repeats} steps after one warm-up (forward + backward, no update); all on the executor's CPU backend: fused = the fusion plan (generated C + library kernels + SGEMM), layer-major etc. = one library call per node in that order; plan = the memory plan's peak, arena = the arena it fits in, meas = the bytes the first step allocated (arena, copies of inputs and parameters, outputs)", model.name);
     println!(
         "{:<6} {:>3} {:<20} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
         "mode",

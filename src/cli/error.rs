@@ -74,8 +74,6 @@ pub enum CliError {
     #[error(transparent)]
     Exec(#[from] crate::codegen::exec::ExecError),
     #[error(transparent)]
-    Kernels(#[from] crate::codegen::cpu::compiled::CcError),
-    #[error(transparent)]
     Device(#[from] crate::codegen::backend::BackendError),
     /// A broken invariant (a bug in snnc, not in the input).
     #[error("internal: {0}")]

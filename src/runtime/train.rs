@@ -1,10 +1,9 @@
 //! The training loop: batches, the compiled training graph, the optimizer,
 //! per-epoch evaluation, metrics and checkpoints.
 //!
-//! The step runs on an [`Engine`]: the fused CPU plan
-//! (`codegen::cpu::compiled`: generated C kernels, SGEMM matmuls and im2col
-//! convolutions), or the CUDA executor running the same fusion plan on a
-//! [`Backend`] (a GPU, or its CPU emulator in tests). Everything else — the
+//! The step runs on the executor (`codegen::exec`) running the fusion plan
+//! on a [`Backend`]: the CPU (generated C kernels, the library kernels,
+//! SGEMM) or CUDA (a GPU, or its CPU emulator in tests). Everything else — the
 //! batches, the optimizer, batch-norm running statistics, metrics,
 //! checkpoints — is this one loop on the host, so a run's checkpoints have
 //! the same format on either device and a run can resume on the other.
@@ -21,7 +20,7 @@ use super::optim::{OptimConfig, OptimState, Schedule};
 use super::rundir;
 pub use super::train_error::TrainError;
 use crate::codegen::backend::Backend;
-use crate::codegen::cpu::compiled::Compiled;
+use crate::codegen::cpu::Cpu;
 use crate::codegen::exec::{ExecError, Executor, LibraryScratch, Outputs};
 use crate::compile::{self, Options, Stage};
 use crate::data::{Dataset, Split};
@@ -252,9 +251,8 @@ pub fn initial_params(a: &Analysis, seed: u64) -> BTreeMap<String, Tensor<f32>> 
 pub struct Evaluator {
     model: Model,
     steps: usize,
-    /// Inference graphs by batch size, and their CPU builds and fusion plans.
+    /// Inference graphs by batch size, and their fusion plans.
     graphs: HashMap<usize, Graph>,
-    cpu: HashMap<usize, Compiled>,
     plans: HashMap<usize, Plan>,
 }
 
@@ -264,7 +262,6 @@ impl Evaluator {
             model: model.clone(),
             steps,
             graphs: HashMap::new(),
-            cpu: HashMap::new(),
             plans: HashMap::new(),
         }
     }
@@ -284,45 +281,20 @@ impl Evaluator {
         Ok(&self.graphs[&b])
     }
 
-    /// Test accuracy with the running batch-norm statistics.
+    /// Test accuracy with the running batch-norm statistics, on the CPU.
     pub fn accuracy(
         &mut self,
         d: &Dataset,
         params: &HashMap<String, Tensor<f32>>,
         batch: usize,
     ) -> Result<f64, TrainError> {
-        let mut right = 0;
-        let idx: Vec<usize> = (0..d.len()).collect();
-        for chunk in idx.chunks(batch) {
-            let b = chunk.len();
-            if !self.cpu.contains_key(&b) {
-                let g = self.graph(b)?;
-                let exe = Compiled::new(g, &[]).map_err(TrainError::Kernels)?;
-                let plan = crate::passes::memplan::plan_fused(
-                    exe.graph(g),
-                    &exe.plan,
-                    &crate::codegen::cpu::WORKSPACE,
-                );
-                mem::ensure_plan_fits(
-                    &format!("evaluation (batch {b}, fused CPU plan)"),
-                    &plan,
-                    0,
-                    Memory::Host,
-                )?;
-                self.cpu.insert(b, exe);
-            }
-            let (g, exe) = (&self.graphs[&b], &self.cpu[&b]);
-            let batch = make_batch(d, chunk);
-            let inputs = HashMap::from([("x".to_string(), batch.x)]);
-            let v = exe.run(g, &inputs, params, &RunOptions { seed: 0 })?;
-            right += correct(&v["logits"], &batch.targets);
-        }
-        Ok(right as f64 / d.len().max(1) as f64)
+        let mut cpu = Cpu::new().map_err(ExecError::Backend)?;
+        self.accuracy_on(&mut cpu, d, params, batch)
     }
 
-    /// [`Evaluator::accuracy`] on the CUDA executor: the fusion plan of
-    /// each batch size's graph, one executor per size (the full batches,
-    /// then the remainder).
+    /// [`Evaluator::accuracy`] on a backend: the fusion plan of each batch
+    /// size's graph, one executor per size (the full batches, then the
+    /// remainder).
     pub fn accuracy_on<B: Backend>(
         &mut self,
         backend: &mut B,
@@ -342,13 +314,13 @@ impl Evaluator {
             }
             let g = &self.graphs[&b];
             let arena =
-                crate::passes::memplan::plan_units(g, &self.plans[&b], &[], &device_scratch())
+                crate::passes::memplan::plan_units(g, &self.plans[&b], &[], &scratch_of(backend))
                     .map_err(ExecError::from)?;
             mem::ensure_plan_fits(
-                &format!("evaluation (batch {b}, fusion plan on the device)"),
+                &format!("evaluation (batch {b}, fusion plan)"),
                 &arena,
                 0,
-                device_memory(backend),
+                backend.memory(),
             )?;
             let mut ex = Executor::with_plan(backend, g, self.plans[&b].clone(), &[])
                 .map_err(TrainError::Exec)?;
@@ -365,17 +337,11 @@ impl Evaluator {
     }
 }
 
-/// The executor's library scratch with its default convolution workspace.
-fn device_scratch() -> LibraryScratch {
+/// The executor's library scratch on `backend` (its convolution
+/// workspace), for the memory plan.
+fn scratch_of<B: Backend>(backend: &B) -> LibraryScratch {
     LibraryScratch {
-        conv_workspace: crate::codegen::exec::CONV_WORKSPACE,
-    }
-}
-
-/// The free memory of a CUDA backend, for [`mem::ensure_fits`].
-fn device_memory<B: Backend>(backend: &B) -> Memory {
-    Memory::Device {
-        free: backend.mem_info().map(|(free, _)| free as u64),
+        conv_workspace: backend.conv_workspace(),
     }
 }
 
@@ -392,25 +358,6 @@ pub trait Stepper {
         opts: &RunOptions,
         extra: bool,
     ) -> StepResult;
-}
-
-struct CpuStepper<'a> {
-    graph: &'a Graph,
-    exe: &'a Compiled,
-}
-
-impl Stepper for CpuStepper<'_> {
-    fn step(
-        &mut self,
-        inputs: &HashMap<String, Tensor<f32>>,
-        params: &HashMap<String, Tensor<f32>>,
-        opts: &RunOptions,
-        extra: bool,
-    ) -> StepResult {
-        Ok(self
-            .exe
-            .run_keeping(self.graph, inputs, params, opts, extra)?)
-    }
 }
 
 impl<B: Backend> Stepper for Executor<'_, B> {
@@ -444,42 +391,15 @@ trait Engine {
     ) -> Result<f64, TrainError>;
 }
 
-/// The fused CPU plan.
-struct CpuEngine {
-    graph: Graph,
-    exe: Compiled,
-}
-
-impl Engine for CpuEngine {
-    fn with_stepper(
-        &mut self,
-        f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, TrainError>,
-    ) -> Result<bool, TrainError> {
-        f(&mut CpuStepper {
-            graph: &self.graph,
-            exe: &self.exe,
-        })
-    }
-    fn accuracy(
-        &mut self,
-        eval: &mut Evaluator,
-        d: &Dataset,
-        params: &HashMap<String, Tensor<f32>>,
-        batch: usize,
-    ) -> Result<f64, TrainError> {
-        eval.accuracy(d, params, batch)
-    }
-}
-
-/// The fusion plan on the CUDA executor.
-struct CudaEngine<'d, B: Backend> {
+/// The fusion plan on the executor.
+struct ExecEngine<'d, B: Backend> {
     backend: &'d mut B,
     graph: Graph,
     plan: Plan,
     keep: Vec<NodeIndex>,
 }
 
-impl<B: Backend> Engine for CudaEngine<'_, B> {
+impl<B: Backend> Engine for ExecEngine<'_, B> {
     fn with_stepper(
         &mut self,
         f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, TrainError>,
@@ -526,37 +446,12 @@ pub fn train_with(
     resume: Option<Checkpoint>,
     opts: &TrainOptions,
 ) -> Result<Summary, TrainError> {
-    let quiet = opts.quiet || opts.json;
-    run(cfg, out, resume, opts, |graph, keep, state_bytes| {
-        let exe = Compiled::scheduled(graph, keep, cfg.order).map_err(TrainError::Kernels)?;
-        let eg = exe.graph(graph);
-        let mem =
-            crate::passes::memplan::plan_fused(eg, &exe.plan, &crate::codegen::cpu::WORKSPACE);
-        mem::ensure_plan_fits(
-            "a training step (fused CPU plan, with the optimizer's state)",
-            &mem,
-            state_bytes,
-            Memory::Host,
-        )?;
-        if !quiet {
-            let _ = writeln!(
-                std::io::stdout(),
-                "step: fused CPU plan ({}), {} kernels and {} library nodes, planned peak {:.1} MiB",
-                cfg.order,
-                exe.plan.kernels.len(),
-                exe.plan.stats().node_units,
-                mem.peak_bytes as f64 / (1024.0 * 1024.0)
-            );
-        }
-        Ok(Box::new(CpuEngine {
-            graph: graph.clone(),
-            exe,
-        }))
-    })
+    let mut cpu = Cpu::new().map_err(ExecError::Backend)?;
+    train_on_with(cfg, out, resume, opts, &mut cpu)
 }
 
-/// Trains on a CUDA backend (a GPU, or the emulator); the same loop,
-/// metrics and checkpoints as [`train`].
+/// Trains on a backend (the CPU, a GPU, or the CUDA emulator); the same
+/// loop, metrics and checkpoints on each.
 pub fn train_on<B: Backend>(
     cfg: &TrainConfig,
     out: &Path,
@@ -579,8 +474,8 @@ pub fn train_on_with<B: Backend>(
     opts: &TrainOptions,
     backend: &mut B,
 ) -> Result<Summary, TrainError> {
+    let quiet = opts.quiet || opts.json;
     run(cfg, out, resume, opts, |graph, keep, state_bytes| {
-        // The same lowered graph and plan as the CPU's `Compiled`.
         let graph = crate::passes::fuse_time::lower(graph, cfg.order);
         let plan = crate::passes::fuse_time::plan(&graph, keep, cfg.order);
         // The optimizer runs on the host: its state is host memory.
@@ -590,15 +485,21 @@ pub fn train_on_with<B: Backend>(
             Memory::Host,
         )?;
         // The arena the executor will allocate.
-        let arena = crate::passes::memplan::plan_units(&graph, &plan, keep, &device_scratch())
+        let arena = crate::passes::memplan::plan_units(&graph, &plan, keep, &scratch_of(backend))
             .map_err(ExecError::from)?;
-        mem::ensure_plan_fits(
-            "a training step (fusion plan on the device)",
-            &arena,
-            0,
-            device_memory(backend),
-        )?;
-        Ok(Box::new(CudaEngine {
+        mem::ensure_plan_fits("a training step (fusion plan)", &arena, 0, backend.memory())?;
+        if !quiet {
+            let _ = writeln!(
+                std::io::stdout(),
+                "step: fusion plan ({}) on {}, {} kernels and {} library nodes, planned peak {:.1} MiB",
+                cfg.order,
+                backend.describe(),
+                plan.kernels.len(),
+                plan.stats().node_units,
+                arena.peak_bytes as f64 / (1024.0 * 1024.0)
+            );
+        }
+        Ok(Box::new(ExecEngine {
             backend,
             graph,
             plan,

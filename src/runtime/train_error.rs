@@ -26,8 +26,6 @@ pub enum TrainError {
     Params(#[from] crate::runtime::params::ParamsError),
     #[error(transparent)]
     Exec(#[from] crate::codegen::exec::ExecError),
-    #[error(transparent)]
-    Kernels(#[from] crate::codegen::cpu::compiled::CcError),
     #[error(
         "dataset `{data}` has samples of shape {}, but model `{model}` expects input {}",
         dims(has),
