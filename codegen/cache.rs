@@ -35,12 +35,11 @@ pub fn cache_dir() -> PathBuf {
     std::env::temp_dir().join("snnc-cache")
 }
 
-/// A file name part unique to this process and thread: concurrent builds
+/// A file name part unique to this process and call: concurrent builds
 /// of the same entry each write their own temporary file and rename it, so
 /// nobody ever sees a partial one.
 pub fn unique_tag() -> String {
-    format!("{}.{:?}", std::process::id(), std::thread::current().id())
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
-        .collect()
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}.{n}", std::process::id())
 }

@@ -40,6 +40,16 @@ pub struct Plan {
     pub kernels: Vec<Fused>,
 }
 
+impl Plan {
+    /// A plan of one node unit per node, in `order` (no fused kernels).
+    pub fn node_by_node(order: Vec<NodeIndex>) -> Plan {
+        Plan {
+            units: order.into_iter().map(Unit::Node).collect(),
+            kernels: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
     /// One graph node, run by the target's kernel for its op.

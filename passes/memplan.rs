@@ -228,13 +228,13 @@ fn finish(
     }
 }
 
-/// Plans the fused CPU plan (`passes::fuse`, run by
-/// `codegen::cpu::compiled`), whose executor allocates differently: each
-/// unit (a fused kernel or a single node) allocates all the values it
-/// writes; inputs and parameters are copied when their unit runs; a value
-/// is freed after the last unit that reads it, and one no unit reads stays
-/// to the end; the outputs are copied out at the end. Positions are units;
-/// `order` is empty.
+/// The liveness model of a fusion plan (`passes::fuse`) at the level of
+/// its units, as `snnc plan` reports it: each unit (a fused kernel or a
+/// single node) allocates all the values it writes; inputs and parameters
+/// are copied when their unit runs; a value is freed after the last unit
+/// that reads it, and one no unit reads stays to the end; the outputs are
+/// copied out at the end. Positions are units; `order` is empty. (What the
+/// executor allocates is `memplan::units`.)
 pub fn plan_fused(g: &Graph, plan: &crate::passes::fuse::Plan, ws: &dyn Workspace) -> MemPlan {
     use crate::passes::fuse::Unit;
     let mut written: HashSet<NodeIndex> = HashSet::new();

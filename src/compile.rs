@@ -138,14 +138,7 @@ impl Target {
             }
             Target::Graph(opts) => {
                 let (graph, order) = schedule::schedule(g, opts);
-                let plan = crate::passes::fuse::Plan {
-                    units: order
-                        .into_iter()
-                        .map(crate::passes::fuse::Unit::Node)
-                        .collect(),
-                    kernels: Vec::new(),
-                };
-                (graph, plan)
+                (graph, crate::passes::fuse::Plan::node_by_node(order))
             }
         }
     }

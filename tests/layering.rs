@@ -231,7 +231,7 @@ fn the_scanner_sees_use_groups_and_inline_paths() {
     let e = edges();
     let v = |s: &str| s.split("::").map(String::from).collect::<Vec<_>>();
     assert!(e.contains(&(v("passes::fuse"), v("ir::kernel"))));
-    assert!(e.contains(&(v("codegen::cpu::kernels"), v("passes::memplan"))));
+    assert!(e.contains(&(v("codegen::exec::scratch"), v("passes::memplan"))));
     assert!(layer_of(&v("codegen")) > layer_of(&v("passes")));
     assert!(layer_of(&v("cli")) > layer_of(&v("runtime")));
 }

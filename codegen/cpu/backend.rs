@@ -9,7 +9,7 @@
 use super::sgemm;
 use crate::codegen::backend::{Arg, Backend, BackendError, Gemm, Module, KERNELS};
 use crate::codegen::cache::fnv1a;
-use crate::codegen::library::host::{self, CcError, SharedLib, Toolchain};
+use crate::codegen::library::host::{self, CcError, SharedLib, SigFn, Toolchain};
 use crate::codegen::library::SOURCE;
 use crate::codegen::render_c;
 use crate::passes::fuse::Plan;
@@ -40,8 +40,6 @@ const HOST_SHIM: &str = include_str!("../library/host_shim.h");
 /// `snnc_cpu_run_NAME(lo, hi, params)`: runs threads `[lo, hi)` of a
 /// launch.
 type RangeFn = unsafe extern "C" fn(i64, i64, *mut *mut c_void);
-/// `snnc_cpu_sig_NAME(out)`: the kernel's parameter kinds.
-type SigFn = unsafe extern "C" fn(*mut u8);
 /// A generated kernel: `kernel(table, lo, hi, t0, t1, state)`
 /// (`render_c`).
 type KernelFn = unsafe extern "C" fn(
@@ -115,19 +113,7 @@ fn load_library() -> Result<Library, BackendError> {
                     .map_err(compile_error)?,
             )
         };
-        let mut buf = [0u8; 64];
-        // SAFETY: kernels have far fewer than 63 parameters.
-        unsafe { sigf(buf.as_mut_ptr()) };
-        let got: String = buf
-            .iter()
-            .take_while(|&&b| b != 0)
-            .map(|&b| b as char)
-            .collect();
-        if got != *sig {
-            return Err(BackendError::Compile(format!(
-                "kernel `{k}`: kernels.cu takes ({got}) but the signature table says ({sig})"
-            )));
-        }
+        host::check_signature(k, sig, sigf).map_err(BackendError::Compile)?;
         kernels.insert(*k, run);
     }
     Ok(Library { _lib: lib, kernels })
@@ -410,7 +396,8 @@ impl Backend for Cpu {
     ) -> Result<(), BackendError> {
         let &[Arg::P(table), Arg::L(n), Arg::I(t0), Arg::I(t1), Arg::P(st)] = args else {
             return Err(BackendError::BadCall(format!(
-                "a generated kernel takes (table, n, t0, t1, state), not {args:?}"
+                "a generated kernel takes (table, n, t0, t1, state): (pliip), not ({})",
+                args.iter().map(Arg::kind).collect::<String>()
             )));
         };
         let f = *self

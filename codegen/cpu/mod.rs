@@ -72,13 +72,7 @@ fn run_ordered(
     also: &[NodeIndex],
 ) -> Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), ExecError> {
     let mut cpu = Cpu::new()?;
-    let plan = crate::passes::fuse::Plan {
-        units: order
-            .into_iter()
-            .map(crate::passes::fuse::Unit::Node)
-            .collect(),
-        kernels: Vec::new(),
-    };
+    let plan = crate::passes::fuse::Plan::node_by_node(order);
     let mut ex = Executor::with_plan(&mut cpu, g, plan, also)?;
     ex.run_keeping(inputs, params, opts, !also.is_empty())
 }

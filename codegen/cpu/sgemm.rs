@@ -92,14 +92,6 @@ unsafe fn sgemm(
     }
 }
 
-/// The pointers of one batch entry, shared by the parallel calls.
-#[derive(Clone, Copy)]
-struct Entry(*const f32, *const f32, *mut f32);
-// SAFETY: the batch entries write disjoint C matrices (checked by the
-// caller) and only read A and B.
-unsafe impl Send for Entry {}
-unsafe impl Sync for Entry {}
-
 /// Runs an executor GEMM on host memory: batch entries in parallel when
 /// their outputs are disjoint (each product single-threaded, as many
 /// small products as the batch has), else one after another, each
@@ -110,41 +102,32 @@ unsafe impl Sync for Entry {}
 pub unsafe fn run(g: &Gemm) {
     let (rsa, csa) = if g.ta { (1, g.lda) } else { (g.lda, 1) };
     let (rsb, csb) = if g.tb { (1, g.ldb) } else { (g.ldb, 1) };
-    let entry = |q: usize| {
-        Entry(
-            (g.a as *const f32).add(q * g.stride_a),
-            (g.b as *const f32).add(q * g.stride_b),
-            (g.c as *mut f32).add(q * g.stride_c),
-        )
-    };
-    let one = |e: Entry, par: bool| {
+    let one = |q: usize, par: bool| {
         sgemm(
             (g.m, g.k, g.n),
             g.alpha,
             Mat {
-                p: e.0,
+                p: (g.a as *const f32).add(q * g.stride_a),
                 rs: rsa as isize,
                 cs: csa as isize,
             },
             Mat {
-                p: e.1,
+                p: (g.b as *const f32).add(q * g.stride_b),
                 rs: rsb as isize,
                 cs: csb as isize,
             },
             g.beta,
-            e.2,
+            (g.c as *mut f32).add(q * g.stride_c),
             g.ldc,
             par,
         )
     };
     let disjoint = g.stride_c >= g.m.saturating_sub(1) * g.ldc + g.n;
     if g.batch > 1 && disjoint {
-        (0..g.batch)
-            .into_par_iter()
-            .for_each(|q| one(entry(q), false));
+        (0..g.batch).into_par_iter().for_each(|q| one(q, false));
     } else {
         for q in 0..g.batch {
-            one(entry(q), true);
+            one(q, true);
         }
     }
 }

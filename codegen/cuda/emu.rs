@@ -34,7 +34,7 @@ const GUARD: usize = 64;
 const CANARY: u32 = 0x7fa5_a5a5;
 
 type LaunchFn = unsafe extern "C" fn(u32, u32, *mut *mut c_void);
-type SigFn = unsafe extern "C" fn(*mut u8);
+use crate::codegen::library::host::SigFn;
 
 /// A buffer of the emulated device.
 #[derive(Debug)]
@@ -239,19 +239,8 @@ impl Emu {
                     .map_err(|e| BackendError::Compile(format!("kernel `{k}`: {e}")))?;
                 (*l, *s)
             };
-            let mut buf = [0u8; 64];
-            // SAFETY: kernels have far fewer than 63 parameters.
-            unsafe { sigf(buf.as_mut_ptr()) };
-            let got: String = buf
-                .iter()
-                .take_while(|&&b| b != 0)
-                .map(|&b| b as char)
-                .collect();
-            if got != *sig {
-                return Err(BackendError::Compile(format!(
-                    "kernel `{k}`: kernels.cu takes ({got}) but the signature table says ({sig})"
-                )));
-            }
+            crate::codegen::library::host::check_signature(k, sig, sigf)
+                .map_err(BackendError::Compile)?;
             kernels.insert(*k, launch);
         }
         Ok(Emu {

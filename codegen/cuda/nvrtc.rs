@@ -14,7 +14,6 @@
 
 use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
-use std::path::PathBuf;
 
 /// Why NVRTC could not compile a kernel module.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -91,36 +90,7 @@ pub struct Compiled {
     pub cached: bool,
 }
 
-/// 64-bit FNV-1a: a stable content hash (std's hasher may change between
-/// Rust releases).
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for &b in *p {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // Separate the parts so ("ab", "c") and ("a", "bc") differ.
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// Where compiled kernels are cached: `$SNNC_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/snnc`, else `~/.cache/snnc`, else the temporary folder.
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("SNNC_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("snnc");
-    }
-    if let Some(d) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join(".cache").join("snnc");
-    }
-    std::env::temp_dir().join("snnc-cache")
-}
+pub use crate::codegen::cache::{cache_dir, fnv1a};
 
 /// Writes `bytes` to `path` atomically (best effort).
 pub(super) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {

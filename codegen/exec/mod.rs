@@ -161,6 +161,9 @@ pub struct Executor<'a, B: Backend> {
     pub profile: bool,
     /// (step index, mark before, mark after) of the last run's launches.
     marks: Vec<(usize, usize, usize)>,
+    /// `SNNC_PROFILE` is set: each run prints the wall time of every op and
+    /// kernel (each step waits for the backend), summed by name.
+    profile_steps: bool,
     pool: HashMap<usize, Vec<B::Buf>>,
     slots: Vec<Option<Slot<B::Buf>>>,
     resident: HashMap<String, usize>,
@@ -238,11 +241,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                 want: g.node_count(),
             });
         }
-        let plan = Plan {
-            units: order.into_iter().map(Unit::Node).collect(),
-            kernels: Vec::new(),
-        };
-        Self::with_plan(backend, g, plan, &[])
+        Self::with_plan(backend, g, Plan::node_by_node(order), &[])
     }
 
     /// Fuses `g` (`passes::fuse`, storing the `keep` nodes) and plans the
@@ -315,6 +314,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             scratch: None,
             profile: false,
             marks: Vec::new(),
+            profile_steps: std::env::var_os("SNNC_PROFILE").is_some(),
             pool: HashMap::new(),
             slots: Vec::new(),
             resident: HashMap::new(),
@@ -448,8 +448,10 @@ impl<'a, B: Backend> Executor<'a, B> {
         state: &mut HashMap<usize, u64>,
         observe: &mut Option<&mut Observer<'_>>,
     ) -> Result<(), ExecError> {
+        let mut spent: HashMap<String, (f64, usize)> = HashMap::new();
         for i in 0..self.steps.len() {
             let g = self.g;
+            let started = std::time::Instant::now();
             match self.steps[i] {
                 Step::Node(n) => {
                     self.set_scratch(i);
@@ -472,6 +474,18 @@ impl<'a, B: Backend> Executor<'a, B> {
                     .exec_step(i, k, t, vals, state)
                     .map_err(|e| self.kernel_error(k, e))?,
             }
+            if self.profile_steps {
+                self.backend.sync()?;
+                let name = match self.steps[i] {
+                    Step::Node(n) => g.node(n).op.name().to_string(),
+                    Step::Kernel(k) | Step::KernelStep(k, _) => {
+                        self.kernels()[k].kernel.name.clone()
+                    }
+                };
+                let e = spent.entry(name).or_default();
+                e.0 += started.elapsed().as_secs_f64();
+                e.1 += 1;
+            }
             if let Some(obs) = observe.as_mut() {
                 let (r, w) = (self.life.reads[i].clone(), self.life.writes[i].clone());
                 let mut get =
@@ -492,6 +506,9 @@ impl<'a, B: Backend> Executor<'a, B> {
                 let id = vals.remove(&o).expect("computed");
                 self.drop_ref(id);
             }
+        }
+        if self.profile_steps {
+            print_profile(spent, &self.backend.describe());
         }
         Ok(())
     }
@@ -531,6 +548,18 @@ impl<B: Backend> Drop for Executor<'_, B> {
                 self.backend.free(b);
             }
         }
+    }
+}
+
+/// `SNNC_PROFILE`'s table on stderr: seconds and launches per op or
+/// kernel, slowest first.
+fn print_profile(spent: HashMap<String, (f64, usize)>, on: &str) {
+    let mut v: Vec<_> = spent.into_iter().collect();
+    v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    let total: f64 = v.iter().map(|(_, (s, _))| s).sum();
+    eprintln!("SNNC_PROFILE: {total:.4} s on {on}; seconds per op or kernel (launches)");
+    for (name, (s, c)) in v {
+        eprintln!("  {name:<24} {s:>8.4} s ({c})");
     }
 }
 

@@ -215,3 +215,28 @@ pub fn build(src: &str, tc: &Toolchain) -> Result<SharedLib, CcError> {
         compiled,
     })
 }
+
+/// `snnc_signature`'s output (host_shim.h): a compiled kernel's parameter
+/// kinds, one character each (see `backend::KERNELS`).
+pub type SigFn = unsafe extern "C" fn(*mut u8);
+
+/// Checks a compiled library kernel's parameter kinds (from its generated
+/// signature function) against the executor's table; the message names
+/// both when they differ.
+pub fn check_signature(kernel: &str, want: &str, sig: SigFn) -> Result<(), String> {
+    let mut buf = [0u8; 64];
+    // SAFETY: the function writes one character per parameter and a
+    // terminating 0; kernels have far fewer than 63 parameters.
+    unsafe { sig(buf.as_mut_ptr()) };
+    let got: String = buf
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as char)
+        .collect();
+    if got != want {
+        return Err(format!(
+            "kernel `{kernel}`: kernels.cu takes ({got}) but the signature table says ({want})"
+        ));
+    }
+    Ok(())
+}

@@ -200,7 +200,7 @@ fn bench(
             crate::codegen::cpu::sgemm::library()
         );
     }
-    println!("{}: batch {batch}, median of {repeats} steps after one warm-up (forward + backward, no update); all on the executor's CPU backend: fused = the fusion plan (generated C + library kernels + SGEMM), layer-major etc. = one library call per node in that order; plan = the memory plan's peak, arena = the arena it fits in, meas = the bytes the first step allocated (arena, copies of inputs and parameters, outputs)", model.name);
+    println!("{}: batch {batch}, median of {repeats} steps after two untimed ones (a warm-up, and the measured executor's first) (forward + backward, no update); all on the executor's CPU backend: fused = the fusion plan (generated C + library kernels + SGEMM), layer-major etc. = one library call per node in that order; plan = the memory plan's peak, arena = the arena it fits in, meas = the bytes the first step allocated (arena, copies of inputs and parameters, outputs)", model.name);
     println!(
         "{:<6} {:>3} {:<20} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
         "mode",
@@ -241,7 +241,8 @@ fn bench(
 /// Sorted step times of `target` on the one executor's CPU backend, with
 /// what its first step allocated (counting allocator: the arena, the
 /// executor's copies of inputs and parameters, the outputs; later steps
-/// reuse all of it), its memory plan and its graph's cost.
+/// reuse all of it), its memory plan (`resident_bytes`: the copies of
+/// inputs and parameters) and its graph's cost.
 fn on_executor(
     g: &crate::ir::Graph,
     target: BenchPlan,
@@ -266,19 +267,25 @@ fn on_executor(
     let scratch = LibraryScratch {
         conv_workspace: cpu.conv_workspace(),
     };
-    let mem = memplan::plan_units(&eg, &plan, &[], &scratch).map_err(ExecError::from)?;
+    let mut mem = memplan::plan_units(&eg, &plan, &[], &scratch).map_err(ExecError::from)?;
+    mem.resident_bytes = leaf_bytes(&eg);
     mem::ensure_plan_fits(
         &format!("a training step ({target}, on the executor)"),
         &mem,
         0,
         Memory::Host,
     )?;
-    let (exe, measured) = crate::runtime::alloc::measure(|| {
-        let mut exe = Executor::with_plan(&mut cpu, &eg, plan, &[])?;
-        exe.run(inputs, params, &RunOptions { seed: 0 })?;
-        Ok::<_, ExecError>(exe)
-    });
-    let mut exe = exe?;
+    // A warm-up step on an executor of its own: the thread pool and the
+    // SGEMM library allocate their buffers once per process.
+    Executor::with_plan(&mut cpu, &eg, plan.clone(), &[])?.run(
+        inputs,
+        params,
+        &RunOptions { seed: 0 },
+    )?;
+    let mut exe = Executor::with_plan(&mut cpu, &eg, plan, &[])?;
+    let (first, measured) =
+        crate::runtime::alloc::measure(|| exe.run(inputs, params, &RunOptions { seed: 0 }));
+    drop(first?);
     let mut times = Vec::new();
     for i in 1..=repeats {
         let started = std::time::Instant::now();
@@ -287,4 +294,14 @@ fn on_executor(
     }
     times.sort_by(f64::total_cmp);
     Ok((times, measured.map(|b| b as u64), mem, cost))
+}
+
+/// Bytes of the executor's copies of a graph's inputs and parameters (one
+/// buffer per leaf node, whole 8-byte words on the CPU).
+fn leaf_bytes(g: &crate::ir::Graph) -> u64 {
+    use crate::ir::Op;
+    g.g.node_indices()
+        .filter(|&n| matches!(g.node(n).op, Op::Input { .. } | Op::Param { .. }))
+        .map(|n| 8 * g.node(n).shape.iter().product::<usize>().div_ceil(2) as u64)
+        .sum()
 }
