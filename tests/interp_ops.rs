@@ -382,21 +382,31 @@ fn eval_op_reports_bad_operands() {
     let a = t64(&[2, 2], &[0.0; 4]);
     let b = t64(&[2, 3], &[0.0; 6]);
     let opts = RunOptions::default();
-    let err = eval_op(&Op::Add, &[2, 2], &[&a], &opts).unwrap_err();
+    let err = eval_op(&Op::Add, &[2, 2], &[&a], &opts)
+        .unwrap_err()
+        .to_string();
     assert_eq!(err, "add takes 2 operands, got 1");
-    let err = eval_op(&Op::Add, &[2, 2], &[&a, &b], &opts).unwrap_err();
+    let err = eval_op(&Op::Add, &[2, 2], &[&a, &b], &opts)
+        .unwrap_err()
+        .to_string();
     assert_eq!(err, "operand shapes differ: [2, 2] vs [2, 3]");
-    let err = eval_op(&Op::Scale(2.0), &[4], &[&a], &opts).unwrap_err();
+    let err = eval_op(&Op::Scale(2.0), &[4], &[&a], &opts)
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "operands give shape [2, 2], but the node is annotated [4]"
     );
-    let err = eval_op::<f64>(&Op::Input { name: "x".into() }, &[2], &[], &opts).unwrap_err();
+    let err = eval_op::<f64>(&Op::Input { name: "x".into() }, &[2], &[], &opts)
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "input is a leaf whose value is supplied to run(), not computed"
     );
-    let err = eval_op::<f64>(&Op::DropoutMask { p: 1.0, stream: 0 }, &[2], &[], &opts).unwrap_err();
+    let err = eval_op::<f64>(&Op::DropoutMask { p: 1.0, stream: 0 }, &[2], &[], &opts)
+        .unwrap_err()
+        .to_string();
     assert_eq!(err, "dropout p=1 is not in [0, 1)");
     let w = t64(&[1, 2, 1, 1], &[0.0; 2]);
     let x = t64(&[1, 2, 2, 2], &[0.0; 8]);
@@ -404,14 +414,18 @@ fn eval_op_reports_bad_operands() {
         stride: 0,
         padding: 0,
     };
-    let err = eval_op(&op, &[1, 1, 2, 2], &[&x, &w], &opts).unwrap_err();
+    let err = eval_op(&op, &[1, 1, 2, 2], &[&x, &w], &opts)
+        .unwrap_err()
+        .to_string();
     assert_eq!(err, "conv2d stride must be positive");
     // A tensor whose data does not fill its shape is refused, not indexed.
     let bad = Tensor {
         shape: vec![2, 2],
         data: vec![0.0; 3],
     };
-    let err = eval_op(&Op::Detach, &[2, 2], &[&bad], &opts).unwrap_err();
+    let err = eval_op(&Op::Detach, &[2, 2], &[&bad], &opts)
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "operand 0 holds 3 elements but its shape [2, 2] needs 4"

@@ -113,7 +113,7 @@ fn load_library() -> Result<Library, BackendError> {
                     .map_err(compile_error)?,
             )
         };
-        host::check_signature(k, sig, sigf).map_err(BackendError::Compile)?;
+        host::check_signature(k, sig, sigf)?;
         kernels.insert(*k, run);
     }
     Ok(Library { _lib: lib, kernels })

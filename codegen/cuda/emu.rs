@@ -185,12 +185,9 @@ fn build_cxx(src: &str) -> Result<PathBuf, BackendError> {
     }
     std::fs::create_dir_all(&dir)
         .map_err(|e| BackendError::Compile(format!("cannot create {}: {e}", dir.display())))?;
-    // Unique per process and thread: parallel tests may build the same
+    // Unique per process and call: parallel tests may build the same
     // library at once, and each must only ever see a complete file.
-    let tag: String = format!("{}-{:?}", std::process::id(), std::thread::current().id())
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
+    let tag = crate::codegen::cache::unique_tag();
     let cpp = dir.join(format!("snnc-emu-{key:016x}-{tag}.cpp"));
     let tmp = dir.join(format!("libsnnc-emu-{key:016x}-{tag}.so.tmp"));
     write_atomic(&cpp, src.as_bytes())
@@ -239,8 +236,7 @@ impl Emu {
                     .map_err(|e| BackendError::Compile(format!("kernel `{k}`: {e}")))?;
                 (*l, *s)
             };
-            crate::codegen::library::host::check_signature(k, sig, sigf)
-                .map_err(BackendError::Compile)?;
+            crate::codegen::library::host::check_signature(k, sig, sigf)?;
             kernels.insert(*k, launch);
         }
         Ok(Emu {

@@ -223,7 +223,11 @@ pub type SigFn = unsafe extern "C" fn(*mut u8);
 /// Checks a compiled library kernel's parameter kinds (from its generated
 /// signature function) against the executor's table; the message names
 /// both when they differ.
-pub fn check_signature(kernel: &str, want: &str, sig: SigFn) -> Result<(), String> {
+pub fn check_signature(
+    kernel: &str,
+    want: &str,
+    sig: SigFn,
+) -> Result<(), crate::codegen::backend::BackendError> {
     let mut buf = [0u8; 64];
     // SAFETY: the function writes one character per parameter and a
     // terminating 0; kernels have far fewer than 63 parameters.
@@ -234,9 +238,9 @@ pub fn check_signature(kernel: &str, want: &str, sig: SigFn) -> Result<(), Strin
         .map(|&b| b as char)
         .collect();
     if got != want {
-        return Err(format!(
+        return Err(crate::codegen::backend::BackendError::Compile(format!(
             "kernel `{kernel}`: kernels.cu takes ({got}) but the signature table says ({want})"
-        ));
+        )));
     }
     Ok(())
 }

@@ -6,12 +6,14 @@
 //! outputs) because passes are checked by comparing intermediate values.
 
 pub(crate) mod grad_ops;
+mod op_error;
 pub(crate) mod ops;
 mod random;
 mod scalar;
 
 pub use random::{random_input, random_labels, random_values};
 
+pub use op_error::OpError;
 pub use ops::eval_op;
 
 use crate::ir::{Graph, Op};
@@ -48,12 +50,12 @@ pub enum InterpError {
     },
     #[error("the graph has a cycle")]
     Cyclic,
-    #[error("node {node} ({op}): {msg}")]
+    #[error("node {node} ({op}): {source}")]
     Op {
         /// petgraph index of the failing node.
         node: usize,
         op: String,
-        msg: String,
+        source: OpError,
     },
 }
 
@@ -113,10 +115,10 @@ pub fn run<F: Float>(
                             .expect("topological order evaluates operands first")
                     })
                     .collect();
-                eval_op(op, &node.shape, &args, opts).map_err(|msg| InterpError::Op {
+                eval_op(op, &node.shape, &args, opts).map_err(|source| InterpError::Op {
                     node: n.index(),
                     op: op.name().to_string(),
-                    msg,
+                    source,
                 })?
             }
         };
@@ -147,11 +149,12 @@ fn check_leaf<F>(
         return Err(InterpError::Op {
             node: n.index(),
             op: op.name().to_string(),
-            msg: format!(
-                "`{name}` holds {} elements but its shape {} needs {need}",
-                t.data.len(),
-                crate::shape::list(shape)
-            ),
+            source: OpError::LeafLength {
+                name: name.to_string(),
+                len: t.data.len(),
+                shape: shape.to_vec(),
+                need,
+            },
         });
     }
     Ok(())

@@ -13,6 +13,8 @@ use crate::rng;
 use crate::tensor::Tensor;
 use num_traits::Float;
 
+use super::OpError;
+
 /// Evaluates a non-leaf op (or the generated `DropoutMask` leaf) on its
 /// operands. `shape` is the node's annotated output shape; a mismatch with
 /// what the op infers from the operands is an error, not a panic, so a bad
@@ -22,46 +24,39 @@ pub fn eval_op<F: Float>(
     shape: &[usize],
     operands: &[&Tensor<F>],
     opts: &RunOptions,
-) -> Result<Tensor<F>, String> {
+) -> Result<Tensor<F>, OpError> {
     for (k, x) in operands.iter().enumerate() {
         let need: usize = x.shape.iter().product();
         if x.data.len() != need {
-            return Err(format!(
-                "operand {k} holds {} elements but its shape {} needs {need}",
-                x.data.len(),
-                crate::shape::list(&x.shape)
-            ));
+            return Err(OpError::OperandLength {
+                k,
+                len: x.data.len(),
+                shape: x.shape.clone(),
+                need,
+            });
         }
     }
     // `Op::infer_shape` divides by the conv stride before it checks it, so a
     // zero stride must be caught here first.
     if let Op::Conv2d { stride: 0, .. } = op {
-        return Err("conv2d stride must be positive".into());
+        return Err(OpError::ZeroStride);
     }
     let shapes: Vec<&[usize]> = operands.iter().map(|x| x.shape.as_slice()).collect();
-    // `eval_op` still reports text: its callers (the graph executor, the
-    // CUDA check) wrap it as a message.
-    match op.infer_shape(&shapes).map_err(|e| e.to_string())? {
+    match op.infer_shape(&shapes)? {
         Some(s) if s != shape => {
-            return Err(format!(
-                "operands give shape {}, but the node is annotated {}",
-                crate::shape::list(&s),
-                crate::shape::list(shape)
-            ))
+            return Err(OpError::Annotated {
+                inferred: s,
+                annotated: shape.to_vec(),
+            })
         }
         Some(_) => {}
         None if matches!(op, Op::DropoutMask { .. }) => {}
-        None => {
-            return Err(format!(
-                "{} is a leaf whose value is supplied to run(), not computed",
-                op.name()
-            ))
-        }
+        None => return Err(OpError::Leaf(op.name())),
     }
 
     let x = |k: usize| operands[k];
     if op.elementwise() {
-        return elementwise(op, shape, operands).map_err(|e| e.to_string());
+        return Ok(elementwise(op, shape, operands)?);
     }
     let out = match op {
         Op::Input { .. } | Op::Param { .. } => unreachable!("rejected above"),
@@ -78,7 +73,7 @@ pub fn eval_op<F: Float>(
         Op::ChannelSum => g::channel_sum(x(0)),
         Op::ChannelDot => {
             let product = elementwise(&Op::Mul, &x(0).shape, &operands[..2]);
-            g::channel_sum(&product.map_err(|e| e.to_string())?)
+            g::channel_sum(&product?)
         }
         Op::Conv2dGradInput {
             stride,
@@ -146,12 +141,12 @@ fn dropout_mask<F: Float>(
     p: f64,
     stream: u64,
     seed: u64,
-) -> Result<Tensor<F>, String> {
+) -> Result<Tensor<F>, OpError> {
     // p = 1 would make the keep scale infinite; outside [0, 1) is meaningless.
     if !(0.0..1.0).contains(&p) {
-        return Err(format!("dropout p={p} is not in [0, 1)"));
+        return Err(OpError::DropoutP(p));
     }
-    let keep: F = constant(1.0 / (1.0 - p)).map_err(|e| e.to_string())?;
+    let keep: F = constant(1.0 / (1.0 - p))?;
     let n: usize = shape.iter().product();
     let data = (0..n)
         .map(|i| {

@@ -211,7 +211,13 @@ pub fn node_error(
         Op::ChannelMean | Op::ChannelVar | Op::ChannelSum | Op::ChannelDot => {
             let ops64: Vec<Tensor<f64>> = ops.iter().map(|t| t.cast::<f64>()).collect();
             let refs: Vec<&Tensor<f64>> = ops64.iter().collect();
-            let want = crate::interp::eval_op(&node.op, &node.shape, &refs, opts)?.cast::<f32>();
+            let want = crate::interp::eval_op(&node.op, &node.shape, &refs, opts)
+                .map_err(|source| crate::interp::InterpError::Op {
+                    node: n.index(),
+                    op: node.op.name().to_string(),
+                    source,
+                })?
+                .cast::<f32>();
             Ok(rel_err(got, &want, NODE_FLOOR))
         }
         Op::MatMul { .. }
