@@ -8,8 +8,10 @@
 //! executor is written once against this trait, so everything above the
 //! device calls — buffer lifetimes, arena offsets, launch arguments, GEMM
 //! argument order, convolution chunking — is shared by every target.
-//! Implementations: `cuda::Cuda` (cudarc: NVRTC, cuBLAS) and `cuda::Emu`
-//! (the CUDA source compiled as C++ and run sequentially on the CPU).
+//! Implementations: `cpu::Cpu` (host memory, the library compiled as C++
+//! and run in parallel ranges, generated C, host SGEMM), `cuda::Cuda`
+//! (cudarc: NVRTC, cuBLAS) and `cuda::Emu` (the CUDA source compiled as
+//! C++ and run thread by thread on the CPU).
 
 use crate::passes::fuse::Plan;
 

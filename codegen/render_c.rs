@@ -1,5 +1,5 @@
-//! Prints kernels as C for the system compiler (`codegen/cpu/compiled.rs`
-//! builds and loads them).
+//! Prints kernels as C for the system compiler (the CPU backend,
+//! `codegen/cpu/backend.rs`, builds and loads them).
 //!
 //! Each call covers elements `[lo, hi)` and steps `[t0, t1)` (all of them
 //! in a layer-major plan; one at a time in a time-major plan, the state

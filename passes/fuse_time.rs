@@ -26,7 +26,7 @@ use crate::passes::{Pass, PassError, Pipeline, Program};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-/// The lowering passes of a fused CPU plan for `opts`:
+/// The lowering passes of a fusion plan for `opts`:
 /// `channel_sum(mul(a, b))` as `channel_dot(a, b)` ([`ChannelDots`]),
 /// means of one repeated value as that value ([`ConstantMeans`]), batch
 /// norm's affine output recomputed per step inside the neuron's kernel
@@ -68,7 +68,7 @@ fn run_internal(passes: Vec<Box<dyn Pass>>, p: &mut Program) {
     }
 }
 
-/// The graph a fused CPU plan for `opts` runs: `g` after the passes of
+/// The graph a fusion plan for `opts` runs: `g` after the passes of
 /// [`lowering`], each checked.
 pub fn lower(g: &Graph, opts: SchedOpts) -> Graph {
     let mut p = Program::new(g.clone());

@@ -65,7 +65,7 @@ pub struct MemoryError {
 /// The check every allocating command runs before it allocates: `Ok` when
 /// `need` bytes fit the available memory of `on` (or when that cannot be
 /// read), else an error that says what needed how much and how much there
-/// is. `what` names the work, e.g. "training step (fused CPU plan)".
+/// is. `what` names the work, e.g. "a training step (fusion plan)".
 pub fn ensure_fits(what: &str, need: u64, on: Memory) -> Result<(), MemoryError> {
     let (available, source) = match on {
         Memory::Host => (available_host_bytes(), "MemAvailable in /proc/meminfo"),

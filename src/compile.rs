@@ -1,7 +1,7 @@
 //! The pipeline, as data: the unrolled graph, then a list of passes
 //! (`passes::Pipeline`) built from options — autodiff → rate → dce → cse
 //! ([`front`]), then the lowering of one executor to its plan ([`lowering`]:
-//! the graph executor's rewrites, order and memory plan, or the fused
+//! a node-by-node plan's rewrites, order and memory plan, or the fused
 //! plan's rewrites, fusion, steps and memory plan). The driver checks the
 //! program after every pass and can stop after any, so each intermediate
 //! result can be printed (`snnc graph --after NAME`, `--list-passes`) and
@@ -102,7 +102,7 @@ impl Options {
     }
 }
 
-/// The executor a pipeline lowers for: the graph executor in a schedule's
+/// The plan a pipeline lowers for: one node per unit in a schedule's
 /// order, or the fused plan (layer-major, or time-major: one kernel step
 /// at a time). Named as `snnc bench --schedule` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,8 +25,7 @@ pub struct EvalArgs {
     /// accuracy depends on it).
     #[arg(long)]
     batch: Option<usize>,
-    /// cpu: the fused CPU plan; cuda: the fusion plan on the CUDA
-    /// executor (GPU 0).
+    /// Where the executor runs the fusion plan: cpu, or cuda (GPU 0).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     /// With a .snn file instead of a checkpoint: the weights (parameter

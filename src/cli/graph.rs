@@ -42,7 +42,7 @@ pub struct GraphArgs {
     eval: bool,
     /// The executor the pipeline lowers for, and whose memory plan
     /// `--format stats` reports: layer-major, time-major or
-    /// time-major-recompute (the graph executor), or fused,
+    /// time-major-recompute (one node per unit), or fused,
     /// fused-time-major, fused-time-major-recompute (the fused plan).
     #[arg(long, default_value = "layer-major")]
     schedule: compile::Target,

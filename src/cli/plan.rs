@@ -17,9 +17,9 @@ pub struct PlanArgs {
     /// The stage whose graph is planned.
     #[arg(long, alias = "stage", default_value_t = Stage::Cse)]
     after: Stage,
-    /// layer-major, time-major or time-major-recompute (the graph
-    /// executor), or fused, fused-time-major, fused-time-major-recompute
-    /// (the fused CPU plan: one line per kernel, kernel step or node).
+    /// layer-major, time-major or time-major-recompute (one node per
+    /// unit), or fused, fused-time-major, fused-time-major-recompute
+    /// (the fusion plan: one line per kernel, kernel step or node).
     #[arg(long, default_value = "layer-major")]
     schedule: BenchPlan,
     /// The plan's totals and buffers as one JSON object.

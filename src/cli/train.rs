@@ -41,7 +41,7 @@ pub struct TrainArgs {
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
     schedule: ScheduleArg,
-    /// Execution order of the fused CPU plan: layer-major (fastest),
+    /// Execution order of the fusion plan: layer-major (fastest),
     /// time-major or time-major-recompute (kernels run one step at a time:
     /// less memory at large T; see `snnc bench --schedule fused-…`).
     #[arg(long, default_value = "layer-major")]
@@ -67,8 +67,8 @@ pub struct TrainArgs {
     /// One JSON object per epoch, no progress bar.
     #[arg(long)]
     json: bool,
-    /// cpu: the fused CPU plan; cuda: the fusion plan on the CUDA executor
-    /// (GPU 0; optimizer on the host). Checkpoints are the same either way,
+    /// Where the executor runs the fusion plan: cpu, or cuda (GPU 0;
+    /// optimizer on the host). Checkpoints are the same either way,
     /// so a run can resume on the other device.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,

@@ -214,8 +214,7 @@ pub struct OpInfo {
     /// The product of its two operands (bilinear): the rate pass splits
     /// its time mean into the product of means plus a covariance.
     pub bilinear: bool,
-    /// The reference backends (interpreter, CPU graph executor, the CUDA
-    /// backend's per-op kernel) evaluate the definition in f64 and round
+    /// The reference interpreter and the library's per-op kernel evaluate the definition in f64 and round
     /// once; fused kernels compute it in f32.
     pub wide: bool,
     pub cost: Cost,

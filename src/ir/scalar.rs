@@ -1,9 +1,8 @@
 //! One scalar definition per elementwise op and per surrogate, as kernel-IR
 //! expressions ([`Expr`]). Everything that computes an elementwise op
-//! derives from here: the reference interpreter and the CPU graph executor
-//! evaluate the expression ([`super::scalar_eval`]), fusion inlines it into
-//! kernels, and the C and CUDA renderers print it (the CUDA backend's
-//! per-op kernels included).
+//! derives from here: the reference interpreter evaluates the expression
+//! ([`super::scalar_eval`]), fusion inlines it into kernels, and the C and
+//! CUDA renderers print it (the library's per-op kernels included).
 //!
 //! Each definition fixes the order of operations, and every backend keeps
 //! it (C is compiled without FMA contraction, NVRTC with `--fmad=false`), so

@@ -1,5 +1,5 @@
 //! Evaluates the scalar definitions of `ir::scalar` in any float type: the
-//! reference interpreter's and the CPU graph executor's elementwise math.
+//! reference interpreter's elementwise math.
 //!
 //! Each operation rounds to the element type exactly as the definition
 //! orders it (Rust does not contract `a·b + c`), so a definition evaluated

@@ -59,7 +59,7 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Divide rate-mode gradients by T, as the paper's official code does.
     pub paper_grad_scale: bool,
-    /// The fused CPU plan's schedule (`--order`): layer-major, or
+    /// The fusion plan's schedule (`--order`): layer-major, or
     /// time-major (one kernel step at a time, less memory at large T).
     /// Checkpoints from before this option read as layer-major.
     #[serde(default)]
