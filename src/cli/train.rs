@@ -478,22 +478,6 @@ fn train_inner(req: &TrainRequest) -> Result<bool, CliError> {
         json,
         stop_after_steps: None,
     };
-    if !json && ck.is_none() {
-        println!(
-            "training {} on {} in {} mode, T={}, {} epochs, batch {}, {} lr {} ({}), seed {} → {}",
-            cfg.model_file,
-            cfg.data,
-            cfg.mode,
-            cfg.steps,
-            cfg.epochs,
-            cfg.batch,
-            cfg.optim.kind.name(),
-            cfg.lr,
-            cfg.schedule.name(),
-            cfg.seed,
-            out.display()
-        );
-    }
     let s = match gpu.as_mut() {
         Some(c) => crate::runtime::train::train_on_with(&cfg, &out, ck, &opts, c)?,
         None => crate::runtime::train::train_with(&cfg, &out, ck, &opts)?,
