@@ -200,7 +200,7 @@ fn bench(
             crate::codegen::cpu::sgemm::library()
         );
     }
-    println!("{}: batch {batch}, median of {repeats} steps after two untimed ones (a warm-up, and the measured executor's first) (forward + backward, no update); all on the executor's CPU backend: fused = the fusion plan (generated C + library kernels + SGEMM), layer-major etc. = one library call per node in that order; plan = the memory plan's peak, arena = the arena it fits in, meas = the bytes the first step allocated (arena, copies of inputs and parameters, outputs)", model.name);
+    println!("{}: batch {batch}, median of {repeats} steps after two untimed ones (a warm-up, and the measured executor's first) (forward + backward, no update); all on the executor's CPU backend: fused = the fusion plan (generated C + library kernels + SGEMM), layer-major etc. = one library call per node in that order; plan = the memory plan's peak, arena = the arena it fits in, meas = the bytes the first step allocated besides the copies of inputs and parameters and the outputs (the arena, the tables)", model.name);
     println!(
         "{:<6} {:>3} {:<20} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
         "mode",
@@ -239,10 +239,10 @@ fn bench(
 }
 
 /// Sorted step times of `target` on the one executor's CPU backend, with
-/// what its first step allocated (counting allocator: the arena, the
-/// executor's copies of inputs and parameters, the outputs; later steps
-/// reuse all of it), its memory plan (`resident_bytes`: the copies of
-/// inputs and parameters) and its graph's cost.
+/// what its first step allocated beyond its copies of inputs and
+/// parameters and the outputs it returns (counting allocator: the arena,
+/// which later steps reuse), its memory plan (`resident_bytes`: the
+/// copies of inputs and parameters) and its graph's cost.
 fn on_executor(
     g: &crate::ir::Graph,
     target: BenchPlan,
@@ -285,7 +285,11 @@ fn on_executor(
     let mut exe = Executor::with_plan(&mut cpu, &eg, plan, &[])?;
     let (first, measured) =
         crate::runtime::alloc::measure(|| exe.run(inputs, params, &RunOptions { seed: 0 }));
-    drop(first?);
+    let outputs: u64 = first?.values().map(|t| 4 * t.data.len() as u64).sum();
+    // What the memory plan accounts for: the arena (and the executor's
+    // tables), without its copies of inputs and parameters and the
+    // downloaded outputs.
+    let measured = measured.map(|b| (b as u64).saturating_sub(mem.resident_bytes + outputs));
     let mut times = Vec::new();
     for i in 1..=repeats {
         let started = std::time::Instant::now();
@@ -293,7 +297,7 @@ fn on_executor(
         times.push(started.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    Ok((times, measured.map(|b| b as u64), mem, cost))
+    Ok((times, measured, mem, cost))
 }
 
 /// Bytes of the executor's copies of a graph's inputs and parameters (one
