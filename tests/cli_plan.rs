@@ -33,13 +33,16 @@ fn bench_json_has_planned_and_measured_peaks_per_schedule() {
         // The binary installs the counting allocator.
         let measured = r["measured_peak_bytes"].as_f64().unwrap();
         assert!(planned > 0.0 && measured > 0.0, "{r}");
-        // Measured: the arena at its planned size and a few KiB of maps and
-        // tables (the copies of inputs and parameters and the outputs are
-        // left out, as the plan leaves them out).
+        // Measured: the arena at its planned size, plus maps, tables and
+        // what the SGEMM library and the thread pool allocate lazily
+        // (the copies of inputs and parameters and the outputs are left
+        // out, as the plan leaves them out). Measured 2026-12-06: 6.5–7.2
+        // KB beyond the arena in the release build, ~105 KB in the debug
+        // build; allowed: 10 % of the plan + 192 KiB.
         let arena = r["arena_bytes"].as_f64().unwrap();
         assert!(arena >= planned, "{r}");
         let beyond = measured - arena;
-        assert!((0.0..=0.1 * planned + 65536.0).contains(&beyond), "{r}");
+        assert!((0.0..=0.1 * planned + 196608.0).contains(&beyond), "{r}");
     }
 }
 
