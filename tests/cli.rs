@@ -17,6 +17,7 @@ fn check_works_on_every_example() {
         "fmnist_csnn",
         "resnet19",
         "vgg11",
+        "vgg11_snnc",
         "vggsnn_dvs",
     ] {
         let (code, out, err) = snnc(&["check", &format!("examples/models/{name}.snn")]);
