@@ -18,6 +18,7 @@ fn check_works_on_every_example() {
         "resnet19",
         "vgg11",
         "vgg11_snnc",
+        "vgg13",
         "vggsnn_dvs",
     ] {
         let (code, out, err) = snnc(&["check", &format!("examples/models/{name}.snn")]);
