@@ -15,6 +15,7 @@ fn check_works_on_every_example() {
     for name in [
         "digits_mlp",
         "fmnist_csnn",
+        "resnet18",
         "resnet19",
         "vgg11",
         "vgg11_snnc",
