@@ -21,6 +21,7 @@ fn check_works_on_every_example() {
         "vgg11_snnc",
         "vgg13",
         "vggsnn_dvs",
+        "vggsnn_dvs_tet",
     ] {
         let (code, out, err) = snnc(&["check", &format!("examples/models/{name}.snn")]);
         assert_eq!(code, 0, "{name}: {err}");
