@@ -82,68 +82,120 @@ fn nvrtc_compiles_every_generated_kernel_for_sm_90() {
     }
     let dir = std::env::temp_dir().join(format!("snnc-fused-ptx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut total = 0;
     println!(
         "{:<24} {:<40} {:>9} {:>7} {:>6}",
         "plan", "kernel", "registers", "stack", "spills"
     );
-    for (plan, src, names) in sources() {
-        let out = nvrtc::compile(&src, &plan, &nvrtc::options("sm_90"))
-            .unwrap_or_else(|e| panic!("{plan}: {e}\n{src}"));
-        let entries = nvrtc::ptx_entries(&out.ptx);
-        for k in &names {
-            let (_, params) = entries
-                .iter()
-                .find(|(n, _)| n == k)
-                .unwrap_or_else(|| panic!("{plan}: kernel `{k}` is not in the PTX"));
-            assert_eq!(
-                params,
-                &["u64", "u64", "u32", "u32", "u64"],
-                "{plan}/{k}: parameters"
-            );
+    // The translation units are independent: compile them on every core
+    // (NVRTC programs and ptxas processes share nothing), print in order.
+    let units = sources();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ptxas = have_ptxas.then_some(ptxas.as_str());
+    let results: Vec<(usize, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|w| {
+                let (units, dir) = (&units, &dir);
+                s.spawn(move || {
+                    units
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| i % threads == w)
+                        .map(|(i, (plan, src, names))| {
+                            (i, check_unit(plan, src, names, dir, ptxas))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().unwrap());
         }
-        total += names.len();
-        if !have_ptxas {
-            continue;
+        all.sort_by_key(|(i, _)| *i);
+        let mut ordered = Vec::new();
+        for (_, r) in all {
+            ordered.push(r);
         }
-        let ptx = dir.join(format!("{plan}.ptx"));
-        std::fs::write(&ptx, &out.ptx).unwrap();
-        let run = std::process::Command::new(&ptxas)
-            .args(["-arch=sm_90", "-v", "-o"])
-            .arg(dir.join(format!("{plan}.cubin")))
-            .arg(&ptx)
-            .output()
-            .unwrap();
-        let log = String::from_utf8_lossy(&run.stderr);
-        assert!(run.status.success(), "{plan}: ptxas failed:\n{log}");
-        let (mut name, mut stack) = (String::new(), String::new());
-        let word_before = |line: &str, pat: &str| {
-            line.split(pat)
-                .next()
-                .and_then(|s| s.split_whitespace().last())
-                .unwrap_or("?")
-                .to_string()
-        };
-        for line in log.lines() {
-            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-                name = rest.split('\'').next().unwrap_or("?").to_string();
-            } else if line.contains("bytes stack frame") {
-                stack = word_before(line, " bytes stack frame");
-                let spills = (
-                    word_before(line, " bytes spill stores"),
-                    word_before(line, " bytes spill loads"),
-                );
-                assert!(
-                    spills == ("0".into(), "0".into()),
-                    "{plan}/{name} spills: {line}"
-                );
-            } else if line.contains("Used ") && line.contains(" registers") {
-                let regs = word_before(line, " registers");
-                println!("{plan:<24} {name:<40} {regs:>9} {stack:>7} {:>6}", 0);
-            }
+        ordered
+    });
+    let mut total = 0;
+    for (count, lines) in results {
+        total += count;
+        for l in lines {
+            println!("{l}");
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!("{total} generated kernels compiled for sm_90 (every example model, both modes, three schedules)");
     assert!(total > 0);
+}
+
+/// Compiles one translation unit for sm_90, checks every kernel's
+/// parameters in the PTX and, with ptxas, that none spills; returns the
+/// number of kernels and one table line per kernel (registers, stack).
+fn check_unit(
+    plan: &str,
+    src: &str,
+    names: &[String],
+    dir: &std::path::Path,
+    ptxas: Option<&str>,
+) -> (usize, Vec<String>) {
+    let out = nvrtc::compile(src, plan, &nvrtc::options("sm_90"))
+        .unwrap_or_else(|e| panic!("{plan}: {e}\n{src}"));
+    let entries = nvrtc::ptx_entries(&out.ptx);
+    for k in names {
+        let (_, params) = entries
+            .iter()
+            .find(|(n, _)| n == k)
+            .unwrap_or_else(|| panic!("{plan}: kernel `{k}` is not in the PTX"));
+        assert_eq!(
+            params,
+            &["u64", "u64", "u32", "u32", "u64"],
+            "{plan}/{k}: parameters"
+        );
+    }
+    let mut lines = Vec::new();
+    let Some(ptxas) = ptxas else {
+        return (names.len(), lines);
+    };
+    let ptx = dir.join(format!("{plan}.ptx"));
+    std::fs::write(&ptx, &out.ptx).unwrap();
+    let run = std::process::Command::new(ptxas)
+        .args(["-arch=sm_90", "-v", "-o"])
+        .arg(dir.join(format!("{plan}.cubin")))
+        .arg(&ptx)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{plan}: ptxas failed:\n{log}");
+    let (mut name, mut stack) = (String::new(), String::new());
+    let word_before = |line: &str, pat: &str| {
+        line.split(pat)
+            .next()
+            .and_then(|s| s.split_whitespace().last())
+            .unwrap_or("?")
+            .to_string()
+    };
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            name = rest.split('\'').next().unwrap_or("?").to_string();
+        } else if line.contains("bytes stack frame") {
+            stack = word_before(line, " bytes stack frame");
+            let spills = (
+                word_before(line, " bytes spill stores"),
+                word_before(line, " bytes spill loads"),
+            );
+            assert!(
+                spills == ("0".into(), "0".into()),
+                "{plan}/{name} spills: {line}"
+            );
+        } else if line.contains("Used ") && line.contains(" registers") {
+            let regs = word_before(line, " registers");
+            lines.push(format!(
+                "{plan:<24} {name:<40} {regs:>9} {stack:>7} {:>6}",
+                0
+            ));
+        }
+    }
+    (names.len(), lines)
 }

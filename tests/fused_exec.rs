@@ -166,7 +166,15 @@ fn example_models_at_small_sizes() {
     ignore = "needs a C++ compiler for the CPU backend's library kernels ($CXX, c++, g++ or clang++)"
 )]
 fn every_example_model_at_reduced_size() {
-    for name in ["resnet18", "resnet19", "vgg11", "vgg13", "vggsnn_dvs", "vggsnn_dvs_tet", "vggsnn_dvs34"] {
+    for name in [
+        "resnet18",
+        "resnet19",
+        "vgg11",
+        "vgg13",
+        "vggsnn_dvs",
+        "vggsnn_dvs_tet",
+        "vggsnn_dvs34",
+    ] {
         let model = common::shrink::shrink(&example(name), 16);
         snnc::shape::analyze(&model).unwrap_or_else(|e| panic!("{name}: {e}"));
         for mode in [Mode::Bptt, Mode::Rate] {
