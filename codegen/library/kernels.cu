@@ -3,10 +3,11 @@
 //
 // The same text is compiled three times:
 //  - by NVRTC for the GPU (codegen/cuda/nvrtc.rs);
-//  - as C++ after codegen/cpu/shim.h by the host compiler, for the CPU
-//    backend (codegen/cpu/backend.rs), which runs each launch as contiguous
-//    ranges of the grid in parallel (the shim redefines SNNC_LOOP);
-//  - as C++ after emu_shim.h, for the CUDA emulator (codegen/cuda/emu.rs),
+//  - as C++ after host_shim.h and codegen/cpu/shim.h by the host compiler,
+//    for the CPU backend (codegen/cpu/backend.rs), which runs each launch
+//    as contiguous ranges of the grid in parallel (the shim redefines
+//    SNNC_LOOP);
+//  - as C++ after host_shim.h, for the CUDA emulator (codegen/cuda/emu.rs),
 //    which runs every (block, thread) of a grid in order, so that the CUDA
 //    backend's launches can be checked on a machine without a GPU.
 // Hence: no shared memory, no __syncthreads, no atomics, no headers, and no
