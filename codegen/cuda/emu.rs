@@ -15,14 +15,13 @@
 //! - nothing was written past either end of a buffer (canary guards checked
 //!   after every launch and GEMM, and when the buffer is freed).
 
-use super::nvrtc::{cache_dir, fnv1a, write_atomic};
 use super::KERNELS_CU;
 use crate::codegen::backend::{check_args, Arg, Backend, BackendError, Gemm, Module, KERNELS};
+use crate::codegen::cache::fnv1a;
 use crate::passes::fuse::Plan;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 use std::path::PathBuf;
-use std::process::Command;
 
 const SHIM: &str = include_str!("../library/host_shim.h");
 
@@ -170,47 +169,17 @@ pub fn build_module_library(cuda: &str, names: &[String]) -> Result<PathBuf, Bac
     build_cxx(&module_source(cuda, names))
 }
 
-/// Compiles a C++ translation unit into a shared library in the cache.
+/// Compiles a C++ translation unit into a shared library in the kernel
+/// cache (`library::host`) and returns its path.
 fn build_cxx(src: &str) -> Result<PathBuf, BackendError> {
-    let cxx = find_cxx()?;
-    let key = fnv1a(&[
-        src.as_bytes(),
-        cxx.as_bytes(),
-        CXX_FLAGS.join(" ").as_bytes(),
-    ]);
-    let dir = cache_dir().join("emu");
-    let lib = dir.join(format!("libsnnc-emu-{key:016x}.so"));
-    if lib.exists() {
-        return Ok(lib);
-    }
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| BackendError::Compile(format!("cannot create {}: {e}", dir.display())))?;
-    // Unique per process and call: parallel tests may build the same
-    // library at once, and each must only ever see a complete file.
-    let tag = crate::codegen::cache::unique_tag();
-    let cpp = dir.join(format!("snnc-emu-{key:016x}-{tag}.cpp"));
-    let tmp = dir.join(format!("libsnnc-emu-{key:016x}-{tag}.so.tmp"));
-    write_atomic(&cpp, src.as_bytes())
-        .map_err(|e| BackendError::Compile(format!("cannot write {}: {e}", cpp.display())))?;
-    let out = Command::new(&cxx)
-        .args(CXX_FLAGS)
-        .arg("-o")
-        .arg(&tmp)
-        .arg(&cpp)
-        .output()
-        .map_err(|e| BackendError::Compile(format!("cannot run {cxx}: {e}")))?;
-    if !out.status.success() {
-        // The source stays for inspection.
-        return Err(BackendError::Compile(format!(
-            "{cxx} could not compile the kernels as C++ ({}):\n{}",
-            cpp.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    let _ = std::fs::remove_file(&cpp);
-    std::fs::rename(&tmp, &lib)
-        .map_err(|e| BackendError::Compile(format!("cannot write {}: {e}", lib.display())))?;
-    Ok(lib)
+    let tc = crate::codegen::library::host::Toolchain {
+        compiler: find_cxx()?,
+        flags: CXX_FLAGS,
+        ext: "cpp",
+    };
+    crate::codegen::library::host::build_cached(src, &tc)
+        .map(|(path, _)| path)
+        .map_err(|e| BackendError::Compile(e.to_string()))
 }
 
 impl Emu {

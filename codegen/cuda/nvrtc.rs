@@ -93,7 +93,7 @@ pub struct Compiled {
 pub use crate::codegen::cache::{cache_dir, fnv1a};
 
 /// Writes `bytes` to `path` atomically (best effort).
-pub(super) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -158,9 +158,9 @@ impl SharedLib {
     }
 }
 
-/// Compiles `src` with `tc` into the cache (unless it is there) and loads
-/// it.
-pub fn build(src: &str, tc: &Toolchain) -> Result<SharedLib, CcError> {
+/// Compiles `src` with `tc` into the cache unless it is there; returns the
+/// library's path and whether this call compiled it.
+pub fn build_cached(src: &str, tc: &Toolchain) -> Result<(PathBuf, bool), CcError> {
     let flags = tc.flags.join(" ");
     let key = fnv1a(&[src.as_bytes(), flags.as_bytes(), tc.compiler.as_bytes()]);
     let dir = cache_dir().join("host");
@@ -203,6 +203,12 @@ pub fn build(src: &str, tc: &Toolchain) -> Result<SharedLib, CcError> {
         let _ = std::fs::remove_file(&src_path);
         compiled = true;
     }
+    Ok((lib_path, compiled))
+}
+
+/// [`build_cached`], then loads the library.
+pub fn build(src: &str, tc: &Toolchain) -> Result<SharedLib, CcError> {
+    let (lib_path, compiled) = build_cached(src, tc)?;
     // SAFETY: a library built from our own generated source; loading it
     // runs no initialisers but the C++ runtime's.
     let lib = unsafe { libloading::Library::new(&lib_path) }.map_err(|source| CcError::Load {
