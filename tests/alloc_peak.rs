@@ -12,7 +12,6 @@ use snnc::codegen::cpu::{Cpu, WORKSPACE};
 use snnc::codegen::exec::Executor;
 use snnc::compile::{compile, Options, Target};
 use snnc::interp::RunOptions;
-use snnc::ir::Op;
 use snnc::passes::memplan;
 use snnc::passes::rate::Mode;
 use snnc::passes::schedule::SchedOpts;
@@ -63,13 +62,8 @@ fn measured_peak_matches_the_plan() {
                     let (eg, plan) = target.plan(&g, &[]);
                     let mem = memplan::plan_units(&eg, &plan, &[], &WORKSPACE).unwrap();
                     // The executor copies each input and parameter into a
-                    // buffer of its own (whole 8-byte words).
-                    let leaf_bytes: u64 = eg
-                        .g
-                        .node_indices()
-                        .filter(|&n| matches!(eg.node(n).op, Op::Input { .. } | Op::Param { .. }))
-                        .map(|n| 8 * eg.node(n).shape.iter().product::<usize>().div_ceil(2) as u64)
-                        .sum();
+                    // buffer of its own.
+                    let leaf_bytes = snnc::codegen::cpu::leaf_bytes(&eg);
                     let output_bytes: usize = eg
                         .outputs
                         .iter()

@@ -137,6 +137,12 @@ pub struct CpuBuf {
     len: usize,
 }
 
+/// Bytes a buffer of `len` f32 elements takes: whole 8-byte words, at
+/// least one.
+pub fn buffer_bytes(len: usize) -> u64 {
+    8 * len.div_ceil(2).max(1) as u64
+}
+
 impl CpuBuf {
     fn f32s(&self) -> *const f32 {
         self.words.as_ptr() as *const f32
@@ -238,7 +244,7 @@ impl Backend for Cpu {
     }
 
     fn alloc(&mut self, len: usize) -> Result<CpuBuf, BackendError> {
-        let words = len.div_ceil(2).max(1);
+        let words = buffer_bytes(len) as usize / 8;
         let mut v = Vec::new();
         v.try_reserve_exact(words)
             .map_err(|e| BackendError::Memory(format!("{} bytes: {e}", 8 * words)))?;

@@ -26,6 +26,17 @@ pub const WORKSPACE: LibraryScratch = LibraryScratch {
     conv_workspace: backend::CONV_WORKSPACE,
 };
 
+/// Bytes of the executor's copies of `g`'s inputs and parameters on the
+/// CPU: one buffer per leaf node (what a run allocates besides the arena
+/// and the outputs).
+pub fn leaf_bytes(g: &Graph) -> u64 {
+    use crate::ir::Op;
+    g.g.node_indices()
+        .filter(|&n| matches!(g.node(n).op, Op::Input { .. } | Op::Param { .. }))
+        .map(|n| backend::buffer_bytes(g.node(n).shape.iter().product()))
+        .sum()
+}
+
 /// Values of the graph's outputs, by name.
 pub type Outputs = HashMap<String, Tensor<f32>>;
 

@@ -268,7 +268,7 @@ fn on_executor(
         conv_workspace: cpu.conv_workspace(),
     };
     let mut mem = memplan::plan_units(&eg, &plan, &[], &scratch).map_err(ExecError::from)?;
-    mem.resident_bytes = leaf_bytes(&eg);
+    mem.resident_bytes = crate::codegen::cpu::leaf_bytes(&eg);
     mem::ensure_plan_fits(
         &format!("a training step ({target}, on the executor)"),
         &mem,
@@ -298,14 +298,4 @@ fn on_executor(
     }
     times.sort_by(f64::total_cmp);
     Ok((times, measured, mem, cost))
-}
-
-/// Bytes of the executor's copies of a graph's inputs and parameters (one
-/// buffer per leaf node, whole 8-byte words on the CPU).
-fn leaf_bytes(g: &crate::ir::Graph) -> u64 {
-    use crate::ir::Op;
-    g.g.node_indices()
-        .filter(|&n| matches!(g.node(n).op, Op::Input { .. } | Op::Param { .. }))
-        .map(|n| 8 * g.node(n).shape.iter().product::<usize>().div_ceil(2) as u64)
-        .sum()
 }
