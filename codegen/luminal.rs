@@ -344,7 +344,19 @@ pub fn lower(
                 };
                 l.view(x.id, &dims)
             }
-            Op::AvgPool { kernel, stride } | Op::MaxPool { kernel, stride } => {
+            // Padded windows are not lowered: luminal pads with zeros, and
+            // a max-pool's padding must never win.
+            Op::AvgPool {
+                kernel,
+                stride,
+                padding: 0,
+            }
+            | Op::MaxPool {
+                kernel,
+                stride,
+                padding: 0,
+                ..
+            } => {
                 let avg = matches!(node.op, Op::AvgPool { .. });
                 let w = l.windows(arg(0), *kernel, *stride); // [B, C, Wo, kw, Ho, kh]
                 let (b, c, ho, wo) = (dims[0], dims[1], dims[2], dims[3]);

@@ -44,6 +44,10 @@ fn shaped_flops(op: &Op, ins: &[&[usize]], out: &[usize]) -> f64 {
         Op::AvgPool { kernel, .. } | Op::MaxPool { kernel, .. } => o * (kernel * kernel) as f64,
         Op::AvgPoolGrad { kernel, .. } => numel(ins[0]) * (kernel * kernel) as f64,
         Op::MaxPoolGrad { kernel, .. } => numel(ins[1]) * (kernel * kernel) as f64,
+        // One comparison per (window, tap); the selection has k² per window.
+        Op::MaxPoolSelect { .. } => o,
+        // A multiply and an add per (window, tap).
+        Op::MaxPoolRoute { .. } => 2.0 * numel(ins[0]),
         Op::ChannelVar => 3.0 * ins[1..].iter().map(|s| numel(s)).sum::<f64>(),
         // The product and the sum of channel_sum(mul(a, b)).
         Op::ChannelDot => 2.0 * numel(ins[0]),

@@ -315,21 +315,33 @@ impl Builder<'_> {
                 );
                 vec![(a(0), dx), (a(1), dw)]
             }
-            Op::AvgPool { kernel, stride } => {
+            &Op::AvgPool {
+                kernel,
+                stride,
+                padding,
+            } => {
                 let x = &self.g.g[a(0)].shape;
                 let (in_h, in_w) = (x[2], x[3]);
                 let op = Op::AvgPoolGrad {
-                    kernel: *kernel,
-                    stride: *stride,
+                    kernel,
+                    stride,
+                    padding,
                     in_h,
                     in_w,
                 };
                 vec![(a(0), at(self, &op, &[d]))]
             }
-            Op::MaxPool { kernel, stride } => {
+            &Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+                rule,
+            } => {
                 let op = Op::MaxPoolGrad {
-                    kernel: *kernel,
-                    stride: *stride,
+                    kernel,
+                    stride,
+                    padding,
+                    rule,
                 };
                 vec![(a(0), at(self, &op, &[a(0), d]))]
             }

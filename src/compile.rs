@@ -9,12 +9,11 @@
 
 use crate::autodiff::Autodiff;
 use crate::ir::Graph;
-use crate::model::{Layer, LayerKind, Model};
+use crate::model::Model;
 use crate::passes::memplan::Workspace;
 use crate::passes::rate::{self, Limits, Mode, RegionStats};
 use crate::passes::schedule::{self, SchedOpts};
 use crate::passes::{self, cse::Cse, dce::Dce, fuse_time, Pass, PassError, Pipeline, Program};
-use crate::shape::ShapeError;
 use crate::unroll::{self, Phase, UnrollConfig, UnrollError};
 use std::time::Instant;
 
@@ -228,9 +227,6 @@ pub fn pipeline(opts: &Options, lower: Option<Lowering>) -> Pipeline {
 /// Why compiling failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
-    /// A layer the mode cannot compile ([`check_mode`]), with its position.
-    #[error("{}", located(.0))]
-    Mode(ShapeError),
     #[error(transparent)]
     Unroll(#[from] UnrollError),
     #[error(transparent)]
@@ -265,18 +261,14 @@ pub fn passes_until(
 }
 
 /// Unrolls `model` for `opts` and runs `pipeline` up to and including the
-/// pass named `after` (all of it when `None`). Checks first that the mode
-/// can compile the model when the rate pass will run.
+/// pass named `after` (all of it when `None`).
 pub fn run(
     model: &Model,
     opts: &Options,
     pipeline: &Pipeline,
     after: Option<&str>,
 ) -> Result<Run, CompileError> {
-    let n = passes_until(opts, pipeline, after)?;
-    if pipeline.passes[..n].iter().any(|p| p.name() == "rate") {
-        check_mode(model, opts.mode).map_err(CompileError::Mode)?;
-    }
+    passes_until(opts, pipeline, after)?;
     let started = Instant::now();
     let cfg = UnrollConfig {
         steps: opts.steps,
@@ -307,80 +299,4 @@ pub fn compile(model: &Model, opts: &Options) -> Result<Compiled, CompileError> 
         regions: r.program.regions,
         timings: r.timings,
     })
-}
-
-/// Layers that `mode` cannot compile yet, found before any pass runs, so
-/// that the error names the layer's line rather than a region of the
-/// backward graph: in rate mode, max pooling whose windows overlap or
-/// leave gaps (stride ≠ kernel) has no rate rule (`maxpool-mask` needs
-/// non-overlapping windows).
-pub fn check_mode(model: &Model, mode: Mode) -> Result<(), ShapeError> {
-    fn walk(list: &[Layer], prefix: &str, mode: Mode) -> Result<(), ShapeError> {
-        for (i, layer) in list.iter().enumerate() {
-            let path = format!("{prefix}{i}");
-            match &layer.kind {
-                LayerKind::MaxPool { kernel, stride } if mode == Mode::Rate && kernel != stride => {
-                    let how = if stride < kernel {
-                        "overlapping"
-                    } else {
-                        "gapped"
-                    };
-                    return Err(ShapeError {
-                        path,
-                        keyword: "maxpool",
-                        pos: layer.pos,
-                        message: format!(
-                            "rate mode does not support max pooling with {how} windows yet \
-                             (kernel {kernel}, stride {stride}): its rate rule needs \
-                             stride = kernel"
-                        ),
-                        hint: Some(format!(
-                            "train this model with `--mode bptt`, or write `maxpool {kernel}` \
-                             (stride = kernel) or `avgpool {kernel} stride={stride}`"
-                        )),
-                    });
-                }
-                LayerKind::Residual { main, shortcut } => {
-                    walk(main, &format!("{path}.main."), mode)?;
-                    walk(shortcut, &format!("{path}.shortcut."), mode)?;
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-    walk(&model.layers, "", mode)
-}
-
-/// A shape error with its position, for callers that have no source to
-/// render it against.
-fn located(e: &ShapeError) -> String {
-    if e.pos.line == 0 {
-        e.to_string()
-    } else {
-        format!(
-            "{e}\n --> line {}, column {}{}",
-            e.pos.line,
-            e.pos.col,
-            e.hint
-                .as_ref()
-                .map(|h| format!("\n  = hint: {h}"))
-                .unwrap_or_default()
-        )
-    }
-}
-
-/// [`crate::frontend::load`], and checks that every mode in `modes` can
-/// compile the model ([`check_mode`]), with errors rendered at the layer's
-/// line.
-pub fn load_for(
-    path: &std::path::Path,
-    modes: &[Mode],
-) -> Result<(crate::model::Model, crate::shape::Analysis), crate::frontend::FrontendError> {
-    let (model, analysis, source) = crate::frontend::load_with_source(path)?;
-    let file = path.display().to_string();
-    for &mode in modes {
-        check_mode(&model, mode).map_err(|e| crate::frontend::shape_error(&e, &file, &source))?;
-    }
-    Ok((model, analysis))
 }

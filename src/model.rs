@@ -102,6 +102,38 @@ impl SurrogateKind {
     }
 }
 
+/// The rate-mode gradient of a max-pool layer (`maxpool 2 rate_rule=…`).
+/// Both are approximations of BPTT's per-step routing; see the README's
+/// "Max-pooling in rate mode".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MaxPoolRule {
+    /// snnc's default: each step routes δ by its own arg-max; averaged over
+    /// time the routing becomes the mean selection mask (`maxpool-mask`,
+    /// `maxpool-route` with `decorrelate`).
+    #[default]
+    Masks,
+    /// The official code's rule: the layer pools the time-averaged rates,
+    /// so the backward routes all of δ to the arg-max of the mean input and
+    /// the next layer sees the max of the means (`maxpool-rates`).
+    Rates,
+}
+
+impl MaxPoolRule {
+    pub const ALL: [MaxPoolRule; 2] = [MaxPoolRule::Masks, MaxPoolRule::Rates];
+
+    /// The name the DSL uses (`rate_rule=rates`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MaxPoolRule::Masks => "masks",
+            MaxPoolRule::Rates => "rates",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<MaxPoolRule> {
+        MaxPoolRule::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Surrogate {
     pub kind: SurrogateKind,
@@ -209,13 +241,20 @@ pub enum LayerKind {
         eps: f64,
         momentum: f64,
     },
+    /// Average pooling; padded positions count as zeros (the divisor is
+    /// always kernel², PyTorch's `count_include_pad=True`).
     AvgPool {
         kernel: usize,
         stride: usize,
+        padding: usize,
     },
+    /// Max pooling; padded positions never win (they are −∞).
     MaxPool {
         kernel: usize,
         stride: usize,
+        padding: usize,
+        /// Which rate-mode gradient rule the layer uses.
+        rate_rule: MaxPoolRule,
     },
     Flatten,
     /// One mask per sample, shared by every timestep.

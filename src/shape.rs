@@ -365,18 +365,36 @@ fn walk(
                 }
                 shape.clone()
             }
-            LayerKind::AvgPool { kernel, stride } | LayerKind::MaxPool { kernel, stride } => {
+            LayerKind::AvgPool {
+                kernel,
+                stride,
+                padding,
+            }
+            | LayerKind::MaxPool {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
                 let (c, h, w) = image(keyword)?;
                 if *kernel == 0 || *stride == 0 {
                     return Err(fail("kernel and stride must be > 0", None));
                 }
-                if h < *kernel || w < *kernel {
+                // PyTorch's rule: every window then holds an input element.
+                if 2 * padding > *kernel {
+                    return Err(fail(
+                        &format!("padding {padding} is more than half the kernel {kernel}"),
+                        Some("use padding ≤ kernel / 2"),
+                    ));
+                }
+                let (ph, pw) = (h + 2 * padding, w + 2 * padding);
+                if ph < *kernel || pw < *kernel {
                     return Err(fail(
                         &format!("kernel {kernel} is larger than the {} input", dims(&shape)),
                         Some("remove a pooling layer or use a smaller kernel"),
                     ));
                 }
-                vec![c, (h - kernel) / stride + 1, (w - kernel) / stride + 1]
+                vec![c, (ph - kernel) / stride + 1, (pw - kernel) / stride + 1]
             }
             LayerKind::Flatten => vec![sized("output", &shape)?.iter().product()],
             LayerKind::Dropout { p } => {

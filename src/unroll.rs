@@ -384,13 +384,31 @@ impl Unroller<'_> {
                 let scaled = self.per_step(&xhat, id, |x| (Op::ChannelScale, vec![x, gamma]))?;
                 self.per_step(&scaled, id, |x| (Op::BiasAdd, vec![x, beta]))?
             }
-            LayerKind::AvgPool { kernel, stride } => {
-                let (kernel, stride) = (*kernel, *stride);
-                self.per_step(xs, id, |x| (Op::AvgPool { kernel, stride }, vec![x]))?
+            &LayerKind::AvgPool {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let op = Op::AvgPool {
+                    kernel,
+                    stride,
+                    padding,
+                };
+                self.per_step(xs, id, |x| (op.clone(), vec![x]))?
             }
-            LayerKind::MaxPool { kernel, stride } => {
-                let (kernel, stride) = (*kernel, *stride);
-                self.per_step(xs, id, |x| (Op::MaxPool { kernel, stride }, vec![x]))?
+            &LayerKind::MaxPool {
+                kernel,
+                stride,
+                padding,
+                rate_rule,
+            } => {
+                let op = Op::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                    rule: rate_rule,
+                };
+                self.per_step(xs, id, |x| (op.clone(), vec![x]))?
             }
             LayerKind::Flatten => {
                 let shape = out_shape.clone();

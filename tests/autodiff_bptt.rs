@@ -186,6 +186,7 @@ fn conv_net(reset: Reset, detach: bool, surrogate: (SurrogateKind, f64)) -> Mode
     m.layers.push(Layer::new(LayerKind::AvgPool {
         kernel: 2,
         stride: 2,
+        padding: 0,
     }));
     m.layers.push(Layer::new(LayerKind::Flatten));
     m.layers.push(Layer::new(linear(8, true)));
@@ -258,9 +259,12 @@ fn residual_and_maxpool_on_spikes() {
             main,
             shortcut: vec![],
         }));
+        // Overlapping, padded windows over spike counts (many ties).
         m.layers.push(Layer::new(LayerKind::MaxPool {
-            kernel: 2,
+            kernel: 3,
             stride: 2,
+            padding: 1,
+            rate_rule: MaxPoolRule::Masks,
         }));
         m.layers.push(Layer::new(LayerKind::Flatten));
         m.layers.push(Layer::new(linear(3, true)));
@@ -327,6 +331,7 @@ fn oracle_matches_finite_differences_conv_bn_pool() {
             LayerKind::AvgPool {
                 kernel: 2,
                 stride: 2,
+                padding: 1,
             },
             LayerKind::Flatten,
             linear(4, true),
@@ -339,8 +344,10 @@ fn oracle_matches_finite_differences_conv_bn_pool() {
         vec![
             conv(3, 2, 2, 1, false),
             LayerKind::MaxPool {
-                kernel: 2,
+                kernel: 3,
                 stride: 1,
+                padding: 1,
+                rate_rule: MaxPoolRule::Masks,
             },
             LayerKind::Residual {
                 main: vec![Layer::new(conv(3, 3, 1, 1, true)), Layer::new(bn())],

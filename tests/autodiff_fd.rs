@@ -4,7 +4,7 @@
 
 use snnc::autodiff::backward;
 use snnc::interp::{self, RunOptions};
-use snnc::ir::{DType, Graph, LayerInfo, Node, NodeIndex, Op, Role};
+use snnc::ir::{DType, Graph, LayerInfo, MaxPoolRule, Node, NodeIndex, Op, Role};
 use snnc::rng::Rng;
 use snnc::tensor::Tensor;
 use std::collections::HashMap;
@@ -203,16 +203,27 @@ fn conv2d() {
 
 #[test]
 fn pools_and_reshape() {
-    for (kernel, stride) in [(2, 2), (3, 2), (2, 1)] {
+    for (kernel, stride, padding) in [(2, 2, 0), (3, 2, 0), (2, 1, 0), (3, 2, 1), (2, 3, 1)] {
         let mut c = Case::new();
         let x = c.param(&[1, 2, 5, 5], -1.0, 1.0);
-        let y = c.op(Op::AvgPool { kernel, stride }, &[x]);
-        c.check(y, "avgpool");
+        let op = Op::AvgPool {
+            kernel,
+            stride,
+            padding,
+        };
+        let y = c.op(op, &[x]);
+        c.check(y, &format!("avgpool k{kernel} s{stride} p{padding}"));
         // Random values are distinct, so the max is unique and differentiable.
         let mut c = Case::new();
         let x = c.param(&[1, 2, 5, 5], -1.0, 1.0);
-        let y = c.op(Op::MaxPool { kernel, stride }, &[x]);
-        c.check(y, "maxpool");
+        let op = Op::MaxPool {
+            kernel,
+            stride,
+            padding,
+            rule: MaxPoolRule::Masks,
+        };
+        let y = c.op(op, &[x]);
+        c.check(y, &format!("maxpool k{kernel} s{stride} p{padding}"));
     }
     let mut c = Case::new();
     let x = c.param(&[2, 3, 2], -1.0, 1.0);

@@ -154,16 +154,19 @@ fn convolution_layout_kernels_equal_the_gpu_form() {
 fn pooling_kernels_equal_the_gpu_form() {
     use Arg::{I, P};
     let (mut cpu, mut emu) = backends();
-    // (planes, h, w, k, stride): tiling, overlapping, ragged windows.
-    for &(planes, h, w, k, s) in &[
-        (40, 28, 28, 2, 2),
-        (33, 15, 17, 3, 2),
-        (20, 9, 9, 2, 3),
-        (64, 16, 16, 4, 4),
+    // (planes, h, w, k, stride, padding): tiling, overlapping, ragged and
+    // padded windows.
+    for &(planes, h, w, k, s, p) in &[
+        (40, 28, 28, 2, 2, 0),
+        (33, 15, 17, 3, 2, 0),
+        (20, 9, 9, 2, 3, 0),
+        (64, 16, 16, 4, 4, 0),
+        (24, 15, 14, 3, 2, 1),
+        (9, 9, 10, 2, 2, 1),
     ] {
-        let (ho, wo) = ((h - k) / s + 1, (w - k) / s + 1);
-        let case = format!("{planes} planes {h}x{w} k={k} s={s}");
-        let geo = [h, w, ho, wo, k, s].map(|v| I(v as i32));
+        let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let case = format!("{planes} planes {h}x{w} k={k} s={s} p={p}");
+        let geo = [h, w, ho, wo, k, s, p].map(|v| I(v as i32));
         for is_max in [0, 1] {
             let n = planes * ho * wo;
             let mut args = vec![P(0), P(1), I(n as i32)];

@@ -35,7 +35,7 @@ use snnc::codegen::cuda::Emu;
 use snnc::codegen::exec::Executor;
 use snnc::compile::{compile, Options};
 use snnc::interp::{self, RunOptions};
-use snnc::ir::{DType, Graph, Node, Op, Role};
+use snnc::ir::{DType, Graph, MaxPoolRule, Node, Op, Role};
 use snnc::model::{Encoding, Surrogate, SurrogateKind};
 use snnc::passes::rate::Mode;
 use snnc::passes::schedule::SchedOpts;
@@ -322,59 +322,75 @@ fn time_and_random_kernels_match_the_interpreter() {
 )]
 fn pooling_kernels_match_the_interpreter() {
     let Some(mut emu) = emu() else { return };
-    // (input, kernel, stride): tiled, overlapping, ragged (a row and column
-    // no window reaches), stride 1.
-    for (x, k, st) in [
-        (vec![2, 3, 6, 6], 2, 2),
-        (vec![2, 2, 7, 7], 3, 2),
-        (vec![1, 2, 5, 5], 2, 2),
-        (vec![1, 1, 5, 4], 2, 1),
+    // (input, kernel, stride, padding): tiled, overlapping, ragged (a row
+    // and column no window reaches), stride 1, gapped, and padded (the
+    // ImageNet stem's 3/2/1, tiles and gaps with padding).
+    for (x, k, st, p) in [
+        (vec![2, 3, 6, 6], 2, 2, 0),
+        (vec![2, 2, 7, 7], 3, 2, 0),
+        (vec![1, 2, 5, 5], 2, 2, 0),
+        (vec![1, 1, 5, 4], 2, 1, 0),
+        (vec![1, 2, 7, 6], 2, 3, 0),
+        (vec![2, 2, 7, 8], 3, 2, 1),
+        (vec![1, 2, 5, 5], 2, 2, 1),
+        (vec![1, 1, 6, 7], 2, 3, 1),
     ] {
-        let (ho, wo) = ((x[2] - k) / st + 1, (x[3] - k) / st + 1);
+        let (ho, wo) = ((x[2] + 2 * p - k) / st + 1, (x[3] + 2 * p - k) / st + 1);
         let d = random(&[x[0], x[1], ho, wo], 70, -1.0, 1.0);
+        let (kernel, stride, padding) = (k, st, p);
+        let rule = MaxPoolRule::Masks;
         for input in [random(&x, 71, -1.0, 1.0), binary(&x, 72)] {
-            expect(
-                &mut emu,
+            let ops = [
                 Op::AvgPool {
-                    kernel: k,
-                    stride: st,
+                    kernel,
+                    stride,
+                    padding,
                 },
-                vec![input.clone()],
-                true,
-            );
-            expect(
-                &mut emu,
                 Op::MaxPool {
-                    kernel: k,
-                    stride: st,
+                    kernel,
+                    stride,
+                    padding,
+                    rule,
                 },
-                vec![input.clone()],
-                true,
-            );
-            expect(
-                &mut emu,
-                Op::MaxPoolGrad {
-                    kernel: k,
-                    stride: st,
-                },
-                vec![input.clone(), d.clone()],
-                true,
-            );
-            expect(
-                &mut emu,
                 Op::MaxPoolMask {
-                    kernel: k,
-                    stride: st,
+                    kernel,
+                    stride,
+                    padding,
                 },
-                vec![input],
-                true,
-            );
+                Op::MaxPoolSelect {
+                    kernel,
+                    stride,
+                    padding,
+                },
+            ];
+            for op in ops {
+                expect(&mut emu, op, vec![input.clone()], true);
+            }
+            let op = Op::MaxPoolGrad {
+                kernel,
+                stride,
+                padding,
+                rule,
+            };
+            expect(&mut emu, op, vec![input, d.clone()], true);
         }
+        // A time-averaged selection: fractions, not one-hot.
+        let sel = random(&[x[0], x[1], ho, wo, k * k], 73, 0.0, 1.0);
+        let (in_h, in_w) = (x[2], x[3]);
+        let op = Op::MaxPoolRoute {
+            kernel,
+            stride,
+            padding,
+            in_h,
+            in_w,
+        };
+        expect(&mut emu, op, vec![sel, d.clone()], true);
         let op = Op::AvgPoolGrad {
-            kernel: k,
-            stride: st,
-            in_h: x[2],
-            in_w: x[3],
+            kernel,
+            stride,
+            padding,
+            in_h,
+            in_w,
         };
         expect(&mut emu, op, vec![d], true);
     }

@@ -2,7 +2,7 @@
 
 use snnc::dsl::{parse, parse_file, to_snn, ModelBuilder, LAYER_KEYWORDS};
 use snnc::model::{
-    Encoding, Layer, LayerKind, Model, NeuronKind, NeuronOpts, Reset, SurrogateKind,
+    Encoding, Layer, LayerKind, MaxPoolRule, Model, NeuronKind, NeuronOpts, Reset, SurrogateKind,
 };
 
 fn ok(src: &str) -> Model {
@@ -34,7 +34,7 @@ residual {
 }
 if theta=2 reset=soft
 avgpool 2
-maxpool 3 stride=1
+maxpool 3 stride=1 padding=1 rate_rule=rates
 flatten
 dropout 0.25
 linear 64 bias=false
@@ -83,6 +83,8 @@ fn full_expected() -> Model {
         .layer(LayerKind::MaxPool {
             kernel: 3,
             stride: 1,
+            padding: 1,
+            rate_rule: MaxPoolRule::Rates,
         })
         .flatten()
         .dropout(0.25)
@@ -159,10 +161,13 @@ fn defaults() {
         .layer(LayerKind::AvgPool {
             kernel: 2,
             stride: 2,
+            padding: 0,
         })
         .layer(LayerKind::MaxPool {
             kernel: 3,
             stride: 3,
+            padding: 0,
+            rate_rule: MaxPoolRule::Masks,
         })
         .layer(LayerKind::Neuron {
             kind: NeuronKind::Lif,

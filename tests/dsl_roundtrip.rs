@@ -5,7 +5,8 @@ use proptest::sample::select;
 use proptest::test_runner::FileFailurePersistence;
 use snnc::dsl::{parse, to_snn};
 use snnc::model::{
-    Encoding, Input, Layer, LayerKind, Model, NeuronKind, NeuronOpts, Reset, SurrogateKind,
+    Encoding, Input, Layer, LayerKind, MaxPoolRule, Model, NeuronKind, NeuronOpts, Reset,
+    SurrogateKind,
 };
 
 /// Values whose shortest decimal form is long, or that print in exponent
@@ -106,11 +107,28 @@ fn leaf() -> impl Strategy<Value = LayerKind> {
             prop_oneof![Just(0.1), unit()]
         )
             .prop_map(|(eps, momentum)| LayerKind::BatchNorm { eps, momentum }),
-        (size(), size()).prop_map(|(kernel, stride)| LayerKind::AvgPool { kernel, stride }),
-        (size(), size()).prop_map(|(kernel, stride)| LayerKind::MaxPool { kernel, stride }),
+        (size(), size(), 0usize..3).prop_map(|(kernel, stride, padding)| LayerKind::AvgPool {
+            kernel,
+            stride,
+            padding
+        }),
+        (size(), size(), 0usize..3, any::<bool>()).prop_map(|(kernel, stride, padding, rates)| {
+            LayerKind::MaxPool {
+                kernel,
+                stride,
+                padding,
+                rate_rule: if rates {
+                    MaxPoolRule::Rates
+                } else {
+                    MaxPoolRule::Masks
+                },
+            }
+        }),
         size().prop_map(|k| LayerKind::MaxPool {
             kernel: k,
-            stride: k
+            stride: k,
+            padding: 0,
+            rate_rule: MaxPoolRule::Masks,
         }),
         Just(LayerKind::Flatten),
         unit_open().prop_map(|p| LayerKind::Dropout { p }),

@@ -1,7 +1,7 @@
 //! Every op of the reference interpreter against small hand-computed cases.
 
 use snnc::interp::{eval_op, RunOptions};
-use snnc::ir::Op;
+use snnc::ir::{MaxPoolRule, Op};
 use snnc::model::{Surrogate, SurrogateKind};
 use snnc::tensor::Tensor;
 
@@ -182,20 +182,13 @@ fn conv2d_channels_and_batch() {
 fn pooling_by_hand() {
     // 1..16 in a 4×4 image.
     let x = iota(&[1, 1, 4, 4], 1.0);
-    let maxp = |k, s| {
-        eval(
-            Op::MaxPool {
-                kernel: k,
-                stride: s,
-            },
-            &[&x],
-        )
-    };
+    let maxp = |k, s| maxpool(&x, k, s, 0);
     let avgp = |k, s| {
         eval(
             Op::AvgPool {
                 kernel: k,
                 stride: s,
+                padding: 0,
             },
             &[&x],
         )
@@ -208,28 +201,177 @@ fn pooling_by_hand() {
     assert_close(&maxp(3, 2), &[1, 1, 1, 1], &[11.0]);
 }
 
+fn maxpool(x: &Tensor<f64>, kernel: usize, stride: usize, padding: usize) -> Tensor<f64> {
+    let op = Op::MaxPool {
+        kernel,
+        stride,
+        padding,
+        rule: MaxPoolRule::Masks,
+    };
+    eval(op, &[x])
+}
+
+#[test]
+fn padded_pooling_by_hand() {
+    // 1..16 in a 4×4 image; kernel 3, stride 2, padding 1 (the ImageNet
+    // stem's pool): windows cover rows/columns {0,1} and {1,2,3}.
+    let x = iota(&[1, 1, 4, 4], 1.0);
+    assert_close(
+        &maxpool(&x, 3, 2, 1),
+        &[1, 1, 2, 2],
+        &[6.0, 8.0, 14.0, 16.0],
+    );
+    // Padding never wins a max, even over negative values.
+    let neg = t64(
+        &[1, 1, 4, 4],
+        &x.data.iter().map(|v| -v).collect::<Vec<_>>(),
+    );
+    assert_close(
+        &maxpool(&neg, 3, 2, 1),
+        &[1, 1, 2, 2],
+        &[-1.0, -2.0, -5.0, -6.0],
+    );
+    // Average pooling counts padded positions as zeros and divides by k².
+    let avg = eval(
+        Op::AvgPool {
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+        },
+        &[&x],
+    );
+    let sums = [1.0 + 2.0 + 5.0 + 6.0, 30.0, 57.0, 99.0];
+    assert_close(&avg, &[1, 1, 2, 2], &sums.map(|s| s / 9.0));
+    // The selection is one-hot at each window's maximum: offset (2, 2) = 8
+    // in every window here; routing δ by it lands on 6, 8, 14 and 16.
+    let win = (3, 2, 1);
+    let sel = eval(select(win), &[&x]);
+    assert_eq!(sel.shape, [1, 1, 2, 2, 9]);
+    for w in 0..4 {
+        let row = &sel.data[w * 9..(w + 1) * 9];
+        assert_eq!(row.iter().position(|&v| v == 1.0), Some(8), "window {w}");
+        assert_eq!(row.iter().sum::<f64>(), 1.0);
+    }
+    let d = t64(&[1, 1, 2, 2], &[1.0, 2.0, 3.0, 4.0]);
+    let routed = eval(route(win, 4, 4), &[&sel, &d]);
+    let mut want = vec![0.0; 16];
+    for (i, v) in [(5, 1.0), (7, 2.0), (13, 3.0), (15, 4.0)] {
+        want[i] = v;
+    }
+    assert_close(&routed, &[1, 1, 4, 4], &want);
+}
+
+fn select((kernel, stride, padding): (usize, usize, usize)) -> Op {
+    Op::MaxPoolSelect {
+        kernel,
+        stride,
+        padding,
+    }
+}
+
+fn route((kernel, stride, padding): (usize, usize, usize), in_h: usize, in_w: usize) -> Op {
+    Op::MaxPoolRoute {
+        kernel,
+        stride,
+        padding,
+        in_h,
+        in_w,
+    }
+}
+
+/// `maxpool-route`'s identity, `maxpool_grad(x, δ) = route(select(x), δ)`,
+/// holds exactly on every window geometry, ties included (small integer
+/// values tie often); so does `maxpool-mask`'s where windows do not
+/// overlap.
+#[test]
+fn route_of_select_is_maxpool_grad() {
+    let mut state = 7u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as f64
+    };
+    for (k, s, p) in [
+        (2, 1, 0),
+        (3, 1, 1),
+        (3, 2, 1),
+        (3, 2, 0),
+        (2, 2, 1),
+        (2, 3, 0),
+        (2, 3, 1),
+    ] {
+        let (h, w) = (7, 6);
+        let x = t64(
+            &[2, 2, h, w],
+            &(0..2 * 2 * h * w)
+                .map(|_| (next() % 4.0) - 2.0)
+                .collect::<Vec<_>>(),
+        );
+        let ho = (h + 2 * p - k) / s + 1;
+        let wo = (w + 2 * p - k) / s + 1;
+        let d = t64(
+            &[2, 2, ho, wo],
+            &(0..4 * ho * wo)
+                .map(|_| next() % 9.0 - 4.0)
+                .collect::<Vec<_>>(),
+        );
+        let grad = eval(
+            Op::MaxPoolGrad {
+                kernel: k,
+                stride: s,
+                padding: p,
+                rule: MaxPoolRule::Masks,
+            },
+            &[&x, &d],
+        );
+        let sel = eval(select((k, s, p)), &[&x]);
+        let routed = eval(route((k, s, p), h, w), &[&sel, &d]);
+        assert_eq!(routed.data, grad.data, "k{k} s{s} p{p}");
+        if s >= k {
+            let mask = eval(
+                Op::MaxPoolMask {
+                    kernel: k,
+                    stride: s,
+                    padding: p,
+                },
+                &[&x],
+            );
+            let up = eval(
+                Op::AvgPoolGrad {
+                    kernel: k,
+                    stride: s,
+                    padding: p,
+                    in_h: h,
+                    in_w: w,
+                },
+                &[&d],
+            );
+            let kk = (k * k) as f64;
+            let by_mask: Vec<f64> = mask
+                .data
+                .iter()
+                .zip(&up.data)
+                .map(|(m, u)| kk * (m * u))
+                .collect();
+            assert_eq!(by_mask, grad.data, "mask rule k{k} s{s} p{p}");
+        }
+    }
+}
+
 #[test]
 fn pooling_keeps_planes_apart() {
     // B=1, C=2: the second plane is the first negated.
     let mut data: Vec<f64> = (1..=4).map(f64::from).collect();
     data.extend((1..=4).map(|v| -f64::from(v)));
     let x = t64(&[1, 2, 2, 2], &data);
-    assert_close(
-        &eval(
-            Op::MaxPool {
-                kernel: 2,
-                stride: 2,
-            },
-            &[&x],
-        ),
-        &[1, 2, 1, 1],
-        &[4.0, -1.0],
-    );
+    assert_close(&maxpool(&x, 2, 2, 0), &[1, 2, 1, 1], &[4.0, -1.0]);
     assert_close(
         &eval(
             Op::AvgPool {
                 kernel: 2,
                 stride: 2,
+                padding: 0,
             },
             &[&x],
         ),

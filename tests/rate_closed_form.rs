@@ -111,14 +111,6 @@ fn compare(model: &Model, steps: usize, c: &Case) -> Result<Closed, String> {
     Ok(want)
 }
 
-fn has_max_pool(layers: &[Layer]) -> bool {
-    layers.iter().any(|l| match &l.kind {
-        LayerKind::MaxPool { .. } => true,
-        LayerKind::Residual { main, shortcut } => has_max_pool(main) || has_max_pool(shortcut),
-        _ => false,
-    })
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
     #[test]
@@ -126,7 +118,6 @@ proptest! {
         r in gen::recipe(), steps in 1usize..=8, batch in 1usize..=3, seed in any::<u64>()
     ) {
         let mut model = gen::build(&r);
-        prop_assume!(!has_max_pool(&model.layers));
         model.input.encoding = Encoding::Direct;
         let c = case(&model, batch, seed, 2.0);
         if let Err(e) = compare(&model, steps, &c) {
@@ -201,6 +192,7 @@ fn avg_pool() -> Layer {
     Layer::new(LayerKind::AvgPool {
         kernel: 2,
         stride: 2,
+        padding: 0,
     })
 }
 
@@ -264,6 +256,43 @@ fn res_net(o: Opts) -> Model {
     )
 }
 
+/// conv → BN → LIF → maxpool 3/2/1 (the ImageNet stem's overlapping,
+/// padded windows) → conv → LIF → maxpool 2/3 (gapped) → flatten → linear,
+/// every max pool with the given rate rule.
+fn max_pool_net(o: Opts, rule: MaxPoolRule) -> Model {
+    let pool = |kernel, stride, padding| {
+        Layer::new(LayerKind::MaxPool {
+            kernel,
+            stride,
+            padding,
+            rate_rule: rule,
+        })
+    };
+    model(
+        "maxpoolnet",
+        vec![2, 8, 8],
+        vec![
+            conv(4, true),
+            bn(),
+            lif(o, 0.6),
+            pool(3, 2, 1),
+            conv(4, true),
+            lif(o, 0.4),
+            pool(2, 3, 0),
+            flatten(),
+            linear(3, true),
+        ],
+    )
+}
+
+fn max_pool_masks(o: Opts) -> Model {
+    max_pool_net(o, MaxPoolRule::Masks)
+}
+
+fn max_pool_rates(o: Opts) -> Model {
+    max_pool_net(o, MaxPoolRule::Rates)
+}
+
 type Build = fn(Opts) -> Model;
 
 /// Every reset variant × T ∈ {2, 4, 8}, cycling through the surrogates;
@@ -319,6 +348,20 @@ fn reset_variants_on_a_conv_net() {
 #[test]
 fn reset_variants_on_a_residual_net() {
     fixed(res_net, 3, 2, 5);
+}
+
+/// `maxpool-mask` (gapped windows) and `maxpool-route` (overlapping,
+/// padded ones) with `decorrelate`: the mean of every step's routing.
+#[test]
+fn reset_variants_on_a_max_pool_net() {
+    fixed(max_pool_masks, 2, 2, 13);
+}
+
+/// `maxpool-rates`: routing by the arg-max of the rates, and the max of
+/// the rates read by the layers above.
+#[test]
+fn reset_variants_on_a_max_pool_net_with_the_official_rule() {
+    fixed(max_pool_rates, 2, 2, 13);
 }
 
 // ------------------------------------------------- the check itself

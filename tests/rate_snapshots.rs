@@ -3,9 +3,9 @@
 
 use egg::{Id, RecExpr};
 use snnc::compile::{compile, Options, Stage};
-use snnc::ir::{self, Op};
+use snnc::ir::{self, MaxPoolRule, Op};
 use snnc::model::{Surrogate, SurrogateKind};
-use snnc::passes::rate::lang::{Leaf, RNode};
+use snnc::passes::rate::lang::{Leaf, RNode, RatesLeaf, RegionAnalysis};
 use snnc::passes::rate::{rewrite_forms, Mode};
 use std::collections::HashMap;
 
@@ -68,6 +68,7 @@ fn residual_block_t2_both_modes() {
 struct Region {
     e: RecExpr<RNode>,
     leaves: HashMap<u32, (Vec<usize>, bool, bool)>,
+    rates: HashMap<u32, RatesLeaf>,
 }
 
 impl Region {
@@ -75,6 +76,7 @@ impl Region {
         Region {
             e: RecExpr::default(),
             leaves: HashMap::new(),
+            rates: HashMap::new(),
         }
     }
     /// A forward leaf (per-step or shared) or a per-step gradient leaf.
@@ -91,7 +93,11 @@ impl Region {
     }
     fn show(self, rules: &[&str]) -> String {
         let before = self.e.to_string();
-        let (forms, best) = rewrite_forms(&self.e, self.leaves, rules).unwrap();
+        let facts = RegionAnalysis {
+            leaves: self.leaves,
+            rates: self.rates,
+        };
+        let (forms, best) = rewrite_forms(&self.e, facts, rules).unwrap();
         format!(
             "before:\n  {before}\nforms of the root after rewriting:\n  {}\nextracted:\n  {best}\n",
             forms.join("\n  ")
@@ -180,10 +186,96 @@ fn rule_maxpool_mask() {
         Op::MaxPoolGrad {
             kernel: 2,
             stride: 2,
+            padding: 0,
+            rule: MaxPoolRule::Masks,
         },
         vec![x, d],
     );
     insta::assert_snapshot!(r.show(&["maxpool-mask"]));
+}
+
+/// Overlapping, padded windows over three steps: `maxpool-route` writes
+/// each step as a route of its selection, and `decorrelate` averages the
+/// selections.
+#[test]
+fn rule_maxpool_route() {
+    let mut r = Region::new();
+    let kids: Vec<Id> = (0..3)
+        .map(|t| {
+            let x = r.leaf(Leaf::Fwd, 10 + t, &[1, 1, 4, 4], true);
+            let d = r.leaf(Leaf::Bnd, 20 + t, &[1, 1, 2, 2], true);
+            r.op(
+                Op::MaxPoolGrad {
+                    kernel: 3,
+                    stride: 2,
+                    padding: 1,
+                    rule: MaxPoolRule::Masks,
+                },
+                vec![x, d],
+            )
+        })
+        .collect();
+    r.e.add(RNode::tsum(kids));
+    insta::assert_snapshot!(r.show(&["maxpool-route", "decorrelate"]));
+}
+
+/// `rate_rule=rates`, on its gradient: the time sum routes by the arg-max
+/// of the mean input.
+#[test]
+fn rule_maxpool_rates_gradient() {
+    let mut r = Region::new();
+    let op = Op::MaxPoolGrad {
+        kernel: 2,
+        stride: 2,
+        padding: 0,
+        rule: MaxPoolRule::Rates,
+    };
+    let grads = (0..2)
+        .map(|t| {
+            let x = r.leaf(Leaf::Fwd, 10 + t, &[1, 1, 4, 4], true);
+            let d = r.leaf(Leaf::Bnd, 20 + t, &[1, 1, 2, 2], true);
+            r.op(op.clone(), vec![x, d])
+        })
+        .collect();
+    r.e.add(RNode::tsum(grads));
+    insta::assert_snapshot!(r.show(&["maxpool-rates"]));
+}
+
+/// `rate_rule=rates`, on the value the layer above reads: the steps' sum
+/// of `matmul(δ_t, p_t)` over the pool's outputs p_t (flattened) becomes
+/// one product with the flattened pool of the mean input.
+#[test]
+fn rule_maxpool_rates_value() {
+    let mut r = Region::new();
+    let pool = Op::MaxPool {
+        kernel: 2,
+        stride: 2,
+        padding: 0,
+        rule: MaxPoolRule::Rates,
+    };
+    let flat = Op::Reshape { shape: vec![1, 4] };
+    let inputs = vec![10, 11];
+    let kids = (0..2)
+        .map(|t| {
+            r.leaves.insert(10 + t, (vec![1, 1, 4, 4], true, false));
+            r.leaves.insert(30 + t, (vec![1, 1, 2, 2], true, false));
+            let op = pool.clone();
+            let inputs = inputs.clone();
+            r.rates.insert(30 + t, RatesLeaf::Pool { op, inputs });
+            let operand = 30 + t;
+            let op = flat.clone();
+            r.rates.insert(40 + t, RatesLeaf::View { op, operand });
+            let p = r.leaf(Leaf::Fwd, 40 + t, &[1, 4], true);
+            let d = r.leaf(Leaf::Bnd, 20 + t, &[1, 3], true);
+            let mm = Op::MatMul {
+                ta: true,
+                tb: false,
+            };
+            r.op(mm, vec![d, p])
+        })
+        .collect();
+    r.e.add(RNode::tsum(kids));
+    insta::assert_snapshot!(r.show(&["maxpool-rates", "linear-hoist"]));
 }
 
 #[test]

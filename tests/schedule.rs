@@ -82,9 +82,10 @@ fn compare(
 /// same index, node and operands).
 fn flips(g: &Graph, gv: &interp::Values<f64>, l: &Graph, lv: &interp::Values<f64>) -> bool {
     // Index of the first maximum of each pooling window.
-    let argmax = |x: &Tensor<f64>, k: usize, s: usize| -> Vec<usize> {
+    let argmax = |x: &Tensor<f64>, k: usize, s: usize, p: usize| -> Vec<usize> {
         let (b, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-        let (ho, wo) = ((h - k) / s + 1, (w - k) / s + 1);
+        let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let at = |o: usize, j: usize, n: usize| (o * s + j).checked_sub(p).filter(|&i| i < n);
         let mut out = Vec::new();
         for plane in 0..b * c {
             for oy in 0..ho {
@@ -92,7 +93,10 @@ fn flips(g: &Graph, gv: &interp::Values<f64>, l: &Graph, lv: &interp::Values<f64
                     let mut best = (f64::NEG_INFINITY, 0);
                     for ky in 0..k {
                         for kx in 0..k {
-                            let i = (plane * h + oy * s + ky) * w + ox * s + kx;
+                            let (Some(iy), Some(ix)) = (at(oy, ky, h), at(ox, kx, w)) else {
+                                continue;
+                            };
+                            let i = (plane * h + iy) * w + ix;
                             if x.data[i] > best.0 {
                                 best = (x.data[i], i);
                             }
@@ -111,12 +115,31 @@ fn flips(g: &Graph, gv: &interp::Values<f64>, l: &Graph, lv: &interp::Values<f64
         }
         match g.g[n].op {
             ir::Op::Spike { .. } => gv.get(n) != lv.get(n),
-            ir::Op::MaxPool { kernel, stride }
-            | ir::Op::MaxPoolMask { kernel, stride }
-            | ir::Op::MaxPoolGrad { kernel, stride } => {
+            ir::Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+                ..
+            }
+            | ir::Op::MaxPoolMask {
+                kernel,
+                stride,
+                padding,
+            }
+            | ir::Op::MaxPoolSelect {
+                kernel,
+                stride,
+                padding,
+            }
+            | ir::Op::MaxPoolGrad {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
                 let x = g.operands(n)[0];
-                argmax(gv.get(x).unwrap(), kernel, stride)
-                    != argmax(lv.get(x).unwrap(), kernel, stride)
+                argmax(gv.get(x).unwrap(), kernel, stride, padding)
+                    != argmax(lv.get(x).unwrap(), kernel, stride, padding)
             }
             _ => false,
         }

@@ -271,11 +271,14 @@ static inline void snnc_cpu_pool_rows(const float* x, float* out, long long i, l
 }
 
 extern "C" void snnc_cpu_pool(const float* x, float* out, int n, int h, int w, int ho, int wo,
-                              int k, int s, int is_max) {
+                              int k, int s, int p, int is_max) {
     long long i, hi;
     snnc_range(n, &i, &hi);
     if (i >= hi) return;
-    if (is_max) {
+    if (p != 0) {
+        // Padded windows (the ImageNet stem's max-pool): the GPU form.
+        for (; i < hi; ++i) out[i] = snnc_pool_at(x, (int)i, h, w, ho, wo, k, s, p, is_max);
+    } else if (is_max) {
         snnc_cpu_pool_rows<true>(x, out, i, hi, h, w, ho, wo, k, s);
     } else {
         snnc_cpu_pool_rows<false>(x, out, i, hi, h, w, ho, wo, k, s);
@@ -285,9 +288,13 @@ extern "C" void snnc_cpu_pool(const float* x, float* out, int n, int h, int w, i
 // AvgPoolGrad: i = (plane·h + iy)·w + ix; per input row, the windows in
 // (oy, ox) order.
 extern "C" void snnc_cpu_avgpool_grad(const float* d, float* out, int n, int h, int w, int ho,
-                                      int wo, int k, int s) {
+                                      int wo, int k, int s, int p) {
     long long i, hi;
     snnc_range(n, &i, &hi);
+    if (p != 0) {
+        for (; i < hi; ++i) out[i] = snnc_avgpool_grad_at(d, (int)i, h, w, ho, wo, k, s, p);
+        return;
+    }
     const float area = (float)(k * k);
     while (i < hi) {
         const long long q = i / w;

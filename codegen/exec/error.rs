@@ -10,6 +10,8 @@ pub enum ExecError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Plan(#[from] UnitsError),
+    #[error(transparent)]
+    Shape(#[from] crate::ir::ShapeRuleError),
     #[error("the graph has a cycle")]
     Cyclic,
     #[error("node {0} is scheduled before an operand or twice")]

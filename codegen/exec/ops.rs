@@ -168,7 +168,17 @@ impl<'a, B: Backend> Executor<'a, B> {
                     ],
                 )
             }
-            Op::AvgPool { kernel, stride } | Op::MaxPool { kernel, stride } => {
+            Op::AvgPool {
+                kernel,
+                stride,
+                padding,
+            }
+            | Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
                 let s = ins[0].1;
                 let is_max = matches!(op, Op::MaxPool { .. });
                 self.launch(
@@ -184,11 +194,17 @@ impl<'a, B: Backend> Executor<'a, B> {
                         I(int(shape[3])?),
                         I(int(*kernel)?),
                         I(int(*stride)?),
+                        I(int(*padding)?),
                         I(i32::from(is_max)),
                     ],
                 )
             }
-            Op::AvgPoolGrad { kernel, stride, .. } => {
+            Op::AvgPoolGrad {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
                 let d = ins[0].1;
                 self.launch(
                     "snnc_avgpool_grad",
@@ -203,10 +219,16 @@ impl<'a, B: Backend> Executor<'a, B> {
                         I(int(d[3])?),
                         I(int(*kernel)?),
                         I(int(*stride)?),
+                        I(int(*padding)?),
                     ],
                 )
             }
-            Op::MaxPoolGrad { kernel, stride } => {
+            Op::MaxPoolGrad {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
                 let d = ins[1].1;
                 self.launch(
                     "snnc_maxpool_grad",
@@ -222,27 +244,67 @@ impl<'a, B: Backend> Executor<'a, B> {
                         I(int(d[3])?),
                         I(int(*kernel)?),
                         I(int(*stride)?),
+                        I(int(*padding)?),
                     ],
                 )
             }
-            Op::MaxPoolMask { kernel, stride } => {
-                let (ho, wo) = (
-                    (shape[2] - kernel) / stride + 1,
-                    (shape[3] - kernel) / stride + 1,
-                );
+            Op::MaxPoolMask {
+                kernel,
+                stride,
+                padding,
+            }
+            | Op::MaxPoolSelect {
+                kernel,
+                stride,
+                padding,
+            } => {
+                // Both read x[B, C, H, W]; the mask has x's shape, the
+                // selection one thread per window.
+                let x_shape = ins[0].1;
+                let (ho, wo) = crate::ir::pooled(x_shape, *kernel, *stride, *padding)?;
+                let (kernel_name, threads) = match op {
+                    Op::MaxPoolMask { .. } => ("snnc_maxpool_mask", n),
+                    _ => ("snnc_maxpool_select", x_shape[0] * x_shape[1] * ho * wo),
+                };
                 self.launch(
-                    "snnc_maxpool_mask",
-                    n,
+                    kernel_name,
+                    threads,
                     &[
                         P(x(0)),
                         P(out),
-                        I(ni),
-                        I(int(shape[2])?),
-                        I(int(shape[3])?),
+                        I(int(threads)?),
+                        I(int(x_shape[2])?),
+                        I(int(x_shape[3])?),
                         I(int(ho)?),
                         I(int(wo)?),
                         I(int(*kernel)?),
                         I(int(*stride)?),
+                        I(int(*padding)?),
+                    ],
+                )
+            }
+            Op::MaxPoolRoute {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
+                let d = ins[1].1;
+                self.launch(
+                    "snnc_maxpool_route",
+                    n,
+                    &[
+                        P(x(0)),
+                        P(x(1)),
+                        P(out),
+                        I(ni),
+                        I(int(shape[2])?),
+                        I(int(shape[3])?),
+                        I(int(d[2])?),
+                        I(int(d[3])?),
+                        I(int(*kernel)?),
+                        I(int(*stride)?),
+                        I(int(*padding)?),
                     ],
                 )
             }

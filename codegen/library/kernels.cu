@@ -107,26 +107,38 @@ extern "C" __global__ void snnc_time_slice(const float* x, float* out, int n, in
     }
 }
 
-// ---- pooling (planes of h×w in, ho×wo out; kernel k, stride s) -----------
+// ---- pooling (planes of h×w in, ho×wo out; kernel k, stride s, padding p) -
+// Window (oy, ox) covers the padded rows oy·s … oy·s + k − 1, i.e. input rows
+// oy·s − p + ky; a padded position is skipped (−∞ for max, 0 for average,
+// whose divisor stays k²). The interpreter (src/interp/pool.rs) walks the
+// same elements in the same order.
 
-extern "C" __global__ void snnc_pool(const float* x, float* out, int n, int h, int w, int ho,
-                                     int wo, int k, int s, int is_max) {
-    SNNC_LOOP(i, n) {
-        int ox = i % wo;
-        int oy = (i / wo) % ho;
-        int plane = i / (wo * ho);
-        float acc = is_max ? snnc_neg_inf() : 0.0f;
-        for (int ky = 0; ky < k; ++ky) {
-            for (int kx = 0; kx < k; ++kx) {
-                float v = x[(plane * h + oy * s + ky) * w + ox * s + kx];
-                acc = is_max ? fmaxf(acc, v) : acc + v;
-            }
+// Output i of a pooling (i = (plane·ho + oy)·wo + ox).
+__device__ __forceinline__ float snnc_pool_at(const float* x, int i, int h, int w, int ho,
+                                              int wo, int k, int s, int p, int is_max) {
+    int ox = i % wo;
+    int oy = (i / wo) % ho;
+    int plane = i / (wo * ho);
+    float acc = is_max ? snnc_neg_inf() : 0.0f;
+    for (int ky = 0; ky < k; ++ky) {
+        int iy = oy * s - p + ky;
+        if (iy < 0 || iy >= h) continue;
+        for (int kx = 0; kx < k; ++kx) {
+            int ix = ox * s - p + kx;
+            if (ix < 0 || ix >= w) continue;
+            float v = x[(plane * h + iy) * w + ix];
+            acc = is_max ? fmaxf(acc, v) : acc + v;
         }
-        out[i] = is_max ? acc : acc / (float)(k * k);
     }
+    return is_max ? acc : acc / (float)(k * k);
 }
 
-// The first output row/column whose window contains input row/column `y`.
+extern "C" __global__ void snnc_pool(const float* x, float* out, int n, int h, int w, int ho,
+                                     int wo, int k, int s, int p, int is_max) {
+    SNNC_LOOP(i, n) { out[i] = snnc_pool_at(x, i, h, w, ho, wo, k, s, p, is_max); }
+}
+
+// The first output row/column whose window contains padded row/column `y`.
 __device__ __forceinline__ int snnc_first_window(int y, int k, int s) {
     return y >= k ? (y - k) / s + 1 : 0;
 }
@@ -137,51 +149,62 @@ __device__ __forceinline__ int snnc_last_window(int y, int s, int o) {
     return l < o - 1 ? l : o - 1;
 }
 
-// Flat index of the first maximum of window (oy, ox) of `plane`.
+// Flat index of the first maximum of window (oy, ox) of `plane` (strict >,
+// row-major); its offset ky·k + kx in *off.
 __device__ __forceinline__ int snnc_argmax(const float* x, int plane, int oy, int ox, int h,
-                                           int w, int k, int s) {
-    int best = (plane * h + oy * s) * w + ox * s;
+                                           int w, int k, int s, int p, int* off) {
+    int best = -1;
     for (int ky = 0; ky < k; ++ky) {
+        int iy = oy * s - p + ky;
+        if (iy < 0 || iy >= h) continue;
         for (int kx = 0; kx < k; ++kx) {
-            int at = (plane * h + oy * s + ky) * w + ox * s + kx;
-            if (x[at] > x[best]) best = at;
+            int ix = ox * s - p + kx;
+            if (ix < 0 || ix >= w) continue;
+            int at = (plane * h + iy) * w + ix;
+            if (best < 0 || x[at] > x[best]) {
+                best = at;
+                *off = ky * k + kx;
+            }
         }
     }
     return best;
 }
 
-// AvgPoolGrad, gathered per input element (windows in (oy, ox) order, as the
-// interpreter scatters them). n = number of input elements.
-extern "C" __global__ void snnc_avgpool_grad(const float* d, float* out, int n, int h, int w,
-                                             int ho, int wo, int k, int s) {
-    SNNC_LOOP(i, n) {
-        int ix = i % w;
-        int iy = (i / w) % h;
-        int plane = i / (w * h);
-        float area = (float)(k * k);
-        float acc = 0.0f;
-        int y1 = snnc_last_window(iy, s, ho), x1 = snnc_last_window(ix, s, wo);
-        for (int oy = snnc_first_window(iy, k, s); oy <= y1; ++oy) {
-            for (int ox = snnc_first_window(ix, k, s); ox <= x1; ++ox) {
-                acc += d[(plane * ho + oy) * wo + ox] / area;
-            }
+// AvgPoolGrad of input element i (i = (plane·h + iy)·w + ix), the windows in
+// (oy, ox) order, as the interpreter scatters them.
+__device__ __forceinline__ float snnc_avgpool_grad_at(const float* d, int i, int h, int w,
+                                                      int ho, int wo, int k, int s, int p) {
+    int py = (i / w) % h + p, px = i % w + p;
+    int plane = i / (w * h);
+    float area = (float)(k * k);
+    float acc = 0.0f;
+    int y1 = snnc_last_window(py, s, ho), x1 = snnc_last_window(px, s, wo);
+    for (int oy = snnc_first_window(py, k, s); oy <= y1; ++oy) {
+        for (int ox = snnc_first_window(px, k, s); ox <= x1; ++ox) {
+            acc += d[(plane * ho + oy) * wo + ox] / area;
         }
-        out[i] = acc;
     }
+    return acc;
+}
+
+extern "C" __global__ void snnc_avgpool_grad(const float* d, float* out, int n, int h, int w,
+                                             int ho, int wo, int k, int s, int p) {
+    SNNC_LOOP(i, n) { out[i] = snnc_avgpool_grad_at(d, i, h, w, ho, wo, k, s, p); }
 }
 
 // MaxPoolGrad: each window's δ goes to its first maximum; gathered per input.
 extern "C" __global__ void snnc_maxpool_grad(const float* x, const float* d, float* out, int n,
-                                             int h, int w, int ho, int wo, int k, int s) {
+                                             int h, int w, int ho, int wo, int k, int s,
+                                             int p) {
     SNNC_LOOP(i, n) {
-        int ix = i % w;
-        int iy = (i / w) % h;
+        int py = (i / w) % h + p, px = i % w + p;
         int plane = i / (w * h);
         float acc = 0.0f;
-        int y1 = snnc_last_window(iy, s, ho), x1 = snnc_last_window(ix, s, wo);
-        for (int oy = snnc_first_window(iy, k, s); oy <= y1; ++oy) {
-            for (int ox = snnc_first_window(ix, k, s); ox <= x1; ++ox) {
-                if (snnc_argmax(x, plane, oy, ox, h, w, k, s) == i) {
+        int off = 0;
+        int y1 = snnc_last_window(py, s, ho), x1 = snnc_last_window(px, s, wo);
+        for (int oy = snnc_first_window(py, k, s); oy <= y1; ++oy) {
+            for (int ox = snnc_first_window(px, k, s); ox <= x1; ++ox) {
+                if (snnc_argmax(x, plane, oy, ox, h, w, k, s, p, &off) == i) {
                     acc += d[(plane * ho + oy) * wo + ox];
                 }
             }
@@ -192,19 +215,55 @@ extern "C" __global__ void snnc_maxpool_grad(const float* x, const float* d, flo
 
 // MaxPoolMask: 1 where the element is the first maximum of some window.
 extern "C" __global__ void snnc_maxpool_mask(const float* x, float* out, int n, int h, int w,
-                                             int ho, int wo, int k, int s) {
+                                             int ho, int wo, int k, int s, int p) {
     SNNC_LOOP(i, n) {
-        int ix = i % w;
-        int iy = (i / w) % h;
+        int py = (i / w) % h + p, px = i % w + p;
         int plane = i / (w * h);
         float m = 0.0f;
-        int y1 = snnc_last_window(iy, s, ho), x1 = snnc_last_window(ix, s, wo);
-        for (int oy = snnc_first_window(iy, k, s); oy <= y1; ++oy) {
-            for (int ox = snnc_first_window(ix, k, s); ox <= x1; ++ox) {
-                if (snnc_argmax(x, plane, oy, ox, h, w, k, s) == i) m = 1.0f;
+        int off = 0;
+        int y1 = snnc_last_window(py, s, ho), x1 = snnc_last_window(px, s, wo);
+        for (int oy = snnc_first_window(py, k, s); oy <= y1; ++oy) {
+            for (int ox = snnc_first_window(px, k, s); ox <= x1; ++ox) {
+                if (snnc_argmax(x, plane, oy, ox, h, w, k, s, p, &off) == i) m = 1.0f;
             }
         }
         out[i] = m;
+    }
+}
+
+// MaxPoolSelect: per window (n = planes·ho·wo), k·k values, 1 at the offset
+// of its first maximum.
+extern "C" __global__ void snnc_maxpool_select(const float* x, float* out, int n, int h, int w,
+                                               int ho, int wo, int k, int s, int p) {
+    SNNC_LOOP(i, n) {
+        int ox = i % wo;
+        int oy = (i / wo) % ho;
+        int plane = i / (wo * ho);
+        int off = 0;
+        snnc_argmax(x, plane, oy, ox, h, w, k, s, p, &off);
+        float* o = out + (long long)i * k * k;
+        for (int j = 0; j < k * k; ++j) o[j] = j == off ? 1.0f : 0.0f;
+    }
+}
+
+// MaxPoolRoute: input element i gathers sel[window, its offset]·δ[window]
+// over the windows that contain it, in (oy, ox) order.
+extern "C" __global__ void snnc_maxpool_route(const float* sel, const float* d, float* out,
+                                              int n, int h, int w, int ho, int wo, int k, int s,
+                                              int p) {
+    SNNC_LOOP(i, n) {
+        int py = (i / w) % h + p, px = i % w + p;
+        int plane = i / (w * h);
+        float acc = 0.0f;
+        int y1 = snnc_last_window(py, s, ho), x1 = snnc_last_window(px, s, wo);
+        for (int oy = snnc_first_window(py, k, s); oy <= y1; ++oy) {
+            for (int ox = snnc_first_window(px, k, s); ox <= x1; ++ox) {
+                long long win = ((long long)plane * ho + oy) * wo + ox;
+                int off = (py - oy * s) * k + (px - ox * s);
+                acc += sel[win * k * k + off] * d[win];
+            }
+        }
+        out[i] = acc;
     }
 }
 

@@ -78,8 +78,21 @@ impl CostFunction<RNode> for KeptThenFlops<'_> {
                     let kept = if kids.iter().all(|&c| data(c).param) {
                         0.0
                     } else {
-                        // The extra byte, as for leaves, prefers time means.
-                        bytes(&out) + if per_step { 1.0 } else { 0.0 }
+                        // The extra byte, as for leaves, prefers time means
+                        // to per-step values. Half a byte on a time
+                        // reduction prefers, among time-invariant forms of
+                        // one value, those without an accumulator of their
+                        // own; it also keeps extraction off `tmean(c, …, c)`,
+                        // which linear-hoist puts in c's own class.
+                        let reduction = matches!(head, Head::TSum | Head::TMean);
+                        bytes(&out)
+                            + if per_step {
+                                1.0
+                            } else if reduction {
+                                0.5
+                            } else {
+                                0.0
+                            }
                     };
                     (kept, below, summed)
                 } else {

@@ -369,6 +369,20 @@ pub struct Data {
 pub struct RegionAnalysis {
     /// Per graph node: (shape, per-step?, is parameter?).
     pub leaves: std::collections::HashMap<u32, (Vec<usize>, bool, bool)>,
+    /// Forward leaves whose value `maxpool-rates` replaces by one computed
+    /// from rates: a step of a max pool written `rate_rule=rates`, or a
+    /// view (flatten) of one.
+    pub rates: std::collections::HashMap<u32, RatesLeaf>,
+}
+
+/// A forward leaf under the official code's max-pool rule.
+#[derive(Clone, Debug)]
+pub enum RatesLeaf {
+    /// One step of the pool `op`; `inputs` are the pool's input leaves at
+    /// every step.
+    Pool { op: Op, inputs: Vec<u32> },
+    /// `op` (a reshape) of the leaf `operand`, itself a `RatesLeaf`.
+    View { op: Op, operand: u32 },
 }
 
 impl Analysis<RNode> for RegionAnalysis {

@@ -22,9 +22,9 @@ pub mod lang;
 pub mod rules;
 
 use super::{Pass, PassError, Program};
-use crate::ir::{self, AdInfo, Graph, LayerId, NodeIndex, Op, Role};
+use crate::ir::{self, AdInfo, Graph, LayerId, MaxPoolRule, NodeIndex, Op, Role};
 use egg::{Extractor, Id, Runner, SimpleScheduler, StopReason};
-use lang::{Head, Leaf, RGraph, RNode, RegionAnalysis};
+use lang::{Head, Leaf, RGraph, RNode, RatesLeaf, RegionAnalysis};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
@@ -474,7 +474,65 @@ impl<'a> Region<'a> {
             n.index() as u32,
             (node.shape.clone(), node.t.is_some(), param),
         );
+        // Only a weight layer reads a pool's output as a rate: a neuron or
+        // a batch norm above the pool keeps its per-step values.
+        let weights = matches!(
+            self.g.layers[self.layer].keyword.as_str(),
+            "conv2d" | "linear"
+        );
+        if kind == Leaf::Fwd && weights {
+            if let Some(r) = self.rates_leaf(n) {
+                self.eg.analysis.rates.insert(n.index() as u32, r);
+            }
+        }
         self.add(RNode::leaf(kind, n.index() as u32))
+    }
+
+    /// What `maxpool-rates` needs to know of a forward leaf that is a step
+    /// of a `rate_rule=rates` max pool (the pool's input at every step,
+    /// as leaves), or a reshape of one.
+    fn rates_leaf(&mut self, n: NodeIndex) -> Option<RatesLeaf> {
+        let node = &self.g.g[n];
+        node.t?;
+        match &node.op {
+            op @ Op::MaxPool {
+                rule: MaxPoolRule::Rates,
+                ..
+            } => {
+                let op = op.clone();
+                let layer = node.layer;
+                let mut steps: Vec<(usize, NodeIndex)> = self
+                    .g
+                    .g
+                    .node_indices()
+                    .filter(|&m| {
+                        let s = &self.g.g[m];
+                        s.layer == layer && s.op == op && s.t.is_some()
+                    })
+                    .map(|m| (self.g.g[m].t.unwrap_or(0), self.g.operands(m)[0]))
+                    .collect();
+                steps.sort();
+                let inputs = steps
+                    .into_iter()
+                    .map(|(_, x)| {
+                        self.leaf(Leaf::Fwd, x);
+                        x.index() as u32
+                    })
+                    .collect();
+                Some(RatesLeaf::Pool { op, inputs })
+            }
+            op @ Op::Reshape { .. } => {
+                let op = op.clone();
+                let x = self.g.operands(n)[0];
+                self.rates_leaf(x)?;
+                self.leaf(Leaf::Fwd, x);
+                Some(RatesLeaf::View {
+                    op,
+                    operand: x.index() as u32,
+                })
+            }
+            _ => None,
+        }
     }
 
     /// `tsum` over steps of the sum of each step's gradients.
@@ -704,14 +762,15 @@ fn check_collapsed(g: &Graph) -> Result<(), PassError> {
 /// Rewrites one expression with the named rules to saturation; returns
 /// every form of the root (one per e-node of its e-class, operands in
 /// their cheapest form, sorted) and the form extraction picks. This is how
-/// each rule is shown on a hand-built region (tests, docs). `leaves` gives
-/// each leaf's (shape, per-step?, parameter?).
+/// each rule is shown on a hand-built region (tests, docs). `facts` gives
+/// each leaf's (shape, per-step?, parameter?) and the `maxpool-rates`
+/// leaves.
 pub fn rewrite_forms(
     expr: &egg::RecExpr<RNode>,
-    leaves: HashMap<u32, (Vec<usize>, bool, bool)>,
+    facts: RegionAnalysis,
     rule_names: &[&str],
 ) -> Result<(Vec<String>, String), RateError> {
-    let mut eg = RGraph::new(RegionAnalysis { leaves });
+    let mut eg = RGraph::new(facts);
     if expr.as_ref().is_empty() {
         return Err(RateError::EmptyExpression);
     }

@@ -16,8 +16,8 @@
 //! `bptt` mode runs the exact rules; `rate` mode adds `decorrelate`, the
 //! one approximation.
 
-use super::lang::{self, Head, RGraph, RNode, RegionAnalysis};
-use crate::ir::Op;
+use super::lang::{self, Head, Leaf, RGraph, RNode, RatesLeaf, RegionAnalysis};
+use crate::ir::{MaxPoolRule, Op};
 use egg::{rewrite, Applier, Id, PatternAst, Rewrite, SearchMatches, Searcher, Subst, Symbol, Var};
 use std::collections::{HashMap, HashSet};
 
@@ -53,8 +53,14 @@ pub const RULES: &[RuleInfo] = &[
     RuleInfo {
         name: "maxpool-mask",
         tag: Tag::Exact,
-        identity: "maxpool_grad(x, δ) = k²·(mask(x) · avgpool_grad(δ)) for non-overlapping windows (stride = kernel)",
+        identity: "maxpool_grad(x, δ) = k²·(mask(x) · avgpool_grad(δ)) for windows that do not overlap (stride ≥ kernel, any padding); mask(x) is 1 at each window's first maximum",
         rule: |name| NodeRule::rewrite(name, is_maxpool_grad, maxpool_mask),
+    },
+    RuleInfo {
+        name: "maxpool-route",
+        tag: Tag::Exact,
+        identity: "maxpool_grad(x, δ) = route(select(x), δ) for overlapping windows (stride < kernel): select(x) is one-hot at each window's first maximum, route adds select·δ at each window's offsets; route is bilinear, so decorrelate averages the selections over time",
+        rule: |name| NodeRule::rewrite(name, is_maxpool_grad, maxpool_route),
     },
     RuleInfo {
         name: "mul-comm",
@@ -100,6 +106,12 @@ pub const RULES: &[RuleInfo] = &[
         tag: Tag::Approximate,
         identity: "Σ_t p_t·q_t ≈ (1/T)·(Σ_t p_t)·(Σ_t q_t) = mean_t(p_t)·Σ_t q_t for p forward-only and q carrying the gradient; also for the bilinear weight-gradient products (matmul, conv weight gradient)",
         rule: |name| NodeRule::over_time(name, decorrelate),
+    },
+    RuleInfo {
+        name: "maxpool-rates",
+        tag: Tag::Approximate,
+        identity: "for a max-pool written `rate_rule=rates` (the official code's rule: the layer pools the time-averaged rates): Σ_t maxpool_grad(x_t, δ_t) ≈ maxpool_grad(mean_t x_t, Σ_t δ_t), and every step's output, as the backward reads it, ≈ maxpool(mean_t x_t) (so the layers above see the max of the rates)",
+        rule: |name| NodeRule::rewrite(name, is_time_or_fwd_leaf, maxpool_rates),
     },
 ];
 
@@ -239,21 +251,37 @@ fn canon(eg: &RGraph, n: &RNode) -> Vec<Id> {
 }
 
 fn maxpool_mask(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
-    let Some(&Op::MaxPoolGrad { kernel, stride }) = n.as_op() else {
+    let Some(&Op::MaxPoolGrad {
+        kernel,
+        stride,
+        padding,
+        rule: MaxPoolRule::Masks,
+    }) = n.as_op()
+    else {
         return vec![];
     };
-    if kernel != stride {
+    // Each input element lies in at most one window.
+    if stride < kernel {
         return vec![];
     }
     let k = canon(eg, n);
     let x = &eg[k[0]].data.shape;
     let (in_h, in_w) = (x[2], x[3]);
-    let mask = add_op(eg, Op::MaxPoolMask { kernel, stride }, vec![k[0]]);
+    let mask = add_op(
+        eg,
+        Op::MaxPoolMask {
+            kernel,
+            stride,
+            padding,
+        },
+        vec![k[0]],
+    );
     let up = add_op(
         eg,
         Op::AvgPoolGrad {
             kernel,
             stride,
+            padding,
             in_h,
             in_w,
         },
@@ -261,6 +289,107 @@ fn maxpool_mask(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
     );
     let prod = add_op(eg, Op::Mul, vec![mask, up]);
     vec![scale(eg, (kernel * kernel) as f64, prod)]
+}
+
+/// `maxpool-route`: overlapping windows, where an element can be the
+/// maximum of several windows and no elementwise mask describes the
+/// routing.
+fn maxpool_route(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
+    let Some(&Op::MaxPoolGrad {
+        kernel,
+        stride,
+        padding,
+        rule: MaxPoolRule::Masks,
+    }) = n.as_op()
+    else {
+        return vec![];
+    };
+    if stride >= kernel {
+        return vec![];
+    }
+    let k = canon(eg, n);
+    let x = &eg[k[0]].data.shape;
+    let (in_h, in_w) = (x[2], x[3]);
+    let select = add_op(
+        eg,
+        Op::MaxPoolSelect {
+            kernel,
+            stride,
+            padding,
+        },
+        vec![k[0]],
+    );
+    let route = Op::MaxPoolRoute {
+        kernel,
+        stride,
+        padding,
+        in_h,
+        in_w,
+    };
+    vec![add_op(eg, route, vec![select, k[1]])]
+}
+
+fn is_time_or_fwd_leaf(n: &RNode) -> bool {
+    is_time(n) || matches!(n.head, Head::Leaf(Leaf::Fwd, _))
+}
+
+/// `maxpool-rates`, on a forward leaf the region builder marked (a step of
+/// a `rate_rule=rates` pool, or a reshape of one: its value becomes the
+/// pool of the input's rate, the same at every step), or on a time sum
+/// whose every step is such a pool's gradient.
+fn maxpool_rates(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
+    if let Head::Leaf(_, leaf) = n.head {
+        let Some(r) = eg.analysis.rates.get(&leaf).cloned() else {
+            return vec![];
+        };
+        let fwd = |eg: &mut RGraph, i: u32| lang::add_node(eg, RNode::leaf(Leaf::Fwd, i));
+        return match r {
+            RatesLeaf::Pool { op, inputs } => {
+                let xs = inputs.into_iter().map(|i| fwd(eg, i)).collect();
+                let mean = eg.add(RNode::tmean(xs));
+                vec![add_op(eg, op, vec![mean])]
+            }
+            RatesLeaf::View { op, operand } => {
+                let x = fwd(eg, operand);
+                vec![add_op(eg, op, vec![x])]
+            }
+        };
+    }
+    if n.head != Head::TSum {
+        return vec![];
+    }
+    let kids = canon(eg, n);
+    let mut op = None;
+    let mut xs = Vec::new();
+    let mut ds = Vec::new();
+    for &k in &kids {
+        let found = eg[k].nodes.iter().find(|m| match m.as_op() {
+            Some(Op::MaxPoolGrad {
+                rule: MaxPoolRule::Rates,
+                ..
+            }) => {
+                let (x, d) = (m.children[0], m.children[1]);
+                eg[x].data.fwd_only && !eg[d].data.fwd_only && pure_gradient(eg, d)
+            }
+            _ => false,
+        });
+        let Some(m) = found else {
+            return vec![];
+        };
+        let this = m.as_op().cloned();
+        if op.is_some() && op != this {
+            return vec![];
+        }
+        op = this;
+        xs.push(eg.find(m.children[0]));
+        ds.push(eg.find(m.children[1]));
+    }
+    let Some(op) = op else {
+        return vec![];
+    };
+    let mean_x = eg.add(RNode::tmean(xs));
+    let sum_d = eg.add(RNode::tsum(ds));
+    vec![add_op(eg, op, vec![mean_x, sum_d])]
 }
 
 // ----------------------------------------------------------- linear-hoist

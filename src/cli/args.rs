@@ -139,13 +139,3 @@ fn write_out(path: Option<&Path>, text: &str) -> Result<(), CliError> {
         }),
     }
 }
-
-/// The modes whose rewrite rules compiling with `opts` runs (a model that
-/// one of them cannot compile is refused when loaded).
-pub fn modes_of(opts: &compile::Options) -> Vec<Mode> {
-    if !opts.eval && opts.after > compile::Stage::Autodiff {
-        vec![opts.mode]
-    } else {
-        Vec::new()
-    }
-}

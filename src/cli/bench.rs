@@ -13,7 +13,7 @@ use super::{CliError, MIB};
 use crate::codegen::backend::Backend;
 use crate::codegen::cpu::Cpu;
 use crate::codegen::exec::{ExecError, Executor, LibraryScratch};
-use crate::compile::{self, load_for};
+use crate::compile;
 use crate::init;
 use crate::interp::{random_input, random_labels, RunOptions};
 use crate::model::Encoding;
@@ -149,7 +149,7 @@ fn bench(
     floor: bool,
     json: bool,
 ) -> Result<(), CliError> {
-    let (model, a) = load_for(path, modes)?;
+    let (model, a) = crate::frontend::load(path)?;
     // The FLOP floor: this machine's SGEMM rate on a large square product,
     // with the library the executor uses.
     let floor_gflops = floor.then(|| crate::codegen::cpu::sgemm::gflops(2048, 3));

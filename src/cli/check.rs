@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use super::args::ModeArg;
 use super::CliError;
-use crate::compile::load_for;
-use crate::model::{Encoding, Layer, LayerKind, Model};
+use crate::model::{Encoding, Layer, LayerKind, MaxPoolRule, Model};
 use crate::passes::rate::Mode;
 use crate::shape::{dims, Analysis};
 
@@ -17,8 +16,9 @@ pub struct CheckArgs {
     /// One JSON object per layer instead of the table.
     #[arg(long)]
     json: bool,
-    /// Also check that this mode can compile the model (rate mode
-    /// supports max pooling only with stride = kernel).
+    /// Also compile the model's training graph in this mode (T = 2,
+    /// batch 1) through every pass, so that an error any pass would report
+    /// shows now.
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
     /// List every parameter instead: name, shape, layer, trained or
@@ -33,8 +33,13 @@ pub fn run(a: CheckArgs) -> Result<(), CliError> {
         print!("{}", crate::interop::param_table(&an, a.json));
         return Ok(());
     }
-    let modes: Vec<Mode> = a.mode.into_iter().map(Mode::from).collect();
-    let (model, an) = load_for(&a.file, &modes)?;
+    let (model, an) = crate::frontend::load(&a.file)?;
+    if let Some(mode) = a.mode {
+        crate::compile::compile(
+            &model,
+            &crate::compile::Options::new(2, 1, Mode::from(mode)),
+        )?;
+    }
     if a.json {
         for l in &an.layers {
             println!(
@@ -71,8 +76,24 @@ fn describe(kind: &LayerKind) -> String {
         LayerKind::Linear { out, bias } => {
             format!("linear {out}{}", if *bias { "" } else { " nobias" })
         }
-        LayerKind::AvgPool { kernel, stride } => format!("avgpool {kernel} s{stride}"),
-        LayerKind::MaxPool { kernel, stride } => format!("maxpool {kernel} s{stride}"),
+        LayerKind::AvgPool {
+            kernel,
+            stride,
+            padding,
+        } => format!("avgpool {kernel} s{stride}{}", pad_suffix(*padding)),
+        LayerKind::MaxPool {
+            kernel,
+            stride,
+            padding,
+            rate_rule,
+        } => format!(
+            "maxpool {kernel} s{stride}{}{}",
+            pad_suffix(*padding),
+            match rate_rule {
+                MaxPoolRule::Masks => "",
+                MaxPoolRule::Rates => " rates",
+            }
+        ),
         LayerKind::Dropout { p } => format!("dropout {p}"),
         LayerKind::Residual { shortcut, .. } => format!(
             "residual ({} shortcut)",
@@ -87,6 +108,15 @@ fn describe(kind: &LayerKind) -> String {
 }
 
 /// Layers in the order `shape::analyze` lists them.
+/// ` p1` for a padded pool, nothing for an unpadded one.
+fn pad_suffix(padding: usize) -> String {
+    if padding == 0 {
+        String::new()
+    } else {
+        format!(" p{padding}")
+    }
+}
+
 fn flat_layers(list: &[Layer], out: &mut Vec<LayerKind>) {
     for l in list {
         out.push(l.kind.clone());

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::args::ModeArg;
 use super::CliError;
-use crate::compile::{self, load_for};
+use crate::compile;
 use crate::passes::rate::Mode;
 
 #[derive(Args)]
@@ -41,7 +41,7 @@ fn emit(
 ) -> Result<(), CliError> {
     use crate::codegen::{render_c, render_cuda};
     use crate::passes::fuse::{self, Unit};
-    let (model, _) = load_for(path, &[mode])?;
+    let (model, _) = crate::frontend::load(path)?;
     let g = compile::compile(&model, &compile::Options::new(steps, batch, mode))?.graph;
     let plan = fuse::fuse(&g);
     let (ext, header, render): (&str, String, fn(&crate::ir::kernel::Kernel) -> String) =

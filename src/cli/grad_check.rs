@@ -6,9 +6,7 @@ use std::path::PathBuf;
 
 use super::args::{modes, ModeArg};
 use super::CliError;
-use crate::compile::load_for;
 use crate::interop::grad::{self, GradRequest};
-use crate::passes::rate::Mode;
 use crate::shape::dims;
 
 #[derive(Args)]
@@ -62,7 +60,7 @@ pub fn run(a: GradCheckArgs) -> Result<(), CliError> {
 /// Cosine and norm ratio of rate vs BPTT gradients, random weights and batch.
 fn check(a: &GradCheckArgs) -> Result<(), CliError> {
     let (steps, batch, seed) = (a.steps, a.batch, a.seed);
-    let (model, an) = load_for(&a.file, &[Mode::Rate])?;
+    let (model, an) = crate::frontend::load(&a.file)?;
     let rows = grad::check_rows(&model, &an, steps, batch, seed)?;
     if a.json {
         for r in &rows {

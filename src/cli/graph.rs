@@ -7,7 +7,7 @@ use std::fmt::Write;
 use super::args::{ModeArg, OutputArg};
 use super::plan::fused_plan_text;
 use super::{CliError, MIB};
-use crate::compile::{self, load_for};
+use crate::compile;
 use crate::ir;
 use crate::passes::cost::graph_cost;
 use crate::passes::rate::RegionStats;
@@ -111,13 +111,7 @@ fn graph(
         },
         e => e.into(),
     })?;
-    let runs_rate = pipeline.passes[..n].iter().any(|p| p.name() == "rate");
-    let modes = if runs_rate {
-        vec![opts.mode]
-    } else {
-        Vec::new()
-    };
-    let (model, _) = load_for(file, &modes)?;
+    let (model, _) = crate::frontend::load(file)?;
     let c = compile::run(&model, opts, &pipeline, Some(after))?;
     let p = &c.program;
     let g = &p.graph;

@@ -3,10 +3,10 @@
 use clap::Args;
 use std::fmt::Write;
 
-use super::args::{modes_of, OutputArg, UnrollArgs};
+use super::args::{OutputArg, UnrollArgs};
 use super::bench::BenchPlan;
 use super::CliError;
-use crate::compile::{self, load_for, Stage};
+use crate::compile::{self, Stage};
 use crate::passes::fuse::{Plan, Unit};
 use crate::passes::{fuse_time, memplan};
 
@@ -43,7 +43,7 @@ fn plan(
     sched: BenchPlan,
     json: bool,
 ) -> Result<String, CliError> {
-    let (model, _) = load_for(&u.file, &modes_of(opts))?;
+    let (model, _) = crate::frontend::load(&u.file)?;
     let c = compile::compile(&model, opts)?;
     let sched = match sched {
         BenchPlan::Graph(s) => s,

@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::args::{modes, SweepArgs};
 use super::{CliError, MIB};
-use crate::compile::{self, load_for};
+use crate::compile;
 use crate::model::Model;
 use crate::passes::cost::graph_cost;
 use crate::passes::rate::Mode;
@@ -25,7 +25,7 @@ pub fn run(a: ReportArgs) -> Result<(), CliError> {
         batch,
     } = a.sweep;
     let modes = modes(&mode);
-    let (model, _) = load_for(&file, &modes)?;
+    let (model, _) = crate::frontend::load(&file)?;
     let rows = report_rows(&model, &steps, &modes, batch)?;
     if a.json {
         for r in &rows {

@@ -16,7 +16,7 @@
 //! ```
 
 use super::{BATCHNORM_EPS, BATCHNORM_MOMENTUM};
-use crate::model::{Encoding, Input, Layer, LayerKind, Model, NeuronKind, NeuronOpts};
+use crate::model::{Encoding, Input, Layer, LayerKind, MaxPoolRule, Model, NeuronKind, NeuronOpts};
 
 /// Builds a whole model: name, input, neuron defaults and top-level layers.
 #[derive(Clone, Debug)]
@@ -67,9 +67,15 @@ layer_methods! {
     /// Batch norm with the DSL's defaults (eps 1e-5, momentum 0.1).
     fn batchnorm() => LayerKind::BatchNorm { eps: BATCHNORM_EPS, momentum: BATCHNORM_MOMENTUM };
     /// Average pooling with stride equal to the kernel.
-    fn avgpool(kernel: usize) => LayerKind::AvgPool { kernel, stride: kernel };
+    fn avgpool(kernel: usize) => LayerKind::AvgPool { kernel, stride: kernel, padding: 0 };
     /// Max pooling with stride equal to the kernel.
-    fn maxpool(kernel: usize) => LayerKind::MaxPool { kernel, stride: kernel };
+    fn maxpool(kernel: usize) => LayerKind::MaxPool {
+        kernel, stride: kernel, padding: 0, rate_rule: MaxPoolRule::Masks
+    };
+    /// Max pooling with any window geometry and rate-mode rule (the
+    /// ImageNet ResNet stem is `maxpool_with(3, 2, 1, MaxPoolRule::Masks)`).
+    fn maxpool_with(kernel: usize, stride: usize, padding: usize, rate_rule: MaxPoolRule) =>
+        LayerKind::MaxPool { kernel, stride, padding, rate_rule };
     fn flatten() => LayerKind::Flatten;
     fn dropout(p: f64) => LayerKind::Dropout { p };
     /// A LIF layer that takes every option from the model's defaults.

@@ -11,7 +11,8 @@ use super::diag::{closest, Diagnostic};
 use super::lexer::{lex_line, Tok, TokKind};
 use super::LAYER_KEYWORDS;
 use crate::model::{
-    Encoding, Input, Layer, LayerKind, Model, NeuronKind, NeuronOpts, Pos, Reset, SurrogateKind,
+    Encoding, Input, Layer, LayerKind, MaxPoolRule, Model, NeuronKind, NeuronOpts, Pos, Reset,
+    SurrogateKind,
 };
 use crate::shape::{nesting_hint, MAX_NESTING};
 
@@ -140,13 +141,20 @@ const SPECS: &[Spec] = &[
     Spec {
         keyword: "avgpool",
         positional: Some(("kernel size", SIZE)),
-        options: &[param("stride", SIZE)],
+        options: &[
+            param("stride", SIZE),
+            param("padding", Kind::Size { nonzero: false }),
+        ],
         example: "avgpool 2",
     },
     Spec {
         keyword: "maxpool",
         positional: Some(("kernel size", SIZE)),
-        options: &[param("stride", SIZE)],
+        options: &[
+            param("stride", SIZE),
+            param("padding", Kind::Size { nonzero: false }),
+            param("rate_rule", Kind::Choice(&["masks", "rates"])),
+        ],
         example: "maxpool 2",
     },
     Spec {
@@ -998,10 +1006,23 @@ fn layer_kind(keyword: &str, args: &Args) -> LayerKind {
         "avgpool" | "maxpool" => {
             let kernel = args.positional_size();
             let stride = args.size("stride").unwrap_or(kernel);
+            let padding = args.size("padding").unwrap_or(0);
             if keyword == "avgpool" {
-                LayerKind::AvgPool { kernel, stride }
+                LayerKind::AvgPool {
+                    kernel,
+                    stride,
+                    padding,
+                }
             } else {
-                LayerKind::MaxPool { kernel, stride }
+                LayerKind::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                    rate_rule: args
+                        .choice("rate_rule")
+                        .and_then(MaxPoolRule::from_name)
+                        .unwrap_or_default(),
+                }
             }
         }
         "flatten" => LayerKind::Flatten,

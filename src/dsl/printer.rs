@@ -6,7 +6,7 @@
 use std::fmt::{self, Display, Formatter};
 
 use super::{BATCHNORM_EPS, BATCHNORM_MOMENTUM};
-use crate::model::{Encoding, Layer, LayerKind, Model, NeuronOpts, Reset};
+use crate::model::{Encoding, Layer, LayerKind, MaxPoolRule, Model, NeuronOpts, Reset};
 
 pub fn to_snn(model: &Model) -> String {
     Snn(model).to_string()
@@ -99,10 +99,20 @@ fn layers(f: &mut Formatter<'_>, layers: &[Layer], depth: usize) -> fmt::Result 
                     write!(f, " momentum={}", Num(*momentum))?;
                 }
             }
-            LayerKind::AvgPool { kernel, stride } | LayerKind::MaxPool { kernel, stride } => {
-                write!(f, " {kernel}")?;
-                if stride != kernel {
-                    write!(f, " stride={stride}")?;
+            LayerKind::AvgPool {
+                kernel,
+                stride,
+                padding,
+            } => pool(f, *kernel, *stride, *padding)?,
+            LayerKind::MaxPool {
+                kernel,
+                stride,
+                padding,
+                rate_rule,
+            } => {
+                pool(f, *kernel, *stride, *padding)?;
+                if *rate_rule != MaxPoolRule::default() {
+                    write!(f, " rate_rule={}", rate_rule.name())?;
                 }
             }
             LayerKind::Flatten => {}
@@ -119,6 +129,18 @@ fn layers(f: &mut Formatter<'_>, layers: &[Layer], depth: usize) -> fmt::Result 
             }
         }
         writeln!(f)?;
+    }
+    Ok(())
+}
+
+/// A pool's kernel, and its stride and padding where not the defaults.
+fn pool(f: &mut Formatter<'_>, kernel: usize, stride: usize, padding: usize) -> fmt::Result {
+    write!(f, " {kernel}")?;
+    if stride != kernel {
+        write!(f, " stride={stride}")?;
+    }
+    if padding != 0 {
+        write!(f, " padding={padding}")?;
     }
     Ok(())
 }

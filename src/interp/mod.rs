@@ -8,6 +8,7 @@
 pub(crate) mod grad_ops;
 mod op_error;
 pub(crate) mod ops;
+mod pool;
 mod random;
 mod scalar;
 

@@ -5,6 +5,7 @@
 //! definition (`ir::scalar`) per element.
 
 use super::grad_ops as g;
+use super::pool::{self, Pool, Window};
 use super::scalar::{constant, count, inner};
 use super::RunOptions;
 use crate::ir::scalar_eval::{OpProgram, ScalarError};
@@ -65,8 +66,17 @@ pub fn eval_op<F: Float>(
         Op::TimeSlice { t } => time_slice(x(0), *t),
         Op::MatMul { ta, tb } => matmul(x(0), x(1), *ta, *tb),
         Op::Conv2d { stride, padding } => conv2d(x(0), x(1), *stride, *padding),
-        Op::AvgPool { kernel, stride } => pool(x(0), *kernel, *stride, Pool::Avg),
-        Op::MaxPool { kernel, stride } => pool(x(0), *kernel, *stride, Pool::Max),
+        &Op::AvgPool {
+            kernel,
+            stride,
+            padding,
+        } => pool::pool(x(0), win(kernel, stride, padding), Pool::Avg),
+        &Op::MaxPool {
+            kernel,
+            stride,
+            padding,
+            ..
+        } => pool::pool(x(0), win(kernel, stride, padding), Pool::Max),
         Op::Reshape { shape } => Tensor::from_vec(shape, x(0).data.clone()),
         Op::ChannelMean => channel_mean(operands),
         Op::ChannelVar => channel_var(operands[0], &operands[1..]),
@@ -86,14 +96,36 @@ pub fn eval_op<F: Float>(
             padding,
             kernel,
         } => g::conv2d_grad_weight(x(0), x(1), *stride, *padding, *kernel),
-        Op::AvgPoolGrad {
+        &Op::AvgPoolGrad {
             kernel,
             stride,
+            padding,
             in_h,
             in_w,
-        } => g::avgpool_grad(x(0), *kernel, *stride, *in_h, *in_w),
-        Op::MaxPoolGrad { kernel, stride } => g::maxpool_grad(x(0), x(1), *kernel, *stride),
-        Op::MaxPoolMask { kernel, stride } => g::maxpool_mask(x(0), *kernel, *stride),
+        } => pool::avgpool_grad(x(0), win(kernel, stride, padding), in_h, in_w),
+        &Op::MaxPoolGrad {
+            kernel,
+            stride,
+            padding,
+            ..
+        } => pool::maxpool_grad(x(0), x(1), win(kernel, stride, padding)),
+        &Op::MaxPoolMask {
+            kernel,
+            stride,
+            padding,
+        } => pool::maxpool_mask(x(0), win(kernel, stride, padding)),
+        &Op::MaxPoolSelect {
+            kernel,
+            stride,
+            padding,
+        } => pool::maxpool_select(x(0), win(kernel, stride, padding)),
+        &Op::MaxPoolRoute {
+            kernel,
+            stride,
+            padding,
+            in_h,
+            in_w,
+        } => pool::maxpool_route(x(0), x(1), win(kernel, stride, padding), in_h, in_w),
         Op::SoftmaxCrossEntropy => g::softmax_xent(x(0), x(1)),
         Op::SoftmaxCrossEntropyGrad => g::softmax_xent_grad(x(0), x(1)),
         _ => unreachable!("{} is elementwise", op.name()),
@@ -268,44 +300,6 @@ pub(crate) fn conv2d<F: Float>(
     out
 }
 
-#[derive(Clone, Copy)]
-enum Pool {
-    Avg,
-    Max,
-}
-
-fn pool<F: Float>(x: &Tensor<F>, kernel: usize, stride: usize, kind: Pool) -> Tensor<F> {
-    let (b, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let ho = (h - kernel) / stride + 1;
-    let wo = (w - kernel) / stride + 1;
-    let area: F = count(kernel * kernel);
-    let mut out = Tensor::zeros(&[b, c, ho, wo]);
-    for plane in 0..b * c {
-        for oy in 0..ho {
-            for ox in 0..wo {
-                let mut acc = match kind {
-                    Pool::Avg => F::zero(),
-                    Pool::Max => F::neg_infinity(),
-                };
-                for ky in 0..kernel {
-                    for kx in 0..kernel {
-                        let v = x.data[(plane * h + oy * stride + ky) * w + ox * stride + kx];
-                        acc = match kind {
-                            Pool::Avg => acc + v,
-                            Pool::Max => acc.max(v),
-                        };
-                    }
-                }
-                out.data[(plane * ho + oy) * wo + ox] = match kind {
-                    Pool::Avg => acc / area,
-                    Pool::Max => acc,
-                };
-            }
-        }
-    }
-    out
-}
-
 /// Per-channel sums of `f(x, channel)` over every operand and every
 /// non-channel axis, plus the number of terms per channel.
 fn channel_sums<F: Float>(xs: &[&Tensor<F>], f: impl Fn(F, usize) -> F) -> (Vec<F>, usize) {
@@ -338,4 +332,12 @@ fn channel_var<F: Float>(mean: &Tensor<F>, xs: &[&Tensor<F>]) -> Tensor<F> {
     let n: F = count(n);
     let c = sums.len();
     Tensor::from_vec(&[c], sums.into_iter().map(|s| s / n).collect())
+}
+
+fn win(kernel: usize, stride: usize, padding: usize) -> Window {
+    Window {
+        kernel,
+        stride,
+        padding,
+    }
 }

@@ -13,7 +13,7 @@ pub mod scalar_eval;
 mod shape_rule;
 mod verify;
 
-pub use op::{Arity, Cost, Linearity, Op, OpInfo};
+pub use op::{Arity, Cost, Linearity, MaxPoolRule, Op, OpInfo};
 
 /// Bytes of an f32 tensor of `shape` (saturating: a verified graph's
 /// shapes have at most 2^60 elements, and a sum of byte counts that
@@ -23,7 +23,7 @@ pub fn value_bytes(shape: &[usize]) -> u64 {
 }
 pub use petgraph::stable_graph::NodeIndex;
 pub use print::{dot_quote, to_dot, to_text};
-pub use shape_rule::ShapeRuleError;
+pub use shape_rule::{pooled, ShapeRuleError};
 pub use verify::{verify, NodeProblem, VerifyError};
 
 use petgraph::stable_graph::StableDiGraph;

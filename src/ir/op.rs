@@ -6,6 +6,7 @@
 //! fire (`spike`) and reset (`detach`, `scale`/`mul`, `sub`), so autodiff
 //! and the rate pass see every term of the recurrence.
 
+pub use crate::model::MaxPoolRule;
 use crate::model::Surrogate;
 use serde::Serialize;
 
@@ -68,13 +69,19 @@ pub enum Op {
         stride: usize,
         padding: usize,
     },
+    /// Padded positions count as zeros; the divisor is always kernel².
     AvgPool {
         kernel: usize,
         stride: usize,
+        padding: usize,
     },
+    /// Padded positions are −∞ (never a window's maximum). `rule` is the
+    /// layer's rate-mode rule; it does not change the op's value.
     MaxPool {
         kernel: usize,
         stride: usize,
+        padding: usize,
+        rule: MaxPoolRule,
     },
     Reshape {
         shape: Vec<usize>,
@@ -138,6 +145,7 @@ pub enum Op {
     AvgPoolGrad {
         kernel: usize,
         stride: usize,
+        padding: usize,
         in_h: usize,
         in_w: usize,
     },
@@ -146,13 +154,35 @@ pub enum Op {
     MaxPoolGrad {
         kernel: usize,
         stride: usize,
+        padding: usize,
+        rule: MaxPoolRule,
     },
     /// `x -> mask` of x's shape: 1 at each pooling window's first maximum.
-    /// With non-overlapping windows, `maxpool_grad(x, δ) =
+    /// With windows that do not overlap, `maxpool_grad(x, δ) =
     /// mask(x) · k²·avgpool_grad(δ)`, a product the rate pass can average.
     MaxPoolMask {
         kernel: usize,
         stride: usize,
+        padding: usize,
+    },
+    /// `x[B,C,H,W] -> s[B,C,Ho,Wo,k·k]`: per window, 1 at the offset of its
+    /// first maximum, 0 elsewhere (the window's selection, one-hot).
+    MaxPoolSelect {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    },
+    /// `(s[B,C,Ho,Wo,k·k], δy[B,C,Ho,Wo]) -> δx[B,C,H,W]`: every window
+    /// adds `s[w, o]·δy[w]` to the input element at its offset `o`. Then
+    /// `maxpool_grad(x, δ) = maxpool_route(maxpool_select(x), δ)` for any
+    /// windows, overlapping ones included, and the route is bilinear, so
+    /// the rate pass can average the selections.
+    MaxPoolRoute {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        in_h: usize,
+        in_w: usize,
     },
     /// `(z[B,K], y[B,K]) -> [1]`: mean over the batch of
     /// `−Σ_k y_k·log softmax(z)_k` (y one-hot or any distribution).
@@ -331,6 +361,12 @@ impl Op {
                 ..row(Exactly(2), Cost::Shaped)
             },
             Op::MaxPoolMask { .. } => row(Exactly(1), one),
+            Op::MaxPoolSelect { .. } => row(Exactly(1), Cost::Shaped),
+            Op::MaxPoolRoute { .. } => OpInfo {
+                linear: Linearity::Each(&[0, 1]),
+                bilinear: true,
+                ..row(Exactly(2), Cost::Shaped)
+            },
             Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => row(Exactly(2), Cost::Shaped),
         }
     }
@@ -414,6 +450,8 @@ impl Op {
             Op::AvgPoolGrad { .. } => "avgpool_grad",
             Op::MaxPoolGrad { .. } => "maxpool_grad",
             Op::MaxPoolMask { .. } => "maxpool_mask",
+            Op::MaxPoolSelect { .. } => "maxpool_select",
+            Op::MaxPoolRoute { .. } => "maxpool_route",
             Op::SoftmaxCrossEntropy => "softmax_xent",
             Op::SoftmaxCrossEntropyGrad => "softmax_xent_grad",
         }
@@ -439,9 +477,33 @@ impl Op {
                 (true, true) => "ta tb".into(),
             },
             Op::Conv2d { stride, padding } => format!("stride={stride} padding={padding}"),
-            Op::AvgPool { kernel, stride } | Op::MaxPool { kernel, stride } => {
-                format!("kernel={kernel} stride={stride}")
+            Op::AvgPool {
+                kernel,
+                stride,
+                padding,
             }
+            | Op::MaxPoolMask {
+                kernel,
+                stride,
+                padding,
+            }
+            | Op::MaxPoolSelect {
+                kernel,
+                stride,
+                padding,
+            } => window(*kernel, *stride, *padding),
+            Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+                rule,
+            }
+            | Op::MaxPoolGrad {
+                kernel,
+                stride,
+                padding,
+                rule,
+            } => window(*kernel, *stride, *padding) + &rule_attr(*rule),
             Op::Reshape { shape } => crate::shape::list(shape),
             Op::Normalize { eps } | Op::Rsqrt { eps } => format!("eps={eps}"),
             Op::ChannelBroadcast { shape } => crate::shape::list(shape),
@@ -459,12 +521,17 @@ impl Op {
             Op::AvgPoolGrad {
                 kernel,
                 stride,
+                padding,
                 in_h,
                 in_w,
-            } => format!("kernel={kernel} stride={stride} in={in_h}x{in_w}"),
-            Op::MaxPoolGrad { kernel, stride } | Op::MaxPoolMask { kernel, stride } => {
-                format!("kernel={kernel} stride={stride}")
             }
+            | Op::MaxPoolRoute {
+                kernel,
+                stride,
+                padding,
+                in_h,
+                in_w,
+            } => format!("{} in={in_h}x{in_w}", window(*kernel, *stride, *padding)),
             _ => String::new(),
         }
     }
@@ -474,5 +541,23 @@ impl Op {
             self,
             Op::Input { .. } | Op::Param { .. } | Op::DropoutMask { .. }
         )
+    }
+}
+
+/// A pooling window's attributes as printed: the padding only when there
+/// is some (so unpadded pools print as they always have).
+fn window(kernel: usize, stride: usize, padding: usize) -> String {
+    if padding == 0 {
+        format!("kernel={kernel} stride={stride}")
+    } else {
+        format!("kernel={kernel} stride={stride} padding={padding}")
+    }
+}
+
+/// A max-pool's rate rule as printed: nothing for the default.
+fn rule_attr(rule: MaxPoolRule) -> String {
+    match rule {
+        MaxPoolRule::Masks => String::new(),
+        rule => format!(" rule={}", rule.name()),
     }
 }

@@ -44,6 +44,8 @@ pub enum ShapeRuleError {
     ConvKernel { kernel: usize, x: Vec<usize> },
     #[error("pool kernel {kernel} does not fit {}", list(.x))]
     PoolKernel { kernel: usize, x: Vec<usize> },
+    #[error("pool padding {padding} is more than half the kernel {kernel}")]
+    PoolPadding { kernel: usize, padding: usize },
     #[error("reshape {} to {}", list(.from), list(.to))]
     Reshape { from: Vec<usize>, to: Vec<usize> },
     /// An operand of the wrong rank for `op` (a channel reduction of a
@@ -192,22 +194,31 @@ impl Op {
                     }
                 }
             }
-            Op::AvgPool { kernel, stride } | Op::MaxPool { kernel, stride } => {
+            Op::AvgPool {
+                kernel,
+                stride,
+                padding,
+            }
+            | Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
                 arity(1)?;
                 let x = ins[0];
-                if x.len() != 4 || *kernel == 0 || *stride == 0 || x[2] < *kernel || x[3] < *kernel
-                {
-                    return Err(ShapeRuleError::PoolKernel {
-                        kernel: *kernel,
-                        x: x.to_vec(),
-                    });
-                }
-                vec![
-                    x[0],
-                    x[1],
-                    (x[2] - kernel) / stride + 1,
-                    (x[3] - kernel) / stride + 1,
-                ]
+                let (ho, wo) = pooled(x, *kernel, *stride, *padding)?;
+                vec![x[0], x[1], ho, wo]
+            }
+            Op::MaxPoolSelect {
+                kernel,
+                stride,
+                padding,
+            } => {
+                arity(1)?;
+                let x = ins[0];
+                let (ho, wo) = pooled(x, *kernel, *stride, *padding)?;
+                vec![x[0], x[1], ho, wo, kernel * kernel]
             }
             Op::Reshape { shape } => {
                 arity(1)?;
@@ -360,6 +371,7 @@ impl Op {
             Op::AvgPoolGrad {
                 kernel,
                 stride,
+                padding,
                 in_h,
                 in_w,
             } => {
@@ -372,12 +384,8 @@ impl Op {
                     });
                 }
                 let x = [d[0], d[1], *in_h, *in_w];
-                let fwd = Op::AvgPool {
-                    kernel: *kernel,
-                    stride: *stride,
-                };
-                match fwd.infer_shape(&[&x]) {
-                    Ok(Some(y)) if y == d => x.to_vec(),
+                match pooled(&x, *kernel, *stride, *padding) {
+                    Ok((ho, wo)) if [ho, wo] == d[2..] => x.to_vec(),
                     _ => {
                         return Err(ShapeRuleError::AvgPoolGrad {
                             d: d.to_vec(),
@@ -387,31 +395,69 @@ impl Op {
                     }
                 }
             }
-            Op::MaxPoolGrad { kernel, stride } => {
+            Op::MaxPoolGrad {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
                 arity(2)?;
-                let fwd = Op::MaxPool {
-                    kernel: *kernel,
-                    stride: *stride,
-                };
-                match fwd.infer_shape(&[ins[0]]) {
-                    Ok(Some(y)) if y == ins[1] => ins[0].to_vec(),
+                let (x, d) = (ins[0], ins[1]);
+                match pooled(x, *kernel, *stride, *padding) {
+                    Ok((ho, wo)) if d.len() == 4 && d[..2] == x[..2] && [ho, wo] == d[2..] => {
+                        x.to_vec()
+                    }
                     _ => {
                         return Err(ShapeRuleError::GradPair {
                             op: "maxpool_grad",
-                            a: ins[0].to_vec(),
-                            b: ins[1].to_vec(),
+                            a: x.to_vec(),
+                            b: d.to_vec(),
                         })
                     }
                 }
             }
-            Op::MaxPoolMask { kernel, stride } => {
+            Op::MaxPoolMask {
+                kernel,
+                stride,
+                padding,
+            } => {
                 arity(1)?;
-                let fwd = Op::MaxPool {
-                    kernel: *kernel,
-                    stride: *stride,
-                };
-                fwd.infer_shape(ins)?;
+                pooled(ins[0], *kernel, *stride, *padding)?;
                 ins[0].to_vec()
+            }
+            Op::MaxPoolRoute {
+                kernel,
+                stride,
+                padding,
+                in_h,
+                in_w,
+            } => {
+                arity(2)?;
+                let (s, d) = (ins[0], ins[1]);
+                let x = [
+                    d.first().copied().unwrap_or(0),
+                    d.get(1).copied().unwrap_or(0),
+                    *in_h,
+                    *in_w,
+                ];
+                match pooled(&x, *kernel, *stride, *padding) {
+                    Ok((ho, wo))
+                        if d.len() == 4
+                            && [ho, wo] == d[2..]
+                            && s.len() == 5
+                            && s[..4] == d[..]
+                            && s[4] == kernel * kernel =>
+                    {
+                        x.to_vec()
+                    }
+                    _ => {
+                        return Err(ShapeRuleError::GradPair {
+                            op: "maxpool_route",
+                            a: s.to_vec(),
+                            b: d.to_vec(),
+                        })
+                    }
+                }
             }
             Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => {
                 arity(2)?;
@@ -430,4 +476,27 @@ impl Op {
         };
         Ok(Some(out))
     }
+}
+
+/// The output height and width of a pooling window over `x[B, C, H, W]`
+/// padded by `padding` on every side. Padding is at most half the kernel
+/// (PyTorch's rule), so every window holds at least one input element.
+pub fn pooled(
+    x: &[usize],
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<(usize, usize), ShapeRuleError> {
+    if 2 * padding > kernel {
+        return Err(ShapeRuleError::PoolPadding { kernel, padding });
+    }
+    let fits = |n: usize| n + 2 * padding >= kernel;
+    if x.len() != 4 || kernel == 0 || stride == 0 || !fits(x[2]) || !fits(x[3]) {
+        return Err(ShapeRuleError::PoolKernel {
+            kernel,
+            x: x.to_vec(),
+        });
+    }
+    let out = |n: usize| (n + 2 * padding - kernel) / stride + 1;
+    Ok((out(x[2]), out(x[3])))
 }

@@ -251,11 +251,15 @@ impl Ex<'_> {
                               linear layer right before it",
                     })
                 }
-                LayerKind::AvgPool { kernel, stride } => {
+                LayerKind::AvgPool {
+                    kernel,
+                    stride,
+                    padding,
+                } => {
                     let node = Node::new(Prim::AvgPool2d {
                         kernel: [*kernel; 2],
                         stride: [*stride; 2],
-                        padding: [0, 0],
+                        padding: [*padding; 2],
                     });
                     cur = self.add(name, node, &cur);
                 }

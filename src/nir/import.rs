@@ -794,10 +794,15 @@ impl Im<'_> {
                         ),
                     ));
                 }
-                if *padding != [0, 0] {
+                // Padded positions count as zeros (the divisor stays k²).
+                if padding[0] != padding[1] || 2 * padding[0] > kernel[0] {
                     return Err(self.fail(
                         n,
-                        format!("padding {}: snnc's pooling has none", l(padding)),
+                        format!(
+                            "padding {}: snnc's pooling pads every side alike, by at most \
+                             half the kernel",
+                            l(padding)
+                        ),
                     ));
                 }
                 let &[c, h, w] = self.shape.as_slice() else {
@@ -805,7 +810,8 @@ impl Im<'_> {
                         self.fail(n, format!("input of shape {}, not C×H×W", l(&self.shape)))
                     );
                 };
-                let (k, s) = (kernel[0], stride[0]);
+                let (k, s, p) = (kernel[0], stride[0], padding[0]);
+                let (h, w) = (h + 2 * p, w + 2 * p);
                 if k == 0 || s == 0 || h < k || w < k {
                     return Err(self.fail(n, format!("kernel {k}, stride {s} on a {h}×{w} input")));
                 }
@@ -815,6 +821,7 @@ impl Im<'_> {
                     LayerKind::AvgPool {
                         kernel: k,
                         stride: s,
+                        padding: p,
                     },
                 );
                 if matches!(node.prim, Prim::SumPool2d { .. }) {

@@ -527,7 +527,6 @@ fn run<'d>(
     let quiet = opts.quiet || opts.json;
     let model = crate::frontend::parse_source(&cfg.model_source, &cfg.model_file)?;
     let a = shape::analyze(&model)
-        .and_then(|a| compile::check_mode(&model, cfg.mode).map(|()| a))
         .map_err(|e| crate::frontend::shape_error(&e, &cfg.model_file, &cfg.model_source))?;
     let split = load_data(cfg)?;
     // Event frames carry the time axis: [T, C, H, W] per sample.

@@ -150,13 +150,11 @@ enum Tape {
         rstd: Vec<f64>,
     },
     AvgPool {
-        kernel: usize,
-        stride: usize,
+        win: Win,
         in_shape: Vec<usize>,
     },
     MaxPool {
-        kernel: usize,
-        stride: usize,
+        win: Win,
         xs: Vec<Act>,
     },
     Flatten {
@@ -232,34 +230,26 @@ fn forward_list(
                 let (ys, xhat, rstd) = bn_fwd(&xs, param("gamma"), param("beta"), *eps);
                 (ys, Tape::BatchNorm { path, xhat, rstd })
             }
-            LayerKind::AvgPool { kernel, stride } => {
-                let ys = xs
-                    .iter()
-                    .map(|x| avgpool_fwd(x, *kernel, *stride))
-                    .collect();
+            &LayerKind::AvgPool {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let win = Win::new(kernel, stride, padding);
+                let ys = xs.iter().map(|x| avgpool_fwd(x, win)).collect();
                 let in_shape = xs[0].shape.clone();
-                (
-                    ys,
-                    Tape::AvgPool {
-                        kernel: *kernel,
-                        stride: *stride,
-                        in_shape,
-                    },
-                )
+                (ys, Tape::AvgPool { win, in_shape })
             }
-            LayerKind::MaxPool { kernel, stride } => {
-                let ys = xs
-                    .iter()
-                    .map(|x| maxpool_fwd(x, *kernel, *stride))
-                    .collect();
-                (
-                    ys,
-                    Tape::MaxPool {
-                        kernel: *kernel,
-                        stride: *stride,
-                        xs,
-                    },
-                )
+            // BPTT routes by each step's own maxima, whatever the rate rule.
+            &LayerKind::MaxPool {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
+                let win = Win::new(kernel, stride, padding);
+                let ys = xs.iter().map(|x| maxpool_fwd(x, win)).collect();
+                (ys, Tape::MaxPool { win, xs })
             }
             LayerKind::Flatten => {
                 let in_shape = xs[0].shape.clone();
@@ -378,18 +368,14 @@ fn backward_list(
                 add_into(grads, &format!("{path}.beta"), &dbeta);
                 dxs
             }
-            Tape::AvgPool {
-                kernel,
-                stride,
-                in_shape,
-            } => dys
+            Tape::AvgPool { win, in_shape } => dys
                 .iter()
-                .map(|dy| avgpool_bwd(dy, in_shape, *kernel, *stride))
+                .map(|dy| avgpool_bwd(dy, in_shape, *win))
                 .collect(),
-            Tape::MaxPool { kernel, stride, xs } => xs
+            Tape::MaxPool { win, xs } => xs
                 .iter()
                 .zip(&dys)
-                .map(|(x, dy)| maxpool_bwd(x, dy, *kernel, *stride))
+                .map(|(x, dy)| maxpool_bwd(x, dy, *win))
                 .collect(),
             Tape::Flatten { in_shape } => dys
                 .into_iter()
@@ -744,44 +730,81 @@ fn bn_bwd(
 
 // ---------------------------------------------------------------- pooling
 
-fn pool_dims(shape: &[usize], kernel: usize, stride: usize) -> (usize, usize, usize, usize) {
-    let (h, w) = (shape[2], shape[3]);
-    (h, w, (h - kernel) / stride + 1, (w - kernel) / stride + 1)
+/// A pooling window: kernel, stride, padding (on every side; padded
+/// positions are skipped: −∞ for max, 0 for average, whose divisor stays
+/// kernel²).
+#[derive(Clone, Copy, Debug)]
+pub struct Win {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
 }
 
-pub fn avgpool_fwd(x: &Act, kernel: usize, stride: usize) -> Act {
+impl Win {
+    pub fn new(kernel: usize, stride: usize, padding: usize) -> Win {
+        Win {
+            kernel,
+            stride,
+            padding,
+        }
+    }
+
+    /// `(h, w, ho, wo)` of an input `[B, C, h, w]`.
+    fn dims(&self, shape: &[usize]) -> (usize, usize, usize, usize) {
+        let (h, w) = (shape[2], shape[3]);
+        let out = |n: usize| (n + 2 * self.padding - self.kernel) / self.stride + 1;
+        (h, w, out(h), out(w))
+    }
+
+    /// Flat indices (within a plane of `h × w`) of window (oy, ox)'s
+    /// elements, row-major, padding left out.
+    fn cells(&self, oy: usize, ox: usize, h: usize, w: usize) -> Vec<usize> {
+        let pos = |o: usize, j: usize, n: usize| {
+            let i = (o * self.stride + j) as isize - self.padding as isize;
+            (0..n as isize).contains(&i).then_some(i as usize)
+        };
+        let mut v = Vec::new();
+        for ky in 0..self.kernel {
+            for kx in 0..self.kernel {
+                if let (Some(iy), Some(ix)) = (pos(oy, ky, h), pos(ox, kx, w)) {
+                    v.push(iy * w + ix);
+                }
+            }
+        }
+        v
+    }
+}
+
+pub fn avgpool_fwd(x: &Act, win: Win) -> Act {
     let (b, c) = (x.shape[0], x.shape[1]);
-    let (h, w, ho, wo) = pool_dims(&x.shape, kernel, stride);
+    let (h, w, ho, wo) = win.dims(&x.shape);
     let mut y = Tensor::zeros(&[b, c, ho, wo]);
     for plane in 0..b * c {
         for oy in 0..ho {
             for ox in 0..wo {
-                let mut acc = 0.0;
-                for ky in 0..kernel {
-                    for kx in 0..kernel {
-                        acc += x.data[(plane * h + oy * stride + ky) * w + ox * stride + kx];
-                    }
-                }
-                y.data[(plane * ho + oy) * wo + ox] = acc / (kernel * kernel) as f64;
+                let acc: f64 = win
+                    .cells(oy, ox, h, w)
+                    .iter()
+                    .map(|&i| x.data[plane * h * w + i])
+                    .sum();
+                y.data[(plane * ho + oy) * wo + ox] = acc / (win.kernel * win.kernel) as f64;
             }
         }
     }
     y
 }
 
-pub fn avgpool_bwd(dy: &Act, in_shape: &[usize], kernel: usize, stride: usize) -> Act {
+pub fn avgpool_bwd(dy: &Act, in_shape: &[usize], win: Win) -> Act {
     let (b, c) = (in_shape[0], in_shape[1]);
-    let (h, w, ho, wo) = pool_dims(in_shape, kernel, stride);
+    let (h, w, ho, wo) = win.dims(in_shape);
     let mut dx = Tensor::zeros(in_shape);
-    let share = 1.0 / (kernel * kernel) as f64;
+    let share = 1.0 / (win.kernel * win.kernel) as f64;
     for plane in 0..b * c {
         for oy in 0..ho {
             for ox in 0..wo {
                 let g = dy.data[(plane * ho + oy) * wo + ox] * share;
-                for ky in 0..kernel {
-                    for kx in 0..kernel {
-                        dx.data[(plane * h + oy * stride + ky) * w + ox * stride + kx] += g;
-                    }
+                for i in win.cells(oy, ox, h, w) {
+                    dx.data[plane * h * w + i] += g;
                 }
             }
         }
@@ -791,36 +814,27 @@ pub fn avgpool_bwd(dy: &Act, in_shape: &[usize], kernel: usize, stride: usize) -
 
 /// Flat index of the first maximum of a window (row-major window order,
 /// ties to the first).
-fn argmax_window(
-    x: &Act,
-    plane: usize,
-    oy: usize,
-    ox: usize,
-    kernel: usize,
-    stride: usize,
-) -> usize {
+pub fn argmax_window(x: &Act, plane: usize, oy: usize, ox: usize, win: Win) -> usize {
     let (h, w) = (x.shape[2], x.shape[3]);
     let mut best: Option<usize> = None;
-    for ky in 0..kernel {
-        for kx in 0..kernel {
-            let i = (plane * h + oy * stride + ky) * w + ox * stride + kx;
-            match best {
-                Some(bi) if x.data[i] <= x.data[bi] => {}
-                _ => best = Some(i),
-            }
+    for i in win.cells(oy, ox, h, w) {
+        let i = plane * h * w + i;
+        match best {
+            Some(bi) if x.data[i] <= x.data[bi] => {}
+            _ => best = Some(i),
         }
     }
-    best.expect("kernel > 0")
+    best.expect("every window holds an element")
 }
 
-fn maxpool_fwd(x: &Act, kernel: usize, stride: usize) -> Act {
+pub fn maxpool_fwd(x: &Act, win: Win) -> Act {
     let (b, c) = (x.shape[0], x.shape[1]);
-    let (_, _, ho, wo) = pool_dims(&x.shape, kernel, stride);
+    let (_, _, ho, wo) = win.dims(&x.shape);
     let mut y = Tensor::zeros(&[b, c, ho, wo]);
     for plane in 0..b * c {
         for oy in 0..ho {
             for ox in 0..wo {
-                let i = argmax_window(x, plane, oy, ox, kernel, stride);
+                let i = argmax_window(x, plane, oy, ox, win);
                 y.data[(plane * ho + oy) * wo + ox] = x.data[i];
             }
         }
@@ -828,14 +842,14 @@ fn maxpool_fwd(x: &Act, kernel: usize, stride: usize) -> Act {
     y
 }
 
-fn maxpool_bwd(x: &Act, dy: &Act, kernel: usize, stride: usize) -> Act {
+pub fn maxpool_bwd(x: &Act, dy: &Act, win: Win) -> Act {
     let (b, c) = (x.shape[0], x.shape[1]);
-    let (_, _, ho, wo) = pool_dims(&x.shape, kernel, stride);
+    let (_, _, ho, wo) = win.dims(&x.shape);
     let mut dx = Tensor::zeros(&x.shape);
     for plane in 0..b * c {
         for oy in 0..ho {
             for ox in 0..wo {
-                let i = argmax_window(x, plane, oy, ox, kernel, stride);
+                let i = argmax_window(x, plane, oy, ox, win);
                 dx.data[i] += dy.data[(plane * ho + oy) * wo + ox];
             }
         }

@@ -105,17 +105,40 @@ pub fn build(r: &Recipe) -> Model {
                 eps: 1e-5,
                 momentum: 0.1,
             },
-            2 | 3 if image && shape[1] >= 2 && shape[2] >= 2 => {
-                shape = vec![shape[0], (shape[1] - 2) / 2 + 1, (shape[2] - 2) / 2 + 1];
-                if k % 8 == 2 {
-                    LayerKind::AvgPool {
-                        kernel: 2,
-                        stride: 2,
-                    }
+            // Pools of kernel 2 or 3, stride 1 to 3 (overlapping, tiling
+            // and gapped windows), padding 0 or 1; max pools with either
+            // rate rule.
+            2 | 3 if image => {
+                let (kernel, stride, padding) = (
+                    2 + (x % 2) as usize,
+                    1 + ((x / 2) % 3) as usize,
+                    ((x / 6) % 2) as usize,
+                );
+                if shape[1] + 2 * padding < kernel || shape[2] + 2 * padding < kernel {
+                    neuron(x, y)
                 } else {
-                    LayerKind::MaxPool {
-                        kernel: 2,
-                        stride: 2,
+                    shape = vec![
+                        shape[0],
+                        (shape[1] + 2 * padding - kernel) / stride + 1,
+                        (shape[2] + 2 * padding - kernel) / stride + 1,
+                    ];
+                    if k % 8 == 2 {
+                        LayerKind::AvgPool {
+                            kernel,
+                            stride,
+                            padding,
+                        }
+                    } else {
+                        LayerKind::MaxPool {
+                            kernel,
+                            stride,
+                            padding,
+                            rate_rule: if y & 16 == 0 {
+                                MaxPoolRule::Masks
+                            } else {
+                                MaxPoolRule::Rates
+                            },
+                        }
                     }
                 }
             }

@@ -24,6 +24,11 @@
 //! conv:     ∂W = conv weight gradient of (x̄, Δy),  Δx = conv input gradient of (Δy, W)
 //! LIF/IF:   Δu = g ⊙ Δs
 //! pool, flatten, residual: their linear backward on Δ (residual: both branches)
+//! max pool (rate_rule=masks):  Δx = (1/T)·Σ_t maxpool_bwd(x_t, Δy)
+//!           (each step's routing, averaged: the mean selection)
+//! max pool (rate_rule=rates):  Δx = maxpool_bwd(x̄, Δy), and the layers
+//!           after it read maxpool(x̄) as their input's rate (through a
+//!           flatten too) instead of mean_t maxpool(x_t)
 //! BN:       D = γ·Δy;  ∂β = Σ Δy;  ∂γ = Σ Δy·X̄;  δv = −½·r²·Σ D·X̄;
 //!           δμ = −r·Σ D − (2/N)·δv·Σ T·(z̄ − μ);
 //!           Δz = r·D + T·δμ/N + (2/N)·δv·T·(z̄ − μ)        (Σ over B·H·W, N = T·B·H·W)
@@ -46,8 +51,10 @@ use std::collections::HashMap;
 // the surrogates are the BPTT oracle's: what differs here is only what is
 // fed to them — time means and summed gradients.
 use super::bptt::{
-    avgpool_bwd, avgpool_fwd, conv_bwd, conv_fwd, linear_bwd, linear_fwd, surrogate_deriv,
+    avgpool_bwd, avgpool_fwd, conv_bwd, conv_fwd, linear_bwd, linear_fwd, maxpool_bwd, maxpool_fwd,
+    surrogate_deriv, Win,
 };
+use snnc::model::MaxPoolRule;
 
 pub type Params = HashMap<String, Tensor<f64>>;
 type T64 = Tensor<f64>;
@@ -78,8 +85,7 @@ pub struct Closed {
     pub firing: Vec<(String, usize, usize)>,
 }
 
-/// Rate-based loss and gradients of `model` (Direct encoding; no dropout,
-/// no max pool).
+/// Rate-based loss and gradients of `model` (Direct encoding; no dropout).
 pub fn closed_form(model: &Model, params: &Params, x: &T64, labels: &T64, steps: usize) -> Closed {
     closed_form_with(model, params, x, labels, steps, Perturb::None)
 }
@@ -104,7 +110,7 @@ pub fn closed_form_with(
         perturb,
         firing: Vec::new(),
     };
-    let (outs, tapes) = cx.forward(&model.layers, "", vec![x.clone(); steps]);
+    let (outs, tapes, _) = cx.forward(&model.layers, "", vec![x.clone(); steps], None);
 
     let (b, k) = (outs[0].shape[0], outs[0].shape[1]);
     assert_eq!(labels.shape, vec![b, k], "labels must be [B, K]");
@@ -161,9 +167,18 @@ enum Tape {
         rstd: Vec<f64>,
     },
     AvgPool {
-        kernel: usize,
-        stride: usize,
+        win: Win,
         in_shape: Vec<usize>,
+    },
+    /// `rate_rule=masks`: every step's input.
+    MaxPoolMasks {
+        win: Win,
+        xs: Vec<T64>,
+    },
+    /// `rate_rule=rates`: the input's rate.
+    MaxPoolRates {
+        win: Win,
+        xbar: T64,
     },
     Flatten {
         in_shape: Vec<usize>,
@@ -200,10 +215,19 @@ impl Ctx<'_> {
         }
     }
 
-    /// Per-step forward through a layer list; returns the per-step outputs
-    /// and one tape per layer.
-    fn forward(&mut self, layers: &[Layer], prefix: &str, xs: Vec<T64>) -> (Vec<T64>, Vec<Tape>) {
+    /// Per-step forward through a layer list; returns the per-step outputs,
+    /// one tape per layer, and the outputs' rate where a `rate_rule=rates`
+    /// max pool made it differ from their time mean (`rate`: the same for
+    /// the inputs).
+    fn forward(
+        &mut self,
+        layers: &[Layer],
+        prefix: &str,
+        xs: Vec<T64>,
+        rate: Option<T64>,
+    ) -> (Vec<T64>, Vec<Tape>, Option<T64>) {
         let mut xs = xs;
+        let mut rate = rate;
         let mut tapes = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter().enumerate() {
             let path = format!("{prefix}{i}");
@@ -212,7 +236,7 @@ impl Ctx<'_> {
                     let w = self.param(&format!("{path}.weight"));
                     let b = bias.then(|| self.param(&format!("{path}.bias")));
                     let ys = xs.iter().map(|x| linear_fwd(x, w, b)).collect();
-                    let xbar = self.xbar(&xs);
+                    let xbar = rate.take().unwrap_or_else(|| self.xbar(&xs));
                     let bias = *bias;
                     (ys, Tape::Linear { path, bias, xbar })
                 }
@@ -232,35 +256,61 @@ impl Ctx<'_> {
                         bias: *bias,
                         stride: *stride,
                         padding: *padding,
-                        xbar: self.xbar(&xs),
+                        xbar: rate.take().unwrap_or_else(|| self.xbar(&xs)),
                         path,
                     };
                     (ys, tape)
                 }
                 LayerKind::BatchNorm { eps, .. } => self.batch_norm(path, &xs, *eps),
-                LayerKind::AvgPool { kernel, stride } => {
-                    let ys = xs
-                        .iter()
-                        .map(|x| avgpool_fwd(x, *kernel, *stride))
-                        .collect();
+                &LayerKind::AvgPool {
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let win = Win::new(kernel, stride, padding);
+                    let ys = xs.iter().map(|x| avgpool_fwd(x, win)).collect();
                     let tape = Tape::AvgPool {
-                        kernel: *kernel,
-                        stride: *stride,
+                        win,
                         in_shape: xs[0].shape.clone(),
+                    };
+                    (ys, tape)
+                }
+                &LayerKind::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                    rate_rule,
+                } => {
+                    let win = Win::new(kernel, stride, padding);
+                    let ys = xs.iter().map(|x| maxpool_fwd(x, win)).collect();
+                    let tape = match rate_rule {
+                        MaxPoolRule::Masks => Tape::MaxPoolMasks {
+                            win,
+                            xs: xs.clone(),
+                        },
+                        MaxPoolRule::Rates => {
+                            let xbar = rate.take().unwrap_or_else(|| time_mean(&xs));
+                            let pooled = maxpool_fwd(&xbar, win);
+                            tapes.push(Tape::MaxPoolRates { win, xbar });
+                            xs = ys;
+                            rate = Some(pooled);
+                            continue;
+                        }
                     };
                     (ys, tape)
                 }
                 LayerKind::Flatten => {
                     let in_shape = xs[0].shape.clone();
                     let b = in_shape[0];
-                    let ys = xs
-                        .into_iter()
-                        .map(|x| {
-                            let n = x.data.len() / b;
-                            T64::from_vec(&[b, n], x.data)
-                        })
-                        .collect();
-                    (ys, Tape::Flatten { in_shape })
+                    let flat = |x: T64| {
+                        let n = x.data.len() / b;
+                        T64::from_vec(&[b, n], x.data)
+                    };
+                    let ys = xs.into_iter().map(flat).collect();
+                    xs = ys;
+                    rate = rate.take().map(flat);
+                    tapes.push(Tape::Flatten { in_shape });
+                    continue;
                 }
                 LayerKind::Neuron { kind, opts } => {
                     let n = Neuron::resolve(*kind, opts, &self.model.neuron);
@@ -275,18 +325,21 @@ impl Ctx<'_> {
                     (spikes, Tape::Neuron { gain })
                 }
                 LayerKind::Residual { main, shortcut } => {
-                    let (a, main) = self.forward(main, &format!("{path}.main."), xs.clone());
-                    let (c, shortcut) = self.forward(shortcut, &format!("{path}.shortcut."), xs);
+                    let main_path = format!("{path}.main.");
+                    let (a, main, _) = self.forward(main, &main_path, xs.clone(), rate.clone());
+                    let short_path = format!("{path}.shortcut.");
+                    let (c, shortcut, _) = self.forward(shortcut, &short_path, xs, rate.take());
                     let ys = a.iter().zip(&c).map(|(a, c)| add(a, c)).collect();
                     (ys, Tape::Residual { main, shortcut })
                 }
-                LayerKind::MaxPool { .. } => panic!("the closed form does not model max pool"),
                 LayerKind::Dropout { .. } => panic!("the closed form does not model dropout"),
             };
+            // Only a flatten (above) passes a rate on.
+            rate = None;
             tapes.push(tape);
             xs = ys;
         }
-        (xs, tapes)
+        (xs, tapes, rate)
     }
 
     /// LIF/IF over all steps: the spikes and the rate gain g.
@@ -412,11 +465,18 @@ impl Ctx<'_> {
                     grads.insert(format!("{path}.beta"), dbeta);
                     dz
                 }
-                Tape::AvgPool {
-                    kernel,
-                    stride,
-                    in_shape,
-                } => avgpool_bwd(&dy, in_shape, *kernel, *stride),
+                Tape::AvgPool { win, in_shape } => avgpool_bwd(&dy, in_shape, *win),
+                Tape::MaxPoolMasks { win, xs } => {
+                    let mut dx = T64::zeros(&xs[0].shape);
+                    for x in xs {
+                        let part = maxpool_bwd(x, &dy, *win);
+                        for (d, p) in dx.data.iter_mut().zip(&part.data) {
+                            *d += p / xs.len() as f64;
+                        }
+                    }
+                    dx
+                }
+                Tape::MaxPoolRates { win, xbar } => maxpool_bwd(xbar, &dy, *win),
                 Tape::Flatten { in_shape } => T64::from_vec(in_shape, dy.data),
                 Tape::Neuron { gain } => mul(gain, &dy),
                 Tape::Residual { main, shortcut } => {

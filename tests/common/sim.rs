@@ -114,13 +114,23 @@ fn run_layers(
                 })
                 .collect(),
             LayerKind::BatchNorm { eps, .. } => batchnorm(&xs, p("gamma"), p("beta"), *eps),
-            LayerKind::AvgPool { kernel, stride } => xs
+            LayerKind::AvgPool {
+                kernel,
+                stride,
+                padding,
+            } => xs
                 .iter()
-                .map(|x| pool(x, *kernel, *stride, false))
+                .map(|x| pool(x, *kernel, *stride, *padding, false))
                 .collect(),
-            LayerKind::MaxPool { kernel, stride } => {
-                xs.iter().map(|x| pool(x, *kernel, *stride, true)).collect()
-            }
+            LayerKind::MaxPool {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => xs
+                .iter()
+                .map(|x| pool(x, *kernel, *stride, *padding, true))
+                .collect(),
             LayerKind::Flatten => xs
                 .into_iter()
                 .map(|x| {
@@ -213,15 +223,20 @@ fn conv(
     y
 }
 
-fn pool(x: &Act, k: usize, s: usize, max: bool) -> Act {
+/// Pooling with padding `p` on every side: a padded position is skipped
+/// (−∞ for max, 0 for average; the average divides by k² regardless).
+fn pool(x: &Act, k: usize, s: usize, p: usize, max: bool) -> Act {
     let (b, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (ho, wo) = ((h - k) / s + 1, (w - k) / s + 1);
+    let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
     let mut y = Tensor::zeros(&[b, c, ho, wo]);
     for bc in 0..b * c {
         for oy in 0..ho {
             for ox in 0..wo {
-                let window =
-                    (0..k * k).map(|i| x.data[(bc * h + oy * s + i / k) * w + ox * s + i % k]);
+                let window = (0..k * k).filter_map(|i| {
+                    let iy = (oy * s + i / k).checked_sub(p).filter(|&v| v < h)?;
+                    let ix = (ox * s + i % k).checked_sub(p).filter(|&v| v < w)?;
+                    Some(x.data[(bc * h + iy) * w + ix])
+                });
                 y.data[(bc * ho + oy) * wo + ox] = if max {
                     window.fold(f64::NEG_INFINITY, f64::max)
                 } else {

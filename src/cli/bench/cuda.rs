@@ -77,7 +77,7 @@ pub fn bench_cuda(
     json: bool,
     fused: bool,
 ) -> Result<(), CliError> {
-    let (model, a) = crate::compile::load_for(path, modes)?;
+    let (model, a) = crate::frontend::load(path)?;
     let mut cuda = Cuda::new().map_err(|source| CliError::Backend {
         command: "bench --device cuda",
         source,
