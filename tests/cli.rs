@@ -17,6 +17,8 @@ fn check_works_on_every_example() {
         "fmnist_csnn",
         "resnet18",
         "resnet19",
+        "sew_resnet34",
+        "preact_resnet34",
         "vgg11",
         "vgg11_snnc",
         "vgg13",

@@ -159,7 +159,8 @@ fn example_models_at_small_sizes() {
     }
 }
 
-/// The other example models, 16 times narrower (`common::shrink`), T = 2.
+/// The other example models, 16 times narrower (`common::shrink`; the
+/// ImageNet ones on 64×64 images), T = 2.
 #[test]
 #[cfg_attr(
     not(snnc_cxx),
@@ -169,13 +170,15 @@ fn every_example_model_at_reduced_size() {
     for name in [
         "resnet18",
         "resnet19",
+        "sew_resnet34",
+        "preact_resnet34",
         "vgg11",
         "vgg13",
         "vggsnn_dvs",
         "vggsnn_dvs_tet",
         "vggsnn_dvs34",
     ] {
-        let model = common::shrink::shrink(&example(name), 16);
+        let model = common::shrink::small_images(&common::shrink::shrink(&example(name), 16));
         snnc::shape::analyze(&model).unwrap_or_else(|e| panic!("{name}: {e}"));
         for mode in [Mode::Bptt, Mode::Rate] {
             check_all(&model, 2, 2, mode, 3, &SCHEDULES)

@@ -1,6 +1,8 @@
 //! The paper's models, transcribed from the official code into
-//! `examples/models/` (resnet18, resnet19, vgg11, vgg13, vggsnn_dvs), at
-//! 1/16 of their width (`common::shrink`): at T = 1 the rate-mode
+//! `examples/models/` (resnet18, resnet19, vgg11, vgg13, vggsnn_dvs,
+//! sew_resnet34, preact_resnet34), at
+//! 1/16 of their width (`common::shrink`; the ImageNet models on 64×64
+//! images): at T = 1 the rate-mode
 //! gradients equal BPTT's for every parameter (one step has no time
 //! correlations for the rate approximation to drop), checked as a cosine
 //! of at least 1 − 1e-9 and a norm ratio within 1e-9 of 1 (f64
@@ -11,12 +13,21 @@ mod common;
 
 use snnc::interop::grad::check_rows;
 
-const PAPER_MODELS: &[&str] = &["resnet18", "resnet19", "vgg11", "vgg13", "vggsnn_dvs"];
+const PAPER_MODELS: &[&str] = &[
+    "resnet18",
+    "resnet19",
+    "vgg11",
+    "vgg13",
+    "vggsnn_dvs",
+    "sew_resnet34",
+    "preact_resnet34",
+];
 
 fn shrunk(name: &str) -> (snnc::model::Model, snnc::shape::Analysis) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("examples/models/{name}.snn"));
     let model = common::shrink::shrink(&snnc::dsl::parse_file(&path).unwrap().0, 16);
+    let model = common::shrink::small_images(&model);
     let a = snnc::shape::analyze(&model).unwrap_or_else(|e| panic!("{name}: {e}"));
     (model, a)
 }
