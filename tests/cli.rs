@@ -195,6 +195,41 @@ fn report_rate_memory_is_flat_in_t() {
     assert!(bptt[2] > bptt[1] && bptt[1] > bptt[0], "{bptt:?}");
 }
 
+/// Every model of the paper keeps the same bytes in rate mode at T = 2, 4
+/// and 6 (at T = 1 a step's values and their means coincide), while BPTT's
+/// grow with T.
+#[test]
+fn report_rate_memory_is_flat_for_every_paper_model() {
+    for name in [
+        "resnet18",
+        "resnet19",
+        "vgg11",
+        "vgg13",
+        "vggsnn_dvs",
+        "sew_resnet34",
+        "preact_resnet34",
+    ] {
+        let file = format!("examples/models/{name}.snn");
+        let (code, out, err) = snnc(&["report", &file, "-T", "2,4,6", "--json"]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let rows: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let kept = |mode: &str| -> Vec<f64> {
+            rows.iter()
+                .filter(|r| r["mode"] == mode)
+                .map(|r| r["kept_bytes"].as_f64().unwrap())
+                .collect()
+        };
+        let rate = kept("Rate");
+        assert_eq!(rate.len(), 3, "{name}: {out}");
+        assert!(rate.iter().all(|&k| k == rate[0]), "{name}: {rate:?}");
+        let bptt = kept("Bptt");
+        assert!(bptt[2] > bptt[1] && bptt[1] > bptt[0], "{name}: {bptt:?}");
+    }
+}
+
 #[test]
 fn grad_check_prints_cosines() {
     let (code, out, err) = snnc(&[
