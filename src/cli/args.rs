@@ -54,6 +54,9 @@ impl From<OptimizerArg> for OptimizerKind {
 pub enum ScheduleArg {
     /// Cosine decay to zero over the run.
     Cosine,
+    /// The same cosine, updated once per epoch (the official code's
+    /// `CosineAnnealingLR`).
+    CosineEpochs,
     /// ×0.1 at 50 % and 75 % of the run.
     Step,
     Const,
@@ -63,6 +66,7 @@ impl From<ScheduleArg> for Schedule {
     fn from(s: ScheduleArg) -> Schedule {
         match s {
             ScheduleArg::Cosine => Schedule::Cosine,
+            ScheduleArg::CosineEpochs => Schedule::CosineEpochs,
             ScheduleArg::Step => Schedule::Step,
             ScheduleArg::Const => Schedule::Const,
         }

@@ -151,8 +151,7 @@ pub fn maxpool_grad<F: Float>(x: &Tensor<F>, d: &Tensor<F>, win: Window) -> Tens
 
 /// 1 at every window's first maximum (the element `maxpool_grad` routes to).
 pub fn maxpool_mask<F: Float>(x: &Tensor<F>, win: Window) -> Tensor<F> {
-    let (_, h, w, ho, wo) = dims(x, win);
-    let _ = (h, w);
+    let (_, _, _, ho, wo) = dims(x, win);
     let ones = Tensor::full(&[x.shape[0], x.shape[1], ho, wo], F::one());
     let mut m = maxpool_grad(x, &ones, win);
     // Overlapping windows may share a maximum; the mask is still 0/1.

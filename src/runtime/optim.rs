@@ -17,6 +17,10 @@ pub enum OptimizerKind {
 pub enum Schedule {
     /// Cosine decay to zero over the run.
     Cosine,
+    /// The same cosine, updated once per epoch: PyTorch's
+    /// `CosineAnnealingLR(T_max = epochs, eta_min = 0)` stepped after each
+    /// epoch, as the paper's official code trains.
+    CosineEpochs,
     /// ×0.1 at 50 % and 75 % of the run.
     Step,
     Const,
@@ -33,10 +37,21 @@ impl OptimizerKind {
 }
 
 impl Schedule {
+    /// The progress the rate is read at, for step `step` of `total` in
+    /// epoch `epoch` of `epochs`: per step, or per epoch for
+    /// `CosineEpochs`.
+    pub fn progress(self, step: usize, total: usize, epoch: usize, epochs: usize) -> f64 {
+        match self {
+            Schedule::CosineEpochs => epoch as f64 / epochs.max(1) as f64,
+            _ => step as f64 / total.max(1) as f64,
+        }
+    }
+
     /// The name `--schedule` takes and run summaries print.
     pub fn name(self) -> &'static str {
         match self {
             Schedule::Cosine => "cosine",
+            Schedule::CosineEpochs => "cosine-epochs",
             Schedule::Step => "step",
             Schedule::Const => "const",
         }
@@ -45,7 +60,9 @@ impl Schedule {
     /// The learning rate at `progress` ∈ [0, 1) of the run.
     pub fn lr(self, base: f64, progress: f64) -> f64 {
         match self {
-            Schedule::Cosine => base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+            Schedule::Cosine | Schedule::CosineEpochs => {
+                base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
             Schedule::Step => {
                 base * if progress >= 0.75 {
                     0.01
@@ -120,6 +137,33 @@ impl OptimConfig {
                     let pi = f64::from(p[i]);
                     p[i] = (pi - lr * (mh / (vh.sqrt() + self.eps) + wd * pi)) as f32;
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Schedule;
+
+    /// `cosine-epochs` holds PyTorch's `CosineAnnealingLR` value
+    /// base·(1 + cos(π·e/E))/2 through epoch e, and meets the per-step
+    /// cosine at each epoch's first step.
+    #[test]
+    fn cosine_epochs_steps_once_per_epoch() {
+        let (epochs, per_epoch, base) = (4, 5, 0.1);
+        let total = epochs * per_epoch;
+        for step in 0..total {
+            let epoch = step / per_epoch;
+            let s = Schedule::CosineEpochs;
+            let lr = s.lr(base, s.progress(step, total, epoch, epochs));
+            let want =
+                base * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos()) / 2.0;
+            assert!((lr - want).abs() < 1e-15, "step {step}: {lr} vs {want}");
+            if step % per_epoch == 0 {
+                let c = Schedule::Cosine;
+                let per_step = c.lr(base, c.progress(step, total, epoch, epochs));
+                assert!((lr - per_step).abs() < 1e-15, "step {step}");
             }
         }
     }

@@ -640,7 +640,7 @@ fn run<'d>(
         .map(|p| p.name.clone())
         .collect();
     let batches_per_epoch = split.train.len() / cfg.batch;
-    let total = (cfg.epochs * batches_per_epoch).max(1) as f64;
+    let total = cfg.epochs * batches_per_epoch;
     let stop_at = |step: u64| {
         STOP.load(Ordering::SeqCst) || opts.stop_after_steps.is_some_and(|n| step + 1 >= n)
     };
@@ -726,7 +726,10 @@ fn run<'d>(
                 loss_sum += loss * idx.len() as f64;
                 right += correct(out_of("logits"), &batch.targets);
                 seen += idx.len();
-                lr = cfg.schedule.lr(cfg.lr, step as f64 / total);
+                let progress = cfg
+                    .schedule
+                    .progress(step as usize, total, epoch, cfg.epochs);
+                lr = cfg.schedule.lr(cfg.lr, progress);
                 for name in &trainable {
                     let mut g = out_of(&crate::autodiff::grad_name(name)).data.clone();
                     if grad_scale != 1.0 {
