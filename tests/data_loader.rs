@@ -18,6 +18,7 @@ fn toy(n: usize, c: usize, h: usize, w: usize) -> Dataset {
         shape: vec![c, h, w],
         classes: 10,
         events: None,
+        files: None,
     }
 }
 

@@ -78,6 +78,7 @@ fn empty(name: &str) -> Dataset {
         shape: vec![3, 32, 32],
         classes: 10,
         events: None,
+        files: None,
     }
 }
 

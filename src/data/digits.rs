@@ -122,5 +122,6 @@ pub fn parse_digits_csv(path: &Path, bytes: &[u8], hint: &str) -> Result<Dataset
         shape: vec![64],
         classes: 10,
         events: None,
+        files: None,
     })
 }

@@ -137,6 +137,7 @@ fn load_idx(
         shape: vec![1, SIDE as usize, SIDE as usize],
         classes: 10,
         events: None,
+        files: None,
     })
 }
 

@@ -46,7 +46,8 @@ pub struct TrainConfig {
     /// The model's `.snn` text (the run does not depend on the file).
     pub model_source: String,
     pub model_file: String,
-    /// `digits`, `fashion-mnist`, `mnist` or `cifar10`.
+    /// `digits`, `fashion-mnist`, `mnist`, `cifar10`, `cifar100`,
+    /// `cifar100-coarse`, `events:DIR` or `images:DIR`.
     pub data: String,
     pub data_dir: Option<PathBuf>,
     pub mode: Mode,
@@ -135,6 +136,20 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Split, TrainError> {
     if let Some(events_dir) = cfg.data.strip_prefix("events:") {
         return load_events(cfg, events_dir);
     }
+    if let Some(images_dir) = cfg.data.strip_prefix("images:") {
+        let (_, a) = crate::frontend::check_source(&cfg.model_source, &cfg.model_file)?;
+        return Ok(data::images::load_for_input(
+            Path::new(images_dir),
+            &a.input,
+        )?);
+    }
+    let cifar100 = |labels| {
+        let dir = cfg.data_dir.clone();
+        data::cifar100_split(
+            &dir.unwrap_or_else(|| PathBuf::from("data/cifar-100-binary")),
+            labels,
+        )
+    };
     let r = match cfg.data.as_str() {
         "digits" => data::digits(cfg.seed),
         "fashion-mnist" => data::idx_split(
@@ -148,6 +163,8 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Split, TrainError> {
         "cifar10" => {
             data::cifar10_split(&dir.unwrap_or_else(|| PathBuf::from("data/cifar-10-batches-bin")))
         }
+        "cifar100" => cifar100(data::Cifar100Labels::Fine),
+        "cifar100-coarse" => cifar100(data::Cifar100Labels::Coarse),
         other => return Err(TrainError::UnknownDataset(other.to_string())),
     };
     Ok(r?)
@@ -187,25 +204,23 @@ struct Batch {
     targets: Vec<u8>,
 }
 
-fn make_batch(d: &Dataset, idx: &[usize]) -> Batch {
-    let per: usize = d.shape.iter().product();
-    let mut shape = vec![idx.len()];
+/// A batch from a [`Loader`]'s `(values, labels)` of dataset `d`.
+fn to_batch(d: &Dataset, (x, targets): (Vec<f32>, Vec<u8>)) -> Batch {
+    let mut shape = vec![targets.len()];
     shape.extend_from_slice(&d.shape);
-    let mut x = Vec::with_capacity(idx.len() * per);
-    let mut labels = vec![0.0; idx.len() * d.classes];
-    let mut targets = Vec::with_capacity(idx.len());
-    for (b, &i) in idx.iter().enumerate() {
-        x.resize((b + 1) * per, 0.0);
-        let y = d.sample_into(i, &mut x[b * per..]);
+    let mut labels = vec![0.0; targets.len() * d.classes];
+    for (b, &y) in targets.iter().enumerate() {
         labels[b * d.classes + y as usize] = 1.0;
-        targets.push(y);
     }
     Batch {
         x: Tensor::from_vec(&shape, x),
-        labels: Tensor::from_vec(&[idx.len(), d.classes], labels),
+        labels: Tensor::from_vec(&[targets.len(), d.classes], labels),
         targets,
     }
 }
+
+/// Batches made ahead of the step (decoding images overlaps training).
+const PREFETCH: usize = 2;
 
 fn correct(logits: &Tensor<f32>, targets: &[u8]) -> usize {
     let k = logits.shape[1];
@@ -303,11 +318,12 @@ impl Evaluator {
         batch: usize,
     ) -> Result<f64, TrainError> {
         let mut right = 0;
-        let idx: Vec<usize> = (0..d.len()).collect();
-        let chunks: Vec<&[usize]> = idx.chunks(batch.max(1)).collect();
-        let mut sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
-        sizes.dedup();
-        for b in sizes {
+        let batch = batch.max(1);
+        let full = d.len() / batch * batch;
+        // The full batches, then the remainder: one graph per size.
+        let mut parts = vec![(batch, 0..full), (d.len() - full, full..d.len())];
+        parts.retain(|(b, r)| *b > 0 && !r.is_empty());
+        for (b, range) in parts {
             if !self.plans.contains_key(&b) {
                 let plan = fuse::fuse(self.graph(b)?);
                 self.plans.insert(b, plan);
@@ -324,14 +340,19 @@ impl Evaluator {
             )?;
             let mut ex = Executor::with_plan(backend, g, self.plans[&b].clone(), &[])
                 .map_err(TrainError::Exec)?;
-            for chunk in chunks.iter().filter(|c| c.len() == b) {
-                let batch = make_batch(d, chunk);
-                let inputs = HashMap::from([("x".to_string(), batch.x)]);
-                let v = ex
-                    .run(&inputs, params, &RunOptions { seed: 0 })
-                    .map_err(TrainError::Exec)?;
-                right += correct(&v["logits"], &batch.targets);
-            }
+            let loader = crate::data::Loader::with_order(d, b, range.collect());
+            right += loader.prefetch(PREFETCH, |batches| -> Result<usize, TrainError> {
+                let mut right = 0;
+                for made in batches {
+                    let batch = to_batch(d, made);
+                    let inputs = HashMap::from([("x".to_string(), batch.x)]);
+                    let v = ex
+                        .run(&inputs, params, &RunOptions { seed: 0 })
+                        .map_err(TrainError::Exec)?;
+                    right += correct(&v["logits"], &batch.targets);
+                }
+                Ok(right)
+            })?;
         }
         Ok(right as f64 / d.len().max(1) as f64)
     }
@@ -696,103 +717,112 @@ fn run<'d>(
         let mut rates = BTreeMap::new();
         let mut stopped_at = None;
         let mut epoch_steps = |exe: &mut dyn Stepper| -> Result<bool, TrainError> {
-            for bi in first..batches_per_epoch {
-                let idx = &order[bi * cfg.batch..(bi + 1) * cfg.batch];
-                let batch = make_batch(&split.train, idx);
-                let inputs = HashMap::from([
-                    ("x".to_string(), batch.x),
-                    ("labels".to_string(), batch.labels),
-                ]);
-                let step = (epoch * batches_per_epoch + bi) as u64;
-                let pmap: HashMap<String, Tensor<f32>> =
-                    params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                let last = bi + 1 == batches_per_epoch;
-                let (v, spikes) = exe.step(
-                    &inputs,
-                    &pmap,
-                    &RunOptions {
-                        seed: mix64(cfg.seed ^ step),
-                    },
-                    last,
-                )?;
-                let out_of = |name: &str| &v[name];
-                let loss = f64::from(out_of("loss").data[0]);
-                if !loss.is_finite() {
-                    return Err(TrainError::LossNotFinite {
-                        loss,
-                        epoch: epoch + 1,
-                        batch: bi,
-                    });
-                }
-                loss_sum += loss * idx.len() as f64;
-                right += correct(out_of("logits"), &batch.targets);
-                seen += idx.len();
-                lr = cfg.schedule.lr(cfg.lr, step as f64 / total);
-                for name in &trainable {
-                    let mut g = out_of(&crate::autodiff::grad_name(name)).data.clone();
-                    if grad_scale != 1.0 {
-                        g.iter_mut().for_each(|x| *x *= grad_scale);
-                    }
-                    let p = params.get_mut(name).expect("parameter exists");
-                    cfg.optim.update(&mut optim, name, &mut p.data, &g, lr);
-                }
-                optim.steps += 1;
-                // Running statistics: PyTorch's convention (unbiased variance).
-                for (path, m) in &momenta {
-                    let m = *m as f32;
-                    let n = bn_count[path];
-                    let bm = &out_of(&format!("bn_mean:{path}")).data;
-                    let bv = &out_of(&format!("bn_var:{path}")).data;
-                    let unbias = (n / (n - 1.0).max(1.0)) as f32;
-                    let rm = params
-                        .get_mut(&format!("{path}.running_mean"))
-                        .expect("running mean");
-                    for (r, b) in rm.data.iter_mut().zip(bm) {
-                        *r = (1.0 - m) * *r + m * b;
-                    }
-                    let rv = params
-                        .get_mut(&format!("{path}.running_var"))
-                        .expect("running var");
-                    for (r, b) in rv.data.iter_mut().zip(bv) {
-                        *r = (1.0 - m) * *r + m * b * unbias;
-                    }
-                }
-                if last {
-                    rates = firing_rates(&graph, &spikes);
-                }
-                let secs = started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_position((bi + 1) as u64);
-                bar.set_message(format!(
-                    "loss {:.4} acc {:.2}% {:.0} img/s",
-                    loss_sum / seen as f64,
-                    100.0 * right as f64 / seen as f64,
-                    seen as f64 / secs
-                ));
-                if stop_at(step) && bi + 1 < batches_per_epoch {
-                    bar.finish_and_clear();
-                    checkpoint::save(
-                        out,
-                        &Checkpoint {
-                            params: params.clone(),
-                            optim: optim.clone(),
-                            epoch,
-                            batch_in_epoch: bi + 1,
-                            config: config_json.clone(),
-                            epoch_sums: Some(EpochSums {
-                                loss_sum,
-                                correct: right,
-                                seen,
-                                seconds: before.seconds + started.elapsed().as_secs_f64(),
-                            }),
-                            metrics: Some(history.clone()),
+            // The run's own order (kept as it was before the loader made
+            // batches, so runs and resumes stay bit-identical); training
+            // samples keyed by the run's seed and the epoch.
+            let loader = crate::data::Loader::with_order(&split.train, cfg.batch, order.clone())
+                .seeded(cfg.seed, epoch as u64)
+                .drop_last(true)
+                .skip_batches(first);
+            loader.prefetch(PREFETCH, |batches| -> Result<bool, TrainError> {
+                for (bi, made) in (first..batches_per_epoch).zip(batches) {
+                    let batch = to_batch(&split.train, made);
+                    let n_batch = batch.targets.len();
+                    let inputs = HashMap::from([
+                        ("x".to_string(), batch.x),
+                        ("labels".to_string(), batch.labels),
+                    ]);
+                    let step = (epoch * batches_per_epoch + bi) as u64;
+                    let pmap: HashMap<String, Tensor<f32>> =
+                        params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    let last = bi + 1 == batches_per_epoch;
+                    let (v, spikes) = exe.step(
+                        &inputs,
+                        &pmap,
+                        &RunOptions {
+                            seed: mix64(cfg.seed ^ step),
                         },
+                        last,
                     )?;
-                    claim.keep();
-                    stopped_at = Some(bi + 1);
-                    return Ok(true);
+                    let out_of = |name: &str| &v[name];
+                    let loss = f64::from(out_of("loss").data[0]);
+                    if !loss.is_finite() {
+                        return Err(TrainError::LossNotFinite {
+                            loss,
+                            epoch: epoch + 1,
+                            batch: bi,
+                        });
+                    }
+                    loss_sum += loss * n_batch as f64;
+                    right += correct(out_of("logits"), &batch.targets);
+                    seen += n_batch;
+                    lr = cfg.schedule.lr(cfg.lr, step as f64 / total);
+                    for name in &trainable {
+                        let mut g = out_of(&crate::autodiff::grad_name(name)).data.clone();
+                        if grad_scale != 1.0 {
+                            g.iter_mut().for_each(|x| *x *= grad_scale);
+                        }
+                        let p = params.get_mut(name).expect("parameter exists");
+                        cfg.optim.update(&mut optim, name, &mut p.data, &g, lr);
+                    }
+                    optim.steps += 1;
+                    // Running statistics: PyTorch's convention (unbiased variance).
+                    for (path, m) in &momenta {
+                        let m = *m as f32;
+                        let n = bn_count[path];
+                        let bm = &out_of(&format!("bn_mean:{path}")).data;
+                        let bv = &out_of(&format!("bn_var:{path}")).data;
+                        let unbias = (n / (n - 1.0).max(1.0)) as f32;
+                        let rm = params
+                            .get_mut(&format!("{path}.running_mean"))
+                            .expect("running mean");
+                        for (r, b) in rm.data.iter_mut().zip(bm) {
+                            *r = (1.0 - m) * *r + m * b;
+                        }
+                        let rv = params
+                            .get_mut(&format!("{path}.running_var"))
+                            .expect("running var");
+                        for (r, b) in rv.data.iter_mut().zip(bv) {
+                            *r = (1.0 - m) * *r + m * b * unbias;
+                        }
+                    }
+                    if last {
+                        rates = firing_rates(&graph, &spikes);
+                    }
+                    let secs = started.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_position((bi + 1) as u64);
+                    bar.set_message(format!(
+                        "loss {:.4} acc {:.2}% {:.0} img/s",
+                        loss_sum / seen as f64,
+                        100.0 * right as f64 / seen as f64,
+                        seen as f64 / secs
+                    ));
+                    if stop_at(step) && bi + 1 < batches_per_epoch {
+                        bar.finish_and_clear();
+                        checkpoint::save(
+                            out,
+                            &Checkpoint {
+                                params: params.clone(),
+                                optim: optim.clone(),
+                                epoch,
+                                batch_in_epoch: bi + 1,
+                                config: config_json.clone(),
+                                epoch_sums: Some(EpochSums {
+                                    loss_sum,
+                                    correct: right,
+                                    seen,
+                                    seconds: before.seconds + started.elapsed().as_secs_f64(),
+                                }),
+                                metrics: Some(history.clone()),
+                            },
+                        )?;
+                        claim.keep();
+                        stopped_at = Some(bi + 1);
+                        return Ok(true);
+                    }
                 }
-            }
-            Ok(false)
+                Ok(false)
+            })
         };
         if engine.with_stepper(&mut epoch_steps)? {
             summary.interrupted = stopped_at.map(|b| (epoch + 1, b));

@@ -300,6 +300,7 @@ impl EventSamples {
             shape: self.spec.shape(),
             classes,
             events: Some(Arc::new(self)),
+            files: None,
         }
     }
 }
