@@ -378,3 +378,51 @@ fn snnc_trains_one_epoch_on_a_generated_image_folder() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("test"), "{out}");
 }
+
+#[test]
+fn resize_is_antialiased_bilinear_with_exact_levels() {
+    // 16 columns alternating 0 and 200, halved: the triangle filter widened
+    // to 4 taps (weights 1, 3, 3, 1 / 8) averages each pair to 100; at the
+    // edges it is cut to 3 taps (3, 3, 1 / 7: 600/7 → 86; 1, 3, 3 / 7 with
+    // 200 at both ends' odd columns: 800/7 → 114).
+    let img = image::DynamicImage::ImageRgb8(RgbImage::from_fn(16, 16, |x, _| {
+        let v = if x % 2 == 1 { 200 } else { 0 };
+        Rgb([v, v, v])
+    }));
+    let t = ImageFolderOptions::for_input(&[3, 8, 8]).unwrap();
+    let transform = snnc::data::images::Transform {
+        channels: 3,
+        height: 8,
+        width: 8,
+        train: None,
+        crop_fraction: 1.0,
+        mean: t.mean,
+        std: t.std,
+    };
+    let mut out = vec![0f32; 3 * 64];
+    transform.apply(&img, None, &mut out);
+    let want = [86, 100, 100, 100, 100, 100, 100, 114];
+    for c in 0..3 {
+        for y in 0..8 {
+            let row: Vec<f32> = out[c * 64 + y * 8..c * 64 + y * 8 + 8].to_vec();
+            let exp: Vec<f32> = want.iter().map(|&v| norm(v, c)).collect();
+            assert_eq!(row, exp, "channel {c} row {y}");
+        }
+    }
+    // One channel: luma, with the average of ImageNet's statistics.
+    let g = ImageFolderOptions::for_input(&[1, 4, 4]).unwrap();
+    let mean = (IMAGENET_MEAN[0] + IMAGENET_MEAN[1] + IMAGENET_MEAN[2]) / 3.0;
+    assert_eq!(g.mean, [mean; 3]);
+    let d = TmpDir::new("img-luma");
+    for split in ["train", "val"] {
+        save(&flat(9, 7, GREY), &d.0.join(format!("{split}/a/x.png")));
+    }
+    let (s, _) = load_image_folder(&d.0, &g).unwrap();
+    assert_eq!(s.test.shape, vec![1, 4, 4]);
+    let mut x = vec![0f32; 16];
+    s.test.sample_into(0, &mut x);
+    assert!(
+        x.iter().all(|&v| v == (128.0 / 255.0 - mean) / g.std[0]),
+        "{x:?}"
+    );
+}

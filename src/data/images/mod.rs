@@ -20,7 +20,10 @@
 //! warned about once, counted ([`ImageFiles::failures`]) and skipped: the
 //! next decodable sample takes its place in the batch.
 
+mod synth;
 mod transform;
+
+pub use synth::{make_images, MakeImages};
 
 pub use transform::{
     centre_region, RandomResizedCrop, Region, Transform, EVAL_CROP_FRACTION, IMAGENET_MEAN,

@@ -3,7 +3,6 @@
 //! crop for training), resizing it to the model's input, an optional
 //! horizontal flip, and per-channel normalisation.
 
-use image::imageops::{self, FilterType};
 use image::DynamicImage;
 
 use crate::rng::Rng;
@@ -170,27 +169,108 @@ impl Transform {
                 false,
             ),
         };
-        let cropped = img.crop_imm(region.x, region.y, region.w, region.h);
-        // Triangle = bilinear, widened when shrinking (antialiased), as
-        // PIL's and torchvision's bilinear resize.
-        let (ow, oh) = (self.width as u32, self.height as u32);
-        let plane = self.height * self.width;
-        let mut put = |c: usize, x: u32, y: u32, v: u8| {
-            let xo = if flip { ow - 1 - x } else { x } as usize;
-            out[c * plane + y as usize * self.width + xo] =
-                (v as f32 / 255.0 - self.mean[c]) / self.std[c];
+        // Normalised value of each byte, per channel.
+        let lut: Vec<[f32; 256]> = (0..self.channels)
+            .map(|c| std::array::from_fn(|v| (v as f32 / 255.0 - self.mean[c]) / self.std[c]))
+            .collect();
+        let dst = Target {
+            width: self.width,
+            height: self.height,
+            flip,
+            lut: &lut,
         };
         if self.channels == 1 {
-            let g = imageops::resize(&cropped.to_luma8(), ow, oh, FilterType::Triangle);
-            for (x, y, p) in g.enumerate_pixels() {
-                put(0, x, y, p.0[0]);
-            }
+            let g = img.to_luma8();
+            resample(g.as_raw(), w as usize, 1, region, &dst, out);
+        } else if let Some(rgb) = img.as_rgb8() {
+            resample(rgb.as_raw(), w as usize, 3, region, &dst, out);
         } else {
-            let rgb = imageops::resize(&cropped.to_rgb8(), ow, oh, FilterType::Triangle);
-            for (x, y, p) in rgb.enumerate_pixels() {
-                for c in 0..3 {
-                    put(c, x, y, p.0[c]);
-                }
+            let rgb = img.to_rgb8();
+            resample(rgb.as_raw(), w as usize, 3, region, &dst, out);
+        }
+    }
+}
+
+/// Where [`resample`] writes: `[C, height, width]`, mirrored left–right
+/// if `flip`, each byte level mapped through its channel's `lut`.
+struct Target<'a> {
+    width: usize,
+    height: usize,
+    flip: bool,
+    lut: &'a [[f32; 256]],
+}
+
+/// Source pixels and weights of each output pixel along one axis: the
+/// triangle (bilinear) filter, widened by the reduction factor when
+/// shrinking so every source pixel counts (antialiasing, as PIL's
+/// bilinear resize, which torchvision uses for images), confined to the
+/// `len` pixels from `start`.
+fn axis_weights(start: u32, len: u32, out_len: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = len as f64 / out_len as f64;
+    let widen = scale.max(1.0);
+    let (lo_limit, hi_limit) = (start as f64, (start + len) as f64);
+    (0..out_len)
+        .map(|o| {
+            let centre = start as f64 + (o as f64 + 0.5) * scale;
+            let lo = (centre - widen).floor().max(lo_limit) as usize;
+            let hi = ((centre + widen).ceil().min(hi_limit) as usize).max(lo + 1);
+            let mut w: Vec<f64> = (lo..hi)
+                .map(|k| (1.0 - ((k as f64 + 0.5 - centre) / widen).abs()).max(0.0))
+                .collect();
+            let sum: f64 = w.iter().sum();
+            if sum > 0.0 {
+                w.iter_mut().for_each(|x| *x /= sum);
+            } else {
+                w[0] = 1.0;
+            }
+            (lo, w.into_iter().map(|x| x as f32).collect())
+        })
+        .collect()
+}
+
+/// Resizes `region` of the interleaved 8-bit image `src` (`src_w` pixels
+/// a row, `ch` channels) to the target, separably (rows, then columns),
+/// rounding to whole byte levels as an 8-bit resize does before the
+/// normalisation.
+fn resample(src: &[u8], src_w: usize, ch: usize, region: Region, dst: &Target, out: &mut [f32]) {
+    let (ow, oh) = (dst.width, dst.height);
+    let cols = axis_weights(region.x, region.w, ow);
+    let rows = axis_weights(region.y, region.h, oh);
+    // Rows the vertical pass reads.
+    let first = rows.iter().map(|(lo, _)| *lo).min().unwrap_or(0);
+    let last = rows
+        .iter()
+        .map(|(lo, w)| lo + w.len())
+        .max()
+        .unwrap_or(first);
+    let mut tmp = vec![0f32; (last - first) * ow * ch];
+    for (y, line) in (first..last).zip(tmp.chunks_exact_mut(ow * ch)) {
+        let row = &src[y * src_w * ch..(y + 1) * src_w * ch];
+        for ((lo, w), px) in cols.iter().zip(line.chunks_exact_mut(ch)) {
+            for (c, v) in px.iter_mut().enumerate() {
+                *v = w
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &wk)| wk * row[(lo + k) * ch + c] as f32)
+                    .sum();
+            }
+        }
+    }
+    let plane = ow * oh;
+    let mut acc = vec![0f32; ow * ch];
+    for (y, (lo, w)) in rows.iter().enumerate() {
+        acc.iter_mut().for_each(|a| *a = 0.0);
+        for (k, &wk) in w.iter().enumerate() {
+            let line = &tmp[(lo + k - first) * ow * ch..(lo + k - first + 1) * ow * ch];
+            for (a, &v) in acc.iter_mut().zip(line) {
+                *a += wk * v;
+            }
+        }
+        for x in 0..ow {
+            let xo = if dst.flip { ow - 1 - x } else { x };
+            for c in 0..ch {
+                let level = acc[x * ch + c].round().clamp(0.0, 255.0) as usize;
+                out[c * plane + y * ow + xo] = dst.lut[c][level];
             }
         }
     }
