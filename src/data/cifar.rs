@@ -128,8 +128,10 @@ pub fn channel_stats(data: &Dataset) -> (Vec<f64>, Vec<f64>) {
     let plane = data.sample_len() / c;
     let mut sum = vec![0f64; c];
     let mut sq = vec![0f64; c];
+    let mut x = vec![0f32; data.sample_len()];
     for i in 0..data.len() {
-        let (x, _) = data.sample(i);
+        // Lazy datasets (image folders) too: their evaluation samples.
+        data.sample_into(i, &mut x);
         for (ch, p) in x.chunks_exact(plane.max(1)).enumerate() {
             for &v in p {
                 sum[ch] += v as f64;

@@ -118,12 +118,12 @@ impl ImageFiles {
 
     fn mark_bad(&self, i: usize, why: String) {
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        if !failed.contains_key(&i) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = failed.entry(i) {
             eprintln!(
                 "warning: {}: cannot decode ({why}); skipped, the next image takes its place",
                 self.paths[i].display()
             );
-            failed.insert(i, why);
+            slot.insert(why);
         }
     }
 
@@ -205,8 +205,8 @@ impl ImageFolderOptions {
         let (mean, std) = if c == 3 {
             (IMAGENET_MEAN, IMAGENET_STD)
         } else {
-            let avg = |v: [f32; 3]| (v[0] + v[1] + v[2]) / 3.0;
-            ([avg(IMAGENET_MEAN); 3], [avg(IMAGENET_STD); 3])
+            let avg = |v: &[f32; 3]| (v[0] + v[1] + v[2]) / 3.0;
+            ([avg(&IMAGENET_MEAN); 3], [avg(&IMAGENET_STD); 3])
         };
         Ok(ImageFolderOptions {
             channels: c,
