@@ -14,7 +14,7 @@ use snnc::data::images::{
     centre_region, load_image_folder, ImageFolderOptions, RandomResizedCrop, Region, IMAGENET_MEAN,
     IMAGENET_STD,
 };
-use snnc::data::{DataError, Loader};
+use snnc::data::{DataError, Loader, Prefetched};
 use snnc::rng::Rng;
 
 /// A `w × h` image of one colour.
@@ -204,6 +204,13 @@ fn augmentation_is_reproducible_and_flips() {
     // Prefetching gives the same batches as iterating.
     let pre = Loader::new(&s.train, 2, 5, 0).prefetch(2, |b| b.collect::<Vec<_>>());
     assert_eq!(pre, batches(5, 0));
+    let shared = std::sync::Arc::new(s.train.clone());
+    let owned: Vec<_> = Prefetched::spawn(shared.clone(), 1, |d| Loader::new(d, 2, 5, 0)).collect();
+    assert_eq!(owned, batches(5, 0));
+    // Dropped half-way: the thread stops.
+    let mut half = Prefetched::spawn(shared, 1, |d| Loader::new(d, 1, 5, 0));
+    assert!(half.next().is_some());
+    drop(half);
     // Some keys flip: red (x·4) then decreases left to right.
     let mut x = vec![0f32; 3 * 144];
     let flipped = (0..40u64).any(|key| {
@@ -234,8 +241,17 @@ fn corrupt_and_truncated_files_are_skipped_and_counted() {
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();
     std::fs::write(d.0.join("train/emu/cut.png"), &png[..png.len() / 2]).unwrap();
+    // A JPEG cut in its scan: the decoder would fill it with grey.
+    let mut jpg = Vec::new();
+    flat(40, 40, RED)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    std::fs::write(d.0.join("train/cat/cut.jpg"), &jpg[..jpg.len() - 40]).unwrap();
     let (s, report) = load_image_folder(&d.0, &opts(8, 8)).unwrap();
-    assert_eq!(report.files, 12);
+    assert_eq!(report.files, 13);
     assert_eq!(report.ignored, 1);
     let skipped: Vec<String> = report
         .skipped
@@ -245,26 +261,32 @@ fn corrupt_and_truncated_files_are_skipped_and_counted() {
     assert_eq!(skipped, ["train/cat/garbage.png", "train/dog/empty.jpg"]);
     let text = report.render();
     assert!(
-        text.starts_with("warning: images: 2 of 12 files skipped"),
+        text.starts_with("warning: images: 2 of 13 files skipped"),
         "{text}"
     );
     assert!(text.contains("train/cat/garbage.png: "), "{text}");
-    // The truncated PNG is the last of 7 samples (emu's files: 0, 1, cut).
-    assert_eq!(s.train.len(), 7);
+    // The cut JPEG is sample 2 (cat: 0, 1, cut), the cut PNG the last of
+    // 8 (emu: 0, 1, cut).
+    assert_eq!(s.train.len(), 8);
     let files = s.train.files.as_ref().unwrap();
-    assert!(files.path(6).ends_with("emu/cut.png"));
-    // Every pass decodes it: one failure recorded, the next sample (0,
-    // red cat, wrapping around) in its place.
+    assert!(files.path(2).ends_with("cat/cut.jpg"));
+    assert!(files.path(7).ends_with("emu/cut.png"));
+    // Every pass decodes them: one failure each recorded, the next sample
+    // in their place (a grey dog for the JPEG; for the PNG, wrapping
+    // around, the red cat 0).
     let mut x = vec![0f32; 3 * 64];
     for _ in 0..3 {
-        assert_eq!(s.train.sample_into(6, &mut x), 0);
+        assert_eq!(s.train.sample_into(7, &mut x), 0);
         assert_eq!(x[0], norm(255, 0));
+        assert_eq!(s.train.sample_into(2, &mut x), 1);
     }
-    let all: Vec<_> = Loader::new(&s.train, 7, 1, 0).collect();
-    assert_eq!(all[0].1.len(), 7);
+    let all: Vec<_> = Loader::new(&s.train, 8, 1, 0).collect();
+    assert_eq!(all[0].1.len(), 8);
     let failures = files.failures();
-    assert_eq!(failures.len(), 1);
-    assert!(failures[0].0.ends_with("emu/cut.png"));
+    assert_eq!(failures.len(), 2);
+    assert!(failures[0].0.ends_with("cat/cut.jpg"), "{failures:?}");
+    assert!(failures[0].1.starts_with("truncated JPEG"), "{failures:?}");
+    assert!(failures[1].0.ends_with("emu/cut.png"), "{failures:?}");
 }
 
 #[test]
@@ -335,6 +357,8 @@ fn snnc_trains_one_epoch_on_a_generated_image_folder() {
         }
     }
     std::fs::write(data.join("train/a/broken.jpg"), b"\xff\xd8 not really").unwrap();
+    let jpg = std::fs::read(data.join("train/b/1.jpg")).unwrap();
+    std::fs::write(data.join("train/b/cut.jpg"), &jpg[..jpg.len() - 30]).unwrap();
     let model = d.0.join("tiny.snn");
     std::fs::write(
         &model,
@@ -364,10 +388,16 @@ fn snnc_trains_one_epoch_on_a_generated_image_folder() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"test_acc\""), "{out}");
     assert!(
-        err.contains("warning: images: 1 of 31 files skipped"),
+        err.contains("warning: images: 1 of 32 files skipped"),
         "{err}"
     );
     assert!(err.contains("train/a/broken.jpg"), "{err}");
+    // Cut after its header: named once, when first decoded.
+    assert_eq!(err.matches("cannot decode").count(), 1, "{err}");
+    assert!(
+        err.contains("train/b/cut.jpg: cannot decode (truncated JPEG"),
+        "{err}"
+    );
     // Seeded augmentation: a second run has the same loss.
     let (code, out2, err) = run("run2");
     assert_eq!(code, 0, "{err}");

@@ -382,3 +382,64 @@ impl Iterator for Loader<'_> {
 }
 
 impl ExactSizeIterator for Loader<'_> {}
+
+/// One pass's batches, made ahead on a thread of their own from a dataset
+/// shared with it: what [`Loader::prefetch`] does, for a caller that
+/// pulls batches one at a time from a loop rather than inside a closure.
+/// Dropping it stops the thread (after the batch it is making).
+pub struct Prefetched {
+    rx: Option<std::sync::mpsc::Receiver<(Vec<f32>, Vec<u8>)>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prefetched {
+    /// Starts the thread: it builds the loader `pass` makes for `data` and
+    /// sends its batches, keeping `depth` (at least 1) ready.
+    pub fn spawn<F>(data: std::sync::Arc<Dataset>, depth: usize, pass: F) -> Prefetched
+    where
+        F: for<'d> FnOnce(&'d Dataset) -> Loader<'d> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+        let worker = std::thread::spawn(move || {
+            for batch in pass(&data) {
+                if tx.send(batch).is_err() {
+                    break;
+                }
+            }
+        });
+        Prefetched {
+            rx: Some(rx),
+            worker: Some(worker),
+        }
+    }
+
+    /// Ends the thread; a panic in it is raised here.
+    fn finish(&mut self) {
+        self.rx = None;
+        if let Some(worker) = self.worker.take() {
+            if let Err(panic) = worker.join() {
+                if !std::thread::panicking() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for Prefetched {
+    type Item = (Vec<f32>, Vec<u8>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let got = self.rx.as_ref()?.recv().ok();
+        if got.is_none() {
+            self.finish();
+        }
+        got
+    }
+}
+
+impl Drop for Prefetched {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -35,7 +35,7 @@ pub use digits::{
 };
 pub use error::DataError;
 pub use idx::{idx_split, IdxKind, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR};
-pub use loader::{shuffle, stratified_split, Augment, Loader};
+pub use loader::{shuffle, stratified_split, Augment, Loader, Prefetched};
 
 /// A labelled dataset held in memory.
 #[derive(Clone, Debug, PartialEq)]

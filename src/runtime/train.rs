@@ -38,6 +38,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Everything that defines a run; saved in every checkpoint.
@@ -661,7 +662,9 @@ fn run<'d>(
         .filter(|p| p.trainable)
         .map(|p| p.name.clone())
         .collect();
-    let batches_per_epoch = split.train.len() / cfg.batch;
+    // Shared with the thread that makes the batches.
+    let train = std::sync::Arc::new(split.train);
+    let batches_per_epoch = train.len() / cfg.batch;
     let total = (cfg.epochs * batches_per_epoch).max(1) as f64;
     let stop_at = |step: u64| {
         STOP.load(Ordering::SeqCst) || opts.stop_after_steps.is_some_and(|n| step + 1 >= n)
@@ -686,7 +689,7 @@ fn run<'d>(
     };
     for epoch in start_epoch..cfg.epochs {
         let started = Instant::now();
-        let mut order: Vec<usize> = (0..split.train.len()).collect();
+        let mut order: Vec<usize> = (0..train.len()).collect();
         let mut r = Rng::new(mix64(cfg.seed ^ mix64(epoch as u64 + 1)));
         for i in (1..order.len()).rev() {
             order.swap(i, r.below(i + 1));
@@ -716,113 +719,118 @@ fn run<'d>(
         let mut lr = cfg.lr;
         let mut rates = BTreeMap::new();
         let mut stopped_at = None;
-        let mut epoch_steps = |exe: &mut dyn Stepper| -> Result<bool, TrainError> {
-            // The run's own order (kept as it was before the loader made
-            // batches, so runs and resumes stay bit-identical); training
-            // samples keyed by the run's seed and the epoch.
-            let loader = crate::data::Loader::with_order(&split.train, cfg.batch, order.clone())
-                .seeded(cfg.seed, epoch as u64)
+        // The run's own order (the batches are those it always had, so runs
+        // and resumes stay bit-identical), made ahead on another thread;
+        // training samples (an image folder's random crops) keyed by the
+        // run's seed and the epoch.
+        let (batch_size, seed) = (cfg.batch, cfg.seed);
+        let mut batches = crate::data::Prefetched::spawn(Arc::clone(&train), PREFETCH, move |d| {
+            crate::data::Loader::with_order(d, batch_size, order)
+                .seeded(seed, epoch as u64)
                 .drop_last(true)
-                .skip_batches(first);
-            loader.prefetch(PREFETCH, |batches| -> Result<bool, TrainError> {
-                for (bi, made) in (first..batches_per_epoch).zip(batches) {
-                    let batch = to_batch(&split.train, made);
-                    let n_batch = batch.targets.len();
-                    let inputs = HashMap::from([
-                        ("x".to_string(), batch.x),
-                        ("labels".to_string(), batch.labels),
-                    ]);
-                    let step = (epoch * batches_per_epoch + bi) as u64;
-                    let pmap: HashMap<String, Tensor<f32>> =
-                        params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                    let last = bi + 1 == batches_per_epoch;
-                    let (v, spikes) = exe.step(
-                        &inputs,
-                        &pmap,
-                        &RunOptions {
-                            seed: mix64(cfg.seed ^ step),
-                        },
-                        last,
-                    )?;
-                    let out_of = |name: &str| &v[name];
-                    let loss = f64::from(out_of("loss").data[0]);
-                    if !loss.is_finite() {
-                        return Err(TrainError::LossNotFinite {
-                            loss,
-                            epoch: epoch + 1,
-                            batch: bi,
-                        });
+                .skip_batches(first)
+        });
+        let mut epoch_steps = |exe: &mut dyn Stepper| -> Result<bool, TrainError> {
+            for bi in first..batches_per_epoch {
+                let made = batches
+                    .next()
+                    .expect("the loader makes every batch of the epoch");
+                let batch = to_batch(&train, made);
+                let n_batch = batch.targets.len();
+                let inputs = HashMap::from([
+                    ("x".to_string(), batch.x),
+                    ("labels".to_string(), batch.labels),
+                ]);
+                let step = (epoch * batches_per_epoch + bi) as u64;
+                let pmap: HashMap<String, Tensor<f32>> =
+                    params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let last = bi + 1 == batches_per_epoch;
+                let (v, spikes) = exe.step(
+                    &inputs,
+                    &pmap,
+                    &RunOptions {
+                        seed: mix64(cfg.seed ^ step),
+                    },
+                    last,
+                )?;
+                let out_of = |name: &str| &v[name];
+                let loss = f64::from(out_of("loss").data[0]);
+                if !loss.is_finite() {
+                    return Err(TrainError::LossNotFinite {
+                        loss,
+                        epoch: epoch + 1,
+                        batch: bi,
+                    });
+                }
+                loss_sum += loss * n_batch as f64;
+                right += correct(out_of("logits"), &batch.targets);
+                seen += n_batch;
+                lr = cfg.schedule.lr(cfg.lr, step as f64 / total);
+                for name in &trainable {
+                    let mut g = out_of(&crate::autodiff::grad_name(name)).data.clone();
+                    if grad_scale != 1.0 {
+                        g.iter_mut().for_each(|x| *x *= grad_scale);
                     }
-                    loss_sum += loss * n_batch as f64;
-                    right += correct(out_of("logits"), &batch.targets);
-                    seen += n_batch;
-                    lr = cfg.schedule.lr(cfg.lr, step as f64 / total);
-                    for name in &trainable {
-                        let mut g = out_of(&crate::autodiff::grad_name(name)).data.clone();
-                        if grad_scale != 1.0 {
-                            g.iter_mut().for_each(|x| *x *= grad_scale);
-                        }
-                        let p = params.get_mut(name).expect("parameter exists");
-                        cfg.optim.update(&mut optim, name, &mut p.data, &g, lr);
+                    let p = params.get_mut(name).expect("parameter exists");
+                    cfg.optim.update(&mut optim, name, &mut p.data, &g, lr);
+                }
+                optim.steps += 1;
+                // Running statistics: PyTorch's convention (unbiased variance).
+                for (path, m) in &momenta {
+                    let m = *m as f32;
+                    let n = bn_count[path];
+                    let bm = &out_of(&format!("bn_mean:{path}")).data;
+                    let bv = &out_of(&format!("bn_var:{path}")).data;
+                    let unbias = (n / (n - 1.0).max(1.0)) as f32;
+                    let rm = params
+                        .get_mut(&format!("{path}.running_mean"))
+                        .expect("running mean");
+                    for (r, b) in rm.data.iter_mut().zip(bm) {
+                        *r = (1.0 - m) * *r + m * b;
                     }
-                    optim.steps += 1;
-                    // Running statistics: PyTorch's convention (unbiased variance).
-                    for (path, m) in &momenta {
-                        let m = *m as f32;
-                        let n = bn_count[path];
-                        let bm = &out_of(&format!("bn_mean:{path}")).data;
-                        let bv = &out_of(&format!("bn_var:{path}")).data;
-                        let unbias = (n / (n - 1.0).max(1.0)) as f32;
-                        let rm = params
-                            .get_mut(&format!("{path}.running_mean"))
-                            .expect("running mean");
-                        for (r, b) in rm.data.iter_mut().zip(bm) {
-                            *r = (1.0 - m) * *r + m * b;
-                        }
-                        let rv = params
-                            .get_mut(&format!("{path}.running_var"))
-                            .expect("running var");
-                        for (r, b) in rv.data.iter_mut().zip(bv) {
-                            *r = (1.0 - m) * *r + m * b * unbias;
-                        }
-                    }
-                    if last {
-                        rates = firing_rates(&graph, &spikes);
-                    }
-                    let secs = started.elapsed().as_secs_f64().max(1e-9);
-                    bar.set_position((bi + 1) as u64);
-                    bar.set_message(format!(
-                        "loss {:.4} acc {:.2}% {:.0} img/s",
-                        loss_sum / seen as f64,
-                        100.0 * right as f64 / seen as f64,
-                        seen as f64 / secs
-                    ));
-                    if stop_at(step) && bi + 1 < batches_per_epoch {
-                        bar.finish_and_clear();
-                        checkpoint::save(
-                            out,
-                            &Checkpoint {
-                                params: params.clone(),
-                                optim: optim.clone(),
-                                epoch,
-                                batch_in_epoch: bi + 1,
-                                config: config_json.clone(),
-                                epoch_sums: Some(EpochSums {
-                                    loss_sum,
-                                    correct: right,
-                                    seen,
-                                    seconds: before.seconds + started.elapsed().as_secs_f64(),
-                                }),
-                                metrics: Some(history.clone()),
-                            },
-                        )?;
-                        claim.keep();
-                        stopped_at = Some(bi + 1);
-                        return Ok(true);
+                    let rv = params
+                        .get_mut(&format!("{path}.running_var"))
+                        .expect("running var");
+                    for (r, b) in rv.data.iter_mut().zip(bv) {
+                        *r = (1.0 - m) * *r + m * b * unbias;
                     }
                 }
-                Ok(false)
-            })
+                if last {
+                    rates = firing_rates(&graph, &spikes);
+                }
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_position((bi + 1) as u64);
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.2}% {:.0} img/s",
+                    loss_sum / seen as f64,
+                    100.0 * right as f64 / seen as f64,
+                    seen as f64 / secs
+                ));
+                if stop_at(step) && bi + 1 < batches_per_epoch {
+                    bar.finish_and_clear();
+                    checkpoint::save(
+                        out,
+                        &Checkpoint {
+                            params: params.clone(),
+                            optim: optim.clone(),
+                            epoch,
+                            batch_in_epoch: bi + 1,
+                            config: config_json.clone(),
+                            epoch_sums: Some(EpochSums {
+                                loss_sum,
+                                correct: right,
+                                seen,
+                                seconds: before.seconds + started.elapsed().as_secs_f64(),
+                            }),
+                            metrics: Some(history.clone()),
+                        },
+                    )?;
+                    claim.keep();
+                    stopped_at = Some(bi + 1);
+                    return Ok(true);
+                }
+            }
+            Ok(false)
         };
         if engine.with_stepper(&mut epoch_steps)? {
             summary.interrupted = stopped_at.map(|b| (epoch + 1, b));

@@ -146,23 +146,56 @@ impl ImageFiles {
     }
 }
 
+/// An error's text on one line (the decoders end some with blank lines).
+fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Reads and decodes one file (the format judged by content).
 fn decode(path: &Path) -> Result<image::DynamicImage, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).map_err(one_line)?;
+    if jpeg_cut_short(&bytes) {
+        return Err(format!(
+            "truncated JPEG ({} bytes, no end-of-image marker after its last scan)",
+            bytes.len()
+        ));
+    }
     image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| e.to_string())?
+        .map_err(one_line)?
         .decode()
-        .map_err(|e| e.to_string())
+        .map_err(one_line)
+}
+
+/// `true` for a JPEG whose last scan has no end-of-image marker (FF D9)
+/// after it: the file was cut short. The JPEG decoder fills a cut image
+/// with grey and reports no error, so this is checked first. (Inside a
+/// scan every FF byte is followed by 00 or a restart marker, so FF D9
+/// cannot occur there; an EXIF thumbnail's markers all come before the
+/// main image's scans.)
+fn jpeg_cut_short(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xff, 0xd8]) {
+        return false;
+    }
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xff, marker]);
+    match (last(0xda), last(0xd9)) {
+        (Some(scan), Some(end)) => end < scan,
+        (Some(_), None) => true,
+        // No scan at all: the decoder's error says more.
+        (None, _) => false,
+    }
 }
 
 /// Reads a file's header only: its format and size.
 fn check_header(path: &Path) -> Result<(), String> {
     let (w, h) = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
-        .map_err(|e| e.to_string())?
+        .map_err(one_line)?
         .into_dimensions()
-        .map_err(|e| e.to_string())?;
+        .map_err(one_line)?;
     if w == 0 || h == 0 {
         return Err(format!("empty image ({w}×{h})"));
     }
