@@ -66,8 +66,14 @@ fn fine_and_coarse_labels_and_exact_values() {
     assert_eq!(s.train.classes, 100);
     assert_eq!(s.train.shape, vec![3, 32, 32]);
     assert_eq!(s.train.name, "cifar100/train");
-    assert_eq!(s.train.labels, (0..5).map(fine).collect::<Vec<_>>());
-    assert_eq!(s.test.labels, (5..8).map(fine).collect::<Vec<_>>());
+    assert_eq!(
+        s.train.labels,
+        (0..5).map(|g| fine(g) as u16).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        s.test.labels,
+        (5..8).map(|g| fine(g) as u16).collect::<Vec<_>>()
+    );
     s.train.check().unwrap();
     for (g, set, i) in [(0, &s.train, 0), (4, &s.train, 4), (6, &s.test, 1)] {
         let (x, _) = set.sample(i);
@@ -81,7 +87,7 @@ fn fine_and_coarse_labels_and_exact_values() {
     assert_eq!(c.train.name, "cifar100-coarse/train");
     assert_eq!(
         c.train.labels,
-        (0..5).map(|g| fine(g) / 5).collect::<Vec<_>>()
+        (0..5).map(|g| (fine(g) / 5) as u16).collect::<Vec<_>>()
     );
     assert_eq!(c.train.images, s.train.images);
 }

@@ -83,7 +83,7 @@ fn classes_shapes_and_exact_values() {
     let mut x = vec![0f32; 3 * 16 * 16];
     // PNG: exact. Flat colours stay flat through any crop and resize.
     for (set, i, k) in [(&s.test, 0, 0), (&s.test, 2, 2), (&s.train, 5, 2)] {
-        assert_eq!(set.sample_into(i, &mut x), k as u8);
+        assert_eq!(set.sample_into(i, &mut x), k as u16);
         for c in 0..3 {
             let want = norm(colours[k][c], c);
             assert!(
@@ -191,7 +191,7 @@ fn augmentation_is_reproducible_and_flips() {
         }
     }
     let (s, _) = load_image_folder(&d.0, &opts(12, 12)).unwrap();
-    let batches = |seed, epoch| -> Vec<(Vec<f32>, Vec<u8>)> {
+    let batches = |seed, epoch| -> Vec<(Vec<f32>, Vec<u16>)> {
         Loader::new(&s.train, 2, seed, epoch).collect()
     };
     assert_eq!(
@@ -455,4 +455,26 @@ fn resize_is_antialiased_bilinear_with_exact_levels() {
         x.iter().all(|&v| v == (128.0 / 255.0 - mean) / g.std[0]),
         "{x:?}"
     );
+}
+
+#[test]
+fn more_classes_than_a_byte_holds() {
+    // ImageNet-1k has 1,000 classes; 300 tiny ones here.
+    let d = TmpDir::new("img-many");
+    for k in 0..300 {
+        for split in ["train", "val"] {
+            save(
+                &flat(4, 4, [k as u8, 0, 0]),
+                &d.0.join(format!("{split}/n{k:05}/x.png")),
+            );
+        }
+    }
+    let (s, _) = load_image_folder(&d.0, &opts(4, 4)).unwrap();
+    assert_eq!(s.train.classes, 300);
+    assert_eq!(s.test.labels, (0..300).collect::<Vec<u16>>());
+    let mut x = vec![0f32; 48];
+    assert_eq!(s.test.sample_into(299, &mut x), 299);
+    assert_eq!(x[0], norm(299u16 as u8, 0));
+    let (_, labels) = Loader::sequential(&s.test, 300).next().unwrap();
+    assert_eq!(labels[299], 299);
 }

@@ -108,7 +108,7 @@ fn parse_batch(path: &Path, bytes: &[u8], hint: &str, out: &mut Dataset) -> Resu
                 hint: hint.to_string(),
             });
         }
-        out.labels.push(rec[0]);
+        out.labels.push(rec[0].into());
         for (c, plane) in rec[1..].chunks_exact(1024).enumerate() {
             let (m, s) = (CIFAR10_MEAN[c], CIFAR10_STD[c]);
             out.images

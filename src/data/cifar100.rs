@@ -149,7 +149,7 @@ fn parse_records(
         out.labels.push(match which {
             Cifar100Labels::Fine => fine,
             Cifar100Labels::Coarse => coarse,
-        });
+        } as super::Label);
         for (c, plane) in rec[2..].chunks_exact(1024).enumerate() {
             let (m, s) = (CIFAR100_MEAN[c], CIFAR100_STD[c]);
             out.images

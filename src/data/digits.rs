@@ -108,7 +108,7 @@ pub fn parse_digits_csv(path: &Path, bytes: &[u8], hint: &str) -> Result<Dataset
                         hint: hint.to_string(),
                     });
                 }
-                labels.push(v as u8);
+                labels.push(v as super::Label);
             }
         }
     }

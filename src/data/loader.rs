@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::rng::{mix64, Rng};
 
-use super::{DataError, Dataset};
+use super::{DataError, Dataset, Label};
 
 const SHUFFLE_STREAM: u64 = 0x5348_5546_464c_4521; // "SHUFFLE!"
 const AUGMENT_STREAM: u64 = 0x4155_474d_454e_5421; // "AUGMENT!"
@@ -39,18 +39,18 @@ pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
 /// samples, each class contributing in proportion to its size (largest
 /// remainder, ties to the lower class), the choice within a class and the
 /// final order of both lists shuffled with `seed`. Same inputs, same result.
-pub fn stratified_split(
-    labels: &[u8],
+pub fn stratified_split<L: Copy + Into<usize>>(
+    labels: &[L],
     classes: usize,
     n_test: usize,
     seed: u64,
 ) -> (Vec<usize>, Vec<usize>) {
     let n = labels.len();
     let n_test = n_test.min(n);
-    let classes = classes.max(labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0));
+    let classes = classes.max(labels.iter().map(|&l| l.into() + 1).max().unwrap_or(0));
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for (i, &l) in labels.iter().enumerate() {
-        by_class[l as usize].push(i);
+        by_class[l.into()].push(i);
     }
     let mut quota: Vec<usize> = by_class
         .iter()
@@ -305,7 +305,7 @@ impl<'a> Loader<'a> {
     pub fn prefetch<R>(
         self,
         depth: usize,
-        f: impl FnOnce(&mut dyn Iterator<Item = (Vec<f32>, Vec<u8>)>) -> R,
+        f: impl FnOnce(&mut dyn Iterator<Item = (Vec<f32>, Vec<Label>)>) -> R,
     ) -> R {
         let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
         std::thread::scope(|s| {
@@ -324,7 +324,7 @@ impl<'a> Loader<'a> {
     }
 
     /// Sample `i` into `out`, as this pass makes it; returns its label.
-    fn make_sample(&self, i: usize, out: &mut [f32]) -> u8 {
+    fn make_sample(&self, i: usize, out: &mut [f32]) -> Label {
         let data = self.data;
         let fill = |buf: &mut [f32]| {
             if self.seeded {
@@ -348,7 +348,7 @@ impl<'a> Loader<'a> {
 }
 
 impl Iterator for Loader<'_> {
-    type Item = (Vec<f32>, Vec<u8>);
+    type Item = (Vec<f32>, Vec<Label>);
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining() == 0 {
@@ -359,7 +359,7 @@ impl Iterator for Loader<'_> {
         self.pos = end;
         let idx = &self.order[start..end];
         let mut values = vec![0f32; idx.len() * n];
-        let mut labels = vec![0u8; idx.len()];
+        let mut labels: Vec<Label> = vec![0; idx.len()];
         if self.data.is_lazy() {
             // Decoding and binning are worth a thread per sample.
             values
@@ -388,7 +388,7 @@ impl ExactSizeIterator for Loader<'_> {}
 /// pulls batches one at a time from a loop rather than inside a closure.
 /// Dropping it stops the thread (after the batch it is making).
 pub struct Prefetched {
-    rx: Option<std::sync::mpsc::Receiver<(Vec<f32>, Vec<u8>)>>,
+    rx: Option<std::sync::mpsc::Receiver<(Vec<f32>, Vec<Label>)>>,
     worker: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -427,7 +427,7 @@ impl Prefetched {
 }
 
 impl Iterator for Prefetched {
-    type Item = (Vec<f32>, Vec<u8>);
+    type Item = (Vec<f32>, Vec<Label>);
 
     fn next(&mut self) -> Option<Self::Item> {
         let got = self.rx.as_ref()?.recv().ok();

@@ -37,6 +37,9 @@ pub use error::DataError;
 pub use idx::{idx_split, IdxKind, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR};
 pub use loader::{shuffle, stratified_split, Augment, Loader, Prefetched};
 
+/// A class index. Two bytes: ImageNet-1k's 1,000 classes do not fit in one.
+pub type Label = u16;
+
 /// A labelled dataset held in memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
@@ -45,7 +48,7 @@ pub struct Dataset {
     /// `len() × shape.product()` values, row-major, already normalised.
     pub images: Vec<f32>,
     /// One class index per sample, each `< classes`.
-    pub labels: Vec<u8>,
+    pub labels: Vec<Label>,
     /// Per-sample shape: `[64]`, `[1, 28, 28]` or `[3, 32, 32]`.
     pub shape: Vec<usize>,
     /// Number of classes.
@@ -82,7 +85,7 @@ impl Dataset {
     /// Sample `i`: its values and its label. Panics if `i >= len()`, or
     /// for an event or image-folder dataset, whose values exist only once
     /// made: use [`Dataset::sample_into`], which works for every dataset.
-    pub fn sample(&self, i: usize) -> (&[f32], u8) {
+    pub fn sample(&self, i: usize) -> (&[f32], Label) {
         assert!(
             !self.is_lazy(),
             "Dataset::sample on lazy dataset {}: use sample_into",
@@ -97,7 +100,7 @@ impl Dataset {
     /// centre-cropped) and returns its label. Panics if `i >= len()` or
     /// `out` has the wrong length. An image that does not decode is
     /// replaced by the next one that does, whose label is returned.
-    pub fn sample_into(&self, i: usize, out: &mut [f32]) -> u8 {
+    pub fn sample_into(&self, i: usize, out: &mut [f32]) -> Label {
         self.sample_keyed(i, None, out)
     }
 
@@ -105,11 +108,11 @@ impl Dataset {
     /// split draws its random crop and flip from `Rng::new(key)` (the
     /// [`Loader`] keys it by seed, epoch and sample); every other dataset
     /// ignores `key`.
-    pub fn sample_into_keyed(&self, i: usize, key: u64, out: &mut [f32]) -> u8 {
+    pub fn sample_into_keyed(&self, i: usize, key: u64, out: &mut [f32]) -> Label {
         self.sample_keyed(i, Some(key), out)
     }
 
-    fn sample_keyed(&self, i: usize, key: Option<u64>, out: &mut [f32]) -> u8 {
+    fn sample_keyed(&self, i: usize, key: Option<u64>, out: &mut [f32]) -> Label {
         if let Some(f) = &self.files {
             return self.labels[f.fill(i, key, out)];
         }

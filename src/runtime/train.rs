@@ -202,11 +202,11 @@ fn bn_momenta(layers: &[crate::model::Layer], prefix: &str, out: &mut HashMap<St
 struct Batch {
     x: Tensor<f32>,
     labels: Tensor<f32>,
-    targets: Vec<u8>,
+    targets: Vec<crate::data::Label>,
 }
 
 /// A batch from a [`Loader`]'s `(values, labels)` of dataset `d`.
-fn to_batch(d: &Dataset, (x, targets): (Vec<f32>, Vec<u8>)) -> Batch {
+fn to_batch(d: &Dataset, (x, targets): (Vec<f32>, Vec<crate::data::Label>)) -> Batch {
     let mut shape = vec![targets.len()];
     shape.extend_from_slice(&d.shape);
     let mut labels = vec![0.0; targets.len() * d.classes];
@@ -223,7 +223,7 @@ fn to_batch(d: &Dataset, (x, targets): (Vec<f32>, Vec<u8>)) -> Batch {
 /// Batches made ahead of the step (decoding images overlaps training).
 const PREFETCH: usize = 2;
 
-fn correct(logits: &Tensor<f32>, targets: &[u8]) -> usize {
+fn correct(logits: &Tensor<f32>, targets: &[crate::data::Label]) -> usize {
     let k = logits.shape[1];
     logits
         .data

@@ -36,14 +36,14 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::{DataError, Dataset, Split};
+use super::{DataError, Dataset, Label, Split};
 use crate::rng::Rng;
 
 const HINT: &str = "an image folder holds DIR/train/<class>/*.{jpg,jpeg,png} and \
                     DIR/val/<class>/… (one folder per class, the same class names in both)";
 
-/// Labels are one byte: at most this many classes.
-pub const MAX_CLASSES: usize = 256;
+/// Labels are [`Label`]s: at most this many classes.
+pub const MAX_CLASSES: usize = Label::MAX as usize + 1;
 
 /// The files of one split and how they become samples, decoded on demand.
 #[derive(Debug)]
@@ -415,7 +415,7 @@ pub fn load_image_folder(
             let before = labelled.len();
             for (p, r) in files.iter().zip(checked) {
                 match r {
-                    Ok(()) => labelled.push((p.clone(), label as u8)),
+                    Ok(()) => labelled.push((p.clone(), label as Label)),
                     Err(why) => report.skipped.push((p.clone(), why)),
                 }
             }
@@ -427,7 +427,7 @@ pub fn load_image_folder(
                 });
             }
         }
-        let (paths, labels): (Vec<PathBuf>, Vec<u8>) = labelled.into_iter().unzip();
+        let (paths, labels): (Vec<PathBuf>, Vec<Label>) = labelled.into_iter().unzip();
         let files = ImageFiles::new(paths, opts.transform(part == "train"));
         Ok(Dataset {
             name: format!("images:{}/{part}", dir.display()),
