@@ -94,7 +94,12 @@ impl ImageFiles {
         let mut j = i;
         for _ in 0..n {
             if !self.known_bad(j) {
-                match decode(&self.paths[j]) {
+                // A decoder that panics on a hostile file fails that file,
+                // not the run.
+                let path = &self.paths[j];
+                let decoded = std::panic::catch_unwind(|| decode(path))
+                    .unwrap_or_else(|_| Err("the decoder panicked".into()));
+                match decoded {
                     Ok(img) => {
                         let mut rng = key.map(Rng::new);
                         self.transform.apply(&img, rng.as_mut(), out);
@@ -200,6 +205,12 @@ fn check_header(path: &Path) -> Result<(), String> {
         return Err(format!("empty image ({w}×{h})"));
     }
     Ok(())
+}
+
+/// [`check_header`], a panicking decoder counted as a failure.
+fn header_ok(path: &Path) -> Result<(), String> {
+    std::panic::catch_unwind(|| check_header(path))
+        .unwrap_or_else(|_| Err("the decoder panicked".into()))
 }
 
 /// How an image folder becomes samples.
@@ -410,8 +421,7 @@ pub fn load_image_folder(
                 });
             };
             report.files += files.len();
-            let checked: Vec<Result<(), String>> =
-                files.par_iter().map(|p| check_header(p)).collect();
+            let checked: Vec<Result<(), String>> = files.par_iter().map(|p| header_ok(p)).collect();
             let before = labelled.len();
             for (p, r) in files.iter().zip(checked) {
                 match r {
