@@ -12,7 +12,7 @@ use snnc::data::{
 const CLASS_COUNTS: [usize; 10] = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180];
 
 /// A sample as integers 0..=16, so it can be compared and counted exactly.
-fn key(x: &[f32], y: u8) -> (u8, Vec<u8>) {
+fn key(x: &[f32], y: u16) -> (u16, Vec<u8>) {
     (y, x.iter().map(|&v| (v * 16.0).round() as u8).collect())
 }
 
@@ -60,7 +60,7 @@ fn digits_split_is_a_partition_of_the_embedded_file() {
     let all = parse_digits_csv(Path::new("embedded"), DIGITS_CSV_GZ, "").unwrap();
     assert_eq!(all.len(), 1797);
     let s = digits(11).unwrap();
-    let mut want: BTreeMap<(u8, Vec<u8>), i32> = BTreeMap::new();
+    let mut want: BTreeMap<(u16, Vec<u8>), i32> = BTreeMap::new();
     for i in 0..all.len() {
         let (x, y) = all.sample(i);
         *want.entry(key(x, y)).or_default() += 1;

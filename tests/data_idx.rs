@@ -68,8 +68,8 @@ fn check_contents(s: &snnc::data::Split, kind: IdxKind) {
     assert_eq!(s.train.name, format!("{}/train", kind.name()));
     assert_eq!(s.test.name, format!("{}/test", kind.name()));
     assert_eq!((s.train.len(), s.test.len()), (5, 3));
-    assert_eq!(s.train.labels, TRAIN_LABELS);
-    assert_eq!(s.test.labels, TEST_LABELS);
+    assert_eq!(s.train.labels, TRAIN_LABELS.map(u16::from));
+    assert_eq!(s.test.labels, TEST_LABELS.map(u16::from));
     for (d, seed) in [(&s.train, 1u32), (&s.test, 2)] {
         d.check().unwrap();
         assert_eq!(d.shape, vec![1, 28, 28]);

@@ -14,10 +14,11 @@ fn toy(n: usize, c: usize, h: usize, w: usize) -> Dataset {
         images: (0..n * per)
             .map(|k| (k / per) as f32 * 1000.0 + (k % per) as f32 + 1.0)
             .collect(),
-        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+        labels: (0..n).map(|i| (i % 10) as u16).collect(),
         shape: vec![c, h, w],
         classes: 10,
         events: None,
+        files: None,
     }
 }
 
@@ -118,7 +119,7 @@ fn loader_on_digits() {
 fn augmentation_keeps_shape_and_is_reproducible() {
     let d = toy(37, 3, 8, 8);
     let aug = Augment::cifar();
-    let run = |seed, epoch, batch| -> Vec<(Vec<f32>, Vec<u8>)> {
+    let run = |seed, epoch, batch| -> Vec<(Vec<f32>, Vec<u16>)> {
         Loader::new(&d, batch, seed, epoch)
             .augment(aug)
             .unwrap()
@@ -133,7 +134,7 @@ fn augmentation_keeps_shape_and_is_reproducible() {
     assert_ne!(a, run(5, 1, 8), "a new epoch draws new crops");
     // Augmentation is keyed by sample, not by batch position.
     let flat =
-        |v: Vec<(Vec<f32>, Vec<u8>)>| v.into_iter().flat_map(|(x, _)| x).collect::<Vec<f32>>();
+        |v: Vec<(Vec<f32>, Vec<u16>)>| v.into_iter().flat_map(|(x, _)| x).collect::<Vec<f32>>();
     assert_eq!(flat(a.clone()), flat(run(5, 0, 3)));
     // It changed something.
     let plain: Vec<f32> = Loader::new(&d, 8, 5, 0).flat_map(|(x, _)| x).collect();

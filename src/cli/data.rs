@@ -1,4 +1,5 @@
-//! `snnc data`: make the synthetic event set, inspect event files.
+//! `snnc data`: make the synthetic event set, inspect event files, make a
+//! synthetic image folder and measure how fast the loader decodes it.
 
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,39 @@ pub enum DataCmd {
     /// Read an event file (.bin N-MNIST, .aedat 2.0/3.1, .npy) and print its
     /// format, event count, extent, duration and polarity balance.
     Inspect { file: PathBuf },
+    /// Write a SYNTHETIC image folder of JPEGs (DIR/train/class_K/,
+    /// DIR/val/class_K/), for `--data images:DIR` and `bench-images`.
+    MakeImages {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+        /// Training images per class (validation: a fifth).
+        #[arg(long, default_value_t = 50)]
+        per_class: usize,
+        #[arg(long, default_value_t = 400)]
+        width: u32,
+        #[arg(long, default_value_t = 350)]
+        height: u32,
+        #[arg(long, default_value_t = 90)]
+        quality: u8,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Measure the image-folder loader: training batches (decode, random
+    /// resized crop, flip, normalise) made as `snnc train` makes them, on
+    /// every core (RAYON_NUM_THREADS to change), and the images/s.
+    BenchImages {
+        dir: PathBuf,
+        /// The crop: a model input C×H×W.
+        #[arg(long, default_value = "3x224x224")]
+        input: String,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Stop after this many batches (default: one epoch).
+        #[arg(long)]
+        batches: Option<usize>,
+    },
 }
 
 pub fn run(c: DataCmd) -> Result<(), CliError> {
@@ -44,7 +78,99 @@ pub fn run(c: DataCmd) -> Result<(), CliError> {
             seed,
         } => make_events(&out, &data_dir, limit, test_limit, threshold, seed),
         DataCmd::Inspect { file } => inspect_events(&file),
+        DataCmd::MakeImages {
+            out,
+            classes,
+            per_class,
+            width,
+            height,
+            quality,
+            seed,
+        } => make_images(&crate::data::images::MakeImages {
+            out,
+            classes,
+            per_class,
+            width,
+            height,
+            quality,
+            seed,
+        }),
+        DataCmd::BenchImages {
+            dir,
+            input,
+            batch,
+            batches,
+        } => bench_images(&dir, &input, batch, batches),
     }
+}
+
+/// `snnc data make-images`: the synthetic image folder.
+fn make_images(m: &crate::data::images::MakeImages) -> Result<(), CliError> {
+    if m.classes == 0 || m.per_class == 0 || m.width == 0 || m.height == 0 {
+        return Err(CliError::usage(
+            "--classes, --per-class, --width and --height must be positive",
+        ));
+    }
+    let started = std::time::Instant::now();
+    let n = crate::data::images::make_images(m)?;
+    println!(
+        "wrote {n} SYNTHETIC {}×{} JPEGs ({} classes) to {} in {:.1} s",
+        m.width,
+        m.height,
+        m.classes,
+        m.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `snnc data bench-images DIR`: training batches per second, the way the
+/// training loop makes them (the prefetching loader).
+fn bench_images(
+    dir: &Path,
+    input: &str,
+    batch: usize,
+    batches: Option<usize>,
+) -> Result<(), CliError> {
+    let dims: Option<Vec<usize>> = input.split(['x', '×']).map(|d| d.parse().ok()).collect();
+    let Some(dims) = dims.filter(|d| d.len() == 3) else {
+        return Err(CliError::usage(format!(
+            "--input must be C×H×W, e.g. 3x224x224; got {input}"
+        )));
+    };
+    if batch == 0 {
+        return Err(CliError::usage("--batch must be positive"));
+    }
+    let opts = crate::data::images::ImageFolderOptions::for_input(&dims)?;
+    let (split, report) = crate::data::images::load_image_folder(dir, &opts)?;
+    let text = report.render();
+    if !text.is_empty() {
+        eprintln!("{text}");
+    }
+    let train = &split.train;
+    let loader = crate::data::Loader::new(train, batch, 0, 0).drop_last(true);
+    let total = batches.unwrap_or(usize::MAX).min(loader.num_batches());
+    if total == 0 {
+        return Err(CliError::usage(format!(
+            "{} training images do not make one batch of {batch}",
+            train.len()
+        )));
+    }
+    let started = std::time::Instant::now();
+    let images = loader.prefetch(2, |it| {
+        it.take(total)
+            .map(|(_, labels)| labels.len())
+            .sum::<usize>()
+    });
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "{images} training images ({total} batches of {batch}) decoded, random-resized-cropped \
+         to {} and normalised in {secs:.2} s: {:.0} images/s on {} threads",
+        crate::shape::list(&dims),
+        images as f64 / secs,
+        rayon::current_num_threads()
+    );
+    Ok(())
 }
 
 /// `snnc data make-events`: the synthetic event dataset from Fashion-MNIST.

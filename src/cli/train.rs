@@ -15,8 +15,11 @@ use crate::runtime::train::TrainConfig;
 pub struct TrainArgs {
     /// The model (default: the embedded examples/models/digits_mlp.snn).
     file: Option<PathBuf>,
-    /// digits (embedded), fashion-mnist, mnist, cifar10, or events:DIR (event
-    /// files in DIR/Train/<label>/ and DIR/Test/<label>/, binned into T frames).
+    /// digits (embedded), fashion-mnist, mnist, cifar10, cifar100 (fine
+    /// labels), cifar100-coarse (20 superclasses), events:DIR (event files in
+    /// DIR/Train/<label>/ and DIR/Test/<label>/, binned into T frames), or
+    /// images:DIR (DIR/train/<class>/*.jpg|png and DIR/val/<class>/…, cropped
+    /// to the model's input).
     #[arg(long, default_value = "digits")]
     data: String,
     #[arg(long)]

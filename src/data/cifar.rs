@@ -78,6 +78,7 @@ fn empty(name: &str) -> Dataset {
         shape: vec![3, 32, 32],
         classes: 10,
         events: None,
+        files: None,
     }
 }
 
@@ -107,7 +108,7 @@ fn parse_batch(path: &Path, bytes: &[u8], hint: &str, out: &mut Dataset) -> Resu
                 hint: hint.to_string(),
             });
         }
-        out.labels.push(rec[0]);
+        out.labels.push(rec[0].into());
         for (c, plane) in rec[1..].chunks_exact(1024).enumerate() {
             let (m, s) = (CIFAR10_MEAN[c], CIFAR10_STD[c]);
             out.images
@@ -127,8 +128,10 @@ pub fn channel_stats(data: &Dataset) -> (Vec<f64>, Vec<f64>) {
     let plane = data.sample_len() / c;
     let mut sum = vec![0f64; c];
     let mut sq = vec![0f64; c];
+    let mut x = vec![0f32; data.sample_len()];
     for i in 0..data.len() {
-        let (x, _) = data.sample(i);
+        // Lazy datasets (image folders) too: their evaluation samples.
+        data.sample_into(i, &mut x);
         for (ch, p) in x.chunks_exact(plane.max(1)).enumerate() {
             for &v in p {
                 sum[ch] += v as f64;

@@ -108,7 +108,7 @@ pub fn parse_digits_csv(path: &Path, bytes: &[u8], hint: &str) -> Result<Dataset
                         hint: hint.to_string(),
                     });
                 }
-                labels.push(v as u8);
+                labels.push(v as super::Label);
             }
         }
     }
@@ -122,5 +122,6 @@ pub fn parse_digits_csv(path: &Path, bytes: &[u8], hint: &str) -> Result<Dataset
         shape: vec![64],
         classes: 10,
         events: None,
+        files: None,
     })
 }

@@ -161,6 +161,14 @@ pub enum DataError {
     )]
     UnknownFormat { path: PathBuf, ext: String },
 
+    /// An image folder, or one of its class folders, without a usable image.
+    #[error("{}: no images: {what}; {hint}", path.display())]
+    NoImages {
+        path: PathBuf,
+        what: String,
+        hint: String,
+    },
+
     /// A directory (or another non-file) where a data file is expected.
     #[error("{}: {what}, not an event file; {hint}", path.display())]
     NotAFile {

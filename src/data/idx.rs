@@ -133,10 +133,11 @@ fn load_idx(
     Ok(Dataset {
         name: format!("{}/{split}", kind.name()),
         images: pixels.iter().map(|&p| p as f32 / 255.0).collect(),
-        labels,
+        labels: labels.into_iter().map(super::Label::from).collect(),
         shape: vec![1, SIDE as usize, SIDE as usize],
         classes: 10,
         events: None,
+        files: None,
     })
 }
 

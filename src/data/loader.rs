@@ -4,13 +4,28 @@
 //! Fisher–Yates shuffle driven by an `Rng` keyed by `(seed, epoch)`, and the
 //! augmentation of a sample by an `Rng` keyed by `(seed, epoch, sample
 //! index)`, so a sample is augmented the same way whatever the batch size.
+//! An image folder's training split crops and flips as it decodes, from an
+//! `Rng` keyed the same way on a stream of its own.
+//!
+//! Samples of a lazy dataset (event frames, images) are made in parallel
+//! (rayon), and [`Loader::prefetch`] makes the next batches on another
+//! thread while the caller uses the current one: decoding overlaps the
+//! training step.
+
+use rayon::prelude::*;
 
 use crate::rng::{mix64, Rng};
 
-use super::{DataError, Dataset};
+use super::{DataError, Dataset, Label};
 
 const SHUFFLE_STREAM: u64 = 0x5348_5546_464c_4521; // "SHUFFLE!"
 const AUGMENT_STREAM: u64 = 0x4155_474d_454e_5421; // "AUGMENT!"
+const DECODE_STREAM: u64 = 0x4445_434f_4445_5221; // "DECODER!"
+
+/// The key of a sample's random draws in one epoch of a seeded run.
+fn sample_key(stream: u64, seed: u64, epoch: u64, i: usize) -> u64 {
+    mix64(mix64(mix64(seed ^ stream) ^ epoch) ^ i as u64)
+}
 
 /// In-place Fisher–Yates shuffle.
 pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
@@ -24,18 +39,18 @@ pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
 /// samples, each class contributing in proportion to its size (largest
 /// remainder, ties to the lower class), the choice within a class and the
 /// final order of both lists shuffled with `seed`. Same inputs, same result.
-pub fn stratified_split(
-    labels: &[u8],
+pub fn stratified_split<L: Copy + Into<usize>>(
+    labels: &[L],
     classes: usize,
     n_test: usize,
     seed: u64,
 ) -> (Vec<usize>, Vec<usize>) {
     let n = labels.len();
     let n_test = n_test.min(n);
-    let classes = classes.max(labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0));
+    let classes = classes.max(labels.iter().map(|&l| l.into() + 1).max().unwrap_or(0));
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for (i, &l) in labels.iter().enumerate() {
-        by_class[l as usize].push(i);
+        by_class[l.into()].push(i);
     }
     let mut quota: Vec<usize> = by_class
         .iter()
@@ -176,9 +191,12 @@ impl Augment {
 
 /// Iterates mini-batches `(values, labels)` of a [`Dataset`]: values are
 /// `B × sample` row-major, labels `B`. [`Loader::new`] shuffles with a
-/// permutation keyed by `(seed, epoch)`; [`Loader::sequential`] keeps the
-/// dataset order (for evaluation). The last batch is short unless
-/// `drop_last` is set, in which case it is dropped.
+/// permutation keyed by `(seed, epoch)` and makes training samples (an
+/// image folder's random crops); [`Loader::sequential`] keeps the dataset
+/// order and makes evaluation samples; [`Loader::with_order`] takes the
+/// order from the caller (evaluation samples unless [`Loader::seeded`]).
+/// The last batch is short unless `drop_last` is set, in which case it is
+/// dropped.
 #[derive(Clone, Debug)]
 pub struct Loader<'a> {
     data: &'a Dataset,
@@ -189,6 +207,8 @@ pub struct Loader<'a> {
     augment: Option<Augment>,
     seed: u64,
     epoch: u64,
+    /// Training samples: random transforms keyed by `(seed, epoch, i)`.
+    seeded: bool,
 }
 
 impl<'a> Loader<'a> {
@@ -198,21 +218,17 @@ impl<'a> Loader<'a> {
         let mut order: Vec<usize> = (0..data.len()).collect();
         let mut rng = Rng::new(mix64(mix64(seed ^ SHUFFLE_STREAM) ^ epoch));
         shuffle(&mut order, &mut rng);
-        Self::with_order(data, batch_size, order, seed, epoch)
+        Self::with_order(data, batch_size, order).seeded(seed, epoch)
     }
 
     /// A pass in dataset order. Panics if `batch_size` is 0.
     pub fn sequential(data: &'a Dataset, batch_size: usize) -> Loader<'a> {
-        Self::with_order(data, batch_size, (0..data.len()).collect(), 0, 0)
+        Self::with_order(data, batch_size, (0..data.len()).collect())
     }
 
-    fn with_order(
-        data: &'a Dataset,
-        batch_size: usize,
-        order: Vec<usize>,
-        seed: u64,
-        epoch: u64,
-    ) -> Loader<'a> {
+    /// A pass visiting the samples at `order` (indices into `data`).
+    /// Panics if `batch_size` is 0.
+    pub fn with_order(data: &'a Dataset, batch_size: usize, order: Vec<usize>) -> Loader<'a> {
         assert!(batch_size > 0, "Loader: batch size must be at least 1");
         Loader {
             data,
@@ -221,14 +237,31 @@ impl<'a> Loader<'a> {
             order,
             pos: 0,
             augment: None,
-            seed,
-            epoch,
+            seed: 0,
+            epoch: 0,
+            seeded: false,
         }
+    }
+
+    /// Training samples of epoch `epoch` of a run seeded with `seed`: the
+    /// keys of [`Loader::augment`] and of an image folder's random crops.
+    pub fn seeded(mut self, seed: u64, epoch: u64) -> Loader<'a> {
+        self.seed = seed;
+        self.epoch = epoch;
+        self.seeded = true;
+        self
     }
 
     /// Drop the last batch when it would be shorter than the batch size.
     pub fn drop_last(mut self, drop_last: bool) -> Loader<'a> {
         self.drop_last = drop_last;
+        self
+    }
+
+    /// Start at batch `k` (a resumed epoch), without making the batches
+    /// before it.
+    pub fn skip_batches(mut self, k: usize) -> Loader<'a> {
+        self.pos = (k * self.batch_size).min(self.order.len());
         self
     }
 
@@ -263,35 +296,81 @@ impl<'a> Loader<'a> {
             left.div_ceil(self.batch_size)
         }
     }
+
+    /// Calls `f` with this pass's batches, made `depth` (at least 1) ahead
+    /// on another thread: while `f` works on one batch, the next are
+    /// decoded. The batches are the ones iterating the loader gives, in
+    /// the same order. If `f` returns early, the thread stops after the
+    /// batch it is making.
+    pub fn prefetch<R>(
+        self,
+        depth: usize,
+        f: impl FnOnce(&mut dyn Iterator<Item = (Vec<f32>, Vec<Label>)>) -> R,
+    ) -> R {
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for batch in self {
+                    if tx.send(batch).is_err() {
+                        break;
+                    }
+                }
+            });
+            let r = f(&mut rx.iter());
+            // Unblocks the producer if `f` stopped early.
+            drop(rx);
+            r
+        })
+    }
+
+    /// Sample `i` into `out`, as this pass makes it; returns its label.
+    fn make_sample(&self, i: usize, out: &mut [f32]) -> Label {
+        let data = self.data;
+        let fill = |buf: &mut [f32]| {
+            if self.seeded {
+                let key = sample_key(DECODE_STREAM, self.seed, self.epoch, i);
+                data.sample_into_keyed(i, key, buf)
+            } else {
+                data.sample_into(i, buf)
+            }
+        };
+        match &self.augment {
+            Some(a) => {
+                let key = sample_key(AUGMENT_STREAM, self.seed, self.epoch, i);
+                let mut x = vec![0f32; out.len()];
+                let y = fill(&mut x);
+                a.apply_checked(&x, &data.shape, &mut Rng::new(key), out);
+                y
+            }
+            None => fill(out),
+        }
+    }
 }
 
 impl Iterator for Loader<'_> {
-    type Item = (Vec<f32>, Vec<u8>);
+    type Item = (Vec<f32>, Vec<Label>);
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining() == 0 {
             return None;
         }
         let end = (self.pos + self.batch_size).min(self.order.len());
-        let idx = &self.order[self.pos..end];
+        let (start, n) = (self.pos, self.data.sample_len());
         self.pos = end;
-        let n = self.data.sample_len();
+        let idx = &self.order[start..end];
         let mut values = vec![0f32; idx.len() * n];
-        let mut labels = Vec::with_capacity(idx.len());
-        for (k, &i) in idx.iter().enumerate() {
-            let out = &mut values[k * n..(k + 1) * n];
-            let y = match &self.augment {
-                Some(a) => {
-                    let key =
-                        mix64(mix64(mix64(self.seed ^ AUGMENT_STREAM) ^ self.epoch) ^ i as u64);
-                    let mut x = vec![0f32; n];
-                    let y = self.data.sample_into(i, &mut x);
-                    a.apply_checked(&x, &self.data.shape, &mut Rng::new(key), out);
-                    y
-                }
-                None => self.data.sample_into(i, out),
-            };
-            labels.push(y);
+        let mut labels: Vec<Label> = vec![0; idx.len()];
+        if self.data.is_lazy() {
+            // Decoding and binning are worth a thread per sample.
+            values
+                .par_chunks_mut(n.max(1))
+                .zip(labels.par_iter_mut())
+                .zip(idx.par_iter())
+                .for_each(|((out, y), &i)| *y = self.make_sample(i, out));
+        } else {
+            for ((out, y), &i) in values.chunks_mut(n.max(1)).zip(&mut labels).zip(idx) {
+                *y = self.make_sample(i, out);
+            }
         }
         Some((values, labels))
     }
@@ -303,3 +382,64 @@ impl Iterator for Loader<'_> {
 }
 
 impl ExactSizeIterator for Loader<'_> {}
+
+/// One pass's batches, made ahead on a thread of their own from a dataset
+/// shared with it: what [`Loader::prefetch`] does, for a caller that
+/// pulls batches one at a time from a loop rather than inside a closure.
+/// Dropping it stops the thread (after the batch it is making).
+pub struct Prefetched {
+    rx: Option<std::sync::mpsc::Receiver<(Vec<f32>, Vec<Label>)>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prefetched {
+    /// Starts the thread: it builds the loader `pass` makes for `data` and
+    /// sends its batches, keeping `depth` (at least 1) ready.
+    pub fn spawn<F>(data: std::sync::Arc<Dataset>, depth: usize, pass: F) -> Prefetched
+    where
+        F: for<'d> FnOnce(&'d Dataset) -> Loader<'d> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+        let worker = std::thread::spawn(move || {
+            for batch in pass(&data) {
+                if tx.send(batch).is_err() {
+                    break;
+                }
+            }
+        });
+        Prefetched {
+            rx: Some(rx),
+            worker: Some(worker),
+        }
+    }
+
+    /// Ends the thread; a panic in it is raised here.
+    fn finish(&mut self) {
+        self.rx = None;
+        if let Some(worker) = self.worker.take() {
+            if let Err(panic) = worker.join() {
+                if !std::thread::panicking() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for Prefetched {
+    type Item = (Vec<f32>, Vec<Label>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let got = self.rx.as_ref()?.recv().ok();
+        if got.is_none() {
+            self.finish();
+        }
+        got
+    }
+}
+
+impl Drop for Prefetched {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -38,6 +38,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Everything that defines a run; saved in every checkpoint.
@@ -46,7 +47,8 @@ pub struct TrainConfig {
     /// The model's `.snn` text (the run does not depend on the file).
     pub model_source: String,
     pub model_file: String,
-    /// `digits`, `fashion-mnist`, `mnist` or `cifar10`.
+    /// `digits`, `fashion-mnist`, `mnist`, `cifar10`, `cifar100`,
+    /// `cifar100-coarse`, `events:DIR` or `images:DIR`.
     pub data: String,
     pub data_dir: Option<PathBuf>,
     pub mode: Mode,
@@ -135,6 +137,20 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Split, TrainError> {
     if let Some(events_dir) = cfg.data.strip_prefix("events:") {
         return load_events(cfg, events_dir);
     }
+    if let Some(images_dir) = cfg.data.strip_prefix("images:") {
+        let (_, a) = crate::frontend::check_source(&cfg.model_source, &cfg.model_file)?;
+        return Ok(data::images::load_for_input(
+            Path::new(images_dir),
+            &a.input,
+        )?);
+    }
+    let cifar100 = |labels| {
+        let dir = cfg.data_dir.clone();
+        data::cifar100_split(
+            &dir.unwrap_or_else(|| PathBuf::from("data/cifar-100-binary")),
+            labels,
+        )
+    };
     let r = match cfg.data.as_str() {
         "digits" => data::digits(cfg.seed),
         "fashion-mnist" => data::idx_split(
@@ -148,6 +164,8 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Split, TrainError> {
         "cifar10" => {
             data::cifar10_split(&dir.unwrap_or_else(|| PathBuf::from("data/cifar-10-batches-bin")))
         }
+        "cifar100" => cifar100(data::Cifar100Labels::Fine),
+        "cifar100-coarse" => cifar100(data::Cifar100Labels::Coarse),
         other => return Err(TrainError::UnknownDataset(other.to_string())),
     };
     Ok(r?)
@@ -184,30 +202,28 @@ fn bn_momenta(layers: &[crate::model::Layer], prefix: &str, out: &mut HashMap<St
 struct Batch {
     x: Tensor<f32>,
     labels: Tensor<f32>,
-    targets: Vec<u8>,
+    targets: Vec<crate::data::Label>,
 }
 
-fn make_batch(d: &Dataset, idx: &[usize]) -> Batch {
-    let per: usize = d.shape.iter().product();
-    let mut shape = vec![idx.len()];
+/// A batch from a [`Loader`]'s `(values, labels)` of dataset `d`.
+fn to_batch(d: &Dataset, (x, targets): (Vec<f32>, Vec<crate::data::Label>)) -> Batch {
+    let mut shape = vec![targets.len()];
     shape.extend_from_slice(&d.shape);
-    let mut x = Vec::with_capacity(idx.len() * per);
-    let mut labels = vec![0.0; idx.len() * d.classes];
-    let mut targets = Vec::with_capacity(idx.len());
-    for (b, &i) in idx.iter().enumerate() {
-        x.resize((b + 1) * per, 0.0);
-        let y = d.sample_into(i, &mut x[b * per..]);
+    let mut labels = vec![0.0; targets.len() * d.classes];
+    for (b, &y) in targets.iter().enumerate() {
         labels[b * d.classes + y as usize] = 1.0;
-        targets.push(y);
     }
     Batch {
         x: Tensor::from_vec(&shape, x),
-        labels: Tensor::from_vec(&[idx.len(), d.classes], labels),
+        labels: Tensor::from_vec(&[targets.len(), d.classes], labels),
         targets,
     }
 }
 
-fn correct(logits: &Tensor<f32>, targets: &[u8]) -> usize {
+/// Batches made ahead of the step (decoding images overlaps training).
+const PREFETCH: usize = 2;
+
+fn correct(logits: &Tensor<f32>, targets: &[crate::data::Label]) -> usize {
     let k = logits.shape[1];
     logits
         .data
@@ -303,11 +319,12 @@ impl Evaluator {
         batch: usize,
     ) -> Result<f64, TrainError> {
         let mut right = 0;
-        let idx: Vec<usize> = (0..d.len()).collect();
-        let chunks: Vec<&[usize]> = idx.chunks(batch.max(1)).collect();
-        let mut sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
-        sizes.dedup();
-        for b in sizes {
+        let batch = batch.max(1);
+        let full = d.len() / batch * batch;
+        // The full batches, then the remainder: one graph per size.
+        let mut parts = vec![(batch, 0..full), (d.len() - full, full..d.len())];
+        parts.retain(|(b, r)| *b > 0 && !r.is_empty());
+        for (b, range) in parts {
             if !self.plans.contains_key(&b) {
                 let plan = fuse::fuse(self.graph(b)?);
                 self.plans.insert(b, plan);
@@ -324,14 +341,19 @@ impl Evaluator {
             )?;
             let mut ex = Executor::with_plan(backend, g, self.plans[&b].clone(), &[])
                 .map_err(TrainError::Exec)?;
-            for chunk in chunks.iter().filter(|c| c.len() == b) {
-                let batch = make_batch(d, chunk);
-                let inputs = HashMap::from([("x".to_string(), batch.x)]);
-                let v = ex
-                    .run(&inputs, params, &RunOptions { seed: 0 })
-                    .map_err(TrainError::Exec)?;
-                right += correct(&v["logits"], &batch.targets);
-            }
+            let loader = crate::data::Loader::with_order(d, b, range.collect());
+            right += loader.prefetch(PREFETCH, |batches| -> Result<usize, TrainError> {
+                let mut right = 0;
+                for made in batches {
+                    let batch = to_batch(d, made);
+                    let inputs = HashMap::from([("x".to_string(), batch.x)]);
+                    let v = ex
+                        .run(&inputs, params, &RunOptions { seed: 0 })
+                        .map_err(TrainError::Exec)?;
+                    right += correct(&v["logits"], &batch.targets);
+                }
+                Ok(right)
+            })?;
         }
         Ok(right as f64 / d.len().max(1) as f64)
     }
@@ -639,7 +661,9 @@ fn run<'d>(
         .filter(|p| p.trainable)
         .map(|p| p.name.clone())
         .collect();
-    let batches_per_epoch = split.train.len() / cfg.batch;
+    // Shared with the thread that makes the batches.
+    let train = std::sync::Arc::new(split.train);
+    let batches_per_epoch = train.len() / cfg.batch;
     let total = cfg.epochs * batches_per_epoch;
     let stop_at = |step: u64| {
         STOP.load(Ordering::SeqCst) || opts.stop_after_steps.is_some_and(|n| step + 1 >= n)
@@ -664,7 +688,7 @@ fn run<'d>(
     };
     for epoch in start_epoch..cfg.epochs {
         let started = Instant::now();
-        let mut order: Vec<usize> = (0..split.train.len()).collect();
+        let mut order: Vec<usize> = (0..train.len()).collect();
         let mut r = Rng::new(mix64(cfg.seed ^ mix64(epoch as u64 + 1)));
         for i in (1..order.len()).rev() {
             order.swap(i, r.below(i + 1));
@@ -694,10 +718,24 @@ fn run<'d>(
         let mut lr = cfg.lr;
         let mut rates = BTreeMap::new();
         let mut stopped_at = None;
+        // The run's own order (the batches are those it always had, so runs
+        // and resumes stay bit-identical), made ahead on another thread;
+        // training samples (an image folder's random crops) keyed by the
+        // run's seed and the epoch.
+        let (batch_size, seed) = (cfg.batch, cfg.seed);
+        let mut batches = crate::data::Prefetched::spawn(Arc::clone(&train), PREFETCH, move |d| {
+            crate::data::Loader::with_order(d, batch_size, order)
+                .seeded(seed, epoch as u64)
+                .drop_last(true)
+                .skip_batches(first)
+        });
         let mut epoch_steps = |exe: &mut dyn Stepper| -> Result<bool, TrainError> {
             for bi in first..batches_per_epoch {
-                let idx = &order[bi * cfg.batch..(bi + 1) * cfg.batch];
-                let batch = make_batch(&split.train, idx);
+                let made = batches
+                    .next()
+                    .expect("the loader makes every batch of the epoch");
+                let batch = to_batch(&train, made);
+                let n_batch = batch.targets.len();
                 let inputs = HashMap::from([
                     ("x".to_string(), batch.x),
                     ("labels".to_string(), batch.labels),
@@ -723,9 +761,9 @@ fn run<'d>(
                         batch: bi,
                     });
                 }
-                loss_sum += loss * idx.len() as f64;
+                loss_sum += loss * n_batch as f64;
                 right += correct(out_of("logits"), &batch.targets);
-                seen += idx.len();
+                seen += n_batch;
                 let progress = cfg
                     .schedule
                     .progress(step as usize, total, epoch, cfg.epochs);

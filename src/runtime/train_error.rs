@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("unknown dataset `{0}`; use digits, fashion-mnist, mnist, cifar10 or events:DIR")]
+    #[error(
+        "unknown dataset `{0}`; use digits, fashion-mnist, mnist, cifar10, cifar100, \
+         cifar100-coarse, events:DIR or images:DIR"
+    )]
     UnknownDataset(String),
     #[error(transparent)]
     Data(#[from] crate::data::DataError),

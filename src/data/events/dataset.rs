@@ -296,10 +296,11 @@ impl EventSamples {
         Dataset {
             name,
             images: Vec::new(),
-            labels,
+            labels: labels.into_iter().map(super::super::Label::from).collect(),
             shape: self.spec.shape(),
             classes,
             events: Some(Arc::new(self)),
+            files: None,
         }
     }
 }
