@@ -276,3 +276,38 @@ fn bench_reports_rows() {
         .iter()
         .all(|r| r["step_seconds"].as_f64().unwrap() > 0.0));
 }
+
+/// Every run `scripts/paper.sh` lists is a command snnc accepts: its flags
+/// parse, its model (CIFAR-100's copy with 100 outputs included) loads, and
+/// it stops at the data set, which is missing here, naming the path.
+#[test]
+fn paper_script_commands_parse_and_stop_at_the_missing_data() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let tmp = common::run::TmpDir::new("paper");
+    let list = std::process::Command::new("bash")
+        .args(["scripts/paper.sh", "list"])
+        .current_dir(root)
+        .env("SNNC", env!("CARGO_BIN_EXE_snnc"))
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    let text = String::from_utf8(list.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 22, "{text}");
+    let missing = tmp.0.join("no-such-data");
+    for line in lines {
+        // Into the temporary folder: the copied models, the runs, the data.
+        let cmd = line
+            .replace("runs/paper-models", &tmp.0.join("models").display().to_string())
+            .replace("--out runs/", &format!("--out {}/", tmp.0.display()))
+            .replace("DATA_DIR", &missing.display().to_string());
+        let out = std::process::Command::new("bash")
+            .args(["-c", &cmd])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}\n{err}");
+        assert!(err.contains("no-such-data"), "{cmd}\n{err}");
+    }
+}
