@@ -298,7 +298,10 @@ fn paper_script_commands_parse_and_stop_at_the_missing_data() {
     for line in lines {
         // Into the temporary folder: the copied models, the runs, the data.
         let cmd = line
-            .replace("runs/paper-models", &tmp.0.join("models").display().to_string())
+            .replace(
+                "runs/paper-models",
+                &tmp.0.join("models").display().to_string(),
+            )
             .replace("--out runs/", &format!("--out {}/", tmp.0.display()))
             .replace("DATA_DIR", &missing.display().to_string());
         let out = std::process::Command::new("bash")
