@@ -1,0 +1,195 @@
+//! The automatic choice: each call shape (extents, transposes, strides,
+//! batch) runs on the implementation that was fastest on it, timed once
+//! per process the first time the shape is seen.
+//!
+//! Why timing and not a rule: which implementation wins depends on the
+//! shape in ways no simple rule captures (on the 2-core development
+//! machine matrixmultiply beats the gemm crate on 2048³ but loses on the
+//! 64×288×3528 convolution chunks of `fmnist_csnn`), on which libraries
+//! the machine has and on how each detects the CPU (OpenBLAS 0.3.21 runs
+//! its generic kernels on CPUs newer than it). Training runs a handful of
+//! shapes thousands of times, so timing each once costs a fraction of a
+//! step.
+//!
+//! How: on scratch buffers laid out like the call's operands (same
+//! strides, same batch), each candidate runs once to warm up (threads,
+//! packing buffers) and then up to three times; the fastest time counts
+//! (the least disturbed by whatever else the machine runs). Calls under
+//! [`MIN_TIMED_FLOP`] are not timed and run on the gemm crate: the
+//! difference between implementations there is below what can be timed
+//! reliably. Calls made from inside rayon's pool (no executor GEMM is, but
+//! a caller's parallel loop could) run on the gemm crate too: a system
+//! library's own threads would compete with the busy rayon workers, and
+//! the gemm crate nests into rayon's pool.
+//!
+//! The choice is fixed for the rest of the process, so a process's runs
+//! are reproducible; another process may time differently and choose
+//! another implementation, whose sums round differently (`SNNC_SGEMM`
+//! fixes one for bit-identical runs across processes).
+
+use super::{run_with, Impl};
+use crate::codegen::backend::Gemm;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Calls with fewer FLOPs (2·m·n·k·batch) run on the gemm crate untimed:
+/// about 10 µs at the rates this machine reaches.
+pub const MIN_TIMED_FLOP: f64 = 2e6;
+
+/// A call's shape: everything but its addresses and scalars.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Shape {
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+    stride_a: usize,
+    stride_b: usize,
+    stride_c: usize,
+    batch: usize,
+}
+
+impl Shape {
+    fn of(g: &Gemm) -> Shape {
+        Shape {
+            ta: g.ta,
+            tb: g.tb,
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            lda: g.lda,
+            ldb: g.ldb,
+            ldc: g.ldc,
+            stride_a: g.stride_a,
+            stride_b: g.stride_b,
+            stride_c: g.stride_c,
+            batch: g.batch,
+        }
+    }
+
+    fn flop(&self) -> f64 {
+        2.0 * (self.m * self.n * self.k * self.batch) as f64
+    }
+}
+
+/// One decision of the automatic choice, for reports.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChoiceReport {
+    /// `m×n×k`, transposes (`NN`, `TN`, …) and the batch.
+    pub shape: String,
+    pub chosen: &'static str,
+    /// Each candidate's best time (seconds), in the order timed.
+    pub seconds: Vec<(&'static str, f64)>,
+}
+
+struct Decision {
+    chosen: Impl,
+    seconds: Vec<(Impl, f64)>,
+}
+
+fn table() -> &'static Mutex<HashMap<Shape, Decision>> {
+    static TABLE: OnceLock<Mutex<HashMap<Shape, Decision>>> = OnceLock::new();
+    TABLE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The implementation for `g`'s shape among `candidates` (the first is
+/// the fallback), timing them if the shape is new.
+pub fn choice(g: &Gemm, candidates: &[Impl]) -> Impl {
+    let shape = Shape::of(g);
+    if candidates.len() < 2
+        || shape.flop() < MIN_TIMED_FLOP
+        || rayon::current_thread_index().is_some()
+    {
+        return candidates.first().copied().unwrap_or(Impl::Gemm);
+    }
+    let lock = || table().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = lock().get(&shape) {
+        return d.chosen;
+    }
+    // Timed without the lock (a thread that needs another shape is not
+    // held up; two threads timing the same shape both time it, and the
+    // first to finish decides for both).
+    let decision = time(g, candidates);
+    lock().entry(shape).or_insert(decision).chosen
+}
+
+/// Times every candidate on `g`'s shape.
+fn time(g: &Gemm, candidates: &[Impl]) -> Decision {
+    let span = |rows: usize, cols: usize, ld: usize, stride: usize| {
+        (g.batch - 1) * stride + (rows - 1) * ld + cols
+    };
+    let (ra, ca) = if g.ta { (g.k, g.m) } else { (g.m, g.k) };
+    let (rb, cb) = if g.tb { (g.n, g.k) } else { (g.k, g.n) };
+    let fill = |len: usize, p: usize| -> Vec<f32> {
+        (0..len).map(|i| ((i % p) as f32 - 3.0) * 0.1).collect()
+    };
+    let a = fill(span(ra, ca, g.lda, g.stride_a), 7);
+    let b = fill(span(rb, cb, g.ldb, g.stride_b), 5);
+    let mut c = vec![0f32; span(g.m, g.n, g.ldc, g.stride_c)];
+    let call = Gemm {
+        a: a.as_ptr() as u64,
+        b: b.as_ptr() as u64,
+        c: c.as_mut_ptr() as u64,
+        ..*g
+    };
+    let once = |imp: Impl| {
+        let t0 = Instant::now();
+        // SAFETY: a, b and c span the call's operands at its strides.
+        unsafe { run_with(imp, &call) };
+        t0.elapsed()
+    };
+    let mut seconds = Vec::new();
+    let mut best = (Duration::MAX, candidates[0]);
+    for &imp in candidates {
+        let warm = once(imp);
+        // A candidate 4× slower than the best even warming up is not
+        // timed further; three timed calls when they are short.
+        let repeats = if warm > best.0.saturating_mul(4) {
+            0
+        } else if warm < Duration::from_millis(20) {
+            3
+        } else {
+            1
+        };
+        let t = (0..repeats).map(|_| once(imp)).min().unwrap_or(warm);
+        seconds.push((imp, t.as_secs_f64()));
+        if t < best.0 {
+            best = (t, imp);
+        }
+    }
+    Decision {
+        chosen: best.1,
+        seconds,
+    }
+}
+
+/// The decisions so far, largest shapes first.
+pub fn report() -> Vec<ChoiceReport> {
+    let table = table().lock().unwrap_or_else(|e| e.into_inner());
+    let mut rows: Vec<(&Shape, &Decision)> = table.iter().collect();
+    rows.sort_by(|x, y| y.0.flop().total_cmp(&x.0.flop()));
+    rows.into_iter()
+        .map(|(s, d)| ChoiceReport {
+            shape: format!(
+                "{}×{}×{} {}{}{}",
+                s.m,
+                s.n,
+                s.k,
+                if s.ta { 'T' } else { 'N' },
+                if s.tb { 'T' } else { 'N' },
+                if s.batch > 1 {
+                    format!(" ×{}", s.batch)
+                } else {
+                    String::new()
+                }
+            ),
+            chosen: d.chosen.name(),
+            seconds: d.seconds.iter().map(|(i, t)| (i.name(), *t)).collect(),
+        })
+        .collect()
+}
