@@ -158,6 +158,12 @@ fn bench(
     floor: bool,
     json: bool,
 ) -> Result<(), CliError> {
+    // An SNNC_SGEMM naming no SGEMM, or one not installed, fails before
+    // anything is measured.
+    crate::codegen::cpu::sgemm::selection().map_err(|e| CliError::Backend {
+        command: "bench",
+        source: crate::codegen::backend::BackendError::Compile(e.to_string()),
+    })?;
     let (model, a) = load_for(path, modes)?;
     // The FLOP floor: the fastest SGEMM this machine has on a large square
     // product (measured before the steps, on an idle thread pool).
