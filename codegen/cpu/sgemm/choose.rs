@@ -137,7 +137,7 @@ fn time(g: &Gemm, candidates: &[Impl]) -> Decision {
         c: c.as_mut_ptr() as u64,
         ..*g
     };
-    let once = |imp: Impl| {
+    let once = |imp| {
         let t0 = Instant::now();
         // SAFETY: a, b and c span the call's operands at its strides.
         unsafe { run_with(imp, &call) };

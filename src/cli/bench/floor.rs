@@ -3,7 +3,7 @@
 //! libraries found at run time) is timed on 2048³, and each is reported
 //! with how many times slower than the fastest it is.
 
-use crate::codegen::cpu::sgemm::{self, Impl};
+use crate::codegen::cpu::sgemm;
 
 /// Side of the square product the floor is measured on.
 pub const N: usize = 2048;
@@ -35,7 +35,7 @@ impl Floor {
     pub fn measure() -> Floor {
         let mut rates: Vec<SgemmRate> = sgemm::available()
             .into_iter()
-            .map(|imp: Impl| {
+            .map(|imp| {
                 let r = sgemm::rate(Some(imp), N, N, N, REPEATS);
                 SgemmRate {
                     name: imp.name(),
