@@ -68,7 +68,7 @@ impl Impl {
 pub enum SgemmError {
     #[error("SNNC_SGEMM=`{0}` names no SGEMM implementation (auto, gemm, matrixmultiply, openblas, blis, onednn, blas)")]
     Unknown(String),
-    #[error("SNNC_SGEMM={name}: {title} is not installed on this machine ({why})")]
+    #[error("SNNC_SGEMM={name}: {title} is not installed on this machine: {why}")]
     Unavailable {
         name: String,
         title: &'static str,
@@ -136,7 +136,7 @@ pub fn missing() -> Vec<String> {
     system::probe()
         .missing
         .iter()
-        .map(|(k, why)| format!("{} ({why})", k.title()))
+        .map(|(k, why)| format!("{}: {why}", k.title()))
         .collect()
 }
 

@@ -151,7 +151,7 @@ pub fn probe() -> &'static Probe {
             if found.iter().any(|l| l.kind == kind) {
                 continue;
             }
-            let mut why = Vec::new();
+            let (mut absent, mut other) = (Vec::new(), Vec::new());
             for &file in kind.files() {
                 match open(file, threads) {
                     Ok(lib) if lib.kind == kind => {
@@ -161,16 +161,20 @@ pub fn probe() -> &'static Probe {
                     // libblas.so.3 that is OpenBLAS or BLIS: the same
                     // library again unless that one was not found.
                     Ok(lib) => {
-                        why.push(format!("{file} is {}", lib.kind.title()));
+                        other.push(format!("{file} is {}", lib.kind.title()));
                         if !found.iter().any(|l| l.kind == lib.kind) {
                             found.push(lib);
                         }
                     }
-                    Err(e) => why.push(e),
+                    Err(Unusable::Absent) => absent.push(file),
+                    Err(Unusable::NoSgemm) => other.push(format!("{file} has no cblas_sgemm")),
                 }
             }
             if !found.iter().any(|l| l.kind == kind) {
-                missing.push((kind, why.join("; ")));
+                if !absent.is_empty() {
+                    other.insert(0, format!("none of {} loads", absent.join(", ")));
+                }
+                missing.push((kind, other.join("; ")));
             }
         }
         missing.retain(|(k, _)| !found.iter().any(|l| l.kind == *k));
@@ -179,11 +183,19 @@ pub fn probe() -> &'static Probe {
     })
 }
 
+/// Why a file gives no SGEMM.
+enum Unusable {
+    /// It is not there (or does not load).
+    Absent,
+    /// It loads but exports no SGEMM this module knows.
+    NoSgemm,
+}
+
 /// Opens `file` and names it by its symbols.
-fn open(file: &'static str, threads: usize) -> Result<SystemLib, String> {
+fn open(file: &'static str, threads: usize) -> Result<SystemLib, Unusable> {
     // SAFETY: loading a system BLAS runs its initialisers, which set up
     // its thread pool and read its environment variables.
-    let lib = unsafe { Library::new(file) }.map_err(|_| format!("no {file}"))?;
+    let lib = unsafe { Library::new(file) }.map_err(|_| Unusable::Absent)?;
     // SAFETY (all `sym` calls): each name is looked up with its C type.
     unsafe fn sym<F: Copy>(lib: &Library, name: &str) -> Option<F> {
         lib.get::<F>(name.as_bytes()).ok().map(|s| *s)
@@ -234,7 +246,7 @@ fn open(file: &'static str, threads: usize) -> Result<SystemLib, String> {
             (Kind::Blas, cblas, String::new())
         }
     };
-    let entry = entry.ok_or_else(|| format!("{file} has no cblas_sgemm"))?;
+    let entry = entry.ok_or(Unusable::NoSgemm)?;
     Ok(SystemLib {
         kind,
         file,
