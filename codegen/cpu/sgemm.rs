@@ -366,7 +366,7 @@ pub fn choices() -> Vec<ChoiceReport> {
 /// GFLOP/s of an `m`×`k` by `k`×`n` SGEMM with the selected
 /// implementation, median of `repeats` after a warm-up.
 pub fn gflops_mkn(m: usize, k: usize, n: usize, repeats: usize) -> f64 {
-    rate(None, m, k, n, repeats).gflops
+    rates(&[None], m, k, n, repeats)[0].gflops
 }
 
 /// An SGEMM rate and how it was measured.
@@ -379,9 +379,11 @@ pub struct Rate {
     pub calls: usize,
 }
 
-/// GFLOP/s of an `m`×`k` by `k`×`n` SGEMM on `imp` (the executor's
-/// selection when None): median of `repeats` after a warm-up.
-pub fn rate(imp: Option<Impl>, m: usize, k: usize, n: usize, repeats: usize) -> Rate {
+/// GFLOP/s of an `m`×`k` by `k`×`n` SGEMM on each of `imps` (None: the
+/// executor's selection): each warms up once, then `repeats` rounds time
+/// each once in turn (so that a change in the machine's load falls on all
+/// alike), and each rate is its median.
+pub fn rates(imps: &[Option<Impl>], m: usize, k: usize, n: usize, repeats: usize) -> Vec<Rate> {
     let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
     let mut c = vec![0f32; m * n];
@@ -395,28 +397,42 @@ pub fn rate(imp: Option<Impl>, m: usize, k: usize, n: usize, repeats: usize) -> 
         b.as_ptr() as u64,
         c.as_mut_ptr() as u64,
     );
-    let once = || {
+    let once = |imp: &Option<Impl>| {
         let t0 = std::time::Instant::now();
         // SAFETY: a, b and c hold the m×k, k×n and m×n matrices.
         unsafe {
             match imp {
-                Some(imp) => run_with(imp, &call),
+                Some(imp) => run_with(*imp, &call),
                 None => run(&call),
             }
         }
         t0.elapsed().as_secs_f64()
     };
-    let warm = once();
-    let mut times: Vec<f64> = if warm > 1.0 {
-        vec![warm]
-    } else {
-        (0..repeats.max(1)).map(|_| once()).collect()
-    };
-    times.sort_by(f64::total_cmp);
-    Rate {
-        gflops: 2.0 * (m * k * n) as f64 / times[times.len() / 2] / 1e9,
-        calls: times.len(),
+    // Over a second warming up: that call is the figure, not repeated.
+    let warm: Vec<f64> = imps.iter().map(once).collect();
+    let slow: Vec<bool> = warm.iter().map(|&w| w > 1.0).collect();
+    let mut times: Vec<Vec<f64>> = warm
+        .iter()
+        .zip(&slow)
+        .map(|(&w, &slow)| if slow { vec![w] } else { Vec::new() })
+        .collect();
+    for _ in 0..repeats.max(1) {
+        for ((imp, t), &slow) in imps.iter().zip(&mut times).zip(&slow) {
+            if !slow {
+                t.push(once(imp));
+            }
+        }
     }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            Rate {
+                gflops: 2.0 * (m * k * n) as f64 / t[t.len() / 2] / 1e9,
+                calls: t.len(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

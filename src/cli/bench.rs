@@ -263,7 +263,7 @@ fn print_choices() {
     if choices.is_empty() {
         return;
     }
-    println!("SGEMM per call shape (m×n×k, transposes, batch; timed once on first use: each candidate's best of up to 3 calls, ms):");
+    println!("SGEMM per call shape (m×n×k, transposes, batch; timed once on first use: each candidate's median of 3 rounds, or its one call when it fell 4× behind, ms):");
     for c in &choices {
         let times: Vec<String> = c
             .seconds

@@ -13,8 +13,8 @@
 //!
 //! How: on scratch buffers laid out like the call's operands (same
 //! strides, same batch), each candidate runs once to warm up (threads,
-//! packing buffers) and then up to three times; the fastest time counts
-//! (the least disturbed by whatever else the machine runs). Calls under
+//! packing buffers), then three rounds (one when a call takes over 20 ms)
+//! run each once in turn; a candidate's median counts. Calls under
 //! [`MIN_TIMED_FLOP`] are not timed and run on the gemm crate: the
 //! difference between implementations there is below what can be timed
 //! reliably. Calls made from inside rayon's pool (no executor GEMM is, but
@@ -83,7 +83,8 @@ pub struct ChoiceReport {
     /// `m×n×k`, transposes (`NN`, `TN`, …) and the batch.
     pub shape: String,
     pub chosen: &'static str,
-    /// Each candidate's best time (seconds), in the order timed.
+    /// Each candidate's median time (seconds; a candidate out after
+    /// its warm-up or first round: that time), in the candidates' order.
     pub seconds: Vec<(&'static str, f64)>,
 }
 
@@ -145,40 +146,69 @@ fn time(g: &Gemm, candidates: &[Impl]) -> Decision {
         t0.elapsed()
     };
     let first = Gemm { batch: 1, ..call };
-    let mut seconds = Vec::new();
-    let mut best = (Duration::MAX, candidates[0]);
+    // Each candidate warms up (threads, packing buffers, JIT), and is out
+    // when even that is 4× the best warm-up: a system library's batch,
+    // whose entries run one after another, is first timed on one entry
+    // (oneDNN takes milliseconds per tiny product on OpenMP).
+    let mut out: Vec<(Impl, Duration)> = Vec::new();
+    let mut live: Vec<(Impl, Vec<Duration>)> = Vec::new();
+    let mut reference = Duration::MAX;
     for &imp in candidates {
-        // A system library runs a batch's entries one after another: when
-        // one entry times the batch at 4× the best, the rest is not run
-        // (oneDNN takes milliseconds per tiny product on OpenMP).
         if matches!(imp, Impl::System(_)) && g.batch > 1 {
-            let one = once(imp, &first).saturating_mul(g.batch as u32);
-            if one > best.0.saturating_mul(4) {
-                seconds.push((imp, one.as_secs_f64()));
+            let batch = once(imp, &first).saturating_mul(g.batch as u32);
+            if batch > reference.saturating_mul(4) {
+                out.push((imp, batch));
                 continue;
             }
         }
         let warm = once(imp, &call);
-        // A candidate 4× slower than the best even warming up is not
-        // timed further (its warm-up time stands); three timed calls when
-        // they are short.
-        let repeats = if warm > best.0.saturating_mul(4) {
-            0
-        } else if warm < Duration::from_millis(20) {
-            3
+        reference = reference.min(warm);
+        if warm > reference.saturating_mul(4) {
+            out.push((imp, warm));
         } else {
-            1
-        };
-        let t = (0..repeats).map(|_| once(imp, &call)).min().unwrap_or(warm);
-        seconds.push((imp, t.as_secs_f64()));
-        if t < best.0 {
-            best = (t, imp);
+            live.push((imp, Vec::new()));
         }
     }
-    Decision {
-        chosen: best.1,
-        seconds,
+    // Rounds in which each runs once in turn (a change in the machine's
+    // load falls on all alike); after the first, those 4× behind the best
+    // are out. A candidate's time is its median: what a call typically
+    // takes here, including how much it loses when another process holds
+    // a core (libraries that split the work into fixed parts per thread
+    // wait for the slowest; rayon's work stealing does not).
+    let rounds = if reference < Duration::from_millis(20) { 3 } else { 1 };
+    for round in 0..rounds {
+        for (imp, times) in &mut live {
+            times.push(once(*imp, &call));
+        }
+        if round == 0 {
+            let best = live.iter().map(|(_, t)| t[0]).min().unwrap_or(Duration::MAX);
+            let (keep, slow): (Vec<_>, Vec<_>) = live
+                .into_iter()
+                .partition(|(_, t)| t[0] <= best.saturating_mul(4));
+            out.extend(slow.into_iter().map(|(imp, t)| (imp, t[0])));
+            live = keep;
+        }
     }
+    let median = |times: &[Duration]| {
+        let mut t = times.to_vec();
+        t.sort();
+        t[t.len() / 2]
+    };
+    let timed: Vec<(Impl, Duration)> = live
+        .iter()
+        .map(|(imp, times)| (*imp, median(times)))
+        .collect();
+    let chosen = timed
+        .iter()
+        .min_by_key(|(_, t)| *t)
+        .map_or(candidates[0], |(imp, _)| *imp);
+    let mut seconds: Vec<(Impl, f64)> = timed
+        .into_iter()
+        .chain(out)
+        .map(|(imp, t)| (imp, t.as_secs_f64()))
+        .collect();
+    seconds.sort_by_key(|(imp, _)| candidates.iter().position(|c| c == imp));
+    Decision { chosen, seconds }
 }
 
 /// The decisions so far, largest shapes first.

@@ -7,7 +7,8 @@ use crate::codegen::cpu::sgemm;
 
 /// Side of the square product the floor is measured on.
 pub const N: usize = 2048;
-/// Timed calls per implementation (median), after a warm-up.
+/// Timed calls per implementation (median), after a warm-up; the
+/// implementations take turns, one call each per round.
 pub const REPEATS: usize = 3;
 
 /// One implementation's rate on the floor's product.
@@ -33,10 +34,13 @@ pub struct Floor {
 impl Floor {
     /// Times every available SGEMM on `N`³.
     pub fn measure() -> Floor {
-        let mut rates: Vec<SgemmRate> = sgemm::available()
+        let available = sgemm::available();
+        let imps: Vec<_> = available.iter().copied().map(Some).collect();
+        let measured = sgemm::rates(&imps, N, N, N, REPEATS);
+        let mut rates: Vec<SgemmRate> = available
             .into_iter()
-            .map(|imp| {
-                let r = sgemm::rate(Some(imp), N, N, N, REPEATS);
+            .zip(measured)
+            .map(|(imp, r)| {
                 SgemmRate {
                     name: imp.name(),
                     describe: imp.describe(),
