@@ -88,12 +88,24 @@ impl Case {
                 for j in 0..g.n {
                     let mut s = 0.0f64;
                     for p in 0..g.k {
-                        let av = if g.ta { a[p * g.lda + i] } else { a[i * g.lda + p] };
-                        let bv = if g.tb { b[j * g.ldb + p] } else { b[p * g.ldb + j] };
+                        let av = if g.ta {
+                            a[p * g.lda + i]
+                        } else {
+                            a[i * g.lda + p]
+                        };
+                        let bv = if g.tb {
+                            b[j * g.ldb + p]
+                        } else {
+                            b[p * g.ldb + j]
+                        };
                         s += f64::from(av) * f64::from(bv);
                     }
                     let at = q * g.stride_c + i * g.ldc + j;
-                    let old = if g.beta == 0.0 { 0.0 } else { f64::from(g.beta) * c[at] };
+                    let old = if g.beta == 0.0 {
+                        0.0
+                    } else {
+                        f64::from(g.beta) * c[at]
+                    };
                     c[at] = f64::from(g.alpha) * s + old;
                 }
             }

@@ -40,13 +40,11 @@ impl Floor {
         let mut rates: Vec<SgemmRate> = available
             .into_iter()
             .zip(measured)
-            .map(|(imp, r)| {
-                SgemmRate {
-                    name: imp.name(),
-                    describe: imp.describe(),
-                    gflops: r.gflops,
-                    calls: r.calls,
-                }
+            .map(|(imp, r)| SgemmRate {
+                name: imp.name(),
+                describe: imp.describe(),
+                gflops: r.gflops,
+                calls: r.calls,
             })
             .collect();
         rates.sort_by(|a, b| b.gflops.total_cmp(&a.gflops));
