@@ -7,6 +7,11 @@
 //! that `libblas.so.3` pointing at OpenBLAS counts as OpenBLAS (already
 //! found) rather than as a second library.
 //!
+//! Opening a library runs its initialisers, so its environment variables
+//! apply to every snnc process that runs a GEMM: `OPENBLAS_CORETYPE`
+//! chooses OpenBLAS's kernels (0.3.21 runs generic ones on CPUs newer
+//! than it), and a `BLIS_ARCH_TYPE` BLIS does not know aborts the process.
+//!
 //! Threads: each library runs on as many threads as rayon's pool has (the
 //! machine's cores unless `RAYON_NUM_THREADS` says otherwise). OpenBLAS's
 //! count is global and set once when it is opened; BLIS's is set before
@@ -402,8 +407,3 @@ impl SystemLib {
         format!("{detail}; {}", self.file)
     }
 }
-
-// SAFETY: the library handle and function pointers are immutable after
-// loading; the libraries' SGEMMs are thread-safe.
-unsafe impl Send for SystemLib {}
-unsafe impl Sync for SystemLib {}
