@@ -325,11 +325,15 @@ unsafe fn entry(imp: Impl, g: &Gemm, q: usize, par: bool) {
 /// If `SNNC_SGEMM` is invalid ([`selection`]; `Cpu::new` reports that as
 /// an error first).
 pub unsafe fn run(g: &Gemm) {
-    let imp = match selection().unwrap_or_else(|e| panic!("{e}")) {
-        Selection::Forced(imp) => imp,
-        Selection::Auto => choose::choice(g, automatic_candidates()),
-    };
-    run_with(imp, g)
+    match selection().unwrap_or_else(|e| panic!("{e}")) {
+        Selection::Forced(imp) => run_with(imp, g),
+        Selection::Auto => {
+            let imp = choose::choice(g, automatic_candidates());
+            let t0 = std::time::Instant::now();
+            run_with(imp, g);
+            choose::observe(g, imp, t0.elapsed());
+        }
+    }
 }
 
 /// Runs an executor GEMM on `imp`. The built-in crates run the entries of

@@ -270,7 +270,15 @@ fn print_choices() {
             .iter()
             .map(|(name, s)| format!("{name} {:.3}", s * 1e3))
             .collect();
-        println!("  {:<24} {:<15} ({})", c.shape, c.chosen, times.join(", "));
+        let demoted = c.slow_in_place.map_or(String::new(), |(name, slow, calls)| {
+            format!("; {name} was chosen, then {slow} of its {calls} calls in the steps took over 3× its timed median")
+        });
+        println!(
+            "  {:<24} {:<15} ({}{demoted})",
+            c.shape,
+            c.chosen,
+            times.join(", ")
+        );
     }
 }
 

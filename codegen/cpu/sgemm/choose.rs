@@ -23,7 +23,11 @@
 //! library's own threads would compete with the busy rayon workers, and
 //! the gemm crate nests into rayon's pool.
 //!
-//! The choice is fixed for the rest of the process, so a process's runs
+//! One correction follows in place ([`observe`]): a chosen library whose
+//! calls in the executor keep taking several times its timed median goes
+//! back to the gemm crate for that shape.
+//!
+//! The choice is then fixed for the rest of the process, so a process's runs
 //! are reproducible; another process may time differently and choose
 //! another implementation, whose sums round differently (`SNNC_SGEMM`
 //! fixes one for bit-identical runs across processes).
@@ -84,6 +88,10 @@ pub struct ChoiceReport {
     /// `m×n×k`, transposes (`NN`, `TN`, …) and the batch.
     pub shape: String,
     pub chosen: &'static str,
+    /// The implementation chosen first when it was slow in the executor
+    /// and the shape went back to the gemm crate: (name, slow calls,
+    /// calls).
+    pub slow_in_place: Option<(&'static str, u32, u32)>,
     /// Each candidate's median time (seconds; a candidate out after
     /// its warm-up or first round: that time), in the candidates' order.
     pub seconds: Vec<(&'static str, f64)>,
@@ -92,7 +100,22 @@ pub struct ChoiceReport {
 struct Decision {
     chosen: Impl,
     seconds: Vec<(Impl, f64)>,
+    /// The chosen one's timed median, what its calls should take.
+    expected: Duration,
+    /// Where a chosen implementation that is slow in place goes back to
+    /// (the first candidate: the gemm crate).
+    fallback: Impl,
+    /// The executor's calls of this shape on `chosen`, and how many took
+    /// over [`SLOW_IN_PLACE`] times `expected`.
+    calls: u32,
+    slow: u32,
+    /// The implementation that was chosen first when it was slow in place.
+    demoted: Option<Impl>,
 }
+
+/// A call that takes this many times its implementation's timed median
+/// counts as slow in place.
+const SLOW_IN_PLACE: u32 = 3;
 
 fn table() -> &'static Mutex<HashMap<Shape, Decision>> {
     static TABLE: OnceLock<Mutex<HashMap<Shape, Decision>>> = OnceLock::new();
@@ -118,6 +141,33 @@ pub fn choice(g: &Gemm, candidates: &[Impl]) -> Impl {
     // first to finish decides for both).
     let decision = time(g, candidates);
     lock().entry(shape).or_insert(decision).chosen
+}
+
+/// Records that an executor call of `g`'s shape on `imp` took `took`. The
+/// timing runs each candidate back to back, its threads awake; in the
+/// executor a GEMM follows kernels on rayon's pool, and a library whose
+/// threads sleep or spin meanwhile (oneDNN's OpenMP threads on a busy
+/// machine: 8 ms and more for a 0.7 ms product) can be far slower there.
+/// When at least 3 calls, and at least a quarter of the calls, took over
+/// [`SLOW_IN_PLACE`]× the timed median, the shape goes back to the gemm
+/// crate for the rest of the process.
+pub fn observe(g: &Gemm, imp: Impl, took: Duration) {
+    let shape = Shape::of(g);
+    let mut table = table().lock().unwrap_or_else(|e| e.into_inner());
+    let Some(d) = table.get_mut(&shape) else {
+        return;
+    };
+    if d.chosen != imp || imp == d.fallback {
+        return;
+    }
+    d.calls += 1;
+    if took > d.expected.saturating_mul(SLOW_IN_PLACE) {
+        d.slow += 1;
+    }
+    if d.slow >= 3 && 4 * d.slow >= d.calls {
+        d.demoted = Some(d.chosen);
+        d.chosen = d.fallback;
+    }
 }
 
 /// Times every candidate on `g`'s shape.
@@ -224,7 +274,19 @@ fn time(g: &Gemm, candidates: &[Impl]) -> Decision {
         .map(|(imp, t)| (imp, t.as_secs_f64()))
         .collect();
     seconds.sort_by_key(|(imp, _)| candidates.iter().position(|c| c == imp));
-    Decision { chosen, seconds }
+    let expected = seconds
+        .iter()
+        .find(|(imp, _)| *imp == chosen)
+        .map_or(Duration::MAX, |(_, t)| Duration::from_secs_f64(*t));
+    Decision {
+        chosen,
+        seconds,
+        expected,
+        fallback: candidates[0],
+        calls: 0,
+        slow: 0,
+        demoted: None,
+    }
 }
 
 /// The decisions so far, largest shapes first.
@@ -248,6 +310,7 @@ pub fn report() -> Vec<ChoiceReport> {
                 }
             ),
             chosen: d.chosen.name(),
+            slow_in_place: d.demoted.map(|i| (i.name(), d.slow, d.calls)),
             seconds: d.seconds.iter().map(|(i, t)| (i.name(), *t)).collect(),
         })
         .collect()
