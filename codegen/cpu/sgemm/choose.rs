@@ -27,8 +27,9 @@
 //! calls in the executor keep taking several times its timed median goes
 //! back to the gemm crate for that shape.
 //!
-//! The choice is then fixed for the rest of the process, so a process's runs
-//! are reproducible; another process may time differently and choose
+//! The choice is then fixed for the rest of the process (after a shape's
+//! first 32 calls at the latest), so a process's runs after that are
+//! reproducible; another process may time differently and choose
 //! another implementation, whose sums round differently (`SNNC_SGEMM`
 //! fixes one for bit-identical runs across processes).
 
@@ -117,6 +118,10 @@ struct Decision {
 /// counts as slow in place.
 const SLOW_IN_PLACE: u32 = 3;
 
+/// Calls of a shape after which its choice is final (a few training
+/// steps): runs in a process after that compute the same sums.
+const SETTLED_AFTER: u32 = 32;
+
 fn table() -> &'static Mutex<HashMap<Shape, Decision>> {
     static TABLE: OnceLock<Mutex<HashMap<Shape, Decision>>> = OnceLock::new();
     TABLE.get_or_init(|| Mutex::new(HashMap::new()))
@@ -150,14 +155,15 @@ pub fn choice(g: &Gemm, candidates: &[Impl]) -> Impl {
 /// machine: 8 ms and more for a 0.7 ms product) can be far slower there.
 /// When at least 3 calls, and at least a quarter of the calls, took over
 /// [`SLOW_IN_PLACE`]× the timed median, the shape goes back to the gemm
-/// crate for the rest of the process.
+/// crate for the rest of the process; only the first [`SETTLED_AFTER`]
+/// calls of a shape are watched, so the choice settles.
 pub fn observe(g: &Gemm, imp: Impl, took: Duration) {
     let shape = Shape::of(g);
     let mut table = table().lock().unwrap_or_else(|e| e.into_inner());
     let Some(d) = table.get_mut(&shape) else {
         return;
     };
-    if d.chosen != imp || imp == d.fallback {
+    if d.chosen != imp || imp == d.fallback || d.calls >= SETTLED_AFTER {
         return;
     }
     d.calls += 1;
