@@ -212,6 +212,9 @@ impl Cpu {
     /// The CPU backend; builds (or finds in the cache) and loads the
     /// library kernels on the process's first call.
     pub fn new() -> Result<Cpu, BackendError> {
+        // An SNNC_SGEMM naming no SGEMM, or a library that is not
+        // installed, is reported here rather than at the first GEMM.
+        sgemm::selection().map_err(|e| BackendError::Compile(e.to_string()))?;
         Ok(Cpu {
             library: library()?,
             modules: Vec::new(),

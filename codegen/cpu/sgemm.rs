@@ -1,9 +1,183 @@
 //! SGEMM on the host: the executor's [`Gemm`] calls (row-major, strided,
-//! batched) on the `gemm` crate or matrixmultiply, and the FLOP floor
-//! `snnc bench` measures with the same library.
+//! batched) on the fastest implementation this machine has, and the FLOP
+//! floor `snnc bench --floor` measures.
+//!
+//! Implementations: the `gemm` crate and matrixmultiply (built in), and
+//! the system libraries [`system`] finds at run time (OpenBLAS, BLIS,
+//! oneDNN, `libblas.so.3`). By default every call runs on the `gemm` crate,
+//! so that two processes compute the same sums (a resumed run continues
+//! bit for bit). `SNNC_SGEMM=auto` runs each call shape on the
+//! implementation that was fastest on it ([`choose`]: timed once per
+//! process, on first use), which is faster where a library wins but can
+//! choose differently in another process; `SNNC_SGEMM=NAME` forces one.
+
+mod choose;
+mod system;
+
+pub use choose::ChoiceReport;
+pub use system::Kind as SystemKind;
 
 use crate::codegen::backend::Gemm;
 use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// An SGEMM implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Impl {
+    /// The `gemm` crate (rayon-parallel).
+    Gemm,
+    /// matrixmultiply (its own threads).
+    MatrixMultiply,
+    /// A system library loaded at run time.
+    System(SystemKind),
+}
+
+impl Impl {
+    /// Every implementation, by the name `SNNC_SGEMM` takes.
+    const NAMED: [(&'static str, Impl); 6] = [
+        ("gemm", Impl::Gemm),
+        ("matrixmultiply", Impl::MatrixMultiply),
+        ("openblas", Impl::System(SystemKind::OpenBlas)),
+        ("blis", Impl::System(SystemKind::Blis)),
+        ("onednn", Impl::System(SystemKind::OneDnn)),
+        ("blas", Impl::System(SystemKind::Blas)),
+    ];
+
+    /// The name `SNNC_SGEMM` takes.
+    pub fn name(self) -> &'static str {
+        Impl::NAMED
+            .iter()
+            .find(|(_, i)| *i == self)
+            .map(|(n, _)| *n)
+            .expect("every implementation is named")
+    }
+
+    /// What it is, in one line (system libraries: version, kernels, file).
+    pub fn describe(self) -> String {
+        match self {
+            Impl::Gemm => "gemm crate, rayon threads".to_string(),
+            Impl::MatrixMultiply => "matrixmultiply crate, its own threads".to_string(),
+            Impl::System(kind) => system::probe()
+                .get(kind)
+                .map_or_else(|| format!("{} (not found)", kind.title()), |l| l.describe()),
+        }
+    }
+}
+
+/// `SNNC_SGEMM` names no implementation, or one this machine lacks.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SgemmError {
+    #[error("SNNC_SGEMM=`{0}` names no SGEMM implementation (auto, gemm, matrixmultiply, openblas, blis, onednn, blas)")]
+    Unknown(String),
+    #[error("SNNC_SGEMM={name}: {title} is not installed on this machine: {why}")]
+    Unavailable {
+        name: String,
+        title: &'static str,
+        why: String,
+    },
+}
+
+/// How the executor's GEMMs pick their implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// The fastest per call shape ([`choose`]; `SNNC_SGEMM=auto`).
+    Auto,
+    /// `SNNC_SGEMM=NAME`: this one for every call.
+    Forced(Impl),
+}
+
+/// The selection `SNNC_SGEMM` asks for (read once per process): an
+/// unknown name, or a library that is not installed, is an error.
+pub fn selection() -> Result<Selection, SgemmError> {
+    static SELECTION: OnceLock<Result<Selection, SgemmError>> = OnceLock::new();
+    SELECTION
+        .get_or_init(|| match std::env::var("SNNC_SGEMM") {
+            // Deterministic by default: the same implementation in every
+            // process.
+            Err(_) => Ok(Selection::Forced(Impl::Gemm)),
+            Ok(name) => parse_selection(name.trim()),
+        })
+        .clone()
+}
+
+fn parse_selection(name: &str) -> Result<Selection, SgemmError> {
+    if name.is_empty() {
+        return Ok(Selection::Forced(Impl::Gemm));
+    }
+    if name == "auto" {
+        return Ok(Selection::Auto);
+    }
+    let want = if name == "dnnl" { "onednn" } else { name };
+    let (_, imp) = *Impl::NAMED
+        .iter()
+        .find(|(n, _)| *n == want)
+        .ok_or_else(|| SgemmError::Unknown(name.to_string()))?;
+    if let Impl::System(kind) = imp {
+        if system::probe().get(kind).is_none() {
+            let why = system::probe()
+                .missing
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(String::new(), |(_, w)| w.clone());
+            return Err(SgemmError::Unavailable {
+                name: name.to_string(),
+                title: kind.title(),
+                why,
+            });
+        }
+    }
+    Ok(Selection::Forced(imp))
+}
+
+/// The implementations this machine has: the built-in crates, then the
+/// system libraries found.
+pub fn available() -> Vec<Impl> {
+    let mut v = vec![Impl::Gemm, Impl::MatrixMultiply];
+    v.extend(system::probe().found.iter().map(|l| Impl::System(l.kind)));
+    v
+}
+
+/// The system libraries not found, each with what was tried.
+pub fn missing() -> Vec<String> {
+    system::probe()
+        .missing
+        .iter()
+        .map(|(k, why)| format!("{}: {why}", k.title()))
+        .collect()
+}
+
+/// The implementations the automatic choice times: all available but the
+/// reference BLAS (unblocked and single-threaded: it can only win on a
+/// product too small to time reliably).
+fn automatic_candidates() -> &'static [Impl] {
+    static CANDIDATES: OnceLock<Vec<Impl>> = OnceLock::new();
+    CANDIDATES.get_or_init(|| {
+        available()
+            .into_iter()
+            .filter(|i| *i != Impl::System(SystemKind::Blas))
+            .collect()
+    })
+}
+
+/// The selection in one line, for the backend's description.
+pub fn library() -> String {
+    match selection() {
+        Ok(Selection::Forced(i)) => {
+            let set = std::env::var_os("SNNC_SGEMM").is_some_and(|v| !v.is_empty());
+            let why = if set { "SNNC_SGEMM" } else { "the default" };
+            format!("{} ({why})", i.name())
+        }
+        Ok(Selection::Auto) => format!(
+            "fastest per shape of {}",
+            automatic_candidates()
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(e) => e.to_string(),
+    }
+}
 
 /// A strided matrix operand: base pointer, row stride, column stride.
 #[derive(Clone, Copy)]
@@ -13,15 +187,16 @@ struct Mat {
     cs: isize,
 }
 
-/// `C = α·A·B + β·C` for an `m×k` A and a `k×n` B given by strides
-/// (transposes are strides); C is `m×n` with row stride `ldc`. With β = 0
-/// C is not read (it may hold NaN).
+/// `C = α·A·B + β·C` on a built-in crate for an `m×k` A and a `k×n` B
+/// given by strides (transposes are strides); C is `m×n` with row stride
+/// `ldc`, `k` > 0.
 ///
 /// # Safety
 /// The strides must describe matrices inside live allocations, and C must
 /// not overlap A or B.
 #[allow(clippy::too_many_arguments)]
-unsafe fn sgemm(
+unsafe fn builtin(
+    gemm_crate: bool,
     (m, k, n): (usize, usize, usize),
     alpha: f32,
     a: Mat,
@@ -31,20 +206,7 @@ unsafe fn sgemm(
     ldc: usize,
     par: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        // No products: C = β·C (not read when β = 0).
-        for i in 0..m {
-            for j in 0..n {
-                let p = c.add(i * ldc + j);
-                *p = if beta == 0.0 { 0.0 } else { beta * *p };
-            }
-        }
-        return;
-    }
-    if use_gemm_crate() {
+    if gemm_crate {
         // gemm computes dst = alpha·dst + beta·lhs·rhs (its alpha/beta are
         // BLAS's beta/alpha); strides are (column, row).
         gemm::gemm(
@@ -92,73 +254,158 @@ unsafe fn sgemm(
     }
 }
 
-/// Runs an executor GEMM on host memory: batch entries in parallel when
-/// their outputs are disjoint (each product single-threaded, as many
-/// small products as the batch has), else one after another, each
-/// multithreaded.
+/// Batch entry `q` of `g` on `imp`; `par`: whether a built-in crate may
+/// use threads (false when batch entries already run in parallel).
+///
+/// # Safety
+/// As [`run`].
+unsafe fn entry(imp: Impl, g: &Gemm, q: usize, par: bool) {
+    let a = (g.a as *const f32).add(q * g.stride_a);
+    let b = (g.b as *const f32).add(q * g.stride_b);
+    let c = (g.c as *mut f32).add(q * g.stride_c);
+    if g.m == 0 || g.n == 0 {
+        return;
+    }
+    if g.k == 0 {
+        // No products: C = β·C (not read when β = 0).
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let p = c.add(i * g.ldc + j);
+                *p = if g.beta == 0.0 { 0.0 } else { g.beta * *p };
+            }
+        }
+        return;
+    }
+    if let Impl::System(kind) = imp {
+        let call = system::Call {
+            ta: g.ta,
+            tb: g.tb,
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            alpha: g.alpha,
+            a,
+            lda: g.lda,
+            b,
+            ldb: g.ldb,
+            beta: g.beta,
+            c,
+            ldc: g.ldc,
+        };
+        // A call BLAS would reject (leading dimensions shorter than a row,
+        // extents past a C int), or a library error (oneDNN out of
+        // memory: C is then untouched or fully rewritten below), runs on
+        // the gemm crate.
+        if let Some(lib) = system::probe().get(kind) {
+            if call.takes() && lib.sgemm(&call) {
+                return;
+            }
+        }
+    }
+    let (rsa, csa) = if g.ta { (1, g.lda) } else { (g.lda, 1) };
+    let (rsb, csb) = if g.tb { (1, g.ldb) } else { (g.ldb, 1) };
+    builtin(
+        imp != Impl::MatrixMultiply,
+        (g.m, g.k, g.n),
+        g.alpha,
+        Mat {
+            p: a,
+            rs: rsa as isize,
+            cs: csa as isize,
+        },
+        Mat {
+            p: b,
+            rs: rsb as isize,
+            cs: csb as isize,
+        },
+        g.beta,
+        c,
+        g.ldc,
+        par,
+    )
+}
+
+/// Runs an executor GEMM on host memory with the selected implementation
+/// (`SNNC_SGEMM`: the gemm crate by default, or the fastest for the call's
+/// shape with `auto`).
 ///
 /// # Safety
 /// The addresses must be host pointers to matrices of the call's extents.
+///
+/// # Panics
+/// If `SNNC_SGEMM` is invalid ([`selection`]; `Cpu::new` reports that as
+/// an error first).
 pub unsafe fn run(g: &Gemm) {
-    let (rsa, csa) = if g.ta { (1, g.lda) } else { (g.lda, 1) };
-    let (rsb, csb) = if g.tb { (1, g.ldb) } else { (g.ldb, 1) };
-    let one = |q: usize, par: bool| {
-        sgemm(
-            (g.m, g.k, g.n),
-            g.alpha,
-            Mat {
-                p: (g.a as *const f32).add(q * g.stride_a),
-                rs: rsa as isize,
-                cs: csa as isize,
-            },
-            Mat {
-                p: (g.b as *const f32).add(q * g.stride_b),
-                rs: rsb as isize,
-                cs: csb as isize,
-            },
-            g.beta,
-            (g.c as *mut f32).add(q * g.stride_c),
-            g.ldc,
-            par,
-        )
-    };
+    match selection().unwrap_or_else(|e| panic!("{e}")) {
+        Selection::Forced(imp) => run_with(imp, g),
+        Selection::Auto => run_auto(g),
+    }
+}
+
+/// Runs an executor GEMM on the implementation fastest for its shape
+/// ([`choose`]), watching the first calls of each shape.
+///
+/// # Safety
+/// As [`run`].
+pub unsafe fn run_auto(g: &Gemm) {
+    let imp = choose::choice(g, automatic_candidates());
+    let t0 = std::time::Instant::now();
+    run_with(imp, g);
+    choose::observe(g, imp, t0.elapsed());
+}
+
+/// Runs an executor GEMM on `imp`. The built-in crates run the entries of
+/// a batch in parallel when their outputs are disjoint (each product
+/// single-threaded, as many small products as the batch has), else one
+/// after another, each multithreaded; a system library runs them one
+/// after another on all its threads (its thread count is global: entries
+/// on rayon's workers, each on the library's threads, would oversubscribe
+/// the cores).
+///
+/// # Safety
+/// As [`run`]; `imp` should be [`available`] (a system library that is
+/// not runs the call on the gemm crate).
+pub unsafe fn run_with(imp: Impl, g: &Gemm) {
     let disjoint = g.stride_c >= g.m.saturating_sub(1) * g.ldc + g.n;
-    if g.batch > 1 && disjoint {
-        (0..g.batch).into_par_iter().for_each(|q| one(q, false));
+    let builtin = matches!(imp, Impl::Gemm | Impl::MatrixMultiply);
+    if builtin && g.batch > 1 && disjoint {
+        (0..g.batch)
+            .into_par_iter()
+            .for_each(|q| entry(imp, g, q, false));
     } else {
         for q in 0..g.batch {
-            one(q, true);
+            entry(imp, g, q, true);
         }
     }
 }
 
-/// Which SGEMM library runs the GEMMs: the `gemm` crate unless
-/// `SNNC_SGEMM=matrixmultiply`. On the 2-core development machine
-/// matrixmultiply wins on 2048³ (253 against 191 GFLOP/s) but gemm wins on
-/// the shapes training runs, e.g. the 64×288×3528 convolution chunks of
-/// `fmnist_csnn` (100 against 73) (`cargo run --release --example
-/// sgemm_floor M K N`).
-fn use_gemm_crate() -> bool {
-    static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CHOICE.get_or_init(|| std::env::var("SNNC_SGEMM").map_or(true, |v| v != "matrixmultiply"))
+/// The automatic choice's decisions so far in this process, per call
+/// shape, with each candidate's time.
+pub fn choices() -> Vec<ChoiceReport> {
+    choose::report()
 }
 
-pub fn library() -> &'static str {
-    if use_gemm_crate() {
-        "gemm"
-    } else {
-        "matrixmultiply"
-    }
-}
-
-/// GFLOP/s of one `n`×`n`×`n` SGEMM with the library in use: median of
-/// `repeats` after a warm-up. The FLOP floor of `snnc bench`.
-pub fn gflops(n: usize, repeats: usize) -> f64 {
-    gflops_mkn(n, n, n, repeats)
-}
-
-/// GFLOP/s of an `m`×`k` by `k`×`n` SGEMM, median of `repeats`.
+/// GFLOP/s of an `m`×`k` by `k`×`n` SGEMM with the selected
+/// implementation, median of `repeats` after a warm-up.
 pub fn gflops_mkn(m: usize, k: usize, n: usize, repeats: usize) -> f64 {
+    rates(&[None], m, k, n, repeats)[0].gflops
+}
+
+/// An SGEMM rate and how it was measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Rate {
+    pub gflops: f64,
+    /// Timed calls the figure is the median of: `repeats`, or 1 when the
+    /// warm-up call alone took over a second (the reference BLAS; its
+    /// first-call costs are then negligible and the warm-up is the figure).
+    pub calls: usize,
+}
+
+/// GFLOP/s of an `m`×`k` by `k`×`n` SGEMM on each of `imps` (None: the
+/// executor's selection): each warms up once, then `repeats` rounds time
+/// each once in turn (so that a change in the machine's load falls on all
+/// alike), and each rate is its median.
+pub fn rates(imps: &[Option<Impl>], m: usize, k: usize, n: usize, repeats: usize) -> Vec<Rate> {
     let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
     let mut c = vec![0f32; m * n];
@@ -172,17 +419,42 @@ pub fn gflops_mkn(m: usize, k: usize, n: usize, repeats: usize) -> f64 {
         b.as_ptr() as u64,
         c.as_mut_ptr() as u64,
     );
-    let mut times = Vec::new();
-    for r in 0..=repeats {
+    let once = |imp: &Option<Impl>| {
         let t0 = std::time::Instant::now();
         // SAFETY: a, b and c hold the m×k, k×n and m×n matrices.
-        unsafe { run(&call) };
-        if r > 0 {
-            times.push(t0.elapsed().as_secs_f64());
+        unsafe {
+            match imp {
+                Some(imp) => run_with(*imp, &call),
+                None => run(&call),
+            }
+        }
+        t0.elapsed().as_secs_f64()
+    };
+    // Over a second warming up: that call is the figure, not repeated.
+    let warm: Vec<f64> = imps.iter().map(once).collect();
+    let slow: Vec<bool> = warm.iter().map(|&w| w > 1.0).collect();
+    let mut times: Vec<Vec<f64>> = warm
+        .iter()
+        .zip(&slow)
+        .map(|(&w, &slow)| if slow { vec![w] } else { Vec::new() })
+        .collect();
+    for _ in 0..repeats.max(1) {
+        for ((imp, t), &slow) in imps.iter().zip(&mut times).zip(&slow) {
+            if !slow {
+                t.push(once(imp));
+            }
         }
     }
-    times.sort_by(f64::total_cmp);
-    2.0 * (m * k * n) as f64 / times[times.len() / 2] / 1e9
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            Rate {
+                gflops: 2.0 * (m * k * n) as f64 / t[t.len() / 2] / 1e9,
+                calls: t.len(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

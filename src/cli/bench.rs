@@ -3,6 +3,7 @@
 //! schedule.
 
 mod cuda;
+mod floor;
 
 use clap::Args;
 use std::collections::HashMap;
@@ -46,8 +47,11 @@ pub struct BenchArgs {
     /// fusion plan.
     #[arg(long)]
     no_fuse: bool,
-    /// Also measure the FLOP floor (the gemm crate's SGEMM on 2048³,
-    /// median of 3) and give each row's GFLOP/s as a fraction of it.
+    /// Also measure the FLOP floor (every SGEMM this machine has — the
+    /// gemm crate, matrixmultiply, and OpenBLAS, BLIS, oneDNN or
+    /// libblas.so.3 when installed — on 2048³, median of 3; the floor is
+    /// the fastest), and give how many times slower than it each SGEMM
+    /// and each row runs.
     #[arg(long)]
     floor: bool,
     #[arg(long)]
@@ -132,8 +136,13 @@ pub struct BenchRow {
     pub resident_bytes: u64,
     pub gflop_per_step: f64,
     pub gflops: f64,
-    /// The SGEMM floor (GFLOP/s, 2048³) when `--floor` was given.
+    /// The SGEMM floor (GFLOP/s, 2048³: the fastest implementation) when
+    /// `--floor` was given.
     pub floor_gflops: Option<f64>,
+    /// The implementation that set the floor (`SNNC_SGEMM`'s name for it).
+    pub floor_sgemm: Option<&'static str>,
+    /// Every implementation's GFLOP/s on 2048³, fastest first.
+    pub sgemm_gflops: Option<Vec<floor::SgemmRate>>,
 }
 
 /// Median step time of the CPU executor on random data, and
@@ -149,10 +158,16 @@ fn bench(
     floor: bool,
     json: bool,
 ) -> Result<(), CliError> {
+    // An SNNC_SGEMM naming no SGEMM, or one not installed, fails before
+    // anything is measured.
+    crate::codegen::cpu::sgemm::selection().map_err(|e| CliError::Backend {
+        command: "bench",
+        source: crate::codegen::backend::BackendError::Compile(e.to_string()),
+    })?;
     let (model, a) = crate::frontend::load(path)?;
-    // The FLOP floor: this machine's SGEMM rate on a large square product,
-    // with the library the executor uses.
-    let floor_gflops = floor.then(|| crate::codegen::cpu::sgemm::gflops(2048, 3));
+    // The FLOP floor: the fastest SGEMM this machine has on a large square
+    // product (measured before the steps, on an idle thread pool).
+    let floor = floor.then(floor::Floor::measure);
     // Parameters are made in f64, then cast to f32.
     mem::ensure_fits("the parameters", mem::param_bytes(&a, 12), Memory::Host)?;
     let params: HashMap<String, Tensor<f32>> = init::cast_params(&init::init_params(&a, 0));
@@ -183,7 +198,9 @@ fn bench(
                     resident_bytes: mem.resident_bytes,
                     gflop_per_step: flop / 1e9,
                     gflops: flop / 1e9 / med,
-                    floor_gflops,
+                    floor_gflops: floor.as_ref().map(|f| f.fastest().gflops),
+                    floor_sgemm: floor.as_ref().map(|f| f.fastest().name),
+                    sgemm_gflops: floor.as_ref().map(|f| f.rates.clone()),
                 });
             }
         }
@@ -194,11 +211,8 @@ fn bench(
         }
         return Ok(());
     }
-    if let Some(f) = floor_gflops {
-        println!(
-            "FLOP floor: {f:.1} GFLOP/s ({} SGEMM, 2048³, median of 3); first column: how many times slower than the floor each row runs",
-            crate::codegen::cpu::sgemm::library()
-        );
+    if let Some(f) = &floor {
+        f.print();
     }
     println!("{}: batch {batch}, median of {repeats} steps after two untimed ones (a warm-up, and the measured executor's first) (forward + backward, no update); all on the executor's CPU backend: fused = the fusion plan (generated C + library kernels + SGEMM), layer-major etc. = one library call per node in that order; plan = the memory plan's peak, arena = the arena it fits in, meas = the bytes the first step allocated besides the copies of inputs and parameters and the outputs (the arena, the tables)", model.name);
     println!(
@@ -235,7 +249,37 @@ fn bench(
             r.gflops
         );
     }
+    if floor.is_some() {
+        print_choices();
+    }
     Ok(())
+}
+
+/// The automatic SGEMM choice's decisions in this run, largest shapes
+/// first: the implementation each shape ran on and every candidate's
+/// time.
+fn print_choices() {
+    let choices = crate::codegen::cpu::sgemm::choices();
+    if choices.is_empty() {
+        return;
+    }
+    println!("SGEMM per call shape (m×n×k, transposes, batch; timed once on first use: each candidate's median of 3 rounds, or its one call when it fell 4× behind, ms):");
+    for c in &choices {
+        let times: Vec<String> = c
+            .seconds
+            .iter()
+            .map(|(name, s)| format!("{name} {:.3}", s * 1e3))
+            .collect();
+        let demoted = c.slow_in_place.map_or(String::new(), |(name, slow, calls)| {
+            format!("; {name} was chosen, then {slow} of its {calls} calls in the steps took over 3× its timed median")
+        });
+        println!(
+            "  {:<24} {:<15} ({}{demoted})",
+            c.shape,
+            c.chosen,
+            times.join(", ")
+        );
+    }
 }
 
 /// Sorted step times of `target` on the one executor's CPU backend, with
