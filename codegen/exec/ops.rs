@@ -223,31 +223,6 @@ impl<'a, B: Backend> Executor<'a, B> {
                     ],
                 )
             }
-            Op::MaxPoolGrad {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => {
-                let d = ins[1].1;
-                self.launch(
-                    "snnc_maxpool_grad",
-                    n,
-                    &[
-                        P(x(0)),
-                        P(x(1)),
-                        P(out),
-                        I(ni),
-                        I(int(shape[2])?),
-                        I(int(shape[3])?),
-                        I(int(d[2])?),
-                        I(int(d[3])?),
-                        I(int(*kernel)?),
-                        I(int(*stride)?),
-                        I(int(*padding)?),
-                    ],
-                )
-            }
             Op::MaxPoolMask {
                 kernel,
                 stride,
@@ -283,15 +258,26 @@ impl<'a, B: Backend> Executor<'a, B> {
                     ],
                 )
             }
-            Op::MaxPoolRoute {
+            // Both gather per input element from (x or the selection, δ).
+            Op::MaxPoolGrad {
+                kernel,
+                stride,
+                padding,
+                ..
+            }
+            | Op::MaxPoolRoute {
                 kernel,
                 stride,
                 padding,
                 ..
             } => {
                 let d = ins[1].1;
+                let name = match op {
+                    Op::MaxPoolGrad { .. } => "snnc_maxpool_grad",
+                    _ => "snnc_maxpool_route",
+                };
                 self.launch(
-                    "snnc_maxpool_route",
+                    name,
                     n,
                     &[
                         P(x(0)),

@@ -250,23 +250,55 @@ fn canon(eg: &RGraph, n: &RNode) -> Vec<Id> {
     n.children.iter().map(|&c| eg.find(c)).collect()
 }
 
-fn maxpool_mask(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
-    let Some(&Op::MaxPoolGrad {
+/// A `rate_rule=masks` max-pool gradient's window (kernel, stride,
+/// padding), operands (x, δ) and input height and width.
+struct MasksGrad {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    x: Id,
+    d: Id,
+    in_h: usize,
+    in_w: usize,
+}
+
+fn masks_grad(eg: &RGraph, n: &RNode) -> Option<MasksGrad> {
+    let &Op::MaxPoolGrad {
         kernel,
         stride,
         padding,
         rule: MaxPoolRule::Masks,
-    }) = n.as_op()
+    } = n.as_op()?
+    else {
+        return None;
+    };
+    let k = canon(eg, n);
+    let shape = &eg[k[0]].data.shape;
+    Some(MasksGrad {
+        kernel,
+        stride,
+        padding,
+        x: k[0],
+        d: k[1],
+        in_h: shape[2],
+        in_w: shape[3],
+    })
+}
+
+fn maxpool_mask(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
+    // Each input element lies in at most one window.
+    let Some(MasksGrad {
+        kernel,
+        stride,
+        padding,
+        x,
+        d,
+        in_h,
+        in_w,
+    }) = masks_grad(eg, n).filter(|g| g.stride >= g.kernel)
     else {
         return vec![];
     };
-    // Each input element lies in at most one window.
-    if stride < kernel {
-        return vec![];
-    }
-    let k = canon(eg, n);
-    let x = &eg[k[0]].data.shape;
-    let (in_h, in_w) = (x[2], x[3]);
     let mask = add_op(
         eg,
         Op::MaxPoolMask {
@@ -274,7 +306,7 @@ fn maxpool_mask(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
             stride,
             padding,
         },
-        vec![k[0]],
+        vec![x],
     );
     let up = add_op(
         eg,
@@ -285,7 +317,7 @@ fn maxpool_mask(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
             in_h,
             in_w,
         },
-        vec![k[1]],
+        vec![d],
     );
     let prod = add_op(eg, Op::Mul, vec![mask, up]);
     vec![scale(eg, (kernel * kernel) as f64, prod)]
@@ -295,21 +327,18 @@ fn maxpool_mask(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
 /// maximum of several windows and no elementwise mask describes the
 /// routing.
 fn maxpool_route(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
-    let Some(&Op::MaxPoolGrad {
+    let Some(MasksGrad {
         kernel,
         stride,
         padding,
-        rule: MaxPoolRule::Masks,
-    }) = n.as_op()
+        x,
+        d,
+        in_h,
+        in_w,
+    }) = masks_grad(eg, n).filter(|g| g.stride < g.kernel)
     else {
         return vec![];
     };
-    if stride >= kernel {
-        return vec![];
-    }
-    let k = canon(eg, n);
-    let x = &eg[k[0]].data.shape;
-    let (in_h, in_w) = (x[2], x[3]);
     let select = add_op(
         eg,
         Op::MaxPoolSelect {
@@ -317,7 +346,7 @@ fn maxpool_route(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
             stride,
             padding,
         },
-        vec![k[0]],
+        vec![x],
     );
     let route = Op::MaxPoolRoute {
         kernel,
@@ -326,7 +355,7 @@ fn maxpool_route(eg: &mut RGraph, n: &RNode) -> Vec<Id> {
         in_h,
         in_w,
     };
-    vec![add_op(eg, route, vec![select, k[1]])]
+    vec![add_op(eg, route, vec![select, d])]
 }
 
 fn is_time_or_fwd_leaf(n: &RNode) -> bool {

@@ -100,3 +100,21 @@ pub fn find(dirs: &[PathBuf], names: &[&str], hint: &str) -> Result<PathBuf, Dat
 pub fn be_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
+
+/// `DIR/<one of names>` if it is a directory (a data set's split folder);
+/// otherwise an error naming the first name, the others tried, and `hint`.
+pub fn split_dir(dir: &Path, names: &[&str], hint: &str) -> Result<PathBuf, DataError> {
+    names
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_dir())
+        .ok_or_else(|| DataError::Missing {
+            path: dir.join(names[0]),
+            tried: if dir.is_dir() {
+                format!(" (also tried {})", names[1..].join(", "))
+            } else {
+                format!(" (directory {} does not exist)", dir.display())
+            },
+            hint: hint.into(),
+        })
+}

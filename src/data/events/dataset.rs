@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use super::{
     read_events, to_frames, Binning, Dropped, Event, EventError, FrameSpec, Recording, Resize,
 };
+use crate::data::io::split_dir;
 use crate::data::{DataError, Dataset, Split};
 
 /// How to get event data (goes into every event-data error).
@@ -305,23 +306,6 @@ impl EventSamples {
     }
 }
 
-/// `DIR/<one of names>` if it is a directory.
-fn split_dir(dir: &Path, names: &[&str]) -> Result<PathBuf, DataError> {
-    names
-        .iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_dir())
-        .ok_or_else(|| DataError::Missing {
-            path: dir.join(names[0]),
-            tried: if dir.is_dir() {
-                format!(" (also tried {})", names[1..].join(", "))
-            } else {
-                format!(" (directory {} does not exist)", dir.display())
-            },
-            hint: EVENTS_HINT.into(),
-        })
-}
-
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let io = |e: std::io::Error| DataError::Io {
         path: dir.to_path_buf(),
@@ -384,8 +368,8 @@ pub fn load_event_split(
     frames: EventLoad,
     limit: Option<usize>,
 ) -> Result<(Split, EventReport), DataError> {
-    let train_dir = split_dir(dir, &["Train", "train"])?;
-    let test_dir = split_dir(dir, &["Test", "test"])?;
+    let train_dir = split_dir(dir, &["Train", "train"], EVENTS_HINT)?;
+    let test_dir = split_dir(dir, &["Test", "test"], EVENTS_HINT)?;
     let train = list_split(&train_dir)?;
     let test = list_split(&test_dir)?;
     // Labels from folder names.

@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
+use super::io::split_dir;
 use super::{DataError, Dataset, Label, Split};
 use crate::rng::Rng;
 
@@ -367,22 +368,6 @@ fn list_split(dir: &Path, ignored: &mut usize) -> Result<Listing, DataError> {
     Ok(out)
 }
 
-fn split_dir(dir: &Path, names: &[&str]) -> Result<PathBuf, DataError> {
-    names
-        .iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_dir())
-        .ok_or_else(|| DataError::Missing {
-            path: dir.join(names[0]),
-            tried: if dir.is_dir() {
-                format!(" (also tried {})", names[1..].join(", "))
-            } else {
-                format!(" (directory {} does not exist)", dir.display())
-            },
-            hint: HINT.into(),
-        })
-}
-
 /// Reads an image folder's listing and every file's header; the samples
 /// are decoded later, on demand. Errors if a split or a class folder is
 /// missing or has no image, if every image of a class is unreadable, or
@@ -391,8 +376,8 @@ pub fn load_image_folder(
     dir: &Path,
     opts: &ImageFolderOptions,
 ) -> Result<(Split, ImageFolderReport), DataError> {
-    let train_dir = split_dir(dir, &["train"])?;
-    let val_dir = split_dir(dir, &["val", "test"])?;
+    let train_dir = split_dir(dir, &["train"], HINT)?;
+    let val_dir = split_dir(dir, &["val", "test"], HINT)?;
     let mut report = ImageFolderReport::default();
     let train = list_split(&train_dir, &mut report.ignored)?;
     let val = list_split(&val_dir, &mut report.ignored)?;
