@@ -41,21 +41,21 @@ impl Window {
     }
 
     /// Window (oy, ox)'s elements of a plane of `h × w` in (ky, kx) order:
-    /// (offset ky·k + kx, flat index within the plane).
-    fn cells(&self, oy: usize, ox: usize, h: usize, w: usize) -> Vec<(usize, usize)> {
+    /// (offset ky·k + kx, flat index within the plane). An iterator: the
+    /// interpreter walks every window of every pooling.
+    fn cells(
+        &self,
+        oy: usize,
+        ox: usize,
+        h: usize,
+        w: usize,
+    ) -> impl Iterator<Item = (usize, usize)> + '_ {
         let k = self.kernel;
-        let mut v = Vec::with_capacity(k * k);
-        for ky in 0..k {
-            let Some(iy) = self.at(oy, ky, h) else {
-                continue;
-            };
-            for kx in 0..k {
-                if let Some(ix) = self.at(ox, kx, w) {
-                    v.push((ky * k + kx, iy * w + ix));
-                }
-            }
-        }
-        v
+        (0..k)
+            .filter_map(move |ky| self.at(oy, ky, h).map(|iy| (ky, iy)))
+            .flat_map(move |(ky, iy)| {
+                (0..k).filter_map(move |kx| self.at(ox, kx, w).map(|ix| (ky * k + kx, iy * w + ix)))
+            })
     }
 
     /// Window (oy, ox)'s first maximum (row-major, strict `>`): its
@@ -68,9 +68,9 @@ impl Window {
         h: usize,
         w: usize,
     ) -> (usize, usize) {
-        let cells = self.cells(oy, ox, h, w);
-        let mut best = cells[0];
-        for &c in &cells[1..] {
+        let mut cells = self.cells(oy, ox, h, w);
+        let mut best = cells.next().expect("every window holds an element");
+        for c in cells {
             if plane[c.1] > plane[best.1] {
                 best = c;
             }
