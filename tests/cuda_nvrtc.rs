@@ -192,13 +192,24 @@ fn ptxas_resource_table() {
             }
         }
     }
-    println!("ptxas -arch=sm_90 -v ({} kernels):", rows.len());
-    println!(
-        "{:<26} {:>9} {:>7} {:>12} {:>11}",
+    let mut table = format!("ptxas -arch=sm_90 -v ({} kernels):\n", rows.len());
+    table.push_str(&format!(
+        "{:<26} {:>9} {:>7} {:>12} {:>11}\n",
         "kernel", "registers", "stack", "spill stores", "spill loads"
-    );
+    ));
     for r in &rows {
-        println!("{:<26} {:>9} {:>7} {:>12} {:>11}", r.0, r.1, r.2, r.3, r.4);
+        table.push_str(&format!(
+            "{:<26} {:>9} {:>7} {:>12} {:>11}\n",
+            r.0, r.1, r.2, r.3, r.4
+        ));
+    }
+    print!("{table}");
+    // With SNNC_TABLE_DIR set (CI sets it), also written there: CI prints
+    // it after the suite without running ptxas again.
+    if let Some(dir) = std::env::var_os("SNNC_TABLE_DIR") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("library_kernels.txt"), &table).unwrap();
     }
     assert_eq!(rows.len(), KERNELS.len(), "ptxas output:\n{log}");
     for r in &rows {
