@@ -63,6 +63,26 @@ impl<'a, B: Backend> Executor<'a, B> {
         result
     }
 
+    /// `[a, b, r] -> [b, a, r]`: the executor's one transpose, between a
+    /// GEMM's channel-major result `[co, nb·cols]` and the batch-major
+    /// tensors `[nb, co, cols]`.
+    fn swap(&mut self, x: u64, out: u64, a: usize, b: usize, r: usize) -> Result<(), ExecError> {
+        use Arg::{I, P};
+        let n = a * b * r;
+        self.launch(
+            "snnc_bc_swap",
+            n,
+            &[P(x), P(out), I(int(a)?), I(int(b)?), I(int(r)?), I(int(n)?)],
+        )
+    }
+
+    // Each chunk runs ONE GEMM with N = cur·cols (thousands of columns)
+    // rather than a batch of `cur` GEMMs with N = cols (49 to 1,024): with
+    // few output channels (M = co) a per-sample GEMM cannot reach the
+    // SGEMM's speed (fmnist_csnn's second convolution, 64×288×196: 23
+    // GFLOP/s with the gemm crate, 71 GFLOP/s at N = 3,528), and the
+    // transpose it costs is one pass over the chunk's output.
+
     pub(super) fn conv_forward(
         &mut self,
         geo: &ConvGeo,
@@ -71,16 +91,15 @@ impl<'a, B: Backend> Executor<'a, B> {
         out: u64,
     ) -> Result<(), ExecError> {
         let (rows, cols) = (geo.rows(), geo.cols());
-        self.conv_chunks(geo, &[rows * cols], |this, scratch, b0, cur| {
-            let cp = scratch[0];
+        self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
+            let (cp, tp) = (scratch[0], scratch[1]);
             this.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;
-            // out_b[co × cols] = W[co × rows] · col_b[rows × cols], the
-            // col_b side by side in col[rows × cur·cols].
+            // outT[co × cur·cols] = W[co × rows] · col[rows × cur·cols]
             this.gemm(Gemm {
                 ta: false,
                 tb: false,
                 m: geo.co,
-                n: cols,
+                n: cur * cols,
                 k: rows,
                 alpha: 1.0,
                 a: w,
@@ -88,13 +107,14 @@ impl<'a, B: Backend> Executor<'a, B> {
                 stride_a: 0,
                 b: cp,
                 ldb: cur * cols,
-                stride_b: cols,
+                stride_b: 0,
                 beta: 0.0,
-                c: at(out, b0 * geo.co * cols),
-                ldc: cols,
-                stride_c: geo.co * cols,
-                batch: cur,
-            })
+                c: tp,
+                ldc: cur * cols,
+                stride_c: 0,
+                batch: 1,
+            })?;
+            this.swap(tp, at(out, b0 * geo.co * cols), geo.co, cur, cols)
         })
     }
 
@@ -107,27 +127,29 @@ impl<'a, B: Backend> Executor<'a, B> {
     ) -> Result<(), ExecError> {
         use Arg::{I, P};
         let (rows, cols) = (geo.rows(), geo.cols());
-        self.conv_chunks(geo, &[rows * cols], |this, scratch, b0, cur| {
-            let cp = scratch[0];
-            // dcol_b[rows × cols] = Wᵀ · d_b[co × cols].
+        self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
+            let (cp, tp) = (scratch[0], scratch[1]);
+            // d[cur, co, cols] -> dT[co, cur·cols]
+            this.swap(at(d, b0 * geo.co * cols), tp, cur, geo.co, cols)?;
+            // dcol[rows × cur·cols] = Wᵀ · dT
             this.gemm(Gemm {
                 ta: true,
                 tb: false,
                 m: rows,
-                n: cols,
+                n: cur * cols,
                 k: geo.co,
                 alpha: 1.0,
                 a: w,
                 lda: rows,
                 stride_a: 0,
-                b: at(d, b0 * geo.co * cols),
-                ldb: cols,
-                stride_b: geo.co * cols,
+                b: tp,
+                ldb: cur * cols,
+                stride_b: 0,
                 beta: 0.0,
                 c: cp,
                 ldc: cur * cols,
-                stride_c: cols,
-                batch: cur,
+                stride_c: 0,
+                batch: 1,
             })?;
             let n = cur * geo.in_len();
             let mut args = vec![P(cp), P(at(out, b0 * geo.in_len()))];
@@ -144,50 +166,33 @@ impl<'a, B: Backend> Executor<'a, B> {
         d: u64,
         out: u64,
     ) -> Result<(), ExecError> {
-        use Arg::{I, P};
         let (rows, cols) = (geo.rows(), geo.cols());
-        self.conv_chunks(
-            geo,
-            &[rows * cols, geo.co * cols],
-            |this, scratch, b0, cur| {
-                let (cp, dp) = (scratch[0], scratch[1]);
-                this.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;
-                // d[cur, co, cols] -> dT[co, cur·cols]
-                let n = cur * geo.co * cols;
-                this.launch(
-                    "snnc_bc_swap",
-                    n,
-                    &[
-                        P(at(d, b0 * geo.co * cols)),
-                        P(dp),
-                        I(int(cur)?),
-                        I(int(geo.co)?),
-                        I(int(cols)?),
-                        I(int(n)?),
-                    ],
-                )?;
-                // dW[co × rows] (+)= dT[co × cur·cols] · colᵀ
-                this.gemm(Gemm {
-                    ta: false,
-                    tb: true,
-                    m: geo.co,
-                    n: rows,
-                    k: cur * cols,
-                    alpha: 1.0,
-                    a: dp,
-                    lda: cur * cols,
-                    stride_a: 0,
-                    b: cp,
-                    ldb: cur * cols,
-                    stride_b: 0,
-                    beta: if b0 == 0 { 0.0 } else { 1.0 },
-                    c: out,
-                    ldc: rows,
-                    stride_c: 0,
-                    batch: 1,
-                })
-            },
-        )
+        self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
+            let (cp, tp) = (scratch[0], scratch[1]);
+            this.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;
+            // d[cur, co, cols] -> dT[co, cur·cols]
+            this.swap(at(d, b0 * geo.co * cols), tp, cur, geo.co, cols)?;
+            // dW[co × rows] (+)= dT[co × cur·cols] · colᵀ
+            this.gemm(Gemm {
+                ta: false,
+                tb: true,
+                m: geo.co,
+                n: rows,
+                k: cur * cols,
+                alpha: 1.0,
+                a: tp,
+                lda: cur * cols,
+                stride_a: 0,
+                b: cp,
+                ldb: cur * cols,
+                stride_b: 0,
+                beta: if b0 == 0 { 0.0 } else { 1.0 },
+                c: out,
+                ldc: rows,
+                stride_c: 0,
+                batch: 1,
+            })
+        })
     }
 }
 
@@ -208,7 +213,8 @@ pub(super) struct ConvGeo {
 
 impl ConvGeo {
     /// How many samples one chunk holds when its im2col buffer may have
-    /// `cap` elements.
+    /// `cap` elements (the transposed output beside it is smaller when
+    /// `co < ci·k²`, as in every model's convolutions but a 1×1 projection).
     pub(super) fn chunk(&self, cap: usize) -> usize {
         (cap / (self.rows() * self.cols()).max(1)).clamp(1, self.b)
     }
@@ -269,6 +275,13 @@ impl ConvGeo {
         };
         int(geo.rows() * geo.cols())?;
         Ok(geo)
+    }
+
+    /// Floats of scratch per sample of a chunk, for every convolution op:
+    /// its column matrix (rows × cols) and its output or incoming gradient
+    /// transposed to channel-major order (co × cols).
+    pub(super) fn per_sample(&self) -> [usize; 2] {
+        [self.rows() * self.cols(), self.co * self.cols()]
     }
 
     pub(super) fn rows(&self) -> usize {

@@ -31,12 +31,7 @@ pub(super) fn pieces(
         _ => match ConvGeo::of(op, ins, out) {
             Ok(Some(geo)) => {
                 let nb = geo.chunk(conv_workspace);
-                let col = geo.rows() * nb * geo.cols();
-                if matches!(op, Op::Conv2dGradWeight { .. }) {
-                    vec![col, geo.co * nb * geo.cols()]
-                } else {
-                    vec![col]
-                }
+                geo.per_sample().iter().map(|&s| s * nb).collect()
             }
             _ => Vec::new(),
         },
