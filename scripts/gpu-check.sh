@@ -25,6 +25,9 @@
 #    kernel's) and time-major with recompute (--schedule
 #    fused-time-major-recompute: its peak device memory at T = 8 against
 #    T = 1 is the number the memory plan is for; the summary prints both);
+#    with --limits, each row's step by kernel class (GEMM & conv, neuron
+#    kernels, batch norm, pooling, other) against the copy kernel's
+#    bandwidth and cuBLAS's SGEMM on 8192³;
 # 6. snnc train --device cuda: digits_mlp for one epoch, then snnc eval
 #    --device cuda of its checkpoint;
 # and ends with a summary table. Each step has its own time limit and the
@@ -218,8 +221,8 @@ if [ "${SNNC_GPU_CHECK_SHORT:-0}" = 1 ]; then
     step cuda-check 70 cuda-check --require-gpu --models digits_mlp,fmnist_csnn,resnet19 -T 1,3
     step cuda-check-tm 30 cuda-check --require-gpu --schedule fused-time-major-recompute --models digits_mlp,fmnist_csnn -T 1,3
     step bandwidth 15 cuda-check --bandwidth 2048
-    step bench-fmnist 45 bench examples/models/fmnist_csnn.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 3 --schedule fused,fused-time-major-recompute
-    step bench-resnet19 90 bench examples/models/resnet19.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 1 --schedule fused,fused-time-major-recompute
+    step bench-fmnist 45 bench examples/models/fmnist_csnn.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 3 --schedule fused,fused-time-major-recompute --limits
+    step bench-resnet19 90 bench examples/models/resnet19.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 1 --schedule fused,fused-time-major-recompute --limits
     step train 30 train --device cuda --epochs 1 --out "$RUN"
 elif [ "${SNNC_GPU_CHECK_QUICK:-0}" = 1 ]; then
     step cuda-check 180 cuda-check --require-gpu --no-fuse --models digits_mlp,fmnist_csnn -T 1,2
@@ -231,9 +234,9 @@ else
     step cuda-check-tm 50 cuda-check --require-gpu --schedule fused-time-major-recompute --models digits_mlp,fmnist_csnn,resnet19 -T 1,3
     step cuda-check-nodes 30 cuda-check --require-gpu --no-fuse --models digits_mlp,fmnist_csnn -T 1,3
     step bandwidth 20 cuda-check --bandwidth 2048
-    step bench-fmnist 50 bench examples/models/fmnist_csnn.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 5
+    step bench-fmnist 50 bench examples/models/fmnist_csnn.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 5 --limits
     step bench-fmnist-tm 50 bench examples/models/fmnist_csnn.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 5 --schedule fused-time-major-recompute
-    step bench-resnet19 90 bench examples/models/resnet19.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 2
+    step bench-resnet19 90 bench examples/models/resnet19.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 2 --limits
     step bench-resnet19-tm 110 bench examples/models/resnet19.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 2 --schedule fused-time-major-recompute
     step train 45 train --device cuda --epochs 1 --out "$RUN"
     step eval 20 eval "$RUN" --device cuda

@@ -277,6 +277,55 @@ fn bench_reports_rows() {
         .all(|r| r["step_seconds"].as_f64().unwrap() > 0.0));
 }
 
+/// `bench --limits` gives each row one profiled step by kernel class and
+/// the limits it measured: the classes a conv → batch norm → LIF → pool
+/// model has, each with time, bytes and (for GEMMs) FLOPs, and positive
+/// limits.
+#[test]
+fn bench_limits_reports_kernel_classes() {
+    let tmp = common::run::TmpDir::new("limits");
+    let model = tmp.0.join("m.snn");
+    std::fs::write(
+        &model,
+        "model m\ninput 1x8x8 encoding=direct\nconv2d 4 kernel=3 padding=1 bias=false\n\
+         batchnorm\nlif\navgpool 2\nflatten\nlinear 3 bias=false\n",
+    )
+    .unwrap();
+    let (code, out, err) = snnc(&[
+        "bench",
+        model.to_str().unwrap(),
+        "-T",
+        "2",
+        "--batch",
+        "4",
+        "--repeats",
+        "1",
+        "--mode",
+        "bptt",
+        "--limits",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let row: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let limits = &row["limits"];
+    assert!(limits["copy_gbs"].as_f64().unwrap() > 0.0, "{row}");
+    assert!(limits["gemm_gflops"].as_f64().unwrap() > 0.0, "{row}");
+    let classes = row["classes"].as_array().unwrap();
+    let names: Vec<&str> = classes
+        .iter()
+        .map(|c| c["class"].as_str().unwrap())
+        .collect();
+    for want in ["Gemm", "Neuron", "BatchNorm", "Pooling"] {
+        assert!(names.contains(&want), "{want} missing: {names:?}");
+    }
+    for c in classes {
+        assert!(c["seconds"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(c["bytes"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    let gemm = classes.iter().find(|c| c["class"] == "Gemm").unwrap();
+    assert!(gemm["flops"].as_f64().unwrap() > 0.0);
+}
+
 /// Every run `scripts/paper.sh` lists is a command snnc accepts: its flags
 /// parse, its model (CIFAR-100's copy with 100 outputs included) loads, and
 /// it stops at the data set, which is missing here, naming the path.

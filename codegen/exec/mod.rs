@@ -164,6 +164,15 @@ pub struct Executor<'a, B: Backend> {
     /// `SNNC_PROFILE` is set: each run prints the wall time of every op and
     /// kernel (each step waits for the backend), summed by name.
     profile_steps: bool,
+    /// Time every unit of the plan (each waits for the backend before and
+    /// after it): [`Executor::unit_seconds`] after a run.
+    pub time_units: bool,
+    unit_secs: Vec<f64>,
+    /// With `profile_steps`: per GEMM shape and per library kernel,
+    /// (seconds, calls, FLOPs) of the last run, so the profile shows how
+    /// far each shape is from the SGEMM's speed and what a convolution
+    /// spends around its GEMMs.
+    inner_spent: HashMap<String, (f64, usize, f64)>,
     pool: HashMap<usize, Vec<B::Buf>>,
     slots: Vec<Option<Slot<B::Buf>>>,
     resident: HashMap<String, usize>,
@@ -315,6 +324,9 @@ impl<'a, B: Backend> Executor<'a, B> {
             profile: false,
             marks: Vec::new(),
             profile_steps: std::env::var_os("SNNC_PROFILE").is_some(),
+            time_units: false,
+            unit_secs: Vec::new(),
+            inner_spent: HashMap::new(),
             pool: HashMap::new(),
             slots: Vec::new(),
             resident: HashMap::new(),
@@ -329,6 +341,17 @@ impl<'a, B: Backend> Executor<'a, B> {
     }
 
     /// The fused kernels (empty for a node-by-node plan).
+    /// Wall seconds of every unit of the last run with
+    /// [`Executor::time_units`] set (or `SNNC_PROFILE`), by step index.
+    pub fn unit_seconds(&self) -> &[f64] {
+        &self.unit_secs
+    }
+
+    /// The graph the executor runs (the lowered one for time-major plans).
+    pub fn graph(&self) -> &'a Graph {
+        self.g
+    }
+
     pub fn kernels(&self) -> &[fuse::Fused] {
         &self.plan.kernels
     }
@@ -448,7 +471,11 @@ impl<'a, B: Backend> Executor<'a, B> {
         state: &mut HashMap<usize, u64>,
         observe: &mut Option<&mut Observer<'_>>,
     ) -> Result<(), ExecError> {
-        let mut spent: HashMap<String, (f64, usize)> = HashMap::new();
+        let timed = self.profile_steps || self.time_units;
+        if timed {
+            self.unit_secs = vec![0.0; self.steps.len()];
+            self.backend.sync()?;
+        }
         for i in 0..self.steps.len() {
             let g = self.g;
             let started = std::time::Instant::now();
@@ -474,17 +501,9 @@ impl<'a, B: Backend> Executor<'a, B> {
                     .exec_step(i, k, t, vals, state)
                     .map_err(|e| self.kernel_error(k, e))?,
             }
-            if self.profile_steps {
+            if timed {
                 self.backend.sync()?;
-                let name = match self.steps[i] {
-                    Step::Node(n) => g.node(n).op.name().to_string(),
-                    Step::Kernel(k) | Step::KernelStep(k, _) => {
-                        self.kernels()[k].kernel.name.clone()
-                    }
-                };
-                let e = spent.entry(name).or_default();
-                e.0 += started.elapsed().as_secs_f64();
-                e.1 += 1;
+                self.unit_secs[i] = started.elapsed().as_secs_f64();
             }
             if let Some(obs) = observe.as_mut() {
                 let (r, w) = (self.life.reads[i].clone(), self.life.writes[i].clone());
@@ -508,7 +527,20 @@ impl<'a, B: Backend> Executor<'a, B> {
             }
         }
         if self.profile_steps {
+            let mut spent: HashMap<String, (f64, usize)> = HashMap::new();
+            for (i, step) in self.steps.iter().enumerate() {
+                let name = match *step {
+                    Step::Node(n) => self.g.node(n).op.name().to_string(),
+                    Step::Kernel(k) | Step::KernelStep(k, _) => {
+                        self.kernels()[k].kernel.name.clone()
+                    }
+                };
+                let e = spent.entry(name).or_default();
+                e.0 += self.unit_secs[i];
+                e.1 += 1;
+            }
             print_profile(spent, &self.backend.describe());
+            print_inner_profile(std::mem::take(&mut self.inner_spent));
         }
         Ok(())
     }
@@ -560,6 +592,32 @@ fn print_profile(spent: HashMap<String, (f64, usize)>, on: &str) {
     eprintln!("SNNC_PROFILE: {total:.4} s on {on}; seconds per op or kernel (launches)");
     for (name, (s, c)) in v {
         eprintln!("  {name:<24} {s:>8.4} s ({c})");
+    }
+}
+
+/// `SNNC_PROFILE`'s second table: the library calls inside the ops above
+/// (every GEMM shape, every library kernel) with their calls, seconds and,
+/// for GEMMs (op(A) m×k times op(B) k×n, `batch` products per call),
+/// GFLOP/s.
+fn print_inner_profile(spent: HashMap<String, (f64, usize, f64)>) {
+    let mut v: Vec<_> = spent.into_iter().collect();
+    v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    let gemm: f64 = v
+        .iter()
+        .filter(|(_, (_, _, f))| *f > 0.0)
+        .map(|(_, (s, _, _))| s)
+        .sum();
+    eprintln!(
+        "SNNC_PROFILE: inside the ops above, {gemm:.4} s in GEMMs; seconds per GEMM shape \
+         (m×n×k [transposes] ×batch) or library kernel (calls)"
+    );
+    for (name, (s, c, flops)) in v {
+        if flops > 0.0 {
+            let rate = flops / s.max(1e-12) / 1e9;
+            eprintln!("  {name:<36} {s:>8.4} s ({c}) {rate:>7.1} GFLOP/s");
+        } else {
+            eprintln!("  {name:<36} {s:>8.4} s ({c})");
+        }
     }
 }
 

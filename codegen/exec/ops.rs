@@ -81,11 +81,47 @@ impl<'a, B: Backend> Executor<'a, B> {
         let grid = threads
             .div_ceil(BLOCK as usize)
             .min(self.backend.max_grid() as usize) as u32;
-        Ok(self.backend.launch(kernel, grid, BLOCK, args)?)
+        if !self.profile_steps {
+            return Ok(self.backend.launch(kernel, grid, BLOCK, args)?);
+        }
+        self.backend.sync()?;
+        let started = std::time::Instant::now();
+        self.backend.launch(kernel, grid, BLOCK, args)?;
+        self.backend.sync()?;
+        self.count_inner(kernel.to_string(), started, 0.0);
+        Ok(())
+    }
+
+    /// Adds one timed library call (a kernel, or a GEMM of `flops`) to the
+    /// profile's second table.
+    fn count_inner(&mut self, key: String, started: std::time::Instant, flops: f64) {
+        let e = self.inner_spent.entry(key).or_default();
+        e.0 += started.elapsed().as_secs_f64();
+        e.1 += 1;
+        e.2 += flops;
     }
 
     pub(super) fn gemm(&mut self, g: Gemm) -> Result<(), ExecError> {
-        Ok(self.backend.gemm(&g)?)
+        if !self.profile_steps {
+            return Ok(self.backend.gemm(&g)?);
+        }
+        self.backend.sync()?;
+        let started = std::time::Instant::now();
+        self.backend.gemm(&g)?;
+        self.backend.sync()?;
+        let t = |on: bool| if on { "t" } else { "n" };
+        let key = format!(
+            "gemm {}×{}×{} [{}{}] ×{}",
+            g.m,
+            g.n,
+            g.k,
+            t(g.ta),
+            t(g.tb),
+            g.batch
+        );
+        let flops = 2.0 * (g.m * g.n * g.k * g.batch) as f64;
+        self.count_inner(key, started, flops);
+        Ok(())
     }
 
     /// Evaluates one non-leaf, non-view op into the buffer at `out`.

@@ -4,6 +4,7 @@
 
 mod cuda;
 mod floor;
+pub mod limits;
 
 use clap::Args;
 use std::collections::HashMap;
@@ -54,6 +55,13 @@ pub struct BenchArgs {
     /// and each row runs.
     #[arg(long)]
     floor: bool,
+    /// Also profile one step per row, every unit timed on its own, and
+    /// give each kernel class's (GEMM & conv, neuron kernels, batch norm,
+    /// pooling, other) time, GB/s and GFLOP/s against the machine's
+    /// limits: the copy kernel's bandwidth and the fastest GEMM (on the
+    /// CPU the floor, which this measures).
+    #[arg(long)]
+    limits: bool,
     #[arg(long)]
     json: bool,
 }
@@ -70,6 +78,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             batch,
             a.repeats.max(1),
             a.floor,
+            a.limits,
             a.json,
         ),
         Device::Cuda => {
@@ -83,6 +92,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
                 a.repeats.max(1),
                 a.json,
                 !a.no_fuse,
+                a.limits,
             )
         }
     }
@@ -143,6 +153,10 @@ pub struct BenchRow {
     pub floor_sgemm: Option<&'static str>,
     /// Every implementation's GFLOP/s on 2048³, fastest first.
     pub sgemm_gflops: Option<Vec<floor::SgemmRate>>,
+    /// With `--limits`: one profiled step's time per kernel class.
+    pub classes: Option<Vec<limits::ClassRow>>,
+    /// With `--limits`: the limits the classes are set against.
+    pub limits: Option<limits::Limits>,
 }
 
 /// Median step time of the CPU executor on random data, and
@@ -156,6 +170,7 @@ fn bench(
     batch: usize,
     repeats: usize,
     floor: bool,
+    with_limits: bool,
     json: bool,
 ) -> Result<(), CliError> {
     // An SNNC_SGEMM naming no SGEMM, or one not installed, fails before
@@ -167,7 +182,27 @@ fn bench(
     let (model, a) = crate::frontend::load(path)?;
     // The FLOP floor: the fastest SGEMM this machine has on a large square
     // product (measured before the steps, on an idle thread pool).
-    let floor = floor.then(floor::Floor::measure);
+    let floor = (floor || with_limits).then(floor::Floor::measure);
+    // The copy kernel's bandwidth on the CPU backend, for --limits.
+    let machine = if with_limits {
+        let mut cpu = Cpu::new().map_err(|source| CliError::Backend {
+            command: "bench",
+            source,
+        })?;
+        let copy = crate::cli::cuda_check::bandwidth::measure_bandwidth(
+            &mut cpu,
+            limits::COPY_BYTES,
+            limits::COPY_REPEATS,
+        )?;
+        let f = floor.as_ref().expect("measured with --limits").fastest();
+        Some(limits::Limits {
+            copy_gbs: limits::copy_kernel_gbs(&copy),
+            gemm_gflops: f.gflops,
+            gemm: format!("{} on {}³ (the floor)", f.name, floor::N),
+        })
+    } else {
+        None
+    };
     // Parameters are made in f64, then cast to f32.
     mem::ensure_fits("the parameters", mem::param_bytes(&a, 12), Memory::Host)?;
     let params: HashMap<String, Tensor<f32>> = init::cast_params(&init::init_params(&a, 0));
@@ -180,8 +215,13 @@ fn bench(
             let labels = random_labels(batch, a.output[0], 1).cast::<f32>();
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
             for &sched in schedules {
-                let (times, measured, mem, cost) =
-                    on_executor(&g, sched, &inputs, &params, repeats)?;
+                let Measured {
+                    times,
+                    measured,
+                    mem,
+                    cost,
+                    classes,
+                } = on_executor(&g, sched, &inputs, &params, repeats, with_limits)?;
                 let med = times[times.len() / 2];
                 let flop = cost.forward_flops + cost.backward_flops;
                 rows.push(BenchRow {
@@ -201,6 +241,8 @@ fn bench(
                     floor_gflops: floor.as_ref().map(|f| f.fastest().gflops),
                     floor_sgemm: floor.as_ref().map(|f| f.fastest().name),
                     sgemm_gflops: floor.as_ref().map(|f| f.rates.clone()),
+                    classes,
+                    limits: machine.clone(),
                 });
             }
         }
@@ -249,6 +291,21 @@ fn bench(
             r.gflops
         );
     }
+    if let Some(l) = &machine {
+        println!(
+            "Per kernel class, one profiled step (each unit timed alone, so the classes add up to a little more than a step); limits: copy kernel {:.1} GB/s (read + write, {} MiB), GEMM {:.1} GFLOP/s ({}); % of limit: GB/s against the copy kernel, or for GEMMs GFLOP/s against the GEMM",
+            l.copy_gbs,
+            limits::COPY_BYTES >> 20,
+            l.gemm_gflops,
+            l.gemm
+        );
+        for r in &rows {
+            if let Some(c) = &r.classes {
+                println!("{} T={} {}:", r.mode, r.steps, r.schedule);
+                limits::print(c, l);
+            }
+        }
+    }
     if floor.is_some() {
         print_choices();
     }
@@ -293,15 +350,8 @@ fn on_executor(
     inputs: &HashMap<String, Tensor<f32>>,
     params: &HashMap<String, Tensor<f32>>,
     repeats: usize,
-) -> Result<
-    (
-        Vec<f64>,
-        Option<u64>,
-        memplan::MemPlan,
-        crate::passes::cost::GraphCost,
-    ),
-    CliError,
-> {
+    classes: bool,
+) -> Result<Measured, CliError> {
     let (eg, plan) = target.plan(g, &[]);
     let cost = graph_cost(&eg);
     let mut cpu = Cpu::new().map_err(|source| CliError::Backend {
@@ -341,5 +391,31 @@ fn on_executor(
         times.push(started.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    Ok((times, measured, mem, cost))
+    // One more step, every unit timed alone, for --limits.
+    let classes = if classes {
+        exe.time_units = true;
+        exe.run(inputs, params, &RunOptions { seed: 0 })?;
+        Some(limits::profiled(&exe))
+    } else {
+        None
+    };
+    Ok(Measured {
+        times,
+        measured,
+        mem,
+        cost,
+        classes,
+    })
+}
+
+/// What [`on_executor`] measured of one target.
+struct Measured {
+    /// Step times, sorted.
+    times: Vec<f64>,
+    /// The first step's allocations beyond the copies and outputs.
+    measured: Option<u64>,
+    mem: memplan::MemPlan,
+    cost: crate::passes::cost::GraphCost,
+    /// One profiled step by kernel class (`--limits`).
+    classes: Option<Vec<limits::ClassRow>>,
 }

@@ -58,6 +58,8 @@ pub struct CudaBenchRow {
     pub lif_seconds: f64,
     pub lif_gbps: Option<f64>,
     pub lif_min_gbps: Option<f64>,
+    /// With `--limits`: one profiled step's time per kernel class.
+    pub classes: Option<Vec<super::limits::ClassRow>>,
 }
 
 /// What the bench compares the LIF kernels with: the copy kernel's
@@ -76,6 +78,7 @@ pub fn bench_cuda(
     repeats: usize,
     json: bool,
     fused: bool,
+    with_limits: bool,
 ) -> Result<(), CliError> {
     let (model, a) = crate::frontend::load(path)?;
     let mut cuda = Cuda::new().map_err(|source| CliError::Backend {
@@ -96,6 +99,24 @@ pub fn bench_cuda(
         r.iter()
             .find(|(e, _, _)| e.contains("kernel"))
             .map(|(_, g, _)| *g)
+    } else {
+        None
+    };
+    // --limits: the copy kernel (measured above, or now) and cuBLAS's SGEMM
+    // on a large square product.
+    let machine = if with_limits {
+        let copy = match copy {
+            Some(c) => c,
+            None => {
+                super::limits::copy_kernel_gbs(&measure_bandwidth(&mut cuda, BENCH_COPY_BYTES, 10)?)
+            }
+        };
+        let n = super::limits::GPU_GEMM_N;
+        Some(super::limits::Limits {
+            copy_gbs: copy,
+            gemm_gflops: super::limits::gemm_gflops(&mut cuda, n, 5)?,
+            gemm: format!("the backend's SGEMM on {n}³"),
+        })
     } else {
         None
     };
@@ -152,7 +173,16 @@ pub fn bench_cuda(
             let cost = graph_cost(&g);
             for &sched in &schedules {
                 let row = bench_one(
-                    &mut cuda, &g, &params, &model, &a, sched, fused, repeats, mode,
+                    &mut cuda,
+                    &g,
+                    &params,
+                    &model,
+                    &a,
+                    sched,
+                    fused,
+                    repeats,
+                    mode,
+                    with_limits,
                 )?;
                 let row = CudaBenchRow {
                     kept_bytes: cost.kept_bytes,
@@ -165,6 +195,13 @@ pub fn bench_cuda(
                     continue;
                 }
                 print_bench_row(&row, copy, fused);
+                if let (Some(c), Some(l)) = (&row.classes, &machine) {
+                    println!(
+                        "  per kernel class, one profiled step; limits: copy kernel {:.0} GB/s, GEMM {:.0} GFLOP/s ({})",
+                        l.copy_gbs, l.gemm_gflops, l.gemm
+                    );
+                    super::limits::print(c, l);
+                }
             }
         }
     }
@@ -184,6 +221,7 @@ fn bench_one(
     fused: bool,
     repeats: usize,
     mode: Mode,
+    with_limits: bool,
 ) -> Result<CudaBenchRow, CliError> {
     let batch = g.batch;
     let lowered = fused.then(|| fuse_time::lower(g, sched));
@@ -256,6 +294,14 @@ fn bench_one(
             lif_min = Some(lif_min.map_or(gbs, |m| m.min(gbs)));
         }
     }
+    let classes = if with_limits {
+        exec.time_units = true;
+        exec.run(&inputs, &empty, &RunOptions { seed: 0 })?;
+        exec.time_units = false;
+        Some(super::limits::profiled(&exec))
+    } else {
+        None
+    };
     drop(exec);
     times.sort_by(f64::total_cmp);
     let med = times[times.len() / 2];
@@ -289,6 +335,7 @@ fn bench_one(
         lif_seconds: lif_secs,
         lif_gbps: (lif_secs > 0.0).then(|| lif_bytes as f64 / lif_secs / 1e9),
         lif_min_gbps: lif_min,
+        classes,
     })
 }
 
