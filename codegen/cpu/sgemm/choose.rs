@@ -4,8 +4,9 @@
 //!
 //! Why timing and not a rule: which implementation wins depends on the
 //! shape in ways no simple rule captures (on the 2-core development
-//! machine matrixmultiply beats the gemm crate on 2048³ but loses on the
-//! 64×288×3528 convolution chunks of `fmnist_csnn`), on which libraries
+//! machine oneDNN beats both built-in crates on 2048³ but not on most
+//! training shapes once the executor's other kernels run between its
+//! calls), on which libraries
 //! the machine has and on how each detects the CPU (OpenBLAS 0.3.21 runs
 //! its generic kernels on CPUs newer than it). Training runs a handful of
 //! shapes thousands of times, so timing each once costs a fraction of a
@@ -15,17 +16,17 @@
 //! strides, same batch), each candidate runs once to warm up (threads,
 //! packing buffers), then three rounds (one when a call takes over 20 ms)
 //! run each once in turn; a candidate's median counts, and another
-//! replaces the gemm crate only when at least 10 % faster. Calls under
-//! [`MIN_TIMED_FLOP`] are not timed and run on the gemm crate: the
-//! difference between implementations there is below what can be timed
-//! reliably. Calls made from inside rayon's pool (no executor GEMM is, but
+//! replaces the default ([`super::DEFAULT`], the first candidate) only
+//! when at least 10 % faster. Calls under [`MIN_TIMED_FLOP`] are not timed
+//! and run on the default: the difference between implementations there
+//! is below what can be timed reliably. Calls made from inside rayon's pool (no executor GEMM is, but
 //! a caller's parallel loop could) run on the gemm crate too: a system
 //! library's own threads would compete with the busy rayon workers, and
 //! the gemm crate nests into rayon's pool.
 //!
 //! One correction follows in place ([`observe`]): a chosen library whose
 //! calls in the executor keep taking several times its timed median goes
-//! back to the gemm crate for that shape.
+//! back to the default for that shape.
 //!
 //! The choice is then fixed for the rest of the process (after a shape's
 //! first 32 calls at the latest), so a process's runs after that are
@@ -39,7 +40,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Calls with fewer FLOPs (2·m·n·k·batch) run on the gemm crate untimed:
+/// Calls with fewer FLOPs (2·m·n·k·batch) run on the default untimed:
 /// about 10 µs at the rates this machine reaches.
 pub const MIN_TIMED_FLOP: f64 = 2e6;
 
@@ -90,7 +91,7 @@ pub struct ChoiceReport {
     pub shape: String,
     pub chosen: &'static str,
     /// The implementation chosen first when it was slow in the executor
-    /// and the shape went back to the gemm crate: (name, slow calls,
+    /// and the shape went back to the default: (name, slow calls,
     /// calls).
     pub slow_in_place: Option<(&'static str, u32, u32)>,
     /// Each candidate's median time (seconds; a candidate out after
@@ -104,7 +105,7 @@ struct Decision {
     /// The chosen one's timed median, what its calls should take.
     expected: Duration,
     /// Where a chosen implementation that is slow in place goes back to
-    /// (the first candidate: the gemm crate).
+    /// (the first candidate: the default).
     fallback: Impl,
     /// The executor's calls of this shape on `chosen`, and how many took
     /// over [`SLOW_IN_PLACE`] times `expected`.
@@ -131,11 +132,11 @@ fn table() -> &'static Mutex<HashMap<Shape, Decision>> {
 /// the fallback), timing them if the shape is new.
 pub fn choice(g: &Gemm, candidates: &[Impl]) -> Impl {
     let shape = Shape::of(g);
-    if candidates.len() < 2
-        || shape.flop() < MIN_TIMED_FLOP
-        || rayon::current_thread_index().is_some()
-    {
-        return candidates.first().copied().unwrap_or(Impl::Gemm);
+    if rayon::current_thread_index().is_some() {
+        return Impl::Gemm;
+    }
+    if candidates.len() < 2 || shape.flop() < MIN_TIMED_FLOP {
+        return candidates.first().copied().unwrap_or(super::DEFAULT);
     }
     let lock = || table().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(d) = lock().get(&shape) {
@@ -263,7 +264,7 @@ fn time(g: &Gemm, candidates: &[Impl]) -> Decision {
         .iter()
         .map(|(imp, times)| (*imp, median(times)))
         .collect();
-    // The first candidate (the gemm crate) stays unless another beats it
+    // The first candidate (the default) stays unless another beats it
     // by a tenth: closer than that the order changes from run to run on a
     // shared machine, and a stable choice keeps processes' sums alike.
     let fastest = timed.iter().min_by_key(|(_, t)| *t).copied();
