@@ -61,6 +61,13 @@ pub const CONV_WORKSPACE: usize = 1 << 20;
 /// thread (splitting costs more than it saves).
 const MIN_PARALLEL: usize = 1 << 14;
 
+/// Kernels each of whose threads loops over many elements: the channel
+/// reductions' pass 1, ≥ 64 elements a thread (`exec::reduce`), so that a
+/// launch of a few thousand threads reads a whole activation tensor. They
+/// are split from [`MIN_PARALLEL_LOOPS`] threads instead.
+const THREAD_LOOPS: &[&str] = &["snnc_chan_partial", "snnc_chan_dot_partial"];
+const MIN_PARALLEL_LOOPS: usize = 1 << 8;
+
 /// The library's C++ translation unit: the host shim, the CPU shim, the
 /// kernels, and per kernel a range runner and a signature function.
 pub fn library_source() -> String {
@@ -335,9 +342,13 @@ impl Backend for Cpu {
         // signature and points them at live host memory; the kernel's
         // threads write disjoint elements, so the ranges may run at once;
         // `vals` outlives the calls.
+        let min_parallel = match THREAD_LOOPS.contains(&kernel) {
+            true => self.min_parallel.min(MIN_PARALLEL_LOOPS),
+            false => self.min_parallel,
+        };
         ranges(
             grid as usize * block as usize,
-            self.min_parallel,
+            min_parallel,
             true,
             |lo, hi| unsafe { f(lo, hi, p.get()) },
         );
