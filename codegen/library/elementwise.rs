@@ -127,7 +127,9 @@ fn kernel(op: &Op, o: &mut String) {
 /// The kernel's parameters (the same for the GPU and the CPU form).
 fn params(op: &Op) -> Vec<String> {
     let attr_ty = if op.wide() { "double" } else { "float" };
-    let mut params: Vec<String> = (0..arity(op)).map(|k| format!("const float* a{k}")).collect();
+    let mut params: Vec<String> = (0..arity(op))
+        .map(|k| format!("const float* a{k}"))
+        .collect();
     params.push("float* out".into());
     params.push("int n".into());
     if has_chan(op) {
