@@ -253,10 +253,13 @@ fn per_channel_elementwise_kernels_equal_the_gpu_form() {
         assert!(forms.iter().any(|f| f == k), "{k} has no CPU form");
     }
     let (mut cpu, mut emu) = backends();
-    // (b, c, r): one element per row, rows shorter than and not a multiple
-    // of a vector, one channel, rows longer than a launch range (256).
+    // (b, c, r): one element per row (with more channels than a launch
+    // range), rows shorter than and not a multiple of a vector, one
+    // channel, rows longer than a launch range (256).
     for &(b, c, r) in &[
         (5, 7, 1),
+        (3, 300, 1),
+        (700, 1, 1),
         (3, 6, 7),
         (4, 1, 37),
         (2, 3, 300),

@@ -237,9 +237,9 @@ fn cpu_ops() -> impl Iterator<Item = Op> {
 /// [snnc_lo, snnc_hi) one row of a channel (r contiguous elements) at a
 /// time, partial rows at both ends: the channel's values, and what the
 /// definition computes from them alone, once per row; the elements in a
-/// contiguous loop the compiler vectorises. Each element is the same
-/// expression of the same values, so the results are bit for bit the GPU
-/// form's.
+/// contiguous loop the compiler vectorises. Rows of one element walk runs
+/// of consecutive channels instead. Each element is the same expression of
+/// the same values, so the results are bit for bit the GPU form's.
 pub fn cpu_source() -> String {
     let mut o = String::from(
         "// ---- CPU forms of the per-channel elementwise kernels (codegen/library/elementwise.rs) ----\n",
@@ -253,23 +253,43 @@ pub fn cpu_source() -> String {
 
 fn cpu_kernel(op: &Op, o: &mut String) {
     let ty = if op.wide() { "double" } else { "float" };
-    let operand = |k: usize| match op.chan_operand(k) {
+    let row_operand = |k: usize| match op.chan_operand(k) {
         true => format!("c{k}"),
         false => format!("a{k}[e]"),
     };
-    let (lets, value) = value(op, &operand, true);
+    let (lets, row_value) = value(op, &row_operand, true);
+    // Rows of one element (a linear layer's [B, C]): channel i mod c, so a
+    // run of consecutive channels reads each operand contiguously.
+    let run_operand = |k: usize| match op.chan_operand(k) {
+        true => format!("a{k}[ch + j]"),
+        false => format!("a{k}[i + j]"),
+    };
+    let (_, run_value) = value(op, &run_operand, false);
     let _ = writeln!(
         o,
         "extern \"C\" void snnc_cpu_{}({}) {{",
         op.name(),
         params(op).join(", ")
     );
-    o.push_str(
-        "    long long i, hi;\n    snnc_range(n, &i, &hi);\n    if (i >= hi) return;\n    \
-         // i's row (b, ch) of r elements; advanced row by row.\n    \
-         const long long q = i / r;\n    int ch = (int)(q % c);\n    \
-         long long row_end = (q + 1) * r;\n    while (i < hi) {\n        \
-         const long long end = row_end < hi ? row_end : hi;\n",
+    let _ = writeln!(
+        o,
+        "    long long i, hi;
+    snnc_range(n, &i, &hi);
+    if (i >= hi) return;
+    if (r == 1) {{
+        for (long long ch = i % c; i < hi; ch = 0) {{
+            const long long len = c - ch < hi - i ? c - ch : hi - i;
+            for (long long j = 0; j < len; ++j) out[i + j] = {run_value};
+            i += len;
+        }}
+        return;
+    }}
+    // i's row (b, ch) of r elements; advanced row by row.
+    const long long q = i / r;
+    int ch = (int)(q % c);
+    long long row_end = (q + 1) * r;
+    while (i < hi) {{
+        const long long end = row_end < hi ? row_end : hi;"
     );
     for k in (0..arity(op)).filter(|&k| op.chan_operand(k)) {
         let _ = writeln!(o, "        const float c{k} = a{k}[ch];");
@@ -279,10 +299,12 @@ fn cpu_kernel(op: &Op, o: &mut String) {
     }
     let _ = writeln!(
         o,
-        "        for (long long e = i; e < end; ++e) out[e] = {value};"
-    );
-    o.push_str(
-        "        i = end;\n        row_end += r;\n        if (++ch == c) ch = 0;\n    }\n}\n",
+        "        for (long long e = i; e < end; ++e) out[e] = {row_value};
+        i = end;
+        row_end += r;
+        if (++ch == c) ch = 0;
+    }}
+}}"
     );
 }
 
