@@ -201,12 +201,16 @@ fn pooling_kernels_equal_the_gpu_form() {
 fn channel_reductions_equal_the_gpu_form() {
     use Arg::{I, P};
     let (mut cpu, mut emu) = backends();
-    // (b, c, r, parts): parts dividing the channel or not, one part.
+    // (b, c, r, parts): parts dividing the channel or not, one part;
+    // ranges of several groups of channels (the CPU form sums 4096 / parts
+    // channels at a time); more parts than the CPU form's group holds.
     for &(b, c, r, parts) in &[
         (16, 70, 49, 13),
         (3, 5, 1000, 256),
         (128, 9, 10, 1),
         (7, 300, 5, 64),
+        (4, 300, 100, 256),
+        (2, 3, 3000, 5000),
     ] {
         let case = format!("b={b} c={c} r={r} parts={parts}");
         let n = b * c * r;
