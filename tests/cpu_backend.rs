@@ -201,12 +201,16 @@ fn pooling_kernels_equal_the_gpu_form() {
 fn channel_reductions_equal_the_gpu_form() {
     use Arg::{I, P};
     let (mut cpu, mut emu) = backends();
-    // (b, c, r, parts): parts dividing the channel or not, one part.
+    // (b, c, r, parts): parts dividing the channel or not, one part;
+    // ranges of several groups of channels (the CPU form sums 4096 / parts
+    // channels at a time); more parts than the CPU form's group holds.
     for &(b, c, r, parts) in &[
         (16, 70, 49, 13),
         (3, 5, 1000, 256),
         (128, 9, 10, 1),
         (7, 300, 5, 64),
+        (4, 300, 100, 256),
+        (2, 3, 3000, 5000),
     ] {
         let case = format!("b={b} c={c} r={r} parts={parts}");
         let n = b * c * r;
@@ -230,6 +234,76 @@ fn channel_reductions_equal_the_gpu_form() {
                 &case,
                 &run(&mut cpu, kernel, threads, &bufs, &args),
                 &run(&mut emu, kernel, threads, &bufs, &args),
+            );
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the library kernels ($CXX, c++, g++ or clang++)"
+)]
+fn per_channel_elementwise_kernels_equal_the_gpu_form() {
+    use snnc::codegen::backend::KERNELS;
+    use snnc::codegen::library::elementwise::cpu_forms;
+    let forms = cpu_forms();
+    for k in [
+        "snnc_bias_add",
+        "snnc_channel_scale",
+        "snnc_channel_broadcast",
+        "snnc_normalize",
+    ] {
+        assert!(forms.iter().any(|f| f == k), "{k} has no CPU form");
+    }
+    let (mut cpu, mut emu) = backends();
+    // (b, c, r): one element per row (with more channels than a launch
+    // range), rows shorter than and not a multiple of a vector, one
+    // channel, rows longer than a launch range (256).
+    for &(b, c, r) in &[
+        (5, 7, 1),
+        (3, 300, 1),
+        (700, 1, 1),
+        (3, 6, 7),
+        (4, 1, 37),
+        (2, 3, 300),
+        (9, 5, 16),
+        (1, 2, 1000),
+    ] {
+        let n = b * c * r;
+        let case = format!("b={b} c={c} r={r}");
+        for form in &forms {
+            let (kernel, sig) = *KERNELS
+                .iter()
+                .find(|(k, _)| k == form)
+                .expect("a rendered kernel is in the table");
+            // Operands of n elements (a per-channel one reads its first c),
+            // positive so that a variance plus ε has a square root.
+            let ptrs = sig.chars().filter(|&s| s == 'p').count();
+            let mut bufs: Vec<Vec<f32>> = (0..ptrs - 1)
+                .map(|k| data(n, 10 + k as u64).iter().map(|v| v.abs()).collect())
+                .collect();
+            bufs.push(vec![f32::NAN; n]);
+            let mut ints = [n, c, r].into_iter();
+            let mut p = 0;
+            let args: Vec<Arg> = sig
+                .chars()
+                .map(|s| match s {
+                    'p' => {
+                        p += 1;
+                        Arg::P(p - 1)
+                    }
+                    'i' => Arg::I(ints.next().expect("n, c, r") as i32),
+                    'f' => Arg::F(1e-5),
+                    'd' => Arg::D(1e-5),
+                    other => panic!("{kernel}: unexpected parameter kind {other}"),
+                })
+                .collect();
+            same(
+                kernel,
+                &case,
+                &run(&mut cpu, kernel, n, &bufs, &args),
+                &run(&mut emu, kernel, n, &bufs, &args),
             );
         }
     }
