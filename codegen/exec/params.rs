@@ -14,8 +14,7 @@ use std::collections::HashMap;
 /// Called at the end of a run, with the backend and the device address of
 /// every graph output (by name); what it launches runs after the graph's
 /// last unit and before the outputs are released.
-pub type AfterRun<'h, B> =
-    dyn FnMut(&mut B, &HashMap<String, u64>) -> Result<(), ExecError> + 'h;
+pub type AfterRun<'h, B> = dyn FnMut(&mut B, &HashMap<String, u64>) -> Result<(), ExecError> + 'h;
 
 impl<'a, B: Backend> Executor<'a, B> {
     /// The device address of resident parameter `name`

@@ -50,7 +50,13 @@ pub fn running_stat<B: Backend>(
     m: f32,
     unbias: f32,
 ) -> Result<(), BackendError> {
-    let args = [Arg::P(run), Arg::P(batch), Arg::I(int(n)?), Arg::F(m), Arg::F(unbias)];
+    let args = [
+        Arg::P(run),
+        Arg::P(batch),
+        Arg::I(int(n)?),
+        Arg::F(m),
+        Arg::F(unbias),
+    ];
     launch(backend, "snnc_running_stat", n, &args)
 }
 

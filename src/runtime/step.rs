@@ -401,9 +401,9 @@ impl<B: Backend> Stepper for DeviceStep<'_, '_, B> {
             device_optim::launch(b, "snnc_copy", 1, &copy)?;
             Ok(())
         };
-        let (_, spikes) = self
-            .ex
-            .run_then(inputs, &HashMap::new(), opts, extra, &[], &mut after)?;
+        let (_, spikes) =
+            self.ex
+                .run_then(inputs, &HashMap::new(), opts, extra, &[], &mut after)?;
         let back = self
             .ex
             .backend()

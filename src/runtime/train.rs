@@ -17,8 +17,8 @@
 use super::checkpoint::{self, Checkpoint, EpochSums};
 pub use super::metrics::EpochMetrics;
 use super::optim::{OptimConfig, OptimState, Schedule};
-use super::step::{correct, DeviceStep, HostStep, StepRule, Stepper};
 use super::rundir;
+use super::step::{correct, DeviceStep, HostStep, StepRule, Stepper};
 pub use super::train_error::TrainError;
 use crate::codegen::backend::Backend;
 use crate::codegen::cpu::Cpu;
