@@ -3,16 +3,23 @@
 //!
 //! The step runs on the executor (`codegen::exec`) running the fusion plan
 //! on a [`Backend`]: the CPU (generated C kernels, the library kernels,
-//! SGEMM) or CUDA (a GPU, or its CPU emulator in tests). Everything else — the
-//! batches, the optimizer, batch-norm running statistics, metrics,
-//! checkpoints — is this one loop on the host, so a run's checkpoints have
-//! the same format on either device and a run can resume on the other.
+//! SGEMM) or CUDA (a GPU, or its CPU emulator in tests). The batches,
+//! metrics and checkpoints are this one loop on the host, so a run's
+//! checkpoints have the same format on either device and a run can resume
+//! on the other.
 //!
-//! On CUDA the optimizer stays on the host: each step uploads the
-//! parameters and downloads the gradients (and the batch statistics). That
-//! keeps the arithmetic of the update identical to the CPU run's, and costs
-//! two copies of the parameters per step (resnet19: ~50 MB each way, a few
-//! ms on an H200's link, against ~0.4 s of step time at batch 128, T = 8).
+//! The update stays on the backend (`step::DeviceStep`): for an epoch the
+//! parameters, the optimizer's state and batch norm's running statistics
+//! live in backend memory; after each step's graph the optimizer (one
+//! launch over every parameter), the running statistics and the count of
+//! right answers run as library kernels (`device_optim`) on the gradients
+//! where the step left them, and only the loss and that count come back.
+//! The host's copies are brought up to date before a checkpoint and the
+//! evaluation. The kernels compute the host update's expressions in the
+//! same order, so the result is bit for bit that of
+//! [`TrainOptions::host_update`] (the update on the host, every step
+//! uploading the parameters and downloading the gradients), which the
+//! tests compare it with.
 
 use super::checkpoint::{self, Checkpoint, EpochSums};
 pub use super::metrics::EpochMetrics;
@@ -467,16 +474,28 @@ pub fn train_on_with<B: Backend>(
     run(cfg, out, resume, opts, |graph, keep, state_bytes| {
         let graph = crate::passes::fuse_time::lower(graph, cfg.order);
         let plan = crate::passes::fuse_time::plan(&graph, keep, cfg.order);
-        // The optimizer runs on the host: its state is host memory.
+        // The host keeps its copies of the parameters and the optimizer's
+        // state (checkpoints, evaluation).
         mem::ensure_fits(
             "the parameters and the optimizer's state",
-            state_bytes,
+            state_bytes.host,
             Memory::Host,
         )?;
-        // The arena the executor will allocate.
+        // The arena the executor will allocate, and the optimizer's state
+        // beside the resident parameters (the plan counts those).
         let arena = crate::passes::memplan::plan_units(&graph, &plan, keep, &scratch_of(backend))
             .map_err(ExecError::from)?;
-        mem::ensure_plan_fits("a training step (fusion plan)", &arena, 0, backend.memory())?;
+        let extra = if opts.host_update {
+            0
+        } else {
+            state_bytes.device
+        };
+        mem::ensure_plan_fits(
+            "a training step (fusion plan)",
+            &arena,
+            extra,
+            backend.memory(),
+        )?;
         if !quiet {
             let _ = writeln!(
                 std::io::stdout(),
@@ -498,6 +517,15 @@ pub fn train_on_with<B: Backend>(
     })
 }
 
+/// Memory a run needs besides its step's plan.
+#[derive(Clone, Copy)]
+struct StateBytes {
+    /// The host's parameters (f64 as made, f32) and optimizer state.
+    host: u64,
+    /// The device update's state beside the resident parameters.
+    device: u64,
+}
+
 /// The training loop on the engine `make` builds from the training graph
 /// and the nodes to keep (the spikes, for firing rates).
 ///
@@ -511,7 +539,7 @@ fn run<'d>(
     out: &Path,
     resume: Option<Checkpoint>,
     opts: &TrainOptions,
-    make: impl FnOnce(&Graph, &[NodeIndex], u64) -> Result<Box<dyn Engine + 'd>, TrainError>,
+    make: impl FnOnce(&Graph, &[NodeIndex], StateBytes) -> Result<Box<dyn Engine + 'd>, TrainError>,
 ) -> Result<Summary, TrainError> {
     install_interrupt_handler();
     let quiet = opts.quiet || opts.json;
@@ -553,10 +581,15 @@ fn run<'d>(
         crate::runtime::optim::OptimizerKind::Adamw => 2,
         _ => 1,
     };
-    let state_bytes = crate::passes::mem::param_bytes(&a, 12 + 4 * moments);
+    let state_bytes = StateBytes {
+        host: crate::passes::mem::param_bytes(&a, 12 + 4 * moments),
+        // The optimizer's moments and the running statistics (every
+        // parameter counted: an upper bound) beside the resident parameters.
+        device: crate::passes::mem::param_bytes(&a, 4 * moments),
+    };
     mem::ensure_fits(
         "the parameters and the optimizer's state",
-        state_bytes,
+        state_bytes.host,
         Memory::Host,
     )?;
     let config_json = serde_json::to_string(cfg).expect("config serialises");
