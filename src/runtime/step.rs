@@ -381,7 +381,7 @@ impl<B: Backend> Stepper for DeviceStep<'_, '_, B> {
             let out = |name: &str| {
                 outs.get(name)
                     .copied()
-                    .ok_or_else(|| ExecError::MissingParam(name.to_string()))
+                    .ok_or_else(|| ExecError::MissingOutput(name.to_string()))
             };
             let grads = rule
                 .trainable
