@@ -25,7 +25,9 @@
 //!
 //! Submodules: [`memory`] (pool, arena, values), [`kernel`] (fused
 //! launches), [`ops`] (an op as library calls), [`reduce`] (channel
-//! reductions), [`conv`] (convolution drivers), [`error`].
+//! reductions), [`conv`] (convolution drivers), [`params`] (resident
+//! parameters for a training loop that updates them on the device, and a
+//! run that hands its outputs to further launches), [`error`].
 
 mod conv;
 mod error;

@@ -518,7 +518,6 @@ pub fn train_on_with<B: Backend>(
 }
 
 /// Memory a run needs besides its step's plan.
-#[derive(Clone, Copy)]
 struct StateBytes {
     /// The host's parameters (f64 as made, f32) and optimizer state.
     host: u64,
@@ -539,7 +538,7 @@ fn run<'d>(
     out: &Path,
     resume: Option<Checkpoint>,
     opts: &TrainOptions,
-    make: impl FnOnce(&Graph, &[NodeIndex], StateBytes) -> Result<Box<dyn Engine + 'd>, TrainError>,
+    make: impl FnOnce(&Graph, &[NodeIndex], &StateBytes) -> Result<Box<dyn Engine + 'd>, TrainError>,
 ) -> Result<Summary, TrainError> {
     install_interrupt_handler();
     let quiet = opts.quiet || opts.json;
@@ -640,7 +639,7 @@ fn run<'d>(
         .filter(|&n| matches!(graph.g[n].op, Op::Spike { .. }))
         .collect();
     // The engine gets its own copy; this one names the layers of spikes.
-    let mut engine = make(&graph, &spike_nodes, state_bytes)?;
+    let mut engine = make(&graph, &spike_nodes, &state_bytes)?;
     let mut eval = Evaluator::new(&model, cfg.steps);
     let mut momenta = HashMap::new();
     bn_momenta(&model.layers, "", &mut momenta);
