@@ -96,6 +96,10 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("snnc_im2col", "ppiiiiiiiiii"),
     ("snnc_col2im", "ppiiiiiiiiii"),
     ("snnc_bc_swap", "ppiiii"),
+    ("snnc_sgd_step", "pipiffff"),
+    ("snnc_adamw_step", "pippidddddddf"),
+    ("snnc_running_stat", "ppiff"),
+    ("snnc_count_correct", "pppii"),
 ];
 
 /// The signature of `kernel` from [`KERNELS`].

@@ -53,6 +53,8 @@ pub enum ExecError {
     MissingInput(String),
     #[error("missing param `{0}`")]
     MissingParam(String),
+    #[error("the graph has no output `{0}`")]
+    MissingOutput(String),
     #[error("`{name}` has shape {got} ({len} elements), but the graph expects {want}")]
     BadShape {
         name: String,

@@ -25,17 +25,21 @@
 //!
 //! Submodules: [`memory`] (pool, arena, values), [`kernel`] (fused
 //! launches), [`ops`] (an op as library calls), [`reduce`] (channel
-//! reductions), [`conv`] (convolution drivers), [`error`].
+//! reductions), [`conv`] (convolution drivers), [`params`] (resident
+//! parameters for a training loop that updates them on the device, and a
+//! run that hands its outputs to further launches), [`error`].
 
 mod conv;
 mod error;
 mod kernel;
 mod memory;
 mod ops;
+mod params;
 mod reduce;
 mod scratch;
 
 pub use error::ExecError;
+pub use params::AfterRun;
 pub use scratch::LibraryScratch;
 
 use super::backend::Backend;
@@ -404,7 +408,7 @@ impl<'a, B: Backend> Executor<'a, B> {
         opts: &RunOptions,
         observe: Option<&mut Observer<'_>>,
     ) -> Result<Outputs, ExecError> {
-        self.run_full(inputs, params, opts, observe, false)
+        self.run_full(inputs, params, opts, observe, false, None)
             .map(|(o, _)| o)
     }
 
@@ -417,7 +421,7 @@ impl<'a, B: Backend> Executor<'a, B> {
         opts: &RunOptions,
         extra: bool,
     ) -> Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), ExecError> {
-        self.run_full(inputs, params, opts, None, extra)
+        self.run_full(inputs, params, opts, None, extra, None)
     }
 
     fn run_full(
@@ -427,6 +431,7 @@ impl<'a, B: Backend> Executor<'a, B> {
         opts: &RunOptions,
         mut observe: Option<&mut Observer<'_>>,
         extra: bool,
+        after: Option<(&[&str], &mut AfterRun<'_, B>)>,
     ) -> Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), ExecError> {
         self.ensure_arena()?;
         self.stats.peak_live_bytes = self.stats.live_bytes;
@@ -437,8 +442,20 @@ impl<'a, B: Backend> Executor<'a, B> {
         let mut state: HashMap<usize, u64> = HashMap::new();
         let result = self.run_steps(inputs, params, opts, &mut vals, &mut state, &mut observe);
         let result = result.and_then(|()| {
+            // With `after`: its launches, then only the outputs it names.
+            let fetch = match after {
+                Some((names, f)) => {
+                    let addrs = self.output_addrs(&vals);
+                    f(&mut *self.backend, &addrs)?;
+                    Some(names)
+                }
+                None => None,
+            };
             let mut outs = Outputs::new();
             for (name, n) in &self.g.outputs {
+                if fetch.is_some_and(|f| !f.contains(&name.as_str())) {
+                    continue;
+                }
                 let t = self.download_value(*n, vals[n])?;
                 outs.insert(name.clone(), t);
             }

@@ -210,16 +210,40 @@ pub fn build_cached(src: &str, tc: &Toolchain) -> Result<(PathBuf, bool), CcErro
 pub fn build(src: &str, tc: &Toolchain) -> Result<SharedLib, CcError> {
     let (lib_path, compiled) = build_cached(src, tc)?;
     // SAFETY: a library built from our own generated source; loading it
-    // runs no initialisers but the C++ runtime's.
-    let lib = unsafe { libloading::Library::new(&lib_path) }.map_err(|source| CcError::Load {
-        path: lib_path.clone(),
-        source,
-    })?;
+    // runs no initialisers but the C runtime's (below) and the C++ runtime's.
+    let lib =
+        keeping_fp_mode(|| unsafe { libloading::Library::new(&lib_path) }).map_err(|source| {
+            CcError::Load {
+                path: lib_path.clone(),
+                source,
+            }
+        })?;
     Ok(SharedLib {
         lib,
         path: lib_path,
         compiled,
     })
+}
+
+/// Runs `load` and puts the calling thread's floating-point mode back: GCC
+/// links `crtfastmath.o` into a `-ffast-math` shared library (C_FLAGS),
+/// whose initialiser sets flush-to-zero and denormals-are-zero (x86's
+/// MXCSR) on the thread that loads it. Left set, the loading thread would
+/// flush subnormals while the backend's worker threads do not, so a
+/// result would depend on which thread computed it (host code included).
+fn keeping_fp_mode<T>(load: impl FnOnce() -> T) -> T {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut csr: u32 = 0;
+        // SAFETY: stores MXCSR into a local.
+        unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack)) };
+        let r = load();
+        // SAFETY: restores the value read above.
+        unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack)) };
+        r
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    load()
 }
 
 /// `snnc_signature`'s output (host_shim.h): a compiled kernel's parameter

@@ -433,3 +433,106 @@ extern "C" __global__ void snnc_bc_swap(const float* x, float* out, int nb, int 
         out[i] = x[(bi * c + ch) * r + j];
     }
 }
+
+// ---- the training step's tail: optimizer, running statistics, accuracy -----
+// src/runtime/device_step.rs launches these after the step's graph, on the
+// parameters and gradients where they already are, so that only the loss
+// and the count of right answers come back to the host each step. Each
+// update is the f32 (SGD) or f64 (AdamW) expression of
+// src/runtime/optim.rs's `OptimConfig::update`, in the same order, so a
+// run's parameters do not depend on where its update ran.
+//
+// One launch covers every parameter: element i of the flat optimizer state
+// belongs to the segment s (one parameter tensor) with
+// start[s] <= i < start[s + 1]. The segment table holds 64-bit words:
+//   [0, ns)            the parameters' addresses
+//   [ns, 2ns)          their gradients' addresses
+//   [2ns, 3ns]         the segments' starts in the flat state, then its length
+//   [3ns + 1, 4ns + 1) 1 where weight decay applies (optim::decays), else 0
+// A per-segment flag rather than one launch per decay group: one launch,
+// and the flag costs one cached word per element.
+
+// The segment of flat element i: the last s with start[s] <= i (empty
+// segments share a start with the next one and are skipped).
+__device__ __forceinline__ int snnc_segment(const snnc_u64* start, int ns, int i) {
+    int lo = 0, hi = ns - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (start[mid] <= (snnc_u64)i) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+// PyTorch's SGD with momentum, in f32: g' = g·scale (when scale ≠ 1);
+// d = g' + wd·p; v = μ·v + d; p = p − lr·v.
+extern "C" __global__ void snnc_sgd_step(const snnc_u64* seg, int ns, float* vel, int n,
+                                         float lr, float mu, float wd, float scale) {
+    SNNC_LOOP(i, n) {
+        int s = snnc_segment(seg + 2 * ns, ns, i);
+        int j = i - (int)seg[2 * ns + s];
+        float* p = (float*)seg[s] + j;
+        float g = ((const float*)seg[ns + s])[j];
+        if (scale != 1.0f) g = g * scale;
+        float w = seg[3 * ns + 1 + s] ? wd : 0.0f;
+        float d = g + w * p[0];
+        float v = mu * vel[i] + d;
+        vel[i] = v;
+        p[0] = p[0] - lr * v;
+    }
+}
+
+// AdamW (decoupled weight decay) in double with f32 moments, as the host:
+// c1 = 1 − β₁ᵗ and c2 = 1 − β₂ᵗ come from the host's `powf`.
+extern "C" __global__ void snnc_adamw_step(const snnc_u64* seg, int ns, float* m1, float* m2,
+                                           int n, double lr, double b1, double b2, double eps,
+                                           double wd, double c1, double c2, float scale) {
+    SNNC_LOOP(i, n) {
+        int s = snnc_segment(seg + 2 * ns, ns, i);
+        int j = i - (int)seg[2 * ns + s];
+        float* p = (float*)seg[s] + j;
+        float g = ((const float*)seg[ns + s])[j];
+        if (scale != 1.0f) g = g * scale;
+        double w = seg[3 * ns + 1 + s] ? wd : 0.0;
+        double gi = (double)g;
+        float m = (float)(b1 * (double)m1[i] + (1.0 - b1) * gi);
+        float v = (float)(b2 * (double)m2[i] + (1.0 - b2) * gi * gi);
+        m1[i] = m;
+        m2[i] = v;
+        double mh = (double)m / c1;
+        double vh = (double)v / c2;
+        double pi = (double)p[0];
+        p[0] = (float)(pi - lr * (mh / (sqrt(vh) + eps) + w * pi));
+    }
+}
+
+// A batch norm's running statistic, PyTorch's convention:
+// r = (1 − m)·r + m·b·unbias (unbias = 1 for the mean, n/(n − 1) for the
+// variance; ×1 is exact, so the mean rounds as the host's (1 − m)·r + m·b).
+extern "C" __global__ void snnc_running_stat(float* run, const float* batch, int n, float m,
+                                             float unbias) {
+    SNNC_LOOP(i, n) { run[i] = (1.0f - m) * run[i] + m * batch[i] * unbias; }
+}
+
+// How many rows of z[b, k] have their first maximum at the target class
+// (targets as floats), as one float in out[0]: the host's argmax (strictly
+// greater replaces, from −∞ at class 0). One thread: b·k is a few thousand.
+extern "C" __global__ void snnc_count_correct(const float* z, const float* target, float* out,
+                                              int b, int k) {
+    SNNC_LOOP(t, 1) {
+        int right = 0;
+        for (int row = 0; row < b; ++row) {
+            const float* zr = z + row * k;
+            int best = 0;
+            float bv = snnc_neg_inf();
+            for (int j = 0; j < k; ++j) {
+                if (zr[j] > bv) {
+                    best = j;
+                    bv = zr[j];
+                }
+            }
+            if (best == (int)target[row]) ++right;
+        }
+        out[0] = (float)right;
+    }
+}

@@ -479,7 +479,7 @@ fn train_inner(req: &TrainRequest) -> Result<bool, CliError> {
     let opts = crate::runtime::train::TrainOptions {
         quiet: json,
         json,
-        stop_after_steps: None,
+        ..Default::default()
     };
     let s = match gpu.as_mut() {
         Some(c) => crate::runtime::train::train_on_with(&cfg, &out, ck, &opts, c)?,

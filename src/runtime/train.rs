@@ -3,25 +3,33 @@
 //!
 //! The step runs on the executor (`codegen::exec`) running the fusion plan
 //! on a [`Backend`]: the CPU (generated C kernels, the library kernels,
-//! SGEMM) or CUDA (a GPU, or its CPU emulator in tests). Everything else — the
-//! batches, the optimizer, batch-norm running statistics, metrics,
-//! checkpoints — is this one loop on the host, so a run's checkpoints have
-//! the same format on either device and a run can resume on the other.
+//! SGEMM) or CUDA (a GPU, or its CPU emulator in tests). The batches,
+//! metrics and checkpoints are this one loop on the host, so a run's
+//! checkpoints have the same format on either device and a run can resume
+//! on the other.
 //!
-//! On CUDA the optimizer stays on the host: each step uploads the
-//! parameters and downloads the gradients (and the batch statistics). That
-//! keeps the arithmetic of the update identical to the CPU run's, and costs
-//! two copies of the parameters per step (resnet19: ~50 MB each way, a few
-//! ms on an H200's link, against ~0.4 s of step time at batch 128, T = 8).
+//! The update stays on the backend (`step::DeviceStep`): for an epoch the
+//! parameters, the optimizer's state and batch norm's running statistics
+//! live in backend memory; after each step's graph the optimizer (one
+//! launch over every parameter), the running statistics and the count of
+//! right answers run as library kernels (`device_optim`) on the gradients
+//! where the step left them, and only the loss and that count come back.
+//! The host's copies are brought up to date before a checkpoint and the
+//! evaluation. The kernels compute the host update's expressions in the
+//! same order, so the result is bit for bit that of
+//! [`TrainOptions::host_update`] (the update on the host, every step
+//! uploading the parameters and downloading the gradients), which the
+//! tests compare it with.
 
 use super::checkpoint::{self, Checkpoint, EpochSums};
 pub use super::metrics::EpochMetrics;
 use super::optim::{OptimConfig, OptimState, Schedule};
 use super::rundir;
+use super::step::{correct, DeviceStep, HostStep, StepRule, Stepper};
 pub use super::train_error::TrainError;
 use crate::codegen::backend::Backend;
 use crate::codegen::cpu::Cpu;
-use crate::codegen::exec::{ExecError, Executor, LibraryScratch, Outputs};
+use crate::codegen::exec::{ExecError, Executor, LibraryScratch};
 use crate::compile::{self, Options, Stage};
 use crate::data::{Dataset, Split};
 use crate::interp::RunOptions;
@@ -93,6 +101,11 @@ pub struct TrainOptions {
     /// Stop as Ctrl-C does (save, report [`Summary::interrupted`]) once the
     /// run has trained this many steps in all (for tests).
     pub stop_after_steps: Option<u64>,
+    /// Run the optimizer and the running statistics on the host (every
+    /// step uploads the parameters and downloads the gradients) instead of
+    /// on the backend: the reference the device update is tested against
+    /// (the same bits).
+    pub host_update: bool,
 }
 
 /// Set by Ctrl-C (SIGINT); the loop saves and stops after the step in
@@ -223,25 +236,6 @@ fn to_batch(d: &Dataset, (x, targets): (Vec<f32>, Vec<crate::data::Label>)) -> B
 /// Batches made ahead of the step (decoding images overlaps training).
 const PREFETCH: usize = 2;
 
-fn correct(logits: &Tensor<f32>, targets: &[crate::data::Label]) -> usize {
-    let k = logits.shape[1];
-    logits
-        .data
-        .chunks(k)
-        .zip(targets)
-        .filter(|(row, &y)| {
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                );
-            best.0 == y as usize
-        })
-        .count()
-}
-
 /// Mean spikes per neuron and step, per spiking layer.
 fn firing_rates(g: &Graph, spikes: &HashMap<NodeIndex, Tensor<f32>>) -> BTreeMap<String, f64> {
     let mut acc: BTreeMap<String, (f64, usize)> = BTreeMap::new();
@@ -367,34 +361,6 @@ fn scratch_of<B: Backend>(backend: &B) -> LibraryScratch {
     }
 }
 
-/// One training step's results: the outputs, and the kept (spike) values
-/// when asked for.
-type StepResult = Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), TrainError>;
-
-/// Runs training steps on a device.
-pub trait Stepper {
-    fn step(
-        &mut self,
-        inputs: &HashMap<String, Tensor<f32>>,
-        params: &HashMap<String, Tensor<f32>>,
-        opts: &RunOptions,
-        extra: bool,
-    ) -> StepResult;
-}
-
-impl<B: Backend> Stepper for Executor<'_, B> {
-    fn step(
-        &mut self,
-        inputs: &HashMap<String, Tensor<f32>>,
-        params: &HashMap<String, Tensor<f32>>,
-        opts: &RunOptions,
-        extra: bool,
-    ) -> StepResult {
-        self.run_keeping(inputs, params, opts, extra)
-            .map_err(TrainError::Exec)
-    }
-}
-
 /// Where the training step and the test evaluation run.
 trait Engine {
     /// Calls `f` with a stepper for one epoch's steps (the CUDA executor's
@@ -402,6 +368,7 @@ trait Engine {
     /// the evaluation uses the device).
     fn with_stepper(
         &mut self,
+        rule: &StepRule,
         f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, TrainError>,
     ) -> Result<bool, TrainError>;
     fn accuracy(
@@ -419,11 +386,14 @@ struct ExecEngine<'d, B: Backend> {
     graph: Graph,
     plan: Plan,
     keep: Vec<NodeIndex>,
+    /// Update on the host ([`TrainOptions::host_update`]).
+    host_update: bool,
 }
 
 impl<B: Backend> Engine for ExecEngine<'_, B> {
     fn with_stepper(
         &mut self,
+        rule: &StepRule,
         f: &mut dyn FnMut(&mut dyn Stepper) -> Result<bool, TrainError>,
     ) -> Result<bool, TrainError> {
         let mut ex = Executor::with_plan(
@@ -433,7 +403,11 @@ impl<B: Backend> Engine for ExecEngine<'_, B> {
             &self.keep,
         )
         .map_err(TrainError::Exec)?;
-        f(&mut ex)
+        if self.host_update {
+            f(&mut HostStep { ex: &mut ex, rule })
+        } else {
+            f(&mut DeviceStep::new(&mut ex, rule))
+        }
     }
     fn accuracy(
         &mut self,
@@ -500,16 +474,28 @@ pub fn train_on_with<B: Backend>(
     run(cfg, out, resume, opts, |graph, keep, state_bytes| {
         let graph = crate::passes::fuse_time::lower(graph, cfg.order);
         let plan = crate::passes::fuse_time::plan(&graph, keep, cfg.order);
-        // The optimizer runs on the host: its state is host memory.
+        // The host keeps its copies of the parameters and the optimizer's
+        // state (checkpoints, evaluation).
         mem::ensure_fits(
             "the parameters and the optimizer's state",
-            state_bytes,
+            state_bytes.host,
             Memory::Host,
         )?;
-        // The arena the executor will allocate.
+        // The arena the executor will allocate, and the optimizer's state
+        // beside the resident parameters (the plan counts those).
         let arena = crate::passes::memplan::plan_units(&graph, &plan, keep, &scratch_of(backend))
             .map_err(ExecError::from)?;
-        mem::ensure_plan_fits("a training step (fusion plan)", &arena, 0, backend.memory())?;
+        let extra = if opts.host_update {
+            0
+        } else {
+            state_bytes.device
+        };
+        mem::ensure_plan_fits(
+            "a training step (fusion plan)",
+            &arena,
+            extra,
+            backend.memory(),
+        )?;
         if !quiet {
             let _ = writeln!(
                 std::io::stdout(),
@@ -526,8 +512,17 @@ pub fn train_on_with<B: Backend>(
             graph,
             plan,
             keep: keep.to_vec(),
+            host_update: opts.host_update,
         }))
     })
+}
+
+/// Memory a run needs besides its step's plan.
+struct StateBytes {
+    /// The host's parameters (f64 as made, f32) and optimizer state.
+    host: u64,
+    /// The device update's state beside the resident parameters.
+    device: u64,
 }
 
 /// The training loop on the engine `make` builds from the training graph
@@ -543,7 +538,7 @@ fn run<'d>(
     out: &Path,
     resume: Option<Checkpoint>,
     opts: &TrainOptions,
-    make: impl FnOnce(&Graph, &[NodeIndex], u64) -> Result<Box<dyn Engine + 'd>, TrainError>,
+    make: impl FnOnce(&Graph, &[NodeIndex], &StateBytes) -> Result<Box<dyn Engine + 'd>, TrainError>,
 ) -> Result<Summary, TrainError> {
     install_interrupt_handler();
     let quiet = opts.quiet || opts.json;
@@ -585,10 +580,15 @@ fn run<'d>(
         crate::runtime::optim::OptimizerKind::Adamw => 2,
         _ => 1,
     };
-    let state_bytes = crate::passes::mem::param_bytes(&a, 12 + 4 * moments);
+    let state_bytes = StateBytes {
+        host: crate::passes::mem::param_bytes(&a, 12 + 4 * moments),
+        // The optimizer's moments and the running statistics (every
+        // parameter counted: an upper bound) beside the resident parameters.
+        device: crate::passes::mem::param_bytes(&a, 4 * moments),
+    };
     mem::ensure_fits(
         "the parameters and the optimizer's state",
-        state_bytes,
+        state_bytes.host,
         Memory::Host,
     )?;
     let config_json = serde_json::to_string(cfg).expect("config serialises");
@@ -639,7 +639,7 @@ fn run<'d>(
         .filter(|&n| matches!(graph.g[n].op, Op::Spike { .. }))
         .collect();
     // The engine gets its own copy; this one names the layers of spikes.
-    let mut engine = make(&graph, &spike_nodes, state_bytes)?;
+    let mut engine = make(&graph, &spike_nodes, &state_bytes)?;
     let mut eval = Evaluator::new(&model, cfg.steps);
     let mut momenta = HashMap::new();
     bn_momenta(&model.layers, "", &mut momenta);
@@ -661,6 +661,15 @@ fn run<'d>(
         .filter(|p| p.trainable)
         .map(|p| p.name.clone())
         .collect();
+    // Running statistics: PyTorch's convention (unbiased variance).
+    let mut running: Vec<(String, f32, f32)> = momenta
+        .iter()
+        .map(|(path, m)| {
+            let n = bn_count[path];
+            (path.clone(), *m as f32, (n / (n - 1.0).max(1.0)) as f32)
+        })
+        .collect();
+    running.sort_by(|a, b| a.0.cmp(&b.0));
     // Shared with the thread that makes the batches.
     let train = std::sync::Arc::new(split.train);
     let batches_per_epoch = train.len() / cfg.batch;
@@ -685,6 +694,14 @@ fn run<'d>(
         1.0 / cfg.steps as f32
     } else {
         1.0
+    };
+    let rule = StepRule {
+        optim: cfg.optim,
+        trainable,
+        running,
+        grad_scale,
+        classes: train.classes,
+        batch: cfg.batch,
     };
     for epoch in start_epoch..cfg.epochs {
         let started = Instant::now();
@@ -730,6 +747,7 @@ fn run<'d>(
                 .skip_batches(first)
         });
         let mut epoch_steps = |exe: &mut dyn Stepper| -> Result<bool, TrainError> {
+            exe.load(&params, &optim)?;
             for bi in first..batches_per_epoch {
                 let made = batches
                     .next()
@@ -741,19 +759,23 @@ fn run<'d>(
                     ("labels".to_string(), batch.labels),
                 ]);
                 let step = (epoch * batches_per_epoch + bi) as u64;
-                let pmap: HashMap<String, Tensor<f32>> =
-                    params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 let last = bi + 1 == batches_per_epoch;
-                let (v, spikes) = exe.step(
+                let progress = cfg
+                    .schedule
+                    .progress(step as usize, total, epoch, cfg.epochs);
+                lr = cfg.schedule.lr(cfg.lr, progress);
+                let stepped = exe.step(
                     &inputs,
-                    &pmap,
+                    &batch.targets,
                     &RunOptions {
                         seed: mix64(cfg.seed ^ step),
                     },
                     last,
+                    lr,
+                    &mut params,
+                    &mut optim,
                 )?;
-                let out_of = |name: &str| &v[name];
-                let loss = f64::from(out_of("loss").data[0]);
+                let loss = stepped.loss;
                 if !loss.is_finite() {
                     return Err(TrainError::LossNotFinite {
                         loss,
@@ -762,43 +784,10 @@ fn run<'d>(
                     });
                 }
                 loss_sum += loss * n_batch as f64;
-                right += correct(out_of("logits"), &batch.targets);
+                right += stepped.correct;
                 seen += n_batch;
-                let progress = cfg
-                    .schedule
-                    .progress(step as usize, total, epoch, cfg.epochs);
-                lr = cfg.schedule.lr(cfg.lr, progress);
-                for name in &trainable {
-                    let mut g = out_of(&crate::autodiff::grad_name(name)).data.clone();
-                    if grad_scale != 1.0 {
-                        g.iter_mut().for_each(|x| *x *= grad_scale);
-                    }
-                    let p = params.get_mut(name).expect("parameter exists");
-                    cfg.optim.update(&mut optim, name, &mut p.data, &g, lr);
-                }
-                optim.steps += 1;
-                // Running statistics: PyTorch's convention (unbiased variance).
-                for (path, m) in &momenta {
-                    let m = *m as f32;
-                    let n = bn_count[path];
-                    let bm = &out_of(&format!("bn_mean:{path}")).data;
-                    let bv = &out_of(&format!("bn_var:{path}")).data;
-                    let unbias = (n / (n - 1.0).max(1.0)) as f32;
-                    let rm = params
-                        .get_mut(&format!("{path}.running_mean"))
-                        .expect("running mean");
-                    for (r, b) in rm.data.iter_mut().zip(bm) {
-                        *r = (1.0 - m) * *r + m * b;
-                    }
-                    let rv = params
-                        .get_mut(&format!("{path}.running_var"))
-                        .expect("running var");
-                    for (r, b) in rv.data.iter_mut().zip(bv) {
-                        *r = (1.0 - m) * *r + m * b * unbias;
-                    }
-                }
                 if last {
-                    rates = firing_rates(&graph, &spikes);
+                    rates = firing_rates(&graph, &stepped.spikes);
                 }
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
                 bar.set_position((bi + 1) as u64);
@@ -810,6 +799,7 @@ fn run<'d>(
                 ));
                 if stop_at(step) && bi + 1 < batches_per_epoch {
                     bar.finish_and_clear();
+                    exe.store(&mut params, &mut optim)?;
                     checkpoint::save(
                         out,
                         &Checkpoint {
@@ -832,9 +822,10 @@ fn run<'d>(
                     return Ok(true);
                 }
             }
+            exe.store(&mut params, &mut optim)?;
             Ok(false)
         };
-        if engine.with_stepper(&mut epoch_steps)? {
+        if engine.with_stepper(&rule, &mut epoch_steps)? {
             summary.interrupted = stopped_at.map(|b| (epoch + 1, b));
             return Ok(summary);
         }
