@@ -8,7 +8,18 @@
 //! per-step gradient from the region above costs its bytes too: using it
 //! means the region above must run per step.
 //!
-//! A third component only breaks ties: the number of `summed` leaves read.
+//! In rate mode a first component comes before the bytes: how many
+//! per-step values the backward reads (forward values not reduced over
+//! time, per-step gradients from the region above). Rate mode's backward
+//! reads none, so a collapsed form must win even where it keeps more bytes
+//! than T per-step values: `maxpool-route`'s `mean_t select_t` holds k²
+//! values per window, more than T copies of the pool's input when T is
+//! small and the windows overlap (a 3×3 window of stride 2 keeps 2.25×
+//! the input), and by bytes alone extraction kept `Σ_t maxpool_grad(x_t,
+//! δ_t)`, which the pass then refused as not collapsed. In BPTT mode the
+//! component is zero: its backward runs per step.
+//!
+//! A last component only breaks ties: the number of `summed` leaves read.
 //! Such a leaf is a node the regions above built only for their readers;
 //! where a form that does without it costs the same (at an output layer
 //! whose incoming gradient is the same at every step, `δᵀ·Σ_t x_t` against
@@ -22,14 +33,32 @@ use egg::{CostFunction, Id};
 
 pub struct KeptThenFlops<'a> {
     pub egraph: &'a RGraph,
+    /// Rate mode: count per-step reads first.
+    pub collapse: bool,
 }
 
-impl CostFunction<RNode> for KeptThenFlops<'_> {
-    type Cost = (f64, f64, f64);
+/// (per-step values read, bytes kept, FLOPs, summed leaves read).
+type Cost = (f64, f64, f64, f64);
 
-    fn cost<C>(&mut self, enode: &RNode, mut costs: C) -> (f64, f64, f64)
+impl CostFunction<RNode> for KeptThenFlops<'_> {
+    type Cost = Cost;
+
+    fn cost<C>(&mut self, enode: &RNode, costs: C) -> Cost
     where
-        C: FnMut(Id) -> (f64, f64, f64),
+        C: FnMut(Id) -> Cost,
+    {
+        let (kept, flops, summed, per_step) = self.kept_then_flops(enode, costs);
+        let reads = if self.collapse { per_step } else { 0.0 };
+        (reads, kept, flops, summed)
+    }
+}
+
+impl KeptThenFlops<'_> {
+    /// The bytes kept, FLOPs and summed leaves of `enode`, and how many
+    /// per-step values it reads.
+    fn kept_then_flops<C>(&self, enode: &RNode, mut costs: C) -> (f64, f64, f64, f64)
+    where
+        C: FnMut(Id) -> Cost,
     {
         let eg = self.egraph;
         let data = |c: Id| &eg[c].data;
@@ -37,19 +66,19 @@ impl CostFunction<RNode> for KeptThenFlops<'_> {
             Head::Leaf(kind, n) => {
                 let (shape, per_step, param) = &eg.analysis.leaves[n];
                 match kind {
-                    Leaf::Fwd if *param => (0.0, 0.0, 0.0),
+                    Leaf::Fwd if *param => (0.0, 0.0, 0.0, 0.0),
                     // One byte more than its size: with T = 1 a step's value
                     // and its time mean are the same size, and the mean
                     // (an accumulator) is the form the backward should read.
-                    Leaf::Fwd if *per_step => (bytes(shape) + 1.0, 0.0, 0.0),
-                    Leaf::Fwd => (bytes(shape), 0.0, 0.0),
-                    Leaf::Bnd if *per_step => (bytes(shape), 0.0, 0.0),
-                    Leaf::Bnd => (0.0, 0.0, 0.0),
-                    Leaf::Summed => (0.0, 0.0, 1.0),
+                    Leaf::Fwd if *per_step => (bytes(shape) + 1.0, 0.0, 0.0, 1.0),
+                    Leaf::Fwd => (bytes(shape), 0.0, 0.0, 0.0),
+                    Leaf::Bnd if *per_step => (bytes(shape), 0.0, 0.0, 1.0),
+                    Leaf::Bnd => (0.0, 0.0, 0.0, 0.0),
+                    Leaf::Summed => (0.0, 0.0, 1.0, 0.0),
                 }
             }
             // A scale's constant is an attribute of the op it becomes.
-            Head::Num(_) => (0.0, 0.0, 0.0),
+            Head::Num(_) => (0.0, 0.0, 0.0, 0.0),
             head => {
                 let kids = &enode.children;
                 let shapes: Vec<&[usize]> =
@@ -67,9 +96,9 @@ impl CostFunction<RNode> for KeptThenFlops<'_> {
                         .map(|s| s.iter().product::<usize>() as f64)
                         .sum(),
                 };
-                let child: Vec<(f64, f64, f64)> = kids.iter().map(|&c| costs(c)).collect();
-                let below: f64 = child.iter().map(|c| c.1).sum::<f64>() + own;
-                let summed: f64 = child.iter().map(|c| c.2).sum();
+                let child: Vec<Cost> = kids.iter().map(|&c| costs(c)).collect();
+                let below: f64 = child.iter().map(|c| c.2).sum::<f64>() + own;
+                let summed: f64 = child.iter().map(|c| c.3).sum();
                 if kids.iter().all(|&c| data(c).fwd_only) {
                     // Computed in the forward: keeping it costs its size,
                     // except when it only depends on parameters.
@@ -94,9 +123,14 @@ impl CostFunction<RNode> for KeptThenFlops<'_> {
                                 0.0
                             }
                     };
-                    (kept, below, summed)
+                    (kept, below, summed, if per_step { 1.0 } else { 0.0 })
                 } else {
-                    (child.iter().map(|c| c.0).sum(), below, summed)
+                    (
+                        child.iter().map(|c| c.1).sum(),
+                        below,
+                        summed,
+                        child.iter().map(|c| c.0).sum(),
+                    )
                 }
             }
         }

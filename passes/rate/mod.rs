@@ -256,7 +256,13 @@ pub fn rate_pass(
             iterations: runner.iterations.len(),
             seconds: started.elapsed().as_secs_f64(),
         });
-        let extractor = Extractor::new(&eg, cost::KeptThenFlops { egraph: &eg });
+        let extractor = Extractor::new(
+            &eg,
+            cost::KeptThenFlops {
+                egraph: &eg,
+                collapse: mode == Mode::Rate,
+            },
+        );
         let mut rebuild = Rebuild {
             g: &mut g,
             eg: &eg,
@@ -788,7 +794,13 @@ pub fn rewrite_forms(
         return Err(RateError::NotSaturated(why));
     }
     let eg = runner.egraph;
-    let ex = Extractor::new(&eg, cost::KeptThenFlops { egraph: &eg });
+    let ex = Extractor::new(
+        &eg,
+        cost::KeptThenFlops {
+            egraph: &eg,
+            collapse: true,
+        },
+    );
     let root = eg.find(root);
     let best = |c: Id| lang::raise(&ex.find_best(c).1);
     let mut forms: Vec<String> = eg[root]
