@@ -52,14 +52,12 @@ type KernelFn = unsafe extern "C" fn(
     *mut f32,
 );
 
-/// The im2col workspace of one convolution chunk: 256 Ki floats (1 MiB,
-/// half of one core's L2 on the machines we measure), a few samples of a
-/// typical layer, so the GEMM reads the columns from cache; a chunk's
-/// samples make one GEMM. Measured side by side on fmnist_csnn (batch 128,
-/// T = 4, 3 alternating rounds): 64 Ki, 128 Ki, 256 Ki and 1 Mi floats
-/// gave BPTT steps of 1.03, 0.97, 0.97, 1 and rate steps of 0.97, 0.92,
-/// 0.92, 1 (relative to 1 Mi).
-pub const CONV_WORKSPACE: usize = 1 << 18;
+/// The im2col workspace of one convolution chunk: 1 Mi floats (4 MiB),
+/// a few samples of a typical layer, so the GEMM reads the columns from
+/// cache; a chunk's samples make one GEMM. 256 Ki floats measured 0.92–0.97×
+/// the time at load 4–5 but 1.0–1.06× at load 1.5 (fmnist_csnn, batch 128,
+/// T = 4, 3 alternating rounds, 2026-12-07): no clear winner, so it stays.
+pub const CONV_WORKSPACE: usize = 1 << 20;
 
 /// Launches of fewer threads than this run in one call on the calling
 /// thread (splitting costs more than it saves).

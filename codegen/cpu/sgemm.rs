@@ -4,9 +4,9 @@
 //!
 //! Implementations: the `gemm` crate and matrixmultiply (built in), and
 //! the system libraries [`system`] finds at run time (OpenBLAS, BLIS,
-//! oneDNN, `libblas.so.3`). By default every call runs on matrixmultiply
-//! ([`DEFAULT`]), so that two processes compute the same sums (a resumed
-//! run continues bit for bit). `SNNC_SGEMM=auto` runs each call shape on the
+//! oneDNN, `libblas.so.3`). By default every call runs on the `gemm`
+//! crate ([`DEFAULT`]), so that two processes compute the same sums (a
+//! resumed run continues bit for bit). `SNNC_SGEMM=auto` runs each call shape on the
 //! implementation that was fastest on it ([`choose`]: timed once per
 //! process, on first use), which is faster where a library wins but can
 //! choose differently in another process; `SNNC_SGEMM=NAME` forces one.
@@ -22,13 +22,16 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// The implementation every call runs on unless `SNNC_SGEMM` says
-/// otherwise: the built-in crate that was faster on the training shapes.
-/// Side by side against the gemm crate (2026-12-07, 2-core shared host,
-/// alternating rounds): the convolution and linear products of
-/// `fmnist_csnn` and `resnet19` at 1.2–2.2× the gemm crate's GFLOP/s, and
-/// training steps at 0.73–0.89× its time (fmnist_csnn T = 1, 4, 8 in both
-/// modes, resnet19 T = 2 at batch 16), digits_mlp unchanged within noise.
-pub const DEFAULT: Impl = Impl::MatrixMultiply;
+/// otherwise: the gemm crate, which runs on rayon's pool like the rest of
+/// the CPU backend. matrixmultiply is faster alone (1.2–2.2× the gemm
+/// crate's GFLOP/s on the convolution and linear products of
+/// `fmnist_csnn` and `resnet19`, 2026-12-07) but runs on threads of its
+/// own beside rayon's, whose workers are still spinning from the kernel
+/// before: side by side in training steps (fmnist_csnn, batch 128, T = 4
+/// and 8, both modes, alternating rounds) it took 0.96–1.03× the gemm
+/// crate's time on the 2-core machine at load 2, and 0.73–0.89× at load
+/// 4–5, when the other jobs' threads take cores either way.
+pub const DEFAULT: Impl = Impl::Gemm;
 
 /// An SGEMM implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
