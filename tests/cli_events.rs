@@ -16,30 +16,13 @@ impl Drop for TmpDir {
 
 /// Raw IDX files of `n` 28×28 images (a label-sized bright bar) and labels.
 fn fake_fashion(dir: &Path, split: &str, n: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut img = Vec::new();
-    for v in [2051u32, n as u32, 28, 28] {
-        img.extend_from_slice(&v.to_be_bytes());
-    }
-    let mut lab = Vec::new();
-    for v in [2049u32, n as u32] {
-        lab.extend_from_slice(&v.to_be_bytes());
-    }
-    for i in 0..n {
-        let l = i % 10;
-        lab.push(l as u8);
-        for y in 0..28 {
-            for x in 0..28 {
-                img.push(if (5..10 + 2 * l).contains(&y) && (8..20).contains(&x) {
-                    250
-                } else {
-                    0
-                });
-            }
+    common::idx::write_fashion(dir, split, n, |l, y, x| {
+        if (5..10 + 2 * l).contains(&y) && (8..20).contains(&x) {
+            250
+        } else {
+            0
         }
-    }
-    std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), img).unwrap();
-    std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), lab).unwrap();
+    });
 }
 
 #[test]

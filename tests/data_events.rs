@@ -718,34 +718,15 @@ fn event_samples_refuse_what_does_not_pack() {
 /// A fake Fashion-MNIST folder: `n_train`/`n_test` 28×28 images of a
 /// bright rectangle whose size depends on the label, raw IDX.
 fn fake_fashion(dir: &Path, n_train: usize, n_test: usize) {
-    let images = |n: usize| -> (Vec<u8>, Vec<u8>) {
-        let mut b = Vec::new();
-        for v in [2051u32, n as u32, 28, 28] {
-            b.extend_from_slice(&v.to_be_bytes());
-        }
-        let mut labels = Vec::new();
-        for i in 0..n {
-            let l = (i % 10) as u8;
-            labels.push(l);
-            for y in 0..28 {
-                for x in 0..28 {
-                    let inside = (4..8 + 2 * l as usize).contains(&y) && (6..22).contains(&x);
-                    b.push(if inside { 220 } else { 0 });
-                }
+    for (split, n) in [("train", n_train), ("t10k", n_test)] {
+        common::idx::write_fashion(dir, split, n, |l, y, x| {
+            if (4..8 + 2 * l).contains(&y) && (6..22).contains(&x) {
+                220
+            } else {
+                0
             }
-        }
-        let mut lb = Vec::new();
-        lb.extend_from_slice(&2049u32.to_be_bytes());
-        lb.extend_from_slice(&(n as u32).to_be_bytes());
-        lb.extend_from_slice(&labels);
-        (b, lb)
-    };
-    let (a, b) = images(n_train);
-    write(&dir.join("train-images-idx3-ubyte"), &a);
-    write(&dir.join("train-labels-idx1-ubyte"), &b);
-    let (a, b) = images(n_test);
-    write(&dir.join("t10k-images-idx3-ubyte"), &a);
-    write(&dir.join("t10k-labels-idx1-ubyte"), &b);
+        });
+    }
 }
 
 #[test]

@@ -8,6 +8,8 @@
 //! The emulator's tests are ignored without a C++ compiler (found by
 //! build.rs); with SNNC_REQUIRE_EMU=1 (CI) its absence fails the build.
 
+mod common;
+
 use snnc::codegen::backend::Backend;
 use snnc::codegen::cpu::Cpu;
 use snnc::codegen::cuda::Emu;
@@ -219,29 +221,16 @@ fn tmp(name: &str) -> TmpDir {
 /// A Fashion-MNIST-shaped IDX set: bars whose height is the class, with
 /// noise, so every batch has its own gradients.
 fn fake_fashion(dir: &Path, split: &str, n: usize, seed: u64) {
-    std::fs::create_dir_all(dir).unwrap();
     let mut r = Rng::new(seed);
-    let mut img = Vec::new();
-    for v in [2051u32, n as u32, 28, 28] {
-        img.extend_from_slice(&v.to_be_bytes());
-    }
-    let mut lab = Vec::new();
-    for v in [2049u32, n as u32] {
-        lab.extend_from_slice(&v.to_be_bytes());
-    }
-    for i in 0..n {
-        let l = i % 10;
-        lab.push(l as u8);
-        for y in 0..28 {
-            for x in 0..28 {
-                let bar = (5..10 + 2 * l).contains(&y) && (8..20).contains(&x);
-                let noise = r.below(60) as u8;
-                img.push(if bar { 190 + noise } else { noise });
-            }
+    common::idx::write_fashion(dir, split, n, |l, y, x| {
+        let bar = (5..10 + 2 * l).contains(&y) && (8..20).contains(&x);
+        let noise = r.below(60) as u8;
+        if bar {
+            190 + noise
+        } else {
+            noise
         }
-    }
-    std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), img).unwrap();
-    std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), lab).unwrap();
+    });
 }
 
 fn model(file: &str) -> (String, String) {

@@ -5,6 +5,7 @@ pub mod agree;
 pub mod bptt;
 pub mod case;
 pub mod gen;
+pub mod idx;
 pub mod rate_closed;
 pub mod run;
 pub mod shrink;
