@@ -464,18 +464,34 @@ __device__ __forceinline__ int snnc_segment(const snnc_u64* start, int ns, int i
     return lo;
 }
 
+// Flat optimizer element i in the segment table `seg` (ns parameters: their
+// addresses, their gradients' addresses, their starts, then a decay flag
+// each): its parameter, its gradient times `scale` (when scale ≠ 1, as the
+// host), and whether its parameter decays.
+struct snnc_opt_elem {
+    float* p;
+    float g;
+    bool decays;
+};
+__device__ __forceinline__ snnc_opt_elem snnc_opt_at(const snnc_u64* seg, int ns, int i,
+                                                     float scale) {
+    int s = snnc_segment(seg + 2 * ns, ns, i);
+    int j = i - (int)seg[2 * ns + s];
+    float g = ((const float*)seg[ns + s])[j];
+    if (scale != 1.0f) g = g * scale;
+    snnc_opt_elem e = {(float*)seg[s] + j, g, seg[3 * ns + 1 + s] != 0};
+    return e;
+}
+
 // PyTorch's SGD with momentum, in f32: g' = g·scale (when scale ≠ 1);
 // d = g' + wd·p; v = μ·v + d; p = p − lr·v.
 extern "C" __global__ void snnc_sgd_step(const snnc_u64* seg, int ns, float* vel, int n,
                                          float lr, float mu, float wd, float scale) {
     SNNC_LOOP(i, n) {
-        int s = snnc_segment(seg + 2 * ns, ns, i);
-        int j = i - (int)seg[2 * ns + s];
-        float* p = (float*)seg[s] + j;
-        float g = ((const float*)seg[ns + s])[j];
-        if (scale != 1.0f) g = g * scale;
-        float w = seg[3 * ns + 1 + s] ? wd : 0.0f;
-        float d = g + w * p[0];
+        snnc_opt_elem e = snnc_opt_at(seg, ns, i, scale);
+        float* p = e.p;
+        float w = e.decays ? wd : 0.0f;
+        float d = e.g + w * p[0];
         float v = mu * vel[i] + d;
         vel[i] = v;
         p[0] = p[0] - lr * v;
@@ -488,13 +504,10 @@ extern "C" __global__ void snnc_adamw_step(const snnc_u64* seg, int ns, float* m
                                            int n, double lr, double b1, double b2, double eps,
                                            double wd, double c1, double c2, float scale) {
     SNNC_LOOP(i, n) {
-        int s = snnc_segment(seg + 2 * ns, ns, i);
-        int j = i - (int)seg[2 * ns + s];
-        float* p = (float*)seg[s] + j;
-        float g = ((const float*)seg[ns + s])[j];
-        if (scale != 1.0f) g = g * scale;
-        double w = seg[3 * ns + 1 + s] ? wd : 0.0;
-        double gi = (double)g;
+        snnc_opt_elem e = snnc_opt_at(seg, ns, i, scale);
+        float* p = e.p;
+        double w = e.decays ? wd : 0.0;
+        double gi = (double)e.g;
         float m = (float)(b1 * (double)m1[i] + (1.0 - b1) * gi);
         float v = (float)(b2 * (double)m2[i] + (1.0 - b2) * gi * gi);
         m1[i] = m;
