@@ -76,6 +76,23 @@ impl<'a, B: Backend> Executor<'a, B> {
         )
     }
 
+    /// `d[cur, co, cols]` in channel-major order `[co, cur·cols]`: the
+    /// transpose into `tp`, or `d` itself for one sample (the same layout).
+    fn channel_major(
+        &mut self,
+        d: u64,
+        tp: u64,
+        cur: usize,
+        co: usize,
+        cols: usize,
+    ) -> Result<u64, ExecError> {
+        if cur == 1 {
+            return Ok(d);
+        }
+        self.swap(d, tp, cur, co, cols)?;
+        Ok(tp)
+    }
+
     // Each chunk runs ONE GEMM with N = cur·cols (thousands of columns)
     // rather than a batch of `cur` GEMMs with N = cols (49 to 1,024): with
     // few output channels (M = co) a per-sample GEMM cannot reach the
@@ -93,8 +110,11 @@ impl<'a, B: Backend> Executor<'a, B> {
         let (rows, cols) = (geo.rows(), geo.cols());
         self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
             let (cp, tp) = (scratch[0], scratch[1]);
+            let out_b = at(out, b0 * geo.co * cols);
             this.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;
-            // outT[co × cur·cols] = W[co × rows] · col[rows × cur·cols]
+            // outT[co × cur·cols] = W[co × rows] · col[rows × cur·cols];
+            // one sample's is already its output.
+            let c = if cur == 1 { out_b } else { tp };
             this.gemm(Gemm {
                 ta: false,
                 tb: false,
@@ -109,12 +129,15 @@ impl<'a, B: Backend> Executor<'a, B> {
                 ldb: cur * cols,
                 stride_b: 0,
                 beta: 0.0,
-                c: tp,
+                c,
                 ldc: cur * cols,
                 stride_c: 0,
                 batch: 1,
             })?;
-            this.swap(tp, at(out, b0 * geo.co * cols), geo.co, cur, cols)
+            if cur == 1 {
+                return Ok(());
+            }
+            this.swap(tp, out_b, geo.co, cur, cols)
         })
     }
 
@@ -129,8 +152,7 @@ impl<'a, B: Backend> Executor<'a, B> {
         let (rows, cols) = (geo.rows(), geo.cols());
         self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
             let (cp, tp) = (scratch[0], scratch[1]);
-            // d[cur, co, cols] -> dT[co, cur·cols]
-            this.swap(at(d, b0 * geo.co * cols), tp, cur, geo.co, cols)?;
+            let dt = this.channel_major(at(d, b0 * geo.co * cols), tp, cur, geo.co, cols)?;
             // dcol[rows × cur·cols] = Wᵀ · dT
             this.gemm(Gemm {
                 ta: true,
@@ -142,7 +164,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                 a: w,
                 lda: rows,
                 stride_a: 0,
-                b: tp,
+                b: dt,
                 ldb: cur * cols,
                 stride_b: 0,
                 beta: 0.0,
@@ -170,8 +192,7 @@ impl<'a, B: Backend> Executor<'a, B> {
         self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
             let (cp, tp) = (scratch[0], scratch[1]);
             this.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;
-            // d[cur, co, cols] -> dT[co, cur·cols]
-            this.swap(at(d, b0 * geo.co * cols), tp, cur, geo.co, cols)?;
+            let dt = this.channel_major(at(d, b0 * geo.co * cols), tp, cur, geo.co, cols)?;
             // dW[co × rows] (+)= dT[co × cur·cols] · colᵀ
             this.gemm(Gemm {
                 ta: false,
@@ -180,7 +201,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                 n: rows,
                 k: cur * cols,
                 alpha: 1.0,
-                a: tp,
+                a: dt,
                 lda: cur * cols,
                 stride_a: 0,
                 b: cp,
