@@ -204,18 +204,9 @@ impl<'a, B: Backend> Executor<'a, B> {
                     ],
                 )
             }
-            Op::AvgPool {
-                kernel,
-                stride,
-                padding,
-            }
-            | Op::MaxPool {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => {
+            Op::AvgPool { .. } | Op::MaxPool { .. } => {
                 let s = ins[0].1;
+                let (kernel, stride, padding) = op.window().expect("a pooling op");
                 let is_max = matches!(op, Op::MaxPool { .. });
                 self.launch(
                     "snnc_pool",
@@ -228,20 +219,16 @@ impl<'a, B: Backend> Executor<'a, B> {
                         I(int(s[3])?),
                         I(int(shape[2])?),
                         I(int(shape[3])?),
-                        I(int(*kernel)?),
-                        I(int(*stride)?),
-                        I(int(*padding)?),
+                        I(int(kernel)?),
+                        I(int(stride)?),
+                        I(int(padding)?),
                         I(i32::from(is_max)),
                     ],
                 )
             }
-            Op::AvgPoolGrad {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => {
+            Op::AvgPoolGrad { .. } => {
                 let d = ins[0].1;
+                let (kernel, stride, padding) = op.window().expect("a pooling op");
                 self.launch(
                     "snnc_avgpool_grad",
                     n,
@@ -253,9 +240,9 @@ impl<'a, B: Backend> Executor<'a, B> {
                         I(int(shape[3])?),
                         I(int(d[2])?),
                         I(int(d[3])?),
-                        I(int(*kernel)?),
-                        I(int(*stride)?),
-                        I(int(*padding)?),
+                        I(int(kernel)?),
+                        I(int(stride)?),
+                        I(int(padding)?),
                     ],
                 )
             }

@@ -477,33 +477,12 @@ impl Op {
                 (true, true) => "ta tb".into(),
             },
             Op::Conv2d { stride, padding } => format!("stride={stride} padding={padding}"),
-            Op::AvgPool {
-                kernel,
-                stride,
-                padding,
+            Op::MaxPool { rule, .. } | Op::MaxPoolGrad { rule, .. } => {
+                self.window_attr() + &rule_attr(*rule)
             }
-            | Op::MaxPoolMask {
-                kernel,
-                stride,
-                padding,
+            Op::AvgPool { .. } | Op::MaxPoolMask { .. } | Op::MaxPoolSelect { .. } => {
+                self.window_attr()
             }
-            | Op::MaxPoolSelect {
-                kernel,
-                stride,
-                padding,
-            } => window(*kernel, *stride, *padding),
-            Op::MaxPool {
-                kernel,
-                stride,
-                padding,
-                rule,
-            }
-            | Op::MaxPoolGrad {
-                kernel,
-                stride,
-                padding,
-                rule,
-            } => window(*kernel, *stride, *padding) + &rule_attr(*rule),
             Op::Reshape { shape } => crate::shape::list(shape),
             Op::Normalize { eps } | Op::Rsqrt { eps } => format!("eps={eps}"),
             Op::ChannelBroadcast { shape } => crate::shape::list(shape),
@@ -518,21 +497,57 @@ impl Op {
                 padding,
                 kernel,
             } => format!("stride={stride} padding={padding} kernel={kernel}"),
-            Op::AvgPoolGrad {
+            Op::AvgPoolGrad { in_h, in_w, .. } | Op::MaxPoolRoute { in_h, in_w, .. } => {
+                format!("{} in={in_h}x{in_w}", self.window_attr())
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// A pooling op's window: (kernel, stride, padding). Seven ops carry
+    /// it; this is the one place that knows which.
+    pub fn window(&self) -> Option<(usize, usize, usize)> {
+        match *self {
+            Op::AvgPool {
                 kernel,
                 stride,
                 padding,
-                in_h,
-                in_w,
+            }
+            | Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+                ..
+            }
+            | Op::AvgPoolGrad {
+                kernel,
+                stride,
+                padding,
+                ..
+            }
+            | Op::MaxPoolGrad {
+                kernel,
+                stride,
+                padding,
+                ..
+            }
+            | Op::MaxPoolMask {
+                kernel,
+                stride,
+                padding,
+            }
+            | Op::MaxPoolSelect {
+                kernel,
+                stride,
+                padding,
             }
             | Op::MaxPoolRoute {
                 kernel,
                 stride,
                 padding,
-                in_h,
-                in_w,
-            } => format!("{} in={in_h}x{in_w}", window(*kernel, *stride, *padding)),
-            _ => String::new(),
+                ..
+            } => Some((kernel, stride, padding)),
+            _ => None,
         }
     }
 
@@ -544,13 +559,16 @@ impl Op {
     }
 }
 
-/// A pooling window's attributes as printed: the padding only when there
-/// is some (so unpadded pools print as they always have).
-fn window(kernel: usize, stride: usize, padding: usize) -> String {
-    if padding == 0 {
-        format!("kernel={kernel} stride={stride}")
-    } else {
-        format!("kernel={kernel} stride={stride} padding={padding}")
+impl Op {
+    /// A pooling window's attributes as printed: the padding only when
+    /// there is some (so unpadded pools print as they always have).
+    fn window_attr(&self) -> String {
+        let (kernel, stride, padding) = self.window().expect("a pooling op");
+        if padding == 0 {
+            format!("kernel={kernel} stride={stride}")
+        } else {
+            format!("kernel={kernel} stride={stride} padding={padding}")
+        }
     }
 }
 

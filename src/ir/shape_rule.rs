@@ -194,31 +194,16 @@ impl Op {
                     }
                 }
             }
-            Op::AvgPool {
-                kernel,
-                stride,
-                padding,
-            }
-            | Op::MaxPool {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => {
+            Op::AvgPool { .. } | Op::MaxPool { .. } | Op::MaxPoolSelect { .. } => {
                 arity(1)?;
                 let x = ins[0];
-                let (ho, wo) = pooled(x, *kernel, *stride, *padding)?;
-                vec![x[0], x[1], ho, wo]
-            }
-            Op::MaxPoolSelect {
-                kernel,
-                stride,
-                padding,
-            } => {
-                arity(1)?;
-                let x = ins[0];
-                let (ho, wo) = pooled(x, *kernel, *stride, *padding)?;
-                vec![x[0], x[1], ho, wo, kernel * kernel]
+                let (kernel, stride, padding) = self.window().expect("a pooling op");
+                let (ho, wo) = pooled(x, kernel, stride, padding)?;
+                // The selection holds a window's k² offsets.
+                match self {
+                    Op::MaxPoolSelect { .. } => vec![x[0], x[1], ho, wo, kernel * kernel],
+                    _ => vec![x[0], x[1], ho, wo],
+                }
             }
             Op::Reshape { shape } => {
                 arity(1)?;
