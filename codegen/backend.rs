@@ -14,6 +14,7 @@
 //! C++ and run thread by thread on the CPU).
 
 use crate::passes::fuse::Plan;
+use crate::precision::Precision;
 
 /// One kernel argument, passed by address as `cuLaunchKernel` expects.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -180,6 +181,10 @@ pub struct Gemm {
     pub ldc: usize,
     pub stride_c: usize,
     pub batch: usize,
+    /// What A and B are rounded to before they are multiplied (products
+    /// accumulate in f32). The executor sets the run's precision on every
+    /// call.
+    pub precision: Precision,
 }
 
 impl Gemm {
@@ -205,6 +210,61 @@ impl Gemm {
             ldc: n,
             stride_c: 0,
             batch: 1,
+            precision: Precision::Fp32,
+        }
+    }
+
+    /// The elements of A and of B (from their base addresses, row-major
+    /// with the call's leading dimensions and batch strides) the call
+    /// reads.
+    pub fn operand_extents(&self) -> (usize, usize) {
+        let span = |rows: usize, cols: usize, ld: usize, stride: usize| {
+            if rows == 0 || cols == 0 {
+                0
+            } else {
+                (rows - 1) * ld + cols + (self.batch - 1) * stride
+            }
+        };
+        let (ra, ca) = if self.ta {
+            (self.k, self.m)
+        } else {
+            (self.m, self.k)
+        };
+        let (rb, cb) = if self.tb {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        };
+        (
+            span(ra, ca, self.lda, self.stride_a),
+            span(rb, cb, self.ldb, self.stride_b),
+        )
+    }
+
+    /// For a host backend without tensor cores: the same call reading
+    /// copies of A and B rounded to `self.precision`, made in `scratch`,
+    /// with f32 products (what the rounded call computes). Calls in f32
+    /// come back unchanged.
+    ///
+    /// # Safety
+    /// `a` and `b` must be host addresses of f32 buffers holding at least
+    /// [`Gemm::operand_extents`] elements. The returned call reads
+    /// `scratch`, which must outlive it unchanged.
+    pub unsafe fn with_rounded_operands(&self, scratch: &mut Vec<f32>) -> Gemm {
+        if self.precision == Precision::Fp32 {
+            return *self;
+        }
+        let (ea, eb) = self.operand_extents();
+        scratch.clear();
+        scratch.extend_from_slice(std::slice::from_raw_parts(self.a as *const f32, ea));
+        scratch.extend_from_slice(std::slice::from_raw_parts(self.b as *const f32, eb));
+        self.precision.round_all(scratch);
+        let base = scratch.as_ptr();
+        Gemm {
+            a: base as u64,
+            b: base.add(ea) as u64,
+            precision: Precision::Fp32,
+            ..*self
         }
     }
 }

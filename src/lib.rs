@@ -16,6 +16,7 @@ pub mod interp;
 pub mod ir;
 pub mod model;
 pub mod nir;
+pub mod precision;
 pub mod rng;
 pub mod runtime;
 pub mod shape;

@@ -73,11 +73,11 @@ fn measured_peak_matches_the_plan() {
                     // once), then measure a fresh executor.
                     {
                         let mut ex = Executor::with_plan(&mut cpu, &eg, plan.clone(), &[]).unwrap();
-                        drop(ex.run(&inputs, &params, &RunOptions { seed: 0 }).unwrap());
+                        drop(ex.run(&inputs, &params, &RunOptions::seeded(0)).unwrap());
                     }
                     let ((out, stats), measured) = alloc::measure(|| {
                         let mut ex = Executor::with_plan(&mut cpu, &eg, plan, &[]).unwrap();
-                        let out = ex.run(&inputs, &params, &RunOptions { seed: 0 }).unwrap();
+                        let out = ex.run(&inputs, &params, &RunOptions::seeded(0)).unwrap();
                         (out, ex.stats())
                     });
                     drop(out);

@@ -51,7 +51,7 @@ fn check(model: &Model, steps: usize, batch: usize, mode: Mode, seed: u64) -> Re
     x.data.iter_mut().for_each(|v| *v *= 2.0);
     let labels = snnc::interp::random_labels(batch, a.output[0], seed).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-    let opts = RunOptions { seed };
+    let opts = RunOptions::seeded(seed);
     let want = interp::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
     let got = cpu::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
     common::agree::outputs_arbitrated(
@@ -113,7 +113,7 @@ fn degenerate_batch_norm_is_recognised() {
             ("x".to_string(), Tensor::from_vec(&[4, 3], x)),
             ("labels".to_string(), labels.clone()),
         ]);
-        let v = interp::run(&g, &inputs, &params, &RunOptions { seed: 1 }).unwrap();
+        let v = interp::run(&g, &inputs, &params, &RunOptions::seeded(1)).unwrap();
         snnc::compare::ill_conditioned(&g, &v)
     };
     // Channel 1 is the same in every sample: variance 0 < eps.

@@ -39,6 +39,7 @@ use snnc::ir::{DType, Graph, MaxPoolRule, Node, Op, Role};
 use snnc::model::{Encoding, Surrogate, SurrogateKind};
 use snnc::passes::rate::Mode;
 use snnc::passes::schedule::SchedOpts;
+use snnc::precision::Precision;
 use snnc::rng::Rng;
 use snnc::tensor::Tensor;
 use std::collections::HashMap;
@@ -121,7 +122,7 @@ fn run_op(
         .enumerate()
         .map(|(i, t)| (format!("a{i}"), t))
         .collect();
-    let opts = RunOptions { seed };
+    let opts = RunOptions::seeded(seed);
     let want = interp::run(&g, &inputs, &HashMap::new(), &opts).unwrap();
     let want = want.output(&g, "y").unwrap().clone();
     let mut ex = Executor::new(emu, &g).unwrap();
@@ -300,7 +301,7 @@ fn time_and_random_kernels_match_the_interpreter() {
         &[],
     );
     g.outputs.push(("y".into(), n));
-    let opts = RunOptions { seed: 9 };
+    let opts = RunOptions::seeded(9);
     let want = interp::run::<f32>(&g, &HashMap::new(), &HashMap::new(), &opts).unwrap();
     let got = Executor::new(&mut emu, &g)
         .unwrap()
@@ -532,6 +533,7 @@ fn case_opts(seed: u64) -> CheckOptions {
         tol: 1e-4,
         fused: false,
         schedule: SchedOpts::LAYER_MAJOR,
+        precision: Precision::Fp32,
     }
 }
 
@@ -701,7 +703,7 @@ fn the_arena_holds_the_planned_peak() {
             let x = snnc::interp::random_input(&g, false, 0).cast::<f32>();
             let labels = snnc::interp::random_labels(2, a.output[0], 0).cast::<f32>();
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-            let opts = RunOptions { seed: 0 };
+            let opts = RunOptions::seeded(0);
             for schedule in SCHEDULES {
                 let what = format!("{name} {mode} {schedule}");
                 let lowered = snnc::passes::fuse_time::lower(&g, schedule);
@@ -775,7 +777,7 @@ fn fmnist_rate_case(steps: usize) -> (Graph, Named, Named, Named) {
     let x = snnc::interp::random_input(&g, false, 0).cast::<f32>();
     let labels = snnc::interp::random_labels(2, 10, 0).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-    let want = snnc::codegen::cpu::run(&g, &inputs, &params, &RunOptions { seed: 0 }).unwrap();
+    let want = snnc::codegen::cpu::run(&g, &inputs, &params, &RunOptions::seeded(0)).unwrap();
     (g, params, inputs, want)
 }
 
@@ -790,7 +792,7 @@ fn fmnist_rate_case(steps: usize) -> (Graph, Named, Named, Named) {
 fn fused_runs_reuse_buffers_and_tables() {
     let Some(mut emu) = emu() else { return };
     let (g, params, inputs, want) = fmnist_rate_case(3);
-    let opts = RunOptions { seed: 0 };
+    let opts = RunOptions::seeded(0);
     {
         let mut ex = Executor::fused(&mut emu, &g, &[]).unwrap();
         let kernels = ex.kernels().len();
@@ -926,7 +928,7 @@ fn close_to_the_f64_interpreter() {
             ("x".to_string(), x.cast::<f32>()),
             ("labels".to_string(), labels.cast::<f32>()),
         ]);
-        let opts = RunOptions { seed: 0 };
+        let opts = RunOptions::seeded(0);
         let truth = interp::run(&g, &in64, &p64, &opts).unwrap();
         let cpu = snnc::codegen::cpu::run(&g, &in32, &p32, &opts).unwrap();
         let got = Executor::new(&mut emu, &g)
@@ -953,7 +955,7 @@ fn close_to_the_f64_interpreter() {
 fn buffers_are_reused_and_released() {
     let Some(mut emu) = emu() else { return };
     let (g, params, inputs, want) = fmnist_rate_case(2);
-    let opts = RunOptions { seed: 0 };
+    let opts = RunOptions::seeded(0);
     {
         let mut ex = Executor::new(&mut emu, &g).unwrap();
         ex.set_resident_params(&params).unwrap();

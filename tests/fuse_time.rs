@@ -40,7 +40,7 @@ fn lowering_is_exact(model: &Model, steps: usize, mode: Mode, seed: u64) -> Resu
     let x = snnc::interp::random_input(&g, model.input.encoding == Encoding::Events, seed);
     let labels = snnc::interp::random_labels(2, a.output[0], seed);
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-    let opts = RunOptions { seed };
+    let opts = RunOptions::seeded(seed);
     let v0 = interp::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
     let v1 = interp::run(&low, &inputs, &params, &opts).map_err(|e| e.to_string())?;
     for (name, o) in &g.outputs {

@@ -74,7 +74,7 @@ fn check_all(
     x.data.iter_mut().for_each(|v| *v *= 2.0);
     let labels = snnc::interp::random_labels(batch, a.output[0], seed).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-    let opts = RunOptions { seed };
+    let opts = RunOptions::seeded(seed);
     let want = interp::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
     for &sched in scheds {
         compare(&g, &inputs, &params, &want, steps, sched, &opts)?;

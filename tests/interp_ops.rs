@@ -458,7 +458,7 @@ fn poisson<F: num_traits::Float>(x: &Tensor<F>, stream: u64, seed: u64) -> Tenso
         &Op::Poisson { stream },
         &x.shape,
         &[x],
-        &RunOptions { seed },
+        &RunOptions::seeded(seed),
     )
     .unwrap()
 }
@@ -496,7 +496,7 @@ fn mask<F: num_traits::Float>(shape: &[usize], p: f64, seed: u64) -> Tensor<F> {
         &Op::DropoutMask { p, stream: 9 },
         shape,
         &[],
-        &RunOptions { seed },
+        &RunOptions::seeded(seed),
     )
     .unwrap()
 }

@@ -183,7 +183,7 @@ fn two_step_rate_is_reproducible() {
     let g = two_step_rate();
     let (inputs, mut params) = linear_spike_data();
     params.remove("0.b");
-    let opts = RunOptions { seed: 1234 };
+    let opts = RunOptions::seeded(1234);
     let v64 = run(&g, &inputs, &params, &opts).unwrap();
     let v32 = run(&g, &to_f32(&inputs), &to_f32(&params), &opts).unwrap();
     assert_same_values(&g, &v64, &v32);

@@ -13,7 +13,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("base", &["rng"]),
     (
         "front-end",
-        &["dsl", "model", "shape", "tensor", "init", "frontend"],
+        &[
+            "dsl",
+            "model",
+            "shape",
+            "tensor",
+            "init",
+            "frontend",
+            "precision",
+        ],
     ),
     ("ir", &["ir", "interp", "compare"]),
     ("passes", &["unroll", "autodiff", "passes", "compile"]),

@@ -43,7 +43,7 @@ fn check(name: &str, steps: usize, batch: usize, seed: u64) {
     // Strong enough input that every layer spikes.
     x.data.iter_mut().for_each(|v| *v *= 3.0);
     let inputs = HashMap::from([("x".to_string(), x)]);
-    let want = interp::run(&g, &inputs, &params, &RunOptions { seed }).unwrap();
+    let want = interp::run(&g, &inputs, &params, &RunOptions::seeded(seed)).unwrap();
     for compiled in [false, true] {
         let mut l = luminal::lower(&g, &inputs, &params).unwrap();
         if compiled {

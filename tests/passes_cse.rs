@@ -48,7 +48,7 @@ fn same_outputs(
     let x = snnc::interp::random_input(&before, model.input.encoding == Encoding::Events, seed);
     let labels = snnc::interp::random_labels(batch, a.output[0], seed);
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-    let opts = RunOptions { seed };
+    let opts = RunOptions::seeded(seed);
     let v0 = interp::run(&before, &inputs, &params, &opts).map_err(|e| e.to_string())?;
     let v1 = interp::run(&after, &inputs, &params, &opts).map_err(|e| e.to_string())?;
     for (name, n) in &before.outputs {

@@ -46,7 +46,7 @@ fn logits(g: &Graph, model: &snnc::model::Model, seed: u64) -> Tensor<f64> {
         g,
         &HashMap::from([("x".to_string(), x)]),
         &params,
-        &RunOptions { seed },
+        &RunOptions::seeded(seed),
     )
     .unwrap();
     v.get(g.output("logits").unwrap()).unwrap().clone()

@@ -45,7 +45,7 @@ fn setup(model: &Model, steps: usize, batch: usize, seed: u64) -> Setup {
 }
 
 fn run(s: &Setup, g: &Graph) -> Values<f64> {
-    interp::run(g, &s.inputs, &s.params, &RunOptions { seed: 3 }).unwrap()
+    interp::run(g, &s.inputs, &s.params, &RunOptions::seeded(3)).unwrap()
 }
 
 /// The error of every gradient output in units of the largest |b| of any

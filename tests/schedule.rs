@@ -176,7 +176,7 @@ fn check_outputs(
     x.data.iter_mut().for_each(|v| *v *= 2.0);
     let labels = snnc::interp::random_labels(batch, a.output[0], seed).cast::<f32>();
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-    let opts = RunOptions { seed };
+    let opts = RunOptions::seeded(seed);
     let widen = |m: &HashMap<String, Tensor<f32>>| -> HashMap<String, Tensor<f64>> {
         m.iter().map(|(k, v)| (k.clone(), v.cast())).collect()
     };

@@ -33,7 +33,7 @@ fn check(r: &gen::Recipe, steps: usize, batch: usize, seed: u64) -> Result<(), T
     let x = Tensor::from_vec(&xshape, (0..n).map(|_| 2.0 * rng.uniform()).collect());
     let want = sim::simulate(&model, &params, &x, steps, seed);
     let inputs = HashMap::from([("x".to_string(), x)]);
-    let vals = interp::run(&g, &inputs, &params, &RunOptions { seed })
+    let vals = interp::run(&g, &inputs, &params, &RunOptions::seeded(seed))
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let got = vals.get(g.output("logits").unwrap()).unwrap();
     prop_assert_eq!(&got.shape, &want.shape);

@@ -183,6 +183,8 @@ pub struct Cpu {
     pub launches: usize,
     pub gemms: usize,
     pub module_launches: usize,
+    /// The rounded copies of a reduced-precision GEMM's operands.
+    rounded: Vec<f32>,
 }
 
 /// Pointers shared by the parallel calls of one launch; each call writes
@@ -238,6 +240,7 @@ impl Cpu {
             launches: 0,
             gemms: 0,
             module_launches: 0,
+            rounded: Vec::new(),
         })
     }
 
@@ -361,8 +364,12 @@ impl Backend for Cpu {
     fn gemm(&mut self, call: &Gemm) -> Result<(), BackendError> {
         self.gemms += 1;
         // SAFETY: the executor passes addresses of host buffers that hold
-        // the call's matrices.
-        unsafe { sgemm::run(call) };
+        // the call's matrices; the rounded copies live in `self.rounded`
+        // until the next call.
+        unsafe {
+            let call = call.with_rounded_operands(&mut self.rounded);
+            sgemm::run(&call)
+        };
         Ok(())
     }
 

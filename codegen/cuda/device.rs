@@ -10,10 +10,12 @@
 //! stream: stream order is the only synchronisation needed), one cuBLAS
 //! handle on that stream in its default (full FP32) math mode.
 
+use super::gemm::Cublas;
 use super::nvrtc;
 use super::KERNELS_CU;
 use crate::codegen::backend::{Arg, Backend, BackendError, Gemm, Module, KERNELS};
 use crate::passes::fuse::Plan;
+use crate::precision::Precision;
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
     result as drv_result, sys as drv_sys, CudaContext, CudaEvent, CudaFunction, CudaModule,
@@ -390,6 +392,90 @@ impl Cuda {
     }
 }
 
+impl Cuda {
+    /// A reduced-precision product: `cublasGemmEx` (or its strided-batched
+    /// form) on the f32 matrices, with the compute type that has cuBLAS
+    /// round A and B to TF32 or bf16 for the tensor cores and accumulate in
+    /// f32 (the rounding `crate::precision` emulates on the host).
+    fn gemm_ex(&mut self, c: &Cublas) -> Result<(), BackendError> {
+        use blas_sys::{cublasComputeType_t as Compute, cublasGemmAlgo_t, cudaDataType};
+        let compute = match c.precision {
+            Precision::Tf32 => Compute::CUBLAS_COMPUTE_32F_FAST_TF32,
+            Precision::Bf16 => Compute::CUBLAS_COMPUTE_32F_FAST_16BF,
+            Precision::Fp32 => Compute::CUBLAS_COMPUTE_32F,
+        };
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let f32_ = cudaDataType::CUDA_R_32F;
+        let algo = cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
+        let (alpha, beta) = (
+            &c.alpha as *const f32 as *const _,
+            &c.beta as *const f32 as *const _,
+        );
+        let h = *self.blas.handle();
+        // SAFETY: as for `sgemm` (validated arguments, live device
+        // buffers, host scalars); the data types are f32 throughout, as
+        // the buffers hold.
+        let r = unsafe {
+            if c.batch == 1 {
+                blas_result::gemm_ex(
+                    h,
+                    op(c.transa),
+                    op(c.transb),
+                    c.m,
+                    c.n,
+                    c.k,
+                    alpha,
+                    c.a as *const _,
+                    f32_,
+                    c.lda,
+                    c.b as *const _,
+                    f32_,
+                    c.ldb,
+                    beta,
+                    c.c as *mut _,
+                    f32_,
+                    c.ldc,
+                    compute,
+                    algo,
+                )
+            } else {
+                blas_result::gemm_strided_batched_ex(
+                    h,
+                    op(c.transa),
+                    op(c.transb),
+                    c.m,
+                    c.n,
+                    c.k,
+                    alpha,
+                    c.a as *const _,
+                    f32_,
+                    c.lda,
+                    c.stride_a,
+                    c.b as *const _,
+                    f32_,
+                    c.ldb,
+                    c.stride_b,
+                    beta,
+                    c.c as *mut _,
+                    f32_,
+                    c.ldc,
+                    c.stride_c,
+                    c.batch,
+                    compute,
+                    algo,
+                )
+            }
+        };
+        r.map_err(|e| BackendError::Device(format!("cuBLAS gemm ({}) {c:?}: {e}", c.precision)))
+    }
+}
+
 impl Backend for Cuda {
     type Buf = CudaBuf;
 
@@ -527,6 +613,9 @@ impl Backend for Cuda {
         // SAFETY: validated arguments; addresses of live device buffers
         // whose extents the executor computed; alpha/beta on the host
         // (the handle's default pointer mode).
+        if c.precision != Precision::Fp32 {
+            return self.gemm_ex(c);
+        }
         let r = unsafe {
             if c.batch == 1 {
                 blas_result::sgemm(

@@ -98,6 +98,8 @@ pub struct Emu {
     module_ids: HashMap<u64, usize>,
     /// Launches of generated kernels.
     pub module_launches: usize,
+    /// The rounded copies of a reduced-precision GEMM's operands.
+    rounded: Vec<f32>,
     marks: Vec<std::time::Instant>,
 }
 
@@ -222,6 +224,7 @@ impl Emu {
             modules: Vec::new(),
             module_ids: HashMap::new(),
             module_launches: 0,
+            rounded: Vec::new(),
             marks: Vec::new(),
         })
     }
@@ -408,8 +411,13 @@ impl Backend for Emu {
             }
             ids.push(id);
         }
-        // SAFETY: extents checked above.
-        unsafe { call.run_on_host() };
+        // SAFETY: extents checked above (A and B are read once, by the
+        // rounding, when the call is not in f32).
+        unsafe {
+            g.with_rounded_operands(&mut self.rounded)
+                .to_cublas()?
+                .run_on_host()
+        };
         self.gemms += 1;
         for id in ids {
             self.check_guards(id, "gemm")?;

@@ -13,6 +13,7 @@
 
 use crate::codegen::backend::BackendError;
 pub use crate::codegen::backend::Gemm;
+use crate::precision::Precision;
 
 impl Gemm {
     /// The column-major cuBLAS call computing this product.
@@ -44,6 +45,7 @@ impl Gemm {
             ldc: i(self.ldc, "ldc")?,
             stride_c: l(self.stride_c, "stride_c")?,
             batch: i(self.batch, "batch")?,
+            precision: self.precision,
         };
         call.validate()?;
         Ok(call)
@@ -71,6 +73,9 @@ pub struct Cublas {
     pub ldc: i32,
     pub stride_c: i64,
     pub batch: i32,
+    /// `Fp32`: `cublasSgemm…`; otherwise `cublasGemm…Ex` with f32
+    /// matrices and the compute type that rounds the operands to it.
+    pub precision: Precision,
 }
 
 impl Cublas {
@@ -278,6 +283,7 @@ mod tests {
                     ldc,
                     stride_c: 0,
                     batch: 1,
+                    precision: Precision::Fp32,
                 };
                 let call = g.to_cublas().unwrap();
                 let (ea, eb, ec) = call.extents();
@@ -323,6 +329,7 @@ mod tests {
             ldc: n,
             stride_c: m * n,
             batch,
+            precision: Precision::Fp32,
         };
         let call = g.to_cublas().unwrap();
         unsafe { call.run_on_host() };

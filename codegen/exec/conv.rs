@@ -4,6 +4,7 @@
 use super::{at, int, ExecError, Executor};
 use crate::codegen::backend::{Arg, Backend, Gemm};
 use crate::ir::Op;
+use crate::precision::Precision;
 
 impl<'a, B: Backend> Executor<'a, B> {
     /// How many samples one convolution chunk holds.
@@ -133,6 +134,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                 ldc: cur * cols,
                 stride_c: 0,
                 batch: 1,
+                precision: Precision::Fp32,
             })?;
             if cur == 1 {
                 return Ok(());
@@ -172,6 +174,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                 ldc: cur * cols,
                 stride_c: 0,
                 batch: 1,
+                precision: Precision::Fp32,
             })?;
             let n = cur * geo.in_len();
             let mut args = vec![P(cp), P(at(out, b0 * geo.in_len()))];
@@ -212,6 +215,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                 ldc: rows,
                 stride_c: 0,
                 batch: 1,
+                precision: Precision::Fp32,
             })
         })
     }

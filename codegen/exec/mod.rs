@@ -177,6 +177,9 @@ pub struct Executor<'a, B: Backend> {
     /// far each shape is from the SGEMM's speed and what a convolution
     /// spends around its GEMMs.
     inner_spent: HashMap<String, (f64, usize, f64)>,
+    /// The precision of the GEMMs of the run in progress (from its
+    /// `RunOptions`).
+    precision: crate::precision::Precision,
     pool: HashMap<usize, Vec<B::Buf>>,
     slots: Vec<Option<Slot<B::Buf>>>,
     resident: HashMap<String, usize>,
@@ -331,6 +334,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             time_units: false,
             unit_secs: Vec::new(),
             inner_spent: HashMap::new(),
+            precision: crate::precision::Precision::Fp32,
             pool: HashMap::new(),
             slots: Vec::new(),
             resident: HashMap::new(),
@@ -434,6 +438,7 @@ impl<'a, B: Backend> Executor<'a, B> {
         after: Option<(&[&str], &mut AfterRun<'_, B>)>,
     ) -> Result<(Outputs, HashMap<NodeIndex, Tensor<f32>>), ExecError> {
         self.ensure_arena()?;
+        self.precision = opts.precision;
         self.stats.peak_live_bytes = self.stats.live_bytes;
         self.stats.peak_arena_live_bytes = self.stats.arena_live_bytes;
         self.marks.clear();

@@ -101,7 +101,8 @@ impl<'a, B: Backend> Executor<'a, B> {
         e.2 += flops;
     }
 
-    pub(super) fn gemm(&mut self, g: Gemm) -> Result<(), ExecError> {
+    pub(super) fn gemm(&mut self, mut g: Gemm) -> Result<(), ExecError> {
+        g.precision = self.precision;
         if !self.profile_steps {
             return Ok(self.backend.gemm(&g)?);
         }

@@ -24,6 +24,7 @@ use crate::passes::mem::{self, Memory};
 use crate::passes::memplan;
 use crate::passes::rate::Mode;
 use crate::passes::schedule::SchedOpts;
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 
 #[derive(Args)]
@@ -62,6 +63,12 @@ pub struct BenchArgs {
     /// CPU the floor, which this measures).
     #[arg(long)]
     limits: bool,
+    /// Comma-separated precisions of the GEMMs (fp32, tf32, bf16), each a
+    /// row of its own, side by side. On the CPU the rounding is emulated
+    /// (it costs a copy of every GEMM operand); on a GPU it selects the
+    /// tensor-core GEMMs.
+    #[arg(long, value_delimiter = ',', default_value = "fp32")]
+    precision: Vec<Precision>,
     #[arg(long)]
     json: bool,
 }
@@ -79,6 +86,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             a.repeats.max(1),
             a.floor,
             a.limits,
+            &a.precision,
             a.json,
         ),
         Device::Cuda => {
@@ -93,6 +101,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
                 a.json,
                 !a.no_fuse,
                 a.limits,
+                &a.precision,
             )
         }
     }
@@ -153,6 +162,8 @@ pub struct BenchRow {
     pub floor_sgemm: Option<&'static str>,
     /// Every implementation's GFLOP/s on 2048³, fastest first.
     pub sgemm_gflops: Option<Vec<floor::SgemmRate>>,
+    /// What the GEMMs rounded their operands to.
+    pub precision: Precision,
     /// With `--limits`: one profiled step's time per kernel class.
     pub classes: Option<Vec<limits::ClassRow>>,
     /// With `--limits`: the limits the classes are set against.
@@ -171,6 +182,7 @@ fn bench(
     repeats: usize,
     floor: bool,
     with_limits: bool,
+    precisions: &[Precision],
     json: bool,
 ) -> Result<(), CliError> {
     // An SNNC_SGEMM naming no SGEMM, or one not installed, fails before
@@ -214,14 +226,23 @@ fn bench(
                 random_input(&g, matches!(model.input.encoding, Encoding::Events), 1).cast::<f32>();
             let labels = random_labels(batch, a.output[0], 1).cast::<f32>();
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-            for &sched in schedules {
+            for (&sched, &precision) in schedules
+                .iter()
+                .flat_map(|s| precisions.iter().map(move |p| (s, p)))
+            {
+                let run = RunSpec {
+                    target: sched,
+                    repeats,
+                    classes: with_limits,
+                    precision,
+                };
                 let Measured {
                     times,
                     measured,
                     mem,
                     cost,
                     classes,
-                } = on_executor(&g, sched, &inputs, &params, repeats, with_limits)?;
+                } = on_executor(&g, &run, &inputs, &params)?;
                 let med = times[times.len() / 2];
                 let flop = cost.forward_flops + cost.backward_flops;
                 rows.push(BenchRow {
@@ -241,6 +262,7 @@ fn bench(
                     floor_gflops: floor.as_ref().map(|f| f.fastest().gflops),
                     floor_sgemm: floor.as_ref().map(|f| f.fastest().name),
                     sgemm_gflops: floor.as_ref().map(|f| f.rates.clone()),
+                    precision,
                     classes,
                     limits: machine.clone(),
                 });
@@ -279,7 +301,7 @@ fn bench(
             "{:<6} {:>3} {:<20} {:>8.3} {:>8.1} {:>9.2} {:>9.2} {:>9} {:>9.2} {:>8.2} {:>8.2}",
             r.mode.to_string(),
             r.steps,
-            r.schedule,
+            r.label(),
             r.step_seconds,
             r.images_per_sec,
             r.kept_bytes / MIB,
@@ -301,7 +323,7 @@ fn bench(
         );
         for r in &rows {
             if let Some(c) = &r.classes {
-                println!("{} T={} {}:", r.mode, r.steps, r.schedule);
+                println!("{} T={} {}:", r.mode, r.steps, r.label());
                 limits::print(c, l);
             }
         }
@@ -346,12 +368,20 @@ fn print_choices() {
 /// copies of inputs and parameters) and its graph's cost.
 fn on_executor(
     g: &crate::ir::Graph,
-    target: BenchPlan,
+    run: &RunSpec,
     inputs: &HashMap<String, Tensor<f32>>,
     params: &HashMap<String, Tensor<f32>>,
-    repeats: usize,
-    classes: bool,
 ) -> Result<Measured, CliError> {
+    let RunSpec {
+        target,
+        repeats,
+        classes,
+        precision,
+    } = *run;
+    let opts = |seed: u64| RunOptions {
+        precision,
+        ..RunOptions::seeded(seed)
+    };
     let (eg, plan) = target.plan(g, &[]);
     let cost = graph_cost(&eg);
     let mut cpu = Cpu::new().map_err(|source| CliError::Backend {
@@ -371,14 +401,9 @@ fn on_executor(
     )?;
     // A warm-up step on an executor of its own: the thread pool and the
     // SGEMM library allocate their buffers once per process.
-    Executor::with_plan(&mut cpu, &eg, plan.clone(), &[])?.run(
-        inputs,
-        params,
-        &RunOptions { seed: 0 },
-    )?;
+    Executor::with_plan(&mut cpu, &eg, plan.clone(), &[])?.run(inputs, params, &opts(0))?;
     let mut exe = Executor::with_plan(&mut cpu, &eg, plan, &[])?;
-    let (first, measured) =
-        crate::runtime::alloc::measure(|| exe.run(inputs, params, &RunOptions { seed: 0 }));
+    let (first, measured) = crate::runtime::alloc::measure(|| exe.run(inputs, params, &opts(0)));
     let outputs: u64 = first?.values().map(|t| 4 * t.data.len() as u64).sum();
     // What the memory plan accounts for: the arena (and the executor's
     // tables), without its copies of inputs and parameters and the
@@ -387,14 +412,14 @@ fn on_executor(
     let mut times = Vec::new();
     for i in 1..=repeats {
         let started = std::time::Instant::now();
-        exe.run(inputs, params, &RunOptions { seed: i as u64 })?;
+        exe.run(inputs, params, &opts(i as u64))?;
         times.push(started.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
     // One more step, every unit timed alone, for --limits.
     let classes = if classes {
         exe.time_units = true;
-        exe.run(inputs, params, &RunOptions { seed: 0 })?;
+        exe.run(inputs, params, &opts(0))?;
         Some(limits::profiled(&exe))
     } else {
         None
@@ -406,6 +431,26 @@ fn on_executor(
         cost,
         classes,
     })
+}
+
+/// What [`on_executor`] runs: a target, its timed steps, whether to
+/// profile one more by kernel class, and the GEMMs' precision.
+#[derive(Clone, Copy)]
+struct RunSpec {
+    target: BenchPlan,
+    repeats: usize,
+    classes: bool,
+    precision: Precision,
+}
+
+impl BenchRow {
+    /// The schedule, and the precision when it is not f32.
+    fn label(&self) -> String {
+        match self.precision {
+            Precision::Fp32 => self.schedule.clone(),
+            p => format!("{} {p}", self.schedule),
+        }
+    }
 }
 
 /// What [`on_executor`] measured of one target.

@@ -72,6 +72,10 @@ pub struct CudaCheckArgs {
     /// (one step per launch, in a time-major order).
     #[arg(long, default_value = "fused")]
     schedule: BenchPlan,
+    /// What the GEMMs round their operands to (fp32, tf32 or bf16), on the
+    /// device and in the CPU reference alike.
+    #[arg(long, default_value = "fp32")]
+    precision: crate::precision::Precision,
     /// Instead of the models: time device-to-device copies of this many
     /// MiB (copy engine and copy kernel).
     #[arg(long, num_args = 0..=1, default_missing_value = "2048")]
@@ -100,6 +104,7 @@ pub fn run(a: CudaCheckArgs) -> Result<(), CliError> {
         tol: 1e-4,
         fused: !a.no_fuse,
         schedule,
+        precision: a.precision,
     };
     if cuda_check(&opts, a.emulate, a.require_gpu, a.json)? {
         Ok(())
@@ -233,6 +238,16 @@ pub fn run_cases<B: Backend>(
 }
 
 fn plan_note(opts: &CheckOptions) -> String {
+    let plan = plan_kind(opts);
+    match opts.precision {
+        crate::precision::Precision::Fp32 => plan,
+        p => format!(
+            "{plan}; GEMM operands rounded to {p} (f32 accumulation), in the CPU reference too"
+        ),
+    }
+}
+
+fn plan_kind(opts: &CheckOptions) -> String {
     if opts.fused {
         format!(
             "the fusion plan ({}): fused kernels from one generated module per case, other nodes on kernels.cu, values in one arena (--no-fuse: every node on its own kernel)",

@@ -128,6 +128,7 @@ fn checkpoint(
     let split = load_data(&cfg)?;
     let params: HashMap<String, Tensor<f32>> = ck.params.into_iter().collect();
     let mut ev = Evaluator::new(&model, cfg.steps);
+    ev.precision = cfg.precision;
     let acc = match gpu.as_mut() {
         Some(c) => ev.accuracy_on(c, &split.test, &params, cfg.batch)?,
         None => ev.accuracy(&split.test, &params, cfg.batch)?,
@@ -177,6 +178,7 @@ fn with_params(
         seed: 0,
         paper_grad_scale: false,
         order: Default::default(),
+        precision: Default::default(),
         init: None,
     };
     let split = load_data(&cfg)?;

@@ -73,7 +73,7 @@ fn random(a: &RunArgs) -> Result<(), CliError> {
     )?;
     let params = init::init_params(&an, seed);
     let x = random_input(&g, matches!(model.input.encoding, Encoding::Events), seed);
-    let opts = RunOptions { seed };
+    let opts = RunOptions::seeded(seed);
     let started = std::time::Instant::now();
     let (logits, rates) = if a.f64 {
         let inputs = HashMap::from([("x".to_string(), x)]);

@@ -49,6 +49,12 @@ pub struct TrainArgs {
     /// less memory at large T; see `snnc bench --schedule fused-…`).
     #[arg(long, default_value = "layer-major")]
     order: SchedOpts,
+    /// What linear layers and convolutions round their operands to: fp32,
+    /// tf32 or bf16 (products accumulate in f32; weights, optimizer and
+    /// neuron state stay f32). On the CPU the rounding is emulated (for
+    /// checking accuracy); on a GPU it selects the tensor-core GEMMs.
+    #[arg(long, default_value = "fp32")]
+    precision: crate::precision::Precision,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Run folder (config.json, checkpoint.safetensors, metrics.jsonl); must
@@ -119,6 +125,7 @@ pub fn run(a: TrainArgs, explicit: Vec<String>) -> Result<bool, CliError> {
         seed: a.seed,
         paper_grad_scale: a.paper_grad_scale,
         order: a.order,
+        precision: a.precision,
         init: a.init,
     };
     train(TrainRequest {
@@ -190,7 +197,7 @@ fn say(msg: &str) {
 fn describe_config(cfg: &TrainConfig) -> String {
     format!(
         "{} on {}{}, {} mode, T={}, batch {}, {} lr {} ({}), momentum {}, weight decay {}, \
-         seed {}, order {}{}",
+         seed {}, order {}{}{}",
         cfg.model_file,
         cfg.data,
         cfg.data_dir
@@ -207,6 +214,10 @@ fn describe_config(cfg: &TrainConfig) -> String {
         cfg.optim.weight_decay,
         cfg.seed,
         cfg.order,
+        match cfg.precision {
+            crate::precision::Precision::Fp32 => String::new(),
+            p => format!(", {p} products"),
+        },
         if cfg.paper_grad_scale {
             ", paper grad scale"
         } else {
@@ -220,7 +231,7 @@ type Setting = (&'static str, &'static str, fn(&TrainConfig) -> String);
 
 /// Every setting of a run a `snnc train` flag gives (besides the model
 /// file, `--data-dir` and `--epochs`, which resume treats on their own).
-const SETTINGS: [Setting; 12] = [
+const SETTINGS: [Setting; 13] = [
     ("data", "--data", |c| c.data.clone()),
     ("mode", "--mode", |c| c.mode.to_string()),
     ("steps", "-T", |c| c.steps.to_string()),
@@ -235,6 +246,7 @@ const SETTINGS: [Setting; 12] = [
     }),
     ("schedule", "--schedule", |c| c.schedule.name().to_string()),
     ("order", "--order", |c| c.order.to_string()),
+    ("precision", "--precision", |c| c.precision.to_string()),
     ("seed", "--seed", |c| c.seed.to_string()),
     ("paper_grad_scale", "--paper-grad-scale", |c| {
         c.paper_grad_scale.to_string()

@@ -164,7 +164,7 @@ pub fn compute(req: &GradRequest) -> Result<GradResult, InteropError> {
         labels: labels.clone(),
     };
     let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
-    let run_opts = RunOptions { seed: req.seed };
+    let run_opts = RunOptions::seeded(req.seed);
     for (i, &mode) in req.modes.iter().enumerate() {
         let g = match mode {
             Mode::Bptt => bptt.clone(),
@@ -301,7 +301,7 @@ pub fn check_rows(
             crate::interp::random_labels(batch, classes, seed),
         ),
     ]);
-    let run = |g: &crate::ir::Graph| interp::run(g, &inputs, &params, &RunOptions { seed });
+    let run = |g: &crate::ir::Graph| interp::run(g, &inputs, &params, &RunOptions::seeded(seed));
     let (vb, vr) = (run(&bptt)?, run(&rate)?);
     let mut rows = Vec::new();
     for p in a.params().filter(|p| p.trainable) {

@@ -166,7 +166,7 @@ pub fn infer(
             phase: Phase::Eval,
         },
     )?;
-    let opts = RunOptions { seed: 0 };
+    let opts = RunOptions::seeded(0);
     let inputs = HashMap::from([("x".to_string(), x.clone())]);
     let collect =
         |g: &crate::ir::Graph, get: &dyn Fn(&petgraph::stable_graph::NodeIndex) -> Tensor<f64>| {

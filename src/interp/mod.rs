@@ -19,6 +19,7 @@ pub use ops::eval_op;
 
 use crate::ir::{Graph, Op};
 use crate::model::Surrogate;
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 use num_traits::Float;
 use petgraph::stable_graph::NodeIndex;
@@ -31,6 +32,19 @@ pub struct RunOptions {
     /// Run seed for the counter-based generator behind `Poisson` and
     /// `DropoutMask`: the same seed gives the same bits in every backend.
     pub seed: u64,
+    /// The precision of matrix products: their operands are rounded to it
+    /// (`crate::precision`), here and on every backend.
+    pub precision: Precision,
+}
+
+impl RunOptions {
+    /// f32 products and run seed `seed`.
+    pub fn seeded(seed: u64) -> RunOptions {
+        RunOptions {
+            seed,
+            precision: Precision::Fp32,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -10,11 +10,26 @@ use super::scalar::{constant, count, inner};
 use super::RunOptions;
 use crate::ir::scalar_eval::{OpProgram, ScalarError};
 use crate::ir::Op;
+use crate::precision::Precision;
 use crate::rng;
 use crate::tensor::Tensor;
 use num_traits::Float;
 
 use super::OpError;
+
+/// `t` with every element rounded to `p` (through f32, the type the
+/// backends round from).
+fn round_tensor<F: Float>(t: &Tensor<F>, p: Precision) -> Tensor<F> {
+    let data = t
+        .data
+        .iter()
+        .map(|v| {
+            let r = p.round(v.to_f32().unwrap_or(f32::NAN));
+            F::from(r).unwrap_or_else(F::nan)
+        })
+        .collect();
+    Tensor::from_vec(&t.shape, data)
+}
 
 /// Evaluates a non-leaf op (or the generated `DropoutMask` leaf) on its
 /// operands. `shape` is the node's annotated output shape; a mismatch with
@@ -55,6 +70,20 @@ pub fn eval_op<F: Float>(
         None => return Err(OpError::Leaf(op.name())),
     }
 
+    // A matrix product reads its operands rounded to the run's precision,
+    // as the backends' GEMMs do (`crate::precision`).
+    let rounded: Vec<Tensor<F>> = match opts.precision {
+        p if p != Precision::Fp32 && op.is_matrix_product() => {
+            operands.iter().map(|t| round_tensor(t, p)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let rounded_refs: Vec<&Tensor<F>> = rounded.iter().collect();
+    let operands = if rounded.is_empty() {
+        operands
+    } else {
+        &rounded_refs[..]
+    };
     let x = |k: usize| operands[k];
     if op.elementwise() {
         return Ok(elementwise(op, shape, operands)?);

@@ -504,6 +504,18 @@ impl Op {
         }
     }
 
+    /// Ops every backend runs as GEMMs (linear layers and convolutions,
+    /// forward and backward): the ops whose operands `--precision` rounds.
+    pub fn is_matrix_product(&self) -> bool {
+        matches!(
+            self,
+            Op::MatMul { .. }
+                | Op::Conv2d { .. }
+                | Op::Conv2dGradInput { .. }
+                | Op::Conv2dGradWeight { .. }
+        )
+    }
+
     /// A pooling op's window: (kernel, stride, padding). Seven ops carry
     /// it; this is the one place that knows which.
     pub fn window(&self) -> Option<(usize, usize, usize)> {

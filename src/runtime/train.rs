@@ -74,6 +74,10 @@ pub struct TrainConfig {
     /// Checkpoints from before this option read as layer-major.
     #[serde(default)]
     pub order: crate::passes::schedule::SchedOpts,
+    /// `--precision`: what the GEMMs round their operands to (training and
+    /// evaluation). Checkpoints from before this option read as fp32.
+    #[serde(default)]
+    pub precision: crate::precision::Precision,
     /// `--init`: start from these parameters (a parameter file from `snnc
     /// import`, a checkpoint or a run folder) instead of the seeded
     /// initialisation. Absent in older runs.
@@ -264,6 +268,9 @@ pub struct Evaluator {
     /// Inference graphs by batch size, and their fusion plans.
     graphs: HashMap<usize, Graph>,
     plans: HashMap<usize, Plan>,
+    /// The precision of the evaluation's GEMMs (a run evaluates in the
+    /// precision it trains in).
+    pub precision: crate::precision::Precision,
 }
 
 impl Evaluator {
@@ -273,6 +280,7 @@ impl Evaluator {
             steps,
             graphs: HashMap::new(),
             plans: HashMap::new(),
+            precision: crate::precision::Precision::Fp32,
         }
     }
 
@@ -342,7 +350,14 @@ impl Evaluator {
                     let batch = to_batch(d, made);
                     let inputs = HashMap::from([("x".to_string(), batch.x)]);
                     let v = ex
-                        .run(&inputs, params, &RunOptions { seed: 0 })
+                        .run(
+                            &inputs,
+                            params,
+                            &RunOptions {
+                                precision: self.precision,
+                                ..RunOptions::seeded(0)
+                            },
+                        )
                         .map_err(TrainError::Exec)?;
                     right += correct(&v["logits"], &batch.targets);
                 }
@@ -641,6 +656,7 @@ fn run<'d>(
     // The engine gets its own copy; this one names the layers of spikes.
     let mut engine = make(&graph, &spike_nodes, &state_bytes)?;
     let mut eval = Evaluator::new(&model, cfg.steps);
+    eval.precision = cfg.precision;
     let mut momenta = HashMap::new();
     bn_momenta(&model.layers, "", &mut momenta);
     let bn_count: HashMap<String, f64> = a
@@ -769,6 +785,7 @@ fn run<'d>(
                     &batch.targets,
                     &RunOptions {
                         seed: mix64(cfg.seed ^ step),
+                        precision: cfg.precision,
                     },
                     last,
                     lr,

@@ -13,6 +13,7 @@ use crate::passes::cost::graph_cost;
 use crate::passes::fuse_time;
 use crate::passes::rate::Mode;
 use crate::passes::schedule::SchedOpts;
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 use std::path::Path;
@@ -79,6 +80,7 @@ pub fn bench_cuda(
     json: bool,
     fused: bool,
     with_limits: bool,
+    precisions: &[Precision],
 ) -> Result<(), CliError> {
     let (model, a) = crate::frontend::load(path)?;
     let mut cuda = Cuda::new().map_err(|source| CliError::Backend {
@@ -102,9 +104,11 @@ pub fn bench_cuda(
     } else {
         None
     };
-    // --limits: the copy kernel (measured above, or now) and cuBLAS's SGEMM
-    // on a large square product.
-    let machine = if with_limits {
+    // --limits: the copy kernel (measured above, or now) and cuBLAS's GEMM
+    // on a large square product, in each precision benched (a bf16 row is
+    // measured against the tensor cores' bf16 rate).
+    let mut machine: HashMap<Precision, super::limits::Limits> = HashMap::new();
+    if with_limits {
         let copy = match copy {
             Some(c) => c,
             None => {
@@ -112,14 +116,17 @@ pub fn bench_cuda(
             }
         };
         let n = super::limits::GPU_GEMM_N;
-        Some(super::limits::Limits {
-            copy_gbs: copy,
-            gemm_gflops: super::limits::gemm_gflops(&mut cuda, n, 5)?,
-            gemm: format!("the backend's SGEMM on {n}³"),
-        })
-    } else {
-        None
-    };
+        for &p in precisions {
+            machine.insert(
+                p,
+                super::limits::Limits {
+                    copy_gbs: copy,
+                    gemm_gflops: super::limits::gemm_gflops(&mut cuda, n, 5, p)?,
+                    gemm: format!("the backend's {p} GEMM on {n}³"),
+                },
+            );
+        }
+    }
     if !json {
         println!("{}: {}", model.name, cuda.describe());
         println!("  {}", cuda.kernels_note);
@@ -171,19 +178,19 @@ pub fn bench_cuda(
         for &t in steps {
             let g = compile(&model, &Options::new(t, batch, mode))?.graph;
             let cost = graph_cost(&g);
-            for &sched in &schedules {
-                let row = bench_one(
-                    &mut cuda,
-                    &g,
-                    &params,
-                    &model,
-                    &a,
+            for (&sched, &precision) in schedules
+                .iter()
+                .flat_map(|s| precisions.iter().map(move |p| (s, p)))
+            {
+                let spec = RowSpec {
                     sched,
                     fused,
                     repeats,
                     mode,
                     with_limits,
-                )?;
+                    precision,
+                };
+                let row = bench_one(&mut cuda, &g, &params, &model, &a, &spec)?;
                 let row = CudaBenchRow {
                     kept_bytes: cost.kept_bytes,
                     gflop_per_step: (cost.forward_flops + cost.backward_flops) / 1e9,
@@ -195,7 +202,7 @@ pub fn bench_cuda(
                     continue;
                 }
                 print_bench_row(&row, copy, fused);
-                if let (Some(c), Some(l)) = (&row.classes, &machine) {
+                if let (Some(c), Some(l)) = (&row.classes, machine.get(&precision)) {
                     println!(
                         "  per kernel class, one profiled step; limits: copy kernel {:.0} GB/s, GEMM {:.0} GFLOP/s ({})",
                         l.copy_gbs, l.gemm_gflops, l.gemm
@@ -208,21 +215,39 @@ pub fn bench_cuda(
     Ok(())
 }
 
+/// What one row of the CUDA bench runs.
+#[derive(Clone, Copy)]
+struct RowSpec {
+    sched: SchedOpts,
+    fused: bool,
+    repeats: usize,
+    mode: Mode,
+    with_limits: bool,
+    precision: Precision,
+}
+
 /// One row of the bench: `repeats` timed steps of `g` in `sched` (FLOP
 /// and kept-byte columns left for the caller).
-#[allow(clippy::too_many_arguments)]
 fn bench_one(
     cuda: &mut Cuda,
     g: &Graph,
     params: &HashMap<String, Tensor<f32>>,
     model: &crate::model::Model,
     a: &crate::shape::Analysis,
-    sched: SchedOpts,
-    fused: bool,
-    repeats: usize,
-    mode: Mode,
-    with_limits: bool,
+    spec: &RowSpec,
 ) -> Result<CudaBenchRow, CliError> {
+    let RowSpec {
+        sched,
+        fused,
+        repeats,
+        mode,
+        with_limits,
+        precision,
+    } = *spec;
+    let opts = |seed: u64| RunOptions {
+        precision,
+        ..RunOptions::seeded(seed)
+    };
     let batch = g.batch;
     let lowered = fused.then(|| fuse_time::lower(g, sched));
     let g = lowered.as_ref().unwrap_or(g);
@@ -262,7 +287,7 @@ fn bench_one(
     for i in 0..=repeats {
         exec.backend().sync()?;
         let started = Instant::now();
-        exec.run(&inputs, &empty, &RunOptions { seed: i as u64 })?;
+        exec.run(&inputs, &empty, &opts(i as u64))?;
         exec.backend().sync()?;
         if i > 0 {
             times.push(started.elapsed().as_secs_f64());
@@ -276,7 +301,7 @@ fn bench_one(
     let mut lif = std::collections::HashSet::new();
     if !kernels.is_empty() {
         exec.profile = true;
-        exec.run(&inputs, &empty, &RunOptions { seed: 0 })?;
+        exec.run(&inputs, &empty, &opts(0))?;
         exec.profile = false;
         for (step, secs) in exec.kernel_times()? {
             let (k, bytes) = match step {
@@ -296,7 +321,7 @@ fn bench_one(
     }
     let classes = if with_limits {
         exec.time_units = true;
-        exec.run(&inputs, &empty, &RunOptions { seed: 0 })?;
+        exec.run(&inputs, &empty, &opts(0))?;
         exec.time_units = false;
         Some(super::limits::profiled(&exec))
     } else {
@@ -307,10 +332,11 @@ fn bench_one(
     let med = times[times.len() / 2];
     Ok(CudaBenchRow {
         device: cuda.info.name.clone(),
-        plan: if fused {
-            BenchPlan::Fused(sched).to_string()
-        } else {
-            "nodes".to_string()
+        plan: match (fused, precision) {
+            (true, Precision::Fp32) => BenchPlan::Fused(sched).to_string(),
+            (true, p) => format!("{} {p}", BenchPlan::Fused(sched)),
+            (false, Precision::Fp32) => "nodes".to_string(),
+            (false, p) => format!("nodes {p}"),
         },
         mode,
         steps: g.steps,

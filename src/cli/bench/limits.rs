@@ -218,9 +218,14 @@ pub fn copy_kernel_gbs(results: &[(String, f64, f64)]) -> f64 {
 /// Side of the square SGEMM a GPU's GEMM peak is measured on.
 pub const GPU_GEMM_N: usize = 8192;
 
-/// GFLOP/s of the backend's own SGEMM on `n`³ (median of `reps` calls after
-/// a warm-up): a GPU's GEMM limit (cuBLAS).
-pub fn gemm_gflops<B: Backend>(b: &mut B, n: usize, reps: usize) -> Result<f64, BackendError> {
+/// GFLOP/s of the backend's own GEMM in `precision` on `n`³ (median of `reps`
+/// calls after a warm-up): a GPU's GEMM limit (cuBLAS).
+pub fn gemm_gflops<B: Backend>(
+    b: &mut B,
+    n: usize,
+    reps: usize,
+    precision: crate::precision::Precision,
+) -> Result<f64, BackendError> {
     let len = n * n;
     let bufs = [b.alloc(len)?, b.alloc(len)?, b.alloc(len)?];
     let p: Vec<u64> = bufs.iter().map(|x| b.ptr(x)).collect();
@@ -239,7 +244,10 @@ pub fn gemm_gflops<B: Backend>(b: &mut B, n: usize, reps: usize) -> Result<f64, 
             &[Arg::P(x), Arg::I(count), Arg::F(0.5)],
         )?;
     }
-    let g = Gemm::dense(false, false, n, n, n, p[0], p[1], p[2]);
+    let g = Gemm {
+        precision,
+        ..Gemm::dense(false, false, n, n, n, p[0], p[1], p[2])
+    };
     let mut times = Vec::new();
     let mut result = Ok(());
     for i in 0..=reps {

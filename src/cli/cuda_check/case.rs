@@ -17,6 +17,7 @@ use crate::passes::cost::graph_cost;
 use crate::passes::fuse_time;
 use crate::passes::rate::Mode;
 use crate::passes::schedule::SchedOpts;
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,9 @@ pub struct CheckOptions {
     /// launch) or time-major (one step per launch, on the graph
     /// `fuse_time::lower` makes, against which the CPU executor runs too).
     pub schedule: SchedOpts,
+    /// The precision of the GEMMs, on the device and in the CPU reference
+    /// alike (`crate::precision`).
+    pub precision: Precision,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -159,7 +163,10 @@ fn check_once<B: Backend>(
     keep: Option<&[NodeIndex]>,
 ) -> Result<CaseResult, CliError> {
     let started = Instant::now();
-    let ropts = RunOptions { seed: opts.seed };
+    let ropts = RunOptions {
+        precision: opts.precision,
+        ..RunOptions::seeded(opts.seed)
+    };
     let spikes: Vec<NodeIndex> =
         g.g.node_indices()
             .filter(|&n| matches!(g.node(n).op, Op::Spike { .. }))
