@@ -544,7 +544,15 @@ const SCHEDULES: [SchedOpts; 3] = [
     SchedOpts::TIME_MAJOR_RECOMPUTE,
 ];
 
-#[allow(clippy::too_many_arguments)]
+/// How [`check_model`] runs a model: the convolution workspace cap, the
+/// fusion plan's schedule (none: node by node) and the GEMMs' precision.
+#[derive(Clone, Copy)]
+struct Run {
+    workspace: usize,
+    fused: Option<SchedOpts>,
+    precision: Precision,
+}
+
 fn check_model(
     emu: &mut Emu,
     model: &snnc::model::Model,
@@ -552,9 +560,13 @@ fn check_model(
     batch: usize,
     mode: Mode,
     seed: u64,
-    workspace: usize,
-    fused: Option<SchedOpts>,
+    run: Run,
 ) -> Result<(), String> {
+    let Run {
+        workspace,
+        fused,
+        precision,
+    } = run;
     let g = compile(model, &Options::new(steps, batch, mode))
         .map_err(|e| e.to_string())?
         .graph;
@@ -569,6 +581,7 @@ fn check_model(
     let opts = CheckOptions {
         fused: fused.is_some(),
         schedule: fused.unwrap_or(SchedOpts::LAYER_MAJOR),
+        precision,
         ..case_opts(seed)
     };
     let r = check_graph(emu, &g, &inputs, &params, &opts, true, |ex| {
@@ -617,22 +630,24 @@ proptest! {
         let model = gen::build(&r);
         prop_assume!(!cancels_parameters(&model.layers, false));
         let mode = if rate { Mode::Rate } else { Mode::Bptt };
-        check_model(&mut emu, &model, steps, batch, mode, seed, ws, None).map_err(TestCaseError::fail)?;
+        let run = Run { workspace: ws, fused: None, precision: Precision::Fp32 };
+        check_model(&mut emu, &model, steps, batch, mode, seed, run).map_err(TestCaseError::fail)?;
         prop_assert!(emu.damage.is_empty(), "{:?}", emu.damage);
         prop_assert_eq!(emu.live_buffers(), 0);
     }
 
-    /// The fusion plan of random models in each schedule: every fused
-    /// kernel against the CPU executor on its own inputs, every output end
-    /// to end.
+    /// The fusion plan of random models in each schedule and precision:
+    /// every fused kernel against the CPU executor on its own inputs (so
+    /// both round the same GEMM operands), every output end to end.
     #[test]
     #[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
-    fn random_models_fused_match_the_cpu_executor(r in gen::recipe(), steps in 1usize..=3, batch in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000, sched in 0usize..3) {
+    fn random_models_fused_match_the_cpu_executor(r in gen::recipe(), steps in 1usize..=3, batch in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000, sched in 0usize..3, prec in 0usize..3) {
         let Some(mut emu) = emu() else { return Ok(()) };
         let model = gen::build(&r);
         prop_assume!(!cancels_parameters(&model.layers, false));
         let mode = if rate { Mode::Rate } else { Mode::Bptt };
-        check_model(&mut emu, &model, steps, batch, mode, seed, 1 << 20, Some(SCHEDULES[sched])).map_err(TestCaseError::fail)?;
+        let run = Run { workspace: 1 << 20, fused: Some(SCHEDULES[sched]), precision: Precision::ALL[prec] };
+        check_model(&mut emu, &model, steps, batch, mode, seed, run).map_err(TestCaseError::fail)?;
         prop_assert!(emu.damage.is_empty(), "{:?}", emu.damage);
         prop_assert_eq!(emu.live_buffers(), 0);
     }
@@ -672,6 +687,40 @@ fn example_models_fused_match_the_cpu_executor() {
                         emu.module_launches > launches,
                         "{name} {schedule}: no fused kernel ran"
                     );
+                }
+            }
+        }
+    }
+    assert!(emu.damage.is_empty(), "{:?}", emu.damage);
+    assert_eq!(emu.live_buffers(), 0);
+}
+
+/// `--precision tf32` and `bf16`: the fusion plans of the example models
+/// on the emulator (its GEMMs rounding their operands) against the CPU
+/// executor rounding the same operands, every kernel and output.
+#[test]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)"
+)]
+fn example_models_fused_match_the_cpu_executor_in_every_precision() {
+    let Some(mut emu) = emu() else { return };
+    emu.set_max_grid(64);
+    for name in ["digits_mlp", "fmnist_csnn"] {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/models/{name}.snn"));
+        for precision in [Precision::Tf32, Precision::Bf16] {
+            for mode in [Mode::Bptt, Mode::Rate] {
+                for steps in [1, 3] {
+                    let opts = CheckOptions {
+                        batch: 2,
+                        fused: true,
+                        precision,
+                        ..case_opts(3)
+                    };
+                    let r = check_case(&mut emu, &path, steps, mode, &opts, true).unwrap();
+                    println!("{name} {precision} {mode} T={steps}: {}", r.verdict);
+                    assert!(r.passed, "{name} {precision} {mode} T={steps}: {r:?}");
                 }
             }
         }

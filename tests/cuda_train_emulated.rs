@@ -50,6 +50,7 @@ fn config(model: (&str, &str), mode: Mode, epochs: usize) -> TrainConfig {
         paper_grad_scale: false,
         init: None,
         order: Default::default(),
+        precision: Default::default(),
     }
 }
 

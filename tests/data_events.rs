@@ -868,6 +868,7 @@ fn vggsnn_trains_one_step_on_a_tiny_synthetic_event_set() {
         paper_grad_scale: false,
         init: None,
         order: Default::default(),
+        precision: Default::default(),
     };
     let s = train(&cfg, &d.0.join("run"), None, true).unwrap();
     assert_eq!(s.epochs.len(), 1);

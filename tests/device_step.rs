@@ -258,6 +258,7 @@ fn config(model: (String, String), data: &str, mode: Mode, optim: OptimConfig) -
         paper_grad_scale: true,
         init: None,
         order: Default::default(),
+        precision: Default::default(),
     }
 }
 

@@ -271,6 +271,7 @@ fn absurd_sizes_are_refused_before_allocating() {
         seed: 0,
         paper_grad_scale: false,
         order: Default::default(),
+        precision: Default::default(),
         init: None,
     };
     snnc::runtime::checkpoint::save(

@@ -194,6 +194,31 @@ fn overlapping_padded_max_pools_collapse_at_small_t() {
     }
 }
 
+/// Two max pools with the official code's rule (`rate_rule=rates`) feeding
+/// a linear layer, at T = 1: the class of the layer's input mean also holds
+/// the pools of the input's mean, and extraction built `time_mean` (a
+/// forward accumulator) over a pool the backward computes ("a fwd node
+/// reads backward node maxpool"; found by the random-model property). A
+/// time reduction of one value that is no step's is that value. The
+/// gradients at T = 1 equal BPTT's; T = 2 and 3 still collapse.
+#[test]
+fn chained_rate_rule_pools_at_one_step() {
+    let src = "model m\ninput 1x3x3 encoding=direct\nmaxpool 2 stride=1 rate_rule=rates\n\
+               maxpool 2 stride=1 padding=1 rate_rule=rates\nflatten\nlinear 2\n";
+    let model = snnc::dsl::parse(src, "m.snn").unwrap();
+    for steps in [1, 2, 3] {
+        let s = setup(&model, steps, 1, 3);
+        let (g2, _) = rate_pass(s.g.clone(), Mode::Rate, &Limits::default())
+            .unwrap_or_else(|e| panic!("T={steps}: {e}"));
+        if steps == 1 {
+            let (va, vb) = (run(&s, &g2), run(&s, &s.g));
+            for (name, err) in grad_errors(&g2, &va, &s.g, &vb) {
+                assert!(err <= 1e-12, "T=1 {name}: {err:e}");
+            }
+        }
+    }
+}
+
 /// Rate mode keeps the same bytes for the backward at every T; BPTT's grow
 /// linearly in T.
 #[test]

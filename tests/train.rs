@@ -31,6 +31,7 @@ fn config(mode: Mode, epochs: usize) -> TrainConfig {
         paper_grad_scale: false,
         init: None,
         order: Default::default(),
+        precision: Default::default(),
     }
 }
 

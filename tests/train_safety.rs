@@ -75,6 +75,7 @@ fn config(epochs: usize) -> TrainConfig {
         paper_grad_scale: false,
         init: None,
         order: Default::default(),
+        precision: Default::default(),
     }
 }
 

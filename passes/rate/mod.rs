@@ -665,8 +665,20 @@ impl Rebuild<'_, '_, '_> {
                 for &c in &best.children {
                     args.push(self.build(c)?);
                 }
-                let fwd = self.eg[id].data.fwd_only;
                 let is_sum = matches!(head, Head::TSum);
+                let time_reduction = matches!(head, Head::TSum | Head::TMean);
+                // A time reduction of one value that is no step's (a class
+                // whose extracted node reads accumulators only: with one
+                // step, `mean_t x` and `x` may share a class) is that value;
+                // it is not a forward accumulator, which would then read a
+                // node of the backward.
+                if time_reduction && args.len() == 1 && self.g.g[args[0]].t.is_none() {
+                    self.visiting.remove(&id);
+                    self.memo.insert(id, args[0]);
+                    return Ok(args[0]);
+                }
+                let fwd = self.eg[id].data.fwd_only
+                    && !(time_reduction && args.iter().all(|&a| self.g.g[a].t.is_none()));
                 let per_step = args.iter().any(|&a| self.g.g[a].t.is_some())
                     && !matches!(head, Head::TSum | Head::TMean);
                 // The forward computes what needs its steps: per-step values
