@@ -72,6 +72,7 @@ fn case(
         ldc,
         stride_c: sc,
         batch,
+        precision: snnc::precision::Precision::Fp32,
     };
     Case { a, b, c0, call }
 }
