@@ -237,6 +237,27 @@ fn cuda_check_runs_on_the_fake_device() {
     println!("{out}");
     assert!(ok && out.contains("8 passed, 0 failed"), "{out}");
     assert!(out.contains("the fusion plan (fused-time-major)"), "{out}");
+    // TF32 and bf16: cublasGemmEx with the tensor-core compute types (the
+    // fake rounds the operands as the compute type says), against the CPU
+    // executor rounding the same operands.
+    for p in ["tf32", "bf16"] {
+        let (ok, out) = f.snnc(
+            &[
+                "cuda-check",
+                "--require-gpu",
+                "--precision",
+                p,
+                "--models",
+                "digits_mlp,fmnist_csnn",
+                "-T",
+                "1,2",
+            ],
+            &[],
+        );
+        println!("{out}");
+        assert!(ok && out.contains("8 passed, 0 failed"), "{out}");
+        assert!(out.contains(&format!("rounded to {p}")), "{out}");
+    }
     // A graph-executor schedule is not a device plan.
     let (ok, out) = f.snnc(&["cuda-check", "--schedule", "time-major"], &[]);
     assert!(!ok && out.contains("runs the fusion plan"), "{out}");
@@ -301,6 +322,34 @@ fn bench_and_bandwidth_run_on_the_fake_device() {
         let cols: Vec<&str> = r.split_whitespace().collect();
         assert_eq!(cols[9], cols[10], "planned and measured peaks: {r}");
     }
+    // Precisions side by side: a row each.
+    let (ok, out) = f.snnc(
+        &[
+            "bench",
+            "examples/models/fmnist_csnn.snn",
+            "--device",
+            "cuda",
+            "-T",
+            "2",
+            "--mode",
+            "rate",
+            "--batch",
+            "4",
+            "--repeats",
+            "1",
+            "--precision",
+            "fp32,bf16",
+        ],
+        &[],
+    );
+    println!("{out}");
+    assert!(ok, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("fused ") && !l.starts_with("fused bf16"))
+            && out.lines().any(|l| l.starts_with("fused bf16")),
+        "{out}"
+    );
     let (ok, out) = f.snnc(&["cuda-check", "--bandwidth", "8"], &[]);
     println!("{out}");
     assert!(

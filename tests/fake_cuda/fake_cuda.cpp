@@ -16,6 +16,7 @@
 //
 // $SNNC_FAKE_CUINIT_FAIL=1 makes cuInit fail (no device).
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -387,9 +388,22 @@ int cublasSetMathMode(void* h, int mode) {
 }
 
 // Column-major C = alpha·op(A)·op(B) + beta·C, per batch.
+// An f32 rounded to nearest (ties to even) with its low `drop` mantissa
+// bits cleared: what the tensor-core compute types read (16 for bf16, 13
+// for TF32, 0 for f32).
+static float round_bits(float x, int drop) {
+    if (drop == 0 || !std::isfinite(x)) return x;
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    uint32_t lsb = (u >> drop) & 1u;
+    u = (u + ((1u << (drop - 1)) - 1u) + lsb) & ~((1u << drop) - 1u);
+    std::memcpy(&x, &u, 4);
+    return x;
+}
+
 static int gemm(int ta, int tb, int m, int n, int k, const float* alpha, const float* A, int lda, long long sa,
                 const float* B, int ldb, long long sb, const float* beta, float* C, int ldc, long long sc,
-                int batch) {
+                int batch, int drop = 0) {
     if (ta < 0 || ta > 1 || tb < 0 || tb > 1) return INVALID;  // N = 0, T = 1 (C = 2 unused)
     if (m < 0 || n < 0 || k < 0 || batch < 1) return INVALID;
     int ra = ta ? k : m, rb = tb ? n : k;
@@ -423,8 +437,8 @@ static int gemm(int ta, int tb, int m, int n, int k, const float* alpha, const f
             for (int i = 0; i < m; ++i) {
                 double acc = 0.0;
                 for (int p = 0; p < k; ++p) {
-                    float av = ta ? a[p + (size_t)i * lda] : a[i + (size_t)p * lda];
-                    float bv = tb ? b[j + (size_t)p * ldb] : b[p + (size_t)j * ldb];
+                    float av = round_bits(ta ? a[p + (size_t)i * lda] : a[i + (size_t)p * lda], drop);
+                    float bv = round_bits(tb ? b[j + (size_t)p * ldb] : b[p + (size_t)j * ldb], drop);
                     acc += (double)av * (double)bv;
                 }
                 float old = *beta == 0.0f ? 0.0f : *beta * c[i + (size_t)j * ldc];
@@ -446,6 +460,39 @@ int cublasSgemmStridedBatched(void* h, int ta, int tb, int m, int n, int k, cons
                               float* C, int ldc, long long sc, int batch) {
     if (!h) return NOT_INIT;
     return gemm(ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch);
+}
+
+// cublasGemmEx and its strided-batched form, for f32 matrices only
+// (CUDA_R_32F = 0) with the compute types snnc uses: CUBLAS_COMPUTE_32F (68),
+// CUBLAS_COMPUTE_32F_FAST_16BF (75) and CUBLAS_COMPUTE_32F_FAST_TF32 (77).
+static int dropped_bits(int compute) {
+    switch (compute) {
+        case 68: return 0;
+        case 75: return 16;
+        case 77: return 13;
+        default: return -1;
+    }
+}
+
+int cublasGemmEx(void* h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A, int at, int lda,
+                 const void* B, int bt, int ldb, const void* beta, void* C, int ct, int ldc, int compute,
+                 int algo) {
+    if (!h) return NOT_INIT;
+    int drop = dropped_bits(compute);
+    if (at != 0 || bt != 0 || ct != 0 || drop < 0 || algo != -1) return INVALID;
+    return gemm(ta, tb, m, n, k, (const float*)alpha, (const float*)A, lda, 0, (const float*)B, ldb, 0,
+                (const float*)beta, (float*)C, ldc, 0, 1, drop);
+}
+
+int cublasGemmStridedBatchedEx(void* h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A,
+                               int at, int lda, long long sa, const void* B, int bt, int ldb, long long sb,
+                               const void* beta, void* C, int ct, int ldc, long long sc, int batch, int compute,
+                               int algo) {
+    if (!h) return NOT_INIT;
+    int drop = dropped_bits(compute);
+    if (at != 0 || bt != 0 || ct != 0 || drop < 0 || algo != -1) return INVALID;
+    return gemm(ta, tb, m, n, k, (const float*)alpha, (const float*)A, lda, sa, (const float*)B, ldb, sb,
+                (const float*)beta, (float*)C, ldc, sc, batch, drop);
 }
 
 }  // extern "C"
