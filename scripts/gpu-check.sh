@@ -17,7 +17,8 @@
 #    CPU executor (outputs and every step in isolation), running the fusion
 #    plan (fused kernels from the generated module); then the time-major
 #    fusion plan with batch-norm recompute (one kernel step per launch) for
-#    three models, and node by node (--no-fuse) for two;
+#    three models, node by node (--no-fuse) for two, and with bf16 GEMMs
+#    (--precision bf16; the CPU reference rounds the same operands);
 # 4. snnc cuda-check --bandwidth: device-to-device copy bandwidth;
 # 5. snnc bench --device cuda: fmnist_csnn and resnet19 (CIFAR-shaped random
 #    data), batch 128, T = 1, 2, 4, 8, bptt and rate, the fusion plan
@@ -27,7 +28,9 @@
 #    T = 1 is the number the memory plan is for; the summary prints both);
 #    with --limits, each row's step by kernel class (GEMM & conv, neuron
 #    kernels, batch norm, pooling, other) against the copy kernel's
-#    bandwidth and cuBLAS's SGEMM on 8192³;
+#    bandwidth and cuBLAS's GEMM on 8192³ in the row's precision; rows in
+#    fp32 and in bf16 (--precision fp32,bf16: the GEMMs on the tensor
+#    cores, rows `fused/bf16`) side by side;
 # 6. snnc train --device cuda: digits_mlp for one epoch, then snnc eval
 #    --device cuda of its checkpoint;
 # and ends with a summary table. Each step has its own time limit and the
@@ -221,8 +224,9 @@ if [ "${SNNC_GPU_CHECK_SHORT:-0}" = 1 ]; then
     step cuda-check 70 cuda-check --require-gpu --models digits_mlp,fmnist_csnn,resnet19 -T 1,3
     step cuda-check-tm 30 cuda-check --require-gpu --schedule fused-time-major-recompute --models digits_mlp,fmnist_csnn -T 1,3
     step bandwidth 15 cuda-check --bandwidth 2048
-    step bench-fmnist 45 bench examples/models/fmnist_csnn.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 3 --schedule fused,fused-time-major-recompute --limits
-    step bench-resnet19 90 bench examples/models/resnet19.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 1 --schedule fused,fused-time-major-recompute --limits
+    step cuda-check-bf16 25 cuda-check --require-gpu --precision bf16 --models digits_mlp,fmnist_csnn -T 1,3
+    step bench-fmnist 45 bench examples/models/fmnist_csnn.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 3 --schedule fused,fused-time-major-recompute --precision fp32,bf16 --limits
+    step bench-resnet19 90 bench examples/models/resnet19.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 1 --precision fp32,bf16 --limits
     step train 30 train --device cuda --epochs 1 --out "$RUN"
 elif [ "${SNNC_GPU_CHECK_QUICK:-0}" = 1 ]; then
     step cuda-check 180 cuda-check --require-gpu --no-fuse --models digits_mlp,fmnist_csnn -T 1,2
@@ -233,11 +237,12 @@ else
     step cuda-check 120 cuda-check --require-gpu
     step cuda-check-tm 50 cuda-check --require-gpu --schedule fused-time-major-recompute --models digits_mlp,fmnist_csnn,resnet19 -T 1,3
     step cuda-check-nodes 30 cuda-check --require-gpu --no-fuse --models digits_mlp,fmnist_csnn -T 1,3
+    step cuda-check-bf16 40 cuda-check --require-gpu --precision bf16 --models digits_mlp,fmnist_csnn,resnet19 -T 1,3
     step bandwidth 20 cuda-check --bandwidth 2048
-    step bench-fmnist 50 bench examples/models/fmnist_csnn.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 5 --limits
-    step bench-fmnist-tm 50 bench examples/models/fmnist_csnn.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 5 --schedule fused-time-major-recompute
-    step bench-resnet19 90 bench examples/models/resnet19.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 2 --limits
-    step bench-resnet19-tm 110 bench examples/models/resnet19.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 2 --schedule fused-time-major-recompute
+    step bench-fmnist 50 bench examples/models/fmnist_csnn.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 5 --precision fp32,bf16 --limits
+    step bench-fmnist-tm 40 bench examples/models/fmnist_csnn.snn --device cuda -T 1,2,4,8 --mode bptt,rate --batch 128 --repeats 5 --schedule fused-time-major-recompute
+    step bench-resnet19 100 bench examples/models/resnet19.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 2 --precision fp32,bf16 --limits
+    step bench-resnet19-tm 60 bench examples/models/resnet19.snn --device cuda -T 1,8 --mode bptt,rate --batch 128 --repeats 2 --schedule fused-time-major-recompute
     step train 45 train --device cuda --epochs 1 --out "$RUN"
     step eval 20 eval "$RUN" --device cuda
 fi

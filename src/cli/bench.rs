@@ -444,11 +444,12 @@ struct RunSpec {
 }
 
 impl BenchRow {
-    /// The schedule, and the precision when it is not f32.
+    /// The schedule, and the precision when it is not f32 (one word:
+    /// `fused/bf16`).
     fn label(&self) -> String {
         match self.precision {
             Precision::Fp32 => self.schedule.clone(),
-            p => format!("{} {p}", self.schedule),
+            p => format!("{}/{p}", self.schedule),
         }
     }
 }

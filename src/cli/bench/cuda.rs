@@ -334,9 +334,9 @@ fn bench_one(
         device: cuda.info.name.clone(),
         plan: match (fused, precision) {
             (true, Precision::Fp32) => BenchPlan::Fused(sched).to_string(),
-            (true, p) => format!("{} {p}", BenchPlan::Fused(sched)),
+            (true, p) => format!("{}/{p}", BenchPlan::Fused(sched)),
             (false, Precision::Fp32) => "nodes".to_string(),
-            (false, p) => format!("nodes {p}"),
+            (false, p) => format!("nodes/{p}"),
         },
         mode,
         steps: g.steps,
