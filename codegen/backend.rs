@@ -97,6 +97,7 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("snnc_im2col", "ppiiiiiiiiii"),
     ("snnc_col2im", "ppiiiiiiiiii"),
     ("snnc_bc_swap", "ppiiii"),
+    ("snnc_conv_events", "pppiiiiiiiiii"),
     ("snnc_sgd_step", "pipiffff"),
     ("snnc_adamw_step", "pippidddddddf"),
     ("snnc_running_stat", "ppiff"),
@@ -330,6 +331,14 @@ pub trait Backend {
     /// (free, total) device memory, where the backend can tell.
     fn mem_info(&self) -> Option<(usize, usize)> {
         None
+    }
+    /// The fraction of the `len` elements at `x` that are not zero, when
+    /// this backend runs convolutions over sparse inputs as events
+    /// (`snnc_conv_events`) below [`crate::codegen::exec::EVENT_DENSITY`];
+    /// `None` where the dense GEMM always pays (a GPU).
+    fn nonzero_fraction(&mut self, x: u64, len: usize) -> Result<Option<f64>, BackendError> {
+        let _ = (x, len);
+        Ok(None)
     }
     /// Writes 64-bit words (a generated kernel's pointer table) into a
     /// buffer of at least `2 · words.len()` elements.

@@ -136,12 +136,33 @@ fn convolution_layout_kernels_equal_the_gpu_form() {
             I(r as i32),
             I(n as i32),
         ];
-        let bufs = [x, vec![f32::NAN; n]];
+        let bufs = [x.clone(), vec![f32::NAN; n]];
         same(
             "snnc_bc_swap",
             &case,
             &run(&mut cpu, "snnc_bc_swap", n, &bufs, &args),
             &run(&mut emu, "snnc_bc_swap", n, &bufs, &args),
+        );
+        // The event convolution, on an input with two thirds zeros.
+        let co = 5;
+        let sparse: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| if i % 3 == 0 { v } else { 0.0 })
+            .collect();
+        let n = nb * ho;
+        let mut args = vec![P(0), P(1), P(2)];
+        args.extend(
+            [ci, h, w, co, k, s, pad, ho, wo, n]
+                .iter()
+                .map(|&v| I(v as i32)),
+        );
+        let bufs = [sparse, data(rows * co, 3), vec![f32::NAN; nb * co * cols]];
+        same(
+            "snnc_conv_events",
+            &case,
+            &run(&mut cpu, "snnc_conv_events", n, &bufs, &args),
+            &run(&mut emu, "snnc_conv_events", n, &bufs, &args),
         );
     }
 }

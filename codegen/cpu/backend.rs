@@ -35,6 +35,7 @@ const NATIVE_KERNELS: &[&str] = &[
     "snnc_chan_dot_partial",
     "snnc_pool",
     "snnc_avgpool_grad",
+    "snnc_conv_events",
 ];
 const HOST_SHIM: &str = include_str!("../library/host_shim.h");
 
@@ -389,6 +390,17 @@ impl Backend for Cpu {
 
     fn memory(&self) -> crate::passes::mem::Memory {
         crate::passes::mem::Memory::Host
+    }
+
+    fn nonzero_fraction(&mut self, x: u64, len: usize) -> Result<Option<f64>, BackendError> {
+        if len == 0 {
+            return Ok(Some(0.0));
+        }
+        // SAFETY: the executor passes the address of a live host buffer of
+        // at least `len` elements.
+        let xs = unsafe { std::slice::from_raw_parts(x as *const f32, len) };
+        let nonzero = xs.iter().filter(|&&v| v != 0.0).count();
+        Ok(Some(nonzero as f64 / len as f64))
     }
 
     fn render(&self, plan: &Plan) -> Module {

@@ -11,6 +11,9 @@
 // launches, tests/cpu_backend.rs).
 #pragma once
 
+#include <algorithm>
+#include <vector>
+
 // The range of this call, clipped to n.
 static inline void snnc_range(long long n, long long* lo, long long* hi) {
     *lo = snnc_lo;
@@ -363,5 +366,50 @@ extern "C" void snnc_cpu_avgpool_grad(const float* d, float* out, int n, int h, 
             out[i + j] = acc;
         }
         i += len;
+    }
+}
+
+// The event convolution, one output row (bi, oy) per thread of the range:
+// the row's sums for every (ox, o) in acc[ox·co + o], each nonzero input of
+// the rows it reads added as one weight row per kernel offset (a run of co
+// multiply-adds the compiler vectorises), then stored transposed. Input
+// element ix reaches output ox = (ix + pad − kx)/s for the kx that divide
+// evenly; for a fixed (ox, o) the terms arrive in the order (ky, c, kx)
+// (ix ascending is kx ascending), the GPU form's order.
+extern "C" void snnc_cpu_conv_events(const float* x, const float* wt, float* out, int ci, int h,
+                                     int w, int co, int k, int s, int pad, int ho, int wo, int n) {
+    long long i, hi;
+    snnc_range(n, &i, &hi);
+    if (i >= hi) return;
+    std::vector<float> acc((size_t)wo * co);
+    for (; i < hi; ++i) {
+        const int bi = (int)(i / ho), oy = (int)(i - (long long)bi * ho);
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int ky = 0; ky < k; ++ky) {
+            const int iy = oy * s + ky - pad;
+            if (iy < 0 || iy >= h) continue;
+            for (int c = 0; c < ci; ++c) {
+                const float* row = x + ((long long)(bi * ci + c) * h + iy) * w;
+                const float* wrow = wt + (long long)(c * k + ky) * k * co;
+                for (int ix = 0; ix < w; ++ix) {
+                    const float v = row[ix];
+                    if (v == 0.0f) continue;
+                    for (int kx = 0; kx < k; ++kx) {
+                        const int num = ix + pad - kx;
+                        if (num < 0) break;
+                        if (num % s != 0) continue;
+                        const int ox = num / s;
+                        if (ox >= wo) continue;
+                        float* a = acc.data() + (size_t)ox * co;
+                        const float* wv = wrow + (long long)kx * co;
+                        for (int o = 0; o < co; ++o) a[o] += v * wv[o];
+                    }
+                }
+            }
+        }
+        for (int o = 0; o < co; ++o) {
+            float* dst = out + ((long long)(bi * co + o) * ho + oy) * wo;
+            for (int ox = 0; ox < wo; ++ox) dst[ox] = acc[(size_t)ox * co + o];
+        }
     }
 }

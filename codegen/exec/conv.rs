@@ -6,6 +6,14 @@ use crate::codegen::backend::{Arg, Backend, Gemm};
 use crate::ir::Op;
 use crate::precision::Precision;
 
+/// The largest fraction of nonzero inputs at which a convolution's forward
+/// runs as events on a backend that offers them (the CPU). Measured with
+/// `snnc bench-conv` (fmnist_csnn's second convolution, 32→64 channels,
+/// 14×14, batch 128, 2 cores): the event kernel's time grows with the
+/// density and meets the dense path's (im2col + SGEMM + transpose) at
+/// about this fraction.
+pub const EVENT_DENSITY: f64 = 0.3;
+
 impl<'a, B: Backend> Executor<'a, B> {
     /// How many samples one convolution chunk holds.
     pub(super) fn chunk(&self, geo: &ConvGeo) -> usize {
@@ -101,6 +109,59 @@ impl<'a, B: Backend> Executor<'a, B> {
     // GFLOP/s with the gemm crate, 71 GFLOP/s at N = 3,528), and the
     // transpose it costs is one pass over the chunk's output.
 
+    /// Whether a convolution's forward runs as events
+    /// (`snnc_conv_events`): the backend takes that path (the CPU), the
+    /// products are f32 (the event kernel does not round), the transposed
+    /// weights fit in the workspace planned for the dense path, and at
+    /// most `event_density` ([`EVENT_DENSITY`] unless set) of the input is
+    /// nonzero, measured on this call's input (firing rates change as a
+    /// network trains).
+    fn events_pay(&mut self, geo: &ConvGeo, x: u64) -> Result<bool, ExecError> {
+        let nb = self.chunk(geo);
+        let room: usize = geo
+            .per_sample()
+            .iter()
+            .map(|&s| super::scratch::piece_bytes(s * nb))
+            .sum();
+        if self.event_density < 0.0
+            || self.precision != Precision::Fp32
+            || super::scratch::piece_bytes(geo.co * geo.rows()) > room
+        {
+            return Ok(false);
+        }
+        let f = self.backend.nonzero_fraction(x, geo.b * geo.in_len())?;
+        Ok(f.is_some_and(|f| f <= self.event_density))
+    }
+
+    /// The forward as events: the weights transposed to `[ci·k·k, co]`,
+    /// then each nonzero input element adds its weight rows to the outputs
+    /// it reaches (no im2col, no multiplications by zero).
+    fn conv_forward_events(
+        &mut self,
+        geo: &ConvGeo,
+        x: u64,
+        w: u64,
+        out: u64,
+    ) -> Result<(), ExecError> {
+        use Arg::{I, P};
+        let len = geo.co * geo.rows();
+        let m = self.take_scratch(len)?;
+        let wt = self.mem_ptr(&m);
+        let n = geo.b * geo.ho;
+        let r = self.swap(w, wt, geo.co, geo.rows(), 1).and_then(|()| {
+            let mut args = vec![P(x), P(wt), P(out)];
+            for v in [
+                geo.ci, geo.h, geo.w, geo.co, geo.k, geo.stride, geo.pad, geo.ho, geo.wo, n,
+            ] {
+                args.push(I(int(v)?));
+            }
+            self.launch("snnc_conv_events", n, &args)
+        });
+        self.give_scratch(m, len);
+        self.event_convs += 1;
+        r
+    }
+
     pub(super) fn conv_forward(
         &mut self,
         geo: &ConvGeo,
@@ -108,6 +169,9 @@ impl<'a, B: Backend> Executor<'a, B> {
         w: u64,
         out: u64,
     ) -> Result<(), ExecError> {
+        if self.events_pay(geo, x)? {
+            return self.conv_forward_events(geo, x, w, out);
+        }
         let (rows, cols) = (geo.rows(), geo.cols());
         self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
             let (cp, tp) = (scratch[0], scratch[1]);

@@ -30,6 +30,7 @@
 //! run that hands its outputs to further launches), [`error`].
 
 mod conv;
+pub use conv::EVENT_DENSITY;
 mod error;
 mod kernel;
 mod memory;
@@ -180,6 +181,13 @@ pub struct Executor<'a, B: Backend> {
     /// The precision of the GEMMs of the run in progress (from its
     /// `RunOptions`).
     precision: crate::precision::Precision,
+    /// The largest fraction of nonzero inputs at which a convolution runs
+    /// as events, on a backend that offers them ([`EVENT_DENSITY`]; a
+    /// negative value keeps every convolution dense, 1 sends every one
+    /// the backend allows to the event kernel: `snnc bench --events`).
+    pub event_density: f64,
+    /// Convolutions run as events so far (a count for tests and benches).
+    pub event_convs: usize,
     pool: HashMap<usize, Vec<B::Buf>>,
     slots: Vec<Option<Slot<B::Buf>>>,
     resident: HashMap<String, usize>,
@@ -335,6 +343,8 @@ impl<'a, B: Backend> Executor<'a, B> {
             unit_secs: Vec::new(),
             inner_spent: HashMap::new(),
             precision: crate::precision::Precision::Fp32,
+            event_density: EVENT_DENSITY,
+            event_convs: 0,
             pool: HashMap::new(),
             slots: Vec::new(),
             resident: HashMap::new(),

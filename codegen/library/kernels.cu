@@ -434,6 +434,42 @@ extern "C" __global__ void snnc_bc_swap(const float* x, float* out, int nb, int 
     }
 }
 
+// A convolution that skips the input's zeros: spikes, and pooled spikes,
+// are mostly zero, and each nonzero input element contributes one weight
+// row per kernel offset (an accumulation of weight rows, the event view of
+// a spiking convolution). wt is the weight transposed to [ci·k·k, co].
+// Thread i = bi·ho + oy computes the output row out[bi, :, oy, :]; each
+// element adds its terms in the order (ky, c, kx), skipping zero inputs,
+// which is the order of the CPU form (codegen/cpu/native.h), so both give
+// the same bits. n = nb·ho.
+extern "C" __global__ void snnc_conv_events(const float* x, const float* wt, float* out, int ci,
+                                            int h, int w, int co, int k, int s, int pad, int ho,
+                                            int wo, int n) {
+    SNNC_LOOP(i, n) {
+        int bi = i / ho;
+        int oy = i - bi * ho;
+        for (int o = 0; o < co; ++o) {
+            for (int ox = 0; ox < wo; ++ox) {
+                float acc = 0.0f;
+                for (int ky = 0; ky < k; ++ky) {
+                    int iy = oy * s + ky - pad;
+                    if (iy < 0 || iy >= h) continue;
+                    for (int c = 0; c < ci; ++c) {
+                        const float* row = x + ((long long)(bi * ci + c) * h + iy) * w;
+                        for (int kx = 0; kx < k; ++kx) {
+                            int ix = ox * s + kx - pad;
+                            if (ix < 0 || ix >= w) continue;
+                            float v = row[ix];
+                            if (v != 0.0f) acc += v * wt[((c * k + ky) * k + kx) * co + o];
+                        }
+                    }
+                }
+                out[((long long)(bi * co + o) * ho + oy) * wo + ox] = acc;
+            }
+        }
+    }
+}
+
 // ---- the training step's tail: optimizer, running statistics, accuracy -----
 // src/runtime/device_step.rs launches these after the step's graph, on the
 // parameters and gradients where they already are, so that only the loss

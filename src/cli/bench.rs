@@ -3,6 +3,7 @@
 //! schedule.
 
 mod cuda;
+pub mod events;
 mod floor;
 pub mod limits;
 
@@ -69,11 +70,34 @@ pub struct BenchArgs {
     /// tensor-core GEMMs.
     #[arg(long, value_delimiter = ',', default_value = "fp32")]
     precision: Vec<Precision>,
+    /// Instead of training steps: every forward convolution of the model
+    /// (at --batch, on the CPU) as im2col + SGEMM and as events, on inputs
+    /// of 1 % to 60 % nonzero, side by side: where the event path pays.
+    #[arg(long)]
+    events: bool,
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
+    if a.events {
+        let (model, _) = crate::frontend::load(&a.sweep.file)?;
+        let opts = compile::Options {
+            eval: true,
+            after: compile::Stage::Unrolled,
+            ..compile::Options::new(1, a.sweep.batch, Mode::Rate)
+        };
+        let g = compile::compile(&model, &opts)?.graph;
+        let rows = events::bench_events(&g, a.repeats.max(1))?;
+        if a.json {
+            for r in &rows {
+                println!("{}", serde_json::to_string(r).expect("serialisable"));
+            }
+        } else {
+            events::print(&rows);
+        }
+        return Ok(());
+    }
     let modes = modes(&a.sweep.mode);
     let (file, steps, batch) = (&a.sweep.file, &a.sweep.steps, a.sweep.batch);
     match a.device {

@@ -1,0 +1,142 @@
+//! Convolutions over sparse inputs as events (`snnc_conv_events`, taken by
+//! the CPU executor when at most `exec::EVENT_DENSITY` of the input is
+//! nonzero) compute what the reference interpreter computes.
+//!
+//! Tolerance (`common::agree::F32`, defined in `snnc::compare`): per
+//! element, |got − want| ≤ 1e-4·S, S the output's largest magnitude,
+//! against the f32 interpreter, the f64 interpreter arbitrating (as in
+//! tests/cpu_exec.rs). The CPU form of the kernel equals its GPU form bit
+//! for bit (tests/cpu_backend.rs).
+
+mod common;
+
+use proptest::prelude::*;
+use snnc::codegen::cpu::Cpu;
+use snnc::codegen::exec::Executor;
+use snnc::interp::{self, RunOptions};
+use snnc::ir::{DType, Graph, Node, Op, Role};
+use snnc::rng::Rng;
+use snnc::tensor::Tensor;
+use std::collections::HashMap;
+
+fn conv_graph(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Graph {
+    let mut g = Graph::new("conv", 1, x[0]);
+    let leaf = |shape: &[usize], op: Op, role: Role| Node {
+        op,
+        shape: shape.to_vec(),
+        dtype: DType::F32,
+        layer: None,
+        t: None,
+        role,
+    };
+    let xi = g.add(leaf(x, Op::Input { name: "x".into() }, Role::Input), &[]);
+    let wi = g.add(leaf(w, Op::Param { name: "w".into() }, Role::Param), &[]);
+    let y = g.add_op(
+        "test",
+        Op::Conv2d { stride, padding },
+        None,
+        None,
+        Role::Output,
+        &[xi, wi],
+    );
+    g.outputs.push(("y".into(), y));
+    g
+}
+
+/// Each element nonzero with probability `density`, then in [-1, 1).
+fn sparse(shape: &[usize], density: f64, seed: u64) -> Tensor<f32> {
+    let mut r = Rng::new(seed);
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|_| {
+            if r.uniform() < density {
+                r.range(-1.0, 1.0) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_vec(shape, data)
+}
+
+/// The executor's output with the event threshold `threshold`, and how
+/// many convolutions ran as events.
+fn run(
+    g: &Graph,
+    inputs: &HashMap<String, Tensor<f32>>,
+    params: &HashMap<String, Tensor<f32>>,
+    threshold: f64,
+) -> (HashMap<String, Tensor<f32>>, usize) {
+    let mut cpu = Cpu::new().unwrap();
+    let mut ex = Executor::new(&mut cpu, g).unwrap();
+    ex.event_density = threshold;
+    let out = ex.run(inputs, params, &RunOptions::seeded(0)).unwrap();
+    (out, ex.event_convs)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    (b, ci, h, w): (usize, usize, usize, usize),
+    (co, k, stride, pad): (usize, usize, usize, usize),
+    density: f64,
+    seed: u64,
+) -> Result<(), String> {
+    let (x, wt) = ([b, ci, h, w], [co, ci, k, k]);
+    let g = conv_graph(&x, &wt, stride, pad);
+    let inputs = HashMap::from([("x".to_string(), sparse(&x, density, seed))]);
+    let params = HashMap::from([("w".to_string(), sparse(&wt, 1.0, seed + 1))]);
+    let opts = RunOptions::seeded(0);
+    let want = interp::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
+    let (got, events) = run(&g, &inputs, &params, 1.0);
+    if events != 1 {
+        return Err(format!("{events} convolutions ran as events, not 1"));
+    }
+    common::agree::outputs_arbitrated(
+        "events vs interpreter",
+        &g,
+        &inputs,
+        &params,
+        &opts,
+        &got,
+        &want,
+        common::agree::F32,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    /// Every geometry the DSL allows at small sizes (strides, paddings
+    /// below the kernel, kernels up to the padded input) whose transposed
+    /// weights fit the workspace, every density.
+    #[test]
+    fn event_convolutions_equal_the_interpreter(
+        b in 1usize..3, ci in 1usize..5, h in 1usize..9, w in 1usize..9,
+        co in 1usize..7, k in 1usize..4, stride in 1usize..3, pad in 0usize..3,
+        density in 0.0f64..1.0, seed in 0u64..1000,
+    ) {
+        prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k && pad < k);
+        // The transposed weights must fit in the dense path's workspace
+        // (with the whole batch in one chunk, co ≤ b·ho·wo suffices).
+        let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+        prop_assume!(co <= b * ho * wo);
+        check((b, ci, h, w), (co, k, stride, pad), density, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// The executor takes the event path by the input's density: at most
+/// `EVENT_DENSITY` nonzero, and not above.
+#[test]
+fn the_density_picks_the_path() {
+    let (x, wt) = ([4, 8, 10, 10], [6, 8, 3, 3]);
+    let g = conv_graph(&x, &wt, 1, 1);
+    let params = HashMap::from([("w".to_string(), sparse(&wt, 1.0, 1))]);
+    let limit = snnc::codegen::exec::EVENT_DENSITY;
+    for (density, events) in [(limit * 0.5, 1), (((1.0 + limit) / 2.0).min(0.95), 0)] {
+        let inputs = HashMap::from([("x".to_string(), sparse(&x, density, 2))]);
+        let (_, got) = run(&g, &inputs, &params, limit);
+        assert_eq!(got, events, "{density} nonzero");
+    }
+    // Off: never.
+    let inputs = HashMap::from([("x".to_string(), sparse(&x, 0.01, 3))]);
+    assert_eq!(run(&g, &inputs, &params, -1.0).1, 0);
+}
