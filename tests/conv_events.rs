@@ -1,6 +1,8 @@
-//! Convolutions over sparse inputs as events (`snnc_conv_events`, taken by
-//! the CPU executor when at most `exec::EVENT_DENSITY` of the input is
-//! nonzero) compute what the reference interpreter computes.
+//! Convolutions over sparse inputs as events (`snnc_conv_events` and
+//! `snnc_conv_events_grad_weight`, taken by the CPU executor when at most
+//! `exec::EVENT_DENSITY` of the input is nonzero) compute what the
+//! reference interpreter computes: forward and weight gradient, over the
+//! batch in chunks of every size.
 //!
 //! Tolerance (`common::agree::F32`, defined in `snnc::compare`): per
 //! element, |got − want| ≤ 1e-4·S, S the output's largest magnitude,
@@ -19,7 +21,9 @@ use snnc::rng::Rng;
 use snnc::tensor::Tensor;
 use std::collections::HashMap;
 
-fn conv_graph(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Graph {
+/// A graph of one convolution op reading inputs `x` and `w` (for the
+/// weight gradient: the input and the incoming gradient).
+fn conv_graph(op: Op, x: &[usize], w: &[usize]) -> Graph {
     let mut g = Graph::new("conv", 1, x[0]);
     let leaf = |shape: &[usize], op: Op, role: Role| Node {
         op,
@@ -31,14 +35,7 @@ fn conv_graph(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Graph 
     };
     let xi = g.add(leaf(x, Op::Input { name: "x".into() }, Role::Input), &[]);
     let wi = g.add(leaf(w, Op::Param { name: "w".into() }, Role::Param), &[]);
-    let y = g.add_op(
-        "test",
-        Op::Conv2d { stride, padding },
-        None,
-        None,
-        Role::Output,
-        &[xi, wi],
-    );
+    let y = g.add_op("test", op, None, None, Role::Output, &[xi, wi]);
     g.outputs.push(("y".into(), y));
     g
 }
@@ -59,35 +56,57 @@ fn sparse(shape: &[usize], density: f64, seed: u64) -> Tensor<f32> {
     Tensor::from_vec(shape, data)
 }
 
-/// The executor's output with the event threshold `threshold`, and how
-/// many convolutions ran as events.
+/// The executor's output with the event threshold `threshold` and a
+/// convolution workspace of `workspace` floats, and how many convolutions
+/// ran as events.
 fn run(
     g: &Graph,
     inputs: &HashMap<String, Tensor<f32>>,
     params: &HashMap<String, Tensor<f32>>,
     threshold: f64,
+    workspace: usize,
 ) -> (HashMap<String, Tensor<f32>>, usize) {
     let mut cpu = Cpu::new().unwrap();
     let mut ex = Executor::new(&mut cpu, g).unwrap();
     ex.event_density = threshold;
+    ex.conv_workspace = workspace;
     let out = ex.run(inputs, params, &RunOptions::seeded(0)).unwrap();
     (out, ex.event_convs)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The forward (`grad` false) or the weight gradient of a convolution on
+/// an input `density` nonzero, as events, against the interpreter.
 fn check(
     (b, ci, h, w): (usize, usize, usize, usize),
     (co, k, stride, pad): (usize, usize, usize, usize),
-    density: f64,
+    (density, grad, workspace): (f64, bool, usize),
     seed: u64,
 ) -> Result<(), String> {
-    let (x, wt) = ([b, ci, h, w], [co, ci, k, k]);
-    let g = conv_graph(&x, &wt, stride, pad);
+    let (ho, wo) = (
+        (h + 2 * pad - k) / stride + 1,
+        (w + 2 * pad - k) / stride + 1,
+    );
+    let x = [b, ci, h, w];
+    let (op, other) = if grad {
+        let op = Op::Conv2dGradWeight {
+            stride,
+            padding: pad,
+            kernel: k,
+        };
+        (op, vec![b, co, ho, wo])
+    } else {
+        let op = Op::Conv2d {
+            stride,
+            padding: pad,
+        };
+        (op, vec![co, ci, k, k])
+    };
+    let g = conv_graph(op, &x, &other);
     let inputs = HashMap::from([("x".to_string(), sparse(&x, density, seed))]);
-    let params = HashMap::from([("w".to_string(), sparse(&wt, 1.0, seed + 1))]);
+    let params = HashMap::from([("w".to_string(), sparse(&other, 1.0, seed + 1))]);
     let opts = RunOptions::seeded(0);
     let want = interp::run(&g, &inputs, &params, &opts).map_err(|e| e.to_string())?;
-    let (got, events) = run(&g, &inputs, &params, 1.0);
+    let (got, events) = run(&g, &inputs, &params, 1.0, workspace);
     if events != 1 {
         return Err(format!("{events} convolutions ran as events, not 1"));
     }
@@ -110,16 +129,18 @@ proptest! {
     /// weights fit the workspace, every density.
     #[test]
     fn event_convolutions_equal_the_interpreter(
-        b in 1usize..3, ci in 1usize..5, h in 1usize..9, w in 1usize..9,
+        b in 1usize..4, ci in 1usize..5, h in 1usize..9, w in 1usize..9,
         co in 1usize..7, k in 1usize..4, stride in 1usize..3, pad in 0usize..3,
-        density in 0.0f64..1.0, seed in 0u64..1000,
+        density in 0.0f64..1.0, grad in any::<bool>(), ws in 1usize..600, seed in 0u64..1000,
     ) {
         prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k && pad < k);
-        // The transposed weights must fit in the dense path's workspace
-        // (with the whole batch in one chunk, co ≤ b·ho·wo suffices).
+        // The transposed weights go where a chunk's column matrix would:
+        // co ≤ cols·(samples per chunk).
         let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
-        prop_assume!(co <= b * ho * wo);
-        check((b, ci, h, w), (co, k, stride, pad), density, seed).map_err(TestCaseError::fail)?;
+        let chunk = (ws / (ci * k * k * ho * wo)).clamp(1, b);
+        prop_assume!(co <= ho * wo * chunk);
+        check((b, ci, h, w), (co, k, stride, pad), (density, grad, ws), seed)
+            .map_err(TestCaseError::fail)?;
     }
 }
 
@@ -128,15 +149,22 @@ proptest! {
 #[test]
 fn the_density_picks_the_path() {
     let (x, wt) = ([4, 8, 10, 10], [6, 8, 3, 3]);
-    let g = conv_graph(&x, &wt, 1, 1);
+    let g = conv_graph(
+        Op::Conv2d {
+            stride: 1,
+            padding: 1,
+        },
+        &x,
+        &wt,
+    );
     let params = HashMap::from([("w".to_string(), sparse(&wt, 1.0, 1))]);
     let limit = snnc::codegen::exec::EVENT_DENSITY;
     for (density, events) in [(limit * 0.5, 1), (((1.0 + limit) / 2.0).min(0.95), 0)] {
         let inputs = HashMap::from([("x".to_string(), sparse(&x, density, 2))]);
-        let (_, got) = run(&g, &inputs, &params, limit);
+        let (_, got) = run(&g, &inputs, &params, limit, 1 << 20);
         assert_eq!(got, events, "{density} nonzero");
     }
     // Off: never.
     let inputs = HashMap::from([("x".to_string(), sparse(&x, 0.01, 3))]);
-    assert_eq!(run(&g, &inputs, &params, -1.0).1, 0);
+    assert_eq!(run(&g, &inputs, &params, -1.0, 1 << 20).1, 0);
 }

@@ -413,3 +413,44 @@ extern "C" void snnc_cpu_conv_events(const float* x, const float* wt, float* out
         }
     }
 }
+
+// The event weight gradient for the rows r of the range: their sums in
+// acc[(r − lo)·co + o], one sample at a time (its channel-last gradient,
+// ho·wo·co floats, stays in cache while every row of the range reads it),
+// each nonzero input adding a row of dyt. For a fixed (r, o) the terms
+// arrive in the order (bi, oy, ox), the GPU form's order.
+extern "C" void snnc_cpu_conv_events_grad_weight(const float* x, const float* dyt, float* dwt,
+                                                 int ci, int h, int w, int co, int k, int s,
+                                                 int pad, int ho, int wo, int nb, int accumulate,
+                                                 int n) {
+    long long lo, hi;
+    snnc_range(n, &lo, &hi);
+    if (lo >= hi) return;
+    std::vector<float> acc((size_t)(hi - lo) * co);
+    for (long long r = lo; r < hi; ++r)
+        for (int o = 0; o < co; ++o)
+            acc[(size_t)(r - lo) * co + o] = accumulate ? dwt[r * co + o] : 0.0f;
+    for (int bi = 0; bi < nb; ++bi) {
+        const float* dyb = dyt + (long long)bi * ho * wo * co;
+        for (long long r = lo; r < hi; ++r) {
+            const int c = (int)(r / (k * k)), kk = (int)(r - (long long)c * k * k);
+            const int ky = kk / k, kx = kk - ky * k;
+            float* a = acc.data() + (size_t)(r - lo) * co;
+            for (int oy = 0; oy < ho; ++oy) {
+                const int iy = oy * s + ky - pad;
+                if (iy < 0 || iy >= h) continue;
+                const float* row = x + ((long long)(bi * ci + c) * h + iy) * w;
+                for (int ox = 0; ox < wo; ++ox) {
+                    const int ix = ox * s + kx - pad;
+                    if (ix < 0 || ix >= w) continue;
+                    const float v = row[ix];
+                    if (v == 0.0f) continue;
+                    const float* g = dyb + ((long long)oy * wo + ox) * co;
+                    for (int o = 0; o < co; ++o) a[o] += v * g[o];
+                }
+            }
+        }
+    }
+    for (long long r = lo; r < hi; ++r)
+        for (int o = 0; o < co; ++o) dwt[r * co + o] = acc[(size_t)(r - lo) * co + o];
+}

@@ -109,23 +109,19 @@ impl<'a, B: Backend> Executor<'a, B> {
     // GFLOP/s with the gemm crate, 71 GFLOP/s at N = 3,528), and the
     // transpose it costs is one pass over the chunk's output.
 
-    /// Whether a convolution's forward runs as events
-    /// (`snnc_conv_events`): the backend takes that path (the CPU), the
-    /// products are f32 (the event kernel does not round), the transposed
-    /// weights fit in the workspace planned for the dense path, and at
+    /// Whether a convolution's forward or weight gradient runs as events
+    /// (`snnc_conv_events…`): the backend takes that path (the CPU), the
+    /// products are f32 (the event kernels do not round), the transposed
+    /// weights fit where a chunk's column matrix would go, and at
     /// most `event_density` ([`EVENT_DENSITY`] unless set) of the input is
     /// nonzero, measured on this call's input (firing rates change as a
     /// network trains).
     fn events_pay(&mut self, geo: &ConvGeo, x: u64) -> Result<bool, ExecError> {
-        let nb = self.chunk(geo);
-        let room: usize = geo
-            .per_sample()
-            .iter()
-            .map(|&s| super::scratch::piece_bytes(s * nb))
-            .sum();
+        // The transposed weights (or weight gradient), co·rows floats, go
+        // where a chunk's column matrix would, rows·cols·nb floats.
         if self.event_density < 0.0
             || self.precision != Precision::Fp32
-            || super::scratch::piece_bytes(geo.co * geo.rows()) > room
+            || geo.co > geo.cols() * self.chunk(geo)
         {
             return Ok(false);
         }
@@ -248,6 +244,57 @@ impl<'a, B: Backend> Executor<'a, B> {
         })
     }
 
+    /// The weight gradient as events, over the batch in the dense path's
+    /// chunks: each sample's incoming gradient transposed channel-last
+    /// into the chunk's second piece, the gradient accumulated transposed
+    /// (`[ci·k·k, co]`) at the start of the first piece, each nonzero input
+    /// adding one gradient row per kernel offset; then transposed back.
+    fn conv_grad_weight_events(
+        &mut self,
+        geo: &ConvGeo,
+        x: u64,
+        d: u64,
+        out: u64,
+    ) -> Result<(), ExecError> {
+        use Arg::{I, P};
+        let (rows, cols) = (geo.rows(), geo.cols());
+        let mut dwt = 0;
+        self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
+            let (wtp, dyt) = (scratch[0], scratch[1]);
+            dwt = wtp;
+            for q in 0..cur {
+                let dq = at(d, (b0 + q) * geo.co * cols);
+                this.swap(dq, at(dyt, q * cols * geo.co), geo.co, cols, 1)?;
+            }
+            let mut args = vec![P(at(x, b0 * geo.in_len())), P(dyt), P(wtp)];
+            for v in [
+                geo.ci,
+                geo.h,
+                geo.w,
+                geo.co,
+                geo.k,
+                geo.stride,
+                geo.pad,
+                geo.ho,
+                geo.wo,
+                cur,
+                usize::from(b0 > 0),
+                rows,
+            ] {
+                args.push(I(int(v)?));
+            }
+            this.launch("snnc_conv_events_grad_weight", rows, &args)?;
+            if b0 + cur == geo.b {
+                // dW[co × rows] from its transpose, before the chunk's
+                // scratch is given back.
+                this.swap(dwt, out, rows, geo.co, 1)?;
+            }
+            Ok(())
+        })?;
+        self.event_convs += 1;
+        Ok(())
+    }
+
     pub(super) fn conv_grad_weight(
         &mut self,
         geo: &ConvGeo,
@@ -256,6 +303,9 @@ impl<'a, B: Backend> Executor<'a, B> {
         out: u64,
     ) -> Result<(), ExecError> {
         let (rows, cols) = (geo.rows(), geo.cols());
+        if self.events_pay(geo, x)? {
+            return self.conv_grad_weight_events(geo, x, d, out);
+        }
         self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
             let (cp, tp) = (scratch[0], scratch[1]);
             this.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;
