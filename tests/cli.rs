@@ -326,6 +326,56 @@ fn bench_limits_reports_kernel_classes() {
     assert!(gemm["flops"].as_f64().unwrap() > 0.0);
 }
 
+/// `bench --events` times every convolution of the model, forward and
+/// weight gradient, as im2col + SGEMM and as events at every density.
+#[test]
+fn bench_events_times_both_paths_per_convolution() {
+    let tmp = common::run::TmpDir::new("events");
+    let model = tmp.0.join("m.snn");
+    std::fs::write(
+        &model,
+        "model m\ninput 2x8x8 encoding=direct\nconv2d 4 kernel=3 padding=1 bias=false\n\
+         lif\nconv2d 6 kernel=3 stride=2 bias=false\nlif\nflatten\nlinear 3 bias=false\n",
+    )
+    .unwrap();
+    let (code, out, err) = snnc(&[
+        "bench",
+        model.to_str().unwrap(),
+        "--events",
+        "--batch",
+        "3",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Every density from 1 % to 60 %, for two convolutions, two passes each.
+    let mut densities: Vec<f64> = rows
+        .iter()
+        .map(|r| r["density"].as_f64().unwrap())
+        .collect();
+    densities.sort_by(f64::total_cmp);
+    densities.dedup();
+    let n = densities.len();
+    assert!(
+        n >= 5 && densities[0] <= 0.01 && densities[n - 1] >= 0.5,
+        "{densities:?}"
+    );
+    assert_eq!(rows.len(), 4 * n, "{out}");
+    for pass in ["forward", "weight gradient"] {
+        assert_eq!(rows.iter().filter(|r| r["pass"] == pass).count(), 2 * n);
+    }
+    for r in &rows {
+        assert!(r["dense_seconds"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["events_seconds"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["batch"], 3);
+    }
+}
+
 /// Every run `scripts/paper.sh` lists is a command snnc accepts: its flags
 /// parse, its model (CIFAR-100's copy with 100 outputs included) loads, and
 /// it stops at the data set, which is missing here, naming the path.

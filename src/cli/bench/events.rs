@@ -1,8 +1,9 @@
 //! `snnc bench --events`: where a convolution over sparse inputs (spikes)
 //! is faster as events than as im2col + SGEMM, on the CPU backend.
 //!
-//! For every distinct forward convolution of the model (at the bench's
-//! batch size), the two paths run the same op on random inputs of each
+//! For every distinct convolution of the model (at the bench's batch
+//! size), forward and weight gradient, the two paths run the same op on
+//! random inputs of each
 //! density in [`DENSITIES`] (each element nonzero with that probability,
 //! uniform in (0, 1] then: spike counts over steps, pooled spikes), side
 //! by side; the table gives the median times and the crossover density,
@@ -24,14 +25,17 @@ pub const DENSITIES: [f64; 8] = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6];
 pub struct EventsRow {
     /// `ci×h×w → co×ho×wo, k, stride, padding`.
     pub conv: String,
+    /// `forward` or `weight gradient`.
+    pub pass: &'static str,
     pub batch: usize,
     pub density: f64,
     pub dense_seconds: f64,
     pub events_seconds: f64,
 }
 
-/// A graph of one convolution: input `x` (`[b, ci, h, w]`), weight `w`.
-fn conv_graph(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Graph {
+/// A graph of one convolution op reading `x` (`[b, ci, h, w]`) and `w`
+/// (the weight, or for the weight gradient the incoming gradient).
+fn conv_graph(op: Op, x: &[usize], w: &[usize]) -> Graph {
     let mut g = Graph::new("conv", 1, x[0]);
     let leaf = |shape: &[usize], op: Op, role: Role| Node {
         op,
@@ -45,7 +49,7 @@ fn conv_graph(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Graph 
     let wi = g.add(leaf(w, Op::Param { name: "w".into() }, Role::Param), &[]);
     let y = g.add_op(
         "snnc bench --events",
-        Op::Conv2d { stride, padding },
+        op,
         None,
         None,
         Role::Output,
@@ -129,26 +133,60 @@ pub fn bench_events(g: &Graph, repeats: usize) -> Result<Vec<EventsRow>, CliErro
     })?;
     let mut rows = Vec::new();
     for (x, w, stride, padding) in convolutions(g) {
-        let cg = conv_graph(&x, &w, stride, padding);
-        let y = &cg.node(cg.outputs[0].1).shape;
+        let fwd = conv_graph(Op::Conv2d { stride, padding }, &x, &w);
+        let y = fwd.node(fwd.outputs[0].1).shape.clone();
         let conv = format!(
             "{}×{}×{} → {}×{}×{}, k {}, stride {stride}, padding {padding}",
             x[1], x[2], x[3], y[1], y[2], y[3], w[2]
         );
-        let params = HashMap::from([("w".to_string(), sparse(&w, 1.0, 1))]);
+        let grad = Op::Conv2dGradWeight {
+            stride,
+            padding,
+            kernel: w[2],
+        };
+        for (pass, cg, other) in [
+            ("forward", fwd, w.clone()),
+            ("weight gradient", conv_graph(grad, &x, &y), y.clone()),
+        ] {
+            time_densities(
+                &mut cpu,
+                (&conv, pass),
+                &cg,
+                (&x, &other),
+                repeats,
+                &mut rows,
+            )?;
+        }
+    }
+    Ok(rows)
+}
+
+/// Both paths of the convolution op of `cg` at every density: `x` the
+/// sparse input's shape, `other` the second operand's (dense).
+fn time_densities(
+    cpu: &mut Cpu,
+    (conv, pass): (&str, &'static str),
+    cg: &Graph,
+    (x, other): (&[usize], &[usize]),
+    repeats: usize,
+    rows: &mut Vec<EventsRow>,
+) -> Result<(), CliError> {
+    {
+        let params = HashMap::from([("w".to_string(), sparse(other, 1.0, 1))]);
         for (i, &density) in DENSITIES.iter().enumerate() {
-            let inputs = HashMap::from([("x".to_string(), sparse(&x, density, 2 + i as u64))]);
-            let (dense, yd) = time_path(&mut cpu, &cg, &inputs, &params, -1.0, repeats)?;
-            let (events, ye) = time_path(&mut cpu, &cg, &inputs, &params, 1.0, repeats)?;
+            let inputs = HashMap::from([("x".to_string(), sparse(x, density, 2 + i as u64))]);
+            let (dense, yd) = time_path(cpu, cg, &inputs, &params, -1.0, repeats)?;
+            let (events, ye) = time_path(cpu, cg, &inputs, &params, 1.0, repeats)?;
             // The two paths add the same products in different orders.
             let err = crate::compare::rel_err(&ye, &yd, 1e-2, 0.0);
             if err > 1e-4 {
                 return Err(CliError::Msg(format!(
-                    "{conv}: the event convolution differs from the dense one by {err:e}"
+                    "{conv} ({pass}): the event path differs from the dense one by {err:e}"
                 )));
             }
             rows.push(EventsRow {
-                conv: conv.clone(),
+                conv: conv.to_string(),
+                pass,
                 batch: x[0],
                 density,
                 dense_seconds: dense,
@@ -156,7 +194,7 @@ pub fn bench_events(g: &Graph, repeats: usize) -> Result<Vec<EventsRow>, CliErro
             });
         }
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// The table, and per convolution the density where the event path stops
@@ -167,17 +205,18 @@ pub fn print(rows: &[EventsRow]) {
         100.0 * EVENT_DENSITY
     );
     println!(
-        "{:<48} {:>6} {:>9} {:>10} {:>10} {:>8}",
-        "convolution", "batch", "nonzero", "dense ms", "events ms", "events/dense"
+        "{:<48} {:<16} {:>6} {:>9} {:>10} {:>10} {:>8}",
+        "convolution", "pass", "batch", "nonzero", "dense ms", "events ms", "events/dense"
     );
-    let mut convs: Vec<&str> = Vec::new();
+    let mut convs: Vec<(&str, &str)> = Vec::new();
     for r in rows {
-        if !convs.contains(&r.conv.as_str()) {
-            convs.push(&r.conv);
+        if !convs.contains(&(r.conv.as_str(), r.pass)) {
+            convs.push((&r.conv, r.pass));
         }
         println!(
-            "{:<48} {:>6} {:>8.0}% {:>10.3} {:>10.3} {:>8.2}",
+            "{:<48} {:<16} {:>6} {:>8.0}% {:>10.3} {:>10.3} {:>8.2}",
             r.conv,
+            r.pass,
             r.batch,
             100.0 * r.density,
             r.dense_seconds * 1e3,
@@ -185,10 +224,10 @@ pub fn print(rows: &[EventsRow]) {
             r.events_seconds / r.dense_seconds
         );
     }
-    for c in convs {
+    for (c, pass) in convs {
         let faster: Vec<f64> = rows
             .iter()
-            .filter(|r| r.conv == c && r.events_seconds < r.dense_seconds)
+            .filter(|r| r.conv == c && r.pass == pass && r.events_seconds < r.dense_seconds)
             .map(|r| r.density)
             .collect();
         match faster
@@ -196,8 +235,11 @@ pub fn print(rows: &[EventsRow]) {
             .cloned()
             .fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.max(d))))
         {
-            Some(d) => println!("{c}: events faster up to {:.0} % nonzero", 100.0 * d),
-            None => println!("{c}: events never faster"),
+            Some(d) => println!(
+                "{c}, {pass}: events faster up to {:.0} % nonzero",
+                100.0 * d
+            ),
+            None => println!("{c}, {pass}: events never faster"),
         }
     }
 }
