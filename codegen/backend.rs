@@ -98,7 +98,6 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("snnc_col2im", "ppiiiiiiiiii"),
     ("snnc_bc_swap", "ppiiii"),
     ("snnc_conv_events", "pppiiiiiiiiii"),
-    ("snnc_conv_events_grad_weight", "pppiiiiiiiiiiii"),
     ("snnc_sgd_step", "pipiffff"),
     ("snnc_adamw_step", "pippidddddddf"),
     ("snnc_running_stat", "ppiff"),

@@ -1,8 +1,6 @@
-//! Convolutions over sparse inputs as events (`snnc_conv_events` and
-//! `snnc_conv_events_grad_weight`, taken by the CPU executor when at most
-//! `exec::EVENT_DENSITY` of the input is nonzero) compute what the
-//! reference interpreter computes: forward and weight gradient, over the
-//! batch in chunks of every size.
+//! Convolutions over sparse inputs as events (`snnc_conv_events`, taken by
+//! the CPU executor when at most `exec::EVENT_DENSITY` of the input is
+//! nonzero) compute what the reference interpreter computes.
 //!
 //! Tolerance (`common::agree::F32`, defined in `snnc::compare`): per
 //! element, |got − want| ≤ 1e-4·S, S the output's largest magnitude,
@@ -74,32 +72,19 @@ fn run(
     (out, ex.event_convs)
 }
 
-/// The forward (`grad` false) or the weight gradient of a convolution on
-/// an input `density` nonzero, as events, against the interpreter.
+/// The forward of a convolution on an input `density` nonzero, as events,
+/// against the interpreter.
 fn check(
     (b, ci, h, w): (usize, usize, usize, usize),
     (co, k, stride, pad): (usize, usize, usize, usize),
-    (density, grad, workspace): (f64, bool, usize),
+    (density, workspace): (f64, usize),
     seed: u64,
 ) -> Result<(), String> {
-    let (ho, wo) = (
-        (h + 2 * pad - k) / stride + 1,
-        (w + 2 * pad - k) / stride + 1,
-    );
     let x = [b, ci, h, w];
-    let (op, other) = if grad {
-        let op = Op::Conv2dGradWeight {
-            stride,
-            padding: pad,
-            kernel: k,
-        };
-        (op, vec![b, co, ho, wo])
-    } else {
-        let op = Op::Conv2d {
-            stride,
-            padding: pad,
-        };
-        (op, vec![co, ci, k, k])
+    let other = [co, ci, k, k];
+    let op = Op::Conv2d {
+        stride,
+        padding: pad,
     };
     let g = conv_graph(op, &x, &other);
     let inputs = HashMap::from([("x".to_string(), sparse(&x, density, seed))]);
@@ -131,15 +116,15 @@ proptest! {
     fn event_convolutions_equal_the_interpreter(
         b in 1usize..4, ci in 1usize..5, h in 1usize..9, w in 1usize..9,
         co in 1usize..7, k in 1usize..4, stride in 1usize..3, pad in 0usize..3,
-        density in 0.0f64..1.0, grad in any::<bool>(), ws in 1usize..600, seed in 0u64..1000,
+        density in 0.0f64..1.0, ws in 1usize..600, seed in 0u64..1000,
     ) {
         prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k && pad < k);
-        // The transposed weights go where a chunk's column matrix would:
-        // co ≤ cols·(samples per chunk).
+        // The transposed weights go where a chunk's column matrix would
+        // (the workspace cap sets the chunk): co ≤ cols·(samples per chunk).
         let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
         let chunk = (ws / (ci * k * k * ho * wo)).clamp(1, b);
         prop_assume!(co <= ho * wo * chunk);
-        check((b, ci, h, w), (co, k, stride, pad), (density, grad, ws), seed)
+        check((b, ci, h, w), (co, k, stride, pad), (density, ws), seed)
             .map_err(TestCaseError::fail)?;
     }
 }

@@ -164,21 +164,6 @@ fn convolution_layout_kernels_equal_the_gpu_form() {
             &run(&mut cpu, "snnc_conv_events", n, &bufs, &args),
             &run(&mut emu, "snnc_conv_events", n, &bufs, &args),
         );
-        // Its weight gradient, adding to what the buffer holds.
-        let n = rows;
-        let mut args = vec![P(0), P(1), P(2)];
-        args.extend(
-            [ci, h, w, co, k, s, pad, ho, wo, nb, 1, n]
-                .iter()
-                .map(|&v| I(v as i32)),
-        );
-        let bufs = [bufs[0].clone(), data(nb * cols * co, 4), data(rows * co, 5)];
-        same(
-            "snnc_conv_events_grad_weight",
-            &case,
-            &run(&mut cpu, "snnc_conv_events_grad_weight", n, &bufs, &args),
-            &run(&mut emu, "snnc_conv_events_grad_weight", n, &bufs, &args),
-        );
     }
 }
 

@@ -36,7 +36,6 @@ const NATIVE_KERNELS: &[&str] = &[
     "snnc_pool",
     "snnc_avgpool_grad",
     "snnc_conv_events",
-    "snnc_conv_events_grad_weight",
 ];
 const HOST_SHIM: &str = include_str!("../library/host_shim.h");
 

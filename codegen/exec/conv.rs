@@ -8,11 +8,11 @@ use crate::precision::Precision;
 
 /// The largest fraction of nonzero inputs at which a convolution's forward
 /// runs as events on a backend that offers them (the CPU). Measured with
-/// `snnc bench-conv` (fmnist_csnn's second convolution, 32→64 channels,
-/// 14×14, batch 128, 2 cores): the event kernel's time grows with the
-/// density and meets the dense path's (im2col + SGEMM + transpose) at
-/// about this fraction.
-pub const EVENT_DENSITY: f64 = 0.3;
+/// `snnc bench --events` on the idle 2-core machine (2026-12-07,
+/// fmnist_csnn's second convolution, 32→64 channels, 14×14, batch 128):
+/// events take 0.49× the dense path's time (im2col + SGEMM + transpose)
+/// at 1 % nonzero, 0.48× at 5 %, 0.89× at 10 % and 1.28× at 20 %.
+pub const EVENT_DENSITY: f64 = 0.12;
 
 impl<'a, B: Backend> Executor<'a, B> {
     /// How many samples one convolution chunk holds.
@@ -109,16 +109,16 @@ impl<'a, B: Backend> Executor<'a, B> {
     // GFLOP/s with the gemm crate, 71 GFLOP/s at N = 3,528), and the
     // transpose it costs is one pass over the chunk's output.
 
-    /// Whether a convolution's forward or weight gradient runs as events
-    /// (`snnc_conv_events…`): the backend takes that path (the CPU), the
-    /// products are f32 (the event kernels do not round), the transposed
+    /// Whether a convolution's forward runs as events
+    /// (`snnc_conv_events`): the backend takes that path (the CPU), the
+    /// products are f32 (the event kernel does not round), the transposed
     /// weights fit where a chunk's column matrix would go, and at
     /// most `event_density` ([`EVENT_DENSITY`] unless set) of the input is
     /// nonzero, measured on this call's input (firing rates change as a
     /// network trains).
     fn events_pay(&mut self, geo: &ConvGeo, x: u64) -> Result<bool, ExecError> {
-        // The transposed weights (or weight gradient), co·rows floats, go
-        // where a chunk's column matrix would, rows·cols·nb floats.
+        // The transposed weights, co·rows floats, go where a chunk's column
+        // matrix would, rows·cols·nb floats.
         if self.event_density < 0.0
             || self.precision != Precision::Fp32
             || geo.co > geo.cols() * self.chunk(geo)
@@ -244,57 +244,6 @@ impl<'a, B: Backend> Executor<'a, B> {
         })
     }
 
-    /// The weight gradient as events, over the batch in the dense path's
-    /// chunks: each sample's incoming gradient transposed channel-last
-    /// into the chunk's second piece, the gradient accumulated transposed
-    /// (`[ci·k·k, co]`) at the start of the first piece, each nonzero input
-    /// adding one gradient row per kernel offset; then transposed back.
-    fn conv_grad_weight_events(
-        &mut self,
-        geo: &ConvGeo,
-        x: u64,
-        d: u64,
-        out: u64,
-    ) -> Result<(), ExecError> {
-        use Arg::{I, P};
-        let (rows, cols) = (geo.rows(), geo.cols());
-        let mut dwt = 0;
-        self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
-            let (wtp, dyt) = (scratch[0], scratch[1]);
-            dwt = wtp;
-            for q in 0..cur {
-                let dq = at(d, (b0 + q) * geo.co * cols);
-                this.swap(dq, at(dyt, q * cols * geo.co), geo.co, cols, 1)?;
-            }
-            let mut args = vec![P(at(x, b0 * geo.in_len())), P(dyt), P(wtp)];
-            for v in [
-                geo.ci,
-                geo.h,
-                geo.w,
-                geo.co,
-                geo.k,
-                geo.stride,
-                geo.pad,
-                geo.ho,
-                geo.wo,
-                cur,
-                usize::from(b0 > 0),
-                rows,
-            ] {
-                args.push(I(int(v)?));
-            }
-            this.launch("snnc_conv_events_grad_weight", rows, &args)?;
-            if b0 + cur == geo.b {
-                // dW[co × rows] from its transpose, before the chunk's
-                // scratch is given back.
-                this.swap(dwt, out, rows, geo.co, 1)?;
-            }
-            Ok(())
-        })?;
-        self.event_convs += 1;
-        Ok(())
-    }
-
     pub(super) fn conv_grad_weight(
         &mut self,
         geo: &ConvGeo,
@@ -303,9 +252,6 @@ impl<'a, B: Backend> Executor<'a, B> {
         out: u64,
     ) -> Result<(), ExecError> {
         let (rows, cols) = (geo.rows(), geo.cols());
-        if self.events_pay(geo, x)? {
-            return self.conv_grad_weight_events(geo, x, d, out);
-        }
         self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
             let (cp, tp) = (scratch[0], scratch[1]);
             this.im2col(geo, at(x, b0 * geo.in_len()), cp, cur)?;

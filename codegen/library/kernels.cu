@@ -470,44 +470,6 @@ extern "C" __global__ void snnc_conv_events(const float* x, const float* wt, flo
     }
 }
 
-// The weight gradient of a convolution over a sparse input, as events:
-// dwt[r, o] (+)= Σ over samples bi, outputs (oy, ox) of x[bi, c, iy, ix] ·
-// dyt[bi, oy, ox, o], r = (c, ky, kx), the input element read at
-// iy = oy·s + ky − pad, ix = ox·s + kx − pad skipped where it is zero.
-// dyt is the incoming gradient channel-last ([nb, ho·wo, co]); dwt the
-// gradient transposed ([ci·k·k, co]); acc 1 adds to what dwt holds. Each
-// element adds its terms in the order (bi, oy, ox), as the CPU form does.
-// Thread i = r; n = ci·k·k.
-extern "C" __global__ void snnc_conv_events_grad_weight(const float* x, const float* dyt,
-                                                        float* dwt, int ci, int h, int w, int co,
-                                                        int k, int s, int pad, int ho, int wo,
-                                                        int nb, int acc, int n) {
-    SNNC_LOOP(r, n) {
-        int c = r / (k * k);
-        int kk = r - c * k * k;
-        int ky = kk / k;
-        int kx = kk - ky * k;
-        for (int o = 0; o < co; ++o) {
-            float a = acc ? dwt[(long long)r * co + o] : 0.0f;
-            for (int bi = 0; bi < nb; ++bi) {
-                for (int oy = 0; oy < ho; ++oy) {
-                    int iy = oy * s + ky - pad;
-                    if (iy < 0 || iy >= h) continue;
-                    const float* row = x + ((long long)(bi * ci + c) * h + iy) * w;
-                    for (int ox = 0; ox < wo; ++ox) {
-                        int ix = ox * s + kx - pad;
-                        if (ix < 0 || ix >= w) continue;
-                        float v = row[ix];
-                        if (v != 0.0f)
-                            a += v * dyt[((long long)(bi * ho + oy) * wo + ox) * co + o];
-                    }
-                }
-            }
-            dwt[(long long)r * co + o] = a;
-        }
-    }
-}
-
 // ---- the training step's tail: optimizer, running statistics, accuracy -----
 // src/runtime/device_step.rs launches these after the step's graph, on the
 // parameters and gradients where they already are, so that only the loss

@@ -1,9 +1,8 @@
 //! `snnc bench --events`: where a convolution over sparse inputs (spikes)
 //! is faster as events than as im2col + SGEMM, on the CPU backend.
 //!
-//! For every distinct convolution of the model (at the bench's batch
-//! size), forward and weight gradient, the two paths run the same op on
-//! random inputs of each
+//! For every distinct forward convolution of the model (at the bench's
+//! batch size), the two paths run the same op on random inputs of each
 //! density in [`DENSITIES`] (each element nonzero with that probability,
 //! uniform in (0, 1] then: spike counts over steps, pooled spikes), side
 //! by side; the table gives the median times and the crossover density,
@@ -25,8 +24,6 @@ pub const DENSITIES: [f64; 8] = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6];
 pub struct EventsRow {
     /// `ci×h×w → co×ho×wo, k, stride, padding`.
     pub conv: String,
-    /// `forward` or `weight gradient`.
-    pub pass: &'static str,
     pub batch: usize,
     pub density: f64,
     pub dense_seconds: f64,
@@ -139,24 +136,7 @@ pub fn bench_events(g: &Graph, repeats: usize) -> Result<Vec<EventsRow>, CliErro
             "{}×{}×{} → {}×{}×{}, k {}, stride {stride}, padding {padding}",
             x[1], x[2], x[3], y[1], y[2], y[3], w[2]
         );
-        let grad = Op::Conv2dGradWeight {
-            stride,
-            padding,
-            kernel: w[2],
-        };
-        for (pass, cg, other) in [
-            ("forward", fwd, w.clone()),
-            ("weight gradient", conv_graph(grad, &x, &y), y.clone()),
-        ] {
-            time_densities(
-                &mut cpu,
-                (&conv, pass),
-                &cg,
-                (&x, &other),
-                repeats,
-                &mut rows,
-            )?;
-        }
+        time_densities(&mut cpu, &conv, &fwd, (&x, &w), repeats, &mut rows)?;
     }
     Ok(rows)
 }
@@ -165,14 +145,14 @@ pub fn bench_events(g: &Graph, repeats: usize) -> Result<Vec<EventsRow>, CliErro
 /// sparse input's shape, `other` the second operand's (dense).
 fn time_densities(
     cpu: &mut Cpu,
-    (conv, pass): (&str, &'static str),
+    conv: &str,
     cg: &Graph,
     (x, other): (&[usize], &[usize]),
     repeats: usize,
     rows: &mut Vec<EventsRow>,
 ) -> Result<(), CliError> {
+    let params = HashMap::from([("w".to_string(), sparse(other, 1.0, 1))]);
     {
-        let params = HashMap::from([("w".to_string(), sparse(other, 1.0, 1))]);
         for (i, &density) in DENSITIES.iter().enumerate() {
             let inputs = HashMap::from([("x".to_string(), sparse(x, density, 2 + i as u64))]);
             let (dense, yd) = time_path(cpu, cg, &inputs, &params, -1.0, repeats)?;
@@ -181,12 +161,11 @@ fn time_densities(
             let err = crate::compare::rel_err(&ye, &yd, 1e-2, 0.0);
             if err > 1e-4 {
                 return Err(CliError::Msg(format!(
-                    "{conv} ({pass}): the event path differs from the dense one by {err:e}"
+                    "{conv}: the event path differs from the dense one by {err:e}"
                 )));
             }
             rows.push(EventsRow {
                 conv: conv.to_string(),
-                pass,
                 batch: x[0],
                 density,
                 dense_seconds: dense,
@@ -205,18 +184,17 @@ pub fn print(rows: &[EventsRow]) {
         100.0 * EVENT_DENSITY
     );
     println!(
-        "{:<48} {:<16} {:>6} {:>9} {:>10} {:>10} {:>8}",
-        "convolution", "pass", "batch", "nonzero", "dense ms", "events ms", "events/dense"
+        "{:<48} {:>6} {:>9} {:>10} {:>10} {:>8}",
+        "convolution", "batch", "nonzero", "dense ms", "events ms", "events/dense"
     );
-    let mut convs: Vec<(&str, &str)> = Vec::new();
+    let mut convs: Vec<&str> = Vec::new();
     for r in rows {
-        if !convs.contains(&(r.conv.as_str(), r.pass)) {
-            convs.push((&r.conv, r.pass));
+        if !convs.contains(&r.conv.as_str()) {
+            convs.push(&r.conv);
         }
         println!(
-            "{:<48} {:<16} {:>6} {:>8.0}% {:>10.3} {:>10.3} {:>8.2}",
+            "{:<48} {:>6} {:>8.0}% {:>10.3} {:>10.3} {:>8.2}",
             r.conv,
-            r.pass,
             r.batch,
             100.0 * r.density,
             r.dense_seconds * 1e3,
@@ -224,10 +202,10 @@ pub fn print(rows: &[EventsRow]) {
             r.events_seconds / r.dense_seconds
         );
     }
-    for (c, pass) in convs {
+    for c in convs {
         let faster: Vec<f64> = rows
             .iter()
-            .filter(|r| r.conv == c && r.pass == pass && r.events_seconds < r.dense_seconds)
+            .filter(|r| r.conv == c && r.events_seconds < r.dense_seconds)
             .map(|r| r.density)
             .collect();
         match faster
@@ -235,11 +213,8 @@ pub fn print(rows: &[EventsRow]) {
             .cloned()
             .fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.max(d))))
         {
-            Some(d) => println!(
-                "{c}, {pass}: events faster up to {:.0} % nonzero",
-                100.0 * d
-            ),
-            None => println!("{c}, {pass}: events never faster"),
+            Some(d) => println!("{c}: events faster up to {:.0} % nonzero", 100.0 * d),
+            None => println!("{c}: events never faster"),
         }
     }
 }
