@@ -14,29 +14,10 @@ use proptest::prelude::*;
 use snnc::codegen::cpu::Cpu;
 use snnc::codegen::exec::Executor;
 use snnc::interp::{self, RunOptions};
-use snnc::ir::{DType, Graph, Node, Op, Role};
+use snnc::ir::{Graph, Op};
 use snnc::rng::Rng;
 use snnc::tensor::Tensor;
 use std::collections::HashMap;
-
-/// A graph of one convolution op reading inputs `x` and `w` (for the
-/// weight gradient: the input and the incoming gradient).
-fn conv_graph(op: Op, x: &[usize], w: &[usize]) -> Graph {
-    let mut g = Graph::new("conv", 1, x[0]);
-    let leaf = |shape: &[usize], op: Op, role: Role| Node {
-        op,
-        shape: shape.to_vec(),
-        dtype: DType::F32,
-        layer: None,
-        t: None,
-        role,
-    };
-    let xi = g.add(leaf(x, Op::Input { name: "x".into() }, Role::Input), &[]);
-    let wi = g.add(leaf(w, Op::Param { name: "w".into() }, Role::Param), &[]);
-    let y = g.add_op("test", op, None, None, Role::Output, &[xi, wi]);
-    g.outputs.push(("y".into(), y));
-    g
-}
 
 /// Each element nonzero with probability `density`, then in [-1, 1).
 fn sparse(shape: &[usize], density: f64, seed: u64) -> Tensor<f32> {
@@ -86,7 +67,7 @@ fn check(
         stride,
         padding: pad,
     };
-    let g = conv_graph(op, &x, &other);
+    let g = Graph::single_op("test", op, &x, &other);
     let inputs = HashMap::from([("x".to_string(), sparse(&x, density, seed))]);
     let params = HashMap::from([("w".to_string(), sparse(&other, 1.0, seed + 1))]);
     let opts = RunOptions::seeded(0);
@@ -134,7 +115,8 @@ proptest! {
 #[test]
 fn the_density_picks_the_path() {
     let (x, wt) = ([4, 8, 10, 10], [6, 8, 3, 3]);
-    let g = conv_graph(
+    let g = Graph::single_op(
+        "test",
         Op::Conv2d {
             stride: 1,
             padding: 1,

@@ -465,6 +465,7 @@ const DEBUG_ALLOWED: &[(&str, &str)] = &[
     ("codegen/cuda/emu.rs", "is not in a live buffer: {call:?}"),
     ("codegen/cuda/emu.rs", "from there: {call:?}"),
     ("codegen/cuda/device.rs", "cuBLAS sgemm {c:?}"),
+    ("codegen/cuda/device.rs", "cuBLAS gemm ({}) {c:?}"),
     // A comment explaining the float literal above.
     ("src/ir/kernel.rs", "// `{:?}` prints"),
 ];

@@ -75,6 +75,15 @@ impl std::fmt::Display for DeviceInfo {
 
 /// Folders where CUDA libraries usually are: LD_LIBRARY_PATH, the toolkit,
 /// the system's, Python wheels (PyTorch's `nvidia-*` packages).
+/// cuBLAS's operation for a transposed (`true`) or plain operand.
+fn op(transposed: bool) -> blas_sys::cublasOperation_t {
+    if transposed {
+        blas_sys::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        blas_sys::cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
 fn usual_lib_dirs() -> Vec<std::path::PathBuf> {
     use std::path::PathBuf;
     let mut dirs: Vec<PathBuf> = std::env::var("LD_LIBRARY_PATH")
@@ -404,13 +413,6 @@ impl Cuda {
             Precision::Bf16 => Compute::CUBLAS_COMPUTE_32F_FAST_16BF,
             Precision::Fp32 => Compute::CUBLAS_COMPUTE_32F,
         };
-        let op = |t: bool| {
-            if t {
-                blas_sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                blas_sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
         let f32_ = cudaDataType::CUDA_R_32F;
         let algo = cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
         let (alpha, beta) = (
@@ -602,13 +604,6 @@ impl Backend for Cuda {
 
     fn gemm(&mut self, g: &Gemm) -> Result<(), BackendError> {
         let c = &g.to_cublas()?;
-        let op = |t: bool| {
-            if t {
-                blas_sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                blas_sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
         let h = *self.blas.handle();
         // SAFETY: validated arguments; addresses of live device buffers
         // whose extents the executor computed; alpha/beta on the host

@@ -171,6 +171,31 @@ impl Graph {
         )
     }
 
+    /// Adds an f32 leaf shared by all steps (an input or a parameter).
+    pub fn add_leaf(&mut self, op: Op, shape: &[usize], role: Role) -> NodeIndex {
+        let node = Node {
+            op,
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+            layer: None,
+            t: None,
+            role,
+        };
+        self.add(node, &[])
+    }
+
+    /// A graph of the one op `op` over an input `x` and a parameter `w`,
+    /// with the output `y`: how a bench or a test runs one kernel through
+    /// the executor. `op` must accept those shapes (see [`Graph::add_op`]).
+    pub fn single_op(who: &str, op: Op, x: &[usize], w: &[usize]) -> Graph {
+        let mut g = Graph::new(op.name(), 1, x.first().copied().unwrap_or(1));
+        let xi = g.add_leaf(Op::Input { name: "x".into() }, x, Role::Input);
+        let wi = g.add_leaf(Op::Param { name: "w".into() }, w, Role::Param);
+        let y = g.add_op(who, op, None, None, Role::Output, &[xi, wi]);
+        g.outputs.push(("y".into(), y));
+        g
+    }
+
     pub fn node(&self, n: NodeIndex) -> &Node {
         &self.g[n]
     }

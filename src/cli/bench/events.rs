@@ -12,7 +12,7 @@ use crate::cli::CliError;
 use crate::codegen::cpu::Cpu;
 use crate::codegen::exec::{Executor, EVENT_DENSITY};
 use crate::interp::RunOptions;
-use crate::ir::{DType, Graph, Node, Op, Role};
+use crate::ir::{Graph, Op};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 
@@ -28,32 +28,6 @@ pub struct EventsRow {
     pub density: f64,
     pub dense_seconds: f64,
     pub events_seconds: f64,
-}
-
-/// A graph of one convolution op reading `x` (`[b, ci, h, w]`) and `w`
-/// (the weight, or for the weight gradient the incoming gradient).
-fn conv_graph(op: Op, x: &[usize], w: &[usize]) -> Graph {
-    let mut g = Graph::new("conv", 1, x[0]);
-    let leaf = |shape: &[usize], op: Op, role: Role| Node {
-        op,
-        shape: shape.to_vec(),
-        dtype: DType::F32,
-        layer: None,
-        t: None,
-        role,
-    };
-    let xi = g.add(leaf(x, Op::Input { name: "x".into() }, Role::Input), &[]);
-    let wi = g.add(leaf(w, Op::Param { name: "w".into() }, Role::Param), &[]);
-    let y = g.add_op(
-        "snnc bench --events",
-        op,
-        None,
-        None,
-        Role::Output,
-        &[xi, wi],
-    );
-    g.outputs.push(("y".into(), y));
-    g
 }
 
 /// Random values: each element nonzero with probability `density`.
@@ -130,7 +104,12 @@ pub fn bench_events(g: &Graph, repeats: usize) -> Result<Vec<EventsRow>, CliErro
     })?;
     let mut rows = Vec::new();
     for (x, w, stride, padding) in convolutions(g) {
-        let fwd = conv_graph(Op::Conv2d { stride, padding }, &x, &w);
+        let fwd = Graph::single_op(
+            "snnc bench --events",
+            Op::Conv2d { stride, padding },
+            &x,
+            &w,
+        );
         let y = fwd.node(fwd.outputs[0].1).shape.clone();
         let conv = format!(
             "{}×{}×{} → {}×{}×{}, k {}, stride {stride}, padding {padding}",
