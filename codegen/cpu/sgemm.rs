@@ -4,9 +4,10 @@
 //!
 //! Implementations: the `gemm` crate and matrixmultiply (built in), and
 //! the system libraries [`system`] finds at run time (OpenBLAS, BLIS,
-//! oneDNN, `libblas.so.3`). By default every call runs on the `gemm`
-//! crate ([`DEFAULT`]), so that two processes compute the same sums (a
-//! resumed run continues bit for bit). `SNNC_SGEMM=auto` runs each call shape on the
+//! oneDNN, `libblas.so.3`). By default every call runs on one fixed
+//! implementation ([`default_impl`]: oneDNN when installed, else the
+//! `gemm` crate), so that two processes compute the same sums (a resumed
+//! run continues bit for bit). `SNNC_SGEMM=auto` runs each call shape on the
 //! implementation that was fastest on it ([`choose`]: timed once per
 //! process, on first use), which is faster where a library wins but can
 //! choose differently in another process; `SNNC_SGEMM=NAME` forces one.
@@ -22,16 +23,33 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// The implementation every call runs on unless `SNNC_SGEMM` says
-/// otherwise: the gemm crate, which runs on rayon's pool like the rest of
-/// the CPU backend. matrixmultiply is faster alone (1.2–2.2× the gemm
-/// crate's GFLOP/s on the convolution and linear products of
-/// `fmnist_csnn` and `resnet19`, 2026-12-07) but runs on threads of its
-/// own beside rayon's, whose workers are still spinning from the kernel
-/// before: side by side in training steps (fmnist_csnn, batch 128, T = 4
-/// and 8, both modes, alternating rounds) it took 0.96–1.03× the gemm
-/// crate's time on the 2-core machine at load 2, and 0.73–0.89× at load
-/// 4–5, when the other jobs' threads take cores either way.
-pub const DEFAULT: Impl = Impl::Gemm;
+/// otherwise: oneDNN when the machine has it on OpenMP (run one thread per
+/// rayon worker, see `system`), else the gemm crate. Either is one fixed
+/// implementation, so every process on a machine computes the same sums
+/// (a resumed run continues bit for bit). Side by side in training steps
+/// (fmnist_csnn, batch 128, T = 4 and 8, both modes, 3 alternating rounds
+/// on the 2-core machine, 2026-12-07), oneDNN so run took 0.67–0.73× the
+/// gemm crate's time: its convolution products reach 240–280 GFLOP/s
+/// between the executor's kernels, the gemm crate's about 100.
+/// matrixmultiply is faster alone than the gemm crate but runs on threads
+/// of its own beside rayon's pool: in training steps it took 0.96–1.03×
+/// the gemm crate's time at load 2.
+pub fn default_impl() -> Impl {
+    static DEFAULT: OnceLock<Impl> = OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        let onednn = system::probe().get(SystemKind::OneDnn);
+        if onednn.is_some_and(|l| l.per_worker()) {
+            Impl::System(SystemKind::OneDnn)
+        } else {
+            BUILTIN
+        }
+    })
+}
+
+/// The built-in crate that runs what a system library does not take
+/// (strides BLAS rejects, a oneDNN error) and what runs inside rayon's
+/// pool: the gemm crate, which nests into it.
+pub const BUILTIN: Impl = Impl::Gemm;
 
 /// An SGEMM implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -106,7 +124,7 @@ pub fn selection() -> Result<Selection, SgemmError> {
         .get_or_init(|| match std::env::var("SNNC_SGEMM") {
             // Deterministic by default: the same implementation in every
             // process.
-            Err(_) => Ok(Selection::Forced(DEFAULT)),
+            Err(_) => Ok(Selection::Forced(default_impl())),
             Ok(name) => parse_selection(name.trim()),
         })
         .clone()
@@ -114,7 +132,7 @@ pub fn selection() -> Result<Selection, SgemmError> {
 
 fn parse_selection(name: &str) -> Result<Selection, SgemmError> {
     if name.is_empty() {
-        return Ok(Selection::Forced(DEFAULT));
+        return Ok(Selection::Forced(default_impl()));
     }
     if name == "auto" {
         return Ok(Selection::Auto);
@@ -141,15 +159,18 @@ fn parse_selection(name: &str) -> Result<Selection, SgemmError> {
     Ok(Selection::Forced(imp))
 }
 
-/// The implementations this machine has: the built-in crates (the default
-/// first), then the system libraries found.
+/// The implementations this machine has: the default first, then the
+/// built-in crates and the system libraries found.
 pub fn available() -> Vec<Impl> {
-    let mut v = vec![DEFAULT, Impl::Gemm];
-    v.dedup();
-    if !v.contains(&Impl::MatrixMultiply) {
-        v.push(Impl::MatrixMultiply);
+    let mut v = vec![default_impl()];
+    let rest = [Impl::Gemm, Impl::MatrixMultiply]
+        .into_iter()
+        .chain(system::probe().found.iter().map(|l| Impl::System(l.kind)));
+    for imp in rest {
+        if !v.contains(&imp) {
+            v.push(imp);
+        }
     }
-    v.extend(system::probe().found.iter().map(|l| Impl::System(l.kind)));
     v
 }
 
@@ -195,33 +216,37 @@ pub fn library() -> String {
     }
 }
 
-/// A strided matrix operand: base pointer, row stride, column stride.
-#[derive(Clone, Copy)]
-struct Mat {
-    p: *const f32,
-    rs: isize,
-    cs: isize,
-}
-
-/// `C = α·A·B + β·C` on a built-in crate for an `m×k` A and a `k×n` B
-/// given by strides (transposes are strides); C is `m×n` with row stride
-/// `ldc`, `k` > 0.
+/// `C = α·op(A)·op(B) + β·C` on a built-in crate (`gemm_crate`, else
+/// matrixmultiply), with `k` > 0; `par`: whether it may use threads. The
+/// crates take any strides, so every call is theirs.
 ///
 /// # Safety
-/// The strides must describe matrices inside live allocations, and C must
-/// not overlap A or B.
-#[allow(clippy::too_many_arguments)]
-unsafe fn builtin(
-    gemm_crate: bool,
-    (m, k, n): (usize, usize, usize),
-    alpha: f32,
-    a: Mat,
-    b: Mat,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-    par: bool,
-) {
+/// The call's addresses must hold its matrices in live allocations, and C
+/// must not overlap A or B.
+unsafe fn builtin(gemm_crate: bool, call: &system::Call, par: bool) {
+    let system::Call {
+        m,
+        n,
+        k,
+        alpha,
+        beta,
+        c,
+        ldc,
+        ..
+    } = *call;
+    // Transposes are strides: (row stride, column stride) of op(A), op(B).
+    let (ars, acs) = if call.ta {
+        (1, call.lda)
+    } else {
+        (call.lda, 1)
+    };
+    let (brs, bcs) = if call.tb {
+        (1, call.ldb)
+    } else {
+        (call.ldb, 1)
+    };
+    let (ars, acs, brs, bcs) = (ars as isize, acs as isize, brs as isize, bcs as isize);
+    let (ap, bp) = (call.a, call.b);
     if gemm_crate {
         // gemm computes dst = alpha·dst + beta·lhs·rhs (its alpha/beta are
         // BLAS's beta/alpha); strides are (column, row).
@@ -233,12 +258,12 @@ unsafe fn builtin(
             1,
             ldc as isize,
             beta != 0.0,
-            a.p,
-            a.cs,
-            a.rs,
-            b.p,
-            b.cs,
-            b.rs,
+            ap,
+            acs,
+            ars,
+            bp,
+            bcs,
+            brs,
             beta,
             alpha,
             false,
@@ -256,12 +281,12 @@ unsafe fn builtin(
             k,
             n,
             alpha,
-            a.p,
-            a.rs,
-            a.cs,
-            b.p,
-            b.rs,
-            b.cs,
+            ap,
+            ars,
+            acs,
+            bp,
+            brs,
+            bcs,
             beta,
             c,
             ldc as isize,
@@ -292,64 +317,51 @@ unsafe fn entry(imp: Impl, g: &Gemm, q: usize, par: bool) {
         }
         return;
     }
+    let call = system::Call {
+        ta: g.ta,
+        tb: g.tb,
+        m: g.m,
+        n: g.n,
+        k: g.k,
+        alpha: g.alpha,
+        a,
+        lda: g.lda,
+        b,
+        ldb: g.ldb,
+        beta: g.beta,
+        c,
+        ldc: g.ldc,
+    };
+    // A system library that does not take the call falls back to the
+    // default crate.
     if let Impl::System(kind) = imp {
-        let call = system::Call {
-            ta: g.ta,
-            tb: g.tb,
-            m: g.m,
-            n: g.n,
-            k: g.k,
-            alpha: g.alpha,
-            a,
-            lda: g.lda,
-            b,
-            ldb: g.ldb,
-            beta: g.beta,
-            c,
-            ldc: g.ldc,
-        };
-        // A call BLAS would reject (leading dimensions shorter than a row,
-        // extents past a C int), or a library error (oneDNN out of
-        // memory: C is then untouched or fully rewritten below), runs on
-        // the default.
         if let Some(lib) = system::probe().get(kind) {
-            if call.takes() && lib.sgemm(&call) {
-                return;
+            if call.takes() {
+                if lib.per_worker() {
+                    let parts = call.split(rayon::current_num_threads());
+                    parts.par_iter().for_each(|p| {
+                        if !lib.sgemm(p) {
+                            builtin(BUILTIN == Impl::Gemm, p, false);
+                        }
+                    });
+                    return;
+                }
+                if lib.sgemm(&call) {
+                    return;
+                }
             }
         }
     }
-    let (rsa, csa) = if g.ta { (1, g.lda) } else { (g.lda, 1) };
-    let (rsb, csb) = if g.tb { (1, g.ldb) } else { (g.ldb, 1) };
-    // A system library that did not take the call falls back to the
-    // default crate.
     let crate_imp = if matches!(imp, Impl::System(_)) {
-        DEFAULT
+        BUILTIN
     } else {
         imp
     };
-    builtin(
-        crate_imp == Impl::Gemm,
-        (g.m, g.k, g.n),
-        g.alpha,
-        Mat {
-            p: a,
-            rs: rsa as isize,
-            cs: csa as isize,
-        },
-        Mat {
-            p: b,
-            rs: rsb as isize,
-            cs: csb as isize,
-        },
-        g.beta,
-        c,
-        g.ldc,
-        par,
-    )
+    builtin(crate_imp == Impl::Gemm, &call, par)
 }
 
 /// Runs an executor GEMM on host memory with the selected implementation
-/// (`SNNC_SGEMM`: [`DEFAULT`] unless set, or the fastest for the call's
+/// (`SNNC_SGEMM`: [`default_impl`] unless set, or the fastest for the call's
 /// shape with `auto`).
 ///
 /// # Safety

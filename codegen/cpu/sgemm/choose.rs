@@ -16,7 +16,7 @@
 //! strides, same batch), each candidate runs once to warm up (threads,
 //! packing buffers), then three rounds (one when a call takes over 20 ms)
 //! run each once in turn; a candidate's median counts, and another
-//! replaces the default ([`super::DEFAULT`], the first candidate) only
+//! replaces the default ([`super::default_impl`], the first candidate) only
 //! when at least 10 % faster. Calls under [`MIN_TIMED_FLOP`] are not timed
 //! and run on the default: the difference between implementations there
 //! is below what can be timed reliably. Calls made from inside rayon's pool (no executor GEMM is, but
@@ -133,10 +133,10 @@ fn table() -> &'static Mutex<HashMap<Shape, Decision>> {
 pub fn choice(g: &Gemm, candidates: &[Impl]) -> Impl {
     let shape = Shape::of(g);
     if rayon::current_thread_index().is_some() {
-        return Impl::Gemm;
+        return super::BUILTIN;
     }
     if candidates.len() < 2 || shape.flop() < MIN_TIMED_FLOP {
-        return candidates.first().copied().unwrap_or(super::DEFAULT);
+        return candidates.first().copied().unwrap_or(super::default_impl());
     }
     let lock = || table().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(d) = lock().get(&shape) {

@@ -16,13 +16,19 @@
 //! machine's cores unless `RAYON_NUM_THREADS` says otherwise). OpenBLAS's
 //! count is global and set once when it is opened; BLIS's is set before
 //! each call on the calling thread when it differs (BLIS keeps it per
-//! application thread in some versions, globally in others); oneDNN in
-//! Debian runs on OpenMP, whose default is every core (`OMP_NUM_THREADS`
-//! overrides it). The caller (`sgemm`) calls these libraries only from
-//! threads outside rayon's pool, so their threads never run beside busy
-//! rayon workers of the same call.
+//! application thread in some versions, globally in others). oneDNN in
+//! Debian runs on OpenMP; snnc sets OpenMP's thread count to one on each
+//! thread that calls it ([`SystemLib::per_worker`]) and splits every call
+//! over rayon's workers instead ([`Call::split`]): with OpenMP's own
+//! threads, which keep spinning for a while after each call, the
+//! executor's kernels that follow and the GEMM's threads competed for the
+//! cores (fmnist_csnn, rate, T = 8, 2 cores: the convolution GEMMs ran at
+//! 100 GFLOP/s in training steps against 300 alone). The caller (`sgemm`)
+//! calls the other libraries only from threads outside rayon's pool, so
+//! their threads never run beside busy rayon workers of the same call.
 
 use libloading::Library;
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::OnceLock;
 
@@ -128,8 +134,16 @@ pub struct SystemLib {
     entry: Entry,
     /// BLIS's thread-count setter and getter, called before each call.
     blis_threads: Option<(unsafe extern "C" fn(i64), unsafe extern "C" fn() -> i64)>,
+    /// oneDNN's OpenMP `omp_set_num_threads`, set to one on each calling
+    /// thread before its first call (see [`SystemLib::per_worker`]).
+    omp_threads: Option<unsafe extern "C" fn(c_int)>,
     threads: usize,
     _lib: Library,
+}
+
+thread_local! {
+    /// Whether this thread has set OpenMP's thread count to one.
+    static OMP_ONE_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
 /// What probing found: the libraries that loaded, and for each kind not
@@ -212,6 +226,7 @@ fn open(file: &'static str, threads: usize) -> Result<SystemLib, Unusable> {
             .unwrap_or_default()
     }
     let mut blis_threads = None;
+    let mut omp_threads = None;
     let (kind, entry, detail) = unsafe {
         let cblas = sym::<CblasSgemm>(&lib, "cblas_sgemm").map(Entry::Cblas);
         if let Some(config) = sym(&lib, "openblas_get_config") {
@@ -246,7 +261,14 @@ fn open(file: &'static str, threads: usize) -> Result<SystemLib, Unusable> {
                 format!("BLIS {}{arch}, {threads} threads", text(Some(version))),
             )
         } else if let Some(f) = sym::<DnnlSgemm>(&lib, "dnnl_sgemm") {
-            (Kind::OneDnn, Some(Entry::Dnnl(f)), dnnl_version(&lib))
+            // Looked up through the library: its OpenMP runtime is one of
+            // its dependencies (none for a oneDNN built on TBB or threads).
+            omp_threads = sym::<unsafe extern "C" fn(c_int)>(&lib, "omp_set_num_threads");
+            let mut detail = dnnl_version(&lib);
+            if omp_threads.is_some() {
+                detail.push_str(&format!(", one thread per rayon worker ({threads})"));
+            }
+            (Kind::OneDnn, Some(Entry::Dnnl(f)), detail)
         } else {
             (Kind::Blas, cblas, String::new())
         }
@@ -258,6 +280,7 @@ fn open(file: &'static str, threads: usize) -> Result<SystemLib, Unusable> {
         detail,
         entry,
         blis_threads,
+        omp_threads,
         threads,
         _lib: lib,
     })
@@ -284,14 +307,14 @@ fn dnnl_version(lib: &Library) -> String {
             return String::new();
         }
         let v = &*v;
-        // Its OpenMP runtime's threads: every core unless OMP_NUM_THREADS.
-        format!("oneDNN {}.{}.{}, OpenMP threads", v.major, v.minor, v.patch)
+        format!("oneDNN {}.{}.{}", v.major, v.minor, v.patch)
     }
 }
 
 /// One row-major product on a system library: `C[m×n] = α·op(A)·op(B) +
 /// β·C` with leading dimensions `lda`, `ldb`, `ldc` (as BLAS defines
 /// them: [`takes`] says whether a call qualifies).
+#[derive(Clone, Copy)]
 pub struct Call {
     pub ta: bool,
     pub tb: bool,
@@ -324,9 +347,68 @@ impl Call {
             && self.ldb >= row_b.max(1)
             && self.ldc >= self.n.max(1)
     }
+
+    /// The call as at most `parts` calls on disjoint blocks of C: its
+    /// columns split if C is at least as wide as tall, else its rows, in
+    /// multiples of [`SPLIT_ALIGN`] (the width of the libraries' register
+    /// blocks) and none narrower than [`SPLIT_MIN`]. The parts compute
+    /// what the call computes, element for element: each element's sum
+    /// over `k` is one part's, whole.
+    pub fn split(&self, parts: usize) -> Vec<Call> {
+        let by_cols = self.n >= self.m;
+        let len = if by_cols { self.n } else { self.m };
+        let parts = parts.min(len / SPLIT_MIN).max(1);
+        let step = len.div_ceil(parts).next_multiple_of(SPLIT_ALIGN);
+        let mut out = Vec::with_capacity(parts);
+        let mut at = 0;
+        while at < len {
+            let w = step.min(len - at);
+            let mut p = *self;
+            // SAFETY (the `add`s): `at` < the extent split, so every offset
+            // stays inside the operand that `self` describes.
+            unsafe {
+                if by_cols {
+                    p.n = w;
+                    // op(B)'s columns: B's columns, or its rows if stored
+                    // transposed.
+                    p.b = self.b.add(if self.tb { at * self.ldb } else { at });
+                    p.c = self.c.add(at);
+                } else {
+                    p.m = w;
+                    p.a = self.a.add(if self.ta { at } else { at * self.lda });
+                    p.c = self.c.add(at * self.ldc);
+                }
+            }
+            out.push(p);
+            at += w;
+        }
+        out
+    }
 }
 
+/// Parts of a split call ([`Call::split`]) are multiples of this many
+/// columns or rows.
+pub const SPLIT_ALIGN: usize = 16;
+
+/// No part of a split call is narrower than this: below, a part's
+/// packing and call overhead outweigh a second core.
+pub const SPLIT_MIN: usize = 32;
+
+// SAFETY: a call is addresses and extents; the parts of a split call
+// write disjoint blocks of C and only read A and B, so they may run on
+// different threads at once.
+unsafe impl Send for Call {}
+unsafe impl Sync for Call {}
+
 impl SystemLib {
+    /// Whether calls should be split over rayon's workers
+    /// ([`Call::split`]), each part on its worker's thread alone: oneDNN
+    /// on OpenMP, whose count this library sets to one on every calling
+    /// thread. The others run each call on their own threads.
+    pub fn per_worker(&self) -> bool {
+        self.omp_threads.is_some()
+    }
+
     /// Runs `call` (one that [`Call::takes`]); false if the library
     /// reported an error (oneDNN: out of memory), C then unspecified.
     ///
@@ -377,6 +459,14 @@ impl SystemLib {
                 true
             }
             Entry::Dnnl(f) => {
+                if let Some(set) = self.omp_threads {
+                    OMP_ONE_THREAD.with(|one| {
+                        if !one.get() {
+                            set(1);
+                            one.set(true);
+                        }
+                    });
+                }
                 let t = |x: bool| (if x { b'T' } else { b'N' }) as c_char;
                 f(
                     t(ta),
