@@ -184,6 +184,8 @@ fn pooling_kernels_equal_the_gpu_form() {
         (64, 16, 16, 4, 4, 0),
         (24, 15, 14, 3, 2, 1),
         (9, 9, 10, 2, 2, 1),
+        (10, 15, 13, 2, 2, 0),
+        (7, 11, 11, 3, 3, 0),
     ] {
         let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
         let case = format!("{planes} planes {h}x{w} k={k} s={s} p={p}");

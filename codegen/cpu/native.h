@@ -342,10 +342,40 @@ extern "C" void snnc_cpu_avgpool_grad(const float* d, float* out, int n, int h, 
         if (k == s) {
             // Tiling windows: each input in at most one, (iy / s, ix / s).
             const int oy = iy / s;
+            const bool row_in = oy < ho;
             const float* row = d + ((long long)plane * ho + oy) * wo;
-            int ox = ix0 / s, rem = ix0 - ox * s;
-            for (int j = 0; j < len; ++j) {
-                out[i + j] = (oy < ho && ox < wo) ? 0.0f + row[ox] / area : 0.0f;
+            int ox = ix0 / s, rem = ix0 - ox * s, j = 0;
+            // A window cut by the range's start, element by element; then
+            // whole windows, one quotient stored s times (no test per
+            // element); then what is left (a cut window, or the inputs past
+            // the last window).
+            for (; j < len && rem != 0; ++j) {
+                out[i + j] = (row_in && ox < wo) ? 0.0f + row[ox] / area : 0.0f;
+                if (++rem == s) {
+                    rem = 0;
+                    ++ox;
+                }
+            }
+            if (row_in) {
+                const int whole = std::max(0, snnc_min_i((len - j) / s, wo - ox));
+                float* dst = out + i + j;
+                if (s == 2) {
+                    for (int t = 0; t < whole; ++t) {
+                        const float v = 0.0f + row[ox + t] / area;
+                        dst[2 * t] = v;
+                        dst[2 * t + 1] = v;
+                    }
+                } else {
+                    for (int t = 0; t < whole; ++t) {
+                        const float v = 0.0f + row[ox + t] / area;
+                        for (int r = 0; r < s; ++r) dst[t * s + r] = v;
+                    }
+                }
+                j += whole * s;
+                ox += whole;
+            }
+            for (; j < len; ++j) {
+                out[i + j] = (row_in && ox < wo) ? 0.0f + row[ox] / area : 0.0f;
                 if (++rem == s) {
                     rem = 0;
                     ++ox;
