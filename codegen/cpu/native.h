@@ -52,6 +52,39 @@ extern "C" void snnc_cpu_im2col(const float* x, float* col, int ci, int h, int w
             if (b_row > wo) b_row = wo;
             if (b_row < a_row) b_row = a_row;
         }
+        // A whole segment (row, bi) of a stride-1 convolution as wide as
+        // its input (wo = w, "same" padding): its ho·wo values are the
+        // input plane shifted by (dy, off) = (ky − pad, kx − pad), so the
+        // valid output rows are one copy, and only the columns that the
+        // shift wraps into the neighbouring row and the rows outside the
+        // input are zeros: one memcpy instead of ho runs.
+        if (s == 1 && wo == w && ox0 == 0 && oy == 0 && hi - i >= cols) {
+            const int dy = ky - pad;
+            const int oy_a = dy < 0 ? snnc_min_i(-dy, ho) : 0;
+            const int oy_b = oy_a > snnc_min_i(h - dy, ho) ? oy_a : snnc_min_i(h - dy, ho);
+            float* dst = col + i;
+            const float* plane = x + (long long)(bi * ci + c) * h * w;
+            const int q_a = oy_a * w + (off < 0 ? -off : 0);
+            const int q_b = oy_b * w - (off > 0 ? off : 0);
+            for (int q = 0; q < q_a && q < cols; ++q) dst[q] = 0.0f;
+            if (q_b > q_a) {
+                std::copy(plane + (long long)dy * w + off + q_a, plane + (long long)dy * w + off + q_b,
+                          dst + q_a);
+            }
+            for (int q = q_b > q_a ? q_b : q_a; q < cols; ++q) dst[q] = 0.0f;
+            // The wrapped columns of the copied rows.
+            for (int r = oy_a; r < oy_b; ++r) {
+                for (int x0 = 0; x0 < -off; ++x0) dst[r * w + x0] = 0.0f;
+                for (int x0 = w - off; x0 < w; ++x0) dst[r * w + x0] = 0.0f;
+            }
+            i += cols;
+            if (++bi == nb) {
+                bi = 0;
+                ++row;
+                c = -1;
+            }
+            continue;
+        }
         const int iy = oy * s + ky - pad;
         const int len = snnc_min_i(wo - ox0, hi - i);
         float* dst = col + i;
