@@ -61,17 +61,17 @@ extern "C" void snnc_cpu_im2col(const float* x, float* col, int ci, int h, int w
         if (s == 1 && wo == w && ox0 == 0 && oy == 0 && hi - i >= cols) {
             const int dy = ky - pad;
             const int oy_a = dy < 0 ? snnc_min_i(-dy, ho) : 0;
-            const int oy_b = oy_a > snnc_min_i(h - dy, ho) ? oy_a : snnc_min_i(h - dy, ho);
+            const int oy_b = std::max(oy_a, snnc_min_i(h - dy, ho));
             float* dst = col + i;
             const float* plane = x + (long long)(bi * ci + c) * h * w;
-            const int q_a = oy_a * w + (off < 0 ? -off : 0);
-            const int q_b = oy_b * w - (off > 0 ? off : 0);
-            for (int q = 0; q < q_a && q < cols; ++q) dst[q] = 0.0f;
-            if (q_b > q_a) {
-                std::copy(plane + (long long)dy * w + off + q_a, plane + (long long)dy * w + off + q_b,
-                          dst + q_a);
-            }
-            for (int q = q_b > q_a ? q_b : q_a; q < cols; ++q) dst[q] = 0.0f;
+            const int q_a = oy_a * w + std::max(-off, 0);
+            const int q_b = std::max(q_a, oy_b * w - std::max(off, 0));
+            // Input index of output q: q + shift (in the plane for q in
+            // [q_a, q_b), so no pointer outside it is formed).
+            const long long shift = (long long)dy * w + off;
+            std::fill(dst, dst + std::min(q_a, cols), 0.0f);
+            if (q_b > q_a) std::copy(plane + (shift + q_a), plane + (shift + q_b), dst + q_a);
+            if (q_b < cols) std::fill(dst + q_b, dst + cols, 0.0f);
             // The wrapped columns of the copied rows.
             for (int r = oy_a; r < oy_b; ++r) {
                 for (int x0 = 0; x0 < -off; ++x0) dst[r * w + x0] = 0.0f;

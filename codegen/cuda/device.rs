@@ -73,8 +73,6 @@ impl std::fmt::Display for DeviceInfo {
     }
 }
 
-/// Folders where CUDA libraries usually are: LD_LIBRARY_PATH, the toolkit,
-/// the system's, Python wheels (PyTorch's `nvidia-*` packages).
 /// cuBLAS's operation for a transposed (`true`) or plain operand.
 fn op(transposed: bool) -> blas_sys::cublasOperation_t {
     if transposed {
@@ -84,6 +82,8 @@ fn op(transposed: bool) -> blas_sys::cublasOperation_t {
     }
 }
 
+/// Folders where CUDA libraries usually are: LD_LIBRARY_PATH, the toolkit,
+/// the system's, Python wheels (PyTorch's `nvidia-*` packages).
 fn usual_lib_dirs() -> Vec<std::path::PathBuf> {
     use std::path::PathBuf;
     let mut dirs: Vec<PathBuf> = std::env::var("LD_LIBRARY_PATH")
