@@ -160,6 +160,45 @@ pub struct Module {
     pub hash: u64,
 }
 
+/// Which of a convolution's three computations a [`ConvCall`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvPass {
+    /// `ins` = (x, w), `out` = y.
+    Forward,
+    /// `ins` = (dy, w), `out` = dx.
+    GradInput,
+    /// `ins` = (x, dy), `out` = dw.
+    GradWeight,
+}
+
+/// A whole 2-D convolution computation in f32 over the batch: input
+/// `[b, ci, h, w]` (NCHW), `co` square filters of `k × k` (OIHW), stride
+/// and padding the same along both axes, output `[b, co, ho, wo]`;
+/// `ins` and `out` are device addresses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvCall {
+    pub pass: ConvPass,
+    pub b: usize,
+    pub ci: usize,
+    pub h: usize,
+    pub w: usize,
+    pub co: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub ho: usize,
+    pub wo: usize,
+    pub ins: [u64; 2],
+    pub out: u64,
+}
+
+impl ConvCall {
+    /// Multiply-adds times two, as for a GEMM.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.b * self.co * self.ci * self.k * self.k * self.ho * self.wo) as f64
+    }
+}
+
 /// `C[m×n] = α·op(A)·op(B) + β·C`, row-major, `batch` times with element
 /// strides between the matrices of a batch. `a`, `b`, `c` are device
 /// addresses (bytes); `lda`, `ldb`, `ldc` are row strides in elements.
@@ -309,6 +348,19 @@ pub trait Backend {
         args: &[Arg],
     ) -> Result<(), BackendError>;
     fn gemm(&mut self, call: &Gemm) -> Result<(), BackendError>;
+    /// Runs a whole convolution computation on a library convolution
+    /// where this backend has one for it; false where it does not (the
+    /// executor then runs it as im2col or col2im and GEMMs).
+    fn conv(&mut self, call: &ConvCall) -> Result<bool, BackendError> {
+        let _ = call;
+        Ok(false)
+    }
+    /// Whether [`Backend::conv`] runs convolutions on a library (where it
+    /// does, the dense path is faster and events pay only at lower
+    /// densities: `exec::EVENT_DENSITY_LIBRARY`).
+    fn library_conv(&self) -> bool {
+        false
+    }
     /// Waits for all queued work.
     fn sync(&mut self) -> Result<(), BackendError>;
     /// The largest grid the executor should launch (grid-stride loops cover
@@ -334,7 +386,7 @@ pub trait Backend {
     }
     /// The fraction of the `len` elements at `x` that are not zero, when
     /// this backend runs convolutions over sparse inputs as events
-    /// (`snnc_conv_events`) below [`crate::codegen::exec::EVENT_DENSITY`];
+    /// (`snnc_conv_events`) below [`crate::codegen::exec::default_event_density`];
     /// `None` where the dense GEMM always pays (a GPU).
     fn nonzero_fraction(&mut self, x: u64, len: usize) -> Result<Option<f64>, BackendError> {
         let _ = (x, len);

@@ -6,8 +6,8 @@
 //! ranges of its threads (elements) that run in parallel on rayon's pool;
 //! GEMMs run on the host SGEMM (`sgemm`).
 
-use super::sgemm;
-use crate::codegen::backend::{Arg, Backend, BackendError, Gemm, Module, KERNELS};
+use super::{conv, sgemm};
+use crate::codegen::backend::{Arg, Backend, BackendError, ConvCall, Gemm, Module, KERNELS};
 use crate::codegen::cache::fnv1a;
 use crate::codegen::library::host::{self, CcError, SharedLib, SigFn, Toolchain};
 use crate::codegen::library::{elementwise, SOURCE};
@@ -258,9 +258,10 @@ impl Backend for Cpu {
 
     fn describe(&self) -> String {
         format!(
-            "CPU ({} threads, SGEMM: {})",
+            "CPU ({} threads, SGEMM: {}, convolutions: {})",
             rayon::current_num_threads(),
-            sgemm::library()
+            sgemm::library(),
+            conv::describe()
         )
     }
 
@@ -372,6 +373,16 @@ impl Backend for Cpu {
             sgemm::run(&call)
         };
         Ok(())
+    }
+
+    fn conv(&mut self, call: &ConvCall) -> Result<bool, BackendError> {
+        // SAFETY: the executor passes addresses of host buffers holding the
+        // call's operands, the output apart from the inputs.
+        unsafe { conv::run(call) }.map_err(BackendError::Device)
+    }
+
+    fn library_conv(&self) -> bool {
+        conv::available()
     }
 
     fn sync(&mut self) -> Result<(), BackendError> {

@@ -9,6 +9,7 @@
 //! use.
 
 pub mod backend;
+pub mod conv;
 pub mod sgemm;
 
 pub use backend::Cpu;

@@ -13,7 +13,7 @@
 //! choose differently in another process; `SNNC_SGEMM=NAME` forces one.
 
 mod choose;
-mod system;
+pub(crate) mod system;
 
 pub use choose::ChoiceReport;
 pub use system::Kind as SystemKind;

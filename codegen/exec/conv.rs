@@ -2,17 +2,34 @@
 //! over the batch in chunks whose im2col buffer fits the workspace cap.
 
 use super::{at, int, ExecError, Executor};
-use crate::codegen::backend::{Arg, Backend, Gemm};
+use crate::codegen::backend::{Arg, Backend, ConvCall, ConvPass, Gemm};
 use crate::ir::Op;
 use crate::precision::Precision;
 
 /// The largest fraction of nonzero inputs at which a convolution's forward
-/// runs as events on a backend that offers them (the CPU). Measured with
-/// `snnc bench --events` on the idle 2-core machine (2026-12-07,
-/// fmnist_csnn's second convolution, 32→64 channels, 14×14, batch 128):
-/// events take 0.49× the dense path's time (im2col + SGEMM + transpose)
-/// at 1 % nonzero, 0.48× at 5 %, 0.89× at 10 % and 1.28× at 20 %.
+/// runs as events on a backend that offers them (the CPU), when the dense
+/// path is im2col + SGEMM. Measured with `snnc bench --events` on the idle
+/// 2-core machine (2026-12-07, fmnist_csnn's second convolution, 32→64
+/// channels, 14×14, batch 128): events take 0.49× the dense path's time
+/// (im2col + SGEMM + transpose) at 1 % nonzero, 0.48× at 5 %, 0.89× at
+/// 10 % and 1.28× at 20 %.
 pub const EVENT_DENSITY: f64 = 0.12;
+
+/// [`EVENT_DENSITY`] where the backend has library convolutions
+/// ([`Backend::library_conv`]: oneDNN's direct kernels on the CPU), which
+/// are 2–3× faster than im2col + SGEMM: the same bench then measured events
+/// at 0.89× the dense time at 1 % nonzero, 0.93× at 2 %, 1.14× at 5 % and
+/// 1.55× at 10 % (2026-12-07, same machine and convolution).
+pub const EVENT_DENSITY_LIBRARY: f64 = 0.03;
+
+/// The event threshold an executor on `backend` starts with.
+pub fn default_event_density<B: Backend>(backend: &B) -> f64 {
+    if backend.library_conv() {
+        EVENT_DENSITY_LIBRARY
+    } else {
+        EVENT_DENSITY
+    }
+}
 
 impl<'a, B: Backend> Executor<'a, B> {
     /// How many samples one convolution chunk holds.
@@ -113,7 +130,7 @@ impl<'a, B: Backend> Executor<'a, B> {
     /// (`snnc_conv_events`): the backend takes that path (the CPU), the
     /// products are f32 (the event kernel does not round), the transposed
     /// weights fit where a chunk's column matrix would go, and at
-    /// most `event_density` ([`EVENT_DENSITY`] unless set) of the input is
+    /// most `event_density` ([`default_event_density`] unless set) of the input is
     /// nonzero, measured on this call's input (firing rates change as a
     /// network trains).
     fn events_pay(&mut self, geo: &ConvGeo, x: u64) -> Result<bool, ExecError> {
@@ -158,6 +175,42 @@ impl<'a, B: Backend> Executor<'a, B> {
         r
     }
 
+    /// Runs the computation on the backend's library convolution where it
+    /// has one (f32 runs only: it does not round operands); false where
+    /// the caller must run it itself.
+    fn library_conv(
+        &mut self,
+        geo: &ConvGeo,
+        pass: ConvPass,
+        ins: [u64; 2],
+        out: u64,
+    ) -> Result<bool, ExecError> {
+        if self.precision != Precision::Fp32 {
+            return Ok(false);
+        }
+        let call = geo.call(pass, ins, out);
+        if !self.profile_steps {
+            return Ok(self.backend.conv(&call)?);
+        }
+        self.backend.sync()?;
+        let started = std::time::Instant::now();
+        let done = self.backend.conv(&call)?;
+        self.backend.sync()?;
+        if done {
+            let name = match pass {
+                ConvPass::Forward => "forward",
+                ConvPass::GradInput => "grad input",
+                ConvPass::GradWeight => "grad weight",
+            };
+            let key = format!(
+                "conv {name} {}×{}×{}×{}→{} k{} s{} (library)",
+                geo.b, geo.ci, geo.h, geo.w, geo.co, geo.k, geo.stride
+            );
+            self.count_inner(key, started, call.flops());
+        }
+        Ok(done)
+    }
+
     pub(super) fn conv_forward(
         &mut self,
         geo: &ConvGeo,
@@ -167,6 +220,9 @@ impl<'a, B: Backend> Executor<'a, B> {
     ) -> Result<(), ExecError> {
         if self.events_pay(geo, x)? {
             return self.conv_forward_events(geo, x, w, out);
+        }
+        if self.library_conv(geo, ConvPass::Forward, [x, w], out)? {
+            return Ok(());
         }
         let (rows, cols) = (geo.rows(), geo.cols());
         self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
@@ -211,6 +267,9 @@ impl<'a, B: Backend> Executor<'a, B> {
         out: u64,
     ) -> Result<(), ExecError> {
         use Arg::{I, P};
+        if self.library_conv(geo, ConvPass::GradInput, [d, w], out)? {
+            return Ok(());
+        }
         let (rows, cols) = (geo.rows(), geo.cols());
         self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
             let (cp, tp) = (scratch[0], scratch[1]);
@@ -251,6 +310,9 @@ impl<'a, B: Backend> Executor<'a, B> {
         d: u64,
         out: u64,
     ) -> Result<(), ExecError> {
+        if self.library_conv(geo, ConvPass::GradWeight, [x, d], out)? {
+            return Ok(());
+        }
         let (rows, cols) = (geo.rows(), geo.cols());
         self.conv_chunks(geo, &geo.per_sample(), |this, scratch, b0, cur| {
             let (cp, tp) = (scratch[0], scratch[1]);
@@ -367,6 +429,25 @@ impl ConvGeo {
     /// transposed to channel-major order (co × cols).
     pub(super) fn per_sample(&self) -> [usize; 2] {
         [self.rows() * self.cols(), self.co * self.cols()]
+    }
+
+    /// The geometry as a backend's whole-convolution call.
+    fn call(&self, pass: ConvPass, ins: [u64; 2], out: u64) -> ConvCall {
+        ConvCall {
+            pass,
+            b: self.b,
+            ci: self.ci,
+            h: self.h,
+            w: self.w,
+            co: self.co,
+            k: self.k,
+            stride: self.stride,
+            pad: self.pad,
+            ho: self.ho,
+            wo: self.wo,
+            ins,
+            out,
+        }
     }
 
     pub(super) fn rows(&self) -> usize {

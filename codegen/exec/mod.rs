@@ -30,7 +30,7 @@
 //! run that hands its outputs to further launches), [`error`].
 
 mod conv;
-pub use conv::EVENT_DENSITY;
+pub use conv::{default_event_density, EVENT_DENSITY, EVENT_DENSITY_LIBRARY};
 mod error;
 mod kernel;
 mod memory;
@@ -182,7 +182,7 @@ pub struct Executor<'a, B: Backend> {
     /// `RunOptions`).
     precision: crate::precision::Precision,
     /// The largest fraction of nonzero inputs at which a convolution runs
-    /// as events, on a backend that offers them ([`EVENT_DENSITY`]; a
+    /// as events, on a backend that offers them ([`default_event_density`]; a
     /// negative value keeps every convolution dense, 1 sends every one
     /// the backend allows to the event kernel: `snnc bench --events`).
     pub event_density: f64,
@@ -324,6 +324,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             (Some(module), tables)
         };
         let conv_workspace = backend.conv_workspace();
+        let event_density = default_event_density(&*backend);
         Ok(Executor {
             backend,
             g,
@@ -343,7 +344,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             unit_secs: Vec::new(),
             inner_spent: HashMap::new(),
             precision: crate::precision::Precision::Fp32,
-            event_density: EVENT_DENSITY,
+            event_density,
             event_convs: 0,
             pool: HashMap::new(),
             slots: Vec::new(),

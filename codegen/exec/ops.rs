@@ -94,7 +94,7 @@ impl<'a, B: Backend> Executor<'a, B> {
 
     /// Adds one timed library call (a kernel, or a GEMM of `flops`) to the
     /// profile's second table.
-    fn count_inner(&mut self, key: String, started: std::time::Instant, flops: f64) {
+    pub(super) fn count_inner(&mut self, key: String, started: std::time::Instant, flops: f64) {
         let e = self.inner_spent.entry(key).or_default();
         e.0 += started.elapsed().as_secs_f64();
         e.1 += 1;

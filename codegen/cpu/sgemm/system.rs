@@ -409,6 +409,22 @@ impl SystemLib {
         self.omp_threads.is_some()
     }
 
+    /// Sets OpenMP's thread count to one on the calling thread, once (a
+    /// oneDNN on OpenMP; nothing for the others): every oneDNN call runs on
+    /// the thread that makes it.
+    pub fn one_omp_thread(&self) {
+        if let Some(set) = self.omp_threads {
+            OMP_ONE_THREAD.with(|one| {
+                if !one.get() {
+                    // SAFETY: omp_set_num_threads(int) from the library's
+                    // OpenMP runtime, which applies to the calling thread.
+                    unsafe { set(1) };
+                    one.set(true);
+                }
+            });
+        }
+    }
+
     /// Runs `call` (one that [`Call::takes`]); false if the library
     /// reported an error (oneDNN: out of memory), C then unspecified.
     ///
@@ -459,14 +475,7 @@ impl SystemLib {
                 true
             }
             Entry::Dnnl(f) => {
-                if let Some(set) = self.omp_threads {
-                    OMP_ONE_THREAD.with(|one| {
-                        if !one.get() {
-                            set(1);
-                            one.set(true);
-                        }
-                    });
-                }
+                self.one_omp_thread();
                 let t = |x: bool| (if x { b'T' } else { b'N' }) as c_char;
                 f(
                     t(ta),

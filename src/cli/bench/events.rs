@@ -1,16 +1,18 @@
 //! `snnc bench --events`: where a convolution over sparse inputs (spikes)
-//! is faster as events than as im2col + SGEMM, on the CPU backend.
+//! is faster as events than dense (oneDNN's convolution where the CPU
+//! backend has it, else im2col + SGEMM).
 //!
 //! For every distinct forward convolution of the model (at the bench's
 //! batch size), the two paths run the same op on random inputs of each
 //! density in [`DENSITIES`] (each element nonzero with that probability,
 //! uniform in (0, 1] then: spike counts over steps, pooled spikes), side
 //! by side; the table gives the median times and the crossover density,
-//! the number `exec::EVENT_DENSITY` is set from.
+//! the number `exec::EVENT_DENSITY` (beside im2col + SGEMM) and
+//! `exec::EVENT_DENSITY_LIBRARY` (beside oneDNN) are set from.
 
 use crate::cli::CliError;
 use crate::codegen::cpu::Cpu;
-use crate::codegen::exec::{Executor, EVENT_DENSITY};
+use crate::codegen::exec::Executor;
 use crate::interp::RunOptions;
 use crate::ir::{Graph, Op};
 use crate::tensor::Tensor;
@@ -158,9 +160,20 @@ fn time_densities(
 /// The table, and per convolution the density where the event path stops
 /// being faster.
 pub fn print(rows: &[EventsRow]) {
+    let (dense, threshold) = match crate::codegen::cpu::conv::available() {
+        true => (
+            crate::codegen::cpu::conv::describe(),
+            "EVENT_DENSITY_LIBRARY",
+        ),
+        false => ("im2col + SGEMM".to_string(), "EVENT_DENSITY"),
+    };
+    let limit = match crate::codegen::cpu::conv::available() {
+        true => crate::codegen::exec::EVENT_DENSITY_LIBRARY,
+        false => crate::codegen::exec::EVENT_DENSITY,
+    };
     println!(
-        "Convolutions over sparse inputs on the CPU: median of the forward as im2col + SGEMM (dense) and as events (snnc_conv_events: each nonzero input adds its weight rows); snnc uses events up to {:.0} % nonzero (exec::EVENT_DENSITY)",
-        100.0 * EVENT_DENSITY
+        "Convolutions over sparse inputs on the CPU: median of the forward dense ({dense}) and as events (snnc_conv_events: each nonzero input adds its weight rows); snnc uses events up to {:.0} % nonzero here (exec::{threshold})",
+        100.0 * limit
     );
     println!(
         "{:<48} {:>6} {:>9} {:>10} {:>10} {:>8}",

@@ -1,0 +1,708 @@
+//! Convolutions and their gradients on oneDNN's direct convolution
+//! kernels, where the machine's oneDNN (the library `sgemm` already
+//! found) speaks its version-2 C API (Debian's `libdnnl2`). Elsewhere, or
+//! with `SNNC_CONV=im2col`, the executor runs them as im2col and SGEMMs.
+//!
+//! Why: the im2col path writes a column matrix k² times the input's size
+//! and transposes the GEMM's channel-major result, so fmnist_csnn's second
+//! convolution (batch 128, 32→64 channels, 14×14) spent 8.5 ms a call
+//! beside 2.6 ms of arithmetic at the SGEMM floor. oneDNN's JIT kernels
+//! read the input in place, in a channel-blocked layout (`nChw16c` on
+//! AVX-512) that one cheap reorder makes, and ran the same call at
+//! 190 GFLOP/s per core (a C program on the 2-core machine, 2026-12-07).
+//!
+//! Threads: like the SGEMM, each call is split over rayon's workers, by
+//! samples, and each part runs on its worker alone (OpenMP set to one
+//! thread there): a part's result is whole, so the sums do not depend on
+//! how the parts are scheduled. The weight gradient is a sum over
+//! samples: each part's is computed apart and the parts are added in
+//! order, so it depends only on the number of parts (rayon's threads).
+//!
+//! Each worker keeps, per call shape, the primitives oneDNN made for it
+//! (its "plans", made on the first call) and one growing buffer for the
+//! blocked copies of the operands.
+
+use super::sgemm::system::{self, Kind};
+use crate::codegen::backend::{ConvCall, ConvPass};
+use libloading::Library;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::{Mutex, OnceLock};
+
+type Handle = *mut c_void;
+type Status = c_int;
+
+/// `dnnl_memory_desc_t`: 696 bytes in oneDNN 2.6; the library fills it,
+/// so room to spare costs nothing.
+#[repr(C, align(8))]
+struct Md([u8; 2048]);
+
+/// `dnnl_convolution_desc_t`: 5,976 bytes in oneDNN 2.6.
+#[repr(C, align(8))]
+struct OpDesc([u8; 16384]);
+
+#[repr(C)]
+struct ExecArg {
+    arg: c_int,
+    memory: Handle,
+}
+
+/// `dnnl_dims_t`: up to 12 extents.
+type Dims = [i64; 12];
+
+// The constants of oneDNN 2.x's `dnnl_types.h`.
+const F32: c_int = 3;
+const TAG_ANY: c_int = 1;
+/// `dnnl_nchw` and `dnnl_oihw` (both `abcd`).
+const TAG_ABCD: c_int = 5;
+const ENGINE_CPU: c_int = 1;
+const STREAM_DEFAULT: u32 = 1;
+const FORWARD_TRAINING: c_int = 64;
+const CONVOLUTION_DIRECT: c_int = 1;
+const ARG_SRC: c_int = 1;
+const ARG_DST: c_int = 17;
+const ARG_WEIGHTS: c_int = 33;
+const ARG_DIFF_SRC: c_int = 129;
+const ARG_DIFF_DST: c_int = 145;
+const ARG_DIFF_WEIGHTS: c_int = 161;
+const ARG_FROM: c_int = ARG_SRC;
+const ARG_TO: c_int = ARG_DST;
+const QUERY_IMPL_INFO_STR: c_int = 8;
+const QUERY_SRC_MD: c_int = 129;
+const QUERY_DIFF_SRC_MD: c_int = 130;
+const QUERY_WEIGHTS_MD: c_int = 131;
+const QUERY_DIFF_WEIGHTS_MD: c_int = 132;
+const QUERY_DST_MD: c_int = 133;
+const QUERY_DIFF_DST_MD: c_int = 134;
+
+/// The oneDNN functions this module calls (C types as in `dnnl.h`).
+struct Api {
+    engine_create: unsafe extern "C" fn(*mut Handle, c_int, usize) -> Status,
+    stream_create: unsafe extern "C" fn(*mut Handle, Handle, u32) -> Status,
+    md_init_by_tag: unsafe extern "C" fn(*mut Md, c_int, *const i64, c_int, c_int) -> Status,
+    md_get_size: unsafe extern "C" fn(*const Md) -> usize,
+    md_equal: unsafe extern "C" fn(*const Md, *const Md) -> c_int,
+    #[allow(clippy::type_complexity)]
+    conv_forward: unsafe extern "C" fn(
+        *mut OpDesc,
+        c_int,
+        c_int,
+        *const Md,
+        *const Md,
+        *const Md,
+        *const Md,
+        *const i64,
+        *const i64,
+        *const i64,
+    ) -> Status,
+    #[allow(clippy::type_complexity)]
+    conv_backward_data: unsafe extern "C" fn(
+        *mut OpDesc,
+        c_int,
+        *const Md,
+        *const Md,
+        *const Md,
+        *const i64,
+        *const i64,
+        *const i64,
+    ) -> Status,
+    #[allow(clippy::type_complexity)]
+    conv_backward_weights: unsafe extern "C" fn(
+        *mut OpDesc,
+        c_int,
+        *const Md,
+        *const Md,
+        *const Md,
+        *const Md,
+        *const i64,
+        *const i64,
+        *const i64,
+    ) -> Status,
+    pd_create: unsafe extern "C" fn(*mut Handle, *const OpDesc, Handle, Handle, Handle) -> Status,
+    pd_query_md: unsafe extern "C" fn(Handle, c_int, c_int) -> *const Md,
+    pd_query: unsafe extern "C" fn(Handle, c_int, c_int, *mut c_void) -> Status,
+    pd_destroy: unsafe extern "C" fn(Handle) -> Status,
+    reorder_pd_create:
+        unsafe extern "C" fn(*mut Handle, *const Md, Handle, *const Md, Handle, Handle) -> Status,
+    primitive_create: unsafe extern "C" fn(*mut Handle, Handle) -> Status,
+    execute: unsafe extern "C" fn(Handle, Handle, c_int, *const ExecArg) -> Status,
+    memory_create: unsafe extern "C" fn(*mut Handle, *const Md, Handle, Handle) -> Status,
+    set_handle: unsafe extern "C" fn(Handle, Handle) -> Status,
+    stream_wait: unsafe extern "C" fn(Handle) -> Status,
+    /// One engine for the process (oneDNN's engines are thread-safe).
+    engine: Handle,
+    version: String,
+    _lib: Library,
+}
+
+// SAFETY: the function pointers and the engine handle may be used from any
+// thread (oneDNN's engines are thread-safe; streams and primitives are
+// made per worker thread below).
+unsafe impl Send for Api {}
+unsafe impl Sync for Api {}
+
+/// The library, when this machine's oneDNN has the version-2 API; else
+/// why not (for `describe`).
+fn api() -> Result<&'static Api, &'static str> {
+    static API: OnceLock<Result<Api, String>> = OnceLock::new();
+    API.get_or_init(load).as_ref().map_err(String::as_str)
+}
+
+fn load() -> Result<Api, String> {
+    let found = system::probe()
+        .get(Kind::OneDnn)
+        .ok_or("oneDNN is not installed")?;
+    if !found.per_worker() {
+        return Err("this oneDNN does not run on OpenMP".into());
+    }
+    // SAFETY: the file loaded before (the SGEMM probe); this only adds a
+    // reference to it.
+    let lib = unsafe { Library::new(found.file) }.map_err(|e| e.to_string())?;
+    // SAFETY (the lookups): each name is looked up with its C type in
+    // oneDNN 2.x's dnnl.h; `major` comes first so that a library with
+    // another API is refused before any other symbol is trusted.
+    unsafe {
+        #[repr(C)]
+        struct Version {
+            major: c_int,
+            minor: c_int,
+            patch: c_int,
+            hash: *const c_char,
+        }
+        let v = *lib
+            .get::<unsafe extern "C" fn() -> *const Version>(b"dnnl_version")
+            .map_err(|e| e.to_string())?;
+        let v = &*v();
+        if v.major != 2 {
+            return Err(format!(
+                "oneDNN {}.{} has another convolution API than the version-2 one this build speaks",
+                v.major, v.minor
+            ));
+        }
+        let version = format!("oneDNN {}.{}.{}", v.major, v.minor, v.patch);
+        let _ = v.hash;
+        macro_rules! f {
+            ($name:literal) => {
+                *lib.get($name).map_err(|e| e.to_string())?
+            };
+        }
+        let mut api = Api {
+            engine_create: f!(b"dnnl_engine_create"),
+            stream_create: f!(b"dnnl_stream_create"),
+            md_init_by_tag: f!(b"dnnl_memory_desc_init_by_tag"),
+            md_get_size: f!(b"dnnl_memory_desc_get_size"),
+            md_equal: f!(b"dnnl_memory_desc_equal"),
+            conv_forward: f!(b"dnnl_convolution_forward_desc_init"),
+            conv_backward_data: f!(b"dnnl_convolution_backward_data_desc_init"),
+            conv_backward_weights: f!(b"dnnl_convolution_backward_weights_desc_init"),
+            pd_create: f!(b"dnnl_primitive_desc_create"),
+            pd_query_md: f!(b"dnnl_primitive_desc_query_md"),
+            pd_query: f!(b"dnnl_primitive_desc_query"),
+            pd_destroy: f!(b"dnnl_primitive_desc_destroy"),
+            reorder_pd_create: f!(b"dnnl_reorder_primitive_desc_create"),
+            primitive_create: f!(b"dnnl_primitive_create"),
+            execute: f!(b"dnnl_primitive_execute"),
+            memory_create: f!(b"dnnl_memory_create"),
+            set_handle: f!(b"dnnl_memory_set_data_handle"),
+            stream_wait: f!(b"dnnl_stream_wait"),
+            engine: std::ptr::null_mut(),
+            version,
+            _lib: lib,
+        };
+        found.one_omp_thread();
+        let mut engine = std::ptr::null_mut();
+        if (api.engine_create)(&mut engine, ENGINE_CPU, 0) != 0 {
+            return Err("oneDNN made no CPU engine".into());
+        }
+        api.engine = engine;
+        Ok(api)
+    }
+}
+
+/// Whether `SNNC_CONV` lets convolutions run on oneDNN: unset or `onednn`
+/// (where it loads), not `im2col`; another value is an error.
+fn wanted() -> Result<bool, String> {
+    match std::env::var("SNNC_CONV").as_deref().map(str::trim) {
+        Err(_) | Ok("") | Ok("onednn") => Ok(true),
+        Ok("im2col") => Ok(false),
+        Ok(other) => Err(format!(
+            "SNNC_CONV=`{other}` names no convolution path (onednn, im2col)"
+        )),
+    }
+}
+
+/// Whether convolutions run here (oneDNN loads with the version-2 API
+/// and `SNNC_CONV` does not say `im2col`).
+pub fn available() -> bool {
+    wanted().unwrap_or(true) && api().is_ok()
+}
+
+/// The convolution path in one line, for the CPU backend's description.
+pub fn describe() -> String {
+    match (wanted(), api()) {
+        (Err(e), _) => e,
+        (Ok(false), _) => "im2col + SGEMM (SNNC_CONV)".into(),
+        (Ok(true), Ok(api)) => format!("{} direct", api.version),
+        (Ok(true), Err(why)) => format!("im2col + SGEMM ({why})"),
+    }
+}
+
+/// Runs `call` on oneDNN: false where this machine or the call's shape
+/// has no oneDNN convolution (the caller then runs its own), an error
+/// where `SNNC_CONV` is malformed or oneDNN fails during the call.
+///
+/// # Safety
+/// The call's addresses must hold its operands (f32, NCHW and OIHW), the
+/// output not overlapping the inputs.
+pub unsafe fn run(call: &ConvCall) -> Result<bool, String> {
+    if !wanted()? {
+        return Ok(false);
+    }
+    let Ok(api) = api() else {
+        return Ok(false);
+    };
+    let Some(pad_r) = pad_right(call) else {
+        return Ok(false);
+    };
+    if unsupported()
+        .lock()
+        .is_ok_and(|s| s.contains(&key(call, 0)))
+    {
+        return Ok(false);
+    }
+    let parts = rayon::current_num_threads().min(call.b).max(1);
+    let sizes: Vec<usize> = (0..parts)
+        .map(|p| call.b / parts + usize::from(p < call.b % parts))
+        .collect();
+    let starts: Vec<usize> = sizes
+        .iter()
+        .scan(0, |at, &n| {
+            let s = *at;
+            *at += n;
+            Some(s)
+        })
+        .collect();
+    let wlen = call.co * call.ci * call.k * call.k;
+    // The weight gradient's parts past the first, summed into the output.
+    let mut partial = match call.pass {
+        ConvPass::GradWeight => vec![0f32; wlen * (parts - 1)],
+        _ => Vec::new(),
+    };
+    let partial_at = partial.as_mut_ptr() as u64;
+    let results: Vec<Result<bool, String>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let part = Part {
+                n: sizes[p],
+                first: starts[p],
+                out: match (call.pass, p) {
+                    (ConvPass::GradWeight, 0) => call.out,
+                    (ConvPass::GradWeight, p) => partial_at + (4 * wlen * (p - 1)) as u64,
+                    _ => call.out,
+                },
+            };
+            run_part(api, call, pad_r, part)
+        })
+        .collect();
+    for r in results {
+        if !r? {
+            if let Ok(mut s) = unsupported().lock() {
+                s.insert(key(call, 0));
+            }
+            return Ok(false);
+        }
+    }
+    if call.pass == ConvPass::GradWeight && parts > 1 {
+        let out = std::slice::from_raw_parts_mut(call.out as *mut f32, wlen);
+        for chunk in partial.chunks_exact(wlen) {
+            for (o, v) in out.iter_mut().zip(chunk) {
+                *o += v;
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// One worker's samples: `n` from `first`, written to `out` (the output,
+/// or for a weight gradient this part's own).
+#[derive(Clone, Copy)]
+struct Part {
+    n: usize,
+    first: usize,
+    out: u64,
+}
+
+/// The right and bottom padding that makes oneDNN's output `ho × wo`
+/// (less than `pad` when the last window does not reach it); `None` when
+/// it would be negative beyond what the caller's geometry allows.
+fn pad_right(c: &ConvCall) -> Option<i64> {
+    let pr = |n_out: usize, n_in: usize| -> i64 {
+        (n_out as i64 - 1) * c.stride as i64 + c.k as i64 - n_in as i64 - c.pad as i64
+    };
+    let (ph, pw) = (pr(c.ho, c.h), pr(c.wo, c.w));
+    // One value serves both sides; square geometry gives equal ones.
+    (ph == pw && ph >= 0).then_some(ph)
+}
+
+/// A call shape, with `n` samples (0: the whole call's, for the set of
+/// shapes oneDNN refused).
+type Key = (ConvPass, [usize; 10]);
+
+fn key(c: &ConvCall, n: usize) -> Key {
+    let n = if n == 0 { c.b } else { n };
+    (
+        c.pass,
+        [n, c.ci, c.h, c.w, c.co, c.k, c.stride, c.pad, c.ho, c.wo],
+    )
+}
+
+fn unsupported() -> &'static Mutex<HashSet<Key>> {
+    static SET: OnceLock<Mutex<HashSet<Key>>> = OnceLock::new();
+    SET.get_or_init(Default::default)
+}
+
+/// One operand of a planned call: the caller's plain (NCHW/OIHW) memory
+/// and, where the primitive wants another layout, a blocked one with the
+/// reorder between them and its offset in the worker's buffer.
+struct Operand {
+    /// The primitive's argument name (`DNNL_ARG_*`).
+    arg: c_int,
+    plain: Handle,
+    blocked: Option<Blocked>,
+}
+
+struct Blocked {
+    memory: Handle,
+    reorder: Handle,
+    /// Offset in the worker's buffer, in bytes.
+    at: usize,
+}
+
+/// The primitives of one call shape on one worker.
+struct Planned {
+    conv: Handle,
+    /// The two inputs, then the output.
+    operands: [Operand; 3],
+    /// Bytes of the worker's buffer this plan uses.
+    bytes: usize,
+}
+
+struct Worker {
+    stream: Handle,
+    plans: HashMap<Key, Option<Planned>>,
+    /// The blocked operands, 64-byte lines.
+    buffer: Vec<[f32; 16]>,
+}
+
+thread_local! {
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+}
+
+/// Runs one part on the calling thread; false where oneDNN has no
+/// convolution for the shape.
+fn run_part(api: &Api, call: &ConvCall, pad_r: i64, part: Part) -> Result<bool, String> {
+    if part.n == 0 {
+        return Ok(true);
+    }
+    WORKER.with(|w| {
+        let mut w = w.borrow_mut();
+        if w.is_none() {
+            if let Some(lib) = system::probe().get(Kind::OneDnn) {
+                lib.one_omp_thread();
+            }
+            let mut stream = std::ptr::null_mut();
+            // SAFETY: a stream on the process's engine, for this thread.
+            if unsafe { (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) } != 0 {
+                return Err("oneDNN made no stream".to_string());
+            }
+            *w = Some(Worker {
+                stream,
+                plans: HashMap::new(),
+                buffer: Vec::new(),
+            });
+        }
+        let w = w.as_mut().expect("made above");
+        let k = key(call, part.n);
+        let p = w
+            .plans
+            .entry(k)
+            // SAFETY: `plan` makes descriptors and primitives only.
+            .or_insert_with(|| unsafe { plan(api, call, part.n, pad_r) });
+        let Some(p) = p.as_ref() else {
+            return Ok(false);
+        };
+        let lines = p.bytes.div_ceil(64);
+        if w.buffer.len() < lines {
+            w.buffer.resize(lines, [0.0; 16]);
+        }
+        let base = w.buffer.as_mut_ptr() as usize;
+        // SAFETY: the caller's operands hold this part's samples at the
+        // offsets below; the blocked copies lie inside `buffer`.
+        unsafe { execute(api, w.stream, p, base, operands(call, part)) }.map(|()| true)
+    })
+}
+
+/// The caller's addresses of a part's two inputs and its output.
+fn operands(c: &ConvCall, part: Part) -> [u64; 3] {
+    let x_len = (c.ci * c.h * c.w * 4) as u64;
+    let y_len = (c.co * c.ho * c.wo * 4) as u64;
+    let first = part.first as u64;
+    match c.pass {
+        ConvPass::Forward => [c.ins[0] + first * x_len, c.ins[1], part.out + first * y_len],
+        ConvPass::GradInput => [c.ins[0] + first * y_len, c.ins[1], part.out + first * x_len],
+        ConvPass::GradWeight => [c.ins[0] + first * x_len, c.ins[1] + first * y_len, part.out],
+    }
+}
+
+/// Runs a planned call: reorders the inputs that need it into the
+/// buffer at `base`, runs the convolution, reorders its output back.
+unsafe fn execute(
+    api: &Api,
+    stream: Handle,
+    p: &Planned,
+    base: usize,
+    addr: [u64; 3],
+) -> Result<(), String> {
+    let check = |s: Status, what: &str| match s {
+        0 => Ok(()),
+        s => Err(format!("oneDNN {what} failed (status {s})")),
+    };
+    let mut args = Vec::with_capacity(3);
+    for (i, (o, &a)) in p.operands.iter().zip(&addr).enumerate() {
+        check((api.set_handle)(o.plain, a as Handle), "set_data_handle")?;
+        let Some(b) = &o.blocked else {
+            args.push(ExecArg {
+                arg: o.arg,
+                memory: o.plain,
+            });
+            continue;
+        };
+        check(
+            (api.set_handle)(b.memory, (base + b.at) as Handle),
+            "set_data_handle",
+        )?;
+        if i < 2 {
+            let r = [
+                ExecArg {
+                    arg: ARG_FROM,
+                    memory: o.plain,
+                },
+                ExecArg {
+                    arg: ARG_TO,
+                    memory: b.memory,
+                },
+            ];
+            check((api.execute)(b.reorder, stream, 2, r.as_ptr()), "reorder")?;
+        }
+        args.push(ExecArg {
+            arg: o.arg,
+            memory: b.memory,
+        });
+    }
+    check(
+        (api.execute)(p.conv, stream, 3, args.as_ptr()),
+        "convolution",
+    )?;
+    if let Some(b) = &p.operands[2].blocked {
+        let r = [
+            ExecArg {
+                arg: ARG_FROM,
+                memory: b.memory,
+            },
+            ExecArg {
+                arg: ARG_TO,
+                memory: p.operands[2].plain,
+            },
+        ];
+        check((api.execute)(b.reorder, stream, 2, r.as_ptr()), "reorder")?;
+    }
+    check((api.stream_wait)(stream), "stream wait")
+}
+
+/// The layouts-to-be-chosen of a call shape with `n` samples and the
+/// forward primitive descriptor oneDNN picks for it (every pass's hint).
+struct Forward {
+    x: Md,
+    y: Md,
+    w: Md,
+    /// Strides, left/top and right/bottom padding.
+    dims: [Dims; 3],
+    pd: Handle,
+}
+
+unsafe fn md(api: &Api, dims: [usize; 4], tag: c_int) -> Option<Md> {
+    let mut m = Md([0; 2048]);
+    let d = dims.map(|x| x as i64);
+    ((api.md_init_by_tag)(&mut m, 4, d.as_ptr(), F32, tag) == 0).then_some(m)
+}
+
+unsafe fn forward(api: &Api, c: &ConvCall, n: usize, pad_r: i64) -> Option<Forward> {
+    let x = md(api, [n, c.ci, c.h, c.w], TAG_ANY)?;
+    let y = md(api, [n, c.co, c.ho, c.wo], TAG_ANY)?;
+    let w = md(api, [c.co, c.ci, c.k, c.k], TAG_ANY)?;
+    let mut dims: [Dims; 3] = [[0; 12]; 3];
+    dims[0][..2].fill(c.stride as i64);
+    dims[1][..2].fill(c.pad as i64);
+    dims[2][..2].fill(pad_r);
+    let mut desc = OpDesc([0; 16384]);
+    let made = (api.conv_forward)(
+        &mut desc,
+        FORWARD_TRAINING,
+        CONVOLUTION_DIRECT,
+        &x,
+        &w,
+        std::ptr::null(),
+        &y,
+        dims[0].as_ptr(),
+        dims[1].as_ptr(),
+        dims[2].as_ptr(),
+    );
+    let null = std::ptr::null_mut();
+    let mut pd = null;
+    if made != 0 || (api.pd_create)(&mut pd, &desc, null, api.engine, null) != 0 {
+        return None;
+    }
+    Some(Forward { x, y, w, dims, pd })
+}
+
+/// Makes the primitives of a call shape with `n` samples, or `None` when
+/// oneDNN has no convolution for it (or fails to make one).
+unsafe fn plan(api: &Api, c: &ConvCall, n: usize, pad_r: i64) -> Option<Planned> {
+    let ok = |s: Status| (s == 0).then_some(());
+    let x = [n, c.ci, c.h, c.w];
+    let y = [n, c.co, c.ho, c.wo];
+    let wt = [c.co, c.ci, c.k, c.k];
+    let fwd = forward(api, c, n, pad_r)?;
+    let [strides, pad_l, pad_r] = &fwd.dims;
+    let null = std::ptr::null_mut();
+    let pd = match c.pass {
+        ConvPass::Forward => fwd.pd,
+        pass => {
+            let mut desc = OpDesc([0; 16384]);
+            let made = match pass {
+                ConvPass::GradInput => (api.conv_backward_data)(
+                    &mut desc,
+                    CONVOLUTION_DIRECT,
+                    &fwd.x,
+                    &fwd.w,
+                    &fwd.y,
+                    strides.as_ptr(),
+                    pad_l.as_ptr(),
+                    pad_r.as_ptr(),
+                ),
+                _ => (api.conv_backward_weights)(
+                    &mut desc,
+                    CONVOLUTION_DIRECT,
+                    &fwd.x,
+                    &fwd.w,
+                    std::ptr::null(),
+                    &fwd.y,
+                    strides.as_ptr(),
+                    pad_l.as_ptr(),
+                    pad_r.as_ptr(),
+                ),
+            };
+            let mut pd = null;
+            let r = ok(made)
+                .and_then(|()| ok((api.pd_create)(&mut pd, &desc, null, api.engine, fwd.pd)));
+            (api.pd_destroy)(fwd.pd);
+            r?;
+            pd
+        }
+    };
+    // (argument, query, plain layout) of the two inputs and the output.
+    let roles: [(c_int, c_int, [usize; 4]); 3] = match c.pass {
+        ConvPass::Forward => [
+            (ARG_SRC, QUERY_SRC_MD, x),
+            (ARG_WEIGHTS, QUERY_WEIGHTS_MD, wt),
+            (ARG_DST, QUERY_DST_MD, y),
+        ],
+        ConvPass::GradInput => [
+            (ARG_DIFF_DST, QUERY_DIFF_DST_MD, y),
+            (ARG_WEIGHTS, QUERY_WEIGHTS_MD, wt),
+            (ARG_DIFF_SRC, QUERY_DIFF_SRC_MD, x),
+        ],
+        ConvPass::GradWeight => [
+            (ARG_SRC, QUERY_SRC_MD, x),
+            (ARG_DIFF_DST, QUERY_DIFF_DST_MD, y),
+            (ARG_DIFF_WEIGHTS, QUERY_DIFF_WEIGHTS_MD, wt),
+        ],
+    };
+    let planned = (|| {
+        let mut bytes = 0;
+        let mut operands = Vec::with_capacity(3);
+        for (i, (arg, query, dims)) in roles.into_iter().enumerate() {
+            let want = (api.pd_query_md)(pd, query, 0);
+            if want.is_null() {
+                return None;
+            }
+            let plain_md = md(api, dims, TAG_ABCD)?;
+            let mut plain = null;
+            ok((api.memory_create)(&mut plain, &plain_md, api.engine, null))?;
+            let blocked = if (api.md_equal)(want, &plain_md) != 0 {
+                None
+            } else {
+                let (from, to): (*const Md, *const Md) = match i {
+                    2 => (want, &plain_md),
+                    _ => (&plain_md, want),
+                };
+                let mut rpd = null;
+                ok((api.reorder_pd_create)(
+                    &mut rpd, from, api.engine, to, api.engine, null,
+                ))?;
+                let mut reorder = null;
+                let made = ok((api.primitive_create)(&mut reorder, rpd));
+                (api.pd_destroy)(rpd);
+                made?;
+                let mut memory = null;
+                ok((api.memory_create)(&mut memory, want, api.engine, null))?;
+                let at = bytes;
+                bytes += (api.md_get_size)(want).next_multiple_of(64);
+                Some(Blocked {
+                    memory,
+                    reorder,
+                    at,
+                })
+            };
+            operands.push(Operand {
+                arg,
+                plain,
+                blocked,
+            });
+        }
+        let mut conv = null;
+        ok((api.primitive_create)(&mut conv, pd))?;
+        let operands: [Operand; 3] = operands.try_into().ok()?;
+        Some(Planned {
+            conv,
+            operands,
+            bytes,
+        })
+    })();
+    (api.pd_destroy)(pd);
+    planned
+}
+
+/// The implementation oneDNN picks for a forward call shape (its
+/// `impl_info_str`, e.g. `jit:avx512_core`), for benches and tests.
+pub fn implementation(c: &ConvCall) -> Option<String> {
+    let api = api().ok()?;
+    let pad_r = pad_right(c)?;
+    // SAFETY: descriptors only; the string is the library's, copied.
+    unsafe {
+        let fwd = forward(api, c, c.b, pad_r)?;
+        let mut s: *const c_char = std::ptr::null();
+        let got = (api.pd_query)(
+            fwd.pd,
+            QUERY_IMPL_INFO_STR,
+            0,
+            &mut s as *mut _ as *mut c_void,
+        );
+        let name =
+            (got == 0 && !s.is_null()).then(|| CStr::from_ptr(s).to_string_lossy().into_owned());
+        (api.pd_destroy)(fwd.pd);
+        name
+    }
+}
