@@ -262,6 +262,17 @@ fn channel_reductions_equal_the_gpu_form() {
                 &run(&mut emu, kernel, threads, &bufs, &args),
             );
         }
+        // The moments' pass 1: sums of x and of x² into two buffers.
+        let kernel = "snnc_chan_moments_partial";
+        let bufs = vec![x.clone(), part.clone(), part.clone()];
+        let mut args = vec![P(0), P(1), P(2)];
+        args.extend(geo);
+        same(
+            kernel,
+            &case,
+            &run(&mut cpu, kernel, threads, &bufs, &args),
+            &run(&mut emu, kernel, threads, &bufs, &args),
+        );
     }
 }
 

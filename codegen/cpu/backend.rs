@@ -33,6 +33,7 @@ const NATIVE_KERNELS: &[&str] = &[
     "snnc_bc_swap",
     "snnc_chan_partial",
     "snnc_chan_dot_partial",
+    "snnc_chan_moments_partial",
     "snnc_pool",
     "snnc_avgpool_grad",
     "snnc_conv_events",
@@ -68,7 +69,11 @@ const MIN_PARALLEL: usize = 1 << 14;
 /// reductions' pass 1, ≥ 64 elements a thread (`exec::reduce`), so that a
 /// launch of a few thousand threads reads a whole activation tensor. They
 /// are split from [`MIN_PARALLEL_LOOPS`] threads instead.
-const THREAD_LOOPS: &[&str] = &["snnc_chan_partial", "snnc_chan_dot_partial"];
+const THREAD_LOOPS: &[&str] = &[
+    "snnc_chan_partial",
+    "snnc_chan_dot_partial",
+    "snnc_chan_moments_partial",
+];
 const MIN_PARALLEL_LOOPS: usize = 1 << 8;
 
 /// The library's C++ translation unit: the host shim, the CPU shim, the

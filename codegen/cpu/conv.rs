@@ -465,7 +465,7 @@ unsafe fn execute(
     base: usize,
     addr: [u64; 3],
 ) -> Result<(), String> {
-    let check = |s: Status, what: &str| match s {
+    let check = |s: i32, what: &str| match s {
         0 => Ok(()),
         s => Err(format!("oneDNN {what} failed (status {s})")),
     };
@@ -570,7 +570,7 @@ unsafe fn forward(api: &Api, c: &ConvCall, n: usize, pad_r: i64) -> Option<Forwa
 /// Makes the primitives of a call shape with `n` samples, or `None` when
 /// oneDNN has no convolution for it (or fails to make one).
 unsafe fn plan(api: &Api, c: &ConvCall, n: usize, pad_r: i64) -> Option<Planned> {
-    let ok = |s: Status| (s == 0).then_some(());
+    let ok = |s: i32| (s == 0).then_some(());
     let x = [n, c.ci, c.h, c.w];
     let y = [n, c.co, c.ho, c.wo];
     let wt = [c.co, c.ci, c.k, c.k];

@@ -217,7 +217,9 @@ static inline double snnc_cpu_chan_term(const float* x, const float* y, long lon
 
 template <int KIND>
 static inline void snnc_cpu_chan(const float* x, const float* y, const float* mean, double* part,
-                                 int c, int b, int r, int parts) {
+                                 int c, int b, int r, int parts, double* part2 = nullptr) {
+    // KIND 3 (moments): part gets the sums of x, part2 those of x² (each
+    // square exact in double), in one read of x.
     long long t, hi;
     snnc_range((long long)c * parts, &t, &hi);
     if (t >= hi) return;
@@ -227,21 +229,33 @@ static inline void snnc_cpu_chan(const float* x, const float* y, const float* me
         for (; t < hi; ++t) {
             const int ch = (int)(t / parts), p = (int)(t - (long long)ch * parts);
             const float m = KIND == 1 ? mean[ch] : 0.0f;
-            double s = 0.0;
+            double s = 0.0, s2 = 0.0;
             for (long long e = p; e < (long long)b * r; e += parts) {
                 const long long bi = e / r;
-                s += snnc_cpu_chan_term<KIND>(x, y, (bi * c + ch) * r + (e - bi * r), m);
+                const long long at = (bi * c + ch) * r + (e - bi * r);
+                if (KIND == 3) {
+                    const double v = (double)x[at];
+                    s += v;
+                    s2 += v * v;
+                } else {
+                    s += snnc_cpu_chan_term<KIND>(x, y, at, m);
+                }
             }
             part[t] = s;
+            if (KIND == 3) part2[t] = s2;
         }
         return;
     }
     double acc[ACC];
+    double acc2[KIND == 3 ? ACC : 1];
     const int group = ACC / parts;
     const int ch_end = (int)((hi - 1) / parts) + 1;
     for (int g0 = (int)(t / parts); g0 < ch_end; g0 += group) {
         const int g1 = snnc_min_i(ch_end, (long long)g0 + group);
         for (int q = 0; q < (g1 - g0) * parts; ++q) acc[q] = 0.0;
+        if (KIND == 3) {
+            for (int q = 0; q < (g1 - g0) * parts; ++q) acc2[q] = 0.0;
+        }
         int p_row = 0;
         for (int bi = 0; bi < b; ++bi) {
             for (int ch = g0; ch < g1; ++ch) {
@@ -260,6 +274,13 @@ static inline void snnc_cpu_chan(const float* x, const float* y, const float* me
                             const float dv = xs[q] - m;
                             a[q] += (double)(dv * dv);
                         }
+                    } else if (KIND == 3) {
+                        double* a2 = acc2 + (ch - g0) * parts + p;
+                        for (int q = 0; q < len; ++q) {
+                            const double v = (double)xs[q];
+                            a[q] += v;
+                            a2[q] += v * v;
+                        }
                     } else {
                         const float* ys = y + at + j;
                         for (int q = 0; q < len; ++q) a[q] += (double)(xs[q] * ys[q]);
@@ -273,7 +294,10 @@ static inline void snnc_cpu_chan(const float* x, const float* y, const float* me
         }
         // The group's parts that belong to this range.
         const long long lo_g = (long long)g0 * parts, hi_g = (long long)g1 * parts;
-        for (long long u = lo_g > t ? lo_g : t; u < hi_g && u < hi; ++u) part[u] = acc[u - lo_g];
+        for (long long u = lo_g > t ? lo_g : t; u < hi_g && u < hi; ++u) {
+            part[u] = acc[u - lo_g];
+            if (KIND == 3) part2[u] = acc2[u - lo_g];
+        }
     }
 }
 
@@ -284,6 +308,11 @@ extern "C" void snnc_cpu_chan_partial(const float* x, const float* mean, double*
     } else {
         snnc_cpu_chan<0>(x, nullptr, nullptr, part, c, b, r, parts);
     }
+}
+
+extern "C" void snnc_cpu_chan_moments_partial(const float* x, double* sum, double* sq, int c,
+                                              int b, int r, int parts) {
+    snnc_cpu_chan<3>(x, nullptr, nullptr, sum, c, b, r, parts, sq);
 }
 
 extern "C" void snnc_cpu_chan_dot_partial(const float* x, const float* y, double* part, int c,

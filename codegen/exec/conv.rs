@@ -189,12 +189,41 @@ impl<'a, B: Backend> Executor<'a, B> {
             return Ok(false);
         }
         let call = geo.call(pass, ins, out);
-        if !self.profile_steps {
-            return Ok(self.backend.conv(&call)?);
+        // The im2col path's scratch is taken (and not used) so that the
+        // arena's accounting follows the memory plan, which reserves it for
+        // every convolution: which shapes the library declines is known
+        // only when it is asked.
+        // The workspace is handed out in order (`take_scratch`), so it is
+        // rewound for the im2col path when the library declines.
+        let nb = self.chunk(geo);
+        let pieces = geo.per_sample().map(|s| s * nb);
+        let rewind = self.scratch;
+        let mut held = Vec::new();
+        for &len in &pieces {
+            match self.take_scratch(len) {
+                Ok(m) => held.push(m),
+                Err(e) => {
+                    for (m, &len) in held.into_iter().zip(&pieces) {
+                        self.give_scratch(m, len);
+                    }
+                    self.scratch = rewind;
+                    return Err(e);
+                }
+            }
         }
-        self.backend.sync()?;
         let started = std::time::Instant::now();
-        let done = self.backend.conv(&call)?;
+        let done = match self.profile_steps {
+            true => self.backend.sync().and_then(|()| self.backend.conv(&call)),
+            false => self.backend.conv(&call),
+        };
+        for (m, &len) in held.into_iter().zip(&pieces) {
+            self.give_scratch(m, len);
+        }
+        self.scratch = rewind;
+        let done = done?;
+        if !self.profile_steps {
+            return Ok(done);
+        }
         self.backend.sync()?;
         if done {
             let name = match pass {

@@ -189,6 +189,9 @@ pub struct Executor<'a, B: Backend> {
     /// Convolutions run as events so far (a count for tests and benches).
     pub event_convs: usize,
     pool: HashMap<usize, Vec<B::Buf>>,
+    /// Per ChannelMean node that ran as moments: Σx and Σx² per channel
+    /// (2·C doubles), for the ChannelVar over the same operands (`reduce`).
+    moments: HashMap<NodeIndex, B::Buf>,
     slots: Vec<Option<Slot<B::Buf>>>,
     resident: HashMap<String, usize>,
     stats: MemStats,
@@ -347,6 +350,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             event_density,
             event_convs: 0,
             pool: HashMap::new(),
+            moments: HashMap::new(),
             slots: Vec::new(),
             resident: HashMap::new(),
             stats: MemStats::default(),
@@ -607,6 +611,9 @@ impl<B: Backend> Drop for Executor<'_, B> {
             if let Mem::Own(b) = s.buf {
                 self.backend.free(b);
             }
+        }
+        for (_, b) in std::mem::take(&mut self.moments) {
+            self.backend.free(b);
         }
         for (_, bufs) in std::mem::take(&mut self.pool) {
             for b in bufs {

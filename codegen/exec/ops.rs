@@ -55,7 +55,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                 let len = elems(&node.shape);
                 let out = self.value_buffer(n, len)?;
                 let p = self.mem_ptr(&out);
-                match self.compute(op, &node.shape, &ins, p, opts) {
+                match self.stats_or_compute(n, op, &node.shape, &ins, p, opts) {
                     Ok(()) => Ok(self.new_slot(out, len, false)),
                     Err(e) => {
                         self.free_value(out, len);
@@ -123,6 +123,39 @@ impl<'a, B: Backend> Executor<'a, B> {
         let flops = 2.0 * (g.m * g.n * g.k * g.batch) as f64;
         self.count_inner(key, started, flops);
         Ok(())
+    }
+
+    /// [`Executor::compute`], except the channel means, which sum x² too
+    /// in the same read (the x² sums cost little in a pass bound by
+    /// memory, and the mean's scratch is then the same whatever follows
+    /// it), and the variances over a mean's own operands, computed from
+    /// those sums (`reduce`).
+    fn stats_or_compute(
+        &mut self,
+        n: NodeIndex,
+        op: &Op,
+        shape: &[usize],
+        ins: &[(u64, &[usize])],
+        out: u64,
+        opts: &RunOptions,
+    ) -> Result<(), ExecError> {
+        match op {
+            Op::ChannelMean => {
+                let s = ins[0].1;
+                let count = (ins.len() * s[0] * inner(s)) as f64;
+                let xs: Vec<u64> = ins.iter().map(|i| i.0).collect();
+                self.channel_mean_moments(n, &xs, s, out, count)
+            }
+            Op::ChannelVar => {
+                let s = ins[1].1;
+                let count = ((ins.len() - 1) * s[0] * inner(s)) as f64;
+                if self.channel_var_moments(n, ins[0].0, s[1], out, count)? {
+                    return Ok(());
+                }
+                self.compute(op, shape, ins, out, opts)
+            }
+            _ => self.compute(op, shape, ins, out, opts),
+        }
     }
 
     /// Evaluates one non-leaf, non-view op into the buffer at `out`.

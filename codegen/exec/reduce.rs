@@ -1,9 +1,19 @@
 //! Channel reductions (batch-norm statistics and their gradients) in two
 //! passes: partial sums per (channel, part) in double, then one sum per
 //! channel.
+//!
+//! A batch norm's mean and variance over the same operands read them once:
+//! the mean's pass 1 also sums x² (`snnc_chan_moments_partial`), its pass 2
+//! keeps Σx and Σx² per channel (the node's "moments", a small buffer the
+//! executor owns), and the variance is computed from them
+//! (`snnc_chan_var_moments`) instead of a second pass over the operands.
+//! In double, Σ(x − m)² = Σx² − 2m·Σx + n·m² loses nothing that matters:
+//! each square is exact, and the cancellation costs log2(m²/var) of the
+//! ~29 bits double carries beyond f32.
 
 use super::{inner, int, ExecError, Executor};
 use crate::codegen::backend::{Arg, Backend};
+use crate::ir::{NodeIndex, Op};
 
 impl<'a, B: Backend> Executor<'a, B> {
     /// Per-channel sums over the operands `xs` (each `[B, C, …]` of
@@ -62,6 +72,102 @@ impl<'a, B: Backend> Executor<'a, B> {
         self.give_scratch(work, floats);
         result
     }
+}
+
+impl<'a, B: Backend> Executor<'a, B> {
+    /// ChannelMean node `n` over `xs` (each `[B, C, …]` of `shape`) as
+    /// moments: one pass for Σx and Σx², the mean into `out`, the moments
+    /// kept for a variance over the same operands.
+    pub(super) fn channel_mean_moments(
+        &mut self,
+        n: NodeIndex,
+        xs: &[u64],
+        shape: &[usize],
+        out: u64,
+        count: f64,
+    ) -> Result<(), ExecError> {
+        use Arg::{D, I, P};
+        let (b, c, r) = (shape[0], shape[1], inner(shape));
+        let parts = chan_parts(shape);
+        if !self.moments.contains_key(&n) {
+            let buf = self.backend.alloc(4 * c)?;
+            self.moments.insert(n, buf);
+        }
+        let moments = self.backend.ptr(&self.moments[&n]);
+        let floats = 2 * chan_work_floats(xs.len(), shape);
+        let work = self.take_scratch(floats)?;
+        let wp = self.mem_ptr(&work);
+        let half = 8 * (xs.len() * c * parts) as u64;
+        let mut run = || -> Result<(), ExecError> {
+            for (k, &xp) in xs.iter().enumerate() {
+                let at = wp + 8 * (k * c * parts) as u64;
+                self.launch(
+                    "snnc_chan_moments_partial",
+                    c * parts,
+                    &[
+                        P(xp),
+                        P(at),
+                        P(at + half),
+                        I(int(c)?),
+                        I(int(b)?),
+                        I(int(r)?),
+                        I(int(parts)?),
+                    ],
+                )?;
+            }
+            self.launch(
+                "snnc_chan_moments_finish",
+                c,
+                &[
+                    P(wp),
+                    P(moments),
+                    P(out),
+                    I(int(c)?),
+                    I(int(parts)?),
+                    I(int(xs.len())?),
+                    D(count),
+                ],
+            )
+        };
+        let result = run();
+        self.give_scratch(work, floats);
+        result
+    }
+
+    /// ChannelVar node `v` from its mean's moments, when the mean ran as
+    /// moments over the same operands in this run; false otherwise (the
+    /// caller then makes its own pass).
+    pub(super) fn channel_var_moments(
+        &mut self,
+        v: NodeIndex,
+        mean: u64,
+        c: usize,
+        out: u64,
+        count: f64,
+    ) -> Result<bool, ExecError> {
+        use Arg::{D, I, P};
+        let g = self.g;
+        let ops = g.operands(v);
+        let m = ops[0];
+        if g.node(m).op != Op::ChannelMean || !var_over(&ops, m, &g.operands(m)) {
+            return Ok(false);
+        }
+        let Some(buf) = self.moments.get(&m) else {
+            return Ok(false);
+        };
+        let moments = self.backend.ptr(buf);
+        self.launch(
+            "snnc_chan_var_moments",
+            c,
+            &[P(moments), P(mean), P(out), I(int(c)?), D(count)],
+        )?;
+        Ok(true)
+    }
+}
+
+/// Whether a ChannelVar's operands are (mean node `m`, then exactly `xs`).
+fn var_over(var_ops: &[NodeIndex], m: NodeIndex, xs: &[NodeIndex]) -> bool {
+    var_ops.first() == Some(&m) && var_ops[1..] == *xs
 }
 
 /// Pass 1 of a channel reduction: `snnc_chan_partial` (sums of x or of

@@ -22,8 +22,10 @@ pub(super) fn pieces(
     conv_workspace: usize,
 ) -> Vec<usize> {
     match op {
-        // The operands summed: all of them, or those after the mean.
-        Op::ChannelMean | Op::ChannelSum => vec![chan_work_floats(ins.len(), ins[0])],
+        // The operands summed: all of them, or those after the mean; a
+        // mean sums x and x² (`reduce`).
+        Op::ChannelMean => vec![2 * chan_work_floats(ins.len(), ins[0])],
+        Op::ChannelSum => vec![chan_work_floats(ins.len(), ins[0])],
         Op::ChannelDot => vec![chan_work_floats(1, ins[0])],
         Op::ChannelVar => vec![chan_work_floats(ins.len() - 1, ins[1])],
         // A convolution the executor rejects takes nothing: it fails

@@ -317,6 +317,60 @@ extern "C" __global__ void snnc_chan_dot_partial(const float* x, const float* y,
     }
 }
 
+// Pass 1 of a ChannelMean whose ChannelVar follows over the same operands:
+// the partial sums of x (into `sum`, as snnc_chan_partial) and of x² (into
+// `sq`, each square exact in double) in one read of x.
+extern "C" __global__ void snnc_chan_moments_partial(const float* x, double* sum, double* sq, int c,
+                                                     int b, int r, int parts) {
+    SNNC_LOOP(t, c * parts) {
+        int ch = t / parts;
+        int p = t - ch * parts;
+        int total = b * r;
+        double a = 0.0, q = 0.0;
+        for (int e = p; e < total; e += parts) {
+            int bi = e / r;
+            int j = e - bi * r;
+            double v = (double)x[(bi * c + ch) * r + j];
+            a += v;
+            q += v * v;
+        }
+        sum[t] = a;
+        sq[t] = q;
+    }
+}
+
+// Pass 2 of the moments: the sums of nops operands' partials (x's in
+// part[(op·c + ch)·parts + p], x²'s after them at op + nops) in a fixed
+// order; out[ch] = Σx / count (the mean, as snnc_chan_finish), and
+// moments[ch] = Σx, moments[c + ch] = Σx² for the variance.
+extern "C" __global__ void snnc_chan_moments_finish(const double* part, double* moments,
+                                                    float* out, int c, int parts, int nops,
+                                                    double count) {
+    SNNC_LOOP(ch, c) {
+        double a = 0.0, q = 0.0;
+        for (int op = 0; op < nops; ++op) {
+            for (int p = 0; p < parts; ++p) a += part[(op * c + ch) * parts + p];
+        }
+        for (int op = nops; op < 2 * nops; ++op) {
+            for (int p = 0; p < parts; ++p) q += part[(op * c + ch) * parts + p];
+        }
+        out[ch] = (float)(a / count);
+        moments[ch] = a;
+        moments[c + ch] = q;
+    }
+}
+
+// ChannelVar from the moments: Σ(x − m)² / n = (Σx² − 2m·Σx + n·m²) / n
+// with m the graph's mean node (f32), in double, never below zero.
+extern "C" __global__ void snnc_chan_var_moments(const double* moments, const float* mean,
+                                                 float* out, int c, double count) {
+    SNNC_LOOP(ch, c) {
+        double m = (double)mean[ch];
+        double v = (moments[c + ch] - 2.0 * m * moments[ch]) / count + m * m;
+        out[ch] = (float)(v > 0.0 ? v : 0.0);
+    }
+}
+
 // part[(op·c + ch)·parts + p] for nops operands -> out[ch] = Σ / count.
 extern "C" __global__ void snnc_chan_finish(const double* part, float* out, int c, int parts,
                                             int nops, double count) {
