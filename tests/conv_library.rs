@@ -4,7 +4,7 @@
 //! unevenly over the workers (1, 3, 5 samples), one input channel, channel
 //! counts that are not multiples of the kernels' 16-channel blocks, 1×1,
 //! 3×3 and 5×5 filters, stride 2 with windows that stop short of the
-//! padding, and no padding. Tolerance: the tests' f32 tolerance
+//! padding, a non-square image, and no padding. Tolerance: the tests' f32 tolerance
 //! (`common::agree::F32`: every element within 1e-4 of the output's
 //! largest magnitude). The output buffer starts as NaN, so an element the
 //! library does not write fails. Without oneDNN's version-2 API the test
@@ -35,6 +35,7 @@ const SHAPES: &[[usize; 8]] = &[
     [4, 20, 8, 8, 24, 1, 1, 0],
     [3, 7, 11, 11, 17, 5, 2, 2],
     [2, 16, 10, 10, 16, 3, 2, 0],
+    [2, 4, 28, 27, 8, 3, 2, 1],
     [3, 33, 6, 6, 40, 3, 1, 1],
 ];
 
@@ -47,6 +48,7 @@ fn library(
 ) -> Option<Tensor<f64>> {
     let [b, ci, h, w, co, k, stride, pad] = s;
     let ho = (h + 2 * pad - k) / stride + 1;
+    let wo = (w + 2 * pad - k) / stride + 1;
     let f32s = |t: &Tensor<f64>| t.data.iter().map(|&v| v as f32).collect::<Vec<f32>>();
     let (a, bb) = (f32s(ins[0]), f32s(ins[1]));
     let mut out = vec![f32::NAN; out_shape.iter().product()];
@@ -61,7 +63,7 @@ fn library(
         stride,
         pad,
         ho,
-        wo: ho,
+        wo,
         ins: [a.as_ptr() as u64, bb.as_ptr() as u64],
         out: out.as_mut_ptr() as u64,
     };
@@ -106,9 +108,10 @@ fn library_convolutions_equal_the_interpreter() {
     for (i, &s) in SHAPES.iter().enumerate() {
         let [b, ci, h, w, co, k, stride, pad] = s;
         let ho = (h + 2 * pad - k) / stride + 1;
+        let wo = (w + 2 * pad - k) / stride + 1;
         let x = data(&[b, ci, h, w], 10 + i as u64);
         let wt = data(&[co, ci, k, k], 20 + i as u64);
-        let dy = data(&[b, co, ho, ho], 30 + i as u64);
+        let dy = data(&[b, co, ho, wo], 30 + i as u64);
         let cases = [
             (
                 ConvPass::Forward,
@@ -117,7 +120,7 @@ fn library_convolutions_equal_the_interpreter() {
                     padding: pad,
                 },
                 [&x, &wt],
-                vec![b, co, ho, ho],
+                vec![b, co, ho, wo],
             ),
             (
                 ConvPass::GradInput,

@@ -314,7 +314,7 @@ pub unsafe fn run(call: &ConvCall) -> Result<bool, String> {
             return Ok(false);
         }
     }
-    if call.pass == ConvPass::GradWeight && parts > 1 {
+    if call.pass == ConvPass::GradWeight && parts > 1 && wlen > 0 {
         let out = std::slice::from_raw_parts_mut(call.out as *mut f32, wlen);
         for chunk in partial.chunks_exact(wlen) {
             for (o, v) in out.iter_mut().zip(chunk) {
@@ -334,16 +334,15 @@ struct Part {
     out: u64,
 }
 
-/// The right and bottom padding that makes oneDNN's output `ho × wo`
+/// The bottom and right padding that make oneDNN's output `ho × wo`
 /// (less than `pad` when the last window does not reach it); `None` when
-/// it would be negative beyond what the caller's geometry allows.
-fn pad_right(c: &ConvCall) -> Option<i64> {
+/// one would be negative (oneDNN's kernels take no negative padding).
+fn pad_right(c: &ConvCall) -> Option<[i64; 2]> {
     let pr = |n_out: usize, n_in: usize| -> i64 {
         (n_out as i64 - 1) * c.stride as i64 + c.k as i64 - n_in as i64 - c.pad as i64
     };
     let (ph, pw) = (pr(c.ho, c.h), pr(c.wo, c.w));
-    // One value serves both sides; square geometry gives equal ones.
-    (ph == pw && ph >= 0).then_some(ph)
+    (ph >= 0 && pw >= 0).then_some([ph, pw])
 }
 
 /// A call shape, with `n` samples (0: the whole call's, for the set of
@@ -392,9 +391,14 @@ struct Planned {
 struct Worker {
     stream: Handle,
     plans: HashMap<Key, Option<Planned>>,
-    /// The blocked operands, 64-byte lines.
-    buffer: Vec<[f32; 16]>,
+    /// The blocked operands.
+    buffer: Vec<Line>,
 }
+
+/// 64 bytes, aligned as a cache line (oneDNN's kernels prefer it).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
 
 thread_local! {
     static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
@@ -402,7 +406,7 @@ thread_local! {
 
 /// Runs one part on the calling thread; false where oneDNN has no
 /// convolution for the shape.
-fn run_part(api: &Api, call: &ConvCall, pad_r: i64, part: Part) -> Result<bool, String> {
+fn run_part(api: &Api, call: &ConvCall, pad_r: [i64; 2], part: Part) -> Result<bool, String> {
     if part.n == 0 {
         return Ok(true);
     }
@@ -435,7 +439,7 @@ fn run_part(api: &Api, call: &ConvCall, pad_r: i64, part: Part) -> Result<bool, 
         };
         let lines = p.bytes.div_ceil(64);
         if w.buffer.len() < lines {
-            w.buffer.resize(lines, [0.0; 16]);
+            w.buffer.resize(lines, Line([0.0; 16]));
         }
         let base = w.buffer.as_mut_ptr() as usize;
         // SAFETY: the caller's operands hold this part's samples at the
@@ -538,14 +542,14 @@ unsafe fn md(api: &Api, dims: [usize; 4], tag: c_int) -> Option<Md> {
     ((api.md_init_by_tag)(&mut m, 4, d.as_ptr(), F32, tag) == 0).then_some(m)
 }
 
-unsafe fn forward(api: &Api, c: &ConvCall, n: usize, pad_r: i64) -> Option<Forward> {
+unsafe fn forward(api: &Api, c: &ConvCall, n: usize, pad_r: [i64; 2]) -> Option<Forward> {
     let x = md(api, [n, c.ci, c.h, c.w], TAG_ANY)?;
     let y = md(api, [n, c.co, c.ho, c.wo], TAG_ANY)?;
     let w = md(api, [c.co, c.ci, c.k, c.k], TAG_ANY)?;
     let mut dims: [Dims; 3] = [[0; 12]; 3];
     dims[0][..2].fill(c.stride as i64);
     dims[1][..2].fill(c.pad as i64);
-    dims[2][..2].fill(pad_r);
+    dims[2][..2].copy_from_slice(&pad_r);
     let mut desc = OpDesc([0; 16384]);
     let made = (api.conv_forward)(
         &mut desc,
@@ -569,7 +573,7 @@ unsafe fn forward(api: &Api, c: &ConvCall, n: usize, pad_r: i64) -> Option<Forwa
 
 /// Makes the primitives of a call shape with `n` samples, or `None` when
 /// oneDNN has no convolution for it (or fails to make one).
-unsafe fn plan(api: &Api, c: &ConvCall, n: usize, pad_r: i64) -> Option<Planned> {
+unsafe fn plan(api: &Api, c: &ConvCall, n: usize, pad_r: [i64; 2]) -> Option<Planned> {
     let ok = |s: i32| (s == 0).then_some(());
     let x = [n, c.ci, c.h, c.w];
     let y = [n, c.co, c.ho, c.wo];
@@ -607,8 +611,10 @@ unsafe fn plan(api: &Api, c: &ConvCall, n: usize, pad_r: i64) -> Option<Planned>
             let mut pd = null;
             let r = ok(made)
                 .and_then(|()| ok((api.pd_create)(&mut pd, &desc, null, api.engine, fwd.pd)));
-            (api.pd_destroy)(fwd.pd);
-            r?;
+            if r.is_none() {
+                (api.pd_destroy)(fwd.pd);
+                return None;
+            }
             pd
         }
     };
@@ -681,7 +687,12 @@ unsafe fn plan(api: &Api, c: &ConvCall, n: usize, pad_r: i64) -> Option<Planned>
             bytes,
         })
     })();
+    // The forward descriptor is the backward one's hint: destroyed only
+    // after the primitive is made.
     (api.pd_destroy)(pd);
+    if pd != fwd.pd {
+        (api.pd_destroy)(fwd.pd);
+    }
     planned
 }
 
