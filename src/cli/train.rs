@@ -44,9 +44,10 @@ pub struct TrainArgs {
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
     schedule: ScheduleArg,
-    /// Execution order of the fusion plan: layer-major (fastest),
-    /// time-major or time-major-recompute (kernels run one step at a time:
-    /// less memory at large T; see `snnc bench --schedule fused-…`).
+    /// Execution order of the fusion plan: layer-major, time-major (one
+    /// kernel step at a time: as fast on fmnist_csnn with 0.5–0.67× the
+    /// memory) or time-major-recompute (memory flat in T, slower; see
+    /// `snnc bench --schedule fused-…`).
     #[arg(long, default_value = "layer-major")]
     order: SchedOpts,
     /// What linear layers and convolutions round their operands to: fp32,
