@@ -82,5 +82,9 @@ impl Floor {
             println!("not found: {m}");
         }
         println!("executor's SGEMM: {}", sgemm::library());
+        println!(
+            "executor's convolutions: {}",
+            crate::codegen::cpu::conv::describe()
+        );
     }
 }
