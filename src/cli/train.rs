@@ -45,11 +45,12 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
     schedule: ScheduleArg,
     /// Execution order of the fusion plan: layer-major, time-major (one
-    /// kernel step at a time: as fast on fmnist_csnn with 0.5–0.67× the
-    /// memory) or time-major-recompute (memory flat in T, slower; see
-    /// `snnc bench --schedule fused-…`).
-    #[arg(long, default_value = "layer-major")]
-    order: SchedOpts,
+    /// kernel step at a time) or time-major-recompute (memory flat in T,
+    /// slower; see `snnc bench --schedule fused-…`). Default: time-major on
+    /// the CPU (as fast as layer-major or faster, in 0.5–1× its memory),
+    /// layer-major on a GPU (one launch per kernel, not per step).
+    #[arg(long)]
+    order: Option<SchedOpts>,
     /// What linear layers and convolutions round their operands to: fp32,
     /// tf32 or bf16 (products accumulate in f32; weights, optimizer and
     /// neuron state stay f32). On the CPU the rounding is emulated (for
@@ -125,7 +126,10 @@ pub fn run(a: TrainArgs, explicit: Vec<String>) -> Result<bool, CliError> {
         schedule: a.schedule.into(),
         seed: a.seed,
         paper_grad_scale: a.paper_grad_scale,
-        order: a.order,
+        order: a.order.unwrap_or(match a.device {
+            Device::Cuda => SchedOpts::LAYER_MAJOR,
+            _ => SchedOpts::TIME_MAJOR,
+        }),
         precision: a.precision,
         init: a.init,
     };
