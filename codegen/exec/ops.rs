@@ -351,12 +351,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                     ],
                 )
             }
-            Op::ChannelMean => {
-                let s = ins[0].1;
-                let count = (ins.len() * s[0] * inner(s)) as f64;
-                let xs: Vec<u64> = ins.iter().map(|i| i.0).collect();
-                self.channel_reduce(Pass1::Sum, &xs, 0, s, out, count)
-            }
+            Op::ChannelMean => unreachable!("channel means run as moments (stats_or_compute)"),
             Op::ChannelVar => {
                 let s = ins[1].1;
                 let count = ((ins.len() - 1) * s[0] * inner(s)) as f64;
