@@ -160,29 +160,17 @@ fn load() -> Result<Api, String> {
     // SAFETY: the file loaded before (the SGEMM probe); this only adds a
     // reference to it.
     let lib = unsafe { Library::new(found.file) }.map_err(|e| e.to_string())?;
+    let [major, minor, patch] =
+        system::dnnl_version_numbers(&lib).ok_or("this oneDNN does not report its version")?;
+    if major != 2 {
+        return Err(format!(
+            "oneDNN {major}.{minor} has another convolution API than the version-2 one this build speaks"
+        ));
+    }
+    let version = format!("oneDNN {major}.{minor}.{patch}");
     // SAFETY (the lookups): each name is looked up with its C type in
-    // oneDNN 2.x's dnnl.h; `major` comes first so that a library with
-    // another API is refused before any other symbol is trusted.
+    // oneDNN 2.x's dnnl.h, the major version checked first.
     unsafe {
-        #[repr(C)]
-        struct Version {
-            major: c_int,
-            minor: c_int,
-            patch: c_int,
-            hash: *const c_char,
-        }
-        let v = *lib
-            .get::<unsafe extern "C" fn() -> *const Version>(b"dnnl_version")
-            .map_err(|e| e.to_string())?;
-        let v = &*v();
-        if v.major != 2 {
-            return Err(format!(
-                "oneDNN {}.{} has another convolution API than the version-2 one this build speaks",
-                v.major, v.minor
-            ));
-        }
-        let version = format!("oneDNN {}.{}.{}", v.major, v.minor, v.patch);
-        let _ = v.hash;
         macro_rules! f {
             ($name:literal) => {
                 *lib.get($name).map_err(|e| e.to_string())?

@@ -288,6 +288,14 @@ fn open(file: &'static str, threads: usize) -> Result<SystemLib, Unusable> {
 
 /// oneDNN's version, from `dnnl_version()`.
 fn dnnl_version(lib: &Library) -> String {
+    dnnl_version_numbers(lib)
+        .map(|[major, minor, patch]| format!("oneDNN {major}.{minor}.{patch}"))
+        .unwrap_or_default()
+}
+
+/// oneDNN's (major, minor, patch), from `dnnl_version()`; `None` where the
+/// library does not export it.
+pub(crate) fn dnnl_version_numbers(lib: &Library) -> Option<[c_int; 3]> {
     #[repr(C)]
     struct Version {
         major: c_int,
@@ -299,15 +307,15 @@ fn dnnl_version(lib: &Library) -> String {
     }
     // SAFETY: dnnl_version returns a pointer to a static dnnl_version_t.
     unsafe {
-        let Ok(f) = lib.get::<unsafe extern "C" fn() -> *const Version>(b"dnnl_version") else {
-            return String::new();
-        };
+        let f = lib
+            .get::<unsafe extern "C" fn() -> *const Version>(b"dnnl_version")
+            .ok()?;
         let v = f();
         if v.is_null() {
-            return String::new();
+            return None;
         }
         let v = &*v;
-        format!("oneDNN {}.{}.{}", v.major, v.minor, v.patch)
+        Some([v.major, v.minor, v.patch])
     }
 }
 
