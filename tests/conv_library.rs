@@ -169,7 +169,7 @@ fn library_convolutions_equal_the_interpreter() {
 
 #[test]
 fn an_unknown_conv_path_is_an_error_that_lists_the_names() {
-    // In a child process: the variable is read per call, and setting it
+    // In a child process: the variable is read once per process, and setting it
     // here would reach the other test's thread.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_snnc"))
         .args([

@@ -211,14 +211,20 @@ fn load() -> Result<Api, String> {
 
 /// Whether `SNNC_CONV` lets convolutions run on oneDNN: unset or `onednn`
 /// (where it loads), not `im2col`; another value is an error.
+/// Read once per process, as `SNNC_SGEMM` is (every convolution asks).
 fn wanted() -> Result<bool, String> {
-    match std::env::var("SNNC_CONV").as_deref().map(str::trim) {
-        Err(_) | Ok("") | Ok("onednn") => Ok(true),
-        Ok("im2col") => Ok(false),
-        Ok(other) => Err(format!(
-            "SNNC_CONV=`{other}` names no convolution path (onednn, im2col)"
-        )),
-    }
+    static WANTED: OnceLock<Result<bool, String>> = OnceLock::new();
+    WANTED
+        .get_or_init(
+            || match std::env::var("SNNC_CONV").as_deref().map(str::trim) {
+                Err(_) | Ok("") | Ok("onednn") => Ok(true),
+                Ok("im2col") => Ok(false),
+                Ok(other) => Err(format!(
+                    "SNNC_CONV=`{other}` names no convolution path (onednn, im2col)"
+                )),
+            },
+        )
+        .clone()
 }
 
 /// Whether convolutions run here (oneDNN loads with the version-2 API

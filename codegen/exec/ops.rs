@@ -141,14 +141,11 @@ impl<'a, B: Backend> Executor<'a, B> {
     ) -> Result<(), ExecError> {
         match op {
             Op::ChannelMean => {
-                let s = ins[0].1;
-                let count = (ins.len() * s[0] * inner(s)) as f64;
-                let xs: Vec<u64> = ins.iter().map(|i| i.0).collect();
+                let (xs, s, count) = summed(ins);
                 self.channel_mean_moments(n, &xs, s, out, count)
             }
             Op::ChannelVar => {
-                let s = ins[1].1;
-                let count = ((ins.len() - 1) * s[0] * inner(s)) as f64;
+                let (_, s, count) = summed(&ins[1..]);
                 if self.channel_var_moments(n, ins[0].0, s[1], out, count)? {
                     return Ok(());
                 }
@@ -353,9 +350,7 @@ impl<'a, B: Backend> Executor<'a, B> {
             }
             Op::ChannelMean => unreachable!("channel means run as moments (stats_or_compute)"),
             Op::ChannelVar => {
-                let s = ins[1].1;
-                let count = ((ins.len() - 1) * s[0] * inner(s)) as f64;
-                let xs: Vec<u64> = ins[1..].iter().map(|i| i.0).collect();
+                let (xs, s, count) = summed(&ins[1..]);
                 self.channel_reduce(Pass1::Sum, &xs, x(0), s, out, count)
             }
             Op::ChannelSum => {
@@ -399,4 +394,12 @@ impl<'a, B: Backend> Executor<'a, B> {
             op => Err(ExecError::NoLibraryKernel(op.name())),
         }
     }
+}
+
+/// The operands a channel reduction sums (each `[B, C, …]`): their
+/// addresses, their shape and how many elements per channel they hold.
+fn summed<'s>(ins: &[(u64, &'s [usize])]) -> (Vec<u64>, &'s [usize], f64) {
+    let s = ins[0].1;
+    let count = (ins.len() * s[0] * inner(s)) as f64;
+    (ins.iter().map(|i| i.0).collect(), s, count)
 }

@@ -29,52 +29,21 @@ impl<'a, B: Backend> Executor<'a, B> {
         out: u64,
         count: f64,
     ) -> Result<(), ExecError> {
-        use Arg::{D, I, P};
-        let (kernel, mean) = match pass {
-            Pass1::Sum => ("snnc_chan_partial", other),
-            Pass1::Dot => ("snnc_chan_dot_partial", other),
+        let kernel = match pass {
+            Pass1::Sum => "snnc_chan_partial",
+            Pass1::Dot => "snnc_chan_dot_partial",
         };
-        let (b, c, r) = (shape[0], shape[1], inner(shape));
-        let parts = chan_parts(shape);
-        let floats = chan_work_floats(xs.len(), shape);
-        let work = self.take_scratch(floats)?;
-        let wp = self.mem_ptr(&work);
-        let mut run = || -> Result<(), ExecError> {
-            for (k, &xp) in xs.iter().enumerate() {
-                self.launch(
-                    kernel,
-                    c * parts,
-                    &[
-                        P(xp),
-                        P(mean),
-                        P(wp + 8 * (k * c * parts) as u64),
-                        I(int(c)?),
-                        I(int(b)?),
-                        I(int(r)?),
-                        I(int(parts)?),
-                    ],
-                )?;
-            }
-            self.launch(
-                "snnc_chan_finish",
-                c,
-                &[
-                    P(wp),
-                    P(out),
-                    I(int(c)?),
-                    I(int(parts)?),
-                    I(int(xs.len())?),
-                    D(count),
-                ],
-            )
-        };
-        let result = run();
-        self.give_scratch(work, floats);
-        result
+        let pass1 = |x: u64, at: u64, _| [Arg::P(x), Arg::P(other), Arg::P(at)];
+        self.chan_passes(
+            xs,
+            shape,
+            1,
+            (kernel, pass1),
+            ("snnc_chan_finish", &[out]),
+            count,
+        )
     }
-}
 
-impl<'a, B: Backend> Executor<'a, B> {
     /// ChannelMean node `n` over `xs` (each `[B, C, …]` of `shape`) as
     /// moments: one pass for Σx and Σx², the mean into `out`, the moments
     /// kept for a variance over the same operands.
@@ -86,48 +55,54 @@ impl<'a, B: Backend> Executor<'a, B> {
         out: u64,
         count: f64,
     ) -> Result<(), ExecError> {
-        use Arg::{D, I, P};
-        let (b, c, r) = (shape[0], shape[1], inner(shape));
-        let parts = chan_parts(shape);
         if !self.moments.contains_key(&n) {
-            let buf = self.backend.alloc(4 * c)?;
+            let buf = self.backend.alloc(4 * shape[1])?;
             self.moments.insert(n, buf);
         }
         let moments = self.backend.ptr(&self.moments[&n]);
-        let floats = 2 * chan_work_floats(xs.len(), shape);
+        let pass1 = |x: u64, at: u64, half: u64| [Arg::P(x), Arg::P(at), Arg::P(at + half)];
+        self.chan_passes(
+            xs,
+            shape,
+            2,
+            ("snnc_chan_moments_partial", pass1),
+            ("snnc_chan_moments_finish", &[moments, out]),
+            count,
+        )
+    }
+
+    /// The two passes of a channel reduction over `xs`: pass 1 per operand
+    /// (`kernel` with `args(x, its partial sums, the bytes from one set of
+    /// sums to the next)` and the geometry; `sums` sets of partial sums, one
+    /// after another), then `finish` (the workspace, `outs`, the geometry,
+    /// the operand count and `count`), in a workspace taken and given back.
+    fn chan_passes(
+        &mut self,
+        xs: &[u64],
+        shape: &[usize],
+        sums: usize,
+        (kernel, args): (&'static str, impl Fn(u64, u64, u64) -> [Arg; 3]),
+        (finish, outs): (&'static str, &[u64]),
+        count: f64,
+    ) -> Result<(), ExecError> {
+        use Arg::{D, I, P};
+        let (b, c, r) = (shape[0], shape[1], inner(shape));
+        let parts = chan_parts(shape);
+        let floats = sums * chan_work_floats(xs.len(), shape);
         let work = self.take_scratch(floats)?;
         let wp = self.mem_ptr(&work);
         let half = 8 * (xs.len() * c * parts) as u64;
         let mut run = || -> Result<(), ExecError> {
+            let geo = [I(int(c)?), I(int(b)?), I(int(r)?), I(int(parts)?)];
             for (k, &xp) in xs.iter().enumerate() {
-                let at = wp + 8 * (k * c * parts) as u64;
-                self.launch(
-                    "snnc_chan_moments_partial",
-                    c * parts,
-                    &[
-                        P(xp),
-                        P(at),
-                        P(at + half),
-                        I(int(c)?),
-                        I(int(b)?),
-                        I(int(r)?),
-                        I(int(parts)?),
-                    ],
-                )?;
+                let mut a = args(xp, wp + 8 * (k * c * parts) as u64, half).to_vec();
+                a.extend(geo);
+                self.launch(kernel, c * parts, &a)?;
             }
-            self.launch(
-                "snnc_chan_moments_finish",
-                c,
-                &[
-                    P(wp),
-                    P(moments),
-                    P(out),
-                    I(int(c)?),
-                    I(int(parts)?),
-                    I(int(xs.len())?),
-                    D(count),
-                ],
-            )
+            let mut a = vec![P(wp)];
+            a.extend(outs.iter().map(|&o| P(o)));
+            a.extend([I(int(c)?), I(int(parts)?), I(int(xs.len())?), D(count)]);
+            self.launch(finish, c, &a)
         };
         let result = run();
         self.give_scratch(work, floats);
