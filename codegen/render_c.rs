@@ -34,6 +34,9 @@ impl Spelling for C<'_> {
     fn step_const(&self, j: usize) -> String {
         format!("{}_sc{j}[t]", self.0)
     }
+    fn pool_store(&self, slot: Slot) -> String {
+        format!("q{}[j]", slot_name(slot))
+    }
     fn chan_load(&self, slot: Slot) -> String {
         if self.1 {
             format!("{}_c", slot_name(slot))
@@ -126,40 +129,78 @@ pub fn kernel(k: &Kernel) -> String {
     } else {
         let _ = writeln!(w, "  const int last = {last}; (void)st;");
     }
-    if per_block {
-        let _ = writeln!(w, "  for (long i0 = lo, m; i0 < hi; i0 += m) {{");
-        let _ = writeln!(w, "    const long row_end = (i0 / {inner} + 1) * {inner};");
-        let _ = writeln!(w, "    const long lim = hi < row_end ? hi : row_end;");
-        let _ = writeln!(w, "    m = lim - i0 < {BLOCK} ? lim - i0 : {BLOCK};");
-        let _ = writeln!(w, "    const long ch = (i0 / {inner}) % {cc};");
+    // A windowed kernel's blocks are whole rows of windows: range [lo, hi)
+    // takes the rows that start in it, and a block's window elements are
+    // then one contiguous run [e0, e0 + me) of the pooled tensor's input
+    // (row r of windows covers input rows r·k … r·k + k − 1), so its loads
+    // and stores stay contiguous and vectorise.
+    let (k2, wo) = k.window.map_or((1, 1), |win| (win.k * win.k, win.wo));
+    let block = if k.window.is_some() {
+        (BLOCK / (wo * k2)).max(1) * wo
     } else {
-        let _ = writeln!(w, "  for (long i0 = lo; i0 < hi; i0 += {BLOCK}) {{");
+        BLOCK
+    };
+    let eb = block * k2;
+    let (lo, hi) = if k.window.is_some() {
         let _ = writeln!(
             w,
-            "    const long m = hi - i0 < {BLOCK} ? hi - i0 : {BLOCK};"
+            "  const long lo_r = (lo + {wo} - 1) / {wo} * {wo}, hi_r = (hi + {wo} - 1) / {wo} * {wo};"
+        );
+        ("lo_r", "hi_r")
+    } else {
+        ("lo", "hi")
+    };
+    if per_block {
+        let _ = writeln!(w, "  for (long i0 = {lo}, m; i0 < {hi}; i0 += m) {{");
+        let _ = writeln!(w, "    const long row_end = (i0 / {inner} + 1) * {inner};");
+        let _ = writeln!(w, "    const long lim = {hi} < row_end ? {hi} : row_end;");
+        let _ = writeln!(w, "    m = lim - i0 < {block} ? lim - i0 : {block};");
+        let _ = writeln!(w, "    const long ch = (i0 / {inner}) % {cc};");
+    } else {
+        let _ = writeln!(w, "  for (long i0 = {lo}; i0 < {hi}; i0 += {block}) {{");
+        let _ = writeln!(
+            w,
+            "    const long m = {hi} - i0 < {block} ? {hi} - i0 : {block};"
         );
         let _ = writeln!(w, "    const long ch = 0; (void)ch;");
     }
+    let (e0, me) = if k.window.is_some() {
+        let _ = writeln!(w, "    const long e0 = i0 * {k2}, me = m * {k2};");
+        let mut pooled = Vec::new();
+        for (_, _, stmts) in &k.runs {
+            for sl in pooled_slots(stmts) {
+                if !pooled.contains(&sl) {
+                    pooled.push(sl);
+                }
+            }
+        }
+        for sl in pooled {
+            let _ = writeln!(w, "    float q{}[{eb}];", slot_name(sl));
+        }
+        ("e0", "me")
+    } else {
+        ("i0", "m")
+    };
     for r in 0..k.regs {
-        let _ = writeln!(w, "    float r{r}[{BLOCK}];");
+        let _ = writeln!(w, "    float r{r}[{eb}];");
     }
     for a in 0..k.accs {
-        let _ = writeln!(w, "    float a{a}[{BLOCK}];");
+        let _ = writeln!(w, "    float a{a}[{eb}];");
     }
     if state {
-        let n = k.n;
+        let n = k.elements();
         let names: Vec<String> = (0..k.regs)
             .map(|r| format!("r{r}"))
             .chain((0..k.accs).map(|a| format!("a{a}")))
             .collect();
-        let _ = write!(w, "    if (first) for (long j = 0; j < m; j++) {{");
+        let _ = write!(w, "    if (first) for (long j = 0; j < {me}; j++) {{");
         for v in &names {
             let _ = write!(w, " {v}[j] = 0.0f;");
         }
         let _ = writeln!(w, " }}");
-        let _ = write!(w, "    else for (long j = 0; j < m; j++) {{");
+        let _ = write!(w, "    else for (long j = 0; j < {me}; j++) {{");
         for (q, v) in names.iter().enumerate() {
-            let _ = write!(w, " {v}[j] = st[{}L + i0 + j];", q * n);
+            let _ = write!(w, " {v}[j] = st[{}L + {e0} + j];", q * n);
         }
         let _ = writeln!(w, " }}");
     }
@@ -182,19 +223,32 @@ pub fn kernel(k: &Kernel) -> String {
         let _ = writeln!(w, "    (void)last;");
     }
     if state {
-        let n = k.n;
-        let _ = write!(w, "    if (!last) for (long j = 0; j < m; j++) {{");
+        let n = k.elements();
+        let _ = write!(w, "    if (!last) for (long j = 0; j < {me}; j++) {{");
         let names = (0..k.regs)
             .map(|r| format!("r{r}"))
             .chain((0..k.accs).map(|a| format!("a{a}")));
         for (q, v) in names.enumerate() {
-            let _ = write!(w, " st[{}L + i0 + j] = {v}[j];", q * n);
+            let _ = write!(w, " st[{}L + {e0} + j] = {v}[j];", q * n);
         }
         let _ = writeln!(w, " }}");
     }
     let _ = writeln!(w, "  }}");
     let _ = writeln!(w, "}}");
     o
+}
+
+/// The slots a body stores window averages into (`Index::Pool`).
+fn pooled_slots(stmts: &[kir::Stmt]) -> Vec<Slot> {
+    let mut out = Vec::new();
+    for st in stmts {
+        if let kir::Stmt::Store(slot, kir::Index::Pool, _) = st {
+            if !out.contains(slot) {
+                out.push(*slot);
+            }
+        }
+    }
+    out
 }
 
 /// Writes `static void NAME(...)` running `stmts` over one block, and
@@ -229,15 +283,58 @@ fn body_fn(
             args.push(slot_expr(s));
         }
     }
+    let pooled = pooled_slots(stmts);
+    if !pooled.is_empty() {
+        params.extend(["long p0".to_string(), "long pm".into()]);
+        args.extend(["i0".to_string(), "m".into()]);
+        for &s in &pooled {
+            params.push(format!("float *restrict q{}", slot_name(s)));
+            args.push(format!("q{}", slot_name(s)));
+        }
+    }
     let _ = writeln!(w, "static inline void {name}({}) {{", params.join(", "));
     let _ = writeln!(w, "  (void)t;");
     let _ = writeln!(w, "  for (long j = 0; j < m; j++) {{");
     let _ = writeln!(w, "    const long i = i0 + j;");
     if !per_block && kir::uses_chan(stmts) {
+        // `i` counts window elements in a windowed kernel.
+        let inner = inner * k.window.map_or(1, |win| win.k * win.k);
         let _ = writeln!(w, "    const long ch = (i / {inner}) % {cc};");
     }
     kir::body(stmts, &C(&k.name, per_block), "    ", w);
     let _ = writeln!(w, "  }}");
+    if let (Some(win), false) = (k.window, pooled.is_empty()) {
+        // The block's windows: whole pooled rows, so window pj's element
+        // (dy, dx) sits at (pj / wo)·k·w + (pj % wo)·k + dy·w + dx of the
+        // block; summed in the pooling kernel's order.
+        let (kk, wo, wd) = (win.k, win.wo, win.w);
+        let _ = writeln!(w, "  for (long pj = 0; pj < pm; pj++) {{");
+        let _ = writeln!(
+            w,
+            "    const long b = (pj / {wo}) * {} + (pj % {wo}) * {kk};",
+            kk * wd
+        );
+        for &sl in &pooled {
+            let q = format!("q{}", slot_name(sl));
+            let sum = win.offsets().iter().fold("0.0f".to_string(), |acc, off| {
+                format!("({acc} + {q}[b + {off}])")
+            });
+            let _ = writeln!(
+                w,
+                "    {}[p0 + pj] = {sum} / {};",
+                slot_name(sl),
+                kir::lit((kk * kk) as f32)
+            );
+        }
+        let _ = writeln!(w, "  }}");
+    }
     let _ = writeln!(w, "}}");
+    let mut args = args;
+    if k.window.is_some() {
+        // The body runs on the block's window elements [e0, e0 + me); its
+        // pooled stores go to the block's windows [i0, i0 + m).
+        args[0] = "me".into();
+        args[1] = "e0".into();
+    }
     format!("{name}({})", args.join(", "))
 }

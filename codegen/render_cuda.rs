@@ -49,6 +49,8 @@ pub fn kernel(k: &Kernel) -> String {
         if k.reverse { " (reverse time)" } else { "" }
     );
     w.push_str(&kir::step_const_tables(k, "__constant__"));
+    // One thread per element, or per window of a windowed kernel.
+    let (runs, epilogue, regs, accs) = k.per_window();
     // Steps [t0, t1) in loop order, as in `render_c`: a launch that does
     // not start the time loop loads the registers and accumulators from
     // `st` (registers then accumulators, n floats each), one that does not
@@ -65,7 +67,15 @@ pub fn kernel(k: &Kernel) -> String {
         "  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;"
     );
     let _ = writeln!(w, "  if (i >= n) return;");
-    let all_chan = k.runs.iter().any(|(_, _, s)| kir::uses_chan(s)) || kir::uses_chan(&k.epilogue);
+    if let Some(win) = k.window {
+        let (kk, wo) = (win.k, win.wo);
+        let _ = writeln!(
+            w,
+            "  const long long iw = (i / {wo}) * {} + (i % {wo}) * {kk};",
+            kk * win.w
+        );
+    }
+    let all_chan = runs.iter().any(|(_, _, s)| kir::uses_chan(s)) || kir::uses_chan(&epilogue);
     if all_chan {
         let (c, inner) = k.chan;
         let _ = writeln!(w, "  const long long ch = (i / {inner}) % {c};");
@@ -76,9 +86,9 @@ pub fn kernel(k: &Kernel) -> String {
     } else {
         ("t0 == 0".to_string(), format!("t1 == {steps}"))
     };
-    let names: Vec<String> = (0..k.regs)
+    let names: Vec<String> = (0..regs)
         .map(|r| format!("r{r}"))
-        .chain((0..k.accs).map(|a| format!("a{a}")))
+        .chain((0..accs).map(|a| format!("a{a}")))
         .collect();
     let _ = writeln!(w, "  const bool last = {last};");
     if names.is_empty() {
@@ -95,7 +105,7 @@ pub fn kernel(k: &Kernel) -> String {
     } else {
         let _ = writeln!(w, "  for (int t = t0; t < t1; t++) {{");
     }
-    for (n, (lo, hi, stmts)) in k.runs.iter().enumerate() {
+    for (n, (lo, hi, stmts)) in runs.iter().enumerate() {
         let _ = writeln!(
             w,
             "    {}if (t >= {lo} && t < {hi}) {{",
@@ -105,11 +115,11 @@ pub fn kernel(k: &Kernel) -> String {
         let _ = writeln!(w, "    }}");
     }
     let _ = writeln!(w, "  }}");
-    if k.epilogue.is_empty() && names.is_empty() {
+    if epilogue.is_empty() && names.is_empty() {
         let _ = writeln!(w, "  (void)last;");
-    } else if !k.epilogue.is_empty() {
+    } else if !epilogue.is_empty() {
         let _ = writeln!(w, "  if (last) {{");
-        kir::body(&k.epilogue, &Cuda(&k.name), "    ", w);
+        kir::body(&epilogue, &Cuda(&k.name), "    ", w);
         let _ = writeln!(w, "  }}");
     }
     if !names.is_empty() {

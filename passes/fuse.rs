@@ -399,10 +399,13 @@ pub fn fuse_keeping(g: &Graph, keep: &[NodeIndex]) -> Plan {
         members.sort_by_key(|n| pos[n.index()]);
         let reds = reducers.remove(&root).unwrap_or_default();
         let name = kernel_name(g, kernels.len(), members[0]);
-        if let Some(f) = build(g, &members, &reds, gr.dir[root] < 0, name, keep) {
+        if let Some(mut f) = build(g, &members, &reds, gr.dir[root] < 0, name, keep) {
             let k = kernels.len();
             for n in members.iter().chain(&reds) {
                 unit_of[n.index()] = Some(k);
+            }
+            for p in absorb_pools(g, &mut f, keep) {
+                unit_of[p.index()] = Some(k);
             }
             kernels.push(f);
         }
@@ -852,7 +855,7 @@ fn build(
                 if !slots.bind(s + t, m) {
                     return None;
                 }
-                stmts.push(Stmt::Store(Slot::Step(s, 0), Expr::Local(k)));
+                stmts.push(Stmt::Store(Slot::Step(s, 0), Index::Elem, Expr::Local(k)));
             }
         }
         stmts.extend(late);
@@ -932,7 +935,7 @@ fn build(
             Op::TimeMean => count,
             _ => 1.0,
         };
-        epilogue.push(Stmt::StoreAcc(s, i, divisor));
+        epilogue.push(Stmt::StoreAcc(s, i, divisor, Index::Elem));
     }
     let mut all: Vec<NodeIndex> = members.to_vec();
     all.extend_from_slice(reducers);
@@ -949,11 +952,122 @@ fn build(
             runs,
             epilogue,
             step_consts,
+            window: None,
         },
         table: slots.table,
         writes: slots.writes,
         nodes: all,
     })
+}
+
+/// 2-D average poolings a kernel can absorb: each value of a stored
+/// stream whose only user outside the kernel is one `AvgPool` with stride
+/// equal to its window, no padding and a window that tiles H and W (the
+/// LIF layer's spikes before `avgpool 2`). The kernel then runs one element
+/// per pooling window (`Window`): its statements run once per window
+/// element and the stream's stores become window averages
+/// (`Index::Pool`), so the full-size tensor is neither written nor read
+/// back. Every pooled
+/// stream must have the same window; returns the pooling nodes absorbed.
+fn absorb_pools(g: &Graph, f: &mut Fused, keep: &[NodeIndex]) -> Vec<NodeIndex> {
+    let kernel = &f.kernel;
+    if kernel.window.is_some() {
+        return Vec::new();
+    }
+    let outputs: std::collections::HashSet<NodeIndex> = g
+        .outputs
+        .iter()
+        .map(|&(_, n)| n)
+        .chain(keep.iter().copied())
+        .collect();
+    let inside: std::collections::HashSet<NodeIndex> = f.nodes.iter().copied().collect();
+    // The pooling of stored value `m`, when it is m's only outside user.
+    let pool_of = |m: NodeIndex| -> Option<(NodeIndex, usize)> {
+        if outputs.contains(&m) {
+            return None;
+        }
+        let mut outside = g
+            .g
+            .edges_directed(m, Direction::Outgoing)
+            .filter(|e| !inside.contains(&e.target()));
+        let p = outside.next()?.target();
+        if outside.next().is_some() {
+            return None;
+        }
+        let Op::AvgPool {
+            kernel: k,
+            stride,
+            padding: 0,
+        } = g.g[p].op
+        else {
+            return None;
+        };
+        let shape = &g.g[m].shape;
+        let tiles = shape.len() == 4 && k > 1 && shape[2] % k == 0 && shape[3] % k == 0;
+        (stride == k && tiles).then_some((p, k))
+    };
+    // Stored streams (base slots) and the pooling of each of their steps.
+    let mut stored: Vec<usize> = Vec::new();
+    for (_, _, body) in &kernel.runs {
+        for st in body {
+            if let Stmt::Store(Slot::Step(s, 0), Index::Elem, _) = st {
+                if !stored.contains(s) {
+                    stored.push(*s);
+                }
+            }
+        }
+    }
+    let mut window_k = None;
+    let mut pooled: Vec<(usize, Vec<(usize, NodeIndex)>)> = Vec::new();
+    'streams: for s in stored {
+        let mut pools = Vec::new();
+        for t in 0..kernel.steps {
+            let Some(m) = f.table[s + t] else { continue };
+            match pool_of(m) {
+                Some((p, k)) if window_k.unwrap_or(k) == k => pools.push((s + t, p)),
+                _ => continue 'streams,
+            }
+        }
+        if let Some(&(_, p)) = pools.first() {
+            if let Op::AvgPool { kernel: k, .. } = g.g[p].op {
+                window_k = Some(k);
+            }
+            pooled.push((s, pools));
+        }
+    }
+    let Some(k) = window_k else {
+        return Vec::new();
+    };
+    let shape = &g.g[f.table[pooled[0].1[0].0].expect("a stored value")].shape;
+    let window = kir::Window {
+        k,
+        wo: shape[3] / k,
+        w: shape[3],
+    };
+    let pooled_slots: Vec<usize> = pooled.iter().map(|(s, _)| *s).collect();
+    let kernel = &mut f.kernel;
+    for (_, _, body) in &mut kernel.runs {
+        for st in body {
+            if let Stmt::Store(Slot::Step(s, 0), ix, _) = st {
+                if pooled_slots.contains(s) {
+                    *ix = Index::Pool;
+                }
+            }
+        }
+    }
+    let k2 = k * k;
+    kernel.n /= k2;
+    kernel.chan.1 /= k2;
+    kernel.window = Some(window);
+    let mut absorbed = Vec::new();
+    for (_, pools) in pooled {
+        for (slot, p) in pools {
+            f.table[slot] = Some(p);
+            f.nodes.push(p);
+            absorbed.push(p);
+        }
+    }
+    absorbed
 }
 
 /// Local colours of a group's members (in topological order): a hash of

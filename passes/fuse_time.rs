@@ -353,7 +353,7 @@ impl Fused {
 
     /// Floats of state a step-at-a-time run keeps between calls.
     pub fn state_floats(&self) -> usize {
-        (self.kernel.regs + self.kernel.accs) * self.kernel.n
+        (self.kernel.regs + self.kernel.accs) * self.kernel.elements()
     }
 }
 

@@ -42,6 +42,121 @@ pub struct Kernel {
     /// Per-step constants (`StepConst(j)` reads `step_consts[j][t]`): the
     /// rate pass's ρ_t factors differ by step while the code does not.
     pub step_consts: Vec<Vec<f32>>,
+    /// Each element is a pooling window (`Index::Window` reads inside it).
+    pub window: Option<Window>,
+}
+
+impl Kernel {
+    /// The elements its statements run on: `n`, or every window's `k²`.
+    pub fn elements(&self) -> usize {
+        self.n * self.window.map_or(1, |w| w.k * w.k)
+    }
+
+    /// A windowed kernel's statements as one element per window (CUDA:
+    /// one thread per window): runs and epilogue with every statement
+    /// repeated for each window element `d` (its locals, registers and
+    /// accumulators renumbered `x + d·count`, its loads and stores at
+    /// `Index::Window`), and each pooled stream summed in the pooling
+    /// kernel's order `((0 + v0) + v1) + …` and divided by `k²`. Returns
+    /// (runs, epilogue, registers, accumulators).
+    #[allow(clippy::type_complexity)]
+    pub fn per_window(&self) -> (Vec<(usize, usize, Vec<Stmt>)>, Vec<Stmt>, usize, usize) {
+        let Some(win) = self.window else {
+            return (self.runs.clone(), self.epilogue.clone(), self.regs, self.accs);
+        };
+        let offsets = win.offsets();
+        let locals = self
+            .runs
+            .iter()
+            .flat_map(|(_, _, b)| b)
+            .filter_map(|st| match st {
+                Stmt::Let(x, _) => Some(x + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let (regs, accs) = (self.regs, self.accs);
+        fn at(e: &Expr, d: usize, off: usize, (l, r): (usize, usize)) -> Expr {
+            let go = |e: &Expr| at(e, d, off, (l, r));
+            match e {
+                Expr::Local(x) => Expr::Local(x + d * l),
+                Expr::Reg(x) => Expr::Reg(x + d * r),
+                Expr::Load(s, Index::Elem) => Expr::Load(*s, Index::Window(off)),
+                Expr::Bin(op, a, b) => Expr::bin(*op, go(a), go(b)),
+                Expr::Call(f, a) => Expr::call(*f, go(a)),
+                Expr::Sg(kind, a, b) => Expr::sg(*kind, go(a), go(b)),
+                e => e.clone(),
+            }
+        }
+        let k2 = offsets.len();
+        let mut runs = Vec::new();
+        for (lo, hi, body) in &self.runs {
+            let mut out = Vec::new();
+            let mut sums: Vec<(Slot, Expr)> = Vec::new();
+            for (d, &off) in offsets.iter().enumerate() {
+                let x = |e: &Expr| at(e, d, off, (locals, regs));
+                for st in body {
+                    out.push(match st {
+                        Stmt::Let(l, e) => Stmt::Let(l + d * locals, x(e)),
+                        Stmt::SetReg(r, e) => Stmt::SetReg(r + d * regs, x(e)),
+                        Stmt::Accumulate(a, e) => Stmt::Accumulate(a + d * accs, x(e)),
+                        Stmt::Store(s, Index::Pool, e) => {
+                            match sums.iter_mut().find(|(t, _)| t == s) {
+                                Some((_, sum)) => {
+                                    let prev = std::mem::replace(sum, Expr::Const(0.0));
+                                    *sum = Expr::bin(BinOp::Add, prev, x(e));
+                                }
+                                None => sums.push((
+                                    *s,
+                                    Expr::bin(BinOp::Add, Expr::Const(0.0), x(e)),
+                                )),
+                            }
+                            continue;
+                        }
+                        Stmt::Store(s, _, e) => Stmt::Store(*s, Index::Window(off), x(e)),
+                        Stmt::StoreAcc(..) => unreachable!("accumulators are stored after the loop"),
+                    });
+                }
+            }
+            for (s, sum) in sums {
+                let avg = Expr::bin(BinOp::Div, sum, Expr::Const(k2 as f32));
+                out.push(Stmt::Store(s, Index::Elem, avg));
+            }
+            runs.push((*lo, *hi, out));
+        }
+        let mut epilogue = Vec::new();
+        for (d, &off) in offsets.iter().enumerate() {
+            for st in &self.epilogue {
+                if let Stmt::StoreAcc(s, a, div, _) = st {
+                    epilogue.push(Stmt::StoreAcc(*s, a + d * accs, *div, Index::Window(off)));
+                }
+            }
+        }
+        (runs, epilogue, regs * k2, accs * k2)
+    }
+}
+
+/// Element `i` of a windowed kernel stands for the `k`×`k` window of a
+/// `[…, H, W]` tensor (`W` = `w`) under output position `i` of a pooling
+/// with `wo` output columns (stride `k`, no padding, `k` dividing H and
+/// W): its first element is `iw = (i / wo)·k·w + (i % wo)·k`, and the
+/// window's element (dy, dx) is `iw + dy·w + dx`. A pooling absorbed by
+/// fusion (`passes/fuse`) makes its producer's kernel windowed, so the
+/// full-size values it pools are never stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub k: usize,
+    pub wo: usize,
+    pub w: usize,
+}
+
+impl Window {
+    /// The offsets `dy·w + dx` of the window's elements, row-major.
+    pub fn offsets(&self) -> Vec<usize> {
+        (0..self.k)
+            .flat_map(|dy| (0..self.k).map(move |dx| dy * self.w + dx))
+            .collect()
+    }
 }
 
 /// Which element of a slot's tensor a load reads.
@@ -51,6 +166,12 @@ pub enum Index {
     Elem,
     /// Element `(i / inner) % C`: a per-channel vector broadcast.
     Chan,
+    /// Element `iw + off` of a windowed kernel (`Window`), in its
+    /// per-window form (`Kernel::per_window`).
+    Window(usize),
+    /// A store of a windowed kernel: the value's average over the window
+    /// goes to element `i` of the pooled tensor.
+    Pool,
 }
 
 /// Where a tensor lives in the pointer table.
@@ -112,16 +233,17 @@ pub enum Expr {
 pub enum Stmt {
     /// `x{k} = e` (a fresh local).
     Let(usize, Expr),
-    /// Store to a tensor (always element-indexed).
-    Store(Slot, Expr),
+    /// Store to a tensor, at element `i` (`Index::Elem`) or inside the
+    /// window (`Index::Window`).
+    Store(Slot, Index, Expr),
     /// Register write; a body's register writes take effect at its end,
     /// after every read of the step.
     SetReg(usize, Expr),
     /// `acc[k] += e`
     Accumulate(usize, Expr),
     /// Epilogue: `p[slot][i] = acc[k] / divisor` (a time mean divides by
-    /// its operand count, as the interpreter does).
-    StoreAcc(usize, usize, f32),
+    /// its operand count, as the interpreter does); `i` as in `Store`.
+    StoreAcc(usize, usize, f32, Index),
 }
 
 impl Expr {
@@ -190,6 +312,12 @@ pub trait Spelling {
     fn ptr(&self, slot: Slot) -> String;
     /// The per-step constant table `j`, indexed by `t`.
     fn step_const(&self, j: usize) -> String;
+    /// Where a windowed kernel's element keeps a value to be pooled into
+    /// `slot` (`Index::Pool`; targets that run one element per window
+    /// never see it: `Kernel::per_window`).
+    fn pool_store(&self, _slot: Slot) -> String {
+        unreachable!("pooled stores are rendered per window")
+    }
     /// A per-channel load (`Index::Chan`) of a slot.
     fn chan_load(&self, slot: Slot) -> String {
         format!("{}[ch]", self.ptr(slot))
@@ -246,7 +374,7 @@ pub fn visit_consts(stmts: &mut [Stmt], f: &mut dyn FnMut(&mut Expr)) {
     }
     for s in stmts {
         match s {
-            Stmt::Let(_, x) | Stmt::Store(_, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => {
+            Stmt::Let(_, x) | Stmt::Store(_, _, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => {
                 e(x, f)
             }
             Stmt::StoreAcc(..) => {}
@@ -296,8 +424,8 @@ pub fn expr(e: &Expr, sp: &dyn Spelling) -> String {
         Expr::StepConst(j) => sp.step_const(*j),
         Expr::Local(k) => format!("x{k}"),
         Expr::Reg(k) => sp.reg(*k),
-        Expr::Load(slot, Index::Elem) => format!("{}[i]", sp.ptr(*slot)),
         Expr::Load(slot, Index::Chan) => sp.chan_load(*slot),
+        Expr::Load(slot, ix) => format!("{}[{}]", sp.ptr(*slot), at(*ix)),
         Expr::Bin(op, a, b) => {
             let (a, b) = (expr(a, sp), expr(b, sp));
             match op {
@@ -338,6 +466,31 @@ pub fn expr(e: &Expr, sp: &dyn Spelling) -> String {
     }
 }
 
+/// The element an element-indexed or windowed access reads or writes.
+fn at(ix: Index) -> String {
+    match ix {
+        Index::Elem => "i".into(),
+        Index::Window(0) => "iw".into(),
+        Index::Window(off) => format!("iw + {off}"),
+        Index::Chan | Index::Pool => unreachable!("spelled by the target"),
+    }
+}
+
+/// Whether a kernel's statements use the window index `iw`.
+pub fn uses_window(stmts: &[Stmt]) -> bool {
+    fn e(x: &Expr) -> bool {
+        match x {
+            Expr::Load(_, Index::Window(_)) => true,
+            _ => x.children().into_iter().any(e),
+        }
+    }
+    stmts.iter().any(|s| match s {
+        Stmt::Let(_, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => e(x),
+        Stmt::Store(_, ix, x) => matches!(ix, Index::Window(_)) || e(x),
+        Stmt::StoreAcc(_, _, _, ix) => matches!(ix, Index::Window(_)),
+    })
+}
+
 /// The rendered function computing a surrogate's derivative.
 pub fn sg_name(kind: SurrogateKind, wide: bool) -> String {
     format!("sg_{}{}", kind.name(), if wide { "_d" } else { "" })
@@ -350,16 +503,26 @@ pub fn body(stmts: &[Stmt], sp: &dyn Spelling, ind: &str, out: &mut String) {
     for s in stmts {
         match s {
             Stmt::Let(k, e) => writeln!(out, "{ind}const float x{k} = {};", expr(e, sp)),
-            Stmt::Store(slot, e) => writeln!(out, "{ind}{}[i] = {};", sp.ptr(*slot), expr(e, sp)),
+            Stmt::Store(slot, Index::Pool, e) => {
+                writeln!(out, "{ind}{} = {};", sp.pool_store(*slot), expr(e, sp))
+            }
+            Stmt::Store(slot, ix, e) => writeln!(
+                out,
+                "{ind}{}[{}] = {};",
+                sp.ptr(*slot),
+                at(*ix),
+                expr(e, sp)
+            ),
             Stmt::SetReg(k, e) => {
                 late.push(format!("{ind}{} = {};", sp.reg(*k), expr(e, sp)));
                 Ok(())
             }
             Stmt::Accumulate(k, e) => writeln!(out, "{ind}{} += {};", sp.acc(*k), expr(e, sp)),
-            Stmt::StoreAcc(slot, k, scale) => writeln!(
+            Stmt::StoreAcc(slot, k, scale, ix) => writeln!(
                 out,
-                "{ind}{}[i] = {} / {};",
+                "{ind}{}[{}] = {} / {};",
                 sp.ptr(Slot::Fixed(*slot)),
+                at(*ix),
                 sp.acc(*k),
                 lit(*scale)
             ),
@@ -381,7 +544,7 @@ pub fn uses_chan(stmts: &[Stmt]) -> bool {
         }
     }
     stmts.iter().any(|s| match s {
-        Stmt::Let(_, x) | Stmt::Store(_, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => e(x),
+        Stmt::Let(_, x) | Stmt::Store(_, _, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => e(x),
         Stmt::StoreAcc(..) => false,
     })
 }
@@ -401,7 +564,7 @@ pub fn chan_slots_of(stmts: &[Stmt]) -> Vec<Slot> {
     let mut out = Vec::new();
     for s in stmts {
         match s {
-            Stmt::Let(_, x) | Stmt::Store(_, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => {
+            Stmt::Let(_, x) | Stmt::Store(_, _, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => {
                 e(x, &mut out)
             }
             Stmt::StoreAcc(..) => {}
@@ -426,11 +589,11 @@ pub fn slots_of(stmts: &[Stmt]) -> Vec<Slot> {
     for s in stmts {
         match s {
             Stmt::Let(_, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => e(x, &mut out),
-            Stmt::Store(slot, x) => {
+            Stmt::Store(slot, _, x) => {
                 out.push(*slot);
                 e(x, &mut out)
             }
-            Stmt::StoreAcc(slot, _, _) => out.push(Slot::Fixed(*slot)),
+            Stmt::StoreAcc(slot, _, _, _) => out.push(Slot::Fixed(*slot)),
         }
     }
     let mut seen = Vec::new();
