@@ -42,9 +42,12 @@ pub fn kernel(k: &Kernel) -> String {
     let w = &mut o;
     let _ = writeln!(
         w,
-        "/* {}: {} elements, {} steps{} */",
+        "/* {}: {} {}, {} steps{} */",
         k.name,
         k.n,
+        k.window
+            .map(|w| format!("windows of {}×{}", w.k, w.k))
+            .unwrap_or("elements".into()),
         k.steps,
         if k.reverse { " (reverse time)" } else { "" }
     );

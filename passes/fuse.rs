@@ -986,10 +986,9 @@ fn absorb_pools(g: &Graph, f: &mut Fused, keep: &[NodeIndex]) -> Vec<NodeIndex> 
         if outputs.contains(&m) {
             return None;
         }
-        let mut outside = g
-            .g
-            .edges_directed(m, Direction::Outgoing)
-            .filter(|e| !inside.contains(&e.target()));
+        let mut outside =
+            g.g.edges_directed(m, Direction::Outgoing)
+                .filter(|e| !inside.contains(&e.target()));
         let p = outside.next()?.target();
         if outside.next().is_some() {
             return None;
@@ -1185,9 +1184,12 @@ impl Plan {
                     let kk = &f.kernel;
                     let _ = writeln!(
                         o,
-                        "kernel {} n={} steps={}{} runs=[{}] regs={} accs={} reads={} writes={} [{}]",
+                        "kernel {} n={}{} steps={}{} runs=[{}] regs={} accs={} reads={} writes={} [{}]",
                         kk.name,
                         kk.n,
+                        kk.window
+                            .map(|w| format!(" window={}×{}", w.k, w.k))
+                            .unwrap_or_default(),
                         kk.steps,
                         if kk.reverse { " reverse" } else { "" },
                         kk.runs

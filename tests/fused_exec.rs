@@ -205,3 +205,50 @@ fn generated_code_does_not_grow_with_t() {
         );
     }
 }
+
+/// Average pooling absorbed into the neuron kernel before it (windowed
+/// kernels, `passes/fuse`): conv → batch norm → LIF → avgpool over maps
+/// whose windows tile them (absorbed: 2×2 windows of long and of short
+/// channel runs, 3×3, one 4×4 window per channel, a non-square map) and
+/// over maps they do not tile or with overlapping windows (left to the
+/// pooling kernel), in both modes and every schedule, against the
+/// interpreter with the tolerance of the header.
+#[test]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CPU backend's library kernels ($CXX, c++, g++ or clang++)"
+)]
+fn pooling_absorbed_into_neuron_kernels() {
+    // (H, W, pool, whether the plan absorbs it)
+    let cases = [
+        (8, 8, "avgpool 2", true),
+        (4, 6, "avgpool 2", true),
+        (9, 6, "avgpool 3", true),
+        (4, 4, "avgpool 4", true),
+        (7, 7, "avgpool 2", false),
+        (8, 8, "avgpool 2 stride=1", false),
+    ];
+    for (h, w, pool, absorbed) in cases {
+        let src = format!(
+            "model pool_case\ninput 2x{h}x{w}\nconv2d 3 kernel=3 padding=1\nbatchnorm\nlif\n{pool}\nflatten\nlinear 4\n"
+        );
+        let model = snnc::dsl::parse(&src, "pool_case.snn").unwrap();
+        for mode in [Mode::Bptt, Mode::Rate] {
+            for steps in [1, 3] {
+                let g = compile(&model, &Options::new(steps, 2, mode))
+                    .unwrap()
+                    .graph;
+                let plan = fuse::fuse(&g);
+                let windowed = plan.kernels.iter().any(|k| k.kernel.window.is_some());
+                assert_eq!(
+                    windowed, absorbed,
+                    "{h}×{w} {pool} {mode} T={steps}: windowed kernel expected {absorbed}"
+                );
+                for sched in SCHEDULES {
+                    check(&model, steps, 2, mode, 5, sched)
+                        .unwrap_or_else(|e| panic!("{h}×{w} {pool} {mode} T={steps} {sched}: {e}"));
+                }
+            }
+        }
+    }
+}

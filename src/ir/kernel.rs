@@ -62,7 +62,12 @@ impl Kernel {
     #[allow(clippy::type_complexity)]
     pub fn per_window(&self) -> (Vec<(usize, usize, Vec<Stmt>)>, Vec<Stmt>, usize, usize) {
         let Some(win) = self.window else {
-            return (self.runs.clone(), self.epilogue.clone(), self.regs, self.accs);
+            return (
+                self.runs.clone(),
+                self.epilogue.clone(),
+                self.regs,
+                self.accs,
+            );
         };
         let offsets = win.offsets();
         let locals = self
@@ -106,15 +111,16 @@ impl Kernel {
                                     let prev = std::mem::replace(sum, Expr::Const(0.0));
                                     *sum = Expr::bin(BinOp::Add, prev, x(e));
                                 }
-                                None => sums.push((
-                                    *s,
-                                    Expr::bin(BinOp::Add, Expr::Const(0.0), x(e)),
-                                )),
+                                None => {
+                                    sums.push((*s, Expr::bin(BinOp::Add, Expr::Const(0.0), x(e))))
+                                }
                             }
                             continue;
                         }
                         Stmt::Store(s, _, e) => Stmt::Store(*s, Index::Window(off), x(e)),
-                        Stmt::StoreAcc(..) => unreachable!("accumulators are stored after the loop"),
+                        Stmt::StoreAcc(..) => {
+                            unreachable!("accumulators are stored after the loop")
+                        }
                     });
                 }
             }
@@ -374,9 +380,10 @@ pub fn visit_consts(stmts: &mut [Stmt], f: &mut dyn FnMut(&mut Expr)) {
     }
     for s in stmts {
         match s {
-            Stmt::Let(_, x) | Stmt::Store(_, _, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => {
-                e(x, f)
-            }
+            Stmt::Let(_, x)
+            | Stmt::Store(_, _, x)
+            | Stmt::SetReg(_, x)
+            | Stmt::Accumulate(_, x) => e(x, f),
             Stmt::StoreAcc(..) => {}
         }
     }
@@ -544,7 +551,9 @@ pub fn uses_chan(stmts: &[Stmt]) -> bool {
         }
     }
     stmts.iter().any(|s| match s {
-        Stmt::Let(_, x) | Stmt::Store(_, _, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => e(x),
+        Stmt::Let(_, x) | Stmt::Store(_, _, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => {
+            e(x)
+        }
         Stmt::StoreAcc(..) => false,
     })
 }
@@ -564,9 +573,10 @@ pub fn chan_slots_of(stmts: &[Stmt]) -> Vec<Slot> {
     let mut out = Vec::new();
     for s in stmts {
         match s {
-            Stmt::Let(_, x) | Stmt::Store(_, _, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => {
-                e(x, &mut out)
-            }
+            Stmt::Let(_, x)
+            | Stmt::Store(_, _, x)
+            | Stmt::SetReg(_, x)
+            | Stmt::Accumulate(_, x) => e(x, &mut out),
             Stmt::StoreAcc(..) => {}
         }
     }
