@@ -33,6 +33,9 @@ use std::hash::{Hash, Hasher};
 /// step, steady state, last step, and one spare).
 const MAX_RUNS: usize = 4;
 
+/// The largest pooling window fusion absorbs (`absorb_pools`).
+const MAX_WINDOW: usize = 2;
+
 /// An executable plan: units in execution order.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -962,8 +965,8 @@ fn build(
 
 /// 2-D average poolings a kernel can absorb: each value of a stored
 /// stream whose only user outside the kernel is one `AvgPool` with stride
-/// equal to its window, no padding and a window that tiles H and W (the
-/// LIF layer's spikes before `avgpool 2`). The kernel then runs one element
+/// equal to its window (at most `MAX_WINDOW`), no padding and a window
+/// that tiles H and W (the LIF layer's spikes before `avgpool 2`). The kernel then runs one element
 /// per pooling window (`Window`): its statements run once per window
 /// element and the stream's stores become window averages
 /// (`Index::Pool`), so the full-size tensor is neither written nor read
@@ -1002,7 +1005,11 @@ fn absorb_pools(g: &Graph, f: &mut Fused, keep: &[NodeIndex]) -> Vec<NodeIndex> 
             return None;
         };
         let shape = &g.g[m].shape;
-        let tiles = shape.len() == 4 && k > 1 && shape[2] % k == 0 && shape[3] % k == 0;
+        let tiles = shape.len() == 4 && shape[2] % k == 0 && shape[3] % k == 0;
+        // A CUDA thread runs its window's k² elements: 2×2 keeps the
+        // registers of four LIF updates; a global pool (resnet19's 8×8)
+        // would spill, and pools of few outputs gain little.
+        let k = (2..=MAX_WINDOW).contains(&k).then_some(k)?;
         (stride == k && tiles).then_some((p, k))
     };
     // Stored streams (base slots) and the pooling of each of their steps.
