@@ -653,6 +653,25 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    /// Windowed kernels (a LIF layer's `avgpool 2` in its kernel) in the
+    /// CUDA form, one thread per window (`Kernel::per_window`), against the
+    /// CPU executor's C form, whole rows of windows per block: every fused
+    /// kernel on its own inputs, every output end to end, every schedule.
+    #[test]
+    #[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CUDA emulator ($CXX, c++, g++ or clang++)")]
+    fn windowed_kernels_match_the_cpu_executor(wd in gen::windowed(), steps in 1usize..=3, batch in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000, sched in 0usize..3) {
+        let Some(mut emu) = emu() else { return Ok(()) };
+        let model = wd.model();
+        let mode = if rate { Mode::Rate } else { Mode::Bptt };
+        let run = Run { workspace: 1 << 20, fused: Some(SCHEDULES[sched]), precision: Precision::Fp32 };
+        check_model(&mut emu, &model, steps, batch, mode, seed, run).map_err(TestCaseError::fail)?;
+        prop_assert!(emu.damage.is_empty(), "{:?}", emu.damage);
+        prop_assert_eq!(emu.live_buffers(), 0);
+    }
+}
+
 /// Fusion plans of the example models in every schedule — layer-major,
 /// and time-major (each multi-step kernel one step per launch, its
 /// registers and accumulators in the arena between launches, on the graph

@@ -54,6 +54,28 @@ fn check(
     check_all(model, steps, batch, mode, seed, &[sched])
 }
 
+/// `check` with every launch split into as many ranges as the CPU
+/// backend makes of a large one (ranges of 256 elements, in parallel), so
+/// that ranges also start inside a row of pooling windows.
+fn check_split(
+    model: &Model,
+    steps: usize,
+    batch: usize,
+    mode: Mode,
+    seed: u64,
+    sched: SchedOpts,
+) -> Result<(), String> {
+    SPLIT.with(|s| s.set(true));
+    let r = check(model, steps, batch, mode, seed, sched);
+    SPLIT.with(|s| s.set(false));
+    r
+}
+
+thread_local! {
+    /// Whether `compare` splits launches as `check_split` says.
+    static SPLIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// `check` for several schedules against one interpreter run.
 fn check_all(
     model: &Model,
@@ -102,6 +124,9 @@ fn compare(
     }
     let source = module_source(&plan);
     let mut cpu = Cpu::new().map_err(|e| e.to_string())?;
+    if SPLIT.with(|s| s.get()) {
+        cpu.set_min_parallel(1);
+    }
     let mut exe = Executor::with_plan(&mut cpu, &lowered, plan, &[]).map_err(|e| e.to_string())?;
     let got = exe.run(inputs, params, opts).map_err(|e| e.to_string())?;
     common::agree::outputs_arbitrated(
@@ -129,6 +154,22 @@ fn example(name: &str) -> Model {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    /// Windowed kernels (pooling absorbed) over random map sizes, channel
+    /// counts, steps, batches, modes and schedules: the plan has one, and
+    /// it computes what the interpreter does.
+    #[test]
+    #[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CPU backend's library kernels")]
+    fn windowed_kernels_match_interpreter(wd in gen::windowed(), steps in 1usize..=4, batch in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000, s in 0usize..3) {
+        let model = wd.model();
+        let mode = if rate { Mode::Rate } else { Mode::Bptt };
+        let g = compile(&model, &Options::new(steps, batch, mode)).unwrap().graph;
+        prop_assert!(fuse::fuse(&g).kernels.iter().any(|k| k.kernel.window.is_some()), "no windowed kernel");
+        match check_split(&model, steps, batch, mode, seed, SCHEDULES[s]) {
+            Err(e) if e.starts_with(ILL_CASE) => return Err(TestCaseError::reject(e)),
+            r => r.map_err(TestCaseError::fail)?,
+        }
+    }
+
     #[test]
     #[cfg_attr(not(snnc_cxx), ignore = "needs a C++ compiler for the CPU backend's library kernels")]
     fn fused_plan_matches_interpreter(r in gen::recipe(), steps in 1usize..=4, batch in 1usize..=3, rate in any::<bool>(), seed in 0u64..1000, s in 0usize..3) {
@@ -212,7 +253,9 @@ fn generated_code_does_not_grow_with_t() {
 /// a non-square map, one window per channel) and over maps they do not
 /// tile, with overlapping windows or with windows over the size fusion
 /// takes (left to the pooling kernel), in both modes and every schedule,
-/// against the interpreter with the tolerance of the header.
+/// with launches split into ranges that start inside rows of windows
+/// (28×28: 3 channels × 196 windows per sample), against the interpreter
+/// with the tolerance of the header.
 #[test]
 #[cfg_attr(
     not(snnc_cxx),
@@ -222,6 +265,7 @@ fn pooling_absorbed_into_neuron_kernels() {
     // (H, W, pool, whether the plan absorbs it)
     let cases = [
         (8, 8, "avgpool 2", true),
+        (28, 28, "avgpool 2", true),
         (4, 6, "avgpool 2", true),
         (2, 2, "avgpool 2", true),
         (9, 6, "avgpool 3", false),
@@ -246,7 +290,7 @@ fn pooling_absorbed_into_neuron_kernels() {
                     "{h}×{w} {pool} {mode} T={steps}: windowed kernel expected {absorbed}"
                 );
                 for sched in SCHEDULES {
-                    check(&model, steps, 2, mode, 5, sched)
+                    check_split(&model, steps, 2, mode, 5, sched)
                         .unwrap_or_else(|e| panic!("{h}×{w} {pool} {mode} T={steps} {sched}: {e}"));
                 }
             }

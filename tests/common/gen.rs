@@ -215,3 +215,50 @@ pub fn build(r: &Recipe) -> Model {
         layers,
     }
 }
+
+/// A layer whose spikes fusion pools in its kernel (`passes/fuse`'s
+/// windowed kernels): `ci`×`h`×`w` input (h and w even), a 3×3
+/// convolution to `co` channels, optionally batch norm, LIF, `avgpool 2`,
+/// then a linear readout. Drawn by [`windowed`].
+#[derive(Clone, Debug)]
+pub struct Windowed {
+    pub ci: usize,
+    pub h: usize,
+    pub w: usize,
+    pub co: usize,
+    pub batch_norm: bool,
+}
+
+pub fn windowed() -> impl Strategy<Value = Windowed> {
+    (
+        1usize..=3,
+        1usize..=5,
+        1usize..=6,
+        1usize..=5,
+        any::<bool>(),
+    )
+        .prop_map(|(ci, h2, w2, co, batch_norm)| Windowed {
+            ci,
+            h: 2 * h2,
+            w: 2 * w2,
+            co,
+            batch_norm,
+        })
+}
+
+impl Windowed {
+    pub fn model(&self) -> Model {
+        let Windowed {
+            ci,
+            h,
+            w,
+            co,
+            batch_norm,
+        } = *self;
+        let bn = if batch_norm { "batchnorm\n" } else { "" };
+        let src = format!(
+            "model windowed\ninput {ci}x{h}x{w}\nconv2d {co} kernel=3 padding=1\n{bn}lif\navgpool 2\nflatten\nlinear 3\n"
+        );
+        snnc::dsl::parse(&src, "windowed.snn").expect("a valid model")
+    }
+}
