@@ -332,7 +332,6 @@ fn body_fn(
         let _ = writeln!(w, "  }}");
     }
     let _ = writeln!(w, "}}");
-    let mut args = args;
     if k.window.is_some() {
         // The body runs on the block's window elements [e0, e0 + me); its
         // pooled stores go to the block's windows [i0, i0 + m).

@@ -720,6 +720,16 @@ impl Slots {
     }
 }
 
+/// The values a kernel must store whatever reads them inside it: the
+/// graph's outputs and the values callers keep.
+fn read_after(g: &Graph, keep: &[NodeIndex]) -> std::collections::HashSet<NodeIndex> {
+    g.outputs
+        .iter()
+        .map(|&(_, n)| n)
+        .chain(keep.iter().copied())
+        .collect()
+}
+
 /// One group's kernel, or None when its steps do not re-roll.
 fn build(
     g: &Graph,
@@ -742,12 +752,7 @@ fn build(
     } else {
         (1, 1)
     };
-    let output_nodes: std::collections::HashSet<NodeIndex> = g
-        .outputs
-        .iter()
-        .map(|&(_, n)| n)
-        .chain(keep.iter().copied())
-        .collect();
+    let output_nodes = read_after(g, keep);
 
     // Every edge inside the group goes forward one step, back one step
     // (reverse time), or stays within its step: one register carries it.
@@ -977,12 +982,7 @@ fn absorb_pools(g: &Graph, f: &mut Fused, keep: &[NodeIndex]) -> Vec<NodeIndex> 
     if kernel.window.is_some() {
         return Vec::new();
     }
-    let outputs: std::collections::HashSet<NodeIndex> = g
-        .outputs
-        .iter()
-        .map(|&(_, n)| n)
-        .chain(keep.iter().copied())
-        .collect();
+    let outputs = read_after(g, keep);
     let inside: std::collections::HashSet<NodeIndex> = f.nodes.iter().copied().collect();
     // The pooling of stored value `m`, when it is m's only outside user.
     let pool_of = |m: NodeIndex| -> Option<(NodeIndex, usize)> {
@@ -1005,7 +1005,7 @@ fn absorb_pools(g: &Graph, f: &mut Fused, keep: &[NodeIndex]) -> Vec<NodeIndex> 
             return None;
         };
         let shape = &g.g[m].shape;
-        let tiles = shape.len() == 4 && shape[2] % k == 0 && shape[3] % k == 0;
+        let tiles = shape.len() == 4 && shape[2].is_multiple_of(k) && shape[3].is_multiple_of(k);
         // A CUDA thread runs its window's k² elements: 2×2 keeps the
         // registers of four LIF updates; a global pool (resnet19's 8×8)
         // would spill, and pools of few outputs gain little.

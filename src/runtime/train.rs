@@ -240,17 +240,51 @@ fn to_batch(d: &Dataset, (x, targets): (Vec<f32>, Vec<crate::data::Label>)) -> B
 /// Batches made ahead of the step (decoding images overlaps training).
 const PREFETCH: usize = 2;
 
-/// Mean spikes per neuron and step, per spiking layer.
+/// Mean spikes per neuron and step, per spiking layer, from the tensors
+/// [`rate_nodes`] names.
 fn firing_rates(g: &Graph, spikes: &HashMap<NodeIndex, Tensor<f32>>) -> BTreeMap<String, f64> {
     let mut acc: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     for (n, t) in spikes {
-        let l = &g.layers[g.g[*n].layer.expect("spikes belong to a layer")];
+        let spike = match g.g[*n].op {
+            Op::AvgPool { .. } => g.operands(*n)[0],
+            _ => *n,
+        };
+        let l = &g.layers[g.g[spike].layer.expect("spikes belong to a layer")];
         let e = acc.entry(format!("{}:{}", l.path, l.keyword)).or_default();
         e.0 += t.data.iter().map(|&x| f64::from(x)).sum::<f64>();
         e.1 += t.len();
     }
     acc.into_iter()
         .map(|(k, (s, n))| (k, s / n.max(1) as f64))
+        .collect()
+}
+
+/// The tensors the firing rates are the means of: each step's spikes, or
+/// the average pooling that tiles them (stride = window, no padding,
+/// whole windows): every spike lies in exactly one window, so the pooled
+/// tensor has the same mean, and keeping it instead leaves fusion free to
+/// pool the spikes in the neuron kernel and never store them
+/// (`passes/fuse`, windowed kernels).
+fn rate_nodes(g: &Graph) -> Vec<NodeIndex> {
+    let tiling_pool = |s: NodeIndex| {
+        let shape = &g.g[s].shape;
+        g.users(s).into_iter().find(|&u| match g.g[u].op {
+            Op::AvgPool {
+                kernel: k,
+                stride,
+                padding: 0,
+            } => {
+                stride == k
+                    && shape.len() == 4
+                    && shape[2].is_multiple_of(k)
+                    && shape[3].is_multiple_of(k)
+            }
+            _ => false,
+        })
+    };
+    g.g.node_indices()
+        .filter(|&n| matches!(g.g[n].op, Op::Spike { .. }))
+        .map(|s| tiling_pool(s).unwrap_or(s))
         .collect()
 }
 
@@ -648,11 +682,7 @@ fn run<'d>(
         ),
     };
     let graph = compile::compile(&model, &Options::new(cfg.steps, cfg.batch, cfg.mode))?.graph;
-    let spike_nodes: Vec<NodeIndex> = graph
-        .g
-        .node_indices()
-        .filter(|&n| matches!(graph.g[n].op, Op::Spike { .. }))
-        .collect();
+    let spike_nodes = rate_nodes(&graph);
     // The engine gets its own copy; this one names the layers of spikes.
     let mut engine = make(&graph, &spike_nodes, &state_bytes)?;
     let mut eval = Evaluator::new(&model, cfg.steps);
@@ -920,4 +950,56 @@ fn run<'d>(
         }
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{compile, Options};
+    use crate::passes::rate::Mode;
+
+    /// The firing rates from the tensors `rate_nodes` keeps (fmnist_csnn:
+    /// the two convolutional LIF layers' spikes through their `avgpool 2`,
+    /// the hidden layer's spikes as they are) equal the rates of the
+    /// spikes themselves, and fusion then pools the first two in their
+    /// kernels.
+    #[test]
+    fn rates_from_tiling_pools_equal_the_spikes_rates() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/models/fmnist_csnn.snn");
+        let model = crate::dsl::parse_file(std::path::Path::new(path)).unwrap().0;
+        let a = shape::analyze(&model).unwrap();
+        for mode in [Mode::Rate, Mode::Bptt] {
+            let g = compile(&model, &Options::new(3, 2, mode)).unwrap().graph;
+            let kept = rate_nodes(&g);
+            let pooled = kept
+                .iter()
+                .filter(|&&n| matches!(g.g[n].op, Op::AvgPool { .. }))
+                .count();
+            assert_eq!((kept.len(), pooled), (9, 6), "{mode}: 3 layers × 3 steps");
+            let params = crate::init::init_params(&a, 7);
+            let mut x = crate::interp::random_input(&g, false, 7);
+            x.data.iter_mut().for_each(|v| *v *= 3.0);
+            let labels = crate::interp::random_labels(2, 10, 7);
+            let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+            let opts = crate::interp::RunOptions::seeded(7);
+            let v = crate::interp::run(&g, &inputs, &params, &opts).unwrap();
+            let values = |ns: Vec<NodeIndex>| -> HashMap<NodeIndex, Tensor<f32>> {
+                ns.into_iter()
+                    .map(|n| (n, v.get(n).unwrap().cast::<f32>()))
+                    .collect()
+            };
+            let spikes: Vec<NodeIndex> = g
+                .g
+                .node_indices()
+                .filter(|&n| matches!(g.g[n].op, Op::Spike { .. }))
+                .collect();
+            let want = firing_rates(&g, &values(spikes));
+            let got = firing_rates(&g, &values(kept.clone()));
+            assert_eq!(got, want, "{mode}");
+            assert!(want.values().all(|&r| r > 0.0), "{mode}: no layer fired: {want:?}");
+            let plan = crate::passes::fuse::fuse_keeping(&g, &kept);
+            let windowed = plan.kernels.iter().filter(|k| k.kernel.window.is_some()).count();
+            assert_eq!(windowed, 2, "{mode}: both pooled layers windowed");
+        }
+    }
 }
