@@ -965,8 +965,13 @@ mod tests {
     /// kernels.
     #[test]
     fn rates_from_tiling_pools_equal_the_spikes_rates() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/models/fmnist_csnn.snn");
-        let model = crate::dsl::parse_file(std::path::Path::new(path)).unwrap().0;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/models/fmnist_csnn.snn"
+        );
+        let model = crate::dsl::parse_file(std::path::Path::new(path))
+            .unwrap()
+            .0;
         let a = shape::analyze(&model).unwrap();
         for mode in [Mode::Rate, Mode::Bptt] {
             let g = compile(&model, &Options::new(3, 2, mode)).unwrap().graph;
@@ -983,22 +988,31 @@ mod tests {
             let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
             let opts = crate::interp::RunOptions::seeded(7);
             let v = crate::interp::run(&g, &inputs, &params, &opts).unwrap();
-            let values = |ns: Vec<NodeIndex>| -> HashMap<NodeIndex, Tensor<f32>> {
+            fn values(
+                v: &crate::interp::Values<f64>,
+                ns: Vec<NodeIndex>,
+            ) -> HashMap<NodeIndex, Tensor<f32>> {
                 ns.into_iter()
                     .map(|n| (n, v.get(n).unwrap().cast::<f32>()))
                     .collect()
-            };
-            let spikes: Vec<NodeIndex> = g
-                .g
-                .node_indices()
-                .filter(|&n| matches!(g.g[n].op, Op::Spike { .. }))
-                .collect();
-            let want = firing_rates(&g, &values(spikes));
-            let got = firing_rates(&g, &values(kept.clone()));
+            }
+            let spikes: Vec<NodeIndex> =
+                g.g.node_indices()
+                    .filter(|&n| matches!(g.g[n].op, Op::Spike { .. }))
+                    .collect();
+            let want = firing_rates(&g, &values(&v, spikes));
+            let got = firing_rates(&g, &values(&v, kept.clone()));
             assert_eq!(got, want, "{mode}");
-            assert!(want.values().all(|&r| r > 0.0), "{mode}: no layer fired: {want:?}");
+            assert!(
+                want.values().all(|&r| r > 0.0),
+                "{mode}: no layer fired: {want:?}"
+            );
             let plan = crate::passes::fuse::fuse_keeping(&g, &kept);
-            let windowed = plan.kernels.iter().filter(|k| k.kernel.window.is_some()).count();
+            let windowed = plan
+                .kernels
+                .iter()
+                .filter(|k| k.kernel.window.is_some())
+                .count();
             assert_eq!(windowed, 2, "{mode}: both pooled layers windowed");
         }
     }
