@@ -969,14 +969,14 @@ fn build(
 }
 
 /// 2-D average poolings a kernel can absorb: each value of a stored
-/// stream whose only user outside the kernel is one `AvgPool` with stride
-/// equal to its window (at most `MAX_WINDOW`), no padding and a window
-/// that tiles H and W (the LIF layer's spikes before `avgpool 2`). The kernel then runs one element
+/// stream whose only user outside the kernel is one `AvgPool` whose
+/// windows tile it (`Op::tiling_window`; the LIF layer's spikes before
+/// `avgpool 2`), of at most `MAX_WINDOW`. The kernel then runs one element
 /// per pooling window (`Window`): its statements run once per window
 /// element and the stream's stores become window averages
 /// (`Index::Pool`), so the full-size tensor is neither written nor read
-/// back. Every pooled
-/// stream must have the same window; returns the pooling nodes absorbed.
+/// back. Every pooled stream must have the same window; returns the
+/// pooling nodes absorbed.
 fn absorb_pools(g: &Graph, f: &mut Fused, keep: &[NodeIndex]) -> Vec<NodeIndex> {
     let kernel = &f.kernel;
     if kernel.window.is_some() {
@@ -984,7 +984,10 @@ fn absorb_pools(g: &Graph, f: &mut Fused, keep: &[NodeIndex]) -> Vec<NodeIndex> 
     }
     let outputs = read_after(g, keep);
     let inside: std::collections::HashSet<NodeIndex> = f.nodes.iter().copied().collect();
-    // The pooling of stored value `m`, when it is m's only outside user.
+    // The pooling of stored value `m` and its window, when it is m's only
+    // outside user. A CUDA thread runs its window's k² elements: 2×2 keeps
+    // the registers of four LIF updates; a global pool (resnet19's 8×8)
+    // would spill, and pools of few outputs gain little.
     let pool_of = |m: NodeIndex| -> Option<(NodeIndex, usize)> {
         if outputs.contains(&m) {
             return None;
@@ -996,21 +999,8 @@ fn absorb_pools(g: &Graph, f: &mut Fused, keep: &[NodeIndex]) -> Vec<NodeIndex> 
         if outside.next().is_some() {
             return None;
         }
-        let Op::AvgPool {
-            kernel: k,
-            stride,
-            padding: 0,
-        } = g.g[p].op
-        else {
-            return None;
-        };
-        let shape = &g.g[m].shape;
-        let tiles = shape.len() == 4 && shape[2].is_multiple_of(k) && shape[3].is_multiple_of(k);
-        // A CUDA thread runs its window's k² elements: 2×2 keeps the
-        // registers of four LIF updates; a global pool (resnet19's 8×8)
-        // would spill, and pools of few outputs gain little.
-        let k = (2..=MAX_WINDOW).contains(&k).then_some(k)?;
-        (stride == k && tiles).then_some((p, k))
+        let k = g.g[p].op.tiling_window(&g.g[m].shape)?;
+        (2..=MAX_WINDOW).contains(&k).then_some((p, k))
     };
     // Stored streams (base slots) and the pooling of each of their steps.
     let mut stored: Vec<usize> = Vec::new();
@@ -1026,30 +1016,27 @@ fn absorb_pools(g: &Graph, f: &mut Fused, keep: &[NodeIndex]) -> Vec<NodeIndex> 
     let mut window_k = None;
     let mut pooled: Vec<(usize, Vec<(usize, NodeIndex)>)> = Vec::new();
     'streams: for s in stored {
-        let mut pools = Vec::new();
+        let (mut pools, mut stream_k) = (Vec::new(), None);
         for t in 0..kernel.steps {
             let Some(m) = f.table[s + t] else { continue };
             match pool_of(m) {
-                Some((p, k)) if window_k.unwrap_or(k) == k => pools.push((s + t, p)),
+                Some((p, k)) if *stream_k.get_or_insert(k) == k => pools.push((s + t, p)),
                 _ => continue 'streams,
             }
         }
-        if let Some(&(_, p)) = pools.first() {
-            if let Op::AvgPool { kernel: k, .. } = g.g[p].op {
-                window_k = Some(k);
+        if let Some(k) = stream_k {
+            if *window_k.get_or_insert(k) == k {
+                pooled.push((s, pools));
             }
-            pooled.push((s, pools));
         }
     }
     let Some(k) = window_k else {
         return Vec::new();
     };
-    let shape = &g.g[f.table[pooled[0].1[0].0].expect("a stored value")].shape;
-    let window = kir::Window {
-        k,
-        wo: shape[3] / k,
-        w: shape[3],
-    };
+    // Every stored value has the kernel's shape.
+    let (_, p) = pooled[0].1[0];
+    let w = g.g[g.operands(p)[0]].shape[3];
+    let window = kir::Window { k, wo: w / k, w };
     let pooled_slots: Vec<usize> = pooled.iter().map(|(s, _)| *s).collect();
     let kernel = &mut f.kernel;
     for (_, _, body) in &mut kernel.runs {

@@ -95,8 +95,8 @@ impl<'a, B: Backend> Executor<'a, B> {
         let mut run = || -> Result<(), ExecError> {
             let geo = [I(int(c)?), I(int(b)?), I(int(r)?), I(int(parts)?)];
             let set = c * parts;
+            let at = |k: usize| wp + 8 * (k * set) as u64;
             for (k, &xp) in xs.iter().enumerate() {
-                let at = |k: usize| wp + 8 * (k * set) as u64;
                 // An operand seen before (a time-invariant layer's T equal
                 // steps) is not read again: its partial sums are copied,
                 // so `finish` adds the same values in the same order.

@@ -97,7 +97,8 @@ impl Kernel {
         let mut runs = Vec::new();
         for (lo, hi, body) in &self.runs {
             let mut out = Vec::new();
-            let mut sums: Vec<(Slot, Expr)> = Vec::new();
+            // Each pooled stream's values, window element by element.
+            let mut pooled: Vec<(Slot, Vec<Expr>)> = Vec::new();
             for (d, &off) in offsets.iter().enumerate() {
                 let x = |e: &Expr| at(e, d, off, (locals, regs));
                 for st in body {
@@ -106,14 +107,9 @@ impl Kernel {
                         Stmt::SetReg(r, e) => Stmt::SetReg(r + d * regs, x(e)),
                         Stmt::Accumulate(a, e) => Stmt::Accumulate(a + d * accs, x(e)),
                         Stmt::Store(s, Index::Pool, e) => {
-                            match sums.iter_mut().find(|(t, _)| t == s) {
-                                Some((_, sum)) => {
-                                    let prev = std::mem::replace(sum, Expr::Const(0.0));
-                                    *sum = Expr::bin(BinOp::Add, prev, x(e));
-                                }
-                                None => {
-                                    sums.push((*s, Expr::bin(BinOp::Add, Expr::Const(0.0), x(e))))
-                                }
+                            match pooled.iter_mut().find(|(t, _)| t == s) {
+                                Some((_, vs)) => vs.push(x(e)),
+                                None => pooled.push((*s, vec![x(e)])),
                             }
                             continue;
                         }
@@ -124,7 +120,10 @@ impl Kernel {
                     });
                 }
             }
-            for (s, sum) in sums {
+            for (s, vs) in pooled {
+                let sum = vs
+                    .into_iter()
+                    .fold(Expr::Const(0.0), |acc, v| Expr::bin(BinOp::Add, acc, v));
                 let avg = Expr::bin(BinOp::Div, sum, Expr::Const(k2 as f32));
                 out.push(Stmt::Store(s, Index::Elem, avg));
             }
@@ -481,21 +480,6 @@ fn at(ix: Index) -> String {
         Index::Window(off) => format!("iw + {off}"),
         Index::Chan | Index::Pool => unreachable!("spelled by the target"),
     }
-}
-
-/// Whether a kernel's statements use the window index `iw`.
-pub fn uses_window(stmts: &[Stmt]) -> bool {
-    fn e(x: &Expr) -> bool {
-        match x {
-            Expr::Load(_, Index::Window(_)) => true,
-            _ => x.children().into_iter().any(e),
-        }
-    }
-    stmts.iter().any(|s| match s {
-        Stmt::Let(_, x) | Stmt::SetReg(_, x) | Stmt::Accumulate(_, x) => e(x),
-        Stmt::Store(_, ix, x) => matches!(ix, Index::Window(_)) || e(x),
-        Stmt::StoreAcc(_, _, _, ix) => matches!(ix, Index::Window(_)),
-    })
 }
 
 /// The rendered function computing a surrogate's derivative.

@@ -387,6 +387,28 @@ impl Op {
         self.info().elementwise
     }
 
+    /// The window of an average pooling whose windows tile its input of
+    /// `shape` ([B, C, H, W]): stride equal to the window, no padding, the
+    /// window dividing H and W, so every input element lies in exactly one
+    /// window (the pooled tensor has the input's mean; fusion can pool in
+    /// the producing kernel).
+    pub fn tiling_window(&self, shape: &[usize]) -> Option<usize> {
+        match *self {
+            Op::AvgPool {
+                kernel: k,
+                stride,
+                padding: 0,
+            } if stride == k
+                && shape.len() == 4
+                && shape[2].is_multiple_of(k)
+                && shape[3].is_multiple_of(k) =>
+            {
+                Some(k)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether operand `pos` is a per-channel vector.
     pub fn chan_operand(&self, pos: usize) -> bool {
         self.info().chan.contains(&pos)

@@ -267,20 +267,9 @@ fn firing_rates(g: &Graph, spikes: &HashMap<NodeIndex, Tensor<f32>>) -> BTreeMap
 /// (`passes/fuse`, windowed kernels).
 fn rate_nodes(g: &Graph) -> Vec<NodeIndex> {
     let tiling_pool = |s: NodeIndex| {
-        let shape = &g.g[s].shape;
-        g.users(s).into_iter().find(|&u| match g.g[u].op {
-            Op::AvgPool {
-                kernel: k,
-                stride,
-                padding: 0,
-            } => {
-                stride == k
-                    && shape.len() == 4
-                    && shape[2].is_multiple_of(k)
-                    && shape[3].is_multiple_of(k)
-            }
-            _ => false,
-        })
+        g.users(s)
+            .into_iter()
+            .find(|&u| g.g[u].op.tiling_window(&g.g[s].shape).is_some())
     };
     g.g.node_indices()
         .filter(|&n| matches!(g.g[n].op, Op::Spike { .. }))
