@@ -7,7 +7,10 @@
 //!    same shape and in the same phase (forward or backward) are merged,
 //!    greedily, while the group stays *convex* (no path leaves it and comes
 //!    back, so it can run as one kernel) and its cross-step edges all point
-//!    one way (forward recurrence or reverse-time backward).
+//!    one way (forward recurrence or reverse-time backward). A value whose
+//!    channel sums flow back into its own elementwise descendants (batch
+//!    norm's backward g) does not take its users into its group
+//!    ([`reentrant`]).
 //!    Time reductions (`time_mean`, the n-ary time `sum`) whose operands all
 //!    lie in one group become its accumulators: the rate-mode r, g and x̄.
 //! 2. **Re-rolling.** Each step's nodes are put in a canonical order and
@@ -220,6 +223,7 @@ pub fn fuse_keeping(g: &Graph, keep: &[NodeIndex]) -> Plan {
     };
     let mut stamp = vec![0u32; bound];
     let mut gen = 0u32;
+    let reenter = reentrant(g, &kinds, &mut stamp, &mut gen);
 
     // 1. Greedy merging along same-shape edges, in topological order.
     for &v in &order {
@@ -231,6 +235,7 @@ pub fn fuse_keeping(g: &Graph, keep: &[NodeIndex]) -> Plan {
             let (u, p) = (e.source(), *e.weight());
             let un = &g.g[u];
             if kinds[u.index()] != Kind::Elem
+                || reenter[u.index()]
                 || vn.op.chan_operand(p)
                 || un.shape != vn.shape
                 || backward(un.role) != backward(vn.role)
@@ -635,6 +640,64 @@ fn convex_union(
         }
     }
     true
+}
+
+/// Elementwise nodes whose channel reduction flows back into their own
+/// elementwise descendants: batch norm's backward sums g = δ·σ' per
+/// channel, and the input gradient computed from g also reads those sums.
+/// g is stored for the sums anyway; merging g's users into g's kernel
+/// would only strand them there (the group cannot reach past the sums
+/// without leaving and re-entering), so they are left to join the kernel
+/// downstream of the sums, which then reads g instead of storing them.
+fn reentrant(g: &Graph, kinds: &[Kind], stamp: &mut [u32], gen: &mut u32) -> Vec<bool> {
+    let mut out = vec![false; kinds.len()];
+    for u in g.g.node_indices() {
+        if kinds[u.index()] != Kind::Elem {
+            continue;
+        }
+        let sums: Vec<NodeIndex> = g
+            .users(u)
+            .into_iter()
+            .filter(|&r| matches!(g.g[r].op, Op::ChannelSum | Op::ChannelDot))
+            .collect();
+        if sums.is_empty() {
+            continue;
+        }
+        // Mark u's elementwise descendants of its shape.
+        *gen += 1;
+        let own = *gen;
+        let mut stack = vec![u];
+        while let Some(x) = stack.pop() {
+            for y in g.g.neighbors_directed(x, Direction::Outgoing) {
+                let elem = kinds[y.index()] == Kind::Elem && g.g[y].shape == g.g[u].shape;
+                if elem && stamp[y.index()] != own {
+                    stamp[y.index()] = own;
+                    stack.push(y);
+                }
+            }
+        }
+        // Does anything downstream of the sums carry one of those marks?
+        *gen += 1;
+        let seen = *gen;
+        let mut stack = sums;
+        while let Some(x) = stack.pop() {
+            for y in g.g.neighbors_directed(x, Direction::Outgoing) {
+                match stamp[y.index()] {
+                    s if s == own => {
+                        out[u.index()] = true;
+                        stack.clear();
+                        break;
+                    }
+                    s if s == seen => {}
+                    _ => {
+                        stamp[y.index()] = seen;
+                        stack.push(y);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Does any path from `from` reach a member of `grp`?

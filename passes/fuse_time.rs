@@ -9,6 +9,7 @@
 //! step's outputs die once the next layer has read them.
 //!
 //! The graph is lowered first ([`lowering`], one pass per rewrite):
+//! per-channel scales move out of channel sums (`passes/factor`),
 //! `channel_sum(mul)` becomes `channel_dot`, means of one repeated value
 //! that value, batch norm's affine output per step; for time-major,
 //! batch-norm statistics may be recomputed (`schedule::RecomputeBn`), and
@@ -20,13 +21,15 @@
 //! and the split into steps ([`SplitSteps`]).
 
 use crate::ir::{Graph, NodeIndex};
+use crate::passes::factor::FactorScales;
 use crate::passes::fuse::{self, Fused, Plan, Unit};
 use crate::passes::schedule::{self, SchedOpts, Schedule};
 use crate::passes::{Pass, PassError, Pipeline, Program};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-/// The lowering passes of a fusion plan for `opts`:
+/// The lowering passes of a fusion plan for `opts`: per-channel scales
+/// out of channel sums (`passes/factor`),
 /// `channel_sum(mul(a, b))` as `channel_dot(a, b)` ([`ChannelDots`]),
 /// means of one repeated value as that value ([`ConstantMeans`]), batch
 /// norm's affine output recomputed per step inside the neuron's kernel
@@ -35,6 +38,7 @@ use std::collections::{BinaryHeap, HashMap};
 /// chained.
 pub fn lowering(opts: SchedOpts) -> Vec<Box<dyn Pass>> {
     let mut passes: Vec<Box<dyn Pass>> = vec![
+        Box::new(FactorScales),
         Box::new(ChannelDots),
         Box::new(ConstantMeans),
         Box::new(RematerialiseAffine),

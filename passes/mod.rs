@@ -12,6 +12,7 @@
 pub mod cost;
 pub mod cse;
 pub mod dce;
+pub mod factor;
 pub mod fuse;
 pub mod fuse_time;
 pub mod mem;

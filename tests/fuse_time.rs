@@ -6,8 +6,9 @@
 //! layers (time-major) whenever there is more than one multi-step kernel.
 //! The CPU lowering's exact rewrites (`channel_dot`, per-step copies of
 //! batch norm's affine) compute bit for bit what they replace, and the
-//! whole lowering (with means of a repeated value dropped) agrees to
-//! 1e-12 (f64). Numerical agreement of the plans with the interpreter is
+//! whole lowering (with means of a repeated value dropped and per-channel
+//! scales factored out of channel sums) agrees to 1e-12 (f64), relative to
+//! 1 + the output's largest magnitude. Numerical agreement of the plans with the interpreter is
 //! `tests/fused_exec.rs`.
 
 mod common;
@@ -49,8 +50,8 @@ fn lowering_is_exact(model: &Model, steps: usize, mode: Mode, seed: u64) -> Resu
             return Err(format!("{name} differs after channel_dots"));
         }
     }
-    // The whole lowering adds `constant_means`: equal up to the rounding of
-    // (x + … + x)/T.
+    // The whole lowering adds `constant_means` and `factor_channel_scales`:
+    // equal up to the rounding of (x + … + x)/T and of γ·Σx against Σγ·x.
     let full = fuse_time::lower(&g, SchedOpts::LAYER_MAJOR);
     snnc::ir::verify(&full).map_err(|e| format!("lowered graph: {e}"))?;
     let v2 = interp::run(&full, &inputs, &params, &opts).map_err(|e| e.to_string())?;
@@ -172,6 +173,51 @@ fn batch_norm_rewrites_apply_to_fmnist() {
         // gradient that sum a product; the first one's affine is copied
         // into each of the 2 steps.
         assert!(n >= 4, "{mode}: {n} rewrites");
+    }
+}
+
+/// Batch norm's backward in the fused plans of fmnist_csnn: every channel
+/// sum of a γ-scaled gradient is factored (two per batch norm), so no
+/// full-size `channel_scale` is left to a library call and no channel
+/// reduction reads one; the input gradient's elementwise work is in kernels.
+#[test]
+fn batch_norm_backward_stores_no_scaled_gradient() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
+    let model = snnc::dsl::parse_file(&path).unwrap().0;
+    for mode in [Mode::Bptt, Mode::Rate] {
+        let g = compile(&model, &Options::new(3, 2, mode)).unwrap().graph;
+        let mut f = g.clone();
+        let n = snnc::passes::factor::factor_channel_scales(&mut f);
+        assert!(n >= 4, "{mode}: {n} sums factored");
+        for opts in [
+            SchedOpts::LAYER_MAJOR,
+            SchedOpts::TIME_MAJOR,
+            SchedOpts::TIME_MAJOR_RECOMPUTE,
+        ] {
+            let lowered = fuse_time::lower(&g, opts);
+            let plan = fuse_time::plan(&lowered, &[], opts);
+            for u in &plan.units {
+                let Unit::Node(v) = *u else { continue };
+                let op = &lowered.g[v].op;
+                assert_ne!(
+                    *op,
+                    Op::ChannelScale,
+                    "{mode} {opts}: %{} left unfused",
+                    v.index()
+                );
+                if matches!(op, Op::ChannelSum | Op::ChannelDot) {
+                    for a in lowered.operands(v) {
+                        assert_ne!(
+                            lowered.g[a].op,
+                            Op::ChannelScale,
+                            "{mode} {opts}: %{}",
+                            v.index()
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 

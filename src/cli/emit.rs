@@ -1,4 +1,5 @@
-//! `snnc emit`: the fused plan's kernels as source files and a manifest.
+//! `snnc emit`: the fused plan's kernels as source files and a manifest
+//! (the layer-major plan of the lowered graph, as `snnc bench` runs it).
 
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -40,10 +41,14 @@ fn emit(
     out: &Path,
 ) -> Result<(), CliError> {
     use crate::codegen::{render_c, render_cuda};
-    use crate::passes::fuse::{self, Unit};
+    use crate::passes::fuse::Unit;
     let (model, _) = crate::frontend::load(path)?;
     let g = compile::compile(&model, &compile::Options::new(steps, batch, mode))?.graph;
-    let plan = fuse::fuse(&g);
+    // What the executors run (`snnc bench`'s `fused`): the lowered graph's
+    // layer-major plan.
+    let layer_major = crate::passes::schedule::SchedOpts::LAYER_MAJOR;
+    let g = crate::passes::fuse_time::lower(&g, layer_major);
+    let plan = crate::passes::fuse_time::plan(&g, &[], layer_major);
     let (ext, header, render): (&str, String, fn(&crate::ir::kernel::Kernel) -> String) =
         match target {
             "c" => ("c", render_c::header(), render_c::kernel),
