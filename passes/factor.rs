@@ -184,15 +184,15 @@ mod tests {
         let x = g.add_leaf(input("x"), &[2, 3, 4], Role::Input);
         let y = g.add_leaf(input("y"), &[2, 3, 4], Role::Input);
         let s = g.add_leaf(Op::Param { name: "s".into() }, &[3], Role::Param);
-        let add = |g: &mut Graph, op: Op, args: &[NodeIndex]| {
-            g.add_op("test", op, Some(0), None, Role::Backward, args)
+        let add = |g: &mut Graph, op: &Op, args: &[NodeIndex]| {
+            g.add_op("test", op.clone(), Some(0), None, Role::Backward, args)
         };
-        let xy = add(&mut g, Op::Mul, &[x, y]);
-        let gamma = add(&mut g, Op::ChannelSum, &[xy]);
-        let d = add(&mut g, Op::ChannelScale, &[x, s]);
-        let sum_d = add(&mut g, Op::ChannelSum, &[d]);
-        let yd = add(&mut g, Op::Mul, &[y, d]);
-        let sum_yd = add(&mut g, Op::ChannelSum, &[yd]);
+        let xy = add(&mut g, &Op::Mul, &[x, y]);
+        let gamma = add(&mut g, &Op::ChannelSum, &[xy]);
+        let d = add(&mut g, &Op::ChannelScale, &[x, s]);
+        let sum_d = add(&mut g, &Op::ChannelSum, &[d]);
+        let yd = add(&mut g, &Op::Mul, &[y, d]);
+        let sum_yd = add(&mut g, &Op::ChannelSum, &[yd]);
         for (name, n) in [("gamma", gamma), ("d", sum_d), ("yd", sum_yd)] {
             g.outputs.push((name.into(), n));
         }
@@ -201,11 +201,11 @@ mod tests {
 
         assert_eq!(factor_channel_scales(&mut g), 2);
         crate::ir::verify(&g).unwrap();
-        let count = |op: Op| g.g.node_weights().filter(|n| n.op == op).count();
+        let count = |op: &Op| g.g.node_weights().filter(|n| n.op == *op).count();
         // One product (x·y), the sums of x and of x·y, two scalings by s.
-        assert_eq!(count(Op::Mul), 3);
-        assert_eq!(count(Op::ChannelSum), 2);
-        assert_eq!(count(Op::ChannelScale), 0);
+        assert_eq!(count(&Op::Mul), 3);
+        assert_eq!(count(&Op::ChannelSum), 2);
+        assert_eq!(count(&Op::ChannelScale), 0);
         assert_eq!(g.output("gamma"), Some(gamma));
         assert_eq!(g.operands(g.output("yd").unwrap()), vec![s, gamma]);
 

@@ -424,7 +424,13 @@ fn snapshot_after_each_lowering_pass() {
             // fmnist_csnn's graph texts are long: its snapshots are the
             // passes that change batch norm, and the plan-level summaries.
             if model == "fmnist_csnn"
-                && !["recompute-bn", "rematerialise-affine", "memplan"].contains(&pass.name())
+                && ![
+                    "factor-scales",
+                    "recompute-bn",
+                    "rematerialise-affine",
+                    "memplan",
+                ]
+                .contains(&pass.name())
             {
                 continue;
             }
