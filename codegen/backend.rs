@@ -91,6 +91,7 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("snnc_maxpool_route", "pppiiiiiiii"),
     ("snnc_chan_partial", "pppiiii"),
     ("snnc_chan_dot_partial", "pppiiii"),
+    ("snnc_chan_sum_dot_partial", "ppppiiii"),
     ("snnc_chan_finish", "ppiiid"),
     ("snnc_chan_moments_partial", "pppiiii"),
     ("snnc_chan_moments_finish", "pppiiid"),

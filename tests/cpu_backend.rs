@@ -265,6 +265,18 @@ fn channel_reductions_equal_the_gpu_form() {
                 &run(&mut emu, kernel, threads, &bufs, &args),
             );
         }
+        // A channel sum and a channel dot in one read: sums of x into the
+        // third buffer, of x·y into the fourth.
+        let kernel = "snnc_chan_sum_dot_partial";
+        let bufs = vec![x.clone(), data(n, 8), part.clone(), part.clone()];
+        let mut args = vec![P(0), P(1), P(2), P(3)];
+        args.extend(geo);
+        same(
+            kernel,
+            &case,
+            &run(&mut cpu, kernel, threads, &bufs, &args),
+            &run(&mut emu, kernel, threads, &bufs, &args),
+        );
     }
 }
 

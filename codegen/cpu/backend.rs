@@ -33,6 +33,7 @@ const NATIVE_KERNELS: &[&str] = &[
     "snnc_bc_swap",
     "snnc_chan_partial",
     "snnc_chan_dot_partial",
+    "snnc_chan_sum_dot_partial",
     "snnc_chan_moments_partial",
     "snnc_pool",
     "snnc_avgpool_grad",
@@ -72,6 +73,7 @@ const MIN_PARALLEL: usize = 1 << 14;
 const THREAD_LOOPS: &[&str] = &[
     "snnc_chan_partial",
     "snnc_chan_dot_partial",
+    "snnc_chan_sum_dot_partial",
     "snnc_chan_moments_partial",
 ];
 const MIN_PARALLEL_LOOPS: usize = 1 << 8;

@@ -204,7 +204,8 @@ extern "C" void snnc_cpu_bc_swap(const float* x, float* out, int nb, int c, int 
 // each group read one batch row bi at a time: its channels' rows are
 // adjacent in memory, one long stream for the prefetcher instead of rows
 // of r elements c·r apart. Row bi starts at part (bi·r) mod parts in every
-// channel. KIND 0: x; 1: (x − mean)²; 2: x·y.
+// channel. KIND 0: x; 1: (x − mean)²; 2: x·y; 3: x and x² (two sums);
+// 4: x and x·y (two sums).
 template <int KIND>
 static inline double snnc_cpu_chan_term(const float* x, const float* y, long long at, float m) {
     if (KIND == 0) return (double)x[at];
@@ -219,7 +220,9 @@ template <int KIND>
 static inline void snnc_cpu_chan(const float* x, const float* y, const float* mean, double* part,
                                  int c, int b, int r, int parts, double* part2 = nullptr) {
     // KIND 3 (moments): part gets the sums of x, part2 those of x² (each
-    // square exact in double), in one read of x.
+    // square exact in double), in one read of x. KIND 4: part gets the sums
+    // of x, part2 those of x·y, in one read of x (KIND 0's and 2's sums).
+    const bool two = KIND == 3 || KIND == 4;
     long long t, hi;
     snnc_range((long long)c * parts, &t, &hi);
     if (t >= hi) return;
@@ -237,23 +240,26 @@ static inline void snnc_cpu_chan(const float* x, const float* y, const float* me
                     const double v = (double)x[at];
                     s += v;
                     s2 += v * v;
+                } else if (KIND == 4) {
+                    s += (double)x[at];
+                    s2 += (double)(x[at] * y[at]);
                 } else {
                     s += snnc_cpu_chan_term<KIND>(x, y, at, m);
                 }
             }
             part[t] = s;
-            if (KIND == 3) part2[t] = s2;
+            if (two) part2[t] = s2;
         }
         return;
     }
     double acc[ACC];
-    double acc2[KIND == 3 ? ACC : 1];
+    double acc2[KIND == 3 || KIND == 4 ? ACC : 1];
     const int group = ACC / parts;
     const int ch_end = (int)((hi - 1) / parts) + 1;
     for (int g0 = (int)(t / parts); g0 < ch_end; g0 += group) {
         const int g1 = snnc_min_i(ch_end, (long long)g0 + group);
         for (int q = 0; q < (g1 - g0) * parts; ++q) acc[q] = 0.0;
-        if (KIND == 3) {
+        if (two) {
             for (int q = 0; q < (g1 - g0) * parts; ++q) acc2[q] = 0.0;
         }
         int p_row = 0;
@@ -281,6 +287,13 @@ static inline void snnc_cpu_chan(const float* x, const float* y, const float* me
                             a[q] += v;
                             a2[q] += v * v;
                         }
+                    } else if (KIND == 4) {
+                        double* a2 = acc2 + (ch - g0) * parts + p;
+                        const float* ys = y + at + j;
+                        for (int q = 0; q < len; ++q) {
+                            a[q] += (double)xs[q];
+                            a2[q] += (double)(xs[q] * ys[q]);
+                        }
                     } else {
                         const float* ys = y + at + j;
                         for (int q = 0; q < len; ++q) a[q] += (double)(xs[q] * ys[q]);
@@ -296,7 +309,7 @@ static inline void snnc_cpu_chan(const float* x, const float* y, const float* me
         const long long lo_g = (long long)g0 * parts, hi_g = (long long)g1 * parts;
         for (long long u = lo_g > t ? lo_g : t; u < hi_g && u < hi; ++u) {
             part[u] = acc[u - lo_g];
-            if (KIND == 3) part2[u] = acc2[u - lo_g];
+            if (two) part2[u] = acc2[u - lo_g];
         }
     }
 }
@@ -318,6 +331,11 @@ extern "C" void snnc_cpu_chan_moments_partial(const float* x, double* sum, doubl
 extern "C" void snnc_cpu_chan_dot_partial(const float* x, const float* y, double* part, int c,
                                           int b, int r, int parts) {
     snnc_cpu_chan<2>(x, y, nullptr, part, c, b, r, parts);
+}
+
+extern "C" void snnc_cpu_chan_sum_dot_partial(const float* x, const float* y, double* sum,
+                                              double* dot, int c, int b, int r, int parts) {
+    snnc_cpu_chan<4>(x, y, nullptr, sum, c, b, r, parts, dot);
 }
 
 // Pooling forward: i = (plane·ho + oy)·wo + ox; per output row (an

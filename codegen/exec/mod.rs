@@ -192,6 +192,19 @@ pub struct Executor<'a, B: Backend> {
     /// Per ChannelMean node that ran as moments: Σx and Σx² per channel
     /// (2·C doubles), for the ChannelVar over the same operands (`reduce`).
     moments: HashMap<NodeIndex, B::Buf>,
+    /// Channel sums and dots computed ahead, in the read of a partner
+    /// reduction over the same operand (`reduce::paired_reduction`): the
+    /// result (C floats) per node that has not run yet, and whether it is
+    /// ready in this run.
+    ahead: HashMap<NodeIndex, (B::Buf, bool)>,
+    /// The unit that runs each node unit's node.
+    node_unit: HashMap<NodeIndex, usize>,
+    /// Compute a channel sum and a channel dot over one operand in one
+    /// read where the plan allows (on by default; off to check that it
+    /// changes nothing).
+    pub pair_reductions: bool,
+    /// Reductions computed ahead so far (a count for tests).
+    pub paired: usize,
     slots: Vec<Option<Slot<B::Buf>>>,
     resident: HashMap<String, usize>,
     stats: MemStats,
@@ -326,6 +339,14 @@ impl<'a, B: Backend> Executor<'a, B> {
             }
             (Some(module), tables)
         };
+        let node_unit = steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match *s {
+                Step::Node(n) => Some((n, i)),
+                _ => None,
+            })
+            .collect();
         let conv_workspace = backend.conv_workspace();
         let event_density = default_event_density(&*backend);
         Ok(Executor {
@@ -351,6 +372,10 @@ impl<'a, B: Backend> Executor<'a, B> {
             event_convs: 0,
             pool: HashMap::new(),
             moments: HashMap::new(),
+            ahead: HashMap::new(),
+            node_unit,
+            pair_reductions: true,
+            paired: 0,
             slots: Vec::new(),
             resident: HashMap::new(),
             stats: MemStats::default(),
@@ -460,6 +485,9 @@ impl<'a, B: Backend> Executor<'a, B> {
         self.backend.clear_marks();
         let mut vals: HashMap<NodeIndex, usize> = HashMap::new();
         let mut state: HashMap<usize, u64> = HashMap::new();
+        for a in self.ahead.values_mut() {
+            a.1 = false;
+        }
         let result = self.run_steps(inputs, params, opts, &mut vals, &mut state, &mut observe);
         let result = result.and_then(|()| {
             // With `after`: its launches, then only the outputs it names.
@@ -613,6 +641,9 @@ impl<B: Backend> Drop for Executor<'_, B> {
             }
         }
         for (_, b) in std::mem::take(&mut self.moments) {
+            self.backend.free(b);
+        }
+        for (_, (b, _)) in std::mem::take(&mut self.ahead) {
             self.backend.free(b);
         }
         for (_, bufs) in std::mem::take(&mut self.pool) {

@@ -55,7 +55,12 @@ impl<'a, B: Backend> Executor<'a, B> {
                 let len = elems(&node.shape);
                 let out = self.value_buffer(n, len)?;
                 let p = self.mem_ptr(&out);
-                match self.stats_or_compute(n, op, &node.shape, &ins, p, opts) {
+                let run = match self.paired_reduction(i, n, &ins, p, vals) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => self.stats_or_compute(n, op, &node.shape, &ins, p, opts),
+                    Err(e) => Err(e),
+                };
+                match run {
                     Ok(()) => Ok(self.new_slot(out, len, false)),
                     Err(e) => {
                         self.free_value(out, len);

@@ -14,6 +14,7 @@
 use super::{inner, int, ExecError, Executor};
 use crate::codegen::backend::{Arg, Backend};
 use crate::ir::{NodeIndex, Op};
+use std::collections::HashMap;
 
 impl<'a, B: Backend> Executor<'a, B> {
     /// Per-channel sums over the operands `xs` (each `[B, C, …]` of
@@ -149,6 +150,129 @@ impl<'a, B: Backend> Executor<'a, B> {
             &[P(moments), P(mean), P(out), I(int(c)?), D(count)],
         )?;
         Ok(true)
+    }
+}
+
+impl<'a, B: Backend> Executor<'a, B> {
+    /// A channel sum of x or a channel dot of x and y (node `n` of unit
+    /// `i`, operands `ins`, result at `out`) with a partner over the same x
+    /// — batch norm's backward sums g and g·x̂ — in one read of x. If the
+    /// partner computed `n` ahead, `n` is copied from there; else, when the
+    /// partner runs later and its other operand is live now, both are
+    /// computed here (`snnc_chan_sum_dot_partial`: the same partial sums
+    /// in the same order as each pass alone, so the same bits) and the
+    /// partner's result is kept for it. False: `n` is not such a
+    /// reduction; the caller computes it alone.
+    pub(super) fn paired_reduction(
+        &mut self,
+        i: usize,
+        n: NodeIndex,
+        ins: &[(u64, &[usize])],
+        out: u64,
+        vals: &HashMap<NodeIndex, usize>,
+    ) -> Result<bool, ExecError> {
+        use Arg::{I, P};
+        if !matches!(self.g.node(n).op, Op::ChannelSum | Op::ChannelDot) {
+            return Ok(false);
+        }
+        let shape = ins[0].1;
+        let c = shape[1];
+        if let Some((buf, true)) = self.ahead.get(&n) {
+            let from = self.backend.ptr(buf);
+            self.launch("snnc_copy", c, &[P(from), P(out), I(int(c)?)])?;
+            if let Some(a) = self.ahead.get_mut(&n) {
+                a.1 = false;
+            }
+            return Ok(true);
+        }
+        if !self.pair_reductions {
+            return Ok(false);
+        }
+        let Some((partner, x, y, n_sums)) = self.partner(i, n, vals) else {
+            return Ok(false);
+        };
+        if !self.ahead.contains_key(&partner) {
+            let buf = self.backend.alloc(c)?;
+            self.ahead.insert(partner, (buf, false));
+        }
+        let kept = self.backend.ptr(&self.ahead[&partner].0);
+        let (xp, yp) = (self.ptr_of(vals[&x]), self.ptr_of(vals[&y]));
+        let (sum, dot) = if n_sums { (out, kept) } else { (kept, out) };
+        self.channel_sum_dot(xp, yp, shape, sum, dot)?;
+        if let Some(a) = self.ahead.get_mut(&partner) {
+            a.1 = true;
+        }
+        self.paired += 1;
+        Ok(true)
+    }
+
+    /// `n`'s partner for [`Executor::paired_reduction`]: (the partner, x,
+    /// y, whether `n` is the sum). The partner is a node unit after unit
+    /// `i` and not computed ahead yet; y is live now.
+    fn partner(
+        &self,
+        i: usize,
+        n: NodeIndex,
+        vals: &HashMap<NodeIndex, usize>,
+    ) -> Option<(NodeIndex, NodeIndex, NodeIndex, bool)> {
+        let g = self.g;
+        let later = |m: NodeIndex| {
+            self.node_unit.get(&m).is_some_and(|&u| u > i)
+                && !self.ahead.get(&m).is_some_and(|a| a.1)
+        };
+        let ops = g.operands(n);
+        if g.node(n).op == Op::ChannelSum {
+            let x = ops[0];
+            return g.users(x).into_iter().find_map(|d| {
+                if g.node(d).op != Op::ChannelDot || !later(d) {
+                    return None;
+                }
+                let o = g.operands(d);
+                let y = if o[0] == x { o[1] } else { o[0] };
+                vals.contains_key(&y).then_some((d, x, y, true))
+            });
+        }
+        [(ops[0], ops[1]), (ops[1], ops[0])]
+            .into_iter()
+            .find_map(|(x, y)| {
+                g.users(x)
+                    .into_iter()
+                    .find(|&s| g.node(s).op == Op::ChannelSum && later(s))
+                    .map(|s| (s, x, y, false))
+            })
+    }
+
+    /// Σx into `sum` and Σx·y into `dot` per channel (x, y of `shape`), in
+    /// one pass 1 over x and y and two finishes.
+    fn channel_sum_dot(
+        &mut self,
+        x: u64,
+        y: u64,
+        shape: &[usize],
+        sum: u64,
+        dot: u64,
+    ) -> Result<(), ExecError> {
+        use Arg::{D, I, P};
+        let (b, c, r) = (shape[0], shape[1], inner(shape));
+        let parts = chan_parts(shape);
+        let floats = 2 * chan_work_floats(1, shape);
+        let work = self.take_scratch(floats)?;
+        let wp = self.mem_ptr(&work);
+        let set = 8 * (c * parts) as u64;
+        let mut run = || -> Result<(), ExecError> {
+            let geo = [I(int(c)?), I(int(b)?), I(int(r)?), I(int(parts)?)];
+            let mut a = vec![P(x), P(y), P(wp), P(wp + set)];
+            a.extend(geo);
+            self.launch("snnc_chan_sum_dot_partial", c * parts, &a)?;
+            for (part, out) in [(wp, sum), (wp + set, dot)] {
+                let fin = [P(part), P(out), I(int(c)?), I(int(parts)?), I(1), D(1.0)];
+                self.launch("snnc_chan_finish", c, &fin)?;
+            }
+            Ok(())
+        };
+        let result = run();
+        self.give_scratch(work, floats);
+        result
     }
 }
 

@@ -25,8 +25,9 @@ pub(super) fn pieces(
         // The operands summed: all of them, or those after the mean; a
         // mean sums x and x² (`reduce`).
         Op::ChannelMean => vec![2 * chan_work_floats(ins.len(), ins[0])],
-        Op::ChannelSum => vec![chan_work_floats(ins.len(), ins[0])],
-        Op::ChannelDot => vec![chan_work_floats(1, ins[0])],
+        // A channel sum or dot may also compute its partner over the same
+        // operand (`reduce::paired_reduction`): two sets of partial sums.
+        Op::ChannelSum | Op::ChannelDot => vec![2 * chan_work_floats(1, ins[0])],
         Op::ChannelVar => vec![chan_work_floats(ins.len() - 1, ins[1])],
         // A convolution the executor rejects takes nothing: it fails
         // before it asks for scratch.

@@ -317,6 +317,28 @@ extern "C" __global__ void snnc_chan_dot_partial(const float* x, const float* y,
     }
 }
 
+// Pass 1 of a ChannelSum of x and a ChannelDot of x and y in one read of x:
+// the partial sums of x (into `sum`, as snnc_chan_partial) and of x·y (into
+// `dot`, as snnc_chan_dot_partial).
+extern "C" __global__ void snnc_chan_sum_dot_partial(const float* x, const float* y, double* sum,
+                                                     double* dot, int c, int b, int r, int parts) {
+    SNNC_LOOP(t, c * parts) {
+        int ch = t / parts;
+        int p = t - ch * parts;
+        int total = b * r;
+        double a = 0.0, d = 0.0;
+        for (int e = p; e < total; e += parts) {
+            int bi = e / r;
+            int j = e - bi * r;
+            int at = (bi * c + ch) * r + j;
+            a += (double)x[at];
+            d += (double)(x[at] * y[at]);
+        }
+        sum[t] = a;
+        dot[t] = d;
+    }
+}
+
 // Pass 1 of a ChannelMean whose ChannelVar follows over the same operands:
 // the partial sums of x (into `sum`, as snnc_chan_partial) and of x² (into
 // `sq`, each square exact in double) in one read of x.
