@@ -189,6 +189,9 @@ fn pooling_kernels_equal_the_gpu_form() {
         (9, 9, 10, 2, 2, 1),
         (10, 15, 13, 2, 2, 0),
         (7, 11, 11, 3, 3, 0),
+        // Tiling 2×2 (the CPU form's pairs of rows) with launches split
+        // below (ranges that start inside a pair of rows).
+        (5, 14, 14, 2, 2, 0),
     ] {
         let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
         let case = format!("{planes} planes {h}x{w} k={k} s={s} p={p}");

@@ -405,6 +405,9 @@ extern "C" void snnc_cpu_pool(const float* x, float* out, int n, int h, int w, i
 
 // AvgPoolGrad: i = (plane·h + iy)·w + ix; per input row, the windows in
 // (oy, ox) order.
+static void snnc_cpu_avgpool_grad_rows(const float* d, float* out, long long i, long long hi,
+                                       int h, int w, int ho, int wo, int k, int s);
+
 extern "C" void snnc_cpu_avgpool_grad(const float* d, float* out, int n, int h, int w, int ho,
                                       int wo, int k, int s, int p) {
     long long i, hi;
@@ -413,6 +416,36 @@ extern "C" void snnc_cpu_avgpool_grad(const float* d, float* out, int n, int h, 
         for (; i < hi; ++i) out[i] = snnc_avgpool_grad_at(d, (int)i, h, w, ho, wo, k, s, p);
         return;
     }
+    if (k == 2 && s == 2 && h == 2 * ho && w == 2 * wo) {
+        // 2×2 windows tiling the map (the pooling after a spiking layer):
+        // the range's whole pairs of rows, each from one row of d, without
+        // a division per row; the cut pairs at its ends row by row.
+        const long long pair = 2LL * w;
+        const long long first = (i + pair - 1) / pair, last = hi / pair;
+        if (first < last) {
+            snnc_cpu_avgpool_grad_rows(d, out, i, first * pair, h, w, ho, wo, k, s);
+            for (long long r = first; r < last; ++r) {
+                const float* src = d + r * wo;
+                float* top = out + r * pair;
+                float* bottom = top + w;
+                for (int ox = 0; ox < wo; ++ox) {
+                    const float v = 0.0f + src[ox] / 4.0f;
+                    top[2 * ox] = v;
+                    top[2 * ox + 1] = v;
+                    bottom[2 * ox] = v;
+                    bottom[2 * ox + 1] = v;
+                }
+            }
+            snnc_cpu_avgpool_grad_rows(d, out, last * pair, hi, h, w, ho, wo, k, s);
+            return;
+        }
+    }
+    snnc_cpu_avgpool_grad_rows(d, out, i, hi, h, w, ho, wo, k, s);
+}
+
+// Elements [i, hi) of an unpadded AvgPoolGrad, one input row at a time.
+static void snnc_cpu_avgpool_grad_rows(const float* d, float* out, long long i, long long hi,
+                                       int h, int w, int ho, int wo, int k, int s) {
     const float area = (float)(k * k);
     while (i < hi) {
         const long long q = i / w;
