@@ -310,13 +310,14 @@ fn body_fn(
         // The block's windows: whole pooled rows, so window pj's element
         // (dy, dx) sits at (pj / wo)·k·w + (pj % wo)·k + dy·w + dx of the
         // block; summed in the pooling kernel's order.
+        // A block holds whole rows of windows (pm is a multiple of wo), so
+        // the windows go row by row: no division per window, and the inner
+        // loop vectorises.
         let (kk, wo, wd) = (win.k, win.wo, win.w);
-        let _ = writeln!(w, "  for (long pj = 0; pj < pm; pj++) {{");
-        let _ = writeln!(
-            w,
-            "    const long b = (pj / {wo}) * {} + (pj % {wo}) * {kk};",
-            kk * wd
-        );
+        let _ = writeln!(w, "  for (long pr = 0; pr < pm / {wo}; pr++) {{");
+        let _ = writeln!(w, "  for (long px = 0; px < {wo}; px++) {{");
+        let _ = writeln!(w, "    const long pj = pr * {wo} + px;");
+        let _ = writeln!(w, "    const long b = pr * {} + px * {kk};", kk * wd);
         for &sl in &pooled {
             let q = format!("q{}", slot_name(sl));
             let sum = win.offsets().iter().fold("0.0f".to_string(), |acc, off| {
@@ -329,7 +330,7 @@ fn body_fn(
                 kir::lit((kk * kk) as f32)
             );
         }
-        let _ = writeln!(w, "  }}");
+        let _ = writeln!(w, "  }}\n  }}");
     }
     let _ = writeln!(w, "}}");
     if k.window.is_some() {
