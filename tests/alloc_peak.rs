@@ -8,6 +8,9 @@
 //! executor's arena accounting peaks exactly at the plan's peak. One test
 //! in this binary, so no other test allocates while it measures.
 
+mod common;
+
+use common::example;
 use snnc::codegen::cpu::{Cpu, WORKSPACE};
 use snnc::codegen::exec::Executor;
 use snnc::compile::{compile, Options, Target};
@@ -36,12 +39,8 @@ static ALLOC: alloc::Counting = alloc::Counting;
 )]
 fn measured_peak_matches_the_plan() {
     assert!(alloc::installed());
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
-    let (model, _) = snnc::dsl::parse_file(&path).unwrap();
-    let a = snnc::shape::analyze(&model).unwrap();
-    let params: HashMap<String, Tensor<f32>> =
-        snnc::init::cast_params(&snnc::init::init_params(&a, 0));
+    let model = example::model("fmnist_csnn");
+    let params = example::params(&model);
     let batch = 32;
     let mut report = Vec::new();
     let mut cpu = Cpu::new().unwrap();
@@ -50,9 +49,7 @@ fn measured_peak_matches_the_plan() {
             let g = compile(&model, &Options::new(steps, batch, mode))
                 .unwrap()
                 .graph;
-            let x = snnc::interp::random_input(&g, false, 1).cast::<f32>();
-            let labels = snnc::interp::random_labels(batch, 10, 1).cast::<f32>();
-            let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+            let inputs = example::inputs(&g, batch, 10);
             for opts in [
                 SchedOpts::LAYER_MAJOR,
                 SchedOpts::TIME_MAJOR,

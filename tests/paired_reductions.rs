@@ -10,6 +10,9 @@
 //! where batch norm's backward pairs Σg with Σg·x̂. Agreement of the
 //! executor with the interpreter is `tests/fused_exec.rs`.
 
+mod common;
+
+use common::example;
 use snnc::codegen::cpu::Cpu;
 use snnc::codegen::exec::Executor;
 use snnc::compile::{compile, Options, Target};
@@ -130,20 +133,15 @@ fn a_sum_and_a_dot_over_one_operand_share_its_read() {
 
 #[test]
 fn batch_norm_backward_pairs_its_sums_in_fused_plans() {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
-    let (model, _) = snnc::dsl::parse_file(&path).unwrap();
-    let a = snnc::shape::analyze(&model).unwrap();
-    let params = snnc::init::cast_params(&snnc::init::init_params(&a, 0));
+    let model = example::model("fmnist_csnn");
+    let params = example::params(&model);
     let batch = 4;
     for mode in [Mode::Bptt, Mode::Rate] {
         let steps = 3;
         let g = compile(&model, &Options::new(steps, batch, mode))
             .unwrap()
             .graph;
-        let x = snnc::interp::random_input(&g, false, 1).cast::<f32>();
-        let labels = snnc::interp::random_labels(batch, 10, 1).cast::<f32>();
-        let inputs = HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)]);
+        let inputs = example::inputs(&g, batch, 10);
         for opts in [
             SchedOpts::LAYER_MAJOR,
             SchedOpts::TIME_MAJOR,

@@ -4,6 +4,7 @@
 pub mod agree;
 pub mod bptt;
 pub mod case;
+pub mod example;
 pub mod gen;
 pub mod idx;
 pub mod rate_closed;
