@@ -20,9 +20,11 @@
 //!
 //! The peak is the largest sum of live bytes at any node (its operands, its
 //! output and its workspace are live while it runs). The arena assignment
-//! places each buffer (greedy by size, best fit among the gaps left by
-//! buffers whose lifetimes overlap) so that no two buffers live at the same
-//! time share a byte; its size is at least the peak.
+//! places each buffer (best fit among the gaps left by buffers whose
+//! lifetimes overlap, in each of a few orders — by size, by size ×
+//! lifetime, by lifetime, by start — keeping the smallest arena) so that
+//! no two buffers live at the same time share a byte; its size is at least
+//! the peak.
 
 pub mod units;
 
@@ -333,15 +335,51 @@ fn align(x: u64) -> u64 {
     x.div_ceil(ALIGN).saturating_mul(ALIGN)
 }
 
-/// Greedy by size: largest buffers first, each at the best-fitting gap among
-/// the already placed buffers whose lifetimes overlap its own. Returns the
-/// arena size.
+/// Places every buffer (`place`) in each of a few orders — largest first;
+/// largest size × lifetime first; longest-lived first; earliest first —
+/// and keeps the smallest arena (the first order on a tie). No order is
+/// best everywhere: greedy by size leaves gaps where a long-lived small
+/// buffer lands between short-lived large ones (fmnist_csnn's time-major
+/// BPTT plan: an arena 7.7 % above its peak). Returns the arena size.
 fn assign_offsets(buffers: &mut [Buffer]) -> u64 {
-    let mut by_size: Vec<usize> = (0..buffers.len()).collect();
-    by_size.sort_by_key(|&i| (std::cmp::Reverse(buffers[i].bytes), buffers[i].start, i));
+    let mut best: Option<(u64, Vec<u64>)> = None;
+    for way in 0..PLACEMENT_ORDERS {
+        let mut order: Vec<usize> = (0..buffers.len()).collect();
+        order.sort_by_key(|&i| (placement_key(way, &buffers[i]), i));
+        let arena = place(buffers, &order);
+        if best.as_ref().is_none_or(|(a, _)| arena < *a) {
+            best = Some((arena, buffers.iter().map(|b| b.offset).collect()));
+        }
+    }
+    let (arena, offsets) = best.unwrap_or_default();
+    for (b, o) in buffers.iter_mut().zip(offsets) {
+        b.offset = o;
+    }
+    arena
+}
+
+const PLACEMENT_ORDERS: usize = 4;
+
+/// The sort key of placement order `way` (smallest first): largest first;
+/// largest size × lifetime; longest-lived; earliest start.
+fn placement_key(way: usize, b: &Buffer) -> (u64, u64, usize) {
+    let span = (b.end - b.start + 1) as u64;
+    let larger = u64::MAX - b.bytes;
+    match way {
+        0 => (larger, 0, b.start),
+        1 => (u64::MAX - b.bytes.saturating_mul(span), larger, b.start),
+        2 => (u64::MAX - span, larger, b.start),
+        _ => (b.start as u64, larger, 0),
+    }
+}
+
+/// Places the buffers in `order`, each at the best-fitting gap among the
+/// already placed buffers whose lifetimes overlap its own. Returns the
+/// arena size.
+fn place(buffers: &mut [Buffer], order: &[usize]) -> u64 {
     let mut placed: Vec<usize> = Vec::new();
     let mut arena = 0;
-    for &i in &by_size {
+    for &i in order {
         let size = align(buffers[i].bytes);
         let mut busy: Vec<(u64, u64)> = placed
             .iter()
@@ -521,4 +559,51 @@ pub fn build(g: &Graph, opts: SchedOpts, ws: &dyn Workspace) -> Planned {
     let (graph, order) = schedule::schedule(g, opts);
     let mem = plan(&graph, &order, &[], ws);
     Planned { opts, graph, mem }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffer(units: u64, start: usize, end: usize) -> Buffer {
+        Buffer {
+            kind: BufferKind::Value,
+            nodes: vec![start],
+            bytes: units * ALIGN,
+            start,
+            end,
+            offset: 0,
+        }
+    }
+
+    /// Largest first puts the two 3-unit buffers (live at 0 and at 3) at
+    /// offset 0, so the 2-unit one (0..2) goes above the first and the
+    /// 1-unit one (2..3) above both: 6 units. Earliest first fits them in
+    /// the peak, 5 units; the planner keeps that one, and no two buffers
+    /// live at once overlap.
+    #[test]
+    fn the_smallest_arena_of_several_orders_is_kept() {
+        let mut bufs = vec![
+            buffer(1, 2, 3),
+            buffer(2, 0, 2),
+            buffer(3, 3, 3),
+            buffer(3, 0, 0),
+        ];
+        let mut order: Vec<usize> = (0..bufs.len()).collect();
+        order.sort_by_key(|&i| (std::cmp::Reverse(bufs[i].bytes), bufs[i].start, i));
+        assert_eq!(place(&mut bufs, &order), 6 * ALIGN);
+        let arena = assign_offsets(&mut bufs);
+        assert_eq!(arena, 5 * ALIGN);
+        let plan = MemPlan {
+            order: Vec::new(),
+            positions: 4,
+            buffers: bufs,
+            peak_bytes: 5 * ALIGN,
+            peak_at: 0,
+            arena_bytes: arena,
+            resident_bytes: 0,
+            in_place: 0,
+        };
+        plan.check_arena().unwrap();
+    }
 }

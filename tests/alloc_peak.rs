@@ -19,8 +19,6 @@ use snnc::passes::memplan;
 use snnc::passes::rate::Mode;
 use snnc::passes::schedule::SchedOpts;
 use snnc::runtime::alloc;
-use snnc::tensor::Tensor;
-use std::collections::HashMap;
 
 /// What the plan leaves out: the executor's pointer tables, maps and
 /// output names. Measured on 2026-12-06 (fmnist_csnn, batch 32, T = 1
