@@ -44,11 +44,11 @@ pub struct TrainArgs {
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
     schedule: ScheduleArg,
-    /// Execution order of the fusion plan: layer-major, time-major (one
-    /// kernel step at a time) or time-major-recompute (memory flat in T,
-    /// slower; see `snnc bench --schedule fused-…`). Default: time-major on
-    /// the CPU (as fast as layer-major or faster, in 0.5–1× its memory),
-    /// layer-major on a GPU (one launch per kernel, not per step).
+    /// Execution order of the fusion plan: layer-major (the default: the
+    /// fastest on the CPU, and one launch per kernel on a GPU), time-major
+    /// (one kernel step at a time: 0.5–1× the memory at 1.1–1.2× the time
+    /// on the CPU) or time-major-recompute (memory flat in T, slower); see
+    /// `snnc bench --schedule fused-…`.
     #[arg(long)]
     order: Option<SchedOpts>,
     /// What linear layers and convolutions round their operands to: fp32,
@@ -126,10 +126,7 @@ pub fn run(a: TrainArgs, explicit: Vec<String>) -> Result<bool, CliError> {
         schedule: a.schedule.into(),
         seed: a.seed,
         paper_grad_scale: a.paper_grad_scale,
-        order: a.order.unwrap_or(match a.device {
-            Device::Cuda => SchedOpts::LAYER_MAJOR,
-            _ => SchedOpts::TIME_MAJOR,
-        }),
+        order: a.order.unwrap_or(SchedOpts::LAYER_MAJOR),
         precision: a.precision,
         init: a.init,
     };
