@@ -110,6 +110,10 @@ fn case(sum_first: bool, late_y: bool) -> (Graph, Plan) {
 }
 
 #[test]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CPU backend's library kernels ($CXX, c++, g++ or clang++)"
+)]
 fn a_sum_and_a_dot_over_one_operand_share_its_read() {
     let inputs = HashMap::from([
         ("x".to_string(), random(&SHAPE, 1)),
@@ -132,6 +136,10 @@ fn a_sum_and_a_dot_over_one_operand_share_its_read() {
 }
 
 #[test]
+#[cfg_attr(
+    not(snnc_cxx),
+    ignore = "needs a C++ compiler for the CPU backend's library kernels ($CXX, c++, g++ or clang++)"
+)]
 fn batch_norm_backward_pairs_its_sums_in_fused_plans() {
     let model = example::model("fmnist_csnn");
     let params = example::params(&model);
