@@ -17,7 +17,6 @@ use snnc::compile::{compile, Options, Target};
 use snnc::interp::RunOptions;
 use snnc::passes::memplan;
 use snnc::passes::rate::Mode;
-use snnc::passes::schedule::SchedOpts;
 use snnc::runtime::alloc;
 
 /// What the plan leaves out: the executor's pointer tables, maps and
@@ -48,11 +47,7 @@ fn measured_peak_matches_the_plan() {
                 .unwrap()
                 .graph;
             let inputs = example::inputs(&g, batch, 10);
-            for opts in [
-                SchedOpts::LAYER_MAJOR,
-                SchedOpts::TIME_MAJOR,
-                SchedOpts::TIME_MAJOR_RECOMPUTE,
-            ] {
+            for opts in example::SCHEDULES {
                 for target in [Target::Graph(opts), Target::Fused(opts)] {
                     let (eg, plan) = target.plan(&g, &[]);
                     let mem = memplan::plan_units(&eg, &plan, &[], &WORKSPACE).unwrap();

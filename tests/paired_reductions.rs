@@ -20,7 +20,6 @@ use snnc::interp::RunOptions;
 use snnc::ir::{Graph, NodeIndex, Op, Role};
 use snnc::passes::fuse::Plan;
 use snnc::passes::rate::Mode;
-use snnc::passes::schedule::SchedOpts;
 use snnc::tensor::Tensor;
 use std::collections::HashMap;
 
@@ -150,11 +149,7 @@ fn batch_norm_backward_pairs_its_sums_in_fused_plans() {
             .unwrap()
             .graph;
         let inputs = example::inputs(&g, batch, 10);
-        for opts in [
-            SchedOpts::LAYER_MAJOR,
-            SchedOpts::TIME_MAJOR,
-            SchedOpts::TIME_MAJOR_RECOMPUTE,
-        ] {
+        for opts in example::SCHEDULES {
             let (eg, plan) = Target::Fused(opts).plan(&g, &[]);
             let what = format!("fmnist_csnn {mode} T={steps} {opts}");
             let n = paired_equals_unpaired(&eg, &plan, &inputs, &params, &what);

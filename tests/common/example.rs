@@ -26,3 +26,11 @@ pub fn inputs(g: &Graph, batch: usize, classes: usize) -> HashMap<String, Tensor
     let labels = snnc::interp::random_labels(batch, classes, 1).cast::<f32>();
     HashMap::from([("x".to_string(), x), ("labels".to_string(), labels)])
 }
+
+/// The three orders a plan runs in (layer-major, time-major, time-major
+/// with batch-norm recompute).
+pub const SCHEDULES: [snnc::passes::schedule::SchedOpts; 3] = [
+    snnc::passes::schedule::SchedOpts::LAYER_MAJOR,
+    snnc::passes::schedule::SchedOpts::TIME_MAJOR,
+    snnc::passes::schedule::SchedOpts::TIME_MAJOR_RECOMPUTE,
+];
