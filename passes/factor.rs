@@ -53,41 +53,41 @@ fn scaled(g: &Graph, n: NodeIndex) -> Option<(NodeIndex, NodeIndex)> {
     })
 }
 
-fn find(g: &Graph, order: &[NodeIndex]) -> Option<Match> {
-    order.iter().find_map(|&sum| {
-        if g.g[sum].op != Op::ChannelSum {
-            return None;
-        }
-        let a = g.operands(sum)[0];
-        if let Some((x, s)) = scaled(g, a) {
-            return Some(Match {
+/// The match at channel sum `sum`, if its operand is scaled.
+fn match_at(g: &Graph, sum: NodeIndex) -> Option<Match> {
+    if g.g[sum].op != Op::ChannelSum {
+        return None;
+    }
+    let a = g.operands(sum)[0];
+    if let Some((x, s)) = scaled(g, a) {
+        return Some(Match {
+            sum,
+            x,
+            s,
+            product: None,
+        });
+    }
+    if g.g[a].op != Op::Mul {
+        return None;
+    }
+    let ops = g.operands(a);
+    // Either factor may be the scaled one.
+    [(ops[0], ops[1]), (ops[1], ops[0])]
+        .into_iter()
+        .find_map(|(p, y)| {
+            let (x, s) = scaled(g, p)?;
+            (g.g[y].shape == g.g[x].shape).then_some(Match {
                 sum,
                 x,
                 s,
-                product: None,
-            });
-        }
-        if g.g[a].op != Op::Mul {
-            return None;
-        }
-        let ops = g.operands(a);
-        // Either factor may be the scaled one.
-        [(ops[0], ops[1]), (ops[1], ops[0])]
-            .into_iter()
-            .find_map(|(p, y)| {
-                let (x, s) = scaled(g, p)?;
-                (g.g[y].shape == g.g[x].shape).then_some(Match {
-                    sum,
-                    x,
-                    s,
-                    product: Some((a, y)),
-                })
+                product: Some((a, y)),
             })
-    })
+        })
 }
 
 /// An existing node with op `op` and operands `ops` (for `mul`, in either
-/// order), else a new one.
+/// order) at `like`'s step, else a new one there. (A node of another step
+/// would make the step's users read across steps.)
 fn reuse_or_add(
     g: &mut Graph,
     op: Op,
@@ -96,8 +96,9 @@ fn reuse_or_add(
     role: Role,
 ) -> NodeIndex {
     let commutes = op == Op::Mul;
+    let t = g.g[like].t;
     let found = g.users(ops[0]).into_iter().find(|&u| {
-        if g.g[u].op != op {
+        if g.g[u].op != op || g.g[u].t != t {
             return false;
         }
         let have = g.operands(u);
@@ -106,7 +107,7 @@ fn reuse_or_add(
     if let Some(n) = found {
         return n;
     }
-    let (layer, t) = (g.g[like].layer, g.g[like].t);
+    let layer = g.g[like].layer;
     g.add_op("factor-scales", op, layer, t, role, ops)
 }
 
@@ -114,9 +115,20 @@ fn reuse_or_add(
 /// doc) until none is left; returns how many were rewritten.
 pub fn factor_channel_scales(g: &mut Graph) -> usize {
     let mut count = 0;
-    loop {
-        let order = g.topo_order().expect("a verified graph is acyclic");
-        let Some(m) = find(g, &order) else { break };
+    // Every channel sum in topological order, each new inner sum right
+    // after the one it came from (a scale of a scale leaves one more).
+    let mut work: Vec<NodeIndex> = g
+        .topo_order()
+        .expect("a verified graph is acyclic")
+        .into_iter()
+        .rev()
+        .filter(|&n| g.g[n].op == Op::ChannelSum)
+        .collect();
+    while let Some(sum) = work.pop() {
+        if !g.g.contains_node(sum) {
+            continue;
+        }
+        let Some(m) = match_at(g, sum) else { continue };
         let summed = match m.product {
             None => m.x,
             Some((mul, y)) => {
@@ -137,6 +149,7 @@ pub fn factor_channel_scales(g: &mut Graph) -> usize {
         let dropped = g.operands(m.sum)[0];
         super::schedule::redirect(g, m.sum, out);
         remove_if_dead(g, dropped);
+        work.push(inner);
         count += 1;
     }
     if count > 0 {

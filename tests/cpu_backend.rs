@@ -248,18 +248,39 @@ fn channel_reductions_equal_the_gpu_form() {
         let part = vec![f32::NAN; 2 * threads];
         let geo = [c, b, r, parts].map(|v| I(v as i32));
         let x = data(n, 5);
-        for (kernel, second) in [
-            ("snnc_chan_partial", None),
-            ("snnc_chan_partial", Some(data(c, 6))),
-            ("snnc_chan_dot_partial", Some(data(n, 7))),
+        // (kernel, buffers, pointer arguments; P(1000) is a null pointer).
+        let cases = [
+            (
+                "snnc_chan_partial",
+                vec![x.clone(), part.clone()],
+                vec![P(0), P(1000), P(1)],
+            ),
+            (
+                "snnc_chan_partial",
+                vec![x.clone(), data(c, 6), part.clone()],
+                vec![P(0), P(1), P(2)],
+            ),
+            (
+                "snnc_chan_dot_partial",
+                vec![x.clone(), data(n, 7), part.clone()],
+                vec![P(0), P(1), P(2)],
+            ),
             // The moments' pass 1: sums of x, and of x² into the second
             // buffer.
-            ("snnc_chan_moments_partial", Some(part.clone())),
-        ] {
-            let (bufs, mut args) = match second {
-                Some(y) => (vec![x.clone(), y, part.clone()], vec![P(0), P(1), P(2)]),
-                None => (vec![x.clone(), part.clone()], vec![P(0), P(1000), P(1)]),
-            };
+            (
+                "snnc_chan_moments_partial",
+                vec![x.clone(), part.clone(), part.clone()],
+                vec![P(0), P(1), P(2)],
+            ),
+            // A channel sum and a channel dot in one read: sums of x into
+            // the third buffer, of x·y into the fourth.
+            (
+                "snnc_chan_sum_dot_partial",
+                vec![x.clone(), data(n, 8), part.clone(), part.clone()],
+                vec![P(0), P(1), P(2), P(3)],
+            ),
+        ];
+        for (kernel, bufs, mut args) in cases {
             args.extend(geo);
             same(
                 kernel,
@@ -268,18 +289,6 @@ fn channel_reductions_equal_the_gpu_form() {
                 &run(&mut emu, kernel, threads, &bufs, &args),
             );
         }
-        // A channel sum and a channel dot in one read: sums of x into the
-        // third buffer, of x·y into the fourth.
-        let kernel = "snnc_chan_sum_dot_partial";
-        let bufs = vec![x.clone(), data(n, 8), part.clone(), part.clone()];
-        let mut args = vec![P(0), P(1), P(2), P(3)];
-        args.extend(geo);
-        same(
-            kernel,
-            &case,
-            &run(&mut cpu, kernel, threads, &bufs, &args),
-            &run(&mut emu, kernel, threads, &bufs, &args),
-        );
     }
 }
 

@@ -27,6 +27,7 @@
 
 mod common;
 
+use common::example::SCHEDULES;
 use common::gen;
 use proptest::prelude::*;
 use snnc::cli::cuda_check::{check_case, check_graph, rel_err, CheckOptions};
@@ -536,13 +537,6 @@ fn case_opts(seed: u64) -> CheckOptions {
         precision: Precision::Fp32,
     }
 }
-
-/// The fusion plan's three schedules.
-const SCHEDULES: [SchedOpts; 3] = [
-    SchedOpts::LAYER_MAJOR,
-    SchedOpts::TIME_MAJOR,
-    SchedOpts::TIME_MAJOR_RECOMPUTE,
-];
 
 /// How [`check_model`] runs a model: the convolution workspace cap, the
 /// fusion plan's schedule (none: node by node) and the GEMMs' precision.

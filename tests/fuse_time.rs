@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::gen;
+use common::{example, gen};
 use proptest::prelude::*;
 use snnc::compile::{compile, Options};
 use snnc::interp::{self, RunOptions};
@@ -164,9 +164,7 @@ proptest! {
 
 #[test]
 fn batch_norm_rewrites_apply_to_fmnist() {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
-    let model = snnc::dsl::parse_file(&path).unwrap().0;
+    let model = example::model("fmnist_csnn");
     for mode in [Mode::Bptt, Mode::Rate] {
         let n = lowering_is_exact(&model, 2, mode, 5).unwrap();
         // Two batch norms, each with a γ gradient and a channel-scale
@@ -182,19 +180,13 @@ fn batch_norm_rewrites_apply_to_fmnist() {
 /// reduction reads one; the input gradient's elementwise work is in kernels.
 #[test]
 fn batch_norm_backward_stores_no_scaled_gradient() {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models/fmnist_csnn.snn");
-    let model = snnc::dsl::parse_file(&path).unwrap().0;
+    let model = example::model("fmnist_csnn");
     for mode in [Mode::Bptt, Mode::Rate] {
         let g = compile(&model, &Options::new(3, 2, mode)).unwrap().graph;
         let mut f = g.clone();
         let n = snnc::passes::factor::factor_channel_scales(&mut f);
         assert!(n >= 4, "{mode}: {n} sums factored");
-        for opts in [
-            SchedOpts::LAYER_MAJOR,
-            SchedOpts::TIME_MAJOR,
-            SchedOpts::TIME_MAJOR_RECOMPUTE,
-        ] {
+        for opts in example::SCHEDULES {
             let lowered = fuse_time::lower(&g, opts);
             let plan = fuse_time::plan(&lowered, &[], opts);
             for u in &plan.units {

@@ -21,6 +21,7 @@
 
 mod common;
 
+use common::example::SCHEDULES;
 use common::gen;
 use proptest::prelude::*;
 use snnc::codegen::cpu::{backend::module_source, Cpu};
@@ -33,12 +34,6 @@ use snnc::passes::rate::Mode;
 use snnc::passes::schedule::SchedOpts;
 use snnc::tensor::Tensor;
 use std::collections::HashMap;
-
-const SCHEDULES: [SchedOpts; 3] = [
-    SchedOpts::LAYER_MAJOR,
-    SchedOpts::TIME_MAJOR,
-    SchedOpts::TIME_MAJOR_RECOMPUTE,
-];
 
 /// The error's prefix when a case is ill-conditioned (see the header).
 const ILL_CASE: &str = "ill-conditioned";
