@@ -365,6 +365,11 @@ pub trait Backend {
     fn library_conv(&self) -> bool {
         false
     }
+    /// The library path the last [`Backend::conv`] that ran took, for the
+    /// profile (the CPU's: `library`, or `library, AMX bf16×3`).
+    fn conv_path(&self) -> &'static str {
+        "library"
+    }
     /// Waits for all queued work.
     fn sync(&mut self) -> Result<(), BackendError>;
     /// The largest grid the executor should launch (grid-stride loops cover

@@ -7,7 +7,15 @@
 //! padding, a non-square image, and no padding. Tolerance: the tests' f32 tolerance
 //! (`common::agree::F32`: every element within 1e-4 of the output's
 //! largest magnitude). The output buffer starts as NaN, so an element the
-//! library does not write fails. Without oneDNN's version-2 API the test
+//! library does not write fails.
+//!
+//! Forward calls whose input bf16 holds exactly (spikes, window averages
+//! k/4) run on oneDNN's AMX kernels with weights in three bf16 parts
+//! (`codegen/cpu/conv_bf16.rs`) where the machine has AMX: those agree
+//! with the f32 kernels within 1e-6 of the output's largest magnitude
+//! (both are f32-accurate; the sums' order differs), and a call with one
+//! inexact element runs on the f32 kernels, bit for bit. Without AMX that
+//! test prints that it skipped and why. Without oneDNN's version-2 API the test
 //! prints that it skipped and why; `SNNC_REQUIRE_ONEDNN_CONV=1` (CI, where
 //! libdnnl2 is installed) makes that a failure.
 
@@ -46,6 +54,17 @@ fn library(
     ins: [&Tensor<f64>; 2],
     out_shape: &[usize],
 ) -> Option<Tensor<f64>> {
+    library_in(pass, s, ins, out_shape, conv::Mode::OneDnn).map(|(t, _)| t)
+}
+
+/// `library` on the path `mode` names, with the path the call took.
+fn library_in(
+    pass: ConvPass,
+    s: [usize; 8],
+    ins: [&Tensor<f64>; 2],
+    out_shape: &[usize],
+    mode: conv::Mode,
+) -> Option<(Tensor<f64>, &'static str)> {
     let [b, ci, h, w, co, k, stride, pad] = s;
     let ho = (h + 2 * pad - k) / stride + 1;
     let wo = (w + 2 * pad - k) / stride + 1;
@@ -68,8 +87,14 @@ fn library(
         out: out.as_mut_ptr() as u64,
     };
     // SAFETY: the buffers hold the call's operands and outlive it.
-    let done = unsafe { conv::run(&call) }.unwrap_or_else(|e| panic!("{pass:?} {s:?}: {e}"));
-    done.then(|| Tensor::from_vec(out_shape, out.iter().map(|&v| v as f64).collect()))
+    let done =
+        unsafe { conv::run_in(&call, mode) }.unwrap_or_else(|e| panic!("{pass:?} {s:?}: {e}"));
+    done.then(|| {
+        (
+            Tensor::from_vec(out_shape, out.iter().map(|&v| v as f64).collect()),
+            conv::last_path(),
+        )
+    })
 }
 
 #[test]
@@ -188,7 +213,88 @@ fn an_unknown_conv_path_is_an_error_that_lists_the_names() {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
-        text.contains("SNNC_CONV=`winograd` names no convolution path (onednn, im2col)"),
+        text.contains(
+            "SNNC_CONV=`winograd` names no convolution path (onednn, onednn-f32, im2col)"
+        ),
         "{text}"
     );
+}
+
+/// Spikes and their 2×2 window averages: k/4, k = 0..4, about half zero.
+fn spikes(shape: &[usize], seed: u64) -> Tensor<f64> {
+    let mut r = snnc::rng::Rng::new(seed);
+    let n = shape.iter().product();
+    Tensor::from_vec(
+        shape,
+        (0..n)
+            .map(|_| (r.uniform() * 10.0 - 5.0).max(0.0).floor() / 4.0)
+            .collect(),
+    )
+}
+
+#[test]
+fn spike_inputs_on_amx_agree_with_the_f32_kernels() {
+    let amx = match conv::amx() {
+        Ok(imp) => imp,
+        Err(why) => {
+            println!("skipped: no AMX convolutions here ({why})");
+            return;
+        }
+    };
+    println!("AMX kernel: {amx}");
+    let opts = RunOptions::default();
+    // f32-accurate: measured ≤ 4.3e-7·S here; two bf16 parts per weight
+    // (16 bits) give ≥ 1.7e-6·S, so this fails with a part missing.
+    let tight = compare::Tol::new(1e-6, 1.0);
+    // Batches of 19 and 128 split into uneven parts and chunks with a
+    // remainder; the rest are the shapes above.
+    let mut shapes = SHAPES.to_vec();
+    shapes.push([19, 32, 14, 14, 64, 3, 1, 1]);
+    shapes.push([128, 32, 14, 14, 64, 3, 1, 1]);
+    let mut on_amx = 0;
+    for (i, &s) in shapes.iter().enumerate() {
+        let [b, ci, h, w, co, k, stride, pad] = s;
+        let ho = (h + 2 * pad - k) / stride + 1;
+        let wo = (w + 2 * pad - k) / stride + 1;
+        let x = spikes(&[b, ci, h, w], 40 + i as u64);
+        let wt = data(&[co, ci, k, k], 50 + i as u64);
+        let shape = vec![b, co, ho, wo];
+        let op = Op::Conv2d {
+            stride,
+            padding: pad,
+        };
+        let want = eval_op(&op, &shape, &[&x, &wt], &opts).expect("the interpreter runs it");
+        let run = |x: &Tensor<f64>, mode| library_in(ConvPass::Forward, s, [x, &wt], &shape, mode);
+        let (Some((got, path)), Some((f32s, _))) =
+            (run(&x, conv::Mode::OneDnn), run(&x, conv::Mode::OneDnnF32))
+        else {
+            continue;
+        };
+        if path.contains("AMX") {
+            on_amx += 1;
+        }
+        if let Err(m) = compare::check(&got, &want, common::agree::F32) {
+            panic!("{s:?} against the interpreter: {m}");
+        }
+        let scale = compare::max_abs(&f32s);
+        if let Err(m) = compare::check_scaled(&got, &f32s, tight, scale) {
+            panic!("{s:?} against the f32 kernels: {m}");
+        }
+        // One inexact element (in the last sample): the f32 kernels, bit
+        // for bit.
+        let mut inexact = x.clone();
+        let last = inexact.data.len() - 1;
+        inexact.data[last] = 0.1;
+        let (Some((got, path)), Some((f32s, _))) = (
+            run(&inexact, conv::Mode::OneDnn),
+            run(&inexact, conv::Mode::OneDnnF32),
+        ) else {
+            panic!("{s:?}: the f32 kernels declined what they ran before");
+        };
+        assert_eq!(path, "library", "{s:?}");
+        assert!(got.data == f32s.data, "{s:?}: not the f32 kernels' result");
+    }
+    // fmnist_csnn's second convolution at least (32 → 64 channels).
+    println!("{on_amx} of {} shapes ran on AMX", shapes.len());
+    assert!(on_amx >= 2, "only {on_amx} shapes ran on AMX");
 }

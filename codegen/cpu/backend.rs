@@ -392,6 +392,10 @@ impl Backend for Cpu {
         conv::available()
     }
 
+    fn conv_path(&self) -> &'static str {
+        conv::last_path()
+    }
+
     fn sync(&mut self) -> Result<(), BackendError> {
         Ok(())
     }

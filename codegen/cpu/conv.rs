@@ -31,61 +31,65 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::{Mutex, OnceLock};
 
-type Handle = *mut c_void;
+pub(super) type Handle = *mut c_void;
 type Status = c_int;
 
 /// `dnnl_memory_desc_t`: 696 bytes in oneDNN 2.6; the library fills it,
 /// so room to spare costs nothing.
 #[repr(C, align(8))]
-struct Md([u8; 2048]);
+pub(super) struct Md(pub(super) [u8; 2048]);
 
 /// `dnnl_convolution_desc_t`: 5,976 bytes in oneDNN 2.6.
 #[repr(C, align(8))]
-struct OpDesc([u8; 16384]);
+pub(super) struct OpDesc(pub(super) [u8; 16384]);
 
 #[repr(C)]
-struct ExecArg {
-    arg: c_int,
-    memory: Handle,
+pub(super) struct ExecArg {
+    pub(super) arg: c_int,
+    pub(super) memory: Handle,
 }
 
 /// `dnnl_dims_t`: up to 12 extents.
-type Dims = [i64; 12];
+pub(super) type Dims = [i64; 12];
 
 // The constants of oneDNN 2.x's `dnnl_types.h`.
-const F32: c_int = 3;
-const TAG_ANY: c_int = 1;
+pub(super) const F32: c_int = 3;
+pub(super) const BF16: c_int = 2;
+pub(super) const TAG_ANY: c_int = 1;
 /// `dnnl_nchw` and `dnnl_oihw` (both `abcd`).
-const TAG_ABCD: c_int = 5;
+pub(super) const TAG_ABCD: c_int = 5;
+/// `dnnl_nhwc` (`acdb`).
+pub(super) const TAG_ACDB: c_int = 20;
 const ENGINE_CPU: c_int = 1;
-const STREAM_DEFAULT: u32 = 1;
-const FORWARD_TRAINING: c_int = 64;
-const CONVOLUTION_DIRECT: c_int = 1;
-const ARG_SRC: c_int = 1;
-const ARG_DST: c_int = 17;
-const ARG_WEIGHTS: c_int = 33;
+pub(super) const STREAM_DEFAULT: u32 = 1;
+pub(super) const FORWARD_TRAINING: c_int = 64;
+pub(super) const CONVOLUTION_DIRECT: c_int = 1;
+pub(super) const ARG_SRC: c_int = 1;
+pub(super) const ARG_DST: c_int = 17;
+pub(super) const ARG_WEIGHTS: c_int = 33;
 const ARG_DIFF_SRC: c_int = 129;
 const ARG_DIFF_DST: c_int = 145;
 const ARG_DIFF_WEIGHTS: c_int = 161;
-const ARG_FROM: c_int = ARG_SRC;
-const ARG_TO: c_int = ARG_DST;
-const QUERY_IMPL_INFO_STR: c_int = 8;
+pub(super) const ARG_FROM: c_int = ARG_SRC;
+pub(super) const ARG_TO: c_int = ARG_DST;
+pub(super) const QUERY_IMPL_INFO_STR: c_int = 8;
 const QUERY_SRC_MD: c_int = 129;
 const QUERY_DIFF_SRC_MD: c_int = 130;
-const QUERY_WEIGHTS_MD: c_int = 131;
+pub(super) const QUERY_WEIGHTS_MD: c_int = 131;
 const QUERY_DIFF_WEIGHTS_MD: c_int = 132;
 const QUERY_DST_MD: c_int = 133;
 const QUERY_DIFF_DST_MD: c_int = 134;
 
 /// The oneDNN functions this module calls (C types as in `dnnl.h`).
-struct Api {
-    engine_create: unsafe extern "C" fn(*mut Handle, c_int, usize) -> Status,
-    stream_create: unsafe extern "C" fn(*mut Handle, Handle, u32) -> Status,
-    md_init_by_tag: unsafe extern "C" fn(*mut Md, c_int, *const i64, c_int, c_int) -> Status,
-    md_get_size: unsafe extern "C" fn(*const Md) -> usize,
-    md_equal: unsafe extern "C" fn(*const Md, *const Md) -> c_int,
+pub(super) struct Api {
+    pub(super) engine_create: unsafe extern "C" fn(*mut Handle, c_int, usize) -> Status,
+    pub(super) stream_create: unsafe extern "C" fn(*mut Handle, Handle, u32) -> Status,
+    pub(super) md_init_by_tag:
+        unsafe extern "C" fn(*mut Md, c_int, *const i64, c_int, c_int) -> Status,
+    pub(super) md_get_size: unsafe extern "C" fn(*const Md) -> usize,
+    pub(super) md_equal: unsafe extern "C" fn(*const Md, *const Md) -> c_int,
     #[allow(clippy::type_complexity)]
-    conv_forward: unsafe extern "C" fn(
+    pub(super) conv_forward: unsafe extern "C" fn(
         *mut OpDesc,
         c_int,
         c_int,
@@ -98,7 +102,7 @@ struct Api {
         *const i64,
     ) -> Status,
     #[allow(clippy::type_complexity)]
-    conv_backward_data: unsafe extern "C" fn(
+    pub(super) conv_backward_data: unsafe extern "C" fn(
         *mut OpDesc,
         c_int,
         *const Md,
@@ -109,7 +113,7 @@ struct Api {
         *const i64,
     ) -> Status,
     #[allow(clippy::type_complexity)]
-    conv_backward_weights: unsafe extern "C" fn(
+    pub(super) conv_backward_weights: unsafe extern "C" fn(
         *mut OpDesc,
         c_int,
         *const Md,
@@ -120,21 +124,23 @@ struct Api {
         *const i64,
         *const i64,
     ) -> Status,
-    pd_create: unsafe extern "C" fn(*mut Handle, *const OpDesc, Handle, Handle, Handle) -> Status,
-    pd_query_md: unsafe extern "C" fn(Handle, c_int, c_int) -> *const Md,
-    pd_query: unsafe extern "C" fn(Handle, c_int, c_int, *mut c_void) -> Status,
-    pd_destroy: unsafe extern "C" fn(Handle) -> Status,
-    reorder_pd_create:
+    pub(super) pd_create:
+        unsafe extern "C" fn(*mut Handle, *const OpDesc, Handle, Handle, Handle) -> Status,
+    pub(super) pd_query_md: unsafe extern "C" fn(Handle, c_int, c_int) -> *const Md,
+    pub(super) pd_query: unsafe extern "C" fn(Handle, c_int, c_int, *mut c_void) -> Status,
+    pub(super) pd_destroy: unsafe extern "C" fn(Handle) -> Status,
+    pub(super) reorder_pd_create:
         unsafe extern "C" fn(*mut Handle, *const Md, Handle, *const Md, Handle, Handle) -> Status,
-    primitive_create: unsafe extern "C" fn(*mut Handle, Handle) -> Status,
-    execute: unsafe extern "C" fn(Handle, Handle, c_int, *const ExecArg) -> Status,
-    memory_create: unsafe extern "C" fn(*mut Handle, *const Md, Handle, Handle) -> Status,
-    set_handle: unsafe extern "C" fn(Handle, Handle) -> Status,
-    stream_wait: unsafe extern "C" fn(Handle) -> Status,
+    pub(super) primitive_create: unsafe extern "C" fn(*mut Handle, Handle) -> Status,
+    pub(super) execute: unsafe extern "C" fn(Handle, Handle, c_int, *const ExecArg) -> Status,
+    pub(super) memory_create:
+        unsafe extern "C" fn(*mut Handle, *const Md, Handle, Handle) -> Status,
+    pub(super) set_handle: unsafe extern "C" fn(Handle, Handle) -> Status,
+    pub(super) stream_wait: unsafe extern "C" fn(Handle) -> Status,
     /// One engine for the process (oneDNN's engines are thread-safe).
-    engine: Handle,
-    version: String,
-    _lib: Library,
+    pub(super) engine: Handle,
+    pub(super) version: String,
+    pub(super) _lib: Library,
 }
 
 // SAFETY: the function pointers and the engine handle may be used from any
@@ -145,7 +151,7 @@ unsafe impl Sync for Api {}
 
 /// The library, when this machine's oneDNN has the version-2 API; else
 /// why not (for `describe`).
-fn api() -> Result<&'static Api, &'static str> {
+pub(super) fn api() -> Result<&'static Api, &'static str> {
     static API: OnceLock<Result<Api, String>> = OnceLock::new();
     API.get_or_init(load).as_ref().map_err(String::as_str)
 }
@@ -209,38 +215,72 @@ fn load() -> Result<Api, String> {
     }
 }
 
-/// Whether `SNNC_CONV` lets convolutions run on oneDNN: unset or `onednn`
-/// (where it loads), not `im2col`; another value is an error.
-/// Read once per process, as `SNNC_SGEMM` is (every convolution asks).
-fn wanted() -> Result<bool, String> {
-    static WANTED: OnceLock<Result<bool, String>> = OnceLock::new();
-    WANTED
-        .get_or_init(
-            || match std::env::var("SNNC_CONV").as_deref().map(str::trim) {
-                Err(_) | Ok("") | Ok("onednn") => Ok(true),
-                Ok("im2col") => Ok(false),
-                Ok(other) => Err(format!(
-                    "SNNC_CONV=`{other}` names no convolution path (onednn, im2col)"
-                )),
-            },
-        )
-        .clone()
+/// The convolution path `SNNC_CONV` asks for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// oneDNN, forward calls whose input is exact in bf16 on its AMX
+    /// kernels (`conv_bf16`); unset or `onednn`, the default.
+    OneDnn,
+    /// oneDNN's f32 kernels only (`onednn-f32`).
+    OneDnnF32,
+    /// The executor's im2col + SGEMM (`im2col`).
+    Im2col,
+}
+
+/// `SNNC_CONV`'s path; another value is an error. Read once per process,
+/// as `SNNC_SGEMM` is (every convolution asks).
+pub fn mode() -> Result<Mode, String> {
+    static MODE: OnceLock<Result<Mode, String>> = OnceLock::new();
+    MODE.get_or_init(
+        || match std::env::var("SNNC_CONV").as_deref().map(str::trim) {
+            Err(_) | Ok("") | Ok("onednn") => Ok(Mode::OneDnn),
+            Ok("onednn-f32") => Ok(Mode::OneDnnF32),
+            Ok("im2col") => Ok(Mode::Im2col),
+            Ok(other) => Err(format!(
+                "SNNC_CONV=`{other}` names no convolution path (onednn, onednn-f32, im2col)"
+            )),
+        },
+    )
+    .clone()
 }
 
 /// Whether convolutions run here (oneDNN loads with the version-2 API
 /// and `SNNC_CONV` does not say `im2col`).
 pub fn available() -> bool {
-    wanted().unwrap_or(true) && api().is_ok()
+    mode() != Ok(Mode::Im2col) && api().is_ok()
 }
 
 /// The convolution path in one line, for the CPU backend's description.
 pub fn describe() -> String {
-    match (wanted(), api()) {
+    match (mode(), api()) {
         (Err(e), _) => e,
-        (Ok(false), _) => "im2col + SGEMM (SNNC_CONV)".into(),
-        (Ok(true), Ok(api)) => format!("{} direct", api.version),
-        (Ok(true), Err(why)) => format!("im2col + SGEMM ({why})"),
+        (Ok(Mode::Im2col), _) => "im2col + SGEMM (SNNC_CONV)".into(),
+        (Ok(Mode::OneDnnF32), Ok(api)) => format!("{} direct, f32 (SNNC_CONV)", api.version),
+        (Ok(Mode::OneDnn), Ok(api)) => match super::conv_bf16::available(api) {
+            Ok(imp) => format!(
+                "{} direct; bf16-exact inputs (spikes) on {imp}, weights in three bf16 parts",
+                api.version
+            ),
+            Err(why) => format!("{} direct ({why})", api.version),
+        },
+        (Ok(_), Err(why)) => format!("im2col + SGEMM ({why})"),
     }
+}
+
+/// The AMX kernel that forward calls with bf16-exact inputs run on in the
+/// default mode, or why there is none here.
+pub fn amx() -> Result<String, String> {
+    super::conv_bf16::available(api()?)
+}
+
+/// Which path the calling thread's last successful [`run`] took, for the
+/// profile: `library` or `library, AMX bf16×3`.
+pub fn last_path() -> &'static str {
+    LAST_PATH.with(|p| p.get())
+}
+
+thread_local! {
+    static LAST_PATH: std::cell::Cell<&'static str> = const { std::cell::Cell::new("library") };
 }
 
 /// Runs `call` on oneDNN: false where this machine or the call's shape
@@ -251,7 +291,15 @@ pub fn describe() -> String {
 /// The call's addresses must hold its operands (f32, NCHW and OIHW), the
 /// output not overlapping the inputs.
 pub unsafe fn run(call: &ConvCall) -> Result<bool, String> {
-    if !wanted()? {
+    run_in(call, mode()?)
+}
+
+/// [`run`] on the path `mode` names (tests compare the paths).
+///
+/// # Safety
+/// As [`run`].
+pub unsafe fn run_in(call: &ConvCall, mode: Mode) -> Result<bool, String> {
+    if mode == Mode::Im2col {
         return Ok(false);
     }
     let Ok(api) = api() else {
@@ -278,6 +326,14 @@ pub unsafe fn run(call: &ConvCall) -> Result<bool, String> {
             Some(s)
         })
         .collect();
+    if mode == Mode::OneDnn
+        && call.pass == ConvPass::Forward
+        && super::conv_bf16::forward(api, call, pad_r, &sizes, &starts)?
+    {
+        LAST_PATH.with(|p| p.set("library, AMX bf16×3"));
+        return Ok(true);
+    }
+    LAST_PATH.with(|p| p.set("library"));
     let wlen = call.co * call.ci * call.k * call.k;
     // The weight gradient's parts past the first, summed into the output.
     let mut partial = match call.pass {
@@ -531,9 +587,14 @@ struct Forward {
 }
 
 unsafe fn md(api: &Api, dims: [usize; 4], tag: c_int) -> Option<Md> {
+    md_of(api, dims, F32, tag)
+}
+
+/// A 4-D memory descriptor of element type `dtype` (`F32`, `BF16`).
+pub(super) unsafe fn md_of(api: &Api, dims: [usize; 4], dtype: c_int, tag: c_int) -> Option<Md> {
     let mut m = Md([0; 2048]);
     let d = dims.map(|x| x as i64);
-    ((api.md_init_by_tag)(&mut m, 4, d.as_ptr(), F32, tag) == 0).then_some(m)
+    ((api.md_init_by_tag)(&mut m, 4, d.as_ptr(), dtype, tag) == 0).then_some(m)
 }
 
 unsafe fn forward(api: &Api, c: &ConvCall, n: usize, pad_r: [i64; 2]) -> Option<Forward> {

@@ -10,6 +10,8 @@
 
 pub mod backend;
 pub mod conv;
+mod conv_bf16;
+pub mod layout;
 pub mod sgemm;
 
 pub use backend::Cpu;

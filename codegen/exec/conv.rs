@@ -232,8 +232,15 @@ impl<'a, B: Backend> Executor<'a, B> {
                 ConvPass::GradWeight => "grad weight",
             };
             let key = format!(
-                "conv {name} {}×{}×{}×{}→{} k{} s{} (library)",
-                geo.b, geo.ci, geo.h, geo.w, geo.co, geo.k, geo.stride
+                "conv {name} {}×{}×{}×{}→{} k{} s{} ({})",
+                geo.b,
+                geo.ci,
+                geo.h,
+                geo.w,
+                geo.co,
+                geo.k,
+                geo.stride,
+                self.backend.conv_path()
             );
             self.count_inner(key, started, call.flops());
         }
