@@ -396,9 +396,16 @@ pub trait Backend {
     /// The fraction of the `len` elements at `x` that are not zero, when
     /// this backend runs convolutions over sparse inputs as events
     /// (`snnc_conv_events`) below [`crate::codegen::exec::default_event_density`];
-    /// `None` where the dense GEMM always pays (a GPU).
-    fn nonzero_fraction(&mut self, x: u64, len: usize) -> Result<Option<f64>, BackendError> {
-        let _ = (x, len);
+    /// `None` where the dense GEMM always pays (a GPU). Where the fraction
+    /// exceeds `stop_above` the backend may stop counting and return any
+    /// value above it (the caller only compares).
+    fn nonzero_fraction(
+        &mut self,
+        x: u64,
+        len: usize,
+        stop_above: f64,
+    ) -> Result<Option<f64>, BackendError> {
+        let _ = (x, len, stop_above);
         Ok(None)
     }
     /// Writes 64-bit words (a generated kernel's pointer table) into a

@@ -213,9 +213,7 @@ fn an_unknown_conv_path_is_an_error_that_lists_the_names() {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
-        text.contains(
-            "SNNC_CONV=`winograd` names no convolution path (onednn, onednn-f32, im2col)"
-        ),
+        text.contains("SNNC_CONV=`winograd` names no convolution path (onednn, im2col)"),
         "{text}"
     );
 }
@@ -297,4 +295,29 @@ fn spike_inputs_on_amx_agree_with_the_f32_kernels() {
     // fmnist_csnn's second convolution at least (32 → 64 channels).
     println!("{on_amx} of {} shapes ran on AMX", shapes.len());
     assert!(on_amx >= 2, "only {on_amx} shapes ran on AMX");
+}
+
+#[test]
+fn an_unknown_amx_switch_is_an_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snnc"))
+        .args([
+            "bench",
+            "examples/models/fmnist_csnn.snn",
+            "-T",
+            "1",
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+        ])
+        .env("SNNC_AMX", "maybe")
+        .output()
+        .expect("snnc runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("SNNC_AMX=`maybe` is neither `on` nor `off`"),
+        "{text}"
+    );
 }

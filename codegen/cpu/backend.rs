@@ -414,14 +414,29 @@ impl Backend for Cpu {
         crate::passes::mem::Memory::Host
     }
 
-    fn nonzero_fraction(&mut self, x: u64, len: usize) -> Result<Option<f64>, BackendError> {
+    fn nonzero_fraction(
+        &mut self,
+        x: u64,
+        len: usize,
+        stop_above: f64,
+    ) -> Result<Option<f64>, BackendError> {
         if len == 0 {
             return Ok(Some(0.0));
         }
         // SAFETY: the executor passes the address of a live host buffer of
         // at least `len` elements.
         let xs = unsafe { std::slice::from_raw_parts(x as *const f32, len) };
-        let nonzero = xs.iter().filter(|&&v| v != 0.0).count();
+        // Counted in blocks, stopping once the count passes the bound: at
+        // the firing rates training sees (10–30 %) a few blocks decide, not
+        // a read of the whole input per convolution.
+        let bound = stop_above * len as f64;
+        let mut nonzero = 0;
+        for block in xs.chunks(4096) {
+            nonzero += block.iter().filter(|&&v| v != 0.0).count();
+            if nonzero as f64 > bound {
+                break;
+            }
+        }
         Ok(Some(nonzero as f64 / len as f64))
     }
 

@@ -215,29 +215,32 @@ fn load() -> Result<Api, String> {
     }
 }
 
-/// The convolution path `SNNC_CONV` asks for.
+/// The convolution path a call takes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Mode {
     /// oneDNN, forward calls whose input is exact in bf16 on its AMX
-    /// kernels (`conv_bf16`); unset or `onednn`, the default.
+    /// kernels (`conv_bf16`): the default.
     OneDnn,
-    /// oneDNN's f32 kernels only (`onednn-f32`).
+    /// oneDNN's f32 kernels only (`SNNC_AMX=off`).
     OneDnnF32,
-    /// The executor's im2col + SGEMM (`im2col`).
+    /// The executor's im2col + SGEMM (`SNNC_CONV=im2col`).
     Im2col,
 }
 
-/// `SNNC_CONV`'s path; another value is an error. Read once per process,
+/// The path `SNNC_CONV` (`onednn`, the default, or `im2col`) and
+/// `SNNC_AMX` ask for; another value is an error. Read once per process,
 /// as `SNNC_SGEMM` is (every convolution asks).
 pub fn mode() -> Result<Mode, String> {
     static MODE: OnceLock<Result<Mode, String>> = OnceLock::new();
     MODE.get_or_init(
         || match std::env::var("SNNC_CONV").as_deref().map(str::trim) {
-            Err(_) | Ok("") | Ok("onednn") => Ok(Mode::OneDnn),
-            Ok("onednn-f32") => Ok(Mode::OneDnnF32),
+            Err(_) | Ok("") | Ok("onednn") => Ok(match super::amx::enabled()? {
+                true => Mode::OneDnn,
+                false => Mode::OneDnnF32,
+            }),
             Ok("im2col") => Ok(Mode::Im2col),
             Ok(other) => Err(format!(
-                "SNNC_CONV=`{other}` names no convolution path (onednn, onednn-f32, im2col)"
+                "SNNC_CONV=`{other}` names no convolution path (onednn, im2col)"
             )),
         },
     )
@@ -255,7 +258,7 @@ pub fn describe() -> String {
     match (mode(), api()) {
         (Err(e), _) => e,
         (Ok(Mode::Im2col), _) => "im2col + SGEMM (SNNC_CONV)".into(),
-        (Ok(Mode::OneDnnF32), Ok(api)) => format!("{} direct, f32 (SNNC_CONV)", api.version),
+        (Ok(Mode::OneDnnF32), Ok(api)) => format!("{} direct, f32 (SNNC_AMX=off)", api.version),
         (Ok(Mode::OneDnn), Ok(api)) => match super::conv_bf16::available(api) {
             Ok(imp) => format!(
                 "{} direct; bf16-exact inputs (spikes) on {imp}, weights in three bf16 parts",

@@ -9,19 +9,28 @@
 //! plus signs, all of f32's 24), and the input is repeated three times
 //! along its channels: one convolution over 3·C channels sums
 //! x·hi + x·mid + x·lo, every product exact and the sums in f32. The result
-//! is an f32 convolution's up to summation order (a C program on
-//! fmnist_csnn's second convolution: within 7e-7 of the largest output of
-//! the f32 one). On the 2-core machine that convolution (64 samples, one
-//! thread) took 0.92 ms against 2.28 ms on oneDNN's f32 kernels
-//! (2026-12-07, oneDNN 2.6.3, `brgconv:avx512_core_amx_bf16`).
+//! is an f32 convolution's up to summation order (within 4.3e-7 of the
+//! largest output of the f32 kernels in `tests/conv_library.rs`). In
+//! `SNNC_PROFILE` on the 2-core machine, fmnist_csnn's second convolution
+//! (batch 128, 32 → 64 channels, 14×14) took 18–21 ms for a rate step's
+//! 8 calls against 29–30 ms on oneDNN's f32 kernels, and the step 76–77 ms
+//! against 86–89 ms (3 alternating runs, `SNNC_AMX=off` for the f32 ones,
+//! 2026-12-07, oneDNN 2.6.3, `brgconv:avx512_core_amx_bf16`).
+//!
+//! Not GEMMs: oneDNN's AMX matmul on the first linear layer's shape
+//! (64 × 9408 by 9408 × 256, the parts included) took 0.5–0.8 ms on
+//! nonzero data, no faster than the f32 SGEMM (0.24 ms on zeros: time
+//! these on real values).
 //!
 //! A call takes this path only where every input element is exact in bf16
-//! (checked while converting: the low 16 bits of every f32 are zero), so
-//! its result does not depend on which samples share a worker; anything
-//! else runs on the f32 kernels. oneDNN's AMX kernels want channels-last
+//! (the low 16 bits of every f32 zero, checked chunk by chunk before each
+//! is converted; one inexact chunk sends the whole call to the f32
+//! kernels), so its result does not depend on which samples share a
+//! worker. oneDNN's AMX kernels want channels-last
 //! (NHWC) operands: the input is converted to them and the output turned
 //! back to NCHW, both per sample while the sample is in cache.
 
+use super::amx::{self, PARTS};
 use super::conv::{
     md_of, Api, ExecArg, Handle, Md, OpDesc, ARG_DST, ARG_FROM, ARG_SRC, ARG_TO, ARG_WEIGHTS, BF16,
     CONVOLUTION_DIRECT, F32, FORWARD_TRAINING, QUERY_IMPL_INFO_STR, QUERY_WEIGHTS_MD,
@@ -35,9 +44,6 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
-
-/// How many parts each weight is split into.
-const PARTS: usize = 3;
 
 /// The AMX implementation oneDNN picks for fmnist_csnn's second
 /// convolution in bf16, or why there is none (no AMX on this machine, or
@@ -241,19 +247,6 @@ fn shared() -> &'static Mutex<Vec<u16>> {
 /// convolution and the turn back to NCHW.
 const CHUNK: usize = 8;
 
-/// `v` rounded to the nearest bf16 (ties to even), as bits.
-fn to_bf16(v: f32) -> u16 {
-    let b = v.to_bits();
-    if v.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
-}
-
-fn from_bf16(b: u16) -> f32 {
-    f32::from_bits(u32::from(b) << 16)
-}
-
 /// `w` (OIHW) as three bf16 parts per weight, OIHW over 3·ci input
 /// channels: input channel c + p·ci holds part p of channel c's weights.
 fn split_weights(w: &[f32], co: usize, ci: usize, kk: usize, out: &mut Vec<u16>) {
@@ -262,21 +255,13 @@ fn split_weights(w: &[f32], co: usize, ci: usize, kk: usize, out: &mut Vec<u16>)
     for o in 0..co {
         for c in 0..ci {
             for q in 0..kk {
-                let mut rest = w[(o * ci + c) * kk + q];
-                for p in 0..PARTS {
-                    let part = to_bf16(rest);
+                let parts = amx::split(w[(o * ci + c) * kk + q]);
+                for (p, part) in parts.into_iter().enumerate() {
                     out[((o * PARTS * ci) + p * ci + c) * kk + q] = part;
-                    rest -= from_bf16(part);
                 }
             }
         }
     }
-}
-
-/// Whether every element of `x` is exact in bf16 (the low 16 bits of
-/// each f32 zero).
-fn exact_in_bf16(x: &[f32]) -> bool {
-    x.iter().fold(0u32, |low, v| low | (v.to_bits() & 0xffff)) == 0
 }
 
 /// Runs a forward call on the AMX kernels where its input is exact in
@@ -371,7 +356,7 @@ unsafe fn run_part(
             if inexact.load(Ordering::Relaxed) {
                 return false;
             }
-            if !exact_in_bf16(x) {
+            if !amx::exact_in_bf16(x) {
                 inexact.store(true, Ordering::Relaxed);
                 return false;
             }
@@ -431,33 +416,4 @@ unsafe fn run_part(
         }
         true
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn three_parts_hold_every_f32() {
-        let mut r = crate::rng::Rng::new(7);
-        for i in 0..10_000 {
-            let v = match i {
-                0 => 1.0 + f32::EPSILON,
-                1 => -3.999_999_8,
-                _ => ((r.uniform() * 2.0 - 1.0) * 10f64.powi(i % 9 - 4)) as f32,
-            };
-            let mut parts = Vec::new();
-            split_weights(&[v], 1, 1, 1, &mut parts);
-            // Summed smallest first, as the parts are exact in f32 sums.
-            let sum = from_bf16(parts[2]) + from_bf16(parts[1]) + from_bf16(parts[0]);
-            assert_eq!(sum, v, "{v:e}: {parts:?}");
-        }
-    }
-
-    #[test]
-    fn exactness_is_the_low_half_of_the_bits() {
-        assert!(exact_in_bf16(&[0.0, 1.0, 0.25, 0.75, -0.5, 3.0 / 64.0]));
-        assert!(!exact_in_bf16(&[0.0, 1.0, 0.1]));
-        assert!(!exact_in_bf16(&[1.0 + f32::EPSILON]));
-    }
 }

@@ -8,6 +8,7 @@
 //! other backends against the same kernels the fused plan's library nodes
 //! use.
 
+pub mod amx;
 pub mod backend;
 pub mod conv;
 mod conv_bf16;

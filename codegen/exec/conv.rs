@@ -142,7 +142,9 @@ impl<'a, B: Backend> Executor<'a, B> {
         {
             return Ok(false);
         }
-        let f = self.backend.nonzero_fraction(x, geo.b * geo.in_len())?;
+        let f = self
+            .backend
+            .nonzero_fraction(x, geo.b * geo.in_len(), self.event_density)?;
         Ok(f.is_some_and(|f| f <= self.event_density))
     }
 
