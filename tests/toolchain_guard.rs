@@ -41,6 +41,8 @@ const SMALL: &[&str] = &[
     "Option<NodeIndex>",
     "std::ffi::c_char",
     "Option<&str>",
+    // A oneDNN handle (a raw pointer).
+    "Handle",
     // Field-less or one-word enums and generic float parameters.
     "std::io::Error",
     "Role",

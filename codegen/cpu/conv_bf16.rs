@@ -31,12 +31,12 @@
 //! back to NCHW, both per sample while the sample is in cache.
 
 use super::amx::{self, PARTS};
-use super::conv::{
+use super::layout;
+use super::onednn::{
     md_of, Api, ExecArg, Handle, Md, OpDesc, ARG_DST, ARG_FROM, ARG_SRC, ARG_TO, ARG_WEIGHTS, BF16,
     CONVOLUTION_DIRECT, F32, FORWARD_TRAINING, QUERY_IMPL_INFO_STR, QUERY_WEIGHTS_MD,
     STREAM_DEFAULT, TAG_ABCD, TAG_ACDB, TAG_ANY,
 };
-use super::layout;
 use crate::codegen::backend::ConvCall;
 use rayon::prelude::*;
 use std::cell::RefCell;

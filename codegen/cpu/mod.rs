@@ -13,6 +13,7 @@ pub mod backend;
 pub mod conv;
 mod conv_bf16;
 pub mod layout;
+mod onednn;
 pub mod sgemm;
 
 pub use backend::Cpu;
