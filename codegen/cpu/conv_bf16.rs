@@ -37,9 +37,9 @@ use super::onednn::{
     CONVOLUTION_DIRECT, F32, FORWARD_TRAINING, QUERY_IMPL_INFO_STR, QUERY_WEIGHTS_MD,
     STREAM_DEFAULT, TAG_ABCD, TAG_ACDB, TAG_ANY,
 };
+use super::sgemm::system::{self, Kind};
 use crate::codegen::backend::ConvCall;
 use rayon::prelude::*;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -220,25 +220,39 @@ unsafe fn plan(api: &Api, s: &Shape) -> Option<Plan> {
     made
 }
 
+/// One part's state: its stream, its primitives per chunk shape and its
+/// buffer (the weights in the convolution's layout, a chunk's NHWC output
+/// and input). Kept per part index, not per thread: rayon may run a
+/// call's parts on either thread, and a buffer made the first time a part
+/// runs should serve every later call (memory outside the plan grows once,
+/// whatever the scheduling; `tests/alloc_peak.rs`).
 struct Worker {
     stream: Handle,
     plans: HashMap<Shape, Option<Plan>>,
     buffer: Vec<Line>,
 }
 
+// SAFETY: a worker's stream and primitives are used by one part of one
+// call at a time (under the lock of `state`), on whichever thread runs it;
+// oneDNN's CPU streams and primitives are not tied to a thread.
+unsafe impl Send for Worker {}
+
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
-thread_local! {
-    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+/// What the calls share, under one lock (a call holds it throughout): the
+/// split weights (OIHW over 3·ci input channels, made once per call for
+/// every part) and the parts' workers.
+#[derive(Default)]
+struct State {
+    split: Vec<u16>,
+    workers: Vec<Worker>,
 }
 
-/// The split weights (OIHW over 3·ci input channels), made once per call
-/// for every worker.
-fn shared() -> &'static Mutex<Vec<u16>> {
-    static SHARED: OnceLock<Mutex<Vec<u16>>> = OnceLock::new();
-    SHARED.get_or_init(Default::default)
+fn state() -> &'static Mutex<State> {
+    static STATE: OnceLock<Mutex<State>> = OnceLock::new();
+    STATE.get_or_init(Default::default)
 }
 
 /// Samples per convolution a worker runs: its converted input (86 KB per
@@ -287,16 +301,33 @@ pub(super) fn forward(
             call.co * call.ci * call.k * call.k,
         )
     };
-    let mut split = shared().lock().map_err(|_| "a convolution panicked")?;
-    split_weights(w, call.co, call.ci, call.k * call.k, &mut split);
+    let mut state = state().lock().map_err(|_| "a convolution panicked")?;
+    let State { split, workers } = &mut *state;
+    while workers.len() < sizes.len() {
+        let mut stream = std::ptr::null_mut();
+        // SAFETY: a stream on the process's engine.
+        if unsafe { (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) } != 0 {
+            return Err("oneDNN made no stream".into());
+        }
+        workers.push(Worker {
+            stream,
+            plans: HashMap::new(),
+            buffer: Vec::new(),
+        });
+    }
+    split_weights(w, call.co, call.ci, call.k * call.k, split);
     let ws = split.as_ptr() as usize;
     let inexact = AtomicBool::new(false);
-    let ran = (0..sizes.len()).into_par_iter().all(|p| {
-        let (n, first) = (sizes[p], starts[p]);
-        // SAFETY: this part's samples of the caller's input and output
-        // (NCHW), apart from the other parts'; the split weights.
-        n == 0 || unsafe { run_part(api, call, pad_r, [first, n], ws as *const u16, &inexact) }
-    });
+    let ran = workers[..sizes.len()]
+        .par_iter_mut()
+        .enumerate()
+        .all(|(p, wk)| {
+            let (n, first) = (sizes[p], starts[p]);
+            // SAFETY: this part's samples of the caller's input and output
+            // (NCHW), apart from the other parts'; the split weights.
+            n == 0
+                || unsafe { run_part(api, call, pad_r, [first, n], ws as *const u16, &inexact, wk) }
+        });
     Ok(ran && !inexact.load(Ordering::Relaxed))
 }
 
@@ -312,6 +343,7 @@ unsafe fn run_part(
     [first, n]: [usize; 2],
     w: *const u16,
     inexact: &AtomicBool,
+    wk: &mut Worker,
 ) -> bool {
     let (hw_in, hw_out) = (call.h * call.w, call.ho * call.wo);
     let sample_in = call.ci * hw_in;
@@ -322,98 +354,83 @@ unsafe fn run_part(
         n * sample_in,
     );
     let out = (call.out as *mut f32).add(first * sample_y);
-    WORKER.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.is_none() {
-            let mut stream = std::ptr::null_mut();
-            if (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) != 0 {
-                return false;
-            }
-            *cell = Some(Worker {
-                stream,
-                plans: HashMap::new(),
-                buffer: Vec::new(),
-            });
+    if let Some(lib) = system::probe().get(Kind::OneDnn) {
+        lib.one_omp_thread();
+    }
+    let ok = |r: i32| r == 0;
+    let run = |r: Handle, args: &[(c_int, Handle)]| {
+        let args: Vec<ExecArg> = args
+            .iter()
+            .map(|&(arg, memory)| ExecArg { arg, memory })
+            .collect();
+        ok((api.execute)(
+            r,
+            wk.stream,
+            args.len() as c_int,
+            args.as_ptr(),
+        ))
+    };
+    let mut weights_for = None;
+    for (i, x) in x.chunks(CHUNK * sample_in).enumerate() {
+        if inexact.load(Ordering::Relaxed) {
+            return false;
         }
-        let Some(wk) = cell.as_mut() else {
+        if !amx::exact_in_bf16(x) {
+            inexact.store(true, Ordering::Relaxed);
+            return false;
+        }
+        let m = x.len() / sample_in;
+        let shape = Shape::of(call, m, pad_r);
+        let Some(plan) = wk.plans.entry(shape).or_insert_with(|| plan(api, &shape)) else {
             return false;
         };
-        let ok = |r: i32| r == 0;
-        let run = |r: Handle, args: &[(c_int, Handle)]| {
-            let args: Vec<ExecArg> = args
-                .iter()
-                .map(|&(arg, memory)| ExecArg { arg, memory })
-                .collect();
-            ok((api.execute)(
-                r,
-                wk.stream,
-                args.len() as c_int,
-                args.as_ptr(),
-            ))
-        };
-        let mut weights_for = None;
-        for (i, x) in x.chunks(CHUNK * sample_in).enumerate() {
-            if inexact.load(Ordering::Relaxed) {
-                return false;
-            }
-            if !amx::exact_in_bf16(x) {
-                inexact.store(true, Ordering::Relaxed);
-                return false;
-            }
-            let m = x.len() / sample_in;
-            let shape = Shape::of(call, m, pad_r);
-            let Some(plan) = wk.plans.entry(shape).or_insert_with(|| plan(api, &shape)) else {
-                return false;
-            };
-            let lines = (plan.w_bytes + plan.y_bytes + plan.x_bytes).div_ceil(64);
-            if wk.buffer.len() < lines {
-                wk.buffer.resize(lines, Line([0.0; 16]));
-            }
-            let base = wk.buffer.as_mut_ptr() as usize;
-            let (w_at, y_at) = (base, base + plan.w_bytes);
-            let x_at = y_at + plan.y_bytes;
-            let handles = [
-                (plan.x, x_at),
-                (plan.w_plain, w as usize),
-                (plan.w, w_at),
-                (plan.y, y_at),
-            ];
-            if !handles
-                .iter()
-                .all(|&(m, at)| ok((api.set_handle)(m, at as Handle)))
-            {
-                return false;
-            }
-            let xb = std::slice::from_raw_parts_mut(x_at as *mut u16, m * sample_x);
-            for (x, xb) in x.chunks_exact(sample_in).zip(xb.chunks_exact_mut(sample_x)) {
-                layout::to_channel_last_bf16(x, call.ci, hw_in, PARTS, xb);
-            }
-            // The weights in the convolution's layout, once per part and
-            // plan (the last chunk's plan may want another layout).
-            let weighted = weights_for == Some(shape)
-                || run(
-                    plan.w_reorder,
-                    &[(ARG_FROM, plan.w_plain), (ARG_TO, plan.w)],
-                );
-            weights_for = Some(shape);
-            let done = weighted
-                && run(
-                    plan.conv,
-                    &[(ARG_SRC, plan.x), (ARG_WEIGHTS, plan.w), (ARG_DST, plan.y)],
-                )
-                && ok((api.stream_wait)(wk.stream));
-            if done {
-                let y = std::slice::from_raw_parts(y_at as *const f32, m * sample_y);
-                let out =
-                    std::slice::from_raw_parts_mut(out.add(i * CHUNK * sample_y), m * sample_y);
-                for (y, out) in y.chunks_exact(sample_y).zip(out.chunks_exact_mut(sample_y)) {
-                    layout::to_channel_first(y, call.co, hw_out, out);
-                }
-            }
-            if !done {
-                return false;
+        let lines = (plan.w_bytes + plan.y_bytes + plan.x_bytes).div_ceil(64);
+        if wk.buffer.len() < lines {
+            wk.buffer.resize(lines, Line([0.0; 16]));
+        }
+        let base = wk.buffer.as_mut_ptr() as usize;
+        let (w_at, y_at) = (base, base + plan.w_bytes);
+        let x_at = y_at + plan.y_bytes;
+        let handles = [
+            (plan.x, x_at),
+            (plan.w_plain, w as usize),
+            (plan.w, w_at),
+            (plan.y, y_at),
+        ];
+        if !handles
+            .iter()
+            .all(|&(m, at)| ok((api.set_handle)(m, at as Handle)))
+        {
+            return false;
+        }
+        let xb = std::slice::from_raw_parts_mut(x_at as *mut u16, m * sample_x);
+        for (x, xb) in x.chunks_exact(sample_in).zip(xb.chunks_exact_mut(sample_x)) {
+            layout::to_channel_last_bf16(x, call.ci, hw_in, PARTS, xb);
+        }
+        // The weights in the convolution's layout, once per part and
+        // plan (the last chunk's plan may want another layout).
+        let weighted = weights_for == Some(shape)
+            || run(
+                plan.w_reorder,
+                &[(ARG_FROM, plan.w_plain), (ARG_TO, plan.w)],
+            );
+        weights_for = Some(shape);
+        let done = weighted
+            && run(
+                plan.conv,
+                &[(ARG_SRC, plan.x), (ARG_WEIGHTS, plan.w), (ARG_DST, plan.y)],
+            )
+            && ok((api.stream_wait)(wk.stream));
+        if done {
+            let y = std::slice::from_raw_parts(y_at as *const f32, m * sample_y);
+            let out = std::slice::from_raw_parts_mut(out.add(i * CHUNK * sample_y), m * sample_y);
+            for (y, out) in y.chunks_exact(sample_y).zip(out.chunks_exact_mut(sample_y)) {
+                layout::to_channel_first(y, call.co, hw_out, out);
             }
         }
-        true
-    })
+        if !done {
+            return false;
+        }
+    }
+    true
 }
