@@ -18,15 +18,15 @@
 //! samples: each part's is computed apart and the parts are added in
 //! order, so it depends only on the number of parts (rayon's threads).
 //!
-//! Each worker keeps, per call shape, the primitives oneDNN made for it
-//! (its "plans", made on the first call) and one growing buffer for the
-//! blocked copies of the operands.
+//! Each part of a call (by its index, whichever thread runs it) keeps, per
+//! call shape, the primitives oneDNN made for it (its "plans", made on the
+//! first call) and one growing buffer for the blocked copies of the
+//! operands.
 
 use super::onednn::*;
 use super::sgemm::system::{self, Kind};
 use crate::codegen::backend::{ConvCall, ConvPass};
 use rayon::prelude::*;
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::{Mutex, OnceLock};
@@ -160,9 +160,23 @@ pub unsafe fn run_in(call: &ConvCall, mode: Mode) -> Result<bool, String> {
         _ => Vec::new(),
     };
     let partial_at = partial.as_mut_ptr() as u64;
-    let results: Vec<Result<bool, String>> = (0..parts)
-        .into_par_iter()
-        .map(|p| {
+    let mut workers = workers().lock().map_err(|_| "a convolution panicked")?;
+    while workers.len() < parts {
+        let mut stream = std::ptr::null_mut();
+        // SAFETY: a stream on the process's engine.
+        if (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) != 0 {
+            return Err("oneDNN made no stream".to_string());
+        }
+        workers.push(Worker {
+            stream,
+            plans: HashMap::new(),
+            buffer: Vec::new(),
+        });
+    }
+    let results: Vec<Result<bool, String>> = workers[..parts]
+        .par_iter_mut()
+        .enumerate()
+        .map(|(p, w)| {
             let part = Part {
                 n: sizes[p],
                 first: starts[p],
@@ -172,9 +186,10 @@ pub unsafe fn run_in(call: &ConvCall, mode: Mode) -> Result<bool, String> {
                     _ => call.out,
                 },
             };
-            run_part(api, call, pad_r, part)
+            run_part(api, call, pad_r, part, w)
         })
         .collect();
+    drop(workers);
     for r in results {
         if !r? {
             if let Ok(mut s) = unsupported().lock() {
@@ -269,52 +284,53 @@ struct Worker {
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
-thread_local! {
-    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+// SAFETY: a worker's stream and primitives are used by one part of one
+// call at a time (under the lock of `workers`), on whichever thread runs
+// it; oneDNN's CPU streams and primitives are not tied to a thread.
+unsafe impl Send for Worker {}
+
+/// The parts' workers, by part index, not by thread: rayon may run a
+/// call's parts on either thread, and a buffer made the first time a part
+/// runs should serve every later call (memory outside the plan grows once,
+/// whatever the scheduling; `tests/alloc_peak.rs`). A call holds the lock
+/// throughout.
+fn workers() -> &'static Mutex<Vec<Worker>> {
+    static WORKERS: OnceLock<Mutex<Vec<Worker>>> = OnceLock::new();
+    WORKERS.get_or_init(Default::default)
 }
 
 /// Runs one part on the calling thread; false where oneDNN has no
 /// convolution for the shape.
-fn run_part(api: &Api, call: &ConvCall, pad_r: [i64; 2], part: Part) -> Result<bool, String> {
+fn run_part(
+    api: &Api,
+    call: &ConvCall,
+    pad_r: [i64; 2],
+    part: Part,
+    w: &mut Worker,
+) -> Result<bool, String> {
     if part.n == 0 {
         return Ok(true);
     }
-    WORKER.with(|w| {
-        let mut w = w.borrow_mut();
-        if w.is_none() {
-            if let Some(lib) = system::probe().get(Kind::OneDnn) {
-                lib.one_omp_thread();
-            }
-            let mut stream = std::ptr::null_mut();
-            // SAFETY: a stream on the process's engine, for this thread.
-            if unsafe { (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) } != 0 {
-                return Err("oneDNN made no stream".to_string());
-            }
-            *w = Some(Worker {
-                stream,
-                plans: HashMap::new(),
-                buffer: Vec::new(),
-            });
-        }
-        let w = w.as_mut().expect("made above");
-        let k = key(call, part.n);
-        let p = w
-            .plans
-            .entry(k)
-            // SAFETY: `plan` makes descriptors and primitives only.
-            .or_insert_with(|| unsafe { plan(api, call, part.n, pad_r) });
-        let Some(p) = p.as_ref() else {
-            return Ok(false);
-        };
-        let lines = p.bytes.div_ceil(64);
-        if w.buffer.len() < lines {
-            w.buffer.resize(lines, Line([0.0; 16]));
-        }
-        let base = w.buffer.as_mut_ptr() as usize;
-        // SAFETY: the caller's operands hold this part's samples at the
-        // offsets below; the blocked copies lie inside `buffer`.
-        unsafe { execute(api, w.stream, p, base, operands(call, part)) }.map(|()| true)
-    })
+    if let Some(lib) = system::probe().get(Kind::OneDnn) {
+        lib.one_omp_thread();
+    }
+    let k = key(call, part.n);
+    let p = w
+        .plans
+        .entry(k)
+        // SAFETY: `plan` makes descriptors and primitives only.
+        .or_insert_with(|| unsafe { plan(api, call, part.n, pad_r) });
+    let Some(p) = p.as_ref() else {
+        return Ok(false);
+    };
+    let lines = p.bytes.div_ceil(64);
+    if w.buffer.len() < lines {
+        w.buffer.resize(lines, Line([0.0; 16]));
+    }
+    let base = w.buffer.as_mut_ptr() as usize;
+    // SAFETY: the caller's operands hold this part's samples at the
+    // offsets below; the blocked copies lie inside `buffer`.
+    unsafe { execute(api, w.stream, p, base, operands(call, part)) }.map(|()| true)
 }
 
 /// The caller's addresses of a part's two inputs and its output.
