@@ -18,17 +18,21 @@
 //! samples: each part's is computed apart and the parts are added in
 //! order, so it depends only on the number of parts (rayon's threads).
 //!
-//! Each part of a call (by its index, whichever thread runs it) keeps, per
-//! call shape, the primitives oneDNN made for it (its "plans", made on the
-//! first call) and one growing buffer for the blocked copies of the
-//! operands.
+//! Each worker thread keeps, per call shape, the primitives oneDNN made
+//! for it (its "plans", made on the first call: a primitive runs on the
+//! thread that made it, since oneDNN's default scratchpad is per thread;
+//! running them on another thread corrupted memory). The blocked copies of
+//! the operands go to one growing buffer per part of a call, by part index
+//! (rayon may run a part on either thread; the buffers then grow once,
+//! whatever the scheduling: `tests/alloc_peak.rs`).
 
 use super::onednn::*;
 use super::sgemm::system::{self, Kind};
 use crate::codegen::backend::{ConvCall, ConvPass};
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::c_int;
 use std::sync::{Mutex, OnceLock};
 
 /// The convolution path a call takes.
@@ -160,23 +164,14 @@ pub unsafe fn run_in(call: &ConvCall, mode: Mode) -> Result<bool, String> {
         _ => Vec::new(),
     };
     let partial_at = partial.as_mut_ptr() as u64;
-    let mut workers = workers().lock().map_err(|_| "a convolution panicked")?;
-    while workers.len() < parts {
-        let mut stream = std::ptr::null_mut();
-        // SAFETY: a stream on the process's engine.
-        if (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) != 0 {
-            return Err("oneDNN made no stream".to_string());
-        }
-        workers.push(Worker {
-            stream,
-            plans: HashMap::new(),
-            buffer: Vec::new(),
-        });
+    let mut buffers = buffers().lock().map_err(|_| "a convolution panicked")?;
+    if buffers.len() < parts {
+        buffers.resize_with(parts, Vec::new);
     }
-    let results: Vec<Result<bool, String>> = workers[..parts]
+    let results: Vec<Result<bool, String>> = buffers[..parts]
         .par_iter_mut()
         .enumerate()
-        .map(|(p, w)| {
+        .map(|(p, buffer)| {
             let part = Part {
                 n: sizes[p],
                 first: starts[p],
@@ -186,10 +181,10 @@ pub unsafe fn run_in(call: &ConvCall, mode: Mode) -> Result<bool, String> {
                     _ => call.out,
                 },
             };
-            run_part(api, call, pad_r, part, w)
+            run_part(api, call, pad_r, part, buffer)
         })
         .collect();
-    drop(workers);
+    drop(buffers);
     for r in results {
         if !r? {
             if let Ok(mut s) = unsupported().lock() {
@@ -275,8 +270,6 @@ struct Planned {
 struct Worker {
     stream: Handle,
     plans: HashMap<Key, Option<Planned>>,
-    /// The blocked operands.
-    buffer: Vec<Line>,
 }
 
 /// 64 bytes, aligned as a cache line (oneDNN's kernels prefer it).
@@ -284,19 +277,15 @@ struct Worker {
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
-// SAFETY: a worker's stream and primitives are used by one part of one
-// call at a time (under the lock of `workers`), on whichever thread runs
-// it; oneDNN's CPU streams and primitives are not tied to a thread.
-unsafe impl Send for Worker {}
+thread_local! {
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+}
 
-/// The parts' workers, by part index, not by thread: rayon may run a
-/// call's parts on either thread, and a buffer made the first time a part
-/// runs should serve every later call (memory outside the plan grows once,
-/// whatever the scheduling; `tests/alloc_peak.rs`). A call holds the lock
+/// The blocked operands' buffers, by part index. A call holds the lock
 /// throughout.
-fn workers() -> &'static Mutex<Vec<Worker>> {
-    static WORKERS: OnceLock<Mutex<Vec<Worker>>> = OnceLock::new();
-    WORKERS.get_or_init(Default::default)
+fn buffers() -> &'static Mutex<Vec<Vec<Line>>> {
+    static BUFFERS: OnceLock<Mutex<Vec<Vec<Line>>>> = OnceLock::new();
+    BUFFERS.get_or_init(Default::default)
 }
 
 /// Runs one part on the calling thread; false where oneDNN has no
@@ -306,31 +295,46 @@ fn run_part(
     call: &ConvCall,
     pad_r: [i64; 2],
     part: Part,
-    w: &mut Worker,
+    buffer: &mut Vec<Line>,
 ) -> Result<bool, String> {
     if part.n == 0 {
         return Ok(true);
     }
-    if let Some(lib) = system::probe().get(Kind::OneDnn) {
-        lib.one_omp_thread();
-    }
-    let k = key(call, part.n);
-    let p = w
-        .plans
-        .entry(k)
-        // SAFETY: `plan` makes descriptors and primitives only.
-        .or_insert_with(|| unsafe { plan(api, call, part.n, pad_r) });
-    let Some(p) = p.as_ref() else {
-        return Ok(false);
-    };
-    let lines = p.bytes.div_ceil(64);
-    if w.buffer.len() < lines {
-        w.buffer.resize(lines, Line([0.0; 16]));
-    }
-    let base = w.buffer.as_mut_ptr() as usize;
-    // SAFETY: the caller's operands hold this part's samples at the
-    // offsets below; the blocked copies lie inside `buffer`.
-    unsafe { execute(api, w.stream, p, base, operands(call, part)) }.map(|()| true)
+    WORKER.with(|w| {
+        let mut w = w.borrow_mut();
+        if w.is_none() {
+            if let Some(lib) = system::probe().get(Kind::OneDnn) {
+                lib.one_omp_thread();
+            }
+            let mut stream = std::ptr::null_mut();
+            // SAFETY: a stream on the process's engine, for this thread.
+            if unsafe { (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) } != 0 {
+                return Err("oneDNN made no stream".to_string());
+            }
+            *w = Some(Worker {
+                stream,
+                plans: HashMap::new(),
+            });
+        }
+        let w = w.as_mut().expect("made above");
+        let k = key(call, part.n);
+        let p = w
+            .plans
+            .entry(k)
+            // SAFETY: `plan` makes descriptors and primitives only.
+            .or_insert_with(|| unsafe { plan(api, call, part.n, pad_r) });
+        let Some(p) = p.as_ref() else {
+            return Ok(false);
+        };
+        let lines = p.bytes.div_ceil(64);
+        if buffer.len() < lines {
+            buffer.resize(lines, Line([0.0; 16]));
+        }
+        let base = buffer.as_mut_ptr() as usize;
+        // SAFETY: the caller's operands hold this part's samples at the
+        // offsets below; the blocked copies lie inside `buffer`.
+        unsafe { execute(api, w.stream, p, base, operands(call, part)) }.map(|()| true)
+    })
 }
 
 /// The caller's addresses of a part's two inputs and its output.
@@ -429,28 +433,8 @@ unsafe fn forward(api: &Api, c: &ConvCall, n: usize, pad_r: [i64; 2]) -> Option<
     let x = md(api, [n, c.ci, c.h, c.w], TAG_ANY)?;
     let y = md(api, [n, c.co, c.ho, c.wo], TAG_ANY)?;
     let w = md(api, [c.co, c.ci, c.k, c.k], TAG_ANY)?;
-    let mut dims: [Dims; 3] = [[0; 12]; 3];
-    dims[0][..2].fill(c.stride as i64);
-    dims[1][..2].fill(c.pad as i64);
-    dims[2][..2].copy_from_slice(&pad_r);
-    let mut desc = OpDesc([0; 16384]);
-    let made = (api.conv_forward)(
-        &mut desc,
-        FORWARD_TRAINING,
-        CONVOLUTION_DIRECT,
-        &x,
-        &w,
-        std::ptr::null(),
-        &y,
-        dims[0].as_ptr(),
-        dims[1].as_ptr(),
-        dims[2].as_ptr(),
-    );
-    let null = std::ptr::null_mut();
-    let mut pd = null;
-    if made != 0 || (api.pd_create)(&mut pd, &desc, null, api.engine, null) != 0 {
-        return None;
-    }
+    let dims = conv_dims(c.stride, c.pad, pad_r);
+    let pd = conv_forward_pd(api, [&x, &w, &y], &dims)?;
     Some(Forward { x, y, w, dims, pd })
 }
 
@@ -587,15 +571,7 @@ pub fn implementation(c: &ConvCall) -> Option<String> {
     // SAFETY: descriptors only; the string is the library's, copied.
     unsafe {
         let fwd = forward(api, c, c.b, pad_r)?;
-        let mut s: *const c_char = std::ptr::null();
-        let got = (api.pd_query)(
-            fwd.pd,
-            QUERY_IMPL_INFO_STR,
-            0,
-            &mut s as *mut _ as *mut c_void,
-        );
-        let name =
-            (got == 0 && !s.is_null()).then(|| CStr::from_ptr(s).to_string_lossy().into_owned());
+        let name = impl_name(api, fwd.pd);
         (api.pd_destroy)(fwd.pd);
         name
     }

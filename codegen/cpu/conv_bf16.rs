@@ -33,15 +33,16 @@
 use super::amx::{self, PARTS};
 use super::layout;
 use super::onednn::{
-    md_of, Api, ExecArg, Handle, Md, OpDesc, ARG_DST, ARG_FROM, ARG_SRC, ARG_TO, ARG_WEIGHTS, BF16,
-    CONVOLUTION_DIRECT, F32, FORWARD_TRAINING, QUERY_IMPL_INFO_STR, QUERY_WEIGHTS_MD,
-    STREAM_DEFAULT, TAG_ABCD, TAG_ACDB, TAG_ANY,
+    conv_dims, conv_forward_pd, impl_name, md_of, Api, ExecArg, Handle, Md, ARG_DST, ARG_FROM,
+    ARG_SRC, ARG_TO, ARG_WEIGHTS, BF16, F32, QUERY_WEIGHTS_MD, STREAM_DEFAULT, TAG_ABCD, TAG_ACDB,
+    TAG_ANY,
 };
 use super::sgemm::system::{self, Kind};
 use crate::codegen::backend::ConvCall;
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -116,39 +117,10 @@ unsafe fn descriptor(api: &Api, s: &Shape) -> Option<(Handle, String)> {
     let x = md_of(api, [s.n, PARTS * s.ci, s.h, s.w], BF16, TAG_ACDB)?;
     let wt = md_of(api, [s.co, PARTS * s.ci, s.k, s.k], BF16, TAG_ANY)?;
     let y = md_of(api, [s.n, s.co, s.ho, s.wo], F32, TAG_ACDB)?;
-    let mut dims = [[0i64; 12]; 3];
-    dims[0][..2].fill(s.stride as i64);
-    dims[1][..2].fill(s.pad[0] as i64);
-    dims[2][0] = s.pad[1] as i64;
-    dims[2][1] = s.pad[2] as i64;
-    let mut desc = OpDesc([0; 16384]);
-    let made = (api.conv_forward)(
-        &mut desc,
-        FORWARD_TRAINING,
-        CONVOLUTION_DIRECT,
-        &x,
-        &wt,
-        std::ptr::null(),
-        &y,
-        dims[0].as_ptr(),
-        dims[1].as_ptr(),
-        dims[2].as_ptr(),
-    );
-    let null = std::ptr::null_mut();
-    let mut pd = null;
-    if made != 0 || (api.pd_create)(&mut pd, &desc, null, api.engine, null) != 0 {
-        return None;
-    }
-    let mut name: *const c_char = std::ptr::null();
-    let got = (api.pd_query)(
-        pd,
-        QUERY_IMPL_INFO_STR,
-        0,
-        &mut name as *mut _ as *mut c_void,
-    );
-    let imp = (got == 0 && !name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy());
-    match imp {
-        Some(imp) if imp.contains("amx") => Some((pd, imp.into_owned())),
+    let dims = conv_dims(s.stride, s.pad[0], [s.pad[1] as i64, s.pad[2] as i64]);
+    let pd = conv_forward_pd(api, [&x, &wt, &y], &dims)?;
+    match impl_name(api, pd) {
+        Some(imp) if imp.contains("amx") => Some((pd, imp)),
         _ => {
             (api.pd_destroy)(pd);
             None
@@ -220,22 +192,17 @@ unsafe fn plan(api: &Api, s: &Shape) -> Option<Plan> {
     made
 }
 
-/// One part's state: its stream, its primitives per chunk shape and its
-/// buffer (the weights in the convolution's layout, a chunk's NHWC output
-/// and input). Kept per part index, not per thread: rayon may run a
-/// call's parts on either thread, and a buffer made the first time a part
-/// runs should serve every later call (memory outside the plan grows once,
-/// whatever the scheduling; `tests/alloc_peak.rs`).
+/// A worker thread's stream and primitives per chunk shape. A primitive
+/// runs on the thread that made it (oneDNN's default scratchpad is per
+/// thread; running one on another thread corrupted memory).
 struct Worker {
     stream: Handle,
     plans: HashMap<Shape, Option<Plan>>,
-    buffer: Vec<Line>,
 }
 
-// SAFETY: a worker's stream and primitives are used by one part of one
-// call at a time (under the lock of `state`), on whichever thread runs it;
-// oneDNN's CPU streams and primitives are not tied to a thread.
-unsafe impl Send for Worker {}
+thread_local! {
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+}
 
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -243,11 +210,14 @@ struct Line([f32; 16]);
 
 /// What the calls share, under one lock (a call holds it throughout): the
 /// split weights (OIHW over 3·ci input channels, made once per call for
-/// every part) and the parts' workers.
+/// every part) and each part's buffer (the weights in the convolution's
+/// layout, a chunk's NHWC output and input), by part index: rayon may run
+/// a part on either thread, and the buffers then grow once whatever the
+/// scheduling (`tests/alloc_peak.rs`).
 #[derive(Default)]
 struct State {
     split: Vec<u16>,
-    workers: Vec<Worker>,
+    buffers: Vec<Vec<Line>>,
 }
 
 fn state() -> &'static Mutex<State> {
@@ -302,31 +272,32 @@ pub(super) fn forward(
         )
     };
     let mut state = state().lock().map_err(|_| "a convolution panicked")?;
-    let State { split, workers } = &mut *state;
-    while workers.len() < sizes.len() {
-        let mut stream = std::ptr::null_mut();
-        // SAFETY: a stream on the process's engine.
-        if unsafe { (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) } != 0 {
-            return Err("oneDNN made no stream".into());
-        }
-        workers.push(Worker {
-            stream,
-            plans: HashMap::new(),
-            buffer: Vec::new(),
-        });
+    let State { split, buffers } = &mut *state;
+    if buffers.len() < sizes.len() {
+        buffers.resize_with(sizes.len(), Vec::new);
     }
     split_weights(w, call.co, call.ci, call.k * call.k, split);
     let ws = split.as_ptr() as usize;
     let inexact = AtomicBool::new(false);
-    let ran = workers[..sizes.len()]
+    let ran = buffers[..sizes.len()]
         .par_iter_mut()
         .enumerate()
-        .all(|(p, wk)| {
+        .all(|(p, buffer)| {
             let (n, first) = (sizes[p], starts[p]);
             // SAFETY: this part's samples of the caller's input and output
             // (NCHW), apart from the other parts'; the split weights.
             n == 0
-                || unsafe { run_part(api, call, pad_r, [first, n], ws as *const u16, &inexact, wk) }
+                || unsafe {
+                    run_part(
+                        api,
+                        call,
+                        pad_r,
+                        [first, n],
+                        ws as *const u16,
+                        &inexact,
+                        buffer,
+                    )
+                }
         });
     Ok(ran && !inexact.load(Ordering::Relaxed))
 }
@@ -343,20 +314,54 @@ unsafe fn run_part(
     [first, n]: [usize; 2],
     w: *const u16,
     inexact: &AtomicBool,
+    buffer: &mut Vec<Line>,
+) -> bool {
+    let sample_in = call.ci * call.h * call.w;
+    let sample_y = call.co * call.ho * call.wo;
+    let x = std::slice::from_raw_parts(
+        (call.ins[0] as *const f32).add(first * sample_in),
+        n * sample_in,
+    );
+    let out = (call.out as *mut f32).add(first * sample_y);
+    WORKER.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            if let Some(lib) = system::probe().get(Kind::OneDnn) {
+                lib.one_omp_thread();
+            }
+            let mut stream = std::ptr::null_mut();
+            if (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) != 0 {
+                return false;
+            }
+            *cell = Some(Worker {
+                stream,
+                plans: HashMap::new(),
+            });
+        }
+        let Some(wk) = cell.as_mut() else {
+            return false;
+        };
+        run_chunks(api, call, pad_r, x, out, w, inexact, buffer, wk)
+    })
+}
+
+/// `run_part`'s chunks on this thread's worker `wk`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_chunks(
+    api: &Api,
+    call: &ConvCall,
+    pad_r: [i64; 2],
+    x: &[f32],
+    out: *mut f32,
+    w: *const u16,
+    inexact: &AtomicBool,
+    buffer: &mut Vec<Line>,
     wk: &mut Worker,
 ) -> bool {
     let (hw_in, hw_out) = (call.h * call.w, call.ho * call.wo);
     let sample_in = call.ci * hw_in;
     let sample_x = PARTS * sample_in;
     let sample_y = call.co * hw_out;
-    let x = std::slice::from_raw_parts(
-        (call.ins[0] as *const f32).add(first * sample_in),
-        n * sample_in,
-    );
-    let out = (call.out as *mut f32).add(first * sample_y);
-    if let Some(lib) = system::probe().get(Kind::OneDnn) {
-        lib.one_omp_thread();
-    }
     let ok = |r: i32| r == 0;
     let run = |r: Handle, args: &[(c_int, Handle)]| {
         let args: Vec<ExecArg> = args
@@ -385,10 +390,10 @@ unsafe fn run_part(
             return false;
         };
         let lines = (plan.w_bytes + plan.y_bytes + plan.x_bytes).div_ceil(64);
-        if wk.buffer.len() < lines {
-            wk.buffer.resize(lines, Line([0.0; 16]));
+        if buffer.len() < lines {
+            buffer.resize(lines, Line([0.0; 16]));
         }
-        let base = wk.buffer.as_mut_ptr() as usize;
+        let base = buffer.as_mut_ptr() as usize;
         let (w_at, y_at) = (base, base + plan.w_bytes);
         let x_at = y_at + plan.y_bytes;
         let handles = [

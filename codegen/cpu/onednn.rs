@@ -5,7 +5,7 @@
 
 use super::sgemm::system::{self, Kind};
 use libloading::Library;
-use std::ffi::{c_int, c_void};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
 
 pub(super) type Handle = *mut c_void;
@@ -197,4 +197,47 @@ pub(super) unsafe fn md_of(api: &Api, dims: [usize; 4], dtype: c_int, tag: c_int
     let mut m = Md([0; 2048]);
     let d = dims.map(|x| x as i64);
     ((api.md_init_by_tag)(&mut m, 4, d.as_ptr(), dtype, tag) == 0).then_some(m)
+}
+
+/// A 2-D convolution's strides, left/top padding and bottom/right padding
+/// as oneDNN's descriptors take them.
+pub(super) fn conv_dims(stride: usize, pad: usize, pad_r: [i64; 2]) -> [Dims; 3] {
+    let mut dims: [Dims; 3] = [[0; 12]; 3];
+    dims[0][..2].fill(stride as i64);
+    dims[1][..2].fill(pad as i64);
+    dims[2][..2].copy_from_slice(&pad_r);
+    dims
+}
+
+/// The primitive descriptor oneDNN picks for a forward (training)
+/// convolution of `x` by `w` into `y`, or `None` where it has none.
+pub(super) unsafe fn conv_forward_pd(
+    api: &Api,
+    [x, w, y]: [&Md; 3],
+    dims: &[Dims; 3],
+) -> Option<Handle> {
+    let mut desc = OpDesc([0; 16384]);
+    let made = (api.conv_forward)(
+        &mut desc,
+        FORWARD_TRAINING,
+        CONVOLUTION_DIRECT,
+        x,
+        w,
+        std::ptr::null(),
+        y,
+        dims[0].as_ptr(),
+        dims[1].as_ptr(),
+        dims[2].as_ptr(),
+    );
+    let null = std::ptr::null_mut();
+    let mut pd = null;
+    (made == 0 && (api.pd_create)(&mut pd, &desc, null, api.engine, null) == 0).then_some(pd)
+}
+
+/// The name of the implementation behind `pd` (its `impl_info_str`, e.g.
+/// `jit:avx512_core`).
+pub(super) unsafe fn impl_name(api: &Api, pd: Handle) -> Option<String> {
+    let mut s: *const c_char = std::ptr::null();
+    let got = (api.pd_query)(pd, QUERY_IMPL_INFO_STR, 0, &mut s as *mut _ as *mut c_void);
+    (got == 0 && !s.is_null()).then(|| CStr::from_ptr(s).to_string_lossy().into_owned())
 }
