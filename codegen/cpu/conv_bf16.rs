@@ -139,7 +139,7 @@ struct Plan {
     w: Handle,
     y: Handle,
     /// Bytes of the weights in the convolution's layout, of its NHWC
-    /// output and of its input, in the worker's buffer.
+    /// output and of its input, in the part's buffer.
     w_bytes: usize,
     y_bytes: usize,
     x_bytes: usize,
@@ -225,10 +225,10 @@ fn state() -> &'static Mutex<State> {
     STATE.get_or_init(Default::default)
 }
 
-/// Samples per convolution a worker runs: its converted input (86 KB per
-/// sample for fmnist_csnn's second convolution) and its NHWC output
-/// (50 KB) stay in the core's L2 cache between the conversion, the
-/// convolution and the turn back to NCHW.
+/// Samples per convolution a part runs: their converted input (37 KB a
+/// sample for fmnist_csnn's second convolution) and NHWC output (50 KB),
+/// ~0.7 MB for 8, stay in the core's 2 MB L2 cache between the
+/// conversion, the convolution and the turn back to NCHW.
 const CHUNK: usize = 8;
 
 /// `w` (OIHW) as three bf16 parts per weight, OIHW over 3·ci input
@@ -302,8 +302,9 @@ pub(super) fn forward(
     Ok(ran && !inexact.load(Ordering::Relaxed))
 }
 
-/// One worker's samples [first, first + n), CHUNK at a time: checked
-/// exact, turned into its buffer (NHWC bf16, three times), through the
+/// One part's samples [first, first + n), on the calling thread's
+/// primitives, CHUNK at a time: checked exact, turned into the part's
+/// `buffer` (NHWC bf16, three times), through the
 /// convolution with the split weights `w`, then turned into the caller's
 /// output (NCHW). False where oneDNN fails or an input is inexact
 /// (then `inexact` is set, and the other parts stop at their next chunk).
