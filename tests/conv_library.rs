@@ -192,10 +192,11 @@ fn library_convolutions_equal_the_interpreter() {
     );
 }
 
-#[test]
-fn an_unknown_conv_path_is_an_error_that_lists_the_names() {
-    // In a child process: the variable is read once per process, and setting it
-    // here would reach the other test's thread.
+/// `snnc bench` on a tiny fmnist_csnn step with `var=value`, in a child
+/// process (the variables are read once per process, and setting one here
+/// would reach the other tests' threads): whether it succeeded, and what
+/// it printed.
+fn bench_with(var: &str, value: &str) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_snnc"))
         .args([
             "bench",
@@ -207,13 +208,30 @@ fn an_unknown_conv_path_is_an_error_that_lists_the_names() {
             "--repeats",
             "1",
         ])
-        .env("SNNC_CONV", "winograd")
+        .env(var, value)
         .output()
         .expect("snnc runs");
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn an_unknown_conv_path_is_an_error_that_lists_the_names() {
+    let (ok, text) = bench_with("SNNC_CONV", "winograd");
+    assert!(!ok, "{text}");
     assert!(
         text.contains("SNNC_CONV=`winograd` names no convolution path (onednn, im2col)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unknown_amx_switch_is_an_error() {
+    let (ok, text) = bench_with("SNNC_AMX", "maybe");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("SNNC_AMX=`maybe` is neither `on` nor `off`"),
         "{text}"
     );
 }
@@ -295,29 +313,4 @@ fn spike_inputs_on_amx_agree_with_the_f32_kernels() {
     // fmnist_csnn's second convolution at least (32 → 64 channels).
     println!("{on_amx} of {} shapes ran on AMX", shapes.len());
     assert!(on_amx >= 2, "only {on_amx} shapes ran on AMX");
-}
-
-#[test]
-fn an_unknown_amx_switch_is_an_error() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snnc"))
-        .args([
-            "bench",
-            "examples/models/fmnist_csnn.snn",
-            "-T",
-            "1",
-            "--batch",
-            "2",
-            "--repeats",
-            "1",
-        ])
-        .env("SNNC_AMX", "maybe")
-        .output()
-        .expect("snnc runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
-    assert!(
-        text.contains("SNNC_AMX=`maybe` is neither `on` nor `off`"),
-        "{text}"
-    );
 }

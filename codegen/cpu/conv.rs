@@ -27,7 +27,6 @@
 //! whatever the scheduling: `tests/alloc_peak.rs`).
 
 use super::onednn::*;
-use super::sgemm::system::{self, Kind};
 use crate::codegen::backend::{ConvCall, ConvPass};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -303,14 +302,7 @@ fn run_part(
     WORKER.with(|w| {
         let mut w = w.borrow_mut();
         if w.is_none() {
-            if let Some(lib) = system::probe().get(Kind::OneDnn) {
-                lib.one_omp_thread();
-            }
-            let mut stream = std::ptr::null_mut();
-            // SAFETY: a stream on the process's engine, for this thread.
-            if unsafe { (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) } != 0 {
-                return Err("oneDNN made no stream".to_string());
-            }
+            let stream = thread_stream(api).ok_or("oneDNN made no stream")?;
             *w = Some(Worker {
                 stream,
                 plans: HashMap::new(),

@@ -33,11 +33,10 @@
 use super::amx::{self, PARTS};
 use super::layout;
 use super::onednn::{
-    conv_dims, conv_forward_pd, impl_name, md_of, Api, ExecArg, Handle, Md, ARG_DST, ARG_FROM,
-    ARG_SRC, ARG_TO, ARG_WEIGHTS, BF16, F32, QUERY_WEIGHTS_MD, STREAM_DEFAULT, TAG_ABCD, TAG_ACDB,
+    conv_dims, conv_forward_pd, impl_name, md_of, thread_stream, Api, ExecArg, Handle, Md, ARG_DST,
+    ARG_FROM, ARG_SRC, ARG_TO, ARG_WEIGHTS, BF16, F32, QUERY_WEIGHTS_MD, TAG_ABCD, TAG_ACDB,
     TAG_ANY,
 };
-use super::sgemm::system::{self, Kind};
 use crate::codegen::backend::ConvCall;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -327,13 +326,9 @@ unsafe fn run_part(
     WORKER.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
-            if let Some(lib) = system::probe().get(Kind::OneDnn) {
-                lib.one_omp_thread();
-            }
-            let mut stream = std::ptr::null_mut();
-            if (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) != 0 {
+            let Some(stream) = thread_stream(api) else {
                 return false;
-            }
+            };
             *cell = Some(Worker {
                 stream,
                 plans: HashMap::new(),

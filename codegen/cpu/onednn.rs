@@ -241,3 +241,15 @@ pub(super) unsafe fn impl_name(api: &Api, pd: Handle) -> Option<String> {
     let got = (api.pd_query)(pd, QUERY_IMPL_INFO_STR, 0, &mut s as *mut _ as *mut c_void);
     (got == 0 && !s.is_null()).then(|| CStr::from_ptr(s).to_string_lossy().into_owned())
 }
+
+/// A stream on the process's engine for the calling thread, whose oneDNN
+/// calls then run on one OpenMP thread (each part of a call runs on its
+/// own rayon worker); `None` where oneDNN makes none.
+pub(super) fn thread_stream(api: &Api) -> Option<Handle> {
+    if let Some(lib) = system::probe().get(Kind::OneDnn) {
+        lib.one_omp_thread();
+    }
+    let mut stream = std::ptr::null_mut();
+    // SAFETY: a stream on the process's engine.
+    (unsafe { (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) } == 0).then_some(stream)
+}
