@@ -504,8 +504,7 @@ unsafe fn plan(api: &Api, c: &ConvCall, n: usize, pad_r: [i64; 2]) -> Option<Pla
                 return None;
             }
             let plain_md = md(api, dims, TAG_ABCD)?;
-            let mut plain = null;
-            ok((api.memory_create)(&mut plain, &plain_md, api.engine, null))?;
+            let plain = memory(api, &plain_md)?;
             let blocked = if (api.md_equal)(want, &plain_md) != 0 {
                 None
             } else {
@@ -513,16 +512,8 @@ unsafe fn plan(api: &Api, c: &ConvCall, n: usize, pad_r: [i64; 2]) -> Option<Pla
                     2 => (want, &plain_md),
                     _ => (&plain_md, want),
                 };
-                let mut rpd = null;
-                ok((api.reorder_pd_create)(
-                    &mut rpd, from, api.engine, to, api.engine, null,
-                ))?;
-                let mut reorder = null;
-                let made = ok((api.primitive_create)(&mut reorder, rpd));
-                (api.pd_destroy)(rpd);
-                made?;
-                let mut memory = null;
-                ok((api.memory_create)(&mut memory, want, api.engine, null))?;
+                let reorder = reorder(api, from, to)?;
+                let memory = memory(api, want)?;
                 let at = bytes;
                 bytes += (api.md_get_size)(want).next_multiple_of(64);
                 Some(Blocked {

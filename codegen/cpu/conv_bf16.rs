@@ -33,9 +33,9 @@
 use super::amx::{self, PARTS};
 use super::layout;
 use super::onednn::{
-    conv_dims, conv_forward_pd, impl_name, md_of, thread_stream, Api, ExecArg, Handle, Md, ARG_DST,
-    ARG_FROM, ARG_SRC, ARG_TO, ARG_WEIGHTS, BF16, F32, QUERY_WEIGHTS_MD, TAG_ABCD, TAG_ACDB,
-    TAG_ANY,
+    conv_dims, conv_forward_pd, impl_name, md_of, memory, reorder, thread_stream, Api, ExecArg,
+    Handle, ARG_DST, ARG_FROM, ARG_SRC, ARG_TO, ARG_WEIGHTS, BF16, F32, QUERY_WEIGHTS_MD, TAG_ABCD,
+    TAG_ACDB, TAG_ANY,
 };
 use crate::codegen::backend::ConvCall;
 use rayon::prelude::*;
@@ -156,32 +156,16 @@ unsafe fn plan(api: &Api, s: &Shape) -> Option<Plan> {
         if w_md.is_null() {
             return None;
         }
-        let memory = |m: *const Md| {
-            let mut h = null;
-            ok((api.memory_create)(&mut h, m, api.engine, null)).map(|()| h)
-        };
-        let mut rpd = null;
-        ok((api.reorder_pd_create)(
-            &mut rpd,
-            &w_plain_md,
-            api.engine,
-            w_md,
-            api.engine,
-            null,
-        ))?;
-        let mut w_reorder = null;
-        let made = ok((api.primitive_create)(&mut w_reorder, rpd));
-        (api.pd_destroy)(rpd);
-        made?;
+        let w_reorder = reorder(api, &w_plain_md, w_md)?;
         let mut conv = null;
         ok((api.primitive_create)(&mut conv, pd))?;
         Some(Plan {
             conv,
-            x: memory(&x_md)?,
+            x: memory(api, &x_md)?,
             w_reorder,
-            w_plain: memory(&w_plain_md)?,
-            w: memory(w_md)?,
-            y: memory(&y_md)?,
+            w_plain: memory(api, &w_plain_md)?,
+            w: memory(api, w_md)?,
+            y: memory(api, &y_md)?,
             w_bytes: (api.md_get_size)(w_md).next_multiple_of(64),
             y_bytes: (api.md_get_size)(&y_md).next_multiple_of(64),
             x_bytes: (api.md_get_size)(&x_md).next_multiple_of(64),
@@ -216,6 +200,9 @@ struct Line([f32; 16]);
 #[derive(Default)]
 struct State {
     split: Vec<u16>,
+    /// The shape (co, ci, k²) and bits of the weights `split` was made
+    /// from: a layer's T calls in a step share its weights, split once.
+    split_from: ([usize; 3], Vec<u32>),
     buffers: Vec<Vec<Line>>,
 }
 
@@ -271,11 +258,27 @@ pub(super) fn forward(
         )
     };
     let mut state = state().lock().map_err(|_| "a convolution panicked")?;
-    let State { split, buffers } = &mut *state;
+    let State {
+        split,
+        split_from,
+        buffers,
+    } = &mut *state;
     if buffers.len() < sizes.len() {
         buffers.resize_with(sizes.len(), Vec::new);
     }
-    split_weights(w, call.co, call.ci, call.k * call.k, split);
+    let shape = [call.co, call.ci, call.k * call.k];
+    let same = split_from.0 == shape
+        && split_from
+            .1
+            .iter()
+            .copied()
+            .eq(w.iter().map(|v| v.to_bits()));
+    if !same {
+        split_weights(w, call.co, call.ci, call.k * call.k, split);
+        split_from.0 = shape;
+        split_from.1.clear();
+        split_from.1.extend(w.iter().map(|v| v.to_bits()));
+    }
     let ws = split.as_ptr() as usize;
     let inexact = AtomicBool::new(false);
     let ran = buffers[..sizes.len()]

@@ -253,3 +253,22 @@ pub(super) fn thread_stream(api: &Api) -> Option<Handle> {
     // SAFETY: a stream on the process's engine.
     (unsafe { (api.stream_create)(&mut stream, api.engine, STREAM_DEFAULT) } == 0).then_some(stream)
 }
+
+/// A memory object for `md` (its data handle set before each use).
+pub(super) unsafe fn memory(api: &Api, md: *const Md) -> Option<Handle> {
+    let mut h = std::ptr::null_mut();
+    ((api.memory_create)(&mut h, md, api.engine, std::ptr::null_mut()) == 0).then_some(h)
+}
+
+/// A reorder primitive from layout `from` to layout `to`.
+pub(super) unsafe fn reorder(api: &Api, from: *const Md, to: *const Md) -> Option<Handle> {
+    let null = std::ptr::null_mut();
+    let mut rpd = null;
+    if (api.reorder_pd_create)(&mut rpd, from, api.engine, to, api.engine, null) != 0 {
+        return None;
+    }
+    let mut r = null;
+    let made = (api.primitive_create)(&mut r, rpd) == 0;
+    (api.pd_destroy)(rpd);
+    made.then_some(r)
+}
