@@ -95,6 +95,7 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("snnc_chan_finish", "ppiiid"),
     ("snnc_chan_moments_partial", "pppiiii"),
     ("snnc_chan_moments_finish", "pppiiid"),
+    ("snnc_chan_moments_put", "pppii"),
     ("snnc_chan_var_moments", "pppid"),
     ("snnc_softmax_xent", "pppii"),
     ("snnc_softmax_xent_grad", "pppii"),
@@ -194,6 +195,11 @@ pub struct ConvCall {
     pub wo: usize,
     pub ins: [u64; 2],
     pub out: u64,
+    /// Zero, or for a forward whose output feeds batch-norm statistics:
+    /// where the backend may also write the output's per-channel Σx and
+    /// Σx² (`2·co` doubles, Σx first), summed while the output is in
+    /// cache ([`Backend::conv_wrote_moments`] says whether it did).
+    pub moments: u64,
 }
 
 impl ConvCall {
@@ -369,6 +375,11 @@ pub trait Backend {
     /// profile (the CPU's: `library`, or `library, AMX bf16×3`).
     fn conv_path(&self) -> &'static str {
         "library"
+    }
+    /// Whether the last [`Backend::conv`] that ran wrote its output's
+    /// moments to [`ConvCall::moments`] (the CPU's AMX path does).
+    fn conv_wrote_moments(&self) -> bool {
+        false
     }
     /// Waits for all queued work.
     fn sync(&mut self) -> Result<(), BackendError>;

@@ -54,7 +54,7 @@ fn library(
     ins: [&Tensor<f64>; 2],
     out_shape: &[usize],
 ) -> Option<Tensor<f64>> {
-    library_in(pass, s, ins, out_shape, conv::Mode::OneDnn).map(|(t, _)| t)
+    library_in(pass, s, ins, out_shape, conv::Mode::OneDnn, None).map(|(t, _)| t)
 }
 
 /// `library` on the path `mode` names, with the path the call took.
@@ -64,6 +64,7 @@ fn library_in(
     ins: [&Tensor<f64>; 2],
     out_shape: &[usize],
     mode: conv::Mode,
+    moments: Option<&mut [f64]>,
 ) -> Option<(Tensor<f64>, &'static str)> {
     let [b, ci, h, w, co, k, stride, pad] = s;
     let ho = (h + 2 * pad - k) / stride + 1;
@@ -85,6 +86,7 @@ fn library_in(
         wo,
         ins: [a.as_ptr() as u64, bb.as_ptr() as u64],
         out: out.as_mut_ptr() as u64,
+        moments: moments.map_or(0, |m| m.as_mut_ptr() as u64),
     };
     // SAFETY: the buffers hold the call's operands and outlive it.
     let done =
@@ -113,6 +115,7 @@ fn library_convolutions_equal_the_interpreter() {
         wo: 14,
         ins: [0; 2],
         out: 0,
+        moments: 0,
     };
     let Some(imp) = conv::implementation(&probe) else {
         let why = conv::describe();
@@ -280,7 +283,8 @@ fn spike_inputs_on_amx_agree_with_the_f32_kernels() {
             padding: pad,
         };
         let want = eval_op(&op, &shape, &[&x, &wt], &opts).expect("the interpreter runs it");
-        let run = |x: &Tensor<f64>, mode| library_in(ConvPass::Forward, s, [x, &wt], &shape, mode);
+        let run =
+            |x: &Tensor<f64>, mode| library_in(ConvPass::Forward, s, [x, &wt], &shape, mode, None);
         let (Some((got, path)), Some((f32s, _))) =
             (run(&x, conv::Mode::OneDnn), run(&x, conv::Mode::OneDnnF32))
         else {
@@ -313,4 +317,70 @@ fn spike_inputs_on_amx_agree_with_the_f32_kernels() {
     // fmnist_csnn's second convolution at least (32 → 64 channels).
     println!("{on_amx} of {} shapes ran on AMX", shapes.len());
     assert!(on_amx >= 2, "only {on_amx} shapes ran on AMX");
+}
+
+/// A forward on the AMX path that is asked for its output's moments
+/// (`ConvCall::moments`, summed per chunk while the chunk is in cache)
+/// writes Σx and Σx² per channel equal to the sums of the output it
+/// wrote, in double, within 1e-12 of Σ|x| and Σx² (measured: ≤ 1e-15;
+/// summing one sample too few or leaving x² out fails by far more), and
+/// the same output bit for bit as without; on the f32 kernels (an inexact
+/// input) it says it wrote none.
+#[test]
+fn amx_forwards_sum_their_output_moments() {
+    if let Err(why) = conv::amx() {
+        println!("skipped: no AMX convolutions here ({why})");
+        return;
+    }
+    let shapes = [[19, 32, 14, 14, 64, 3, 1, 1], [5, 32, 14, 14, 64, 3, 1, 1]];
+    for (i, &s) in shapes.iter().enumerate() {
+        let [b, ci, h, w, co, k, stride, pad] = s;
+        let ho = (h + 2 * pad - k) / stride + 1;
+        let wo = (w + 2 * pad - k) / stride + 1;
+        let x = spikes(&[b, ci, h, w], 60 + i as u64);
+        let wt = data(&[co, ci, k, k], 70 + i as u64);
+        let shape = vec![b, co, ho, wo];
+        let run = |x: &Tensor<f64>, m: Option<&mut [f64]>| {
+            library_in(
+                ConvPass::Forward,
+                s,
+                [x, &wt],
+                &shape,
+                conv::Mode::OneDnn,
+                m,
+            )
+            .unwrap_or_else(|| panic!("{s:?}: oneDNN declined"))
+        };
+        let (plain, _) = run(&x, None);
+        let mut m = vec![f64::NAN; 2 * co];
+        let (got, path) = run(&x, Some(&mut m));
+        assert_eq!(path, "library, AMX bf16×3", "{s:?}");
+        assert!(conv::last_wrote_moments(), "{s:?}: no moments written");
+        assert!(got.data == plain.data, "{s:?}: the output changed");
+        let hw = ho * wo;
+        for c in 0..co {
+            let vals = (0..b).flat_map(|n| &got.data[(n * co + c) * hw..][..hw]);
+            let (mut sum, mut abs, mut sq) = (0.0, 0.0, 0.0);
+            for &v in vals {
+                sum += v;
+                abs += v.abs();
+                sq += v * v;
+            }
+            let (ds, dq) = ((m[c] - sum).abs(), (m[co + c] - sq).abs());
+            assert!(ds <= 1e-12 * abs, "{s:?} channel {c}: Σx {} vs {sum}", m[c]);
+            assert!(
+                dq <= 1e-12 * sq,
+                "{s:?} channel {c}: Σx² {} vs {sq}",
+                m[co + c]
+            );
+        }
+        let mut inexact = x.clone();
+        inexact.data[0] = 0.1;
+        let (_, path) = run(&inexact, Some(&mut m));
+        assert_eq!(path, "library", "{s:?}");
+        assert!(
+            !conv::last_wrote_moments(),
+            "{s:?}: moments from the f32 kernels"
+        );
+    }
 }

@@ -396,6 +396,10 @@ impl Backend for Cpu {
         conv::last_path()
     }
 
+    fn conv_wrote_moments(&self) -> bool {
+        conv::last_wrote_moments()
+    }
+
     fn sync(&mut self) -> Result<(), BackendError> {
         Ok(())
     }

@@ -101,8 +101,16 @@ pub fn last_path() -> &'static str {
     LAST_PATH.with(|p| p.get())
 }
 
+/// Whether the calling thread's last successful [`run`] wrote its
+/// output's moments to `ConvCall::moments` (the AMX path does; the f32
+/// kernels write none).
+pub fn last_wrote_moments() -> bool {
+    LAST_MOMENTS.with(|m| m.get())
+}
+
 thread_local! {
     static LAST_PATH: std::cell::Cell<&'static str> = const { std::cell::Cell::new("library") };
+    static LAST_MOMENTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Runs `call` on oneDNN: false where this machine or the call's shape
@@ -153,9 +161,11 @@ pub unsafe fn run_in(call: &ConvCall, mode: Mode) -> Result<bool, String> {
         && super::conv_bf16::forward(api, call, pad_r, &sizes, &starts)?
     {
         LAST_PATH.with(|p| p.set("library, AMX bf16×3"));
+        LAST_MOMENTS.with(|m| m.set(call.moments != 0));
         return Ok(true);
     }
     LAST_PATH.with(|p| p.set("library"));
+    LAST_MOMENTS.with(|m| m.set(false));
     let wlen = call.co * call.ci * call.k * call.k;
     // The weight gradient's parts past the first, summed into the output.
     let mut partial = match call.pass {

@@ -204,6 +204,9 @@ struct State {
     /// from: a layer's T calls in a step share its weights, split once.
     split_from: ([usize; 3], Vec<u32>),
     buffers: Vec<Vec<Line>>,
+    /// Each part's Σx and Σx² per output channel, where the call asks
+    /// for its output's moments (`ConvCall::moments`).
+    sums: Vec<Vec<f64>>,
 }
 
 fn state() -> &'static Mutex<State> {
@@ -238,7 +241,11 @@ fn split_weights(w: &[f32], co: usize, ci: usize, kk: usize, out: &mut Vec<u16>)
 /// bf16 and oneDNN has an AMX kernel for its shape; false otherwise (the
 /// output then holds whatever the parts wrote before one found an
 /// inexact element: the caller's f32 path overwrites it). `sizes` and
-/// `starts` split the samples over rayon's workers.
+/// `starts` split the samples over rayon's workers. Where the call asks
+/// for them (`call.moments`), a call that ran also wrote its output's
+/// moments there: each part sums its chunks as it turns them back to
+/// NCHW, in order, and the parts are added in order, so the sums depend
+/// only on `sizes`.
 pub(super) fn forward(
     api: &Api,
     call: &ConvCall,
@@ -262,9 +269,20 @@ pub(super) fn forward(
         split,
         split_from,
         buffers,
+        sums,
     } = &mut *state;
     if buffers.len() < sizes.len() {
         buffers.resize_with(sizes.len(), Vec::new);
+    }
+    let want_moments = call.moments != 0;
+    if sums.len() < sizes.len() {
+        sums.resize_with(sizes.len(), Vec::new);
+    }
+    for s in sums.iter_mut() {
+        s.clear();
+        if want_moments {
+            s.resize(2 * call.co, 0.0);
+        }
     }
     let shape = [call.co, call.ci, call.k * call.k];
     let same = split_from.0 == shape
@@ -283,8 +301,9 @@ pub(super) fn forward(
     let inexact = AtomicBool::new(false);
     let ran = buffers[..sizes.len()]
         .par_iter_mut()
+        .zip(sums[..sizes.len()].par_iter_mut())
         .enumerate()
-        .all(|(p, buffer)| {
+        .all(|(p, (buffer, sums))| {
             let (n, first) = (sizes[p], starts[p]);
             // SAFETY: this part's samples of the caller's input and output
             // (NCHW), apart from the other parts'; the split weights.
@@ -298,18 +317,46 @@ pub(super) fn forward(
                         ws as *const u16,
                         &inexact,
                         buffer,
+                        sums,
                     )
                 }
         });
-    Ok(ran && !inexact.load(Ordering::Relaxed))
+    let ran = ran && !inexact.load(Ordering::Relaxed);
+    if ran && want_moments {
+        // SAFETY: the caller's 2·co doubles (`ConvCall::moments`).
+        let out = unsafe { std::slice::from_raw_parts_mut(call.moments as *mut f64, 2 * call.co) };
+        out.fill(0.0);
+        for part in &sums[..sizes.len()] {
+            for (o, v) in out.iter_mut().zip(part) {
+                *o += v;
+            }
+        }
+    }
+    Ok(ran)
+}
+
+/// Adds the per-channel Σx and Σx² of `y` (pixels of `co` channels,
+/// channels last) to `sums` (Σx for each channel, then Σx²), in double as
+/// the executor's moments pass sums them.
+fn add_moments(y: &[f32], co: usize, sums: &mut [f64]) {
+    let (s, q) = sums.split_at_mut(co);
+    for px in y.chunks_exact(co) {
+        for ((s, q), &v) in s.iter_mut().zip(q.iter_mut()).zip(px) {
+            let v = f64::from(v);
+            *s += v;
+            *q += v * v;
+        }
+    }
 }
 
 /// One part's samples [first, first + n), on the calling thread's
 /// primitives, CHUNK at a time: checked exact, turned into the part's
 /// `buffer` (NHWC bf16, three times), through the
 /// convolution with the split weights `w`, then turned into the caller's
-/// output (NCHW). False where oneDNN fails or an input is inexact
+/// output (NCHW), its moments added to `sums` where that is not empty.
+/// False where oneDNN fails or an input is inexact
 /// (then `inexact` is set, and the other parts stop at their next chunk).
+#[allow(clippy::too_many_arguments)]
 unsafe fn run_part(
     api: &Api,
     call: &ConvCall,
@@ -318,6 +365,7 @@ unsafe fn run_part(
     w: *const u16,
     inexact: &AtomicBool,
     buffer: &mut Vec<Line>,
+    sums: &mut [f64],
 ) -> bool {
     let sample_in = call.ci * call.h * call.w;
     let sample_y = call.co * call.ho * call.wo;
@@ -340,7 +388,7 @@ unsafe fn run_part(
         let Some(wk) = cell.as_mut() else {
             return false;
         };
-        run_chunks(api, call, pad_r, x, out, w, inexact, buffer, wk)
+        run_chunks(api, call, pad_r, x, out, w, inexact, buffer, sums, wk)
     })
 }
 
@@ -355,6 +403,7 @@ unsafe fn run_chunks(
     w: *const u16,
     inexact: &AtomicBool,
     buffer: &mut Vec<Line>,
+    sums: &mut [f64],
     wk: &mut Worker,
 ) -> bool {
     let (hw_in, hw_out) = (call.h * call.w, call.ho * call.wo);
@@ -430,6 +479,9 @@ unsafe fn run_chunks(
             let out = std::slice::from_raw_parts_mut(out.add(i * CHUNK * sample_y), m * sample_y);
             for (y, out) in y.chunks_exact(sample_y).zip(out.chunks_exact_mut(sample_y)) {
                 layout::to_channel_first(y, call.co, hw_out, out);
+            }
+            if !sums.is_empty() {
+                add_moments(y, call.co, sums);
             }
         }
         if !done {

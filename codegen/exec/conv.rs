@@ -190,7 +190,13 @@ impl<'a, B: Backend> Executor<'a, B> {
         if self.precision != Precision::Fp32 {
             return Ok(false);
         }
-        let call = geo.call(pass, ins, out);
+        // A forward whose output feeds batch-norm statistics may sum them
+        // as it writes the output (`stats_or_compute`).
+        let moments = match pass {
+            ConvPass::Forward => self.conv_moments_to,
+            _ => 0,
+        };
+        let call = geo.call(pass, ins, out, moments);
         // The im2col path's scratch is taken (and not used) so that the
         // arena's accounting follows the memory plan, which reserves it for
         // every convolution: which shapes the library declines is known
@@ -223,6 +229,7 @@ impl<'a, B: Backend> Executor<'a, B> {
         }
         self.scratch = rewind;
         let done = done?;
+        self.conv_moments_written = done && moments != 0 && self.backend.conv_wrote_moments();
         if !self.profile_steps {
             return Ok(done);
         }
@@ -470,7 +477,7 @@ impl ConvGeo {
     }
 
     /// The geometry as a backend's whole-convolution call.
-    fn call(&self, pass: ConvPass, ins: [u64; 2], out: u64) -> ConvCall {
+    fn call(&self, pass: ConvPass, ins: [u64; 2], out: u64, moments: u64) -> ConvCall {
         ConvCall {
             pass,
             b: self.b,
@@ -485,6 +492,7 @@ impl ConvGeo {
             wo: self.wo,
             ins,
             out,
+            moments,
         }
     }
 

@@ -197,6 +197,14 @@ pub struct Executor<'a, B: Backend> {
     /// result (C floats) per node that has not run yet, and whether it is
     /// ready in this run.
     ahead: HashMap<NodeIndex, (B::Buf, bool)>,
+    /// Per convolution whose output a ChannelMean reads: the output's Σx
+    /// and Σx² per channel (2·C doubles) where the backend summed them
+    /// while writing it, and whether it did in this run (`reduce`).
+    conv_moments: HashMap<NodeIndex, (B::Buf, bool)>,
+    /// Where the convolution running now may write its output's moments
+    /// (0: nowhere), and whether it did.
+    conv_moments_to: u64,
+    conv_moments_written: bool,
     /// The unit that runs each node unit's node.
     node_unit: HashMap<NodeIndex, usize>,
     /// Compute a channel sum and a channel dot over one operand in one
@@ -205,6 +213,9 @@ pub struct Executor<'a, B: Backend> {
     pub pair_reductions: bool,
     /// Reductions computed ahead so far (a count for tests).
     pub paired: usize,
+    /// Channel-mean operands whose convolution summed their moments so
+    /// far (a count for tests).
+    pub conv_summed: usize,
     slots: Vec<Option<Slot<B::Buf>>>,
     resident: HashMap<String, usize>,
     stats: MemStats,
@@ -373,9 +384,13 @@ impl<'a, B: Backend> Executor<'a, B> {
             pool: HashMap::new(),
             moments: HashMap::new(),
             ahead: HashMap::new(),
+            conv_moments: HashMap::new(),
+            conv_moments_to: 0,
+            conv_moments_written: false,
             node_unit,
             pair_reductions: true,
             paired: 0,
+            conv_summed: 0,
             slots: Vec::new(),
             resident: HashMap::new(),
             stats: MemStats::default(),
@@ -487,6 +502,9 @@ impl<'a, B: Backend> Executor<'a, B> {
         let mut state: HashMap<usize, u64> = HashMap::new();
         for a in self.ahead.values_mut() {
             a.1 = false;
+        }
+        for m in self.conv_moments.values_mut() {
+            m.1 = false;
         }
         let result = self.run_steps(inputs, params, opts, &mut vals, &mut state, &mut observe);
         let result = result.and_then(|()| {
@@ -644,6 +662,9 @@ impl<B: Backend> Drop for Executor<'_, B> {
             self.backend.free(b);
         }
         for (_, (b, _)) in std::mem::take(&mut self.ahead) {
+            self.backend.free(b);
+        }
+        for (_, (b, _)) in std::mem::take(&mut self.conv_moments) {
             self.backend.free(b);
         }
         for (_, bufs) in std::mem::take(&mut self.pool) {

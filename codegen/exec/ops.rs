@@ -57,7 +57,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                 let p = self.mem_ptr(&out);
                 let run = match self.paired_reduction(i, n, &ins, p, vals) {
                     Ok(true) => Ok(()),
-                    Ok(false) => self.stats_or_compute(n, op, &node.shape, &ins, p, opts),
+                    Ok(false) => self.stats_or_compute(i, n, op, &node.shape, &ins, p, opts),
                     Err(e) => Err(e),
                 };
                 match run {
@@ -134,9 +134,13 @@ impl<'a, B: Backend> Executor<'a, B> {
     /// in the same read (the x² sums cost little in a pass bound by
     /// memory, and the mean's scratch is then the same whatever follows
     /// it), and the variances over a mean's own operands, computed from
-    /// those sums (`reduce`).
+    /// those sums (`reduce`). A convolution whose output a mean reads may
+    /// sum x and x² as it writes it (the CPU's AMX path, while each chunk
+    /// of its output is in cache): the mean then does not read it again.
+    #[allow(clippy::too_many_arguments)]
     fn stats_or_compute(
         &mut self,
+        i: usize,
         n: NodeIndex,
         op: &Op,
         shape: &[usize],
@@ -147,7 +151,23 @@ impl<'a, B: Backend> Executor<'a, B> {
         match op {
             Op::ChannelMean => {
                 let (xs, s, count) = summed(ins);
-                self.channel_mean_moments(n, &xs, s, out, count)
+                let from = self.life.reads[i].clone();
+                self.channel_mean_moments(n, &xs, &from, s, out, count)
+            }
+            Op::Conv2d { .. } if self.feeds_mean(n) => {
+                if !self.conv_moments.contains_key(&n) {
+                    let buf = self.backend.alloc(4 * shape[1])?;
+                    self.conv_moments.insert(n, (buf, false));
+                }
+                self.conv_moments_to = self.backend.ptr(&self.conv_moments[&n].0);
+                self.conv_moments_written = false;
+                let run = self.compute(op, shape, ins, out, opts);
+                self.conv_moments_to = 0;
+                let written = std::mem::take(&mut self.conv_moments_written);
+                if let Some(m) = self.conv_moments.get_mut(&n) {
+                    m.1 = run.is_ok() && written;
+                }
+                run
             }
             Op::ChannelVar => {
                 let (_, s, count) = summed(&ins[1..]);

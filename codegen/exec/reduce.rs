@@ -34,24 +34,24 @@ impl<'a, B: Backend> Executor<'a, B> {
             Pass1::Sum => "snnc_chan_partial",
             Pass1::Dot => "snnc_chan_dot_partial",
         };
-        let pass1 = |x: u64, at: u64, _| [Arg::P(x), Arg::P(other), Arg::P(at)];
-        self.chan_passes(
-            xs,
-            shape,
-            1,
-            (kernel, pass1),
-            ("snnc_chan_finish", &[out]),
-            count,
-        )
+        let pass1 = |_, x: u64, at: u64, _, geo: &[Arg; 4]| {
+            let mut a = vec![Arg::P(x), Arg::P(other), Arg::P(at)];
+            a.extend(geo);
+            (kernel, a)
+        };
+        self.chan_passes(xs, shape, 1, pass1, ("snnc_chan_finish", &[out]), count)
     }
 
-    /// ChannelMean node `n` over `xs` (each `[B, C, …]` of `shape`) as
-    /// moments: one pass for Σx and Σx², the mean into `out`, the moments
-    /// kept for a variance over the same operands.
+    /// ChannelMean node `n` over `xs` (each `[B, C, …]` of `shape`, the
+    /// values of nodes `from`) as moments: one pass for Σx and Σx², the
+    /// mean into `out`, the moments kept for a variance over the same
+    /// operands. An operand whose convolution summed it in this run is
+    /// not read again: its sums are put where its pass 1's would go.
     pub(super) fn channel_mean_moments(
         &mut self,
         n: NodeIndex,
         xs: &[u64],
+        from: &[NodeIndex],
         shape: &[usize],
         out: u64,
         count: f64,
@@ -61,28 +61,55 @@ impl<'a, B: Backend> Executor<'a, B> {
             self.moments.insert(n, buf);
         }
         let moments = self.backend.ptr(&self.moments[&n]);
-        let pass1 = |x: u64, at: u64, half: u64| [Arg::P(x), Arg::P(at), Arg::P(at + half)];
+        // Per operand, the pass-1 kernel and its first argument: the
+        // moments its convolution wrote, or the operand itself.
+        let summed: Vec<Option<u64>> = from
+            .iter()
+            .map(|m| match self.conv_moments.get(m) {
+                Some((buf, true)) => Some(self.backend.ptr(buf)),
+                _ => None,
+            })
+            .collect();
+        self.conv_summed += summed.iter().flatten().count();
+        let pass1 = |k: usize, x: u64, at: u64, half: u64, geo: &[Arg; 4]| {
+            let sums = [Arg::P(at), Arg::P(at + half)];
+            match summed.get(k).copied().flatten() {
+                Some(m) => {
+                    let mut a = vec![Arg::P(m)];
+                    a.extend(sums);
+                    a.extend([geo[0], geo[3]]);
+                    ("snnc_chan_moments_put", a)
+                }
+                None => {
+                    let mut a = vec![Arg::P(x)];
+                    a.extend(sums);
+                    a.extend(geo);
+                    ("snnc_chan_moments_partial", a)
+                }
+            }
+        };
         self.chan_passes(
             xs,
             shape,
             2,
-            ("snnc_chan_moments_partial", pass1),
+            pass1,
             ("snnc_chan_moments_finish", &[moments, out]),
             count,
         )
     }
 
     /// The two passes of a channel reduction over `xs`: pass 1 per operand
-    /// (`kernel` with `args(x, its partial sums, the bytes from one set of
-    /// sums to the next)` and the geometry; `sums` sets of partial sums, one
-    /// after another), then `finish` (the workspace, `outs`, the geometry,
-    /// the operand count and `count`), in a workspace taken and given back.
+    /// (`pass1(k, x, its partial sums, the bytes from one set of sums to
+    /// the next, the geometry c, b, r, parts)` gives the kernel and its
+    /// arguments; `sums` sets of partial sums, one after another), then
+    /// `finish` (the workspace, `outs`, the geometry, the operand count and
+    /// `count`), in a workspace taken and given back.
     fn chan_passes(
         &mut self,
         xs: &[u64],
         shape: &[usize],
         sums: usize,
-        (kernel, args): (&'static str, impl Fn(u64, u64, u64) -> [Arg; 3]),
+        pass1: impl Fn(usize, u64, u64, u64, &[Arg; 4]) -> (&'static str, Vec<Arg>),
         (finish, outs): (&'static str, &[u64]),
         count: f64,
     ) -> Result<(), ExecError> {
@@ -108,8 +135,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                     }
                     continue;
                 }
-                let mut a = args(xp, at(k), half).to_vec();
-                a.extend(geo);
+                let (kernel, a) = pass1(k, xp, at(k), half, &geo);
                 self.launch(kernel, set, &a)?;
             }
             let mut a = vec![P(wp)];
@@ -120,6 +146,15 @@ impl<'a, B: Backend> Executor<'a, B> {
         let result = run();
         self.give_scratch(work, floats);
         result
+    }
+
+    /// Whether a ChannelMean reads node `n`'s value (its convolution may
+    /// then sum the moments as it writes it).
+    pub(super) fn feeds_mean(&self, n: NodeIndex) -> bool {
+        self.g
+            .users(n)
+            .iter()
+            .any(|&u| self.g.node(u).op == Op::ChannelMean)
     }
 
     /// ChannelVar node `v` from its mean's moments, when the mean ran as

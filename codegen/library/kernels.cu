@@ -361,6 +361,20 @@ extern "C" __global__ void snnc_chan_moments_partial(const float* x, double* sum
     }
 }
 
+// Pass 1 of the moments for an operand whose producer summed it while
+// writing it (a convolution on the CPU's AMX path): its Σx and Σx² per
+// channel (m[ch], m[c + ch]) go to part 0 of its partial sums and the
+// other parts hold zero, so pass 2 adds them as it adds a pass 1's.
+extern "C" __global__ void snnc_chan_moments_put(const double* m, double* sum, double* sq, int c,
+                                                 int parts) {
+    SNNC_LOOP(t, c * parts) {
+        int ch = t / parts;
+        int p = t - ch * parts;
+        sum[t] = p == 0 ? m[ch] : 0.0;
+        sq[t] = p == 0 ? m[c + ch] : 0.0;
+    }
+}
+
 // Pass 2 of the moments: the sums of nops operands' partials (x's in
 // part[(op·c + ch)·parts + p], x²'s after them at op + nops) in a fixed
 // order; out[ch] = Σx / count (the mean, as snnc_chan_finish), and
