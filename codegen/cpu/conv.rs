@@ -132,18 +132,6 @@ pub unsafe fn run_in(call: &ConvCall, mode: Mode) -> Result<bool, String> {
     if mode == Mode::Im2col {
         return Ok(false);
     }
-    let Ok(api) = api() else {
-        return Ok(false);
-    };
-    let Some(pad_r) = pad_right(call) else {
-        return Ok(false);
-    };
-    if unsupported()
-        .lock()
-        .is_ok_and(|s| s.contains(&key(call, 0)))
-    {
-        return Ok(false);
-    }
     let parts = rayon::current_num_threads().min(call.b).max(1);
     let sizes: Vec<usize> = (0..parts)
         .map(|p| call.b / parts + usize::from(p < call.b % parts))
@@ -156,6 +144,24 @@ pub unsafe fn run_in(call: &ConvCall, mode: Mode) -> Result<bool, String> {
             Some(s)
         })
         .collect();
+    if super::conv_direct::takes(call) {
+        super::conv_direct::run(call, &sizes, &starts);
+        LAST_PATH.with(|p| p.set("direct, AVX-512"));
+        LAST_MOMENTS.with(|m| m.set(call.pass == ConvPass::Forward && call.moments != 0));
+        return Ok(true);
+    }
+    let Ok(api) = api() else {
+        return Ok(false);
+    };
+    let Some(pad_r) = pad_right(call) else {
+        return Ok(false);
+    };
+    if unsupported()
+        .lock()
+        .is_ok_and(|s| s.contains(&key(call, 0)))
+    {
+        return Ok(false);
+    }
     if mode == Mode::OneDnn
         && call.pass == ConvPass::Forward
         && super::conv_bf16::forward(api, call, pad_r, &sizes, &starts)?

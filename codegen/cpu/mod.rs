@@ -12,6 +12,7 @@ pub mod amx;
 pub mod backend;
 pub mod conv;
 mod conv_bf16;
+mod conv_direct;
 pub mod layout;
 mod onednn;
 pub mod sgemm;
