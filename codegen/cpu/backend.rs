@@ -151,26 +151,33 @@ fn library() -> Result<Arc<Library>, BackendError> {
     LIB.get_or_init(|| load_library().map(Arc::new)).clone()
 }
 
-/// A buffer of host memory: 8-byte words so that double workspaces are
-/// aligned; `len` f32 elements.
+/// A buffer of host memory in whole 64-byte cache lines, aligned to them
+/// (the memory plan places values at multiples of 64 bytes in the arena,
+/// so every value starts a line: an AVX-512 vector at a multiple of 16
+/// elements does not straddle two lines, and whole lines can be written
+/// without being read); `len` f32 elements.
 #[derive(Debug)]
 pub struct CpuBuf {
-    words: Vec<u64>,
+    lines: Vec<Line>,
     len: usize,
 }
 
-/// Bytes a buffer of `len` f32 elements takes: whole 8-byte words, at
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Line([u64; 8]);
+
+/// Bytes a buffer of `len` f32 elements takes: whole 64-byte lines, at
 /// least one.
 pub fn buffer_bytes(len: usize) -> u64 {
-    8 * len.div_ceil(2).max(1) as u64
+    64 * len.div_ceil(16).max(1) as u64
 }
 
 impl CpuBuf {
     fn f32s(&self) -> *const f32 {
-        self.words.as_ptr() as *const f32
+        self.lines.as_ptr() as *const f32
     }
     fn f32s_mut(&mut self) -> *mut f32 {
-        self.words.as_mut_ptr() as *mut f32
+        self.lines.as_mut_ptr() as *mut f32
     }
 }
 
@@ -273,13 +280,12 @@ impl Backend for Cpu {
     }
 
     fn alloc(&mut self, len: usize) -> Result<CpuBuf, BackendError> {
-        let words = buffer_bytes(len) as usize / 8;
+        let lines = buffer_bytes(len) as usize / 64;
         let mut v = Vec::new();
-        v.try_reserve_exact(words)
-            .map_err(|e| BackendError::Memory(format!("{} bytes: {e}", 8 * words)))?;
-        // Zeroed pages come lazily from the system for large buffers.
-        v.resize(words, 0);
-        Ok(CpuBuf { words: v, len })
+        v.try_reserve_exact(lines)
+            .map_err(|e| BackendError::Memory(format!("{} bytes: {e}", 64 * lines)))?;
+        v.resize(lines, Line([0; 8]));
+        Ok(CpuBuf { lines: v, len })
     }
 
     fn free(&mut self, _buf: CpuBuf) {}

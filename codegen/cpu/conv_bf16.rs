@@ -181,6 +181,7 @@ unsafe fn plan(api: &Api, s: &Shape) -> Option<Plan> {
 struct Worker {
     stream: Handle,
     plans: HashMap<Shape, Option<Plan>>,
+    turned: Vec<f32>,
 }
 
 thread_local! {
@@ -383,12 +384,16 @@ unsafe fn run_part(
             *cell = Some(Worker {
                 stream,
                 plans: HashMap::new(),
+                turned: Vec::new(),
             });
         }
         let Some(wk) = cell.as_mut() else {
             return false;
         };
-        run_chunks(api, call, pad_r, x, out, w, inexact, buffer, sums, wk)
+        let ran = run_chunks(api, call, pad_r, x, out, w, inexact, buffer, sums, wk);
+        // The output's streamed stores, before another thread reads it.
+        layout::fence();
+        ran
     })
 }
 
@@ -478,7 +483,7 @@ unsafe fn run_chunks(
             let y = std::slice::from_raw_parts(y_at as *const f32, m * sample_y);
             let out = std::slice::from_raw_parts_mut(out.add(i * CHUNK * sample_y), m * sample_y);
             for (y, out) in y.chunks_exact(sample_y).zip(out.chunks_exact_mut(sample_y)) {
-                layout::to_channel_first(y, call.co, hw_out, out);
+                layout::to_channel_first_streamed(y, call.co, hw_out, out, &mut wk.turned);
             }
             if !sums.is_empty() {
                 add_moments(y, call.co, sums);
