@@ -17,6 +17,7 @@
 //! the moments' parts are added in part order, so the results depend only
 //! on the number of workers.
 
+use super::layout;
 use crate::codegen::backend::{ConvCall, ConvPass};
 use rayon::prelude::*;
 
@@ -96,6 +97,7 @@ pub unsafe fn run(call: &ConvCall, sizes: &[usize], starts: &[usize]) {
                 ConvPass::Forward => {
                     let w = std::slice::from_raw_parts(c.ins[1] as *const f32, c.co * kk);
                     let mut sums = vec![0.0; 2 * c.co];
+                    let mut plane = vec![0.0; c.ho * c.wo];
                     for s in first..first + n {
                         padded.load(
                             std::slice::from_raw_parts(x.add(s * c.h * c.w), c.h * c.w),
@@ -105,12 +107,26 @@ pub unsafe fn run(call: &ConvCall, sizes: &[usize], starts: &[usize]) {
                             (c.out as *mut f32).add(s * sample_y),
                             sample_y,
                         );
-                        match c.k {
-                            3 => avx512::forward::<3>(&padded, w, &c, out, &mut sums),
-                            5 => avx512::forward::<5>(&padded, w, &c, out, &mut sums),
-                            _ => avx512::forward::<7>(&padded, w, &c, out, &mut sums),
+                        for (o, out) in out.chunks_exact_mut(c.ho * c.wo).enumerate() {
+                            // Through a buffer in cache, streamed out in
+                            // whole lines where the plane starts one (the
+                            // output is written, not read, here).
+                            let streamed = layout::streams(out);
+                            let to = match streamed {
+                                true => &mut plane[..],
+                                false => &mut *out,
+                            };
+                            match c.k {
+                                3 => avx512::forward::<3>(&padded, w, &c, o, to, &mut sums),
+                                5 => avx512::forward::<5>(&padded, w, &c, o, to, &mut sums),
+                                _ => avx512::forward::<7>(&padded, w, &c, o, to, &mut sums),
+                            }
+                            if streamed {
+                                layout::stream_copy(&plane, out);
+                            }
                         }
                     }
+                    layout::fence();
                     sums
                 }
                 _ => {
@@ -171,21 +187,22 @@ mod avx512 {
         }
     }
 
-    /// One sample's output (co × ho × wo) from its padded input, each
-    /// output channel's Σx and Σx² added to `sums` (Σx first).
+    /// Output channel `o` of one sample (ho × wo) from its padded input,
+    /// its Σx and Σx² added to `sums` (Σx of every channel first).
     #[target_feature(enable = "avx512f,fma")]
     pub(super) unsafe fn forward<const K: usize>(
         x: &Padded,
         w: &[f32],
         c: &ConvCall,
+        o: usize,
         out: &mut [f32],
         sums: &mut [f64],
     ) {
         let kk = K * K;
-        assert!(c.k == K && w.len() >= c.co * kk && out.len() >= c.co * c.ho * c.wo);
+        assert!(c.k == K && w.len() >= c.co * kk && out.len() >= c.ho * c.wo && o < c.co);
         assert!(x.data.len() >= x.rows * x.width && x.rows + 1 >= c.ho + K);
         let xp = x.data.as_ptr();
-        for o in 0..c.co {
+        {
             let mut wv = [_mm512_setzero_ps(); 49];
             for (v, &w) in wv.iter_mut().zip(&w[o * kk..][..kk]) {
                 *v = _mm512_set1_ps(w);
@@ -204,7 +221,7 @@ mod avx512 {
                         }
                     }
                     let acc = _mm512_maskz_mov_ps(m, acc);
-                    _mm512_mask_storeu_ps(out.as_mut_ptr().add((o * c.ho + y) * c.wo + xb), m, acc);
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(y * c.wo + xb), m, acc);
                     let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(acc));
                     let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
                         _mm512_castps_pd(acc),
@@ -268,6 +285,7 @@ mod avx512 {
         _: &Padded,
         _: &[f32],
         _: &ConvCall,
+        _: usize,
         _: &mut [f32],
         _: &mut [f64],
     ) {

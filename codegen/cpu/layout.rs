@@ -79,18 +79,38 @@ pub fn to_channel_first_streamed(
     out: &mut [f32],
     turned: &mut Vec<f32>,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if (out.as_ptr() as usize).is_multiple_of(64) && std::arch::is_x86_feature_detected!("avx512f")
-    {
+    if streams(out) {
         turned.resize(co * hw, 0.0);
         to_channel_first(y, co, hw, turned);
-        assert!(out.len() >= co * hw);
-        // SAFETY: the feature is present; `out` is aligned and long enough.
-        unsafe { avx512::stream_copy(turned, &mut out[..co * hw]) };
+        stream_copy(turned, &mut out[..co * hw]);
         return;
     }
-    let _ = turned;
     to_channel_first(y, co, hw, out);
+}
+
+/// Whether [`stream_copy`] into `out` streams: `out` is 64-byte aligned
+/// and the CPU has AVX-512.
+pub fn streams(out: &[f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (out.as_ptr() as usize).is_multiple_of(64) && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Copies `from` into `out` (as long), with non-temporal stores where
+/// [`streams`] says so (the caller fences, [`fence`], before another
+/// thread reads `out`), else with plain ones.
+pub fn stream_copy(from: &[f32], out: &mut [f32]) {
+    assert_eq!(from.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if streams(out) {
+        // SAFETY: the feature is present; `out` is aligned, as long.
+        unsafe { avx512::stream_copy(from, out) };
+        return;
+    }
+    out.copy_from_slice(from);
 }
 
 /// Orders this thread's non-temporal stores before its later stores.
