@@ -376,6 +376,11 @@ pub trait Backend {
     fn conv_path(&self) -> &'static str {
         "library"
     }
+    /// Whether [`Backend::conv`] may write a forward's moments to
+    /// [`ConvCall::moments`] (the executor then gives it a place).
+    fn conv_sums_moments(&self) -> bool {
+        false
+    }
     /// Whether the last [`Backend::conv`] that ran wrote its output's
     /// moments to [`ConvCall::moments`] (the CPU's AMX path does).
     fn conv_wrote_moments(&self) -> bool {

@@ -402,6 +402,10 @@ impl Backend for Cpu {
         conv::last_path()
     }
 
+    fn conv_sums_moments(&self) -> bool {
+        true
+    }
+
     fn conv_wrote_moments(&self) -> bool {
         conv::last_wrote_moments()
     }

@@ -154,7 +154,7 @@ impl<'a, B: Backend> Executor<'a, B> {
                 let from = self.life.reads[i].clone();
                 self.channel_mean_moments(n, &xs, &from, s, out, count)
             }
-            Op::Conv2d { .. } if self.feeds_mean(n) => {
+            Op::Conv2d { .. } if self.backend.conv_sums_moments() && self.feeds_mean(n) => {
                 if !self.conv_moments.contains_key(&n) {
                     let buf = self.backend.alloc(4 * shape[1])?;
                     self.conv_moments.insert(n, (buf, false));
