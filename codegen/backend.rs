@@ -382,7 +382,8 @@ pub trait Backend {
         false
     }
     /// Whether the last [`Backend::conv`] that ran wrote its output's
-    /// moments to [`ConvCall::moments`] (the CPU's AMX path does).
+    /// moments to [`ConvCall::moments`] (the CPU's AMX path and direct
+    /// kernels do).
     fn conv_wrote_moments(&self) -> bool {
         false
     }

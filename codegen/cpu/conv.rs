@@ -2,6 +2,10 @@
 //! kernels, where the machine's oneDNN (the library `sgemm` already
 //! found) speaks its version-2 C API (Debian's `libdnnl2`). Elsewhere, or
 //! with `SNNC_CONV=im2col`, the executor runs them as im2col and SGEMMs.
+//! Two paths go first where they apply: one-input-channel forwards and
+//! weight gradients on direct AVX-512 kernels (`conv_direct`, with or
+//! without oneDNN), and forwards of bf16-exact inputs on oneDNN's AMX
+//! kernels (`conv_bf16`).
 //!
 //! Why: the im2col path writes a column matrix k² times the input's size
 //! and transposes the GEMM's channel-major result, so fmnist_csnn's second
@@ -102,8 +106,8 @@ pub fn last_path() -> &'static str {
 }
 
 /// Whether the calling thread's last successful [`run`] wrote its
-/// output's moments to `ConvCall::moments` (the AMX path does; the f32
-/// kernels write none).
+/// output's moments to `ConvCall::moments` (the AMX path and the direct
+/// kernels do; oneDNN's f32 kernels write none).
 pub fn last_wrote_moments() -> bool {
     LAST_MOMENTS.with(|m| m.get())
 }

@@ -29,6 +29,10 @@
 //! worker. oneDNN's AMX kernels want channels-last
 //! (NHWC) operands: the input is converted to them and the output turned
 //! back to NCHW, both per sample while the sample is in cache.
+//! The output is turned in a buffer that stays in cache and streamed out
+//! in whole lines (`layout::to_channel_first_streamed`); where the call
+//! asks, each chunk's per-channel Σx and Σx² are summed while it is in
+//! cache, for the batch norm that reads the output.
 
 use super::amx::{self, PARTS};
 use super::layout;

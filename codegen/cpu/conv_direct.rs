@@ -32,6 +32,8 @@ pub fn takes(call: &ConvCall) -> bool {
     call.ci == 1
         && call.stride == 1
         && matches!(call.k, 3 | 5 | 7)
+        && call.ho > 0
+        && call.wo > 0
         && call.pass != ConvPass::GradInput
         && call.ho + call.k == call.h + 2 * call.pad + 1
         && call.wo + call.k == call.w + 2 * call.pad + 1

@@ -135,8 +135,9 @@ impl<'a, B: Backend> Executor<'a, B> {
     /// memory, and the mean's scratch is then the same whatever follows
     /// it), and the variances over a mean's own operands, computed from
     /// those sums (`reduce`). A convolution whose output a mean reads may
-    /// sum x and x² as it writes it (the CPU's AMX path, while each chunk
-    /// of its output is in cache): the mean then does not read it again.
+    /// sum x and x² as it writes it (on the CPU, the AMX path and the
+    /// first-layer direct kernels, while the output is in cache): the
+    /// mean then does not read it again.
     #[allow(clippy::too_many_arguments)]
     fn stats_or_compute(
         &mut self,
