@@ -302,7 +302,7 @@ fn bench(
     if let Some(f) = &floor {
         f.print();
     }
-    println!("{}: batch {batch}, median of {repeats} steps after two untimed ones (a warm-up, and the measured executor's first) (forward + backward, no update); all on the executor's CPU backend: fused = the fusion plan (generated C + library kernels + SGEMM), layer-major etc. = one library call per node in that order; plan = the memory plan's peak, arena = the arena it fits in, meas = the bytes the first step allocated besides the copies of inputs and parameters and the outputs (the arena, the tables)", model.name);
+    println!("{}: batch {batch}, median of {repeats} steps after two untimed ones (a warm-up, and the measured executor's first) (forward + backward, no update; the parameters resident, as in training); all on the executor's CPU backend: fused = the fusion plan (generated C + library kernels + SGEMM), layer-major etc. = one library call per node in that order; plan = the memory plan's peak, arena = the arena it fits in, meas = the bytes the first step allocated besides the copies of inputs and parameters and the outputs (the arena, the tables)", model.name);
     println!(
         "{:<6} {:>3} {:<20} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
         "mode",
@@ -433,6 +433,9 @@ fn on_executor(
     // tables), without its copies of inputs and parameters and the
     // downloaded outputs.
     let measured = measured.map(|b| (b as u64).saturating_sub(mem.resident_bytes + outputs));
+    // The timed steps keep the parameters resident, as training does
+    // (`runtime::step`): a step uploads its batch, not the weights.
+    exe.set_resident_params(params)?;
     let mut times = Vec::new();
     for i in 1..=repeats {
         let started = std::time::Instant::now();
