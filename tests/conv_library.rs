@@ -327,6 +327,31 @@ fn spike_inputs_on_amx_agree_with_the_f32_kernels() {
     assert!(on_amx >= 2, "only {on_amx} shapes ran on AMX");
 }
 
+/// `m` (Σx of each of `co` channels, then Σx²) against the sums of
+/// `got` (`b` × `co` × `hw`) in f64: within 1e-12 of Σ|x| and of Σx².
+fn check_moments(got: &Tensor<f64>, m: &[f64], [b, co, hw]: [usize; 3], what: &str) {
+    for c in 0..co {
+        let vals = (0..b).flat_map(|n| &got.data[(n * co + c) * hw..][..hw]);
+        let (mut sum, mut abs, mut sq) = (0.0, 0.0, 0.0);
+        for &v in vals {
+            sum += v;
+            abs += v.abs();
+            sq += v * v;
+        }
+        let (ds, dq) = ((m[c] - sum).abs(), (m[co + c] - sq).abs());
+        assert!(
+            ds <= 1e-12 * abs,
+            "{what} channel {c}: Σx {} vs {sum}",
+            m[c]
+        );
+        assert!(
+            dq <= 1e-12 * sq,
+            "{what} channel {c}: Σx² {} vs {sq}",
+            m[co + c]
+        );
+    }
+}
+
 /// A forward on the AMX path that is asked for its output's moments
 /// (`ConvCall::moments`, summed per chunk while the chunk is in cache)
 /// writes Σx and Σx² per channel equal to the sums of the output it
@@ -365,23 +390,7 @@ fn amx_forwards_sum_their_output_moments() {
         assert_eq!(path, "library, AMX bf16×3", "{s:?}");
         assert!(conv::last_wrote_moments(), "{s:?}: no moments written");
         assert!(got.data == plain.data, "{s:?}: the output changed");
-        let hw = ho * wo;
-        for c in 0..co {
-            let vals = (0..b).flat_map(|n| &got.data[(n * co + c) * hw..][..hw]);
-            let (mut sum, mut abs, mut sq) = (0.0, 0.0, 0.0);
-            for &v in vals {
-                sum += v;
-                abs += v.abs();
-                sq += v * v;
-            }
-            let (ds, dq) = ((m[c] - sum).abs(), (m[co + c] - sq).abs());
-            assert!(ds <= 1e-12 * abs, "{s:?} channel {c}: Σx {} vs {sum}", m[c]);
-            assert!(
-                dq <= 1e-12 * sq,
-                "{s:?} channel {c}: Σx² {} vs {sq}",
-                m[co + c]
-            );
-        }
+        check_moments(&got, &m, [b, co, ho * wo], &format!("{s:?}"));
         let mut inexact = x.clone();
         inexact.data[0] = 0.1;
         let (_, path) = run(&inexact, Some(&mut m));
@@ -437,21 +446,7 @@ fn one_channel_convolutions_run_direct_and_agree() {
             panic!("{s:?} forward: {e}");
         }
         assert!(conv::last_wrote_moments(), "{s:?}: no moments");
-        let hw = ho * wo;
-        for c in 0..co {
-            let vals = (0..b).flat_map(|n| &got.data[(n * co + c) * hw..][..hw]);
-            let (mut sum, mut abs, mut sq) = (0.0, 0.0, 0.0);
-            for &v in vals {
-                sum += v;
-                abs += v.abs();
-                sq += v * v;
-            }
-            assert!((m[c] - sum).abs() <= 1e-12 * abs, "{s:?} channel {c}: Σx");
-            assert!(
-                (m[co + c] - sq).abs() <= 1e-12 * sq,
-                "{s:?} channel {c}: Σx²"
-            );
-        }
+        check_moments(&got, &m, [b, co, ho * wo], &format!("{s:?}"));
         let op = Op::Conv2dGradWeight {
             stride,
             padding: pad,
