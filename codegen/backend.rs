@@ -85,6 +85,7 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("snnc_time_slice", "ppiiii"),
     ("snnc_pool", "ppiiiiiiiii"),
     ("snnc_avgpool_grad", "ppiiiiiiii"),
+    ("snnc_avgpool_grad_mul", "pppiiiiiiii"),
     ("snnc_maxpool_grad", "pppiiiiiiii"),
     ("snnc_maxpool_mask", "ppiiiiiiii"),
     ("snnc_maxpool_select", "ppiiiiiiii"),

@@ -43,6 +43,7 @@ fn shaped_flops(op: &Op, ins: &[&[usize]], out: &[usize]) -> f64 {
         Op::Conv2dGradWeight { .. } => 2.0 * numel(ins[1]) * numel(&out[1..]),
         Op::AvgPool { kernel, .. } | Op::MaxPool { kernel, .. } => o * (kernel * kernel) as f64,
         Op::AvgPoolGrad { kernel, .. } => numel(ins[0]) * (kernel * kernel) as f64,
+        Op::AvgPoolGradMul { kernel, .. } => numel(ins[0]) * (kernel * kernel) as f64 + o,
         Op::MaxPoolGrad { kernel, .. } => numel(ins[1]) * (kernel * kernel) as f64,
         // One comparison per (window, tap); the selection has k² per window.
         Op::MaxPoolSelect { .. } => o,

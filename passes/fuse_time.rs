@@ -31,6 +31,7 @@ use std::collections::{BinaryHeap, HashMap};
 /// The lowering passes of a fusion plan for `opts`: per-channel scales
 /// out of channel sums (`passes/factor`),
 /// `channel_sum(mul(a, b))` as `channel_dot(a, b)` ([`ChannelDots`]),
+/// `mul(avgpool_grad(d), s)` as one op ([`PoolGradProducts`]),
 /// means of one repeated value as that value ([`ConstantMeans`]), batch
 /// norm's affine output recomputed per step inside the neuron's kernel
 /// instead of stored ([`RematerialiseAffine`]); for time-major, batch-norm
@@ -40,6 +41,7 @@ pub fn lowering(opts: SchedOpts) -> Vec<Box<dyn Pass>> {
     let mut passes: Vec<Box<dyn Pass>> = vec![
         Box::new(FactorScales),
         Box::new(ChannelDots),
+        Box::new(PoolGradProducts),
         Box::new(ConstantMeans),
         Box::new(RematerialiseAffine),
     ];
@@ -101,6 +103,23 @@ impl Pass for ChannelDots {
     }
     fn run(&self, p: &mut Program) -> Result<(), PassError> {
         channel_dots(&mut p.graph);
+        Ok(())
+    }
+}
+
+/// `mul(avgpool_grad(d), s)` as `avgpool_grad_mul(d, s)`
+/// ([`pool_grad_products`]).
+pub struct PoolGradProducts;
+
+impl Pass for PoolGradProducts {
+    fn name(&self) -> &'static str {
+        "pool-grad-products"
+    }
+    fn about(&self) -> &'static str {
+        "mul(avgpool_grad(d), s) as avgpool_grad_mul(d, s): no stored full-size gradient"
+    }
+    fn run(&self, p: &mut Program) -> Result<(), PassError> {
+        pool_grad_products(&mut p.graph);
         Ok(())
     }
 }
@@ -231,6 +250,71 @@ pub fn channel_dots(g: &mut Graph) -> usize {
         g.ad = None;
     }
     sums.len()
+}
+
+/// Rewrites `mul(avgpool_grad(d), s)` (either operand order), where the
+/// pooling's gradient has no other user and `s` is stored anyway (a value
+/// of another phase, or not elementwise), as `avgpool_grad_mul(d, s)`: a
+/// spiking layer's backward multiplies the upsampled gradient by its
+/// surrogate, and the full-size gradient was stored only to be read once
+/// (`fmnist_csnn`'s first layer: 12.8 MB written and read back per step at
+/// batch 128). Same roundings: the pooling's gradient, then one product
+/// (IEEE products commute). Returns the count.
+pub fn pool_grad_products(g: &mut Graph) -> usize {
+    use crate::ir::Op;
+    let found: Vec<(NodeIndex, NodeIndex, NodeIndex)> =
+        g.g.node_indices()
+            .filter(|&m| g.g[m].op == Op::Mul)
+            .filter_map(|m| {
+                let ops = g.operands(m);
+                let (a, s) = match (&g.g[ops[0]].op, &g.g[ops[1]].op) {
+                    (Op::AvgPoolGrad { .. }, _) => (ops[0], ops[1]),
+                    (_, Op::AvgPoolGrad { .. }) => (ops[1], ops[0]),
+                    _ => return None,
+                };
+                // An elementwise multiplier of the product's own phase (BPTT's
+                // per-step surrogate) is computed inside the fused kernel that
+                // takes the product; this op would have to store it (BPTT
+                // steps 15 % slower). One from another phase (rate mode's
+                // time-averaged surrogate, kept from the forward) is stored
+                // anyway.
+                let kept = g.g[s].role != g.g[m].role || !g.g[s].op.elementwise();
+                let alone = a != s
+                    && kept
+                    && g.users(a).len() == 1
+                    && !g.outputs.iter().any(|&(_, o)| o == a)
+                    && g.g[s].shape == g.g[m].shape;
+                alone.then_some((m, a, s))
+            })
+            .collect();
+    for &(m, a, s) in &found {
+        let Op::AvgPoolGrad {
+            kernel,
+            stride,
+            padding,
+            in_h,
+            in_w,
+        } = g.g[a].op
+        else {
+            unreachable!("matched above")
+        };
+        let d = g.operands(a)[0];
+        let node = g.g[m].clone();
+        let op = Op::AvgPoolGradMul {
+            kernel,
+            stride,
+            padding,
+            in_h,
+            in_w,
+        };
+        let fused = g.add_op("lower", op, node.layer, node.t, node.role, &[d, s]);
+        schedule::redirect(g, m, fused);
+        g.g.remove_node(a);
+    }
+    if !found.is_empty() {
+        g.ad = None;
+    }
+    found.len()
 }
 
 /// Replaces `time_mean(x, x, …, x)` by `x`. CSE produces it under direct

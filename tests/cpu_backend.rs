@@ -219,6 +219,16 @@ fn pooling_kernels_equal_the_gpu_form() {
             &run(&mut cpu, "snnc_avgpool_grad", n, &bufs, &args),
             &run(&mut emu, "snnc_avgpool_grad", n, &bufs, &args),
         );
+        // Times a tensor of the result's shape (the lowering's fused form).
+        let mut args = vec![P(0), P(1), P(2), I(n as i32)];
+        args.extend(geo);
+        let bufs = [data(planes * ho * wo, 4), data(n, 5), vec![f32::NAN; n]];
+        same(
+            "snnc_avgpool_grad_mul",
+            &case,
+            &run(&mut cpu, "snnc_avgpool_grad_mul", n, &bufs, &args),
+            &run(&mut emu, "snnc_avgpool_grad_mul", n, &bufs, &args),
+        );
     }
 }
 

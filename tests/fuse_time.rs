@@ -4,8 +4,10 @@
 //! is split runs each of its steps exactly once and in its loop order, the
 //! arena never lets two live buffers overlap, and the step units interleave
 //! layers (time-major) whenever there is more than one multi-step kernel.
-//! The CPU lowering's exact rewrites (`channel_dot`, per-step copies of
-//! batch norm's affine) compute bit for bit what they replace, and the
+//! The CPU lowering's exact rewrites (`channel_dot`, `avgpool_grad_mul`,
+//! per-step copies of batch norm's affine) compute bit for bit what they
+//! replace (`avgpool_grad_mul` replaces both of fmnist_csnn's pooling
+//! gradients in rate mode), and the
 //! whole lowering (with means of a repeated value dropped and per-channel
 //! scales factored out of channel sums) agrees to 1e-12 (f64), relative to
 //! 1 + the output's largest magnitude. Numerical agreement of the plans with the interpreter is
@@ -28,13 +30,16 @@ use std::collections::{HashMap, HashSet};
 
 /// Every output of `g` and of its CPU lowering (layer-major), f64, the
 /// same inputs: bitwise equal (`channel_dot(a, b)` is `channel_sum(a·b)`
-/// with the same roundings). Returns how many sums were rewritten.
+/// and `avgpool_grad_mul(d, s)` is `avgpool_grad(d)·s`, with the same
+/// roundings). Returns how many nodes were rewritten.
 fn lowering_is_exact(model: &Model, steps: usize, mode: Mode, seed: u64) -> Result<usize, String> {
     let g = compile(model, &Options::new(steps, 2, mode))
         .map_err(|e| e.to_string())?
         .graph;
     let mut low = g.clone();
-    let n = fuse_time::channel_dots(&mut low) + fuse_time::rematerialise_affine(&mut low);
+    let n = fuse_time::channel_dots(&mut low)
+        + fuse_time::pool_grad_products(&mut low)
+        + fuse_time::rematerialise_affine(&mut low);
     snnc::ir::verify(&low).map_err(|e| format!("lowered graph: {e}"))?;
     let a = snnc::shape::analyze(model).map_err(|e| e.to_string())?;
     let params: HashMap<String, Tensor<f64>> = snnc::init::init_params(&a, seed);
@@ -47,7 +52,7 @@ fn lowering_is_exact(model: &Model, steps: usize, mode: Mode, seed: u64) -> Resu
     for (name, o) in &g.outputs {
         let m = low.output(name).ok_or(format!("output {name} lost"))?;
         if v0.get(*o).unwrap().data != v1.get(m).unwrap().data {
-            return Err(format!("{name} differs after channel_dots"));
+            return Err(format!("{name} differs after the exact rewrites"));
         }
     }
     // The whole lowering adds `constant_means` and `factor_channel_scales`:
@@ -172,6 +177,26 @@ fn batch_norm_rewrites_apply_to_fmnist() {
         // into each of the 2 steps.
         assert!(n >= 4, "{mode}: {n} rewrites");
     }
+}
+
+#[test]
+fn pooling_gradients_times_the_surrogate_are_one_op_in_fmnist() {
+    let model = example::model("fmnist_csnn");
+    let g = compile(&model, &Options::new(2, 2, Mode::Rate))
+        .unwrap()
+        .graph;
+    let mut low = g.clone();
+    // Both average poolings' gradients feed only the product with their
+    // LIF layer's surrogate (rate mode: one backward step).
+    assert_eq!(fuse_time::pool_grad_products(&mut low), 2);
+    let count = |g: &Graph, name: &str| {
+        g.g.node_indices()
+            .filter(|&n| g.node(n).op.name() == name)
+            .count()
+    };
+    assert_eq!(count(&low, "avgpool_grad"), 0);
+    assert_eq!(count(&low, "avgpool_grad_mul"), 2);
+    assert_eq!(count(&g, "mul") - count(&low, "mul"), 2);
 }
 
 /// Batch norm's backward in the fused plans of fmnist_csnn: every channel

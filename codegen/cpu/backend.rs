@@ -37,6 +37,7 @@ const NATIVE_KERNELS: &[&str] = &[
     "snnc_chan_moments_partial",
     "snnc_pool",
     "snnc_avgpool_grad",
+    "snnc_avgpool_grad_mul",
     "snnc_conv_events",
 ];
 const HOST_SHIM: &str = include_str!("../library/host_shim.h");

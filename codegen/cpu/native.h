@@ -443,6 +443,36 @@ extern "C" void snnc_cpu_avgpool_grad(const float* d, float* out, int n, int h, 
     snnc_cpu_avgpool_grad_rows(d, out, i, hi, h, w, ho, wo, k, s);
 }
 
+// AvgPoolGradMul: AvgPoolGrad times m, as snnc_cpu_avgpool_grad then
+// snnc_mul round it. For 2×2 windows tiling the map, the range's whole
+// pairs of rows each from one row of d; the rest element by element.
+extern "C" void snnc_cpu_avgpool_grad_mul(const float* d, const float* m, float* out, int n,
+                                          int h, int w, int ho, int wo, int k, int s, int p) {
+    long long i, hi;
+    snnc_range(n, &i, &hi);
+    const long long pair = 2LL * w;
+    const bool tiles = p == 0 && k == 2 && s == 2 && h == 2 * ho && w == 2 * wo;
+    const long long first = tiles ? (i + pair - 1) / pair : hi, last = tiles ? hi / pair : hi;
+    if (first < last) {
+        for (long long j = i; j < first * pair; ++j) {
+            out[j] = snnc_avgpool_grad_at(d, (int)j, h, w, ho, wo, k, s, p) * m[j];
+        }
+        for (long long r = first; r < last; ++r) {
+            const float* src = d + r * wo;
+            const long long top = r * pair, bottom = top + w;
+            for (int ox = 0; ox < wo; ++ox) {
+                const float v = 0.0f + src[ox] / 4.0f;
+                out[top + 2 * ox] = v * m[top + 2 * ox];
+                out[top + 2 * ox + 1] = v * m[top + 2 * ox + 1];
+                out[bottom + 2 * ox] = v * m[bottom + 2 * ox];
+                out[bottom + 2 * ox + 1] = v * m[bottom + 2 * ox + 1];
+            }
+        }
+        i = last * pair;
+    }
+    for (; i < hi; ++i) out[i] = snnc_avgpool_grad_at(d, (int)i, h, w, ho, wo, k, s, p) * m[i];
+}
+
 // Elements [i, hi) of an unpadded AvgPoolGrad, one input row at a time.
 static void snnc_cpu_avgpool_grad_rows(const float* d, float* out, long long i, long long hi,
                                        int h, int w, int ho, int wo, int k, int s) {

@@ -283,25 +283,26 @@ impl<'a, B: Backend> Executor<'a, B> {
                     ],
                 )
             }
-            Op::AvgPoolGrad { .. } => {
+            Op::AvgPoolGrad { .. } | Op::AvgPoolGradMul { .. } => {
                 let d = ins[0].1;
                 let (kernel, stride, padding) = op.window().expect("a pooling op");
-                self.launch(
-                    "snnc_avgpool_grad",
-                    n,
-                    &[
-                        P(x(0)),
-                        P(out),
-                        I(ni),
-                        I(int(shape[2])?),
-                        I(int(shape[3])?),
-                        I(int(d[2])?),
-                        I(int(d[3])?),
-                        I(int(kernel)?),
-                        I(int(stride)?),
-                        I(int(padding)?),
-                    ],
-                )
+                // The fused form also reads the tensor it multiplies by.
+                let (name, mut args) = match op {
+                    Op::AvgPoolGradMul { .. } => ("snnc_avgpool_grad_mul", vec![P(x(0)), P(x(1))]),
+                    _ => ("snnc_avgpool_grad", vec![P(x(0))]),
+                };
+                args.extend([
+                    P(out),
+                    I(ni),
+                    I(int(shape[2])?),
+                    I(int(shape[3])?),
+                    I(int(d[2])?),
+                    I(int(d[3])?),
+                    I(int(kernel)?),
+                    I(int(stride)?),
+                    I(int(padding)?),
+                ]);
+                self.launch(name, n, &args)
             }
             Op::MaxPoolMask {
                 kernel,

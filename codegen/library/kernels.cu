@@ -192,6 +192,15 @@ extern "C" __global__ void snnc_avgpool_grad(const float* d, float* out, int n, 
     SNNC_LOOP(i, n) { out[i] = snnc_avgpool_grad_at(d, i, h, w, ho, wo, k, s, p); }
 }
 
+// AvgPoolGradMul: AvgPoolGrad times m elementwise, the product rounded as
+// snnc_mul rounds it after snnc_avgpool_grad (the full-size gradient is
+// not stored).
+extern "C" __global__ void snnc_avgpool_grad_mul(const float* d, const float* m, float* out,
+                                                 int n, int h, int w, int ho, int wo, int k,
+                                                 int s, int p) {
+    SNNC_LOOP(i, n) { out[i] = snnc_avgpool_grad_at(d, i, h, w, ho, wo, k, s, p) * m[i]; }
+}
+
 // MaxPoolGrad: each window's δ goes to its first maximum; gathered per input.
 extern "C" __global__ void snnc_maxpool_grad(const float* x, const float* d, float* out, int n,
                                              int h, int w, int ho, int wo, int k, int s,

@@ -149,6 +149,18 @@ pub enum Op {
         in_h: usize,
         in_w: usize,
     },
+    /// `(δy, s) -> AvgPoolGrad(δy) · s`, elementwise with `s` (of the
+    /// result's shape), in that order: the CPU lowering's form of an
+    /// average pooling's gradient whose only user multiplies it (a spiking
+    /// layer's backward), so the full-size gradient is not stored and read
+    /// back (`passes::fuse_time::pool_grad_products`).
+    AvgPoolGradMul {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        in_h: usize,
+        in_w: usize,
+    },
     /// `(x, δy) -> δx` of `MaxPool`: each window's δ goes to its first
     /// maximum.
     MaxPoolGrad {
@@ -356,6 +368,11 @@ impl Op {
                 linear: Linearity::Each(&[0]),
                 ..row(Exactly(1), Cost::Shaped)
             },
+            Op::AvgPoolGradMul { .. } => OpInfo {
+                linear: Linearity::Each(&[0, 1]),
+                bilinear: true,
+                ..row(Exactly(2), Cost::Shaped)
+            },
             Op::MaxPoolGrad { .. } => OpInfo {
                 linear: Linearity::Each(&[1]),
                 ..row(Exactly(2), Cost::Shaped)
@@ -470,6 +487,7 @@ impl Op {
             Op::Conv2dGradInput { .. } => "conv2d_grad_input",
             Op::Conv2dGradWeight { .. } => "conv2d_grad_weight",
             Op::AvgPoolGrad { .. } => "avgpool_grad",
+            Op::AvgPoolGradMul { .. } => "avgpool_grad_mul",
             Op::MaxPoolGrad { .. } => "maxpool_grad",
             Op::MaxPoolMask { .. } => "maxpool_mask",
             Op::MaxPoolSelect { .. } => "maxpool_select",
@@ -519,7 +537,9 @@ impl Op {
                 padding,
                 kernel,
             } => format!("stride={stride} padding={padding} kernel={kernel}"),
-            Op::AvgPoolGrad { in_h, in_w, .. } | Op::MaxPoolRoute { in_h, in_w, .. } => {
+            Op::AvgPoolGrad { in_h, in_w, .. }
+            | Op::AvgPoolGradMul { in_h, in_w, .. }
+            | Op::MaxPoolRoute { in_h, in_w, .. } => {
                 format!("{} in={in_h}x{in_w}", self.window_attr())
             }
             _ => String::new(),
@@ -554,6 +574,12 @@ impl Op {
                 ..
             }
             | Op::AvgPoolGrad {
+                kernel,
+                stride,
+                padding,
+                ..
+            }
+            | Op::AvgPoolGradMul {
                 kernel,
                 stride,
                 padding,

@@ -359,8 +359,16 @@ impl Op {
                 padding,
                 in_h,
                 in_w,
+            }
+            | Op::AvgPoolGradMul {
+                kernel,
+                stride,
+                padding,
+                in_h,
+                in_w,
             } => {
-                arity(1)?;
+                let with = matches!(self, Op::AvgPoolGradMul { .. });
+                arity(1 + usize::from(with))?;
                 let d = ins[0];
                 if d.len() != 4 {
                     return Err(ShapeRuleError::Rank {
@@ -370,7 +378,15 @@ impl Op {
                 }
                 let x = [d[0], d[1], *in_h, *in_w];
                 match pooled(&x, *kernel, *stride, *padding) {
-                    Ok((ho, wo)) if [ho, wo] == d[2..] => x.to_vec(),
+                    Ok((ho, wo)) if [ho, wo] == d[2..] => {
+                        if with && ins[1] != x {
+                            return Err(ShapeRuleError::ShapesDiffer {
+                                first: x.to_vec(),
+                                other: ins[1].to_vec(),
+                            });
+                        }
+                        x.to_vec()
+                    }
                     _ => {
                         return Err(ShapeRuleError::AvgPoolGrad {
                             d: d.to_vec(),

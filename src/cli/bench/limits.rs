@@ -74,6 +74,7 @@ fn op_class(op: &Op) -> Class {
         Op::AvgPool { .. }
         | Op::MaxPool { .. }
         | Op::AvgPoolGrad { .. }
+        | Op::AvgPoolGradMul { .. }
         | Op::MaxPoolGrad { .. }
         | Op::MaxPoolMask { .. }
         | Op::MaxPoolSelect { .. }
