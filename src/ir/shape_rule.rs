@@ -372,7 +372,7 @@ impl Op {
                 let d = ins[0];
                 if d.len() != 4 {
                     return Err(ShapeRuleError::Rank {
-                        op: "avgpool_grad",
+                        op: self.name(),
                         shape: d.to_vec(),
                     });
                 }
