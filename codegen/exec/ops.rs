@@ -265,23 +265,10 @@ impl<'a, B: Backend> Executor<'a, B> {
                 let s = ins[0].1;
                 let (kernel, stride, padding) = op.window().expect("a pooling op");
                 let is_max = matches!(op, Op::MaxPool { .. });
-                self.launch(
-                    "snnc_pool",
-                    n,
-                    &[
-                        P(x(0)),
-                        P(out),
-                        I(ni),
-                        I(int(s[2])?),
-                        I(int(s[3])?),
-                        I(int(shape[2])?),
-                        I(int(shape[3])?),
-                        I(int(kernel)?),
-                        I(int(stride)?),
-                        I(int(padding)?),
-                        I(i32::from(is_max)),
-                    ],
-                )
+                let mut args = vec![P(x(0)), P(out), I(ni)];
+                args.extend(pool_geometry(s, shape, [kernel, stride, padding])?);
+                args.push(I(i32::from(is_max)));
+                self.launch("snnc_pool", n, &args)
             }
             Op::AvgPoolGrad { .. } | Op::AvgPoolGradMul { .. } => {
                 let d = ins[0].1;
@@ -291,17 +278,8 @@ impl<'a, B: Backend> Executor<'a, B> {
                     Op::AvgPoolGradMul { .. } => ("snnc_avgpool_grad_mul", vec![P(x(0)), P(x(1))]),
                     _ => ("snnc_avgpool_grad", vec![P(x(0))]),
                 };
-                args.extend([
-                    P(out),
-                    I(ni),
-                    I(int(shape[2])?),
-                    I(int(shape[3])?),
-                    I(int(d[2])?),
-                    I(int(d[3])?),
-                    I(int(kernel)?),
-                    I(int(stride)?),
-                    I(int(padding)?),
-                ]);
+                args.extend([P(out), I(ni)]);
+                args.extend(pool_geometry(shape, d, [kernel, stride, padding])?);
                 self.launch(name, n, &args)
             }
             Op::MaxPoolMask {
@@ -425,6 +403,23 @@ impl<'a, B: Backend> Executor<'a, B> {
 
 /// The operands a channel reduction sums (each `[B, C, …]`): their
 /// addresses, their shape and how many elements per channel they hold.
+/// A pooling kernel's geometry arguments: the pooled map's input (`big`)
+/// and output (`small`) height and width, then the window.
+fn pool_geometry(
+    big: &[usize],
+    small: &[usize],
+    window: [usize; 3],
+) -> Result<[Arg; 7], ExecError> {
+    let v = [
+        big[2], big[3], small[2], small[3], window[0], window[1], window[2],
+    ];
+    let mut out = [Arg::I(0); 7];
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = Arg::I(int(x)?);
+    }
+    Ok(out)
+}
+
 fn summed<'s>(ins: &[(u64, &'s [usize])]) -> (Vec<u64>, &'s [usize], f64) {
     let s = ins[0].1;
     let count = (ins.len() * s[0] * inner(s)) as f64;
