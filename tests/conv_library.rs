@@ -227,23 +227,28 @@ fn bench_with(var: &str, value: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `bench_with(var, value)` fails and says `message`.
+fn refused(var: &str, value: &str, message: &str) {
+    let (ok, text) = bench_with(var, value);
+    assert!(!ok, "{text}");
+    assert!(text.contains(message), "{text}");
+}
+
 #[test]
 fn an_unknown_conv_path_is_an_error_that_lists_the_names() {
-    let (ok, text) = bench_with("SNNC_CONV", "winograd");
-    assert!(!ok, "{text}");
-    assert!(
-        text.contains("SNNC_CONV=`winograd` names no convolution path (onednn, im2col)"),
-        "{text}"
+    refused(
+        "SNNC_CONV",
+        "winograd",
+        "SNNC_CONV=`winograd` names no convolution path (onednn, im2col)",
     );
 }
 
 #[test]
 fn an_unknown_amx_switch_is_an_error() {
-    let (ok, text) = bench_with("SNNC_AMX", "maybe");
-    assert!(!ok, "{text}");
-    assert!(
-        text.contains("SNNC_AMX=`maybe` is neither `on` nor `off`"),
-        "{text}"
+    refused(
+        "SNNC_AMX",
+        "maybe",
+        "SNNC_AMX=`maybe` is neither `on` nor `off`",
     );
 }
 

@@ -132,15 +132,10 @@ pub fn eval_op<F: Float>(
             in_h,
             in_w,
         } => pool::avgpool_grad(x(0), win(kernel, stride, padding), in_h, in_w),
-        &Op::AvgPoolGradMul {
-            kernel,
-            stride,
-            padding,
-            in_h,
-            in_w,
-        } => {
+        &Op::AvgPoolGradMul { in_h, in_w, .. } => {
             // The two ops it stands for, in their order: the same roundings.
-            let up = pool::avgpool_grad(x(0), win(kernel, stride, padding), in_h, in_w);
+            let (k, s, p) = op.window().expect("a pooling op");
+            let up = pool::avgpool_grad(x(0), win(k, s, p), in_h, in_w);
             elementwise(&Op::Mul, &up.shape, &[&up, x(1)])?
         }
         &Op::MaxPoolGrad {
